@@ -1,0 +1,16 @@
+//! edge-run: run quantized GGUF language models on small devices, with LoRA adapters applied as an
+//! fp16 low-rank side computation over the memory-mapped, never-modified base weights.
+//!
+//! Module map:
+//! - [`gguf`]: zero-copy GGUF reader (checked cursor over mapped bytes) and a writer for fixtures/tools.
+//! - [`tokenizer`], [`chat`]: tokenizers built from GGUF metadata, chat templates via a Jinja engine.
+//! - [`model`], [`session`]: the mapped model and a session that owns every buffer of the forward pass.
+//! - [`sampling`]: greedy / temperature / top-k / top-p / min-p / repetition penalty, seeded.
+//! - [`kernels`]: re-export of the `edge-run-kernels` crate (quantized and LoRA SIMD kernels).
+pub mod error;
+pub mod gguf;
+pub mod tokenizer;
+pub mod chat;
+
+pub use edge_run_kernels as kernels;
+pub use error::{Error, Result};
