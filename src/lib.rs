@@ -8,9 +8,18 @@
 //! - [`sampling`]: greedy / temperature / top-k / top-p / min-p / repetition penalty, seeded.
 //! - [`kernels`]: re-export of the `edge-run-kernels` crate (quantized and LoRA SIMD kernels).
 pub mod error;
+pub mod adapter;
 pub mod gguf;
 pub mod tokenizer;
 pub mod chat;
 
 pub use edge_run_kernels as kernels;
 pub use error::{Error, Result};
+pub mod model;
+pub mod sampling;
+pub mod session;
+pub mod threadpool;
+
+pub use model::Model;
+pub use sampling::{Sampler, SamplingParams};
+pub use session::{Session, SessionConfig};

@@ -1,1 +1,548 @@
-fn main(){}
+//! `edge-run`: the command-line front end (llama.cpp-style flags).
+use clap::{Args, Parser, Subcommand};
+use edge_run::chat::{apply_chat_template, ChatMessage};
+use edge_run::kernels::Kernels;
+use edge_run::session::{default_threads, ActQuant, StopReason};
+use edge_run::tokenizer::StreamDecoder;
+use edge_run::{Error, Model, Sampler, SamplingParams, Session, SessionConfig};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edge-run",
+    version,
+    about = "Run a quantized GGUF language model (with LoRA adapters) on the CPU",
+    long_about = "Run a quantized GGUF language model on the CPU.\n\n\
+        Without a subcommand, edge-run generates text: it evaluates the prompt (-p or -f) and streams the \
+        continuation to stdout; progress and timings go to stderr.\n\n\
+        Examples:\n  edge-run -m model.gguf -p \"Once upon a time\" -n 64\n  \
+        edge-run -m model.gguf --chat -p \"What is the capital of France?\" --temp 0\n  \
+        edge-run -m model.gguf --chat            (interactive; /help lists commands)\n  \
+        edge-run tokenize -m model.gguf --text \"Hello world\"\n  \
+        edge-run logits -m model.gguf --tokens 1,2,3 -o out.npy\n  edge-run info -m model.gguf",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    gen: GenArgs,
+    /// More log output on stderr (-v: info, -vv: debug). EDGE_RUN_LOG=debug does the same.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print the token ids of a text as a JSON array (no BOS/EOS added; special-token text such as
+    /// <|im_start|> becomes the special token).
+    Tokenize(TokenizeArgs),
+    /// Evaluate exactly the given tokens and write the logits of every position as a float32 .npy
+    /// array [n_tokens, n_vocab].
+    Logits(LogitsArgs),
+    /// Describe a GGUF model: architecture, hyper-parameters, tensors per type, sizes.
+    Info(InfoArgs),
+}
+
+#[derive(Args, Debug)]
+struct ModelArg {
+    /// Path of the GGUF model file.
+    #[arg(short = 'm', long = "model", value_name = "FILE")]
+    model: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct RuntimeArgs {
+    /// Worker threads (default: the number of physical cores).
+    #[arg(short = 't', long = "threads", value_name = "N")]
+    threads: Option<usize>,
+    /// Context size in tokens (KV cache length); default: min(4096, the model's training context).
+    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    ctx_size: Option<usize>,
+    /// Tokens per forward pass when evaluating a prompt.
+    #[arg(short = 'b', long = "batch-size", value_name = "N", default_value_t = 64)]
+    batch_size: usize,
+    /// Kernel tier to use instead of the best one this CPU supports (scalar, avx2, avx512vnni, neon, neon-dotprod).
+    #[arg(long, value_name = "TIER")]
+    kernels: Option<String>,
+    /// Activation quantization: q8 (as llama.cpp: one 8-bit pass, fastest) or q8x2 (8-bit plus its 8-bit
+    /// residual: two passes over the same weights, ~100x less rounding error).
+    #[arg(long = "act-quant", value_name = "MODE", default_value = "q8x2", value_parser = ["q8", "q8x2"])]
+    act_quant: String,
+}
+
+#[derive(Args, Debug)]
+struct GenArgs {
+    /// Path of the GGUF model file.
+    #[arg(short = 'm', long = "model", value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Prompt text.
+    #[arg(short = 'p', long = "prompt", value_name = "TEXT")]
+    prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "prompt")]
+    file: Option<PathBuf>,
+    /// Number of tokens to generate (-1: until end of generation or a full context).
+    #[arg(short = 'n', long = "n-predict", value_name = "N", default_value_t = 256, allow_negative_numbers = true)]
+    n_predict: i64,
+    /// Apply the model's chat template (tokenizer.chat_template) to the prompt. Without -p/-f: interactive chat.
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long, value_name = "TEXT")]
+    system: Option<String>,
+    /// Sampling temperature; 0 means greedy.
+    #[arg(long = "temp", value_name = "T", default_value_t = 0.8)]
+    temp: f32,
+    /// Keep only the K most likely tokens (0: off).
+    #[arg(long = "top-k", value_name = "K", default_value_t = 40)]
+    top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P (1.0: off).
+    #[arg(long = "top-p", value_name = "P", default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than P × the most likely one (0.0: off).
+    #[arg(long = "min-p", value_name = "P", default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalize tokens seen in the last --repeat-last-n tokens (1.0: off).
+    #[arg(long = "repeat-penalty", value_name = "X", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long = "repeat-last-n", value_name = "N", default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Random seed (default: a fresh one, printed on stderr). The same seed gives the same text.
+    #[arg(short = 's', long = "seed", value_name = "N")]
+    seed: Option<u64>,
+    /// Don't print load information and timings on stderr.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    rt: RuntimeArgs,
+}
+
+#[derive(Args, Debug)]
+struct TokenizeArgs {
+    #[command(flatten)]
+    m: ModelArg,
+    /// The text to tokenize.
+    #[arg(long, value_name = "TEXT", required_unless_present = "file", conflicts_with = "file")]
+    text: Option<String>,
+    /// Tokenize the content of this file.
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct LogitsArgs {
+    #[command(flatten)]
+    m: ModelArg,
+    /// Comma-separated token ids, e.g. 1,9690,198 (a JSON array is accepted too).
+    #[arg(long, value_name = "IDS")]
+    tokens: String,
+    /// Output .npy file.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
+    #[command(flatten)]
+    rt: RuntimeArgs,
+}
+
+#[derive(Args, Debug)]
+struct InfoArgs {
+    #[command(flatten)]
+    m: ModelArg,
+}
+
+/// An error and its exit status: 1 for bad input, 2 for bad usage.
+struct Failure(u8, String);
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure(1, e.to_string())
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure(2, msg.into())
+}
+
+fn main() -> ExitCode {
+    // Never show a Rust backtrace to users; a panic is a bug and says so in one line.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("edge-run: internal error (please report): {info}");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.verbose);
+    let r = match cli.cmd {
+        Some(Cmd::Tokenize(a)) => cmd_tokenize(a),
+        Some(Cmd::Logits(a)) => cmd_logits(a),
+        Some(Cmd::Info(a)) => cmd_info(a),
+        None => cmd_generate(cli.gen),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            eprintln!("edge-run: error: {msg}");
+            if code == 2 {
+                eprintln!("Try 'edge-run --help' for more information.");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn open_model(path: &Path) -> Result<Arc<Model>, Failure> {
+    Ok(Arc::new(Model::open(path)?))
+}
+
+fn session_config(model: &Model, rt: &RuntimeArgs, logits_all: bool) -> Result<SessionConfig, Failure> {
+    let kernels = match &rt.kernels {
+        None => None,
+        Some(name) => Some(Kernels::by_name(name).ok_or_else(|| {
+            let have: Vec<&str> = Kernels::available().map(|k| k.tier.name()).collect();
+            usage(format!("--kernels {name}: not available on this CPU (available: {})", have.join(", ")))
+        })?),
+    };
+    let n_threads = rt.threads.unwrap_or_else(default_threads);
+    if n_threads == 0 {
+        return Err(usage("-t/--threads must be at least 1"));
+    }
+    let n_ctx = rt.ctx_size.unwrap_or_else(|| model.hp.n_ctx_train.clamp(1, 4096));
+    if n_ctx == 0 {
+        return Err(usage("-c/--ctx-size must be at least 1"));
+    }
+    if rt.batch_size == 0 {
+        return Err(usage("-b/--batch-size must be at least 1"));
+    }
+    let act_quant = if rt.act_quant == "q8" { ActQuant::Q8 } else { ActQuant::Q8x2 };
+    Ok(SessionConfig { n_ctx, n_batch: rt.batch_size, n_threads, logits_all, kernels, act_quant })
+}
+
+fn cmd_tokenize(a: TokenizeArgs) -> Result<(), Failure> {
+    let text = match (&a.text, &a.file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(p)) => std::fs::read_to_string(p).map_err(|e| Failure(1, format!("{}: {e}", p.display())))?,
+        (None, None) => return Err(usage("tokenize needs --text or --file")),
+    };
+    let model = open_model(&a.m.model)?;
+    let ids = model.tokenizer.encode(&text, true);
+    println!("{}", serde_json::to_string(&ids).expect("a Vec<u32> serializes"));
+    Ok(())
+}
+
+fn parse_tokens(s: &str) -> Result<Vec<u32>, Failure> {
+    let t = s.trim().trim_start_matches('[').trim_end_matches(']');
+    if t.trim().is_empty() {
+        return Err(usage("--tokens: no token ids given"));
+    }
+    t.split(',')
+        .enumerate()
+        .map(|(i, x)| x.trim().parse::<u32>().map_err(|e| usage(format!("--tokens: item {i} `{}` is not a token id: {e}", x.trim()))))
+        .collect()
+}
+
+fn cmd_logits(a: LogitsArgs) -> Result<(), Failure> {
+    let tokens = parse_tokens(&a.tokens)?;
+    let model = open_model(&a.m.model)?;
+    let mut cfg = session_config(&model, &a.rt, true)?;
+    cfg.n_ctx = cfg.n_ctx.max(tokens.len());
+    let nv = model.hp.n_vocab;
+    let mut sess = Session::new(model, cfg)?;
+    let tmp = a.output.with_extension("npy.partial");
+    let f = std::fs::File::create(&tmp).map_err(|e| Failure(1, format!("{}: {e}", tmp.display())))?;
+    let mut w = std::io::BufWriter::new(f);
+    let io_err = |e: std::io::Error| Failure(1, format!("{}: {e}", a.output.display()));
+    write_npy_header(&mut w, &[tokens.len(), nv]).map_err(io_err)?;
+    let mut werr = None;
+    sess.eval_each(&tokens, |_, row| {
+        if werr.is_none() {
+            if let Err(e) = w.write_all(bytemuck::cast_slice(row)) {
+                werr = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = werr {
+        return Err(io_err(e));
+    }
+    w.flush().map_err(io_err)?;
+    drop(w);
+    std::fs::rename(&tmp, &a.output).map_err(io_err)?;
+    eprintln!("wrote {} × {} logits to {}", tokens.len(), nv, a.output.display());
+    Ok(())
+}
+
+/// NumPy .npy v1.0 header for a little-endian float32 C-order array.
+fn write_npy_header(w: &mut impl Write, shape: &[usize]) -> std::io::Result<()> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let total = 10 + h.len() + 1;
+    h.push_str(&" ".repeat(total.next_multiple_of(64) - total));
+    h.push('\n');
+    w.write_all(b"\x93NUMPY\x01\x00")?;
+    w.write_all(&(h.len() as u16).to_le_bytes())?;
+    w.write_all(h.as_bytes())
+}
+
+fn cmd_info(a: InfoArgs) -> Result<(), Failure> {
+    let model = open_model(&a.m.model)?;
+    let m = &*model;
+    let hp = &m.hp;
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    println!("file:            {}", m.path().display());
+    println!("format:          GGUF v{}", m.gguf_version);
+    if let Some(n) = &m.name {
+        println!("name:            {n}");
+    }
+    println!("architecture:    {}", m.arch);
+    println!("vocabulary:      {} tokens ({} tokenizer)", hp.n_vocab, m.tokenizer_model);
+    println!("context (train): {}", hp.n_ctx_train);
+    println!("width:           {}", hp.n_embd);
+    println!("layers:          {}", hp.n_layer);
+    println!("heads:           {} query, {} key/value, head size {}", hp.n_head, hp.n_head_kv, hp.head_dim);
+    println!("feed-forward:    {}", hp.n_ff);
+    println!("rope:            base {}, {} dims, scale {}", hp.rope_freq_base, hp.rope_dim, hp.rope_freq_scale);
+    println!("rms epsilon:     {:e}", hp.rms_eps);
+    println!("output head:     {}", if m.tied_output { "tied to token_embd" } else { "separate (output.weight)" });
+    let types: Vec<String> = m.type_counts.iter().map(|(t, n)| format!("{} {}", n, t.name())).collect();
+    println!("tensors:         {} ({})", m.n_tensors, types.join(", "));
+    println!("file size:       {} bytes ({:.1} MiB), mapped read-only: {:.1} MiB", m.mapped_bytes(), mib(m.mapped_bytes()), mib(m.mapped_bytes()));
+    println!("weights/token:   {:.1} MiB read per decoded token", mib(m.bytes_per_token()));
+    println!("chat template:   {}", if m.chat_template.is_some() { "yes" } else { "no" });
+    let tiers: Vec<&str> = Kernels::available().map(|k| k.tier.name()).collect();
+    println!("kernels:         {} (available: {})", Kernels::best().tier.name(), tiers.join(", "));
+    Ok(())
+}
+
+fn sampling_params(g: &GenArgs) -> Result<SamplingParams, Failure> {
+    let seed = g.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        t ^ (std::process::id() as u64).rotate_left(32)
+    });
+    let p = SamplingParams {
+        temperature: g.temp,
+        top_k: g.top_k,
+        top_p: g.top_p,
+        min_p: g.min_p,
+        repeat_penalty: g.repeat_penalty,
+        repeat_last_n: g.repeat_last_n,
+        seed,
+    };
+    p.validate().map_err(|e| usage(e.to_string()))?;
+    Ok(p)
+}
+
+fn cmd_generate(g: GenArgs) -> Result<(), Failure> {
+    let Some(model_path) = g.model.clone() else {
+        return Err(usage("no model given: use -m FILE (see --help)"));
+    };
+    let prompt = match (&g.prompt, &g.file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => Some(std::fs::read_to_string(f).map_err(|e| Failure(1, format!("{}: {e}", f.display())))?),
+        (None, None) => None,
+    };
+    if prompt.is_none() && !g.chat {
+        return Err(usage("no prompt given: use -p TEXT, -f FILE, or --chat for an interactive chat"));
+    }
+    let params = sampling_params(&g)?;
+    let t0 = std::time::Instant::now();
+    let model = open_model(&model_path)?;
+    let cfg = session_config(&model, &g.rt, false)?;
+    if !g.quiet {
+        eprintln!(
+            "edge-run: {} ({}, {} layers, {:.0} MiB mapped) in {:.0} ms; {} threads, {} kernels, context {}, seed {}",
+            model_path.display(),
+            model.arch,
+            model.hp.n_layer,
+            model.mapped_bytes() as f64 / 1048576.0,
+            t0.elapsed().as_secs_f64() * 1e3,
+            cfg.n_threads,
+            cfg.kernels.unwrap_or_else(Kernels::best).tier.name(),
+            cfg.n_ctx,
+            params.seed
+        );
+    }
+    let n_vocab = model.hp.n_vocab;
+    let mut sess = Session::new(model.clone(), cfg)?;
+    let mut sampler = Sampler::new(params, n_vocab);
+    let max_new = if g.n_predict < 0 { usize::MAX } else { g.n_predict as usize };
+
+    match prompt {
+        Some(p) => {
+            let text = if g.chat {
+                let mut msgs = Vec::new();
+                if let Some(s) = &g.system {
+                    msgs.push(ChatMessage::new("system", s.clone()));
+                }
+                msgs.push(ChatMessage::new("user", p));
+                render_chat(&model, &msgs)?
+            } else {
+                p
+            };
+            let mut ids = Vec::new();
+            if model.tokenizer.add_bos() && !g.chat {
+                ids.extend(model.tokenizer.bos());
+            }
+            ids.extend(model.tokenizer.encode(&text, g.chat));
+            if ids.is_empty() {
+                return Err(usage("the prompt is empty"));
+            }
+            run_turn(&mut sess, &mut sampler, &ids, max_new, g.quiet)?;
+            Ok(())
+        }
+        None => interactive_chat(&mut sess, &mut sampler, &g, max_new),
+    }
+}
+
+fn render_chat(model: &Model, msgs: &[ChatMessage]) -> Result<String, Failure> {
+    let tpl = model.chat_template.as_deref().ok_or_else(|| Failure(1, format!("{}: the model has no tokenizer.chat_template; --chat needs one", model.path().display())))?;
+    let tok = &model.tokenizer;
+    let piece = |id: Option<u32>| id.map(|i| String::from_utf8_lossy(tok.token_to_piece(i, true)).into_owned()).unwrap_or_default();
+    Ok(apply_chat_template(tpl, msgs, true, &piece(tok.bos()), &piece(tok.eos()))?)
+}
+
+/// Evaluate `ids` and stream up to `max_new` sampled tokens to stdout. Returns the generated ids.
+fn run_turn(sess: &mut Session, sampler: &mut Sampler, ids: &[u32], max_new: usize, quiet: bool) -> Result<Vec<u32>, Failure> {
+    let model = sess.model().clone();
+    let tok = &model.tokenizer;
+    let room = sess.config().n_ctx - sess.n_past();
+    if ids.len() > room {
+        return Err(Failure(1, format!("the prompt has {} tokens but only {} fit in the context (size {}); use a larger -c", ids.len(), room, sess.config().n_ctx)));
+    }
+    let mut dec = StreamDecoder::new(false);
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let stdout = std::io::stdout();
+    let mut broken = false;
+    let st = sess.generate(ids, max_new, sampler, |id| {
+        out.push(id);
+        buf.clear();
+        dec.push(tok, id, &mut buf);
+        let mut lock = stdout.lock();
+        if lock.write_all(buf.as_bytes()).and_then(|_| lock.flush()).is_err() {
+            broken = true; // stdout closed (e.g. piped into `head`): stop quietly
+            return false;
+        }
+        true
+    })?;
+    buf.clear();
+    dec.finish(&mut buf);
+    if !broken {
+        let mut lock = stdout.lock();
+        let _ = lock.write_all(buf.as_bytes()).and_then(|_| lock.write_all(b"\n")).and_then(|_| lock.flush());
+    }
+    if !quiet {
+        let why = match st.stop {
+            StopReason::MaxTokens => "token limit (-n)",
+            StopReason::EndOfGeneration => "end of generation",
+            StopReason::ContextFull => "context full (-c)",
+            StopReason::Caller => "output closed",
+        };
+        eprintln!(
+            "\nedge-run: prompt {} tokens in {:.0} ms ({:.1} tok/s); generated {} tokens in {:.0} ms ({:.1} tok/s); stopped: {why}",
+            st.n_prompt,
+            st.prompt_secs * 1e3,
+            st.n_prompt as f64 / st.prompt_secs.max(1e-9),
+            st.n_generated,
+            st.gen_secs * 1e3,
+            st.n_generated as f64 / st.gen_secs.max(1e-9)
+        );
+    }
+    Ok(out)
+}
+
+fn interactive_chat(sess: &mut Session, sampler: &mut Sampler, g: &GenArgs, max_new: usize) -> Result<(), Failure> {
+    let model = sess.model().clone();
+    let mut msgs: Vec<ChatMessage> = Vec::new();
+    if let Some(s) = &g.system {
+        msgs.push(ChatMessage::new("system", s.clone()));
+    }
+    eprintln!("edge-run chat: type a message and press Enter; /help for commands, /quit or Ctrl-D to leave.");
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        eprint!("> ");
+        let _ = std::io::stderr().flush();
+        line.clear();
+        match stdin.lock().read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(Failure(1, format!("reading stdin: {e}"))),
+        }
+        let text = line.trim_end_matches(['\n', '\r']);
+        if text.trim().is_empty() {
+            continue;
+        }
+        if let Some(cmd) = text.strip_prefix('/') {
+            match cmd.trim() {
+                "quit" | "exit" => break,
+                "reset" => {
+                    msgs.retain(|m| m.role == "system");
+                    sess.reset();
+                    eprintln!("(context cleared)");
+                }
+                "help" => eprintln!("/reset clears the conversation, /quit leaves"),
+                other => eprintln!("unknown command /{other}; /help lists commands"),
+            }
+            continue;
+        }
+        msgs.push(ChatMessage::new("user", text));
+        // Re-render the whole conversation and evaluate only what the cache does not hold yet.
+        let rendered = render_chat(&model, &msgs)?;
+        let ids = model.tokenizer.encode(&rendered, true);
+        let keep = sess.n_past().min(ids.len());
+        sess.truncate(keep);
+        let reply = match run_turn(sess, sampler, &ids[keep..], max_new, g.quiet) {
+            Ok(r) => r,
+            Err(Failure(_, msg)) => {
+                eprintln!("edge-run: {msg}");
+                msgs.pop();
+                continue;
+            }
+        };
+        msgs.push(ChatMessage::new("assistant", model.tokenizer.decode_with(&reply, false)));
+        // The cache now holds prompt + reply without the end-of-turn markup; the next render re-evaluates
+        // from where they differ.
+        let rendered = render_chat(&model, &msgs)?;
+        let all = model.tokenizer.encode(&rendered, true);
+        let mut common = 0;
+        let cached: Vec<u32> = ids.iter().chain(reply.iter()).copied().collect();
+        while common < all.len() && common < cached.len() && all[common] == cached[common] {
+            common += 1;
+        }
+        sess.truncate(common);
+    }
+    Ok(())
+}
+
+fn init_logging(verbose: u8) {
+    struct Stderr(log::LevelFilter);
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= self.0
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                eprintln!("edge-run: {}: {}", r.level().as_str().to_lowercase(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    let from_env = std::env::var("EDGE_RUN_LOG").ok().and_then(|v| v.parse::<log::LevelFilter>().ok());
+    let level = match verbose {
+        0 => from_env.unwrap_or(log::LevelFilter::Warn),
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    let logger: &'static Stderr = Box::leak(Box::new(Stderr(level)));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}

@@ -15,12 +15,14 @@ extern crate std;
 
 pub mod blocks;
 pub mod scalar;
+pub mod lora;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 
 pub use blocks::*;
+pub use scalar::dequantize;
 
 /// ggml tensor types this crate knows, numbered as in `ggml.h` (`enum ggml_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,2 +1,3 @@
 //! aarch64 tiers.
 pub mod neon;
+pub mod lora;

@@ -1,9 +1,250 @@
-//! (Being written.)
-use crate::Kernels;
+//! aarch64 Advanced SIMD tiers.
+//!
+//! * [`kernels`] — [`Tier::Neon`]: Advanced SIMD only (widening multiplies SMULL/SMLAL + SADALP for the
+//!   integer dot products), so it runs on a Cortex-A72 (Raspberry Pi 4).
+//! * [`kernels_dotprod`] — [`Tier::NeonDotprod`]: the same kernels with the integer step done by SDOT
+//!   (Cortex-A76 / Raspberry Pi 5 and later). `vdotq_s32` is still unstable in Rust 1.95, so SDOT is
+//!   emitted with `asm!` (see `neon/util.rs`).
+//!
+//! F16 weights are widened with FCVTL (`vcvt_f32_f16`), which is base ARMv8-A Advanced SIMD: the
+//! `fp16` feature (FEAT_FP16) only adds half-precision arithmetic and is not needed for conversion,
+//! so both tiers use it unconditionally.
+//!
+//! Each kernel is one generic body (in `neon/`) instantiated in a `#[target_feature]` function per
+//! tier; the table entries are safe wrappers that check the slice sizes first (inconsistent sizes are
+//! a caller bug: a debug assertion, and NaN outputs / only the whole blocks that fit in release, the
+//! same as the scalar tier) and then call the tier function. The tables are handed out only when the
+//! CPU has the tier's features.
 
+use crate::{Kernels, QuantType, Tier, QK, QK_K};
+
+mod float;
+mod qdot;
+mod quant;
+#[cfg(test)]
+mod tests;
+mod util;
+
+/// The Advanced SIMD tier, if this CPU (or, without `std`, this build target) has Advanced SIMD.
 pub fn kernels() -> Option<&'static Kernels> {
-    None
+    if has_neon() {
+        Some(&NEON)
+    } else {
+        None
+    }
 }
+
+/// The dot-product tier, if this CPU (or, without `std`, this build target) has Advanced SIMD and
+/// the dot-product extension (FEAT_DotProd).
 pub fn kernels_dotprod() -> Option<&'static Kernels> {
-    None
+    if has_neon() && has_dotprod() {
+        Some(&NEON_DOTPROD)
+    } else {
+        None
+    }
 }
+
+fn has_neon() -> bool {
+    // The vector loads reinterpret little-endian bytes.
+    if cfg!(target_endian = "big") {
+        return false;
+    }
+    #[cfg(feature = "std")]
+    {
+        std::arch::is_aarch64_feature_detected!("neon")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        cfg!(target_feature = "neon")
+    }
+}
+
+fn has_dotprod() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::arch::is_aarch64_feature_detected!("dotprod")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        cfg!(target_feature = "dotprod")
+    }
+}
+
+/// Checks a matvec call's sizes, as the scalar tier does: returns `false` when there is nothing to
+/// compute — `n == 0` (then `out` is zeroed) or inconsistent lengths (a caller bug: a debug
+/// assertion, and `out` is filled with NaN in release builds). Nothing is read past any slice.
+fn check_matvec(ty: QuantType, n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) -> bool {
+    if n == 0 {
+        out.fill(0.0);
+        return false;
+    }
+    let ok = (|| {
+        let rb = ty.row_bytes(n)?;
+        let xb = ty.vec_dot_type().row_bytes(n)?;
+        (w.len() >= rb.checked_mul(out.len())? && xq.len() >= xb).then_some(())
+    })()
+    .is_some();
+    debug_assert!(
+        ok,
+        "{} matvec: inconsistent lengths (n = {}, weights {} bytes, activation {} bytes, {} rows)",
+        ty.name(),
+        n,
+        w.len(),
+        xq.len(),
+        out.len()
+    );
+    if !ok {
+        out.fill(f32::NAN);
+    }
+    ok
+}
+
+/// The whole blocks a quantizer call converts (those that both `x` and `out` hold; the scalar tier
+/// does the same), with debug assertions for inconsistent lengths.
+fn quantize_len(ty: QuantType, x: &[f32], out: &[u8]) -> usize {
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    debug_assert!(
+        x.len().is_multiple_of(bs),
+        "quantize {}: {} values are not a multiple of {}",
+        ty.name(),
+        x.len(),
+        bs
+    );
+    debug_assert!(
+        out.len() / ts >= x.len() / bs,
+        "quantize {}: output of {} bytes too short for {} values",
+        ty.name(),
+        out.len(),
+        x.len()
+    );
+    (x.len() / bs).min(out.len() / ts)
+}
+
+const _: () = assert!(quant::Q8K_BYTES == core::mem::size_of::<crate::BlockQ8K>());
+const _: () = assert!(QK == 32 && QK_K == 256);
+
+/// Defines, for one tier, the `#[target_feature]` entry points (`unsafe fn`, to be called only when
+/// the CPU has `$feat`), the safe wrappers that check sizes and call them, and the table.
+macro_rules! tier {
+    ($table:ident, $tier:expr, $m:ident, $feat:literal, $dot:expr) => {
+        mod $m {
+            use super::{check_matvec, float, qdot, quant, quantize_len};
+            use crate::QuantType;
+
+            macro_rules! matvec {
+                ($name:ident, $ty:expr, $body:expr) => {
+                    pub(super) fn $name(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
+                        #[target_feature(enable = $feat)]
+                        unsafe fn imp(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
+                            $body(n, w, xq, out)
+                        }
+                        if check_matvec($ty, n, w, xq, out) {
+                            // SAFETY: this function is reachable only through the tier's table, which
+                            // `kernels()`/`kernels_dotprod()` hand out only after detecting the tier's
+                            // target features on this CPU; sizes were checked above.
+                            unsafe { imp(n, w, xq, out) }
+                        }
+                    }
+                };
+            }
+            matvec!(matvec_f32, QuantType::F32, float::matvec_f32);
+            matvec!(matvec_f16, QuantType::F16, float::matvec_f16);
+            matvec!(
+                matvec_q4_0,
+                QuantType::Q4_0,
+                |n, w, x, o| qdot::matvec_q4_0($dot, n, w, x, o)
+            );
+            matvec!(
+                matvec_q4_1,
+                QuantType::Q4_1,
+                |n, w, x, o| qdot::matvec_q4_1($dot, n, w, x, o)
+            );
+            matvec!(
+                matvec_q8_0,
+                QuantType::Q8_0,
+                |n, w, x, o| qdot::matvec_q8_0($dot, n, w, x, o)
+            );
+            matvec!(matvec_q4_k, QuantType::Q4K, |n, w, x, o| qdot::matvec_q4_k(
+                $dot, n, w, x, o
+            ));
+            matvec!(matvec_q5_k, QuantType::Q5K, |n, w, x, o| qdot::matvec_q5_k(
+                $dot, n, w, x, o
+            ));
+            matvec!(matvec_q6_k, QuantType::Q6K, |n, w, x, o| qdot::matvec_q6_k(
+                $dot, n, w, x, o
+            ));
+
+            macro_rules! quantize {
+                ($name:ident, $ty:expr, $body:path) => {
+                    pub(super) fn $name(x: &[f32], out: &mut [u8]) {
+                        #[target_feature(enable = $feat)]
+                        unsafe fn imp(x: &[f32], out: &mut [u8]) {
+                            $body(x, out)
+                        }
+                        let nb = quantize_len($ty, x, out);
+                        let (x, out) = (
+                            &x[..nb * $ty.block_size()],
+                            &mut out[..nb * $ty.type_size()],
+                        );
+                        // SAFETY: reachable only through the tier's table, handed out only after
+                        // detecting the tier's target features; `x` and `out` hold `nb` whole blocks.
+                        unsafe { imp(x, out) }
+                    }
+                };
+            }
+            quantize!(quantize_q8_0, QuantType::Q8_0, quant::quantize_q8_0);
+            quantize!(quantize_q8_1, QuantType::Q8_1, quant::quantize_q8_1);
+            quantize!(quantize_q8_k, QuantType::Q8K, quant::quantize_q8_k);
+
+            pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+                #[target_feature(enable = $feat)]
+                unsafe fn imp(a: &[f32], b: &[f32]) -> f32 {
+                    float::dot_f32(a, b)
+                }
+                // SAFETY: reachable only through the tier's table (features detected).
+                unsafe { imp(a, b) }
+            }
+
+            pub(super) fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
+                #[target_feature(enable = $feat)]
+                unsafe fn imp(a: f32, x: &[f32], y: &mut [f32]) {
+                    float::axpy_f32(a, x, y)
+                }
+                // SAFETY: reachable only through the tier's table (features detected).
+                unsafe { imp(a, x, y) }
+            }
+        }
+
+        static $table: Kernels = Kernels {
+            tier: $tier,
+            matvec_f32: $m::matvec_f32,
+            matvec_f16: $m::matvec_f16,
+            matvec_q4_0: $m::matvec_q4_0,
+            matvec_q4_1: $m::matvec_q4_1,
+            matvec_q8_0: $m::matvec_q8_0,
+            matvec_q4_k: $m::matvec_q4_k,
+            matvec_q5_k: $m::matvec_q5_k,
+            matvec_q6_k: $m::matvec_q6_k,
+            quantize_q8_0: $m::quantize_q8_0,
+            quantize_q8_1: $m::quantize_q8_1,
+            quantize_q8_k: $m::quantize_q8_k,
+            dot_f32: $m::dot_f32,
+            axpy_f32: $m::axpy_f32,
+        };
+    };
+}
+
+tier!(
+    NEON,
+    Tier::Neon,
+    neon_tier,
+    "neon",
+    super::util::Mull::new()
+);
+tier!(
+    NEON_DOTPROD,
+    Tier::NeonDotprod,
+    dotprod_tier,
+    "neon,dotprod",
+    super::util::Sdot::new()
+);

@@ -1,3 +1,5 @@
 //! x86-64 tiers.
 pub mod avx2;
 pub mod avx512;
+mod common;
+pub mod lora;

@@ -1,0 +1,107 @@
+//! Rough matvec throughput of every tier this CPU runs (weight bytes streamed per second).
+//!
+//! `cargo run -p edge-run-kernels --release --example matvec_speed [name filter, e.g. Q4_1]`
+//!
+//! Two working sets per case: one matrix of the model's shape (cache-resident after the first pass)
+//! and a 96 MiB stack (3× this machine's L3) of rows (streams from memory, as decode does across a model's layers).
+//! Single-threaded. Numbers only; nothing is asserted.
+use edge_run_kernels::{Kernels, QuantType};
+use std::time::Instant;
+
+fn fill(buf: &mut [u8], mut s: u64) {
+    for b in buf.iter_mut() {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *b = (s >> 56) as u8;
+    }
+}
+
+/// Sets every block's f16 scale fields to small finite values (random bytes can be NaN/inf halves).
+fn fix_scales(ty: QuantType, w: &mut [u8]) {
+    let h = edge_run_kernels::F16Bits::from_f32(0.01).0;
+    let (ts, fields): (usize, &[usize]) = match ty {
+        QuantType::Q4_0 | QuantType::Q8_0 => (ty.type_size(), &[0]),
+        QuantType::Q4_1 | QuantType::Q4K | QuantType::Q5K => (ty.type_size(), &[0, 2]),
+        QuantType::Q6K => (ty.type_size(), &[208]),
+        _ => return,
+    };
+    for b in w.chunks_exact_mut(ts) {
+        for &f in fields {
+            b[f..f + 2].copy_from_slice(&h);
+        }
+    }
+}
+
+fn bench(k: &Kernels, ty: QuantType, n: usize, rows: usize, reps: usize) -> f64 {
+    let rb = ty.row_bytes(n).unwrap();
+    let mut w = vec![0u8; rb * rows];
+    fill(&mut w, 1);
+    fix_scales(ty, &mut w);
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let vt = ty.vec_dot_type();
+    let mut xq = vec![0u8; vt.row_bytes(n).unwrap()];
+    (k.quantize(vt).unwrap())(&x, &mut xq);
+    let mv = k.matvec(ty).unwrap();
+    let mut out = vec![0f32; rows];
+    mv(n, &w, &xq, &mut out); // warm-up
+                              // The fastest of `reps` passes: the machine may be shared, and a pass that was descheduled
+                              // says nothing about the kernel.
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = Instant::now();
+        mv(n, &w, &xq, &mut out);
+        std::hint::black_box(&mut out);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    w.len() as f64 / best / 1e9
+}
+
+fn main() {
+    let tiers: Vec<&Kernels> = Kernels::available().collect();
+    println!(
+        "tiers: {:?}",
+        tiers.iter().map(|k| k.tier.name()).collect::<Vec<_>>()
+    );
+    let cases = [
+        (QuantType::Q4_1, 576, 1536, "Q4_1 576→1536 (ffn up)"),
+        (QuantType::Q4_1, 1536, 576, "Q4_1 1536→576 (ffn down)"),
+        (QuantType::Q8_0, 576, 49152, "Q8_0 576→49152 (output head)"),
+        (QuantType::Q4_0, 576, 1536, "Q4_0 576→1536"),
+        (QuantType::Q4K, 1536, 576, "Q4_K 1536→576"),
+        (QuantType::Q5K, 1536, 576, "Q5_K 1536→576"),
+        (QuantType::Q6K, 1536, 576, "Q6_K 1536→576"),
+        (QuantType::F16, 576, 1536, "F16 576→1536"),
+        (QuantType::F32, 576, 576, "F32 576→576"),
+    ];
+    const BIG: usize = 96 << 20;
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    for (ty, n, rows, name) in cases {
+        if !name.contains(&filter) {
+            continue;
+        }
+        let rb = ty.row_bytes(n).unwrap();
+        let small_bytes = rb * rows;
+        let big_rows = BIG / rb;
+        print!("{name:32}");
+        for k in &tiers {
+            let reps_small = ((1usize << 30) / small_bytes).clamp(3, 5_000);
+            let reps_small = if k.tier.name() == "scalar" {
+                reps_small / 8 + 1
+            } else {
+                reps_small
+            };
+            let cached = bench(k, ty, n, rows, reps_small);
+            let reps_big = if k.tier.name() == "scalar" { 2 } else { 12 };
+            let streamed = bench(k, ty, n, big_rows, reps_big);
+            print!(
+                "  {:>10}: {cached:6.1} / {streamed:5.1} GB/s",
+                k.tier.name()
+            );
+        }
+        println!();
+    }
+    println!("(cache-resident / streaming from memory; weight bytes per second of the fastest pass, one thread)");
+}

@@ -1,0 +1,155 @@
+//! aarch64 LoRA tier: Advanced SIMD (NEON), fp16 widened with `fcvtl` (`vcvt_f32_f16`, base ARMv8).
+//! One tier serves both `neon` and `neon-dotprod` CPUs (the LoRA kernels do no integer dot products); it
+//! reports [`Tier::Neon`]. See [`crate::lora`] for the semantics; like the x86 tiers it implements only
+//! `rows_dot`, four dot products at a time.
+use crate::lora::{LoraKernels, RowsDot};
+use crate::Tier;
+use core::arch::aarch64::*;
+
+static TABLE: LoraKernels = LoraKernels { tier: Tier::Neon, shrink, expand, shrink_batch, expand_batch };
+
+fn detected() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::arch::is_aarch64_feature_detected!("neon")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        cfg!(target_feature = "neon")
+    }
+}
+
+/// The NEON LoRA table, if the CPU has Advanced SIMD.
+pub fn neon() -> Option<&'static LoraKernels> {
+    detected().then_some(&TABLE)
+}
+
+/// Whether the CPU has the dot-product extension (so that `neon-dotprod` names a tier it runs).
+pub fn has_dotprod() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::arch::is_aarch64_feature_detected!("dotprod")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        cfg!(target_feature = "dotprod")
+    }
+}
+
+crate::lora::lora_tier_fns!(rows_dot);
+
+/// 4 halves from the start of `c` (`c.len() >= 4`), widened.
+#[target_feature(enable = "neon")]
+#[inline]
+fn ldh(c: &[u16]) -> float32x4_t {
+    let c = &c[..4];
+    // SAFETY: `c` holds exactly 4 u16; `vld1` has no alignment requirement beyond the element's.
+    unsafe { vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(c.as_ptr()))) }
+}
+
+/// 4 floats from the start of `c` (`c.len() >= 4`).
+#[target_feature(enable = "neon")]
+#[inline]
+fn ldf(c: &[f32]) -> float32x4_t {
+    let c = &c[..4];
+    // SAFETY: `c` holds exactly 4 f32.
+    unsafe { vld1q_f32(c.as_ptr()) }
+}
+
+/// `c` (shorter than 4) widened and zero-padded.
+#[target_feature(enable = "neon")]
+#[inline]
+fn ldh_tail(c: &[u16]) -> float32x4_t {
+    let mut buf = [0u16; 4];
+    buf[..c.len()].copy_from_slice(c);
+    ldh(&buf)
+}
+
+/// `c` (shorter than 4) zero-padded.
+#[target_feature(enable = "neon")]
+#[inline]
+fn ldf_tail(c: &[f32]) -> float32x4_t {
+    let mut buf = [0f32; 4];
+    buf[..c.len()].copy_from_slice(c);
+    ldf(&buf)
+}
+
+/// `[w[q] · v[q] for q in 0..4]`, all slices of length `k`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn dot4(k: usize, w: [&[u16]; 4], v: [&[f32]; 4]) -> [f32; 4] {
+    let w = w.map(|s| &s[..k]);
+    let v = v.map(|s| &s[..k]);
+    let mut acc = [vdupq_n_f32(0.0); 4];
+    let main = k & !3;
+    let mut i = 0;
+    while i < main {
+        for q in 0..4 {
+            acc[q] = vfmaq_f32(acc[q], ldh(&w[q][i..]), ldf(&v[q][i..]));
+        }
+        i += 4;
+    }
+    if i < k {
+        for q in 0..4 {
+            acc[q] = vfmaq_f32(acc[q], ldh_tail(&w[q][i..]), ldf_tail(&v[q][i..]));
+        }
+    }
+    acc.map(|a| vaddvq_f32(a))
+}
+
+/// `w · v`, both of length `k`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn dot1(k: usize, w: &[u16], v: &[f32]) -> f32 {
+    let (w, v) = (&w[..k], &v[..k]);
+    let mut acc = vdupq_n_f32(0.0);
+    let main = k & !3;
+    let mut i = 0;
+    while i < main {
+        acc = vfmaq_f32(acc, ldh(&w[i..]), ldf(&v[i..]));
+        i += 4;
+    }
+    if i < k {
+        acc = vfmaq_f32(acc, ldh_tail(&w[i..]), ldf_tail(&v[i..]));
+    }
+    vaddvq_f32(acc)
+}
+
+/// All rows against one token's vector, four rows at a time.
+#[target_feature(enable = "neon")]
+fn one_token(j: &RowsDot<'_>, tok: usize, out: &mut [f32]) {
+    let v = j.vec(tok);
+    let mut row = j.row0;
+    while row + 4 <= j.row1 {
+        let d = dot4(j.k, [j.row(row), j.row(row + 1), j.row(row + 2), j.row(row + 3)], [v; 4]);
+        for (q, d) in d.into_iter().enumerate() {
+            j.put(out, tok, row + q, d);
+        }
+        row += 4;
+    }
+    while row < j.row1 {
+        j.put(out, tok, row, dot1(j.k, j.row(row), v));
+        row += 1;
+    }
+}
+
+/// This tier's [`RowsDot`].
+#[target_feature(enable = "neon")]
+fn rows_dot(j: &RowsDot<'_>, out: &mut [f32]) {
+    let mut tok = 0;
+    while tok + 4 <= j.n_tok {
+        let vs = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
+        for row in j.row0..j.row1 {
+            let w = j.row(row);
+            let d = dot4(j.k, [w; 4], vs);
+            for (q, d) in d.into_iter().enumerate() {
+                j.put(out, tok + q, row, d);
+            }
+        }
+        tok += 4;
+    }
+    while tok < j.n_tok {
+        one_token(j, tok, out);
+        tok += 1;
+    }
+}

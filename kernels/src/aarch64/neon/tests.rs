@@ -1,0 +1,494 @@
+//! Inline checks of the NEON tiers against a reference written here from ggml's block definitions
+//! (independent of `scalar.rs`; `kernels/tests/tiers.rs` additionally compares every tier with the
+//! scalar tier). Quantizers must match ggml's reference quantizers byte for byte; dot products must
+//! match an f64 evaluation of ggml's formulas within f32 rounding.
+
+extern crate std;
+use super::{kernels, kernels_dotprod};
+use crate::*;
+use std::vec::Vec;
+use std::{println, vec};
+
+/// The tiers under test on this CPU (printed, so a run shows what it covered).
+fn tiers() -> Vec<&'static Kernels> {
+    let t: Vec<_> = [kernels(), kernels_dotprod()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let names: Vec<_> = t.iter().map(|k| k.tier.name()).collect();
+    println!("neon inline tests: tiers run on this CPU: {names:?}");
+    assert!(!t.is_empty(), "no NEON tier available on an aarch64 CPU");
+    t
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn byte(&mut self) -> u8 {
+        (self.next() >> 32) as u8
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.byte()).collect()
+    }
+    /// Uniform in [-1, 1).
+    fn f(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f() * scale).collect()
+    }
+    /// A small positive or negative f16 scale.
+    fn scale(&mut self) -> [u8; 2] {
+        F16Bits::from_f32(self.f() * 0.05).0
+    }
+}
+
+fn h(b: &[u8]) -> f64 {
+    F16Bits([b[0], b[1]]).to_f32() as f64
+}
+
+/// Copies `v` into a fresh buffer at byte offset 1, so the kernels see unaligned data.
+fn unaligned(v: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; v.len() + 1];
+    b[1..].copy_from_slice(v);
+    b
+}
+
+// ------------------------------------------------------------ reference quantizers (ggml semantics)
+
+fn ref_q8_0(x: &[f32], with_sum: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in x.chunks(32) {
+        let amax = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let q: Vec<i8> = b.iter().map(|v| (v * id).round() as i8).collect();
+        out.extend_from_slice(&F16Bits::from_f32(d).0);
+        if with_sum {
+            let s: i32 = q.iter().map(|&v| v as i32).sum();
+            out.extend_from_slice(&F16Bits::from_f32(s as f32 * d).0);
+        }
+        out.extend(q.iter().map(|&v| v as u8));
+    }
+    out
+}
+
+fn ref_q8_k(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in x.chunks(256) {
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in b {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            out.extend(core::iter::repeat_n(0u8, 292));
+            continue;
+        }
+        let iscale = -127.0 / max;
+        let q: Vec<i8> = b
+            .iter()
+            .map(|&v| ((iscale * v).round_ties_even() as i32).min(127) as i8)
+            .collect();
+        out.extend_from_slice(&(1.0 / iscale).to_le_bytes());
+        out.extend(q.iter().map(|&v| v as u8));
+        for g in q.chunks(16) {
+            let s: i16 = g.iter().map(|&v| v as i16).sum();
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+    }
+    out
+}
+
+#[test]
+fn detection_is_consistent() {
+    let t = tiers();
+    assert_eq!(t[0].tier, Tier::Neon);
+    let dp = std::arch::is_aarch64_feature_detected!("dotprod");
+    assert_eq!(
+        kernels_dotprod().is_some(),
+        dp,
+        "dotprod tier offered iff the CPU has dotprod"
+    );
+    if dp {
+        assert_eq!(kernels_dotprod().unwrap().tier, Tier::NeonDotprod);
+    }
+    // Kernels::available() must list exactly what this module offers, after scalar.
+    let avail: Vec<_> = Kernels::available().map(|k| k.tier).collect();
+    let mut want = vec![Tier::Scalar];
+    want.extend(t.iter().map(|k| k.tier));
+    assert_eq!(avail, want);
+}
+
+/// Test inputs for the quantizers: random blocks at several magnitudes plus the edge cases.
+fn quant_inputs() -> Vec<Vec<f32>> {
+    let mut r = Rng(0x9e3779b97f4a7c15);
+    let mut v = vec![
+        r.vec(256 * 3, 1.0),
+        r.vec(256, 1e-3),
+        r.vec(512, 300.0),
+        vec![0.0; 256],
+    ];
+    // Exact ties: with amax = 127 the Q8_0 scale is 1 and the Q8_K scale is ±1, so x.5 values
+    // are ties (roundf goes away from zero, nearest_int to even).
+    let mut t = vec![0.0f32; 256];
+    t[0] = 127.0;
+    for (i, x) in t.iter_mut().enumerate().skip(1) {
+        *x = (i as f32 % 100.0) - 50.5;
+    }
+    v.push(t.clone());
+    // Largest magnitude reached by both signs: the first one decides the Q8_K sign.
+    t[0] = -127.0;
+    t[200] = 127.0;
+    v.push(t.clone());
+    t[0] = 127.0;
+    t[200] = -127.0;
+    v.push(t);
+    // A negative maximum only.
+    let mut u = r.vec(256, 1.0);
+    u[77] = -3.0;
+    v.push(u);
+    v
+}
+
+#[test]
+fn quantizers_match_ggml_reference() {
+    for k in tiers() {
+        for (i, x) in quant_inputs().iter().enumerate() {
+            let mut o = vec![0xAAu8; x.len() / 32 * 34];
+            (k.quantize_q8_0)(x, &mut o);
+            assert_eq!(o, ref_q8_0(x, false), "{} q8_0 input {i}", k.tier.name());
+            let mut o = vec![0xAAu8; x.len() / 32 * 36];
+            (k.quantize_q8_1)(x, &mut o);
+            assert_eq!(o, ref_q8_0(x, true), "{} q8_1 input {i}", k.tier.name());
+            let mut o = vec![0xAAu8; x.len() / 256 * 292];
+            (k.quantize_q8_k)(x, &mut o);
+            assert_eq!(o, ref_q8_k(x), "{} q8_K input {i}", k.tier.name());
+        }
+    }
+}
+
+#[test]
+fn quantizer_tie_rounding_differs_as_in_ggml() {
+    // Independent of the reference above: 2.5 with scale 1 must become 3 in Q8_0 (roundf) and
+    // -2 in Q8_K (iscale = -1, nearest even of -2.5).
+    let mut x = vec![0.0f32; 256];
+    x[0] = 127.0;
+    x[1] = 2.5;
+    for k in tiers() {
+        let mut o = vec![0u8; 34 * 8];
+        (k.quantize_q8_0)(&x, &mut o);
+        assert_eq!(o[2 + 1] as i8, 3, "{}", k.tier.name());
+        let mut o = vec![0u8; 292];
+        (k.quantize_q8_k)(&x, &mut o);
+        assert_eq!(f32::from_le_bytes([o[0], o[1], o[2], o[3]]), -1.0);
+        assert_eq!(o[4] as i8, -127);
+        assert_eq!(o[5] as i8, -2, "{}", k.tier.name());
+    }
+}
+
+// ------------------------------------------------------------ matvec
+
+/// Random weight rows of type `ty` with sane (small, finite) f16 scales.
+fn weights(r: &mut Rng, ty: QuantType, n: usize, rows: usize) -> Vec<u8> {
+    let rb = ty.row_bytes(n).unwrap();
+    let mut w = r.bytes(rb * rows);
+    let bs = ty.type_size();
+    for b in w.chunks_mut(bs) {
+        match ty {
+            QuantType::Q4_0 | QuantType::Q8_0 => b[..2].copy_from_slice(&r.scale()),
+            QuantType::Q4_1 | QuantType::Q4K | QuantType::Q5K => {
+                b[..2].copy_from_slice(&r.scale());
+                b[2..4].copy_from_slice(&r.scale());
+            }
+            QuantType::Q6K => b[208..210].copy_from_slice(&r.scale()),
+            QuantType::F16 => b.copy_from_slice(&F16Bits::from_f32(r.f()).0),
+            QuantType::F32 => b.copy_from_slice(&r.f().to_le_bytes()),
+            _ => unreachable!(),
+        }
+    }
+    w
+}
+
+/// Per-element weight values of one row (ggml dequantization, in f64).
+fn dequant(ty: QuantType, row: &[u8]) -> Vec<f64> {
+    let mut v = Vec::new();
+    for b in row.chunks(ty.type_size()) {
+        match ty {
+            QuantType::F32 => v.push(f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64),
+            QuantType::F16 => v.push(h(b)),
+            QuantType::Q8_0 => v.extend(b[2..].iter().map(|&q| h(b) * (q as i8) as f64)),
+            QuantType::Q4_0 => {
+                v.extend(b[2..].iter().map(|&q| h(b) * ((q & 15) as f64 - 8.0)));
+                v.extend(b[2..].iter().map(|&q| h(b) * ((q >> 4) as f64 - 8.0)));
+            }
+            QuantType::Q4K | QuantType::Q5K => {
+                let (d, dmin, s) = (h(b), h(&b[2..]), &b[4..16]);
+                let sm = |j: usize| -> (f64, f64) {
+                    if j < 4 {
+                        ((s[j] & 63) as f64, (s[j + 4] & 63) as f64)
+                    } else {
+                        (
+                            ((s[j + 4] & 15) | ((s[j - 4] >> 6) << 4)) as f64,
+                            ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as f64,
+                        )
+                    }
+                };
+                let (qh, qs) = if ty == QuantType::Q5K {
+                    (&b[16..48], &b[48..])
+                } else {
+                    (&b[..0], &b[16..])
+                };
+                for j in 0..4 {
+                    for half in 0..2 {
+                        let (sc, m) = sm(2 * j + half);
+                        for l in 0..32 {
+                            let mut q = (qs[32 * j + l] >> (4 * half)) & 15;
+                            if !qh.is_empty() && qh[l] & (1 << (2 * j + half)) != 0 {
+                                q += 16;
+                            }
+                            v.push(d * sc * q as f64 - dmin * m);
+                        }
+                    }
+                }
+            }
+            QuantType::Q6K => {
+                let (ql, qh, sc, d) = (&b[..128], &b[128..192], &b[192..208], h(&b[208..]));
+                let mut e = [0f64; 256];
+                for half in 0..2 {
+                    for l in 0..32 {
+                        let (a, c, hh) =
+                            (ql[64 * half + l], ql[64 * half + l + 32], qh[32 * half + l]);
+                        let q = [
+                            (a & 15) | ((hh & 3) << 4),
+                            (c & 15) | (((hh >> 2) & 3) << 4),
+                            (a >> 4) | (((hh >> 4) & 3) << 4),
+                            (c >> 4) | (((hh >> 6) & 3) << 4),
+                        ];
+                        for (k, qk) in q.iter().enumerate() {
+                            let idx = 128 * half + 32 * k + l;
+                            e[idx] = d
+                                * sc[8 * half + 2 * k + l / 16] as i8 as f64
+                                * (*qk as f64 - 32.0);
+                        }
+                    }
+                }
+                v.extend_from_slice(&e);
+            }
+            _ => unreachable!(),
+        }
+    }
+    v
+}
+
+/// Reference `row · x` for weights of `ty` against the activation bytes `xq` (in `vec_dot_type`),
+/// and the sum of |terms| (the scale of the allowed rounding error).
+fn ref_dot(ty: QuantType, row: &[u8], xq: &[u8], n: usize) -> (f64, f64) {
+    if ty == QuantType::Q4_1 {
+        // Σ_blocks d·dy·Σq·qy + m·s (ggml uses the block's stored s for the min term).
+        let (mut s, mut a) = (0.0, 0.0);
+        for (b, y) in row.chunks(20).zip(xq.chunks(36)).take(n / 32) {
+            let mut isum = 0i64;
+            for j in 0..16 {
+                isum += (b[4 + j] & 15) as i64 * (y[4 + j] as i8) as i64;
+                isum += (b[4 + j] >> 4) as i64 * (y[20 + j] as i8) as i64;
+            }
+            let t1 = h(b) * h(y) * isum as f64;
+            let t2 = h(&b[2..]) * h(&y[2..]);
+            s += t1 + t2;
+            a += t1.abs() + t2.abs();
+        }
+        return (s, a);
+    }
+    let w = dequant(ty, row);
+    let x: Vec<f64> = match ty.vec_dot_type() {
+        QuantType::F32 => xq
+            .chunks(4)
+            .take(n)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        QuantType::Q8_0 => xq
+            .chunks(34)
+            .take(n / 32)
+            .flat_map(|b| b[2..].iter().map(move |&q| h(b) * (q as i8) as f64))
+            .collect(),
+        QuantType::Q8K => xq
+            .chunks(292)
+            .take(n / 256)
+            .flat_map(|b| {
+                let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64;
+                b[4..260].iter().map(move |&q| d * (q as i8) as f64)
+            })
+            .collect(),
+        _ => unreachable!(),
+    };
+    assert_eq!(w.len(), n);
+    let s = w.iter().zip(&x).map(|(a, b)| a * b).sum();
+    let a = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+    (s, a)
+}
+
+fn check_matvec(ty: QuantType, ns: &[usize], rows: usize) {
+    let mut r = Rng(0x1234_5678_9abc_def1 ^ ty as u64);
+    for k in tiers() {
+        for &n in ns {
+            let w = weights(&mut r, ty, n, rows);
+            let x = r.vec(n, 2.0);
+            let vt = ty.vec_dot_type();
+            let mut xq = vec![0u8; vt.row_bytes(n).unwrap()];
+            (k.quantize(vt).unwrap())(&x, &mut xq);
+            let (wu, xu) = (unaligned(&w), unaligned(&xq));
+            let mut out = vec![f32::NAN; rows];
+            (k.matvec(ty).unwrap())(n, &wu[1..], &xu[1..], &mut out);
+            let rb = ty.row_bytes(n).unwrap();
+            for (i, o) in out.iter().enumerate() {
+                let (want, mag) = ref_dot(ty, &w[i * rb..(i + 1) * rb], &xq, n);
+                let err = (*o as f64 - want).abs();
+                let tol = 2e-6 * mag + 1e-30;
+                assert!(
+                    err <= tol,
+                    "{} {} n={n} row {i}: got {o}, want {want} (err {err:e}, tol {tol:e})",
+                    k.tier.name(),
+                    ty.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matvec_f32() {
+    check_matvec(
+        QuantType::F32,
+        &[1, 3, 4, 15, 16, 17, 63, 64, 67, 130, 576],
+        5,
+    );
+}
+#[test]
+fn matvec_f16() {
+    check_matvec(
+        QuantType::F16,
+        &[1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 67, 576],
+        5,
+    );
+}
+#[test]
+fn matvec_q4_0() {
+    check_matvec(QuantType::Q4_0, &[32, 64, 96, 576, 1536], 6);
+}
+#[test]
+fn matvec_q4_1() {
+    check_matvec(QuantType::Q4_1, &[32, 64, 96, 576, 1536], 6);
+}
+#[test]
+fn matvec_q8_0() {
+    check_matvec(QuantType::Q8_0, &[32, 64, 96, 576, 1536], 6);
+}
+#[test]
+fn matvec_q4_k() {
+    check_matvec(QuantType::Q4K, &[256, 512, 1536], 6);
+}
+#[test]
+fn matvec_q5_k() {
+    check_matvec(QuantType::Q5K, &[256, 512, 1536], 6);
+}
+#[test]
+fn matvec_q6_k() {
+    check_matvec(QuantType::Q6K, &[256, 512, 1536], 6);
+}
+
+#[test]
+fn q8_0_extremes_do_not_overflow() {
+    // All quants -128 against -128 activations: 32·16384 per block, which overflows i16 sums.
+    let mut w = vec![0u8; 34 * 2];
+    for b in w.chunks_mut(34) {
+        b[..2].copy_from_slice(&F16Bits::from_f32(1.0).0);
+        b[2..].fill(0x80);
+    }
+    let xq = w.clone();
+    for k in tiers() {
+        let mut out = [0.0f32; 2];
+        (k.matvec_q8_0)(32, &w, &xq, &mut out);
+        assert_eq!(out, [32.0 * 16384.0; 2], "{}", k.tier.name());
+    }
+}
+
+#[test]
+fn dot_and_axpy() {
+    let mut r = Rng(77);
+    for k in tiers() {
+        for n in [0usize, 1, 3, 4, 5, 15, 16, 17, 33, 100] {
+            let a = r.vec(n, 1.0);
+            let b = r.vec(n + 3, 1.0); // longer: only the common length counts
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let mag: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (*x as f64 * *y as f64).abs())
+                .sum();
+            let got = (k.dot_f32)(&a, &b);
+            assert!(
+                (got as f64 - want).abs() <= 1e-6 * mag + 1e-30,
+                "{} dot n={n}: {got} vs {want}",
+                k.tier.name()
+            );
+            let mut y = r.vec(n + 2, 1.0);
+            let y0 = y.clone();
+            (k.axpy_f32)(0.75, &a, &mut y);
+            for i in 0..n + 2 {
+                let want = if i < n { y0[i] + 0.75 * a[i] } else { y0[i] };
+                assert!(
+                    (y[i] - want).abs() <= 1e-6 * (y0[i].abs() + 1.0),
+                    "{} axpy n={n} i={i}",
+                    k.tier.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn n_zero_gives_zeros() {
+    for k in tiers() {
+        let mut out = [1.0f32; 3];
+        (k.matvec_q4_0)(0, &[], &[], &mut out);
+        assert_eq!(out, [0.0; 3]);
+    }
+}
+
+#[test]
+fn short_weights_are_rejected() {
+    for k in tiers() {
+        let w = vec![0u8; 18 * 3]; // 3 rows of one Q4_0 block, but 4 rows asked
+        let xq = vec![0u8; 34];
+        let mut out = [0.0f32; 4];
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (k.matvec_q4_0)(32, &w, &xq, &mut out)
+        }));
+        if cfg!(debug_assertions) {
+            let err = res.expect_err("debug builds assert on inconsistent lengths");
+            let msg = err
+                .downcast_ref::<std::string::String>()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                msg.contains("Q4_0") && msg.contains("54 bytes"),
+                "{}: message {msg:?}",
+                k.tier.name()
+            );
+        } else {
+            assert!(
+                res.is_ok() && out.iter().all(|o| o.is_nan()),
+                "{}: release builds write NaN",
+                k.tier.name()
+            );
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! x86-64 LoRA tiers: AVX2+FMA+F16C (8 lanes) and AVX-512 F+BW+VL (16 lanes, masked tails).
+//! See [`crate::lora`] for the semantics; both tiers implement only `rows_dot`, the dot products of fp16
+//! rows with f32 vectors, four at a time (four rows against one token's vector when decoding, one row
+//! against four tokens' vectors when batching, so every fp16 load is converted once per four FMAs).
+use crate::lora::LoraKernels;
+use crate::Tier;
+
+/// The AVX2 LoRA table, if the CPU has AVX2, FMA and F16C.
+pub fn avx2() -> Option<&'static LoraKernels> {
+    avx2::detected().then_some(&avx2::TABLE)
+}
+
+/// The AVX-512 LoRA table, if the CPU has AVX-512 F, BW and VL (and the AVX2 tier's features).
+/// It reports [`Tier::Avx512`] although it does not need VNNI.
+pub fn avx512() -> Option<&'static LoraKernels> {
+    avx512::detected().then_some(&avx512::TABLE)
+}
+
+mod avx2 {
+    use super::*;
+    use crate::lora::RowsDot;
+    use core::arch::x86_64::*;
+
+    pub(super) static TABLE: LoraKernels = LoraKernels { tier: Tier::Avx2, shrink, expand, shrink_batch, expand_batch };
+
+    pub(super) fn detected() -> bool {
+        #[cfg(feature = "std")]
+        {
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            cfg!(all(target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))
+        }
+    }
+
+    crate::lora::lora_tier_fns!(rows_dot);
+
+    /// 8 halves from the start of `c` (`c.len() >= 8`), widened.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn ldh(c: &[u16]) -> __m256 {
+        let c = &c[..8];
+        // SAFETY: `c` holds exactly 8 u16 (16 bytes); `loadu` has no alignment requirement.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(c.as_ptr().cast())) }
+    }
+
+    /// 8 floats from the start of `c` (`c.len() >= 8`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn ldf(c: &[f32]) -> __m256 {
+        let c = &c[..8];
+        // SAFETY: `c` holds exactly 8 f32; `loadu` has no alignment requirement.
+        unsafe { _mm256_loadu_ps(c.as_ptr()) }
+    }
+
+    /// `c` (shorter than 8) widened and zero-padded to 8 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn ldh_tail(c: &[u16]) -> __m256 {
+        let mut buf = [0u16; 8];
+        buf[..c.len()].copy_from_slice(c);
+        ldh(&buf)
+    }
+
+    /// `c` (shorter than 8) zero-padded to 8 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn ldf_tail(c: &[f32]) -> __m256 {
+        let mut buf = [0f32; 8];
+        buf[..c.len()].copy_from_slice(c);
+        ldf(&buf)
+    }
+
+    /// The four horizontal sums `[Σa, Σb, Σc, Σd]`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> [f32; 4] {
+        let s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+        let mut r = [0f32; 4];
+        // SAFETY: `r` holds 4 f32; `storeu` has no alignment requirement.
+        unsafe { _mm_storeu_ps(r.as_mut_ptr(), s) };
+        r
+    }
+
+    /// `[w[q] · v[q] for q in 0..4]`, all slices of length `k`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn dot4(k: usize, w: [&[u16]; 4], v: [&[f32]; 4]) -> [f32; 4] {
+        let w = w.map(|s| &s[..k]);
+        let v = v.map(|s| &s[..k]);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let main = k & !7;
+        let mut i = 0;
+        while i < main {
+            for q in 0..4 {
+                acc[q] = _mm256_fmadd_ps(ldh(&w[q][i..]), ldf(&v[q][i..]), acc[q]);
+            }
+            i += 8;
+        }
+        if i < k {
+            for q in 0..4 {
+                acc[q] = _mm256_fmadd_ps(ldh_tail(&w[q][i..]), ldf_tail(&v[q][i..]), acc[q]);
+            }
+        }
+        hsum4(acc[0], acc[1], acc[2], acc[3])
+    }
+
+    /// `w · v`, both of length `k`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn dot1(k: usize, w: &[u16], v: &[f32]) -> f32 {
+        let (w, v) = (&w[..k], &v[..k]);
+        let mut acc = _mm256_setzero_ps();
+        let main = k & !7;
+        let mut i = 0;
+        while i < main {
+            acc = _mm256_fmadd_ps(ldh(&w[i..]), ldf(&v[i..]), acc);
+            i += 8;
+        }
+        if i < k {
+            acc = _mm256_fmadd_ps(ldh_tail(&w[i..]), ldf_tail(&v[i..]), acc);
+        }
+        let z = _mm256_setzero_ps();
+        hsum4(acc, z, z, z)[0]
+    }
+
+    /// All rows against one token's vector, four rows at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn one_token(j: &RowsDot<'_>, tok: usize, out: &mut [f32]) {
+        let v = j.vec(tok);
+        let mut row = j.row0;
+        while row + 4 <= j.row1 {
+            let d = dot4(j.k, [j.row(row), j.row(row + 1), j.row(row + 2), j.row(row + 3)], [v; 4]);
+            for (q, d) in d.into_iter().enumerate() {
+                j.put(out, tok, row + q, d);
+            }
+            row += 4;
+        }
+        while row < j.row1 {
+            j.put(out, tok, row, dot1(j.k, j.row(row), v));
+            row += 1;
+        }
+    }
+
+    /// This tier's [`RowsDot`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn rows_dot(j: &RowsDot<'_>, out: &mut [f32]) {
+        let mut tok = 0;
+        while tok + 4 <= j.n_tok {
+            let vs = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
+            for row in j.row0..j.row1 {
+                let w = j.row(row);
+                let d = dot4(j.k, [w; 4], vs);
+                for (q, d) in d.into_iter().enumerate() {
+                    j.put(out, tok + q, row, d);
+                }
+            }
+            tok += 4;
+        }
+        while tok < j.n_tok {
+            one_token(j, tok, out);
+            tok += 1;
+        }
+    }
+}
+
+mod avx512 {
+    use super::*;
+    use crate::lora::RowsDot;
+    use core::arch::x86_64::*;
+
+    pub(super) static TABLE: LoraKernels =
+        LoraKernels { tier: Tier::Avx512, shrink, expand, shrink_batch, expand_batch };
+
+    pub(super) fn detected() -> bool {
+        #[cfg(feature = "std")]
+        {
+            super::avx2::detected()
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            super::avx2::detected()
+                && cfg!(all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512vl"))
+        }
+    }
+
+    crate::lora::lora_tier_fns!(rows_dot);
+
+    /// The first `c.len().min(16)` halves of `c`, widened; missing lanes are 0 (masked load: nothing
+    /// past the end of `c` is read).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn ldh(c: &[u16]) -> __m512 {
+        let n = c.len().min(16);
+        let m: __mmask16 = if n == 16 { !0 } else { (1u16 << n) - 1 };
+        // SAFETY: the mask enables exactly the first `n <= c.len()` lanes; masked-off lanes are not
+        // accessed (AVX-512 fault suppression), and `loadu` has no alignment requirement.
+        unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, c.as_ptr().cast())) }
+    }
+
+    /// The first `c.len().min(16)` floats of `c`; missing lanes are 0 (masked load).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn ldf(c: &[f32]) -> __m512 {
+        let n = c.len().min(16);
+        let m: __mmask16 = if n == 16 { !0 } else { (1u16 << n) - 1 };
+        // SAFETY: as in `ldh`: only the first `n <= c.len()` lanes are read.
+        unsafe { _mm512_maskz_loadu_ps(m, c.as_ptr()) }
+    }
+
+    /// `[w[q] · v[q] for q in 0..4]`, all slices of length `k`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn dot4(k: usize, w: [&[u16]; 4], v: [&[f32]; 4]) -> [f32; 4] {
+        let w = w.map(|s| &s[..k]);
+        let v = v.map(|s| &s[..k]);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i < k {
+            for q in 0..4 {
+                acc[q] = _mm512_fmadd_ps(ldh(&w[q][i..]), ldf(&v[q][i..]), acc[q]);
+            }
+            i += 16;
+        }
+        acc.map(|a| _mm512_reduce_add_ps(a))
+    }
+
+    /// `w · v`, both of length `k`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn dot1(k: usize, w: &[u16], v: &[f32]) -> f32 {
+        let (w, v) = (&w[..k], &v[..k]);
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i < k {
+            acc = _mm512_fmadd_ps(ldh(&w[i..]), ldf(&v[i..]), acc);
+            i += 16;
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// All rows against one token's vector, four rows at a time.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    fn one_token(j: &RowsDot<'_>, tok: usize, out: &mut [f32]) {
+        let v = j.vec(tok);
+        let mut row = j.row0;
+        while row + 4 <= j.row1 {
+            let d = dot4(j.k, [j.row(row), j.row(row + 1), j.row(row + 2), j.row(row + 3)], [v; 4]);
+            for (q, d) in d.into_iter().enumerate() {
+                j.put(out, tok, row + q, d);
+            }
+            row += 4;
+        }
+        while row < j.row1 {
+            j.put(out, tok, row, dot1(j.k, j.row(row), v));
+            row += 1;
+        }
+    }
+
+    /// This tier's [`RowsDot`]. Rows shorter than 16 (small ranks in the expand) go to the AVX2 code,
+    /// whose 8-lane vectors waste fewer lanes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) fn rows_dot(j: &RowsDot<'_>, out: &mut [f32]) {
+        if j.k < 16 {
+            return super::avx2::rows_dot(j, out);
+        }
+        let mut tok = 0;
+        while tok + 4 <= j.n_tok {
+            let vs = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
+            for row in j.row0..j.row1 {
+                let w = j.row(row);
+                let d = dot4(j.k, [w; 4], vs);
+                for (q, d) in d.into_iter().enumerate() {
+                    j.put(out, tok + q, row, d);
+                }
+            }
+            tok += 4;
+        }
+        while tok < j.n_tok {
+            one_token(j, tok, out);
+            tok += 1;
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! A GGUF model, memory-mapped read-only and used in place.
+//!
+//! `Model::open` maps the file, parses the GGUF header with [`crate::gguf`], checks the hyper-parameters and
+//! every weight's shape and type, and records where each weight lives in the mapping. Weight bytes are
+//! never copied or written; a [`WeightRef`] is an offset into the mapping.
+use crate::gguf::Gguf;
+use crate::kernels::QuantType;
+use crate::tokenizer::{Tokenizer, Vocab};
+use crate::{Error, Result};
+use memmap2::Mmap;
+use std::path::{Path, PathBuf};
+
+/// Where a tensor lives in the mapped file and how to read it.
+#[derive(Clone, Debug)]
+pub struct WeightRef {
+    /// The GGUF tensor name, e.g. `blk.3.attn_q.weight`.
+    pub name: String,
+    pub ty: QuantType,
+    /// Row length (ggml ne0): the input width of a linear layer.
+    pub n_in: usize,
+    /// Number of rows (ggml ne1): the output width of a linear layer.
+    pub n_out: usize,
+    /// Byte range in the mapping.
+    pub offset: usize,
+    pub size: usize,
+}
+
+impl WeightRef {
+    pub fn row_bytes(&self) -> usize {
+        self.size / self.n_out.max(1)
+    }
+}
+
+/// One transformer block's weights, named after the GGUF tensors.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub attn_norm: WeightRef,
+    pub attn_q: WeightRef,
+    pub attn_k: WeightRef,
+    pub attn_v: WeightRef,
+    pub attn_output: WeightRef,
+    pub ffn_norm: WeightRef,
+    pub ffn_gate: WeightRef,
+    pub ffn_up: WeightRef,
+    pub ffn_down: WeightRef,
+}
+
+/// Hyper-parameters from the GGUF metadata (`{arch}.*` keys).
+#[derive(Clone, Debug)]
+pub struct HParams {
+    pub n_vocab: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub n_ctx_train: usize,
+    pub rope_dim: usize,
+    pub rope_freq_base: f32,
+    /// Linear RoPE scaling factor (`rope.scaling.factor` with type `linear`), 1.0 if none.
+    pub rope_freq_scale: f32,
+    pub rms_eps: f32,
+}
+
+impl HParams {
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+}
+
+pub struct Model {
+    path: PathBuf,
+    map: Mmap,
+    pub arch: String,
+    pub name: Option<String>,
+    pub hp: HParams,
+    pub tokenizer: Tokenizer,
+    /// `tokenizer.ggml.model` (`gpt2`, `llama`, …).
+    pub tokenizer_model: String,
+    pub chat_template: Option<String>,
+    pub token_embd: WeightRef,
+    pub output_norm: WeightRef,
+    /// The output head; `token_embd` itself when the embedding is tied.
+    pub output: WeightRef,
+    pub tied_output: bool,
+    /// Llama 3.1-style per-frequency RoPE divisors (`rope_freqs.weight`), if present.
+    pub rope_freqs: Option<WeightRef>,
+    pub layers: Vec<Layer>,
+    /// Tensor count per type, for `edge-run info`.
+    pub type_counts: Vec<(QuantType, usize)>,
+    pub n_tensors: usize,
+    pub gguf_version: u32,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("path", &self.path).field("arch", &self.arch).field("hp", &self.hp).finish()
+    }
+}
+
+/// Architectures whose forward pass is the LLaMA one (RMSNorm, RoPE, GQA, SwiGLU).
+const LLAMA_LIKE: &[&str] = &["llama", "mistral"];
+
+impl Model {
+    /// Map and validate a GGUF model file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref().to_path_buf();
+        let file = std::fs::File::open(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+        // SAFETY: the mapping is read-only (PROT_READ, MAP_PRIVATE). We never write through it. If another
+        // process truncates the file while it is mapped, touching the lost pages raises SIGBUS; that is the
+        // documented limitation of using a model in place (see README, "Files in use").
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::Io { path: path.clone(), source: e })?;
+        let fname = path.display().to_string();
+        let g = Gguf::parse(&map).map_err(|e| e.in_file(&fname))?;
+        let m = Self::from_gguf(&g, &fname).map_err(|e| e.in_file(&fname))?;
+        let Loaded { arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors, gguf_version } = m;
+        Ok(Model { path, map, arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors, gguf_version })
+    }
+
+    fn from_gguf(g: &Gguf<'_>, fname: &str) -> Result<Loaded> {
+        let arch = g.get_str("general.architecture")?.to_string();
+        if !LLAMA_LIKE.contains(&arch.as_str()) {
+            return Err(Error::unsupported(fname, format!("architecture `{arch}` (general.architecture); supported: {}", LLAMA_LIKE.join(", "))));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let req = |k: &str| -> Result<usize> {
+            let v = g.get_u64(&key(k))?;
+            usize::try_from(v).map_err(|_| Error::format(fname, key(k), None, format!("value {v} does not fit in memory")))
+        };
+        let opt = |k: &str| -> Result<Option<u64>> { g.opt_u64(&key(k)) };
+        let n_embd = req("embedding_length")?;
+        let n_layer = req("block_count")?;
+        let n_head = req("attention.head_count")?;
+        let n_head_kv = opt("attention.head_count_kv")?.map(|v| v as usize).unwrap_or(n_head);
+        let n_ff = req("feed_forward_length")?;
+        let n_ctx_train = opt("context_length")?.unwrap_or(2048) as usize;
+        let rms_eps = g.opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);
+        let rope_freq_base = g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
+        let mut rope_freq_scale = 1.0f32;
+        if let Some(t) = g.opt_str(&key("rope.scaling.type"))? {
+            match t {
+                "none" => {}
+                "linear" => {
+                    let f = g.get_f32(&key("rope.scaling.factor"))?;
+                    if !(f.is_finite() && f > 0.0) {
+                        return Err(Error::format(fname, key("rope.scaling.factor"), None, format!("must be > 0, got {f}")));
+                    }
+                    rope_freq_scale = 1.0 / f;
+                }
+                other => return Err(Error::unsupported(fname, format!("{} = `{other}`", key("rope.scaling.type")))),
+            }
+        }
+        let bad = |field: String, detail: String| Err(Error::format(fname, field, None, detail));
+        if n_embd == 0 || n_embd > 1 << 16 {
+            return bad(key("embedding_length"), format!("must be in 1..=65536, got {n_embd}"));
+        }
+        if n_layer == 0 || n_layer > 1024 {
+            return bad(key("block_count"), format!("must be in 1..=1024, got {n_layer}"));
+        }
+        if n_head == 0 || n_embd % n_head != 0 {
+            return bad(key("attention.head_count"), format!("must be > 0 and divide embedding_length {n_embd}, got {n_head}"));
+        }
+        if n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return bad(key("attention.head_count_kv"), format!("must be > 0 and divide head_count {n_head}, got {n_head_kv}"));
+        }
+        let head_dim = match opt("attention.key_length")? {
+            Some(v) => v as usize,
+            None => n_embd / n_head,
+        };
+        if head_dim == 0 || head_dim % 2 != 0 || head_dim > 1024 {
+            return bad(key("attention.key_length"), format!("head size must be even and in 2..=1024, got {head_dim}"));
+        }
+        let rope_dim = opt("rope.dimension_count")?.map(|v| v as usize).unwrap_or(head_dim);
+        if rope_dim == 0 || rope_dim > head_dim || rope_dim % 2 != 0 {
+            return bad(key("rope.dimension_count"), format!("must be even and ≤ head size {head_dim}, got {rope_dim}"));
+        }
+        if n_ff == 0 || n_ff > 1 << 20 {
+            return bad(key("feed_forward_length"), format!("must be in 1..=1048576, got {n_ff}"));
+        }
+        if !(rms_eps.is_finite() && rms_eps > 0.0) || !(rope_freq_base.is_finite() && rope_freq_base > 0.0) {
+            return bad(key("attention.layer_norm_rms_epsilon"), format!("epsilon {rms_eps} / rope base {rope_freq_base} must be finite and > 0"));
+        }
+
+        let weight = |name: &str, n_in: usize, n_out: usize, linear: bool| -> Result<WeightRef> {
+            let t = g.tensor(name).ok_or_else(|| Error::format(fname, format!("tensor `{name}`"), None, "required tensor is missing"))?;
+            let (ne0, ne1) = (t.dims[0] as usize, if t.n_dims >= 2 { t.dims[1] as usize } else { 1 });
+            let extra: u64 = t.dims[2..].iter().product();
+            if ne0 != n_in || ne1 != n_out || (t.n_dims > 2 && extra != 1) {
+                return Err(Error::format(fname, format!("tensor `{name}`.dims"), Some(t.offset), format!("expected [{n_in}, {n_out}], got {:?}", &t.dims[..t.n_dims as usize])));
+            }
+            let ok = if linear { crate::kernels::Kernels::scalar().matvec(t.ty).is_some() } else { t.ty == QuantType::F32 };
+            if !linear && t.offset % 4 != 0 {
+                return Err(Error::format(fname, format!("tensor `{name}`.offset"), Some(t.offset), "F32 data must be 4-byte aligned"));
+            }
+            if !ok {
+                return Err(Error::unsupported(fname, format!("tensor `{name}` has type {} which edge-run cannot use there", t.ty.name())));
+            }
+            Ok(WeightRef { name: name.to_string(), ty: t.ty, n_in, n_out, offset: t.offset as usize, size: t.size })
+        };
+        let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+
+        let vocab = Vocab::from_gguf(g)?;
+        let tokenizer_model = vocab.model.clone();
+        let tokenizer = Tokenizer::new(vocab)?;
+        let n_vocab = tokenizer.n_vocab();
+        let token_embd = weight("token_embd.weight", n_embd, n_vocab, true).map_err(|e| match e {
+            Error::Format { file, field, offset, detail } => Error::Format { file, field, offset, detail: format!("{detail} (vocabulary has {n_vocab} tokens)") },
+            e => e,
+        })?;
+        let output_norm = weight("output_norm.weight", n_embd, 1, false)?;
+        let (output, tied_output) = match g.tensor("output.weight") {
+            Some(_) => (weight("output.weight", n_embd, n_vocab, true)?, false),
+            None => (token_embd.clone(), true),
+        };
+        let rope_freqs = match g.tensor("rope_freqs.weight") {
+            Some(_) => Some(weight("rope_freqs.weight", rope_dim / 2, 1, false)?),
+            None => None,
+        };
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let w = |n: &str, a, b, lin| weight(&format!("blk.{i}.{n}.weight"), a, b, lin);
+            layers.push(Layer {
+                attn_norm: w("attn_norm", n_embd, 1, false)?,
+                attn_q: w("attn_q", n_embd, q_dim, true)?,
+                attn_k: w("attn_k", n_embd, kv_dim, true)?,
+                attn_v: w("attn_v", n_embd, kv_dim, true)?,
+                attn_output: w("attn_output", q_dim, n_embd, true)?,
+                ffn_norm: w("ffn_norm", n_embd, 1, false)?,
+                ffn_gate: w("ffn_gate", n_embd, n_ff, true)?,
+                ffn_up: w("ffn_up", n_embd, n_ff, true)?,
+                ffn_down: w("ffn_down", n_ff, n_embd, true)?,
+            });
+        }
+        let mut type_counts: Vec<(QuantType, usize)> = Vec::new();
+        for t in g.tensors() {
+            match type_counts.iter_mut().find(|(ty, _)| *ty == t.ty) {
+                Some(c) => c.1 += 1,
+                None => type_counts.push((t.ty, 1)),
+            }
+        }
+        let chat_template = g.opt_str("tokenizer.chat_template")?.map(str::to_string);
+        let name = g.opt_str("general.name").ok().flatten().map(str::to_string);
+        let hp = HParams { n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_ctx_train, rope_dim, rope_freq_base, rope_freq_scale, rms_eps };
+        Ok(Loaded { arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors: g.tensors().len(), gguf_version: g.version() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes of the whole mapping (the file size).
+    pub fn mapped_bytes(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The bytes of a weight, in place in the mapping.
+    #[inline]
+    pub fn bytes(&self, w: &WeightRef) -> &[u8] {
+        &self.map[w.offset..w.offset + w.size]
+    }
+
+    /// An F32 weight viewed in place (alignment was checked at load).
+    pub fn f32s(&self, w: &WeightRef) -> &[f32] {
+        bytemuck::cast_slice(self.bytes(w))
+    }
+
+    /// Bytes of all weights read to decode one token (every layer's matrices + the output head).
+    pub fn bytes_per_token(&self) -> usize {
+        let l: usize = self.layers.iter().map(|l| [&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down].iter().map(|w| w.size).sum::<usize>()).sum();
+        l + self.output.size
+    }
+
+    /// Names and shapes of every linear weight, for validating adapters against this model.
+    pub fn linear_weights(&self) -> impl Iterator<Item = &WeightRef> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down])
+            .chain([&self.token_embd])
+            .chain(if self.tied_output { None } else { Some(&self.output) })
+    }
+}
+
+struct Loaded {
+    arch: String,
+    name: Option<String>,
+    hp: HParams,
+    tokenizer: Tokenizer,
+    tokenizer_model: String,
+    chat_template: Option<String>,
+    token_embd: WeightRef,
+    output_norm: WeightRef,
+    output: WeightRef,
+    tied_output: bool,
+    rope_freqs: Option<WeightRef>,
+    layers: Vec<Layer>,
+    type_counts: Vec<(QuantType, usize)>,
+    n_tensors: usize,
+    gguf_version: u32,
+}
