@@ -10,7 +10,9 @@ use edge_run::gguf::{Gguf, GgufWriter};
 use edge_run::kernels::QuantType;
 
 fn data(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/adapters").join(p)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/adapters")
+        .join(p)
 }
 
 /// SmolLM2-135M's shapes: 30 layers, 9 heads, 3 KV heads, width 576, FFN 1536, KV width 192,
@@ -31,7 +33,13 @@ fn smollm2() -> BaseInfo {
             t.insert(format!("blk.{l}.{n}.weight"), s);
         }
     }
-    BaseInfo { arch: "llama".into(), n_layer: 30, n_head: 9, n_head_kv: 3, tensors: t }
+    BaseInfo {
+        arch: "llama".into(),
+        n_layer: 30,
+        n_head: 9,
+        n_head_kv: 3,
+        tensors: t,
+    }
 }
 
 fn load(p: &Path) -> Adapter {
@@ -40,20 +48,34 @@ fn load(p: &Path) -> Adapter {
 
 /// A fresh temp dir for one test.
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("edge-run-adapter-test-{}-{name}", std::process::id()));
+    let d = std::env::temp_dir().join(format!(
+        "edge-run-adapter-test-{}-{name}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
 
 /// Copies `shout-peft` (fp16, r=4, gate/up/down) into a temp dir, with `edit` applied to its config.
-fn shout_with(name: &str, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> PathBuf {
+fn shout_with(
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> PathBuf {
     let d = tmp(name);
     let text = std::fs::read_to_string(data("shout-peft/adapter_config.json")).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
     edit(v.as_object_mut().unwrap());
-    std::fs::write(d.join("adapter_config.json"), serde_json::to_string_pretty(&v).unwrap()).unwrap();
-    std::fs::copy(data("shout-peft/adapter_model.safetensors"), d.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(
+        d.join("adapter_config.json"),
+        serde_json::to_string_pretty(&v).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(
+        data("shout-peft/adapter_model.safetensors"),
+        d.join("adapter_model.safetensors"),
+    )
+    .unwrap();
     d
 }
 
@@ -63,7 +85,11 @@ fn shout_raw(name: &str, raw: &str) -> PathBuf {
     let d = shout_with(name, |_| {});
     let text = std::fs::read_to_string(data("shout-peft/adapter_config.json")).unwrap();
     assert!(text.contains(r#""alpha_pattern": {}"#));
-    std::fs::write(d.join("adapter_config.json"), text.replace(r#""alpha_pattern": {}"#, raw)).unwrap();
+    std::fs::write(
+        d.join("adapter_config.json"),
+        text.replace(r#""alpha_pattern": {}"#, raw),
+    )
+    .unwrap();
     d
 }
 
@@ -73,7 +99,11 @@ fn expect_err(p: &Path, base: &BaseInfo, needles: &[&str]) -> String {
         Err(e) => e.to_string(),
     };
     for n in needles {
-        assert!(e.contains(n), "error for {} does not mention {n:?}: {e}", p.display());
+        assert!(
+            e.contains(n),
+            "error for {} does not mention {n:?}: {e}",
+            p.display()
+        );
     }
     println!("refused as expected: {e}");
     e
@@ -106,17 +136,31 @@ fn loads_all_five_reference_adapters() {
             let r = t.kernel_ref(0.5);
             assert_eq!(r.scale, 0.5 * scale);
             if fmt == AdapterFormat::Gguf {
-                assert_eq!(t.is_mapped(), (true, true), "{p} {}: GGUF F16 must be used in place", t.target);
+                assert_eq!(
+                    t.is_mapped(),
+                    (true, true),
+                    "{p} {}: GGUF F16 must be used in place",
+                    t.target
+                );
             }
         }
-        assert!(a.get("blk.0.ffn_up.weight").is_some() != (p == "json-peft"), "{p}");
+        assert!(
+            a.get("blk.0.ffn_up.weight").is_some() != (p == "json-peft"),
+            "{p}"
+        );
         assert!(a.get("blk.30.ffn_up.weight").is_none());
         let s = a.summary();
-        assert!(s.contains(&format!("ranks: [{rank}]")) && s.contains("targets:"), "{s}");
+        assert!(
+            s.contains(&format!("ranks: [{rank}]")) && s.contains("targets:"),
+            "{s}"
+        );
     }
     // The fp16 PEFT adapter's ffn factors need no reordering: used in place from the map.
     let shout = load(&data("shout-peft"));
-    assert!(shout.tensors().iter().all(|t| t.is_mapped() == (true, true)));
+    assert!(shout
+        .tensors()
+        .iter()
+        .all(|t| t.is_mapped() == (true, true)));
 }
 
 #[test]
@@ -127,15 +171,33 @@ fn peft_and_llamacpp_gguf_agree_after_permutation() {
         assert_eq!(p.tensors().len(), g.tensors().len());
         let mut n_qk = 0;
         for tp in p.tensors() {
-            let tg = g.get(&tp.target).unwrap_or_else(|| panic!("{gguf} lacks {}", tp.target));
-            assert_eq!((tp.rank, tp.n_in, tp.n_out, tp.scale), (tg.rank, tg.n_in, tg.n_out, tg.scale), "{}", tp.target);
-            assert!(tp.a() == tg.a(), "{peft} vs {gguf}: A of {} differs", tp.target);
-            assert!(tp.b() == tg.b(), "{peft} vs {gguf}: B of {} differs (q/k permutation?)", tp.target);
+            let tg = g
+                .get(&tp.target)
+                .unwrap_or_else(|| panic!("{gguf} lacks {}", tp.target));
+            assert_eq!(
+                (tp.rank, tp.n_in, tp.n_out, tp.scale),
+                (tg.rank, tg.n_in, tg.n_out, tg.scale),
+                "{}",
+                tp.target
+            );
+            assert!(
+                tp.a() == tg.a(),
+                "{peft} vs {gguf}: A of {} differs",
+                tp.target
+            );
+            assert!(
+                tp.b() == tg.b(),
+                "{peft} vs {gguf}: B of {} differs (q/k permutation?)",
+                tp.target
+            );
             if tp.target.contains("attn_q") || tp.target.contains("attn_k") {
                 n_qk += 1;
             }
         }
-        println!("{peft} == {gguf}: {} tensors, {n_qk} of them permuted q/k", p.tensors().len());
+        println!(
+            "{peft} == {gguf}: {} tensors, {n_qk} of them permuted q/k",
+            p.tensors().len()
+        );
     }
 }
 
@@ -148,9 +210,20 @@ fn bf16_rslora_values_match_numpy() {
     assert_eq!(t.scale, 4.0);
     assert_eq!(&t.a()[..4], &[0x2840, 0x2660, 0xa6c0, 0xa4c0]);
     assert_eq!(&t.b()[16..20], &[0x1c80, 0x1e40, 0xa308, 0x2128], "B row 1");
-    assert_eq!(&t.b()[33 * 16..33 * 16 + 4], &[0x2190, 0x1808, 0x9c70, 0x2270], "B row 33");
-    let sum_b: f64 = t.b().iter().map(|&h| half::f16::from_bits(h).to_f64()).sum();
-    assert!((sum_b - 0.07088172435760498).abs() < 1e-9, "sum of B {sum_b}");
+    assert_eq!(
+        &t.b()[33 * 16..33 * 16 + 4],
+        &[0x2190, 0x1808, 0x9c70, 0x2270],
+        "B row 33"
+    );
+    let sum_b: f64 = t
+        .b()
+        .iter()
+        .map(|&h| half::f16::from_bits(h).to_f64())
+        .sum();
+    assert!(
+        (sum_b - 0.07088172435760498).abs() < 1e-9,
+        "sum of B {sum_b}"
+    );
 }
 
 #[test]
@@ -158,8 +231,16 @@ fn format_is_detected_from_content() {
     let d = tmp("detect");
     std::fs::copy(data("pirate.gguf"), d.join("x.bin")).unwrap();
     assert_eq!(load(&d.join("x.bin")).format(), AdapterFormat::Gguf);
-    std::fs::copy(data("shout-peft/adapter_model.safetensors"), d.join("y.bin")).unwrap();
-    std::fs::copy(data("shout-peft/adapter_config.json"), d.join("adapter_config.json")).unwrap();
+    std::fs::copy(
+        data("shout-peft/adapter_model.safetensors"),
+        d.join("y.bin"),
+    )
+    .unwrap();
+    std::fs::copy(
+        data("shout-peft/adapter_config.json"),
+        d.join("adapter_config.json"),
+    )
+    .unwrap();
     let a = load(&d.join("y.bin"));
     assert_eq!(a.format(), AdapterFormat::Peft);
     assert_eq!(a.tensors().len(), 90);
@@ -172,21 +253,112 @@ fn format_is_detected_from_content() {
 fn config_refusals_name_the_field() {
     let base = smollm2();
     use serde_json::json;
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>, Vec<&str>)> = vec![
-        ("dora", Box::new(|c| { c.insert("use_dora".into(), json!(true)); }), vec!["use_dora"]),
-        ("bias", Box::new(|c| { c.insert("bias".into(), json!("all")); }), vec!["bias"]),
-        ("mts", Box::new(|c| { c.insert("modules_to_save".into(), json!(["lm_head"])); }), vec!["modules_to_save"]),
-        ("unknown-module", Box::new(|c| { c.insert("target_modules".into(), json!(["gate_proj", "up_proj", "down_proj", "foo_proj"])); }), vec!["target_modules", "foo_proj"]),
-        ("peft-type", Box::new(|c| { c.insert("peft_type".into(), json!("LOHA")); }), vec!["peft_type"]),
-        ("unknown-field", Box::new(|c| { c.insert("shiny_new_option".into(), json!(3)); }), vec!["shiny_new_option"]),
-        ("r", Box::new(|c| { c.insert("r".into(), json!(8)); }), vec!["`r`", "rank 4"]),
-        ("rank-pattern", Box::new(|c| { c.insert("rank_pattern".into(), json!({"down_proj": 2})); }), vec!["rank_pattern", "down_proj"]),
-        ("layers", Box::new(|c| { c.insert("layers_to_transform".into(), json!([0])); }), vec!["layers_to_transform", "layers.1."]),
-        ("not-targeted", Box::new(|c| { c.insert("target_modules".into(), json!(["gate_proj", "up_proj"])); }), vec!["target_modules", "down_proj"]),
-        ("excluded", Box::new(|c| { c.insert("exclude_modules".into(), json!(["down_proj"])); }), vec!["exclude_modules", "down_proj"]),
-        ("pissa", Box::new(|c| { c.insert("init_lora_weights".into(), json!("pissa")); }), vec!["init_lora_weights"]),
-        ("layer-replication", Box::new(|c| { c.insert("layer_replication".into(), json!([[0, 4]])); }), vec!["layer_replication"]),
-        ("lora-bias", Box::new(|c| { c.insert("lora_bias".into(), json!(true)); }), vec!["lora_bias"]),
+    let cases: Vec<(
+        &str,
+        Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>,
+        Vec<&str>,
+    )> = vec![
+        (
+            "dora",
+            Box::new(|c| {
+                c.insert("use_dora".into(), json!(true));
+            }),
+            vec!["use_dora"],
+        ),
+        (
+            "bias",
+            Box::new(|c| {
+                c.insert("bias".into(), json!("all"));
+            }),
+            vec!["bias"],
+        ),
+        (
+            "mts",
+            Box::new(|c| {
+                c.insert("modules_to_save".into(), json!(["lm_head"]));
+            }),
+            vec!["modules_to_save"],
+        ),
+        (
+            "unknown-module",
+            Box::new(|c| {
+                c.insert(
+                    "target_modules".into(),
+                    json!(["gate_proj", "up_proj", "down_proj", "foo_proj"]),
+                );
+            }),
+            vec!["target_modules", "foo_proj"],
+        ),
+        (
+            "peft-type",
+            Box::new(|c| {
+                c.insert("peft_type".into(), json!("LOHA"));
+            }),
+            vec!["peft_type"],
+        ),
+        (
+            "unknown-field",
+            Box::new(|c| {
+                c.insert("shiny_new_option".into(), json!(3));
+            }),
+            vec!["shiny_new_option"],
+        ),
+        (
+            "r",
+            Box::new(|c| {
+                c.insert("r".into(), json!(8));
+            }),
+            vec!["`r`", "rank 4"],
+        ),
+        (
+            "rank-pattern",
+            Box::new(|c| {
+                c.insert("rank_pattern".into(), json!({"down_proj": 2}));
+            }),
+            vec!["rank_pattern", "down_proj"],
+        ),
+        (
+            "layers",
+            Box::new(|c| {
+                c.insert("layers_to_transform".into(), json!([0]));
+            }),
+            vec!["layers_to_transform", "layers.1."],
+        ),
+        (
+            "not-targeted",
+            Box::new(|c| {
+                c.insert("target_modules".into(), json!(["gate_proj", "up_proj"]));
+            }),
+            vec!["target_modules", "down_proj"],
+        ),
+        (
+            "excluded",
+            Box::new(|c| {
+                c.insert("exclude_modules".into(), json!(["down_proj"]));
+            }),
+            vec!["exclude_modules", "down_proj"],
+        ),
+        (
+            "pissa",
+            Box::new(|c| {
+                c.insert("init_lora_weights".into(), json!("pissa"));
+            }),
+            vec!["init_lora_weights"],
+        ),
+        (
+            "layer-replication",
+            Box::new(|c| {
+                c.insert("layer_replication".into(), json!([[0, 4]]));
+            }),
+            vec!["layer_replication"],
+        ),
+        (
+            "lora-bias",
+            Box::new(|c| {
+                c.insert("lora_bias".into(), json!(true));
+            }),
+            vec!["lora_bias"],
+        ),
     ];
     for (name, edit, needles) in cases {
         let d = shout_with(name, edit);
@@ -201,7 +373,10 @@ fn accepted_config_variants_apply_patterns() {
     let base = smollm2();
     // alpha_pattern: first key in file order wins (PEFT's get_pattern_key); "layers.1.mlp.down_proj"
     // must not match layer 11 or 21.
-    let d = shout_raw("alpha-pattern", r#""alpha_pattern": {"layers.1.mlp.down_proj": 32, "down_proj": 16}"#);
+    let d = shout_raw(
+        "alpha-pattern",
+        r#""alpha_pattern": {"layers.1.mlp.down_proj": 32, "down_proj": 16}"#,
+    );
     let a = Adapter::load(&d, &base).unwrap();
     assert_eq!(a.get("blk.1.ffn_down.weight").unwrap().scale, 32.0 / 4.0);
     assert_eq!(a.get("blk.11.ffn_down.weight").unwrap().scale, 16.0 / 4.0);
@@ -209,23 +384,35 @@ fn accepted_config_variants_apply_patterns() {
     assert_eq!(a.get("blk.1.ffn_up.weight").unwrap().scale, 8.0 / 4.0);
     let _ = std::fs::remove_dir_all(d);
     // Order matters: with the general key first, it wins everywhere.
-    let d = shout_raw("alpha-pattern-order", r#""alpha_pattern": {"down_proj": 16, "layers.1.mlp.down_proj": 32}"#);
+    let d = shout_raw(
+        "alpha-pattern-order",
+        r#""alpha_pattern": {"down_proj": 16, "layers.1.mlp.down_proj": 32}"#,
+    );
     let a = Adapter::load(&d, &base).unwrap();
     assert_eq!(a.get("blk.1.ffn_down.weight").unwrap().scale, 16.0 / 4.0);
     let _ = std::fs::remove_dir_all(d);
     // rsLoRA switched on, regex target_modules, "all-linear", inert fields.
     let d = shout_with("variants", |c| {
         c.insert("use_rslora".into(), json!(true));
-        c.insert("target_modules".into(), json!(r".*\.mlp\.(gate|up|down)_proj"));
+        c.insert(
+            "target_modules".into(),
+            json!(r".*\.mlp\.(gate|up|down)_proj"),
+        );
         c.insert("lora_dropout".into(), json!(0.1));
         c.insert("rank_pattern".into(), json!({"gate_proj": 4}));
     });
     let a = Adapter::load(&d, &base).unwrap();
-    assert!(a.tensors().iter().all(|t| t.scale == 8.0 / 2.0), "rsLoRA alpha/sqrt(4)");
+    assert!(
+        a.tensors().iter().all(|t| t.scale == 8.0 / 2.0),
+        "rsLoRA alpha/sqrt(4)"
+    );
     let _ = std::fs::remove_dir_all(d);
     let d = shout_with("all-linear", |c| {
         c.insert("target_modules".into(), json!("all-linear"));
-        c.insert("layers_to_transform".into(), json!((0..30).collect::<Vec<_>>()));
+        c.insert(
+            "layers_to_transform".into(),
+            json!((0..30).collect::<Vec<_>>()),
+        );
         c.insert("layers_pattern".into(), json!("layers"));
     });
     assert_eq!(Adapter::load(&d, &base).unwrap().tensors().len(), 90);
@@ -256,7 +443,9 @@ fn write_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)])
 }
 
 fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes()).collect()
+    v.iter()
+        .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
+        .collect()
 }
 
 #[test]
@@ -270,36 +459,121 @@ fn tensor_refusals_name_the_tensor() {
     let b_name = "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight";
 
     // Rank mismatch: A rank 4, B rank 3.
-    write_safetensors(&st, &[(a_name, "F16", vec![4, 1536], f16_bytes(&vec![0.01; 4 * 1536])), (b_name, "F16", vec![576, 3], f16_bytes(&vec![0.01; 576 * 3]))]);
+    write_safetensors(
+        &st,
+        &[
+            (
+                a_name,
+                "F16",
+                vec![4, 1536],
+                f16_bytes(&vec![0.01; 4 * 1536]),
+            ),
+            (b_name, "F16", vec![576, 3], f16_bytes(&vec![0.01; 576 * 3])),
+        ],
+    );
     expect_err(&d, &base, &["rank mismatch", "lora_B"]);
 
     // Shape mismatch against the base: down_proj A with 1000 inputs.
-    write_safetensors(&st, &[(a_name, "F16", vec![4, 1000], f16_bytes(&vec![0.01; 4 * 1000])), (b_name, "F16", vec![576, 4], f16_bytes(&vec![0.01; 576 * 4]))]);
+    write_safetensors(
+        &st,
+        &[
+            (
+                a_name,
+                "F16",
+                vec![4, 1000],
+                f16_bytes(&vec![0.01; 4 * 1000]),
+            ),
+            (b_name, "F16", vec![576, 4], f16_bytes(&vec![0.01; 576 * 4])),
+        ],
+    );
     expect_err(&d, &base, &["shape mismatch", "blk.0.ffn_down.weight"]);
 
     // NaN at index 7 of B (F32 source), Inf in an F16 A.
     let mut bv = vec![0.01f32; 576 * 4];
     bv[7] = f32::NAN;
     let bbytes: Vec<u8> = bv.iter().flat_map(|x| x.to_le_bytes()).collect();
-    write_safetensors(&st, &[(a_name, "F16", vec![4, 1536], f16_bytes(&vec![0.01; 4 * 1536])), (b_name, "F32", vec![576, 4], bbytes)]);
+    write_safetensors(
+        &st,
+        &[
+            (
+                a_name,
+                "F16",
+                vec![4, 1536],
+                f16_bytes(&vec![0.01; 4 * 1536]),
+            ),
+            (b_name, "F32", vec![576, 4], bbytes),
+        ],
+    );
     expect_err(&d, &base, &[b_name, "index 7", "NaN"]);
     let mut av = vec![0.01f32; 4 * 1536];
     av[4 * 1536 - 1] = f32::INFINITY;
-    write_safetensors(&st, &[(a_name, "F16", vec![4, 1536], f16_bytes(&av)), (b_name, "F16", vec![576, 4], f16_bytes(&vec![0.01; 576 * 4]))]);
+    write_safetensors(
+        &st,
+        &[
+            (a_name, "F16", vec![4, 1536], f16_bytes(&av)),
+            (b_name, "F16", vec![576, 4], f16_bytes(&vec![0.01; 576 * 4])),
+        ],
+    );
     expect_err(&d, &base, &[a_name, "index 6143", "inf"]);
     // An F32 value too large for fp16.
-    let big: Vec<u8> = [1e6f32].iter().chain(std::iter::repeat_n(&0.0f32, 576 * 4 - 1)).flat_map(|x| x.to_le_bytes()).collect();
-    write_safetensors(&st, &[(a_name, "F16", vec![4, 1536], f16_bytes(&vec![0.01; 4 * 1536])), (b_name, "F32", vec![576, 4], big)]);
+    let big: Vec<u8> = [1e6f32]
+        .iter()
+        .chain(std::iter::repeat_n(&0.0f32, 576 * 4 - 1))
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    write_safetensors(
+        &st,
+        &[
+            (
+                a_name,
+                "F16",
+                vec![4, 1536],
+                f16_bytes(&vec![0.01; 4 * 1536]),
+            ),
+            (b_name, "F32", vec![576, 4], big),
+        ],
+    );
     expect_err(&d, &base, &[b_name, "overflows fp16"]);
     // Only A, no B.
-    write_safetensors(&st, &[(a_name, "F16", vec![4, 1536], f16_bytes(&vec![0.01; 4 * 1536]))]);
+    write_safetensors(
+        &st,
+        &[(
+            a_name,
+            "F16",
+            vec![4, 1536],
+            f16_bytes(&vec![0.01; 4 * 1536]),
+        )],
+    );
     expect_err(&d, &base, &["down_proj", "only one"]);
     // A DoRA magnitude vector.
     let m_name = "base_model.model.model.layers.0.mlp.down_proj.lora_magnitude_vector";
-    write_safetensors(&st, &[(a_name, "F16", vec![4, 1536], f16_bytes(&vec![0.01; 4 * 1536])), (b_name, "F16", vec![576, 4], f16_bytes(&vec![0.01; 576 * 4])), (m_name, "F16", vec![576], f16_bytes(&vec![1.0; 576]))]);
+    write_safetensors(
+        &st,
+        &[
+            (
+                a_name,
+                "F16",
+                vec![4, 1536],
+                f16_bytes(&vec![0.01; 4 * 1536]),
+            ),
+            (b_name, "F16", vec![576, 4], f16_bytes(&vec![0.01; 576 * 4])),
+            (m_name, "F16", vec![576], f16_bytes(&vec![1.0; 576])),
+        ],
+    );
     expect_err(&d, &base, &["lora_magnitude_vector"]);
     // A well-formed small adapter loads (sanity of the writer), and BF16 converts.
-    write_safetensors(&st, &[(a_name, "BF16", vec![4, 1536], vec![0x80, 0x3f].repeat(4 * 1536)), (b_name, "F16", vec![576, 4], f16_bytes(&vec![0.5; 576 * 4]))]);
+    write_safetensors(
+        &st,
+        &[
+            (
+                a_name,
+                "BF16",
+                vec![4, 1536],
+                vec![0x80, 0x3f].repeat(4 * 1536),
+            ),
+            (b_name, "F16", vec![576, 4], f16_bytes(&vec![0.5; 576 * 4])),
+        ],
+    );
     let ok = Adapter::load(&d, &base).unwrap();
     let t = ok.get("blk.0.ffn_down.weight").unwrap();
     assert!(t.a().iter().all(|&h| h == 0x3c00), "bf16 1.0 → f16 1.0");
@@ -310,7 +584,11 @@ fn tensor_refusals_name_the_tensor() {
 fn safetensors_framing_refusals() {
     let base = smollm2();
     let d = tmp("framing");
-    std::fs::copy(data("shout-peft/adapter_config.json"), d.join("adapter_config.json")).unwrap();
+    std::fs::copy(
+        data("shout-peft/adapter_config.json"),
+        d.join("adapter_config.json"),
+    )
+    .unwrap();
     let orig = std::fs::read(data("shout-peft/adapter_model.safetensors")).unwrap();
     let st = d.join("adapter_model.safetensors");
     // Truncated by 100 bytes.
@@ -343,16 +621,28 @@ fn gguf_refusals_and_conversions() {
     // Architecture mismatch.
     let mut other = base.clone();
     other.arch = "gemma3".into();
-    expect_err(&data("pirate.gguf"), &other, &["general.architecture", "gemma3"]);
+    expect_err(
+        &data("pirate.gguf"),
+        &other,
+        &["general.architecture", "gemma3"],
+    );
     // Shape mismatch (a base with a different FFN width).
     let mut narrow = base.clone();
-    narrow.tensors.insert("blk.3.ffn_up.weight".into(), (576, 1024));
-    expect_err(&data("shout.gguf"), &narrow, &["shape mismatch", "blk.3.ffn_up.weight"]);
+    narrow
+        .tensors
+        .insert("blk.3.ffn_up.weight".into(), (576, 1024));
+    expect_err(
+        &data("shout.gguf"),
+        &narrow,
+        &["shape mismatch", "blk.3.ffn_up.weight"],
+    );
     // Layer count: a 20-layer base has no blk.25.
     let mut short = base.clone();
     short.n_layer = 20;
     for l in 20..30 {
-        short.tensors.retain(|k, _| !k.starts_with(&format!("blk.{l}.")));
+        short
+            .tensors
+            .retain(|k, _| !k.starts_with(&format!("blk.{l}.")));
     }
     expect_err(&data("shout.gguf"), &short, &["blk.2", "does not have"]);
 
@@ -373,10 +663,17 @@ fn gguf_refusals_and_conversions() {
     let n_in = 576;
     let n_out = 1536;
     let r = 2;
-    let a_vals: Vec<f32> = (0..r * n_in).map(|i| ((i % 17) as f32 - 8.0) / 64.0).collect();
-    let b_vals: Vec<f32> = (0..n_out * r).map(|i| ((i % 13) as f32 - 6.0) / 32.0).collect();
+    let a_vals: Vec<f32> = (0..r * n_in)
+        .map(|i| ((i % 17) as f32 - 8.0) / 64.0)
+        .collect();
+    let b_vals: Vec<f32> = (0..n_out * r)
+        .map(|i| ((i % 13) as f32 - 6.0) / 32.0)
+        .collect();
     let a_f32: Vec<u8> = a_vals.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let b_bf16: Vec<u8> = b_vals.iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect();
+    let b_bf16: Vec<u8> = b_vals
+        .iter()
+        .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
+        .collect();
     // Q8_0 of a for a second target: blocks of 32 with d = 1/64 and q = round(x / d).
     let mut a_q8 = vec![];
     for blk in a_vals.chunks(32) {
@@ -388,18 +685,50 @@ fn gguf_refusals_and_conversions() {
     w.add("general.type", "adapter").unwrap();
     w.add("adapter.type", "lora").unwrap();
     w.add("adapter.lora.alpha", 0.0f32).unwrap();
-    w.add_tensor("blk.0.ffn_up.weight.lora_a", &[n_in as u64, r as u64], QuantType::F32, a_f32).unwrap();
-    w.add_tensor("blk.0.ffn_up.weight.lora_b", &[r as u64, n_out as u64], QuantType::BF16, b_bf16.clone()).unwrap();
-    w.add_tensor("blk.1.ffn_up.weight.lora_a", &[n_in as u64, r as u64], QuantType::Q8_0, a_q8).unwrap();
-    w.add_tensor("blk.1.ffn_up.weight.lora_b", &[r as u64, n_out as u64], QuantType::BF16, b_bf16).unwrap();
+    w.add_tensor(
+        "blk.0.ffn_up.weight.lora_a",
+        &[n_in as u64, r as u64],
+        QuantType::F32,
+        a_f32,
+    )
+    .unwrap();
+    w.add_tensor(
+        "blk.0.ffn_up.weight.lora_b",
+        &[r as u64, n_out as u64],
+        QuantType::BF16,
+        b_bf16.clone(),
+    )
+    .unwrap();
+    w.add_tensor(
+        "blk.1.ffn_up.weight.lora_a",
+        &[n_in as u64, r as u64],
+        QuantType::Q8_0,
+        a_q8,
+    )
+    .unwrap();
+    w.add_tensor(
+        "blk.1.ffn_up.weight.lora_b",
+        &[r as u64, n_out as u64],
+        QuantType::BF16,
+        b_bf16,
+    )
+    .unwrap();
     w.write_file(&d.join("mixed.gguf")).unwrap();
     let a = load(&d.join("mixed.gguf"));
     for target in ["blk.0.ffn_up.weight", "blk.1.ffn_up.weight"] {
         let t = a.get(target).unwrap();
-        assert_eq!((t.rank, t.n_in, t.n_out, t.scale), (r, n_in, n_out, 1.0), "{target}");
+        assert_eq!(
+            (t.rank, t.n_in, t.n_out, t.scale),
+            (r, n_in, n_out, 1.0),
+            "{target}"
+        );
         assert_eq!(t.is_mapped(), (false, false));
         for (i, (&h, &x)) in t.a().iter().zip(&a_vals).enumerate() {
-            assert_eq!(half::f16::from_bits(h).to_f32(), x, "{target} A[{i}] (exact in f16 and Q8_0)");
+            assert_eq!(
+                half::f16::from_bits(h).to_f32(),
+                x,
+                "{target} A[{i}] (exact in f16 and Q8_0)"
+            );
         }
         for (i, (&h, &x)) in t.b().iter().zip(&b_vals).enumerate() {
             assert_eq!(half::f16::from_bits(h).to_f32(), x, "{target} B[{i}]");
@@ -410,11 +739,28 @@ fn gguf_refusals_and_conversions() {
     w2.add("general.architecture", "llama").unwrap();
     w2.add("general.type", "adapter").unwrap();
     w2.add("adapter.type", "lora").unwrap();
-    w2.add("adapter.alora.invocation_tokens", vec![1u32, 2, 3]).unwrap();
-    w2.add_tensor("blk.0.ffn_up.weight.lora_a", &[n_in as u64, 1], QuantType::F16, f16_bytes(&vec![0.0; n_in])).unwrap();
-    w2.add_tensor("blk.0.ffn_up.weight.lora_b", &[1, n_out as u64], QuantType::F16, f16_bytes(&vec![0.0; n_out])).unwrap();
+    w2.add("adapter.alora.invocation_tokens", vec![1u32, 2, 3])
+        .unwrap();
+    w2.add_tensor(
+        "blk.0.ffn_up.weight.lora_a",
+        &[n_in as u64, 1],
+        QuantType::F16,
+        f16_bytes(&vec![0.0; n_in]),
+    )
+    .unwrap();
+    w2.add_tensor(
+        "blk.0.ffn_up.weight.lora_b",
+        &[1, n_out as u64],
+        QuantType::F16,
+        f16_bytes(&vec![0.0; n_out]),
+    )
+    .unwrap();
     w2.write_file(&d.join("alora.gguf")).unwrap();
-    expect_err(&d.join("alora.gguf"), &base, &["adapter.alora.invocation_tokens"]);
+    expect_err(
+        &d.join("alora.gguf"),
+        &base,
+        &["adapter.alora.invocation_tokens"],
+    );
     // Not an adapter at all (a base-model-like GGUF).
     let mut w3 = GgufWriter::new();
     w3.add("general.architecture", "llama").unwrap();
@@ -429,23 +775,125 @@ fn base_info_from_the_real_model() {
     // The hand-written shapes above against the real model, when it is available.
     let candidates = [
         std::env::var("EDGE_RUN_MODEL").unwrap_or_default(),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/models/SmolLM2-135M-Instruct.Q4_1.gguf").to_string(),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        )
+        .to_string(),
         "/work/models_cache/SmolLM2-135M-Instruct.Q4_1.gguf".to_string(),
     ];
-    let Some(p) = candidates.iter().find(|p| !p.is_empty() && Path::new(p).exists()) else {
-        println!("SKIPPED base_info_from_the_real_model: SmolLM2 GGUF not found (set EDGE_RUN_MODEL)");
+    let Some(p) = candidates
+        .iter()
+        .find(|p| !p.is_empty() && Path::new(p).exists())
+    else {
+        println!(
+            "SKIPPED base_info_from_the_real_model: SmolLM2 GGUF not found (set EDGE_RUN_MODEL)"
+        );
         return;
     };
     let bytes = std::fs::read(p).unwrap();
     let g = Gguf::parse(&bytes).unwrap();
     let real = BaseInfo::from_gguf(&g).unwrap();
     let hand = smollm2();
-    assert_eq!((real.arch.as_str(), real.n_layer, real.n_head, real.n_head_kv), ("llama", 30, 9, 3));
+    assert_eq!(
+        (
+            real.arch.as_str(),
+            real.n_layer,
+            real.n_head,
+            real.n_head_kv
+        ),
+        ("llama", 30, 9, 3)
+    );
     for (k, v) in &hand.tensors {
         assert_eq!(real.tensors.get(k), Some(v), "{k}");
     }
-    for name in ["pirate-peft", "json-peft", "shout-peft", "pirate.gguf", "shout.gguf"] {
-        Adapter::load(&data(name), &real).unwrap_or_else(|e| panic!("{name} against the real model: {e}"));
+    for name in [
+        "pirate-peft",
+        "json-peft",
+        "shout-peft",
+        "pirate.gguf",
+        "shout.gguf",
+    ] {
+        Adapter::load(&data(name), &real)
+            .unwrap_or_else(|e| panic!("{name} against the real model: {e}"));
     }
     println!("BaseInfo::from_gguf({p}) agrees; all five adapters load against it");
+}
+
+#[test]
+fn peft_embedding_and_tied_head() {
+    // lora_embedding_A [r, vocab] / lora_embedding_B [dim, r] → token-major A (vocab × r); lm_head on a
+    // tied-embedding base → `output.weight`, checked against token_embd's shape.
+    let base = smollm2();
+    let d = tmp("embedding");
+    let cfg = std::fs::read_to_string(data("shout-peft/adapter_config.json")).unwrap();
+    let cfg = cfg.replace(
+        r#""up_proj",
+    "down_proj",
+    "gate_proj""#,
+        r#""embed_tokens", "lm_head""#,
+    );
+    assert!(cfg.contains("embed_tokens"));
+    std::fs::write(d.join("adapter_config.json"), cfg).unwrap();
+    let (r, vocab, dim) = (4usize, 49152usize, 576usize);
+    let ea: Vec<f32> = (0..r * vocab)
+        .map(|i| ((i % 101) as f32 - 50.0) / 256.0)
+        .collect();
+    let eb: Vec<f32> = (0..dim * r).map(|i| ((i % 7) as f32 - 3.0) / 8.0).collect();
+    let ha: Vec<f32> = (0..r * dim).map(|i| ((i % 5) as f32 - 2.0) / 4.0).collect();
+    let hb: Vec<f32> = (0..vocab * r)
+        .map(|i| ((i % 3) as f32 - 1.0) / 2.0)
+        .collect();
+    write_safetensors(
+        &d.join("adapter_model.safetensors"),
+        &[
+            (
+                "base_model.model.lm_head.lora_A.weight",
+                "F16",
+                vec![r, dim],
+                f16_bytes(&ha),
+            ),
+            (
+                "base_model.model.lm_head.lora_B.weight",
+                "F16",
+                vec![vocab, r],
+                f16_bytes(&hb),
+            ),
+            (
+                "base_model.model.model.embed_tokens.lora_embedding_A",
+                "F16",
+                vec![r, vocab],
+                f16_bytes(&ea),
+            ),
+            (
+                "base_model.model.model.embed_tokens.lora_embedding_B",
+                "F16",
+                vec![dim, r],
+                f16_bytes(&eb),
+            ),
+        ],
+    );
+    let a = Adapter::load(&d, &base).unwrap();
+    let e = a.get("token_embd.weight").unwrap();
+    assert_eq!(
+        (e.kind, e.rank, e.n_in, e.n_out),
+        (LoraKind::Embedding, r, vocab, dim)
+    );
+    for tok in [0usize, 1, 777, vocab - 1] {
+        for k in 0..r {
+            assert_eq!(
+                half::f16::from_bits(e.a()[tok * r + k]).to_f32(),
+                ea[k * vocab + tok],
+                "token {tok} k {k}"
+            );
+        }
+    }
+    assert_eq!(half::f16::from_bits(e.b()[5]).to_f32(), eb[5]);
+    let h = a.get("output.weight").unwrap();
+    assert_eq!(
+        (h.kind, h.rank, h.n_in, h.n_out),
+        (LoraKind::Linear, r, dim, vocab)
+    );
+    assert_eq!(h.scale, 2.0);
+    let _ = std::fs::remove_dir_all(d);
 }

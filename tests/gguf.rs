@@ -24,7 +24,11 @@ impl Raw {
         self.marks.push((name.to_string(), self.b.len()));
     }
     fn at(&self, name: &str) -> usize {
-        self.marks.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no mark {name}")).1
+        self.marks
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no mark {name}"))
+            .1
     }
     fn u32(&mut self, v: u32) -> &mut Self {
         self.b.extend_from_slice(&v.to_le_bytes());
@@ -92,7 +96,9 @@ struct Ti<'s> {
 /// GGUF v3 with the given metadata and tensor infos, padded to `align`, then `data_len` bytes of data
 /// (byte i = i mod 251). Marks: `tensor_count`, `kv_count`, `kvI.key`, `kvI.type`, `kvI.val`,
 /// `tiI.name`, `tiI.n_dims`, `tiI.dims`, `tiI.type`, `tiI.offset`, `data`.
-fn build(kvs: &[(&[u8], (u32, Vec<u8>))], tis: &[Ti], align: usize, data_len: usize) -> Raw {
+type Kv<'k> = (&'k [u8], (u32, Vec<u8>));
+
+fn build(kvs: &[Kv], tis: &[Ti], align: usize, data_len: usize) -> Raw {
     let mut r = Raw::default();
     r.bytes(b"GGUF").u32(3);
     r.mark("tensor_count");
@@ -142,8 +148,18 @@ fn tiny() -> Raw {
             (b"t.flag", (7, vec![1])),
         ],
         &[
-            Ti { name: b"a", dims: vec![8], ty: 0, offset: 0 },
-            Ti { name: b"b", dims: vec![4, 2], ty: 0, offset: 32 },
+            Ti {
+                name: b"a",
+                dims: vec![8],
+                ty: 0,
+                offset: 0,
+            },
+            Ti {
+                name: b"b",
+                dims: vec![4, 2],
+                ty: 0,
+                offset: 32,
+            },
         ],
         32,
         64,
@@ -157,13 +173,24 @@ fn tiny() -> Raw {
 #[track_caller]
 fn expect_format(bytes: &[u8], field: &str) -> (String, Option<u64>, String) {
     match Gguf::parse(bytes) {
-        Err(Error::Format { file, field: f, offset, detail }) => {
+        Err(Error::Format {
+            file,
+            field: f,
+            offset,
+            detail,
+        }) => {
             assert_eq!(file, "<buffer>");
-            assert!(f.contains(field), "expected an error about `{field}`, got field `{f}`: {detail}");
+            assert!(
+                f.contains(field),
+                "expected an error about `{field}`, got field `{f}`: {detail}"
+            );
             (f, offset, detail)
         }
         Err(e) => panic!("expected Error::Format about `{field}`, got {e}"),
-        Ok(g) => panic!("expected Error::Format about `{field}`, but the file parsed ({} tensors)", g.tensors().len()),
+        Ok(g) => panic!(
+            "expected Error::Format about `{field}`, but the file parsed ({} tensors)",
+            g.tensors().len()
+        ),
     }
 }
 
@@ -171,7 +198,10 @@ fn expect_format(bytes: &[u8], field: &str) -> (String, Option<u64>, String) {
 fn expect_unsupported(bytes: &[u8], detail_has: &str) -> String {
     match Gguf::parse(bytes) {
         Err(Error::Unsupported { detail, .. }) => {
-            assert!(detail.contains(detail_has), "expected `{detail_has}` in: {detail}");
+            assert!(
+                detail.contains(detail_has),
+                "expected `{detail_has}` in: {detail}"
+            );
             detail
         }
         Err(e) => panic!("expected Error::Unsupported, got {e}"),
@@ -195,7 +225,9 @@ fn expect_refused(bytes: &[u8], what: &str) {
 fn model_path() -> PathBuf {
     match std::env::var_os("EDGE_RUN_MODEL") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        None => {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        }
     }
 }
 
@@ -224,7 +256,10 @@ fn real_model_matches_gguf_py() {
     assert_eq!(g.data_offset(), 1_785_664); // r.data_offset
 
     assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
-    assert_eq!(g.get_str("general.name").unwrap(), "Smollm2 135M 8k Lc100K Mix1 Ep2");
+    assert_eq!(
+        g.get_str("general.name").unwrap(),
+        "Smollm2 135M 8k Lc100K Mix1 Ep2"
+    );
     assert_eq!(g.get_u32("llama.block_count").unwrap(), 30);
     assert_eq!(g.get_u32("llama.context_length").unwrap(), 8192);
     assert_eq!(g.get_u32("llama.embedding_length").unwrap(), 576);
@@ -234,8 +269,16 @@ fn real_model_matches_gguf_py() {
     assert_eq!(g.get_u32("llama.vocab_size").unwrap(), 49152);
     assert_eq!(g.get_u32("general.file_type").unwrap(), 3);
     // gguf-py: bytes 00 50 c3 47 (= 100000.0) and ac c5 27 37 (1e-5 as f32).
-    assert_eq!(g.get_f32("llama.rope.freq_base").unwrap().to_bits(), 0x47c3_5000);
-    assert_eq!(g.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap().to_bits(), 0x3727_c5ac);
+    assert_eq!(
+        g.get_f32("llama.rope.freq_base").unwrap().to_bits(),
+        0x47c3_5000
+    );
+    assert_eq!(
+        g.get_f32("llama.attention.layer_norm_rms_epsilon")
+            .unwrap()
+            .to_bits(),
+        0x3727_c5ac
+    );
     assert!(!g.get_bool("tokenizer.ggml.add_bos_token").unwrap());
     assert_eq!(g.get_str("tokenizer.ggml.model").unwrap(), "gpt2");
     assert_eq!(g.get_str("tokenizer.ggml.pre").unwrap(), "smollm");
@@ -248,13 +291,25 @@ fn real_model_matches_gguf_py() {
     let toks = g.get_array("tokenizer.ggml.tokens").unwrap();
     assert_eq!((toks.elem_type(), toks.len()), (ValueType::String, 49152));
     let tv = toks.to_vec_str().unwrap();
-    assert_eq!(&tv[..5], &["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>"]);
+    assert_eq!(
+        &tv[..5],
+        &[
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<repo_name>",
+            "<reponame>"
+        ]
+    );
     assert_eq!(tv[100], "t");
     assert_eq!(tv[49151], "ectable");
     assert_eq!(toks.get(49151), Some(Value::String("ectable")));
     assert_eq!(toks.as_str_iter().unwrap().count(), 49152);
     let merges = g.get_str_array("tokenizer.ggml.merges").unwrap();
-    assert_eq!((merges.len(), merges[0], merges[48899]), (48900, "Ġ t", "ect able"));
+    assert_eq!(
+        (merges.len(), merges[0], merges[48899]),
+        (48900, "Ġ t", "ect able")
+    );
     let tt = g.get_i32_array("tokenizer.ggml.token_type").unwrap();
     assert_eq!(tt.len(), 49152);
     assert_eq!(tt.iter().filter(|&&t| t == 3).count(), 17);
@@ -266,25 +321,63 @@ fn real_model_matches_gguf_py() {
     // Tensors (gguf-py: tensor_type, shape, data_offset, n_bytes).
     let te = g.tensor("token_embd.weight").unwrap();
     assert_eq!(g.tensors()[0].name, "token_embd.weight");
-    assert_eq!((te.ty, te.n_dims, te.dims), (QuantType::Q8_0, 2, [576, 49152, 1, 1]));
+    assert_eq!(
+        (te.ty, te.n_dims, te.dims),
+        (QuantType::Q8_0, 2, [576, 49152, 1, 1])
+    );
     assert_eq!((te.offset, te.size), (1_785_664, 30_081_024));
-    assert_eq!((te.row_len(), te.n_rows(), te.n_elements()), (576, 49152, 28_311_552));
-    assert_eq!(&g.tensor_data(te)[..8], &[0x32, 0x19, 0xd6, 0x0d, 0x13, 0xf7, 0xe5, 0xee]);
+    assert_eq!(
+        (te.row_len(), te.n_rows(), te.n_elements()),
+        (576, 49152, 28_311_552)
+    );
+    assert_eq!(
+        &g.tensor_data(te)[..8],
+        &[0x32, 0x19, 0xd6, 0x0d, 0x13, 0xf7, 0xe5, 0xee]
+    );
     let fd = g.tensor("blk.0.ffn_down.weight").unwrap();
-    assert_eq!((fd.ty, fd.shape(), fd.offset, fd.size), (QuantType::Q4_1, &[1536u64, 576][..], 31_868_992, 552_960));
+    assert_eq!(
+        (fd.ty, fd.shape(), fd.offset, fd.size),
+        (QuantType::Q4_1, &[1536u64, 576][..], 31_868_992, 552_960)
+    );
     let norm = g.tensor("blk.0.attn_norm.weight").unwrap();
-    assert_eq!((norm.ty, norm.shape(), norm.offset, norm.size), (QuantType::F32, &[576u64][..], 31_866_688, 2304));
+    assert_eq!(
+        (norm.ty, norm.shape(), norm.offset, norm.size),
+        (QuantType::F32, &[576u64][..], 31_866_688, 2304)
+    );
     let v = g.tensor_f32(norm).unwrap();
-    assert_eq!(&v[..4], &[0.01397705078125, 0.0238037109375, -0.019775390625, -0.0302734375]);
+    // Exact binary fractions; compared in f64 so the literals keep gguf-py's printed digits.
+    let head: Vec<f64> = v[..4].iter().map(|&x| x as f64).collect();
+    assert_eq!(
+        head,
+        [
+            0.01397705078125,
+            0.0238037109375,
+            -0.019775390625,
+            -0.0302734375
+        ]
+    );
     let sum: f64 = v.iter().map(|&x| x as f64).sum();
     assert!((sum - 0.6129436492919922).abs() < 1e-9, "sum {sum}");
     let on = g.tensor("output_norm.weight").unwrap();
     assert_eq!((on.offset, on.size), (98_360_128, 2304));
     assert_eq!(on.offset + on.size as u64, map.len() as u64);
-    assert_eq!(&g.tensor_f32(on).unwrap()[..3], &[1.7578125, 1.8203125, 1.78125]);
+    assert_eq!(
+        &g.tensor_f32(on).unwrap()[..3],
+        &[1.7578125, 1.8203125, 1.78125]
+    );
     let count = |ty| g.tensors().iter().filter(|t| t.ty == ty).count();
-    assert_eq!((count(QuantType::Q4_1), count(QuantType::F32), count(QuantType::Q8_0)), (210, 61, 1));
-    assert!(g.tensor_f32(te).is_err(), "a Q8_0 tensor is not an f32 view");
+    assert_eq!(
+        (
+            count(QuantType::Q4_1),
+            count(QuantType::F32),
+            count(QuantType::Q8_0)
+        ),
+        (210, 61, 1)
+    );
+    assert!(
+        g.tensor_f32(te).is_err(),
+        "a Q8_0 tensor is not an f32 view"
+    );
 
     // Typed getters coerce losslessly and otherwise name key, expected and found type.
     assert_eq!(g.get_u64("llama.block_count").unwrap(), 30);
@@ -292,10 +385,18 @@ fn real_model_matches_gguf_py() {
     assert_eq!(g.get_f32("llama.block_count").unwrap(), 30.0);
     assert_eq!(g.opt_u32("no.such.key").unwrap(), None);
     match g.get_str("llama.block_count") {
-        Err(Error::Format { file, field, detail, offset }) => {
+        Err(Error::Format {
+            file,
+            field,
+            detail,
+            offset,
+        }) => {
             assert_eq!(file, "SmolLM2");
             assert!(field.contains("llama.block_count"), "{field}");
-            assert!(detail.contains("string") && detail.contains("u32"), "{detail}");
+            assert!(
+                detail.contains("string") && detail.contains("u32"),
+                "{detail}"
+            );
             assert!(offset.is_some());
         }
         r => panic!("{r:?}"),
@@ -356,9 +457,17 @@ fn writer_round_trip_every_value_type() {
     let t0: Vec<f32> = (0..24).map(|i| i as f32 * 0.5).collect();
     let q8: Vec<u8> = (0..2 * 34).map(|i| (i * 7 % 256) as u8).collect();
     let q41: Vec<u8> = (0..4 * 20).map(|i| (i * 13 % 256) as u8).collect();
-    w.add_tensor("t.f32", &[6, 4], QuantType::F32, f32_bytes(&t0)).unwrap();
-    w.add_tensor("t.q8", &[64], QuantType::Q8_0, &q8[..]).unwrap();
-    w.add_tensor("t.q41", &[32, 2, 1, 2], QuantType::Q4_1, Cow::Borrowed(&q41[..])).unwrap();
+    w.add_tensor("t.f32", &[6, 4], QuantType::F32, f32_bytes(&t0))
+        .unwrap();
+    w.add_tensor("t.q8", &[64], QuantType::Q8_0, &q8[..])
+        .unwrap();
+    w.add_tensor(
+        "t.q41",
+        &[32, 2, 1, 2],
+        QuantType::Q4_1,
+        Cow::Borrowed(&q41[..]),
+    )
+    .unwrap();
     let bytes = w.to_bytes();
     let mut streamed = Vec::new();
     assert_eq!(w.write_to(&mut streamed).unwrap(), bytes.len() as u64);
@@ -388,15 +497,31 @@ fn writer_round_trip_every_value_type() {
     assert_eq!(vals("a.i8"), [Value::I8(-128), Value::I8(127)]);
     assert_eq!(vals("a.u16"), [Value::U16(1), Value::U16(65535)]);
     assert_eq!(vals("a.i16"), [Value::I16(-1), Value::I16(300)]);
-    assert_eq!(vals("a.u32"), [Value::U32(0), Value::U32(7), Value::U32(u32::MAX)]);
+    assert_eq!(
+        vals("a.u32"),
+        [Value::U32(0), Value::U32(7), Value::U32(u32::MAX)]
+    );
     assert_eq!(vals("a.i32"), [Value::I32(-5), Value::I32(5)]);
     assert_eq!(vals("a.u64"), [Value::U64(u64::MAX), Value::U64(0)]);
     assert_eq!(vals("a.i64"), [Value::I64(i64::MIN), Value::I64(-1)]);
-    assert_eq!(vals("a.f32"), [Value::F32(0.25), Value::F32(-1e30), Value::F32(f32::INFINITY)]);
+    assert_eq!(
+        vals("a.f32"),
+        [
+            Value::F32(0.25),
+            Value::F32(-1e30),
+            Value::F32(f32::INFINITY)
+        ]
+    );
     assert_eq!(vals("a.f64"), [Value::F64(1e-300)]);
-    assert_eq!(vals("a.bool"), [Value::Bool(true), Value::Bool(false), Value::Bool(true)]);
+    assert_eq!(
+        vals("a.bool"),
+        [Value::Bool(true), Value::Bool(false), Value::Bool(true)]
+    );
     assert_eq!(arr("a.str").to_vec_str().unwrap(), ["<s>", "", "ünï"]);
-    assert_eq!((arr("a.empty").len(), arr("a.empty").elem_type()), (0, ValueType::U32));
+    assert_eq!(
+        (arr("a.empty").len(), arr("a.empty").elem_type()),
+        (0, ValueType::U32)
+    );
     // Random access agrees with iteration.
     assert_eq!(arr("a.u32").get(2), Some(Value::U32(u32::MAX)));
     assert_eq!(arr("a.str").get(2), Some(Value::String("ünï")));
@@ -419,13 +544,22 @@ fn writer_round_trip_every_value_type() {
     let names: Vec<_> = g.tensors().iter().map(|t| t.name).collect();
     assert_eq!(names, ["t.f32", "t.q8", "t.q41"]);
     let tf = g.tensor("t.f32").unwrap();
-    assert_eq!((tf.dims, tf.n_dims, tf.ty, tf.size), ([6, 4, 1, 1], 2, QuantType::F32, 96));
+    assert_eq!(
+        (tf.dims, tf.n_dims, tf.ty, tf.size),
+        ([6, 4, 1, 1], 2, QuantType::F32, 96)
+    );
     assert_eq!(g.tensor_f32(tf).unwrap(), &t0[..]);
     let tq = g.tensor("t.q8").unwrap();
-    assert_eq!((tq.dims, tq.ty, tq.size, tq.n_rows(), tq.row_len()), ([64, 1, 1, 1], QuantType::Q8_0, 68, 1, 64));
+    assert_eq!(
+        (tq.dims, tq.ty, tq.size, tq.n_rows(), tq.row_len()),
+        ([64, 1, 1, 1], QuantType::Q8_0, 68, 1, 64)
+    );
     assert_eq!(g.tensor_data(tq), &q8[..]);
     let t4 = g.tensor("t.q41").unwrap();
-    assert_eq!((t4.dims, t4.n_dims, t4.size, t4.n_rows(), t4.n_elements()), ([32, 2, 1, 2], 4, 80, 4, 128));
+    assert_eq!(
+        (t4.dims, t4.n_dims, t4.size, t4.n_rows(), t4.n_elements()),
+        ([32, 2, 1, 2], 4, 80, 4, 128)
+    );
     assert_eq!(g.tensor_data(t4), &q41[..]);
     for t in g.tensors() {
         assert_eq!((t.offset - g.data_offset()) % 32, 0, "{}", t.name);
@@ -433,7 +567,9 @@ fn writer_round_trip_every_value_type() {
     assert_eq!(tq.offset, tf.offset + 96);
     assert_eq!(t4.offset, tq.offset + 96); // 68 bytes padded to 96
     assert_eq!(bytes.len() as u64, t4.offset + 96);
-    assert!(bytes[(tq.offset + 68) as usize..t4.offset as usize].iter().all(|&b| b == 0));
+    assert!(bytes[(tq.offset + 68) as usize..t4.offset as usize]
+        .iter()
+        .all(|&b| b == 0));
 
     // Copying every entry through MetaValue::from_value reproduces the metadata bytes exactly.
     let mut w2 = GgufWriter::new();
@@ -441,7 +577,8 @@ fn writer_round_trip_every_value_type() {
         w2.add(e.key, MetaValue::from_value(&e.value)).unwrap();
     }
     for t in g.tensors() {
-        w2.add_tensor(t.name, t.shape(), t.ty, g.tensor_data(t)).unwrap();
+        w2.add_tensor(t.name, t.shape(), t.ty, g.tensor_data(t))
+            .unwrap();
     }
     assert_eq!(w2.to_bytes(), bytes);
 }
@@ -454,8 +591,10 @@ fn writer_output_matches_hand_assembled_bytes() {
     w.add("general.alignment", 64u32).unwrap();
     w.add("t.toks", vec!["ab", "c"]).unwrap();
     w.add("t.flag", true).unwrap();
-    w.add_tensor("a", &[3], QuantType::F32, vec![1u8; 12]).unwrap();
-    w.add_tensor("b", &[2, 2], QuantType::F16, vec![2u8; 8]).unwrap();
+    w.add_tensor("a", &[3], QuantType::F32, vec![1u8; 12])
+        .unwrap();
+    w.add_tensor("b", &[2, 2], QuantType::F16, vec![2u8; 8])
+        .unwrap();
     let mut r = build(
         &[
             (b"general.architecture", v_str(b"test")),
@@ -463,11 +602,27 @@ fn writer_output_matches_hand_assembled_bytes() {
             (b"t.toks", v_arr(8, 2, &strs(&[b"ab", b"c"]))),
             (b"t.flag", (7, vec![1])),
         ],
-        &[Ti { name: b"a", dims: vec![3], ty: 0, offset: 0 }, Ti { name: b"b", dims: vec![2, 2], ty: 1, offset: 64 }],
+        &[
+            Ti {
+                name: b"a",
+                dims: vec![3],
+                ty: 0,
+                offset: 0,
+            },
+            Ti {
+                name: b"b",
+                dims: vec![2, 2],
+                ty: 1,
+                offset: 64,
+            },
+        ],
         64,
         0,
     );
-    r.bytes(&[1; 12]).bytes(&[0; 52]).bytes(&[2; 8]).bytes(&[0; 56]);
+    r.bytes(&[1; 12])
+        .bytes(&[0; 52])
+        .bytes(&[2; 8])
+        .bytes(&[0; 56]);
     assert_eq!(w.alignment(), 64);
     assert_eq!(w.to_bytes(), r.b);
     let g = Gguf::parse(&r.b).unwrap();
@@ -480,20 +635,62 @@ fn writer_output_matches_hand_assembled_bytes() {
 fn writer_refuses_bad_input() {
     let mut w = GgufWriter::new();
     w.add("k", 1u32).unwrap();
-    assert!(matches!(w.add("k", 2u32), Err(Error::Invalid(_))), "duplicate key");
+    assert!(
+        matches!(w.add("k", 2u32), Err(Error::Invalid(_))),
+        "duplicate key"
+    );
     assert!(w.add("", 2u32).is_err(), "empty key");
-    for bad in [MetaValue::U32(0), MetaValue::U32(48), MetaValue::U32(1 << 21), MetaValue::U64(32)] {
-        assert!(w.add("general.alignment", bad.clone()).is_err(), "alignment {bad:?}");
+    for bad in [
+        MetaValue::U32(0),
+        MetaValue::U32(48),
+        MetaValue::U32(1 << 21),
+        MetaValue::U64(32),
+    ] {
+        assert!(
+            w.add("general.alignment", bad.clone()).is_err(),
+            "alignment {bad:?}"
+        );
     }
-    w.add_tensor("t", &[4], QuantType::F32, vec![0u8; 16]).unwrap();
-    assert!(w.add_tensor("t", &[4], QuantType::F32, vec![0u8; 16]).is_err(), "duplicate tensor");
-    assert!(w.add_tensor("u", &[4], QuantType::F32, vec![0u8; 15]).is_err(), "wrong data size");
-    assert!(w.add_tensor("u", &[], QuantType::F32, vec![]).is_err(), "no dims");
-    assert!(w.add_tensor("u", &[1, 1, 1, 1, 1], QuantType::F32, vec![0u8; 4]).is_err(), "5 dims");
-    assert!(w.add_tensor("u", &[4, 0], QuantType::F32, vec![]).is_err(), "zero dim");
-    assert!(w.add_tensor("u", &[16], QuantType::Q8_0, vec![0u8; 17]).is_err(), "not a block multiple");
-    assert!(w.add_tensor("u", &[1 << 40, 1 << 40], QuantType::F32, vec![]).is_err(), "overflow");
-    assert!(w.add_tensor("", &[4], QuantType::F32, vec![0u8; 16]).is_err(), "empty name");
+    w.add_tensor("t", &[4], QuantType::F32, vec![0u8; 16])
+        .unwrap();
+    assert!(
+        w.add_tensor("t", &[4], QuantType::F32, vec![0u8; 16])
+            .is_err(),
+        "duplicate tensor"
+    );
+    assert!(
+        w.add_tensor("u", &[4], QuantType::F32, vec![0u8; 15])
+            .is_err(),
+        "wrong data size"
+    );
+    assert!(
+        w.add_tensor("u", &[], QuantType::F32, vec![]).is_err(),
+        "no dims"
+    );
+    assert!(
+        w.add_tensor("u", &[1, 1, 1, 1, 1], QuantType::F32, vec![0u8; 4])
+            .is_err(),
+        "5 dims"
+    );
+    assert!(
+        w.add_tensor("u", &[4, 0], QuantType::F32, vec![]).is_err(),
+        "zero dim"
+    );
+    assert!(
+        w.add_tensor("u", &[16], QuantType::Q8_0, vec![0u8; 17])
+            .is_err(),
+        "not a block multiple"
+    );
+    assert!(
+        w.add_tensor("u", &[1 << 40, 1 << 40], QuantType::F32, vec![])
+            .is_err(),
+        "overflow"
+    );
+    assert!(
+        w.add_tensor("", &[4], QuantType::F32, vec![0u8; 16])
+            .is_err(),
+        "empty name"
+    );
     // The refusals left the writer as it was.
     let g_bytes = w.to_bytes();
     let g = Gguf::parse(&g_bytes).unwrap();
@@ -507,13 +704,17 @@ fn writer_to_file() {
     let path = dir.join("w.gguf");
     let mut w = GgufWriter::new();
     w.add("general.architecture", "x").unwrap();
-    w.add_tensor("t", &[2], QuantType::F32, f32_bytes(&[1.0, 2.0])).unwrap();
+    w.add_tensor("t", &[2], QuantType::F32, f32_bytes(&[1.0, 2.0]))
+        .unwrap();
     let n = w.write_file(&path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes.len() as u64, n);
     assert_eq!(bytes, w.to_bytes());
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(matches!(w.write_file(&dir.join("missing/dir/w.gguf")), Err(Error::Io { .. })));
+    assert!(matches!(
+        w.write_file(&dir.join("missing/dir/w.gguf")),
+        Err(Error::Io { .. })
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -551,7 +752,10 @@ fn typed_getters_coerce_only_when_lossless() {
     assert!(g.get_f32("f64.huge").is_err(), "finite f64 overflowing f32");
     assert_eq!(g.get_f64("f64.huge").unwrap(), 1e300);
     assert_eq!(g.get_f32("i32.exact").unwrap(), 16_777_216.0);
-    assert!(g.get_f32("i32.inexact").is_err(), "2^24+1 is not exact in f32");
+    assert!(
+        g.get_f32("i32.inexact").is_err(),
+        "2^24+1 is not exact in f32"
+    );
     assert_eq!(g.get_f64("i32.inexact").unwrap(), 16_777_217.0);
     assert!(g.get_u32("f64").is_err(), "float to integer");
     assert!(g.get_bool("u8").is_err(), "integer to bool");
@@ -562,10 +766,20 @@ fn typed_getters_coerce_only_when_lossless() {
     assert_eq!(g.opt_bool("nope").unwrap(), None);
     assert!(g.get_array("s").is_err());
     match g.get_u32("u64.big") {
-        Err(Error::Format { file, field, detail, offset: Some(_) }) => {
+        Err(Error::Format {
+            file,
+            field,
+            detail,
+            offset: Some(_),
+        }) => {
             assert_eq!(file, "synthetic.gguf");
             assert_eq!(field, "metadata[\"u64.big\"]");
-            assert!(detail.contains("u32") && detail.contains("u64") && detail.contains("1099511627776"), "{detail}");
+            assert!(
+                detail.contains("u32")
+                    && detail.contains("u64")
+                    && detail.contains("1099511627776"),
+                "{detail}"
+            );
         }
         r => panic!("{r:?}"),
     }
@@ -577,7 +791,10 @@ fn typed_getters_coerce_only_when_lossless() {
     match g.get_u32_array("a.u64") {
         Err(Error::Format { file, field, .. }) => {
             assert_eq!(file, "synthetic.gguf");
-            assert_eq!(field, "metadata[\"a.u64\"][1]", "names the first element that does not fit");
+            assert_eq!(
+                field, "metadata[\"a.u64\"][1]",
+                "names the first element that does not fit"
+            );
         }
         r => panic!("{r:?}"),
     }
@@ -597,7 +814,8 @@ fn describe_value_is_short() {
     w.add("small", vec![1u32, 2]).unwrap();
     w.add("big", vec![0u32; 49152]).unwrap();
     w.add("toks", vec!["a", "b", "c", "d", "e"]).unwrap();
-    w.add("nested", MetaArray::Array(vec![MetaArray::U8(vec![1])])).unwrap();
+    w.add("nested", MetaArray::Array(vec![MetaArray::U8(vec![1])]))
+        .unwrap();
     w.add("f", 1e-5f32).unwrap();
     w.add("b", false).unwrap();
     w.add("i", -3i64).unwrap();
@@ -620,7 +838,8 @@ fn f32_views_never_panic_on_misalignment() {
     // alignment 1 lets the tensor start at any address; shift the buffer through 4 positions.
     let mut w = GgufWriter::new();
     w.add("general.alignment", 1u32).unwrap();
-    w.add_tensor("t", &[3], QuantType::F32, f32_bytes(&[1.0, 2.0, 3.0])).unwrap();
+    w.add_tensor("t", &[3], QuantType::F32, f32_bytes(&[1.0, 2.0, 3.0]))
+        .unwrap();
     let file = w.to_bytes();
     let mut buf = vec![0u8; file.len() + 4];
     let (mut ok, mut refused) = (0, 0);
@@ -643,7 +862,10 @@ fn f32_views_never_panic_on_misalignment() {
             Err(e) => panic!("{e}"),
         }
         assert!(g.tensor_as::<u8>(t).is_ok());
-        assert!(g.tensor_as::<[u8; 5]>(t).is_err(), "12 bytes are not a whole number of 5-byte items");
+        assert!(
+            g.tensor_as::<[u8; 5]>(t).is_err(),
+            "12 bytes are not a whole number of 5-byte items"
+        );
     }
     assert_eq!((ok, refused), (1, 3));
 }
@@ -662,7 +884,10 @@ fn tiny_fixture_is_valid() {
     assert!(g.get_bool("t.flag").unwrap());
     assert_eq!(g.data_offset(), r.at("data") as u64);
     let b = g.tensor("b").unwrap();
-    assert_eq!((b.offset, b.size, b.dims), (r.at("data") as u64 + 32, 32, [4, 2, 1, 1]));
+    assert_eq!(
+        (b.offset, b.size, b.dims),
+        (r.at("data") as u64 + 32, 32, [4, 2, 1, 1])
+    );
     assert_eq!(g.tensor_data(b), &r.b[r.at("data") + 32..]);
 }
 
@@ -673,7 +898,10 @@ fn truncation_at_every_offset_is_refused() {
     for len in 0..r.b.len() {
         match Gguf::parse(&r.b[..len]) {
             Err(Error::Format { offset, .. }) => {
-                assert!(offset.is_some_and(|o| o <= r.b.len() as u64), "len {len}: offset {offset:?}");
+                assert!(
+                    offset.is_some_and(|o| o <= r.b.len() as u64),
+                    "len {len}: offset {offset:?}"
+                );
             }
             Err(e) => panic!("truncated to {len}: wrong error kind {e}"),
             Ok(_) => panic!("truncated to {len} of {} bytes: parsed", r.b.len()),
@@ -710,7 +938,11 @@ fn bad_magic_and_versions_are_refused() {
     assert!(Gguf::parse(&r.with_u32(4, 2)).is_ok());
     // In another file's name.
     let e = Gguf::parse(&b).unwrap_err().in_file("model.gguf");
-    assert!(e.to_string().starts_with("model.gguf: field `header.magic` at byte offset 0"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("model.gguf: field `header.magic` at byte offset 0"),
+        "{e}"
+    );
 }
 
 const SWEEP: [u64; 6] = [0, 1, 1 << 31, 1 << 32, 1 << 63, u64::MAX];
@@ -762,12 +994,27 @@ fn counts_and_lengths_sweep() {
     for v in [1u64 << 31, 1 << 32, 1 << 63, u64::MAX] {
         expect_format(&r.with_u64(r.at("tensor_count"), v), "header.tensor_count");
         expect_format(&r.with_u64(r.at("kv_count"), v), "header.kv_count");
-        expect_format(&r.with_u64(r.at("kv3.val") + 4, v), "metadata[\"t.arr\"].len");
-        expect_format(&r.with_u64(r.at("kv4.val") + 4, v), "metadata[\"t.toks\"].len");
-        expect_format(&r.with_u64(r.at("kv0.val"), v), "metadata[\"general.architecture\"].len");
-        expect_format(&r.with_u64(r.at("kv4.val") + 12 + 10, v), "metadata[\"t.toks\"][1].len");
+        expect_format(
+            &r.with_u64(r.at("kv3.val") + 4, v),
+            "metadata[\"t.arr\"].len",
+        );
+        expect_format(
+            &r.with_u64(r.at("kv4.val") + 4, v),
+            "metadata[\"t.toks\"].len",
+        );
+        expect_format(
+            &r.with_u64(r.at("kv0.val"), v),
+            "metadata[\"general.architecture\"].len",
+        );
+        expect_format(
+            &r.with_u64(r.at("kv4.val") + 12 + 10, v),
+            "metadata[\"t.toks\"][1].len",
+        );
         expect_format(&r.with_u64(r.at("ti0.name"), v), "tensor_infos[0].name");
-        expect_format(&r.with_u64(r.at("ti1.offset"), v), "tensor_infos[\"b\"].offset");
+        expect_format(
+            &r.with_u64(r.at("ti1.offset"), v),
+            "tensor_infos[\"b\"].offset",
+        );
     }
     expect_format(&r.with_u64(r.at("kv0.key"), 0), "metadata[0].key");
     expect_format(&r.with_u64(r.at("ti0.name"), 0), "tensor_infos[0].name");
@@ -775,8 +1022,16 @@ fn counts_and_lengths_sweep() {
 
 fn with_alignment(kv: (u32, Vec<u8>), pad: usize) -> Raw {
     build(
-        &[(b"general.architecture", v_str(b"test")), (b"general.alignment", kv)],
-        &[Ti { name: b"a", dims: vec![8], ty: 0, offset: 0 }],
+        &[
+            (b"general.architecture", v_str(b"test")),
+            (b"general.alignment", kv),
+        ],
+        &[Ti {
+            name: b"a",
+            dims: vec![8],
+            ty: 0,
+            offset: 0,
+        }],
         pad,
         32,
     )
@@ -795,56 +1050,116 @@ fn alignment_values() {
         assert_eq!(g.data_offset(), r.at("data") as u64);
     }
     expect_format(&with_alignment(v_str(b"32"), 32).b, "general.alignment");
-    expect_format(&with_alignment((10, u64::MAX.to_le_bytes().to_vec()), 32).b, "general.alignment");
+    expect_format(
+        &with_alignment((10, u64::MAX.to_le_bytes().to_vec()), 32).b,
+        "general.alignment",
+    );
     // A u64 that holds a valid alignment is accepted like a u32 (lossless coercion).
     let g_bytes = with_alignment((10, 64u64.to_le_bytes().to_vec()), 64).b;
     assert_eq!(Gguf::parse(&g_bytes).unwrap().alignment(), 64);
     // The data section starts at the aligned end of the tensor infos, not at the unaligned end.
     let r = with_alignment(v_u32(64), 1);
-    assert!(r.at("data") % 64 != 0, "the fixture must be unaligned for this check");
+    assert!(
+        r.at("data") % 64 != 0,
+        "the fixture must be unaligned for this check"
+    );
     expect_refused(&r.b, "unpadded tensor data");
 }
 
 fn one_tensor(dims: Vec<u64>, ty: u32, offset: u64, data_len: usize) -> Raw {
-    build(&[(b"general.architecture", v_str(b"test"))], &[Ti { name: b"w", dims, ty, offset }], 32, data_len)
+    build(
+        &[(b"general.architecture", v_str(b"test"))],
+        &[Ti {
+            name: b"w",
+            dims,
+            ty,
+            offset,
+        }],
+        32,
+        data_len,
+    )
 }
 
 #[test]
 fn tensor_info_corruptions() {
     let r = tiny();
-    expect_format(&r.with_u32(r.at("ti0.n_dims"), 0), "tensor_infos[\"a\"].n_dims");
-    expect_format(&r.with_u32(r.at("ti0.n_dims"), 5), "tensor_infos[\"a\"].n_dims");
-    expect_format(&r.with_u32(r.at("ti0.n_dims"), u32::MAX), "tensor_infos[\"a\"].n_dims");
-    expect_format(&one_tensor(vec![0], 0, 0, 32).b, "tensor_infos[\"w\"].dims[0]");
-    expect_format(&one_tensor(vec![8, 1, 0], 0, 0, 32).b, "tensor_infos[\"w\"].dims[2]");
-    expect_format(&one_tensor(vec![8, 1 << 63], 0, 0, 32).b, "tensor_infos[\"w\"].dims[1]");
+    expect_format(
+        &r.with_u32(r.at("ti0.n_dims"), 0),
+        "tensor_infos[\"a\"].n_dims",
+    );
+    expect_format(
+        &r.with_u32(r.at("ti0.n_dims"), 5),
+        "tensor_infos[\"a\"].n_dims",
+    );
+    expect_format(
+        &r.with_u32(r.at("ti0.n_dims"), u32::MAX),
+        "tensor_infos[\"a\"].n_dims",
+    );
+    expect_format(
+        &one_tensor(vec![0], 0, 0, 32).b,
+        "tensor_infos[\"w\"].dims[0]",
+    );
+    expect_format(
+        &one_tensor(vec![8, 1, 0], 0, 0, 32).b,
+        "tensor_infos[\"w\"].dims[2]",
+    );
+    expect_format(
+        &one_tensor(vec![8, 1 << 63], 0, 0, 32).b,
+        "tensor_infos[\"w\"].dims[1]",
+    );
     let d = expect_unsupported(&one_tensor(vec![8], 99, 0, 32).b, "99");
     assert!(d.contains("\"w\""), "{d}");
     // Q2_K (10) is a real ggml type that edge-run does not implement.
     expect_unsupported(&one_tensor(vec![256], 10, 0, 84).b, "\"w\"");
     expect_unsupported(&r.with_u32(r.at("ti1.type"), u32::MAX), "\"b\"");
     // Overflowing products: elements and bytes.
-    expect_format(&one_tensor(vec![1 << 32, 1 << 32, 1 << 32], 0, 0, 32).b, "tensor_infos[\"w\"].dims");
-    expect_format(&one_tensor(vec![1 << 62, 4], 0, 0, 32).b, "tensor_infos[\"w\"].dims");
-    expect_format(&one_tensor(vec![1 << 62], 0, 0, 32).b, "tensor_infos[\"w\"]"); // 2^64 bytes
-    expect_format(&one_tensor(vec![1 << 40, 1 << 20], 0, 0, 32).b, "tensor_infos[\"w\"]");
+    expect_format(
+        &one_tensor(vec![1 << 32, 1 << 32, 1 << 32], 0, 0, 32).b,
+        "tensor_infos[\"w\"].dims",
+    );
+    expect_format(
+        &one_tensor(vec![1 << 62, 4], 0, 0, 32).b,
+        "tensor_infos[\"w\"].dims",
+    );
+    expect_format(
+        &one_tensor(vec![1 << 62], 0, 0, 32).b,
+        "tensor_infos[\"w\"]",
+    ); // 2^64 bytes
+    expect_format(
+        &one_tensor(vec![1 << 40, 1 << 20], 0, 0, 32).b,
+        "tensor_infos[\"w\"]",
+    );
     // Row length not a multiple of the block size (Q8_0 blocks are 32 wide).
-    expect_format(&one_tensor(vec![16], 8, 0, 34).b, "tensor_infos[\"w\"].dims[0]");
+    expect_format(
+        &one_tensor(vec![16], 8, 0, 34).b,
+        "tensor_infos[\"w\"].dims[0]",
+    );
     assert!(Gguf::parse(&one_tensor(vec![32], 8, 0, 34).b).is_ok());
     // Offsets: misaligned, past the end, straddling the end, overlapping.
     for off in [1u64, 4, 16, 31] {
-        expect_format(&r.with_u64(r.at("ti1.offset"), off), "tensor_infos[\"b\"].offset");
+        expect_format(
+            &r.with_u64(r.at("ti1.offset"), off),
+            "tensor_infos[\"b\"].offset",
+        );
     }
     for off in [64u64, 96, 1 << 40, u64::MAX - 31] {
-        expect_format(&r.with_u64(r.at("ti1.offset"), off), "tensor_infos[\"b\"].offset");
+        expect_format(
+            &r.with_u64(r.at("ti1.offset"), off),
+            "tensor_infos[\"b\"].offset",
+        );
     }
-    let (_, _, detail) = expect_format(&r.with_u64(r.at("ti1.offset"), 0), "tensor_infos[\"b\"].offset");
-    assert!(detail.contains("overlaps") && detail.contains("\"a\""), "{detail}");
+    let (_, _, detail) = expect_format(
+        &r.with_u64(r.at("ti1.offset"), 0),
+        "tensor_infos[\"b\"].offset",
+    );
+    assert!(
+        detail.contains("overlaps") && detail.contains("\"a\""),
+        "{detail}"
+    );
     // `a` moved onto `b`: overlap found whichever order the infos are in.
     expect_format(&r.with_u64(r.at("ti0.offset"), 32), "offset");
     // Swapped (non-overlapping) positions are fine.
-    let swapped = r.with_u64(r.at("ti0.offset"), 32);
-    let mut swapped = swapped;
+    let mut swapped = r.with_u64(r.at("ti0.offset"), 32);
     swapped[r.at("ti1.offset")..r.at("ti1.offset") + 8].copy_from_slice(&0u64.to_le_bytes());
     let g = Gguf::parse(&swapped).unwrap();
     assert_eq!(g.tensor("a").unwrap().offset, r.at("data") as u64 + 32);
@@ -855,18 +1170,34 @@ fn tensor_info_corruptions() {
 #[test]
 fn duplicates_are_refused() {
     let dup_key = build(
-        &[(b"general.architecture", v_str(b"a")), (b"x", v_u32(1)), (b"x", v_u32(1))],
+        &[
+            (b"general.architecture", v_str(b"a")),
+            (b"x", v_u32(1)),
+            (b"x", v_u32(1)),
+        ],
         &[],
         32,
         0,
     );
-    let (field, off, detail) = expect_format(&dup_key.b, "metadata[2].key");
+    let (_, off, detail) = expect_format(&dup_key.b, "metadata[2].key");
     assert_eq!(off, Some(dup_key.at("kv2.key") as u64));
     assert!(detail.contains("metadata[1]"), "{detail}");
-    let _ = field;
     let dup_tensor = build(
         &[(b"general.architecture", v_str(b"a"))],
-        &[Ti { name: b"w", dims: vec![8], ty: 0, offset: 0 }, Ti { name: b"w", dims: vec![8], ty: 0, offset: 32 }],
+        &[
+            Ti {
+                name: b"w",
+                dims: vec![8],
+                ty: 0,
+                offset: 0,
+            },
+            Ti {
+                name: b"w",
+                dims: vec![8],
+                ty: 0,
+                offset: 32,
+            },
+        ],
         32,
         64,
     );
@@ -900,7 +1231,10 @@ fn bools_utf8_and_value_types() {
     expect_format(&b, "tensor_infos[1].name");
     // Unknown value type ids, top level and in an array.
     for ty in [13u32, 99, u32::MAX] {
-        expect_format(&r.with_u32(r.at("kv2.type"), ty), "metadata[\"t.u32\"].type");
+        expect_format(
+            &r.with_u32(r.at("kv2.type"), ty),
+            "metadata[\"t.u32\"].type",
+        );
         expect_format(&r.with_u32(r.at("kv3.val"), ty), "metadata[\"t.arr\"].type");
     }
 }
@@ -918,32 +1252,46 @@ fn nested_arrays() {
     assert_eq!(items[0].to_vec_u32().unwrap(), [1, 2]);
     assert_eq!(items[1].to_vec_str().unwrap(), ["x"]);
     assert_eq!(items[0].offset(), ok.at("kv0.val") as u64 + 12 + 12);
-    assert!(n.to_vec_u32().is_err(), "an array of arrays is not an array of integers");
+    assert!(
+        n.to_vec_u32().is_err(),
+        "an array of arrays is not an array of integers"
+    );
 
     // Wrong declared types: the outer array says "array" but holds plain u32s (so the first u32 is
     // read as an inner element type, here 1 = i8 with an impossible count) …
     let mut plain = Raw::default();
     plain.u32(1).u32(2).u32(3).u32(4);
-    expect_refused(&build(&[(b"n", v_arr(9, 2, &plain.b))], &[], 32, 0).b, "u32s declared as arrays");
+    expect_refused(
+        &build(&[(b"n", v_arr(9, 2, &plain.b))], &[], 32, 0).b,
+        "u32s declared as arrays",
+    );
     // … an inner array with an unknown element type …
     let mut bad = Raw::default();
     bad.u32(4).u64(1).u32(5);
     bad.u32(13).u64(1).u32(5);
-    expect_format(&build(&[(b"n", v_arr(9, 2, &bad.b))], &[], 32, 0).b, "metadata[\"n\"][1].type");
+    expect_format(
+        &build(&[(b"n", v_arr(9, 2, &bad.b))], &[], 32, 0).b,
+        "metadata[\"n\"][1].type",
+    );
     // … an outer array declared as strings that holds arrays (the type+count read as a length) …
-    expect_refused(&build(&[(b"n", v_arr(8, 2, &inner.b))], &[], 32, 0).b, "arrays declared as strings");
+    expect_refused(
+        &build(&[(b"n", v_arr(8, 2, &inner.b))], &[], 32, 0).b,
+        "arrays declared as strings",
+    );
     // … and an inner array whose declared count exceeds what is left.
     let mut long = Raw::default();
     long.u32(4).u64(1 << 40).u32(1);
-    expect_format(&build(&[(b"n", v_arr(9, 1, &long.b))], &[], 32, 0).b, "metadata[\"n\"][0].len");
+    expect_format(
+        &build(&[(b"n", v_arr(9, 1, &long.b))], &[], 32, 0).b,
+        "metadata[\"n\"][0].len",
+    );
     // Nesting depth is limited (no unbounded recursion on hostile input): 100 levels deep.
     let mut deep = Raw::default();
     for _ in 0..100 {
         deep.u32(9).u64(1);
     }
     deep.u32(4).u64(0);
-    let mut file = build(&[(b"d", (9, deep.b[..].to_vec()))], &[], 32, 0);
-    file.pad_to(1);
+    let file = build(&[(b"d", (9, deep.b.clone()))], &[], 32, 0);
     expect_format(&file.b, "metadata[\"d\"]");
 }
 
@@ -993,5 +1341,102 @@ fn random_corruption_never_panics() {
         }
     }
     println!("random corruption: {refused} refused, {accepted} accepted (e.g. changed data bytes)");
-    assert!(refused > 10_000 && accepted > 100, "{refused} refused, {accepted} accepted");
+    assert!(
+        refused > 10_000 && accepted > 100,
+        "{refused} refused, {accepted} accepted"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-check with gguf-py: tests/data/gguf/gguf_py_fixture.gguf was written by llama.cpp's Python
+// package (tests/data/gguf/make_pyfixture.py). The reader must read back what the script wrote,
+// and GgufWriter given the same content must produce the same bytes.
+
+#[test]
+fn gguf_py_fixture_reads_and_rewrites_identically() {
+    let bytes = include_bytes!("data/gguf/gguf_py_fixture.gguf");
+    let g = Gguf::parse(bytes).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(g.get_str("general.architecture").unwrap(), "fixture");
+    let v = |k: &str| *g.get(k).unwrap_or_else(|| panic!("{k} missing"));
+    assert_eq!(v("t.u8"), Value::U8(200));
+    assert_eq!(v("t.i8"), Value::I8(-100));
+    assert_eq!(v("t.u16"), Value::U16(60000));
+    assert_eq!(v("t.i16"), Value::I16(-30000));
+    assert_eq!(v("t.u32"), Value::U32(4_000_000_000));
+    assert_eq!(v("t.i32"), Value::I32(-2_000_000_000));
+    assert_eq!(v("t.u64"), Value::U64(u64::MAX));
+    assert_eq!(v("t.i64"), Value::I64(i64::MIN));
+    assert_eq!(v("t.f32"), Value::F32(0.15625));
+    assert_eq!(v("t.f64"), Value::F64(-1.0e-300));
+    assert_eq!(v("t.bool"), Value::Bool(true));
+    assert_eq!(v("t.str"), Value::String("héllo ✓"));
+    // gguf-py stores Python ints in arrays as INT32.
+    let a = g.get_array("t.a.u32").unwrap();
+    assert_eq!(
+        (a.elem_type(), a.to_vec_u32().unwrap()),
+        (ValueType::I32, vec![1, 2, 3])
+    );
+    assert_eq!(g.get_str_array("t.a.str").unwrap(), ["<s>", "", "ünï"]);
+    assert_eq!(g.get_f32_array("t.a.f32").unwrap(), [0.5, -2.0]);
+    let b: Vec<_> = g.get_array("t.a.bool").unwrap().iter().collect();
+    assert_eq!(b, [Value::Bool(true), Value::Bool(false)]);
+    let a16 = g.get_array("t.a.i16").unwrap();
+    assert_eq!(
+        (a16.elem_type(), a16.to_vec_i32().unwrap()),
+        (ValueType::I16, vec![-1, 7])
+    );
+    let nested = g.get_array("t.nested").unwrap();
+    let inner: Vec<_> = nested.iter().map(|v| *v.as_array().unwrap()).collect();
+    assert_eq!(inner[0].to_vec_i32().unwrap(), [1, 2]);
+    assert_eq!(inner[1].to_vec_str().unwrap(), ["x", "y"]);
+    // gguf-py: w.f32 F32 shape [4, 3] at 736, 48 bytes; w.f16 F16 [3] at 800, 6 bytes.
+    let wf = g.tensor("w.f32").unwrap();
+    assert_eq!((wf.dims, wf.offset, wf.size), ([4, 3, 1, 1], 736, 48));
+    let want: Vec<u8> = f32_bytes(&(0..12).map(|i| i as f32).collect::<Vec<_>>());
+    assert_eq!(g.tensor_data(wf), &want[..]);
+    let wh = g.tensor("w.f16").unwrap();
+    assert_eq!(
+        (wh.ty, wh.dims, wh.offset, wh.size),
+        (QuantType::F16, [3, 1, 1, 1], 800, 6)
+    );
+    assert_eq!(g.tensor_data(wh), &[0x00, 0x3c, 0x00, 0xb8, 0x00, 0x40]); // 1.0, -0.5, 2.0 as f16
+
+    // The same content through GgufWriter, spelled out (not copied from the parse).
+    let mut w = GgufWriter::new();
+    w.add("general.architecture", "fixture").unwrap();
+    w.add("t.u8", 200u8).unwrap();
+    w.add("t.i8", -100i8).unwrap();
+    w.add("t.u16", 60000u16).unwrap();
+    w.add("t.i16", -30000i16).unwrap();
+    w.add("t.u32", 4_000_000_000u32).unwrap();
+    w.add("t.i32", -2_000_000_000i32).unwrap();
+    w.add("t.u64", u64::MAX).unwrap();
+    w.add("t.i64", i64::MIN).unwrap();
+    w.add("t.f32", 0.15625f32).unwrap();
+    w.add("t.f64", -1.0e-300f64).unwrap();
+    w.add("t.bool", true).unwrap();
+    w.add("t.str", "héllo ✓").unwrap();
+    w.add("t.a.u32", vec![1i32, 2, 3]).unwrap();
+    w.add("t.a.str", vec!["<s>", "", "ünï"]).unwrap();
+    w.add("t.a.f32", vec![0.5f32, -2.0]).unwrap();
+    w.add("t.a.bool", vec![true, false]).unwrap();
+    w.add("t.a.i16", vec![-1i16, 7]).unwrap();
+    w.add(
+        "t.nested",
+        MetaArray::Array(vec![
+            MetaArray::I32(vec![1, 2]),
+            MetaArray::from(vec!["x", "y"]),
+        ]),
+    )
+    .unwrap();
+    w.add_tensor("w.f32", &[4, 3], QuantType::F32, want.clone())
+        .unwrap();
+    w.add_tensor(
+        "w.f16",
+        &[3],
+        QuantType::F16,
+        vec![0x00, 0x3c, 0x00, 0xb8, 0x00, 0x40],
+    )
+    .unwrap();
+    assert_eq!(w.to_bytes(), &bytes[..]);
 }

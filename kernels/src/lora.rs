@@ -68,8 +68,15 @@ pub type ShrinkBatch = fn(adapters: &[LoraRef<'_>], n_tokens: usize, x: &[f32], 
 /// Prompt expand over output rows `[r0, r1)`: `t` is `n_tokens × R` (dense); the output of token `tok`
 /// for row `j` is `y[tok * ldy + (j - r0)]` (so pass `&mut y_full[r0..]` with `ldy = n_out` to update a
 /// dense `n_tokens × n_out` matrix in place).
-pub type ExpandBatch =
-    fn(adapters: &[LoraRef<'_>], n_tokens: usize, t: &[f32], r0: usize, r1: usize, y: &mut [f32], ldy: usize);
+pub type ExpandBatch = fn(
+    adapters: &[LoraRef<'_>],
+    n_tokens: usize,
+    t: &[f32],
+    r0: usize,
+    r1: usize,
+    y: &mut [f32],
+    ldy: usize,
+);
 
 /// A table of LoRA kernels for one tier; every field means the same in every tier.
 #[derive(Clone, Copy)]
@@ -83,13 +90,20 @@ pub struct LoraKernels {
 
 impl core::fmt::Debug for LoraKernels {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("LoraKernels").field("tier", &self.tier).finish()
+        f.debug_struct("LoraKernels")
+            .field("tier", &self.tier)
+            .finish()
     }
 }
 
 /// The scalar reference table.
-pub static SCALAR: LoraKernels =
-    LoraKernels { tier: Tier::Scalar, shrink, expand, shrink_batch, expand_batch };
+pub static SCALAR: LoraKernels = LoraKernels {
+    tier: Tier::Scalar,
+    shrink,
+    expand,
+    shrink_batch,
+    expand_batch,
+};
 
 impl LoraKernels {
     /// The scalar reference tier (always available).
@@ -184,12 +198,23 @@ pub(crate) fn check_adapters(adapters: &[LoraRef<'_>]) -> (usize, usize) {
 }
 
 /// Checks a shrink over `n_tokens` tokens; returns `R`.
-pub(crate) fn check_shrink(adapters: &[LoraRef<'_>], n_tokens: usize, x_len: usize, t_len: usize) -> usize {
+pub(crate) fn check_shrink(
+    adapters: &[LoraRef<'_>],
+    n_tokens: usize,
+    x_len: usize,
+    t_len: usize,
+) -> usize {
     let (n_in, r) = check_adapters(adapters);
     if !adapters.is_empty() {
-        assert!(Some(x_len) == n_tokens.checked_mul(n_in), "lora shrink: x has {x_len} values, expected {n_tokens} x {n_in}");
+        assert!(
+            Some(x_len) == n_tokens.checked_mul(n_in),
+            "lora shrink: x has {x_len} values, expected {n_tokens} x {n_in}"
+        );
     }
-    assert!(Some(t_len) == n_tokens.checked_mul(r), "lora shrink: t has {t_len} values, expected {n_tokens} x {r}");
+    assert!(
+        Some(t_len) == n_tokens.checked_mul(r),
+        "lora shrink: t has {t_len} values, expected {n_tokens} x {r}"
+    );
     r
 }
 
@@ -204,16 +229,31 @@ pub(crate) fn check_expand(
     ldy: usize,
 ) -> usize {
     let (_, r) = check_adapters(adapters);
-    assert!(Some(t_len) == n_tokens.checked_mul(r), "lora expand: t has {t_len} values, expected {n_tokens} x {r}");
+    assert!(
+        Some(t_len) == n_tokens.checked_mul(r),
+        "lora expand: t has {t_len} values, expected {n_tokens} x {r}"
+    );
     assert!(r0 <= r1, "lora expand: row range {r0}..{r1} is reversed");
     if let Some(ad) = adapters.first() {
-        assert!(r1 <= ad.n_out, "lora expand: row range {r0}..{r1} beyond n_out {}", ad.n_out);
+        assert!(
+            r1 <= ad.n_out,
+            "lora expand: row range {r0}..{r1} beyond n_out {}",
+            ad.n_out
+        );
     }
     if n_tokens > 0 && r1 > r0 {
         let w = r1 - r0;
-        assert!(n_tokens == 1 || ldy >= w, "lora expand: ldy {ldy} smaller than the row range {w}");
-        let need = (n_tokens - 1).checked_mul(ldy).and_then(|v| v.checked_add(w));
-        assert!(need.is_some_and(|need| y_len >= need), "lora expand: y has {y_len} values, too few for {n_tokens} tokens x ldy {ldy}");
+        assert!(
+            n_tokens == 1 || ldy >= w,
+            "lora expand: ldy {ldy} smaller than the row range {w}"
+        );
+        let need = (n_tokens - 1)
+            .checked_mul(ldy)
+            .and_then(|v| v.checked_add(w));
+        assert!(
+            need.is_some_and(|need| y_len >= need),
+            "lora expand: y has {y_len} values, too few for {n_tokens} tokens x ldy {ldy}"
+        );
     }
     r
 }
@@ -337,8 +377,26 @@ impl RowsDot<'_> {
 
 /// The shrink of adapter `ad` whose intermediate starts at column `off` of `t` (`R` columns per token).
 #[allow(dead_code)]
-pub(crate) fn shrink_job<'a>(ad: &LoraRef<'a>, n_tokens: usize, x: &'a [f32], r: usize, off: usize) -> RowsDot<'a> {
-    RowsDot { w: ad.a, k: ad.n_in, row0: 0, row1: ad.rank, v: x, ldv: ad.n_in, voff: 0, n_tok: n_tokens, ldo: r, ooff: off, scale: None }
+pub(crate) fn shrink_job<'a>(
+    ad: &LoraRef<'a>,
+    n_tokens: usize,
+    x: &'a [f32],
+    r: usize,
+    off: usize,
+) -> RowsDot<'a> {
+    RowsDot {
+        w: ad.a,
+        k: ad.n_in,
+        row0: 0,
+        row1: ad.rank,
+        v: x,
+        ldv: ad.n_in,
+        voff: 0,
+        n_tok: n_tokens,
+        ldo: r,
+        ooff: off,
+        scale: None,
+    }
 }
 
 /// The expand of adapter `ad` (intermediate at column `off` of `t`) into rows `[r0, r1)` of `y`.
@@ -353,7 +411,19 @@ pub(crate) fn expand_job<'a>(
     r1: usize,
     ldy: usize,
 ) -> RowsDot<'a> {
-    RowsDot { w: ad.b, k: ad.rank, row0: r0, row1: r1, v: t, ldv: r, voff: off, n_tok: n_tokens, ldo: ldy, ooff: 0, scale: Some(ad.scale) }
+    RowsDot {
+        w: ad.b,
+        k: ad.rank,
+        row0: r0,
+        row1: r1,
+        v: t,
+        ldv: r,
+        voff: off,
+        n_tok: n_tokens,
+        ldo: ldy,
+        ooff: 0,
+        scale: Some(ad.scale),
+    }
 }
 
 /// Generates a tier's four kernels (`shrink`, `expand`, `shrink_batch`, `expand_batch`) from its
@@ -367,7 +437,12 @@ macro_rules! lora_tier_fns {
             let (r1, ldy) = (r0 + y.len(), y.len());
             expand_batch(adapters, 1, t, r0, r1, y, ldy)
         }
-        fn shrink_batch(adapters: &[$crate::lora::LoraRef<'_>], n_tokens: usize, x: &[f32], t: &mut [f32]) {
+        fn shrink_batch(
+            adapters: &[$crate::lora::LoraRef<'_>],
+            n_tokens: usize,
+            x: &[f32],
+            t: &mut [f32],
+        ) {
             let r = $crate::lora::check_shrink(adapters, n_tokens, x.len(), t.len());
             let mut off = 0;
             for ad in adapters {

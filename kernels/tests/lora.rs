@@ -23,7 +23,9 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
     fn halves(&mut self, len: usize, amp: f32) -> Vec<u16> {
-        (0..len).map(|_| f16::from_f32(self.f() * amp).to_bits()).collect()
+        (0..len)
+            .map(|_| f16::from_f32(self.f() * amp).to_bits())
+            .collect()
     }
     fn floats(&mut self, len: usize) -> Vec<f32> {
         (0..len).map(|_| self.f()).collect()
@@ -42,13 +44,27 @@ struct Owned {
 }
 
 fn refs(v: &[Owned], n: usize, m: usize) -> Vec<LoraRef<'_>> {
-    v.iter().map(|o| LoraRef { rank: o.rank, n_in: n, n_out: m, a: &o.a, b: &o.b, scale: o.scale }).collect()
+    v.iter()
+        .map(|o| LoraRef {
+            rank: o.rank,
+            n_in: n,
+            n_out: m,
+            a: &o.a,
+            b: &o.b,
+            scale: o.scale,
+        })
+        .collect()
 }
 
 fn make(rng: &mut Rng, ranks: &[usize], n: usize, m: usize) -> Vec<Owned> {
     ranks
         .iter()
-        .map(|&r| Owned { rank: r, a: rng.halves(r * n, 0.5), b: rng.halves(m * r, 0.5), scale: 0.25 + 2.0 * rng.f().abs() })
+        .map(|&r| Owned {
+            rank: r,
+            a: rng.halves(r * n, 0.5),
+            b: rng.halves(m * r, 0.5),
+            scale: 0.25 + 2.0 * rng.f().abs(),
+        })
         .collect()
 }
 
@@ -115,7 +131,12 @@ fn check_decode(rng: &mut Rng, ranks: &[usize], n: usize, m: usize) {
         let mut t = vec![f32::NAN; r];
         (k.shrink)(&lr, &x, &mut t);
         for i in 0..r {
-            close(t[i], t_ref[i], t_mag[i], &format!("{tier} shrink ranks {ranks:?} n {n} t[{i}]"));
+            close(
+                t[i],
+                t_ref[i],
+                t_mag[i],
+                &format!("{tier} shrink ranks {ranks:?} n {n} t[{i}]"),
+            );
         }
         // Expand on the reference t (f32-rounded) so that the check isolates the expand.
         let t32: Vec<f32> = t_ref.iter().map(|&v| v as f32).collect();
@@ -129,10 +150,19 @@ fn check_decode(rng: &mut Rng, ranks: &[usize], n: usize, m: usize) {
         }
         for jj in 0..m {
             if jj < r0 || jj >= r1 {
-                assert_eq!(y[jj].to_bits(), y0[jj].to_bits(), "{tier} expand touched row {jj} outside {r0}..{r1}");
+                assert_eq!(
+                    y[jj].to_bits(),
+                    y0[jj].to_bits(),
+                    "{tier} expand touched row {jj} outside {r0}..{r1}"
+                );
             } else {
                 let (d, mag) = ref_expand_row(&ads, &t32_64, jj);
-                close(y[jj], y0[jj] as f64 + d, mag + (y0[jj] as f64).abs(), &format!("{tier} expand ranks {ranks:?} m {m} row {jj}"));
+                close(
+                    y[jj],
+                    y0[jj] as f64 + d,
+                    mag + (y0[jj] as f64).abs(),
+                    &format!("{tier} expand ranks {ranks:?} m {m} row {jj}"),
+                );
             }
         }
     }
@@ -150,8 +180,14 @@ fn check_batch(rng: &mut Rng, ranks: &[usize], n: usize, m: usize, n_tok: usize)
     let w = r1 - r0;
     let ldy = w + rng.below(5);
     let sentinel = 12345.0f32;
-    let y0: Vec<f32> = (0..n_tok * ldy).map(|i| if i % ldy < w { rng.f() } else { sentinel }).collect();
-    let y0 = if n_tok > 0 { y0[..(n_tok - 1) * ldy + w].to_vec() } else { y0 };
+    let y0: Vec<f32> = (0..n_tok * ldy)
+        .map(|i| if i % ldy < w { rng.f() } else { sentinel })
+        .collect();
+    let y0 = if n_tok > 0 {
+        y0[..(n_tok - 1) * ldy + w].to_vec()
+    } else {
+        y0
+    };
 
     let s = LoraKernels::scalar();
     let mut t_s = vec![f32::NAN; n_tok * r];
@@ -171,28 +207,56 @@ fn check_batch(rng: &mut Rng, ranks: &[usize], n: usize, m: usize, n_tok: usize)
                 let (b, s1, sc) = (t[tok * r + i], t1[i], t_s[tok * r + i]);
                 let mag: f64 = {
                     let (ad, kk) = locate(&ads, i);
-                    ad.a[kk * n..(kk + 1) * n].iter().zip(&x[tok * n..]).map(|(&w, &x)| (h(w) * x as f64).abs()).sum()
+                    ad.a[kk * n..(kk + 1) * n]
+                        .iter()
+                        .zip(&x[tok * n..])
+                        .map(|(&w, &x)| (h(w) * x as f64).abs())
+                        .sum()
                 };
-                close(b, sc as f64, mag, &format!("{tier} shrink_batch T {n_tok} tok {tok} t[{i}] vs scalar"));
-                close(b, s1 as f64, mag, &format!("{tier} shrink_batch vs shrink tok {tok} t[{i}]"));
+                close(
+                    b,
+                    sc as f64,
+                    mag,
+                    &format!("{tier} shrink_batch T {n_tok} tok {tok} t[{i}] vs scalar"),
+                );
+                close(
+                    b,
+                    s1 as f64,
+                    mag,
+                    &format!("{tier} shrink_batch vs shrink tok {tok} t[{i}]"),
+                );
             }
         }
         let mut y = y0.clone();
         (k.expand_batch)(&lr, n_tok, &t_s, r0, r1, &mut y, ldy);
         for tok in 0..n_tok {
-            let t64: Vec<f64> = t_s[tok * r..(tok + 1) * r].iter().map(|&v| v as f64).collect();
+            let t64: Vec<f64> = t_s[tok * r..(tok + 1) * r]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
             for col in 0..ldy {
                 let idx = tok * ldy + col;
                 if idx >= y.len() {
                     break;
                 }
                 if col >= w {
-                    assert_eq!(y[idx], sentinel, "{tier} expand_batch wrote into the stride gap at tok {tok} col {col}");
+                    assert_eq!(
+                        y[idx], sentinel,
+                        "{tier} expand_batch wrote into the stride gap at tok {tok} col {col}"
+                    );
                     continue;
                 }
                 let (_, mag) = ref_expand_row(&ads, &t64, r0 + col);
                 let mag = mag + (y0[idx] as f64).abs();
-                close(y[idx], y_s[idx] as f64, mag, &format!("{tier} expand_batch T {n_tok} tok {tok} row {} vs scalar", r0 + col));
+                close(
+                    y[idx],
+                    y_s[idx] as f64,
+                    mag,
+                    &format!(
+                        "{tier} expand_batch T {n_tok} tok {tok} row {} vs scalar",
+                        r0 + col
+                    ),
+                );
             }
         }
     }
@@ -279,14 +343,32 @@ fn shape_mismatch_panics_in_every_tier() {
     let a = vec![0u16; 8 * 10];
     let b = vec![0u16; 12 * 8];
     for k in LoraKernels::available() {
-        let bad_a = [LoraRef { rank: 8, n_in: 11, n_out: 12, a: &a, b: &b, scale: 1.0 }];
-        let good = [LoraRef { rank: 8, n_in: 10, n_out: 12, a: &a, b: &b, scale: 1.0 }];
+        let bad_a = [LoraRef {
+            rank: 8,
+            n_in: 11,
+            n_out: 12,
+            a: &a,
+            b: &b,
+            scale: 1.0,
+        }];
+        let good = [LoraRef {
+            rank: 8,
+            n_in: 10,
+            n_out: 12,
+            a: &a,
+            b: &b,
+            scale: 1.0,
+        }];
         let x = vec![0f32; 10];
         let r = std::panic::catch_unwind(|| {
             let mut t = vec![0f32; 8];
             (k.shrink)(&bad_a, &x[..], &mut t)
         });
-        assert!(r.is_err(), "{}: A of the wrong size accepted", k.tier.name());
+        assert!(
+            r.is_err(),
+            "{}: A of the wrong size accepted",
+            k.tier.name()
+        );
         let r = std::panic::catch_unwind(|| {
             let mut t = vec![0f32; 7];
             (k.shrink)(&good, &x[..], &mut t)
@@ -303,7 +385,11 @@ fn shape_mismatch_panics_in_every_tier() {
             let mut y = vec![0f32; 12 + 11];
             (k.expand_batch)(&good, 2, &t, 0, 12, &mut y, 12)
         });
-        assert!(r.is_err(), "{}: y too short for the batch accepted", k.tier.name());
+        assert!(
+            r.is_err(),
+            "{}: y too short for the batch accepted",
+            k.tier.name()
+        );
     }
 }
 
@@ -317,7 +403,10 @@ fn expected_tiers_present() {
     for name in want.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let k = LoraKernels::by_name(name);
         assert!(k.is_some(), "EDGE_RUN_EXPECT_TIERS names `{name}` but this CPU/build has no such LoRA tier (ran: {ran:?})");
-        println!("expected tier {name}: served by LoRA tier {}", k.unwrap().tier.name());
+        println!(
+            "expected tier {name}: served by LoRA tier {}",
+            k.unwrap().tier.name()
+        );
     }
 }
 
@@ -326,12 +415,25 @@ fn for_tier_pairs_with_kernel_tiers() {
     use edge_run_kernels::Tier;
     assert_eq!(LoraKernels::for_tier(Tier::Scalar).tier, Tier::Scalar);
     let best = LoraKernels::best().tier;
-    for t in [Tier::Scalar, Tier::Avx2, Tier::Avx512, Tier::Neon, Tier::NeonDotprod] {
+    for t in [
+        Tier::Scalar,
+        Tier::Avx2,
+        Tier::Avx512,
+        Tier::Neon,
+        Tier::NeonDotprod,
+    ] {
         let k = LoraKernels::for_tier(t);
-        assert!(LoraKernels::available().any(|a| a.tier == k.tier), "for_tier({t:?}) gave an unavailable tier");
+        assert!(
+            LoraKernels::available().any(|a| a.tier == k.tier),
+            "for_tier({t:?}) gave an unavailable tier"
+        );
         if LoraKernels::by_name(t.name()).is_some() {
             // A tier this CPU runs maps to itself (or, for neon-dotprod, to neon).
-            let want = if t == Tier::NeonDotprod { Tier::Neon } else { t };
+            let want = if t == Tier::NeonDotprod {
+                Tier::Neon
+            } else {
+                t
+            };
             assert_eq!(k.tier, want, "for_tier({t:?})");
         }
     }

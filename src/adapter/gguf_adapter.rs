@@ -20,11 +20,19 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     let g = Gguf::parse_named(&map, &name)?;
     let ty = g.get_str("general.type")?;
     if ty != "adapter" {
-        return Err(Error::format(&name, "general.type", None, format!("{ty:?}: not an adapter (expected \"adapter\")")));
+        return Err(Error::format(
+            &name,
+            "general.type",
+            None,
+            format!("{ty:?}: not an adapter (expected \"adapter\")"),
+        ));
     }
     let at = g.get_str("adapter.type")?;
     if at != "lora" {
-        return Err(Error::unsupported(&name, format!("adapter.type {at:?} (only \"lora\")")));
+        return Err(Error::unsupported(
+            &name,
+            format!("adapter.type {at:?} (only \"lora\")"),
+        ));
     }
     let arch = g.get_str("general.architecture")?;
     if arch != base.arch {
@@ -35,47 +43,84 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     }
     let alpha = g.opt_f32("adapter.lora.alpha")?.unwrap_or(0.0);
     if !alpha.is_finite() || alpha < 0.0 {
-        return Err(Error::format(&name, "adapter.lora.alpha", None, format!("{alpha} is not a finite non-negative number")));
+        return Err(Error::format(
+            &name,
+            "adapter.lora.alpha",
+            None,
+            format!("{alpha} is not a finite non-negative number"),
+        ));
     }
     for e in g.metadata() {
         let k = e.key;
         let ok = k.starts_with("general.") || matches!(k, "adapter.type" | "adapter.lora.alpha");
         if !ok {
-            return Err(Error::unsupported(&name, format!("metadata key `{k}` is not understood; refusing rather than ignoring it")));
+            return Err(Error::unsupported(
+                &name,
+                format!("metadata key `{k}` is not understood; refusing rather than ignoring it"),
+            ));
         }
     }
 
-    let mut pairs: std::collections::BTreeMap<&str, (Option<&TensorInfo>, Option<&TensorInfo>)> = Default::default();
+    let mut pairs: std::collections::BTreeMap<&str, (Option<&TensorInfo>, Option<&TensorInfo>)> =
+        Default::default();
     for t in g.tensors() {
         let (target, is_a) = if let Some(b) = t.name.strip_suffix(".lora_a") {
             (b, true)
         } else if let Some(b) = t.name.strip_suffix(".lora_b") {
             (b, false)
         } else {
-            return Err(Error::format(&name, format!("tensor_infos[{:?}]", t.name), None, "not a LoRA factor (name must end in .lora_a / .lora_b)"));
+            return Err(Error::format(
+                &name,
+                format!("tensor_infos[{:?}]", t.name),
+                None,
+                "not a LoRA factor (name must end in .lora_a / .lora_b)",
+            ));
         };
         let e = pairs.entry(target).or_default();
         let slot = if is_a { &mut e.0 } else { &mut e.1 };
         if slot.replace(t).is_some() {
-            return Err(Error::format(&name, format!("tensor_infos[{:?}]", t.name), None, "duplicate tensor"));
+            return Err(Error::format(
+                &name,
+                format!("tensor_infos[{:?}]", t.name),
+                None,
+                "duplicate tensor",
+            ));
         }
     }
 
     let mut tensors = vec![];
     for (target, (a, b)) in pairs {
         let (Some(a), Some(b)) = (a, b) else {
-            return Err(Error::format(&name, target, None, "has only one of lora_a / lora_b"));
+            return Err(Error::format(
+                &name,
+                target,
+                None,
+                "has only one of lora_a / lora_b",
+            ));
         };
         for t in [a, b] {
             if t.n_dims != 2 {
-                return Err(Error::format(&name, format!("tensor_infos[{:?}].dims", t.name), None, format!("{:?} is not 2-D", t.shape())));
+                return Err(Error::format(
+                    &name,
+                    format!("tensor_infos[{:?}].dims", t.name),
+                    None,
+                    format!("{:?} is not 2-D", t.shape()),
+                ));
             }
         }
         let (ne0, ne1) = base.target_shape(target).ok_or_else(|| {
-            Error::invalid(format!("{name}: tensor {:?} adapts {target:?}, which the base model does not have", a.name))
+            Error::invalid(format!(
+                "{name}: tensor {:?} adapts {target:?}, which the base model does not have",
+                a.name
+            ))
         })?;
         let embedding = target == "token_embd.weight";
-        let (a0, a1, b0, b1) = (a.dims[0] as usize, a.dims[1] as usize, b.dims[0] as usize, b.dims[1] as usize);
+        let (a0, a1, b0, b1) = (
+            a.dims[0] as usize,
+            a.dims[1] as usize,
+            b.dims[0] as usize,
+            b.dims[1] as usize,
+        );
         let (kind, rank, n_in, n_out, rank_b) = if embedding {
             // a: [r, vocab], b: [r, width]; base token_embd: [width, vocab].
             (LoraKind::Embedding, a0, a1, b1, b0)
@@ -88,7 +133,13 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
                 &name,
                 format!("tensor_infos[{:?}].dims", b.name),
                 None,
-                format!("rank mismatch: {} dims {:?} has rank {rank}, {} dims {:?} has rank {rank_b}", a.name, a.shape(), b.name, b.shape()),
+                format!(
+                    "rank mismatch: {} dims {:?} has rank {rank}, {} dims {:?} has rank {rank_b}",
+                    a.name,
+                    a.shape(),
+                    b.name,
+                    b.shape()
+                ),
             ));
         }
         let want = if embedding { (ne1, ne0) } else { (ne0, ne1) };
@@ -108,13 +159,34 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
         }
         if let (Some(layer), _) = split_block(target) {
             if layer >= base.n_layer {
-                return Err(Error::format(&name, a.name, None, format!("layer {layer} but the base model has {} layers", base.n_layer)));
+                return Err(Error::format(
+                    &name,
+                    a.name,
+                    None,
+                    format!(
+                        "layer {layer} but the base model has {} layers",
+                        base.n_layer
+                    ),
+                ));
             }
         }
-        let scale = if alpha == 0.0 { 1.0 } else { alpha / rank as f32 };
+        let scale = if alpha == 0.0 {
+            1.0
+        } else {
+            alpha / rank as f32
+        };
         let ha = factor(&g, &map, a, &name)?;
         let hb = factor(&g, &map, b, &name)?;
-        tensors.push(LoraTensor { target: target.to_string(), kind, rank, n_in, n_out, scale, a: ha, b: hb });
+        tensors.push(LoraTensor {
+            target: target.to_string(),
+            kind,
+            rank,
+            n_in,
+            n_out,
+            scale,
+            a: ha,
+            b: hb,
+        });
     }
     let notes = vec![if alpha == 0.0 {
         "adapter.lora.alpha: 0 or absent (scale 1)".to_string()
@@ -125,7 +197,12 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
 }
 
 /// A factor as fp16: F16 in place (after a finiteness scan), others converted once.
-fn factor(g: &Gguf<'_>, map: &Arc<memmap2::Mmap>, t: &TensorInfo<'_>, file: &str) -> Result<Halves> {
+fn factor(
+    g: &Gguf<'_>,
+    map: &Arc<memmap2::Mmap>,
+    t: &TensorInfo<'_>,
+    file: &str,
+) -> Result<Halves> {
     let data = g.tensor_data(t);
     let n = t.n_elements();
     let what = format!("tensor {:?}", t.name);
@@ -134,11 +211,26 @@ fn factor(g: &Gguf<'_>, map: &Arc<memmap2::Mmap>, t: &TensorInfo<'_>, file: &str
         QuantType::F32 => Src::F32,
         QuantType::BF16 => Src::Bf16,
         QuantType::Q8_0 => Src::Q8_0,
-        other => return Err(Error::unsupported(file, format!("{what} has type {} (LoRA factors: F16, F32, BF16, Q8_0)", other.name()))),
+        other => {
+            return Err(Error::unsupported(
+                file,
+                format!(
+                    "{what} has type {} (LoRA factors: F16, F32, BF16, Q8_0)",
+                    other.name()
+                ),
+            ))
+        }
     };
-    let need = t.ty.row_bytes(t.row_len()).and_then(|r| r.checked_mul(t.n_rows()));
+    let need =
+        t.ty.row_bytes(t.row_len())
+            .and_then(|r| r.checked_mul(t.n_rows()));
     if need != Some(data.len()) || data.len() != t.size {
-        return Err(Error::format(file, what, Some(t.offset), format!("data is {} bytes, expected {need:?}", data.len())));
+        return Err(Error::format(
+            file,
+            what,
+            Some(t.offset),
+            format!("data is {} bytes, expected {need:?}", data.len()),
+        ));
     }
     let vals = decode(src, data, n);
     if let Some(i) = first_non_finite(&vals) {

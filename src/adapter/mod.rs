@@ -65,21 +65,31 @@ impl BaseInfo {
         let arch = g.get_str("general.architecture")?.to_string();
         let n_layer = g.get_u32(&format!("{arch}.block_count"))? as usize;
         let n_head = g.get_u32(&format!("{arch}.attention.head_count"))? as usize;
-        let n_head_kv = g.opt_u32(&format!("{arch}.attention.head_count_kv"))?.map_or(n_head, |v| v as usize);
+        let n_head_kv = g
+            .opt_u32(&format!("{arch}.attention.head_count_kv"))?
+            .map_or(n_head, |v| v as usize);
         let tensors = g
             .tensors()
             .iter()
             .filter(|t| t.n_dims == 2)
             .map(|t| (t.name.to_string(), (t.dims[0] as usize, t.dims[1] as usize)))
             .collect();
-        Ok(BaseInfo { arch, n_layer, n_head, n_head_kv, tensors })
+        Ok(BaseInfo {
+            arch,
+            n_layer,
+            n_head,
+            n_head_kv,
+            tensors,
+        })
     }
 
     /// The `(ne0, ne1)` a LoRA on `target` must match: the tensor's own shape, or for `output.weight`
     /// absent from a tied-embedding base, `token_embd.weight`'s.
     fn target_shape(&self, target: &str) -> Option<(usize, usize)> {
         self.tensors.get(target).copied().or_else(|| {
-            (target == "output.weight").then(|| self.tensors.get("token_embd.weight").copied()).flatten()
+            (target == "output.weight")
+                .then(|| self.tensors.get("token_embd.weight").copied())
+                .flatten()
         })
     }
 }
@@ -106,7 +116,11 @@ pub enum LoraKind {
 #[derive(Clone)]
 enum Halves {
     /// `len` u16 starting at byte `start` of the map (checked 2-byte aligned and in bounds at load).
-    Mapped { map: Arc<memmap2::Mmap>, start: usize, len: usize },
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        len: usize,
+    },
     Owned(Vec<u16>),
 }
 
@@ -115,9 +129,10 @@ impl Halves {
         match self {
             // Bounds and alignment were checked when this was built (`Halves::mapped`), so the cast
             // cannot fail; an empty slice would be caught by the kernels' shape checks anyway.
-            Halves::Mapped { map, start, len } => {
-                map.get(*start..*start + 2 * *len).and_then(|b| bytemuck::try_cast_slice(b).ok()).unwrap_or(&[])
-            }
+            Halves::Mapped { map, start, len } => map
+                .get(*start..*start + 2 * *len)
+                .and_then(|b| bytemuck::try_cast_slice(b).ok())
+                .unwrap_or(&[]),
             Halves::Owned(v) => v,
         }
     }
@@ -126,9 +141,18 @@ impl Halves {
     fn mapped(map: &Arc<memmap2::Mmap>, start: usize, len: usize) -> Option<Halves> {
         let bytes = map.get(start..start.checked_add(len.checked_mul(2)?)?)?;
         if cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, u16>(bytes).is_ok() {
-            Some(Halves::Mapped { map: map.clone(), start, len })
+            Some(Halves::Mapped {
+                map: map.clone(),
+                start,
+                len,
+            })
         } else {
-            Some(Halves::Owned(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()))
+            Some(Halves::Owned(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ))
         }
     }
 
@@ -181,7 +205,14 @@ impl LoraTensor {
     /// The kernels' view with full scale `user_scale · self.scale`. (For an embedding, use only the
     /// `expand` kernels with it; the intermediate is a row of [`LoraTensor::a`].)
     pub fn kernel_ref(&self, user_scale: f32) -> LoraRef<'_> {
-        LoraRef { rank: self.rank, n_in: self.n_in, n_out: self.n_out, a: self.a(), b: self.b(), scale: user_scale * self.scale }
+        LoraRef {
+            rank: self.rank,
+            n_in: self.n_in,
+            n_out: self.n_out,
+            a: self.a(),
+            b: self.b(),
+            scale: user_scale * self.scale,
+        }
     }
     /// Whether `A` / `B` are used in place from the file's memory map.
     pub fn is_mapped(&self) -> (bool, bool) {
@@ -212,7 +243,10 @@ impl std::fmt::Debug for Adapter {
 impl Adapter {
     /// Loads and validates an adapter against `base`; the format is detected from the content.
     pub fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
-        let io = |e| Error::Io { path: path.to_path_buf(), source: e };
+        let io = |e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
         let meta = std::fs::metadata(path).map_err(io)?;
         if meta.is_dir() {
             return peft::load(path, base);
@@ -265,7 +299,9 @@ impl Adapter {
     }
     /// Bytes of fp16 `A` and `B` data (in place or owned).
     pub fn bytes(&self) -> (usize, usize) {
-        self.tensors.iter().fold((0, 0), |(a, b), t| (a + 2 * t.a().len(), b + 2 * t.b().len()))
+        self.tensors.iter().fold((0, 0), |(a, b), t| {
+            (a + 2 * t.a().len(), b + 2 * t.b().len())
+        })
     }
 
     /// A multi-line description: format, ranks, alpha, resolved scales, targets, bytes of A/B.
@@ -275,7 +311,12 @@ impl Adapter {
             AdapterFormat::Peft => "PEFT safetensors",
             AdapterFormat::Gguf => "llama.cpp GGUF",
         };
-        let _ = writeln!(s, "adapter {} ({fmt}): {} tensors", self.path.display(), self.tensors.len());
+        let _ = writeln!(
+            s,
+            "adapter {} ({fmt}): {} tensors",
+            self.path.display(),
+            self.tensors.len()
+        );
         let mut ranks: Vec<usize> = self.tensors.iter().map(|t| t.rank).collect();
         ranks.sort_unstable();
         ranks.dedup();
@@ -283,7 +324,10 @@ impl Adapter {
         scales.sort_by(f32::total_cmp);
         scales.dedup();
         let _ = writeln!(s, "  ranks: {ranks:?}");
-        let _ = writeln!(s, "  scales (alpha/r or alpha/sqrt(r), before the user scale): {scales:?}");
+        let _ = writeln!(
+            s,
+            "  scales (alpha/r or alpha/sqrt(r), before the user scale): {scales:?}"
+        );
         for n in &self.notes {
             let _ = writeln!(s, "  {n}");
         }
@@ -295,7 +339,13 @@ impl Adapter {
         }
         let list: Vec<String> = groups
             .iter()
-            .map(|(k, l)| if l.is_empty() { k.clone() } else { format!("{k} ×{} layers", l.len()) })
+            .map(|(k, l)| {
+                if l.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{k} ×{} layers", l.len())
+                }
+            })
             .collect();
         let _ = writeln!(s, "  targets: {}", list.join(", "));
         let (a, b) = self.bytes();
@@ -309,18 +359,39 @@ impl Adapter {
     }
 
     /// Builds the adapter from validated tensors (sorted by target; duplicates are an error).
-    fn new(path: &Path, format: AdapterFormat, mut tensors: Vec<LoraTensor>, notes: Vec<String>) -> Result<Adapter> {
+    fn new(
+        path: &Path,
+        format: AdapterFormat,
+        mut tensors: Vec<LoraTensor>,
+        notes: Vec<String>,
+    ) -> Result<Adapter> {
         tensors.sort_by(|a, b| a.target.cmp(&b.target));
         let mut index = HashMap::new();
         for (i, t) in tensors.iter().enumerate() {
             if index.insert(t.target.clone(), i).is_some() {
-                return Err(Error::format(path.display().to_string(), &t.target, None, "two LoRAs for the same base tensor"));
+                return Err(Error::format(
+                    path.display().to_string(),
+                    &t.target,
+                    None,
+                    "two LoRAs for the same base tensor",
+                ));
             }
         }
         if tensors.is_empty() {
-            return Err(Error::format(path.display().to_string(), "tensors", None, "the adapter has no LoRA tensors"));
+            return Err(Error::format(
+                path.display().to_string(),
+                "tensors",
+                None,
+                "the adapter has no LoRA tensors",
+            ));
         }
-        Ok(Adapter { path: path.to_path_buf(), format, tensors, index, notes })
+        Ok(Adapter {
+            path: path.to_path_buf(),
+            format,
+            tensors,
+            index,
+            notes,
+        })
     }
 }
 
@@ -352,9 +423,21 @@ enum Src {
 fn decode(src: Src, bytes: &[u8], n: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n);
     match src {
-        Src::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        Src::F16 => out.extend(bytes.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())),
-        Src::Bf16 => out.extend(bytes.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())),
+        Src::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        Src::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
+        ),
+        Src::Bf16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
+        ),
         Src::Q8_0 => {
             for blk in bytes.chunks_exact(34) {
                 let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
@@ -377,7 +460,12 @@ fn to_f16(v: &[f32], file: &str, what: &str) -> Result<Vec<u16>> {
     for (i, &x) in v.iter().enumerate() {
         let h = half::f16::from_f32(x);
         if !h.is_finite() {
-            return Err(Error::format(file, what, None, format!("value {x} at index {i} overflows fp16 (|x| > 65504)")));
+            return Err(Error::format(
+                file,
+                what,
+                None,
+                format!("value {x} at index {i} overflows fp16 (|x| > 65504)"),
+            ));
         }
         out.push(h.to_bits());
     }
@@ -386,7 +474,12 @@ fn to_f16(v: &[f32], file: &str, what: &str) -> Result<Vec<u16>> {
 
 /// Error for a non-finite value at `idx` of tensor `what`.
 fn non_finite_err(file: &str, what: &str, idx: usize, val: f32) -> Error {
-    Error::format(file, what, None, format!("value at index {idx} is {val} (NaN/Inf not allowed)"))
+    Error::format(
+        file,
+        what,
+        None,
+        format!("value at index {idx} is {val} (NaN/Inf not allowed)"),
+    )
 }
 
 /// Reorders the rows of an `n_rows × row_len` matrix like llama.cpp's converter permutes q/k weights
@@ -405,7 +498,8 @@ fn permute_rows(v: &[u16], n_rows: usize, row_len: usize, n_heads: usize) -> Opt
             for i in 0..2 {
                 let dst = h * hd + 2 * j + i;
                 let src = h * hd + i * half + j;
-                out[dst * row_len..(dst + 1) * row_len].copy_from_slice(&v[src * row_len..(src + 1) * row_len]);
+                out[dst * row_len..(dst + 1) * row_len]
+                    .copy_from_slice(&v[src * row_len..(src + 1) * row_len]);
             }
         }
     }
@@ -425,7 +519,10 @@ fn transpose(v: &[u16], rows: usize, cols: usize) -> Vec<u16> {
 
 /// Maps a file read-only.
 fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>> {
-    let io = |e| Error::Io { path: path.to_path_buf(), source: e };
+    let io = |e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
     let f = std::fs::File::open(path).map_err(io)?;
     // SAFETY: the file is opened read-only and the map is only ever read; as for every memory-mapped
     // model file, edge-run requires that adapter files are not modified while loaded.
@@ -441,7 +538,10 @@ mod tests {
     fn permute_interleaves_rotary_halves() {
         // 2 heads of 4 rows, 1 column: rows [0 1 2 3 | 4 5 6 7] → [0 2 1 3 | 4 6 5 7].
         let v: Vec<u16> = (0..8).collect();
-        assert_eq!(permute_rows(&v, 8, 1, 2).unwrap(), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        assert_eq!(
+            permute_rows(&v, 8, 1, 2).unwrap(),
+            vec![0, 2, 1, 3, 4, 6, 5, 7]
+        );
         assert!(permute_rows(&v, 8, 1, 3).is_none());
     }
 

@@ -112,25 +112,44 @@ impl Selector {
     fn parse(v: Option<&Value>, field: &str, cfg: &str) -> Result<Selector> {
         Ok(match v {
             None | Some(Value::Null) => Selector::None,
-            Some(Value::String(s)) if s == "all-linear" && field == "target_modules" => Selector::AllLinear,
-            Some(Value::String(s)) => Selector::Regex(
-                Regex::new(&format!("^(?:{s})$"))
-                    .map_err(|e| Error::format(cfg, field, None, format!("regex {s:?} does not compile: {e}")))?,
-            ),
+            Some(Value::String(s)) if s == "all-linear" && field == "target_modules" => {
+                Selector::AllLinear
+            }
+            Some(Value::String(s)) => {
+                Selector::Regex(Regex::new(&format!("^(?:{s})$")).map_err(|e| {
+                    Error::format(
+                        cfg,
+                        field,
+                        None,
+                        format!("regex {s:?} does not compile: {e}"),
+                    )
+                })?)
+            }
             Some(Value::Array(a)) => Selector::List(
                 a.iter()
                     .map(|x| x.as_str().map(str::to_string))
                     .collect::<Option<_>>()
-                    .ok_or_else(|| Error::format(cfg, field, None, "list entries must be strings"))?,
+                    .ok_or_else(|| {
+                        Error::format(cfg, field, None, "list entries must be strings")
+                    })?,
             ),
-            Some(other) => return Err(Error::format(cfg, field, None, format!("expected a list or a string, found {other}"))),
+            Some(other) => {
+                return Err(Error::format(
+                    cfg,
+                    field,
+                    None,
+                    format!("expected a list or a string, found {other}"),
+                ))
+            }
         })
     }
 
     fn matches(&self, module: &str, is_head: bool) -> bool {
         match self {
             Selector::None => false,
-            Selector::List(l) => l.iter().any(|t| module == t || module.ends_with(&format!(".{t}"))),
+            Selector::List(l) => l
+                .iter()
+                .any(|t| module == t || module.ends_with(&format!(".{t}"))),
             Selector::Regex(r) => r.is_match(module).unwrap_or(false),
             Selector::AllLinear => !is_head && !module.ends_with("embed_tokens"),
         }
@@ -161,10 +180,22 @@ struct Mapped {
 fn map_module(module: &str, base: &BaseInfo) -> Option<Mapped> {
     let permute = base.arch == "llama";
     if module == "model.embed_tokens" {
-        return Some(Mapped { target: "token_embd.weight".into(), layer: None, perm_heads: None, kind: LoraKind::Embedding, is_head: false });
+        return Some(Mapped {
+            target: "token_embd.weight".into(),
+            layer: None,
+            perm_heads: None,
+            kind: LoraKind::Embedding,
+            is_head: false,
+        });
     }
     if module == "lm_head" {
-        return Some(Mapped { target: "output.weight".into(), layer: None, perm_heads: None, kind: LoraKind::Linear, is_head: true });
+        return Some(Mapped {
+            target: "output.weight".into(),
+            layer: None,
+            perm_heads: None,
+            kind: LoraKind::Linear,
+            is_head: true,
+        });
     }
     let rest = module.strip_prefix("model.layers.")?;
     let (n, leaf) = rest.split_once('.')?;
@@ -175,45 +206,92 @@ fn map_module(module: &str, base: &BaseInfo) -> Option<Mapped> {
         ("attn_k", true) => Some(base.n_head_kv),
         _ => None,
     };
-    Some(Mapped { target: format!("blk.{layer}.{g}.weight"), layer: Some(layer), perm_heads, kind: LoraKind::Linear, is_head: false })
+    Some(Mapped {
+        target: format!("blk.{layer}.{g}.weight"),
+        layer: Some(layer),
+        perm_heads,
+        kind: LoraKind::Linear,
+        is_head: false,
+    })
 }
 
 /// Known module leaf names (for checking list entries of `target_modules`).
 fn known_leaf(entry: &str) -> bool {
     let last = entry.rsplit('.').next().unwrap_or(entry);
-    matches!(last, "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj" | "up_proj" | "down_proj" | "embed_tokens" | "lm_head")
+    matches!(
+        last,
+        "q_proj"
+            | "k_proj"
+            | "v_proj"
+            | "o_proj"
+            | "gate_proj"
+            | "up_proj"
+            | "down_proj"
+            | "embed_tokens"
+            | "lm_head"
+    )
 }
 
 /// An ordered `{pattern: number}` object (`rank_pattern` / `alpha_pattern`).
 struct Patterns {
-    field: &'static str,
     items: Vec<(String, Regex, f64)>,
 }
 
 impl Patterns {
-    fn parse(field: &'static str, cfg_text: &str, cfg: &Map<String, Value>, file: &str) -> Result<Patterns> {
+    fn parse(
+        field: &'static str,
+        cfg_text: &str,
+        cfg: &Map<String, Value>,
+        file: &str,
+    ) -> Result<Patterns> {
         let obj = match cfg.get(field) {
-            None | Some(Value::Null) => return Ok(Patterns { field, items: vec![] }),
+            None | Some(Value::Null) => return Ok(Patterns { items: vec![] }),
             Some(Value::Object(o)) => o,
-            Some(other) => return Err(Error::format(file, field, None, format!("expected an object, found {other}"))),
+            Some(other) => {
+                return Err(Error::format(
+                    file,
+                    field,
+                    None,
+                    format!("expected an object, found {other}"),
+                ))
+            }
         };
         // serde_json's map is sorted; PEFT tries the keys in the file's order, so recover it.
-        let order = top_level_object_keys(cfg_text, field).unwrap_or_else(|| obj.keys().cloned().collect());
+        let order =
+            top_level_object_keys(cfg_text, field).unwrap_or_else(|| obj.keys().cloned().collect());
         let mut items = vec![];
         for k in order {
-            let v = obj.get(&k).and_then(Value::as_f64).filter(|v| v.is_finite() && *v > 0.0).ok_or_else(|| {
-                Error::format(file, format!("{field}[{k:?}]"), None, format!("expected a positive number, found {:?}", obj.get(&k)))
+            let v = obj
+                .get(&k)
+                .and_then(Value::as_f64)
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .ok_or_else(|| {
+                    Error::format(
+                        file,
+                        format!("{field}[{k:?}]"),
+                        None,
+                        format!("expected a positive number, found {:?}", obj.get(&k)),
+                    )
+                })?;
+            let re = Regex::new(&format!(r"^(?:.*\.)?(?:{k})$")).map_err(|e| {
+                Error::format(
+                    file,
+                    format!("{field}[{k:?}]"),
+                    None,
+                    format!("pattern does not compile: {e}"),
+                )
             })?;
-            let re = Regex::new(&format!(r"^(?:.*\.)?(?:{k})$"))
-                .map_err(|e| Error::format(file, format!("{field}[{k:?}]"), None, format!("pattern does not compile: {e}")))?;
             items.push((k, re, v));
         }
-        Ok(Patterns { field, items })
+        Ok(Patterns { items })
     }
 
     /// The value of the first pattern matching `module`, with its key.
     fn lookup(&self, module: &str) -> Option<(&str, f64)> {
-        self.items.iter().find(|(_, re, _)| re.is_match(module).unwrap_or(false)).map(|(k, _, v)| (k.as_str(), *v))
+        self.items
+            .iter()
+            .find(|(_, re, _)| re.is_match(module).unwrap_or(false))
+            .map(|(k, _, v)| (k.as_str(), *v))
     }
 }
 
@@ -266,7 +344,10 @@ fn top_level_object_keys(text: &str, member: &str) -> Option<Vec<String>> {
             }
             _ => {
                 let mut q = p;
-                while q < b.len() && !matches!(b[q], b',' | b'}' | b']') && !b[q].is_ascii_whitespace() {
+                while q < b.len()
+                    && !matches!(b[q], b',' | b'}' | b']')
+                    && !b[q].is_ascii_whitespace()
+                {
                     q += 1;
                 }
                 Some(q)
@@ -317,9 +398,11 @@ fn top_level_object_keys(text: &str, member: &str) -> Option<Vec<String>> {
     })?;
     let mut keys = vec![];
     let mut bad = false;
-    members(b, target?, |k, _| match serde_json::from_slice::<String>(k) {
-        Ok(s) => keys.push(s),
-        Err(_) => bad = true,
+    members(b, target?, |k, _| {
+        match serde_json::from_slice::<String>(k) {
+            Ok(s) => keys.push(s),
+            Err(_) => bad = true,
+        }
     })?;
     (!bad).then_some(keys)
 }
@@ -342,7 +425,14 @@ fn get_usize(cfg: &Map<String, Value>, key: &str, file: &str) -> Result<Option<u
             .as_u64()
             .and_then(|x| usize::try_from(x).ok())
             .map(Some)
-            .ok_or_else(|| Error::format(file, key, None, format!("expected a non-negative integer, found {v}"))),
+            .ok_or_else(|| {
+                Error::format(
+                    file,
+                    key,
+                    None,
+                    format!("expected a non-negative integer, found {v}"),
+                )
+            }),
     }
 }
 
@@ -350,32 +440,57 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     let (cfg_path, st_path) = paths(path)?;
     let cfg_name = cfg_path.display().to_string();
     let st_name = st_path.display().to_string();
-    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io { path: cfg_path.clone(), source: e })?;
-    let cfg_val: Value =
-        serde_json::from_str(&cfg_text).map_err(|e| Error::format(&cfg_name, "(json)", None, format!("not valid JSON: {e}")))?;
-    let cfg = cfg_val.as_object().ok_or_else(|| Error::format(&cfg_name, "(json)", None, "not a JSON object"))?;
+    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io {
+        path: cfg_path.clone(),
+        source: e,
+    })?;
+    let cfg_val: Value = serde_json::from_str(&cfg_text)
+        .map_err(|e| Error::format(&cfg_name, "(json)", None, format!("not valid JSON: {e}")))?;
+    let cfg = cfg_val
+        .as_object()
+        .ok_or_else(|| Error::format(&cfg_name, "(json)", None, "not a JSON object"))?;
     let mut notes = vec![];
 
     // --- Field-by-field checks.
     match cfg.get("peft_type").and_then(Value::as_str) {
         Some("LORA") => {}
-        other => return Err(Error::unsupported(&cfg_name, format!("peft_type is {other:?}; only \"LORA\" is supported"))),
+        other => {
+            return Err(Error::unsupported(
+                &cfg_name,
+                format!("peft_type is {other:?}; only \"LORA\" is supported"),
+            ))
+        }
     }
     for &k in REFUSED_UNLESS_DEFAULT {
         if let Some(v) = cfg.get(k) {
             if !is_default(v) {
-                return Err(Error::unsupported(&cfg_name, format!("field `{k}` = {v} changes the computation; edge-run does not implement it")));
+                return Err(Error::unsupported(
+                    &cfg_name,
+                    format!(
+                        "field `{k}` = {v} changes the computation; edge-run does not implement it"
+                    ),
+                ));
             }
         }
     }
     match cfg.get("bias") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s == "none" => {}
-        Some(v) => return Err(Error::unsupported(&cfg_name, format!("field `bias` = {v}: LoRA biases are not supported (only \"none\")"))),
+        Some(v) => {
+            return Err(Error::unsupported(
+                &cfg_name,
+                format!("field `bias` = {v}: LoRA biases are not supported (only \"none\")"),
+            ))
+        }
     }
     if let Some(v) = cfg.get("loftq_config") {
         if !is_default(v) {
-            return Err(Error::unsupported(&cfg_name, format!("field `loftq_config` = {v}: LoftQ adapters need LoftQ's modified base weights")));
+            return Err(Error::unsupported(
+                &cfg_name,
+                format!(
+                    "field `loftq_config` = {v}: LoftQ adapters need LoftQ's modified base weights"
+                ),
+            ));
         }
     }
     match cfg.get("init_lora_weights") {
@@ -389,9 +504,14 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
         }
     }
     for (k, v) in cfg {
-        let known = APPLIED.contains(&k.as_str()) || REFUSED_UNLESS_DEFAULT.contains(&k.as_str()) || INERT.contains(&k.as_str());
+        let known = APPLIED.contains(&k.as_str())
+            || REFUSED_UNLESS_DEFAULT.contains(&k.as_str())
+            || INERT.contains(&k.as_str());
         if !known && !is_default(v) {
-            return Err(Error::unsupported(&cfg_name, format!("unknown field `{k}` = {v}: refusing rather than ignoring it")));
+            return Err(Error::unsupported(
+                &cfg_name,
+                format!("unknown field `{k}` = {v}: refusing rather than ignoring it"),
+            ));
         }
     }
     let r = get_usize(cfg, "r", &cfg_name)?.unwrap_or(8);
@@ -400,15 +520,26 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     }
     let alpha = match cfg.get("lora_alpha") {
         None | Some(Value::Null) => 8.0,
-        Some(v) => v
-            .as_f64()
-            .filter(|a| a.is_finite())
-            .ok_or_else(|| Error::format(&cfg_name, "lora_alpha", None, format!("expected a number, found {v}")))?,
+        Some(v) => v.as_f64().filter(|a| a.is_finite()).ok_or_else(|| {
+            Error::format(
+                &cfg_name,
+                "lora_alpha",
+                None,
+                format!("expected a number, found {v}"),
+            )
+        })?,
     };
     let rslora = match cfg.get("use_rslora") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(v) => return Err(Error::format(&cfg_name, "use_rslora", None, format!("expected a bool, found {v}"))),
+        Some(v) => {
+            return Err(Error::format(
+                &cfg_name,
+                "use_rslora",
+                None,
+                format!("expected a bool, found {v}"),
+            ))
+        }
     };
     if cfg.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
         notes.push("fan_in_fan_out: true (no effect on nn.Linear LoRA factors; PEFT resets it for such layers)".to_string());
@@ -417,7 +548,12 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     let alphas = Patterns::parse("alpha_pattern", &cfg_text, cfg, &cfg_name)?;
     let targets = Selector::parse(cfg.get("target_modules"), "target_modules", &cfg_name)?;
     if matches!(targets, Selector::None) {
-        return Err(Error::format(&cfg_name, "target_modules", None, "missing: cannot tell which modules the adapter targets"));
+        return Err(Error::format(
+            &cfg_name,
+            "target_modules",
+            None,
+            "missing: cannot tell which modules the adapter targets",
+        ));
     }
     if let Selector::List(l) = &targets {
         if let Some(bad) = l.iter().find(|t| !known_leaf(t)) {
@@ -434,12 +570,23 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
             a.iter()
                 .map(|x| x.as_u64().map(|x| x as usize))
                 .collect::<Option<_>>()
-                .ok_or_else(|| Error::format(&cfg_name, "layers_to_transform", None, "entries must be non-negative integers"))?,
+                .ok_or_else(|| {
+                    Error::format(
+                        &cfg_name,
+                        "layers_to_transform",
+                        None,
+                        "entries must be non-negative integers",
+                    )
+                })?,
         ),
-        Some(v) => Some(vec![v
-            .as_u64()
-            .ok_or_else(|| Error::format(&cfg_name, "layers_to_transform", None, format!("expected an integer or a list, found {v}")))?
-            as usize]),
+        Some(v) => Some(vec![v.as_u64().ok_or_else(|| {
+            Error::format(
+                &cfg_name,
+                "layers_to_transform",
+                None,
+                format!("expected an integer or a list, found {v}"),
+            )
+        })? as usize]),
     };
     match cfg.get("layers_pattern") {
         None | Some(Value::Null) => {}
@@ -447,13 +594,24 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
         Some(Value::Array(a)) if a.iter().any(|x| x.as_str() == Some("layers")) => {}
         Some(v) if is_default(v) => {}
         Some(v) => {
-            return Err(Error::unsupported(&cfg_name, format!("layers_pattern = {v}: this model's layers are `model.layers.N`")))
+            return Err(Error::unsupported(
+                &cfg_name,
+                format!("layers_pattern = {v}: this model's layers are `model.layers.N`"),
+            ))
         }
     }
     notes.push(format!(
         "lora_alpha {alpha}, r {r}, use_rslora {rslora}{}{}",
-        if ranks.items.is_empty() { String::new() } else { format!(", rank_pattern {} keys", ranks.items.len()) },
-        if alphas.items.is_empty() { String::new() } else { format!(", alpha_pattern {} keys", alphas.items.len()) }
+        if ranks.items.is_empty() {
+            String::new()
+        } else {
+            format!(", rank_pattern {} keys", ranks.items.len())
+        },
+        if alphas.items.is_empty() {
+            String::new()
+        } else {
+            format!(", alpha_pattern {} keys", alphas.items.len())
+        }
     ));
 
     // --- Tensors.
@@ -467,7 +625,12 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     let mut modules: std::collections::BTreeMap<String, Pair> = Default::default();
     for t in &st {
         let rest = t.name.strip_prefix("base_model.model.").ok_or_else(|| {
-            Error::format(&st_name, &t.name, None, "tensor name does not start with `base_model.model.` (not a PEFT LoRA checkpoint?)")
+            Error::format(
+                &st_name,
+                &t.name,
+                None,
+                "tensor name does not start with `base_model.model.` (not a PEFT LoRA checkpoint?)",
+            )
         })?;
         let rest = rest.strip_suffix(".weight").unwrap_or(rest);
         let (module, which, emb) = if let Some(m) = rest.strip_suffix(".lora_A") {
@@ -484,9 +647,18 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
                 format!("tensor {:?} is not a LoRA A/B factor (DoRA magnitude, bias or a saved module?)", t.name),
             ));
         };
-        let e = modules.entry(module.to_string()).or_insert(Pair { a: None, b: None, embedding: emb });
+        let e = modules.entry(module.to_string()).or_insert(Pair {
+            a: None,
+            b: None,
+            embedding: emb,
+        });
         if e.embedding != emb {
-            return Err(Error::format(&st_name, &t.name, None, "mixes lora_embedding_* and lora_* factors for one module"));
+            return Err(Error::format(
+                &st_name,
+                &t.name,
+                None,
+                "mixes lora_embedding_* and lora_* factors for one module",
+            ));
         }
         let slot = if which == 'A' { &mut e.a } else { &mut e.b };
         if slot.replace(t).is_some() {
@@ -497,33 +669,76 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     let mut tensors = vec![];
     for (module, pair) in &modules {
         let (Some(ta), Some(tb)) = (pair.a, pair.b) else {
-            return Err(Error::format(&st_name, module, None, "has only one of the LoRA factors A and B"));
+            return Err(Error::format(
+                &st_name,
+                module,
+                None,
+                "has only one of the LoRA factors A and B",
+            ));
         };
         let m = map_module(module, base).ok_or_else(|| {
-            Error::unsupported(&st_name, format!("module {module:?} has no GGUF counterpart edge-run knows (tensor {:?})", ta.name))
+            Error::unsupported(
+                &st_name,
+                format!(
+                    "module {module:?} has no GGUF counterpart edge-run knows (tensor {:?})",
+                    ta.name
+                ),
+            )
         })?;
         if (m.kind == LoraKind::Embedding) != pair.embedding {
-            return Err(Error::format(&st_name, &ta.name, None, "embedding factors on a linear module, or linear factors on the embedding"));
+            return Err(Error::format(
+                &st_name,
+                &ta.name,
+                None,
+                "embedding factors on a linear module, or linear factors on the embedding",
+            ));
         }
         // Would PEFT have wrapped this module?
         if !targets.matches(module, m.is_head) {
-            return Err(Error::format(&cfg_name, "target_modules", None, format!("does not select module {module:?}, which has LoRA tensors in {st_name}")));
+            return Err(Error::format(
+                &cfg_name,
+                "target_modules",
+                None,
+                format!("does not select module {module:?}, which has LoRA tensors in {st_name}"),
+            ));
         }
         if excludes.matches(module, m.is_head) {
-            return Err(Error::format(&cfg_name, "exclude_modules", None, format!("excludes module {module:?}, which has LoRA tensors")));
+            return Err(Error::format(
+                &cfg_name,
+                "exclude_modules",
+                None,
+                format!("excludes module {module:?}, which has LoRA tensors"),
+            ));
         }
         if let Some(l) = &layers {
             if !m.layer.is_some_and(|n| l.contains(&n)) {
-                return Err(Error::format(&cfg_name, "layers_to_transform", None, format!("does not include module {module:?}, which has LoRA tensors")));
+                return Err(Error::format(
+                    &cfg_name,
+                    "layers_to_transform",
+                    None,
+                    format!("does not include module {module:?}, which has LoRA tensors"),
+                ));
             }
         }
         if let Some(n) = m.layer {
             if n >= base.n_layer {
-                return Err(Error::format(&st_name, &ta.name, None, format!("layer {n} but the base model has {} layers", base.n_layer)));
+                return Err(Error::format(
+                    &st_name,
+                    &ta.name,
+                    None,
+                    format!("layer {n} but the base model has {} layers", base.n_layer),
+                ));
             }
         }
         // Shapes. Linear: A [r, in], B [out, r]. Embedding: A [r, vocab], B [dim, r].
-        let bad_dims = |t: &safetensors::Tensor| Error::format(&st_name, format!("{}.shape", t.name), None, format!("{:?} is not 2-D", t.shape));
+        let bad_dims = |t: &safetensors::Tensor| {
+            Error::format(
+                &st_name,
+                format!("{}.shape", t.name),
+                None,
+                format!("{:?} is not 2-D", t.shape),
+            )
+        };
         if ta.shape.len() != 2 {
             return Err(bad_dims(ta));
         }
@@ -537,7 +752,10 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
                 &st_name,
                 format!("{}.shape", tb.name),
                 None,
-                format!("rank mismatch: A {:?} has rank {rank}, B {:?} has rank {rank_b}", ta.shape, tb.shape),
+                format!(
+                    "rank mismatch: A {:?} has rank {rank}, B {:?} has rank {rank_b}",
+                    ta.shape, tb.shape
+                ),
             ));
         }
         let (ne0, ne1) = base.target_shape(&m.target).ok_or_else(|| {
@@ -572,23 +790,54 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
             ));
         }
         let a_mod = alphas.lookup(module).map_or(alpha, |(_, v)| v);
-        let scale = if rslora { a_mod / (rank as f64).sqrt() } else { a_mod / rank as f64 } as f32;
+        let scale = if rslora {
+            a_mod / (rank as f64).sqrt()
+        } else {
+            a_mod / rank as f64
+        } as f32;
 
         // Data.
-        let a = load_factor(&map, ta, &st_name, |v| match m.kind {
-            LoraKind::Linear => Ok(v),
-            LoraKind::Embedding => Ok(transpose(&v, rank, n_in)),
-        }, m.kind == LoraKind::Linear)?;
-        let b = load_factor(&map, tb, &st_name, |v| match m.perm_heads {
-            None => Ok(v),
-            Some(h) => permute_rows(&v, n_out, rank, h).ok_or_else(|| {
-                Error::invalid(format!("{st_name}: {}: cannot permute {n_out} rows into {h} heads of rotary pairs", tb.name))
-            }),
-        }, m.perm_heads.is_none())?;
-        tensors.push(LoraTensor { target: m.target, kind: m.kind, rank, n_in, n_out, scale, a, b });
+        let a = load_factor(
+            &map,
+            ta,
+            &st_name,
+            |v| match m.kind {
+                LoraKind::Linear => Ok(v),
+                LoraKind::Embedding => Ok(transpose(&v, rank, n_in)),
+            },
+            m.kind == LoraKind::Linear,
+        )?;
+        let b = load_factor(
+            &map,
+            tb,
+            &st_name,
+            |v| match m.perm_heads {
+                None => Ok(v),
+                Some(h) => permute_rows(&v, n_out, rank, h).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{st_name}: {}: cannot permute {n_out} rows into {h} heads of rotary pairs",
+                        tb.name
+                    ))
+                }),
+            },
+            m.perm_heads.is_none(),
+        )?;
+        tensors.push(LoraTensor {
+            target: m.target,
+            kind: m.kind,
+            rank,
+            n_in,
+            n_out,
+            scale,
+            a,
+            b,
+        });
     }
-    let _ = (ranks.field, alphas.field);
-    let root = if path.is_dir() { path.to_path_buf() } else { st_path.clone() };
+    let root = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        st_path.clone()
+    };
     Adapter::new(&root, AdapterFormat::Peft, tensors, notes)
 }
 
@@ -628,8 +877,14 @@ mod tests {
     #[test]
     fn pattern_keys_keep_file_order() {
         let text = r#"{"r": 8, "rank_pattern": {"z\"q": 4, "a": {"x": [1, "}"]}, "m": 2}, "alpha_pattern": {}}"#;
-        assert_eq!(top_level_object_keys(text, "rank_pattern").unwrap(), vec!["z\"q", "a", "m"]);
-        assert_eq!(top_level_object_keys(text, "alpha_pattern").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            top_level_object_keys(text, "rank_pattern").unwrap(),
+            vec!["z\"q", "a", "m"]
+        );
+        assert_eq!(
+            top_level_object_keys(text, "alpha_pattern").unwrap(),
+            Vec::<String>::new()
+        );
         assert!(top_level_object_keys(text, "nope").is_none());
     }
 
@@ -638,10 +893,19 @@ mod tests {
         let text = r#"{"rank_pattern": {"layers.1.self_attn.q_proj": 4, "q_proj": 16, "k_.*": 2}}"#;
         let v: Value = serde_json::from_str(text).unwrap();
         let p = Patterns::parse("rank_pattern", text, v.as_object().unwrap(), "cfg").unwrap();
-        assert_eq!(p.lookup("model.layers.1.self_attn.q_proj").map(|x| x.1), Some(4.0));
+        assert_eq!(
+            p.lookup("model.layers.1.self_attn.q_proj").map(|x| x.1),
+            Some(4.0)
+        );
         // "layers.1..." must match at a dot boundary: layer 11 does not match the first key.
-        assert_eq!(p.lookup("model.layers.11.self_attn.q_proj").map(|x| x.1), Some(16.0));
-        assert_eq!(p.lookup("model.layers.3.self_attn.k_proj").map(|x| x.1), Some(2.0));
+        assert_eq!(
+            p.lookup("model.layers.11.self_attn.q_proj").map(|x| x.1),
+            Some(16.0)
+        );
+        assert_eq!(
+            p.lookup("model.layers.3.self_attn.k_proj").map(|x| x.1),
+            Some(2.0)
+        );
         assert_eq!(p.lookup("model.layers.3.self_attn.v_proj"), None);
         // Not a suffix: "q_pro" does not match q_proj.
         let text = r#"{"rank_pattern": {"q_pro": 4}}"#;

@@ -49,44 +49,77 @@ impl Tensor {
 pub fn parse(bytes: &[u8], file: &str) -> Result<Vec<Tensor>> {
     let err = |field: &str, off: Option<u64>, d: String| Error::format(file, field, off, d);
     if bytes.len() < 8 {
-        return Err(err("header_len", Some(0), format!("file is {} bytes, shorter than the 8-byte header length", bytes.len())));
+        return Err(err(
+            "header_len",
+            Some(0),
+            format!(
+                "file is {} bytes, shorter than the 8-byte header length",
+                bytes.len()
+            ),
+        ));
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
     if n > MAX_HEADER {
-        return Err(err("header_len", Some(0), format!("header length {n} exceeds the limit of {MAX_HEADER} bytes")));
+        return Err(err(
+            "header_len",
+            Some(0),
+            format!("header length {n} exceeds the limit of {MAX_HEADER} bytes"),
+        ));
     }
     if n > (bytes.len() - 8) as u64 {
         return Err(err(
             "header_len",
             Some(0),
-            format!("header length {n} exceeds the {} bytes after it (truncated file?)", bytes.len() - 8),
+            format!(
+                "header length {n} exceeds the {} bytes after it (truncated file?)",
+                bytes.len() - 8
+            ),
         ));
     }
     let n = n as usize;
-    let text = std::str::from_utf8(&bytes[8..8 + n])
-        .map_err(|e| err("header", Some(8 + e.valid_up_to() as u64), "header is not valid UTF-8".into()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(text.trim_end_matches(' ')).map_err(|e| err("header", Some(8), format!("header is not valid JSON: {e}")))?;
-    let obj = json.as_object().ok_or_else(|| err("header", Some(8), "header is not a JSON object".into()))?;
+    let text = std::str::from_utf8(&bytes[8..8 + n]).map_err(|e| {
+        err(
+            "header",
+            Some(8 + e.valid_up_to() as u64),
+            "header is not valid UTF-8".into(),
+        )
+    })?;
+    let json: serde_json::Value = serde_json::from_str(text.trim_end_matches(' '))
+        .map_err(|e| err("header", Some(8), format!("header is not valid JSON: {e}")))?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| err("header", Some(8), "header is not a JSON object".into()))?;
     let data_len = bytes.len() - 8 - n;
     let data_start = 8 + n;
     let mut out = Vec::with_capacity(obj.len());
     for (name, v) in obj {
         if name == "__metadata__" {
-            let ok = v.as_object().is_some_and(|m| m.values().all(|x| x.is_string()));
+            let ok = v
+                .as_object()
+                .is_some_and(|m| m.values().all(|x| x.is_string()));
             if !ok {
-                return Err(err("__metadata__", None, "must be an object of strings".into()));
+                return Err(err(
+                    "__metadata__",
+                    None,
+                    "must be an object of strings".into(),
+                ));
             }
             continue;
         }
         let f = |what: &str| format!("{name}.{what}");
-        let e = v.as_object().ok_or_else(|| err(name, None, "entry is not an object".into()))?;
+        let e = v
+            .as_object()
+            .ok_or_else(|| err(name, None, "entry is not an object".into()))?;
         let dtype = match e.get("dtype").and_then(|d| d.as_str()) {
             Some("F32") => Dtype::F32,
             Some("F16") => Dtype::F16,
             Some("BF16") => Dtype::Bf16,
             Some(other) => {
-                return Err(err(&f("dtype"), None, format!("dtype {other:?} is not supported for LoRA tensors (F32, F16, BF16)")))
+                return Err(err(
+                    &f("dtype"),
+                    None,
+                    format!("dtype {other:?} is not supported for LoRA tensors (F32, F16, BF16)"),
+                ))
             }
             None => return Err(err(&f("dtype"), None, "missing or not a string".into())),
         };
@@ -97,30 +130,55 @@ pub fn parse(bytes: &[u8], file: &str) -> Result<Vec<Tensor>> {
             .iter()
             .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
             .collect::<Option<_>>()
-            .ok_or_else(|| err(&f("shape"), None, format!("not a list of non-negative integers: {}", e["shape"])))?;
+            .ok_or_else(|| {
+                err(
+                    &f("shape"),
+                    None,
+                    format!("not a list of non-negative integers: {}", e["shape"]),
+                )
+            })?;
         let offs = e
             .get("data_offsets")
             .and_then(|s| s.as_array())
             .filter(|a| a.len() == 2)
             .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
-            .ok_or_else(|| err(&f("data_offsets"), None, "missing or not [begin, end]".into()))?;
+            .ok_or_else(|| {
+                err(
+                    &f("data_offsets"),
+                    None,
+                    "missing or not [begin, end]".into(),
+                )
+            })?;
         let (b, en) = offs;
         if b > en || en > data_len as u64 {
             return Err(err(
                 &f("data_offsets"),
                 None,
-                format!("[{b}, {en}] is reversed or beyond the {data_len} data bytes (truncated file?)"),
+                format!(
+                    "[{b}, {en}] is reversed or beyond the {data_len} data bytes (truncated file?)"
+                ),
             ));
         }
-        let need = shape.iter().try_fold(dtype.size(), |a, &d| a.checked_mul(d));
+        let need = shape
+            .iter()
+            .try_fold(dtype.size(), |a, &d| a.checked_mul(d));
         if need != Some((en - b) as usize) {
             return Err(err(
                 &f("data_offsets"),
                 None,
-                format!("[{b}, {en}] holds {} bytes but shape {shape:?} of {dtype:?} needs {need:?}", en - b),
+                format!(
+                    "[{b}, {en}] holds {} bytes but shape {shape:?} of {dtype:?} needs {need:?}",
+                    en - b
+                ),
             ));
         }
-        out.push(Tensor { name: name.clone(), dtype, shape, start: data_start + b as usize, len: (en - b) as usize });
+        out.push(Tensor {
+            name: name.clone(),
+            dtype,
+            shape,
+            start: data_start + b as usize,
+            len: (en - b) as usize,
+        });
     }
     out.sort_by_key(|t| (t.start, t.len));
     let mut pos = data_start;
@@ -142,7 +200,10 @@ pub fn parse(bytes: &[u8], file: &str) -> Result<Vec<Tensor>> {
         return Err(err(
             "data_offsets",
             None,
-            format!("tensors end at data byte {} but the file has {data_len} data bytes", pos - data_start),
+            format!(
+                "tensors end at data byte {} but the file has {data_len} data bytes",
+                pos - data_start
+            ),
         ));
     }
     Ok(out)

@@ -57,7 +57,11 @@ impl<'a> Cursor<'a> {
     #[inline]
     pub fn take(&mut self, n: u64) -> Result<&'a [u8], Short> {
         let have = self.remaining();
-        let short = Short { at: self.pos, need: n, have };
+        let short = Short {
+            at: self.pos,
+            need: n,
+            have,
+        };
         let n = usize::try_from(n).map_err(|_| short)?;
         if n > have {
             return Err(short);
@@ -83,7 +87,11 @@ impl<'a> Cursor<'a> {
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N], Short> {
         let at = self.pos;
         let s = self.take(N as u64)?;
-        <[u8; N]>::try_from(s).map_err(|_| Short { at, need: N as u64, have: s.len() })
+        <[u8; N]>::try_from(s).map_err(|_| Short {
+            at,
+            need: N as u64,
+            have: s.len(),
+        })
     }
 
     read_le!(
@@ -103,11 +111,25 @@ mod tests {
         assert_eq!(c.u16(), Ok(0x0201));
         assert_eq!(c.u32(), Ok(0x06050403));
         assert_eq!(c.remaining(), 3);
-        assert_eq!(c.u32(), Err(Short { at: 6, need: 4, have: 3 }));
+        assert_eq!(
+            c.u32(),
+            Err(Short {
+                at: 6,
+                need: 4,
+                have: 3
+            })
+        );
         // A failed read does not move the cursor.
         assert_eq!(c.pos(), 6);
         assert_eq!(c.take(3), Ok(&b[6..]));
-        assert_eq!(c.u8(), Err(Short { at: 9, need: 1, have: 0 }));
+        assert_eq!(
+            c.u8(),
+            Err(Short {
+                at: 9,
+                need: 1,
+                have: 0
+            })
+        );
     }
 
     #[test]
@@ -115,7 +137,14 @@ mod tests {
         let b = [0u8; 16];
         let mut c = Cursor::new(&b);
         for n in [17u64, 1 << 32, 1 << 63, u64::MAX] {
-            assert_eq!(c.take(n), Err(Short { at: 0, need: n, have: 16 }));
+            assert_eq!(
+                c.take(n),
+                Err(Short {
+                    at: 0,
+                    need: n,
+                    have: 16
+                })
+            );
         }
         assert_eq!(c.skip(16), Ok(()));
         assert!(Cursor::at(&b, 17).is_none());

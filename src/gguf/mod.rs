@@ -22,7 +22,9 @@ mod cursor;
 mod reader;
 mod writer;
 
-pub use reader::{Gguf, MetaEntry, TensorInfo, DEFAULT_ALIGNMENT, MAX_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_DIMS};
+pub use reader::{
+    Gguf, MetaEntry, TensorInfo, DEFAULT_ALIGNMENT, MAX_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_DIMS,
+};
 pub use writer::{GgufWriter, MetaArray, MetaValue};
 
 use crate::error::{Error, Result};
@@ -197,7 +199,10 @@ impl<'a> Value<'a> {
                 let r = v as f32;
                 (r.is_finite() || !v.is_finite()).then_some(r)
             }
-            _ => self.as_int().filter(|v| v.abs() <= F32_EXACT_INT).map(|v| v as f32),
+            _ => self
+                .as_int()
+                .filter(|v| v.abs() <= F32_EXACT_INT)
+                .map(|v| v as f32),
         }
     }
     /// `f32`/`f64`; integers only when exactly representable (|v| ≤ 2^53).
@@ -205,7 +210,10 @@ impl<'a> Value<'a> {
         match *self {
             Value::F32(v) => Some(v.into()),
             Value::F64(v) => Some(v),
-            _ => self.as_int().filter(|v| v.abs() <= F64_EXACT_INT).map(|v| v as f64),
+            _ => self
+                .as_int()
+                .filter(|v| v.abs() <= F64_EXACT_INT)
+                .map(|v| v as f64),
         }
     }
     /// Only `bool` (no coercion from integers).
@@ -266,7 +274,11 @@ impl<'a> ArrayView<'a> {
 
     /// All elements as [`Value`]s (nested arrays as [`Value::Array`]).
     pub fn iter(&self) -> ArrayIter<'a> {
-        ArrayIter { view: *self, cur: Cursor::new(self.bytes), idx: 0 }
+        ArrayIter {
+            view: *self,
+            cur: Cursor::new(self.bytes),
+            idx: 0,
+        }
     }
 
     /// Element `i`: O(1) for fixed-size types, O(i) for strings and nested arrays.
@@ -287,7 +299,10 @@ impl<'a> ArrayView<'a> {
     /// The strings of a string array, borrowed from the file.
     pub fn as_str_iter(&self) -> Result<StrIter<'a>> {
         self.expect(ValueType::String)?;
-        Ok(StrIter { cur: Cursor::new(self.bytes), left: self.len })
+        Ok(StrIter {
+            cur: Cursor::new(self.bytes),
+            left: self.len,
+        })
     }
 
     /// The strings of a string array, collected.
@@ -310,14 +325,30 @@ impl<'a> ArrayView<'a> {
     /// error); integer elements when exactly representable (|v| ≤ 2^24). Bools are refused.
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         match self.elem {
-            ValueType::F32 => Ok(self.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-            ValueType::F64 | ValueType::U8 | ValueType::I8 | ValueType::U16 | ValueType::I16 | ValueType::U32
-            | ValueType::I32 | ValueType::U64 | ValueType::I64 => {
+            ValueType::F32 => Ok(self
+                .bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()),
+            ValueType::F64
+            | ValueType::U8
+            | ValueType::I8
+            | ValueType::U16
+            | ValueType::I16
+            | ValueType::U32
+            | ValueType::I32
+            | ValueType::U64
+            | ValueType::I64 => {
                 let mut out = Vec::with_capacity(self.len);
                 for (i, v) in self.iter().enumerate() {
                     match v.as_f32() {
                         Some(f) => out.push(f),
-                        None => return Err(self.elem_err(i, format!("{} cannot be represented as f32", describe_value(&v)))),
+                        None => {
+                            return Err(self.elem_err(
+                                i,
+                                format!("{} cannot be represented as f32", describe_value(&v)),
+                            ))
+                        }
                     }
                 }
                 Ok(out)
@@ -334,7 +365,12 @@ impl<'a> ArrayView<'a> {
         for (i, v) in self.iter().enumerate() {
             match v.as_int().and_then(&f) {
                 Some(x) => out.push(x),
-                None => return Err(self.elem_err(i, format!("{} does not fit in {target}", describe_value(&v)))),
+                None => {
+                    return Err(self.elem_err(
+                        i,
+                        format!("{} does not fit in {target}", describe_value(&v)),
+                    ))
+                }
             }
         }
         Ok(out)
@@ -353,13 +389,25 @@ impl<'a> ArrayView<'a> {
             BUFFER_NAME,
             format!("metadata[{:?}]", self.key),
             Some(self.offset),
-            format!("expected an array of {expected}, found an array of {}", self.elem),
+            format!(
+                "expected an array of {expected}, found an array of {}",
+                self.elem
+            ),
         )
     }
 
     fn elem_err(&self, i: usize, detail: String) -> Error {
-        let off = self.elem.fixed_size().map(|sz| self.offset + (i as u64) * sz as u64).unwrap_or(self.offset);
-        Error::format(BUFFER_NAME, format!("metadata[{:?}][{i}]", self.key), Some(off), detail)
+        let off = self
+            .elem
+            .fixed_size()
+            .map(|sz| self.offset + (i as u64) * sz as u64)
+            .unwrap_or(self.offset);
+        Error::format(
+            BUFFER_NAME,
+            format!("metadata[{:?}][{i}]", self.key),
+            Some(off),
+            detail,
+        )
     }
 }
 
@@ -389,7 +437,9 @@ impl<'a> Iterator for ArrayIter<'a> {
         let base = self.view.offset;
         match self.view.elem {
             ValueType::String => decode_str(&mut self.cur).map(Value::String),
-            ValueType::Array => decode_array(&mut self.cur, self.view.key, base, 0).map(Value::Array),
+            ValueType::Array => {
+                decode_array(&mut self.cur, self.view.key, base, 0).map(Value::Array)
+            }
             ty => decode_fixed(&mut self.cur, ty),
         }
     }
@@ -451,7 +501,12 @@ fn decode_str<'a>(c: &mut Cursor<'a>) -> Option<&'a str> {
 
 /// Decode a nested array (element type, count, elements) at the cursor; `base` is the file offset
 /// of the cursor's buffer start.
-fn decode_array<'a>(c: &mut Cursor<'a>, key: &'a str, base: u64, depth: u32) -> Option<ArrayView<'a>> {
+fn decode_array<'a>(
+    c: &mut Cursor<'a>,
+    key: &'a str,
+    base: u64,
+    depth: u32,
+) -> Option<ArrayView<'a>> {
     if depth >= MAX_ARRAY_DEPTH {
         return None;
     }
@@ -473,7 +528,13 @@ fn decode_array<'a>(c: &mut Cursor<'a>, key: &'a str, base: u64, depth: u32) -> 
             }
         }
     }
-    Some(ArrayView { key, elem, len, bytes: c.since(start), offset: base + start as u64 })
+    Some(ArrayView {
+        key,
+        elem,
+        len,
+        bytes: c.since(start),
+        offset: base + start as u64,
+    })
 }
 
 /// A short, one-line description of a value for listings: numbers and bools as is, strings quoted
@@ -511,5 +572,45 @@ pub fn describe_value(v: &Value<'_>) -> String {
             }
             format!("[{}; {}]", a.elem_type(), a.len())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_type_ids_follow_the_spec() {
+        // GGUF specification: UINT8=0 … FLOAT32=6, BOOL=7, STRING=8, ARRAY=9, UINT64=10, INT64=11, FLOAT64=12.
+        let names = [
+            "u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64",
+            "f64",
+        ];
+        for (id, name) in names.iter().enumerate() {
+            let t = ValueType::from_u32(id as u32).unwrap();
+            assert_eq!((t as u32, t.name()), (id as u32, *name));
+        }
+        assert_eq!(ValueType::from_u32(13), None);
+        assert_eq!(ValueType::F64.fixed_size(), Some(8));
+        assert_eq!(ValueType::String.fixed_size(), None);
+    }
+
+    #[test]
+    fn scalar_coercions() {
+        assert_eq!(Value::U64(u32::MAX as u64).as_u32(), Some(u32::MAX));
+        assert_eq!(Value::U64(u32::MAX as u64 + 1).as_u32(), None);
+        assert_eq!(Value::I8(-1).as_u64(), None);
+        assert_eq!(Value::I8(-1).as_i64(), Some(-1));
+        assert_eq!(Value::U64(u64::MAX).as_i64(), None);
+        assert_eq!(Value::F32(1.0).as_u32(), None);
+        assert_eq!(Value::Bool(true).as_u32(), None);
+        assert_eq!(Value::U32(1).as_bool(), None);
+        assert_eq!(Value::I32(-(1 << 24)).as_f32(), Some(-16_777_216.0));
+        assert_eq!(Value::I32((1 << 24) + 1).as_f32(), None);
+        assert_eq!(Value::F64(f64::INFINITY).as_f32(), Some(f32::INFINITY));
+        assert_eq!(Value::F64(1e39).as_f32(), None);
+        assert_eq!(Value::F32(0.5).as_f64(), Some(0.5));
+        assert_eq!(Value::String("x").as_str(), Some("x"));
+        assert_eq!(Value::String("x").as_f64(), None);
     }
 }

@@ -53,11 +53,15 @@ pub struct TensorInfo<'a> {
 impl TensorInfo<'_> {
     /// Total elements (the product of all dims; checked to fit in `usize` by the parser).
     pub fn n_elements(&self) -> usize {
-        self.dims.iter().fold(1usize, |a, &d| a.saturating_mul(d as usize))
+        self.dims
+            .iter()
+            .fold(1usize, |a, &d| a.saturating_mul(d as usize))
     }
     /// Rows: the product of `dims[1..]`.
     pub fn n_rows(&self) -> usize {
-        self.dims[1..].iter().fold(1usize, |a, &d| a.saturating_mul(d as usize))
+        self.dims[1..]
+            .iter()
+            .fold(1usize, |a, &d| a.saturating_mul(d as usize))
     }
     /// Elements per row (`dims[0]`).
     pub fn row_len(&self) -> usize {
@@ -109,18 +113,30 @@ fn align_up(x: u64, align: u64) -> Option<u64> {
 
 fn read_string<'a>(c: &mut Cursor<'a>, field: &dyn Fn() -> String) -> Result<&'a str> {
     let at = c.pos();
-    let len = c.u64().map_err(|s| short_err(format!("{}.len", field()), s))?;
+    let len = c
+        .u64()
+        .map_err(|s| short_err(format!("{}.len", field()), s))?;
     if len > c.remaining() as u64 {
         return Err(format_err(
             format!("{}.len", field()),
             at,
-            format!("string length {len} exceeds the {} bytes that remain", c.remaining()),
+            format!(
+                "string length {len} exceeds the {} bytes that remain",
+                c.remaining()
+            ),
         ));
     }
     let start = c.pos();
     let bytes = c.take(len).map_err(|s| short_err(field(), s))?;
     std::str::from_utf8(bytes).map_err(|e| {
-        format_err(field(), start + e.valid_up_to(), format!("string is not valid UTF-8 (bad byte at index {})", e.valid_up_to()))
+        format_err(
+            field(),
+            start + e.valid_up_to(),
+            format!(
+                "string is not valid UTF-8 (bad byte at index {})",
+                e.valid_up_to()
+            ),
+        )
     })
 }
 
@@ -147,24 +163,47 @@ fn read_value<'a>(
         ValueType::Bool => match c.u8().map_err(sh)? {
             0 => Value::Bool(false),
             1 => Value::Bool(true),
-            b => return Err(format_err(field(), at, format!("bool must be 0 or 1, found {b}"))),
+            b => {
+                return Err(format_err(
+                    field(),
+                    at,
+                    format!("bool must be 0 or 1, found {b}"),
+                ))
+            }
         },
         ValueType::String => Value::String(read_string(c, field)?),
         ValueType::Array => Value::Array(read_array(c, key, field, depth)?),
     })
 }
 
-fn read_array<'a>(c: &mut Cursor<'a>, key: &'a str, field: &dyn Fn() -> String, depth: u32) -> Result<ArrayView<'a>> {
+fn read_array<'a>(
+    c: &mut Cursor<'a>,
+    key: &'a str,
+    field: &dyn Fn() -> String,
+    depth: u32,
+) -> Result<ArrayView<'a>> {
     let ty_at = c.pos();
     if depth >= MAX_ARRAY_DEPTH {
-        return Err(format_err(field(), ty_at, format!("arrays nested more than {MAX_ARRAY_DEPTH} deep")));
+        return Err(format_err(
+            field(),
+            ty_at,
+            format!("arrays nested more than {MAX_ARRAY_DEPTH} deep"),
+        ));
     }
-    let elem_id = c.u32().map_err(|s| short_err(format!("{}.type", field()), s))?;
+    let elem_id = c
+        .u32()
+        .map_err(|s| short_err(format!("{}.type", field()), s))?;
     let elem = ValueType::from_u32(elem_id).ok_or_else(|| {
-        format_err(format!("{}.type", field()), ty_at, format!("unknown array element type {elem_id} (expected 0..=12)"))
+        format_err(
+            format!("{}.type", field()),
+            ty_at,
+            format!("unknown array element type {elem_id} (expected 0..=12)"),
+        )
     })?;
     let len_at = c.pos();
-    let count = c.u64().map_err(|s| short_err(format!("{}.len", field()), s))?;
+    let count = c
+        .u64()
+        .map_err(|s| short_err(format!("{}.len", field()), s))?;
     let start = c.pos();
     let remaining = c.remaining();
     let too_long = |min: usize| {
@@ -182,7 +221,10 @@ fn read_array<'a>(c: &mut Cursor<'a>, key: &'a str, field: &dyn Fn() -> String, 
     };
     match elem.fixed_size() {
         Some(sz) => {
-            let n_bytes = count.checked_mul(sz as u64).filter(|&n| n <= remaining as u64).ok_or_else(|| too_long(sz))?;
+            let n_bytes = count
+                .checked_mul(sz as u64)
+                .filter(|&n| n <= remaining as u64)
+                .ok_or_else(|| too_long(sz))?;
             let bytes = c.take(n_bytes).map_err(|s| short_err(field(), s))?;
             if elem == ValueType::Bool {
                 if let Some(j) = bytes.iter().position(|&b| b > 1) {
@@ -210,7 +252,13 @@ fn read_array<'a>(c: &mut Cursor<'a>, key: &'a str, field: &dyn Fn() -> String, 
             }
         }
     }
-    Ok(ArrayView { key, elem, len: count as usize, bytes: c.since(start), offset: start as u64 })
+    Ok(ArrayView {
+        key,
+        elem,
+        len: count as usize,
+        bytes: c.since(start),
+        offset: start as u64,
+    })
 }
 
 impl<'a> Gguf<'a> {
@@ -220,12 +268,18 @@ impl<'a> Gguf<'a> {
         let mut c = Cursor::new(bytes);
 
         // Header.
-        let magic = c.array::<4>().map_err(|s| short_err("header.magic".into(), s))?;
+        let magic = c
+            .array::<4>()
+            .map_err(|s| short_err("header.magic".into(), s))?;
         if magic != MAGIC {
             return Err(format_err(
                 "header.magic",
                 0,
-                format!("not a GGUF file: the first bytes are {:?} (\"{}\"), expected \"GGUF\"", magic, magic.escape_ascii()),
+                format!(
+                    "not a GGUF file: the first bytes are {:?} (\"{}\"), expected \"GGUF\"",
+                    magic,
+                    magic.escape_ascii()
+                ),
             ));
         }
         let version = c.u32().map_err(|s| short_err("header.version".into(), s))?;
@@ -250,8 +304,12 @@ impl<'a> Gguf<'a> {
             }
             v => return Err(format_err("header.version", 4, format!("unknown GGUF version {v} (expected 2 or 3)"))),
         }
-        let tensor_count = c.u64().map_err(|s| short_err("header.tensor_count".into(), s))?;
-        let kv_count = c.u64().map_err(|s| short_err("header.kv_count".into(), s))?;
+        let tensor_count = c
+            .u64()
+            .map_err(|s| short_err("header.tensor_count".into(), s))?;
+        let kv_count = c
+            .u64()
+            .map_err(|s| short_err("header.kv_count".into(), s))?;
         let rest = c.remaining() as u64;
         if tensor_count > rest / MIN_TENSOR_INFO_BYTES as u64 {
             return Err(format_err(
@@ -290,7 +348,11 @@ impl<'a> Gguf<'a> {
             let key_at = c.pos();
             let key = read_string(&mut c, &|| format!("metadata[{i}].key"))?;
             if key.is_empty() {
-                return Err(format_err(format!("metadata[{i}].key"), key_at, "empty key"));
+                return Err(format_err(
+                    format!("metadata[{i}].key"),
+                    key_at,
+                    "empty key",
+                ));
             }
             if let Some(&j) = meta_index.get(key) {
                 return Err(format_err(
@@ -300,9 +362,15 @@ impl<'a> Gguf<'a> {
                 ));
             }
             let ty_at = c.pos();
-            let ty_id = c.u32().map_err(|s| short_err(format!("metadata[{key:?}].type"), s))?;
+            let ty_id = c
+                .u32()
+                .map_err(|s| short_err(format!("metadata[{key:?}].type"), s))?;
             let ty = ValueType::from_u32(ty_id).ok_or_else(|| {
-                format_err(format!("metadata[{key:?}].type"), ty_at, format!("unknown value type {ty_id} (expected 0..=12)"))
+                format_err(
+                    format!("metadata[{key:?}].type"),
+                    ty_at,
+                    format!("unknown value type {ty_id} (expected 0..=12)"),
+                )
             })?;
             let offset = c.pos() as u64;
             let value = read_value(&mut c, ty, key, &|| format!("metadata[{key:?}]"), 0)?;
@@ -319,7 +387,11 @@ impl<'a> Gguf<'a> {
                     BUFFER_NAME,
                     field,
                     Some(e.offset),
-                    format!("expected a u32, found {} {}", e.value.value_type(), describe_value(&e.value)),
+                    format!(
+                        "expected a u32, found {} {}",
+                        e.value.value_type(),
+                        describe_value(&e.value)
+                    ),
                 )
             })?;
             if a == 0 || !a.is_power_of_two() || a > MAX_ALIGNMENT {
@@ -345,7 +417,11 @@ impl<'a> Gguf<'a> {
             let name_at = c.pos();
             let name = read_string(&mut c, &|| format!("tensor_infos[{i}].name"))?;
             if name.is_empty() {
-                return Err(format_err(format!("tensor_infos[{i}].name"), name_at, "empty tensor name"));
+                return Err(format_err(
+                    format!("tensor_infos[{i}].name"),
+                    name_at,
+                    "empty tensor name",
+                ));
             }
             if let Some(&j) = tensor_index.get(name) {
                 return Err(format_err(
@@ -358,15 +434,25 @@ impl<'a> Gguf<'a> {
             let nd_at = c.pos();
             let n_dims = c.u32().map_err(|s| short_err(f("n_dims"), s))?;
             if n_dims == 0 || n_dims as usize > MAX_DIMS {
-                return Err(format_err(f("n_dims"), nd_at, format!("n_dims is {n_dims}, expected 1..={MAX_DIMS}")));
+                return Err(format_err(
+                    f("n_dims"),
+                    nd_at,
+                    format!("n_dims is {n_dims}, expected 1..={MAX_DIMS}"),
+                ));
             }
             let n_dims = n_dims as usize;
             let mut dims = [1u64; 4];
             for (d, slot) in dims.iter_mut().enumerate().take(n_dims) {
                 let at = c.pos();
-                let v = c.u64().map_err(|s| short_err(f(&format!("dims[{d}]")), s))?;
+                let v = c
+                    .u64()
+                    .map_err(|s| short_err(f(&format!("dims[{d}]")), s))?;
                 if v == 0 || v > i64::MAX as u64 {
-                    return Err(format_err(f(&format!("dims[{d}]")), at, format!("dimension {v} must be in 1..=2^63-1")));
+                    return Err(format_err(
+                        f(&format!("dims[{d}]")),
+                        at,
+                        format!("dimension {v} must be in 1..=2^63-1"),
+                    ));
                 }
                 *slot = v;
             }
@@ -387,28 +473,52 @@ impl<'a> Gguf<'a> {
                 .iter()
                 .try_fold(1u64, |a, &d| a.checked_mul(d))
                 .filter(|&n| usize::try_from(n).is_ok())
-                .ok_or_else(|| format_err(f("dims"), dims_at, format!("element count of shape {shape:?} overflows")))?;
+                .ok_or_else(|| {
+                    format_err(
+                        f("dims"),
+                        dims_at,
+                        format!("element count of shape {shape:?} overflows"),
+                    )
+                })?;
             let bs = ty.block_size() as u64;
             if dims[0] % bs != 0 {
                 return Err(format_err(
                     f("dims[0]"),
                     dims_at,
-                    format!("row length {} is not a multiple of the {} block size {bs}", dims[0], ty.name()),
+                    format!(
+                        "row length {} is not a multiple of the {} block size {bs}",
+                        dims[0],
+                        ty.name()
+                    ),
                 ));
             }
             let size = (n_elements / bs)
                 .checked_mul(ty.type_size() as u64)
                 .and_then(|s| usize::try_from(s).ok())
-                .ok_or_else(|| format_err(f("dims"), dims_at, format!("byte size of {} tensor {shape:?} overflows", ty.name())))?;
+                .ok_or_else(|| {
+                    format_err(
+                        f("dims"),
+                        dims_at,
+                        format!("byte size of {} tensor {shape:?} overflows", ty.name()),
+                    )
+                })?;
             tensor_index.insert(name, i);
-            tensors.push(TensorInfo { name, dims, n_dims, ty, offset: 0, size });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                n_dims,
+                ty,
+                offset: 0,
+                size,
+            });
             raws.push(Raw { rel, rel_at });
         }
 
         // Data section.
         let len = bytes.len() as u64;
         let info_end = c.pos();
-        let data_offset = align_up(info_end as u64, alignment as u64).ok_or_else(|| format_err("data", info_end, "overflow"))?;
+        let data_offset = align_up(info_end as u64, alignment as u64)
+            .ok_or_else(|| format_err("data", info_end, "overflow"))?;
         if !tensors.is_empty() && data_offset > len {
             return Err(format_err(
                 "data",
@@ -419,7 +529,14 @@ impl<'a> Gguf<'a> {
         for (t, r) in tensors.iter_mut().zip(&raws) {
             let field = || format!("tensor_infos[{:?}].offset", t.name);
             if r.rel % alignment as u64 != 0 {
-                return Err(format_err(field(), r.rel_at, format!("offset {} is not a multiple of the alignment {alignment}", r.rel)));
+                return Err(format_err(
+                    field(),
+                    r.rel_at,
+                    format!(
+                        "offset {} is not a multiple of the alignment {alignment}",
+                        r.rel
+                    ),
+                ));
             }
             let start = data_offset.checked_add(r.rel);
             let end = start.and_then(|s| s.checked_add(t.size as u64));
@@ -510,18 +627,35 @@ impl<'a> Gguf<'a> {
     }
 
     fn require(&self, key: &str) -> Result<&MetaEntry<'a>> {
-        self.entry(key)
-            .ok_or_else(|| Error::format(&self.file, format!("metadata[{key:?}]"), None, "required key is missing"))
+        self.entry(key).ok_or_else(|| {
+            Error::format(
+                &self.file,
+                format!("metadata[{key:?}]"),
+                None,
+                "required key is missing",
+            )
+        })
     }
 
     fn type_err(&self, e: &MetaEntry<'a>, expected: &str) -> Error {
         let found = e.value.value_type();
         let detail = if e.value.as_int().is_some() && expected.contains("integer") {
-            format!("expected {expected}, found {found} {} which does not fit", describe_value(&e.value))
+            format!(
+                "expected {expected}, found {found} {} which does not fit",
+                describe_value(&e.value)
+            )
         } else {
-            format!("expected {expected}, found {found} {}", describe_value(&e.value))
+            format!(
+                "expected {expected}, found {found} {}",
+                describe_value(&e.value)
+            )
         };
-        Error::format(&self.file, format!("metadata[{:?}]", e.key), Some(e.offset), detail)
+        Error::format(
+            &self.file,
+            format!("metadata[{:?}]", e.key),
+            Some(e.offset),
+            detail,
+        )
     }
 
     /// The tensors in file order.
@@ -529,12 +663,20 @@ impl<'a> Gguf<'a> {
         &self.tensors
     }
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo<'a>> {
-        self.tensor_index.get(name).and_then(|&i| self.tensors.get(i))
+        self.tensor_index
+            .get(name)
+            .and_then(|&i| self.tensors.get(i))
     }
     /// A tensor by name, or an error naming it.
     pub fn require_tensor(&self, name: &str) -> Result<&TensorInfo<'a>> {
-        self.tensor(name)
-            .ok_or_else(|| Error::format(&self.file, format!("tensor_infos[{name:?}]"), None, "required tensor is missing"))
+        self.tensor(name).ok_or_else(|| {
+            Error::format(
+                &self.file,
+                format!("tensor_infos[{name:?}]"),
+                None,
+                "required tensor is missing",
+            )
+        })
     }
 
     /// The tensor's bytes, borrowed from the file. `t` should come from this file; for a
@@ -552,7 +694,10 @@ impl<'a> Gguf<'a> {
     pub fn tensor_as<T: Pod>(&self, t: &TensorInfo<'_>) -> Result<&'a [T]> {
         let data = self.tensor_data(t);
         if data.len() != t.size {
-            return Err(Error::invalid(format!("tensor {:?}: its data range is not inside {}", t.name, self.file)));
+            return Err(Error::invalid(format!(
+                "tensor {:?}: its data range is not inside {}",
+                t.name, self.file
+            )));
         }
         bytemuck::try_cast_slice(data).map_err(|e| {
             Error::format(
@@ -583,7 +728,10 @@ impl<'a> Gguf<'a> {
             ));
         }
         if cfg!(target_endian = "big") {
-            return Err(Error::unsupported(&self.file, "in-place f32 views need a little-endian host"));
+            return Err(Error::unsupported(
+                &self.file,
+                "in-place f32 views need a little-endian host",
+            ));
         }
         self.tensor_as::<f32>(t)
     }
@@ -631,23 +779,75 @@ impl<'a> Gguf<'a> {
     pub fn opt_array(&self, key: &str) -> Result<Option<&ArrayView<'a>>> {
         match self.entry(key) {
             None => Ok(None),
-            Some(e) => e.value.as_array().map(Some).ok_or_else(|| self.type_err(e, "array")),
+            Some(e) => e
+                .value
+                .as_array()
+                .map(Some)
+                .ok_or_else(|| self.type_err(e, "array")),
         }
     }
     /// A string array's elements ([`ArrayView::to_vec_str`]), errors naming this file.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&'a str>> {
-        self.get_array(key)?.to_vec_str().map_err(|e| e.in_file(&self.file))
+        self.get_array(key)?
+            .to_vec_str()
+            .map_err(|e| e.in_file(&self.file))
     }
     /// [`ArrayView::to_vec_u32`] of the array at `key`, errors naming this file.
     pub fn get_u32_array(&self, key: &str) -> Result<Vec<u32>> {
-        self.get_array(key)?.to_vec_u32().map_err(|e| e.in_file(&self.file))
+        self.get_array(key)?
+            .to_vec_u32()
+            .map_err(|e| e.in_file(&self.file))
     }
     /// [`ArrayView::to_vec_i32`] of the array at `key`, errors naming this file.
     pub fn get_i32_array(&self, key: &str) -> Result<Vec<i32>> {
-        self.get_array(key)?.to_vec_i32().map_err(|e| e.in_file(&self.file))
+        self.get_array(key)?
+            .to_vec_i32()
+            .map_err(|e| e.in_file(&self.file))
     }
     /// [`ArrayView::to_vec_f32`] of the array at `key`, errors naming this file.
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
-        self.get_array(key)?.to_vec_f32().map_err(|e| e.in_file(&self.file))
+        self.get_array(key)?
+            .to_vec_f32()
+            .map_err(|e| e.in_file(&self.file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn align_up_rounds_and_detects_overflow() {
+        assert_eq!(align_up(0, 32), Some(0));
+        assert_eq!(align_up(1, 32), Some(32));
+        assert_eq!(align_up(32, 32), Some(32));
+        assert_eq!(align_up(33, 1), Some(33));
+        assert_eq!(align_up(u64::MAX - 3, 32), None);
+    }
+
+    #[test]
+    fn minimal_file_parses() {
+        // Header only: no metadata, no tensors.
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        let g = Gguf::parse(&b).unwrap();
+        assert_eq!(
+            (
+                g.version(),
+                g.alignment(),
+                g.tensors().len(),
+                g.metadata().len()
+            ),
+            (3, 32, 0, 0)
+        );
+        assert_eq!(g.data_offset(), 32);
+        // One byte short of the header.
+        let e = Gguf::parse(&b[..23]).unwrap_err();
+        assert!(
+            matches!(e, Error::Format { ref field, offset: Some(16), .. } if field == "header.kv_count"),
+            "{e}"
+        );
     }
 }

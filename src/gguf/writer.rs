@@ -155,19 +155,71 @@ impl MetaArray {
             a.iter().filter_map(f).collect()
         }
         match a.elem_type() {
-            ValueType::U8 => MetaArray::U8(all(a, |v| if let Value::U8(x) = v { Some(x) } else { None })),
-            ValueType::I8 => MetaArray::I8(all(a, |v| if let Value::I8(x) = v { Some(x) } else { None })),
-            ValueType::U16 => MetaArray::U16(all(a, |v| if let Value::U16(x) = v { Some(x) } else { None })),
-            ValueType::I16 => MetaArray::I16(all(a, |v| if let Value::I16(x) = v { Some(x) } else { None })),
-            ValueType::U32 => MetaArray::U32(all(a, |v| if let Value::U32(x) = v { Some(x) } else { None })),
-            ValueType::I32 => MetaArray::I32(all(a, |v| if let Value::I32(x) = v { Some(x) } else { None })),
-            ValueType::U64 => MetaArray::U64(all(a, |v| if let Value::U64(x) = v { Some(x) } else { None })),
-            ValueType::I64 => MetaArray::I64(all(a, |v| if let Value::I64(x) = v { Some(x) } else { None })),
-            ValueType::F32 => MetaArray::F32(all(a, |v| if let Value::F32(x) = v { Some(x) } else { None })),
-            ValueType::F64 => MetaArray::F64(all(a, |v| if let Value::F64(x) = v { Some(x) } else { None })),
+            ValueType::U8 => {
+                MetaArray::U8(all(
+                    a,
+                    |v| if let Value::U8(x) = v { Some(x) } else { None },
+                ))
+            }
+            ValueType::I8 => {
+                MetaArray::I8(all(
+                    a,
+                    |v| if let Value::I8(x) = v { Some(x) } else { None },
+                ))
+            }
+            ValueType::U16 => {
+                MetaArray::U16(all(
+                    a,
+                    |v| if let Value::U16(x) = v { Some(x) } else { None },
+                ))
+            }
+            ValueType::I16 => {
+                MetaArray::I16(all(
+                    a,
+                    |v| if let Value::I16(x) = v { Some(x) } else { None },
+                ))
+            }
+            ValueType::U32 => {
+                MetaArray::U32(all(
+                    a,
+                    |v| if let Value::U32(x) = v { Some(x) } else { None },
+                ))
+            }
+            ValueType::I32 => {
+                MetaArray::I32(all(
+                    a,
+                    |v| if let Value::I32(x) = v { Some(x) } else { None },
+                ))
+            }
+            ValueType::U64 => {
+                MetaArray::U64(all(
+                    a,
+                    |v| if let Value::U64(x) = v { Some(x) } else { None },
+                ))
+            }
+            ValueType::I64 => {
+                MetaArray::I64(all(
+                    a,
+                    |v| if let Value::I64(x) = v { Some(x) } else { None },
+                ))
+            }
+            ValueType::F32 => {
+                MetaArray::F32(all(
+                    a,
+                    |v| if let Value::F32(x) = v { Some(x) } else { None },
+                ))
+            }
+            ValueType::F64 => {
+                MetaArray::F64(all(
+                    a,
+                    |v| if let Value::F64(x) = v { Some(x) } else { None },
+                ))
+            }
             ValueType::Bool => MetaArray::Bool(all(a, |v| v.as_bool())),
             ValueType::String => MetaArray::String(all(a, |v| v.as_str().map(str::to_string))),
-            ValueType::Array => MetaArray::Array(all(a, |v| v.as_array().map(MetaArray::from_view))),
+            ValueType::Array => {
+                MetaArray::Array(all(a, |v| v.as_array().map(MetaArray::from_view)))
+            }
         }
     }
 
@@ -268,7 +320,10 @@ fn bad(msg: String) -> Error {
 
 impl<'d> GgufWriter<'d> {
     pub fn new() -> Self {
-        GgufWriter { metadata: Vec::new(), tensors: Vec::new() }
+        GgufWriter {
+            metadata: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 
     /// Add a metadata entry. Refuses an empty or duplicate key and a `general.alignment` that is not
@@ -297,7 +352,13 @@ impl<'d> GgufWriter<'d> {
 
     /// Add a tensor: `dims` in ggml order (`dims[0]` = row length), `data` exactly the bytes of the
     /// type for that shape.
-    pub fn add_tensor(&mut self, name: &str, dims: &[u64], ty: QuantType, data: impl Into<Cow<'d, [u8]>>) -> Result<&mut Self> {
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        ty: QuantType,
+        data: impl Into<Cow<'d, [u8]>>,
+    ) -> Result<&mut Self> {
         let data = data.into();
         if name.is_empty() {
             return Err(bad("GGUF writer: empty tensor name".into()));
@@ -305,7 +366,10 @@ impl<'d> GgufWriter<'d> {
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(bad(format!("GGUF writer: duplicate tensor name {name:?}")));
         }
-        if dims.is_empty() || dims.len() > MAX_DIMS || dims.iter().any(|&d| d == 0 || d > i64::MAX as u64) {
+        if dims.is_empty()
+            || dims.len() > MAX_DIMS
+            || dims.iter().any(|&d| d == 0 || d > i64::MAX as u64)
+        {
             return Err(bad(format!("GGUF writer: tensor {name:?} has shape {dims:?}; need 1..={MAX_DIMS} dims, each > 0")));
         }
         let bs = ty.block_size() as u64;
@@ -327,7 +391,12 @@ impl<'d> GgufWriter<'d> {
                 data.len()
             )));
         }
-        self.tensors.push(PendingTensor { name: name.to_string(), dims: dims.to_vec(), ty, data });
+        self.tensors.push(PendingTensor {
+            name: name.to_string(),
+            dims: dims.to_vec(),
+            ty,
+            data,
+        });
         Ok(self)
     }
 
@@ -407,7 +476,10 @@ impl<'d> GgufWriter<'d> {
 
     /// Write the file to `path` (created or truncated).
     pub fn write_file(&self, path: &Path) -> Result<u64> {
-        let io = |source| Error::Io { path: path.to_path_buf(), source };
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let f = std::fs::File::create(path).map_err(io)?;
         let mut w = std::io::BufWriter::new(f);
         let n = self.write_to(&mut w).map_err(io)?;

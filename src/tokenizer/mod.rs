@@ -120,8 +120,8 @@ const SRC: &str = "tokenizer";
 const SPM_SPACE: char = '\u{2581}';
 
 enum Model {
-    Bpe(bpe::Bpe),
-    Spm(spm::Spm),
+    Bpe(Box<bpe::Bpe>),
+    Spm(Box<spm::Spm>),
 }
 
 /// Token texts of end-of-generation markers across model families.
@@ -266,7 +266,7 @@ impl Tokenizer {
                 if skipped > 0 {
                     log::warn!("tokenizer.ggml.merges: {skipped} merges name tokens missing from the vocab; ignored");
                 }
-                (Model::Bpe(b), choice.pre, false)
+                (Model::Bpe(Box::new(b)), choice.pre, false)
             }
             "llama" => {
                 if scores.is_none() {
@@ -275,7 +275,7 @@ impl Tokenizer {
                         "is missing; a llama (SentencePiece) vocab merges by score".into(),
                     ));
                 }
-                (Model::Spm(spm::Spm::new(&lookup)), PreTokenizer::Gpt2, true)
+                (Model::Spm(Box::new(spm::Spm::new(&lookup))), PreTokenizer::Gpt2, true)
             }
             other => {
                 return Err(Error::unsupported(

@@ -6,7 +6,13 @@ use crate::lora::{LoraKernels, RowsDot};
 use crate::Tier;
 use core::arch::aarch64::*;
 
-static TABLE: LoraKernels = LoraKernels { tier: Tier::Neon, shrink, expand, shrink_batch, expand_batch };
+static TABLE: LoraKernels = LoraKernels {
+    tier: Tier::Neon,
+    shrink,
+    expand,
+    shrink_batch,
+    expand_batch,
+};
 
 fn detected() -> bool {
     #[cfg(feature = "std")]
@@ -121,7 +127,11 @@ fn one_token(j: &RowsDot<'_>, tok: usize, out: &mut [f32]) {
     let v = j.vec(tok);
     let mut row = j.row0;
     while row + 4 <= j.row1 {
-        let d = dot4(j.k, [j.row(row), j.row(row + 1), j.row(row + 2), j.row(row + 3)], [v; 4]);
+        let d = dot4(
+            j.k,
+            [j.row(row), j.row(row + 1), j.row(row + 2), j.row(row + 3)],
+            [v; 4],
+        );
         for (q, d) in d.into_iter().enumerate() {
             j.put(out, tok, row + q, d);
         }

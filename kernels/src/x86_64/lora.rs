@@ -21,7 +21,13 @@ mod avx2 {
     use crate::lora::RowsDot;
     use core::arch::x86_64::*;
 
-    pub(super) static TABLE: LoraKernels = LoraKernels { tier: Tier::Avx2, shrink, expand, shrink_batch, expand_batch };
+    pub(super) static TABLE: LoraKernels = LoraKernels {
+        tier: Tier::Avx2,
+        shrink,
+        expand,
+        shrink_batch,
+        expand_batch,
+    };
 
     pub(super) fn detected() -> bool {
         #[cfg(feature = "std")]
@@ -32,7 +38,11 @@ mod avx2 {
         }
         #[cfg(not(feature = "std"))]
         {
-            cfg!(all(target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))
+            cfg!(all(
+                target_feature = "avx2",
+                target_feature = "fma",
+                target_feature = "f16c"
+            ))
         }
     }
 
@@ -134,7 +144,11 @@ mod avx2 {
         let v = j.vec(tok);
         let mut row = j.row0;
         while row + 4 <= j.row1 {
-            let d = dot4(j.k, [j.row(row), j.row(row + 1), j.row(row + 2), j.row(row + 3)], [v; 4]);
+            let d = dot4(
+                j.k,
+                [j.row(row), j.row(row + 1), j.row(row + 2), j.row(row + 3)],
+                [v; 4],
+            );
             for (q, d) in d.into_iter().enumerate() {
                 j.put(out, tok, row + q, d);
             }
@@ -173,8 +187,13 @@ mod avx512 {
     use crate::lora::RowsDot;
     use core::arch::x86_64::*;
 
-    pub(super) static TABLE: LoraKernels =
-        LoraKernels { tier: Tier::Avx512, shrink, expand, shrink_batch, expand_batch };
+    pub(super) static TABLE: LoraKernels = LoraKernels {
+        tier: Tier::Avx512,
+        shrink,
+        expand,
+        shrink_batch,
+        expand_batch,
+    };
 
     pub(super) fn detected() -> bool {
         #[cfg(feature = "std")]
@@ -187,7 +206,11 @@ mod avx512 {
         #[cfg(not(feature = "std"))]
         {
             super::avx2::detected()
-                && cfg!(all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512vl"))
+                && cfg!(all(
+                    target_feature = "avx512f",
+                    target_feature = "avx512bw",
+                    target_feature = "avx512vl"
+                ))
         }
     }
 
@@ -252,7 +275,11 @@ mod avx512 {
         let v = j.vec(tok);
         let mut row = j.row0;
         while row + 4 <= j.row1 {
-            let d = dot4(j.k, [j.row(row), j.row(row + 1), j.row(row + 2), j.row(row + 3)], [v; 4]);
+            let d = dot4(
+                j.k,
+                [j.row(row), j.row(row + 1), j.row(row + 2), j.row(row + 3)],
+                [v; 4],
+            );
             for (q, d) in d.into_iter().enumerate() {
                 j.put(out, tok, row + q, d);
             }

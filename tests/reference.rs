@@ -1,0 +1,122 @@
+//! The real model (SmolLM2-135M-Instruct Q4_1) against reference logits computed outside this project:
+//! Hugging Face transformers in fp32 on the dequantized weights, and llama.cpp on the same GGUF.
+mod common;
+use common::*;
+use edge_run::session::ActQuant;
+use edge_run::{Model, Session, SessionConfig};
+use std::sync::Arc;
+
+fn run_all(model: &Arc<Model>, cfg: SessionConfig) -> Vec<(String, Vec<Vec<f32>>)> {
+    let mut out = Vec::new();
+    for (name, ids) in sequences() {
+        let mut s = Session::new(model.clone(), SessionConfig { logits_all: true, n_ctx: 256, ..cfg.clone() }).unwrap();
+        let mut rows = Vec::new();
+        s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
+        out.push((name, rows));
+    }
+    out
+}
+
+fn metrics(npz: &str, runs: &[(String, Vec<Vec<f32>>)]) -> Metrics {
+    let z = read_npz(&root().join("tests/data/reference/smollm2").join(npz));
+    let per: Vec<Metrics> = runs.iter().map(|(name, rows)| compare(&reference(&z, name), rows)).collect();
+    for ((name, _), m) in runs.iter().zip(&per) {
+        eprintln!("  {npz} {name}: {m:?}");
+    }
+    summarize(&per)
+}
+
+#[test]
+fn logits_match_hf_and_llama_cpp() {
+    let model = Arc::new(Model::open(smollm2_path()).unwrap());
+    let runs = run_all(&model, SessionConfig { n_threads: 2, ..Default::default() });
+    let hf = metrics("hf_base.npz", &runs);
+    let lc = metrics("llamacpp_base.npz", &runs);
+    eprintln!("default (q8x2) vs HF fp32: {hf:?}\ndefault (q8x2) vs llama.cpp: {lc:?}");
+    // The bar: at least as close to the fp32 reference as llama.cpp is (0.0016 / 99.0% on a larger set;
+    // 0.0037 / 97.8% on these sequences).
+    assert!(hf.kl_mean <= 0.0025, "mean KL vs HF {}", hf.kl_mean);
+    assert!(hf.top1 >= 0.985, "top-1 vs HF {}", hf.top1);
+    // llama.cpp quantizes activations to 8 bits and keeps an f16 KV cache, so it sits a little off the
+    // reference; we must be about as close to it as it is to HF.
+    assert!(lc.kl_mean <= 0.006, "mean KL vs llama.cpp {}", lc.kl_mean);
+}
+
+#[test]
+fn ggml_style_q8_activations_are_as_close_as_llama_cpp() {
+    let model = Arc::new(Model::open(smollm2_path()).unwrap());
+    let runs = run_all(&model, SessionConfig { n_threads: 1, act_quant: ActQuant::Q8, ..Default::default() });
+    let hf = metrics("hf_base.npz", &runs);
+    eprintln!("q8 vs HF fp32: {hf:?}");
+    // llama.cpp on these sequences: 0.0037 / 97.8%.
+    assert!(hf.kl_mean <= 0.0050, "mean KL vs HF {}", hf.kl_mean);
+    assert!(hf.top1 >= 0.97, "top-1 vs HF {}", hf.top1);
+}
+
+#[test]
+fn batched_prompt_equals_token_by_token() {
+    let model = Arc::new(Model::open(smollm2_path()).unwrap());
+    let (_, ids) = sequences().into_iter().next().unwrap();
+    let ids = &ids[..24];
+    let mut a = Session::new(model.clone(), SessionConfig { n_batch: 64, n_ctx: 64, n_threads: 2, ..Default::default() }).unwrap();
+    let la = a.eval(ids).unwrap().to_vec();
+    let mut b = Session::new(model.clone(), SessionConfig { n_batch: 1, n_ctx: 64, n_threads: 1, ..Default::default() }).unwrap();
+    for &t in ids {
+        b.eval(&[t]).unwrap();
+    }
+    let lb = b.logits().to_vec();
+    let max_diff = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(max_diff < 1e-3, "batch of 24 vs 24 single steps differ by {max_diff}");
+}
+
+#[test]
+fn every_kernel_tier_gives_the_same_logits() {
+    let model = Arc::new(Model::open(smollm2_path()).unwrap());
+    let (_, ids) = sequences().into_iter().next().unwrap();
+    let ids = &ids[..16];
+    let mut base: Option<Vec<f32>> = None;
+    let mut ran = Vec::new();
+    for k in edge_run::kernels::Kernels::available() {
+        let mut s = Session::new(model.clone(), SessionConfig { n_ctx: 32, n_threads: 2, kernels: Some(k), ..Default::default() }).unwrap();
+        let l = s.eval(ids).unwrap().to_vec();
+        ran.push(k.tier.name());
+        match &base {
+            None => base = Some(l),
+            Some(b) => {
+                // Tiers differ only in the order of f32 additions; through 30 layers and the 8-bit activation
+                // rounding that can move single logits by ~0.1, but not the distribution.
+                let kl = kl_div(b, &l);
+                let d = b.iter().zip(&l).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+                eprintln!("tier {}: KL(scalar ‖ tier) = {kl:.2e}, max |Δlogit| = {d}", k.tier.name());
+                assert!(kl < 1e-3 && d < 0.5, "tier {} differs from scalar: KL {kl}, max |Δ| {d}", k.tier.name());
+                assert_eq!(edge_run::sampling::argmax(b), edge_run::sampling::argmax(&l));
+            }
+        }
+    }
+    eprintln!("model-level tiers compared: {}", ran.join(", "));
+}
+
+fn kl_div(p: &[f32], q: &[f32]) -> f64 {
+    let lsm = |v: &[f32]| {
+        let m = v.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+        let lse = m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+        v.iter().map(|&x| x as f64 - lse).collect::<Vec<f64>>()
+    };
+    let (lp, lq) = (lsm(p), lsm(q));
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
+}
+
+#[test]
+fn bad_requests_leave_the_session_usable() {
+    let model = Arc::new(Model::open(smollm2_path()).unwrap());
+    let mut s = Session::new(model.clone(), SessionConfig { n_ctx: 8, n_threads: 1, ..Default::default() }).unwrap();
+    let l1 = s.eval(&[1, 2, 3]).unwrap().to_vec();
+    let err = s.eval(&[4, 49152]).unwrap_err().to_string();
+    assert!(err.contains("49152") && err.contains("out of range"), "{err}");
+    let err = s.eval(&[5; 6]).unwrap_err().to_string();
+    assert!(err.contains("context full"), "{err}");
+    assert_eq!(s.n_past(), 3, "a refused request must not change the cache");
+    assert_eq!(s.logits(), &l1[..]);
+    s.eval(&[4]).unwrap();
+    assert_eq!(s.n_past(), 4);
+}
