@@ -9,6 +9,7 @@
 //! - [`kernels`]: re-export of the `edge-run-kernels` crate (quantized and LoRA SIMD kernels).
 pub mod error;
 pub mod adapter;
+pub mod adapter_set;
 pub mod gguf;
 pub mod tokenizer;
 pub mod chat;

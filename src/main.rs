@@ -1,5 +1,6 @@
 //! `edge-run`: the command-line front end (llama.cpp-style flags).
 use clap::{Args, Parser, Subcommand};
+use edge_run::adapter::Adapter;
 use edge_run::chat::{apply_chat_template, ChatMessage};
 use edge_run::kernels::Kernels;
 use edge_run::session::{default_threads, ActQuant, StopReason};
@@ -72,6 +73,11 @@ struct RuntimeArgs {
     /// residual: two passes over the same weights, ~100x less rounding error).
     #[arg(long = "act-quant", value_name = "MODE", default_value = "q8x2", value_parser = ["q8", "q8x2"])]
     act_quant: String,
+    /// Apply a LoRA adapter: a llama.cpp GGUF adapter or a PEFT directory / adapter_model.safetensors,
+    /// detected from the content. Optional user scale after a colon (default 1.0). Repeat to stack
+    /// up to 8 adapters.
+    #[arg(long = "adapter", value_name = "PATH[:SCALE]")]
+    adapters: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +123,10 @@ struct GenArgs {
     /// Don't print load information and timings on stderr.
     #[arg(long)]
     quiet: bool,
+    /// In --chat, re-evaluate the conversation after /adapter changes (by default the KV cache keeps what
+    /// was computed with the previous adapters and only new tokens see the change).
+    #[arg(long = "reeval-on-swap")]
+    reeval_on_swap: bool,
     #[command(flatten)]
     rt: RuntimeArgs,
 }
@@ -151,6 +161,9 @@ struct LogitsArgs {
 struct InfoArgs {
     #[command(flatten)]
     m: ModelArg,
+    /// Also load and describe these adapters against the model (format, ranks, alpha, scales, targets, bytes).
+    #[arg(long = "adapter", value_name = "PATH[:SCALE]")]
+    adapters: Vec<String>,
 }
 
 /// An error and its exit status: 1 for bad input, 2 for bad usage.
@@ -222,7 +235,37 @@ fn session_config(model: &Model, rt: &RuntimeArgs, logits_all: bool) -> Result<S
         return Err(usage("-b/--batch-size must be at least 1"));
     }
     let act_quant = if rt.act_quant == "q8" { ActQuant::Q8 } else { ActQuant::Q8x2 };
-    Ok(SessionConfig { n_ctx, n_batch: rt.batch_size, n_threads, logits_all, kernels, act_quant })
+    Ok(SessionConfig { n_ctx, n_batch: rt.batch_size, n_threads, logits_all, kernels, act_quant, ..Default::default() })
+}
+
+/// `PATH[:SCALE]`: the scale is taken only if what follows the last ':' parses as a number.
+fn parse_adapter_arg(s: &str) -> Result<(PathBuf, f32), Failure> {
+    if let Some((p, sc)) = s.rsplit_once(':') {
+        if let Ok(v) = sc.parse::<f32>() {
+            if !v.is_finite() {
+                return Err(usage(format!("--adapter {s}: scale {sc} is not a finite number")));
+            }
+            return Ok((PathBuf::from(p), v));
+        }
+    }
+    Ok((PathBuf::from(s), 1.0))
+}
+
+fn load_adapter(model: &Model, spec: &str) -> Result<(Arc<Adapter>, f32), Failure> {
+    let (path, scale) = parse_adapter_arg(spec)?;
+    let t0 = std::time::Instant::now();
+    let a = Adapter::load(&path, &model.base_info)?;
+    log::info!("adapter {} loaded in {:.2} ms", path.display(), t0.elapsed().as_secs_f64() * 1e3);
+    Ok((Arc::new(a), scale))
+}
+
+/// Load every `--adapter` and make them the session's set.
+fn apply_adapters(sess: &mut Session, specs: &[String]) -> Result<Vec<(Arc<Adapter>, f32)>, Failure> {
+    let model = sess.model().clone();
+    let loaded = specs.iter().map(|s| load_adapter(&model, s)).collect::<Result<Vec<_>, _>>()?;
+    let set: Vec<(&Arc<Adapter>, f32)> = loaded.iter().map(|(a, s)| (a, *s)).collect();
+    sess.set_adapters(&set)?;
+    Ok(loaded)
 }
 
 fn cmd_tokenize(a: TokenizeArgs) -> Result<(), Failure> {
@@ -255,6 +298,7 @@ fn cmd_logits(a: LogitsArgs) -> Result<(), Failure> {
     cfg.n_ctx = cfg.n_ctx.max(tokens.len());
     let nv = model.hp.n_vocab;
     let mut sess = Session::new(model, cfg)?;
+    apply_adapters(&mut sess, &a.rt.adapters)?;
     let tmp = a.output.with_extension("npy.partial");
     let f = std::fs::File::create(&tmp).map_err(|e| Failure(1, format!("{}: {e}", tmp.display())))?;
     let mut w = std::io::BufWriter::new(f);
@@ -292,6 +336,10 @@ fn write_npy_header(w: &mut impl Write, shape: &[usize]) -> std::io::Result<()> 
 }
 
 fn cmd_info(a: InfoArgs) -> Result<(), Failure> {
+    if let Some(desc) = describe_if_adapter(&a.m.model)? {
+        println!("{desc}");
+        return Ok(());
+    }
     let model = open_model(&a.m.model)?;
     let m = &*model;
     let hp = &m.hp;
@@ -318,7 +366,45 @@ fn cmd_info(a: InfoArgs) -> Result<(), Failure> {
     println!("chat template:   {}", if m.chat_template.is_some() { "yes" } else { "no" });
     let tiers: Vec<&str> = Kernels::available().map(|k| k.tier.name()).collect();
     println!("kernels:         {} (available: {})", Kernels::best().tier.name(), tiers.join(", "));
+    for spec in &a.adapters {
+        let (ad, scale) = load_adapter(m, spec)?;
+        let (ba, bb) = ad.bytes();
+        println!("\nadapter:         {} (user scale {scale})", ad.path().display());
+        println!("{}", ad.summary());
+        println!("share of base:   {:.2}% of the bytes read per token", 100.0 * (ba + bb) as f64 / m.bytes_per_token() as f64);
+    }
     Ok(())
+}
+
+/// For `info -m` given a GGUF LoRA adapter instead of a model: a GGUF-level description.
+fn describe_if_adapter(path: &Path) -> Result<Option<String>, Failure> {
+    let Ok(f) = std::fs::File::open(path) else { return Ok(None) };
+    // SAFETY: read-only private mapping, only read while `map` lives; see Model::open on truncation.
+    let Ok(map) = (unsafe { memmap2::Mmap::map(&f) }) else { return Ok(None) };
+    if map.len() < 4 || &map[..4] != b"GGUF" {
+        return Ok(None);
+    }
+    let g = edge_run::gguf::Gguf::parse_named(&map, &path.display().to_string())?;
+    if g.opt_str("general.type")? != Some("adapter") {
+        return Ok(None);
+    }
+    let mut s = format!("file:            {}\nformat:          GGUF v{} LoRA adapter\n", path.display(), g.version());
+    s += &format!("architecture:    {}\n", g.opt_str("general.architecture")?.unwrap_or("?"));
+    s += &format!("adapter type:    {}\n", g.opt_str("adapter.type")?.unwrap_or("?"));
+    if let Some(al) = g.opt_f32("adapter.lora.alpha")? {
+        s += &format!("lora alpha:      {al}\n");
+    }
+    let mut types: Vec<(&str, usize)> = Vec::new();
+    for t in g.tensors() {
+        match types.iter_mut().find(|(n, _)| *n == t.ty.name()) {
+            Some(c) => c.1 += 1,
+            None => types.push((t.ty.name(), 1)),
+        }
+    }
+    let types: Vec<String> = types.iter().map(|(n, c)| format!("{c} {n}")).collect();
+    s += &format!("tensors:         {} ({})\n", g.tensors().len(), types.join(", "));
+    s += "validate it against a model with: edge-run info -m MODEL --adapter FILE";
+    Ok(Some(s))
 }
 
 fn sampling_params(g: &GenArgs) -> Result<SamplingParams, Failure> {
@@ -371,6 +457,12 @@ fn cmd_generate(g: GenArgs) -> Result<(), Failure> {
     }
     let n_vocab = model.hp.n_vocab;
     let mut sess = Session::new(model.clone(), cfg)?;
+    let adapters = apply_adapters(&mut sess, &g.rt.adapters)?;
+    if !g.quiet {
+        for (a, s) in &adapters {
+            eprintln!("edge-run: adapter {} (scale {s}, {} tensors)", a.path().display(), a.tensors().len());
+        }
+    }
     let mut sampler = Sampler::new(params, n_vocab);
     let max_new = if g.n_predict < 0 { usize::MAX } else { g.n_predict as usize };
 
@@ -397,7 +489,7 @@ fn cmd_generate(g: GenArgs) -> Result<(), Failure> {
             run_turn(&mut sess, &mut sampler, &ids, max_new, g.quiet)?;
             Ok(())
         }
-        None => interactive_chat(&mut sess, &mut sampler, &g, max_new),
+        None => interactive_chat(&mut sess, &mut sampler, &g, max_new, adapters),
     }
 }
 
@@ -458,7 +550,7 @@ fn run_turn(sess: &mut Session, sampler: &mut Sampler, ids: &[u32], max_new: usi
     Ok(out)
 }
 
-fn interactive_chat(sess: &mut Session, sampler: &mut Sampler, g: &GenArgs, max_new: usize) -> Result<(), Failure> {
+fn interactive_chat(sess: &mut Session, sampler: &mut Sampler, g: &GenArgs, max_new: usize, mut adapters: Vec<(Arc<Adapter>, f32)>) -> Result<(), Failure> {
     let model = sess.model().clone();
     let mut msgs: Vec<ChatMessage> = Vec::new();
     if let Some(s) = &g.system {
@@ -488,7 +580,19 @@ fn interactive_chat(sess: &mut Session, sampler: &mut Sampler, g: &GenArgs, max_
                     sess.reset();
                     eprintln!("(context cleared)");
                 }
-                "help" => eprintln!("/reset clears the conversation, /quit leaves"),
+                "help" => eprintln!("{CHAT_HELP}"),
+                c if c == "adapters" || c.starts_with("adapter ") => {
+                    match adapter_command(sess, &mut adapters, c) {
+                        Ok(()) => {
+                            if g.reeval_on_swap && c != "adapters" {
+                                // Re-evaluate the conversation so far with the new adapter set.
+                                sess.reset();
+                                eprintln!("(context will be re-evaluated with the new adapters)");
+                            }
+                        }
+                        Err(Failure(_, msg)) => eprintln!("edge-run: {msg} (adapters unchanged)"),
+                    }
+                }
                 other => eprintln!("unknown command /{other}; /help lists commands"),
             }
             continue;
@@ -518,6 +622,51 @@ fn interactive_chat(sess: &mut Session, sampler: &mut Sampler, g: &GenArgs, max_
             common += 1;
         }
         sess.truncate(common);
+    }
+    Ok(())
+}
+
+const CHAT_HELP: &str = "commands (between turns):
+  /adapters                 list the active adapters
+  /adapter add PATH[:S]     load an adapter and apply it with scale S (default 1)
+  /adapter rm N             remove adapter N (as listed by /adapters)
+  /adapter scale N S        change adapter N's scale
+  /reset                    clear the conversation
+  /quit                     leave
+Adapter changes apply from the next token on; the conversation already in the KV cache stays as it was
+computed unless edge-run was started with --reeval-on-swap.";
+
+fn adapter_command(sess: &mut Session, adapters: &mut Vec<(Arc<Adapter>, f32)>, cmd: &str) -> Result<(), Failure> {
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    let index = |w: Option<&&str>, n: usize| -> Result<usize, Failure> {
+        let i: usize = w.ok_or_else(|| usage("missing adapter number"))?.parse().map_err(|_| usage("adapter number must be an integer"))?;
+        if i >= n {
+            return Err(usage(format!("no adapter {i}: {n} active")));
+        }
+        Ok(i)
+    };
+    let mut next = adapters.clone();
+    match words.as_slice() {
+        ["adapters"] => {}
+        ["adapter", "add", spec] => next.push(load_adapter(sess.model(), spec)?),
+        ["adapter", "rm", ..] => {
+            let i = index(words.get(2), next.len())?;
+            next.remove(i);
+        }
+        ["adapter", "scale", _, s] => {
+            let i = index(words.get(2), next.len())?;
+            next[i].1 = s.parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| usage(format!("bad scale `{s}`")))?;
+        }
+        _ => return Err(usage(format!("unknown adapter command `/{cmd}`; /help lists commands"))),
+    }
+    let set: Vec<(&Arc<Adapter>, f32)> = next.iter().map(|(a, s)| (a, *s)).collect();
+    sess.set_adapters(&set)?;
+    *adapters = next;
+    if adapters.is_empty() {
+        eprintln!("(no adapters: base model)");
+    }
+    for (i, (a, s)) in adapters.iter().enumerate() {
+        eprintln!("  {i}: {} scale {s} ({} tensors)", a.path().display(), a.tensors().len());
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! `Model::open` maps the file, parses the GGUF header with [`crate::gguf`], checks the hyper-parameters and
 //! every weight's shape and type, and records where each weight lives in the mapping. Weight bytes are
 //! never copied or written; a [`WeightRef`] is an offset into the mapping.
+use crate::adapter::BaseInfo;
 use crate::gguf::Gguf;
 use crate::kernels::QuantType;
 use crate::tokenizer::{Tokenizer, Vocab};
@@ -94,6 +95,8 @@ pub struct Model {
     pub type_counts: Vec<(QuantType, usize)>,
     pub n_tensors: usize,
     pub gguf_version: u32,
+    /// Names and shapes adapters are validated against.
+    pub base_info: BaseInfo,
 }
 
 impl std::fmt::Debug for Model {
@@ -101,6 +104,10 @@ impl std::fmt::Debug for Model {
         f.debug_struct("Model").field("path", &self.path).field("arch", &self.arch).field("hp", &self.hp).finish()
     }
 }
+
+/// The linear weights of a layer an adapter can target, in slot order.
+pub const LAYER_WEIGHTS: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+pub const LAYER_SLOTS: usize = LAYER_WEIGHTS.len();
 
 /// Architectures whose forward pass is the LLaMA one (RMSNorm, RoPE, GQA, SwiGLU).
 const LLAMA_LIKE: &[&str] = &["llama", "mistral"];
@@ -117,8 +124,9 @@ impl Model {
         let fname = path.display().to_string();
         let g = Gguf::parse(&map).map_err(|e| e.in_file(&fname))?;
         let m = Self::from_gguf(&g, &fname).map_err(|e| e.in_file(&fname))?;
+        let base_info = BaseInfo::from_gguf(&g).map_err(|e| e.in_file(&fname))?;
         let Loaded { arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors, gguf_version } = m;
-        Ok(Model { path, map, arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors, gguf_version })
+        Ok(Model { path, map, arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors, gguf_version, base_info })
     }
 
     fn from_gguf(g: &Gguf<'_>, fname: &str) -> Result<Loaded> {
@@ -274,13 +282,39 @@ impl Model {
         l + self.output.size
     }
 
-    /// Names and shapes of every linear weight, for validating adapters against this model.
-    pub fn linear_weights(&self) -> impl Iterator<Item = &WeightRef> {
-        self.layers
-            .iter()
-            .flat_map(|l| [&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down])
-            .chain([&self.token_embd])
-            .chain(if self.tied_output { None } else { Some(&self.output) })
+    /// Number of weight slots an adapter can target: 7 linear weights per layer, the embedding and the head.
+    pub fn n_slots(&self) -> usize {
+        self.layers.len() * LAYER_SLOTS + 2
+    }
+
+    /// The slot of an adapter target (a base tensor name), parsed without allocating.
+    pub fn slot_of(&self, target: &str) -> Option<usize> {
+        match target {
+            "token_embd.weight" => return Some(self.layers.len() * LAYER_SLOTS),
+            "output.weight" => return Some(self.layers.len() * LAYER_SLOTS + 1),
+            _ => {}
+        }
+        let rest = target.strip_prefix("blk.")?;
+        let (layer, name) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        if layer >= self.layers.len() {
+            return None;
+        }
+        let kind = LAYER_WEIGHTS.iter().position(|w| name.strip_suffix(".weight") == Some(w))?;
+        Some(layer * LAYER_SLOTS + kind)
+    }
+
+    /// The base weight of a slot.
+    pub fn slot_weight(&self, slot: usize) -> &WeightRef {
+        let n = self.layers.len() * LAYER_SLOTS;
+        if slot == n {
+            return &self.token_embd;
+        }
+        if slot == n + 1 {
+            return &self.output;
+        }
+        let l = &self.layers[slot / LAYER_SLOTS];
+        [&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down][slot % LAYER_SLOTS]
     }
 }
 

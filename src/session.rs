@@ -1,8 +1,11 @@
 //! A session: the KV cache and every buffer of the forward pass, sized once at creation, plus the worker
 //! pool. `eval` runs the LLaMA forward pass (llama2.c style: one readable function, short fixed names)
 //! over a batch of tokens; decoding is `eval` of one token. Nothing on that path allocates.
+use crate::adapter::Adapter;
+use crate::adapter_set::{AdapterControl, Applied, MAX_ADAPTERS};
+use crate::kernels::lora::{total_rank, LoraKernels, LoraRef};
 use crate::kernels::{Kernels, QuantType};
-use crate::model::{Model, WeightRef};
+use crate::model::{Model, WeightRef, LAYER_SLOTS};
 use crate::threadpool::{split, Disjoint, ThreadPool};
 use crate::{Error, Result};
 use std::sync::Arc;
@@ -22,11 +25,15 @@ pub struct SessionConfig {
     pub kernels: Option<&'static Kernels>,
     /// Activation quantization for the integer dot products.
     pub act_quant: ActQuant,
+    /// Most adapters applied at once (≤ `adapter_set::MAX_ADAPTERS`).
+    pub max_adapters: usize,
+    /// Largest LoRA rank an applied adapter may have.
+    pub max_rank: usize,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { n_ctx: 2048, n_batch: 64, n_threads: default_threads(), logits_all: false, kernels: None, act_quant: ActQuant::Q8x2 }
+        SessionConfig { n_ctx: 2048, n_batch: 64, n_threads: default_threads(), logits_all: false, kernels: None, act_quant: ActQuant::Q8x2, max_adapters: MAX_ADAPTERS, max_rank: 64 }
     }
 }
 
@@ -173,6 +180,13 @@ pub struct Session {
     // KV cache, [n_layer, n_ctx, kv_dim].
     k_cache: Vec<f32>,
     v_cache: Vec<f32>,
+
+    // LoRA: the published set, this session's copy of it, and the intermediates t = A·x of up to three
+    // weights sharing an input, [3, n_batch, max_adapters · max_rank].
+    lk: &'static LoraKernels,
+    control: Arc<AdapterControl>,
+    applied: Applied,
+    lora_t: Vec<f32>,
 }
 
 impl Session {
@@ -190,6 +204,9 @@ impl Session {
             Some(v) if v <= (isize::MAX as usize) / 8 => v,
             _ => return Err(Error::invalid(format!("context {} is too large for this model's KV cache", cfg.n_ctx))),
         };
+        if cfg.max_adapters > MAX_ADAPTERS || cfg.max_rank > 4096 {
+            return Err(Error::invalid(format!("max adapters {} (≤ {MAX_ADAPTERS}) / max rank {} (≤ 4096) out of range", cfg.max_adapters, cfg.max_rank)));
+        }
         let k = cfg.kernels.unwrap_or_else(Kernels::best);
         let pool = ThreadPool::new(cfg.n_threads).map_err(|e| Error::invalid(format!("cannot start {} worker threads: {e}", cfg.n_threads)))?;
         let half = hp.rope_dim / 2;
@@ -223,6 +240,10 @@ impl Session {
             rope_cs: vec![(0.0, 0.0); n_batch * half],
             k_cache: vec![0.0; kv_len],
             v_cache: vec![0.0; kv_len],
+            lk: LoraKernels::for_tier(k.tier),
+            control: Arc::new(AdapterControl::new(model.clone(), cfg.max_adapters, cfg.max_rank)),
+            applied: Applied::new(model.n_slots()),
+            lora_t: vec![0.0; 3 * n_batch * cfg.max_adapters * cfg.max_rank],
             model,
             cfg,
         })
@@ -264,6 +285,22 @@ impl Session {
         &self.logits[..self.n_logits * self.model.hp.n_vocab]
     }
 
+    /// Apply these adapters (with their user scales) from the next `eval` on. Scale 0 is the same as
+    /// leaving an adapter out. On error the current set stays. See [`crate::adapter_set`].
+    pub fn set_adapters(&mut self, set: &[(&Arc<Adapter>, f32)]) -> Result<()> {
+        self.control.set(set)
+    }
+
+    /// The handle through which any thread can change this session's adapters between two tokens.
+    pub fn adapter_control(&self) -> Arc<AdapterControl> {
+        Arc::clone(&self.control)
+    }
+
+    /// The adapters the last `eval` applied (scale-0 entries left out).
+    pub fn applied_adapters(&self) -> &crate::adapter_set::ActiveSet {
+        self.applied.active()
+    }
+
     /// Check a request before it touches any state: token ids in range, room in the context.
     fn check(&self, tokens: &[u32]) -> Result<()> {
         let nv = self.model.hp.n_vocab;
@@ -289,6 +326,7 @@ impl Session {
         if tokens.is_empty() {
             return Err(Error::invalid("nothing to evaluate: empty token list"));
         }
+        self.applied.refresh(&self.control);
         for chunk in tokens.chunks(self.cfg.n_batch) {
             self.forward(chunk);
         }
@@ -301,6 +339,7 @@ impl Session {
             return Err(Error::invalid("eval_each needs a session created with logits_all"));
         }
         self.check(tokens)?;
+        self.applied.refresh(&self.control);
         let nv = self.model.hp.n_vocab;
         let mut i = 0;
         for chunk in tokens.chunks(self.cfg.n_batch) {
@@ -327,8 +366,18 @@ impl Session {
         for (t, &id) in tokens.iter().enumerate() {
             let rb = m.token_embd.row_bytes();
             let row = &m.bytes(&m.token_embd)[id as usize * rb..(id as usize + 1) * rb];
-            let ok = crate::kernels::scalar::dequantize(m.token_embd.ty, row, &mut self.x[t * e..(t + 1) * e]);
+            let xt = &mut self.x[t * e..(t + 1) * e];
+            let ok = crate::kernels::scalar::dequantize(m.token_embd.ty, row, xt);
             debug_assert!(ok, "token_embd type checked at load");
+            // Embedding LoRA: x += s · B · A[token], A token-major (a row of A is the intermediate).
+            for r in self.applied.refs(m.n_slots() - 2) {
+                let mut tv = [0f32; 4096];
+                let tv = &mut tv[..r.rank];
+                for (d, &h) in tv.iter_mut().zip(&r.a[id as usize * r.rank..(id as usize + 1) * r.rank]) {
+                    *d = half::f16::from_bits(h).to_f32();
+                }
+                (self.lk.expand)(&[r], tv, 0, xt);
+            }
         }
 
         // RoPE angles for this batch's positions                              [B, rope_dim/2]
@@ -346,11 +395,13 @@ impl Session {
             rmsnorm_rows(&mut self.xb[..b * e], &self.x[..b * e], m.f32s(&layer.attn_norm), hp.rms_eps);
             self.xq.invalidate();
             // q, k, v = Wq·xb, Wk·xb, Wv·xb                                     [B, qd], [B, kvd], [B, kvd]
+            let slot = l * LAYER_SLOTS;
             {
                 let xin = &self.xb[..b * e];
                 let outs: [(&WeightRef, &mut [f32]); 3] =
                     [(&layer.attn_q, &mut self.q[..b * qd]), (&layer.attn_k, &mut self.kk[..b * kvd]), (&layer.attn_v, &mut self.v[..b * kvd])];
-                linear(m, k, &self.pool, &mut self.xq, xin, e, b, outs);
+                let lora = [self.applied.refs(slot), self.applied.refs(slot + 1), self.applied.refs(slot + 2)];
+                linear(m, k, &self.pool, &mut self.xq, xin, e, b, outs, Lora { lk: self.lk, refs: &lora, t: &mut self.lora_t });
             }
             // RoPE on q and k (adjacent pairs, as GGUF stores llama's Q/K)
             for t in 0..b {
@@ -405,7 +456,8 @@ impl Session {
             }
             // x += Wo·att_out                                                  [B, e]
             self.xq.invalidate();
-            linear(m, k, &self.pool, &mut self.xq, &self.att_out[..b * qd], qd, b, [(&layer.attn_output, &mut self.proj[..b * e])]);
+            let lora = [self.applied.refs(slot + 3)];
+            linear(m, k, &self.pool, &mut self.xq, &self.att_out[..b * qd], qd, b, [(&layer.attn_output, &mut self.proj[..b * e])], Lora { lk: self.lk, refs: &lora, t: &mut self.lora_t });
             add(&mut self.x[..b * e], &self.proj[..b * e]);
 
             // --- feed-forward: x += Wdown·(silu(Wgate·xb) ⊙ Wup·xb) ---
@@ -414,13 +466,15 @@ impl Session {
             {
                 let xin = &self.xb[..b * e];
                 let outs: [(&WeightRef, &mut [f32]); 2] = [(&layer.ffn_gate, &mut self.hb[..b * ff]), (&layer.ffn_up, &mut self.hb2[..b * ff])];
-                linear(m, k, &self.pool, &mut self.xq, xin, e, b, outs);
+                let lora = [self.applied.refs(slot + 4), self.applied.refs(slot + 5)];
+                linear(m, k, &self.pool, &mut self.xq, xin, e, b, outs, Lora { lk: self.lk, refs: &lora, t: &mut self.lora_t });
             }
             for (g, u) in self.hb[..b * ff].iter_mut().zip(&self.hb2[..b * ff]) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
             self.xq.invalidate();
-            linear(m, k, &self.pool, &mut self.xq, &self.hb[..b * ff], ff, b, [(&layer.ffn_down, &mut self.proj[..b * e])]);
+            let lora = [self.applied.refs(slot + 6)];
+            linear(m, k, &self.pool, &mut self.xq, &self.hb[..b * ff], ff, b, [(&layer.ffn_down, &mut self.proj[..b * e])], Lora { lk: self.lk, refs: &lora, t: &mut self.lora_t });
             add(&mut self.x[..b * e], &self.proj[..b * e]);
         }
 
@@ -430,7 +484,8 @@ impl Session {
         rmsnorm_rows(&mut self.xb[..rows * e], &self.x[first * e..b * e], m.f32s(&m.output_norm), hp.rms_eps);
         self.xq.invalidate();
         let nv = hp.n_vocab;
-        linear(m, k, &self.pool, &mut self.xq, &self.xb[..rows * e], e, rows, [(&m.output, &mut self.logits[..rows * nv])]);
+        let lora = [self.applied.refs(m.n_slots() - 1)];
+        linear(m, k, &self.pool, &mut self.xq, &self.xb[..rows * e], e, rows, [(&m.output, &mut self.logits[..rows * nv])], Lora { lk: self.lk, refs: &lora, t: &mut self.lora_t });
         self.n_logits = rows;
         self.n_past += b;
     }
@@ -441,8 +496,31 @@ const ROW_GRAIN: usize = 16;
 
 /// `out_j[t] = W_j · x[t]` for every weight j and token t, all weights in one parallel pass. `x` is
 /// [rows, n] row-major; each `out_j` is [rows, W_j.n_out].
+/// The adapters on the weights of one `linear` call and the scratch for their intermediates.
+struct Lora<'a, 'r, const N: usize> {
+    lk: &'static LoraKernels,
+    refs: &'a [heapless::Vec<LoraRef<'r>, MAX_ADAPTERS>; N],
+    t: &'a mut [f32],
+}
+
 #[allow(clippy::too_many_arguments)]
-fn linear<const N: usize>(m: &Model, k: &Kernels, pool: &ThreadPool, xq: &mut QuantCache, x: &[f32], n: usize, rows: usize, outs: [(&WeightRef, &mut [f32]); N]) {
+fn linear<const N: usize>(m: &Model, k: &Kernels, pool: &ThreadPool, xq: &mut QuantCache, x: &[f32], n: usize, rows: usize, outs: [(&WeightRef, &mut [f32]); N], lora: Lora<'_, '_, N>) {
+    // LoRA shrink for every weight that has adapters: t_j = A·x for all tokens         [N][rows, R_j]
+    let per = lora.t.len() / 3;
+    let mut ts: [&[f32]; N] = [&[]; N];
+    {
+        let mut rest: &mut [f32] = lora.t;
+        for j in 0..N {
+            let (tj, r) = rest.split_at_mut(per);
+            rest = r;
+            let refs = &lora.refs[j];
+            if !refs.is_empty() {
+                let rr = total_rank(refs);
+                (lora.lk.shrink_batch)(refs, rows, x, &mut tj[..rows * rr]);
+                ts[j] = &tj[..rows * rr];
+            }
+        }
+    }
     // Quantize the input once per vec_dot_type needed (all weights of a group usually share one).
     for (w, _) in outs.iter() {
         debug_assert_eq!(w.n_in, n);
@@ -451,6 +529,7 @@ fn linear<const N: usize>(m: &Model, k: &Kernels, pool: &ThreadPool, xq: &mut Qu
     let xq: &QuantCache = xq;
     let inputs: [QInput; N] = core::array::from_fn(|j| xq.get(outs[j].0.ty));
     let jobs: [(&WeightRef, Disjoint<f32>); N] = outs.map(|(w, o)| (w, Disjoint::new(o)));
+    let (lk, lora_refs) = (lora.lk, lora.refs);
     pool.run(&|i, nt| {
         for (j, (w, out)) in jobs.iter().enumerate() {
             let mv = k.matvec(w.ty).expect("weight types checked at load");
@@ -473,6 +552,12 @@ fn linear<const N: usize>(m: &Model, k: &Kernels, pool: &ThreadPool, xq: &mut Qu
                         let tmp = &mut tmp[..r1 - r0];
                         mv(n, wr, &r[t * st..(t + 1) * st], tmp);
                         add(o, tmp);
+                    }
+                    // LoRA expand on the rows just produced, while they are in L1: o += Σ s·B[r0..r1]·t
+                    let refs = &lora_refs[j];
+                    if !refs.is_empty() {
+                        let rr = ts[j].len() / rows;
+                        (lk.expand)(refs, &ts[j][t * rr..(t + 1) * rr], r0, o);
                     }
                 }
                 r0 = r1;

@@ -471,6 +471,24 @@ def build_lora(out_dir, model, rank=4, alpha=8.0, seed=777):
     return ref
 
 
+def reload(path):
+    """Read a written fixture back with gguf-py's GGUFReader: hyper-parameters and dequantized weights."""
+    r = gguf.GGUFReader(str(path))
+
+    def kv(k):
+        f = r.fields[k]
+        return f.parts[f.data[0]][0]
+
+    W = {}
+    for t in r.tensors:
+        shape = [int(x) for x in reversed(t.shape)]  # ggml dims are innermost-first
+        W[t.name] = dequantize(np.array(t.data), t.tensor_type).astype(np.float64).reshape(shape if len(shape) > 1 else -1)
+    E, H = int(kv("llama.embedding_length")), int(kv("llama.attention.head_count"))
+    hp = dict(n_embd=E, n_layer=int(kv("llama.block_count")), n_head=H, n_head_kv=int(kv("llama.attention.head_count_kv")),
+              head_dim=E // H, eps=float(kv("llama.attention.layer_norm_rms_epsilon")), rope_base=float(kv("llama.rope.freq_base")))
+    return dict(hp=hp, w=W)
+
+
 def save_npy(path, arr):
     np.save(path, np.ascontiguousarray(arr, dtype="<f4"))
 
@@ -535,6 +553,9 @@ def main():
         rng = np.random.default_rng(1000 + s["seed"])
         toks = [vocab["bos"]] + [int(t) for t in rng.integers(3, nv, size=N_TOKENS - 1)]
         z = forward(m, toks)
+        # the file as written (read back by gguf-py) must give the same logits as the in-memory weights
+        z2 = forward(reload(path), toks)
+        assert np.abs(z - z2).max() <= 1e-9 * z.std(), f"{path.name}: reloaded file disagrees"
         save_npy(out / f"{s['name']}.logits.npy", z)
         std, margin = logit_stats(z)
         texts = SPM_TEXTS if vocab["model"] == "llama" else BPE_TEXTS
