@@ -545,94 +545,158 @@ fn lora_fixtures_gguf_and_peft_agree() {
 
 /// Logits with the adapter (GGUF and PEFT forms, user scales 1.0 and 0.5, every tier, both activation
 /// modes) against the numpy reference `y = W x + s·(alpha/r)·B(A x)`, and `set_adapters(&[])` restoring
-/// the base logits. Written against the API being integrated (`Model::base_info`,
-/// `Session::set_adapters(&[(&Adapter, f32)])`); it lives in a macro so that this file compiles before
-/// that API exists. To enable: call `lora_logits_body!()` in `lora_logits_match_reference` and remove
-/// the `#[ignore]` and the `panic!`.
-#[allow(unused_macros)]
-macro_rules! lora_logits_body {
-    () => {{
-        let m = manifest();
-        let a = &m["adapters"][0];
-        let dir = fixtures_dir();
-        let f = fixtures(&m)
+/// the base logits.
+#[test]
+fn lora_logits_match_reference() {
+    let m = manifest();
+    let a = &m["adapters"][0];
+    let dir = fixtures_dir();
+    let f = fixtures(&m)
+        .iter()
+        .find(|f| str_of(f, "file") == str_of(a, "base"))
+        .expect("adapter base fixture");
+    let model = open(f);
+    let tokens = ids_of(&a["tokens"]);
+    let nv = model.hp.n_vocab;
+    let base_exp = expected(f, str_of(f, "expected"));
+    let tiers: Vec<&'static Kernels> = Kernels::available().collect();
+    println!(
+        "kernel tiers run: {}",
+        tiers
             .iter()
-            .find(|f| str_of(f, "file") == str_of(a, "base"))
-            .expect("adapter base fixture");
-        let model = open(f);
-        let tokens = ids_of(&a["tokens"]);
-        let nv = model.hp.n_vocab;
-        let base_exp = expected(f, str_of(f, "expected"));
-        let tiers: Vec<&'static Kernels> = Kernels::available().collect();
-        println!(
-            "kernel tiers run: {}",
-            tiers
-                .iter()
-                .map(|k| k.tier.name())
-                .collect::<Vec<_>>()
-                .join(", ")
+            .map(|k| k.tier.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let eval_all = |s: &mut Session| {
+        let mut got = vec![f32::NAN; tokens.len() * nv];
+        s.eval_each(&tokens, |i, l| got[i * nv..(i + 1) * nv].copy_from_slice(l))
+            .expect("eval_each");
+        got
+    };
+    for form in ["gguf", "peft"] {
+        let path = dir.join(str_of(a, form));
+        let ad = Arc::new(
+            Adapter::load(&path, &model.base_info)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
         );
-        for form in ["gguf", "peft"] {
-            let path = dir.join(str_of(a, form));
-            let ad = Adapter::load(&path, &model.base_info())
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            for (scale, file) in a["expected"].as_object().expect("adapter expected files") {
-                let scale: f32 = scale.parse().expect("scale key");
-                let exp = expected(f, file.as_str().expect("file name"));
-                // The adapter must visibly change the logits, or this test would prove nothing.
-                assert!(
-                    compare_rel(&exp, &base_exp) > 0.5,
-                    "{file}: adapter barely changes the logits"
-                );
-                for &k in &tiers {
-                    for aq in [ActQuant::Q8x2, ActQuant::Q8] {
-                        let cfg = SessionConfig {
-                            logits_all: true,
-                            n_ctx: 64,
-                            kernels: Some(k),
-                            act_quant: aq,
-                            ..Default::default()
-                        };
-                        let mut s = Session::new(Arc::clone(&model), cfg).expect("session");
-                        s.set_adapters(&[(&ad, scale)]).expect("set_adapters");
-                        let mut got = vec![f32::NAN; tokens.len() * nv];
-                        s.eval_each(&tokens, |i, l| got[i * nv..(i + 1) * nv].copy_from_slice(l))
-                            .expect("eval_each");
-                        let what = format!("{form} adapter ×{scale} [{} {aq:?}]", k.tier.name());
-                        let (rel, _) = compare(&what, &got, &exp, nv, tolerance(f, aq));
-                        println!("{what}: max |Δ| / std = {rel:.2e}");
-                        // Removing the adapters gives the base model back.
-                        s.set_adapters(&[]).expect("set_adapters(&[])");
-                        s.reset();
-                        let mut got = vec![f32::NAN; tokens.len() * nv];
-                        s.eval_each(&tokens, |i, l| got[i * nv..(i + 1) * nv].copy_from_slice(l))
-                            .expect("eval_each");
-                        compare(
-                            &format!("{what} removed"),
-                            &got,
-                            &base_exp,
-                            nv,
-                            tolerance(f, aq),
-                        );
-                    }
+        for (scale, file) in a["expected"].as_object().expect("adapter expected files") {
+            let scale: f32 = scale.parse().expect("scale key");
+            let exp = expected(f, file.as_str().expect("file name"));
+            // The adapter must visibly change the logits, or this test would prove nothing.
+            let change = exp
+                .iter()
+                .zip(&base_exp)
+                .map(|(&x, &y)| (x - y).abs() as f64)
+                .fold(0.0, f64::max);
+            assert!(
+                change > 0.5 * std_dev(&base_exp),
+                "{file}: the adapter barely changes the logits"
+            );
+            for &k in &tiers {
+                for aq in [ActQuant::Q8x2, ActQuant::Q8] {
+                    let cfg = SessionConfig {
+                        logits_all: true,
+                        n_ctx: 64,
+                        kernels: Some(k),
+                        act_quant: aq,
+                        ..Default::default()
+                    };
+                    let mut s = Session::new(Arc::clone(&model), cfg).expect("session");
+                    s.set_adapters(&[(&ad, scale)]).expect("set_adapters");
+                    let what = format!("{form} adapter x{scale} [{} {aq:?}]", k.tier.name());
+                    let (rel, _) = compare(&what, &eval_all(&mut s), &exp, nv, tolerance(f, aq));
+                    println!("{what}: max |Δ| / std = {rel:.2e}");
+                    // Removing the adapters gives the base model back.
+                    s.set_adapters(&[]).expect("set_adapters(&[])");
+                    s.reset();
+                    compare(
+                        &format!("{what}, removed"),
+                        &eval_all(&mut s),
+                        &base_exp,
+                        nv,
+                        tolerance(f, aq),
+                    );
                 }
             }
         }
-    }};
+    }
 }
 
-/// max |a − b| / std(b).
-#[allow(dead_code)]
-fn compare_rel(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y as f64).abs())
-        .fold(0.0, f64::max)
-        / std_dev(b)
-}
-
+/// Two adapters at once: the GGUF and PEFT forms of the same adapter at 0.5 each must act like one at
+/// 1.0; and the adapter on a second base (tiny-q8_0, same shapes) whose runtime error is small, so the
+/// LoRA path is checked at the tight Q8x2 tolerance.
 #[test]
-#[ignore = "waiting for LoRA integration (Session::set_adapters, Model::base_info)"]
-fn lora_logits_match_reference() {
-    panic!("enable by replacing this line with `lora_logits_body!();` once the LoRA API exists");
+fn lora_stacked_and_on_q8_0_base() {
+    let m = manifest();
+    let a = &m["adapters"][0];
+    let dir = fixtures_dir();
+    let find = |file: &str| {
+        fixtures(&m)
+            .iter()
+            .find(|f| str_of(f, "file") == file)
+            .expect("fixture")
+            .clone()
+    };
+    let f = find(str_of(a, "base"));
+    let model = open(&f);
+    let load = |model: &Model, form: &str| {
+        let path = dir.join(str_of(a, form));
+        Arc::new(
+            Adapter::load(&path, &model.base_info)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        )
+    };
+    let (g, p) = (load(&model, "gguf"), load(&model, "peft"));
+    let run_with =
+        |model: &Arc<Model>, tokens: &[u32], set: &[(&Arc<Adapter>, f32)], k: &'static Kernels| {
+            let nv = model.hp.n_vocab;
+            let cfg = SessionConfig {
+                logits_all: true,
+                n_ctx: 64,
+                kernels: Some(k),
+                ..Default::default()
+            };
+            let mut s = Session::new(Arc::clone(model), cfg).expect("session");
+            s.set_adapters(set).expect("set_adapters");
+            let mut got = vec![f32::NAN; tokens.len() * nv];
+            s.eval_each(tokens, |i, l| got[i * nv..(i + 1) * nv].copy_from_slice(l))
+                .expect("eval_each");
+            got
+        };
+    let tokens = ids_of(&a["tokens"]);
+    let exp = expected(&f, str_of(&a["expected"], "1.0"));
+    let nv = model.hp.n_vocab;
+    for k in Kernels::available() {
+        let got = run_with(&model, &tokens, &[(&g, 0.5), (&p, 0.5)], k);
+        let what = format!("gguf x0.5 + peft x0.5 [{}]", k.tier.name());
+        let (rel, _) = compare(&what, &got, &exp, nv, tolerance(&f, ActQuant::Q8x2));
+        println!("{what}: max |Δ| / std = {rel:.2e}");
+    }
+    for ob in a["other_bases"].as_array().expect("other_bases") {
+        let f2 = find(str_of(ob, "base"));
+        let model2 = open(&f2);
+        let tokens = ids_of(&ob["tokens"]);
+        let exp = expected(&f2, str_of(ob, "expected"));
+        let scale = ob["scale"].as_f64().expect("scale") as f32;
+        for form in ["gguf", "peft"] {
+            let ad = load(&model2, form);
+            for k in Kernels::available() {
+                let got = run_with(&model2, &tokens, &[(&ad, scale)], k);
+                let what = format!(
+                    "{form} adapter on {} [{}]",
+                    str_of(&f2, "name"),
+                    k.tier.name()
+                );
+                let (rel, _) = compare(
+                    &what,
+                    &got,
+                    &exp,
+                    model2.hp.n_vocab,
+                    tolerance(&f2, ActQuant::Q8x2),
+                );
+                println!("{what}: max |Δ| / std = {rel:.2e}");
+            }
+        }
+    }
 }

@@ -594,6 +594,13 @@ def main():
         entry["expected"][str(scale)] = f
         d = np.abs(z - forward(base, toks)).max()
         print(f"adapter scale {scale}: max |logit change| {d:.3f}, std {z.std():.3f}")
+    # the adapter only depends on shapes, so it also fits tiny-q8_0 (same hyper-parameters): a base whose
+    # runtime error is small, for a tight check of the LoRA path
+    other = next(f for f in manifest["fixtures"] if f["name"] == "tiny-q8_0")
+    z = forward(models["tiny-q8_0"], other["tokens"], lora, 1.0)
+    save_npy(out / "tiny-q8_0.lora-s1.0.logits.npy", z)
+    entry["other_bases"] = [{"base": "tiny-q8_0.gguf", "scale": 1.0, "tokens": other["tokens"],
+                             "expected": "tiny-q8_0.lora-s1.0.logits.npy"}]
     manifest["adapters"].append(entry)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
