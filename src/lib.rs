@@ -20,6 +20,7 @@ pub mod model;
 pub mod sampling;
 pub mod session;
 pub mod threadpool;
+pub mod capi;
 
 pub use model::Model;
 pub use sampling::{Sampler, SamplingParams};

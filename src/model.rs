@@ -145,7 +145,7 @@ impl Model {
         let n_head = req("attention.head_count")?;
         let n_head_kv = opt("attention.head_count_kv")?.map(|v| v as usize).unwrap_or(n_head);
         let n_ff = req("feed_forward_length")?;
-        let n_ctx_train = opt("context_length")?.unwrap_or(2048) as usize;
+        let n_ctx_train = opt("context_length")?.map_or(2048, |v| usize::try_from(v).unwrap_or(usize::MAX));
         let rms_eps = g.opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);
         let rope_freq_base = g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
         let mut rope_freq_scale = 1.0f32;
@@ -189,20 +189,32 @@ impl Model {
         if n_ff == 0 || n_ff > 1 << 20 {
             return bad(key("feed_forward_length"), format!("must be in 1..=1048576, got {n_ff}"));
         }
-        if !(rms_eps.is_finite() && rms_eps > 0.0) || !(rope_freq_base.is_finite() && rope_freq_base > 0.0) {
-            return bad(key("attention.layer_norm_rms_epsilon"), format!("epsilon {rms_eps} / rope base {rope_freq_base} must be finite and > 0"));
+        if !(rms_eps.is_finite() && rms_eps > 0.0) {
+            return bad(key("attention.layer_norm_rms_epsilon"), format!("must be finite and > 0, got {rms_eps}"));
+        }
+        if !(rope_freq_base.is_finite() && rope_freq_base > 0.0) {
+            return bad(key("rope.freq_base"), format!("must be finite and > 0, got {rope_freq_base}"));
+        }
+        if n_ctx_train == 0 || n_ctx_train > u32::MAX as usize {
+            return bad(key("context_length"), format!("must be in 1..=4294967295, got {n_ctx_train}"));
+        }
+        // The forward pass uses one head size for keys and values.
+        if let Some(v) = opt("attention.value_length")? {
+            if v != head_dim as u64 {
+                return bad(key("attention.value_length"), format!("must equal the key head size {head_dim}, got {v}"));
+            }
         }
 
         let weight = |name: &str, n_in: usize, n_out: usize, linear: bool| -> Result<WeightRef> {
-            let t = g.tensor(name).ok_or_else(|| Error::format(fname, format!("tensor `{name}`"), None, "required tensor is missing"))?;
+            let t = g.tensor(name).ok_or_else(|| Error::format(fname, format!("tensor_infos[{name:?}]"), None, "required tensor is missing"))?;
             let (ne0, ne1) = (t.dims[0] as usize, if t.n_dims >= 2 { t.dims[1] as usize } else { 1 });
             let extra: u64 = t.dims[2..].iter().product();
             if ne0 != n_in || ne1 != n_out || (t.n_dims > 2 && extra != 1) {
-                return Err(Error::format(fname, format!("tensor `{name}`.dims"), Some(t.offset), format!("expected [{n_in}, {n_out}], got {:?}", &t.dims[..t.n_dims as usize])));
+                return Err(Error::format(fname, format!("tensor_infos[{name:?}].dims"), None, format!("expected [{n_in}, {n_out}], got {:?}", &t.dims[..t.n_dims as usize])));
             }
             let ok = if linear { crate::kernels::Kernels::scalar().matvec(t.ty).is_some() } else { t.ty == QuantType::F32 };
             if !linear && t.offset % 4 != 0 {
-                return Err(Error::format(fname, format!("tensor `{name}`.offset"), Some(t.offset), "F32 data must be 4-byte aligned"));
+                return Err(Error::format(fname, format!("tensor_infos[{name:?}].offset"), Some(t.offset), "F32 data must be 4-byte aligned"));
             }
             if !ok {
                 return Err(Error::unsupported(fname, format!("tensor `{name}` has type {} which edge-run cannot use there", t.ty.name())));

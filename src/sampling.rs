@@ -96,7 +96,9 @@ impl Sampler {
     pub fn new(params: SamplingParams, n_vocab: usize) -> Self {
         let rng = Rng::new(params.seed);
         let last_n = params.repeat_last_n;
-        Sampler { params, rng, cand: Vec::with_capacity(n_vocab), recent: Vec::with_capacity(last_n), recent_pos: 0 }
+        // Cap the up-front reservation so an absurd repeat_last_n cannot abort on allocation; windows larger
+        // than 65536 tokens grow the history (allocating) while it fills.
+        Sampler { params, rng, cand: Vec::with_capacity(n_vocab), recent: Vec::with_capacity(last_n.min(1 << 16)), recent_pos: 0 }
     }
 
     /// Tell the sampler about a token that is now part of the context (prompt or generated).

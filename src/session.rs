@@ -4,7 +4,7 @@
 use crate::adapter::Adapter;
 use crate::adapter_set::{AdapterControl, Applied, MAX_ADAPTERS};
 use crate::kernels::lora::{total_rank, LoraKernels, LoraRef};
-use crate::kernels::{Kernels, QuantType};
+use crate::kernels::{BlockQ8_1, F16Bits, Kernels, QuantType};
 use crate::model::{Model, WeightRef, LAYER_SLOTS};
 use crate::threadpool::{split, Disjoint, ThreadPool};
 use crate::{Error, Result};
@@ -126,7 +126,19 @@ impl QuantCache {
                 for (r, &xv) in res.iter_mut().zip(xr) {
                     *r = xv - *r;
                 }
-                q(res, &mut slot.r[t * stride..(t + 1) * stride]);
+                let rr = &mut slot.r[t * stride..(t + 1) * stride];
+                q(res, rr);
+                if vt == QuantType::Q8_1 {
+                    // Q8_1 carries each block's sum `s` (used against Q4_1/Q5_1 minimums) as f16, whose
+                    // rounding the residual above does not see. Give the second pass the rest of the
+                    // true block sum, so that s₁ + s₂ = Σx to f16 precision of the (small) remainder.
+                    let b1: &[BlockQ8_1] = bytemuck::cast_slice(&slot.q[t * stride..(t + 1) * stride]);
+                    let b2: &mut [BlockQ8_1] = bytemuck::cast_slice_mut(rr);
+                    for ((blk1, blk2), xs) in b1.iter().zip(b2.iter_mut()).zip(xr.chunks_exact(32)) {
+                        let sum: f32 = xs.iter().sum();
+                        blk2.s = F16Bits::from_f32(sum - blk1.s.to_f32());
+                    }
+                }
             }
         }
         slot.stride = stride;
@@ -238,8 +250,8 @@ impl Session {
             logits: vec![0.0; n_logit_rows * hp.n_vocab],
             inv_freq,
             rope_cs: vec![(0.0, 0.0); n_batch * half],
-            k_cache: vec![0.0; kv_len],
-            v_cache: vec![0.0; kv_len],
+            k_cache: zeroed(kv_len)?,
+            v_cache: zeroed(kv_len)?,
             lk: LoraKernels::for_tier(k.tier),
             control: Arc::new(AdapterControl::new(model.clone(), cfg.max_adapters, cfg.max_rank)),
             applied: Applied::new(model.n_slots()),
@@ -489,6 +501,15 @@ impl Session {
         self.n_logits = rows;
         self.n_past += b;
     }
+}
+
+/// A zero-filled buffer whose allocation failure is an error rather than an abort (the KV cache can be
+/// large: `n_layer × n_ctx × kv_dim` floats for each of K and V).
+fn zeroed(len: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::invalid(format!("cannot allocate {} MiB for the KV cache: use a smaller context (-c)", len * 4 >> 20)))?;
+    v.resize(len, 0.0);
+    Ok(v)
 }
 
 /// Row granularity of the work split: keeps each thread's rows contiguous and SIMD-friendly.

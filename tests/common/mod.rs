@@ -12,8 +12,14 @@ pub fn root() -> PathBuf {
 /// The real SmolLM2 model: `$EDGE_RUN_MODEL` or `models/SmolLM2-135M-Instruct.Q4_1.gguf`. Panics (fails the
 /// test) with instructions when it is missing: these tests never skip silently.
 pub fn smollm2_path() -> PathBuf {
-    let p = std::env::var_os("EDGE_RUN_MODEL").map(PathBuf::from).unwrap_or_else(|| root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(p.is_file(), "model {} not found: run `models/fetch.sh` (or set EDGE_RUN_MODEL)", p.display());
+    let p = std::env::var_os("EDGE_RUN_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(
+        p.is_file(),
+        "model {} not found: run `models/fetch.sh` (or set EDGE_RUN_MODEL)",
+        p.display()
+    );
     p
 }
 
@@ -32,26 +38,57 @@ impl<T: Copy> Array<T> {
 
 fn parse_npy(bytes: &[u8]) -> (String, Vec<usize>, &[u8]) {
     assert_eq!(&bytes[..6], b"\x93NUMPY", "not a .npy");
-    let (hlen, start) = if bytes[6] == 1 { (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10) } else { (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12) };
+    let (hlen, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        )
+    };
     let header = std::str::from_utf8(&bytes[start..start + hlen]).unwrap();
-    let descr = header.split("'descr':").nth(1).unwrap().split('\'').nth(1).unwrap().to_string();
+    let descr = header
+        .split("'descr':")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .nth(1)
+        .unwrap()
+        .to_string();
     assert!(header.contains("'fortran_order': False"));
     let shape_s = header.split("'shape':").nth(1).unwrap();
     let shape_s = &shape_s[shape_s.find('(').unwrap() + 1..shape_s.find(')').unwrap()];
-    let shape = shape_s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+    let shape = shape_s
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
     (descr, shape, &bytes[start + hlen..])
 }
 
 pub fn npy_f32(bytes: &[u8]) -> Array<f32> {
     let (d, shape, data) = parse_npy(bytes);
     assert_eq!(d, "<f4");
-    Array { shape, data: data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() }
+    Array {
+        shape,
+        data: data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+    }
 }
 
 pub fn npy_i32(bytes: &[u8]) -> Array<i32> {
     let (d, shape, data) = parse_npy(bytes);
     assert_eq!(d, "<i4");
-    Array { shape, data: data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect() }
+    Array {
+        shape,
+        data: data
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+    }
 }
 
 /// All members of a `.npz` archive, by name without the `.npy` suffix.
@@ -77,7 +114,11 @@ pub struct RefSeq {
 }
 
 pub fn reference(npz: &HashMap<String, Vec<u8>>, name: &str) -> RefSeq {
-    RefSeq { ids: npy_i32(&npz[&format!("{name}/ids")]), logits: npy_f32(&npz[&format!("{name}/logits")]), lse: npy_f32(&npz[&format!("{name}/lse")]) }
+    RefSeq {
+        ids: npy_i32(&npz[&format!("{name}/ids")]),
+        logits: npy_f32(&npz[&format!("{name}/logits")]),
+        lse: npy_f32(&npz[&format!("{name}/lse")]),
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -92,7 +133,10 @@ pub struct Metrics {
 pub fn compare(r: &RefSeq, logits: &[Vec<f32>]) -> Metrics {
     let t = r.ids.shape[0];
     assert_eq!(logits.len(), t, "positions");
-    let mut m = Metrics { positions: t, ..Default::default() };
+    let mut m = Metrics {
+        positions: t,
+        ..Default::default()
+    };
     let mut agree = 0usize;
     for (p, row) in logits.iter().enumerate() {
         let mx = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
@@ -104,7 +148,10 @@ pub fn compare(r: &RefSeq, logits: &[Vec<f32>]) -> Metrics {
             let lp_run = row[id as usize] as f64 - lse;
             kl += lp_ref.exp() * (lp_ref - lp_run);
         }
-        let argmax = row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+        let argmax = row
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
         agree += usize::from(argmax == ids[0] as usize);
         m.kl_mean += kl;
         m.kl_max = m.kl_max.max(kl);
@@ -120,17 +167,35 @@ pub fn summarize(per: &[Metrics]) -> Metrics {
     Metrics {
         positions: n,
         top1: per.iter().map(|m| m.top1 * m.positions as f64).sum::<f64>() / n as f64,
-        kl_mean: per.iter().map(|m| m.kl_mean * m.positions as f64).sum::<f64>() / n as f64,
+        kl_mean: per
+            .iter()
+            .map(|m| m.kl_mean * m.positions as f64)
+            .sum::<f64>()
+            / n as f64,
         kl_max: per.iter().map(|m| m.kl_max).fold(0.0, f64::max),
     }
 }
 
 /// The reference sequences by name.
 pub fn sequences() -> Vec<(String, Vec<u32>)> {
-    let s = std::fs::read_to_string(root().join("tests/data/reference/smollm2/sequences.json")).unwrap();
+    let s = std::fs::read_to_string(root().join("tests/data/reference/smollm2/sequences.json"))
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();
-    let mut out: Vec<(String, Vec<u32>)> =
-        v.as_object().unwrap().iter().map(|(k, ids)| (k.clone(), ids.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())).collect();
+    let mut out: Vec<(String, Vec<u32>)> = v
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, ids)| {
+            (
+                k.clone(),
+                ids.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect(),
+            )
+        })
+        .collect();
     out.sort();
     out
 }
