@@ -46,6 +46,29 @@ enum Cmd {
     Logits(LogitsArgs),
     /// Describe a GGUF model: architecture, hyper-parameters, tensors per type, sizes.
     Info(InfoArgs),
+    /// Measure prompt processing and decode speed (llama-bench's pp/tg workload), with and without the
+    /// given adapters, adapter load time and swap time.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(flatten)]
+    m: ModelArg,
+    /// Prompt tokens evaluated as one batch (pp).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
+    n_prompt: usize,
+    /// Tokens decoded one at a time after the prompt (tg).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    /// Repetitions; the best is reported.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    reps: usize,
+    /// Print one JSON object on the last stdout line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    rt: RuntimeArgs,
 }
 
 #[derive(Args, Debug)]
@@ -197,6 +220,7 @@ fn main() -> ExitCode {
         Some(Cmd::Tokenize(a)) => cmd_tokenize(a),
         Some(Cmd::Logits(a)) => cmd_logits(a),
         Some(Cmd::Info(a)) => cmd_info(a),
+        Some(Cmd::Bench(a)) => cmd_bench(a),
         None => cmd_generate(cli.gen),
     };
     match r {
@@ -405,6 +429,89 @@ fn describe_if_adapter(path: &Path) -> Result<Option<String>, Failure> {
     s += &format!("tensors:         {} ({})\n", g.tensors().len(), types.join(", "));
     s += "validate it against a model with: edge-run info -m MODEL --adapter FILE";
     Ok(Some(s))
+}
+
+/// Best-of-`reps` (pp tok/s, tg tok/s) for the session's current adapter set.
+fn bench_run(sess: &mut Session, prompt: &[u32], n_gen: usize, reps: usize) -> Result<(f64, f64), Failure> {
+    let (mut pp, mut tg) = (0f64, 0f64);
+    for _ in 0..reps.max(1) {
+        sess.reset();
+        let t0 = std::time::Instant::now();
+        sess.eval(prompt)?;
+        pp = pp.max(prompt.len() as f64 / t0.elapsed().as_secs_f64());
+        let t1 = std::time::Instant::now();
+        for _ in 0..n_gen {
+            let t = edge_run::sampling::argmax(sess.logits());
+            sess.eval(&[t])?;
+        }
+        tg = tg.max(n_gen as f64 / t1.elapsed().as_secs_f64());
+    }
+    Ok((pp, tg))
+}
+
+fn peak_rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<(), Failure> {
+    if a.n_prompt == 0 || a.n_gen == 0 {
+        return Err(usage("-p and -n must be at least 1"));
+    }
+    let model = open_model(&a.m.model)?;
+    let mut cfg = session_config(&model, &a.rt, false)?;
+    cfg.n_ctx = cfg.n_ctx.max(a.n_prompt + a.n_gen);
+    cfg.n_batch = cfg.n_batch.max(a.n_prompt);
+    let nv = model.hp.n_vocab as u32;
+    // A fixed pseudo-random prompt, as llama-bench uses random tokens.
+    let mut rng = edge_run::sampling::Rng::new(1234);
+    let prompt: Vec<u32> = (0..a.n_prompt).map(|_| (rng.next_u64() % nv as u64) as u32).collect();
+    let mut sess = Session::new(model.clone(), cfg.clone())?;
+    let tier = cfg.kernels.unwrap_or_else(Kernels::best).tier.name();
+    eprintln!("edge-run bench: {} threads, {tier} kernels, pp{} + tg{}, best of {}", cfg.n_threads, a.n_prompt, a.n_gen, a.reps);
+    eprint!("  base model ... ");
+    let (pp, tg) = bench_run(&mut sess, &prompt, a.n_gen, a.reps)?;
+    eprintln!("pp {pp:.1} tok/s, tg {tg:.1} tok/s");
+    let bytes_tok = model.bytes_per_token() as f64;
+    let mut json = format!(
+        "{{\"model\": {:?}, \"threads\": {}, \"kernels\": {tier:?}, \"pp_tps\": {pp:.2}, \"tg_tps\": {tg:.2}, \"bytes_per_token\": {}",
+        model.path().display().to_string(),
+        cfg.n_threads,
+        bytes_tok as u64
+    );
+    println!("| {:<28} | {:>10} | {:>10} | {:>12} |", "configuration", "pp tok/s", "tg tok/s", "tg overhead");
+    println!("| {:<28} | {:>10.1} | {:>10.1} | {:>12} |", "base", pp, tg, "");
+    if !a.rt.adapters.is_empty() {
+        let t0 = std::time::Instant::now();
+        let loaded = a.rt.adapters.iter().map(|s| load_adapter(&model, s)).collect::<Result<Vec<_>, _>>()?;
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3 / loaded.len() as f64;
+        let set: Vec<(&Arc<Adapter>, f32)> = loaded.iter().map(|(a, s)| (a, *s)).collect();
+        let ab: usize = loaded.iter().map(|(a, _)| a.bytes().0 + a.bytes().1).sum();
+        sess.set_adapters(&set)?;
+        eprint!("  with {} adapter(s) ... ", loaded.len());
+        let (lpp, ltg) = bench_run(&mut sess, &prompt, a.n_gen, a.reps)?;
+        let overhead = 100.0 * (tg / ltg - 1.0);
+        let floor = 100.0 * ab as f64 / bytes_tok;
+        eprintln!("pp {lpp:.1} tok/s, tg {ltg:.1} tok/s");
+        println!("| {:<28} | {:>10.1} | {:>10.1} | {:>11.1}% |", format!("+{} adapter(s)", loaded.len()), lpp, ltg, overhead);
+        // Swap time: publishing a new set (what another thread pays) and the first token after it.
+        let ctl = sess.adapter_control();
+        let n_swaps = 1000;
+        let t0 = std::time::Instant::now();
+        for i in 0..n_swaps {
+            ctl.set(if i % 2 == 0 { &set[..1] } else { &set[..] })?;
+        }
+        let swap_us = t0.elapsed().as_secs_f64() * 1e6 / n_swaps as f64;
+        println!("adapter bytes {:.2} MiB = {floor:.2}% of the base's bytes per token (the overhead's floor); load {load_ms:.2} ms/adapter; swap {swap_us:.2} µs", ab as f64 / 1048576.0);
+        json += &format!(", \"lora_pp_tps\": {lpp:.2}, \"lora_tg_tps\": {ltg:.2}, \"lora_overhead_pct\": {overhead:.2}, \"lora_floor_pct\": {floor:.3}, \"adapter_load_ms\": {load_ms:.3}, \"swap_us\": {swap_us:.3}");
+    }
+    let rss = peak_rss_mib();
+    println!("peak RSS {rss:.1} MiB (mapped model {:.1} MiB)", model.mapped_bytes() as f64 / 1048576.0);
+    json += &format!(", \"rss_mib\": {rss:.1}}}");
+    if a.json {
+        println!("{json}");
+    }
+    Ok(())
 }
 
 fn sampling_params(g: &GenArgs) -> Result<SamplingParams, Failure> {
