@@ -48,6 +48,9 @@ pub fn apply_chat_template(
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(false);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    // A template comes from the model file: bound the work it may do (real chat templates need a few
+    // thousand steps per message; nested loops over huge ranges would otherwise hang `--chat`).
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     env.add_filter("tojson", tojson);
@@ -71,6 +74,9 @@ pub fn apply_chat_template(
     };
     tmpl.render(ctx).map_err(template_error)
 }
+
+/// Instructions a chat template may execute per rendering.
+const TEMPLATE_FUEL: u64 = 5_000_000;
 
 fn template_error(e: minijinja::Error) -> Error {
     let mut msg = format!("{TEMPLATE_NAME}: {}", e.kind());

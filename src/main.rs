@@ -1,4 +1,19 @@
 //! `edge-run`: the command-line front end (llama.cpp-style flags).
+/// `println!` that treats a closed stdout (e.g. `edge-run info … | head -1`) as the end of the output:
+/// exit quietly with status 0 instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("edge-run: error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 use clap::{Args, Parser, Subcommand};
 use edge_run::adapter::Adapter;
 use edge_run::chat::{apply_chat_template, ChatMessage};
@@ -49,7 +64,53 @@ enum Cmd {
     /// Measure prompt processing and decode speed (llama-bench's pp/tg workload), with and without the
     /// given adapters, adapter load time and swap time.
     Bench(BenchArgs),
+    /// Adapter tools: `adapter convert` writes a PEFT (or GGUF) adapter as a llama.cpp GGUF adapter.
+    #[command(subcommand)]
+    Adapter(AdapterCmd),
 }
+
+// --- `edge-run adapter …` (issue 7) -------------------------------------------------------------
+#[derive(Subcommand, Debug)]
+enum AdapterCmd {
+    /// Convert a LoRA adapter (PEFT directory / safetensors, or GGUF) to a llama.cpp-layout GGUF
+    /// adapter (fp16) with each tensor's true scale (alpha/r, rsLoRA alpha/sqrt(r), alpha_pattern,
+    /// rank_pattern) folded into lora_b and adapter.lora.alpha = 0, so llama.cpp and edge-run apply it
+    /// identically.
+    Convert(AdapterConvertArgs),
+}
+
+#[derive(Args, Debug)]
+struct AdapterConvertArgs {
+    /// The adapter to convert: a PEFT directory, its adapter_model.safetensors, or a GGUF adapter.
+    #[arg(value_name = "ADAPTER")]
+    input: PathBuf,
+    #[command(flatten)]
+    m: ModelArg,
+    /// The GGUF file to write.
+    #[arg(short = 'o', long = "output", value_name = "OUT.gguf")]
+    output: PathBuf,
+}
+
+fn cmd_adapter(c: AdapterCmd) -> Result<(), Failure> {
+    match c {
+        AdapterCmd::Convert(a) => {
+            let model = Model::open(&a.m.model)?;
+            let r = edge_run::adapter::convert::convert(&a.input, &model.base_info, &a.output)?;
+            for w in &r.warnings {
+                eprintln!("edge-run: warning: {w}");
+            }
+            eprintln!(
+                "wrote {} ({} LoRA tensors, {} bytes); scales folded into lora_b: {:?}; adapter.lora.alpha = 0",
+                a.output.display(),
+                r.tensors,
+                r.bytes,
+                r.scales
+            );
+            Ok(())
+        }
+    }
+}
+// --- end `edge-run adapter` ----------------------------------------------------------------------
 
 #[derive(Args, Debug)]
 struct BenchArgs {
@@ -221,6 +282,7 @@ fn main() -> ExitCode {
         Some(Cmd::Logits(a)) => cmd_logits(a),
         Some(Cmd::Info(a)) => cmd_info(a),
         Some(Cmd::Bench(a)) => cmd_bench(a),
+        Some(Cmd::Adapter(c)) => cmd_adapter(c),
         None => cmd_generate(cli.gen),
     };
     match r {
@@ -300,7 +362,7 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<(), Failure> {
     };
     let model = open_model(&a.m.model)?;
     let ids = model.tokenizer.encode(&text, true);
-    println!("{}", serde_json::to_string(&ids).expect("a Vec<u32> serializes"));
+    outln!("{}", serde_json::to_string(&ids).expect("a Vec<u32> serializes"));
     Ok(())
 }
 
@@ -361,41 +423,41 @@ fn write_npy_header(w: &mut impl Write, shape: &[usize]) -> std::io::Result<()> 
 
 fn cmd_info(a: InfoArgs) -> Result<(), Failure> {
     if let Some(desc) = describe_if_adapter(&a.m.model)? {
-        println!("{desc}");
+        outln!("{desc}");
         return Ok(());
     }
     let model = open_model(&a.m.model)?;
     let m = &*model;
     let hp = &m.hp;
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
-    println!("file:            {}", m.path().display());
-    println!("format:          GGUF v{}", m.gguf_version);
+    outln!("file:            {}", m.path().display());
+    outln!("format:          GGUF v{}", m.gguf_version);
     if let Some(n) = &m.name {
-        println!("name:            {n}");
+        outln!("name:            {n}");
     }
-    println!("architecture:    {}", m.arch);
-    println!("vocabulary:      {} tokens ({} tokenizer)", hp.n_vocab, m.tokenizer_model);
-    println!("context (train): {}", hp.n_ctx_train);
-    println!("width:           {}", hp.n_embd);
-    println!("layers:          {}", hp.n_layer);
-    println!("heads:           {} query, {} key/value, head size {}", hp.n_head, hp.n_head_kv, hp.head_dim);
-    println!("feed-forward:    {}", hp.n_ff);
-    println!("rope:            base {}, {} dims, scale {}", hp.rope_freq_base, hp.rope_dim, hp.rope_freq_scale);
-    println!("rms epsilon:     {:e}", hp.rms_eps);
-    println!("output head:     {}", if m.tied_output { "tied to token_embd" } else { "separate (output.weight)" });
+    outln!("architecture:    {}", m.arch);
+    outln!("vocabulary:      {} tokens ({} tokenizer)", hp.n_vocab, m.tokenizer_model);
+    outln!("context (train): {}", hp.n_ctx_train);
+    outln!("width:           {}", hp.n_embd);
+    outln!("layers:          {}", hp.n_layer);
+    outln!("heads:           {} query, {} key/value, head size {}", hp.n_head, hp.n_head_kv, hp.head_dim);
+    outln!("feed-forward:    {}", hp.n_ff);
+    outln!("rope:            base {}, {} dims, scale {}", hp.rope_freq_base, hp.rope_dim, hp.rope_freq_scale);
+    outln!("rms epsilon:     {:e}", hp.rms_eps);
+    outln!("output head:     {}", if m.tied_output { "tied to token_embd" } else { "separate (output.weight)" });
     let types: Vec<String> = m.type_counts.iter().map(|(t, n)| format!("{} {}", n, t.name())).collect();
-    println!("tensors:         {} ({})", m.n_tensors, types.join(", "));
-    println!("file size:       {} bytes ({:.1} MiB), mapped read-only: {:.1} MiB", m.mapped_bytes(), mib(m.mapped_bytes()), mib(m.mapped_bytes()));
-    println!("weights/token:   {:.1} MiB read per decoded token", mib(m.bytes_per_token()));
-    println!("chat template:   {}", if m.chat_template.is_some() { "yes" } else { "no" });
+    outln!("tensors:         {} ({})", m.n_tensors, types.join(", "));
+    outln!("file size:       {} bytes ({:.1} MiB), mapped read-only: {:.1} MiB", m.mapped_bytes(), mib(m.mapped_bytes()), mib(m.mapped_bytes()));
+    outln!("weights/token:   {:.1} MiB read per decoded token", mib(m.bytes_per_token()));
+    outln!("chat template:   {}", if m.chat_template.is_some() { "yes" } else { "no" });
     let tiers: Vec<&str> = Kernels::available().map(|k| k.tier.name()).collect();
-    println!("kernels:         {} (available: {})", Kernels::best().tier.name(), tiers.join(", "));
+    outln!("kernels:         {} (available: {})", Kernels::best().tier.name(), tiers.join(", "));
     for spec in &a.adapters {
         let (ad, scale) = load_adapter(m, spec)?;
         let (ba, bb) = ad.bytes();
-        println!("\nadapter:         {} (user scale {scale})", ad.path().display());
-        println!("{}", ad.summary());
-        println!("share of base:   {:.2}% of the bytes read per token", 100.0 * (ba + bb) as f64 / m.bytes_per_token() as f64);
+        outln!("\nadapter:         {} (user scale {scale})", ad.path().display());
+        outln!("{}", ad.summary());
+        outln!("share of base:   {:.2}% of the bytes read per token", 100.0 * (ba + bb) as f64 / m.bytes_per_token() as f64);
     }
     Ok(())
 }
@@ -479,8 +541,8 @@ fn cmd_bench(a: BenchArgs) -> Result<(), Failure> {
         cfg.n_threads,
         bytes_tok as u64
     );
-    println!("| {:<28} | {:>10} | {:>10} | {:>12} |", "configuration", "pp tok/s", "tg tok/s", "tg overhead");
-    println!("| {:<28} | {:>10.1} | {:>10.1} | {:>12} |", "base", pp, tg, "");
+    outln!("| {:<28} | {:>10} | {:>10} | {:>12} |", "configuration", "pp tok/s", "tg tok/s", "tg overhead");
+    outln!("| {:<28} | {:>10.1} | {:>10.1} | {:>12} |", "base", pp, tg, "");
     if !a.rt.adapters.is_empty() {
         let t0 = std::time::Instant::now();
         let loaded = a.rt.adapters.iter().map(|s| load_adapter(&model, s)).collect::<Result<Vec<_>, _>>()?;
@@ -493,7 +555,7 @@ fn cmd_bench(a: BenchArgs) -> Result<(), Failure> {
         let overhead = 100.0 * (tg / ltg - 1.0);
         let floor = 100.0 * ab as f64 / bytes_tok;
         eprintln!("pp {lpp:.1} tok/s, tg {ltg:.1} tok/s");
-        println!("| {:<28} | {:>10.1} | {:>10.1} | {:>11.1}% |", format!("+{} adapter(s)", loaded.len()), lpp, ltg, overhead);
+        outln!("| {:<28} | {:>10.1} | {:>10.1} | {:>11.1}% |", format!("+{} adapter(s)", loaded.len()), lpp, ltg, overhead);
         // Swap time: publishing a new set (what another thread pays) and the first token after it.
         let ctl = sess.adapter_control();
         let n_swaps = 1000;
@@ -502,14 +564,14 @@ fn cmd_bench(a: BenchArgs) -> Result<(), Failure> {
             ctl.set(if i % 2 == 0 { &set[..1] } else { &set[..] })?;
         }
         let swap_us = t0.elapsed().as_secs_f64() * 1e6 / n_swaps as f64;
-        println!("adapter bytes {:.2} MiB = {floor:.2}% of the base's bytes per token (the overhead's floor); load {load_ms:.2} ms/adapter; swap {swap_us:.2} µs", ab as f64 / 1048576.0);
+        outln!("adapter bytes {:.2} MiB = {floor:.2}% of the base's bytes per token (the overhead's floor); load {load_ms:.2} ms/adapter; swap {swap_us:.2} µs", ab as f64 / 1048576.0);
         json += &format!(", \"lora_pp_tps\": {lpp:.2}, \"lora_tg_tps\": {ltg:.2}, \"lora_overhead_pct\": {overhead:.2}, \"lora_floor_pct\": {floor:.3}, \"adapter_load_ms\": {load_ms:.3}, \"swap_us\": {swap_us:.3}");
     }
     let rss = peak_rss_mib();
-    println!("peak RSS {rss:.1} MiB (mapped model {:.1} MiB)", model.mapped_bytes() as f64 / 1048576.0);
+    outln!("peak RSS {rss:.1} MiB (mapped model {:.1} MiB)", model.mapped_bytes() as f64 / 1048576.0);
     json += &format!(", \"rss_mib\": {rss:.1}}}");
     if a.json {
-        println!("{json}");
+        outln!("{json}");
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use crate::adapter_set::{AdapterControl, Applied, MAX_ADAPTERS};
 use crate::kernels::lora::{total_rank, LoraKernels, LoraRef};
 use crate::kernels::{BlockQ8_1, F16Bits, Kernels, QuantType};
 use crate::model::{Model, WeightRef, LAYER_SLOTS};
-use crate::threadpool::{split, Disjoint, ThreadPool};
+use crate::threadpool::{Disjoint, ThreadPool};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -437,10 +437,10 @@ impl Session {
                 let n_ctx = self.cfg.n_ctx;
                 let (n_head, group) = (hp.n_head, hp.n_head / hp.n_head_kv);
                 let scale = 1.0 / (hd as f32).sqrt();
-                self.pool.run(&|i, nt| {
-                    // SAFETY: each thread uses its own row of `att`.
+                self.pool.run(b * n_head, &|i, job| {
+                    // SAFETY: each thread uses its own row of `att`, and runs one chunk at a time.
                     let att = unsafe { att.range(i * n_ctx..(i + 1) * n_ctx) };
-                    for job in split(b * n_head, i, nt, 1) {
+                    {
                         let (t, h) = (job / n_head, job % n_head);
                         let n_kv = pos0 + t + 1; // causal: positions 0..=pos0+t
                         let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
@@ -456,7 +456,7 @@ impl Session {
                             *s = (*s - max).exp();
                             sum += *s;
                         }
-                        // SAFETY: (t, h) jobs are split disjointly across threads; each owns its head slice.
+                        // SAFETY: each (t, h) chunk is handed out once and owns its head slice of the output.
                         let o = unsafe { out.range(t * qd + h * hd..t * qd + (h + 1) * hd) };
                         o.fill(0.0);
                         let inv = 1.0 / sum;
@@ -512,9 +512,6 @@ fn zeroed(len: usize) -> Result<Vec<f32>> {
     Ok(v)
 }
 
-/// Row granularity of the work split: keeps each thread's rows contiguous and SIMD-friendly.
-const ROW_GRAIN: usize = 16;
-
 /// `out_j[t] = W_j · x[t]` for every weight j and token t, all weights in one parallel pass. `x` is
 /// [rows, n] row-major; each `out_j` is [rows, W_j.n_out].
 /// The adapters on the weights of one `linear` call and the scratch for their intermediates.
@@ -551,41 +548,51 @@ fn linear<const N: usize>(m: &Model, k: &Kernels, pool: &ThreadPool, xq: &mut Qu
     let inputs: [QInput; N] = core::array::from_fn(|j| xq.get(outs[j].0.ty));
     let jobs: [(&WeightRef, Disjoint<f32>); N] = outs.map(|(w, o)| (w, Disjoint::new(o)));
     let (lk, lora_refs) = (lora.lk, lora.refs);
-    pool.run(&|i, nt| {
-        for (j, (w, out)) in jobs.iter().enumerate() {
-            let mv = k.matvec(w.ty).expect("weight types checked at load");
-            let rb = w.row_bytes();
-            let wb = m.bytes(w);
-            let rows_mine = split(w.n_out, i, nt, ROW_GRAIN);
-            let inp = inputs[j];
-            let st = inp.stride;
-            // Sub-chunks small enough that the weights stay in L1 between the two passes of `Q8x2`.
-            let mut r0 = rows_mine.start;
-            while r0 < rows_mine.end {
-                let r1 = (r0 + SUB_ROWS).min(rows_mine.end);
-                let wr = &wb[r0 * rb..r1 * rb];
-                for t in 0..rows {
-                    // SAFETY: row ranges from `split` are disjoint across threads, and tokens don't overlap.
-                    let o = unsafe { out.range(t * w.n_out + r0..t * w.n_out + r1) };
-                    mv(n, wr, &inp.q[t * st..(t + 1) * st], o);
-                    if let Some(r) = inp.r {
-                        let mut tmp = [0f32; SUB_ROWS];
-                        let tmp = &mut tmp[..r1 - r0];
-                        mv(n, wr, &r[t * st..(t + 1) * st], tmp);
-                        add(o, tmp);
-                    }
-                    // LoRA expand on the rows just produced, while they are in L1: o += Σ s·B[r0..r1]·t
-                    let refs = &lora_refs[j];
-                    if !refs.is_empty() {
-                        let rr = ts[j].len() / rows;
-                        (lk.expand)(refs, &ts[j][t * rr..(t + 1) * rr], r0, o);
-                    }
+    // Chunks of CHUNK_ROWS output rows, over all the weights one after the other.
+    let chunks: [usize; N] = core::array::from_fn(|j| jobs[j].0.n_out.div_ceil(CHUNK_ROWS));
+    let n_chunks: usize = chunks.iter().sum();
+    pool.run(n_chunks, &|_, mut c| {
+        let mut j = 0;
+        while c >= chunks[j] {
+            c -= chunks[j];
+            j += 1;
+        }
+        let (w, out) = &jobs[j];
+        let mv = k.matvec(w.ty).expect("weight types checked at load");
+        let rb = w.row_bytes();
+        let wb = m.bytes(w);
+        let mine = c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(w.n_out);
+        let inp = inputs[j];
+        let st = inp.stride;
+        // Sub-chunks small enough that the weights stay in L1 between the two passes of `Q8x2`.
+        let mut r0 = mine.start;
+        while r0 < mine.end {
+            let r1 = (r0 + SUB_ROWS).min(mine.end);
+            let wr = &wb[r0 * rb..r1 * rb];
+            for t in 0..rows {
+                // SAFETY: every chunk index is handed out once and chunks cover disjoint rows; tokens don't overlap.
+                let o = unsafe { out.range(t * w.n_out + r0..t * w.n_out + r1) };
+                mv(n, wr, &inp.q[t * st..(t + 1) * st], o);
+                if let Some(r) = inp.r {
+                    let mut tmp = [0f32; SUB_ROWS];
+                    let tmp = &mut tmp[..r1 - r0];
+                    mv(n, wr, &r[t * st..(t + 1) * st], tmp);
+                    add(o, tmp);
                 }
-                r0 = r1;
+                // LoRA expand on the rows just produced, while they are in L1: o += Σ s·B[r0..r1]·t
+                let refs = &lora_refs[j];
+                if !refs.is_empty() {
+                    let rr = ts[j].len() / rows;
+                    (lk.expand)(refs, &ts[j][t * rr..(t + 1) * rr], r0, o);
+                }
             }
+            r0 = r1;
         }
     });
 }
+
+/// Output rows per work chunk of `linear` (threads take chunks dynamically).
+const CHUNK_ROWS: usize = 64;
 
 /// Rows per inner step of `linear`.
 const SUB_ROWS: usize = 32;

@@ -1,11 +1,13 @@
 //! A persistent worker pool for the forward pass.
 //!
-//! `run(f)` calls `f(i, n)` on every thread `i` of `n` (the caller is thread 0) and returns when all have
-//! finished. Workers spin briefly on a generation counter between jobs, so the ~150 dispatches of one
-//! decoded token cost no syscalls, and fall asleep on a condition variable when no work has come for a while.
-//! Dispatching allocates nothing.
+//! `run(n, f)` calls `f(thread, chunk)` once for every chunk `0..n`; the chunks are taken dynamically from an
+//! atomic counter by the caller (thread 0) and the workers, so a worker the OS has descheduled holds up at
+//! most the one chunk it is working on, and one that has not woken yet holds up nothing: the others take
+//! its share. Workers spin briefly on a generation counter between jobs, so the ~150 dispatches of one
+//! decoded token cost no syscalls, and fall asleep on a condition variable when no work has come for a
+//! while. Dispatching allocates nothing.
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -13,10 +15,16 @@ use std::thread::JoinHandle;
 type Job = *const (dyn Fn(usize, usize) + Sync);
 
 struct Shared {
-    /// Bumped once per job; workers start the job when they see it change.
+    /// Bumped once per job; workers look at the job when they see it change.
     generation: AtomicUsize,
-    /// Workers still running the current job.
-    pending: AtomicUsize,
+    /// The generation whose job may be worked on now; 0 once `run` has closed it.
+    open: AtomicUsize,
+    /// Workers between "saw a generation" and "done with it" (see `worker`).
+    active: AtomicUsize,
+    /// Chunks of the current job, the next one to take, and how many are finished.
+    n_chunks: AtomicUsize,
+    next: AtomicUsize,
+    done: AtomicUsize,
     job: UnsafeCell<Option<Job>>,
     quit: AtomicBool,
     panicked: AtomicBool,
@@ -25,9 +33,10 @@ struct Shared {
     wake: Condvar,
 }
 
-// SAFETY: `job` is written only by the thread in `run` while no worker reads it (all workers are idle:
-// `pending` is 0 and the generation has not been bumped yet), and read by workers only after they observe
-// the new generation (Acquire, pairing with the Release bump). The pointee is `Sync`.
+// SAFETY: `job` is written only by `run` while no worker can read it: before the generation that publishes
+// it is opened, and only after every worker of the previous job has left (`active` == 0 after closing).
+// Workers read it only after registering in `active` and seeing their generation still open (SeqCst on
+// both sides makes "open, then read" and "close, then check active" mutually ordered). The pointee is `Sync`.
 unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw pointer is only dereferenced under that protocol.
 unsafe impl Send for Shared {}
@@ -47,7 +56,11 @@ impl ThreadPool {
         let n_threads = n_threads.max(1);
         let shared = Arc::new(Shared {
             generation: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            n_chunks: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
             job: UnsafeCell::new(None),
             quit: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
@@ -58,7 +71,7 @@ impl ThreadPool {
         let mut workers = Vec::with_capacity(n_threads - 1);
         for i in 1..n_threads {
             let s = shared.clone();
-            let h = std::thread::Builder::new().name(format!("edge-run-{i}")).spawn(move || worker(s, i, n_threads))?;
+            let h = std::thread::Builder::new().name(format!("edge-run-{i}")).spawn(move || worker(s, i))?;
             workers.push(h);
         }
         Ok(ThreadPool { shared, workers, n_threads })
@@ -68,54 +81,72 @@ impl ThreadPool {
         self.n_threads
     }
 
-    /// Run `f(thread_index, n_threads)` on every thread of the pool; returns when all calls have returned.
-    /// A panic in a worker is re-raised here.
-    pub fn run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
-        if self.n_threads == 1 {
-            f(0, 1);
+    /// Call `f(thread_index, chunk)` for every chunk in `0..n_chunks`, spread over the pool's threads;
+    /// returns when all calls have returned. A panic in a worker is re-raised here.
+    pub fn run(&self, n_chunks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        if self.n_threads == 1 || n_chunks <= 1 {
+            for c in 0..n_chunks {
+                f(0, c);
+            }
             return;
         }
         let s = &*self.shared;
-        debug_assert_eq!(s.pending.load(Ordering::Acquire), 0);
-        // SAFETY: erase the closure's lifetime; it outlives every use because this function does not return
-        // until `pending` reaches 0, i.e. until every worker has finished calling it.
+        // SAFETY: erase the closure's lifetime; no worker touches it after this function returns (it closes
+        // the job and waits for `active` to drain first).
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize, usize) + Sync), Job>(f) };
-        // SAFETY: no worker reads `job` now: all are idle (pending == 0) and wait for a new generation.
+        // SAFETY: no worker reads `job` now: the previous job was closed and drained, this one not opened.
         unsafe { *s.job.get() = Some(job) };
-        s.pending.store(self.n_threads - 1, Ordering::Relaxed);
-        s.generation.fetch_add(1, Ordering::Release);
-        if s.sleepers.load(Ordering::SeqCst) > 0 {
+        s.n_chunks.store(n_chunks, SeqCst);
+        s.next.store(0, SeqCst);
+        s.done.store(0, SeqCst);
+        let g = s.generation.load(SeqCst).wrapping_add(1).max(1);
+        s.open.store(g, SeqCst);
+        s.generation.store(g, SeqCst);
+        if s.sleepers.load(SeqCst) > 0 {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
-        f(0, self.n_threads);
-        let mut spins = 0u32;
-        while s.pending.load(Ordering::Acquire) != 0 {
-            spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
+        loop {
+            let c = s.next.fetch_add(1, SeqCst);
+            if c >= n_chunks {
+                break;
             }
+            f(0, c);
+            s.done.fetch_add(1, SeqCst);
         }
-        if s.panicked.swap(false, Ordering::AcqRel) {
+        // Chunks taken by workers may still be running.
+        wait_until(|| s.done.load(SeqCst) >= n_chunks);
+        s.open.store(0, SeqCst);
+        wait_until(|| s.active.load(SeqCst) == 0);
+        if s.panicked.swap(false, SeqCst) {
             panic!("a worker thread panicked");
         }
     }
 }
 
-fn worker(s: Arc<Shared>, index: usize, n: usize) {
+fn wait_until(cond: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !cond() {
+        spins = spins.wrapping_add(1);
+        if spins % 256 == 0 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn worker(s: Arc<Shared>, index: usize) {
     let mut seen = 0usize;
     loop {
         // Wait for a new generation: spin, then sleep.
         let mut spins = 0u32;
-        loop {
-            let g = s.generation.load(Ordering::Acquire);
+        let g = loop {
+            let g = s.generation.load(SeqCst);
             if g != seen {
-                seen = g;
-                break;
+                break g;
             }
-            if s.quit.load(Ordering::Acquire) {
+            if s.quit.load(SeqCst) {
                 return;
             }
             spins += 1;
@@ -124,31 +155,40 @@ fn worker(s: Arc<Shared>, index: usize, n: usize) {
                 continue;
             }
             let guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-            s.sleepers.fetch_add(1, Ordering::SeqCst);
-            if s.generation.load(Ordering::SeqCst) == seen && !s.quit.load(Ordering::SeqCst) {
+            s.sleepers.fetch_add(1, SeqCst);
+            if s.generation.load(SeqCst) == seen && !s.quit.load(SeqCst) {
                 let _g = s.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
             }
-            s.sleepers.fetch_sub(1, Ordering::SeqCst);
+            s.sleepers.fetch_sub(1, SeqCst);
             spins = 0;
+        };
+        seen = g;
+        s.active.fetch_add(1, SeqCst);
+        if s.open.load(SeqCst) == g {
+            // SAFETY: generation `g` is open and we are registered in `active`, so `run` has not returned
+            // and the job it published for `g` (written before opening) is alive.
+            let job = unsafe { (*s.job.get()).expect("job set before opening") };
+            // SAFETY: see above: the pointee is alive and `Sync`.
+            let f = unsafe { &*job };
+            let n = s.n_chunks.load(SeqCst);
+            loop {
+                let c = s.next.fetch_add(1, SeqCst);
+                if c >= n {
+                    break;
+                }
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(index, c))).is_err() {
+                    s.panicked.store(true, SeqCst);
+                }
+                s.done.fetch_add(1, SeqCst);
+            }
         }
-        if s.quit.load(Ordering::Acquire) {
-            return;
-        }
-        // SAFETY: the generation bump (Release) happened after `job` was written; we loaded it with Acquire.
-        // `run` keeps the closure alive until we decrement `pending` below.
-        let job = unsafe { (*s.job.get()).expect("job set before generation bump") };
-        // SAFETY: see above: the pointee is alive and `Sync`.
-        let f = unsafe { &*job };
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(index, n))).is_err() {
-            s.panicked.store(true, Ordering::Release);
-        }
-        s.pending.fetch_sub(1, Ordering::Release);
+        s.active.fetch_sub(1, SeqCst);
     }
 }
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
-        self.shared.quit.store(true, Ordering::SeqCst);
+        self.shared.quit.store(true, SeqCst);
         {
             let _g = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
@@ -157,17 +197,6 @@ impl Drop for ThreadPool {
             let _ = h.join();
         }
     }
-}
-
-/// The part of `0..n` that thread `i` of `nt` takes, in whole multiples of `grain` (the last part takes the rest).
-pub fn split(n: usize, i: usize, nt: usize, grain: usize) -> std::ops::Range<usize> {
-    let grain = grain.max(1);
-    let units = n.div_ceil(grain);
-    let per = units / nt;
-    let extra = units % nt;
-    let start_u = i * per + i.min(extra);
-    let end_u = start_u + per + usize::from(i < extra);
-    (start_u * grain).min(n)..(end_u * grain).min(n)
 }
 
 /// A mutable slice shared by the threads of one `ThreadPool::run`, each writing its own disjoint range.
@@ -207,42 +236,43 @@ impl<'a, T> Disjoint<'a, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[test]
-    fn split_covers_everything_once() {
-        for n in [0usize, 1, 5, 64, 100, 577] {
-            for nt in 1..5 {
-                for grain in [1usize, 4, 16] {
-                    let mut covered = vec![0u8; n];
-                    for i in 0..nt {
-                        for j in split(n, i, nt, grain) {
-                            covered[j] += 1;
-                        }
-                    }
-                    assert!(covered.iter().all(|&c| c == 1), "n={n} nt={nt} grain={grain}");
-                }
-            }
+    fn every_chunk_runs_exactly_once() {
+        let pool = ThreadPool::new(3).unwrap();
+        let hits: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+        let by_thread: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        for round in 0..2000 {
+            let n = 1 + round % 64;
+            pool.run(n, &|t, c| {
+                hits[c].fetch_add(1, Ordering::Relaxed);
+                by_thread[t].fetch_add(1, Ordering::Relaxed);
+            });
         }
+        // Let the workers fall asleep, then make sure a job still completes.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        pool.run(64, &|_, c| {
+            hits[c].fetch_add(1, Ordering::Relaxed);
+        });
+        let expect = |c: usize| (0..2000).filter(|r| c < 1 + r % 64).count() + 1;
+        for (c, h) in hits.iter().enumerate() {
+            assert_eq!(h.load(Ordering::Relaxed), expect(c), "chunk {c}");
+        }
+        assert!(by_thread[0].load(Ordering::Relaxed) > 0);
     }
 
     #[test]
-    fn every_thread_runs_every_job() {
-        let pool = ThreadPool::new(3).unwrap();
-        let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
-        for _ in 0..1000 {
-            pool.run(&|i, n| {
-                assert_eq!(n, 3);
-                hits[i].fetch_add(1, Ordering::Relaxed);
+    fn a_busy_machine_does_not_stall_the_caller() {
+        // More pool threads than cores: workers get descheduled, the caller takes their chunks.
+        let pool = ThreadPool::new(6).unwrap();
+        let total = AtomicUsize::new(0);
+        for _ in 0..500 {
+            pool.run(8, &|_, c| {
+                total.fetch_add(c, Ordering::Relaxed);
             });
         }
-        // Let the workers fall asleep, then make sure they wake up.
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        pool.run(&|i, _| {
-            hits[i].fetch_add(1, Ordering::Relaxed);
-        });
-        for h in &hits {
-            assert_eq!(h.load(Ordering::Relaxed), 1001);
-        }
+        assert_eq!(total.load(Ordering::Relaxed), 500 * 28);
     }
 
     #[test]
@@ -250,9 +280,9 @@ mod tests {
         let pool = ThreadPool::new(2).unwrap();
         let mut v = vec![0u32; 1000];
         let d = Disjoint::new(&mut v);
-        pool.run(&|i, n| {
-            let r = split(1000, i, n, 16);
-            // SAFETY: `split` gives disjoint ranges to the threads of one run.
+        pool.run(63, &|_, c| {
+            let r = (c * 16).min(1000)..((c + 1) * 16).min(1000);
+            // SAFETY: each chunk index is handed out once, and chunks map to disjoint ranges.
             let s = unsafe { d.range(r.clone()) };
             for (k, x) in s.iter_mut().enumerate() {
                 *x = (r.start + k) as u32;

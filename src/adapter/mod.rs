@@ -41,6 +41,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::kernels::lora::LoraRef;
 
+pub mod convert;
 mod gguf_adapter;
 mod peft;
 pub mod safetensors;
