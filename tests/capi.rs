@@ -203,6 +203,8 @@ fn static_lib() -> PathBuf {
         }
     };
     consider(profile.join("libedge_run.a"));
+    // With a cdylib among the crate types cargo drops the hash from the library's file names.
+    consider(deps.join("libedge_run.a"));
     for e in std::fs::read_dir(deps).unwrap().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         if n.starts_with("libedge_run-") && n.ends_with(".a") {
