@@ -383,8 +383,8 @@ impl Session {
             debug_assert!(ok, "token_embd type checked at load");
             // Embedding LoRA: x += s · B · A[token], A token-major (a row of A is the intermediate).
             for r in self.applied.refs(m.n_slots() - 2) {
-                let mut tv = [0f32; 4096];
-                let tv = &mut tv[..r.rank];
+                // The LoRA scratch holds ≥ max_rank floats (sized at creation), and the rank was checked.
+                let tv = &mut self.lora_t[..r.rank];
                 for (d, &h) in tv.iter_mut().zip(&r.a[id as usize * r.rank..(id as usize + 1) * r.rank]) {
                     *d = half::f16::from_bits(h).to_f32();
                 }

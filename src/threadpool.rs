@@ -215,12 +215,6 @@ impl<'a, T> Disjoint<'a, T> {
     pub fn new(s: &'a mut [T]) -> Self {
         Disjoint { ptr: s.as_mut_ptr(), len: s.len(), _m: std::marker::PhantomData }
     }
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
     /// The sub-slice `r`.
     ///
     /// # Safety
