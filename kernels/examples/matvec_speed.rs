@@ -21,8 +21,10 @@ fn fill(buf: &mut [u8], mut s: u64) {
 fn fix_scales(ty: QuantType, w: &mut [u8]) {
     let h = edge_run_kernels::F16Bits::from_f32(0.01).0;
     let (ts, fields): (usize, &[usize]) = match ty {
-        QuantType::Q4_0 | QuantType::Q8_0 => (ty.type_size(), &[0]),
-        QuantType::Q4_1 | QuantType::Q4K | QuantType::Q5K => (ty.type_size(), &[0, 2]),
+        QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => (ty.type_size(), &[0]),
+        QuantType::Q4_1 | QuantType::Q5_1 | QuantType::Q4K | QuantType::Q5K => {
+            (ty.type_size(), &[0, 2])
+        }
         QuantType::Q6K => (ty.type_size(), &[208]),
         _ => return,
     };
@@ -70,6 +72,15 @@ fn main() {
         (QuantType::Q4_1, 1536, 576, "Q4_1 1536→576 (ffn down)"),
         (QuantType::Q8_0, 576, 49152, "Q8_0 576→49152 (output head)"),
         (QuantType::Q4_0, 576, 1536, "Q4_0 576→1536"),
+        (QuantType::Q5_0, 640, 2048, "Q5_0 640→2048 (gemma3 ffn up)"),
+        (
+            QuantType::Q5_0,
+            2048,
+            640,
+            "Q5_0 2048→640 (gemma3 ffn down)",
+        ),
+        (QuantType::Q5_1, 576, 1536, "Q5_1 576→1536"),
+        (QuantType::Q5_1, 1536, 576, "Q5_1 1536→576"),
         (QuantType::Q4K, 1536, 576, "Q4_K 1536→576"),
         (QuantType::Q5K, 1536, 576, "Q5_K 1536→576"),
         (QuantType::Q6K, 1536, 576, "Q6_K 1536→576"),

@@ -31,6 +31,8 @@ pub static KERNELS: Kernels = Kernels {
     matvec_f16,
     matvec_q4_0,
     matvec_q4_1,
+    matvec_q5_0,
+    matvec_q5_1,
     matvec_q8_0,
     matvec_q4_k,
     matvec_q5_k,
@@ -1341,12 +1343,13 @@ pub fn matvec_q4_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
     matvec_blocks(n, QK, w, xq, out, vec_dot_q4_1_q8_1);
 }
 
-/// Not in the [`Kernels`] table (no tier has it); provided for completeness.
+/// Q5_0 weights × Q8_0 activations ([`vec_dot_q5_0_q8_0`] per row).
 pub fn matvec_q5_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
     matvec_blocks(n, QK, w, xq, out, vec_dot_q5_0_q8_0);
 }
 
-/// Not in the [`Kernels`] table (no tier has it); provided for completeness.
+/// Q5_1 weights × Q8_1 activations ([`vec_dot_q5_1_q8_1`] per row; the weight's minimum meets the
+/// activation block's stored sum `s`, as in Q4_1).
 pub fn matvec_q5_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
     matvec_blocks(n, QK, w, xq, out, vec_dot_q5_1_q8_1);
 }

@@ -472,14 +472,9 @@ fn matvec_against_dequantized_reference() {
         let vdt = ty.vec_dot_type();
         let a = act(vdt, &x);
         let xq = xq_bytes(vdt, &x);
-        let mv = match k.matvec(ty) {
-            Some(f) => f,
-            None => match ty {
-                QuantType::Q5_0 => matvec_q5_0 as MatVec,
-                QuantType::Q5_1 => matvec_q5_1 as MatVec,
-                _ => unreachable!(),
-            },
-        };
+        let mv = k
+            .matvec(ty)
+            .unwrap_or_else(|| panic!("{}: no scalar matvec in the Kernels table", ty.name()));
         // One row of N.
         let mut out = [0.0f32; 1];
         mv(N, wbytes, &xq, &mut out);

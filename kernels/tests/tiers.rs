@@ -83,6 +83,8 @@ fn weights(ty: QuantType, n: usize, rows: usize, g: &mut Rng) -> Vec<u8> {
     let (ts, offs): (usize, &[usize]) = match ty {
         Q4_0 => (18, &[0]),
         Q4_1 => (20, &[0, 2]),
+        Q5_0 => (22, &[0]),
+        Q5_1 => (24, &[0, 2]),
         Q8_0 => (34, &[0]),
         Q4K => (144, &[0, 2]),
         Q5K => (176, &[0, 2]),
@@ -129,6 +131,7 @@ fn magnitude(ty: QuantType, n: usize, row: &[u8], xq: &[u8]) -> f64 {
     let off = |i: usize| -> f64 {
         match ty {
             QuantType::Q4_1 => f16_at(row, (i / 32) * 20 + 2).abs() as f64,
+            QuantType::Q5_1 => f16_at(row, (i / 32) * 24 + 2).abs() as f64,
             QuantType::Q4K => 63.0 * f16_at(row, (i / 256) * 144 + 2).abs() as f64,
             QuantType::Q5K => 63.0 * f16_at(row, (i / 256) * 176 + 2).abs() as f64,
             _ => 0.0,
@@ -138,20 +141,23 @@ fn magnitude(ty: QuantType, n: usize, row: &[u8], xq: &[u8]) -> f64 {
     for i in 0..n {
         s += (wd[i].abs() as f64 + off(i)) * xd[i].abs() as f64;
     }
-    if ty == QuantType::Q4_1 {
+    if ty == QuantType::Q4_1 || ty == QuantType::Q5_1 {
         // m·s per block (s is the stored f16 sum, not exactly d·Σq)
+        let ts = ty.type_size();
         for b in 0..n / 32 {
-            s += (f16_at(row, b * 20 + 2) * f16_at(xq, b * 36 + 2)).abs() as f64;
+            s += (f16_at(row, b * ts + 2) * f16_at(xq, b * 36 + 2)).abs() as f64;
         }
     }
     s
 }
 
-const MATVEC_TYPES: [QuantType; 8] = [
+const MATVEC_TYPES: [QuantType; 10] = [
     QuantType::F32,
     QuantType::F16,
     QuantType::Q4_0,
     QuantType::Q4_1,
+    QuantType::Q5_0,
+    QuantType::Q5_1,
     QuantType::Q8_0,
     QuantType::Q4K,
     QuantType::Q5K,
@@ -468,6 +474,24 @@ fn drop_last_block_q4_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
     }
 }
 
+fn no_fifth_bit_q5_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
+    // Wrong on purpose: clears every block's qh (drops the fifth bits) before the scalar product.
+    let mut w = w.to_vec();
+    for blk in w.chunks_exact_mut(22) {
+        blk[2..6].fill(0);
+    }
+    scalar::matvec_q5_0(n, &w, xq, out);
+}
+
+fn no_min_q5_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
+    // Wrong on purpose: forgets the m·s term of every block.
+    let mut w = w.to_vec();
+    for blk in w.chunks_exact_mut(24) {
+        blk[2..4].fill(0);
+    }
+    scalar::matvec_q5_1(n, &w, xq, out);
+}
+
 fn round_all_half_up_q8_0(x: &[f32], out: &mut [u8]) {
     // Wrong on purpose: rounds every quant of the scalar result up by one when it is below 127.
     scalar::quantize_q8_0(x, out);
@@ -497,6 +521,8 @@ fn broken() -> Kernels {
     Kernels {
         tier: Tier::Avx2,
         matvec_q4_0: drop_last_block_q4_0,
+        matvec_q5_0: no_fifth_bit_q5_0,
+        matvec_q5_1: no_min_q5_1,
         quantize_q8_0: round_all_half_up_q8_0,
         quantize_q8_k: bad_bsums_q8_k,
         dot_f32: sloppy_dot,
@@ -512,6 +538,8 @@ fn comparison_catches_wrong_kernels() {
         check_matvec(&broken, QuantType::Q4_1, 64, 3, 1).is_ok(),
         "unchanged entries pass"
     );
+    assert!(check_matvec(&broken, QuantType::Q5_0, 64, 3, 1).is_err());
+    assert!(check_matvec(&broken, QuantType::Q5_1, 64, 3, 1).is_err());
     assert!(check_quantizer(&broken, QuantType::Q8_0, 3, 5).is_err());
     assert!(check_quantizer(&broken, QuantType::Q8K, 1, 5).is_err());
     assert!(check_quantizer(&broken, QuantType::Q8_1, 3, 5).is_ok());

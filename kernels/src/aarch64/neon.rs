@@ -6,6 +6,9 @@
 //!   (Cortex-A76 / Raspberry Pi 5 and later). `vdotq_s32` is still unstable in Rust 1.95, so SDOT is
 //!   emitted with `asm!` (see `neon/util.rs`).
 //!
+//! Q5_0/Q5_1 expand their 32 fifth bits with TBL + CMTST (`qdot::fifth_bits`), then are Q4_0/Q4_1
+//! with quants in 0..32.
+//!
 //! F16 weights are widened with FCVTL (`vcvt_f32_f16`), which is base ARMv8-A Advanced SIMD: the
 //! `fp16` feature (FEAT_FP16) only adds half-precision arithmetic and is not needed for conversion,
 //! so both tiers use it unconditionally.
@@ -160,6 +163,16 @@ macro_rules! tier {
                 |n, w, x, o| qdot::matvec_q4_1($dot, n, w, x, o)
             );
             matvec!(
+                matvec_q5_0,
+                QuantType::Q5_0,
+                |n, w, x, o| qdot::matvec_q5_0($dot, n, w, x, o)
+            );
+            matvec!(
+                matvec_q5_1,
+                QuantType::Q5_1,
+                |n, w, x, o| qdot::matvec_q5_1($dot, n, w, x, o)
+            );
+            matvec!(
                 matvec_q8_0,
                 QuantType::Q8_0,
                 |n, w, x, o| qdot::matvec_q8_0($dot, n, w, x, o)
@@ -221,6 +234,8 @@ macro_rules! tier {
             matvec_f16: $m::matvec_f16,
             matvec_q4_0: $m::matvec_q4_0,
             matvec_q4_1: $m::matvec_q4_1,
+            matvec_q5_0: $m::matvec_q5_0,
+            matvec_q5_1: $m::matvec_q5_1,
             matvec_q8_0: $m::matvec_q8_0,
             matvec_q4_k: $m::matvec_q4_k,
             matvec_q5_k: $m::matvec_q5_k,

@@ -6,7 +6,11 @@
 //! product widens both sides to i16, and Q4_0/Q6_K subtract their offsets from the activation sums),
 //! so results differ from the scalar tier only by f32 summation order.
 //!
-//! The legacy formats (Q4_0, Q4_1, Q8_0) and F32/F16 process four rows per pass, so that each
+//! Q5_0/Q5_1 expand the 32 fifth bits of a block with one broadcast, `vpshufb` and compare
+//! ([`fifth_bits`]) and OR them onto the nibbles; then they are Q4_0/Q4_1 with q in 0..32 (Q5_0
+//! subtracts `16·Σ y` where Q4_0 subtracts `8·Σ y`).
+//!
+//! The legacy formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and F32/F16 process four rows per pass, so that each
 //! activation load and conversion is reused four times; the K-quants two rows.
 //!
 //! All kernels are `#[target_feature]` functions reachable only through [`kernels`], which checks the
@@ -15,6 +19,7 @@ use core::arch::x86_64::*;
 
 use super::common::*;
 use crate::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, F16Bits};
+use crate::{BlockQ5_0, BlockQ5_1};
 use crate::{Kernels, Tier, QK, QK_K};
 
 /// This tier's table, if the CPU has AVX2, FMA and F16C.
@@ -45,6 +50,8 @@ static TABLE: Kernels = Kernels {
     matvec_f16,
     matvec_q4_0,
     matvec_q4_1,
+    matvec_q5_0,
+    matvec_q5_1,
     matvec_q8_0,
     matvec_q4_k,
     matvec_q5_k,
@@ -73,6 +80,8 @@ entries! {
     matvec_f16 => mv_f16(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
     matvec_q4_0 => mv_q4_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
     matvec_q4_1 => mv_q4_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
+    matvec_q5_0 => mv_q5_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
+    matvec_q5_1 => mv_q5_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
     matvec_q8_0 => mv_q8_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
     matvec_q4_k => mv_q4_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
     matvec_q5_k => mv_q5_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
@@ -212,6 +221,78 @@ fn q4_0_rows<const R: usize>(rows: [&[BlockQ4_0]; R], x: &[BlockQ8_0]) -> [f32; 
             let q = nibbles(ld128::<0, _>(&wb.qs));
             let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
             let dot = _mm256_sub_epi32(dot, y8);
+            let d = _mm256_mul_ps(f16x8(wb.d), dy);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc[r]);
+        }
+    }
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        out[r] = hsum256(acc[r]);
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mv_q5_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
+    if let Some((w, x, nb)) = geometry::<BlockQ5_1, BlockQ8_1>(n, QK, w, xq, out) {
+        drive_rows!(q5_1_rows, 4, w, x, nb, out);
+    }
+}
+
+/// Per block: `(d·dy)·Σ q·y + m·s` with q = nibble | fifth bit << 4 in 0..32 (the unsigned side of
+/// `vpmaddubsw`; a pair of products is at most 2·31·128, no saturation).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_1_rows<const R: usize>(rows: [&[BlockQ5_1]; R], x: &[BlockQ8_1]) -> [f32; R] {
+    let rows = rows.map(|r| &r[..x.len()]);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    // Lane 1 accumulates m·s (lane 0 collects d·dy, unused).
+    let mut accm = [_mm_setzero_ps(); R];
+    for (b, xb) in x.iter().enumerate() {
+        let y = ld256::<0, _>(&xb.qs);
+        let xs = f16x2(xb.d, xb.s);
+        for r in 0..R {
+            let wb = &rows[r][b];
+            prefetch(wb, PREFETCH_AHEAD);
+            let p = _mm_mul_ps(f16x2(wb.d, wb.m), xs);
+            accm[r] = _mm_add_ps(accm[r], p);
+            let q = _mm256_or_si256(nibbles(ld128::<0, _>(&wb.qs)), fifth_bits(wb.qh));
+            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcastss_ps(p), acc[r]);
+        }
+    }
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        out[r] = hsum256(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(accm[r]));
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mv_q5_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
+    if let Some((w, x, nb)) = geometry::<BlockQ5_0, BlockQ8_0>(n, QK, w, xq, out) {
+        drive_rows!(q5_0_rows, 4, w, x, nb, out);
+    }
+}
+
+/// Per block: `(d·dy)·(Σ q·y − 16·Σ y)` with q = nibble | fifth bit << 4 in 0..32, and `16·Σ y`
+/// computed once per activation block.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_rows<const R: usize>(rows: [&[BlockQ5_0]; R], x: &[BlockQ8_0]) -> [f32; R] {
+    let rows = rows.map(|r| &r[..x.len()]);
+    let ones = _mm256_set1_epi16(1);
+    let sixteen = _mm256_set1_epi8(16);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (b, xb) in x.iter().enumerate() {
+        let y = ld256::<0, _>(&xb.qs);
+        let y16 = _mm256_madd_epi16(_mm256_maddubs_epi16(sixteen, y), ones);
+        let dy = f16x8(xb.d);
+        for r in 0..R {
+            let wb = &rows[r][b];
+            prefetch(wb, PREFETCH_AHEAD);
+            let q = _mm256_or_si256(nibbles(ld128::<0, _>(&wb.qs)), fifth_bits(wb.qh));
+            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+            let dot = _mm256_sub_epi32(dot, y16);
             let d = _mm256_mul_ps(f16x8(wb.d), dy);
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc[r]);
         }

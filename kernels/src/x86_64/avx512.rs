@@ -8,6 +8,11 @@
 //! - Q8_0: the weight is made unsigned by flipping its sign bit (`w + 128`), and `−128·Σ y` is the
 //!   starting accumulator. Exact for every byte value, −128 included.
 //!
+//! - Q5_1 / Q5_0: as Q4_1 / Q4_0 with q in 0..32 (`−16·Σ y` instead of `−8·Σ y`). The fifth bits
+//!   are not unpacked byte by byte: the two blocks' `qh` words are rearranged (a few integer shifts)
+//!   into a 64-bit byte mask in the nibble layout below, and one masked byte add (`vpaddb` under
+//!   `k`) puts 16 onto exactly those quants ([`q5x2`]).
+//!
 //! The nibble layout puts the low nibbles of two blocks next to each other: the 512-bit weight vector
 //! is `[lo(b0), lo(b1), hi(b0), hi(b1)]` (128-bit lanes) and the activation is rearranged to match once
 //! per block pair, so each row costs one 256-bit shift, one insert and one mask for two blocks.
@@ -19,6 +24,7 @@ use core::arch::x86_64::*;
 use super::avx2;
 use super::common::*;
 use crate::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, F16Bits};
+use crate::{BlockQ5_0, BlockQ5_1};
 use crate::{Kernels, Tier, QK, QK_K};
 use bytemuck::Pod;
 use core::mem::size_of;
@@ -59,6 +65,8 @@ static TABLE: Kernels = Kernels {
     matvec_f16,
     matvec_q4_0,
     matvec_q4_1,
+    matvec_q5_0,
+    matvec_q5_1,
     matvec_q8_0,
     matvec_q4_k,
     matvec_q5_k,
@@ -87,6 +95,8 @@ entries! {
     matvec_f16 => mv_f16[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q4_0 => mv_q4_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q4_1 => mv_q4_1[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q5_0 => mv_q5_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q5_1 => mv_q5_1[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q8_0 => mv_q8_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q4_k => mv_q4_k[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q5_k => mv_q5_k[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
@@ -150,6 +160,28 @@ fn nibbles2(a: &[u8; 16], b: &[u8; 16]) -> __m512i {
     let q = _mm256_set_m128i(ld128::<0, _>(b), ld128::<0, _>(a));
     let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q), _mm256_srli_epi16::<4>(q));
     _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
+}
+
+/// The quants (0..32) of two Q5 blocks in the [`nibbles2`] order `[lo(a), lo(b), hi(a), hi(b)]`.
+/// Bits 0..16 of a block's `qh` belong to its low-nibble elements and bits 16..32 to its high ones,
+/// so moving the four 16-bit halves into that order gives a byte mask of the fifth bits; a masked
+/// byte add of 16 (the nibbles are < 16, so this is bit 4) applies it.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q5x2(qa: &[u8; 16], ha: [u8; 4], qb: &[u8; 16], hb: [u8; 4]) -> __m512i {
+    let (a, b) = (u32::from_le_bytes(ha) as u64, u32::from_le_bytes(hb) as u64);
+    let k: __mmask64 = (a & 0xffff) | (b & 0xffff) << 16 | (a >> 16) << 32 | (b >> 16) << 48;
+    let q = nibbles2(qa, qb);
+    _mm512_mask_add_epi8(q, k, q, _mm512_set1_epi8(16))
+}
+
+/// The quants (0..32) of one Q5 block in the [`nibbles`] order (elements 0..32): `qh` is already
+/// the byte mask of that order.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q5x1(q: &[u8; 16], h: [u8; 4]) -> __m256i {
+    let v = nibbles(ld128::<0, _>(q));
+    _mm256_mask_add_epi8(v, u32::from_le_bytes(h), v, _mm256_set1_epi8(16))
 }
 
 /// Broadcasts f32 lane `i` of `v` within each group of 4 lanes by `i` = pattern of `sel`:
@@ -318,6 +350,105 @@ fn q4_0_rows<const R: usize>(rows: [&[BlockQ4_0]; R], x: &[BlockQ8_0]) -> [f32; 
                 continue;
             };
             let dot = _mm256_dpbusd_epi32(base, nibbles(ld128::<0, _>(&wb.qs)), y);
+            let t = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(f16x8(wb.d), dy));
+            acc[r] = _mm512_add_ps(acc[r], _mm512_zextps256_ps512(t));
+        }
+    }
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        out[r] = _mm512_reduce_add_ps(acc[r]);
+    }
+    out
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn mv_q5_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
+    if let Some((w, x, nb)) = geometry::<BlockQ5_1, BlockQ8_1>(n, QK, w, xq, out) {
+        drive_rows!(q5_1_rows, 4, w, x, nb, out);
+    }
+}
+
+/// Per block: `(d·dy)·Σ q·y + m·s`, q in 0..32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q5_1_rows<const R: usize>(rows: [&[BlockQ5_1]; R], x: &[BlockQ8_1]) -> [f32; R] {
+    let (xp, xt) = x.as_chunks::<2>();
+    let rows = rows.map(|r| r[..x.len()].as_chunks::<2>());
+    let mut acc = [_mm512_setzero_ps(); R];
+    // Lanes 1 and 3 accumulate m·s of the pair's two blocks (lanes 0 and 2 collect d·dy, unused).
+    let mut accm = [_mm_setzero_ps(); R];
+    for (b, xb) in xp.iter().enumerate() {
+        let y = interleave2(ld256::<0, _>(&xb[0].qs), ld256::<0, _>(&xb[1].qs));
+        let xs = f16x4(xb[0].d, xb[0].s, xb[1].d, xb[1].s);
+        for r in 0..R {
+            let wb = &rows[r].0[b];
+            prefetch(wb, PREFETCH_AHEAD);
+            let p = _mm_mul_ps(f16x4(wb[0].d, wb[0].m, wb[1].d, wb[1].m), xs);
+            accm[r] = _mm_add_ps(accm[r], p);
+            let q = q5x2(&wb[0].qs, wb[0].qh, &wb[1].qs, wb[1].qh);
+            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), spread2(p, 0, 2), acc[r]);
+        }
+    }
+    if let Some(xb) = xt.first() {
+        let y = ld256::<0, _>(&xb.qs);
+        let xs = f16x2(xb.d, xb.s);
+        for r in 0..R {
+            let Some(wb) = rows[r].1.first() else {
+                continue;
+            };
+            let p = _mm_mul_ps(f16x2(wb.d, wb.m), xs);
+            accm[r] = _mm_add_ps(accm[r], _mm_movelh_ps(p, _mm_setzero_ps()));
+            let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q5x1(&wb.qs, wb.qh), y);
+            let t = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcastss_ps(p));
+            acc[r] = _mm512_add_ps(acc[r], _mm512_zextps256_ps512(t));
+        }
+    }
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        let m = _mm_movehdup_ps(accm[r]);
+        let m = _mm_add_ss(m, _mm_movehl_ps(m, m));
+        out[r] = _mm512_reduce_add_ps(acc[r]) + _mm_cvtss_f32(m);
+    }
+    out
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn mv_q5_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
+    if let Some((w, x, nb)) = geometry::<BlockQ5_0, BlockQ8_0>(n, QK, w, xq, out) {
+        drive_rows!(q5_0_rows, 4, w, x, nb, out);
+    }
+}
+
+/// Per block: `(d·dy)·(Σ q·y − 16·Σ y)`, q in 0..32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q5_0_rows<const R: usize>(rows: [&[BlockQ5_0]; R], x: &[BlockQ8_0]) -> [f32; R] {
+    let (xp, xt) = x.as_chunks::<2>();
+    let rows = rows.map(|r| r[..x.len()].as_chunks::<2>());
+    let mut acc = [_mm512_setzero_ps(); R];
+    for (b, xb) in xp.iter().enumerate() {
+        let y = interleave2(ld256::<0, _>(&xb[0].qs), ld256::<0, _>(&xb[1].qs));
+        let y16 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(16), y);
+        let base = _mm512_sub_epi32(_mm512_setzero_si512(), y16);
+        let xs = f16x2(xb[0].d, xb[1].d);
+        for r in 0..R {
+            let wb = &rows[r].0[b];
+            prefetch(wb, PREFETCH_AHEAD);
+            let p = _mm_mul_ps(f16x2(wb[0].d, wb[1].d), xs);
+            let q = q5x2(&wb[0].qs, wb[0].qh, &wb[1].qs, wb[1].qh);
+            let dot = _mm512_dpbusd_epi32(base, q, y);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), spread2(p, 0, 1), acc[r]);
+        }
+    }
+    if let Some(xb) = xt.first() {
+        let y = ld256::<0, _>(&xb.qs);
+        let y16 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(16), y);
+        let base = _mm256_sub_epi32(_mm256_setzero_si256(), y16);
+        let dy = f16x8(xb.d);
+        for r in 0..R {
+            let Some(wb) = rows[r].1.first() else {
+                continue;
+            };
+            let dot = _mm256_dpbusd_epi32(base, q5x1(&wb.qs, wb.qh), y);
             let t = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(f16x8(wb.d), dy));
             acc[r] = _mm512_add_ps(acc[r], _mm512_zextps256_ps512(t));
         }

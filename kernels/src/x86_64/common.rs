@@ -180,6 +180,28 @@ pub(super) fn nibbles(q: __m128i) -> __m256i {
     _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), m)
 }
 
+/// The fifth bits of a Q5_0/Q5_1 block (`qh`: bit j belongs to element j) as 32 bytes in element
+/// order, `0x10` where the bit is set and 0 elsewhere, to be OR-ed onto [`nibbles`].
+///
+/// The 32-bit word is broadcast, `vpshufb` gives byte j a copy of `qh` byte j/8 (the shuffle works
+/// within 128-bit lanes, and each lane holds the whole word), and a per-byte test of bit j%8
+/// against the constant `[1, 2, 4, …, 128]` turns it into 0xff/0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn fifth_bits(qh: [u8; 4]) -> __m256i {
+    let v = _mm256_set1_epi32(i32::from_le_bytes(qh));
+    let spread = _mm256_setr_epi64x(
+        0,
+        0x0101_0101_0101_0101,
+        0x0202_0202_0202_0202,
+        0x0303_0303_0303_0303,
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let b = _mm256_shuffle_epi8(v, spread);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
 /// How far ahead of the weight row being read the row kernels prefetch, in bytes. Decode streams
 /// the weights from memory once per token; the rows a kernel reads are consecutive, so prefetching a
 /// fixed distance ahead of every row cursor covers the whole stream.
@@ -268,6 +290,37 @@ mod tests {
     }
 }
 
+#[cfg(all(test, feature = "std"))]
+mod fifth_bits_tests {
+    use super::*;
+
+    #[test]
+    fn fifth_bits_expand_every_bit_in_element_order() {
+        if !(std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c"))
+        {
+            std::eprintln!("fifth_bits: AVX2 not available, not checked");
+            return;
+        }
+        let mut state = 0x2545_f491u32;
+        let mut words = std::vec![0u32, u32::MAX, 1, 1 << 31, 0x0001_8000, 0xaaaa_5555];
+        for _ in 0..500 {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            words.push(state);
+        }
+        for qh in words {
+            let mut got = [0u8; 32];
+            // SAFETY: AVX2, FMA and F16C were detected above.
+            unsafe { st256::<0, _>(&mut got, fifth_bits(qh.to_le_bytes())) };
+            for (j, &g) in got.iter().enumerate() {
+                let want = if (qh >> j) & 1 == 1 { 0x10 } else { 0 };
+                assert_eq!(g, want, "qh {qh:#010x} element {j}");
+            }
+        }
+    }
+}
+
 /// Tiers against the scalar reference where tests/tiers.rs does not look: activations and quantizer
 /// outputs at odd addresses, the model's row widths (576, 1536) with 16 rows, bit-exact quantizers
 /// (these tiers promise the scalar bytes, ties included) and the inconsistent-length contract.
@@ -323,12 +376,12 @@ mod tier_tests {
                     c.copy_from_slice(&h(rng.f()));
                 }
             }
-            QuantType::Q4_0 | QuantType::Q8_0 => {
+            QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => {
                 for b in w.chunks_exact_mut(ts) {
                     b[0..2].copy_from_slice(&h(rng.f() * 0.01));
                 }
             }
-            QuantType::Q4_1 => {
+            QuantType::Q4_1 | QuantType::Q5_1 => {
                 for b in w.chunks_exact_mut(ts) {
                     b[0..2].copy_from_slice(&h(rng.f() * 0.01));
                     b[2..4].copy_from_slice(&h(rng.f() * 0.1));
@@ -425,6 +478,8 @@ mod tier_tests {
             (QuantType::F16, &[1, 7, 8, 9, 31, 33, 64, 100, 577]),
             (QuantType::Q4_0, &[32, 64, 96, 576]),
             (QuantType::Q4_1, &[32, 64, 96, 576, 1536]),
+            (QuantType::Q5_0, &[32, 64, 96, 640, 2048]),
+            (QuantType::Q5_1, &[32, 64, 96, 576, 1536]),
             (QuantType::Q8_0, &[32, 64, 96, 576]),
             (QuantType::Q4K, &[256, 512, 768]),
             (QuantType::Q5K, &[256, 512, 768]),

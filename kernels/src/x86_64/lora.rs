@@ -138,11 +138,80 @@ mod avx2 {
         hsum4(acc, z, z, z)[0]
     }
 
-    /// All rows against one token's vector, four rows at a time.
+    /// The sums of eight vectors, in order: `[Σa0, Σa1, …, Σa7]`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn one_token(j: &RowsDot<'_>, tok: usize, out: &mut [f32]) {
+    #[inline]
+    fn hsum8(a: [__m256; 8]) -> __m256 {
+        // hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7]: two levels leave the
+        // sums of each vector's low and high 128-bit halves, which the last step adds.
+        let h0123 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        let h4567 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+        let lo = _mm256_permute2f128_ps::<0x20>(h0123, h4567);
+        let hi = _mm256_permute2f128_ps::<0x31>(h0123, h4567);
+        _mm256_add_ps(lo, hi)
+    }
+
+    /// Eight dots of rows `row..row + 8` (length `k`, a multiple of 8) with `v`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn dot8_rows(j: &RowsDot<'_>, row: usize, v: &[f32]) -> __m256 {
+        let w = &j.w[row * j.k..(row + 8) * j.k];
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < j.k {
+            let x = ldf(&v[i..]);
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(ldh(&w[q * j.k + i..]), x, *a);
+            }
+            i += 8;
+        }
+        hsum8(acc)
+    }
+
+    /// Eight dots of rows `row..row + 8` of length 4 with `v` (`v.len() == 4`): two rows per vector.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn dot8_rows_k4(j: &RowsDot<'_>, row: usize, v: &[f32]) -> __m256 {
+        let w = &j.w[row * 4..(row + 8) * 4];
+        let v = &v[..4];
+        // SAFETY: `v` holds exactly 4 f32; `loadu` has no alignment requirement.
+        let v4 = unsafe { _mm_loadu_ps(v.as_ptr()) };
+        let vv = _mm256_set_m128(v4, v4);
+        let p = [0, 1, 2, 3].map(|m| _mm256_mul_ps(ldh(&w[8 * m..]), vv));
+        // [r0, r2, r4, r6 | r1, r3, r5, r7] after three pairwise levels; put the rows in order.
+        let s = _mm256_hadd_ps(_mm256_hadd_ps(p[0], p[1]), _mm256_hadd_ps(p[2], p[3]));
+        _mm256_permutevar8x32_ps(s, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+
+    /// Stores (shrink) or adds `scale ·` (expand) eight results for rows `row..row + 8` of token `tok`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn put8(j: &RowsDot<'_>, out: &mut [f32], tok: usize, row: usize, d: __m256) {
+        let base = tok * j.ldo + j.ooff + (row - j.row0);
+        let o = &mut out[base..base + 8];
+        // SAFETY: `o` holds exactly 8 f32; `loadu`/`storeu` have no alignment requirement.
+        unsafe {
+            let r = match j.scale {
+                None => d,
+                Some(s) => _mm256_fmadd_ps(d, _mm256_set1_ps(s), _mm256_loadu_ps(o.as_ptr())),
+            };
+            _mm256_storeu_ps(o.as_mut_ptr(), r);
+        }
+    }
+
+    /// All rows against one token's vector: eight rows at a time when the rows are short (the expand's
+    /// rank-long rows, where a horizontal sum per row would cost more than the dot), else four.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn one_token(j: &RowsDot<'_>, tok: usize, out: &mut [f32]) {
         let v = j.vec(tok);
         let mut row = j.row0;
+        if j.k == 4 || (j.k % 8 == 0 && j.k <= 64) {
+            while row + 8 <= j.row1 {
+                let d = if j.k == 4 { dot8_rows_k4(j, row, v) } else { dot8_rows(j, row, v) };
+                put8(j, out, tok, row, d);
+                row += 8;
+            }
+        }
         while row + 4 <= j.row1 {
             let d = dot4(
                 j.k,
@@ -246,13 +315,37 @@ mod avx512 {
         let v = v.map(|s| &s[..k]);
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
-        while i < k {
+        // Full vectors first (plain loads; the shrink's A rows are long), then one masked tail.
+        while i + 16 <= k {
             for q in 0..4 {
-                acc[q] = _mm512_fmadd_ps(ldh(&w[q][i..]), ldf(&v[q][i..]), acc[q]);
+                acc[q] = _mm512_fmadd_ps(ldh16(&w[q][i..]), ldf16(&v[q][i..]), acc[q]);
             }
             i += 16;
         }
+        if i < k {
+            for q in 0..4 {
+                acc[q] = _mm512_fmadd_ps(ldh(&w[q][i..]), ldf(&v[q][i..]), acc[q]);
+            }
+        }
         acc.map(|a| _mm512_reduce_add_ps(a))
+    }
+
+    /// 16 halves from the start of `c` (`c.len() >= 16`), widened.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn ldh16(c: &[u16]) -> __m512 {
+        let c = &c[..16];
+        // SAFETY: `c` holds exactly 16 u16 (32 bytes); `loadu` has no alignment requirement.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(c.as_ptr().cast())) }
+    }
+
+    /// 16 floats from the start of `c` (`c.len() >= 16`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn ldf16(c: &[f32]) -> __m512 {
+        let c = &c[..16];
+        // SAFETY: `c` holds exactly 16 f32; `loadu` has no alignment requirement.
+        unsafe { _mm512_loadu_ps(c.as_ptr()) }
     }
 
     /// `w · v`, both of length `k`.
@@ -297,6 +390,10 @@ mod avx512 {
     pub(super) fn rows_dot(j: &RowsDot<'_>, out: &mut [f32]) {
         if j.k < 16 {
             return super::avx2::rows_dot(j, out);
+        }
+        if j.n_tok == 1 && j.k % 8 == 0 && j.k <= 64 {
+            // Short rows (the expand of ranks up to 64): eight rows per horizontal sum.
+            return super::avx2::one_token(j, 0, out);
         }
         let mut tok = 0;
         while tok + 4 <= j.n_tok {

@@ -87,6 +87,91 @@ pub(super) fn matvec_q4_1<D: IDot>(dd: D, n: usize, w: &[u8], xq: &[u8], out: &m
     });
 }
 
+// ---------------------------------------------------------------- Q5_0 × Q8_0, Q5_1 × Q8_1
+
+/// The fifth bits of a Q5 block (`qh`, bit j = element j) as bytes in element order, 0x10 where the
+/// bit is set: elements 0..16 (under the low nibbles) and 16..32 (under the high nibbles).
+///
+/// The word is duplicated into every 32-bit lane; TBL gives byte j a copy of `qh` byte j/8, and
+/// CMTST against `[1, 2, 4, …, 128]` turns bit j%8 into 0xff/0.
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn fifth_bits(qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
+    let v = vreinterpretq_u8_u32(vdupq_n_u32(u32::from_le_bytes(qh)));
+    let sel_lo = vcombine_u8(vdup_n_u8(0), vdup_n_u8(1));
+    let sel_hi = vcombine_u8(vdup_n_u8(2), vdup_n_u8(3));
+    let bit = vreinterpretq_u8_u64(vdupq_n_u64(0x8040_2010_0804_0201));
+    let b16 = vdupq_n_u8(0x10);
+    let lo = vandq_u8(vtstq_u8(vqtbl1q_u8(v, sel_lo), bit), b16);
+    let hi = vandq_u8(vtstq_u8(vqtbl1q_u8(v, sel_hi), bit), b16);
+    (lo, hi)
+}
+
+/// The 32 quants (0..32) of a Q5 block: elements 0..16 and 16..32.
+#[target_feature(enable = "neon")]
+#[inline]
+fn q5_quants(qs: &[u8; 16], qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
+    let q = ld_u8(qs);
+    let (h0, h1) = fifth_bits(qh);
+    (
+        vorrq_u8(vandq_u8(q, vdupq_n_u8(0x0f)), h0),
+        vorrq_u8(vshrq_n_u8::<4>(q), h1),
+    )
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn matvec_q5_0<D: IDot>(dd: D, n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
+    let nb = n / QK;
+    let x: &[BlockQ8_0] = bytemuck::cast_slice(&xq[..nb * 34]);
+    let sixteen = vdupq_n_s8(16);
+    each_row(w, nb * 22, out, |row| {
+        let blocks: &[BlockQ5_0] = bytemuck::cast_slice(row);
+        let mut acc = vdupq_n_f32(0.0);
+        for (b, y) in blocks.iter().zip(x) {
+            let (lo, hi) = q5_quants(&b.qs, b.qh);
+            let lo = vsubq_s8(vreinterpretq_s8_u8(lo), sixteen);
+            let hi = vsubq_s8(vreinterpretq_s8_u8(hi), sixteen);
+            // |(q-16)·y| <= 16·128
+            let p = dd.dot2_small(
+                zero(),
+                lo,
+                ld_s8(bytemuck::cast_slice(&y.qs)),
+                hi,
+                ld_s8(bytemuck::cast_slice(&y.qs[16..])),
+            );
+            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), h2f(b.d) * h2f(y.d));
+        }
+        vaddvq_f32(acc)
+    });
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn matvec_q5_1<D: IDot>(dd: D, n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
+    let nb = n / QK;
+    let x: &[BlockQ8_1] = bytemuck::cast_slice(&xq[..nb * 36]);
+    each_row(w, nb * 24, out, |row| {
+        let blocks: &[BlockQ5_1] = bytemuck::cast_slice(row);
+        let mut acc = vdupq_n_f32(0.0);
+        let mut mins = 0.0f32;
+        for (b, y) in blocks.iter().zip(x) {
+            let (lo, hi) = q5_quants(&b.qs, b.qh);
+            // |q·y| <= 31·128
+            let p = dd.dot2_small(
+                zero(),
+                vreinterpretq_s8_u8(lo),
+                ld_s8(bytemuck::cast_slice(&y.qs)),
+                vreinterpretq_s8_u8(hi),
+                ld_s8(bytemuck::cast_slice(&y.qs[16..])),
+            );
+            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), h2f(b.d) * h2f(y.d));
+            mins += h2f(b.m) * h2f(y.s);
+        }
+        vaddvq_f32(acc) + mins
+    });
+}
+
 // ---------------------------------------------------------------- Q8_0 × Q8_0
 
 #[target_feature(enable = "neon")]

@@ -203,8 +203,10 @@ fn weights(r: &mut Rng, ty: QuantType, n: usize, rows: usize) -> Vec<u8> {
     let bs = ty.type_size();
     for b in w.chunks_mut(bs) {
         match ty {
-            QuantType::Q4_0 | QuantType::Q8_0 => b[..2].copy_from_slice(&r.scale()),
-            QuantType::Q4_1 | QuantType::Q4K | QuantType::Q5K => {
+            QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => {
+                b[..2].copy_from_slice(&r.scale())
+            }
+            QuantType::Q4_1 | QuantType::Q5_1 | QuantType::Q4K | QuantType::Q5K => {
                 b[..2].copy_from_slice(&r.scale());
                 b[2..4].copy_from_slice(&r.scale());
             }
@@ -228,6 +230,19 @@ fn dequant(ty: QuantType, row: &[u8]) -> Vec<f64> {
             QuantType::Q4_0 => {
                 v.extend(b[2..].iter().map(|&q| h(b) * ((q & 15) as f64 - 8.0)));
                 v.extend(b[2..].iter().map(|&q| h(b) * ((q >> 4) as f64 - 8.0)));
+            }
+            QuantType::Q5_0 => {
+                // qh (4 bytes, little-endian) after d; bit j is the fifth bit of element j.
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                for j in 0..32 {
+                    let nib = if j < 16 {
+                        b[6 + j] & 15
+                    } else {
+                        b[6 + j - 16] >> 4
+                    };
+                    let q = nib as u32 + 16 * ((qh >> j) & 1);
+                    v.push(h(b) * (q as f64 - 16.0));
+                }
             }
             QuantType::Q4K | QuantType::Q5K => {
                 let (d, dmin, s) = (h(b), h(&b[2..]), &b[4..16]);
@@ -291,14 +306,27 @@ fn dequant(ty: QuantType, row: &[u8]) -> Vec<f64> {
 /// Reference `row · x` for weights of `ty` against the activation bytes `xq` (in `vec_dot_type`),
 /// and the sum of |terms| (the scale of the allowed rounding error).
 fn ref_dot(ty: QuantType, row: &[u8], xq: &[u8], n: usize) -> (f64, f64) {
-    if ty == QuantType::Q4_1 {
+    if ty == QuantType::Q4_1 || ty == QuantType::Q5_1 {
         // Σ_blocks d·dy·Σq·qy + m·s (ggml uses the block's stored s for the min term).
+        // Q4_1: d, m, qs[16]; Q5_1: d, m, qh (u32 LE, bit j = fifth bit of element j), qs[16].
+        let (ts, qo) = if ty == QuantType::Q4_1 {
+            (20, 4)
+        } else {
+            (24, 8)
+        };
         let (mut s, mut a) = (0.0, 0.0);
-        for (b, y) in row.chunks(20).zip(xq.chunks(36)).take(n / 32) {
+        for (b, y) in row.chunks(ts).zip(xq.chunks(36)).take(n / 32) {
+            let qh = if ty == QuantType::Q5_1 {
+                u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as u64
+            } else {
+                0
+            };
             let mut isum = 0i64;
             for j in 0..16 {
-                isum += (b[4 + j] & 15) as i64 * (y[4 + j] as i8) as i64;
-                isum += (b[4 + j] >> 4) as i64 * (y[20 + j] as i8) as i64;
+                let lo = (b[qo + j] & 15) as i64 + 16 * ((qh >> j) & 1) as i64;
+                let hi = (b[qo + j] >> 4) as i64 + 16 * ((qh >> (j + 16)) & 1) as i64;
+                isum += lo * (y[4 + j] as i8) as i64;
+                isum += hi * (y[20 + j] as i8) as i64;
             }
             let t1 = h(b) * h(y) * isum as f64;
             let t2 = h(&b[2..]) * h(&y[2..]);
@@ -386,6 +414,68 @@ fn matvec_q4_0() {
 #[test]
 fn matvec_q4_1() {
     check_matvec(QuantType::Q4_1, &[32, 64, 96, 576, 1536], 6);
+}
+#[test]
+fn matvec_q5_0() {
+    check_matvec(QuantType::Q5_0, &[32, 64, 96, 640, 2048], 6);
+}
+#[test]
+fn matvec_q5_1() {
+    check_matvec(QuantType::Q5_1, &[32, 64, 96, 576, 1536], 6);
+}
+/// `qdot::fifth_bits` stored to bytes (elements 0..32).
+#[target_feature(enable = "neon")]
+fn fifth_bits_bytes(qh: u32) -> [u8; 32] {
+    use core::arch::aarch64::vreinterpretq_s8_u8;
+    let (lo, hi) = super::qdot::fifth_bits(qh.to_le_bytes());
+    let mut got = [0u8; 32];
+    super::util::st_s8(&mut got[..16], vreinterpretq_s8_u8(lo));
+    super::util::st_s8(&mut got[16..], vreinterpretq_s8_u8(hi));
+    got
+}
+
+#[test]
+fn q5_fifth_bits_expand_every_bit() {
+    assert!(
+        super::has_neon(),
+        "Advanced SIMD not detected on an aarch64 CPU"
+    );
+    let mut r = Rng(0x5eed);
+    let mut words = vec![0u32, u32::MAX, 1, 1 << 15, 1 << 16, 1 << 31, 0xaaaa_5555];
+    words.extend((0..300).map(|_| r.next() as u32));
+    for qh in words {
+        // SAFETY: Advanced SIMD was detected above (the function only computes on registers and
+        // stores into a local array).
+        let got = unsafe { fifth_bits_bytes(qh) };
+        for (j, &g) in got.iter().enumerate() {
+            let want = if (qh >> j) & 1 == 1 { 0x10 } else { 0 };
+            assert_eq!(g, want, "qh {qh:#010x} element {j}");
+        }
+    }
+}
+#[test]
+fn q5_extremes_do_not_overflow() {
+    // Every quant at its extreme (Q5_0: q-16 = -16 or 15; Q5_1: q = 31) against ±128/127 activations.
+    for k in tiers() {
+        let one = F16Bits::from_f32(1.0).0;
+        let mut w0 = vec![0u8; 22];
+        w0[..2].copy_from_slice(&one); // qh = 0, qs = 0: every q - 16 = -16
+        let mut y = vec![0u8; 34];
+        y[..2].copy_from_slice(&one);
+        y[2..].fill(0x80); // -128
+        let mut out = [0.0f32];
+        (k.matvec_q5_0)(32, &w0, &y, &mut out);
+        assert_eq!(out[0], 32.0 * 16.0 * 128.0, "{} q5_0", k.tier.name());
+        let mut w1 = vec![0xffu8; 24];
+        w1[..2].copy_from_slice(&one);
+        w1[2..4].copy_from_slice(&F16Bits::from_f32(0.0).0); // m = 0
+        let mut y1 = vec![0u8; 36];
+        y1[..2].copy_from_slice(&one);
+        y1[2..4].copy_from_slice(&F16Bits::from_f32(0.0).0);
+        y1[4..].fill(0x80);
+        (k.matvec_q5_1)(32, &w1, &y1, &mut out);
+        assert_eq!(out[0], -(32.0 * 31.0 * 128.0), "{} q5_1", k.tier.name());
+    }
 }
 #[test]
 fn matvec_q8_0() {
