@@ -43,6 +43,7 @@ pub fn apply_chat_template(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String> {
+    let src = guard_namespace_sets(template);
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
@@ -54,8 +55,9 @@ pub fn apply_chat_template(
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     env.add_filter("tojson", tojson);
+    env.add_filter(PLAIN_FILTER, plain_copy);
     let tmpl = env
-        .template_from_named_str(TEMPLATE_NAME, template)
+        .template_from_named_str(TEMPLATE_NAME, &src)
         .map_err(template_error)?;
     let msgs: Vec<Value> = messages
         .iter()
@@ -73,6 +75,61 @@ pub fn apply_chat_template(
         eos_token => eos_token,
     };
     tmpl.render(ctx).map_err(template_error)
+}
+
+/// The filter [`guard_namespace_sets`] inserts (a name no real template uses).
+const PLAIN_FILTER: &str = "__edge_run_plain_copy";
+
+/// Rewrites every namespace attribute assignment `{% set ns.attr = EXPR %}` into
+/// `{% set ns.attr = (EXPR) | __edge_run_plain_copy %}`.
+///
+/// Namespaces are the only mutable values in a template, so assigning one into itself (directly, inside a
+/// list or dict, or through another namespace) is the only way a template can build a cycle; minijinja
+/// then recurses without end when it prints or compares the value (a stack overflow that aborts the
+/// process: found by fuzzing) and leaks the cycle. Storing a plain snapshot instead makes cycles
+/// impossible and changes nothing for real templates, which store strings, numbers and booleans. An
+/// assignment whose expression contains `%}` in a string literal is cut there and the template fails to
+/// parse: an error, not a crash.
+fn guard_namespace_sets(template: &str) -> std::borrow::Cow<'_, str> {
+    static RE: std::sync::OnceLock<fancy_regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        fancy_regex::Regex::new(
+            r"(?s)\{%([-+]?)\s*set\s+([A-Za-z_][A-Za-z0-9_]*\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)\s*=(.*?)([-+]?)%\}",
+        )
+        .expect("constant regex")
+    });
+    re.replace_all(template, |c: &fancy_regex::Captures<'_>| {
+        let g = |i| c.get(i).map_or("", |m| m.as_str());
+        format!("{{%{} set {} = ({}) | {PLAIN_FILTER} {}%}}", g(1), g(2), g(3), g(4))
+    })
+}
+
+/// A deep copy of `v` with every map (namespaces included) and sequence rebuilt as plain data.
+fn plain_copy(v: Value) -> std::result::Result<Value, minijinja::Error> {
+    fn copy(v: &Value, depth: usize, budget: &mut usize) -> std::result::Result<Value, minijinja::Error> {
+        let too_big = || minijinja::Error::new(ErrorKind::InvalidOperation, "value assigned to a namespace is too large or too deeply nested");
+        if depth > 64 {
+            return Err(too_big());
+        }
+        match v.kind() {
+            minijinja::value::ValueKind::Map | minijinja::value::ValueKind::Seq => {
+                let is_map = v.kind() == minijinja::value::ValueKind::Map;
+                let mut items = Vec::new();
+                for k in v.try_iter()? {
+                    *budget = budget.checked_sub(1).ok_or_else(too_big)?;
+                    if is_map {
+                        let val = v.get_item(&k)?;
+                        items.push((k, copy(&val, depth + 1, budget)?));
+                    } else {
+                        items.push((Value::UNDEFINED, copy(&k, depth + 1, budget)?));
+                    }
+                }
+                Ok(if is_map { items.into_iter().collect() } else { items.into_iter().map(|(_, v)| v).collect() })
+            }
+            _ => Ok(v.clone()),
+        }
+    }
+    copy(&v, 0, &mut 100_000)
 }
 
 /// Instructions a chat template may execute per rendering.
@@ -250,5 +307,48 @@ fn write_py_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, out
             }
         }
         other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(t: &str) -> Result<String> {
+        apply_chat_template(t, &[ChatMessage::new("user", "hi"), ChatMessage::new("assistant", "yo")], false, "<s>", "</s>")
+    }
+
+    #[test]
+    fn namespaces_work_as_in_jinja() {
+        let t = "{% set ns = namespace(found=false, n=0) %}{% for m in messages %}{% if m.role == 'user' %}{% set ns.found = true %}{% endif %}{%- set ns.n = ns.n + 1 -%}{% endfor %}{{ ns.found }} {{ ns.n }}";
+        assert_eq!(render(t).unwrap(), "True 2"); // printed as Python's Jinja prints it
+        let t = "{% set ns = namespace(s='') %}{% for m in messages %}{%+ set ns.s = ns.s ~ m.content %}{% endfor %}[{{ ns.s }}]";
+        assert_eq!(render(t).unwrap(), "[hiyo]");
+    }
+
+    #[test]
+    fn a_namespace_assigned_into_itself_renders_a_snapshot_instead_of_recursing() {
+        // Each of these built a reference cycle that minijinja printed until the stack overflowed.
+        for t in [
+            "{% set ns = namespace(x=0) %}{% set ns.x = ns %}{{ ns.x }}|{{ ns }}",
+            "{% set ns = namespace(x=0) %}{% set ns.x = [ns, {'a': ns}] %}{{ ns }}",
+            "{% set a = namespace(v=1) %}{% set b = namespace(w=a) %}{% set a.v = b %}{{ a }}{{ b }}{{ a == b }}",
+            "{% set ns = namespace(x=0) %}{% for i in range(3) %}{% set ns.x = ns %}{% endfor %}{{ ns | tojson }}",
+        ] {
+            let out = render(t).unwrap_or_else(|e| panic!("{t}: {e}"));
+            assert!(!out.is_empty(), "{t}");
+        }
+        let out = render("{% set ns = namespace(x=0) %}{% set ns.x = ns %}{{ ns.x.x }}").unwrap();
+        assert_eq!(out, "0", "the snapshot holds the value the namespace had when it was assigned");
+    }
+
+    #[test]
+    fn rewrite_keeps_whitespace_control_and_leaves_other_sets_alone() {
+        let t = "{%- set ns.a = 1 + 2 -%}{% set x = 3 %}{%+set  n . b=x%}";
+        let r = guard_namespace_sets(t);
+        assert_eq!(
+            r,
+            format!("{{%- set ns.a = ( 1 + 2 ) | {PLAIN_FILTER} -%}}{{% set x = 3 %}}{{%+ set n . b = (x) | {PLAIN_FILTER} %}}")
+        );
     }
 }

@@ -62,11 +62,16 @@ enum Cmd {
     /// Describe a GGUF model: architecture, hyper-parameters, tensors per type, sizes.
     Info(InfoArgs),
     /// Measure prompt processing and decode speed (llama-bench's pp/tg workload), with and without the
-    /// given adapters, adapter load time and swap time.
+    /// given adapters, adapter load time and swap time, bytes read per token and the memory roofline
+    /// measured in the same run (tg as a percent of it).
     Bench(BenchArgs),
     /// Adapter tools: `adapter convert` writes a PEFT (or GGUF) adapter as a llama.cpp GGUF adapter.
     #[command(subcommand)]
     Adapter(AdapterCmd),
+    /// Fold LoRA adapters into the weights and write a new GGUF (requantized; reports the error added).
+    Merge(MergeArgs),
+    /// Measure what adapters do to a model: KL vs the base, perplexity, weight-delta norms, subspace overlap.
+    Diagnose(DiagnoseArgs),
 }
 
 // --- `edge-run adapter …` (issue 7) -------------------------------------------------------------
@@ -112,6 +117,120 @@ fn cmd_adapter(c: AdapterCmd) -> Result<(), Failure> {
 }
 // --- end `edge-run adapter` ----------------------------------------------------------------------
 
+// --- `edge-run merge` / `edge-run diagnose` (engineer M) ----------------------------------------
+#[derive(Args, Debug)]
+struct MergeArgs {
+    #[command(flatten)]
+    m: ModelArg,
+    /// A LoRA adapter to fold in (GGUF, or PEFT directory / safetensors), with an optional user scale.
+    /// Repeat to merge several.
+    #[arg(long = "adapter", value_name = "PATH[:SCALE]", required = true)]
+    adapters: Vec<String>,
+    /// The GGUF file to write (never one of the inputs; written to OUT.partial, then renamed).
+    #[arg(short = 'o', long = "output", value_name = "OUT.gguf")]
+    output: PathBuf,
+    /// Type of the merged weights: same (each tensor's own), f32, f16, bf16, q4_0, q4_1, q5_0, q5_1,
+    /// q8_0, q4_k, q5_k, q6_k. K-quants on rows not a multiple of 256 fall back like llama.cpp.
+    #[arg(long = "type", value_name = "TYPE", default_value = "same")]
+    ty: String,
+    /// Threads for the merge arithmetic (default: the number of physical cores).
+    #[arg(short = 't', long = "threads", value_name = "N")]
+    threads: Option<usize>,
+    /// Print the report as one JSON object (the last stdout line) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn cmd_merge(a: MergeArgs) -> Result<(), Failure> {
+    use edge_run::merge::{merge, MergeOptions, TargetType};
+    let target = TargetType::parse(&a.ty).ok_or_else(|| usage(format!("--type {}: unknown type (one of {})", a.ty, TargetType::NAMES)))?;
+    let adapters = a.adapters.iter().map(|s| parse_adapter_arg(s)).collect::<Result<Vec<_>, _>>()?;
+    let n_threads = a.threads.unwrap_or_else(default_threads);
+    if n_threads == 0 {
+        return Err(usage("-t/--threads must be at least 1"));
+    }
+    let t0 = std::time::Instant::now();
+    let r = merge(&a.m.model, &adapters, &a.output, &MergeOptions { target, n_threads, progress: true })?;
+    for n in &r.notes {
+        eprintln!("edge-run: note: {n}");
+    }
+    if let Some((from, to)) = r.file_type {
+        eprintln!("edge-run: general.file_type {from} -> {to}");
+    }
+    eprintln!("wrote {} ({} bytes) in {:.1} s; recorded in {}: {:?}", r.output.display(), r.bytes, t0.elapsed().as_secs_f64(), edge_run::merge::MERGED_KEY, r.adapters);
+    if a.json {
+        outln!("{}", r.to_json());
+    } else {
+        outln!("{}", r.table().trim_end());
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+struct DiagnoseArgs {
+    #[command(flatten)]
+    m: ModelArg,
+    /// A LoRA adapter with an optional user scale. Repeat: each one alone, each prefix of the stack and
+    /// the whole stack are measured.
+    #[arg(long = "adapter", value_name = "PATH[:SCALE]", required = true)]
+    adapters: Vec<String>,
+    /// The probe text (default: a built-in few-KB mix of prose, chat and code).
+    #[arg(long, value_name = "FILE")]
+    text: Option<PathBuf>,
+    /// Use at most this many tokens of the probe text.
+    #[arg(long = "max-tokens", value_name = "N")]
+    max_tokens: Option<usize>,
+    /// Print one JSON object (the last stdout line) instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG plot of KL vs the base against the number of stacked adapters.
+    #[arg(long, value_name = "OUT.svg")]
+    plot: Option<PathBuf>,
+    /// Worker threads (default: the number of physical cores).
+    #[arg(short = 't', long = "threads", value_name = "N")]
+    threads: Option<usize>,
+}
+
+fn cmd_diagnose(a: DiagnoseArgs) -> Result<(), Failure> {
+    use edge_run::diagnose::{diagnose, DiagnoseOptions};
+    let n_threads = a.threads.unwrap_or_else(default_threads);
+    if n_threads == 0 {
+        return Err(usage("-t/--threads must be at least 1"));
+    }
+    if a.max_tokens == Some(0) {
+        return Err(usage("--max-tokens must be at least 1"));
+    }
+    let text = match &a.text {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| Failure(1, format!("{}: {e}", p.display())))?),
+        None => None,
+    };
+    let model = open_model(&a.m.model)?;
+    let loaded = a.adapters.iter().map(|s| load_adapter(&model, s)).collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<String> = a
+        .adapters
+        .iter()
+        .map(|s| parse_adapter_arg(s).map(|(p, _)| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())))
+        .collect::<Result<_, _>>()?;
+    let set: Vec<(&Arc<Adapter>, f32, &str)> = loaded.iter().zip(&names).map(|((ad, s), n)| (ad, *s, n.as_str())).collect();
+    let opts = DiagnoseOptions { n_threads, max_tokens: a.max_tokens, progress: true };
+    let r = diagnose(&model, &set, text.as_deref(), &opts)?;
+    if let Some(p) = &a.plot {
+        let tmp = p.with_extension("svg.partial");
+        std::fs::write(&tmp, r.svg()).and_then(|_| std::fs::rename(&tmp, p)).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Failure(1, format!("{}: {e}", p.display()))
+        })?;
+        eprintln!("wrote {}", p.display());
+    }
+    if a.json {
+        outln!("{}", r.to_json());
+    } else {
+        outln!("{}", r.tables().trim_end());
+    }
+    Ok(())
+}
+// --- end `edge-run merge` / `edge-run diagnose` --------------------------------------------------
+
 #[derive(Args, Debug)]
 struct BenchArgs {
     #[command(flatten)]
@@ -128,6 +247,14 @@ struct BenchArgs {
     /// Print one JSON object on the last stdout line.
     #[arg(long)]
     json: bool,
+    /// Also run the same workload (without adapters) on this model file, e.g. the adapters merged into
+    /// the base, and print its speed and the ratio to the run with adapters.
+    #[arg(long = "compare-model", value_name = "FILE")]
+    compare_model: Option<PathBuf>,
+    /// Also run the identical workload (prompt tokens, counts, threads, adapters) in llama.cpp in this
+    /// process and print the speed ratios edge-run / llama.cpp (needs a build with `--features ggml`).
+    #[arg(long = "vs-llama-cpp")]
+    vs_llama_cpp: bool,
     #[command(flatten)]
     rt: RuntimeArgs,
 }
@@ -277,12 +404,16 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose);
+    // A model or adapter file truncated under us ends the run with a message naming it, not a signal.
+    edge_run::mapguard::install();
     let r = match cli.cmd {
         Some(Cmd::Tokenize(a)) => cmd_tokenize(a),
         Some(Cmd::Logits(a)) => cmd_logits(a),
         Some(Cmd::Info(a)) => cmd_info(a),
         Some(Cmd::Bench(a)) => cmd_bench(a),
         Some(Cmd::Adapter(c)) => cmd_adapter(c),
+        Some(Cmd::Merge(a)) => cmd_merge(a),
+        Some(Cmd::Diagnose(a)) => cmd_diagnose(a),
         None => cmd_generate(cli.gen),
     };
     match r {
@@ -443,6 +574,9 @@ fn cmd_info(a: InfoArgs) -> Result<(), Failure> {
     outln!("heads:           {} query, {} key/value, head size {}", hp.n_head, hp.n_head_kv, hp.head_dim);
     outln!("feed-forward:    {}", hp.n_ff);
     outln!("rope:            base {}, {} dims, scale {}", hp.rope_freq_base, hp.rope_dim, hp.rope_freq_scale);
+    if hp.n_swa > 0 {
+        outln!("sliding window:  {} positions on {} of {} layers (their rope base {})", hp.n_swa, hp.n_swa_layers(), hp.n_layer, hp.rope_freq_base_swa);
+    }
     outln!("rms epsilon:     {:e}", hp.rms_eps);
     outln!("output head:     {}", if m.tied_output { "tied to token_embd" } else { "separate (output.weight)" });
     let types: Vec<String> = m.type_counts.iter().map(|(t, n)| format!("{} {}", n, t.name())).collect();
@@ -493,88 +627,119 @@ fn describe_if_adapter(path: &Path) -> Result<Option<String>, Failure> {
     Ok(Some(s))
 }
 
-/// Best-of-`reps` (pp tok/s, tg tok/s) for the session's current adapter set.
-fn bench_run(sess: &mut Session, prompt: &[u32], n_gen: usize, reps: usize) -> Result<(f64, f64), Failure> {
-    let (mut pp, mut tg) = (0f64, 0f64);
-    for _ in 0..reps.max(1) {
-        sess.reset();
-        let t0 = std::time::Instant::now();
-        sess.eval(prompt)?;
-        pp = pp.max(prompt.len() as f64 / t0.elapsed().as_secs_f64());
-        let t1 = std::time::Instant::now();
-        for _ in 0..n_gen {
-            let t = edge_run::sampling::argmax(sess.logits());
-            sess.eval(&[t])?;
-        }
-        tg = tg.max(n_gen as f64 / t1.elapsed().as_secs_f64());
-    }
-    Ok((pp, tg))
-}
-
-fn peak_rss_mib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
-}
-
+// --- `edge-run bench` (the workload and measurements live in edge_run::bench) ---------------------
 fn cmd_bench(a: BenchArgs) -> Result<(), Failure> {
-    if a.n_prompt == 0 || a.n_gen == 0 {
-        return Err(usage("-p and -n must be at least 1"));
+    if a.n_prompt == 0 || a.n_gen == 0 || a.reps == 0 {
+        return Err(usage("-p, -n and -r must be at least 1"));
     }
     let model = open_model(&a.m.model)?;
-    let mut cfg = session_config(&model, &a.rt, false)?;
-    cfg.n_ctx = cfg.n_ctx.max(a.n_prompt + a.n_gen);
-    cfg.n_batch = cfg.n_batch.max(a.n_prompt);
-    let nv = model.hp.n_vocab as u32;
-    // A fixed pseudo-random prompt, as llama-bench uses random tokens.
-    let mut rng = edge_run::sampling::Rng::new(1234);
-    let prompt: Vec<u32> = (0..a.n_prompt).map(|_| (rng.next_u64() % nv as u64) as u32).collect();
-    let mut sess = Session::new(model.clone(), cfg.clone())?;
-    let tier = cfg.kernels.unwrap_or_else(Kernels::best).tier.name();
-    eprintln!("edge-run bench: {} threads, {tier} kernels, pp{} + tg{}, best of {}", cfg.n_threads, a.n_prompt, a.n_gen, a.reps);
-    eprint!("  base model ... ");
-    let (pp, tg) = bench_run(&mut sess, &prompt, a.n_gen, a.reps)?;
-    eprintln!("pp {pp:.1} tok/s, tg {tg:.1} tok/s");
-    let bytes_tok = model.bytes_per_token() as f64;
-    let mut json = format!(
-        "{{\"model\": {:?}, \"threads\": {}, \"kernels\": {tier:?}, \"pp_tps\": {pp:.2}, \"tg_tps\": {tg:.2}, \"bytes_per_token\": {}",
-        model.path().display().to_string(),
-        cfg.n_threads,
-        bytes_tok as u64
-    );
-    outln!("| {:<28} | {:>10} | {:>10} | {:>12} |", "configuration", "pp tok/s", "tg tok/s", "tg overhead");
-    outln!("| {:<28} | {:>10.1} | {:>10.1} | {:>12} |", "base", pp, tg, "");
-    if !a.rt.adapters.is_empty() {
-        let t0 = std::time::Instant::now();
-        let loaded = a.rt.adapters.iter().map(|s| load_adapter(&model, s)).collect::<Result<Vec<_>, _>>()?;
-        let load_ms = t0.elapsed().as_secs_f64() * 1e3 / loaded.len() as f64;
-        let set: Vec<(&Arc<Adapter>, f32)> = loaded.iter().map(|(a, s)| (a, *s)).collect();
-        let ab: usize = loaded.iter().map(|(a, _)| a.bytes().0 + a.bytes().1).sum();
-        sess.set_adapters(&set)?;
-        eprint!("  with {} adapter(s) ... ", loaded.len());
-        let (lpp, ltg) = bench_run(&mut sess, &prompt, a.n_gen, a.reps)?;
-        let overhead = 100.0 * (tg / ltg - 1.0);
-        let floor = 100.0 * ab as f64 / bytes_tok;
-        eprintln!("pp {lpp:.1} tok/s, tg {ltg:.1} tok/s");
-        outln!("| {:<28} | {:>10.1} | {:>10.1} | {:>11.1}% |", format!("+{} adapter(s)", loaded.len()), lpp, ltg, overhead);
-        // Swap time: publishing a new set (what another thread pays) and the first token after it.
-        let ctl = sess.adapter_control();
-        let n_swaps = 1000;
-        let t0 = std::time::Instant::now();
-        for i in 0..n_swaps {
-            ctl.set(if i % 2 == 0 { &set[..1] } else { &set[..] })?;
-        }
-        let swap_us = t0.elapsed().as_secs_f64() * 1e6 / n_swaps as f64;
-        outln!("adapter bytes {:.2} MiB = {floor:.2}% of the base's bytes per token (the overhead's floor); load {load_ms:.2} ms/adapter; swap {swap_us:.2} µs", ab as f64 / 1048576.0);
-        json += &format!(", \"lora_pp_tps\": {lpp:.2}, \"lora_tg_tps\": {ltg:.2}, \"lora_overhead_pct\": {overhead:.2}, \"lora_floor_pct\": {floor:.3}, \"adapter_load_ms\": {load_ms:.3}, \"swap_us\": {swap_us:.3}");
+    let cfg = session_config(&model, &a.rt, false)?;
+    let workload = edge_run::bench::Workload {
+        n_prompt: a.n_prompt,
+        n_gen: a.n_gen,
+        reps: a.reps,
+        adapters: a.rt.adapters.iter().map(|s| parse_adapter_arg(s)).collect::<Result<_, _>>()?,
+        ..Default::default()
+    };
+    let vs_model = if a.vs_llama_cpp {
+        vs_llama_cpp::available()?;
+        Some(model.clone())
+    } else {
+        None
+    };
+    let report = edge_run::bench::run(model, &cfg, &workload, a.compare_model.as_deref(), &mut |line| eprintln!("{line}"))?;
+    let vs = match &vs_model {
+        Some(m) => Some(vs_llama_cpp::run(&a.m.model, m, &workload, &report)?),
+        None => None,
+    };
+    outln!("{}", report.table());
+    if let Some(v) = &vs {
+        outln!("{}", v.table);
     }
-    let rss = peak_rss_mib();
-    outln!("peak RSS {rss:.1} MiB (mapped model {:.1} MiB)", model.mapped_bytes() as f64 / 1048576.0);
-    json += &format!(", \"rss_mib\": {rss:.1}}}");
     if a.json {
-        outln!("{json}");
+        match &vs {
+            Some(v) => outln!("{}", v.json(&report.to_json())),
+            None => outln!("{}", report.to_json()),
+        }
     }
     Ok(())
 }
+// --- end `edge-run bench` ------------------------------------------------------------------------
+
+// --- `edge-run bench --vs-llama-cpp` (feature `ggml`; the runner lives in edge_run::ggml) -----------
+mod vs_llama_cpp {
+    use super::Failure;
+    use edge_run::bench::{Report, Workload};
+    use edge_run::Model;
+    use std::path::Path;
+
+    /// llama.cpp's results next to edge-run's: a printable table and the JSON fields.
+    #[cfg_attr(not(feature = "ggml"), allow(dead_code))]
+    pub struct Vs {
+        pub table: String,
+        fields: Vec<(&'static str, f64)>,
+    }
+
+    impl Vs {
+        /// edge-run's JSON object with `llamacpp_pp_tps`, `llamacpp_tg_tps`, `pp_ratio`, `tg_ratio` (base
+        /// model) and, with adapters, `llamacpp_lora_pp_tps`, `llamacpp_lora_tg_tps`, `lora_pp_ratio`,
+        /// `lora_tg_ratio` added.
+        pub fn json(&self, edge_run_json: &str) -> String {
+            let mut v: serde_json::Value = serde_json::from_str(edge_run_json).unwrap_or_else(|_| serde_json::json!({}));
+            if let Some(o) = v.as_object_mut() {
+                for (k, x) in &self.fields {
+                    o.insert((*k).to_string(), serde_json::json!(x));
+                }
+            }
+            v.to_string()
+        }
+    }
+
+    /// Refuses `--vs-llama-cpp` up front in a build without llama.cpp.
+    pub fn available() -> Result<(), Failure> {
+        if cfg!(feature = "ggml") {
+            Ok(())
+        } else {
+            Err(super::usage("--vs-llama-cpp needs edge-run built with `--features ggml` (llama.cpp in the same process)"))
+        }
+    }
+
+    #[cfg(feature = "ggml")]
+    pub fn run(path: &Path, model: &Model, w: &Workload, report: &Report) -> Result<Vs, Failure> {
+        eprintln!("llama.cpp (same process): {}", edge_run::ggml::system_info());
+        let lc = edge_run::ggml::bench_workload(path, &model.base_info, model.hp.n_vocab, w, report.threads)?;
+        let mut fields = vec![
+            ("llamacpp_pp_tps", lc.base.pp_tps),
+            ("llamacpp_tg_tps", lc.base.tg_tps),
+            ("pp_ratio", report.base.pp_tps / lc.base.pp_tps),
+            ("tg_ratio", report.base.tg_tps / lc.base.tg_tps),
+        ];
+        let mut table = format!(
+            "| {:<28} | {:>10} | {:>10} | {:>12} | {:>12} |\n",
+            "llama.cpp, same workload", "pp tok/s", "tg tok/s", "pp edge/lcpp", "tg edge/lcpp"
+        );
+        table += &format!(
+            "| {:<28} | {:>10.1} | {:>10.1} | {:>12.2} | {:>12.2} |",
+            "base", lc.base.pp_tps, lc.base.tg_tps, fields[2].1, fields[3].1
+        );
+        if let (Some(l), Some(e)) = (lc.lora, &report.lora) {
+            let (pr, tr) = (e.speed.pp_tps / l.pp_tps, e.speed.tg_tps / l.tg_tps);
+            table += &format!(
+                "\n| {:<28} | {:>10.1} | {:>10.1} | {:>12.2} | {:>12.2} |",
+                format!("+{} adapter(s)", e.n_adapters), l.pp_tps, l.tg_tps, pr, tr
+            );
+            fields.extend([("llamacpp_lora_pp_tps", l.pp_tps), ("llamacpp_lora_tg_tps", l.tg_tps), ("lora_pp_ratio", pr), ("lora_tg_ratio", tr)]);
+        }
+        Ok(Vs { table, fields })
+    }
+
+    #[cfg(not(feature = "ggml"))]
+    pub fn run(_: &Path, _: &Model, _: &Workload, _: &Report) -> Result<Vs, Failure> {
+        available()?;
+        Err(super::usage("--vs-llama-cpp: llama.cpp is not built in"))
+    }
+}
+// --- end `edge-run bench --vs-llama-cpp` ---------------------------------------------------------
 
 fn sampling_params(g: &GenArgs) -> Result<SamplingParams, Failure> {
     let seed = g.seed.unwrap_or_else(|| {

@@ -4,6 +4,7 @@
 //! every weight's shape and type, and records where each weight lives in the mapping. Weight bytes are
 //! never copied or written; a [`WeightRef`] is an offset into the mapping.
 use crate::adapter::BaseInfo;
+use crate::arch::Arch;
 use crate::gguf::Gguf;
 use crate::kernels::QuantType;
 use crate::tokenizer::{Tokenizer, Vocab};
@@ -44,11 +45,19 @@ pub struct Layer {
     pub ffn_gate: WeightRef,
     pub ffn_up: WeightRef,
     pub ffn_down: WeightRef,
+    /// Gemma 3: per-head RMSNorm weights of q and k [head_dim].
+    pub attn_q_norm: Option<WeightRef>,
+    pub attn_k_norm: Option<WeightRef>,
+    /// Gemma 3: RMSNorm of the attention output (`post_attention_norm`) and of the FFN output
+    /// (`post_ffw_norm`) before their residual adds [n_embd].
+    pub attn_post_norm: Option<WeightRef>,
+    pub ffn_post_norm: Option<WeightRef>,
 }
 
 /// Hyper-parameters from the GGUF metadata (`{arch}.*` keys).
 #[derive(Clone, Debug)]
 pub struct HParams {
+    pub arch: Arch,
     pub n_vocab: usize,
     pub n_embd: usize,
     pub n_layer: usize,
@@ -62,6 +71,19 @@ pub struct HParams {
     /// Linear RoPE scaling factor (`rope.scaling.factor` with type `linear`), 1.0 if none.
     pub rope_freq_scale: f32,
     pub rms_eps: f32,
+    /// Scale of q·k in attention: 1/√head_dim unless the architecture says otherwise.
+    pub att_scale: f32,
+    /// Factor on the input embeddings (Gemma: √n_embd; 1 for llama).
+    pub embd_scale: f32,
+    /// Final logit soft cap c (logits = c·tanh(logits/c)); 0 = none.
+    pub logit_softcap: f32,
+    /// Sliding window of the local layers (a query at p sees keys p - n_swa < j ≤ p); 0 = none.
+    pub n_swa: usize,
+    /// Per layer: local (sliding-window) attention. All false without `n_swa`.
+    pub swa: Vec<bool>,
+    /// RoPE base and linear scale of the local layers.
+    pub rope_freq_base_swa: f32,
+    pub rope_freq_scale_swa: f32,
 }
 
 impl HParams {
@@ -71,11 +93,25 @@ impl HParams {
     pub fn q_dim(&self) -> usize {
         self.n_head * self.head_dim
     }
+    /// KV positions layer `l` keeps in a context of `n_ctx`: a ring of the window for local layers.
+    pub fn kv_positions(&self, l: usize, n_ctx: usize) -> usize {
+        if self.swa.get(l).copied().unwrap_or(false) {
+            self.n_swa.min(n_ctx)
+        } else {
+            n_ctx
+        }
+    }
+    /// Local (sliding-window) layers.
+    pub fn n_swa_layers(&self) -> usize {
+        self.swa.iter().filter(|&&s| s).count()
+    }
 }
 
 pub struct Model {
     path: PathBuf,
     map: Mmap,
+    /// Names this file if it shrinks while mapped (see [`crate::mapguard`]).
+    _map_guard: crate::mapguard::Registration,
     pub arch: String,
     pub name: Option<String>,
     pub hp: HParams,
@@ -109,9 +145,6 @@ impl std::fmt::Debug for Model {
 pub const LAYER_WEIGHTS: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 pub const LAYER_SLOTS: usize = LAYER_WEIGHTS.len();
 
-/// Architectures whose forward pass is the LLaMA one (RMSNorm, RoPE, GQA, SwiGLU).
-const LLAMA_LIKE: &[&str] = &["llama", "mistral"];
-
 impl Model {
     /// Map and validate a GGUF model file.
     pub fn open(path: impl AsRef<Path>) -> Result<Model> {
@@ -126,14 +159,13 @@ impl Model {
         let m = Self::from_gguf(&g, &fname).map_err(|e| e.in_file(&fname))?;
         let base_info = BaseInfo::from_gguf(&g).map_err(|e| e.in_file(&fname))?;
         let Loaded { arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors, gguf_version } = m;
-        Ok(Model { path, map, arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors, gguf_version, base_info })
+        let _map_guard = crate::mapguard::register(&map, &path);
+        Ok(Model { path, map, _map_guard, arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors, gguf_version, base_info })
     }
 
     fn from_gguf(g: &Gguf<'_>, fname: &str) -> Result<Loaded> {
         let arch = g.get_str("general.architecture")?.to_string();
-        if !LLAMA_LIKE.contains(&arch.as_str()) {
-            return Err(Error::unsupported(fname, format!("architecture `{arch}` (general.architecture); supported: {}", LLAMA_LIKE.join(", "))));
-        }
+        let kind = Arch::from_name(&arch).ok_or_else(|| Error::unsupported(fname, format!("architecture `{arch}` (general.architecture); supported: {}", Arch::SUPPORTED.join(", "))))?;
         let key = |k: &str| format!("{arch}.{k}");
         let req = |k: &str| -> Result<usize> {
             let v = g.get_u64(&key(k))?;
@@ -146,7 +178,11 @@ impl Model {
         let n_head_kv = opt("attention.head_count_kv")?.map(|v| v as usize).unwrap_or(n_head);
         let n_ff = req("feed_forward_length")?;
         let n_ctx_train = opt("context_length")?.map_or(2048, |v| usize::try_from(v).unwrap_or(usize::MAX));
-        let rms_eps = g.opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);
+        let rms_eps = match kind {
+            // llama.cpp requires the key for gemma3 (there is no common default).
+            Arch::Gemma3 => g.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
+            Arch::Llama => g.opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+        };
         let rope_freq_base = g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
         let mut rope_freq_scale = 1.0f32;
         if let Some(t) = g.opt_str(&key("rope.scaling.type"))? {
@@ -240,10 +276,19 @@ impl Model {
             Some(_) => Some(weight("rope_freqs.weight", rope_dim / 2, 1, false)?),
             None => None,
         };
+        let gemma = match kind {
+            Arch::Gemma3 => Some(crate::arch::gemma3::hparams(g, fname, n_layer, n_embd, n_head, head_dim)?),
+            Arch::Llama => None,
+        };
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let w = |n: &str, a, b, lin| weight(&format!("blk.{i}.{n}.weight"), a, b, lin);
+            let g3 = |n: &str, a| -> Result<Option<WeightRef>> { if gemma.is_some() { w(n, a, 1, false).map(Some) } else { Ok(None) } };
             layers.push(Layer {
+                attn_q_norm: g3("attn_q_norm", head_dim)?,
+                attn_k_norm: g3("attn_k_norm", head_dim)?,
+                attn_post_norm: g3("post_attention_norm", n_embd)?,
+                ffn_post_norm: g3("post_ffw_norm", n_embd)?,
                 attn_norm: w("attn_norm", n_embd, 1, false)?,
                 attn_q: w("attn_q", n_embd, q_dim, true)?,
                 attn_k: w("attn_k", n_embd, kv_dim, true)?,
@@ -264,7 +309,36 @@ impl Model {
         }
         let chat_template = g.opt_str("tokenizer.chat_template")?.map(str::to_string);
         let name = g.opt_str("general.name").ok().flatten().map(str::to_string);
-        let hp = HParams { n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_ctx_train, rope_dim, rope_freq_base, rope_freq_scale, rms_eps };
+        let mut hp = HParams {
+            arch: kind,
+            n_vocab,
+            n_embd,
+            n_layer,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff,
+            n_ctx_train,
+            rope_dim,
+            rope_freq_base,
+            rope_freq_scale,
+            rms_eps,
+            att_scale: 1.0 / (head_dim as f32).sqrt(),
+            embd_scale: 1.0,
+            logit_softcap: 0.0,
+            n_swa: 0,
+            swa: vec![false; n_layer],
+            rope_freq_base_swa: rope_freq_base,
+            rope_freq_scale_swa: 1.0,
+        };
+        if let Some(p) = gemma {
+            hp.n_swa = p.n_swa;
+            hp.swa = p.swa;
+            hp.rope_freq_base_swa = p.rope_freq_base_swa;
+            hp.att_scale = p.att_scale;
+            hp.embd_scale = p.embd_scale;
+            hp.logit_softcap = p.logit_softcap;
+        }
         Ok(Loaded { arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors: g.tensors().len(), gguf_version: g.version() })
     }
 

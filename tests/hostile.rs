@@ -1426,7 +1426,7 @@ fn model_cases() -> Vec<Case> {
         ("blk.0.attn_q.weight", vec![e, 16], QuantType::F32),
         ("blk.0.attn_q.weight", vec![16, e], QuantType::F32),
         ("blk.0.attn_q.weight", vec![e, e, 2], QuantType::F32),
-        ("blk.0.attn_q.weight", vec![e, e], QuantType::Q5_0),
+        ("blk.0.attn_q.weight", vec![e, e], QuantType::Q8K),
         ("blk.0.attn_q.weight", vec![e, e], QuantType::Q8_1),
         ("blk.0.attn_q.weight", vec![e, e], QuantType::BF16),
         ("blk.0.attn_k.weight", vec![e, e], QuantType::F32),
@@ -1453,9 +1453,9 @@ fn model_cases() -> Vec<Case> {
     );
     hp(
         &mut c,
-        "output.weight Q5_1",
+        "output.weight Q8_1 (an activation type, no weight kernel)",
         &|p| {
-            p.add_tensor("output.weight", &[32, 48], QuantType::Q5_1);
+            p.add_tensor("output.weight", &[32, 48], QuantType::Q8_1);
         },
         &["output.weight"],
     );

@@ -604,14 +604,19 @@ fn throughput_report() {
 }
 
 /// Gemma 3 270M: a 262,144-token SentencePiece-style vocab (user-defined whitespace/newline tokens,
-/// byte fallback, no space prefix). The model is optional for this suite, so this test is ignored by
-/// default: run it with `EDGE_RUN_GEMMA=/path/gemma-3-270m-q4_k_m.gguf cargo test --release --test
-/// tokenizer -- --ignored`.
+/// byte fallback, no space prefix). The model comes from `models/fetch.sh` (`models/gemma-3-270m-q4_k_m.gguf`,
+/// or `$EDGE_RUN_GEMMA`); the test fails when it is missing. (tests/gemma3.rs checks the same ids through
+/// `Model::open`.)
 #[test]
-#[ignore = "needs the Gemma 3 270M GGUF in EDGE_RUN_GEMMA"]
 fn gemma3_reference_ids() {
-    let path =
-        std::env::var_os("EDGE_RUN_GEMMA").expect("set EDGE_RUN_GEMMA to gemma-3-270m-q4_k_m.gguf");
+    let path = std::env::var_os("EDGE_RUN_GEMMA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf"));
+    assert!(
+        path.is_file(),
+        "model {} not found: run `models/fetch.sh` (or set EDGE_RUN_GEMMA)",
+        path.display()
+    );
     let bytes = std::fs::read(&path).expect("read the Gemma GGUF");
     let g = Gguf::parse_named(&bytes, "gemma-3-270m-q4_k_m.gguf").unwrap();
     let tok = Tokenizer::from_gguf(&g).unwrap();

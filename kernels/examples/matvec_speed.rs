@@ -5,6 +5,18 @@
 //! Two working sets per case: one matrix of the model's shape (cache-resident after the first pass)
 //! and a 96 MiB stack (3× this machine's L3) of rows (streams from memory, as decode does across a model's layers).
 //! Single-threaded. Numbers only; nothing is asserted.
+//!
+//! For the quantized types, three ways of computing a product are timed per tier:
+//! - `1x`: one `matvec` (the `q8` activation mode);
+//! - `2pass`: the `q8x2` mode as two `matvec` passes over 32-row sub-chunks (against the quantized
+//!   activation, then its residual, into a scratch buffer, then added), as the runtime did before
+//!   `MatVec2`;
+//! - `fused`: one `matvec2` call (`fused*` where `Kernels::matvec2_fused` says the tier's kernel is
+//!   fused; otherwise the tier's entry is itself two passes).
+//!
+//! Throughput is weight bytes per second of one product (the two-activation modes read each
+//! weight byte once per product too), so `fused/2pass` is the speed-up of the fused kernel and
+//! `fused/1x` what the second activation costs relative to the `q8` mode.
 use edge_run_kernels::{Kernels, QuantType};
 use std::time::Instant;
 
@@ -35,7 +47,14 @@ fn fix_scales(ty: QuantType, w: &mut [u8]) {
     }
 }
 
-fn bench(k: &Kernels, ty: QuantType, n: usize, rows: usize, reps: usize) -> f64 {
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    One,
+    TwoPass,
+    Fused,
+}
+
+fn bench(k: &Kernels, ty: QuantType, n: usize, rows: usize, reps: usize, mode: Mode) -> f64 {
     let rb = ty.row_bytes(n).unwrap();
     let mut w = vec![0u8; rb * rows];
     fill(&mut w, 1);
@@ -46,15 +65,36 @@ fn bench(k: &Kernels, ty: QuantType, n: usize, rows: usize, reps: usize) -> f64 
     let vt = ty.vec_dot_type();
     let mut xq = vec![0u8; vt.row_bytes(n).unwrap()];
     (k.quantize(vt).unwrap())(&x, &mut xq);
+    // A second activation of the same format (its values do not matter for speed).
+    let r: Vec<f32> = x.iter().map(|v| v * 0.003 - 0.001).collect();
+    let mut xr = vec![0u8; xq.len()];
+    (k.quantize(vt).unwrap())(&r, &mut xr);
     let mv = k.matvec(ty).unwrap();
+    let mv2 = k.matvec2(ty);
     let mut out = vec![0f32; rows];
-    mv(n, &w, &xq, &mut out); // warm-up
-                              // The fastest of `reps` passes: the machine may be shared, and a pass that was descheduled
-                              // says nothing about the kernel.
+    let run = |out: &mut [f32]| match mode {
+        Mode::One => mv(n, &w, &xq, out),
+        Mode::TwoPass => {
+            let mut tmp = [0f32; 32];
+            for (c, o) in out.chunks_mut(32).enumerate() {
+                let wr = &w[c * 32 * rb..(c * 32 + o.len()) * rb];
+                let t = &mut tmp[..o.len()];
+                mv(n, wr, &xq, o);
+                mv(n, wr, &xr, t);
+                for (a, b) in o.iter_mut().zip(t.iter()) {
+                    *a += *b;
+                }
+            }
+        }
+        Mode::Fused => (mv2.unwrap())(n, &w, &xq, &xr, out),
+    };
+    run(&mut out); // warm-up
+                   // The fastest of `reps` passes: the machine may be shared, and a pass that was descheduled
+                   // says nothing about the kernel.
     let mut best = f64::INFINITY;
     for _ in 0..reps {
         let t = Instant::now();
-        mv(n, &w, &xq, &mut out);
+        run(&mut out);
         std::hint::black_box(&mut out);
         best = best.min(t.elapsed().as_secs_f64());
     }
@@ -96,23 +136,53 @@ fn main() {
         let rb = ty.row_bytes(n).unwrap();
         let small_bytes = rb * rows;
         let big_rows = BIG / rb;
-        print!("{name:32}");
+        let two = tiers[0].matvec2(ty).is_some();
+        println!("{name}");
         for k in &tiers {
+            let scalar = k.tier.name() == "scalar";
             let reps_small = ((1usize << 30) / small_bytes).clamp(3, 5_000);
-            let reps_small = if k.tier.name() == "scalar" {
+            let reps_small = if scalar {
                 reps_small / 8 + 1
             } else {
                 reps_small
             };
-            let cached = bench(k, ty, n, rows, reps_small);
-            let reps_big = if k.tier.name() == "scalar" { 2 } else { 12 };
-            let streamed = bench(k, ty, n, big_rows, reps_big);
-            print!(
-                "  {:>10}: {cached:6.1} / {streamed:5.1} GB/s",
-                k.tier.name()
-            );
+            let reps_big = if scalar { 2 } else { 12 };
+            let modes: &[Mode] = if two {
+                &[Mode::One, Mode::TwoPass, Mode::Fused]
+            } else {
+                &[Mode::One]
+            };
+            let mut res = vec![];
+            for &m in modes {
+                res.push((
+                    bench(k, ty, n, rows, reps_small, m),
+                    bench(k, ty, n, big_rows, reps_big, m),
+                ));
+            }
+            print!("  {:>12}:", k.tier.name());
+            for (m, (c, s)) in modes.iter().zip(&res) {
+                let label = match m {
+                    Mode::One => "1x",
+                    Mode::TwoPass => "2pass",
+                    Mode::Fused if k.matvec2_fused(ty) => "fused*",
+                    Mode::Fused => "fused",
+                };
+                print!("  {label:>6} {c:6.1} / {s:5.1}");
+            }
+            if two {
+                let (one, tp, fu) = (res[0], res[1], res[2]);
+                print!(
+                    "   fused/2pass {:.2} / {:.2}, fused/1x {:.2} / {:.2}",
+                    fu.0 / tp.0,
+                    fu.1 / tp.1,
+                    fu.0 / one.0,
+                    fu.1 / one.1
+                );
+            }
+            println!();
         }
-        println!();
     }
-    println!("(cache-resident / streaming from memory; weight bytes per second of the fastest pass, one thread)");
+    println!(
+        "(GB/s cache-resident / streaming from memory: weight bytes per second of one product, fastest pass, one thread; * = fused kernel)"
+    );
 }

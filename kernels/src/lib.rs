@@ -166,6 +166,13 @@ impl Tier {
 /// (each row `QuantType::row_bytes(n)` bytes); `xq` is the activation in the weight type's
 /// [`QuantType::vec_dot_type`] (raw bytes; for F32 the f32 values' bytes).
 pub type MatVec = fn(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
+/// `out[r] = row_r(w) · xq + row_r(w) · xr`: a [`MatVec`] against two activations of the same format
+/// at once (the `q8x2` activation mode: an 8-bit quantization `xq` and the 8-bit quantization `xr` of
+/// its residual). The result is what two `MatVec` calls and an f32 add give, up to f32 summation
+/// order; the length contract is `MatVec`'s with `xr` held to the same length as `xq` (for
+/// `n == 0` the output is zeros; on inconsistent lengths, a debug assertion and NaN outputs in
+/// release builds, never a panic). Fused tiers unpack each weight block once for both products.
+pub type MatVec2 = fn(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]);
 /// Quantize `x` into the bytes of `out` (`vec_dot_type` blocks). `x.len()` must be a multiple of the block.
 pub type Quantize = fn(x: &[f32], out: &mut [u8]);
 
@@ -184,6 +191,15 @@ pub struct Kernels {
     pub matvec_q4_k: MatVec,
     pub matvec_q5_k: MatVec,
     pub matvec_q6_k: MatVec,
+    /// [`MatVec2`] entries of the quantized types (see [`Kernels::matvec2`]).
+    pub matvec2_q4_0: MatVec2,
+    pub matvec2_q4_1: MatVec2,
+    pub matvec2_q5_0: MatVec2,
+    pub matvec2_q5_1: MatVec2,
+    pub matvec2_q8_0: MatVec2,
+    pub matvec2_q4_k: MatVec2,
+    pub matvec2_q5_k: MatVec2,
+    pub matvec2_q6_k: MatVec2,
     pub quantize_q8_0: Quantize,
     pub quantize_q8_1: Quantize,
     pub quantize_q8_k: Quantize,
@@ -247,6 +263,46 @@ impl Kernels {
             Q6K => self.matvec_q6_k,
             _ => return None,
         })
+    }
+
+    /// The two-activation matrix×vector kernel ([`MatVec2`]) for weights of type `ty`: every type
+    /// with an integer dot product (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) has one in every
+    /// tier. `None` for F32/F16 (their activations are f32 and have no residual; a caller wanting two
+    /// activations there makes two [`MatVec`] calls) and for types without a matvec.
+    ///
+    /// Some tiers implement some types as two passes of their own `MatVec` over 32-row sub-chunks
+    /// (correct, not faster); [`Kernels::matvec2_fused`] says which are fused.
+    pub fn matvec2(&self, ty: QuantType) -> Option<MatVec2> {
+        use QuantType::*;
+        Some(match ty {
+            Q4_0 => self.matvec2_q4_0,
+            Q4_1 => self.matvec2_q4_1,
+            Q5_0 => self.matvec2_q5_0,
+            Q5_1 => self.matvec2_q5_1,
+            Q8_0 => self.matvec2_q8_0,
+            Q4K => self.matvec2_q4_k,
+            Q5K => self.matvec2_q5_k,
+            Q6K => self.matvec2_q6_k,
+            _ => return None,
+        })
+    }
+
+    /// Whether this tier's [`Kernels::matvec2`] for `ty` is a fused kernel (each weight block unpacked
+    /// once for both activations) rather than two passes of the tier's `MatVec` (the scalar tier's
+    /// entries are always two passes: they are the reference).
+    pub fn matvec2_fused(&self, ty: QuantType) -> bool {
+        let fused: &[QuantType] = match self.tier {
+            Tier::Scalar => &[],
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 => x86_64::avx512::FUSED2,
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 => x86_64::avx2::FUSED2,
+            #[cfg(target_arch = "aarch64")]
+            Tier::Neon | Tier::NeonDotprod => aarch64::neon::FUSED2,
+            #[allow(unreachable_patterns)]
+            _ => &[],
+        };
+        fused.contains(&ty)
     }
 
     /// The activation quantizer for a `vec_dot_type` (`Q8_0`, `Q8_1`, `Q8_K`; `F32` copies the bytes).

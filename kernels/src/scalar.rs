@@ -37,6 +37,14 @@ pub static KERNELS: Kernels = Kernels {
     matvec_q4_k,
     matvec_q5_k,
     matvec_q6_k,
+    matvec2_q4_0,
+    matvec2_q4_1,
+    matvec2_q5_0,
+    matvec2_q5_1,
+    matvec2_q8_0,
+    matvec2_q4_k,
+    matvec2_q5_k,
+    matvec2_q6_k,
     quantize_q8_0,
     quantize_q8_1,
     quantize_q8_k,
@@ -1368,6 +1376,80 @@ pub fn matvec_q5_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
 
 pub fn matvec_q6_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
     matvec_k(n, w, xq, out, dot_block_q6_k_q8_k);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Two activations at once (`MatVec2`): the reference is two `MatVec` passes and an add
+// ---------------------------------------------------------------------------------------------------
+
+/// Rows per sub-chunk of [`matvec2_two_pass`] (the weights of a sub-chunk stay in L1 between passes).
+pub const TWO_PASS_ROWS: usize = 32;
+
+/// `out = mv(w, xq) + mv(w, xr)` for weights of type `ty`: per sub-chunk of [`TWO_PASS_ROWS`] rows,
+/// one `mv` into `out`, one into a stack buffer, then an f32 add. The [`MatVec2`] reference (and the
+/// entry of a tier that has no fused kernel for a type). Lengths as `mv` checks them: zeros for
+/// `n == 0`, NaN rows (and a debug assertion) on inconsistent lengths.
+pub fn matvec2_two_pass(
+    ty: QuantType,
+    mv: MatVec,
+    n: usize,
+    w: &[u8],
+    xq: &[u8],
+    xr: &[u8],
+    out: &mut [f32],
+) {
+    let rb = ty.row_bytes(n);
+    let fits = rb
+        .and_then(|rb| rb.checked_mul(out.len()))
+        .is_some_and(|l| l <= w.len());
+    let (Some(rb), true) = (rb, fits) else {
+        // Let `mv` report the inconsistency (NaN rows / debug assertion) as it would alone.
+        mv(n, w, xq, out);
+        return;
+    };
+    let mut tmp = [0f32; TWO_PASS_ROWS];
+    for (c, o) in out.chunks_mut(TWO_PASS_ROWS).enumerate() {
+        let r0 = c * TWO_PASS_ROWS;
+        let wr = &w[r0 * rb..(r0 + o.len()) * rb];
+        let t = &mut tmp[..o.len()];
+        mv(n, wr, xq, o);
+        mv(n, wr, xr, t);
+        for (a, b) in o.iter_mut().zip(t.iter()) {
+            *a += *b;
+        }
+    }
+}
+
+/// Defines `MatVec2` entries `$name` as [`matvec2_two_pass`] over the `MatVec` `$mv` for type `$ty`.
+macro_rules! two_pass_entries {
+    ($($(#[$m:meta])* $vis:vis fn $name:ident => $ty:ident, $mv:path;)*) => {$(
+        $(#[$m])*
+        $vis fn $name(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
+            $crate::scalar::matvec2_two_pass($crate::QuantType::$ty, $mv, n, w, xq, xr, out)
+        }
+    )*};
+}
+// Used by the tiers whose entries are composed two-pass (the NEON tiers); unused on x86-64.
+#[allow(unused_imports)]
+pub(crate) use two_pass_entries;
+
+two_pass_entries! {
+    /// Q4_0 weights × two Q8_0 activations: [`matvec_q4_0`] twice, added.
+    pub fn matvec2_q4_0 => Q4_0, matvec_q4_0;
+    /// Q4_1 weights × two Q8_1 activations: [`matvec_q4_1`] twice, added.
+    pub fn matvec2_q4_1 => Q4_1, matvec_q4_1;
+    /// Q5_0 weights × two Q8_0 activations: [`matvec_q5_0`] twice, added.
+    pub fn matvec2_q5_0 => Q5_0, matvec_q5_0;
+    /// Q5_1 weights × two Q8_1 activations: [`matvec_q5_1`] twice, added.
+    pub fn matvec2_q5_1 => Q5_1, matvec_q5_1;
+    /// Q8_0 weights × two Q8_0 activations: [`matvec_q8_0`] twice, added.
+    pub fn matvec2_q8_0 => Q8_0, matvec_q8_0;
+    /// Q4_K weights × two Q8_K activations: [`matvec_q4_k`] twice, added.
+    pub fn matvec2_q4_k => Q4K, matvec_q4_k;
+    /// Q5_K weights × two Q8_K activations: [`matvec_q5_k`] twice, added.
+    pub fn matvec2_q5_k => Q5K, matvec_q5_k;
+    /// Q6_K weights × two Q8_K activations: [`matvec_q6_k`] twice, added.
+    pub fn matvec2_q6_k => Q6K, matvec_q6_k;
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ Everything here is independent of edge-run's own code:
 - the forward pass below is a plain float64 numpy transcription of llama.cpp's `llama` graph
   (RMSNorm, RoPE NORM mode on adjacent pairs with rope_freqs division, causal GQA softmax attention,
   SwiGLU FFN, tied or separate output head), and the LoRA side path is y = W x + s (alpha/r) B (A x);
+- the `gemma3` fixture (tiny-gemma3*.gguf, its GGUF / PEFT adapters) takes its expected logits from
+  gemma3_ref.py next to this script, a float64 transcription of the Gemma 3 definition;
 - the tokenizer expectations come from small BPE / SentencePiece-style encoders written here.
 
 Deterministic: fixed seeds; running it twice gives byte-identical files.
@@ -26,6 +28,9 @@ import regex
 import gguf
 from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize, quantize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gemma3_ref  # noqa: E402  (the float64 Gemma 3 forward pass, also usable on the real model)
 
 QK_K = 256
 N_TOKENS = 12
@@ -471,6 +476,187 @@ def build_lora(out_dir, model, rank=4, alpha=8.0, seed=777):
     return ref
 
 
+# --------------------------------------------------------------------------------------------------
+# Gemma 3 fixture
+# --------------------------------------------------------------------------------------------------
+
+GEMMA3 = dict(name="tiny-gemma3", seed=21, n_embd=128, n_layer=3, n_head=4, n_head_kv=2, head_dim=32, n_ff=256,
+              window=5, pattern=2, rope_base=1000.0, rope_scaling=2.0, eps=1e-6, n_tokens=16)
+# weight types per linear weight (Gemma 3 270M Q4_K_M mixes Q5_0, Q8_0, Q4_K and Q6_K the same way)
+# (K-quants need rows of 256: only ffn_down, whose rows are n_ff long, can be one here; Q4_K in layers 0
+# and 2, Q6_K in layer 1)
+GEMMA3_TYPES = {"attn_q": T.Q5_0, "attn_k": T.Q5_0, "attn_v": T.Q8_0, "attn_output": T.Q5_0,
+                "ffn_gate": T.Q5_0, "ffn_up": T.Q5_0, "ffn_down": T.Q4_K}
+
+
+def build_gemma3(path, spec, vocab):
+    """A tiny `gemma3` GGUF (n_embd 128, 4 heads / 2 KV heads): 3 layers (0 and 2 local with window 5, 1 global: sliding_window_pattern 2),
+    head_dim 32 != n_embd/n_head (key_length), QK-norm, sandwich norms, tied Q8_0 embedding, global RoPE
+    base 1000 with linear scaling x2, local base left to the default (10000)."""
+    rng = np.random.default_rng(spec["seed"])
+    E, L, H, KV, hd, FF = (spec[k] for k in ("n_embd", "n_layer", "n_head", "n_head_kv", "head_dim", "n_ff"))
+    nv = len(vocab["tokens"])
+    w = gguf.GGUFWriter(str(path), arch="gemma3")
+    w.add_name(spec["name"])
+    w.add_context_length(1024)
+    w.add_embedding_length(E)
+    w.add_block_count(L)
+    w.add_feed_forward_length(FF)
+    w.add_head_count(H)
+    w.add_head_count_kv(KV)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_freq_base(spec["rope_base"])
+    w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    w.add_rope_scaling_factor(spec["rope_scaling"])
+    w.add_layer_norm_rms_eps(spec["eps"])
+    w.add_sliding_window(spec["window"])
+    w.add_uint32("gemma3.attention.sliding_window_pattern", spec["pattern"])
+    w.add_vocab_size(nv)
+    w.add_tokenizer_model(vocab["model"])
+    w.add_token_list(vocab["tokens"])
+    w.add_token_types(vocab["types"])
+    w.add_token_scores(vocab["scores"])
+    w.add_bos_token_id(vocab["bos"])
+    w.add_eos_token_id(vocab["eos"])
+    w.add_unk_token_id(vocab["unk"])
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(False)
+    W = {}
+
+    def put(name, data, qtype=None):
+        w.add_tensor(name, data, raw_dtype=qtype)
+
+    def linear(name, qtype, n_out, n_in, std):
+        data, deq = make_tensor(rng, qtype, n_out, n_in, std)
+        put(name, data, None if data.dtype in (np.float32, np.float16) else qtype)
+        W[name] = deq
+
+    def norm(name, n, lo, hi):
+        v = rng.uniform(lo, hi, size=n).astype(np.float32)  # as stored: Gemma's 1 + w already folded in
+        put(name, v)
+        W[name] = v.astype(np.float64)
+
+    linear("token_embd.weight", T.Q8_0, nv, E, 3.0 / np.sqrt(E))
+    norm("output_norm.weight", E, 0.8, 1.2)
+    for l in range(L):
+        p = f"blk.{l}."
+        t = GEMMA3_TYPES
+        norm(p + "attn_norm.weight", E, 0.8, 1.2)
+        linear(p + "attn_q.weight", t["attn_q"], H * hd, E, 1.0 / np.sqrt(E))
+        linear(p + "attn_k.weight", t["attn_k"], KV * hd, E, 1.0 / np.sqrt(E))
+        linear(p + "attn_v.weight", t["attn_v"], KV * hd, E, 1.0 / np.sqrt(E))
+        norm(p + "attn_q_norm.weight", hd, 0.5, 2.0)
+        norm(p + "attn_k_norm.weight", hd, 0.5, 2.0)
+        linear(p + "attn_output.weight", t["attn_output"], E, H * hd, 1.0 / np.sqrt(H * hd))
+        norm(p + "post_attention_norm.weight", E, 0.2, 1.0)
+        norm(p + "ffn_norm.weight", E, 0.8, 1.2)
+        linear(p + "ffn_gate.weight", t["ffn_gate"], FF, E, 1.0 / np.sqrt(E))
+        linear(p + "ffn_up.weight", t["ffn_up"], FF, E, 1.0 / np.sqrt(E))
+        linear(p + "ffn_down.weight", T.Q6_K if l == 1 else t["ffn_down"], E, FF, 1.0 / np.sqrt(FF))
+        norm(p + "post_ffw_norm.weight", E, 0.2, 1.0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    hp = dict(n_embd=E, n_layer=L, n_head=H, n_head_kv=KV, head_dim=hd, eps=float(np.float32(spec["eps"])), rope_base=spec["rope_base"],
+              rope_base_local=10000.0, rope_scale=1.0 / spec["rope_scaling"], window=spec["window"],
+              local=gemma3_ref.local_layers(L, spec["pattern"]), softcap=0.0)
+    assert hp["local"] == [True, False, True]
+    return hp, W
+
+
+GEMMA3_LORA_MODULES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                       "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                       "ffn_down": "mlp.down_proj"}
+
+
+def build_gemma3_lora(out_dir, W, n_layer, rank=4, alpha=8.0, seed=778):
+    """One adapter on all seven linear weights of every layer, as a llama.cpp GGUF LoRA and as PEFT for
+    Gemma3ForCausalLM (`model.layers.N`) and Gemma3ForConditionalGeneration (`model.language_model.layers.N`).
+    Gemma's Q/K rows are NOT permuted (NeoX RoPE): PEFT's lora_B is the GGUF lora_b as is."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    ref = {"alpha": alpha, "t": {}}
+    g = gguf.GGUFWriter(str(out_dir / "tiny-gemma3-lora.gguf"), arch="gemma3")
+    g.add_name("tiny-gemma3-lora")
+    g.add_string("general.type", "adapter")
+    g.add_string("adapter.type", "lora")
+    g.add_float32("adapter.lora.alpha", alpha)
+    peft = {"model.layers": {}, "model.language_model.layers": {}}
+    for l in range(n_layer):
+        for tgt, module in GEMMA3_LORA_MODULES.items():
+            name = f"blk.{l}.{tgt}.weight"
+            n_out, n_in = W[name].shape
+            a = rng.normal(0, 1.0 / np.sqrt(n_in), size=(rank, n_in)).astype(np.float16)
+            b = rng.normal(0, 0.3, size=(n_out, rank)).astype(np.float16)
+            g.add_tensor(name + ".lora_a", a)
+            g.add_tensor(name + ".lora_b", b)
+            ref["t"][name] = (a.astype(np.float64), b.astype(np.float64))
+            for prefix, d in peft.items():
+                key = f"base_model.model.{prefix}.{l}.{module}"
+                d[key + ".lora_A.weight"] = a  # fp16, as PEFT saves a half-precision adapter
+                d[key + ".lora_B.weight"] = b
+    g.write_header_to_file()
+    g.write_kv_data_to_file()
+    g.write_tensors_to_file()
+    g.close()
+    for prefix, dname in (("model.layers", "tiny-gemma3-lora-peft"), ("model.language_model.layers", "tiny-gemma3-lora-peft-vlm")):
+        pdir = out_dir / dname
+        pdir.mkdir(exist_ok=True)
+        save_file(peft[prefix], str(pdir / "adapter_model.safetensors"))
+        cfg = {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": "edge-run/tiny-gemma3 (synthetic)",
+            "r": rank,
+            "lora_alpha": alpha,
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "use_rslora": False,
+            "fan_in_fan_out": False,
+            "inference_mode": True,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        }
+        (pdir / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return ref
+
+
+def make_gemma3(out, vocab):
+    """tiny-gemma3.gguf, its adapters and expected logits; returns the manifest entry."""
+    spec = GEMMA3
+    path = out / f"{spec['name']}.gguf"
+    hp, W = build_gemma3(path, spec, vocab)
+    nv = len(vocab["tokens"])
+    rng = np.random.default_rng(2000 + spec["seed"])
+    toks = [vocab["bos"]] + [int(t) for t in rng.integers(3, nv, size=spec["n_tokens"] - 1)]
+    z = gemma3_ref.forward(hp, W, toks)
+    hp2, W2 = gemma3_ref.load_gguf(path)
+    assert hp2 == hp, (hp2, hp)
+    assert np.abs(z - gemma3_ref.forward(hp2, W2, toks)).max() <= 1e-9 * z.std(), "tiny-gemma3: reloaded file disagrees"
+    # the window matters: the same model without it gives clearly different logits at late positions
+    zfull = gemma3_ref.forward({**hp, "window": 1 << 30}, W, toks)
+    assert np.abs(z - zfull)[spec["window"]:].max() > 0.1 * z.std()
+    save_npy(out / f"{spec['name']}.logits.npy", z)
+    lora = build_gemma3_lora(out, W, hp["n_layer"])
+    zl = gemma3_ref.forward(hp, W, toks, lora, 1.0)
+    save_npy(out / f"{spec['name']}.lora-s1.0.logits.npy", zl)
+    std, margin = logit_stats(z)
+    print(f"{path.name}: {path.stat().st_size} bytes, logit std {std:.3f}, min top-2 margin {margin:.4f}; "
+          f"adapter max |logit change| {np.abs(zl - z).max():.3f}")
+    return {
+        "name": spec["name"], "file": path.name, "n_vocab": nv, "tokens": toks,
+        "weight_types": {k: T(v).name for k, v in GEMMA3_TYPES.items()}, "token_embd_type": "Q8_0",
+        **{k: spec[k] for k in ("n_embd", "n_layer", "n_head", "n_head_kv", "head_dim", "n_ff", "window", "pattern",
+                                "rope_base", "rope_scaling")},
+        "local_layers": hp["local"], "expected": f"{spec['name']}.logits.npy", "logit_std": std, "min_top2_margin": margin,
+        "adapter": {"gguf": "tiny-gemma3-lora.gguf", "peft": ["tiny-gemma3-lora-peft", "tiny-gemma3-lora-peft-vlm"],
+                    "rank": 4, "alpha": 8.0, "scale": 1.0, "targets": [f"blk.N.{t}.weight" for t in GEMMA3_LORA_MODULES],
+                    "expected": f"{spec['name']}.lora-s1.0.logits.npy", "logit_std": float(zl.std())},
+    }
+
+
 def reload(path):
     """Read a written fixture back with gguf-py's GGUFReader: hyper-parameters and dequantized weights."""
     r = gguf.GGUFReader(str(path))
@@ -602,10 +788,11 @@ def main():
     entry["other_bases"] = [{"base": "tiny-q8_0.gguf", "scale": 1.0, "tokens": other["tokens"],
                              "expected": "tiny-q8_0.lora-s1.0.logits.npy"}]
     manifest["adapters"].append(entry)
+    manifest["gemma3"] = make_gemma3(out, spm)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"total fixture size: {total} bytes")
-    assert total < 3 * 1024 * 1024
+    assert total < 4 * 1024 * 1024
 
 
 def _pkg_version(name):

@@ -199,7 +199,7 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
 /// A factor as fp16: F16 in place (after a finiteness scan), others converted once.
 fn factor(
     g: &Gguf<'_>,
-    map: &Arc<memmap2::Mmap>,
+    map: &Arc<MappedFile>,
     t: &TensorInfo<'_>,
     file: &str,
 ) -> Result<Halves> {
@@ -232,14 +232,72 @@ fn factor(
             format!("data is {} bytes, expected {need:?}", data.len()),
         ));
     }
-    let vals = decode(src, data, n);
-    if let Some(i) = first_non_finite(&vals) {
-        return Err(non_finite_err(file, &what, i, vals[i]));
-    }
     if src == Src::F16 {
+        // Scanned as bits (exponent all ones = Inf/NaN), without widening: this scan is most of the
+        // load time of an fp16 adapter, which is otherwise used in place.
+        if let Some(i) = first_non_finite_f16(data) {
+            let h = half::f16::from_bits(u16::from_le_bytes([data[2 * i], data[2 * i + 1]]));
+            return Err(non_finite_err(file, &what, i, h.to_f32()));
+        }
         if let Some(h) = Halves::mapped(map, t.offset as usize, n) {
             return Ok(h);
         }
     }
+    let vals = decode(src, data, n);
+    if let Some(i) = first_non_finite(&vals) {
+        return Err(non_finite_err(file, &what, i, vals[i]));
+    }
     Ok(Halves::Owned(to_f16(&vals, file, &what)?))
+}
+
+/// Index of the first non-finite fp16 value (little-endian bytes), if any.
+fn first_non_finite_f16(bytes: &[u8]) -> Option<usize> {
+    const EXP: u64 = 0x7c00_7c00_7c00_7c00;
+    let is_bad = |h: u16| h & 0x7c00 == 0x7c00;
+    // Four halves per step: a lane is bad iff its exponent bits are all set, i.e. (w & EXP) has that
+    // lane equal to 0x7c00; checked exactly only in the (rare) words that have one.
+    let mut words = bytes.chunks_exact(8);
+    for (wi, w) in words.by_ref().enumerate() {
+        let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        let e = w & EXP;
+        // A lane has all exponent bits iff adding 0x0400 to its masked exponent carries into bit 15.
+        if (e + 0x0400_0400_0400_0400) & 0x8000_8000_8000_8000 != 0 {
+            for lane in 0..4 {
+                if is_bad((w >> (16 * lane)) as u16) {
+                    return Some(wi * 4 + lane);
+                }
+            }
+        }
+    }
+    let base = (bytes.len() / 8) * 4;
+    words
+        .remainder()
+        .chunks_exact(2)
+        .position(|c| is_bad(u16::from_le_bytes([c[0], c[1]])))
+        .map(|i| base + i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_non_finite_f16;
+
+    #[test]
+    fn non_finite_f16_found_at_every_position() {
+        let finite = [0x0000u16, 0x3c00, 0xbc00, 0x7bff, 0xfbff, 0x0001, 0x83ff, 0x7800];
+        for len in 0..19 {
+            let mut v: Vec<u16> = (0..len).map(|i| finite[i % finite.len()]).collect();
+            let bytes: Vec<u8> = v.iter().flat_map(|h| h.to_le_bytes()).collect();
+            assert_eq!(first_non_finite_f16(&bytes), None, "len {len}");
+            for bad in [0x7c00u16, 0xfc00, 0x7e00, 0x7c01, 0xffff] {
+                for pos in 0..len {
+                    let keep = v[pos];
+                    v[pos] = bad;
+                    let bytes: Vec<u8> = v.iter().flat_map(|h| h.to_le_bytes()).collect();
+                    assert_eq!(first_non_finite_f16(&bytes), Some(pos), "len {len} bad {bad:#x} at {pos}");
+                    assert!(!half::f16::from_bits(bad).is_finite());
+                    v[pos] = keep;
+                }
+            }
+        }
+    }
 }

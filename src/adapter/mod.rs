@@ -118,7 +118,7 @@ pub enum LoraKind {
 enum Halves {
     /// `len` u16 starting at byte `start` of the map (checked 2-byte aligned and in bounds at load).
     Mapped {
-        map: Arc<memmap2::Mmap>,
+        map: Arc<MappedFile>,
         start: usize,
         len: usize,
     },
@@ -139,7 +139,7 @@ impl Halves {
     }
 
     /// In place if the bytes are 2-byte aligned in memory (little-endian hosts), otherwise copied.
-    fn mapped(map: &Arc<memmap2::Mmap>, start: usize, len: usize) -> Option<Halves> {
+    fn mapped(map: &Arc<MappedFile>, start: usize, len: usize) -> Option<Halves> {
         let bytes = map.get(start..start.checked_add(len.checked_mul(2)?)?)?;
         if cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, u16>(bytes).is_ok() {
             Some(Halves::Mapped {
@@ -518,8 +518,21 @@ fn transpose(v: &[u16], rows: usize, cols: usize) -> Vec<u16> {
     out
 }
 
+/// A read-only file mapping, registered with [`crate::mapguard`] for its lifetime.
+pub(crate) struct MappedFile {
+    map: memmap2::Mmap,
+    _guard: crate::mapguard::Registration,
+}
+
+impl std::ops::Deref for MappedFile {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
 /// Maps a file read-only.
-fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>> {
+fn map_file(path: &Path) -> Result<Arc<MappedFile>> {
     let io = |e| Error::Io {
         path: path.to_path_buf(),
         source: e,
@@ -527,8 +540,11 @@ fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>> {
     let f = std::fs::File::open(path).map_err(io)?;
     // SAFETY: the file is opened read-only and the map is only ever read; as for every memory-mapped
     // model file, edge-run requires that adapter files are not modified while loaded.
-    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
-    Ok(Arc::new(map))
+    // Populated up front: the load scans every factor anyway, and one MAP_POPULATE is cheaper than a
+    // page fault per few pages (adapters are megabytes, not the model's hundreds).
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&f) }.map_err(io)?;
+    let _guard = crate::mapguard::register(&map, path);
+    Ok(Arc::new(MappedFile { map, _guard }))
 }
 
 #[cfg(test)]

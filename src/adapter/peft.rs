@@ -176,10 +176,19 @@ struct Mapped {
     is_head: bool,
 }
 
-/// `model.layers.N.self_attn.q_proj` → `blk.N.attn_q.weight` etc.
+/// Where a causal LM's decoder lives in PEFT module names: `model.` for `*ForCausalLM`
+/// (`Gemma3ForCausalLM` too), `model.language_model.` for `Gemma3ForConditionalGeneration` (transformers
+/// ≥ 4.52) and `language_model.model.` before that. The output head is `lm_head` or
+/// `language_model.lm_head`.
+/// (Longest first: `model.` is a prefix of the second.)
+const DECODER_PREFIXES: &[&str] = &["model.language_model.", "language_model.model.", "model."];
+
+/// `model.layers.N.self_attn.q_proj` → `blk.N.attn_q.weight` etc. The q/k rows are permuted only for
+/// architectures whose GGUF permutes them ([`crate::arch::Arch::permuted_qk`]: llama, not gemma3).
 fn map_module(module: &str, base: &BaseInfo) -> Option<Mapped> {
-    let permute = base.arch == "llama";
-    if module == "model.embed_tokens" {
+    let permute = crate::arch::Arch::from_name(&base.arch).is_some_and(|a| a.permuted_qk());
+    let inner = DECODER_PREFIXES.iter().find_map(|p| module.strip_prefix(p));
+    if inner == Some("embed_tokens") {
         return Some(Mapped {
             target: "token_embd.weight".into(),
             layer: None,
@@ -188,7 +197,7 @@ fn map_module(module: &str, base: &BaseInfo) -> Option<Mapped> {
             is_head: false,
         });
     }
-    if module == "lm_head" {
+    if module == "lm_head" || module == "language_model.lm_head" {
         return Some(Mapped {
             target: "output.weight".into(),
             layer: None,
@@ -197,7 +206,7 @@ fn map_module(module: &str, base: &BaseInfo) -> Option<Mapped> {
             is_head: true,
         });
     }
-    let rest = module.strip_prefix("model.layers.")?;
+    let rest = inner?.strip_prefix("layers.")?;
     let (n, leaf) = rest.split_once('.')?;
     let layer: usize = n.parse().ok()?;
     let (_, g) = LEAVES.iter().find(|(hf, _)| *hf == leaf)?;
@@ -844,7 +853,7 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
 /// Reads one factor as fp16: in place when F16, aligned and `in_place_ok`; otherwise decoded,
 /// checked finite, transformed by `post` and converted. Reports the first NaN/Inf by source index.
 fn load_factor(
-    map: &Arc<memmap2::Mmap>,
+    map: &Arc<MappedFile>,
     t: &safetensors::Tensor,
     file: &str,
     post: impl FnOnce(Vec<u16>) -> Result<Vec<u16>>,

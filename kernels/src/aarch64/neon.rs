@@ -28,6 +28,10 @@ mod quant;
 mod tests;
 mod util;
 
+/// The types whose `MatVec2` is fused in the NEON tiers (see [`crate::Kernels::matvec2_fused`]):
+/// none yet, every entry is two passes of the tier's own matvec.
+pub(crate) const FUSED2: &[QuantType] = &[];
+
 /// The Advanced SIMD tier, if this CPU (or, without `std`, this build target) has Advanced SIMD.
 pub fn kernels() -> Option<&'static Kernels> {
     if has_neon() {
@@ -187,6 +191,18 @@ macro_rules! tier {
                 $dot, n, w, x, o
             ));
 
+            // Two activations: two passes of this tier's matvec (not fused yet).
+            crate::scalar::two_pass_entries! {
+                pub(super) fn matvec2_q4_0 => Q4_0, matvec_q4_0;
+                pub(super) fn matvec2_q4_1 => Q4_1, matvec_q4_1;
+                pub(super) fn matvec2_q5_0 => Q5_0, matvec_q5_0;
+                pub(super) fn matvec2_q5_1 => Q5_1, matvec_q5_1;
+                pub(super) fn matvec2_q8_0 => Q8_0, matvec_q8_0;
+                pub(super) fn matvec2_q4_k => Q4K, matvec_q4_k;
+                pub(super) fn matvec2_q5_k => Q5K, matvec_q5_k;
+                pub(super) fn matvec2_q6_k => Q6K, matvec_q6_k;
+            }
+
             macro_rules! quantize {
                 ($name:ident, $ty:expr, $body:path) => {
                     pub(super) fn $name(x: &[f32], out: &mut [u8]) {
@@ -240,6 +256,14 @@ macro_rules! tier {
             matvec_q4_k: $m::matvec_q4_k,
             matvec_q5_k: $m::matvec_q5_k,
             matvec_q6_k: $m::matvec_q6_k,
+            matvec2_q4_0: $m::matvec2_q4_0,
+            matvec2_q4_1: $m::matvec2_q4_1,
+            matvec2_q5_0: $m::matvec2_q5_0,
+            matvec2_q5_1: $m::matvec2_q5_1,
+            matvec2_q8_0: $m::matvec2_q8_0,
+            matvec2_q4_k: $m::matvec2_q4_k,
+            matvec2_q5_k: $m::matvec2_q5_k,
+            matvec2_q6_k: $m::matvec2_q6_k,
             quantize_q8_0: $m::quantize_q8_0,
             quantize_q8_1: $m::quantize_q8_1,
             quantize_q8_k: $m::quantize_q8_k,

@@ -13,6 +13,8 @@
 //! The legacy formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and F32/F16 process four rows per pass, so that each
 //! activation load and conversion is reused four times; the K-quants two rows.
 //!
+//! The two-activation kernels (`MatVec2`, every quantized type fused) are in `x2`.
+//!
 //! All kernels are `#[target_feature]` functions reachable only through [`kernels`], which checks the
 //! CPU first; the slice-length contract is the scalar tier's (NaN rows on inconsistent lengths).
 use core::arch::x86_64::*;
@@ -56,6 +58,14 @@ static TABLE: Kernels = Kernels {
     matvec_q4_k,
     matvec_q5_k,
     matvec_q6_k,
+    matvec2_q4_0,
+    matvec2_q4_1,
+    matvec2_q5_0,
+    matvec2_q5_1,
+    matvec2_q8_0,
+    matvec2_q4_k,
+    matvec2_q5_k,
+    matvec2_q6_k,
     quantize_q8_0,
     quantize_q8_1,
     quantize_q8_k,
@@ -65,7 +75,7 @@ static TABLE: Kernels = Kernels {
 
 /// Safe table entries: each calls its `#[target_feature]` implementation.
 macro_rules! entries {
-    ($( $name:ident => $imp:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)? ;)*) => {$(
+    ($( $name:ident => $imp:path [ $($arg:ident : $ty:ty),* ] $(-> $ret:ty)? ;)*) => {$(
         fn $name($($arg: $ty),*) $(-> $ret)? {
             // SAFETY: this function is reachable only through `TABLE`, which `kernels()` hands out
             // only after checking that the CPU supports avx2, fma and f16c (the features `$imp`
@@ -76,22 +86,34 @@ macro_rules! entries {
 }
 
 entries! {
-    matvec_f32 => mv_f32(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
-    matvec_f16 => mv_f16(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
-    matvec_q4_0 => mv_q4_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
-    matvec_q4_1 => mv_q4_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
-    matvec_q5_0 => mv_q5_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
-    matvec_q5_1 => mv_q5_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
-    matvec_q8_0 => mv_q8_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
-    matvec_q4_k => mv_q4_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
-    matvec_q5_k => mv_q5_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
-    matvec_q6_k => mv_q6_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
-    quantize_q8_0 => quant_q8_0(x: &[f32], out: &mut [u8]);
-    quantize_q8_1 => quant_q8_1(x: &[f32], out: &mut [u8]);
-    quantize_q8_k => quant_q8_k(x: &[f32], out: &mut [u8]);
-    dot_f32 => dot(a: &[f32], b: &[f32]) -> f32;
-    axpy_f32 => axpy(a: f32, x: &[f32], y: &mut [f32]);
+    matvec_f32 => mv_f32[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_f16 => mv_f16[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q4_0 => mv_q4_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q4_1 => mv_q4_1[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q5_0 => mv_q5_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q5_1 => mv_q5_1[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q8_0 => mv_q8_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec2_q4_0 => x2::mv2_q4_0[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q4_1 => x2::mv2_q4_1[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q5_0 => x2::mv2_q5_0[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q5_1 => x2::mv2_q5_1[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q8_0 => x2::mv2_q8_0[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec_q4_k => mv_q4_k[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q5_k => mv_q5_k[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q6_k => mv_q6_k[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec2_q4_k => x2::mv2_q4_k[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q5_k => x2::mv2_q5_k[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q6_k => x2::mv2_q6_k[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    quantize_q8_0 => quant_q8_0[x: &[f32], out: &mut [u8]];
+    quantize_q8_1 => quant_q8_1[x: &[f32], out: &mut [u8]];
+    quantize_q8_k => quant_q8_k[x: &[f32], out: &mut [u8]];
+    dot_f32 => dot[a: &[f32], b: &[f32]] -> f32;
+    axpy_f32 => axpy[a: f32, x: &[f32], y: &mut [f32]];
 }
+
+mod x2;
+pub(crate) use x2::FUSED2;
+
 
 // ---------------------------------------------------------------------------------------------------
 // f32 / f16 weights

@@ -19,6 +19,8 @@
 //!
 //! The K-quants use `vpmaddubsw`/`vpmaddwd` (the sub-block scale rides in the `vpmaddwd`) on 512-bit
 //! vectors, two 32-element sub-blocks per instruction. The activation quantizers are the AVX2 tier's.
+//!
+//! The two-activation kernels (`MatVec2`, every quantized type fused) are in `x2`.
 use core::arch::x86_64::*;
 
 use super::avx2;
@@ -28,6 +30,9 @@ use crate::{BlockQ5_0, BlockQ5_1};
 use crate::{Kernels, Tier, QK, QK_K};
 use bytemuck::Pod;
 use core::mem::size_of;
+
+mod x2;
+pub(crate) use x2::FUSED2;
 
 /// This tier's table, if the CPU has AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C.
 pub fn kernels() -> Option<&'static Kernels> {
@@ -71,6 +76,14 @@ static TABLE: Kernels = Kernels {
     matvec_q4_k,
     matvec_q5_k,
     matvec_q6_k,
+    matvec2_q4_0,
+    matvec2_q4_1,
+    matvec2_q5_0,
+    matvec2_q5_1,
+    matvec2_q8_0,
+    matvec2_q4_k,
+    matvec2_q5_k,
+    matvec2_q6_k,
     quantize_q8_0,
     quantize_q8_1,
     quantize_q8_k,
@@ -101,6 +114,14 @@ entries! {
     matvec_q4_k => mv_q4_k[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q5_k => mv_q5_k[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q6_k => mv_q6_k[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec2_q4_0 => x2::mv2_q4_0[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q4_1 => x2::mv2_q4_1[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q5_0 => x2::mv2_q5_0[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q5_1 => x2::mv2_q5_1[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q8_0 => x2::mv2_q8_0[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q4_k => x2::mv2_q4_k[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q5_k => x2::mv2_q5_k[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q6_k => x2::mv2_q6_k[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
     quantize_q8_0 => avx2::quant_q8_0[x: &[f32], out: &mut [u8]];
     quantize_q8_1 => avx2::quant_q8_1[x: &[f32], out: &mut [u8]];
     quantize_q8_k => avx2::quant_q8_k[x: &[f32], out: &mut [u8]];

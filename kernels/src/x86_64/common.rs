@@ -65,6 +65,36 @@ pub(super) fn geometry<'a, W: Pod, X: Pod>(
     ok
 }
 
+/// [`geometry`] for a `MatVec2` call: both activations must hold `n` elements; returns the weight
+/// rows, the two activations' blocks and `n/bs` (or `None` after writing zeros / NaN to `out`).
+#[inline]
+#[allow(clippy::type_complexity)]
+pub(super) fn geometry2<'a, W: Pod, X: Pod>(
+    n: usize,
+    bs: usize,
+    w: &'a [u8],
+    xq: &'a [u8],
+    xr: &'a [u8],
+    out: &mut [f32],
+) -> Option<(&'a [W], &'a [X], &'a [X], usize)> {
+    let (w, x, nb) = geometry::<W, X>(n, bs, w, xq, out)?;
+    let z = nb
+        .checked_mul(size_of::<X>())
+        .and_then(|l| bytemuck::try_cast_slice::<u8, X>(xr.get(..l)?).ok());
+    debug_assert!(
+        z.is_some(),
+        "matvec2: second activation too short (n={n}, xr={} bytes)",
+        xr.len()
+    );
+    match z {
+        Some(z) => Some((w, x, z, nb)),
+        None => {
+            out.fill(f32::NAN);
+            None
+        }
+    }
+}
+
 /// Number of whole blocks of `bs` elements (`ts` bytes each) that both `x` and `out` hold, as the
 /// scalar quantizers compute it.
 #[inline]
@@ -266,6 +296,24 @@ macro_rules! drive_rows {
     }};
 }
 pub(super) use drive_rows;
+
+/// [`drive_rows`] for two-activation row kernels `$f::<R>(rows, x, z) -> [f32; R]`.
+macro_rules! drive_rows2 {
+    ($f:ident, $r:literal, $w:expr, $x:expr, $z:expr, $nb:expr, $out:expr) => {{
+        let (w, x, z, nb, out) = ($w, $x, $z, $nb, $out);
+        let full = out.len() / $r * $r;
+        let (head, tail) = out.split_at_mut(full);
+        for (i, o) in head.chunks_exact_mut($r).enumerate() {
+            let rows: [_; $r] = core::array::from_fn(|k| &w[(i * $r + k) * nb..][..nb]);
+            o.copy_from_slice(&$f::<$r>(rows, x, z));
+        }
+        for (i, o) in tail.iter_mut().enumerate() {
+            let r = full + i;
+            *o = $f::<1>([&w[r * nb..][..nb]], x, z)[0];
+        }
+    }};
+}
+pub(super) use drive_rows2;
 
 #[cfg(test)]
 mod tests {

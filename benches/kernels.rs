@@ -1,0 +1,161 @@
+//! Criterion benches of every quantized matrix×vector kernel, for every tier this CPU runs next to the
+//! scalar reference, one thread, with `Throughput::Bytes` = weight bytes read per call (criterion
+//! reports GB/s).
+//!
+//! Cases: SmolLM2-135M's FFN shapes `576x1536` (n_in × rows: up/gate; `768x1536` for the K-quants,
+//! whose rows are whole 256-blocks) and `1536x576` (down), which stay in L2/L3 between calls, and
+//! `4096xR` with R rows making ~3× the last-level cache (96 MiB on a 32 MiB-L3 machine; at least
+//! 32 MiB), which streams from DRAM on every call as decode does across a model's layers (it is
+//! called as 12 row ranges of ~8 MiB, as the session's thread pool calls it in chunks).
+//!
+//! At the end of `cargo bench` a summary measures the memory roofline in the same process (DRAM, L2,
+//! and a read-only stream over a buffer of each case's weight bytes) and prints each kernel's GB/s,
+//! its share of those, and its speed-up over scalar; the text is also written to
+//! `target/criterion/roofline-kernels.txt` (or `$CARGO_TARGET_DIR/criterion/`).
+//!
+//! ```text
+//! cargo bench --bench kernels                       # everything (~4 min on an idle machine)
+//! cargo bench --bench kernels -- q4_1               # one quant type, every tier and shape
+//! cargo bench --bench kernels -- 'avx512vnni/1536'  # one tier and shape (criterion's regex filter)
+//! cargo bench --bench kernels -- --quick q4_k       # criterion's quick mode
+//! ```
+use criterion::{BenchmarkId, SamplingMode, Throughput};
+use edge_run::bench::cache_sizes;
+use edge_run::kernels::{F16Bits, Kernels, QuantType};
+use std::cell::OnceCell;
+use std::hint::black_box;
+
+mod common;
+
+const TYPES: [QuantType; 10] = [
+    QuantType::F32,
+    QuantType::F16,
+    QuantType::Q4_0,
+    QuantType::Q4_1,
+    QuantType::Q5_0,
+    QuantType::Q5_1,
+    QuantType::Q8_0,
+    QuantType::Q4K,
+    QuantType::Q5K,
+    QuantType::Q6K,
+];
+
+/// xorshift bytes.
+fn fill(buf: &mut [u8], mut s: u64) {
+    for b in buf.iter_mut() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        *b = (s >> 24) as u8;
+    }
+}
+
+/// Weights of type `ty`, `rows × n`: random quants with every block's f16 scale fields set to small
+/// finite values (random halves can be NaN, infinities or subnormals, which some paths handle slowly);
+/// F32/F16 are random values in [-1, 1).
+fn weights(ty: QuantType, n: usize, rows: usize) -> Vec<u8> {
+    let rb = ty.row_bytes(n).expect("n is a multiple of the block size");
+    let mut w = vec![0u8; rb * rows];
+    fill(&mut w, 0x9e37_79b9_7f4a_7c15);
+    let unit = |b: &[u8]| (u16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0) - 1.0;
+    match ty {
+        QuantType::F32 => {
+            for c in w.chunks_exact_mut(4) {
+                c.copy_from_slice(&unit(c).to_le_bytes());
+            }
+        }
+        QuantType::F16 => {
+            for c in w.chunks_exact_mut(2) {
+                c.copy_from_slice(&F16Bits::from_f32(unit(c)).0);
+            }
+        }
+        _ => {
+            let h = F16Bits::from_f32(0.01).0;
+            let fields: &[usize] = match ty {
+                QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => &[0],
+                QuantType::Q4_1 | QuantType::Q5_1 | QuantType::Q4K | QuantType::Q5K => &[0, 2],
+                QuantType::Q6K => &[208],
+                _ => &[],
+            };
+            for b in w.chunks_exact_mut(ty.type_size()) {
+                for &f in fields {
+                    b[f..f + 2].copy_from_slice(&h);
+                }
+            }
+        }
+    }
+    w
+}
+
+/// An activation of `n` values quantized to `ty`'s vec-dot type.
+fn activation(k: &Kernels, ty: QuantType, n: usize) -> Vec<u8> {
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let vt = ty.vec_dot_type();
+    let mut xq = vec![
+        0u8;
+        vt.row_bytes(n)
+            .expect("n is a multiple of the activation block")
+    ];
+    (k.quantize(vt).expect("every vec-dot type has a quantizer"))(&x, &mut xq);
+    xq
+}
+
+/// Parts the streaming case's matvec is timed in (row ranges of ~8 MiB, see `common::timed`).
+const BIG_CHUNKS: usize = 12;
+
+fn main() {
+    let mut c = common::criterion();
+    let tiers: Vec<&'static Kernels> = Kernels::available().collect();
+    eprintln!(
+        "tiers on this CPU: {:?}",
+        tiers.iter().map(|k| k.tier.name()).collect::<Vec<_>>()
+    );
+    let big = (cache_sizes().llc.unwrap_or(32 << 20) * 3).clamp(32 << 20, 256 << 20);
+    for ty in TYPES {
+        let name = format!("matvec_{}", ty.name().to_lowercase());
+        let mut g = c.benchmark_group(&name);
+        g.sampling_mode(SamplingMode::Flat);
+        let row_bytes = |n: usize| ty.row_bytes(n).expect("n is a multiple of the block size");
+        let big_rows = big / row_bytes(4096) / BIG_CHUNKS * BIG_CHUNKS;
+        // K-quants need n to be a multiple of 256: their "up" case is 768x1536.
+        let up = 576usize.next_multiple_of(ty.block_size());
+        for (n, rows, chunks) in [(up, 1536, 1), (1536, 576, 1), (4096, big_rows, BIG_CHUNKS)] {
+            let case = format!("{n}x{rows}");
+            let bytes = row_bytes(n) * rows;
+            g.throughput(Throughput::Bytes(bytes as u64));
+            // Built on first use, shared by the tiers: a filtered-out case allocates nothing.
+            let w: OnceCell<Vec<u8>> = OnceCell::new();
+            for &k in &tiers {
+                let mv = k.matvec(ty).expect("every listed type has a matvec");
+                g.bench_with_input(BenchmarkId::new(k.tier.name(), &case), &case, |b, case| {
+                    let w = w.get_or_init(|| weights(ty, n, rows));
+                    let xq = activation(k, ty, n);
+                    let mut out = vec![0f32; rows];
+                    let (cr, cb) = (rows / chunks, row_bytes(n) * (rows / chunks));
+                    b.iter_custom(|iters| {
+                        common::timed(
+                            (&name, case, k.tier.name()),
+                            (bytes, bytes),
+                            iters,
+                            chunks,
+                            |i| {
+                                let (w, out) = (&w[i * cb..][..cb], &mut out[i * cr..][..cr]);
+                                mv(n, black_box(w), black_box(&xq), black_box(out));
+                            },
+                        )
+                    });
+                    assert!(
+                        out.iter().all(|v| v.is_finite()),
+                        "{name} {case} {}: non-finite output",
+                        k.tier.name()
+                    );
+                });
+            }
+        }
+        g.finish();
+    }
+    c.final_summary();
+    common::summary("kernels");
+}

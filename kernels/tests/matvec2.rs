@@ -1,0 +1,494 @@
+//! The two-activation matvec (`MatVec2`, the `q8x2` activation mode) of every tier this CPU runs.
+//!
+//! - The scalar tier's `matvec2` must equal, bit for bit, the scalar `matvec` against `xq` plus the
+//!   scalar `matvec` against `xr` (it is defined as that; the sum is one f32 add per row).
+//! - Every SIMD tier's `matvec2` is compared with the scalar `matvec2` for every quantized type, on
+//!   random shapes (proptest: sizes, seeds) and on every (block count, row count) combination of
+//!   n = 1..=9 blocks (1..=4 super-blocks for K types) × rows 1..=9 plus 31..=33, 64, 65 (the
+//!   composed two-pass entries work in 32-row sub-chunks). The activations are the `q8x2` pair: `xq` the
+//!   8-bit quantization of x, `xr` that of the residual x − deq(xq) (for Q8_1 with the block-sum
+//!   correction the runtime applies), and also an unrelated second activation (the contract holds
+//!   for any two). Activations sit at odd addresses.
+//! - Tolerance (per output), the matvec tier test's scheme for a sum of two dot products:
+//!   |tier − scalar| ≤ 2·(k + 8)·ε_f32·(S_q + S_r), with S_x = Σ|terms| of the dot with activation x
+//!   (offset terms counted at full size, m·s per block for Q4_1/Q5_1) and k = 4 f32 additions per
+//!   block + 1.
+//! - F32/F16 have no `matvec2` (None) in any tier; every quantized type has one in every tier.
+//! - Length contract: zeros for n = 0; NaN (release builds) when `xr` or `w` is too short.
+//! - The comparison can fail: deliberately wrong `matvec2`s (residual ignored, `xq` used twice, last
+//!   block of the residual dropped) are caught.
+//!
+//! `EDGE_RUN_EXPECT_TIERS=avx2,avx512vnni` (comma list) makes the run fail if a named tier was not
+//! compared, as in tests/tiers.rs.
+use edge_run_kernels::*;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+const EPS: f64 = f32::EPSILON as f64;
+
+struct Rng(u64);
+impl Rng {
+    fn u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        ((self.u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.unit(), self.unit());
+        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.u64() as u8).collect()
+    }
+    /// Gaussian with a random scale per 32-block, sometimes a zero block, sometimes a block with
+    /// an outlier.
+    fn activations(&mut self, n: usize) -> Vec<f32> {
+        let mut x = vec![0.0f32; n];
+        for blk in x.chunks_mut(32) {
+            match self.u64() % 8 {
+                0 => {}
+                1 => {
+                    for v in blk.iter_mut() {
+                        *v = self.normal() * 0.1;
+                    }
+                    blk[(self.u64() % 32) as usize] = 40.0;
+                }
+                _ => {
+                    let s = (10f64).powf(self.unit() * 6.0 - 3.0) as f32;
+                    for v in blk.iter_mut() {
+                        *v = self.normal() * s;
+                    }
+                }
+            }
+        }
+        x
+    }
+}
+
+fn f16_at(b: &[u8], off: usize) -> f32 {
+    F16Bits([b[off], b[off + 1]]).to_f32()
+}
+
+const TYPES: [QuantType; 8] = [
+    QuantType::Q4_0,
+    QuantType::Q4_1,
+    QuantType::Q5_0,
+    QuantType::Q5_1,
+    QuantType::Q8_0,
+    QuantType::Q4K,
+    QuantType::Q5K,
+    QuantType::Q6K,
+];
+
+fn is_k(ty: QuantType) -> bool {
+    ty.block_size() == QK_K
+}
+
+/// Random weight rows of `ty` (every quant bit pattern; finite f16 scales).
+fn weights(ty: QuantType, n: usize, rows: usize, g: &mut Rng) -> Vec<u8> {
+    use QuantType::*;
+    let rb = ty.row_bytes(n).unwrap();
+    let mut w = g.bytes(rb * rows);
+    let offs: &[usize] = match ty {
+        Q4_0 | Q5_0 | Q8_0 => &[0],
+        Q4_1 | Q5_1 | Q4K | Q5K => &[0, 2],
+        Q6K => &[208],
+        _ => unreachable!(),
+    };
+    for blk in w.chunks_exact_mut(ty.type_size()) {
+        for &o in offs {
+            let v = F16Bits::from_f32(g.normal() * 0.02);
+            blk[o..o + 2].copy_from_slice(&v.0);
+        }
+    }
+    w
+}
+
+/// `x` quantized to `vdt` by the scalar quantizer, at byte offset 1 of the returned buffer.
+fn quantize(vdt: QuantType, x: &[f32]) -> Vec<u8> {
+    let len = vdt.row_bytes(x.len()).unwrap();
+    let mut buf = vec![0u8; len + 1];
+    (Kernels::scalar().quantize(vdt).unwrap())(x, &mut buf[1..]);
+    buf
+}
+
+/// The `q8x2` pair for `x`: (xq, xr), each at byte offset 1 of its buffer. For Q8_1 the residual's
+/// block sums are replaced by Σx − s(xq) (what the runtime stores, so that s_q + s_r ≈ Σx).
+fn q8x2_pair(vdt: QuantType, x: &[f32]) -> (Vec<u8>, Vec<u8>) {
+    let q = quantize(vdt, x);
+    let mut deq = vec![0.0f32; x.len()];
+    assert!(dequantize(vdt, &q[1..], &mut deq));
+    let res: Vec<f32> = x.iter().zip(&deq).map(|(a, b)| a - b).collect();
+    let mut r = quantize(vdt, &res);
+    if vdt == QuantType::Q8_1 {
+        for (b, xs) in x.chunks_exact(32).enumerate() {
+            let sum: f32 = xs.iter().sum();
+            let s1 = f16_at(&q[1..], b * 36 + 2);
+            r[1 + b * 36 + 2..1 + b * 36 + 4].copy_from_slice(&F16Bits::from_f32(sum - s1).0);
+        }
+    }
+    (q, r)
+}
+
+/// S = Σ (|w_i| + offset_i)·|x̂_i| for one row (plus |m·s| per block for Q4_1/Q5_1).
+fn magnitude(ty: QuantType, n: usize, row: &[u8], xq: &[u8]) -> f64 {
+    let mut wd = vec![0.0f32; n];
+    assert!(dequantize(ty, row, &mut wd));
+    let vdt = ty.vec_dot_type();
+    let mut xd = vec![0.0f32; n];
+    assert!(dequantize(vdt, xq, &mut xd));
+    let off = |i: usize| -> f64 {
+        match ty {
+            QuantType::Q4_1 => f16_at(row, (i / 32) * 20 + 2).abs() as f64,
+            QuantType::Q5_1 => f16_at(row, (i / 32) * 24 + 2).abs() as f64,
+            QuantType::Q4K => 63.0 * f16_at(row, (i / 256) * 144 + 2).abs() as f64,
+            QuantType::Q5K => 63.0 * f16_at(row, (i / 256) * 176 + 2).abs() as f64,
+            _ => 0.0,
+        }
+    };
+    let mut s = 0.0;
+    for i in 0..n {
+        s += (wd[i].abs() as f64 + off(i)) * xd[i].abs() as f64;
+    }
+    if ty == QuantType::Q4_1 || ty == QuantType::Q5_1 {
+        let ts = ty.type_size();
+        for b in 0..n / 32 {
+            s += (f16_at(row, b * ts + 2) * f16_at(xq, b * 36 + 2)).abs() as f64;
+        }
+    }
+    s
+}
+
+/// Compare `mv2` (a tier's entry for `ty`, named `name`) with the scalar `matvec2` on `rows` random
+/// rows of `n` elements; `pair` picks the q8x2 pair (true) or two unrelated activations.
+fn check(
+    name: &str,
+    mv2: MatVec2,
+    ty: QuantType,
+    n: usize,
+    rows: usize,
+    seed: u64,
+    pair: bool,
+) -> Result<(), String> {
+    let mut g = Rng(seed);
+    let w = weights(ty, n, rows, &mut g);
+    let vdt = ty.vec_dot_type();
+    let x = g.activations(n);
+    let (xq, xr) = if pair {
+        q8x2_pair(vdt, &x)
+    } else {
+        (quantize(vdt, &x), quantize(vdt, &g.activations(n)))
+    };
+    let (xq, xr) = (&xq[1..], &xr[1..]);
+    let mut want = vec![0.0f32; rows];
+    (Kernels::scalar().matvec2(ty).unwrap())(n, &w, xq, xr, &mut want);
+    let mut got = vec![f32::NAN; rows];
+    mv2(n, &w, xq, xr, &mut got);
+    let rb = ty.row_bytes(n).unwrap();
+    let k = (4 * (n / ty.block_size()) + 1) as f64;
+    for r in 0..rows {
+        let row = &w[r * rb..(r + 1) * rb];
+        let s = magnitude(ty, n, row, xq) + magnitude(ty, n, row, xr);
+        let tol = 2.0 * (k + 8.0) * EPS * s + 1e-35;
+        let d = (got[r] as f64 - want[r] as f64).abs();
+        if !(d <= tol) {
+            return Err(format!(
+                "{name} matvec2_{}: n={n} rows={rows} seed={seed:#x} pair={pair} row {r}: tier {:e}, scalar {:e}, |diff| {d:e} > tol {tol:e}",
+                ty.name(),
+                got[r],
+                want[r]
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn n_for(ty: QuantType, nblocks: usize) -> usize {
+    if is_k(ty) {
+        256 * (1 + (nblocks - 1) % 4)
+    } else {
+        32 * nblocks
+    }
+}
+
+fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
+    let name = tier.tier.name();
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strat = (
+        0usize..TYPES.len(),
+        1usize..=9,
+        1usize..=70,
+        any::<u64>(),
+        any::<bool>(),
+    );
+    runner
+        .run(&strat, |(ti, nblocks, rows, seed, pair)| {
+            let ty = TYPES[ti];
+            let mv2 = tier
+                .matvec2(ty)
+                .expect("every quantized type has a matvec2");
+            check(name, mv2, ty, n_for(ty, nblocks), rows, seed, pair).map_err(TestCaseError::fail)
+        })
+        .map_err(|e| e.to_string())?;
+    for (ti, &ty) in TYPES.iter().enumerate() {
+        let mv2 = tier.matvec2(ty).unwrap();
+        let max_blocks = if is_k(ty) { 4 } else { 9 };
+        for nblocks in 1..=max_blocks {
+            let n = n_for(ty, nblocks);
+            for rows in (1..=9).chain([31, 32, 33, 64, 65]) {
+                let seed = (ti * 100_000 + n * 100 + rows) as u64;
+                check(name, mv2, ty, n, rows, seed, true)?;
+                check(name, mv2, ty, n, rows, seed ^ 0x5555, false)?;
+            }
+        }
+    }
+    // The model's row widths (SmolLM2-135M: 576, 1536; Gemma 3 1B: 1152, 6912).
+    for &ty in &TYPES {
+        let mv2 = tier.matvec2(ty).unwrap();
+        for n in [576usize, 1536, 1152, 6912] {
+            if n % ty.block_size() == 0 {
+                check(name, mv2, ty, n, 37, n as u64, true)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn expected_tiers() -> Vec<String> {
+    std::env::var("EDGE_RUN_EXPECT_TIERS")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[test]
+fn every_tier_matvec2_matches_scalar() {
+    let mut compared = vec![];
+    let mut failures = vec![];
+    for k in Kernels::available().filter(|k| k.tier != Tier::Scalar) {
+        let fused: Vec<&str> = TYPES
+            .iter()
+            .filter(|&&t| k.matvec2_fused(t))
+            .map(|t| t.name())
+            .collect();
+        eprintln!(
+            "{}: matvec2 fused for [{}], two passes for the rest",
+            k.tier.name(),
+            fused.join(", ")
+        );
+        match compare_tier(k, 300) {
+            Ok(()) => compared.push(k.tier.name()),
+            Err(e) => failures.push(e),
+        }
+    }
+    if compared.is_empty() && failures.is_empty() {
+        eprintln!(
+            "matvec2 tiers compared: none (only the scalar tier is available on this CPU/build)"
+        );
+    } else {
+        eprintln!("matvec2 tiers compared: scalar vs {}", compared.join(", "));
+    }
+    assert!(
+        failures.is_empty(),
+        "tier mismatches:\n{}",
+        failures.join("\n")
+    );
+    for t in expected_tiers() {
+        assert!(
+            compared.contains(&t.as_str()),
+            "EDGE_RUN_EXPECT_TIERS names {t}, which was not compared"
+        );
+    }
+}
+
+#[test]
+fn scalar_matvec2_is_two_matvecs_added() {
+    let s = Kernels::scalar();
+    let mut checked = 0;
+    for (ti, &ty) in TYPES.iter().enumerate() {
+        for nblocks in 1..=4 {
+            let n = n_for(ty, nblocks);
+            for rows in [1usize, 5, 32, 33, 70] {
+                let mut g = Rng((ti * 1000 + nblocks * 100 + rows) as u64);
+                let w = weights(ty, n, rows, &mut g);
+                let (xq, xr) = q8x2_pair(ty.vec_dot_type(), &g.activations(n));
+                let (xq, xr) = (&xq[1..], &xr[1..]);
+                let mut a = vec![0.0f32; rows];
+                let mut b = vec![0.0f32; rows];
+                (s.matvec(ty).unwrap())(n, &w, xq, &mut a);
+                (s.matvec(ty).unwrap())(n, &w, xr, &mut b);
+                let mut got = vec![f32::NAN; rows];
+                (s.matvec2(ty).unwrap())(n, &w, xq, xr, &mut got);
+                for r in 0..rows {
+                    assert_eq!(
+                        got[r].to_bits(),
+                        (a[r] + b[r]).to_bits(),
+                        "{} n={n} rows={rows} row {r}",
+                        ty.name()
+                    );
+                    checked += 1;
+                }
+                // The residual contributes (so the pair is not degenerate).
+                assert!(
+                    b.iter().any(|&v| v != 0.0),
+                    "{} residual product all zero",
+                    ty.name()
+                );
+            }
+        }
+    }
+    eprintln!("{checked} scalar rows checked");
+}
+
+#[test]
+fn q8x2_pair_is_closer_to_float_than_q8() {
+    // The point of the mode: W·xq + W·xr approximates W·x much better than W·xq alone.
+    let s = Kernels::scalar();
+    for &ty in &TYPES {
+        let n = if is_k(ty) { 512 } else { 576 };
+        let rows = 16;
+        let mut g = Rng(ty as u64 + 7);
+        let w = weights(ty, n, rows, &mut g);
+        let x: Vec<f32> = (0..n).map(|_| g.normal()).collect();
+        let (xq, xr) = q8x2_pair(ty.vec_dot_type(), &x);
+        let mut one = vec![0.0f32; rows];
+        let mut two = vec![0.0f32; rows];
+        (s.matvec(ty).unwrap())(n, &w, &xq[1..], &mut one);
+        (s.matvec2(ty).unwrap())(n, &w, &xq[1..], &xr[1..], &mut two);
+        let rb = ty.row_bytes(n).unwrap();
+        let (mut e1, mut e2) = (0.0f64, 0.0f64);
+        for r in 0..rows {
+            let mut wd = vec![0.0f32; n];
+            assert!(dequantize(ty, &w[r * rb..(r + 1) * rb], &mut wd));
+            let exact: f64 = wd.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            e1 += (one[r] as f64 - exact).powi(2);
+            e2 += (two[r] as f64 - exact).powi(2);
+        }
+        assert!(
+            e2 * 100.0 < e1,
+            "{}: q8x2 error {e2:e} vs q8 error {e1:e}",
+            ty.name()
+        );
+    }
+}
+
+#[test]
+fn entries_exist_where_they_should() {
+    for k in Kernels::available() {
+        for ty in [
+            QuantType::F32,
+            QuantType::F16,
+            QuantType::Q8_1,
+            QuantType::Q8K,
+        ] {
+            assert!(k.matvec2(ty).is_none(), "{} {}", k.tier.name(), ty.name());
+        }
+        for &ty in &TYPES {
+            assert!(k.matvec2(ty).is_some(), "{} {}", k.tier.name(), ty.name());
+        }
+        assert!(!Kernels::scalar().matvec2_fused(QuantType::Q4_1));
+    }
+}
+
+#[test]
+fn length_contract() {
+    for k in Kernels::available() {
+        for &ty in &TYPES {
+            let mv2 = k.matvec2(ty).unwrap();
+            let n = ty.block_size() * 2;
+            let rows = 3;
+            let mut g = Rng(1);
+            let w = weights(ty, n, rows, &mut g);
+            let vdt = ty.vec_dot_type();
+            let x = g.activations(n);
+            let xq = quantize(vdt, &x);
+            let xq = &xq[1..];
+            let mut out = [1.0f32; 3];
+            mv2(0, &w, xq, xq, &mut out);
+            assert_eq!(out, [0.0; 3], "{} {} n=0", k.tier.name(), ty.name());
+            if cfg!(debug_assertions) {
+                continue; // inconsistent lengths are debug assertions
+            }
+            let mut out = [0.0f32; 3];
+            mv2(n, &w, xq, &xq[..xq.len() - 1], &mut out);
+            assert!(
+                out.iter().all(|v| v.is_nan()),
+                "{} {} short xr: {out:?}",
+                k.tier.name(),
+                ty.name()
+            );
+            let mut out = [0.0f32; 3];
+            mv2(n, &w[..w.len() - 1], xq, xq, &mut out);
+            assert!(
+                out.iter().all(|v| v.is_nan()),
+                "{} {} short w: {out:?}",
+                k.tier.name(),
+                ty.name()
+            );
+        }
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("debug build: length mismatches are debug assertions; only n = 0 checked");
+    }
+}
+
+// Deliberately wrong entries: the comparison must catch them.
+fn ignores_residual(n: usize, w: &[u8], xq: &[u8], _xr: &[u8], out: &mut [f32]) {
+    scalar::matvec_q4_1(n, w, xq, out);
+}
+fn quant_twice(n: usize, w: &[u8], xq: &[u8], _xr: &[u8], out: &mut [f32]) {
+    scalar::matvec2_q8_0(n, w, xq, xq, out);
+}
+fn residual_drops_last_block(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
+    let mut z = xr.to_vec();
+    let l = QuantType::Q8K.row_bytes(n).unwrap();
+    z[l - 292..l].fill(0);
+    scalar::matvec2_q6_k(n, w, xq, &z, out);
+}
+
+#[test]
+fn comparison_catches_wrong_kernels() {
+    for (name, f, ty) in [
+        (
+            "ignores_residual",
+            ignores_residual as MatVec2,
+            QuantType::Q4_1,
+        ),
+        ("quant_twice", quant_twice, QuantType::Q8_0),
+        (
+            "residual_drops_last_block",
+            residual_drops_last_block,
+            QuantType::Q6K,
+        ),
+    ] {
+        let mut caught = 0;
+        for seed in 0..16 {
+            caught += check(name, f, ty, n_for(ty, 2), 4, seed, true).is_err() as u32;
+        }
+        assert!(caught >= 12, "{name}: only {caught} of 16 caught");
+    }
+    // The scalar table passes against itself (the check is not failing everything).
+    for &ty in &TYPES {
+        check(
+            "scalar",
+            Kernels::scalar().matvec2(ty).unwrap(),
+            ty,
+            n_for(ty, 3),
+            5,
+            9,
+            true,
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,143 @@
+//! Gemma 3 (`gemma3`), as llama.cpp defines it for GGUF files:
+//! - input embeddings scaled by √n_embd (after the embedding LoRA, as llama.cpp applies it);
+//! - RMSNorm with the weights as stored: llama.cpp's converter already folded Gemma's `(1 + w)`;
+//! - per-head RMSNorm of q and k (`attn_q_norm`, `attn_k_norm`) before RoPE;
+//! - NeoX-style RoPE (rotating x[i] with x[i + rot/2]; GGUF keeps the Hugging Face Q/K row order);
+//! - local layers attend to the last `attention.sliding_window` positions (a query at p sees
+//!   p - window < j ≤ p) with RoPE base `rope.freq_base_swa` (default 10000, no scaling); the
+//!   others are global with `rope.freq_base` and the file's linear RoPE scaling. Which layers are
+//!   local: `attention.sliding_window_pattern` (a bool per layer, or a period n: layer il is local
+//!   iff il % n < n - 1), default period 6;
+//! - attention scale 1/√head_dim (1/√(n_embd/n_head) for the 62-layer 27B, as llama.cpp);
+//! - sandwich norms: `post_attention_norm` on the attention output and `post_ffw_norm` on the FFN
+//!   output, each before its residual add;
+//! - GELU(tanh)-gated feed-forward: down(gelu(gate·x) ⊙ up·x);
+//! - output head tied to `token_embd` unless `output.weight` exists; final soft cap
+//!   c·tanh(logits / c) only if `final_logit_softcapping` is in the file.
+use super::ops::{self, add, geglu, linear, rmsnorm_rows, rmsnorm_rows_inplace, Lora, State};
+use super::Env;
+use crate::gguf::Gguf;
+use crate::model::{WeightRef, LAYER_SLOTS};
+use crate::{Error, Result};
+
+/// Gemma 3's hyper-parameters beyond the common ones.
+pub struct Gemma3Params {
+    pub n_swa: usize,
+    pub swa: Vec<bool>,
+    pub rope_freq_base_swa: f32,
+    pub att_scale: f32,
+    pub embd_scale: f32,
+    pub logit_softcap: f32,
+}
+
+/// Read Gemma 3's keys (`gemma3.*`) for a model of `n_layer` layers.
+pub fn hparams(g: &Gguf<'_>, fname: &str, n_layer: usize, n_embd: usize, n_head: usize, head_dim: usize) -> Result<Gemma3Params> {
+    let key = |k: &str| format!("gemma3.{k}");
+    let n_swa = g.opt_u64(&key("attention.sliding_window"))?.unwrap_or(0);
+    let n_swa = usize::try_from(n_swa).ok().filter(|&w| w <= u32::MAX as usize).ok_or_else(|| Error::format(fname, key("attention.sliding_window"), None, format!("value {n_swa} is too large")))?;
+    let mut swa = vec![false; n_layer];
+    if n_swa > 0 {
+        let pk = key("attention.sliding_window_pattern");
+        match g.get(&pk) {
+            Some(v) if v.as_array().is_some() => {
+                let a = v.as_array().expect("checked");
+                if a.len() != n_layer {
+                    return Err(Error::format(fname, pk, None, format!("per-layer pattern has {} entries for {n_layer} layers", a.len())));
+                }
+                for (i, s) in swa.iter_mut().enumerate() {
+                    *s = a.get(i).and_then(|v| v.as_bool()).ok_or_else(|| Error::format(fname, format!("{pk}[{i}]"), None, "expected a bool"))?;
+                }
+            }
+            v => {
+                let n = match v {
+                    None => 6,
+                    Some(v) => v.as_u32().ok_or_else(|| Error::format(fname, &pk, None, "expected an unsigned integer or an array of bools"))? as usize,
+                };
+                for (il, s) in swa.iter_mut().enumerate() {
+                    *s = n == 0 || il % n < n - 1;
+                }
+            }
+        }
+    }
+    let rope_freq_base_swa = g.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10000.0);
+    if !(rope_freq_base_swa.is_finite() && rope_freq_base_swa > 0.0) {
+        return Err(Error::format(fname, key("rope.freq_base_swa"), None, format!("must be finite and > 0, got {rope_freq_base_swa}")));
+    }
+    let logit_softcap = g.opt_f32(&key("final_logit_softcapping"))?.unwrap_or(0.0);
+    if !(logit_softcap.is_finite() && logit_softcap >= 0.0) {
+        return Err(Error::format(fname, key("final_logit_softcapping"), None, format!("must be finite and ≥ 0, got {logit_softcap}")));
+    }
+    // llama.cpp (after gemma_pytorch's config): the 27B model scales by 1/√(n_embd/n_head).
+    let att_scale = if n_layer == 62 { 1.0 / ((n_embd / n_head) as f32).sqrt() } else { 1.0 / (head_dim as f32).sqrt() };
+    Ok(Gemma3Params { n_swa, swa, rope_freq_base_swa, att_scale, embd_scale: (n_embd as f32).sqrt(), logit_softcap })
+}
+
+pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize) -> usize {
+    let m = env.m;
+    let hp = &m.hp;
+    let b = tokens.len();
+    let (e, qd, kvd, ff, hd) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff, hp.head_dim);
+    let refs = |slot| env.applied.refs(slot);
+    let eps = hp.rms_eps;
+    let norm = |w: &Option<WeightRef>| m.f32s(w.as_ref().expect("gemma3 norms checked at load"));
+
+    // x[t] = √e · token_embd[tokens[t]]                                    [B, e]
+    ops::embed(env, &mut st.x, &mut st.lora_t, tokens, hp.embd_scale);
+    // RoPE angles of the global and the local layers                     [B, rope_dim/2] each
+    st.rope[0].set_positions(pos0, b);
+    if hp.n_swa > 0 {
+        st.rope[1].set_positions(pos0, b);
+    }
+    let half = hp.rope_dim / 2;
+
+    for (l, layer) in m.layers.iter().enumerate() {
+        let slot = l * LAYER_SLOTS;
+        let local = hp.swa[l];
+        // --- attention ---
+        rmsnorm_rows(&mut st.xb[..b * e], &st.x[..b * e], m.f32s(&layer.attn_norm), eps);
+        st.xq.invalidate();
+        // q, k, v = Wq·xb, Wk·xb, Wv·xb                                     [B, qd], [B, kvd], [B, kvd]
+        {
+            let outs: [(&WeightRef, &mut [f32]); 3] = [(&layer.attn_q, &mut st.q[..b * qd]), (&layer.attn_k, &mut st.kk[..b * kvd]), (&layer.attn_v, &mut st.v[..b * kvd])];
+            let lora = [refs(slot), refs(slot + 1), refs(slot + 2)];
+            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, Lora { refs: &lora, t: &mut st.lora_t });
+        }
+        // QK-norm: every head of q and k RMS-normed                          [B, n_head | n_head_kv, hd]
+        rmsnorm_rows_inplace(&mut st.q[..b * qd], norm(&layer.attn_q_norm), eps);
+        rmsnorm_rows_inplace(&mut st.kk[..b * kvd], norm(&layer.attn_k_norm), eps);
+        // RoPE (NeoX halves) with the layer's frequencies
+        let rope = &st.rope[usize::from(local)];
+        for t in 0..b {
+            let cs = &rope.cs[t * half..(t + 1) * half];
+            ops::rope_neox(&mut st.q[t * qd..(t + 1) * qd], hd, cs);
+            ops::rope_neox(&mut st.kk[t * kvd..(t + 1) * kvd], hd, cs);
+        }
+        // att_out[t, h] = softmax(q·Kᵀ · scale) · V over the window (local) or all positions    [B, qd]
+        let window = if local { hp.n_swa } else { 0 };
+        ops::attention(env, &mut st.kv, &mut st.att, &st.q, &st.kk, &st.v, &mut st.att_out, l, pos0, b, window, hp.att_scale);
+        // x += post_attention_norm(Wo·att_out)                             [B, e]
+        st.xq.invalidate();
+        let lora = [refs(slot + 3)];
+        linear(env, &mut st.xq, &st.att_out[..b * qd], qd, b, [(&layer.attn_output, &mut st.proj[..b * e])], Lora { refs: &lora, t: &mut st.lora_t });
+        rmsnorm_rows(&mut st.xb[..b * e], &st.proj[..b * e], norm(&layer.attn_post_norm), eps);
+        add(&mut st.x[..b * e], &st.xb[..b * e]);
+
+        // --- feed-forward: x += post_ffw_norm(Wdown·(gelu(Wgate·xb) ⊙ Wup·xb)) ---
+        rmsnorm_rows(&mut st.xb[..b * e], &st.x[..b * e], m.f32s(&layer.ffn_norm), eps);
+        st.xq.invalidate();
+        {
+            let outs: [(&WeightRef, &mut [f32]); 2] = [(&layer.ffn_gate, &mut st.hb[..b * ff]), (&layer.ffn_up, &mut st.hb2[..b * ff])];
+            let lora = [refs(slot + 4), refs(slot + 5)];
+            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, Lora { refs: &lora, t: &mut st.lora_t });
+        }
+        geglu(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
+        st.xq.invalidate();
+        let lora = [refs(slot + 6)];
+        linear(env, &mut st.xq, &st.hb[..b * ff], ff, b, [(&layer.ffn_down, &mut st.proj[..b * e])], Lora { refs: &lora, t: &mut st.lora_t });
+        rmsnorm_rows(&mut st.xb[..b * e], &st.proj[..b * e], norm(&layer.ffn_post_norm), eps);
+        add(&mut st.x[..b * e], &st.xb[..b * e]);
+    }
+
+    // logits = Wout · rmsnorm(x) (soft-capped if the file says so)         [B or 1, n_vocab]
+    ops::output(env, st, b)
+}

@@ -1,0 +1,530 @@
+//! The pieces every architecture's forward pass is built from, and the buffers they work in.
+//!
+//! [`State`] holds every activation buffer and the KV cache, sized once in `Session::new`; nothing here
+//! allocates. Buffers are `[B, width]` row-major over the batch's B tokens.
+use crate::adapter_set::MAX_ADAPTERS;
+use crate::arch::Env;
+use crate::kernels::lora::{total_rank, LoraRef};
+use crate::kernels::{BlockQ8_1, F16Bits, Kernels, QuantType};
+use crate::model::{Model, WeightRef};
+use crate::session::{ActQuant, SessionConfig};
+use crate::threadpool::{Disjoint, ThreadPool};
+use crate::{Error, Result};
+
+/// RoPE of one frequency set: inverse frequencies and the cos/sin of the current batch's positions.
+pub(crate) struct Rope {
+    /// [rope_dim / 2] (freq_scale and rope_freqs folded in).
+    pub inv_freq: Vec<f32>,
+    /// [B, rope_dim / 2] (cos, sin)
+    pub cs: Vec<(f32, f32)>,
+}
+
+impl Rope {
+    fn new(hp: &crate::model::HParams, base: f32, scale: f32, divisors: Option<&[f32]>, n_batch: usize) -> Rope {
+        let half = hp.rope_dim / 2;
+        let mut inv_freq: Vec<f32> = (0..half).map(|i| scale * base.powf(-2.0 * i as f32 / hp.rope_dim as f32)).collect();
+        if let Some(d) = divisors {
+            for (f, d) in inv_freq.iter_mut().zip(d) {
+                *f /= d;
+            }
+        }
+        Rope { inv_freq, cs: vec![(0.0, 0.0); n_batch * half] }
+    }
+
+    /// Angles for positions pos0..pos0+b.
+    pub fn set_positions(&mut self, pos0: usize, b: usize) {
+        let half = self.inv_freq.len();
+        for t in 0..b {
+            let p = (pos0 + t) as f32;
+            for (i, &f) in self.inv_freq.iter().enumerate() {
+                let (s, c) = (p * f).sin_cos();
+                self.cs[t * half + i] = (c, s);
+            }
+        }
+    }
+}
+
+/// Keys and values of every layer. Layer `l` holds `cap[l]` positions of `kv_dim` floats at `off[l]`;
+/// position `p` lives in slot `p % cap[l]`. Global layers have `cap = n_ctx` (never wraps); local
+/// (sliding-window) layers a ring of `min(window, n_ctx)` positions.
+pub(crate) struct KvCache {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub off: Vec<usize>,
+    pub cap: Vec<usize>,
+}
+
+/// Activations, KV cache and scratch of a session.
+pub(crate) struct State {
+    pub x: Vec<f32>,       // residual stream        [B, n_embd]
+    pub xb: Vec<f32>,      // normed input           [B, max(n_embd, q_dim)]
+    pub q: Vec<f32>,       // queries                [B, q_dim]
+    pub kk: Vec<f32>,      // keys of this batch     [B, kv_dim]
+    pub v: Vec<f32>,       // values of this batch   [B, kv_dim]
+    pub att_out: Vec<f32>, // attention output       [B, q_dim]
+    pub proj: Vec<f32>,    // output of a projection [B, n_embd]
+    pub hb: Vec<f32>,      // ffn gate, then act(gate)*up [B, n_ff]
+    pub hb2: Vec<f32>,     // ffn up                 [B, n_ff]
+    pub att: Vec<f32>,     // attention scores, per thread [n_threads, n_ctx]
+    pub xq: QuantCache,
+    pub logits: Vec<f32>, // [1 or B, n_vocab]
+    /// RoPE of the global layers (`rope.freq_base`) and of the local ones (`rope.freq_base_swa`).
+    pub rope: [Rope; 2],
+    pub kv: KvCache,
+    /// LoRA intermediates t = A·x of up to three weights sharing an input [3, B, max_adapters · max_rank].
+    pub lora_t: Vec<f32>,
+}
+
+impl State {
+    /// Every buffer for `cfg` (whose `n_batch` is already clamped to `n_ctx`).
+    pub fn new(m: &Model, cfg: &SessionConfig) -> Result<State> {
+        let hp = &m.hp;
+        let n_batch = cfg.n_batch;
+        let mut off = Vec::with_capacity(hp.n_layer);
+        let mut cap = Vec::with_capacity(hp.n_layer);
+        let mut total = 0usize;
+        for l in 0..hp.n_layer {
+            let c = hp.kv_positions(l, cfg.n_ctx);
+            off.push(total);
+            cap.push(c);
+            total = c
+                .checked_mul(hp.kv_dim())
+                .and_then(|n| total.checked_add(n))
+                .filter(|&n| n <= (isize::MAX as usize) / 8)
+                .ok_or_else(|| Error::invalid(format!("context {} is too large for this model's KV cache", cfg.n_ctx)))?;
+        }
+        let divisors = m.rope_freqs.as_ref().map(|w| m.f32s(w));
+        let rope = [
+            Rope::new(hp, hp.rope_freq_base, hp.rope_freq_scale, divisors, n_batch),
+            Rope::new(hp, hp.rope_freq_base_swa, hp.rope_freq_scale_swa, None, if hp.n_swa > 0 { n_batch } else { 0 }),
+        ];
+        let n_logit_rows = if cfg.logits_all { n_batch } else { 1 };
+        let (e, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
+        Ok(State {
+            x: vec![0.0; n_batch * e],
+            xb: vec![0.0; n_batch * e.max(qd)],
+            q: vec![0.0; n_batch * qd],
+            kk: vec![0.0; n_batch * kvd],
+            v: vec![0.0; n_batch * kvd],
+            att_out: vec![0.0; n_batch * qd],
+            proj: vec![0.0; n_batch * e],
+            hb: vec![0.0; n_batch * ff],
+            hb2: vec![0.0; n_batch * ff],
+            att: vec![0.0; cfg.n_threads * cfg.n_ctx],
+            xq: QuantCache::new(cfg.act_quant, n_batch, e.max(ff).max(qd)),
+            logits: vec![0.0; n_logit_rows * hp.n_vocab],
+            rope,
+            kv: KvCache { k: zeroed(total)?, v: zeroed(total)?, off, cap },
+            lora_t: vec![0.0; 3 * n_batch * cfg.max_adapters * cfg.max_rank],
+        })
+    }
+}
+
+/// A zero-filled buffer whose allocation failure is an error rather than an abort (the KV cache can be
+/// large: `Σ_layers positions × kv_dim` floats for each of K and V).
+fn zeroed(len: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::invalid(format!("cannot allocate {} MiB for the KV cache: use a smaller context (-c)", len * 4 >> 20)))?;
+    v.resize(len, 0.0);
+    Ok(v)
+}
+
+/// x[t] = scale · (token_embd[tokens[t]] + embedding LoRA)                              [B, e]
+pub(crate) fn embed(env: &Env<'_>, x: &mut [f32], lora_t: &mut [f32], tokens: &[u32], scale: f32) {
+    let m = env.m;
+    let e = m.hp.n_embd;
+    let rb = m.token_embd.row_bytes();
+    for (t, &id) in tokens.iter().enumerate() {
+        let row = &m.bytes(&m.token_embd)[id as usize * rb..(id as usize + 1) * rb];
+        let xt = &mut x[t * e..(t + 1) * e];
+        let ok = crate::kernels::scalar::dequantize(m.token_embd.ty, row, xt);
+        debug_assert!(ok, "token_embd type checked at load");
+        // Embedding LoRA: x += s · B · A[token], A token-major (a row of A is the intermediate).
+        for r in env.applied.refs(m.n_slots() - 2) {
+            // The LoRA scratch holds ≥ max_rank floats (sized at creation), and the rank was checked.
+            let tv = &mut lora_t[..r.rank];
+            for (d, &h) in tv.iter_mut().zip(&r.a[id as usize * r.rank..(id as usize + 1) * r.rank]) {
+                *d = half::f16::from_bits(h).to_f32();
+            }
+            (env.lk.expand)(&[r], tv, 0, xt);
+        }
+        if scale != 1.0 {
+            for v in xt.iter_mut() {
+                *v *= scale;
+            }
+        }
+    }
+}
+
+/// out[t] = x[t] / rms(x[t]) ⊙ w, over rows of `w.len()`.
+pub(crate) fn rmsnorm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let n = w.len();
+    for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+        let scale = rms_scale(x, eps);
+        for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+            *o = x * scale * w;
+        }
+    }
+}
+
+/// x[t] = x[t] / rms(x[t]) ⊙ w in place, over rows of `w.len()` (e.g. every head of q: QK-norm).
+pub(crate) fn rmsnorm_rows_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    for x in x.chunks_exact_mut(w.len()) {
+        let scale = rms_scale(x, eps);
+        for (x, &w) in x.iter_mut().zip(w) {
+            *x = *x * scale * w;
+        }
+    }
+}
+
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    (1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt()) as f32
+}
+
+/// Rotate adjacent pairs (x[2i], x[2i+1]) of every head by the angles in `cs` (cos, sin) — llama as
+/// GGUF stores it (Q/K rows permuted by the converter).
+pub(crate) fn rope_pairs(x: &mut [f32], hd: usize, cs: &[(f32, f32)]) {
+    for head in x.chunks_exact_mut(hd) {
+        for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cs) {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * c - b * s;
+            pair[1] = a * s + b * c;
+        }
+    }
+}
+
+/// Rotate (x[i], x[i + rot/2]) of every head by the angles in `cs` (NeoX style), `rot = 2·cs.len()`.
+pub(crate) fn rope_neox(x: &mut [f32], hd: usize, cs: &[(f32, f32)]) {
+    let half = cs.len();
+    for head in x.chunks_exact_mut(hd) {
+        let (lo, hi) = head[..2 * half].split_at_mut(half);
+        for ((a, b), &(c, s)) in lo.iter_mut().zip(hi.iter_mut()).zip(cs) {
+            let (x0, x1) = (*a, *b);
+            *a = x0 * c - x1 * s;
+            *b = x0 * s + x1 * c;
+        }
+    }
+}
+
+/// g = silu(g) · u
+pub(crate) fn swiglu(g: &mut [f32], u: &[f32]) {
+    for (g, u) in g.iter_mut().zip(u) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// g = gelu_tanh(g) · u, GELU with the tanh approximation: ½x(1 + tanh(√(2/π)(x + 0.044715x³))).
+pub(crate) fn geglu(g: &mut [f32], u: &[f32]) {
+    const C: f32 = 0.797_884_6; // √(2/π)
+    for (g, u) in g.iter_mut().zip(u) {
+        let x = *g;
+        *g = 0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh()) * u;
+    }
+}
+
+pub(crate) fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Causal attention of layer `l` for a batch of `b` tokens at positions pos0.., then the batch's keys
+/// and values are appended to the layer's cache.
+///
+/// att_out[t, h] = softmax(scale · q[t,h]·K[lo..=p]ᵀ) · V[lo..=p], p = pos0 + t, lo = p + 1 - window
+/// (0 for global layers, `window = 0`). Keys of earlier batches come from the cache (slot `j % cap`),
+/// the batch's own from `kk` / `v`, so a local layer's ring never needs more than `window` slots.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention(env: &Env<'_>, kv: &mut KvCache, att: &mut [f32], q: &[f32], kk: &[f32], v: &[f32], att_out: &mut [f32], l: usize, pos0: usize, b: usize, window: usize, scale: f32) {
+    let hp = &env.m.hp;
+    let k = env.k;
+    let (qd, kvd, hd) = (hp.q_dim(), hp.kv_dim(), hp.head_dim);
+    let (off, cap) = (kv.off[l], kv.cap[l]);
+    {
+        let kc = &kv.k[off..off + cap * kvd];
+        let vc = &kv.v[off..off + cap * kvd];
+        let (kk, v) = (&kk[..b * kvd], &v[..b * kvd]);
+        let q = &q[..b * qd];
+        let out = Disjoint::new(&mut att_out[..b * qd]);
+        let att = Disjoint::new(att);
+        let n_ctx = env.n_ctx;
+        let (n_head, group) = (hp.n_head, hp.n_head / hp.n_head_kv);
+        // Head `kvh..kvh + hd` of position j's key (or value): from the cache or from this batch.
+        let at = |j: usize| if j < pos0 { (true, (j % cap) * kvd) } else { (false, (j - pos0) * kvd) };
+        env.pool.run(b * n_head, &|i, job| {
+            // SAFETY: each thread uses its own row of `att`, and runs one chunk at a time.
+            let att = unsafe { att.range(i * n_ctx..(i + 1) * n_ctx) };
+            let (t, h) = (job / n_head, job % n_head);
+            let p = pos0 + t;
+            let lo = if window > 0 { (p + 1).saturating_sub(window) } else { 0 };
+            let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+            let kvh = (h / group) * hd;
+            let sc = &mut att[..p + 1 - lo];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in (lo..=p).zip(sc.iter_mut()) {
+                let (old, r) = at(j);
+                let kr = if old { &kc[r + kvh..r + kvh + hd] } else { &kk[r + kvh..r + kvh + hd] };
+                *s = (k.dot_f32)(qh, kr) * scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0.0f32;
+            for s in sc.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            // SAFETY: each (t, h) chunk is handed out once and owns its head slice of the output.
+            let o = unsafe { out.range(t * qd + h * hd..t * qd + (h + 1) * hd) };
+            o.fill(0.0);
+            let inv = 1.0 / sum;
+            for (j, s) in (lo..=p).zip(sc.iter()) {
+                let (old, r) = at(j);
+                let vr = if old { &vc[r + kvh..r + kvh + hd] } else { &v[r + kvh..r + kvh + hd] };
+                (k.axpy_f32)(s * inv, vr, o);
+            }
+        });
+    }
+    // Append k, v: position p to slot p % cap (only the last `cap` of the batch can survive).
+    for t in b.saturating_sub(cap)..b {
+        let s = off + ((pos0 + t) % cap) * kvd;
+        kv.k[s..s + kvd].copy_from_slice(&kk[t * kvd..(t + 1) * kvd]);
+        kv.v[s..s + kvd].copy_from_slice(&v[t * kvd..(t + 1) * kvd]);
+    }
+}
+
+/// logits = Wout · rmsnorm(x) for the last `rows` rows of the batch (all with `logits_all`), then
+/// the soft cap `c·tanh(logits/c)` if the model has one. Returns `rows`.                [rows, n_vocab]
+pub(crate) fn output(env: &Env<'_>, st: &mut State, b: usize) -> usize {
+    let m = env.m;
+    let hp = &m.hp;
+    let e = hp.n_embd;
+    let first = if env.logits_all { 0 } else { b - 1 };
+    let rows = b - first;
+    rmsnorm_rows(&mut st.xb[..rows * e], &st.x[first * e..b * e], m.f32s(&m.output_norm), hp.rms_eps);
+    st.xq.invalidate();
+    let nv = hp.n_vocab;
+    let lora = [env.applied.refs(m.n_slots() - 1)];
+    linear(env, &mut st.xq, &st.xb[..rows * e], e, rows, [(&m.output, &mut st.logits[..rows * nv])], Lora { refs: &lora, t: &mut st.lora_t });
+    let c = hp.logit_softcap;
+    if c > 0.0 {
+        for l in st.logits[..rows * nv].iter_mut() {
+            *l = c * (*l / c).tanh();
+        }
+    }
+    rows
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Quantized linear layers with fused LoRA.
+
+/// Bytes needed to hold one quantized activation row of `n` elements for weights of type `ty`.
+fn xq_row_bytes(ty: QuantType, n: usize) -> usize {
+    ty.vec_dot_type().row_bytes(n).unwrap_or(n * 4)
+}
+
+/// Activations quantized for the weights' dot products: one buffer per `vec_dot_type`, filled on demand
+/// and reused by every weight that shares the input (q/k/v, gate/up).
+pub(crate) struct QuantCache {
+    /// Scratch row for the residual [n_max].
+    resid: Vec<f32>,
+    slots: [QuantSlot; 4],
+}
+
+struct QuantSlot {
+    vt: QuantType,
+    /// Row stride in bytes and rows currently valid (0: stale).
+    stride: usize,
+    rows: usize,
+    q: Vec<u8>,
+    /// The residual's quantization (mode `Q8x2`, integer types only).
+    r: Vec<u8>,
+}
+
+impl QuantCache {
+    fn new(mode: ActQuant, n_batch: usize, n_max: usize) -> Self {
+        let mk = |vt: QuantType| {
+            let stride = xq_row_bytes(vt, n_max.next_multiple_of(256));
+            let resid = mode == ActQuant::Q8x2 && vt != QuantType::F32;
+            QuantSlot { vt, stride: 0, rows: 0, q: vec![0u8; stride * n_batch], r: vec![0u8; if resid { stride * n_batch } else { 0 }] }
+        };
+        QuantCache { resid: vec![0.0; n_max], slots: [mk(QuantType::Q8_0), mk(QuantType::Q8_1), mk(QuantType::Q8K), mk(QuantType::F32)] }
+    }
+    /// Forget the quantized rows (the input changed).
+    pub fn invalidate(&mut self) {
+        for s in &mut self.slots {
+            s.rows = 0;
+        }
+    }
+    /// Make sure the buffer for weights of type `ty` holds `rows` rows of `x` (row length `n`) quantized.
+    fn ensure(&mut self, k: &Kernels, ty: QuantType, x: &[f32], n: usize, rows: usize) {
+        let vt = ty.vec_dot_type();
+        let slot = self.slots.iter_mut().find(|s| s.vt == vt).expect("every vec_dot_type has a slot");
+        let stride = xq_row_bytes(ty, n);
+        if slot.stride == stride && slot.rows == rows {
+            return;
+        }
+        let q = k.quantize(vt).expect("quantizer for vec_dot_type");
+        let two = !slot.r.is_empty();
+        for t in 0..rows {
+            let (xr, qr) = (&x[t * n..(t + 1) * n], &mut slot.q[t * stride..(t + 1) * stride]);
+            q(xr, qr);
+            if two {
+                // residual = x - dequantize(q(x)), quantized in turn
+                let res = &mut self.resid[..n];
+                let ok = crate::kernels::scalar::dequantize(vt, qr, res);
+                debug_assert!(ok);
+                for (r, &xv) in res.iter_mut().zip(xr) {
+                    *r = xv - *r;
+                }
+                let rr = &mut slot.r[t * stride..(t + 1) * stride];
+                q(res, rr);
+                if vt == QuantType::Q8_1 {
+                    // Q8_1 carries each block's sum `s` (used against Q4_1/Q5_1 minimums) as f16, whose
+                    // rounding the residual above does not see. Give the second pass the rest of the
+                    // true block sum, so that s₁ + s₂ = Σx to f16 precision of the (small) remainder.
+                    let b1: &[BlockQ8_1] = bytemuck::cast_slice(&slot.q[t * stride..(t + 1) * stride]);
+                    let b2: &mut [BlockQ8_1] = bytemuck::cast_slice_mut(rr);
+                    for ((blk1, blk2), xs) in b1.iter().zip(b2.iter_mut()).zip(xr.chunks_exact(32)) {
+                        let sum: f32 = xs.iter().sum();
+                        blk2.s = F16Bits::from_f32(sum - blk1.s.to_f32());
+                    }
+                }
+            }
+        }
+        slot.stride = stride;
+        slot.rows = rows;
+    }
+    /// The quantized rows for weights of type `ty` (after `ensure`).
+    fn get(&self, ty: QuantType) -> QInput<'_> {
+        let vt = ty.vec_dot_type();
+        let s = self.slots.iter().find(|s| s.vt == vt).expect("every vec_dot_type has a slot");
+        let len = s.stride * s.rows;
+        QInput { q: &s.q[..len], r: if s.r.is_empty() { None } else { Some(&s.r[..len]) }, stride: s.stride }
+    }
+}
+
+/// One weight's quantized input: rows of `stride` bytes, and the residual's rows in mode `Q8x2`.
+#[derive(Clone, Copy)]
+struct QInput<'a> {
+    q: &'a [u8],
+    r: Option<&'a [u8]>,
+    stride: usize,
+}
+
+/// The adapters on the weights of one `linear` call and the scratch for their intermediates.
+pub(crate) struct Lora<'a, 'r, const N: usize> {
+    pub refs: &'a [heapless::Vec<LoraRef<'r>, MAX_ADAPTERS>; N],
+    pub t: &'a mut [f32],
+}
+
+/// `out_j[t] = W_j · x[t] + Σ s·B_j(A_j x[t])` for every weight j and token t, all weights in one
+/// parallel pass. `x` is [rows, n] row-major; each `out_j` is [rows, W_j.n_out].
+pub(crate) fn linear<const N: usize>(env: &Env<'_>, xq: &mut QuantCache, x: &[f32], n: usize, rows: usize, outs: [(&WeightRef, &mut [f32]); N], lora: Lora<'_, '_, N>) {
+    let (m, k, pool, lk): (&Model, &Kernels, &ThreadPool, _) = (env.m, env.k, env.pool, env.lk);
+    // LoRA shrink for every weight that has adapters: t_j = A·x for all tokens         [N][rows, R_j]
+    let per = lora.t.len() / 3;
+    let mut ts: [&[f32]; N] = [&[]; N];
+    {
+        let mut rest: &mut [f32] = lora.t;
+        for j in 0..N {
+            let (tj, r) = rest.split_at_mut(per);
+            rest = r;
+            let refs = &lora.refs[j];
+            if !refs.is_empty() {
+                let rr = total_rank(refs);
+                (lk.shrink_batch)(refs, rows, x, &mut tj[..rows * rr]);
+                ts[j] = &tj[..rows * rr];
+            }
+        }
+    }
+    // Quantize the input once per vec_dot_type needed (all weights of a group usually share one).
+    for (w, _) in outs.iter() {
+        debug_assert_eq!(w.n_in, n);
+        xq.ensure(k, w.ty, x, n, rows);
+    }
+    let xq: &QuantCache = xq;
+    let inputs: [QInput; N] = core::array::from_fn(|j| xq.get(outs[j].0.ty));
+    let jobs: [(&WeightRef, Disjoint<f32>); N] = outs.map(|(w, o)| (w, Disjoint::new(o)));
+    let lora_refs = lora.refs;
+    // Chunks of CHUNK_ROWS output rows, over all the weights one after the other.
+    let chunks: [usize; N] = core::array::from_fn(|j| jobs[j].0.n_out.div_ceil(CHUNK_ROWS));
+    let n_chunks: usize = chunks.iter().sum();
+    pool.run(n_chunks, &|_, mut c| {
+        let mut j = 0;
+        while c >= chunks[j] {
+            c -= chunks[j];
+            j += 1;
+        }
+        let (w, out) = &jobs[j];
+        let mv = k.matvec(w.ty).expect("weight types checked at load");
+        let mv2 = k.matvec2(w.ty); // None for F32/F16: two passes
+        let rb = w.row_bytes();
+        let wb = m.bytes(w);
+        let mine = c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(w.n_out);
+        let inp = inputs[j];
+        let st = inp.stride;
+        // Sub-chunks small enough that the weights stay in L1 between the two passes of `Q8x2`.
+        let mut r0 = mine.start;
+        while r0 < mine.end {
+            let r1 = (r0 + SUB_ROWS).min(mine.end);
+            let wr = &wb[r0 * rb..r1 * rb];
+            for t in 0..rows {
+                // SAFETY: every chunk index is handed out once and chunks cover disjoint rows; tokens don't overlap.
+                let o = unsafe { out.range(t * w.n_out + r0..t * w.n_out + r1) };
+                let q = &inp.q[t * st..(t + 1) * st];
+                match (inp.r, mv2) {
+                    // q8x2: both integer passes over each weight block while it is unpacked.
+                    (Some(r), Some(mv2)) => mv2(n, wr, q, &r[t * st..(t + 1) * st], o),
+                    (Some(r), None) => {
+                        mv(n, wr, q, o);
+                        let mut tmp = [0f32; SUB_ROWS];
+                        let tmp = &mut tmp[..r1 - r0];
+                        mv(n, wr, &r[t * st..(t + 1) * st], tmp);
+                        add(o, tmp);
+                    }
+                    (None, _) => mv(n, wr, q, o),
+                }
+                // LoRA expand on the rows just produced, while they are in L1: o += Σ s·B[r0..r1]·t
+                let refs = &lora_refs[j];
+                if !refs.is_empty() {
+                    let rr = ts[j].len() / rows;
+                    (lk.expand)(refs, &ts[j][t * rr..(t + 1) * rr], r0, o);
+                }
+            }
+            r0 = r1;
+        }
+    });
+}
+
+/// Output rows per work chunk of `linear` (threads take chunks dynamically).
+const CHUNK_ROWS: usize = 64;
+
+/// Rows per inner step of `linear`.
+const SUB_ROWS: usize = 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neox_rope_rotates_halves() {
+        // One head of 4 with rot 4: pairs (0,2) and (1,3); angle 90° on the first, 0° on the second.
+        let mut x = [1.0, 2.0, 3.0, 4.0];
+        rope_neox(&mut x, 4, &[(0.0, 1.0), (1.0, 0.0)]);
+        assert_eq!(x, [-3.0, 2.0, 1.0, 4.0]);
+        let mut y = [1.0, 2.0, 3.0, 4.0];
+        rope_pairs(&mut y, 4, &[(0.0, 1.0), (1.0, 0.0)]);
+        assert_eq!(y, [-2.0, 1.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn gelu_tanh_values() {
+        // Reference values of 0.5x(1+tanh(√(2/π)(x+0.044715x³))) computed by hand to 6 digits.
+        let mut g = [0.0f32, 1.0, -1.0, 3.0];
+        geglu(&mut g, &[1.0; 4]);
+        let want = [0.0f32, 0.841192, -0.158808, 2.996363];
+        for (a, b) in g.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{g:?}");
+        }
+    }
+}

@@ -1,0 +1,923 @@
+//! Benchmarking: the `edge-run bench` workload (llama-bench's pp/tg, with and without adapters, against a
+//! second model file) and a memory-bandwidth roofline measured in the same process, shared with the
+//! criterion kernel benches (`benches/`).
+//!
+//! Decode of a small model is bound by memory bandwidth: every generated token streams all linear
+//! weights once (plus the KV cache and the LoRA A/B matrices). [`TokenBytes`] counts those bytes and
+//! [`Roofline`] measures how fast this machine can stream them, so that `tg tok/s × bytes/token ÷
+//! bandwidth` says how close decode is to the hardware limit.
+//!
+//! Layout: [`read_bandwidth`] is the probe (a vectorized read-only reduction over a buffer, 1..N threads,
+//! best of several passes); [`Roofline::measure`] runs it on a buffer much larger than the last-level
+//! cache (DRAM), one that fits in each core's L2, and one the size of the bytes a token reads (the decode
+//! roofline); [`Workload`] + [`run`] are the `edge-run bench` measurement, returning a [`Report`] that
+//! renders as a table ([`Report::table`]) and as one JSON object ([`Report::to_json`]).
+use crate::adapter::{Adapter, LoraKind};
+use crate::session::{ActQuant, SessionConfig};
+use crate::{Error, Model, Result, Session};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// Bytes of one K or V value in the session's KV cache (`Session` keeps it in f32).
+pub const KV_BYTES_PER_VALUE: usize = 4;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+// ---------------------------------------------------------------------------------------------------
+// Memory-bandwidth probe.
+
+/// Wrapping sum of `buf`. Integer addition is associative, so the compiler vectorizes this reduction
+/// with several vector accumulators of the widest enabled width (the loop is bound by loads, not adds).
+#[inline(always)]
+fn sum_lanes(buf: &[u64]) -> u64 {
+    buf.iter().fold(0u64, |s, &x| s.wrapping_add(x))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn sum_avx512(buf: &[u64]) -> u64 {
+    sum_lanes(buf)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sum_avx2(buf: &[u64]) -> u64 {
+    sum_lanes(buf)
+}
+
+/// One read pass over `buf` with the widest loads this CPU has (as the widest kernel tier would).
+#[inline(never)]
+fn read_pass(buf: &[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: `sum_avx512` only needs AVX-512F, which was just detected on this CPU.
+            return unsafe { sum_avx512(buf) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: `sum_avx2` only needs AVX2, which was just detected on this CPU.
+            return unsafe { sum_avx2(buf) };
+        }
+    }
+    sum_lanes(buf)
+}
+
+/// Bytes all threads together read in one timed repetition of [`read_bandwidth`]: long enough to dwarf
+/// timer and thread wake-up costs, short enough to fit in one scheduler time slice on a busy machine.
+const REP_BYTES: usize = 16 << 20;
+
+/// Read bandwidth in GB/s (10⁹ bytes per second) of `threads` threads each streaming its share of a
+/// `bytes`-byte buffer (rounded up to whole pieces per thread).
+///
+/// The buffer is read cyclically in repetitions of about 16 MiB (all threads together; a buffer smaller
+/// than that is read several times per repetition), each thread reading the next piece of its own share,
+/// so between two reads of the same byte the whole buffer was read: the cache sees what decode's
+/// cyclic stream over the weights does. Repetitions run for at least `min_time` (and at least 3, and
+/// at least one full cycle); the fastest is reported (the machine may be shared, and a descheduled
+/// repetition says nothing about the memory system). The calling thread is one of the `threads`. Every
+/// page is written and then read once before timing, so page faults are not measured.
+pub fn read_bandwidth(bytes: usize, threads: usize, min_time: Duration) -> f64 {
+    let threads = threads.max(1);
+    let want = bytes.div_ceil(threads).div_ceil(64).max(1) * 8; // u64s per thread, whole lines
+    let piece = want.min((REP_BYTES / threads / 64).max(1) * 8); // u64s per thread and repetition
+    let n_pieces = want.div_ceil(piece);
+    let per_thread = n_pieces * piece;
+    let passes = if n_pieces == 1 {
+        REP_BYTES.div_ceil(piece * 8 * threads)
+    } else {
+        1
+    };
+    let buf: Vec<u64> = (0..per_thread * threads)
+        .map(|i| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect();
+    let rep_bytes = (piece * 8 * threads * passes) as f64;
+    let min_reps = n_pieces.max(3);
+    let stop = AtomicBool::new(false);
+    let barrier = Barrier::new(threads);
+    let mut chunks = buf.chunks(per_thread);
+    let mine = chunks.next().unwrap_or(&[]);
+    // Repetition `k` of one thread: piece `k mod n_pieces` of its share, `passes` times.
+    let work = |c: &[u64], k: usize| {
+        let p = &c[(k % n_pieces) * piece..][..piece];
+        let mut s = 0u64;
+        for _ in 0..passes {
+            s = s.wrapping_add(read_pass(std::hint::black_box(p)));
+        }
+        std::hint::black_box(s);
+    };
+    let mut best = f64::INFINITY;
+    std::thread::scope(|sc| {
+        for c in chunks {
+            let (stop, barrier, work) = (&stop, &barrier, &work);
+            sc.spawn(move || {
+                std::hint::black_box(read_pass(c)); // warm-up: steady cache state
+                let mut k = 0;
+                loop {
+                    barrier.wait();
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    work(c, k);
+                    barrier.wait();
+                    k += 1;
+                }
+            });
+        }
+        std::hint::black_box(read_pass(mine));
+        let start = Instant::now();
+        let mut k = 0;
+        loop {
+            let done = k >= min_reps && start.elapsed() >= min_time;
+            stop.store(done, Ordering::Relaxed);
+            barrier.wait(); // releases the workers (the barrier orders the store before their load)
+            if done {
+                break;
+            }
+            let t = Instant::now();
+            work(mine, k);
+            barrier.wait(); // every thread has finished this repetition
+            best = best.min(t.elapsed().as_secs_f64());
+            k += 1;
+        }
+    });
+    rep_bytes / best / 1e9
+}
+
+/// Data-cache sizes of CPU 0 from sysfs (Linux); `None` where unknown.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CacheSizes {
+    /// Unified L2 per core, bytes.
+    pub l2: Option<usize>,
+    /// Last-level cache (the highest level found), bytes.
+    pub llc: Option<usize>,
+}
+
+/// Reads `/sys/devices/system/cpu/cpu0/cache/index*/{level,type,size}`.
+pub fn cache_sizes() -> CacheSizes {
+    let mut c = CacheSizes::default();
+    let mut llc_level = 0;
+    for i in 0..8 {
+        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+        let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok();
+        let (Some(level), Some(ty), Some(size)) = (read("level"), read("type"), read("size"))
+        else {
+            continue;
+        };
+        let (Ok(level), Some(size)) = (level.trim().parse::<u32>(), parse_size(size.trim())) else {
+            continue;
+        };
+        if ty.trim() == "Instruction" {
+            continue;
+        }
+        if level == 2 {
+            c.l2 = Some(size);
+        }
+        if level >= 2 && level > llc_level {
+            llc_level = level;
+            c.llc = Some(size);
+        }
+    }
+    c
+}
+
+/// `"2048K"`, `"32M"`, `"512"` → bytes.
+fn parse_size(s: &str) -> Option<usize> {
+    let (num, mul) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 1usize << 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 1 << 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim().parse::<usize>().ok()?.checked_mul(mul)
+}
+
+/// One bandwidth measurement.
+#[derive(Clone, Copy, Debug)]
+pub struct Probe {
+    /// Buffer size, bytes (all threads together).
+    pub bytes: usize,
+    pub threads: usize,
+    /// GB/s (10⁹ bytes per second).
+    pub gbs: f64,
+}
+
+impl Probe {
+    pub fn run(bytes: usize, threads: usize, min_time: Duration) -> Probe {
+        Probe {
+            bytes,
+            threads,
+            gbs: read_bandwidth(bytes, threads, min_time),
+        }
+    }
+}
+
+/// Memory roofline of this machine, measured in this process.
+#[derive(Clone, Debug)]
+pub struct Roofline {
+    /// Threads of the N-thread probes.
+    pub threads: usize,
+    /// Streaming from DRAM (buffer ≥ 8× the last-level cache, at least 128 MiB), 1 thread.
+    pub dram_1t: Probe,
+    /// The same with `threads` threads.
+    pub dram_nt: Probe,
+    /// A buffer of half of each core's L2 per thread (256 KiB per thread if unknown), 1 thread.
+    pub cache_1t: Probe,
+    /// The same with `threads` threads.
+    pub cache_nt: Probe,
+    /// Buffers of the given working-set sizes (e.g. a model's bytes per token) with `threads` threads:
+    /// what decode can reach when it streams that many bytes per token. Empty if none was asked for.
+    pub working_sets: Vec<Probe>,
+}
+
+/// Time each probe of a [`Roofline`] runs for by default.
+pub const PROBE_TIME: Duration = Duration::from_millis(250);
+
+/// Smallest working-set probe (smaller buffers measure thread wake-up rather than memory).
+pub const MIN_WORKING_SET: usize = 64 << 10;
+
+impl Roofline {
+    /// DRAM and L2 probes with 1 and `threads` threads, plus one `threads`-thread probe per entry of
+    /// `working_sets` (bytes; raised to [`MIN_WORKING_SET`]), each running for `min_time`.
+    pub fn measure(threads: usize, working_sets: &[usize], min_time: Duration) -> Roofline {
+        let threads = threads.max(1);
+        let cs = cache_sizes();
+        let dram = cs.llc.map_or(0, |l| l.saturating_mul(8)).max(128 << 20);
+        let cache_per_thread = cs.l2.map_or(256 << 10, |l| l / 2).max(16 << 10);
+        let dram_1t = Probe::run(dram, 1, min_time);
+        let dram_nt = if threads > 1 {
+            Probe::run(dram, threads, min_time)
+        } else {
+            dram_1t
+        };
+        let cache_1t = Probe::run(cache_per_thread, 1, min_time);
+        let cache_nt = if threads > 1 {
+            Probe::run(cache_per_thread * threads, threads, min_time)
+        } else {
+            cache_1t
+        };
+        let working_sets = working_sets
+            .iter()
+            .map(|&b| Probe::run(b.max(MIN_WORKING_SET), threads, min_time))
+            .collect();
+        Roofline {
+            threads,
+            dram_1t,
+            dram_nt,
+            cache_1t,
+            cache_nt,
+            working_sets,
+        }
+    }
+
+    /// The decode roofline for `bytes` read per token: the working-set probe closest in size, or the
+    /// N-thread DRAM probe if there is none.
+    pub fn for_bytes(&self, bytes: usize) -> Probe {
+        let bytes = bytes.max(MIN_WORKING_SET) as f64;
+        self.working_sets
+            .iter()
+            .min_by(|a, b| {
+                let d = |p: &Probe| (p.bytes as f64 / bytes).ln().abs();
+                d(a).total_cmp(&d(b))
+            })
+            .copied()
+            .unwrap_or(self.dram_nt)
+    }
+
+    /// One line per probe.
+    pub fn describe(&self) -> String {
+        let line = |what: &str, p: &Probe| {
+            format!(
+                "  {what:<22} {:>9.1} MiB, {} thread(s): {:>7.1} GB/s\n",
+                p.bytes as f64 / MIB,
+                p.threads,
+                p.gbs
+            )
+        };
+        let mut s = line("DRAM (streaming)", &self.dram_1t);
+        if self.threads > 1 {
+            s += &line("DRAM (streaming)", &self.dram_nt);
+        }
+        s += &line("L2 (cache-resident)", &self.cache_1t);
+        if self.threads > 1 {
+            s += &line("L2 (cache-resident)", &self.cache_nt);
+        }
+        for p in &self.working_sets {
+            s += &line("bytes of one token", p);
+        }
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Bytes read per decoded token.
+
+/// Bytes read from memory to decode one token.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TokenBytes {
+    /// Linear weights of every layer and the output head (`Model::bytes_per_token`).
+    pub weights: f64,
+    /// K and V of every layer at the mean attended context.
+    pub kv: f64,
+    /// LoRA A and B of the active adapters (for an embedding adapter: one row of A and all of B).
+    pub lora: f64,
+}
+
+impl TokenBytes {
+    pub fn total(&self) -> f64 {
+        self.weights + self.kv + self.lora
+    }
+
+    /// Weights and KV cache of `model` when a token attends to `context` positions on average.
+    pub fn of_model(model: &Model, context: f64) -> TokenBytes {
+        let hp = &model.hp;
+        let kv = 2.0 * (hp.n_layer * hp.kv_dim() * KV_BYTES_PER_VALUE) as f64 * context;
+        TokenBytes {
+            weights: model.bytes_per_token() as f64,
+            kv,
+            lora: 0.0,
+        }
+    }
+
+    /// Adds the A/B bytes the given adapters make each token read.
+    pub fn with_adapters<'a>(
+        mut self,
+        adapters: impl IntoIterator<Item = &'a Adapter>,
+    ) -> TokenBytes {
+        for a in adapters {
+            for t in a.tensors() {
+                self.lora += 2.0
+                    * match t.kind {
+                        LoraKind::Linear => (t.a().len() + t.b().len()) as f64,
+                        LoraKind::Embedding => (t.rank + t.b().len()) as f64,
+                    };
+            }
+        }
+        self
+    }
+}
+
+/// Percent of the roofline reached: `100 × tok/s × bytes/token ÷ (GB/s × 10⁹)`.
+pub fn roofline_pct(tps: f64, bytes_per_token: f64, gbs: f64) -> f64 {
+    100.0 * tps * bytes_per_token / (gbs * 1e9)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The `edge-run bench` workload.
+
+/// What `edge-run bench` runs: a prompt of `n_prompt` pseudo-random tokens evaluated as one batch (pp),
+/// then `n_gen` tokens decoded one at a time (tg, greedy), best of `reps`; first on the base model, then
+/// with `adapters`. Threads, kernels and the rest of the session come from a [`SessionConfig`].
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub reps: usize,
+    /// Adapter files and user scales.
+    pub adapters: Vec<(PathBuf, f32)>,
+    /// Seed of the prompt's tokens.
+    pub seed: u64,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            n_prompt: 128,
+            n_gen: 128,
+            reps: 3,
+            adapters: Vec::new(),
+            seed: 1234,
+        }
+    }
+}
+
+impl Workload {
+    /// Refuses counts of zero.
+    pub fn validate(&self) -> Result<()> {
+        if self.n_prompt == 0 || self.n_gen == 0 || self.reps == 0 {
+            return Err(Error::invalid(format!(
+                "bench: prompt tokens ({}), generated tokens ({}) and repetitions ({}) must all be at least 1",
+                self.n_prompt, self.n_gen, self.reps
+            )));
+        }
+        Ok(())
+    }
+
+    /// The prompt: `n_prompt` token ids drawn uniformly from `0..n_vocab` (llama-bench also uses random
+    /// tokens), the same for every run with the same seed.
+    pub fn prompt(&self, n_vocab: usize) -> Vec<u32> {
+        let mut rng = crate::sampling::Rng::new(self.seed);
+        let nv = n_vocab.max(1) as u64;
+        (0..self.n_prompt)
+            .map(|_| (rng.next_u64() % nv) as u32)
+            .collect()
+    }
+
+    /// Mean number of positions a decoded token attends to: token `i` of `n_gen` sees `n_prompt + i + 1`.
+    pub fn mean_context(&self) -> f64 {
+        self.n_prompt as f64 + (self.n_gen as f64 + 1.0) / 2.0
+    }
+
+    /// `base` with a context and batch large enough for the workload.
+    pub fn session_config(&self, base: &SessionConfig) -> SessionConfig {
+        let mut c = base.clone();
+        c.n_ctx = c.n_ctx.max(self.n_prompt + self.n_gen);
+        c.n_batch = c.n_batch.max(self.n_prompt);
+        c
+    }
+}
+
+/// Prompt and decode speed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Speed {
+    /// Prompt tokens per second (one batch of `n_prompt`).
+    pub pp_tps: f64,
+    /// Decoded tokens per second.
+    pub tg_tps: f64,
+}
+
+/// Best-of-`reps` pp and tg of `sess` with its current adapters (the session is reset before each).
+pub fn measure_speed(
+    sess: &mut Session,
+    prompt: &[u32],
+    n_gen: usize,
+    reps: usize,
+) -> Result<Speed> {
+    let mut s = Speed::default();
+    for _ in 0..reps.max(1) {
+        sess.reset();
+        let t0 = Instant::now();
+        sess.eval(prompt)?;
+        s.pp_tps = s
+            .pp_tps
+            .max(prompt.len() as f64 / t0.elapsed().as_secs_f64());
+        let t1 = Instant::now();
+        for _ in 0..n_gen {
+            let t = crate::sampling::argmax(sess.logits());
+            sess.eval(&[t])?;
+        }
+        s.tg_tps = s.tg_tps.max(n_gen as f64 / t1.elapsed().as_secs_f64());
+    }
+    Ok(s)
+}
+
+/// The run with adapters.
+#[derive(Clone, Debug)]
+pub struct LoraResult {
+    pub n_adapters: usize,
+    pub speed: Speed,
+    /// Bytes per token with the adapters (`lora` is their share).
+    pub bytes: TokenBytes,
+    /// `100 × (base tg ÷ adapter tg − 1)`.
+    pub overhead_pct: f64,
+    /// Adapter bytes as a percent of the base's bytes per token: the overhead a bandwidth-bound decode
+    /// cannot go below.
+    pub floor_pct: f64,
+    /// Mean load time per adapter.
+    pub load_ms: f64,
+    /// Mean time to publish a new adapter set.
+    pub swap_us: f64,
+}
+
+/// The same workload on a second model file (e.g. the adapter merged into the base), without adapters.
+#[derive(Clone, Debug)]
+pub struct CompareResult {
+    pub path: String,
+    pub speed: Speed,
+    pub bytes: TokenBytes,
+}
+
+/// Everything `edge-run bench` measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub model: String,
+    pub threads: usize,
+    pub kernels: &'static str,
+    pub act_quant: &'static str,
+    pub workload: Workload,
+    pub base: Speed,
+    pub bytes: TokenBytes,
+    pub lora: Option<LoraResult>,
+    pub compare: Option<CompareResult>,
+    pub roofline: Roofline,
+    /// Peak resident set after the runs on the main model, before the comparison model's run and the
+    /// roofline probes (which allocate their own buffers), MiB.
+    pub rss_mib: f64,
+    pub mapped_mib: f64,
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), MiB; NaN where unknown.
+pub fn peak_rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Runs the workload on `model` (base, then with the workload's adapters), then on `compare` if given
+/// (no adapters), then measures the roofline; `progress` receives one line per step (for stderr).
+/// The adapters and the comparison model are opened first, so a bad path fails before any measuring.
+pub fn run(
+    model: Arc<Model>,
+    cfg: &SessionConfig,
+    w: &Workload,
+    compare: Option<&Path>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Report> {
+    w.validate()?;
+    let cfg = w.session_config(cfg);
+    let prompt = w.prompt(model.hp.n_vocab);
+    let kernels = cfg
+        .kernels
+        .unwrap_or_else(crate::kernels::Kernels::best)
+        .tier
+        .name();
+    let act_quant = match cfg.act_quant {
+        ActQuant::Q8 => "q8",
+        ActQuant::Q8x2 => "q8x2",
+    };
+    progress(&format!(
+        "edge-run bench: {} threads, {kernels} kernels, act-quant {act_quant}, pp{} + tg{}, best of {}",
+        cfg.n_threads, w.n_prompt, w.n_gen, w.reps
+    ));
+    let m2 = compare.map(|p| Model::open(p).map(Arc::new)).transpose()?;
+    let t0 = Instant::now();
+    let loaded = w
+        .adapters
+        .iter()
+        .map(|(p, s)| Ok((Arc::new(Adapter::load(p, &model.base_info)?), *s)))
+        .collect::<Result<Vec<_>>>()?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3 / loaded.len().max(1) as f64;
+
+    let mut sess = Session::new(model.clone(), cfg.clone())?;
+    let base = measure_speed(&mut sess, &prompt, w.n_gen, w.reps)?;
+    progress(&format!(
+        "  base model: pp {:.1} tok/s, tg {:.1} tok/s",
+        base.pp_tps, base.tg_tps
+    ));
+    let bytes = TokenBytes::of_model(&model, w.mean_context());
+
+    let mut lora = None;
+    if !loaded.is_empty() {
+        let set: Vec<(&Arc<Adapter>, f32)> = loaded.iter().map(|(a, s)| (a, *s)).collect();
+        sess.set_adapters(&set)?;
+        let speed = measure_speed(&mut sess, &prompt, w.n_gen, w.reps)?;
+        progress(&format!(
+            "  with {} adapter(s): pp {:.1} tok/s, tg {:.1} tok/s",
+            loaded.len(),
+            speed.pp_tps,
+            speed.tg_tps
+        ));
+        // Swap time: publishing a new set (what another thread pays between two tokens).
+        let ctl = sess.adapter_control();
+        let n_swaps = 1000;
+        let t0 = Instant::now();
+        for i in 0..n_swaps {
+            ctl.set(if i % 2 == 0 { &set[..1] } else { &set[..] })?;
+        }
+        let swap_us = t0.elapsed().as_secs_f64() * 1e6 / n_swaps as f64;
+        let lb = bytes.with_adapters(loaded.iter().map(|(a, _)| &**a));
+        lora = Some(LoraResult {
+            n_adapters: loaded.len(),
+            speed,
+            bytes: lb,
+            overhead_pct: 100.0 * (base.tg_tps / speed.tg_tps - 1.0),
+            floor_pct: 100.0 * lb.lora / bytes.total(),
+            load_ms,
+            swap_us,
+        });
+    }
+    drop(sess);
+    let rss_mib = peak_rss_mib();
+
+    let mut cmp = None;
+    if let Some(m2) = m2 {
+        let p = m2.path();
+        let prompt2 = w.prompt(m2.hp.n_vocab);
+        let mut s2 = Session::new(m2.clone(), cfg.clone())?;
+        let speed = measure_speed(&mut s2, &prompt2, w.n_gen, w.reps)?;
+        progress(&format!(
+            "  {}: pp {:.1} tok/s, tg {:.1} tok/s",
+            p.display(),
+            speed.pp_tps,
+            speed.tg_tps
+        ));
+        cmp = Some(CompareResult {
+            path: p.display().to_string(),
+            speed,
+            bytes: TokenBytes::of_model(&m2, w.mean_context()),
+        });
+    }
+
+    let mut sets = vec![bytes.total() as usize];
+    for b in lora
+        .iter()
+        .map(|l| l.bytes.total())
+        .chain(cmp.iter().map(|c| c.bytes.total()))
+    {
+        // Another probe only when the working set differs by more than 10 %.
+        if sets.iter().all(|&s| (b / s as f64 - 1.0).abs() > 0.1) {
+            sets.push(b as usize);
+        }
+    }
+    progress("  measuring the memory roofline ...");
+    let roofline = Roofline::measure(cfg.n_threads, &sets, PROBE_TIME);
+    progress(&format!(
+        "  roofline: {:.1} GB/s streaming {:.1} MiB with {} thread(s)",
+        roofline.for_bytes(bytes.total() as usize).gbs,
+        bytes.total() / MIB,
+        cfg.n_threads
+    ));
+    Ok(Report {
+        model: model.path().display().to_string(),
+        threads: cfg.n_threads,
+        kernels,
+        act_quant,
+        workload: w.clone(),
+        base,
+        bytes,
+        lora,
+        compare: cmp,
+        roofline,
+        rss_mib,
+        mapped_mib: model.mapped_bytes() as f64 / MIB,
+    })
+}
+
+impl Report {
+    /// The decode roofline for the base model's bytes per token, GB/s.
+    pub fn roofline_gbs(&self) -> f64 {
+        self.roofline.for_bytes(self.bytes.total() as usize).gbs
+    }
+
+    /// Base tg as a percent of the roofline.
+    pub fn roofline_pct(&self) -> f64 {
+        roofline_pct(self.base.tg_tps, self.bytes.total(), self.roofline_gbs())
+    }
+
+    /// `(roofline GB/s, % of it)` for a run that reads `bytes` per token at `tps`.
+    fn pct_for(&self, tps: f64, bytes: &TokenBytes) -> (f64, f64) {
+        let gbs = self.roofline.for_bytes(bytes.total() as usize).gbs;
+        (gbs, roofline_pct(tps, bytes.total(), gbs))
+    }
+
+    /// The terminal report: a table of the runs, then bytes per token, the roofline and the adapter
+    /// and comparison details.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let row = |name: &str, sp: &Speed, b: &TokenBytes, extra: &str| {
+            let (gbs, pct) = self.pct_for(sp.tg_tps, b);
+            format!(
+                "| {name:<28} | {:>10.1} | {:>10.1} | {:>9.2} | {:>9.1} | {:>9.1}% | {extra:>12} |\n",
+                sp.pp_tps,
+                sp.tg_tps,
+                b.total() / MIB,
+                gbs,
+                pct
+            )
+        };
+        s += &format!(
+            "| {:<28} | {:>10} | {:>10} | {:>9} | {:>9} | {:>10} | {:>12} |\n",
+            "configuration",
+            "pp tok/s",
+            "tg tok/s",
+            "MiB/token",
+            "roof GB/s",
+            "% roofline",
+            "tg overhead"
+        );
+        s += &row("base", &self.base, &self.bytes, "");
+        if let Some(l) = &self.lora {
+            s += &row(
+                &format!("+{} adapter(s)", l.n_adapters),
+                &l.speed,
+                &l.bytes,
+                &format!("{:.1}%", l.overhead_pct),
+            );
+        }
+        if let Some(c) = &self.compare {
+            let name = Path::new(&c.path)
+                .file_name()
+                .map_or(c.path.clone(), |f| f.to_string_lossy().into_owned());
+            s += &row(&name, &c.speed, &c.bytes, "");
+        }
+        s += &format!(
+            "bytes per token: weights {:.2} MiB + KV {:.2} MiB (f32, mean context {:.0})",
+            self.bytes.weights / MIB,
+            self.bytes.kv / MIB,
+            self.workload.mean_context()
+        );
+        if let Some(l) = &self.lora {
+            s += &format!(" + LoRA A/B {:.2} MiB with adapters", l.bytes.lora / MIB);
+        }
+        s += "\n";
+        s += &format!(
+            "memory roofline (measured in this run, best of several passes):\n{}",
+            self.roofline.describe()
+        );
+        if let Some(l) = &self.lora {
+            s += &format!(
+                "adapter bytes {:.2} MiB = {:.2}% of the base's bytes per token (the overhead's floor); load {:.2} ms/adapter; swap {:.2} µs\n",
+                l.bytes.lora / MIB,
+                l.floor_pct,
+                l.load_ms,
+                l.swap_us
+            );
+        }
+        if let Some(c) = &self.compare {
+            let (what, r) = match &self.lora {
+                Some(l) => ("with adapters", l.speed),
+                None => ("base", self.base),
+            };
+            s += &format!(
+                "compare: {} / {what}: tg {:.3}x, pp {:.3}x\n",
+                c.path,
+                c.speed.tg_tps / r.tg_tps,
+                c.speed.pp_tps / r.pp_tps
+            );
+        }
+        s += &format!(
+            "peak RSS {:.1} MiB (mapped model {:.1} MiB)",
+            self.rss_mib, self.mapped_mib
+        );
+        s
+    }
+
+    /// One JSON object (no newline). Keys: `model`, `threads`, `kernels`, `act_quant`, `n_prompt`,
+    /// `n_gen`, `reps`, `pp_tps`, `tg_tps`, `bytes_per_token` (weights + KV, the base run),
+    /// `weight_bytes_per_token`, `kv_bytes_per_token`, `mean_context`, `roofline_gbs`, `roofline_pct`,
+    /// `roofline_bytes`, `dram_gbs_1t`, `dram_gbs`, `cache_gbs_1t`, `cache_gbs`, `rss_mib`, `mapped_mib`;
+    /// with adapters `lora_pp_tps`, `lora_tg_tps`, `lora_bytes_per_token` (total), `lora_ab_bytes`,
+    /// `lora_roofline_pct`, `lora_overhead_pct`, `lora_floor_pct`, `adapter_load_ms`, `swap_us`; with a
+    /// comparison model `compare_model`, `compare_pp_tps`, `compare_tg_tps`, `compare_bytes_per_token`,
+    /// `compare_roofline_pct`, `compare_tg_ratio`, `compare_pp_ratio` (its speed ÷ the adapter run's, or
+    /// the base run's without adapters). Unknown values (e.g. RSS off Linux) are `null`.
+    pub fn to_json(&self) -> String {
+        use serde_json::{json, Value};
+        let r = &self.roofline;
+        let mut o = json!({
+            "model": self.model,
+            "threads": self.threads,
+            "kernels": self.kernels,
+            "act_quant": self.act_quant,
+            "n_prompt": self.workload.n_prompt,
+            "n_gen": self.workload.n_gen,
+            "reps": self.workload.reps,
+            "pp_tps": self.base.pp_tps,
+            "tg_tps": self.base.tg_tps,
+            "bytes_per_token": self.bytes.total(),
+            "weight_bytes_per_token": self.bytes.weights,
+            "kv_bytes_per_token": self.bytes.kv,
+            "mean_context": self.workload.mean_context(),
+            "roofline_gbs": self.roofline_gbs(),
+            "roofline_pct": self.roofline_pct(),
+            "roofline_bytes": r.for_bytes(self.bytes.total() as usize).bytes,
+            "dram_gbs_1t": r.dram_1t.gbs,
+            "dram_gbs": r.dram_nt.gbs,
+            "cache_gbs_1t": r.cache_1t.gbs,
+            "cache_gbs": r.cache_nt.gbs,
+            "rss_mib": self.rss_mib,
+            "mapped_mib": self.mapped_mib,
+        });
+        let m = o.as_object_mut().expect("a JSON object");
+        if let Some(l) = &self.lora {
+            m.insert("lora_pp_tps".into(), json!(l.speed.pp_tps));
+            m.insert("lora_tg_tps".into(), json!(l.speed.tg_tps));
+            m.insert("lora_bytes_per_token".into(), json!(l.bytes.total()));
+            m.insert("lora_ab_bytes".into(), json!(l.bytes.lora));
+            m.insert(
+                "lora_roofline_pct".into(),
+                json!(self.pct_for(l.speed.tg_tps, &l.bytes).1),
+            );
+            m.insert("lora_overhead_pct".into(), json!(l.overhead_pct));
+            m.insert("lora_floor_pct".into(), json!(l.floor_pct));
+            m.insert("adapter_load_ms".into(), json!(l.load_ms));
+            m.insert("swap_us".into(), json!(l.swap_us));
+        }
+        if let Some(c) = &self.compare {
+            let r = self.lora.as_ref().map_or(self.base, |l| l.speed);
+            m.insert("compare_model".into(), json!(c.path));
+            m.insert("compare_pp_tps".into(), json!(c.speed.pp_tps));
+            m.insert("compare_tg_tps".into(), json!(c.speed.tg_tps));
+            m.insert("compare_bytes_per_token".into(), json!(c.bytes.total()));
+            m.insert(
+                "compare_roofline_pct".into(),
+                json!(self.pct_for(c.speed.tg_tps, &c.bytes).1),
+            );
+            m.insert("compare_tg_ratio".into(), json!(c.speed.tg_tps / r.tg_tps));
+            m.insert("compare_pp_ratio".into(), json!(c.speed.pp_tps / r.pp_tps));
+        }
+        // NaN/inf are not JSON: serde_json already writes them as null; keep it explicit for readers.
+        for v in m.values_mut() {
+            if v.as_f64().is_some_and(|f| !f.is_finite()) {
+                *v = Value::Null;
+            }
+        }
+        o.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_size_units() {
+        assert_eq!(parse_size("2048K"), Some(2 << 20));
+        assert_eq!(parse_size("32M"), Some(32 << 20));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn read_pass_sums_every_element() {
+        // Lengths around vector and unroll widths, so the remainder paths are covered.
+        for n in [0usize, 1, 31, 32, 33, 100, 1000] {
+            let v: Vec<u64> = (0..n as u64).map(|i| i * 3 + 1).collect();
+            let want = (0..n as u64).fold(0u64, |s, i| s.wrapping_add(i * 3 + 1));
+            assert_eq!(read_pass(&v), want, "n = {n}");
+            assert_eq!(sum_lanes(&v), want, "n = {n}");
+        }
+        let v = vec![u64::MAX; 70];
+        assert_eq!(read_pass(&v), 0u64.wrapping_sub(70));
+    }
+
+    #[test]
+    fn bandwidth_is_positive_and_finite() {
+        for threads in [1, 2] {
+            let g = read_bandwidth(1 << 20, threads, Duration::from_millis(20));
+            assert!(g.is_finite() && g > 0.1, "{threads} thread(s): {g} GB/s");
+        }
+    }
+
+    #[test]
+    fn roofline_picks_the_closest_working_set() {
+        let p = |bytes, gbs| Probe {
+            bytes,
+            threads: 2,
+            gbs,
+        };
+        let r = Roofline {
+            threads: 2,
+            dram_1t: p(1 << 28, 10.0),
+            dram_nt: p(1 << 28, 15.0),
+            cache_1t: p(1 << 20, 100.0),
+            cache_nt: p(2 << 20, 200.0),
+            working_sets: vec![p(100 << 20, 20.0), p(1 << 20, 90.0)],
+        };
+        assert_eq!(r.for_bytes(95 << 20).gbs, 20.0);
+        assert_eq!(r.for_bytes(2 << 20).gbs, 90.0);
+        assert_eq!(r.for_bytes(1).gbs, 90.0);
+        let none = Roofline {
+            working_sets: Vec::new(),
+            ..r
+        };
+        assert_eq!(none.for_bytes(5 << 20).gbs, 15.0);
+    }
+
+    #[test]
+    fn roofline_percent() {
+        // 100 tok/s × 100 MB/token = 10 GB/s = 50 % of 20 GB/s.
+        assert!((roofline_pct(100.0, 100e6, 20.0) - 50.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn workload_prompt_and_context() {
+        let w = Workload {
+            n_prompt: 10,
+            n_gen: 4,
+            ..Default::default()
+        };
+        let p = w.prompt(50);
+        assert_eq!(p.len(), 10);
+        assert!(p.iter().all(|&t| t < 50));
+        assert_eq!(p, w.prompt(50), "the prompt is reproducible");
+        assert_ne!(
+            p,
+            Workload {
+                seed: 99,
+                ..w.clone()
+            }
+            .prompt(50)
+        );
+        // Decoded tokens attend to 11, 12, 13, 14 positions.
+        assert_eq!(w.mean_context(), 12.5);
+        assert!(Workload {
+            n_gen: 0,
+            ..w.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(w.validate().is_ok());
+        let c = w.session_config(&SessionConfig {
+            n_ctx: 8,
+            n_batch: 4,
+            ..Default::default()
+        });
+        assert_eq!((c.n_ctx, c.n_batch), (14, 10));
+    }
+}
