@@ -1426,7 +1426,6 @@ fn model_cases() -> Vec<Case> {
         ("blk.0.attn_q.weight", vec![e, 16], QuantType::F32),
         ("blk.0.attn_q.weight", vec![16, e], QuantType::F32),
         ("blk.0.attn_q.weight", vec![e, e, 2], QuantType::F32),
-        ("blk.0.attn_q.weight", vec![e, e], QuantType::Q8K),
         ("blk.0.attn_q.weight", vec![e, e], QuantType::Q8_1),
         ("blk.0.attn_q.weight", vec![e, e], QuantType::BF16),
         ("blk.0.attn_k.weight", vec![e, e], QuantType::F32),
