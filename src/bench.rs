@@ -318,7 +318,8 @@ impl Roofline {
 pub struct TokenBytes {
     /// Linear weights of every layer and the output head (`Model::bytes_per_token`).
     pub weights: f64,
-    /// K and V of every layer at the mean attended context.
+    /// K and V (f32) of every layer at the attended context (capped by the window in sliding-window
+    /// layers), averaged over the decoded tokens.
     pub kv: f64,
     /// LoRA A and B of the active adapters (for an embedding adapter: one row of A and all of B).
     pub lora: f64,
@@ -329,14 +330,29 @@ impl TokenBytes {
         self.weights + self.kv + self.lora
     }
 
-    /// Weights and KV cache of `model` when a token attends to `context` positions on average.
-    pub fn of_model(model: &Model, context: f64) -> TokenBytes {
+    /// Weights and KV cache of `model` for a token at position `context − 1`, which attends to
+    /// `context` positions (at most the window in a sliding-window layer).
+    pub fn of_model(model: &Model, context: usize) -> TokenBytes {
         let hp = &model.hp;
-        let kv = 2.0 * (hp.n_layer * hp.kv_dim() * KV_BYTES_PER_VALUE) as f64 * context;
+        let positions: usize = (0..hp.n_layer).map(|l| hp.kv_positions(l, context)).sum();
+        let kv = (2 * positions * hp.kv_dim() * KV_BYTES_PER_VALUE) as f64;
         TokenBytes {
             weights: model.bytes_per_token() as f64,
             kv,
             lora: 0.0,
+        }
+    }
+
+    /// The mean of [`TokenBytes::of_model`] over the `n_gen` tokens decoded after an `n_prompt`-token
+    /// prompt (token `i` attends to `n_prompt + i + 1` positions).
+    pub fn decode(model: &Model, n_prompt: usize, n_gen: usize) -> TokenBytes {
+        let n = n_gen.max(1);
+        let kv: f64 = (0..n)
+            .map(|i| TokenBytes::of_model(model, n_prompt + i + 1).kv)
+            .sum();
+        TokenBytes {
+            kv: kv / n as f64,
+            ..TokenBytes::of_model(model, n_prompt + 1)
         }
     }
 
@@ -557,7 +573,7 @@ pub fn run(
         "  base model: pp {:.1} tok/s, tg {:.1} tok/s",
         base.pp_tps, base.tg_tps
     ));
-    let bytes = TokenBytes::of_model(&model, w.mean_context());
+    let bytes = TokenBytes::decode(&model, w.n_prompt, w.n_gen);
 
     let mut lora = None;
     if !loaded.is_empty() {
@@ -607,7 +623,7 @@ pub fn run(
         cmp = Some(CompareResult {
             path: p.display().to_string(),
             speed,
-            bytes: TokenBytes::of_model(&m2, w.mean_context()),
+            bytes: TokenBytes::decode(&m2, w.n_prompt, w.n_gen),
         });
     }
 

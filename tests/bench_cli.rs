@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn edge_run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edge-run")).args(args).output().expect("run edge-run")
+    Command::new(env!("CARGO_BIN_EXE_edge-run"))
+        .args(args)
+        .output()
+        .expect("run edge-run")
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -25,20 +28,29 @@ fn bench_json(args: &[&str]) -> (Value, String, String) {
     let mut all = vec!["bench", "--json"];
     all.extend_from_slice(args);
     let o = edge_run(&all);
-    let (out, err) = (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned());
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
     assert!(o.status.success(), "bench {args:?} failed: {err}");
     assert!(!err.contains("panicked"), "{err}");
     let last = out.lines().last().expect("stdout is not empty");
-    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {last}"));
+    let v: Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {last}"));
     (v, out, err)
 }
 
 fn num(v: &Value, key: &str) -> f64 {
-    v.get(key).and_then(Value::as_f64).unwrap_or_else(|| panic!("`{key}` missing or not a number in {v}"))
+    v.get(key)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("`{key}` missing or not a number in {v}"))
 }
 
 fn close(a: f64, b: f64, what: &str) {
-    assert!((a - b).abs() <= 1e-6 * a.abs().max(b.abs()), "{what}: {a} vs {b}");
+    assert!(
+        (a - b).abs() <= 1e-6 * a.abs().max(b.abs()),
+        "{what}: {a} vs {b}"
+    );
 }
 
 /// Bytes of the linear weights a token reads (7 per layer + the output head, or the tied embedding),
@@ -46,7 +58,15 @@ fn close(a: f64, b: f64, what: &str) {
 fn model_bytes(path: &Path) -> (f64, usize, usize) {
     let bytes = std::fs::read(path).unwrap();
     let g = edge_run::gguf::Gguf::parse(&bytes).unwrap();
-    let linear = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+    let linear = [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+    ];
     let mut w = 0usize;
     let mut n_layer = 0;
     for t in g.tensors() {
@@ -58,7 +78,10 @@ fn model_bytes(path: &Path) -> (f64, usize, usize) {
             }
         }
     }
-    let head = g.tensor("output.weight").or_else(|| g.tensor("token_embd.weight")).unwrap();
+    let head = g
+        .tensor("output.weight")
+        .or_else(|| g.tensor("token_embd.weight"))
+        .unwrap();
     let kv_dim = g.tensor("blk.0.attn_k.weight").unwrap().dims[1] as usize;
     ((w + head.size) as f64, n_layer, kv_dim)
 }
@@ -67,7 +90,11 @@ fn model_bytes(path: &Path) -> (f64, usize, usize) {
 fn adapter_bytes(path: &Path) -> f64 {
     let bytes = std::fs::read(path).unwrap();
     let g = edge_run::gguf::Gguf::parse(&bytes).unwrap();
-    g.tensors().iter().filter(|t| t.name.ends_with(".lora_a") || t.name.ends_with(".lora_b")).map(|t| t.size as f64).sum()
+    g.tensors()
+        .iter()
+        .filter(|t| t.name.ends_with(".lora_a") || t.name.ends_with(".lora_b"))
+        .map(|t| t.size as f64)
+        .sum()
 }
 
 #[test]
@@ -75,8 +102,14 @@ fn json_reports_bytes_per_token_and_roofline() {
     let model = fixture("tiny-q4_1.gguf");
     let (v, out, err) = bench_json(&["-m", s(&model), "-p", "8", "-n", "4", "-r", "1", "-t", "1"]);
     // Progress on stderr, the table on stdout.
-    assert!(err.contains("edge-run bench:") && err.contains("roofline"), "stderr: {err}");
-    assert!(out.contains("% roofline") && out.contains("memory roofline") && out.contains("DRAM"), "stdout: {out}");
+    assert!(
+        err.contains("edge-run bench:") && err.contains("roofline"),
+        "stderr: {err}"
+    );
+    assert!(
+        out.contains("% roofline") && out.contains("memory roofline") && out.contains("DRAM"),
+        "stdout: {out}"
+    );
     // The names that existed before the roofline keep their meaning.
     for k in ["pp_tps", "tg_tps", "rss_mib", "threads"] {
         assert!(num(&v, k) > 0.0, "{k} in {v}");
@@ -84,7 +117,10 @@ fn json_reports_bytes_per_token_and_roofline() {
     assert_eq!(v["threads"], 1);
     assert_eq!(v["n_prompt"], 8);
     assert_eq!(v["n_gen"], 4);
-    assert!(v.get("lora_tg_tps").is_none() && v.get("compare_tg_tps").is_none(), "{v}");
+    assert!(
+        v.get("lora_tg_tps").is_none() && v.get("compare_tg_tps").is_none(),
+        "{v}"
+    );
 
     // Bytes per token from the file: weights, plus K and V (f32) of every layer over the mean context
     // of the 4 decoded tokens (they attend to 9, 10, 11, 12 positions).
@@ -96,18 +132,36 @@ fn json_reports_bytes_per_token_and_roofline() {
     close(num(&v, "mean_context"), 10.5, "mean context");
 
     // Roofline: positive bandwidths, and the percent is tg × bytes ÷ bandwidth.
-    for k in ["roofline_gbs", "dram_gbs_1t", "dram_gbs", "cache_gbs_1t", "cache_gbs"] {
+    for k in [
+        "roofline_gbs",
+        "dram_gbs_1t",
+        "dram_gbs",
+        "cache_gbs_1t",
+        "cache_gbs",
+    ] {
         let g = num(&v, k);
         assert!(g.is_finite() && g > 0.05, "{k} = {g}");
     }
-    close(num(&v, "dram_gbs"), num(&v, "dram_gbs_1t"), "one thread: the N-thread probe is the 1-thread one");
+    close(
+        num(&v, "dram_gbs"),
+        num(&v, "dram_gbs_1t"),
+        "one thread: the N-thread probe is the 1-thread one",
+    );
     let pct = num(&v, "roofline_pct");
-    close(pct, 100.0 * num(&v, "tg_tps") * num(&v, "bytes_per_token") / (num(&v, "roofline_gbs") * 1e9), "roofline %");
+    close(
+        pct,
+        100.0 * num(&v, "tg_tps") * num(&v, "bytes_per_token") / (num(&v, "roofline_gbs") * 1e9),
+        "roofline %",
+    );
     // The tiny model's ~50 KB per token: decode is bound by per-token overhead, far below the roofline of a
     // cache-resident buffer of that size (a percent above 100 would mean wrong bytes or bandwidth).
     assert!(pct > 0.0 && pct < 100.0, "roofline_pct = {pct}");
     // The probe was sized to the bytes per token (at least 64 KiB).
-    close(num(&v, "roofline_bytes"), (num(&v, "bytes_per_token") as usize).max(64 << 10) as f64, "probe size");
+    close(
+        num(&v, "roofline_bytes"),
+        (num(&v, "bytes_per_token") as usize).max(64 << 10) as f64,
+        "probe size",
+    );
 }
 
 #[test]
@@ -131,32 +185,72 @@ fn json_with_adapter_and_compare_model() {
         "--compare-model",
         s(&other),
     ]);
-    assert!(out.contains("+1 adapter(s)") && out.contains("tiny-q8_0.gguf") && out.contains("compare:"), "{out}");
+    assert!(
+        out.contains("+1 adapter(s)") && out.contains("tiny-q8_0.gguf") && out.contains("compare:"),
+        "{out}"
+    );
     assert_eq!(v["threads"], 2);
-    for k in ["lora_pp_tps", "lora_tg_tps", "adapter_load_ms", "swap_us", "compare_pp_tps", "compare_tg_tps"] {
+    for k in [
+        "lora_pp_tps",
+        "lora_tg_tps",
+        "adapter_load_ms",
+        "swap_us",
+        "compare_pp_tps",
+        "compare_tg_tps",
+    ] {
         assert!(num(&v, k) > 0.0, "{k} in {v}");
     }
-    assert!(v["lora_overhead_pct"].is_number() && v["lora_floor_pct"].is_number(), "{v}");
+    assert!(
+        v["lora_overhead_pct"].is_number() && v["lora_floor_pct"].is_number(),
+        "{v}"
+    );
     // LoRA bytes: every A and B of the adapter file (all target linear weights here).
     let ab = adapter_bytes(&lora);
     assert!(ab > 0.0);
     close(num(&v, "lora_ab_bytes"), ab, "adapter A/B bytes");
-    close(num(&v, "lora_bytes_per_token"), num(&v, "bytes_per_token") + ab, "bytes per token with the adapter");
-    close(num(&v, "lora_floor_pct"), 100.0 * ab / num(&v, "bytes_per_token"), "overhead floor");
-    close(num(&v, "lora_overhead_pct"), 100.0 * (num(&v, "tg_tps") / num(&v, "lora_tg_tps") - 1.0), "overhead");
+    close(
+        num(&v, "lora_bytes_per_token"),
+        num(&v, "bytes_per_token") + ab,
+        "bytes per token with the adapter",
+    );
+    close(
+        num(&v, "lora_floor_pct"),
+        100.0 * ab / num(&v, "bytes_per_token"),
+        "overhead floor",
+    );
+    close(
+        num(&v, "lora_overhead_pct"),
+        100.0 * (num(&v, "tg_tps") / num(&v, "lora_tg_tps") - 1.0),
+        "overhead",
+    );
     // The comparison model: its own bytes, and ratios against the run with the adapter.
     let (w2, n_layer, kv_dim) = model_bytes(&other);
-    close(num(&v, "compare_bytes_per_token"), w2 + 2.0 * (n_layer * kv_dim * 4) as f64 * 10.5, "compare bytes");
+    close(
+        num(&v, "compare_bytes_per_token"),
+        w2 + 2.0 * (n_layer * kv_dim * 4) as f64 * 10.5,
+        "compare bytes",
+    );
     assert!(w2 > model_bytes(&model).0, "Q8_0 reads more than Q4_1");
-    close(num(&v, "compare_tg_ratio"), num(&v, "compare_tg_tps") / num(&v, "lora_tg_tps"), "tg ratio");
-    close(num(&v, "compare_pp_ratio"), num(&v, "compare_pp_tps") / num(&v, "lora_pp_tps"), "pp ratio");
+    close(
+        num(&v, "compare_tg_ratio"),
+        num(&v, "compare_tg_tps") / num(&v, "lora_tg_tps"),
+        "tg ratio",
+    );
+    close(
+        num(&v, "compare_pp_ratio"),
+        num(&v, "compare_pp_tps") / num(&v, "lora_pp_tps"),
+        "pp ratio",
+    );
     assert_eq!(v["compare_model"].as_str(), Some(s(&other)));
     for k in ["roofline_pct", "lora_roofline_pct", "compare_roofline_pct"] {
         let p = num(&v, k);
         assert!(p > 0.0 && p < 100.0, "{k} = {p}");
     }
     let dram2 = num(&v, "dram_gbs");
-    assert!(dram2.is_finite() && dram2 > 0.05, "2-thread DRAM probe: {dram2}");
+    assert!(
+        dram2.is_finite() && dram2 > 0.05,
+        "2-thread DRAM probe: {dram2}"
+    );
 }
 
 #[test]
@@ -165,15 +259,77 @@ fn bad_bench_arguments_are_refused() {
     for (args, code, needle) in [
         (vec!["-n", "0"], 2, "at least 1"),
         (vec!["-r", "0"], 2, "at least 1"),
-        (vec!["-n", "2", "-r", "1", "--compare-model", "/nonexistent/merged.gguf"], 1, "/nonexistent/merged.gguf"),
-        (vec!["-n", "2", "-r", "1", "--adapter", "/nonexistent/a.gguf"], 1, "/nonexistent/a.gguf"),
+        (
+            vec![
+                "-n",
+                "2",
+                "-r",
+                "1",
+                "--compare-model",
+                "/nonexistent/merged.gguf",
+            ],
+            1,
+            "/nonexistent/merged.gguf",
+        ),
+        (
+            vec!["-n", "2", "-r", "1", "--adapter", "/nonexistent/a.gguf"],
+            1,
+            "/nonexistent/a.gguf",
+        ),
     ] {
         let mut all = vec!["bench", "-m", s(&model), "-p", "4", "-t", "1"];
         all.extend(args.iter().copied());
         let o = edge_run(&all);
         let e = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(code), "{args:?}: {e}");
-        assert!(e.contains(needle), "{args:?}: stderr does not name `{needle}`: {e}");
-        assert!(!e.contains("panicked") && !e.contains("internal error"), "{e}");
+        assert!(
+            e.contains(needle),
+            "{args:?}: stderr does not name `{needle}`: {e}"
+        );
+        assert!(
+            !e.contains("panicked") && !e.contains("internal error"),
+            "{e}"
+        );
     }
+}
+
+#[test]
+fn sliding_window_layers_read_at_most_the_window() {
+    // tiny-gemma3: 3 layers, window 5, `sliding_window_pattern` 2 (period 2: layers 0 and 2 are local,
+    // layer 1 global, as llama.cpp defines the period). The 4 decoded tokens attend to 9..=12 positions.
+    let model = fixture("tiny-gemma3.gguf");
+    let bytes = std::fs::read(&model).unwrap();
+    let g = edge_run::gguf::Gguf::parse(&bytes).unwrap();
+    let window = g
+        .get("gemma3.attention.sliding_window")
+        .and_then(|v| v.as_u32())
+        .unwrap() as usize;
+    let period = g
+        .get("gemma3.attention.sliding_window_pattern")
+        .and_then(|v| v.as_u32())
+        .unwrap() as usize;
+    let (weights, n_layer, kv_dim) = model_bytes(&model);
+    assert_eq!((window, period, n_layer), (5, 2, 3), "the fixture changed");
+    let positions: usize = (9..=12)
+        .map(|ctx: usize| {
+            (0..n_layer)
+                .map(|l| {
+                    if l % period < period - 1 {
+                        ctx.min(window)
+                    } else {
+                        ctx
+                    }
+                })
+                .sum::<usize>()
+        })
+        .sum();
+    let kv = 2.0 * (kv_dim * 4) as f64 * positions as f64 / 4.0;
+    let (v, _, _) = bench_json(&["-m", s(&model), "-p", "8", "-n", "4", "-r", "1", "-t", "1"]);
+    close(
+        num(&v, "kv_bytes_per_token"),
+        kv,
+        "KV bytes with sliding-window layers",
+    );
+    close(num(&v, "weight_bytes_per_token"), weights, "weight bytes");
+    close(num(&v, "bytes_per_token"), weights + kv, "bytes per token");
 }

@@ -64,4 +64,5 @@ fn main() {
         run_case(victim);
         println!("test truncated_{victim}_ends_the_process_with_a_message ... ok");
     }
+    println!("\ntest result: ok. 2 passed; 0 failed");
 }
