@@ -1,4 +1,5 @@
-//! Criterion benches of every quantized matrix×vector kernel, for every tier this CPU runs next to the
+//! Criterion benches of every quantized matrix×vector kernel (`matvec_*`, and `matvec2_*`: the
+//! q8x2 pair of activations decode uses by default), for every tier this CPU runs next to the
 //! scalar reference, one thread, with `Throughput::Bytes` = weight bytes read per call (criterion
 //! reports GB/s).
 //!
@@ -16,6 +17,7 @@
 //! ```text
 //! cargo bench --bench kernels                       # everything (~4 min on an idle machine)
 //! cargo bench --bench kernels -- q4_1               # one quant type, every tier and shape
+//! cargo bench --bench kernels -- matvec2_q4_1       # the fused q8x2 kernel of one type
 //! cargo bench --bench kernels -- 'avx512vnni/1536'  # one tier and shape (criterion's regex filter)
 //! cargo bench --bench kernels -- --quick q4_k       # criterion's quick mode
 //! ```
@@ -87,10 +89,10 @@ fn weights(ty: QuantType, n: usize, rows: usize) -> Vec<u8> {
     w
 }
 
-/// An activation of `n` values quantized to `ty`'s vec-dot type.
-fn activation(k: &Kernels, ty: QuantType, n: usize) -> Vec<u8> {
+/// An activation of `n` values quantized to `ty`'s vec-dot type (`p` picks the pattern).
+fn activation(k: &Kernels, ty: QuantType, n: usize, p: usize) -> Vec<u8> {
     let x: Vec<f32> = (0..n)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .map(|i| ((i * p) % 1000) as f32 / 500.0 - 1.0)
         .collect();
     let vt = ty.vec_dot_type();
     let mut xq = vec![
@@ -114,47 +116,67 @@ fn main() {
     );
     let big = (cache_sizes().llc.unwrap_or(32 << 20) * 3).clamp(32 << 20, 256 << 20);
     for ty in TYPES {
-        let name = format!("matvec_{}", ty.name().to_lowercase());
-        let mut g = c.benchmark_group(&name);
-        g.sampling_mode(SamplingMode::Flat);
-        let row_bytes = |n: usize| ty.row_bytes(n).expect("n is a multiple of the block size");
-        let big_rows = big / row_bytes(4096) / BIG_CHUNKS * BIG_CHUNKS;
-        // K-quants need n to be a multiple of 256: their "up" case is 768x1536.
-        let up = 576usize.next_multiple_of(ty.block_size());
-        for (n, rows, chunks) in [(up, 1536, 1), (1536, 576, 1), (4096, big_rows, BIG_CHUNKS)] {
-            let case = format!("{n}x{rows}");
-            let bytes = row_bytes(n) * rows;
-            g.throughput(Throughput::Bytes(bytes as u64));
-            // Built on first use, shared by the tiers: a filtered-out case allocates nothing.
-            let w: OnceCell<Vec<u8>> = OnceCell::new();
-            for &k in &tiers {
-                let mv = k.matvec(ty).expect("every listed type has a matvec");
-                g.bench_with_input(BenchmarkId::new(k.tier.name(), &case), &case, |b, case| {
-                    let w = w.get_or_init(|| weights(ty, n, rows));
-                    let xq = activation(k, ty, n);
-                    let mut out = vec![0f32; rows];
-                    let (cr, cb) = (rows / chunks, row_bytes(n) * (rows / chunks));
-                    b.iter_custom(|iters| {
-                        common::timed(
-                            (&name, case, k.tier.name()),
-                            (bytes, bytes),
-                            iters,
-                            chunks,
-                            |i| {
-                                let (w, out) = (&w[i * cb..][..cb], &mut out[i * cr..][..cr]);
-                                mv(n, black_box(w), black_box(&xq), black_box(out));
-                            },
-                        )
-                    });
-                    assert!(
-                        out.iter().all(|v| v.is_finite()),
-                        "{name} {case} {}: non-finite output",
-                        k.tier.name()
-                    );
-                });
+        // `matvec_*`: one activation (act-quant q8); `matvec2_*`: the q8x2 pair (activation and its
+        // residual) that decode uses by default, fused on the SIMD tiers that say so.
+        for two in [false, true] {
+            if two && Kernels::scalar().matvec2(ty).is_none() {
+                continue;
             }
+            let prefix = if two { "matvec2" } else { "matvec" };
+            let name = format!("{prefix}_{}", ty.name().to_lowercase());
+            let mut g = c.benchmark_group(&name);
+            g.sampling_mode(SamplingMode::Flat);
+            let row_bytes = |n: usize| ty.row_bytes(n).expect("n is a multiple of the block size");
+            let big_rows = big / row_bytes(4096) / BIG_CHUNKS * BIG_CHUNKS;
+            // K-quants need n to be a multiple of 256: their "up" case is 768x1536.
+            let up = 576usize.next_multiple_of(ty.block_size());
+            for (n, rows, chunks) in [(up, 1536, 1), (1536, 576, 1), (4096, big_rows, BIG_CHUNKS)] {
+                let case = format!("{n}x{rows}");
+                let bytes = row_bytes(n) * rows;
+                g.throughput(Throughput::Bytes(bytes as u64));
+                // Built on first use, shared by the tiers: a filtered-out case allocates nothing.
+                let w: OnceCell<Vec<u8>> = OnceCell::new();
+                for &k in &tiers {
+                    let mv = k.matvec(ty).expect("every listed type has a matvec");
+                    let mv2 = k.matvec2(ty);
+                    let id = BenchmarkId::new(k.tier.name(), &case);
+                    g.bench_with_input(id, &case, |b, case| {
+                        let w = w.get_or_init(|| weights(ty, n, rows));
+                        let xq = activation(k, ty, n, 7919);
+                        let xr = activation(k, ty, n, 104_729);
+                        let mut out = vec![0f32; rows];
+                        let (cr, cb) = (rows / chunks, row_bytes(n) * (rows / chunks));
+                        b.iter_custom(|iters| {
+                            common::timed(
+                                (&name, case, k.tier.name()),
+                                (bytes, bytes),
+                                iters,
+                                chunks,
+                                |i| {
+                                    let (w, out) = (&w[i * cb..][..cb], &mut out[i * cr..][..cr]);
+                                    match mv2.filter(|_| two) {
+                                        Some(mv2) => mv2(
+                                            n,
+                                            black_box(w),
+                                            black_box(&xq),
+                                            black_box(&xr),
+                                            black_box(out),
+                                        ),
+                                        None => mv(n, black_box(w), black_box(&xq), black_box(out)),
+                                    }
+                                },
+                            )
+                        });
+                        assert!(
+                            out.iter().all(|v| v.is_finite()),
+                            "{name} {case} {}: non-finite output",
+                            k.tier.name()
+                        );
+                    });
+                }
+            }
+            g.finish();
         }
-        g.finish();
     }
     c.final_summary();
     common::summary("kernels");

@@ -494,6 +494,45 @@ pub struct LoraResult {
     pub load_ms: f64,
     /// Mean time to publish a new adapter set.
     pub swap_us: f64,
+    /// Decode latency of the tokens right after a swap vs the others, same run.
+    pub after_swap: AfterSwap,
+}
+
+/// Median decode-token latency right after an adapter swap and for the tokens between swaps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AfterSwap {
+    pub swap_token_ms: f64,
+    pub steady_token_ms: f64,
+}
+
+/// Decodes `n` tokens after the prompt, swapping between the full adapter set and the set without
+/// its last adapter (none, for one adapter) through the session's control handle before every
+/// fourth token, and returns the median latency of the tokens that directly follow a swap and of
+/// the others.
+fn first_token_after_swap(sess: &mut Session, prompt: &[u32], set: &[(&Arc<Adapter>, f32)], n: usize) -> Result<AfterSwap> {
+    let ctl = sess.adapter_control();
+    sess.set_adapters(set)?;
+    sess.reset();
+    sess.eval(prompt)?;
+    let n = n.max(16);
+    let (mut swapped, mut steady) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let swap = i % 4 == 0;
+        if swap {
+            ctl.set(if i % 8 == 0 { &set[..set.len() - 1] } else { set })?;
+        }
+        let t = crate::sampling::argmax(sess.logits());
+        let t0 = Instant::now();
+        sess.eval(&[t])?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        if swap { swapped.push(ms) } else { steady.push(ms) }
+    }
+    sess.set_adapters(set)?;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(AfterSwap { swap_token_ms: median(&mut swapped), steady_token_ms: median(&mut steady) })
 }
 
 /// The same workload on a second model file (e.g. the adapter merged into the base), without adapters.
@@ -594,6 +633,7 @@ pub fn run(
             ctl.set(if i % 2 == 0 { &set[..1] } else { &set[..] })?;
         }
         let swap_us = t0.elapsed().as_secs_f64() * 1e6 / n_swaps as f64;
+        let after_swap = first_token_after_swap(&mut sess, &prompt, &set, w.n_gen)?;
         let lb = bytes.with_adapters(loaded.iter().map(|(a, _)| &**a));
         lora = Some(LoraResult {
             n_adapters: loaded.len(),
@@ -603,6 +643,7 @@ pub fn run(
             floor_pct: 100.0 * lb.lora / bytes.total(),
             load_ms,
             swap_us,
+            after_swap,
         });
     }
     drop(sess);
@@ -741,6 +782,10 @@ impl Report {
                 l.load_ms,
                 l.swap_us
             );
+            s += &format!(
+                "decode token right after a swap {:.3} ms vs {:.3} ms between swaps (medians, same run)\n",
+                l.after_swap.swap_token_ms, l.after_swap.steady_token_ms
+            );
         }
         if let Some(c) = &self.compare {
             let (what, r) = match &self.lora {
@@ -766,7 +811,7 @@ impl Report {
     /// `weight_bytes_per_token`, `kv_bytes_per_token`, `mean_context`, `roofline_gbs`, `roofline_pct`,
     /// `roofline_bytes`, `dram_gbs_1t`, `dram_gbs`, `cache_gbs_1t`, `cache_gbs`, `rss_mib`, `mapped_mib`;
     /// with adapters `lora_pp_tps`, `lora_tg_tps`, `lora_bytes_per_token` (total), `lora_ab_bytes`,
-    /// `lora_roofline_pct`, `lora_overhead_pct`, `lora_floor_pct`, `adapter_load_ms`, `swap_us`; with a
+    /// `lora_roofline_pct`, `lora_overhead_pct`, `lora_floor_pct`, `adapter_load_ms`, `swap_us`, `swap_token_ms`, `steady_token_ms`; with a
     /// comparison model `compare_model`, `compare_pp_tps`, `compare_tg_tps`, `compare_bytes_per_token`,
     /// `compare_roofline_pct`, `compare_tg_ratio`, `compare_pp_ratio` (its speed ÷ the adapter run's, or
     /// the base run's without adapters). Unknown values (e.g. RSS off Linux) are `null`.
@@ -811,6 +856,8 @@ impl Report {
             m.insert("lora_floor_pct".into(), json!(l.floor_pct));
             m.insert("adapter_load_ms".into(), json!(l.load_ms));
             m.insert("swap_us".into(), json!(l.swap_us));
+            m.insert("swap_token_ms".into(), json!(l.after_swap.swap_token_ms));
+            m.insert("steady_token_ms".into(), json!(l.after_swap.steady_token_ms));
         }
         if let Some(c) = &self.compare {
             let r = self.lora.as_ref().map_or(self.base, |l| l.speed);

@@ -195,6 +195,8 @@ fn json_with_adapter_and_compare_model() {
         "lora_tg_tps",
         "adapter_load_ms",
         "swap_us",
+        "swap_token_ms",
+        "steady_token_ms",
         "compare_pp_tps",
         "compare_tg_tps",
     ] {

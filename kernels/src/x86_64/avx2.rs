@@ -201,11 +201,11 @@ fn q4_1_rows<const R: usize>(rows: [&[BlockQ4_1]; R], x: &[BlockQ8_1]) -> [f32; 
     let mut accm = [_mm_setzero_ps(); R];
     for (b, xb) in x.iter().enumerate() {
         let y = ld256::<0, _>(&xb.qs);
-        let xs = f16x2(xb.d, xb.s);
+        let xs = f16_head(xb);
         for r in 0..R {
             let wb = &rows[r][b];
             prefetch(wb, PREFETCH_AHEAD);
-            let p = _mm_mul_ps(f16x2(wb.d, wb.m), xs);
+            let p = _mm_mul_ps(f16_head(wb), xs);
             accm[r] = _mm_add_ps(accm[r], p);
             let q = nibbles(ld128::<0, _>(&wb.qs));
             let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
@@ -272,11 +272,11 @@ fn q5_1_rows<const R: usize>(rows: [&[BlockQ5_1]; R], x: &[BlockQ8_1]) -> [f32; 
     let mut accm = [_mm_setzero_ps(); R];
     for (b, xb) in x.iter().enumerate() {
         let y = ld256::<0, _>(&xb.qs);
-        let xs = f16x2(xb.d, xb.s);
+        let xs = f16_head(xb);
         for r in 0..R {
             let wb = &rows[r][b];
             prefetch(wb, PREFETCH_AHEAD);
-            let p = _mm_mul_ps(f16x2(wb.d, wb.m), xs);
+            let p = _mm_mul_ps(f16_head(wb), xs);
             accm[r] = _mm_add_ps(accm[r], p);
             let q = _mm256_or_si256(nibbles(ld128::<0, _>(&wb.qs)), fifth_bits(wb.qh));
             let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);

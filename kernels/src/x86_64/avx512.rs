@@ -153,17 +153,6 @@ fn stps16(a: &mut [f32; 16], v: __m512) {
     unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) }
 }
 
-/// `[a, b, c, d]` converted from f16.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn f16x4(a: F16Bits, b: F16Bits, c: F16Bits, d: F16Bits) -> __m128 {
-    let bits = a.bits() as u64
-        | (b.bits() as u64) << 16
-        | (c.bits() as u64) << 32
-        | (d.bits() as u64) << 48;
-    _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64))
-}
-
 /// The 512-bit `[a.lo, b.lo, a.hi, b.hi]` (128-bit lanes) of two 256-bit vectors: the order of the
 /// elements of two blocks after [`nibbles2`].
 #[inline]
@@ -300,11 +289,11 @@ fn q4_1_rows<const R: usize>(rows: [&[BlockQ4_1]; R], x: &[BlockQ8_1]) -> [f32; 
     let mut accm = [_mm_setzero_ps(); R];
     for (b, xb) in xp.iter().enumerate() {
         let y = interleave2(ld256::<0, _>(&xb[0].qs), ld256::<0, _>(&xb[1].qs));
-        let xs = f16x4(xb[0].d, xb[0].s, xb[1].d, xb[1].s);
+        let xs = f16_heads2(&xb[0], &xb[1]);
         for r in 0..R {
             let wb = &rows[r].0[b];
             prefetch(wb, PREFETCH_AHEAD);
-            let p = _mm_mul_ps(f16x4(wb[0].d, wb[0].m, wb[1].d, wb[1].m), xs);
+            let p = _mm_mul_ps(f16_heads2(&wb[0], &wb[1]), xs);
             accm[r] = _mm_add_ps(accm[r], p);
             let dot =
                 _mm512_dpbusd_epi32(_mm512_setzero_si512(), nibbles2(&wb[0].qs, &wb[1].qs), y);
@@ -313,12 +302,12 @@ fn q4_1_rows<const R: usize>(rows: [&[BlockQ4_1]; R], x: &[BlockQ8_1]) -> [f32; 
     }
     if let Some(xb) = xt.first() {
         let y = ld256::<0, _>(&xb.qs);
-        let xs = f16x2(xb.d, xb.s);
+        let xs = f16_head(xb);
         for r in 0..R {
             let Some(wb) = rows[r].1.first() else {
                 continue;
             };
-            let p = _mm_mul_ps(f16x2(wb.d, wb.m), xs);
+            let p = _mm_mul_ps(f16_head(wb), xs);
             accm[r] = _mm_add_ps(accm[r], _mm_movelh_ps(p, _mm_setzero_ps()));
             let dot =
                 _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(ld128::<0, _>(&wb.qs)), y);
@@ -399,11 +388,11 @@ fn q5_1_rows<const R: usize>(rows: [&[BlockQ5_1]; R], x: &[BlockQ8_1]) -> [f32; 
     let mut accm = [_mm_setzero_ps(); R];
     for (b, xb) in xp.iter().enumerate() {
         let y = interleave2(ld256::<0, _>(&xb[0].qs), ld256::<0, _>(&xb[1].qs));
-        let xs = f16x4(xb[0].d, xb[0].s, xb[1].d, xb[1].s);
+        let xs = f16_heads2(&xb[0], &xb[1]);
         for r in 0..R {
             let wb = &rows[r].0[b];
             prefetch(wb, PREFETCH_AHEAD);
-            let p = _mm_mul_ps(f16x4(wb[0].d, wb[0].m, wb[1].d, wb[1].m), xs);
+            let p = _mm_mul_ps(f16_heads2(&wb[0], &wb[1]), xs);
             accm[r] = _mm_add_ps(accm[r], p);
             let q = q5x2(&wb[0].qs, wb[0].qh, &wb[1].qs, wb[1].qh);
             let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
@@ -412,12 +401,12 @@ fn q5_1_rows<const R: usize>(rows: [&[BlockQ5_1]; R], x: &[BlockQ8_1]) -> [f32; 
     }
     if let Some(xb) = xt.first() {
         let y = ld256::<0, _>(&xb.qs);
-        let xs = f16x2(xb.d, xb.s);
+        let xs = f16_head(xb);
         for r in 0..R {
             let Some(wb) = rows[r].1.first() else {
                 continue;
             };
-            let p = _mm_mul_ps(f16x2(wb.d, wb.m), xs);
+            let p = _mm_mul_ps(f16_head(wb), xs);
             accm[r] = _mm_add_ps(accm[r], _mm_movelh_ps(p, _mm_setzero_ps()));
             let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q5x1(&wb.qs, wb.qh), y);
             let t = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcastss_ps(p));

@@ -159,6 +159,30 @@ pub(super) fn f16x2(a: F16Bits, b: F16Bits) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
 }
 
+/// The first four bytes of a block as a little-endian `u32`: the f16 pair `(d, m)` of Q4_1/Q5_1 or
+/// `(d, s)` of Q8_1, which [`f16_heads2`] converts in one instruction instead of gathering halves.
+#[inline(always)]
+pub(super) fn head32<T: Pod>(a: &T) -> u32 {
+    const { assert!(size_of::<T>() >= 4) };
+    let b = bytemuck::bytes_of(a);
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// `[d(a), m(a), d(b), m(b)]`: the leading f16 pairs ([`head32`]) of two blocks, converted.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_heads2<T: Pod>(a: &T, b: &T) -> __m128 {
+    let bits = head32(a) as u64 | (head32(b) as u64) << 32;
+    _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64))
+}
+
+/// `[d(a), m(a), 0, 0]`: the leading f16 pair ([`head32`]) of one block, converted.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_head<T: Pod>(a: &T) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtsi32_si128(head32(a) as i32))
+}
+
 /// `a` converted from f16 and broadcast to 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

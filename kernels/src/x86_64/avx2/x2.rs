@@ -169,7 +169,6 @@ fn q4_1_rows2<const R: usize>(
         rows,
         x,
         z,
-        |b| (b.d, b.m),
         |b| nibbles(ld128::<0, _>(&b.qs)),
     )
 }
@@ -184,7 +183,6 @@ fn q5_1_rows2<const R: usize>(
         rows,
         x,
         z,
-        |b| (b.d, b.m),
         |b| _mm256_or_si256(nibbles(ld128::<0, _>(&b.qs)), fifth_bits(b.qh)),
     )
 }
@@ -196,7 +194,6 @@ fn min_rows2<W: Pod, const R: usize>(
     rows: [&[W]; R],
     x: &[BlockQ8_1],
     z: &[BlockQ8_1],
-    dm: impl Fn(&W) -> (F16Bits, F16Bits),
     q1: impl Fn(&W) -> __m256i,
 ) -> [f32; R] {
     let rows = rows.map(|r| &r[..x.len()]);
@@ -208,16 +205,15 @@ fn min_rows2<W: Pod, const R: usize>(
     for (b, (xb, zb)) in x.iter().zip(z).enumerate() {
         let yq = ld256::<0, _>(&xb.qs);
         let yr = ld256::<0, _>(&zb.qs);
-        let aq = f16x2(xb.d, xb.s);
-        let ar = f16x2(zb.d, zb.s);
+        let aq = f16_head(xb);
+        let ar = f16_head(zb);
         let (dyq, dyr) = (_mm256_broadcastss_ps(aq), _mm256_broadcastss_ps(ar));
         // [0, sq + sr, 0, 0]
         let ss = _mm_blend_ps::<0b0010>(_mm_setzero_ps(), _mm_add_ps(aq, ar));
         for r in 0..R {
             let wb = &rows[r][b];
             prefetch(wb, PREFETCH_AHEAD);
-            let (d, m) = dm(wb);
-            let ws = f16x2(d, m);
+            let ws = f16_head(wb);
             accm[r] = _mm_fmadd_ps(ws, ss, accm[r]);
             let q = q1(wb);
             let sq = _mm256_madd_epi16(_mm256_maddubs_epi16(q, yq), ones);

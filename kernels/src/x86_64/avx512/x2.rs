@@ -10,7 +10,7 @@
 use core::arch::x86_64::*;
 
 use super::super::common::*;
-use super::{f16x4, interleave2, ld512, nibbles2, q5x1, q5x2, scales_x4, word_ctl};
+use super::{interleave2, ld512, nibbles2, q5x1, q5x2, scales_x4, word_ctl};
 use crate::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K};
 use crate::{BlockQ8_0, BlockQ8_1, F16Bits, QuantType, QK, QK_K};
 use bytemuck::Pod;
@@ -259,7 +259,6 @@ fn q4_1_rows2<const R: usize>(
         rows,
         x,
         z,
-        |b| (b.d, b.m),
         |b| nibbles2(&b[0].qs, &b[1].qs),
         |b| nibbles(ld128::<0, _>(&b.qs)),
     )
@@ -275,21 +274,19 @@ fn q5_1_rows2<const R: usize>(
         rows,
         x,
         z,
-        |b| (b.d, b.m),
         |b| q5x2(&b[0].qs, b[0].qh, &b[1].qs, b[1].qh),
         |b| q5x1(&b.qs, b.qh),
     )
 }
 
-/// Rows of a legacy format with a minimum: `dm` gives a block's `(d, m)`, `q2`/`q1` its quants as
-/// in [`sym_rows2`] (nibble order for two blocks).
+/// Rows of a legacy format with a minimum (its first four bytes are the f16 `d`, `m`), `q2`/`q1`
+/// its quants as in [`sym_rows2`] (nibble order for two blocks).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn min_rows2<W: Pod, const R: usize>(
     rows: [&[W]; R],
     x: &[BlockQ8_1],
     z: &[BlockQ8_1],
-    dm: impl Fn(&W) -> (F16Bits, F16Bits),
     q2: impl Fn(&[W; 2]) -> __m512i,
     q1: impl Fn(&W) -> __m256i,
 ) -> [f32; R] {
@@ -305,16 +302,15 @@ fn min_rows2<W: Pod, const R: usize>(
     for (b, (xb, zb)) in xp.iter().zip(zp).enumerate() {
         let yq = interleave2(ld256::<0, _>(&xb[0].qs), ld256::<0, _>(&xb[1].qs));
         let yr = interleave2(ld256::<0, _>(&zb[0].qs), ld256::<0, _>(&zb[1].qs));
-        let aq = f16x4(xb[0].d, xb[0].s, xb[1].d, xb[1].s);
-        let ar = f16x4(zb[0].d, zb[0].s, zb[1].d, zb[1].s);
+        let aq = f16_heads2(&xb[0], &xb[1]);
+        let ar = f16_heads2(&zb[0], &zb[1]);
         let sq = _mm512_permutexvar_ps(iw, _mm512_castps128_ps512(aq));
         let sr = _mm512_permutexvar_ps(iw, _mm512_castps128_ps512(ar));
         let ss = _mm_and_ps(_mm_add_ps(aq, ar), odd);
         for r in 0..R {
             let wb = &rows[r].0[b];
             prefetch(wb, PREFETCH_AHEAD);
-            let ((d0, m0), (d1, m1)) = (dm(&wb[0]), dm(&wb[1]));
-            let ws = f16x4(d0, m0, d1, m1);
+            let ws = f16_heads2(&wb[0], &wb[1]);
             accm[r] = _mm_fmadd_ps(ws, ss, accm[r]);
             let q = q2(wb);
             let dq = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, yq));
@@ -331,13 +327,12 @@ fn min_rows2<W: Pod, const R: usize>(
         let yq = ld256::<0, _>(&xb.qs);
         let yr = ld256::<0, _>(&zb.qs);
         // [dq, sq, dr, sr]
-        let xs = f16x4(xb.d, xb.s, zb.d, zb.s);
+        let xs = f16_heads2(xb, zb);
         for r in 0..R {
             let Some(wb) = rows[r].1.first() else {
                 continue;
             };
-            let (d, m) = dm(wb);
-            let ws = f16x2(d, m);
+            let ws = f16_head(wb);
             // [d·dq, m·sq, d·dr, m·sr]: the odd lanes go to `accm` (its lanes 1 and 3)
             let p = _mm_mul_ps(_mm_movelh_ps(ws, ws), xs);
             accm[r] = _mm_add_ps(accm[r], _mm_and_ps(p, odd));
