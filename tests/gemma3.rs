@@ -55,6 +55,29 @@ fn metrics_vs(npz: &str, runs: &[(String, Vec<Vec<f32>>)]) -> (Metrics, Vec<(Str
     (summarize(&per), refs)
 }
 
+/// `--act-quant q8` (one 8-bit activation pass, like llama.cpp) against llama.cpp. With one 8-bit pass,
+/// Gemma 3's logits carry ~0.005 KL of activation-rounding noise that a single f32 rounding difference
+/// before any quantization re-draws, so this mode agrees with llama.cpp only to the size of that noise
+/// (measured 0.0057-0.0072 mean KL, 96.9-98.4% top-1 on these 64 positions; edge-run's own scalar and
+/// AVX-512 tiers differ by 0.0037 in this mode, llama.cpp with an f16 vs an f32 KV cache by 0.0058).
+/// The bar catches a formula error (≥ 1e-2) or a broken q8 path, not the noise.
+#[test]
+fn real_model_q8_mode_near_llama_cpp() {
+    let model = Arc::new(Model::open(gemma_path()).unwrap());
+    let mut runs = Vec::new();
+    for (name, ids) in gemma_sequences() {
+        let cfg = SessionConfig { logits_all: true, n_ctx: 256, n_batch: 64, n_threads: 2, act_quant: edge_run::session::ActQuant::Q8, ..Default::default() };
+        let mut s = Session::new(model.clone(), cfg).unwrap();
+        let mut rows = Vec::new();
+        s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
+        runs.push((name, rows));
+    }
+    let (lc, _) = metrics_vs("llamacpp_base.npz", &runs);
+    eprintln!("gemma3 270M q8 vs llama.cpp: mean KL {:.5}, max KL {:.4}, top-1 {:.2}%", lc.kl_mean, lc.kl_max, 100.0 * lc.top1);
+    assert!(lc.kl_mean <= 0.012, "mean KL vs llama.cpp {}", lc.kl_mean);
+    assert!(lc.top1 >= 0.93, "top-1 vs llama.cpp {}", lc.top1);
+}
+
 /// Against llama.cpp (tests/data/gemma3/llamacpp_base.npz) and against an exact float64 forward pass
 /// of the Gemma 3 definition on the same dequantized weights (oracle_f64.npz, made by
 /// models/tools/gemma3_ref.py, independent of the Rust code).
