@@ -36,11 +36,9 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 
 summary=()
 
-# ---------------------------------------------------------------- model-level tests (placeholder)
-# LEAD: model-level test goes here. Called once per emulated CPU, with the runner and
-# EDGE_RUN_EXPECT_TIERS already exported for that CPU; e.g.
-#   cargo test --target "$TARGET" -p edge-run --release --test <model_test>
-# Keep it small: everything runs under emulation (roughly 10-50x slower than native).
+# ---------------------------------------------------------------- model-level tests
+# Called once per emulated CPU, with the runner and EDGE_RUN_EXPECT_TIERS already exported for that CPU.
+# Kept small: everything runs under emulation (roughly 10-50x slower than native).
 model_tests() {
     local cpu="$1"
     # The root crate's model-level tests on the tiny fixtures (models/fixtures), under this emulated CPU:

@@ -270,8 +270,8 @@ impl Kernels {
     /// tier. `None` for F32/F16 (their activations are f32 and have no residual; a caller wanting two
     /// activations there makes two [`MatVec`] calls) and for types without a matvec.
     ///
-    /// Some tiers implement some types as two passes of their own `MatVec` over 32-row sub-chunks
-    /// (correct, not faster); [`Kernels::matvec2_fused`] says which are fused.
+    /// Every SIMD tier fuses all eight types; the scalar tier (the reference) makes two passes.
+    /// [`Kernels::matvec2_fused`] says which are fused.
     pub fn matvec2(&self, ty: QuantType) -> Option<MatVec2> {
         use QuantType::*;
         Some(match ty {

@@ -1429,10 +1429,6 @@ macro_rules! two_pass_entries {
         }
     )*};
 }
-// Used by the tiers whose entries are composed two-pass (the NEON tiers); unused on x86-64.
-#[allow(unused_imports)]
-pub(crate) use two_pass_entries;
-
 two_pass_entries! {
     /// Q4_0 weights × two Q8_0 activations: [`matvec_q4_0`] twice, added.
     pub fn matvec2_q4_0 => Q4_0, matvec_q4_0;

@@ -6,6 +6,10 @@
 //!   (Cortex-A76 / Raspberry Pi 5 and later). `vdotq_s32` is still unstable in Rust 1.95, so SDOT is
 //!   emitted with `asm!` (see `neon/util.rs`).
 //!
+//! The two-activation entries ([`crate::MatVec2`]) are fused kernels (`neon/qdot2.rs`) for every
+//! quantized type in both tiers: each weight block is loaded and unpacked once, its scales converted
+//! once, and the tier's integer dot step runs against both activations.
+//!
 //! Q5_0/Q5_1 expand their 32 fifth bits with TBL + CMTST (`qdot::fifth_bits`), then are Q4_0/Q4_1
 //! with quants in 0..32.
 //!
@@ -23,14 +27,24 @@ use crate::{Kernels, QuantType, Tier, QK, QK_K};
 
 mod float;
 mod qdot;
+mod qdot2;
 mod quant;
 #[cfg(test)]
 mod tests;
 mod util;
 
-/// The types whose `MatVec2` is fused in the NEON tiers (see [`crate::Kernels::matvec2_fused`]):
-/// none yet, every entry is two passes of the tier's own matvec.
-pub(crate) const FUSED2: &[QuantType] = &[];
+/// The types whose `MatVec2` is fused in the NEON tiers (both `neon` and `neon-dotprod`; see
+/// [`crate::Kernels::matvec2_fused`]): every quantized type.
+pub(crate) const FUSED2: &[QuantType] = &[
+    QuantType::Q4_0,
+    QuantType::Q4_1,
+    QuantType::Q5_0,
+    QuantType::Q5_1,
+    QuantType::Q8_0,
+    QuantType::Q4K,
+    QuantType::Q5K,
+    QuantType::Q6K,
+];
 
 /// The Advanced SIMD tier, if this CPU (or, without `std`, this build target) has Advanced SIMD.
 pub fn kernels() -> Option<&'static Kernels> {
@@ -106,6 +120,29 @@ fn check_matvec(ty: QuantType, n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) -
     ok
 }
 
+/// [`check_matvec`] for a two-activation call: also requires `xr` to hold as many bytes as the
+/// activation format needs for `n` elements (else a debug assertion and NaN outputs in release).
+fn check_matvec2(ty: QuantType, n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) -> bool {
+    if !check_matvec(ty, n, w, xq, out) {
+        return false;
+    }
+    let ok = ty
+        .vec_dot_type()
+        .row_bytes(n)
+        .is_some_and(|xb| xr.len() >= xb);
+    debug_assert!(
+        ok,
+        "{} matvec2: second activation too short (n = {}, {} bytes)",
+        ty.name(),
+        n,
+        xr.len()
+    );
+    if !ok {
+        out.fill(f32::NAN);
+    }
+    ok
+}
+
 /// The whole blocks a quantizer call converts (those that both `x` and `out` hold; the scalar tier
 /// does the same), with debug assertions for inconsistent lengths.
 fn quantize_len(ty: QuantType, x: &[f32], out: &[u8]) -> usize {
@@ -135,7 +172,7 @@ const _: () = assert!(QK == 32 && QK_K == 256);
 macro_rules! tier {
     ($table:ident, $tier:expr, $m:ident, $feat:literal, $dot:expr) => {
         mod $m {
-            use super::{check_matvec, float, qdot, quant, quantize_len};
+            use super::{check_matvec, check_matvec2, float, qdot, qdot2, quant, quantize_len};
             use crate::QuantType;
 
             macro_rules! matvec {
@@ -191,17 +228,32 @@ macro_rules! tier {
                 $dot, n, w, x, o
             ));
 
-            // Two activations: two passes of this tier's matvec (not fused yet).
-            crate::scalar::two_pass_entries! {
-                pub(super) fn matvec2_q4_0 => Q4_0, matvec_q4_0;
-                pub(super) fn matvec2_q4_1 => Q4_1, matvec_q4_1;
-                pub(super) fn matvec2_q5_0 => Q5_0, matvec_q5_0;
-                pub(super) fn matvec2_q5_1 => Q5_1, matvec_q5_1;
-                pub(super) fn matvec2_q8_0 => Q8_0, matvec_q8_0;
-                pub(super) fn matvec2_q4_k => Q4K, matvec_q4_k;
-                pub(super) fn matvec2_q5_k => Q5K, matvec_q5_k;
-                pub(super) fn matvec2_q6_k => Q6K, matvec_q6_k;
+            macro_rules! matvec2 {
+                ($name:ident, $ty:expr, $body:path) => {
+                    pub(super) fn $name(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
+                        #[target_feature(enable = $feat)]
+                        unsafe fn imp(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
+                            $body($dot, n, w, xq, xr, out)
+                        }
+                        if check_matvec2($ty, n, w, xq, xr, out) {
+                            // SAFETY: this function is reachable only through the tier's table, which
+                            // `kernels()`/`kernels_dotprod()` hand out only after detecting the tier's
+                            // target features on this CPU; sizes (of `w`, `xq` and `xr`) were checked
+                            // above.
+                            unsafe { imp(n, w, xq, xr, out) }
+                        }
+                    }
+                };
             }
+            // Two activations: fused kernels (each weight block unpacked once for both).
+            matvec2!(matvec2_q4_0, QuantType::Q4_0, qdot2::matvec2_q4_0);
+            matvec2!(matvec2_q4_1, QuantType::Q4_1, qdot2::matvec2_q4_1);
+            matvec2!(matvec2_q5_0, QuantType::Q5_0, qdot2::matvec2_q5_0);
+            matvec2!(matvec2_q5_1, QuantType::Q5_1, qdot2::matvec2_q5_1);
+            matvec2!(matvec2_q8_0, QuantType::Q8_0, qdot2::matvec2_q8_0);
+            matvec2!(matvec2_q4_k, QuantType::Q4K, qdot2::matvec2_q4_k);
+            matvec2!(matvec2_q5_k, QuantType::Q5K, qdot2::matvec2_q5_k);
+            matvec2!(matvec2_q6_k, QuantType::Q6K, qdot2::matvec2_q6_k);
 
             macro_rules! quantize {
                 ($name:ident, $ty:expr, $body:path) => {

@@ -10,7 +10,7 @@ use core::arch::aarch64::*;
 
 /// Runs `row` for every row of `w` (`rb` bytes each) into `out`.
 #[inline(always)]
-fn each_row(w: &[u8], rb: usize, out: &mut [f32], mut row: impl FnMut(&[u8]) -> f32) {
+pub(super) fn each_row(w: &[u8], rb: usize, out: &mut [f32], mut row: impl FnMut(&[u8]) -> f32) {
     for (r, o) in w.chunks_exact(rb).zip(out.iter_mut()) {
         *o = row(r);
     }
@@ -18,14 +18,14 @@ fn each_row(w: &[u8], rb: usize, out: &mut [f32], mut row: impl FnMut(&[u8]) -> 
 
 #[target_feature(enable = "neon")]
 #[inline]
-fn zero() -> int32x4_t {
+pub(super) fn zero() -> int32x4_t {
     vdupq_n_s32(0)
 }
 
 /// Low and high nibbles of 16 bytes as values 0..16.
 #[target_feature(enable = "neon")]
 #[inline]
-fn nibbles(q: uint8x16_t) -> (int8x16_t, int8x16_t) {
+pub(super) fn nibbles(q: uint8x16_t) -> (int8x16_t, int8x16_t) {
     let lo = vandq_u8(q, vdupq_n_u8(0x0f));
     let hi = vshrq_n_u8::<4>(q);
     (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi))
@@ -110,7 +110,7 @@ pub(super) fn fifth_bits(qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
 /// The 32 quants (0..32) of a Q5 block: elements 0..16 and 16..32.
 #[target_feature(enable = "neon")]
 #[inline]
-fn q5_quants(qs: &[u8; 16], qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
+pub(super) fn q5_quants(qs: &[u8; 16], qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
     let q = ld_u8(qs);
     let (h0, h1) = fifth_bits(qh);
     (
@@ -196,15 +196,15 @@ pub(super) fn matvec_q8_0<D: IDot>(dd: D, n: usize, w: &[u8], xq: &[u8], out: &m
 // ---------------------------------------------------------------- K-quants × Q8_K
 
 /// A Q8_K block read in place from bytes (the in-memory struct is 4-aligned, the byte slice may not be).
-struct Q8K<'a> {
-    d: f32,
-    qs: &'a [u8],
-    bsums: &'a [u8],
+pub(super) struct Q8K<'a> {
+    pub(super) d: f32,
+    pub(super) qs: &'a [u8],
+    pub(super) bsums: &'a [u8],
 }
 
 impl<'a> Q8K<'a> {
     #[inline(always)]
-    fn new(b: &'a [u8]) -> Self {
+    pub(super) fn new(b: &'a [u8]) -> Self {
         Q8K {
             d: f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             qs: &b[4..4 + QK_K],
@@ -221,13 +221,13 @@ impl<'a> Q8K<'a> {
 
 /// The activation's `nb` Q8_K blocks as byte chunks.
 #[inline(always)]
-fn q8k_chunks(xq: &[u8], nb: usize) -> core::slice::ChunksExact<'_, u8> {
+pub(super) fn q8k_chunks(xq: &[u8], nb: usize) -> core::slice::ChunksExact<'_, u8> {
     xq[..nb * Q8K_BYTES].chunks_exact(Q8K_BYTES)
 }
 
 /// The eight 6-bit scales and mins of a Q4_K/Q5_K super-block (ggml's `get_scale_min_k4`).
 #[inline(always)]
-fn scales_mins(s: &[u8; K_SCALE_SIZE]) -> ([i32; 8], [i32; 8]) {
+pub(super) fn scales_mins(s: &[u8; K_SCALE_SIZE]) -> ([i32; 8], [i32; 8]) {
     let mut sc = [0i32; 8];
     let mut mn = [0i32; 8];
     for j in 0..4 {

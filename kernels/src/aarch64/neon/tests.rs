@@ -582,3 +582,299 @@ fn short_weights_are_rejected() {
         }
     }
 }
+
+// ------------------------------------------------------------ matvec2 (fused, two activations)
+
+/// `matvec2` of every NEON tier against the f64 reference `row·xq + row·xr` (the reference above,
+/// independent of `scalar.rs`), for row counts around the 4-row groups of the legacy kernels,
+/// unaligned inputs, and a second activation unrelated to the first.
+fn check_matvec2(ty: QuantType, ns: &[usize]) {
+    let mut r = Rng(0x0f0e_0d0c_0b0a_0908 ^ ty as u64);
+    for k in tiers() {
+        assert!(
+            k.matvec2_fused(ty),
+            "{} reports {} as not fused",
+            k.tier.name(),
+            ty.name()
+        );
+        for &n in ns {
+            for rows in [1usize, 2, 3, 4, 5, 7, 8, 9, 13] {
+                let w = weights(&mut r, ty, n, rows);
+                let vt = ty.vec_dot_type();
+                let quant = |x: &[f32]| {
+                    let mut q = vec![0u8; vt.row_bytes(n).unwrap()];
+                    (k.quantize(vt).unwrap())(x, &mut q);
+                    q
+                };
+                let xq = quant(&r.vec(n, 2.0));
+                let xr = quant(&r.vec(n, 0.01));
+                let (wu, qu, ru) = (unaligned(&w), unaligned(&xq), unaligned(&xr));
+                let mut out = vec![f32::NAN; rows];
+                (k.matvec2(ty).unwrap())(n, &wu[1..], &qu[1..], &ru[1..], &mut out);
+                let rb = ty.row_bytes(n).unwrap();
+                for (i, o) in out.iter().enumerate() {
+                    let row = &w[i * rb..(i + 1) * rb];
+                    let (a, ma) = ref_dot(ty, row, &xq, n);
+                    let (b, mb) = ref_dot(ty, row, &xr, n);
+                    let err = (*o as f64 - (a + b)).abs();
+                    let tol = 2e-6 * (ma + mb) + 1e-30;
+                    assert!(
+                        err <= tol,
+                        "{} matvec2 {} n={n} rows={rows} row {i}: got {o}, want {} (err {err:e}, tol {tol:e})",
+                        k.tier.name(),
+                        ty.name(),
+                        a + b
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matvec2_q4_0() {
+    check_matvec2(QuantType::Q4_0, &[32, 96, 576]);
+}
+#[test]
+fn matvec2_q4_1() {
+    check_matvec2(QuantType::Q4_1, &[32, 96, 576]);
+}
+#[test]
+fn matvec2_q5_0() {
+    check_matvec2(QuantType::Q5_0, &[32, 96, 640]);
+}
+#[test]
+fn matvec2_q5_1() {
+    check_matvec2(QuantType::Q5_1, &[32, 96, 576]);
+}
+#[test]
+fn matvec2_q8_0() {
+    check_matvec2(QuantType::Q8_0, &[32, 96, 576]);
+}
+#[test]
+fn matvec2_q4_k() {
+    check_matvec2(QuantType::Q4K, &[256, 768]);
+}
+#[test]
+fn matvec2_q5_k() {
+    check_matvec2(QuantType::Q5K, &[256, 768]);
+}
+#[test]
+fn matvec2_q6_k() {
+    check_matvec2(QuantType::Q6K, &[256, 768]);
+}
+
+#[test]
+fn matvec2_extremes_do_not_overflow() {
+    // Every weight quant and both activations at their extremes, all scales 1 (exact results):
+    // Q8_0 −128·−128 (whose pair sums overflow i16), Q5_0 (q−16 = −16), Q5_1 (q = 31), Q4_K/Q5_K
+    // (scale 63, quant 15/31, min 0), Q6_K (scale −128, q−32 = −32).
+    let one = F16Bits::from_f32(1.0).0;
+    let zero16 = F16Bits::from_f32(0.0).0;
+    let act8_0 = |v: u8| {
+        let mut y = vec![v; 34 * 5];
+        for b in y.chunks_mut(34) {
+            b[..2].copy_from_slice(&one);
+        }
+        y
+    };
+    let act8_1 = |v: u8| {
+        let mut y = vec![v; 36 * 5];
+        for b in y.chunks_mut(36) {
+            b[..2].copy_from_slice(&one);
+            b[2..4].copy_from_slice(&zero16);
+        }
+        y
+    };
+    let act8_k = |v: i8| {
+        let mut y = Vec::new();
+        y.extend_from_slice(&1.0f32.to_le_bytes());
+        y.extend(core::iter::repeat_n(v as u8, 256));
+        for _ in 0..16 {
+            y.extend_from_slice(&(16 * v as i16).to_le_bytes());
+        }
+        y
+    };
+    // (type, one weight block, activation blocks xq/xr, value of one row per activation block)
+    let mut q8_0 = vec![0x80u8; 34];
+    q8_0[..2].copy_from_slice(&one);
+    let mut q5_0 = vec![0u8; 22];
+    q5_0[..2].copy_from_slice(&one);
+    let mut q5_1 = vec![0xffu8; 24];
+    q5_1[..2].copy_from_slice(&one);
+    q5_1[2..4].copy_from_slice(&zero16);
+    let k4 = |qh_len: usize| {
+        let mut b = vec![0xffu8; 16 + qh_len + 128];
+        b[..2].copy_from_slice(&one);
+        b[2..4].copy_from_slice(&zero16);
+        // Scales 63 (low six bits set everywhere), mins 0.
+        b[4..8].fill(0xff);
+        b[8..12].fill(0x00);
+        b[12..16].fill(0x0f);
+        b
+    };
+    let mut q6 = vec![0u8; 210];
+    q6[192..208].fill(0x80);
+    q6[208..210].copy_from_slice(&one);
+    let cases: Vec<(QuantType, Vec<u8>, Vec<u8>, Vec<u8>, f32)> = vec![
+        (
+            QuantType::Q8_0,
+            q8_0,
+            act8_0(0x80),
+            act8_0(0x80),
+            32.0 * 16384.0,
+        ),
+        (
+            QuantType::Q5_0,
+            q5_0,
+            act8_0(0x80),
+            act8_0(0x7f),
+            32.0 * 16.0,
+        ),
+        (
+            QuantType::Q5_1,
+            q5_1,
+            act8_1(0x80),
+            act8_1(0x80),
+            -32.0 * 31.0 * 128.0,
+        ),
+        (
+            QuantType::Q4K,
+            k4(0),
+            act8_k(-128),
+            act8_k(-128),
+            -256.0 * 63.0 * 15.0 * 128.0,
+        ),
+        (
+            QuantType::Q5K,
+            k4(32),
+            act8_k(127),
+            act8_k(127),
+            256.0 * 63.0 * 31.0 * 127.0,
+        ),
+        (
+            QuantType::Q6K,
+            q6,
+            act8_k(-128),
+            act8_k(-128),
+            -256.0 * 128.0 * 32.0 * 128.0,
+        ),
+    ];
+    for k in tiers() {
+        for (ty, blk, xq, xr, per_block) in &cases {
+            // Q5_0: xq gives 32·(−16)·(−128), xr 32·(−16)·127; the sum is 32·16.
+            let nb = if ty.block_size() == QK { 5 } else { 1 };
+            let n = nb * ty.block_size();
+            let rows = 5;
+            let w: Vec<u8> = blk
+                .iter()
+                .copied()
+                .cycle()
+                .take(blk.len() * nb * rows)
+                .collect();
+            let mut out = vec![f32::NAN; rows];
+            (k.matvec2(*ty).unwrap())(n, &w, xq, xr, &mut out);
+            let want = if *ty == QuantType::Q4K || *ty == QuantType::Q5K || *ty == QuantType::Q6K {
+                2.0 * per_block
+            } else if *ty == QuantType::Q5_0 {
+                nb as f32 * per_block
+            } else {
+                2.0 * nb as f32 * per_block
+            };
+            assert_eq!(out, vec![want; rows], "{} {}", k.tier.name(), ty.name());
+        }
+    }
+}
+
+#[test]
+fn matvec2_lengths() {
+    for k in tiers() {
+        let w = vec![0u8; 20 * 2 * 3]; // 3 rows of two Q4_1 blocks
+        let x = vec![0u8; 36 * 2];
+        let mut out = [1.0f32; 3];
+        (k.matvec2_q4_1)(0, &w, &x, &x, &mut out);
+        assert_eq!(out, [0.0; 3], "{}: n = 0 gives zeros", k.tier.name());
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (k.matvec2_q4_1)(64, &w, &x, &x[..36], &mut out)
+        }));
+        if cfg!(debug_assertions) {
+            let err = res.expect_err("debug builds assert on a short second activation");
+            let msg = err
+                .downcast_ref::<std::string::String>()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                msg.contains("Q4_1") && msg.contains("36 bytes"),
+                "{}: message {msg:?}",
+                k.tier.name()
+            );
+        } else {
+            assert!(
+                res.is_ok() && out.iter().all(|o| o.is_nan()),
+                "{}: release builds write NaN for a short second activation",
+                k.tier.name()
+            );
+        }
+    }
+}
+
+/// `qdot2::k4_scales` (vector decode) stored to arrays: (scales, mins).
+#[target_feature(enable = "neon")]
+fn k4_scales_arrays(s: &[u8; 12]) -> ([i32; 8], [i32; 8]) {
+    use core::arch::aarch64::*;
+    let (sc, neg_mn) = super::qdot2::k4_scales(s);
+    let mut sc_a = [0i32; 8];
+    let mut mn_a = [0i32; 8];
+    for j in 0..4 {
+        sc_a[j] = match j {
+            0 => vgetq_lane_s32::<0>(sc[0]),
+            1 => vgetq_lane_s32::<1>(sc[0]),
+            2 => vgetq_lane_s32::<2>(sc[0]),
+            _ => vgetq_lane_s32::<3>(sc[0]),
+        };
+        sc_a[j + 4] = match j {
+            0 => vgetq_lane_s32::<0>(sc[1]),
+            1 => vgetq_lane_s32::<1>(sc[1]),
+            2 => vgetq_lane_s32::<2>(sc[1]),
+            _ => vgetq_lane_s32::<3>(sc[1]),
+        };
+    }
+    let mut m16 = [0u8; 16];
+    super::util::st_s8(&mut m16, vreinterpretq_s8_s16(neg_mn));
+    for (j, m) in mn_a.iter_mut().enumerate() {
+        *m = -(i16::from_le_bytes([m16[2 * j], m16[2 * j + 1]]) as i32);
+    }
+    (sc_a, mn_a)
+}
+
+#[test]
+fn k4_vector_scales_match_get_scale_min_k4() {
+    assert!(
+        super::has_neon(),
+        "Advanced SIMD not detected on an aarch64 CPU"
+    );
+    let mut r = Rng(0xc0ffee);
+    let mut cases = vec![[0u8; 12], [0xff; 12]];
+    cases.extend((0..500).map(|_| core::array::from_fn(|_| r.byte())));
+    for s in cases {
+        // Written from ggml's get_scale_min_k4 (independent of qdot.rs).
+        let mut want_sc = [0i32; 8];
+        let mut want_mn = [0i32; 8];
+        for j in 0..8 {
+            let (d, m) = if j < 4 {
+                (s[j] & 63, s[j + 4] & 63)
+            } else {
+                (
+                    (s[j + 4] & 0xf) | ((s[j - 4] >> 6) << 4),
+                    (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+                )
+            };
+            want_sc[j] = d as i32;
+            want_mn[j] = m as i32;
+        }
+        // SAFETY: Advanced SIMD was detected above (the function only computes on registers and
+        // stores into local arrays).
+        let got = unsafe { k4_scales_arrays(&s) };
+        assert_eq!(got, (want_sc, want_mn), "scales {s:02x?}");
+    }
+}
