@@ -6,6 +6,9 @@
 //! its share. Workers spin briefly on a generation counter between jobs, so the ~150 dispatches of one
 //! decoded token cost no syscalls, and fall asleep on a condition variable when no work has come for a
 //! while. Dispatching allocates nothing.
+//!
+//! `new` returns only once every worker thread has started and is waiting for work: a starting thread
+//! allocates (std's per-thread setup), and that must not land inside a caller's first job.
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
@@ -31,6 +34,9 @@ struct Shared {
     sleepers: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
+    /// Workers that have started and are about to wait for their first job (the start barrier).
+    started: Mutex<usize>,
+    all_started: Condvar,
 }
 
 // SAFETY: `job` is written only by `run` while no worker can read it: before the generation that publishes
@@ -67,14 +73,33 @@ impl ThreadPool {
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
+            started: Mutex::new(0),
+            all_started: Condvar::new(),
         });
-        let mut workers = Vec::with_capacity(n_threads - 1);
+        // Built first so that, if a spawn fails, dropping it stops and joins the workers already running.
+        let mut pool = ThreadPool {
+            shared,
+            workers: Vec::with_capacity(n_threads - 1),
+            n_threads,
+        };
         for i in 1..n_threads {
-            let s = shared.clone();
-            let h = std::thread::Builder::new().name(format!("edge-run-{i}")).spawn(move || worker(s, i))?;
-            workers.push(h);
+            let s = pool.shared.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("edge-run-{i}"))
+                .spawn(move || worker(s, i))?;
+            pool.workers.push(h);
         }
-        Ok(ThreadPool { shared, workers, n_threads })
+        // The start barrier: wait until every worker has checked in.
+        let s = &*pool.shared;
+        let mut started = s.started.lock().unwrap_or_else(|e| e.into_inner());
+        while *started < n_threads - 1 {
+            started = s
+                .all_started
+                .wait(started)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        drop(started);
+        Ok(pool)
     }
 
     pub fn n_threads(&self) -> usize {
@@ -137,6 +162,12 @@ fn wait_until(cond: impl Fn() -> bool) {
 }
 
 fn worker(s: Arc<Shared>, index: usize) {
+    // Check in at the start barrier: std's thread setup (which allocates) is behind us.
+    {
+        let mut started = s.started.lock().unwrap_or_else(|e| e.into_inner());
+        *started += 1;
+        s.all_started.notify_all();
+    }
     let mut seen = 0usize;
     loop {
         // Wait for a new generation: spin, then sleep.
@@ -213,7 +244,11 @@ unsafe impl<T: Send> Send for Disjoint<'_, T> {}
 
 impl<'a, T> Disjoint<'a, T> {
     pub fn new(s: &'a mut [T]) -> Self {
-        Disjoint { ptr: s.as_mut_ptr(), len: s.len(), _m: std::marker::PhantomData }
+        Disjoint {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+            _m: std::marker::PhantomData,
+        }
     }
     /// The sub-slice `r`.
     ///
@@ -221,7 +256,10 @@ impl<'a, T> Disjoint<'a, T> {
     /// No two live results (on any threads) may overlap.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn range(&self, r: std::ops::Range<usize>) -> &mut [T] {
-        assert!(r.start <= r.end && r.end <= self.len, "Disjoint::range out of bounds");
+        assert!(
+            r.start <= r.end && r.end <= self.len,
+            "Disjoint::range out of bounds"
+        );
         // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r.start), r.end - r.start) }
     }
@@ -254,6 +292,20 @@ mod tests {
             assert_eq!(h.load(Ordering::Relaxed), expect(c), "chunk {c}");
         }
         assert!(by_thread[0].load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn new_returns_once_every_worker_has_started() {
+        for n in [1, 2, 3, 6] {
+            let pool = ThreadPool::new(n).unwrap();
+            let started = *pool.shared.started.lock().unwrap();
+            assert_eq!(
+                started,
+                n - 1,
+                "{n} threads: new returned before every worker had started"
+            );
+            assert_eq!(pool.workers.len(), n - 1);
+        }
     }
 
     #[test]

@@ -46,40 +46,83 @@ fn decode_with_adapters_and_swaps_allocates_nothing() {
     gemma3_fixture();
 }
 
+type AdapterSet<'a> = [(&'a Arc<Adapter>, f32)];
+
+/// One run: a session of `n_threads` on `model` with adapter `set_a`, the prompt evaluated, one
+/// warm-up decode step with each set (first use of buffers), then 64 counted decode steps swapping
+/// the sets every 8 tokens (and truncating to `truncate.1` tokens at step `truncate.0`). Returns the
+/// number of heap allocations in the counted steps, and the session.
+fn count_decode_allocations(
+    model: &Arc<Model>,
+    n_threads: usize,
+    prompt: &[u32],
+    sampling: SamplingParams,
+    (set_a, set_b): (&AdapterSet, &AdapterSet),
+    truncate: Option<(usize, usize)>,
+) -> (usize, Session) {
+    // `Session::new` returns once its pool's worker threads have started (a starting thread allocates).
+    let mut s = Session::new(
+        model.clone(),
+        SessionConfig {
+            n_ctx: 128,
+            n_threads,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut sampler = Sampler::new(sampling, model.hp.n_vocab);
+    let ctl = s.adapter_control();
+    ctl.set(set_a).unwrap();
+    s.eval(prompt).unwrap();
+    for set in [set_b, set_a] {
+        ctl.set(set).unwrap();
+        let t = sampler.sample(s.logits());
+        sampler.accept(t);
+        s.eval(&[t]).unwrap();
+    }
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for step in 0..64 {
+        if step % 8 == 7 {
+            ctl.set(if step % 16 == 7 { set_b } else { set_a }).unwrap();
+        }
+        if let Some((at, n)) = truncate {
+            if step == at {
+                s.truncate(n);
+            }
+        }
+        let t = sampler.sample(s.logits());
+        sampler.accept(t);
+        s.eval(&[t]).unwrap();
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    (ALLOCS.load(Ordering::SeqCst), s)
+}
+
 fn smollm2() {
     let model = Arc::new(Model::open(smollm2_path()).unwrap());
-    let load = |n: &str| Arc::new(Adapter::load(&root().join("tests/data/adapters").join(n), &model.base_info).unwrap());
+    let dir = root().join("tests/data/adapters");
+    let load = |n: &str| Arc::new(Adapter::load(&dir.join(n), &model.base_info).unwrap());
     let (pirate, shout, json) = (load("pirate.gguf"), load("shout-peft"), load("json-peft"));
     let set_a = [(&pirate, 1.0f32), (&shout, 0.5f32)];
     let set_b = [(&json, 1.0f32), (&shout, 0.8f32)];
+    let prompt = model.tokenizer.encode(
+        "<|im_start|>user\nTell me a story<|im_end|>\n<|im_start|>assistant\n",
+        true,
+    );
     for n_threads in [1, 2] {
-        let mut s = Session::new(model.clone(), SessionConfig { n_ctx: 128, n_threads, ..Default::default() }).unwrap();
-        let mut sampler = Sampler::new(SamplingParams { temperature: 0.7, seed: 1, ..Default::default() }, model.hp.n_vocab);
-        let ctl = s.adapter_control();
-        ctl.set(&set_a).unwrap();
-        let prompt = model.tokenizer.encode("<|im_start|>user\nTell me a story<|im_end|>\n<|im_start|>assistant\n", true);
-        s.eval(&prompt).unwrap();
-        // Warm-up: one decode step with each set (first use of buffers).
-        for set in [&set_b[..], &set_a[..]] {
-            ctl.set(set).unwrap();
-            let t = sampler.sample(s.logits());
-            sampler.accept(t);
-            s.eval(&[t]).unwrap();
-        }
-        ALLOCS.store(0, Ordering::SeqCst);
-        COUNTING.store(true, Ordering::SeqCst);
-        for step in 0..64 {
-            if step % 8 == 7 {
-                ctl.set(if step % 16 == 7 { &set_b } else { &set_a }).unwrap();
-            }
-            let t = sampler.sample(s.logits());
-            sampler.accept(t);
-            s.eval(&[t]).unwrap();
-        }
-        COUNTING.store(false, Ordering::SeqCst);
-        let n = ALLOCS.load(Ordering::SeqCst);
+        let sampling = SamplingParams {
+            temperature: 0.7,
+            seed: 1,
+            ..Default::default()
+        };
+        let (n, s) =
+            count_decode_allocations(&model, n_threads, &prompt, sampling, (&set_a, &set_b), None);
         eprintln!("{n_threads} thread(s): {n} heap allocations over 64 decode steps with 2 adapters and 8 swaps");
-        assert_eq!(n, 0, "{n_threads} thread(s): the decode path allocated {n} times");
+        assert_eq!(
+            n, 0,
+            "{n_threads} thread(s): the decode path allocated {n} times"
+        );
         assert_eq!(s.applied_adapters().len(), 2);
     }
 }
@@ -88,42 +131,38 @@ fn gemma3_fixture() {
     let dir = root().join("models/fixtures");
     let model = Arc::new(Model::open(dir.join("tiny-gemma3.gguf")).unwrap());
     let load = |n: &str| Arc::new(Adapter::load(&dir.join(n), &model.base_info).unwrap());
-    let (gg, peft, vlm) = (load("tiny-gemma3-lora.gguf"), load("tiny-gemma3-lora-peft"), load("tiny-gemma3-lora-peft-vlm"));
+    let (gg, peft, vlm) = (
+        load("tiny-gemma3-lora.gguf"),
+        load("tiny-gemma3-lora-peft"),
+        load("tiny-gemma3-lora-peft-vlm"),
+    );
     let set_a = [(&gg, 1.0f32), (&peft, 0.5f32)];
     let set_b = [(&vlm, 0.7f32), (&peft, 0.3f32)];
     for n_threads in [1, 2] {
-        let mut s = Session::new(model.clone(), SessionConfig { n_ctx: 128, n_threads, ..Default::default() }).unwrap();
-        // The tiny model's warm-up can finish before the pool's worker thread has even started, and a
-        // starting thread allocates (std's thread-info setup): give it time to start first.
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let mut sampler = Sampler::new(SamplingParams { temperature: 0.9, seed: 3, ..Default::default() }, model.hp.n_vocab);
-        let ctl = s.adapter_control();
-        ctl.set(&set_a).unwrap();
-        s.eval(&[1, 30, 40, 50, 60, 70, 80]).unwrap();
-        for set in [&set_b[..], &set_a[..]] {
-            ctl.set(set).unwrap();
-            let t = sampler.sample(s.logits());
-            sampler.accept(t);
-            s.eval(&[t]).unwrap();
-        }
-        ALLOCS.store(0, Ordering::SeqCst);
-        COUNTING.store(true, Ordering::SeqCst);
-        for step in 0..64 {
-            if step % 8 == 7 {
-                ctl.set(if step % 16 == 7 { &set_b } else { &set_a }).unwrap();
-            }
-            if step == 40 {
-                s.truncate(20); // deep into ring slots already overwritten: the next eval replays
-            }
-            let t = sampler.sample(s.logits());
-            sampler.accept(t);
-            s.eval(&[t]).unwrap();
-        }
-        COUNTING.store(false, Ordering::SeqCst);
-        let n = ALLOCS.load(Ordering::SeqCst);
+        let sampling = SamplingParams {
+            temperature: 0.9,
+            seed: 3,
+            ..Default::default()
+        };
+        // Truncating at step 40 goes deep into ring slots already overwritten: the next eval replays.
+        let (n, s) = count_decode_allocations(
+            &model,
+            n_threads,
+            &[1, 30, 40, 50, 60, 70, 80],
+            sampling,
+            (&set_a, &set_b),
+            Some((40, 20)),
+        );
         eprintln!("gemma3 fixture, {n_threads} thread(s): {n} heap allocations over 64 decode steps with 2 adapters, 8 swaps and a replayed truncate");
-        assert_eq!(n, 0, "{n_threads} thread(s): the gemma3 decode path allocated {n} times");
+        assert_eq!(
+            n, 0,
+            "{n_threads} thread(s): the gemma3 decode path allocated {n} times"
+        );
         assert_eq!(s.applied_adapters().len(), 2);
-        assert_eq!(s.n_past(), 20 + 24, "truncated to 20 at step 40, then 24 more steps");
+        assert_eq!(
+            s.n_past(),
+            20 + 24,
+            "truncated to 20 at step 40, then 24 more steps"
+        );
     }
 }

@@ -4,33 +4,10 @@
 //!
 //! `EDGE_RUN_EXPECT_TIERS=scalar,avx2,...` makes the run fail if one of the named tiers cannot run here
 //! (names as in `Tier::name`; `neon-dotprod` is served by the NEON LoRA tier on a CPU with dotprod).
+mod common;
+use common::{expected_tiers, Rng};
 use edge_run_kernels::lora::{total_rank, LoraKernels, LoraRef};
 use half::f16;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform in [-1, 1).
-    fn f(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn halves(&mut self, len: usize, amp: f32) -> Vec<u16> {
-        (0..len)
-            .map(|_| f16::from_f32(self.f() * amp).to_bits())
-            .collect()
-    }
-    fn floats(&mut self, len: usize) -> Vec<f32> {
-        (0..len).map(|_| self.f()).collect()
-    }
-}
 
 fn h(b: u16) -> f64 {
     f16::from_bits(b).to_f64()
@@ -63,7 +40,7 @@ fn make(rng: &mut Rng, ranks: &[usize], n: usize, m: usize) -> Vec<Owned> {
             rank: r,
             a: rng.halves(r * n, 0.5),
             b: rng.halves(m * r, 0.5),
-            scale: 0.25 + 2.0 * rng.f().abs(),
+            scale: 0.25 + 2.0 * rng.uniform().abs(),
         })
         .collect()
 }
@@ -181,7 +158,7 @@ fn check_batch(rng: &mut Rng, ranks: &[usize], n: usize, m: usize, n_tok: usize)
     let ldy = w + rng.below(5);
     let sentinel = 12345.0f32;
     let y0: Vec<f32> = (0..n_tok * ldy)
-        .map(|i| if i % ldy < w { rng.f() } else { sentinel })
+        .map(|i| if i % ldy < w { rng.uniform() } else { sentinel })
         .collect();
     let y0 = if n_tok > 0 {
         y0[..(n_tok - 1) * ldy + w].to_vec()
@@ -274,13 +251,24 @@ fn locate(ads: &[Owned], mut i: usize) -> (&Owned, usize) {
 
 const WIDTHS: [usize; 14] = [1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, 100, 577];
 
+/// A random (n_in, n_out) from `WIDTHS`.
+fn shape(rng: &mut Rng) -> (usize, usize) {
+    let n = WIDTHS[rng.below(WIDTHS.len())];
+    (n, WIDTHS[rng.below(WIDTHS.len())])
+}
+
+/// The ranks of 1..=`max_adapters` adapters, each in 1..=64.
+fn ranks(rng: &mut Rng, max_adapters: usize) -> Vec<usize> {
+    let na = 1 + rng.below(max_adapters);
+    (0..na).map(|_| 1 + rng.below(64)).collect()
+}
+
 #[test]
 fn decode_every_rank_one_adapter() {
     tiers();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for rank in 1..=64 {
-        let n = WIDTHS[rng.below(WIDTHS.len())];
-        let m = WIDTHS[rng.below(WIDTHS.len())];
+        let (n, m) = shape(&mut rng);
         check_decode(&mut rng, &[rank], n, m);
     }
     // The real model's shapes.
@@ -295,10 +283,8 @@ fn decode_several_adapters() {
     tiers();
     let mut rng = Rng(0x1234_5678_9ABC_DEF1);
     for _ in 0..60 {
-        let na = 1 + rng.below(4);
-        let ranks: Vec<usize> = (0..na).map(|_| 1 + rng.below(64)).collect();
-        let n = WIDTHS[rng.below(WIDTHS.len())];
-        let m = WIDTHS[rng.below(WIDTHS.len())];
+        let ranks = ranks(&mut rng, 4);
+        let (n, m) = shape(&mut rng);
         check_decode(&mut rng, &ranks, n, m);
     }
     check_decode(&mut rng, &[8, 4], 576, 1536);
@@ -310,16 +296,13 @@ fn batch_every_tier() {
     tiers();
     let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
     for rank in 1..=64 {
-        let n = WIDTHS[rng.below(WIDTHS.len())];
-        let m = WIDTHS[rng.below(WIDTHS.len())];
+        let (n, m) = shape(&mut rng);
         let n_tok = 1 + rng.below(9);
         check_batch(&mut rng, &[rank], n, m, n_tok);
     }
     for _ in 0..40 {
-        let na = 1 + rng.below(3);
-        let ranks: Vec<usize> = (0..na).map(|_| 1 + rng.below(64)).collect();
-        let n = WIDTHS[rng.below(WIDTHS.len())];
-        let m = WIDTHS[rng.below(WIDTHS.len())];
+        let ranks = ranks(&mut rng, 3);
+        let (n, m) = shape(&mut rng);
         let n_tok = rng.below(10);
         check_batch(&mut rng, &ranks, n, m, n_tok);
     }
@@ -396,11 +379,11 @@ fn shape_mismatch_panics_in_every_tier() {
 #[test]
 fn expected_tiers_present() {
     let ran: Vec<&str> = tiers().iter().map(|k| k.tier.name()).collect();
-    let Ok(want) = std::env::var("EDGE_RUN_EXPECT_TIERS") else {
+    let want = expected_tiers();
+    if want.is_empty() {
         println!("EDGE_RUN_EXPECT_TIERS not set; tiers that ran: {ran:?}");
-        return;
-    };
-    for name in want.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    }
+    for name in &want {
         let k = LoraKernels::by_name(name);
         assert!(k.is_some(), "EDGE_RUN_EXPECT_TIERS names `{name}` but this CPU/build has no such LoRA tier (ran: {ran:?})");
         println!(

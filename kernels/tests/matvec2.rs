@@ -20,94 +20,11 @@
 //!
 //! `EDGE_RUN_EXPECT_TIERS=avx2,avx512vnni` (comma list) makes the run fail if a named tier was not
 //! compared, as in tests/tiers.rs.
+mod common;
+use common::*;
 use edge_run_kernels::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-
-const EPS: f64 = f32::EPSILON as f64;
-
-struct Rng(u64);
-impl Rng {
-    fn u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        ((self.u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.unit(), self.unit());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.u64() as u8).collect()
-    }
-    /// Gaussian with a random scale per 32-block, sometimes a zero block, sometimes a block with
-    /// an outlier.
-    fn activations(&mut self, n: usize) -> Vec<f32> {
-        let mut x = vec![0.0f32; n];
-        for blk in x.chunks_mut(32) {
-            match self.u64() % 8 {
-                0 => {}
-                1 => {
-                    for v in blk.iter_mut() {
-                        *v = self.normal() * 0.1;
-                    }
-                    blk[(self.u64() % 32) as usize] = 40.0;
-                }
-                _ => {
-                    let s = (10f64).powf(self.unit() * 6.0 - 3.0) as f32;
-                    for v in blk.iter_mut() {
-                        *v = self.normal() * s;
-                    }
-                }
-            }
-        }
-        x
-    }
-}
-
-fn f16_at(b: &[u8], off: usize) -> f32 {
-    F16Bits([b[off], b[off + 1]]).to_f32()
-}
-
-const TYPES: [QuantType; 8] = [
-    QuantType::Q4_0,
-    QuantType::Q4_1,
-    QuantType::Q5_0,
-    QuantType::Q5_1,
-    QuantType::Q8_0,
-    QuantType::Q4K,
-    QuantType::Q5K,
-    QuantType::Q6K,
-];
-
-fn is_k(ty: QuantType) -> bool {
-    ty.block_size() == QK_K
-}
-
-/// Random weight rows of `ty` (every quant bit pattern; finite f16 scales).
-fn weights(ty: QuantType, n: usize, rows: usize, g: &mut Rng) -> Vec<u8> {
-    use QuantType::*;
-    let rb = ty.row_bytes(n).unwrap();
-    let mut w = g.bytes(rb * rows);
-    let offs: &[usize] = match ty {
-        Q4_0 | Q5_0 | Q8_0 => &[0],
-        Q4_1 | Q5_1 | Q4K | Q5K => &[0, 2],
-        Q6K => &[208],
-        _ => unreachable!(),
-    };
-    for blk in w.chunks_exact_mut(ty.type_size()) {
-        for &o in offs {
-            let v = F16Bits::from_f32(g.normal() * 0.02);
-            blk[o..o + 2].copy_from_slice(&v.0);
-        }
-    }
-    w
-}
 
 /// `x` quantized to `vdt` by the scalar quantizer, at byte offset 1 of the returned buffer.
 fn quantize(vdt: QuantType, x: &[f32]) -> Vec<u8> {
@@ -135,35 +52,6 @@ fn q8x2_pair(vdt: QuantType, x: &[f32]) -> (Vec<u8>, Vec<u8>) {
     (q, r)
 }
 
-/// S = Σ (|w_i| + offset_i)·|x̂_i| for one row (plus |m·s| per block for Q4_1/Q5_1).
-fn magnitude(ty: QuantType, n: usize, row: &[u8], xq: &[u8]) -> f64 {
-    let mut wd = vec![0.0f32; n];
-    assert!(dequantize(ty, row, &mut wd));
-    let vdt = ty.vec_dot_type();
-    let mut xd = vec![0.0f32; n];
-    assert!(dequantize(vdt, xq, &mut xd));
-    let off = |i: usize| -> f64 {
-        match ty {
-            QuantType::Q4_1 => f16_at(row, (i / 32) * 20 + 2).abs() as f64,
-            QuantType::Q5_1 => f16_at(row, (i / 32) * 24 + 2).abs() as f64,
-            QuantType::Q4K => 63.0 * f16_at(row, (i / 256) * 144 + 2).abs() as f64,
-            QuantType::Q5K => 63.0 * f16_at(row, (i / 256) * 176 + 2).abs() as f64,
-            _ => 0.0,
-        }
-    };
-    let mut s = 0.0;
-    for i in 0..n {
-        s += (wd[i].abs() as f64 + off(i)) * xd[i].abs() as f64;
-    }
-    if ty == QuantType::Q4_1 || ty == QuantType::Q5_1 {
-        let ts = ty.type_size();
-        for b in 0..n / 32 {
-            s += (f16_at(row, b * ts + 2) * f16_at(xq, b * 36 + 2)).abs() as f64;
-        }
-    }
-    s
-}
-
 /// Compare `mv2` (a tier's entry for `ty`, named `name`) with the scalar `matvec2` on `rows` random
 /// rows of `n` elements; `pair` picks the q8x2 pair (true) or two unrelated activations.
 fn check(
@@ -178,11 +66,14 @@ fn check(
     let mut g = Rng(seed);
     let w = weights(ty, n, rows, &mut g);
     let vdt = ty.vec_dot_type();
-    let x = g.activations(n);
+    let x = g.activations(n, Special::Outlier);
     let (xq, xr) = if pair {
         q8x2_pair(vdt, &x)
     } else {
-        (quantize(vdt, &x), quantize(vdt, &g.activations(n)))
+        (
+            quantize(vdt, &x),
+            quantize(vdt, &g.activations(n, Special::Outlier)),
+        )
     };
     let (xq, xr) = (&xq[1..], &xr[1..]);
     let mut want = vec![0.0f32; rows];
@@ -193,10 +84,9 @@ fn check(
     let k = (4 * (n / ty.block_size()) + 1) as f64;
     for r in 0..rows {
         let row = &w[r * rb..(r + 1) * rb];
-        let s = magnitude(ty, n, row, xq) + magnitude(ty, n, row, xr);
-        let tol = 2.0 * (k + 8.0) * EPS * s + 1e-35;
-        let d = (got[r] as f64 - want[r] as f64).abs();
-        if !(d <= tol) {
+        let tol = dot_tol(k, magnitude(ty, n, row, xq) + magnitude(ty, n, row, xr));
+        if !within(got[r], want[r], tol) {
+            let d = (got[r] as f64 - want[r] as f64).abs();
             return Err(format!(
                 "{name} matvec2_{}: n={n} rows={rows} seed={seed:#x} pair={pair} row {r}: tier {:e}, scalar {:e}, |diff| {d:e} > tol {tol:e}",
                 ty.name(),
@@ -208,14 +98,6 @@ fn check(
     Ok(())
 }
 
-fn n_for(ty: QuantType, nblocks: usize) -> usize {
-    if is_k(ty) {
-        256 * (1 + (nblocks - 1) % 4)
-    } else {
-        32 * nblocks
-    }
-}
-
 fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
     let name = tier.tier.name();
     let mut runner = TestRunner::new(Config {
@@ -224,7 +106,7 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
         ..Config::default()
     });
     let strat = (
-        0usize..TYPES.len(),
+        0usize..QUANT_TYPES.len(),
         1usize..=9,
         1usize..=70,
         any::<u64>(),
@@ -232,14 +114,14 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
     );
     runner
         .run(&strat, |(ti, nblocks, rows, seed, pair)| {
-            let ty = TYPES[ti];
+            let ty = QUANT_TYPES[ti];
             let mv2 = tier
                 .matvec2(ty)
                 .expect("every quantized type has a matvec2");
             check(name, mv2, ty, n_for(ty, nblocks), rows, seed, pair).map_err(TestCaseError::fail)
         })
         .map_err(|e| e.to_string())?;
-    for (ti, &ty) in TYPES.iter().enumerate() {
+    for (ti, &ty) in QUANT_TYPES.iter().enumerate() {
         let mv2 = tier.matvec2(ty).unwrap();
         let max_blocks = if is_k(ty) { 4 } else { 9 };
         for nblocks in 1..=max_blocks {
@@ -252,7 +134,7 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
         }
     }
     // The model's row widths (SmolLM2-135M: 576, 1536; Gemma 3 1B: 1152, 6912).
-    for &ty in &TYPES {
+    for &ty in &QUANT_TYPES {
         let mv2 = tier.matvec2(ty).unwrap();
         for n in [576usize, 1536, 1152, 6912] {
             if n % ty.block_size() == 0 {
@@ -263,21 +145,10 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
     Ok(())
 }
 
-fn expected_tiers() -> Vec<String> {
-    std::env::var("EDGE_RUN_EXPECT_TIERS")
-        .unwrap_or_default()
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
 #[test]
 fn every_tier_matvec2_matches_scalar() {
-    let mut compared = vec![];
-    let mut failures = vec![];
-    for k in Kernels::available().filter(|k| k.tier != Tier::Scalar) {
-        let fused: Vec<&str> = TYPES
+    compare_every_tier("matvec2", |k| {
+        let fused: Vec<&str> = QUANT_TYPES
             .iter()
             .filter(|&&t| k.matvec2_fused(t))
             .map(|t| t.name())
@@ -287,42 +158,21 @@ fn every_tier_matvec2_matches_scalar() {
             k.tier.name(),
             fused.join(", ")
         );
-        match compare_tier(k, 300) {
-            Ok(()) => compared.push(k.tier.name()),
-            Err(e) => failures.push(e),
-        }
-    }
-    if compared.is_empty() && failures.is_empty() {
-        eprintln!(
-            "matvec2 tiers compared: none (only the scalar tier is available on this CPU/build)"
-        );
-    } else {
-        eprintln!("matvec2 tiers compared: scalar vs {}", compared.join(", "));
-    }
-    assert!(
-        failures.is_empty(),
-        "tier mismatches:\n{}",
-        failures.join("\n")
-    );
-    for t in expected_tiers() {
-        assert!(
-            compared.contains(&t.as_str()),
-            "EDGE_RUN_EXPECT_TIERS names {t}, which was not compared"
-        );
-    }
+        compare_tier(k, 300)
+    });
 }
 
 #[test]
 fn scalar_matvec2_is_two_matvecs_added() {
     let s = Kernels::scalar();
     let mut checked = 0;
-    for (ti, &ty) in TYPES.iter().enumerate() {
+    for (ti, &ty) in QUANT_TYPES.iter().enumerate() {
         for nblocks in 1..=4 {
             let n = n_for(ty, nblocks);
             for rows in [1usize, 5, 32, 33, 70] {
                 let mut g = Rng((ti * 1000 + nblocks * 100 + rows) as u64);
                 let w = weights(ty, n, rows, &mut g);
-                let (xq, xr) = q8x2_pair(ty.vec_dot_type(), &g.activations(n));
+                let (xq, xr) = q8x2_pair(ty.vec_dot_type(), &g.activations(n, Special::Outlier));
                 let (xq, xr) = (&xq[1..], &xr[1..]);
                 let mut a = vec![0.0f32; rows];
                 let mut b = vec![0.0f32; rows];
@@ -355,7 +205,7 @@ fn scalar_matvec2_is_two_matvecs_added() {
 fn q8x2_pair_is_closer_to_float_than_q8() {
     // The point of the mode: W·xq + W·xr approximates W·x much better than W·xq alone.
     let s = Kernels::scalar();
-    for &ty in &TYPES {
+    for &ty in &QUANT_TYPES {
         let n = if is_k(ty) { 512 } else { 576 };
         let rows = 16;
         let mut g = Rng(ty as u64 + 7);
@@ -394,7 +244,7 @@ fn entries_exist_where_they_should() {
         ] {
             assert!(k.matvec2(ty).is_none(), "{} {}", k.tier.name(), ty.name());
         }
-        for &ty in &TYPES {
+        for &ty in &QUANT_TYPES {
             assert!(k.matvec2(ty).is_some(), "{} {}", k.tier.name(), ty.name());
         }
         assert!(!Kernels::scalar().matvec2_fused(QuantType::Q4_1));
@@ -404,14 +254,14 @@ fn entries_exist_where_they_should() {
 #[test]
 fn length_contract() {
     for k in Kernels::available() {
-        for &ty in &TYPES {
+        for &ty in &QUANT_TYPES {
             let mv2 = k.matvec2(ty).unwrap();
             let n = ty.block_size() * 2;
             let rows = 3;
             let mut g = Rng(1);
             let w = weights(ty, n, rows, &mut g);
             let vdt = ty.vec_dot_type();
-            let x = g.activations(n);
+            let x = g.activations(n, Special::Outlier);
             let xq = quantize(vdt, &x);
             let xq = &xq[1..];
             let mut out = [1.0f32; 3];
@@ -479,7 +329,7 @@ fn comparison_catches_wrong_kernels() {
         assert!(caught >= 12, "{name}: only {caught} of 16 caught");
     }
     // The scalar table passes against itself (the check is not failing everything).
-    for &ty in &TYPES {
+    for &ty in &QUANT_TYPES {
         check(
             "scalar",
             Kernels::scalar().matvec2(ty).unwrap(),

@@ -7,7 +7,9 @@
 //! - dot products / matvec: against f64 sums of the oracle's dequantized values, with tolerances
 //!   derived below from the q8 rounding and from f32 accumulation;
 //! - K-quant weight quantizers (no oracle available): round-trip error bounds.
+mod common;
 use bytemuck::Zeroable;
+use common::{box_muller, f16_at, offset_mag};
 use edge_run_kernels::scalar::*;
 use edge_run_kernels::*;
 
@@ -15,10 +17,6 @@ fn f32s(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
-}
-
-fn f16_at(b: &[u8], off: usize) -> f32 {
-    F16Bits([b[off], b[off + 1]]).to_f32()
 }
 
 const N: usize = 768;
@@ -208,49 +206,31 @@ fn dequantize_rejects_bad_sizes_without_touching_out() {
 // Quantizers
 // ------------------------------------------------------------------------------------------------
 
+/// `x` quantized by the typed row quantizer `quant` into `x.len() / block_elems` blocks, as bytes.
+fn typed_quantize<B: bytemuck::Pod>(
+    x: &[f32],
+    quant: fn(&[f32], &mut [B]),
+    block_elems: usize,
+) -> Vec<u8> {
+    let mut q = vec![B::zeroed(); x.len() / block_elems];
+    quant(x, &mut q);
+    bytemuck::cast_slice(&q).to_vec()
+}
+
 #[test]
 fn weight_quantizers_bit_exact_with_gguf_py() {
     let x = weights_src();
-    let mut q4_0 = vec![BlockQ4_0::default(); N / QK];
-    quantize_row_q4_0(&x, &mut q4_0);
-    assert_bytes_eq(
-        "Q4_0",
-        bytemuck::cast_slice(&q4_0),
-        include_bytes!("data/q4_0_quant.bin"),
-        18,
-    );
-    let mut q4_1 = vec![BlockQ4_1::default(); N / QK];
-    quantize_row_q4_1(&x, &mut q4_1);
-    assert_bytes_eq(
-        "Q4_1",
-        bytemuck::cast_slice(&q4_1),
-        include_bytes!("data/q4_1_quant.bin"),
-        20,
-    );
-    let mut q5_0 = vec![BlockQ5_0::default(); N / QK];
-    quantize_row_q5_0(&x, &mut q5_0);
-    assert_bytes_eq(
-        "Q5_0",
-        bytemuck::cast_slice(&q5_0),
-        include_bytes!("data/q5_0_quant.bin"),
-        22,
-    );
-    let mut q5_1 = vec![BlockQ5_1::default(); N / QK];
-    quantize_row_q5_1(&x, &mut q5_1);
-    assert_bytes_eq(
-        "Q5_1",
-        bytemuck::cast_slice(&q5_1),
-        include_bytes!("data/q5_1_quant.bin"),
-        24,
-    );
-    let mut q8_0 = vec![BlockQ8_0::default(); N / QK];
-    quantize_row_q8_0(&x, &mut q8_0);
-    assert_bytes_eq(
-        "Q8_0 (weights)",
-        bytemuck::cast_slice(&q8_0),
-        include_bytes!("data/q8_0_quant.bin"),
-        34,
-    );
+    #[rustfmt::skip]
+    let cases: [(&str, Vec<u8>, &[u8], usize); 5] = [
+        ("Q4_0", typed_quantize(&x, quantize_row_q4_0, QK), include_bytes!("data/q4_0_quant.bin"), 18),
+        ("Q4_1", typed_quantize(&x, quantize_row_q4_1, QK), include_bytes!("data/q4_1_quant.bin"), 20),
+        ("Q5_0", typed_quantize(&x, quantize_row_q5_0, QK), include_bytes!("data/q5_0_quant.bin"), 22),
+        ("Q5_1", typed_quantize(&x, quantize_row_q5_1, QK), include_bytes!("data/q5_1_quant.bin"), 24),
+        ("Q8_0 (weights)", typed_quantize(&x, quantize_row_q8_0, QK), include_bytes!("data/q8_0_quant.bin"), 34),
+    ];
+    for (name, got, want, block) in cases {
+        assert_bytes_eq(name, &got, want, block);
+    }
 }
 
 #[test]
@@ -258,23 +238,20 @@ fn activation_quantizers_bit_exact() {
     let x = act_src();
     let k = Kernels::scalar();
 
-    let mut q = vec![BlockQ8_0::default(); N / QK];
-    quantize_row_q8_0(&x, &mut q);
-    assert_bytes_eq("Q8_0 typed", bytemuck::cast_slice(&q), ACT_Q8_0, 34);
+    let q = typed_quantize(&x, quantize_row_q8_0, QK);
+    assert_bytes_eq("Q8_0 typed", &q, ACT_Q8_0, 34);
     let mut b = vec![0u8; ACT_Q8_0.len() + 1];
     (k.quantize_q8_0)(&x, &mut b[1..]);
     assert_bytes_eq("Q8_0 bytes", &b[1..], ACT_Q8_0, 34);
 
-    let mut q = vec![BlockQ8_1::default(); N / QK];
-    quantize_row_q8_1(&x, &mut q);
-    assert_bytes_eq("Q8_1 typed", bytemuck::cast_slice(&q), ACT_Q8_1, 36);
+    let q = typed_quantize(&x, quantize_row_q8_1, QK);
+    assert_bytes_eq("Q8_1 typed", &q, ACT_Q8_1, 36);
     let mut b = vec![0u8; ACT_Q8_1.len() + 1];
     (k.quantize_q8_1)(&x, &mut b[1..]);
     assert_bytes_eq("Q8_1 bytes", &b[1..], ACT_Q8_1, 36);
 
-    let mut q = vec![BlockQ8K::zeroed(); N / QK_K];
-    quantize_row_q8_k(&x, &mut q);
-    assert_bytes_eq("Q8_K typed", bytemuck::cast_slice(&q), ACT_Q8_K, 292);
+    let q = typed_quantize(&x, quantize_row_q8_k, QK_K);
+    assert_bytes_eq("Q8_K typed", &q, ACT_Q8_K, 292);
     // Byte-level quantizer into an aligned and into a misaligned buffer.
     let mut aligned = vec![BlockQ8K::zeroed(); N / QK_K];
     (k.quantize_q8_k)(&x, bytemuck::cast_slice_mut(&mut aligned));
@@ -388,18 +365,6 @@ fn act(vdt: QuantType, x: &[f32]) -> Act {
         }
     }
     Act { deq, err, s }
-}
-
-/// Per-element magnitude of the weight's offset term (m for Q4_1/Q5_1, at most 63·dmin for K types),
-/// to scale tolerances where d·q and the offset cancel.
-fn offset_mag(ty: QuantType, w: &[u8], i: usize) -> f64 {
-    match ty {
-        QuantType::Q4_1 => f16_at(w, (i / QK) * 20 + 2).abs() as f64,
-        QuantType::Q5_1 => f16_at(w, (i / QK) * 24 + 2).abs() as f64,
-        QuantType::Q4K => 63.0 * f16_at(w, (i / QK_K) * 144 + 2).abs() as f64,
-        QuantType::Q5K => 63.0 * f16_at(w, (i / QK_K) * 176 + 2).abs() as f64,
-        _ => 0.0,
-    }
 }
 
 fn xq_bytes(vdt: QuantType, x: &[f32]) -> Vec<u8> {
@@ -674,6 +639,8 @@ fn matvec_bad_lengths_never_panic_in_release() {
 // K-quant weight quantizers: round trip
 // ------------------------------------------------------------------------------------------------
 
+/// The round-trip rows' own generator (an LCG; its stream fixes the data the error bounds below were
+/// set on).
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f64 {
@@ -685,7 +652,7 @@ impl Lcg {
     }
     fn normal(&mut self) -> f32 {
         let (u, v) = (self.next(), self.next());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+        box_muller(u, v)
     }
 }
 
@@ -722,37 +689,33 @@ fn rel_rms(x: &[f32], y: &[f32]) -> f64 {
     worst
 }
 
+/// `x` through the typed quantizer `quant` and back through `dequant` (into NaNs: every output must
+/// be written).
+fn round_trip<B: bytemuck::Pod>(
+    x: &[f32],
+    quant: fn(&[f32], &mut [B]),
+    dequant: fn(&[B], &mut [f32]),
+    block_elems: usize,
+) -> Vec<f32> {
+    let mut q = vec![B::zeroed(); x.len() / block_elems];
+    quant(x, &mut q);
+    let mut y = vec![f32::NAN; x.len()];
+    dequant(&q, &mut y);
+    y
+}
+
 #[test]
 fn k_quantizers_round_trip() {
     let x = rows_for_roundtrip();
-    let n = x.len();
-    let mut y = vec![0.0f32; n];
-
-    let mut q4k = vec![BlockQ4K::zeroed(); n / QK_K];
-    quantize_row_q4_k(&x, &mut q4k);
-    dequantize_row_q4_k(&q4k, &mut y);
-    let e4k = rel_rms(&x, &y);
-
-    let mut q5k = vec![BlockQ5K::zeroed(); n / QK_K];
-    quantize_row_q5_k(&x, &mut q5k);
-    dequantize_row_q5_k(&q5k, &mut y);
-    let e5k = rel_rms(&x, &y);
-
-    let mut q6k = vec![BlockQ6K::zeroed(); n / QK_K];
-    quantize_row_q6_k(&x, &mut q6k);
-    dequantize_row_q6_k(&q6k, &mut y);
-    let e6k = rel_rms(&x, &y);
-
-    let mut q40 = vec![BlockQ4_0::default(); n / QK];
-    quantize_row_q4_0(&x, &mut q40);
-    dequantize_row_q4_0(&q40, &mut y);
-    let e40 = rel_rms(&x, &y);
-
-    let mut q51 = vec![BlockQ5_1::default(); n / QK];
-    quantize_row_q5_1(&x, &mut q51);
-    dequantize_row_q5_1(&q51, &mut y);
-    let e51 = rel_rms(&x, &y);
-
+    let err = |y: Vec<f32>| rel_rms(&x, &y);
+    #[rustfmt::skip]
+    let (e4k, e5k, e6k, e40, e51) = (
+        err(round_trip(&x, quantize_row_q4_k, dequantize_row_q4_k, QK_K)),
+        err(round_trip(&x, quantize_row_q5_k, dequantize_row_q5_k, QK_K)),
+        err(round_trip(&x, quantize_row_q6_k, dequantize_row_q6_k, QK_K)),
+        err(round_trip(&x, quantize_row_q4_0, dequantize_row_q4_0, QK)),
+        err(round_trip(&x, quantize_row_q5_1, dequantize_row_q5_1, QK)),
+    );
     eprintln!("worst per-super-block relative RMS error: q4_0 {e40:.4} q4_k {e4k:.4} q5_1 {e51:.4} q5_k {e5k:.4} q6_k {e6k:.4}");
     // Bounds: a uniform b-bit grid over a Gaussian block's range gives roughly
     // range/(2^b-1)/sqrt(12) / sigma; with ~±3σ ranges: 4 bits ≈ 0.11, 5 bits ≈ 0.055, 6 bits ≈ 0.027.
@@ -765,21 +728,13 @@ fn k_quantizers_round_trip() {
 
     // Zero input → zero blocks and zero output.
     let z = vec![0.0f32; QK_K];
-    let mut b4 = [BlockQ4K::zeroed()];
-    quantize_row_q4_k(&z, &mut b4);
-    let mut b5 = [BlockQ5K::zeroed()];
-    quantize_row_q5_k(&z, &mut b5);
-    let mut b6 = [BlockQ6K::zeroed()];
-    quantize_row_q6_k(&z, &mut b6);
-    let mut out = vec![1.0f32; QK_K];
-    dequantize_row_q4_k(&b4, &mut out);
-    assert!(out.iter().all(|&v| v == 0.0));
-    out.fill(1.0);
-    dequantize_row_q5_k(&b5, &mut out);
-    assert!(out.iter().all(|&v| v == 0.0));
-    out.fill(1.0);
-    dequantize_row_q6_k(&b6, &mut out);
-    assert!(out.iter().all(|&v| v == 0.0));
+    for y in [
+        round_trip(&z, quantize_row_q4_k, dequantize_row_q4_k, QK_K),
+        round_trip(&z, quantize_row_q5_k, dequantize_row_q5_k, QK_K),
+        round_trip(&z, quantize_row_q6_k, dequantize_row_q6_k, QK_K),
+    ] {
+        assert!(y.iter().all(|&v| v == 0.0));
+    }
 }
 
 #[test]
@@ -788,11 +743,7 @@ fn q5_round_trip_error_bound() {
     // magnitude near |max| are clamped: error ≤ d; Q5_1: the nearest grid point is ≤ d/2 away. Plus
     // the f16 rounding of d (and m) times the level.
     let x = rows_for_roundtrip();
-    let n = x.len();
-    let mut y = vec![0.0f32; n];
-    let mut q50 = vec![BlockQ5_0::default(); n / QK];
-    quantize_row_q5_0(&x, &mut q50);
-    dequantize_row_q5_0(&q50, &mut y);
+    let y = round_trip(&x, quantize_row_q5_0, dequantize_row_q5_0, QK);
     for (b, (xb, yb)) in x.chunks(QK).zip(y.chunks(QK)).enumerate() {
         let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs())) as f64;
         let d = amax / 16.0;
@@ -801,9 +752,7 @@ fn q5_round_trip_error_bound() {
             assert!(((a - c) as f64).abs() <= tol, "Q5_0 block {b}: {a} -> {c}");
         }
     }
-    let mut q51 = vec![BlockQ5_1::default(); n / QK];
-    quantize_row_q5_1(&x, &mut q51);
-    dequantize_row_q5_1(&q51, &mut y);
+    let y = round_trip(&x, quantize_row_q5_1, dequantize_row_q5_1, QK);
     for (b, (xb, yb)) in x.chunks(QK).zip(y.chunks(QK)).enumerate() {
         let mn = xb.iter().fold(f32::MAX, |a, &v| a.min(v)) as f64;
         let mx = xb.iter().fold(f32::MIN, |a, &v| a.max(v)) as f64;

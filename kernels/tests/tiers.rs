@@ -17,95 +17,12 @@
 //!
 //! `EDGE_RUN_EXPECT_TIERS=avx2,avx512vnni` (comma list) makes the run fail if a named tier is not
 //! available here, so a CI machine that lost a CPU feature cannot pass silently.
+mod common;
+use common::*;
 use edge_run_kernels::scalar;
 use edge_run_kernels::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-
-const EPS: f64 = f32::EPSILON as f64;
-
-// ------------------------------------------------------------------------------------------------
-// Deterministic generator for the bulk data (proptest drives sizes and seeds, and shrinks them)
-// ------------------------------------------------------------------------------------------------
-struct Rng(u64);
-impl Rng {
-    fn u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        ((self.u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.unit(), self.unit());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.u64() as u8).collect()
-    }
-    /// Activations: Gaussian with a random scale per 32-block, sometimes a zero block, sometimes a
-    /// block of exact rounding ties (amax 127 → scale 1).
-    fn activations(&mut self, n: usize) -> Vec<f32> {
-        let mut x = vec![0.0f32; n];
-        for blk in x.chunks_mut(32) {
-            match self.u64() % 8 {
-                0 => {}
-                1 => {
-                    blk[0] = if self.u64() % 2 == 0 { 127.0 } else { -127.0 };
-                    for v in &mut blk[1..] {
-                        *v = (self.u64() % 250) as f32 - 124.5;
-                    }
-                }
-                _ => {
-                    let s = (10f64).powf(self.unit() * 6.0 - 3.0) as f32;
-                    for v in blk.iter_mut() {
-                        *v = self.normal() * s;
-                    }
-                }
-            }
-        }
-        x
-    }
-}
-
-fn f16_at(b: &[u8], off: usize) -> f32 {
-    F16Bits([b[off], b[off + 1]]).to_f32()
-}
-
-/// Random weight rows of `ty` (every quant bit pattern; finite f16 scales).
-fn weights(ty: QuantType, n: usize, rows: usize, g: &mut Rng) -> Vec<u8> {
-    use QuantType::*;
-    let rb = ty.row_bytes(n).unwrap();
-    let mut w = g.bytes(rb * rows);
-    let (ts, offs): (usize, &[usize]) = match ty {
-        Q4_0 => (18, &[0]),
-        Q4_1 => (20, &[0, 2]),
-        Q5_0 => (22, &[0]),
-        Q5_1 => (24, &[0, 2]),
-        Q8_0 => (34, &[0]),
-        Q4K => (144, &[0, 2]),
-        Q5K => (176, &[0, 2]),
-        Q6K => (210, &[208]),
-        F16 => (2, &[0]),
-        F32 => {
-            for c in w.chunks_exact_mut(4) {
-                c.copy_from_slice(&g.normal().to_le_bytes());
-            }
-            return w;
-        }
-        _ => unreachable!(),
-    };
-    for blk in w.chunks_exact_mut(ts) {
-        for &o in offs {
-            let v = F16Bits::from_f32(g.normal() * if ts == 2 { 1.0 } else { 0.02 });
-            blk[o..o + 2].copy_from_slice(&v.0);
-        }
-    }
-    w
-}
 
 /// An 8-byte-aligned byte buffer of `len` bytes (so Q8_K blocks can be viewed in place).
 fn aligned(len: usize) -> Vec<u64> {
@@ -121,49 +38,6 @@ fn quantize_act(ty: QuantType, x: &[f32]) -> (Vec<u64>, usize) {
     (buf, len)
 }
 
-/// S = Σ (|w_i| + offset_i)·|x̂_i| for one row, from scalar dequantization.
-fn magnitude(ty: QuantType, n: usize, row: &[u8], xq: &[u8]) -> f64 {
-    let mut wd = vec![0.0f32; n];
-    assert!(dequantize(ty, row, &mut wd));
-    let vdt = ty.vec_dot_type();
-    let mut xd = vec![0.0f32; n];
-    assert!(dequantize(vdt, xq, &mut xd));
-    let off = |i: usize| -> f64 {
-        match ty {
-            QuantType::Q4_1 => f16_at(row, (i / 32) * 20 + 2).abs() as f64,
-            QuantType::Q5_1 => f16_at(row, (i / 32) * 24 + 2).abs() as f64,
-            QuantType::Q4K => 63.0 * f16_at(row, (i / 256) * 144 + 2).abs() as f64,
-            QuantType::Q5K => 63.0 * f16_at(row, (i / 256) * 176 + 2).abs() as f64,
-            _ => 0.0,
-        }
-    };
-    let mut s = 0.0;
-    for i in 0..n {
-        s += (wd[i].abs() as f64 + off(i)) * xd[i].abs() as f64;
-    }
-    if ty == QuantType::Q4_1 || ty == QuantType::Q5_1 {
-        // m·s per block (s is the stored f16 sum, not exactly d·Σq)
-        let ts = ty.type_size();
-        for b in 0..n / 32 {
-            s += (f16_at(row, b * ts + 2) * f16_at(xq, b * 36 + 2)).abs() as f64;
-        }
-    }
-    s
-}
-
-const MATVEC_TYPES: [QuantType; 10] = [
-    QuantType::F32,
-    QuantType::F16,
-    QuantType::Q4_0,
-    QuantType::Q4_1,
-    QuantType::Q5_0,
-    QuantType::Q5_1,
-    QuantType::Q8_0,
-    QuantType::Q4K,
-    QuantType::Q5K,
-    QuantType::Q6K,
-];
-
 /// Compare `tier`'s matvec for `ty` with scalar's on `rows` random rows of `n` elements.
 fn check_matvec(
     tier: &Kernels,
@@ -174,7 +48,7 @@ fn check_matvec(
 ) -> Result<(), String> {
     let mut g = Rng(seed);
     let w = weights(ty, n, rows, &mut g);
-    let x = g.activations(n);
+    let x = g.activations(n, Special::Ties);
     let (buf, len) = quantize_act(ty, &x);
     let xq = &bytemuck::cast_slice::<u64, u8>(&buf)[..len];
     let mut want = vec![0.0f32; rows];
@@ -187,10 +61,9 @@ fn check_matvec(
         _ => 2 * (n / ty.block_size()),
     } as f64;
     for r in 0..rows {
-        let s = magnitude(ty, n, &w[r * rb..(r + 1) * rb], xq);
-        let tol = 2.0 * (k + 8.0) * EPS * s + 1e-35;
-        let d = (got[r] as f64 - want[r] as f64).abs();
-        if !(d <= tol) {
+        let tol = dot_tol(k, magnitude(ty, n, &w[r * rb..(r + 1) * rb], xq));
+        if !within(got[r], want[r], tol) {
+            let d = (got[r] as f64 - want[r] as f64).abs();
             return Err(format!(
                 "{} matvec_{}: n={n} rows={rows} seed={seed:#x} row {r}: tier {:e}, scalar {:e}, |diff| {d:e} > tol {tol:e}",
                 tier.tier.name(),
@@ -212,7 +85,7 @@ fn near_tie(v: f32) -> bool {
 fn check_quantizer(tier: &Kernels, vdt: QuantType, nb: usize, seed: u64) -> Result<(), String> {
     let mut g = Rng(seed);
     let bs = vdt.block_size();
-    let x = g.activations(nb * bs);
+    let x = g.activations(nb * bs, Special::Ties);
     let len = vdt.row_bytes(x.len()).unwrap();
     let mut a = aligned(len);
     let mut b = aligned(len);
@@ -312,12 +185,11 @@ fn check_quantizer(tier: &Kernels, vdt: QuantType, nb: usize, seed: u64) -> Resu
 fn check_dot_axpy(tier: &Kernels, n: usize, seed: u64) -> Result<(), String> {
     let mut g = Rng(seed);
     let a: Vec<f32> = (0..n).map(|_| g.normal()).collect();
-    let b = g.activations(n.div_ceil(32) * 32)[..n].to_vec();
+    let b = g.activations(n.div_ceil(32) * 32, Special::Ties)[..n].to_vec();
     let want = (Kernels::scalar().dot_f32)(&a, &b);
     let got = (tier.dot_f32)(&a, &b);
     let s: f64 = a.iter().zip(&b).map(|(x, y)| (x * y).abs() as f64).sum();
-    let tol = 2.0 * (n as f64 + 8.0) * EPS * s + 1e-35;
-    if !((got as f64 - want as f64).abs() <= tol) {
+    if !within(got, want, dot_tol(n as f64, s)) {
         return Err(format!(
             "{} dot_f32 n={n} seed={seed:#x}: {got:e} vs {want:e}",
             tier.tier.name()
@@ -331,7 +203,7 @@ fn check_dot_axpy(tier: &Kernels, n: usize, seed: u64) -> Result<(), String> {
     (tier.axpy_f32)(alpha, &a, &mut yg);
     for i in 0..n {
         let tol = 2.0 * EPS * (y0[i].abs() as f64 + (alpha * a[i]).abs() as f64) + 1e-40;
-        if !((yg[i] as f64 - yw[i] as f64).abs() <= tol) {
+        if !within(yg[i], yw[i], tol) {
             return Err(format!(
                 "{} axpy_f32 n={n} seed={seed:#x} element {i}: {} vs {}",
                 tier.tier.name(),
@@ -362,8 +234,7 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
             let ty = MATVEC_TYPES[ti];
             let n = match ty {
                 QuantType::F32 | QuantType::F16 => nfloat,
-                QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => 256 * (1 + (nblocks - 1) % 4),
-                _ => 32 * nblocks,
+                _ => n_for(ty, nblocks),
             };
             check_matvec(tier, ty, n, rows, seed).map_err(TestCaseError::fail)?;
             let vdt = [QuantType::Q8_0, QuantType::Q8_1, QuantType::Q8K][ti % 3];
@@ -406,15 +277,6 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
     Ok(())
 }
 
-fn expected_tiers() -> Vec<String> {
-    std::env::var("EDGE_RUN_EXPECT_TIERS")
-        .unwrap_or_default()
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
 #[test]
 fn expected_tiers_are_available() {
     let avail: Vec<&str> = Kernels::available().map(|k| k.tier.name()).collect();
@@ -432,31 +294,7 @@ fn expected_tiers_are_available() {
 
 #[test]
 fn every_tier_matches_scalar() {
-    let mut compared = vec![];
-    let mut failures = vec![];
-    for k in Kernels::available().filter(|k| k.tier != Tier::Scalar) {
-        match compare_tier(k, 256) {
-            Ok(()) => compared.push(k.tier.name()),
-            Err(e) => failures.push(e),
-        }
-    }
-    if compared.is_empty() && failures.is_empty() {
-        eprintln!("tiers compared: none (only the scalar tier is available on this CPU/build)");
-    } else {
-        eprintln!("tiers compared: scalar vs {}", compared.join(", "));
-    }
-    assert!(
-        failures.is_empty(),
-        "tier mismatches:\n{}",
-        failures.join("\n")
-    );
-    let expected = expected_tiers();
-    for t in &expected {
-        assert!(
-            compared.contains(&t.as_str()),
-            "EDGE_RUN_EXPECT_TIERS names {t}, which was not compared"
-        );
-    }
+    compare_every_tier("matvec/quantize/dot/axpy", |k| compare_tier(k, 256));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -548,7 +386,7 @@ fn comparison_catches_wrong_kernels() {
         // 13 elements: the broken dot drops 5 of them; only an all-zero activation block hides that.
         let mut g = Rng(seed);
         let a: Vec<f32> = (0..13).map(|_| g.normal()).collect();
-        let b = g.activations(32);
+        let b = g.activations(32, Special::Ties);
         let hidden = b[8..13].iter().all(|&v| v == 0.0);
         let r = check_dot_axpy(&broken, 13, seed);
         assert!(
