@@ -3,14 +3,14 @@
 //! `Model::open` maps the file, parses the GGUF header with [`crate::gguf`], checks the hyper-parameters and
 //! every weight's shape and type, and records where each weight lives in the mapping. Weight bytes are
 //! never copied or written; a [`WeightRef`] is an offset into the mapping.
-use crate::adapter::BaseInfo;
+use crate::adapter::{BaseInfo, MappedFile};
 use crate::arch::Arch;
 use crate::gguf::Gguf;
 use crate::kernels::QuantType;
-use crate::tokenizer::{Tokenizer, Vocab};
+use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use memmap2::Mmap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where a tensor lives in the mapped file and how to read it.
 #[derive(Clone, Debug)]
@@ -109,9 +109,9 @@ impl HParams {
 
 pub struct Model {
     path: PathBuf,
-    map: Mmap,
-    /// Names this file if it shrinks while mapped (see [`crate::mapguard`]).
-    _map_guard: crate::mapguard::Registration,
+    /// The file, mapped read-only and registered with [`crate::mapguard`] (named if it shrinks while
+    /// mapped); shared with the tokenizer, which reads its texts in place.
+    map: Arc<MappedFile>,
     pub arch: String,
     pub name: Option<String>,
     pub hp: HParams,
@@ -149,21 +149,20 @@ impl Model {
     /// Map and validate a GGUF model file.
     pub fn open(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref().to_path_buf();
-        let file = std::fs::File::open(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
-        // SAFETY: the mapping is read-only (PROT_READ, MAP_PRIVATE). We never write through it. If another
-        // process truncates the file while it is mapped, touching the lost pages raises SIGBUS; that is the
-        // documented limitation of using a model in place (see README, "Files in use").
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::Io { path: path.clone(), source: e })?;
+        // Read-only (PROT_READ; memmap2 maps it MAP_SHARED) and never written through. If another process truncates the
+        // file while it is mapped, touching the lost pages raises SIGBUS; that is the documented
+        // limitation of using a model in place (see README, "Files in use", and `crate::mapguard`).
+        let map = crate::adapter::map_file(&path)?;
         let fname = path.display().to_string();
         let g = Gguf::parse(&map).map_err(|e| e.in_file(&fname))?;
-        let m = Self::from_gguf(&g, &fname).map_err(|e| e.in_file(&fname))?;
+        let m = Self::from_gguf(&g, &fname, &map).map_err(|e| e.in_file(&fname))?;
         let base_info = BaseInfo::from_gguf(&g).map_err(|e| e.in_file(&fname))?;
         let Loaded { arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors, gguf_version } = m;
-        let _map_guard = crate::mapguard::register(&map, &path);
-        Ok(Model { path, map, _map_guard, arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors, gguf_version, base_info })
+        drop(g);
+        Ok(Model { path, map, arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors, gguf_version, base_info })
     }
 
-    fn from_gguf(g: &Gguf<'_>, fname: &str) -> Result<Loaded> {
+    fn from_gguf(g: &Gguf<'_>, fname: &str, map: &Arc<MappedFile>) -> Result<Loaded> {
         let arch = g.get_str("general.architecture")?.to_string();
         let kind = Arch::from_name(&arch).ok_or_else(|| Error::unsupported(fname, format!("architecture `{arch}` (general.architecture); supported: {}", Arch::SUPPORTED.join(", "))))?;
         let key = |k: &str| format!("{arch}.{k}");
@@ -259,9 +258,8 @@ impl Model {
         };
         let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
 
-        let vocab = Vocab::from_gguf(g)?;
-        let tokenizer_model = vocab.model.clone();
-        let tokenizer = Tokenizer::new(vocab)?;
+        let tokenizer = Tokenizer::from_gguf_mapped(g, map)?;
+        let tokenizer_model = g.get_str("tokenizer.ggml.model")?.to_string();
         let n_vocab = tokenizer.n_vocab();
         let token_embd = weight("token_embd.weight", n_embd, n_vocab, true).map_err(|e| match e {
             Error::Format { file, field, offset, detail } => Error::Format { file, field, offset, detail: format!("{detail} (vocabulary has {n_vocab} tokens)") },

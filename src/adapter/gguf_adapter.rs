@@ -61,13 +61,14 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
         }
     }
 
-    let mut pairs: std::collections::BTreeMap<&str, (Option<&TensorInfo>, Option<&TensorInfo>)> =
-        Default::default();
+    // Factors sorted by (target, a before b), so that each target's pair is adjacent and the
+    // tensors come out sorted by target.
+    let mut factors: Vec<(&str, bool, &TensorInfo)> = Vec::with_capacity(g.tensors().len());
     for t in g.tensors() {
-        let (target, is_a) = if let Some(b) = t.name.strip_suffix(".lora_a") {
-            (b, true)
-        } else if let Some(b) = t.name.strip_suffix(".lora_b") {
+        let (target, is_b) = if let Some(b) = t.name.strip_suffix(".lora_a") {
             (b, false)
+        } else if let Some(b) = t.name.strip_suffix(".lora_b") {
+            (b, true)
         } else {
             return Err(Error::format(
                 &name,
@@ -76,28 +77,34 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
                 "not a LoRA factor (name must end in .lora_a / .lora_b)",
             ));
         };
-        let e = pairs.entry(target).or_default();
-        let slot = if is_a { &mut e.0 } else { &mut e.1 };
-        if slot.replace(t).is_some() {
-            return Err(Error::format(
-                &name,
-                format!("tensor_infos[{:?}]", t.name),
-                None,
-                "duplicate tensor",
-            ));
-        }
+        factors.push((target, is_b, t));
+    }
+    factors.sort_unstable_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
+    // (The GGUF parser already refuses two tensors of one name; kept as a guard.)
+    if let Some(w) = factors.windows(2).find(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1)) {
+        return Err(Error::format(
+            &name,
+            format!("tensor_infos[{:?}]", w[1].2.name),
+            None,
+            "duplicate tensor",
+        ));
     }
 
-    let mut tensors = vec![];
-    for (target, (a, b)) in pairs {
-        let (Some(a), Some(b)) = (a, b) else {
-            return Err(Error::format(
-                &name,
-                target,
-                None,
-                "has only one of lora_a / lora_b",
-            ));
+    let mut tensors = Vec::with_capacity(factors.len() / 2);
+    let mut rest = &factors[..];
+    while let Some(&(target, is_b, a)) = rest.first() {
+        let b = match rest.get(1) {
+            Some(&(t2, true, b)) if !is_b && t2 == target => b,
+            _ => {
+                return Err(Error::format(
+                    &name,
+                    target,
+                    None,
+                    "has only one of lora_a / lora_b",
+                ))
+            }
         };
+        rest = &rest[2..];
         for t in [a, b] {
             if t.n_dims != 2 {
                 return Err(Error::format(
@@ -205,7 +212,8 @@ fn factor(
 ) -> Result<Halves> {
     let data = g.tensor_data(t);
     let n = t.n_elements();
-    let what = format!("tensor {:?}", t.name);
+    // Built only on the way to an error: the success path formats nothing.
+    let what = || format!("tensor {:?}", t.name);
     let src = match t.ty {
         QuantType::F16 => Src::F16,
         QuantType::F32 => Src::F32,
@@ -215,7 +223,8 @@ fn factor(
             return Err(Error::unsupported(
                 file,
                 format!(
-                    "{what} has type {} (LoRA factors: F16, F32, BF16, Q8_0)",
+                    "{} has type {} (LoRA factors: F16, F32, BF16, Q8_0)",
+                    what(),
                     other.name()
                 ),
             ))
@@ -227,7 +236,7 @@ fn factor(
     if need != Some(data.len()) || data.len() != t.size {
         return Err(Error::format(
             file,
-            what,
+            what(),
             Some(t.offset),
             format!("data is {} bytes, expected {need:?}", data.len()),
         ));
@@ -237,7 +246,7 @@ fn factor(
         // load time of an fp16 adapter, which is otherwise used in place.
         if let Some(i) = first_non_finite_f16(data) {
             let h = half::f16::from_bits(u16::from_le_bytes([data[2 * i], data[2 * i + 1]]));
-            return Err(non_finite_err(file, &what, i, h.to_f32()));
+            return Err(non_finite_err(file, &what(), i, h.to_f32()));
         }
         if let Some(h) = Halves::mapped(map, t.offset as usize, n) {
             return Ok(h);
@@ -245,41 +254,92 @@ fn factor(
     }
     let vals = decode(src, data, n);
     if let Some(i) = first_non_finite(&vals) {
-        return Err(non_finite_err(file, &what, i, vals[i]));
+        return Err(non_finite_err(file, &what(), i, vals[i]));
     }
-    Ok(Halves::Owned(to_f16(&vals, file, &what)?))
+    Ok(Halves::Owned(to_f16(&vals, file, &what())?))
+}
+
+/// Whether an fp16 value (bits) is Inf or NaN: its exponent bits are all ones.
+#[inline]
+fn is_non_finite_f16(h: u16) -> bool {
+    h & 0x7c00 == 0x7c00
+}
+
+/// Halves checked per step of the fast scan before looking at the flag (4 KiB of data).
+const SCAN_BLOCK: usize = 2048;
+
+/// Whether any of `halves` is Inf/NaN. Branch-free over the block so that the compiler vectorizes
+/// it: `(h & 0x7c00) + 0x0400` reaches bit 15 exactly when all five exponent bits are set, and the
+/// OR of those sums keeps bit 15 iff some value does.
+#[inline]
+fn any_non_finite_f16(halves: &[u16]) -> bool {
+    let mut acc = 0u16;
+    for &h in halves {
+        acc |= (h & 0x7c00) + 0x0400;
+    }
+    acc & 0x8000 != 0
 }
 
 /// Index of the first non-finite fp16 value (little-endian bytes), if any.
 fn first_non_finite_f16(bytes: &[u8]) -> Option<usize> {
-    const EXP: u64 = 0x7c00_7c00_7c00_7c00;
-    let is_bad = |h: u16| h & 0x7c00 == 0x7c00;
-    // Four halves per step: a lane is bad iff its exponent bits are all set, i.e. (w & EXP) has that
-    // lane equal to 0x7c00; checked exactly only in the (rare) words that have one.
-    let mut words = bytes.chunks_exact(8);
-    for (wi, w) in words.by_ref().enumerate() {
-        let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
-        let e = w & EXP;
-        // A lane has all exponent bits iff adding 0x0400 to its masked exponent carries into bit 15.
-        if (e + 0x0400_0400_0400_0400) & 0x8000_8000_8000_8000 != 0 {
-            for lane in 0..4 {
-                if is_bad((w >> (16 * lane)) as u16) {
-                    return Some(wi * 4 + lane);
+    let n = bytes.len() / 2;
+    let whole = &bytes[..2 * n];
+    // In place as u16 when the bytes are 2-byte aligned in memory (always, for a mapped GGUF) and the
+    // host is little-endian; otherwise element by element.
+    match bytemuck::try_cast_slice::<u8, u16>(whole) {
+        Ok(halves) if cfg!(target_endian = "little") => {
+            for (bi, blk) in halves.chunks(SCAN_BLOCK).enumerate() {
+                if any_non_finite_f16(blk) {
+                    let j = blk.iter().position(|&h| is_non_finite_f16(h))?;
+                    return Some(bi * SCAN_BLOCK + j);
                 }
             }
+            None
         }
+        _ => whole
+            .chunks_exact(2)
+            .position(|c| is_non_finite_f16(u16::from_le_bytes([c[0], c[1]]))),
     }
-    let base = (bytes.len() / 8) * 4;
-    words
-        .remainder()
-        .chunks_exact(2)
-        .position(|c| is_bad(u16::from_le_bytes([c[0], c[1]])))
-        .map(|i| base + i)
 }
 
 #[cfg(test)]
 mod tests {
     use super::first_non_finite_f16;
+
+    #[test]
+    fn non_finite_f16_found_across_blocks_aligned_or_not() {
+        use super::SCAN_BLOCK;
+        let len = 2 * SCAN_BLOCK + 905;
+        // Finite values with every exponent but all-ones, both signs.
+        let v: Vec<u16> = (0..len as u32).map(|i| ((i * 0x0400) % 0x7c00) as u16 | ((i & 1) << 15) as u16 | (i % 0x3ff) as u16).collect();
+        assert!(v.iter().all(|&h| half::f16::from_bits(h).is_finite()));
+        let as_bytes = |v: &[u16], shift: usize| -> Vec<u8> {
+            let mut b = vec![0u8; shift];
+            b.extend(v.iter().flat_map(|h| h.to_le_bytes()));
+            b
+        };
+        for shift in [0usize, 1] {
+            let b = as_bytes(&v, shift);
+            assert_eq!(first_non_finite_f16(&b[shift..]), None, "shift {shift}");
+            // A trailing odd byte is not a value.
+            let mut odd = b.clone();
+            odd.push(0xff);
+            assert_eq!(first_non_finite_f16(&odd[shift..]), None, "shift {shift}, odd length");
+            for pos in [0, 1, SCAN_BLOCK - 1, SCAN_BLOCK, SCAN_BLOCK + 1, 2 * SCAN_BLOCK, len - 1] {
+                for bad in [0x7c00u16, 0xfe01] {
+                    let mut w = v.clone();
+                    w[pos] = bad;
+                    let b = as_bytes(&w, shift);
+                    assert_eq!(first_non_finite_f16(&b[shift..]), Some(pos), "shift {shift} pos {pos} bad {bad:#x}");
+                    // With a second bad value later on, the first is reported.
+                    w[len - 1 - (pos == len - 1) as usize * (len - 1)] = 0x7fff;
+                    let b = as_bytes(&w, shift);
+                    let first = if pos == len - 1 { 0 } else { pos };
+                    assert_eq!(first_non_finite_f16(&b[shift..]), Some(first), "shift {shift} pos {pos}, two bad");
+                }
+            }
+        }
+    }
 
     #[test]
     fn non_finite_f16_found_at_every_position() {

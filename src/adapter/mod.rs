@@ -225,8 +225,8 @@ impl LoraTensor {
 pub struct Adapter {
     path: PathBuf,
     format: AdapterFormat,
+    /// Sorted by target, no two alike.
     tensors: Vec<LoraTensor>,
-    index: HashMap<String, usize>,
     /// Human-readable facts for the summary (alpha, rsLoRA, fields found inert …).
     notes: Vec<String>,
 }
@@ -296,7 +296,11 @@ impl Adapter {
     }
     /// The LoRA for base tensor `target` (e.g. `blk.0.attn_q.weight`), if this adapter has one.
     pub fn get(&self, target: &str) -> Option<&LoraTensor> {
-        self.index.get(target).map(|&i| &self.tensors[i])
+        let i = self
+            .tensors
+            .binary_search_by(|t| t.target.as_str().cmp(target))
+            .ok()?;
+        self.tensors.get(i)
     }
     /// Bytes of fp16 `A` and `B` data (in place or owned).
     pub fn bytes(&self) -> (usize, usize) {
@@ -366,17 +370,15 @@ impl Adapter {
         mut tensors: Vec<LoraTensor>,
         notes: Vec<String>,
     ) -> Result<Adapter> {
+        // Stable and linear on input already in order (the GGUF loader's).
         tensors.sort_by(|a, b| a.target.cmp(&b.target));
-        let mut index = HashMap::new();
-        for (i, t) in tensors.iter().enumerate() {
-            if index.insert(t.target.clone(), i).is_some() {
-                return Err(Error::format(
-                    path.display().to_string(),
-                    &t.target,
-                    None,
-                    "two LoRAs for the same base tensor",
-                ));
-            }
+        if let Some(w) = tensors.windows(2).find(|w| w[0].target == w[1].target) {
+            return Err(Error::format(
+                path.display().to_string(),
+                &w[1].target,
+                None,
+                "two LoRAs for the same base tensor",
+            ));
         }
         if tensors.is_empty() {
             return Err(Error::format(
@@ -390,7 +392,6 @@ impl Adapter {
             path: path.to_path_buf(),
             format,
             tensors,
-            index,
             notes,
         })
     }
@@ -531,18 +532,20 @@ impl std::ops::Deref for MappedFile {
     }
 }
 
-/// Maps a file read-only.
-fn map_file(path: &Path) -> Result<Arc<MappedFile>> {
+/// Maps a file read-only (models and adapters).
+pub(crate) fn map_file(path: &Path) -> Result<Arc<MappedFile>> {
     let io = |e| Error::Io {
         path: path.to_path_buf(),
         source: e,
     };
     let f = std::fs::File::open(path).map_err(io)?;
+    // Not MAP_POPULATE: an adapter load's finiteness scan reads every factor right away anyway, and its
+    // page faults (each mapping a fault-around window of pages) measured cheaper than populating page
+    // by page; a model's weights are faulted in by the first forward pass.
     // SAFETY: the file is opened read-only and the map is only ever read; as for every memory-mapped
-    // model file, edge-run requires that adapter files are not modified while loaded.
-    // Populated up front: the load scans every factor anyway, and one MAP_POPULATE is cheaper than a
-    // page fault per few pages (adapters are megabytes, not the model's hundreds).
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&f) }.map_err(io)?;
+    // file, edge-run requires that model and adapter files are not modified while loaded (a shrinking
+    // file raises SIGBUS, named by `crate::mapguard`).
+    let map = unsafe { memmap2::MmapOptions::new().map(&f) }.map_err(io)?;
     let _guard = crate::mapguard::register(&map, path);
     Ok(Arc::new(MappedFile { map, _guard }))
 }

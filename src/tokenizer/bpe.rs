@@ -1,7 +1,10 @@
 //! GPT-2 style byte-level BPE: bytes are shown as printable characters (the byte↔unicode table), and
 //! merges from `tokenizer.ggml.merges` are applied, lowest rank first, inside each pre-token word.
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use super::store::{IndexTable, Packed};
+use super::Lexicon;
 
 /// The GPT-2 byte → character table: printable Latin-1 bytes stand for themselves, the other 68 bytes
 /// are given the code points 256, 257, … in byte order.
@@ -51,8 +54,11 @@ pub fn char_to_byte(c: char) -> Option<u8> {
 const NONE: u32 = u32::MAX;
 
 pub(crate) struct Bpe {
-    /// (left id, right id) → (rank, merged id).
-    merges: HashMap<(u32, u32), (u32, u32)>,
+    /// The usable merges in rank order, three ids each (left, right, merged): merge k (its rank) is
+    /// `merges[3k..3k + 3]`. 16-bit for vocabularies below 65535 tokens.
+    merges: Packed,
+    /// (left id, right id) → index in `merges`.
+    merge_index: IndexTable,
     /// Token id of the single-character token standing for each byte (NONE if the vocab lacks it).
     byte_token: [u32; 256],
     /// The byte → character table, to look whole words up for `ignore_merges`.
@@ -76,42 +82,51 @@ pub(crate) struct BpeScratch {
 }
 
 impl Bpe {
-    /// `lookup` maps a token's text to its id. Merges whose parts or result are not tokens are skipped
-    /// (counted in the returned number).
-    pub fn new(
-        merges_text: &[String],
-        lookup: &HashMap<String, u32>,
+    /// `lex` maps a token's text to its id. Merges whose parts or result are not tokens are skipped
+    /// (counted in the returned number); of two merges of the same pair, the first (lower rank) counts.
+    pub fn new<'m>(
+        merges_text: impl Iterator<Item = &'m str>,
+        n_merges: usize,
+        lex: &Lexicon,
         ignore_merges: bool,
     ) -> Result<(Bpe, usize), String> {
         let byte_char = byte_to_char_table();
         let mut byte_token = [NONE; 256];
         let mut buf = [0u8; 4];
         for (b, c) in byte_char.iter().enumerate() {
-            if let Some(&id) = lookup.get(&*c.encode_utf8(&mut buf)) {
+            if let Some(id) = lex.id(c.encode_utf8(&mut buf).as_bytes()) {
                 byte_token[b] = id;
             }
         }
-        let mut merges = HashMap::with_capacity(merges_text.len());
+        let mut merges: Vec<u32> = Vec::with_capacity(3 * n_merges);
+        let mut merge_index = IndexTable::new(n_merges);
         let mut skipped = 0;
-        let mut joined = String::new();
-        for (rank, m) in merges_text.iter().enumerate() {
+        let mut joined = Vec::new();
+        for (rank, m) in merges_text.enumerate() {
             // A merge line is "left right"; a token never contains a plain space (it is shown as Ġ).
             let Some((l, r)) = m.split_once(' ') else {
                 return Err(format!("entry {rank} is {m:?}, not \"left right\""));
             };
             joined.clear();
-            joined.push_str(l);
-            joined.push_str(r);
-            match (lookup.get(l), lookup.get(r), lookup.get(joined.as_str())) {
-                (Some(&a), Some(&b), Some(&ab)) => {
-                    merges.entry((a, b)).or_insert((rank as u32, ab));
+            joined.extend_from_slice(l.as_bytes());
+            joined.extend_from_slice(r.as_bytes());
+            match (lex.id(l.as_bytes()), lex.id(r.as_bytes()), lex.id(&joined)) {
+                (Some(a), Some(b), Some(ab)) => {
+                    let h = merge_index.hash(&(a, b));
+                    let k = (merges.len() / 3) as u32;
+                    if merge_index.insert(h, k, false, |v| {
+                        merges.get(3 * v as usize..3 * v as usize + 2) == Some(&[a, b])
+                    }) {
+                        merges.extend_from_slice(&[a, b, ab]);
+                    }
                 }
                 _ => skipped += 1,
             }
         }
         Ok((
             Bpe {
-                merges,
+                merges: Packed::from_vec(merges),
+                merge_index,
                 byte_token,
                 byte_char,
                 ignore_merges,
@@ -120,12 +135,29 @@ impl Bpe {
         ))
     }
 
+    /// The merge of the pair (left, right): (rank, merged id).
+    #[inline]
+    fn merge(&self, left: u32, right: u32) -> Option<(u32, u32)> {
+        let h = self.merge_index.hash(&(left, right));
+        let m = &self.merges;
+        let k = self.merge_index.find(h, |v| {
+            let i = 3 * v as usize;
+            m.get(i) == Some(left) && m.get(i + 1) == Some(right)
+        })?;
+        Some((k, m.get(3 * k as usize + 2)?))
+    }
+
+    /// Bytes of the merge table.
+    pub fn heap_bytes(&self) -> usize {
+        self.merges.heap_bytes() + self.merge_index.heap_bytes()
+    }
+
     /// BPE over one pre-token word (raw UTF-8 bytes of the text), appending ids to `out`.
     /// Bytes whose character token is missing from the vocab become `unk` (or are dropped without one).
     pub fn encode_word(
         &self,
         word: &[u8],
-        lookup: &HashMap<String, u32>,
+        lex: &Lexicon,
         unk: Option<u32>,
         scratch: &mut BpeScratch,
         out: &mut Vec<u32>,
@@ -138,7 +170,7 @@ impl Bpe {
             scratch
                 .word
                 .extend(word.iter().map(|&b| self.byte_char[b as usize]));
-            if let Some(&id) = lookup.get(scratch.word.as_str()) {
+            if let Some(id) = lex.id(scratch.word.as_bytes()) {
                 out.push(id);
                 return;
             }
@@ -161,7 +193,7 @@ impl Bpe {
             if l.id == NONE || r.id == NONE {
                 None
             } else {
-                self.merges.get(&(l.id, r.id)).copied()
+                self.merge(l.id, r.id)
             }
         };
         for i in 0..n - 1 {
@@ -185,7 +217,7 @@ impl Bpe {
             if right.id != rid {
                 continue;
             }
-            let Some((_, merged)) = self.merges.get(&(lid, rid)).copied() else {
+            let Some((_, merged)) = self.merge(lid, rid) else {
                 continue;
             };
             let ri = left.next;

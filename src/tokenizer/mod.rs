@@ -1,7 +1,11 @@
 //! Tokenizers built from GGUF metadata: GPT-2 byte-level BPE (`tokenizer.ggml.model = gpt2`) and
 //! SentencePiece-style score merging (`llama`), special-token parsing, and streaming detokenization.
 //!
-//! The constructor takes plain data ([`Vocab`]); [`Vocab::from_gguf`] fills it from a GGUF file.
+//! The constructor takes plain data ([`Vocab`]); [`Vocab::from_gguf`] fills it from a GGUF file, and
+//! [`Tokenizer::from_gguf`] builds straight from the file's metadata without the intermediate strings.
+//! A tokenizer built by [`crate::Model::open`] reads token texts, scores and types in place from the
+//! model's mapping (see `store.rs`): its own tables are an id index, the decoded pieces that differ
+//! from the texts, and the BPE merge table.
 //!
 //! Special tokens: tokens of type CONTROL (3), USER_DEFINED (4) and UNKNOWN (2) are recognised in
 //! the input text, leftmost first and longest first at a position, and become their single id.
@@ -10,14 +14,17 @@
 mod bpe;
 pub mod pretok;
 mod spm;
+mod store;
 mod unicode_letters;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 pub use bpe::{byte_to_char_table, char_to_byte};
 use pretok::PreTokenizer;
+use store::{IndexTable, Nums, PiecesBuilder, Texts, TooLarge};
 
-use crate::gguf::Gguf;
+use crate::adapter::MappedFile;
+use crate::gguf::{ArrayView, Gguf, StrIter, ValueType};
 use crate::{Error, Result};
 
 /// llama.cpp token types (`tokenizer.ggml.token_type`).
@@ -54,16 +61,117 @@ pub struct Vocab {
 impl Vocab {
     /// Read the `tokenizer.ggml.*` metadata of a GGUF file.
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Vocab> {
-        let strings = |key: &str| -> Result<Option<Vec<String>>> {
+        let p = Parts::from_gguf(g)?;
+        let in_file = |e: Error| e.in_file(g.file_name());
+        let strings = |s: &StrSrc<'_>| -> Vec<String> { s.iter().map(String::from).collect() };
+        Ok(Vocab {
+            model: p.model.to_string(),
+            pre: p.pre.map(String::from),
+            tokens: strings(&p.tokens),
+            scores: match p.scores {
+                None => None,
+                Some(NumSrc::Owned(v)) => Some(v),
+                Some(NumSrc::Gguf(a)) => Some(a.to_vec_f32().map_err(in_file)?),
+            },
+            token_types: match p.types {
+                None => None,
+                Some(NumSrc::Owned(v)) => Some(v),
+                Some(NumSrc::Gguf(a)) => Some(a.to_vec_i32().map_err(in_file)?),
+            },
+            merges: p.merges.as_ref().map(strings),
+            bos: p.bos,
+            eos: p.eos,
+            eot: p.eot,
+            unk: p.unk,
+            pad: p.pad,
+            add_bos: p.add_bos,
+            add_eos: p.add_eos,
+            add_space_prefix: p.add_space_prefix,
+        })
+    }
+}
+
+/// A list of strings: owned, or a GGUF string array (checked to be one).
+enum StrSrc<'a> {
+    Strings(&'a [String]),
+    Gguf(ArrayView<'a>),
+}
+
+enum StrSrcIter<'a> {
+    Strings(std::slice::Iter<'a, String>),
+    Gguf(Option<StrIter<'a>>),
+}
+
+impl<'a> Iterator for StrSrcIter<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        match self {
+            StrSrcIter::Strings(it) => it.next().map(String::as_str),
+            StrSrcIter::Gguf(it) => it.as_mut()?.next(),
+        }
+    }
+}
+
+impl<'a> StrSrc<'a> {
+    fn len(&self) -> usize {
+        match self {
+            StrSrc::Strings(s) => s.len(),
+            StrSrc::Gguf(a) => a.len(),
+        }
+    }
+    fn iter(&self) -> StrSrcIter<'a> {
+        match self {
+            StrSrc::Strings(s) => StrSrcIter::Strings(s.iter()),
+            StrSrc::Gguf(a) => StrSrcIter::Gguf(a.as_str_iter().ok()),
+        }
+    }
+}
+
+/// Per-token numbers: owned, or a GGUF array of exactly the element type (`f32` / `i32`).
+enum NumSrc<'a, T> {
+    Owned(Vec<T>),
+    Gguf(ArrayView<'a>),
+}
+
+impl<T> NumSrc<'_, T> {
+    fn len(&self) -> usize {
+        match self {
+            NumSrc::Owned(v) => v.len(),
+            NumSrc::Gguf(a) => a.len(),
+        }
+    }
+}
+
+/// What a tokenizer is built from: a [`Vocab`]'s fields, or views of a GGUF file's metadata.
+struct Parts<'a> {
+    model: &'a str,
+    pre: Option<&'a str>,
+    tokens: StrSrc<'a>,
+    scores: Option<NumSrc<'a, f32>>,
+    types: Option<NumSrc<'a, i32>>,
+    merges: Option<StrSrc<'a>>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    eot: Option<u32>,
+    unk: Option<u32>,
+    pad: Option<u32>,
+    add_bos: Option<bool>,
+    add_eos: Option<bool>,
+    add_space_prefix: Option<bool>,
+}
+
+impl<'a> Parts<'a> {
+    /// The `tokenizer.ggml.*` metadata, type-checked, nothing copied (except number arrays of another
+    /// element type than f32 / i32, converted).
+    fn from_gguf(g: &Gguf<'a>) -> Result<Parts<'a>> {
+        let in_file = |e: Error| e.in_file(g.file_name());
+        let strings = |key: &str| -> Result<Option<StrSrc<'a>>> {
             match g.opt_array(key)? {
                 None => Ok(None),
-                Some(a) => Ok(Some(
-                    a.to_vec_str()
-                        .map_err(|e| e.in_file(g.file_name()))?
-                        .into_iter()
-                        .map(String::from)
-                        .collect(),
-                )),
+                Some(a) => {
+                    a.as_str_iter().map_err(in_file)?;
+                    Ok(Some(StrSrc::Gguf(*a)))
+                }
             }
         };
         // Ids: any integer type; a negative value (some converters write -1) means "none".
@@ -90,17 +198,19 @@ impl Vocab {
                 "required key is missing",
             )
         })?;
-        Ok(Vocab {
-            model: g.get_str("tokenizer.ggml.model")?.to_string(),
-            pre: g.opt_str("tokenizer.ggml.pre")?.map(String::from),
+        Ok(Parts {
+            model: g.get_str("tokenizer.ggml.model")?,
+            pre: g.opt_str("tokenizer.ggml.pre")?,
             tokens,
             scores: match g.opt_array("tokenizer.ggml.scores")? {
                 None => None,
-                Some(a) => Some(a.to_vec_f32().map_err(|e| e.in_file(g.file_name()))?),
+                Some(a) if a.elem_type() == ValueType::F32 => Some(NumSrc::Gguf(*a)),
+                Some(a) => Some(NumSrc::Owned(a.to_vec_f32().map_err(in_file)?)),
             },
-            token_types: match g.opt_array("tokenizer.ggml.token_type")? {
+            types: match g.opt_array("tokenizer.ggml.token_type")? {
                 None => None,
-                Some(a) => Some(a.to_vec_i32().map_err(|e| e.in_file(g.file_name()))?),
+                Some(a) if a.elem_type() == ValueType::I32 => Some(NumSrc::Gguf(*a)),
+                Some(a) => Some(NumSrc::Owned(a.to_vec_i32().map_err(in_file)?)),
             },
             merges: strings("tokenizer.ggml.merges")?,
             bos: id("tokenizer.ggml.bos_token_id")?,
@@ -138,18 +248,55 @@ const EOG_TEXTS: &[&str] = &[
     "<end_of_utterance>",
 ];
 
+/// Token texts and the text → id index.
+pub(crate) struct Lexicon {
+    texts: Texts,
+    index: IndexTable,
+}
+
+impl Lexicon {
+    /// Indexes `texts`; later duplicates win, as in llama.cpp and Hugging Face's vocab dict.
+    fn new(texts: Texts) -> Lexicon {
+        let n = texts.len();
+        let mut index = IndexTable::new(n);
+        for i in 0..n {
+            let t = texts.get(i);
+            index.insert(index.hash(t), i as u32, true, |v| texts.get(v as usize) == t);
+        }
+        Lexicon { texts, index }
+    }
+
+    /// The id of the token whose text is `text`.
+    #[inline]
+    pub fn id(&self, text: &[u8]) -> Option<u32> {
+        self.index
+            .find(self.index.hash(text), |v| self.texts.get(v as usize) == text)
+    }
+
+    #[inline]
+    pub fn text(&self, id: u32) -> &[u8] {
+        self.texts.get(id as usize)
+    }
+
+    fn len(&self) -> usize {
+        self.texts.len()
+    }
+}
+
 pub struct Tokenizer {
     model: Model,
     pre: PreTokenizer,
-    tokens: Vec<String>,
-    types: Vec<i32>,
-    scores: Vec<f32>,
-    lookup: HashMap<String, u32>,
-    /// Decoded bytes of every token, flat; token i is `pieces[piece_off[i]..piece_off[i+1]]`.
-    pieces: Vec<u8>,
-    piece_off: Vec<u32>,
-    /// Special-token candidates per first byte, longest first.
-    special_by_byte: Vec<Vec<u32>>,
+    lex: Lexicon,
+    types: Nums<i32>,
+    /// Empty when the vocab has none.
+    scores: Nums<f32>,
+    /// Decoded bytes of the tokens whose bytes are not their text.
+    pieces: store::Pieces,
+    /// Special-token candidates sorted by first byte, then longest first, then id; those starting with
+    /// byte `b` are `specials[special_start[b]..special_start[b + 1]]`, each with whether it is
+    /// USER_DEFINED (recognised even without `parse_special`).
+    specials: Box<[(u32, bool)]>,
+    special_start: Box<[u32]>,
     bos: Option<u32>,
     eos: Option<u32>,
     eot: Option<u32>,
@@ -169,13 +316,17 @@ impl std::fmt::Debug for Tokenizer {
         };
         f.debug_struct("Tokenizer")
             .field("model", &kind)
-            .field("n_vocab", &self.tokens.len())
+            .field("n_vocab", &self.lex.len())
             .finish()
     }
 }
 
 fn field_err(field: &str, detail: String) -> Error {
     Error::format(SRC, field, None, detail)
+}
+
+fn too_large(field: &str) -> impl Fn(TooLarge) -> Error + '_ {
+    move |_| field_err(field, "total text exceeds 4 GiB".into())
 }
 
 impl Tokenizer {
@@ -196,7 +347,40 @@ impl Tokenizer {
             add_eos,
             add_space_prefix,
         } = vocab;
-        let n = tokens.len();
+        Tokenizer::build(
+            Parts {
+                model: &model,
+                pre: pre.as_deref(),
+                tokens: StrSrc::Strings(&tokens),
+                scores: scores.map(NumSrc::Owned),
+                types: token_types.map(NumSrc::Owned),
+                merges: merges.as_deref().map(StrSrc::Strings),
+                bos,
+                eos,
+                eot,
+                unk,
+                pad,
+                add_bos,
+                add_eos,
+                add_space_prefix,
+            },
+            None,
+        )
+    }
+
+    /// Build from a GGUF file's metadata (copying the token texts); errors name the file.
+    pub fn from_gguf(g: &Gguf<'_>) -> Result<Tokenizer> {
+        Tokenizer::build(Parts::from_gguf(g)?, None).map_err(|e| e.in_file(g.file_name()))
+    }
+
+    /// [`Tokenizer::from_gguf`] for a `g` parsed from `map`: texts, scores and token types are read in
+    /// place from the mapping, which the tokenizer keeps alive.
+    pub(crate) fn from_gguf_mapped(g: &Gguf<'_>, map: &Arc<MappedFile>) -> Result<Tokenizer> {
+        Tokenizer::build(Parts::from_gguf(g)?, Some(map)).map_err(|e| e.in_file(g.file_name()))
+    }
+
+    fn build(p: Parts<'_>, map: Option<&Arc<MappedFile>>) -> Result<Tokenizer> {
+        let n = p.tokens.len();
         if n == 0 {
             return Err(field_err("tokenizer.ggml.tokens", "is empty".into()));
         }
@@ -206,7 +390,7 @@ impl Tokenizer {
                 format!("has {n} entries, too many"),
             ));
         }
-        if let Some(s) = &scores {
+        if let Some(s) = &p.scores {
             if s.len() != n {
                 return Err(field_err(
                     "tokenizer.ggml.scores",
@@ -214,31 +398,20 @@ impl Tokenizer {
                 ));
             }
         }
-        let types = match token_types {
-            Some(t) if t.len() != n => {
+        if let Some(t) = &p.types {
+            if t.len() != n {
                 return Err(field_err(
                     "tokenizer.ggml.token_type",
                     format!("has {} entries, tokens has {n}", t.len()),
-                ))
+                ));
             }
-            Some(t) => t,
-            None => tokens
-                .iter()
-                .map(|t| {
-                    if is_byte_token_text(t).is_some() && model == "llama" {
-                        token_type::BYTE
-                    } else {
-                        token_type::NORMAL
-                    }
-                })
-                .collect(),
-        };
+        }
         for (name, id) in [
-            ("tokenizer.ggml.bos_token_id", bos),
-            ("tokenizer.ggml.eos_token_id", eos),
-            ("tokenizer.ggml.eot_token_id", eot),
-            ("tokenizer.ggml.unknown_token_id", unk),
-            ("tokenizer.ggml.padding_token_id", pad),
+            ("tokenizer.ggml.bos_token_id", p.bos),
+            ("tokenizer.ggml.eos_token_id", p.eos),
+            ("tokenizer.ggml.eot_token_id", p.eot),
+            ("tokenizer.ggml.unknown_token_id", p.unk),
+            ("tokenizer.ggml.padding_token_id", p.pad),
         ] {
             if let Some(id) = id {
                 if id as usize >= n {
@@ -249,33 +422,63 @@ impl Tokenizer {
                 }
             }
         }
-        // Later duplicates win, as in llama.cpp and Hugging Face's vocab dict.
-        let mut lookup = HashMap::with_capacity(n);
-        for (i, t) in tokens.iter().enumerate() {
-            lookup.insert(t.clone(), i as u32);
+        let is_spm = p.model == "llama";
+        let has_scores = p.scores.is_some();
+        let texts = match &p.tokens {
+            StrSrc::Strings(s) => Texts::from_strings(s),
+            StrSrc::Gguf(a) => Texts::from_gguf(a, map),
         }
+        .map_err(too_large("tokenizer.ggml.tokens"))?;
+        let types = match p.types {
+            Some(NumSrc::Owned(v)) => Nums::Owned(v.into_boxed_slice()),
+            Some(NumSrc::Gguf(a)) => match Nums::in_place(&a, &texts.backing) {
+                Some(t) => t,
+                None => Nums::Owned(a.to_vec_i32()?.into_boxed_slice()),
+            },
+            None => Nums::Owned(
+                (0..n)
+                    .map(|i| {
+                        if is_spm && is_byte_token_text(texts.get(i)).is_some() {
+                            token_type::BYTE
+                        } else {
+                            token_type::NORMAL
+                        }
+                    })
+                    .collect(),
+            ),
+        };
+        let scores = match p.scores {
+            None => Nums::Owned(Box::new([])),
+            Some(NumSrc::Owned(v)) => Nums::Owned(v.into_boxed_slice()),
+            Some(NumSrc::Gguf(a)) => match Nums::in_place(&a, &texts.backing) {
+                Some(s) => s,
+                None => Nums::Owned(a.to_vec_f32()?.into_boxed_slice()),
+            },
+        };
+        let lex = Lexicon::new(texts);
+        let ty = |i: usize| types.get(&lex.texts.backing, i).unwrap_or(token_type::NORMAL);
 
-        let (model_impl, pre_tok, is_spm) = match model.as_str() {
+        let (model_impl, pre_tok) = match p.model {
             "gpt2" => {
-                let merges = merges.ok_or_else(|| {
+                let merges = p.merges.as_ref().ok_or_else(|| {
                     field_err("tokenizer.ggml.merges", "is missing; a gpt2 (BPE) vocab needs it".into())
                 })?;
-                let choice = PreTokenizer::for_name(pre.as_deref())?;
-                let (b, skipped) = bpe::Bpe::new(&merges, &lookup, choice.ignore_merges)
+                let choice = PreTokenizer::for_name(p.pre)?;
+                let (b, skipped) = bpe::Bpe::new(merges.iter(), merges.len(), &lex, choice.ignore_merges)
                     .map_err(|e| field_err("tokenizer.ggml.merges", e))?;
                 if skipped > 0 {
                     log::warn!("tokenizer.ggml.merges: {skipped} merges name tokens missing from the vocab; ignored");
                 }
-                (Model::Bpe(Box::new(b)), choice.pre, false)
+                (Model::Bpe(Box::new(b)), choice.pre)
             }
             "llama" => {
-                if scores.is_none() {
+                if !has_scores {
                     return Err(field_err(
                         "tokenizer.ggml.scores",
                         "is missing; a llama (SentencePiece) vocab merges by score".into(),
                     ));
                 }
-                (Model::Spm(Box::new(spm::Spm::new(&lookup))), PreTokenizer::Gpt2, true)
+                (Model::Spm(Box::new(spm::Spm::new(&lex))), PreTokenizer::Gpt2)
             }
             other => {
                 return Err(Error::unsupported(
@@ -285,65 +488,71 @@ impl Tokenizer {
             }
         };
 
-        // Decoded piece of every token.
-        let mut pieces = Vec::with_capacity(n * 4);
-        let mut piece_off = Vec::with_capacity(n + 1);
-        piece_off.push(0u32);
-        for (i, t) in tokens.iter().enumerate() {
-            let ty = types[i];
-            match ty {
+        // Decoded piece of every token; stored only where it is not the text itself.
+        let mut pieces = PiecesBuilder::new(n);
+        for i in 0..n {
+            let t = lex.text(i as u32);
+            let out = pieces.scratch();
+            match ty(i) {
                 token_type::CONTROL
                 | token_type::USER_DEFINED
                 | token_type::UNKNOWN
-                | token_type::UNUSED => pieces.extend_from_slice(t.as_bytes()),
+                | token_type::UNUSED => out.extend_from_slice(t),
                 token_type::BYTE if is_spm => match is_byte_token_text(t) {
-                    Some(b) => pieces.push(b),
-                    None => pieces.extend_from_slice(t.as_bytes()),
+                    Some(b) => out.push(b),
+                    None => out.extend_from_slice(t),
                 },
                 _ if is_spm => {
-                    for c in t.chars() {
+                    for c in lex.texts.get_str(i).chars() {
                         let c = if c == SPM_SPACE { ' ' } else { c };
                         let mut buf = [0u8; 4];
-                        pieces.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
                     }
                 }
                 _ => {
-                    for c in t.chars() {
+                    for c in lex.texts.get_str(i).chars() {
                         match char_to_byte(c) {
-                            Some(b) => pieces.push(b),
+                            Some(b) => out.push(b),
                             None => {
                                 let mut buf = [0u8; 4];
-                                pieces.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
                             }
                         }
                     }
                 }
             }
-            let off = u32::try_from(pieces.len()).map_err(|_| {
-                field_err("tokenizer.ggml.tokens", "total text exceeds 4 GiB".into())
-            })?;
-            piece_off.push(off);
-        }
-
-        // Special tokens by first byte, longest first.
-        let mut special_by_byte: Vec<Vec<u32>> = vec![Vec::new(); 256];
-        for (i, t) in tokens.iter().enumerate() {
-            if matches!(
-                types[i],
-                token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN
-            ) && !t.is_empty()
-            {
-                special_by_byte[t.as_bytes()[0] as usize].push(i as u32);
+            if !pieces.push(t) {
+                return Err(too_large("tokenizer.ggml.tokens")(TooLarge));
             }
         }
-        for v in &mut special_by_byte {
-            v.sort_by_key(|&id| (std::cmp::Reverse(tokens[id as usize].len()), id));
+        let pieces = pieces.finish();
+
+        // Special tokens by first byte, longest first.
+        let mut specials: Vec<(u32, bool)> = (0..n)
+            .filter(|&i| {
+                matches!(
+                    ty(i),
+                    token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN
+                ) && !lex.text(i as u32).is_empty()
+            })
+            .map(|i| (i as u32, ty(i) == token_type::USER_DEFINED))
+            .collect();
+        specials.sort_by_key(|&(id, _)| {
+            let t = lex.text(id);
+            (t[0], std::cmp::Reverse(t.len()), id)
+        });
+        let mut special_start = vec![0u32; 257];
+        for &(id, _) in &specials {
+            special_start[lex.text(id)[0] as usize + 1] += 1;
+        }
+        for b in 0..256 {
+            special_start[b + 1] += special_start[b];
         }
 
-        let mut eog: Vec<u32> = [eos, eot].into_iter().flatten().collect();
+        let mut eog: Vec<u32> = [p.eos, p.eot].into_iter().flatten().collect();
         for t in EOG_TEXTS {
-            if let Some(&id) = lookup.get(*t) {
-                if types[id as usize] != token_type::NORMAL {
+            if let Some(id) = lex.id(t.as_bytes()) {
+                if ty(id as usize) != token_type::NORMAL {
                     eog.push(id);
                 }
             }
@@ -354,28 +563,44 @@ impl Tokenizer {
         Ok(Tokenizer {
             model: model_impl,
             pre: pre_tok,
-            scores: scores.unwrap_or_default(),
             types,
-            lookup,
+            scores,
             pieces,
-            piece_off,
-            special_by_byte,
-            bos,
-            eos,
-            eot,
-            unk,
-            pad,
-            add_bos: add_bos.unwrap_or(is_spm),
-            add_eos: add_eos.unwrap_or(false),
-            add_space_prefix: add_space_prefix.unwrap_or(is_spm),
+            specials: specials.into_boxed_slice(),
+            special_start: special_start.into_boxed_slice(),
+            bos: p.bos,
+            eos: p.eos,
+            eot: p.eot,
+            unk: p.unk,
+            pad: p.pad,
+            add_bos: p.add_bos.unwrap_or(is_spm),
+            add_eos: p.add_eos.unwrap_or(false),
+            add_space_prefix: p.add_space_prefix.unwrap_or(is_spm),
             eog,
-            tokens,
+            lex,
         })
     }
 
-    /// Build from a GGUF file's metadata; errors name the file.
-    pub fn from_gguf(g: &Gguf<'_>) -> Result<Tokenizer> {
-        Tokenizer::new(Vocab::from_gguf(g)?).map_err(|e| e.in_file(g.file_name()))
+    /// Bytes of the tokenizer's own tables (texts, scores and types read in place from a model's
+    /// mapping are not counted; the pre-tokenizer's regex is not either).
+    pub fn heap_bytes(&self) -> usize {
+        let model = match &self.model {
+            Model::Bpe(b) => b.heap_bytes(),
+            Model::Spm(_) => 0,
+        };
+        self.lex.texts.heap_bytes()
+            + self.lex.index.heap_bytes()
+            + self.types.heap_bytes()
+            + self.scores.heap_bytes()
+            + self.pieces.heap_bytes()
+            + 8 * self.specials.len()
+            + 4 * self.special_start.len()
+            + model
+    }
+
+    /// Whether the token texts are read in place from a model file's mapping.
+    pub fn texts_in_place(&self) -> bool {
+        matches!(self.lex.texts.backing, store::Backing::Mapped(_))
     }
 
     /// Tokenize `text`. Adds no BOS/EOS (see [`Tokenizer::add_bos`]). With `parse_special`, the text
@@ -413,12 +638,13 @@ impl Tokenizer {
 
     /// The longest special token starting at the beginning of `s`.
     fn special_at(&self, s: &[u8], parse_special: bool) -> Option<(u32, usize)> {
-        for &id in &self.special_by_byte[s[0] as usize] {
-            let ty = self.types[id as usize];
-            if !parse_special && ty != token_type::USER_DEFINED {
+        let b = *s.first()? as usize;
+        let (lo, hi) = (self.special_start[b] as usize, self.special_start[b + 1] as usize);
+        for &(id, user_defined) in self.specials.get(lo..hi)? {
+            if !parse_special && !user_defined {
                 continue;
             }
-            let t = self.tokens[id as usize].as_bytes();
+            let t = self.lex.text(id);
             if s.starts_with(t) {
                 return Some((id, t.len()));
             }
@@ -438,7 +664,7 @@ impl Tokenizer {
                 scratch.words.clear();
                 self.pre.split(text, &mut scratch.words);
                 for w in &scratch.words {
-                    b.encode_word(w.as_bytes(), &self.lookup, self.unk, &mut scratch.bpe, out);
+                    b.encode_word(w.as_bytes(), &self.lex, self.unk, &mut scratch.bpe, out);
                 }
             }
             Model::Spm(s) => {
@@ -449,7 +675,9 @@ impl Tokenizer {
                 for c in text.chars() {
                     scratch.spm_text.push(if c == ' ' { SPM_SPACE } else { c });
                 }
-                s.encode(&scratch.spm_text, &self.lookup, &self.scores, self.unk, out);
+                let backing = &self.lex.texts.backing;
+                let score = |id: u32| self.scores.get(backing, id as usize).unwrap_or(0.0);
+                s.encode(&scratch.spm_text, &self.lex, score, self.unk, out);
             }
         }
     }
@@ -459,18 +687,18 @@ impl Tokenizer {
     /// the vocab gives nothing.
     pub fn token_to_piece(&self, id: u32, special: bool) -> &[u8] {
         let i = id as usize;
-        if i >= self.tokens.len() {
+        if i >= self.lex.len() {
             return &[];
         }
         if !special
             && matches!(
-                self.types[i],
-                token_type::CONTROL | token_type::UNKNOWN | token_type::UNUSED
+                self.types.get(&self.lex.texts.backing, i),
+                Some(token_type::CONTROL | token_type::UNKNOWN | token_type::UNUSED)
             )
         {
             return &[];
         }
-        &self.pieces[self.piece_off[i] as usize..self.piece_off[i + 1] as usize]
+        self.pieces.get(i).unwrap_or_else(|| self.lex.text(id))
     }
 
     /// Decode ids to text, special tokens rendered as their text. Invalid UTF-8 (only possible from
@@ -502,7 +730,7 @@ impl Tokenizer {
     }
 
     pub fn n_vocab(&self) -> usize {
-        self.tokens.len()
+        self.lex.len()
     }
     pub fn bos(&self) -> Option<u32> {
         self.bos
@@ -538,15 +766,15 @@ impl Tokenizer {
     }
     /// The vocab text of a token (GGUF form, e.g. `Ġhello` or `▁hello`).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+        ((id as usize) < self.lex.len()).then(|| self.lex.texts.get_str(id as usize))
     }
     /// The token type of a token ([`token_type`]).
     pub fn token_type(&self, id: u32) -> Option<i32> {
-        self.types.get(id as usize).copied()
+        self.types.get(&self.lex.texts.backing, id as usize)
     }
     /// The id of the token whose vocab text is exactly `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.lookup.get(text).copied()
+        self.lex.id(text.as_bytes())
     }
 }
 
@@ -559,10 +787,9 @@ struct Scratch<'a> {
 }
 
 /// `<0xNN>` → NN.
-fn is_byte_token_text(t: &str) -> Option<u8> {
-    let b = t.as_bytes();
+fn is_byte_token_text(b: &[u8]) -> Option<u8> {
     if b.len() == 6 && b.starts_with(b"<0x") && b[5] == b'>' {
-        u8::from_str_radix(&t[3..5], 16).ok()
+        u8::from_str_radix(std::str::from_utf8(&b[3..5]).ok()?, 16).ok()
     } else {
         None
     }
@@ -658,5 +885,105 @@ impl StreamDecoder {
             out.push('\u{FFFD}');
             self.n = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The tokenizer [`crate::Model::open`] builds reads texts, scores and types in place from the
+    //! mapping; it must behave exactly like the copying one (`Tokenizer::from_gguf`) and the one built
+    //! from plain data (`Vocab`), which tests/tokenizer.rs checks against reference ids.
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn model(env: &str, file: &str) -> PathBuf {
+        let p = std::env::var_os(env)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(file));
+        assert!(p.is_file(), "model {} not found: run `models/fetch.sh` (or set {env})", p.display());
+        p
+    }
+
+    /// Texts of the reference cases plus a few that mix special tokens, digits, bytes and scripts.
+    fn texts() -> Vec<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tokenizer");
+        let mut out: Vec<String> = [
+            "<|im_start|>user\nHello, world! 12345 <end_of_turn>\n",
+            "  leading spaces,\ttabs\r\nand ünïcödé — 日本語のテキスト 🙂🙂 <0x41> <unk>",
+            "",
+            " ",
+        ]
+        .map(String::from)
+        .to_vec();
+        for f in ["smollm2_cases.json", "smollm2_tokenize.json", "gemma3_tokenize.json"] {
+            let s = std::fs::read_to_string(dir.join(f)).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+            for c in v.as_array().unwrap() {
+                out.push(c["text"].as_str().unwrap().to_string());
+            }
+        }
+        assert!(out.len() > 40);
+        out
+    }
+
+    fn same_behaviour(path: &Path, max_heap_mib: f64) {
+        let m = crate::Model::open(path).unwrap();
+        let mapped = &m.tokenizer;
+        let bytes = std::fs::read(path).unwrap();
+        let g = Gguf::parse(&bytes).unwrap();
+        let copied = Tokenizer::from_gguf(&g).unwrap();
+        let owned = Tokenizer::new(Vocab::from_gguf(&g).unwrap()).unwrap();
+        assert!(mapped.texts_in_place());
+        assert!(!copied.texts_in_place() && !owned.texts_in_place());
+        let n = mapped.n_vocab();
+        assert_eq!((copied.n_vocab(), owned.n_vocab()), (n, n));
+        for id in 0..n as u32 + 2 {
+            let t = mapped.token_text(id);
+            assert_eq!(t, copied.token_text(id), "text of {id}");
+            assert_eq!(t, owned.token_text(id), "text of {id}");
+            assert_eq!(mapped.token_type(id), copied.token_type(id), "type of {id}");
+            assert_eq!(mapped.token_type(id), owned.token_type(id), "type of {id}");
+            for special in [false, true] {
+                assert_eq!(mapped.token_to_piece(id, special), copied.token_to_piece(id, special), "piece of {id}");
+                assert_eq!(mapped.token_to_piece(id, special), owned.token_to_piece(id, special), "piece of {id}");
+            }
+            if let Some(t) = t {
+                let got = mapped.token_id(t);
+                assert!(got.is_some_and(|g| mapped.token_text(g) == Some(t)), "id of {t:?}");
+                assert_eq!(got, owned.token_id(t), "id of {t:?}");
+            }
+            assert_eq!(mapped.is_eog(id), owned.is_eog(id));
+        }
+        assert_eq!(mapped.token_id("no such token \u{1}"), None);
+        for text in texts() {
+            for special in [false, true] {
+                let ids = mapped.encode(&text, special);
+                assert_eq!(ids, copied.encode(&text, special), "{text:?}");
+                assert_eq!(ids, owned.encode(&text, special), "{text:?}");
+                assert_eq!(mapped.decode(&ids), owned.decode(&ids));
+            }
+        }
+        // What the mapping saves: the texts themselves are not in the tokenizer's tables.
+        let text_bytes: usize = (0..n as u32).map(|i| mapped.token_text(i).unwrap().len()).sum();
+        let heap = mapped.heap_bytes();
+        eprintln!(
+            "{}: tokenizer tables {:.2} MiB in place, {:.2} MiB copying (texts {:.2} MiB)",
+            path.display(),
+            heap as f64 / 1048576.0,
+            copied.heap_bytes() as f64 / 1048576.0,
+            text_bytes as f64 / 1048576.0
+        );
+        assert!(copied.heap_bytes() >= heap + text_bytes);
+        assert!((heap as f64) < max_heap_mib * 1048576.0, "{heap} bytes");
+    }
+
+    #[test]
+    fn in_place_tokenizer_equals_copying_one_smollm2() {
+        same_behaviour(&model("EDGE_RUN_MODEL", "SmolLM2-135M-Instruct.Q4_1.gguf"), 1.25);
+    }
+
+    #[test]
+    fn in_place_tokenizer_equals_copying_one_gemma3() {
+        same_behaviour(&model("EDGE_RUN_GEMMA", "gemma-3-270m-q4_k_m.gguf"), 4.0);
     }
 }

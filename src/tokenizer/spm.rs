@@ -3,7 +3,9 @@
 //! highest token score first (leftmost on ties), until no pair is a token. Symbols that are not tokens
 //! fall back to `<0xNN>` byte tokens, or to the unknown token.
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use super::Lexicon;
 
 const NONE: u32 = u32::MAX;
 
@@ -48,14 +50,14 @@ pub(crate) struct Spm {
 }
 
 impl Spm {
-    pub fn new(lookup: &HashMap<String, u32>) -> Spm {
+    pub fn new(lex: &Lexicon) -> Spm {
         let mut byte_token = [NONE; 256];
         for (b, slot) in byte_token.iter_mut().enumerate() {
-            if let Some(&id) = lookup.get(&format!("<0x{b:02X}>")) {
+            if let Some(id) = lex.id(format!("<0x{b:02X}>").as_bytes()) {
                 *slot = id;
             } else if b < 0x80 {
                 // llama.cpp falls back to the byte itself as a one-character token.
-                if let Some(&id) = lookup.get(&(b as u8 as char).to_string()) {
+                if let Some(id) = lex.id(&[b as u8]) {
                     *slot = id;
                 }
             }
@@ -67,8 +69,8 @@ impl Spm {
     pub fn encode(
         &self,
         text: &str,
-        lookup: &HashMap<String, u32>,
-        scores: &[f32],
+        lex: &Lexicon,
+        score: impl Fn(u32) -> f32,
         unk: Option<u32>,
         out: &mut Vec<u32>,
     ) {
@@ -94,10 +96,9 @@ impl Spm {
             }
             let (a, b) = (syms[l as usize], syms[r as usize]);
             let s = &text[a.start as usize..(b.start + b.len) as usize];
-            if let Some(&id) = lookup.get(s) {
-                let score = scores.get(id as usize).copied().unwrap_or(0.0);
+            if let Some(id) = lex.id(s.as_bytes()) {
                 heap.push(Bigram {
-                    score,
+                    score: score(id),
                     left: l,
                     right: r,
                     size: s.len() as u32,
@@ -128,7 +129,7 @@ impl Spm {
         while i != NONE {
             let s = syms[i as usize];
             let piece = &text[s.start as usize..(s.start + s.len) as usize];
-            if let Some(&id) = lookup.get(piece) {
+            if let Some(id) = lex.id(piece.as_bytes()) {
                 out.push(id);
             } else {
                 // Every merge produced a token, so this is a single character missing from the vocab.
