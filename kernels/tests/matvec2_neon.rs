@@ -16,31 +16,13 @@
 //! not checked, as in tests/tiers.rs.
 use edge_run_kernels::*;
 
-struct Rng(u64);
-impl Rng {
-    fn u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in -amp..=amp.
-    fn int(&mut self, amp: i32) -> i32 {
-        (self.u64() % (2 * amp as u64 + 1)) as i32 - amp
-    }
-}
+mod common;
+use common::{expected_tiers, Rng, QUANT_TYPES as TYPES};
 
-const TYPES: [QuantType; 8] = [
-    QuantType::Q4_0,
-    QuantType::Q4_1,
-    QuantType::Q5_0,
-    QuantType::Q5_1,
-    QuantType::Q8_0,
-    QuantType::Q4K,
-    QuantType::Q5K,
-    QuantType::Q6K,
-];
+/// Uniform in -amp..=amp.
+fn int(g: &mut Rng, amp: i32) -> i32 {
+    (g.u64() % (2 * amp as u64 + 1)) as i32 - amp
+}
 
 fn f16(v: f32) -> [u8; 2] {
     F16Bits::from_f32(v).0
@@ -67,7 +49,7 @@ fn weights(ty: QuantType, n: usize, rows: usize, g: &mut Rng) -> Vec<u8> {
             }
             Q6K => {
                 for s in &mut b[192..208] {
-                    *s = g.int(31) as i8 as u8;
+                    *s = int(g, 31) as i8 as u8;
                 }
                 b[208..210].copy_from_slice(&d);
             }
@@ -84,7 +66,7 @@ fn activation(vdt: QuantType, n: usize, amp: i32, d: f32, g: &mut Rng) -> Vec<u8
     match vdt {
         QuantType::Q8_0 | QuantType::Q8_1 => {
             for _ in 0..n / 32 {
-                let q: Vec<i32> = (0..32).map(|_| g.int(amp)).collect();
+                let q: Vec<i32> = (0..32).map(|_| int(g, amp)).collect();
                 out.extend_from_slice(&f16(d));
                 if vdt == QuantType::Q8_1 {
                     out.extend_from_slice(&f16(d * q.iter().sum::<i32>() as f32));
@@ -94,7 +76,7 @@ fn activation(vdt: QuantType, n: usize, amp: i32, d: f32, g: &mut Rng) -> Vec<u8
         }
         QuantType::Q8K => {
             for _ in 0..n / 256 {
-                let q: Vec<i32> = (0..256).map(|_| g.int(amp)).collect();
+                let q: Vec<i32> = (0..256).map(|_| int(g, amp)).collect();
                 out.extend_from_slice(&d.to_le_bytes());
                 out.extend(q.iter().map(|&v| v as i8 as u8));
                 for c in q.chunks(16) {
@@ -123,15 +105,6 @@ fn exact_dot(ty: QuantType, n: usize, row: &[u8], x: &[u8]) -> (f64, f64) {
         a += t.abs();
     }
     (s, a)
-}
-
-fn expected_tiers() -> Vec<String> {
-    std::env::var("EDGE_RUN_EXPECT_TIERS")
-        .unwrap_or_default()
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
 }
 
 #[test]
