@@ -333,8 +333,6 @@ pub(super) fn matvec_q5_k<D: IDot>(dd: D, n: usize, w: &[u8], xq: &[u8], out: &m
 pub(super) fn matvec_q6_k<D: IDot>(dd: D, n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
     let nb = n / QK_K;
     let x = q8k_chunks(xq, nb);
-    let m4 = vdupq_n_u8(0x0f);
-    let m2 = vdupq_n_u8(0x03);
     let off = vdupq_n_s8(32);
     each_row(w, nb * 210, out, |row| {
         let blocks: &[BlockQ6K] = bytemuck::cast_slice(row);
@@ -348,36 +346,8 @@ pub(super) fn matvec_q6_k<D: IDot>(dd: D, n: usize, w: &[u8], xq: &[u8], out: &m
                 let qh = &b.qh[32 * h..32 * h + 32];
                 let sc = &b.scales[8 * h..8 * h + 8];
                 let yq = &y.qs[128 * h..128 * h + 128];
-                let (l0, l1, l2, l3) = (
-                    ld_u8(ql),
-                    ld_u8(&ql[16..]),
-                    ld_u8(&ql[32..]),
-                    ld_u8(&ql[48..]),
-                );
-                let (hh0, hh1) = (ld_u8(qh), ld_u8(&qh[16..]));
                 // Element groups of 16, in order, with their 6-bit values (before the -32 offset).
-                let g: [uint8x16_t; 8] = [
-                    vorrq_u8(vandq_u8(l0, m4), vshlq_n_u8::<4>(vandq_u8(hh0, m2))),
-                    vorrq_u8(vandq_u8(l1, m4), vshlq_n_u8::<4>(vandq_u8(hh1, m2))),
-                    vorrq_u8(
-                        vandq_u8(l2, m4),
-                        vshlq_n_u8::<2>(vandq_u8(hh0, vdupq_n_u8(0x0c))),
-                    ),
-                    vorrq_u8(
-                        vandq_u8(l3, m4),
-                        vshlq_n_u8::<2>(vandq_u8(hh1, vdupq_n_u8(0x0c))),
-                    ),
-                    vorrq_u8(vshrq_n_u8::<4>(l0), vandq_u8(hh0, vdupq_n_u8(0x30))),
-                    vorrq_u8(vshrq_n_u8::<4>(l1), vandq_u8(hh1, vdupq_n_u8(0x30))),
-                    vorrq_u8(
-                        vshrq_n_u8::<4>(l2),
-                        vshrq_n_u8::<2>(vandq_u8(hh0, vdupq_n_u8(0xc0))),
-                    ),
-                    vorrq_u8(
-                        vshrq_n_u8::<4>(l3),
-                        vshrq_n_u8::<2>(vandq_u8(hh1, vdupq_n_u8(0xc0))),
-                    ),
-                ];
+                let g = q6k_groups(ql, qh);
                 for k in 0..8 {
                     let q = vsubq_s8(vreinterpretq_s8_u8(g[k]), off);
                     // |(q-32)·y| <= 32·128
