@@ -34,24 +34,41 @@ pub struct AdapterControl {
 
 impl AdapterControl {
     pub(crate) fn new(model: Arc<Model>, max_adapters: usize, max_rank: usize) -> Self {
-        AdapterControl { model, max_adapters, max_rank, version: AtomicU64::new(0), pending: Mutex::new(ActiveSet::new()) }
+        AdapterControl {
+            model,
+            max_adapters,
+            max_rank,
+            version: AtomicU64::new(0),
+            pending: Mutex::new(ActiveSet::new()),
+        }
     }
 
     /// Check that `adapter` fits the model and the session's capacities.
     pub fn check(&self, adapter: &Adapter) -> Result<()> {
         let name = adapter.path().display();
         for t in adapter.tensors() {
-            let slot = self.model.slot_of(&t.target).ok_or_else(|| Error::invalid(format!("adapter {name}: tensor `{}` targets nothing edge-run can adapt in this model", t.target)))?;
+            let slot = self.model.slot_of(&t.target).ok_or_else(|| {
+                Error::invalid(format!(
+                    "adapter {name}: tensor `{}` targets nothing edge-run can adapt in this model",
+                    t.target
+                ))
+            })?;
             let w = self.model.slot_weight(slot);
             let shape_ok = match t.kind {
                 LoraKind::Linear => t.n_in == w.n_in && t.n_out == w.n_out,
                 LoraKind::Embedding => t.n_in == w.n_out && t.n_out == w.n_in,
             };
             if !shape_ok {
-                return Err(Error::invalid(format!("adapter {name}: `{}` is {}×{} but the model's `{}` is {}×{}", t.target, t.n_in, t.n_out, w.name, w.n_in, w.n_out)));
+                return Err(Error::invalid(format!(
+                    "adapter {name}: `{}` is {}×{} but the model's `{}` is {}×{}",
+                    t.target, t.n_in, t.n_out, w.name, w.n_in, w.n_out
+                )));
             }
             if t.rank > self.max_rank {
-                return Err(Error::invalid(format!("adapter {name}: `{}` has rank {} > the session's max rank {}", t.target, t.rank, self.max_rank)));
+                return Err(Error::invalid(format!(
+                    "adapter {name}: `{}` has rank {} > the session's max rank {}",
+                    t.target, t.rank, self.max_rank
+                )));
             }
         }
         Ok(())
@@ -61,11 +78,18 @@ impl AdapterControl {
     /// current set stays. Allocation-free.
     pub fn set(&self, set: &[(&Arc<Adapter>, f32)]) -> Result<()> {
         if set.len() > self.max_adapters {
-            return Err(Error::invalid(format!("{} adapters given; this session holds at most {}", set.len(), self.max_adapters)));
+            return Err(Error::invalid(format!(
+                "{} adapters given; this session holds at most {}",
+                set.len(),
+                self.max_adapters
+            )));
         }
         for (a, s) in set {
             if !s.is_finite() {
-                return Err(Error::invalid(format!("adapter {}: scale {s} is not finite", a.path().display())));
+                return Err(Error::invalid(format!(
+                    "adapter {}: scale {s} is not finite",
+                    a.path().display()
+                )));
             }
             self.check(a)?;
         }
@@ -81,7 +105,10 @@ impl AdapterControl {
 
     /// The published set (a copy of the `Arc`s).
     pub fn get(&self) -> ActiveSet {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn max_adapters(&self) -> usize {
@@ -105,7 +132,11 @@ pub(crate) struct Applied {
 
 impl Applied {
     pub(crate) fn new(n_slots: usize) -> Self {
-        Applied { seen: 0, active: ActiveSet::new(), bind: vec![[NONE; MAX_ADAPTERS]; n_slots] }
+        Applied {
+            seen: 0,
+            active: ActiveSet::new(),
+            bind: vec![[NONE; MAX_ADAPTERS]; n_slots],
+        }
     }
 
     /// Adopt the control's set if it changed since the last call. Allocation-free; the lock is held for

@@ -509,7 +509,12 @@ pub struct AfterSwap {
 /// its last adapter (none, for one adapter) through the session's control handle before every
 /// fourth token, and returns the median latency of the tokens that directly follow a swap and of
 /// the others.
-fn first_token_after_swap(sess: &mut Session, prompt: &[u32], set: &[(&Arc<Adapter>, f32)], n: usize) -> Result<AfterSwap> {
+fn first_token_after_swap(
+    sess: &mut Session,
+    prompt: &[u32],
+    set: &[(&Arc<Adapter>, f32)],
+    n: usize,
+) -> Result<AfterSwap> {
     let ctl = sess.adapter_control();
     sess.set_adapters(set)?;
     sess.reset();
@@ -519,20 +524,31 @@ fn first_token_after_swap(sess: &mut Session, prompt: &[u32], set: &[(&Arc<Adapt
     for i in 0..n {
         let swap = i % 4 == 0;
         if swap {
-            ctl.set(if i % 8 == 0 { &set[..set.len() - 1] } else { set })?;
+            ctl.set(if i % 8 == 0 {
+                &set[..set.len() - 1]
+            } else {
+                set
+            })?;
         }
         let t = crate::sampling::argmax(sess.logits());
         let t0 = Instant::now();
         sess.eval(&[t])?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
-        if swap { swapped.push(ms) } else { steady.push(ms) }
+        if swap {
+            swapped.push(ms)
+        } else {
+            steady.push(ms)
+        }
     }
     sess.set_adapters(set)?;
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    Ok(AfterSwap { swap_token_ms: median(&mut swapped), steady_token_ms: median(&mut steady) })
+    Ok(AfterSwap {
+        swap_token_ms: median(&mut swapped),
+        steady_token_ms: median(&mut steady),
+    })
 }
 
 /// The same workload on a second model file (e.g. the adapter merged into the base), without adapters.
@@ -857,7 +873,10 @@ impl Report {
             m.insert("adapter_load_ms".into(), json!(l.load_ms));
             m.insert("swap_us".into(), json!(l.swap_us));
             m.insert("swap_token_ms".into(), json!(l.after_swap.swap_token_ms));
-            m.insert("steady_token_ms".into(), json!(l.after_swap.steady_token_ms));
+            m.insert(
+                "steady_token_ms".into(),
+                json!(l.after_swap.steady_token_ms),
+            );
         }
         if let Some(c) = &self.compare {
             let r = self.lora.as_ref().map_or(self.base, |l| l.speed);

@@ -100,14 +100,29 @@ fn guard_namespace_sets(template: &str) -> std::borrow::Cow<'_, str> {
     });
     re.replace_all(template, |c: &fancy_regex::Captures<'_>| {
         let g = |i| c.get(i).map_or("", |m| m.as_str());
-        format!("{{%{} set {} = ({}) | {PLAIN_FILTER} {}%}}", g(1), g(2), g(3), g(4))
+        format!(
+            "{{%{} set {} = ({}) | {PLAIN_FILTER} {}%}}",
+            g(1),
+            g(2),
+            g(3),
+            g(4)
+        )
     })
 }
 
 /// A deep copy of `v` with every map (namespaces included) and sequence rebuilt as plain data.
 fn plain_copy(v: Value) -> std::result::Result<Value, minijinja::Error> {
-    fn copy(v: &Value, depth: usize, budget: &mut usize) -> std::result::Result<Value, minijinja::Error> {
-        let too_big = || minijinja::Error::new(ErrorKind::InvalidOperation, "value assigned to a namespace is too large or too deeply nested");
+    fn copy(
+        v: &Value,
+        depth: usize,
+        budget: &mut usize,
+    ) -> std::result::Result<Value, minijinja::Error> {
+        let too_big = || {
+            minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                "value assigned to a namespace is too large or too deeply nested",
+            )
+        };
         if depth > 64 {
             return Err(too_big());
         }
@@ -124,7 +139,11 @@ fn plain_copy(v: Value) -> std::result::Result<Value, minijinja::Error> {
                         items.push((Value::UNDEFINED, copy(&k, depth + 1, budget)?));
                     }
                 }
-                Ok(if is_map { items.into_iter().collect() } else { items.into_iter().map(|(_, v)| v).collect() })
+                Ok(if is_map {
+                    items.into_iter().collect()
+                } else {
+                    items.into_iter().map(|(_, v)| v).collect()
+                })
             }
             _ => Ok(v.clone()),
         }
@@ -315,7 +334,16 @@ mod tests {
     use super::*;
 
     fn render(t: &str) -> Result<String> {
-        apply_chat_template(t, &[ChatMessage::new("user", "hi"), ChatMessage::new("assistant", "yo")], false, "<s>", "</s>")
+        apply_chat_template(
+            t,
+            &[
+                ChatMessage::new("user", "hi"),
+                ChatMessage::new("assistant", "yo"),
+            ],
+            false,
+            "<s>",
+            "</s>",
+        )
     }
 
     #[test]
@@ -339,7 +367,10 @@ mod tests {
             assert!(!out.is_empty(), "{t}");
         }
         let out = render("{% set ns = namespace(x=0) %}{% set ns.x = ns %}{{ ns.x.x }}").unwrap();
-        assert_eq!(out, "0", "the snapshot holds the value the namespace had when it was assigned");
+        assert_eq!(
+            out, "0",
+            "the snapshot holds the value the namespace had when it was assigned"
+        );
     }
 
     #[test]

@@ -8,28 +8,28 @@
 //! - [`arch`]: the forward pass of each architecture (llama, gemma3) and the operations they share.
 //! - [`sampling`]: greedy / temperature / top-k / top-p / min-p / repetition penalty, seeded.
 //! - [`kernels`]: re-export of the `edge-run-kernels` crate (quantized and LoRA SIMD kernels).
-pub mod error;
 pub mod adapter;
 pub mod adapter_set;
+pub mod chat;
+pub mod error;
 pub mod gguf;
 pub mod tokenizer;
-pub mod chat;
 
 pub use edge_run_kernels as kernels;
 pub use error::{Error, Result};
 pub mod arch;
+pub mod bench;
+pub mod capi;
+pub mod diagnose;
+/// llama.cpp/ggml in the same process (feature `ggml`): oracle kernels, a runner, model quantization.
+#[cfg(feature = "ggml")]
+pub mod ggml;
+pub mod mapguard;
+pub mod merge;
 pub mod model;
 pub mod sampling;
 pub mod session;
 pub mod threadpool;
-pub mod mapguard;
-pub mod capi;
-pub mod merge;
-pub mod diagnose;
-pub mod bench;
-/// llama.cpp/ggml in the same process (feature `ggml`): oracle kernels, a runner, model quantization.
-#[cfg(feature = "ggml")]
-pub mod ggml;
 
 pub use model::Model;
 pub use sampling::{Sampler, SamplingParams};

@@ -143,21 +143,47 @@ struct MergeArgs {
 
 fn cmd_merge(a: MergeArgs) -> Result<(), Failure> {
     use edge_run::merge::{merge, MergeOptions, TargetType};
-    let target = TargetType::parse(&a.ty).ok_or_else(|| usage(format!("--type {}: unknown type (one of {})", a.ty, TargetType::NAMES)))?;
-    let adapters = a.adapters.iter().map(|s| parse_adapter_arg(s)).collect::<Result<Vec<_>, _>>()?;
+    let target = TargetType::parse(&a.ty).ok_or_else(|| {
+        usage(format!(
+            "--type {}: unknown type (one of {})",
+            a.ty,
+            TargetType::NAMES
+        ))
+    })?;
+    let adapters = a
+        .adapters
+        .iter()
+        .map(|s| parse_adapter_arg(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let n_threads = a.threads.unwrap_or_else(default_threads);
     if n_threads == 0 {
         return Err(usage("-t/--threads must be at least 1"));
     }
     let t0 = std::time::Instant::now();
-    let r = merge(&a.m.model, &adapters, &a.output, &MergeOptions { target, n_threads, progress: true })?;
+    let r = merge(
+        &a.m.model,
+        &adapters,
+        &a.output,
+        &MergeOptions {
+            target,
+            n_threads,
+            progress: true,
+        },
+    )?;
     for n in &r.notes {
         eprintln!("edge-run: note: {n}");
     }
     if let Some((from, to)) = r.file_type {
         eprintln!("edge-run: general.file_type {from} -> {to}");
     }
-    eprintln!("wrote {} ({} bytes) in {:.1} s; recorded in {}: {:?}", r.output.display(), r.bytes, t0.elapsed().as_secs_f64(), edge_run::merge::MERGED_KEY, r.adapters);
+    eprintln!(
+        "wrote {} ({} bytes) in {:.1} s; recorded in {}: {:?}",
+        r.output.display(),
+        r.bytes,
+        t0.elapsed().as_secs_f64(),
+        edge_run::merge::MERGED_KEY,
+        r.adapters
+    );
     if a.json {
         outln!("{}", r.to_json());
     } else {
@@ -201,25 +227,48 @@ fn cmd_diagnose(a: DiagnoseArgs) -> Result<(), Failure> {
         return Err(usage("--max-tokens must be at least 1"));
     }
     let text = match &a.text {
-        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| Failure(1, format!("{}: {e}", p.display())))?),
+        Some(p) => Some(
+            std::fs::read_to_string(p).map_err(|e| Failure(1, format!("{}: {e}", p.display())))?,
+        ),
         None => None,
     };
     let model = open_model(&a.m.model)?;
-    let loaded = a.adapters.iter().map(|s| load_adapter(&model, s)).collect::<Result<Vec<_>, _>>()?;
+    let loaded = a
+        .adapters
+        .iter()
+        .map(|s| load_adapter(&model, s))
+        .collect::<Result<Vec<_>, _>>()?;
     let names: Vec<String> = a
         .adapters
         .iter()
-        .map(|s| parse_adapter_arg(s).map(|(p, _)| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())))
+        .map(|s| {
+            parse_adapter_arg(s).map(|(p, _)| {
+                p.file_name().map_or_else(
+                    || p.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                )
+            })
+        })
         .collect::<Result<_, _>>()?;
-    let set: Vec<(&Arc<Adapter>, f32, &str)> = loaded.iter().zip(&names).map(|((ad, s), n)| (ad, *s, n.as_str())).collect();
-    let opts = DiagnoseOptions { n_threads, max_tokens: a.max_tokens, progress: true };
+    let set: Vec<(&Arc<Adapter>, f32, &str)> = loaded
+        .iter()
+        .zip(&names)
+        .map(|((ad, s), n)| (ad, *s, n.as_str()))
+        .collect();
+    let opts = DiagnoseOptions {
+        n_threads,
+        max_tokens: a.max_tokens,
+        progress: true,
+    };
     let r = diagnose(&model, &set, text.as_deref(), &opts)?;
     if let Some(p) = &a.plot {
         let tmp = p.with_extension("svg.partial");
-        std::fs::write(&tmp, r.svg()).and_then(|_| std::fs::rename(&tmp, p)).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Failure(1, format!("{}: {e}", p.display()))
-        })?;
+        std::fs::write(&tmp, r.svg())
+            .and_then(|_| std::fs::rename(&tmp, p))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Failure(1, format!("{}: {e}", p.display()))
+            })?;
         eprintln!("wrote {}", p.display());
     }
     if a.json {
@@ -275,7 +324,12 @@ struct RuntimeArgs {
     #[arg(short = 'c', long = "ctx-size", value_name = "N")]
     ctx_size: Option<usize>,
     /// Tokens per forward pass when evaluating a prompt.
-    #[arg(short = 'b', long = "batch-size", value_name = "N", default_value_t = 64)]
+    #[arg(
+        short = 'b',
+        long = "batch-size",
+        value_name = "N",
+        default_value_t = 64
+    )]
     batch_size: usize,
     /// Kernel tier to use instead of the best one this CPU supports (scalar, avx2, avx512vnni, neon, neon-dotprod).
     #[arg(long, value_name = "TIER")]
@@ -300,10 +354,21 @@ struct GenArgs {
     #[arg(short = 'p', long = "prompt", value_name = "TEXT")]
     prompt: Option<String>,
     /// Read the prompt from a file.
-    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "prompt")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "prompt"
+    )]
     file: Option<PathBuf>,
     /// Number of tokens to generate (-1: until end of generation or a full context).
-    #[arg(short = 'n', long = "n-predict", value_name = "N", default_value_t = 256, allow_negative_numbers = true)]
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        value_name = "N",
+        default_value_t = 256,
+        allow_negative_numbers = true
+    )]
     n_predict: i64,
     /// Apply the model's chat template (tokenizer.chat_template) to the prompt. Without -p/-f: interactive chat.
     #[arg(long)]
@@ -347,7 +412,12 @@ struct TokenizeArgs {
     #[command(flatten)]
     m: ModelArg,
     /// The text to tokenize.
-    #[arg(long, value_name = "TEXT", required_unless_present = "file", conflicts_with = "file")]
+    #[arg(
+        long,
+        value_name = "TEXT",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
     text: Option<String>,
     /// Tokenize the content of this file.
     #[arg(long, value_name = "PATH")]
@@ -432,27 +502,48 @@ fn open_model(path: &Path) -> Result<Arc<Model>, Failure> {
     Ok(Arc::new(Model::open(path)?))
 }
 
-fn session_config(model: &Model, rt: &RuntimeArgs, logits_all: bool) -> Result<SessionConfig, Failure> {
+fn session_config(
+    model: &Model,
+    rt: &RuntimeArgs,
+    logits_all: bool,
+) -> Result<SessionConfig, Failure> {
     let kernels = match &rt.kernels {
         None => None,
         Some(name) => Some(Kernels::by_name(name).ok_or_else(|| {
             let have: Vec<&str> = Kernels::available().map(|k| k.tier.name()).collect();
-            usage(format!("--kernels {name}: not available on this CPU (available: {})", have.join(", ")))
+            usage(format!(
+                "--kernels {name}: not available on this CPU (available: {})",
+                have.join(", ")
+            ))
         })?),
     };
     let n_threads = rt.threads.unwrap_or_else(default_threads);
     if n_threads == 0 {
         return Err(usage("-t/--threads must be at least 1"));
     }
-    let n_ctx = rt.ctx_size.unwrap_or_else(|| model.hp.n_ctx_train.clamp(1, 4096));
+    let n_ctx = rt
+        .ctx_size
+        .unwrap_or_else(|| model.hp.n_ctx_train.clamp(1, 4096));
     if n_ctx == 0 {
         return Err(usage("-c/--ctx-size must be at least 1"));
     }
     if rt.batch_size == 0 {
         return Err(usage("-b/--batch-size must be at least 1"));
     }
-    let act_quant = if rt.act_quant == "q8" { ActQuant::Q8 } else { ActQuant::Q8x2 };
-    Ok(SessionConfig { n_ctx, n_batch: rt.batch_size, n_threads, logits_all, kernels, act_quant, ..Default::default() })
+    let act_quant = if rt.act_quant == "q8" {
+        ActQuant::Q8
+    } else {
+        ActQuant::Q8x2
+    };
+    Ok(SessionConfig {
+        n_ctx,
+        n_batch: rt.batch_size,
+        n_threads,
+        logits_all,
+        kernels,
+        act_quant,
+        ..Default::default()
+    })
 }
 
 /// `PATH[:SCALE]`: the scale is taken only if what follows the last ':' parses as a number.
@@ -460,7 +551,9 @@ fn parse_adapter_arg(s: &str) -> Result<(PathBuf, f32), Failure> {
     if let Some((p, sc)) = s.rsplit_once(':') {
         if let Ok(v) = sc.parse::<f32>() {
             if !v.is_finite() {
-                return Err(usage(format!("--adapter {s}: scale {sc} is not a finite number")));
+                return Err(usage(format!(
+                    "--adapter {s}: scale {sc} is not a finite number"
+                )));
             }
             return Ok((PathBuf::from(p), v));
         }
@@ -472,14 +565,24 @@ fn load_adapter(model: &Model, spec: &str) -> Result<(Arc<Adapter>, f32), Failur
     let (path, scale) = parse_adapter_arg(spec)?;
     let t0 = std::time::Instant::now();
     let a = Adapter::load(&path, &model.base_info)?;
-    log::info!("adapter {} loaded in {:.2} ms", path.display(), t0.elapsed().as_secs_f64() * 1e3);
+    log::info!(
+        "adapter {} loaded in {:.2} ms",
+        path.display(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     Ok((Arc::new(a), scale))
 }
 
 /// Load every `--adapter` and make them the session's set.
-fn apply_adapters(sess: &mut Session, specs: &[String]) -> Result<Vec<(Arc<Adapter>, f32)>, Failure> {
+fn apply_adapters(
+    sess: &mut Session,
+    specs: &[String],
+) -> Result<Vec<(Arc<Adapter>, f32)>, Failure> {
     let model = sess.model().clone();
-    let loaded = specs.iter().map(|s| load_adapter(&model, s)).collect::<Result<Vec<_>, _>>()?;
+    let loaded = specs
+        .iter()
+        .map(|s| load_adapter(&model, s))
+        .collect::<Result<Vec<_>, _>>()?;
     let set: Vec<(&Arc<Adapter>, f32)> = loaded.iter().map(|(a, s)| (a, *s)).collect();
     sess.set_adapters(&set)?;
     Ok(loaded)
@@ -488,12 +591,17 @@ fn apply_adapters(sess: &mut Session, specs: &[String]) -> Result<Vec<(Arc<Adapt
 fn cmd_tokenize(a: TokenizeArgs) -> Result<(), Failure> {
     let text = match (&a.text, &a.file) {
         (Some(t), _) => t.clone(),
-        (None, Some(p)) => std::fs::read_to_string(p).map_err(|e| Failure(1, format!("{}: {e}", p.display())))?,
+        (None, Some(p)) => {
+            std::fs::read_to_string(p).map_err(|e| Failure(1, format!("{}: {e}", p.display())))?
+        }
         (None, None) => return Err(usage("tokenize needs --text or --file")),
     };
     let model = open_model(&a.m.model)?;
     let ids = model.tokenizer.encode(&text, true);
-    outln!("{}", serde_json::to_string(&ids).expect("a Vec<u32> serializes"));
+    outln!(
+        "{}",
+        serde_json::to_string(&ids).expect("a Vec<u32> serializes")
+    );
     Ok(())
 }
 
@@ -504,7 +612,14 @@ fn parse_tokens(s: &str) -> Result<Vec<u32>, Failure> {
     }
     t.split(',')
         .enumerate()
-        .map(|(i, x)| x.trim().parse::<u32>().map_err(|e| usage(format!("--tokens: item {i} `{}` is not a token id: {e}", x.trim()))))
+        .map(|(i, x)| {
+            x.trim().parse::<u32>().map_err(|e| {
+                usage(format!(
+                    "--tokens: item {i} `{}` is not a token id: {e}",
+                    x.trim()
+                ))
+            })
+        })
         .collect()
 }
 
@@ -517,7 +632,8 @@ fn cmd_logits(a: LogitsArgs) -> Result<(), Failure> {
     let mut sess = Session::new(model, cfg)?;
     apply_adapters(&mut sess, &a.rt.adapters)?;
     let tmp = a.output.with_extension("npy.partial");
-    let f = std::fs::File::create(&tmp).map_err(|e| Failure(1, format!("{}: {e}", tmp.display())))?;
+    let f =
+        std::fs::File::create(&tmp).map_err(|e| Failure(1, format!("{}: {e}", tmp.display())))?;
     let mut w = std::io::BufWriter::new(f);
     let io_err = |e: std::io::Error| Failure(1, format!("{}: {e}", a.output.display()));
     write_npy_header(&mut w, &[tokens.len(), nv]).map_err(io_err)?;
@@ -535,14 +651,23 @@ fn cmd_logits(a: LogitsArgs) -> Result<(), Failure> {
     w.flush().map_err(io_err)?;
     drop(w);
     std::fs::rename(&tmp, &a.output).map_err(io_err)?;
-    eprintln!("wrote {} × {} logits to {}", tokens.len(), nv, a.output.display());
+    eprintln!(
+        "wrote {} × {} logits to {}",
+        tokens.len(),
+        nv,
+        a.output.display()
+    );
     Ok(())
 }
 
 /// NumPy .npy v1.0 header for a little-endian float32 C-order array.
 fn write_npy_header(w: &mut impl Write, shape: &[usize]) -> std::io::Result<()> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
     let total = 10 + h.len() + 1;
     h.push_str(&" ".repeat(total.next_multiple_of(64) - total));
@@ -567,40 +692,100 @@ fn cmd_info(a: InfoArgs) -> Result<(), Failure> {
         outln!("name:            {n}");
     }
     outln!("architecture:    {}", m.arch);
-    outln!("vocabulary:      {} tokens ({} tokenizer)", hp.n_vocab, m.tokenizer_model);
+    outln!(
+        "vocabulary:      {} tokens ({} tokenizer)",
+        hp.n_vocab,
+        m.tokenizer_model
+    );
     outln!("context (train): {}", hp.n_ctx_train);
     outln!("width:           {}", hp.n_embd);
     outln!("layers:          {}", hp.n_layer);
-    outln!("heads:           {} query, {} key/value, head size {}", hp.n_head, hp.n_head_kv, hp.head_dim);
+    outln!(
+        "heads:           {} query, {} key/value, head size {}",
+        hp.n_head,
+        hp.n_head_kv,
+        hp.head_dim
+    );
     outln!("feed-forward:    {}", hp.n_ff);
-    outln!("rope:            base {}, {} dims, scale {}", hp.rope_freq_base, hp.rope_dim, hp.rope_freq_scale);
+    outln!(
+        "rope:            base {}, {} dims, scale {}",
+        hp.rope_freq_base,
+        hp.rope_dim,
+        hp.rope_freq_scale
+    );
     if hp.n_swa > 0 {
-        outln!("sliding window:  {} positions on {} of {} layers (their rope base {})", hp.n_swa, hp.n_swa_layers(), hp.n_layer, hp.rope_freq_base_swa);
+        outln!(
+            "sliding window:  {} positions on {} of {} layers (their rope base {})",
+            hp.n_swa,
+            hp.n_swa_layers(),
+            hp.n_layer,
+            hp.rope_freq_base_swa
+        );
     }
     outln!("rms epsilon:     {:e}", hp.rms_eps);
-    outln!("output head:     {}", if m.tied_output { "tied to token_embd" } else { "separate (output.weight)" });
-    let types: Vec<String> = m.type_counts.iter().map(|(t, n)| format!("{} {}", n, t.name())).collect();
+    outln!(
+        "output head:     {}",
+        if m.tied_output {
+            "tied to token_embd"
+        } else {
+            "separate (output.weight)"
+        }
+    );
+    let types: Vec<String> = m
+        .type_counts
+        .iter()
+        .map(|(t, n)| format!("{} {}", n, t.name()))
+        .collect();
     outln!("tensors:         {} ({})", m.n_tensors, types.join(", "));
-    outln!("file size:       {} bytes ({:.1} MiB), mapped read-only: {:.1} MiB", m.mapped_bytes(), mib(m.mapped_bytes()), mib(m.mapped_bytes()));
-    outln!("weights/token:   {:.1} MiB read per decoded token", mib(m.bytes_per_token()));
-    outln!("chat template:   {}", if m.chat_template.is_some() { "yes" } else { "no" });
+    outln!(
+        "file size:       {} bytes ({:.1} MiB), mapped read-only: {:.1} MiB",
+        m.mapped_bytes(),
+        mib(m.mapped_bytes()),
+        mib(m.mapped_bytes())
+    );
+    outln!(
+        "weights/token:   {:.1} MiB read per decoded token",
+        mib(m.bytes_per_token())
+    );
+    outln!(
+        "chat template:   {}",
+        if m.chat_template.is_some() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
     let tiers: Vec<&str> = Kernels::available().map(|k| k.tier.name()).collect();
-    outln!("kernels:         {} (available: {})", Kernels::best().tier.name(), tiers.join(", "));
+    outln!(
+        "kernels:         {} (available: {})",
+        Kernels::best().tier.name(),
+        tiers.join(", ")
+    );
     for spec in &a.adapters {
         let (ad, scale) = load_adapter(m, spec)?;
         let (ba, bb) = ad.bytes();
-        outln!("\nadapter:         {} (user scale {scale})", ad.path().display());
+        outln!(
+            "\nadapter:         {} (user scale {scale})",
+            ad.path().display()
+        );
         outln!("{}", ad.summary());
-        outln!("share of base:   {:.2}% of the bytes read per token", 100.0 * (ba + bb) as f64 / m.bytes_per_token() as f64);
+        outln!(
+            "share of base:   {:.2}% of the bytes read per token",
+            100.0 * (ba + bb) as f64 / m.bytes_per_token() as f64
+        );
     }
     Ok(())
 }
 
 /// For `info -m` given a GGUF LoRA adapter instead of a model: a GGUF-level description.
 fn describe_if_adapter(path: &Path) -> Result<Option<String>, Failure> {
-    let Ok(f) = std::fs::File::open(path) else { return Ok(None) };
+    let Ok(f) = std::fs::File::open(path) else {
+        return Ok(None);
+    };
     // SAFETY: read-only private mapping, only read while `map` lives; see Model::open on truncation.
-    let Ok(map) = (unsafe { memmap2::Mmap::map(&f) }) else { return Ok(None) };
+    let Ok(map) = (unsafe { memmap2::Mmap::map(&f) }) else {
+        return Ok(None);
+    };
     if map.len() < 4 || &map[..4] != b"GGUF" {
         return Ok(None);
     }
@@ -608,9 +793,19 @@ fn describe_if_adapter(path: &Path) -> Result<Option<String>, Failure> {
     if g.opt_str("general.type")? != Some("adapter") {
         return Ok(None);
     }
-    let mut s = format!("file:            {}\nformat:          GGUF v{} LoRA adapter\n", path.display(), g.version());
-    s += &format!("architecture:    {}\n", g.opt_str("general.architecture")?.unwrap_or("?"));
-    s += &format!("adapter type:    {}\n", g.opt_str("adapter.type")?.unwrap_or("?"));
+    let mut s = format!(
+        "file:            {}\nformat:          GGUF v{} LoRA adapter\n",
+        path.display(),
+        g.version()
+    );
+    s += &format!(
+        "architecture:    {}\n",
+        g.opt_str("general.architecture")?.unwrap_or("?")
+    );
+    s += &format!(
+        "adapter type:    {}\n",
+        g.opt_str("adapter.type")?.unwrap_or("?")
+    );
     if let Some(al) = g.opt_f32("adapter.lora.alpha")? {
         s += &format!("lora alpha:      {al}\n");
     }
@@ -622,7 +817,11 @@ fn describe_if_adapter(path: &Path) -> Result<Option<String>, Failure> {
         }
     }
     let types: Vec<String> = types.iter().map(|(n, c)| format!("{c} {n}")).collect();
-    s += &format!("tensors:         {} ({})\n", g.tensors().len(), types.join(", "));
+    s += &format!(
+        "tensors:         {} ({})\n",
+        g.tensors().len(),
+        types.join(", ")
+    );
     s += "validate it against a model with: edge-run info -m MODEL --adapter FILE";
     Ok(Some(s))
 }
@@ -638,7 +837,12 @@ fn cmd_bench(a: BenchArgs) -> Result<(), Failure> {
         n_prompt: a.n_prompt,
         n_gen: a.n_gen,
         reps: a.reps,
-        adapters: a.rt.adapters.iter().map(|s| parse_adapter_arg(s)).collect::<Result<_, _>>()?,
+        adapters: a
+            .rt
+            .adapters
+            .iter()
+            .map(|s| parse_adapter_arg(s))
+            .collect::<Result<_, _>>()?,
         ..Default::default()
     };
     let vs_model = if a.vs_llama_cpp {
@@ -647,7 +851,13 @@ fn cmd_bench(a: BenchArgs) -> Result<(), Failure> {
     } else {
         None
     };
-    let report = edge_run::bench::run(model, &cfg, &workload, a.compare_model.as_deref(), &mut |line| eprintln!("{line}"))?;
+    let report = edge_run::bench::run(
+        model,
+        &cfg,
+        &workload,
+        a.compare_model.as_deref(),
+        &mut |line| eprintln!("{line}"),
+    )?;
     let vs = match &vs_model {
         Some(m) => Some(vs_llama_cpp::run(&a.m.model, m, &workload, &report)?),
         None => None,
@@ -685,7 +895,8 @@ mod vs_llama_cpp {
         /// model) and, with adapters, `llamacpp_lora_pp_tps`, `llamacpp_lora_tg_tps`, `lora_pp_ratio`,
         /// `lora_tg_ratio` added.
         pub fn json(&self, edge_run_json: &str) -> String {
-            let mut v: serde_json::Value = serde_json::from_str(edge_run_json).unwrap_or_else(|_| serde_json::json!({}));
+            let mut v: serde_json::Value =
+                serde_json::from_str(edge_run_json).unwrap_or_else(|_| serde_json::json!({}));
             if let Some(o) = v.as_object_mut() {
                 for (k, x) in &self.fields {
                     o.insert((*k).to_string(), serde_json::json!(x));
@@ -706,8 +917,17 @@ mod vs_llama_cpp {
 
     #[cfg(feature = "ggml")]
     pub fn run(path: &Path, model: &Model, w: &Workload, report: &Report) -> Result<Vs, Failure> {
-        eprintln!("llama.cpp (same process): {}", edge_run::ggml::system_info());
-        let lc = edge_run::ggml::bench_workload(path, &model.base_info, model.hp.n_vocab, w, report.threads)?;
+        eprintln!(
+            "llama.cpp (same process): {}",
+            edge_run::ggml::system_info()
+        );
+        let lc = edge_run::ggml::bench_workload(
+            path,
+            &model.base_info,
+            model.hp.n_vocab,
+            w,
+            report.threads,
+        )?;
         let mut fields = vec![
             ("llamacpp_pp_tps", lc.base.pp_tps),
             ("llamacpp_tg_tps", lc.base.tg_tps),
@@ -726,9 +946,18 @@ mod vs_llama_cpp {
             let (pr, tr) = (e.speed.pp_tps / l.pp_tps, e.speed.tg_tps / l.tg_tps);
             table += &format!(
                 "\n| {:<28} | {:>10.1} | {:>10.1} | {:>12.2} | {:>12.2} |",
-                format!("+{} adapter(s)", e.n_adapters), l.pp_tps, l.tg_tps, pr, tr
+                format!("+{} adapter(s)", e.n_adapters),
+                l.pp_tps,
+                l.tg_tps,
+                pr,
+                tr
             );
-            fields.extend([("llamacpp_lora_pp_tps", l.pp_tps), ("llamacpp_lora_tg_tps", l.tg_tps), ("lora_pp_ratio", pr), ("lora_tg_ratio", tr)]);
+            fields.extend([
+                ("llamacpp_lora_pp_tps", l.pp_tps),
+                ("llamacpp_lora_tg_tps", l.tg_tps),
+                ("lora_pp_ratio", pr),
+                ("lora_tg_ratio", tr),
+            ]);
         }
         Ok(Vs { table, fields })
     }
@@ -743,7 +972,10 @@ mod vs_llama_cpp {
 
 fn sampling_params(g: &GenArgs) -> Result<SamplingParams, Failure> {
     let seed = g.seed.unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         t ^ (std::process::id() as u64).rotate_left(32)
     });
     let p = SamplingParams {
@@ -765,11 +997,15 @@ fn cmd_generate(g: GenArgs) -> Result<(), Failure> {
     };
     let prompt = match (&g.prompt, &g.file) {
         (Some(p), _) => Some(p.clone()),
-        (None, Some(f)) => Some(std::fs::read_to_string(f).map_err(|e| Failure(1, format!("{}: {e}", f.display())))?),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f).map_err(|e| Failure(1, format!("{}: {e}", f.display())))?,
+        ),
         (None, None) => None,
     };
     if prompt.is_none() && !g.chat {
-        return Err(usage("no prompt given: use -p TEXT, -f FILE, or --chat for an interactive chat"));
+        return Err(usage(
+            "no prompt given: use -p TEXT, -f FILE, or --chat for an interactive chat",
+        ));
     }
     let params = sampling_params(&g)?;
     let t0 = std::time::Instant::now();
@@ -794,11 +1030,19 @@ fn cmd_generate(g: GenArgs) -> Result<(), Failure> {
     let adapters = apply_adapters(&mut sess, &g.rt.adapters)?;
     if !g.quiet {
         for (a, s) in &adapters {
-            eprintln!("edge-run: adapter {} (scale {s}, {} tensors)", a.path().display(), a.tensors().len());
+            eprintln!(
+                "edge-run: adapter {} (scale {s}, {} tensors)",
+                a.path().display(),
+                a.tensors().len()
+            );
         }
     }
     let mut sampler = Sampler::new(params, n_vocab);
-    let max_new = if g.n_predict < 0 { usize::MAX } else { g.n_predict as usize };
+    let max_new = if g.n_predict < 0 {
+        usize::MAX
+    } else {
+        g.n_predict as usize
+    };
 
     match prompt {
         Some(p) => {
@@ -828,14 +1072,37 @@ fn cmd_generate(g: GenArgs) -> Result<(), Failure> {
 }
 
 fn render_chat(model: &Model, msgs: &[ChatMessage]) -> Result<String, Failure> {
-    let tpl = model.chat_template.as_deref().ok_or_else(|| Failure(1, format!("{}: the model has no tokenizer.chat_template; --chat needs one", model.path().display())))?;
+    let tpl = model.chat_template.as_deref().ok_or_else(|| {
+        Failure(
+            1,
+            format!(
+                "{}: the model has no tokenizer.chat_template; --chat needs one",
+                model.path().display()
+            ),
+        )
+    })?;
     let tok = &model.tokenizer;
-    let piece = |id: Option<u32>| id.map(|i| String::from_utf8_lossy(tok.token_to_piece(i, true)).into_owned()).unwrap_or_default();
-    Ok(apply_chat_template(tpl, msgs, true, &piece(tok.bos()), &piece(tok.eos()))?)
+    let piece = |id: Option<u32>| {
+        id.map(|i| String::from_utf8_lossy(tok.token_to_piece(i, true)).into_owned())
+            .unwrap_or_default()
+    };
+    Ok(apply_chat_template(
+        tpl,
+        msgs,
+        true,
+        &piece(tok.bos()),
+        &piece(tok.eos()),
+    )?)
 }
 
 /// Evaluate `ids` and stream up to `max_new` sampled tokens to stdout. Returns the generated ids.
-fn run_turn(sess: &mut Session, sampler: &mut Sampler, ids: &[u32], max_new: usize, quiet: bool) -> Result<Vec<u32>, Failure> {
+fn run_turn(
+    sess: &mut Session,
+    sampler: &mut Sampler,
+    ids: &[u32],
+    max_new: usize,
+    quiet: bool,
+) -> Result<Vec<u32>, Failure> {
     let model = sess.model().clone();
     let tok = &model.tokenizer;
     let room = sess.config().n_ctx - sess.n_past();
@@ -852,7 +1119,11 @@ fn run_turn(sess: &mut Session, sampler: &mut Sampler, ids: &[u32], max_new: usi
         buf.clear();
         dec.push(tok, id, &mut buf);
         let mut lock = stdout.lock();
-        if lock.write_all(buf.as_bytes()).and_then(|_| lock.flush()).is_err() {
+        if lock
+            .write_all(buf.as_bytes())
+            .and_then(|_| lock.flush())
+            .is_err()
+        {
             broken = true; // stdout closed (e.g. piped into `head`): stop quietly
             return false;
         }
@@ -862,7 +1133,10 @@ fn run_turn(sess: &mut Session, sampler: &mut Sampler, ids: &[u32], max_new: usi
     dec.finish(&mut buf);
     if !broken {
         let mut lock = stdout.lock();
-        let _ = lock.write_all(buf.as_bytes()).and_then(|_| lock.write_all(b"\n")).and_then(|_| lock.flush());
+        let _ = lock
+            .write_all(buf.as_bytes())
+            .and_then(|_| lock.write_all(b"\n"))
+            .and_then(|_| lock.flush());
     }
     if !quiet {
         let why = match st.stop {
@@ -884,7 +1158,13 @@ fn run_turn(sess: &mut Session, sampler: &mut Sampler, ids: &[u32], max_new: usi
     Ok(out)
 }
 
-fn interactive_chat(sess: &mut Session, sampler: &mut Sampler, g: &GenArgs, max_new: usize, mut adapters: Vec<(Arc<Adapter>, f32)>) -> Result<(), Failure> {
+fn interactive_chat(
+    sess: &mut Session,
+    sampler: &mut Sampler,
+    g: &GenArgs,
+    max_new: usize,
+    mut adapters: Vec<(Arc<Adapter>, f32)>,
+) -> Result<(), Failure> {
     let model = sess.model().clone();
     let mut msgs: Vec<ChatMessage> = Vec::new();
     if let Some(s) = &g.system {
@@ -945,7 +1225,10 @@ fn interactive_chat(sess: &mut Session, sampler: &mut Sampler, g: &GenArgs, max_
                 continue;
             }
         };
-        msgs.push(ChatMessage::new("assistant", model.tokenizer.decode_with(&reply, false)));
+        msgs.push(ChatMessage::new(
+            "assistant",
+            model.tokenizer.decode_with(&reply, false),
+        ));
         // The cache now holds prompt + reply without the end-of-turn markup; the next render re-evaluates
         // from where they differ.
         let rendered = render_chat(&model, &msgs)?;
@@ -970,10 +1253,17 @@ const CHAT_HELP: &str = "commands (between turns):
 Adapter changes apply from the next token on; the conversation already in the KV cache stays as it was
 computed unless edge-run was started with --reeval-on-swap.";
 
-fn adapter_command(sess: &mut Session, adapters: &mut Vec<(Arc<Adapter>, f32)>, cmd: &str) -> Result<(), Failure> {
+fn adapter_command(
+    sess: &mut Session,
+    adapters: &mut Vec<(Arc<Adapter>, f32)>,
+    cmd: &str,
+) -> Result<(), Failure> {
     let words: Vec<&str> = cmd.split_whitespace().collect();
     let index = |w: Option<&&str>, n: usize| -> Result<usize, Failure> {
-        let i: usize = w.ok_or_else(|| usage("missing adapter number"))?.parse().map_err(|_| usage("adapter number must be an integer"))?;
+        let i: usize = w
+            .ok_or_else(|| usage("missing adapter number"))?
+            .parse()
+            .map_err(|_| usage("adapter number must be an integer"))?;
         if i >= n {
             return Err(usage(format!("no adapter {i}: {n} active")));
         }
@@ -989,9 +1279,17 @@ fn adapter_command(sess: &mut Session, adapters: &mut Vec<(Arc<Adapter>, f32)>, 
         }
         ["adapter", "scale", _, s] => {
             let i = index(words.get(2), next.len())?;
-            next[i].1 = s.parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| usage(format!("bad scale `{s}`")))?;
+            next[i].1 = s
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| usage(format!("bad scale `{s}`")))?;
         }
-        _ => return Err(usage(format!("unknown adapter command `/{cmd}`; /help lists commands"))),
+        _ => {
+            return Err(usage(format!(
+                "unknown adapter command `/{cmd}`; /help lists commands"
+            )))
+        }
     }
     let set: Vec<(&Arc<Adapter>, f32)> = next.iter().map(|(a, s)| (a, *s)).collect();
     sess.set_adapters(&set)?;
@@ -1000,7 +1298,11 @@ fn adapter_command(sess: &mut Session, adapters: &mut Vec<(Arc<Adapter>, f32)>, 
         eprintln!("(no adapters: base model)");
     }
     for (i, (a, s)) in adapters.iter().enumerate() {
-        eprintln!("  {i}: {} scale {s} ({} tensors)", a.path().display(), a.tensors().len());
+        eprintln!(
+            "  {i}: {} scale {s} ({} tensors)",
+            a.path().display(),
+            a.tensors().len()
+        );
     }
     Ok(())
 }
@@ -1013,12 +1315,18 @@ fn init_logging(verbose: u8) {
         }
         fn log(&self, r: &log::Record) {
             if self.enabled(r.metadata()) {
-                eprintln!("edge-run: {}: {}", r.level().as_str().to_lowercase(), r.args());
+                eprintln!(
+                    "edge-run: {}: {}",
+                    r.level().as_str().to_lowercase(),
+                    r.args()
+                );
             }
         }
         fn flush(&self) {}
     }
-    let from_env = std::env::var("EDGE_RUN_LOG").ok().and_then(|v| v.parse::<log::LevelFilter>().ok());
+    let from_env = std::env::var("EDGE_RUN_LOG")
+        .ok()
+        .and_then(|v| v.parse::<log::LevelFilter>().ok());
     let level = match verbose {
         0 => from_env.unwrap_or(log::LevelFilter::Warn),
         1 => log::LevelFilter::Info,

@@ -53,7 +53,10 @@ pub struct Registration {
 pub fn register(bytes: &[u8], path: &Path) -> Registration {
     let name: Box<[u8]> = path.to_string_lossy().as_bytes().into();
     for (i, s) in TABLE.iter().enumerate() {
-        if s.used.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        if s.used
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
             let len = name.len();
             let ptr = Box::into_raw(name) as *mut u8;
             s.name_len.store(len, Ordering::Relaxed);

@@ -137,12 +137,24 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("path", &self.path).field("arch", &self.arch).field("hp", &self.hp).finish()
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("arch", &self.arch)
+            .field("hp", &self.hp)
+            .finish()
     }
 }
 
 /// The linear weights of a layer an adapter can target, in slot order.
-pub const LAYER_WEIGHTS: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+pub const LAYER_WEIGHTS: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
 pub const LAYER_SLOTS: usize = LAYER_WEIGHTS.len();
 
 impl Model {
@@ -157,30 +169,85 @@ impl Model {
         let g = Gguf::parse(&map).map_err(|e| e.in_file(&fname))?;
         let m = Self::from_gguf(&g, &fname, &map).map_err(|e| e.in_file(&fname))?;
         let base_info = BaseInfo::from_gguf(&g).map_err(|e| e.in_file(&fname))?;
-        let Loaded { arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors, gguf_version } = m;
+        let Loaded {
+            arch,
+            name,
+            hp,
+            tokenizer,
+            tokenizer_model,
+            chat_template,
+            token_embd,
+            output_norm,
+            output,
+            tied_output,
+            rope_freqs,
+            layers,
+            type_counts,
+            n_tensors,
+            gguf_version,
+        } = m;
         drop(g);
-        Ok(Model { path, map, arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors, gguf_version, base_info })
+        Ok(Model {
+            path,
+            map,
+            arch,
+            name,
+            hp,
+            tokenizer,
+            tokenizer_model,
+            chat_template,
+            token_embd,
+            output_norm,
+            output,
+            tied_output,
+            rope_freqs,
+            layers,
+            type_counts,
+            n_tensors,
+            gguf_version,
+            base_info,
+        })
     }
 
     fn from_gguf(g: &Gguf<'_>, fname: &str, map: &Arc<MappedFile>) -> Result<Loaded> {
         let arch = g.get_str("general.architecture")?.to_string();
-        let kind = Arch::from_name(&arch).ok_or_else(|| Error::unsupported(fname, format!("architecture `{arch}` (general.architecture); supported: {}", Arch::SUPPORTED.join(", "))))?;
+        let kind = Arch::from_name(&arch).ok_or_else(|| {
+            Error::unsupported(
+                fname,
+                format!(
+                    "architecture `{arch}` (general.architecture); supported: {}",
+                    Arch::SUPPORTED.join(", ")
+                ),
+            )
+        })?;
         let key = |k: &str| format!("{arch}.{k}");
         let req = |k: &str| -> Result<usize> {
             let v = g.get_u64(&key(k))?;
-            usize::try_from(v).map_err(|_| Error::format(fname, key(k), None, format!("value {v} does not fit in memory")))
+            usize::try_from(v).map_err(|_| {
+                Error::format(
+                    fname,
+                    key(k),
+                    None,
+                    format!("value {v} does not fit in memory"),
+                )
+            })
         };
         let opt = |k: &str| -> Result<Option<u64>> { g.opt_u64(&key(k)) };
         let n_embd = req("embedding_length")?;
         let n_layer = req("block_count")?;
         let n_head = req("attention.head_count")?;
-        let n_head_kv = opt("attention.head_count_kv")?.map(|v| v as usize).unwrap_or(n_head);
+        let n_head_kv = opt("attention.head_count_kv")?
+            .map(|v| v as usize)
+            .unwrap_or(n_head);
         let n_ff = req("feed_forward_length")?;
-        let n_ctx_train = opt("context_length")?.map_or(2048, |v| usize::try_from(v).unwrap_or(usize::MAX));
+        let n_ctx_train =
+            opt("context_length")?.map_or(2048, |v| usize::try_from(v).unwrap_or(usize::MAX));
         let rms_eps = match kind {
             // llama.cpp requires the key for gemma3 (there is no common default).
             Arch::Gemma3 => g.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
-            Arch::Llama => g.opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+            Arch::Llama => g
+                .opt_f32(&key("attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-5),
         };
         let rope_freq_base = g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
         let mut rope_freq_scale = 1.0f32;
@@ -190,81 +257,177 @@ impl Model {
                 "linear" => {
                     let f = g.get_f32(&key("rope.scaling.factor"))?;
                     if !(f.is_finite() && f > 0.0) {
-                        return Err(Error::format(fname, key("rope.scaling.factor"), None, format!("must be > 0, got {f}")));
+                        return Err(Error::format(
+                            fname,
+                            key("rope.scaling.factor"),
+                            None,
+                            format!("must be > 0, got {f}"),
+                        ));
                     }
                     rope_freq_scale = 1.0 / f;
                 }
-                other => return Err(Error::unsupported(fname, format!("{} = `{other}`", key("rope.scaling.type")))),
+                other => {
+                    return Err(Error::unsupported(
+                        fname,
+                        format!("{} = `{other}`", key("rope.scaling.type")),
+                    ))
+                }
             }
         }
         let bad = |field: String, detail: String| Err(Error::format(fname, field, None, detail));
         if n_embd == 0 || n_embd > 1 << 16 {
-            return bad(key("embedding_length"), format!("must be in 1..=65536, got {n_embd}"));
+            return bad(
+                key("embedding_length"),
+                format!("must be in 1..=65536, got {n_embd}"),
+            );
         }
         if n_layer == 0 || n_layer > 1024 {
-            return bad(key("block_count"), format!("must be in 1..=1024, got {n_layer}"));
+            return bad(
+                key("block_count"),
+                format!("must be in 1..=1024, got {n_layer}"),
+            );
         }
         if n_head == 0 || n_embd % n_head != 0 {
-            return bad(key("attention.head_count"), format!("must be > 0 and divide embedding_length {n_embd}, got {n_head}"));
+            return bad(
+                key("attention.head_count"),
+                format!("must be > 0 and divide embedding_length {n_embd}, got {n_head}"),
+            );
         }
         if n_head_kv == 0 || n_head % n_head_kv != 0 {
-            return bad(key("attention.head_count_kv"), format!("must be > 0 and divide head_count {n_head}, got {n_head_kv}"));
+            return bad(
+                key("attention.head_count_kv"),
+                format!("must be > 0 and divide head_count {n_head}, got {n_head_kv}"),
+            );
         }
         let head_dim = match opt("attention.key_length")? {
             Some(v) => v as usize,
             None => n_embd / n_head,
         };
         if head_dim == 0 || head_dim % 2 != 0 || head_dim > 1024 {
-            return bad(key("attention.key_length"), format!("head size must be even and in 2..=1024, got {head_dim}"));
+            return bad(
+                key("attention.key_length"),
+                format!("head size must be even and in 2..=1024, got {head_dim}"),
+            );
         }
-        let rope_dim = opt("rope.dimension_count")?.map(|v| v as usize).unwrap_or(head_dim);
+        let rope_dim = opt("rope.dimension_count")?
+            .map(|v| v as usize)
+            .unwrap_or(head_dim);
         if rope_dim == 0 || rope_dim > head_dim || rope_dim % 2 != 0 {
-            return bad(key("rope.dimension_count"), format!("must be even and ≤ head size {head_dim}, got {rope_dim}"));
+            return bad(
+                key("rope.dimension_count"),
+                format!("must be even and ≤ head size {head_dim}, got {rope_dim}"),
+            );
         }
         if n_ff == 0 || n_ff > 1 << 20 {
-            return bad(key("feed_forward_length"), format!("must be in 1..=1048576, got {n_ff}"));
+            return bad(
+                key("feed_forward_length"),
+                format!("must be in 1..=1048576, got {n_ff}"),
+            );
         }
         if !(rms_eps.is_finite() && rms_eps > 0.0) {
-            return bad(key("attention.layer_norm_rms_epsilon"), format!("must be finite and > 0, got {rms_eps}"));
+            return bad(
+                key("attention.layer_norm_rms_epsilon"),
+                format!("must be finite and > 0, got {rms_eps}"),
+            );
         }
         if !(rope_freq_base.is_finite() && rope_freq_base > 0.0) {
-            return bad(key("rope.freq_base"), format!("must be finite and > 0, got {rope_freq_base}"));
+            return bad(
+                key("rope.freq_base"),
+                format!("must be finite and > 0, got {rope_freq_base}"),
+            );
         }
         if n_ctx_train == 0 || n_ctx_train > u32::MAX as usize {
-            return bad(key("context_length"), format!("must be in 1..=4294967295, got {n_ctx_train}"));
+            return bad(
+                key("context_length"),
+                format!("must be in 1..=4294967295, got {n_ctx_train}"),
+            );
         }
         // The forward pass uses one head size for keys and values.
         if let Some(v) = opt("attention.value_length")? {
             if v != head_dim as u64 {
-                return bad(key("attention.value_length"), format!("must equal the key head size {head_dim}, got {v}"));
+                return bad(
+                    key("attention.value_length"),
+                    format!("must equal the key head size {head_dim}, got {v}"),
+                );
             }
         }
 
         let weight = |name: &str, n_in: usize, n_out: usize, linear: bool| -> Result<WeightRef> {
-            let t = g.tensor(name).ok_or_else(|| Error::format(fname, format!("tensor_infos[{name:?}]"), None, "required tensor is missing"))?;
-            let (ne0, ne1) = (t.dims[0] as usize, if t.n_dims >= 2 { t.dims[1] as usize } else { 1 });
+            let t = g.tensor(name).ok_or_else(|| {
+                Error::format(
+                    fname,
+                    format!("tensor_infos[{name:?}]"),
+                    None,
+                    "required tensor is missing",
+                )
+            })?;
+            let (ne0, ne1) = (
+                t.dims[0] as usize,
+                if t.n_dims >= 2 { t.dims[1] as usize } else { 1 },
+            );
             let extra: u64 = t.dims[2..].iter().product();
             if ne0 != n_in || ne1 != n_out || (t.n_dims > 2 && extra != 1) {
-                return Err(Error::format(fname, format!("tensor_infos[{name:?}].dims"), None, format!("expected [{n_in}, {n_out}], got {:?}", &t.dims[..t.n_dims as usize])));
+                return Err(Error::format(
+                    fname,
+                    format!("tensor_infos[{name:?}].dims"),
+                    None,
+                    format!(
+                        "expected [{n_in}, {n_out}], got {:?}",
+                        &t.dims[..t.n_dims as usize]
+                    ),
+                ));
             }
-            let ok = if linear { crate::kernels::Kernels::scalar().matvec(t.ty).is_some() } else { t.ty == QuantType::F32 };
+            let ok = if linear {
+                crate::kernels::Kernels::scalar().matvec(t.ty).is_some()
+            } else {
+                t.ty == QuantType::F32
+            };
             if !linear && t.offset % 4 != 0 {
-                return Err(Error::format(fname, format!("tensor_infos[{name:?}].offset"), Some(t.offset), "F32 data must be 4-byte aligned"));
+                return Err(Error::format(
+                    fname,
+                    format!("tensor_infos[{name:?}].offset"),
+                    Some(t.offset),
+                    "F32 data must be 4-byte aligned",
+                ));
             }
             if !ok {
-                return Err(Error::unsupported(fname, format!("tensor `{name}` has type {} which edge-run cannot use there", t.ty.name())));
+                return Err(Error::unsupported(
+                    fname,
+                    format!(
+                        "tensor `{name}` has type {} which edge-run cannot use there",
+                        t.ty.name()
+                    ),
+                ));
             }
-            Ok(WeightRef { name: name.to_string(), ty: t.ty, n_in, n_out, offset: t.offset as usize, size: t.size })
+            Ok(WeightRef {
+                name: name.to_string(),
+                ty: t.ty,
+                n_in,
+                n_out,
+                offset: t.offset as usize,
+                size: t.size,
+            })
         };
         let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
 
         let tokenizer = Tokenizer::from_gguf_mapped(g, map)?;
         let tokenizer_model = g.get_str("tokenizer.ggml.model")?.to_string();
         let n_vocab = tokenizer.n_vocab();
-        let token_embd = weight("token_embd.weight", n_embd, n_vocab, true).map_err(|e| match e {
-            Error::Format { file, field, offset, detail } => Error::Format { file, field, offset, detail: format!("{detail} (vocabulary has {n_vocab} tokens)") },
-            e => e,
-        })?;
+        let token_embd =
+            weight("token_embd.weight", n_embd, n_vocab, true).map_err(|e| match e {
+                Error::Format {
+                    file,
+                    field,
+                    offset,
+                    detail,
+                } => Error::Format {
+                    file,
+                    field,
+                    offset,
+                    detail: format!("{detail} (vocabulary has {n_vocab} tokens)"),
+                },
+                e => e,
+            })?;
         let output_norm = weight("output_norm.weight", n_embd, 1, false)?;
         let (output, tied_output) = match g.tensor("output.weight") {
             Some(_) => (weight("output.weight", n_embd, n_vocab, true)?, false),
@@ -275,13 +438,21 @@ impl Model {
             None => None,
         };
         let gemma = match kind {
-            Arch::Gemma3 => Some(crate::arch::gemma3::hparams(g, fname, n_layer, n_embd, n_head, head_dim)?),
+            Arch::Gemma3 => Some(crate::arch::gemma3::hparams(
+                g, fname, n_layer, n_embd, n_head, head_dim,
+            )?),
             Arch::Llama => None,
         };
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let w = |n: &str, a, b, lin| weight(&format!("blk.{i}.{n}.weight"), a, b, lin);
-            let g3 = |n: &str, a| -> Result<Option<WeightRef>> { if gemma.is_some() { w(n, a, 1, false).map(Some) } else { Ok(None) } };
+            let g3 = |n: &str, a| -> Result<Option<WeightRef>> {
+                if gemma.is_some() {
+                    w(n, a, 1, false).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
             layers.push(Layer {
                 attn_q_norm: g3("attn_q_norm", head_dim)?,
                 attn_k_norm: g3("attn_k_norm", head_dim)?,
@@ -337,7 +508,23 @@ impl Model {
             hp.embd_scale = p.embd_scale;
             hp.logit_softcap = p.logit_softcap;
         }
-        Ok(Loaded { arch, name, hp, tokenizer, tokenizer_model, chat_template, token_embd, output_norm, output, tied_output, rope_freqs, layers, type_counts, n_tensors: g.tensors().len(), gguf_version: g.version() })
+        Ok(Loaded {
+            arch,
+            name,
+            hp,
+            tokenizer,
+            tokenizer_model,
+            chat_template,
+            token_embd,
+            output_norm,
+            output,
+            tied_output,
+            rope_freqs,
+            layers,
+            type_counts,
+            n_tensors: g.tensors().len(),
+            gguf_version: g.version(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -362,7 +549,24 @@ impl Model {
 
     /// Bytes of all weights read to decode one token (every layer's matrices + the output head).
     pub fn bytes_per_token(&self) -> usize {
-        let l: usize = self.layers.iter().map(|l| [&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down].iter().map(|w| w.size).sum::<usize>()).sum();
+        let l: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [
+                    &l.attn_q,
+                    &l.attn_k,
+                    &l.attn_v,
+                    &l.attn_output,
+                    &l.ffn_gate,
+                    &l.ffn_up,
+                    &l.ffn_down,
+                ]
+                .iter()
+                .map(|w| w.size)
+                .sum::<usize>()
+            })
+            .sum();
         l + self.output.size
     }
 
@@ -384,7 +588,9 @@ impl Model {
         if layer >= self.layers.len() {
             return None;
         }
-        let kind = LAYER_WEIGHTS.iter().position(|w| name.strip_suffix(".weight") == Some(w))?;
+        let kind = LAYER_WEIGHTS
+            .iter()
+            .position(|w| name.strip_suffix(".weight") == Some(w))?;
         Some(layer * LAYER_SLOTS + kind)
     }
 
@@ -398,7 +604,15 @@ impl Model {
             return &self.output;
         }
         let l = &self.layers[slot / LAYER_SLOTS];
-        [&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down][slot % LAYER_SLOTS]
+        [
+            &l.attn_q,
+            &l.attn_k,
+            &l.attn_v,
+            &l.attn_output,
+            &l.ffn_gate,
+            &l.ffn_up,
+            &l.ffn_down,
+        ][slot % LAYER_SLOTS]
     }
 }
 

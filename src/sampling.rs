@@ -21,18 +21,32 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
     }
 }
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::Error::invalid(m));
         if !self.temperature.is_finite() {
-            return bad(format!("temperature must be finite, got {}", self.temperature));
+            return bad(format!(
+                "temperature must be finite, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top-p must be in (0, 1], got {}", self.top_p));
@@ -41,7 +55,10 @@ impl SamplingParams {
             return bad(format!("min-p must be in [0, 1], got {}", self.min_p));
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
-            return bad(format!("repeat-penalty must be > 0, got {}", self.repeat_penalty));
+            return bad(format!(
+                "repeat-penalty must be > 0, got {}",
+                self.repeat_penalty
+            ));
         }
         Ok(())
     }
@@ -63,7 +80,9 @@ impl Rng {
             x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             x ^ (x >> 31)
         };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
     }
     pub fn next_u64(&mut self) -> u64 {
         let r = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
@@ -98,7 +117,13 @@ impl Sampler {
         let last_n = params.repeat_last_n;
         // Cap the up-front reservation so an absurd repeat_last_n cannot abort on allocation; windows larger
         // than 65536 tokens grow the history (allocating) while it fills.
-        Sampler { params, rng, cand: Vec::with_capacity(n_vocab), recent: Vec::with_capacity(last_n.min(1 << 16)), recent_pos: 0 }
+        Sampler {
+            params,
+            rng,
+            cand: Vec::with_capacity(n_vocab),
+            recent: Vec::with_capacity(last_n.min(1 << 16)),
+            recent_pos: 0,
+        }
     }
 
     /// Tell the sampler about a token that is now part of the context (prompt or generated).
@@ -119,21 +144,31 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         self.cand.clear();
-        self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
+        self.cand
+            .extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
         if p.repeat_penalty != 1.0 {
             for &t in &self.recent {
                 if let Some(c) = self.cand.get_mut(t as usize) {
                     // As llama.cpp: divide positive logits, multiply negative ones.
-                    c.0 = if c.0 > 0.0 { c.0 / p.repeat_penalty } else { c.0 * p.repeat_penalty };
+                    c.0 = if c.0 > 0.0 {
+                        c.0 / p.repeat_penalty
+                    } else {
+                        c.0 * p.repeat_penalty
+                    };
                 }
             }
         }
         if p.temperature <= 0.0 {
             return greedy(&self.cand);
         }
-        let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let by_logit_desc =
+            |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         // top-k
-        let k = if p.top_k == 0 { self.cand.len() } else { p.top_k.min(self.cand.len()) };
+        let k = if p.top_k == 0 {
+            self.cand.len()
+        } else {
+            p.top_k.min(self.cand.len())
+        };
         if k < self.cand.len() {
             self.cand.select_nth_unstable_by(k - 1, by_logit_desc);
             self.cand.truncate(k);
@@ -217,7 +252,13 @@ mod tests {
 
     #[test]
     fn repeat_penalty_demotes_recent() {
-        let mut s = Sampler::new(SamplingParams { repeat_penalty: 2.0, ..SamplingParams::greedy() }, 6);
+        let mut s = Sampler::new(
+            SamplingParams {
+                repeat_penalty: 2.0,
+                ..SamplingParams::greedy()
+            },
+            6,
+        );
         s.accept(1);
         // 3.0 / 2 = 1.5 < 2.9
         assert_eq!(s.sample(&logits()), 4);
@@ -225,36 +266,71 @@ mod tests {
 
     #[test]
     fn same_seed_same_tokens_and_top_k_respected() {
-        let p = SamplingParams { temperature: 1.5, top_k: 2, top_p: 1.0, min_p: 0.0, seed: 42, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.5,
+            top_k: 2,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 42,
+            ..Default::default()
+        };
         let mut a = Sampler::new(p.clone(), 6);
         let mut b = Sampler::new(p, 6);
         let ta: Vec<u32> = (0..200).map(|_| a.sample(&logits())).collect();
         let tb: Vec<u32> = (0..200).map(|_| b.sample(&logits())).collect();
         assert_eq!(ta, tb);
-        assert!(ta.iter().all(|&t| t == 1 || t == 4), "top-k=2 allows only the two best");
+        assert!(
+            ta.iter().all(|&t| t == 1 || t == 4),
+            "top-k=2 allows only the two best"
+        );
         assert!(ta.contains(&1) && ta.contains(&4));
     }
 
     #[test]
     fn min_p_and_top_p_cut_tail() {
         // With min_p = 0.5 only tokens with p >= 0.5 p_max survive: 3.0 and 2.9 (2.0 has p ratio e^-1 < 0.5).
-        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, seed: 7, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.5,
+            seed: 7,
+            ..Default::default()
+        };
         let mut s = Sampler::new(p, 6);
         for _ in 0..300 {
             let t = s.sample(&logits());
             assert!(t == 1 || t == 4);
         }
-        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.3, min_p: 0.0, seed: 7, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.3,
+            min_p: 0.0,
+            seed: 7,
+            ..Default::default()
+        };
         let mut s = Sampler::new(p, 6);
         for _ in 0..300 {
-            assert_eq!(s.sample(&logits()), 1, "top-p 0.3 keeps only the best token (p≈0.37)");
+            assert_eq!(
+                s.sample(&logits()),
+                1,
+                "top-p 0.3 keeps only the best token (p≈0.37)"
+            );
         }
     }
 
     #[test]
     fn different_seeds_differ() {
         let mk = |seed| {
-            let p = SamplingParams { temperature: 2.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed, ..Default::default() };
+            let p = SamplingParams {
+                temperature: 2.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed,
+                ..Default::default()
+            };
             let mut s = Sampler::new(p, 6);
             (0..64).map(|_| s.sample(&logits())).collect::<Vec<_>>()
         };

@@ -34,13 +34,24 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { n_ctx: 2048, n_batch: 64, n_threads: default_threads(), logits_all: false, kernels: None, act_quant: ActQuant::Q8x2, max_adapters: MAX_ADAPTERS, max_rank: 64 }
+        SessionConfig {
+            n_ctx: 2048,
+            n_batch: 64,
+            n_threads: default_threads(),
+            logits_all: false,
+            kernels: None,
+            act_quant: ActQuant::Q8x2,
+            max_adapters: MAX_ADAPTERS,
+            max_rank: 64,
+        }
     }
 }
 
 /// Physical cores, as llama.cpp's default for `-t` (falls back to the logical count).
 pub fn default_threads() -> usize {
-    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let logical = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     physical_cores().unwrap_or(logical).clamp(1, logical)
 }
 
@@ -52,7 +63,10 @@ fn physical_cores() -> Option<usize> {
         if let Some(v) = line.strip_prefix("physical id") {
             phys = v.trim_start_matches([' ', '\t', ':']);
         } else if let Some(v) = line.strip_prefix("core id") {
-            cores.insert((phys.to_string(), v.trim_start_matches([' ', '\t', ':']).to_string()));
+            cores.insert((
+                phys.to_string(),
+                v.trim_start_matches([' ', '\t', ':']).to_string(),
+            ));
         }
     }
     (!cores.is_empty()).then_some(cores.len())
@@ -95,19 +109,33 @@ pub struct Session {
 impl Session {
     pub fn new(model: Arc<Model>, cfg: SessionConfig) -> Result<Session> {
         if cfg.n_ctx == 0 || cfg.n_batch == 0 {
-            return Err(Error::invalid(format!("context ({}) and batch ({}) sizes must be > 0", cfg.n_ctx, cfg.n_batch)));
+            return Err(Error::invalid(format!(
+                "context ({}) and batch ({}) sizes must be > 0",
+                cfg.n_ctx, cfg.n_batch
+            )));
         }
         if cfg.n_threads == 0 || cfg.n_threads > 256 {
-            return Err(Error::invalid(format!("threads must be in 1..=256, got {}", cfg.n_threads)));
+            return Err(Error::invalid(format!(
+                "threads must be in 1..=256, got {}",
+                cfg.n_threads
+            )));
         }
         let n_batch = cfg.n_batch.min(cfg.n_ctx);
         if cfg.max_adapters > MAX_ADAPTERS || cfg.max_rank > 4096 {
-            return Err(Error::invalid(format!("max adapters {} (≤ {MAX_ADAPTERS}) / max rank {} (≤ 4096) out of range", cfg.max_adapters, cfg.max_rank)));
+            return Err(Error::invalid(format!(
+                "max adapters {} (≤ {MAX_ADAPTERS}) / max rank {} (≤ 4096) out of range",
+                cfg.max_adapters, cfg.max_rank
+            )));
         }
         let cfg = SessionConfig { n_batch, ..cfg };
         let st = State::new(&model, &cfg)?;
         let k = cfg.kernels.unwrap_or_else(Kernels::best);
-        let pool = ThreadPool::new(cfg.n_threads).map_err(|e| Error::invalid(format!("cannot start {} worker threads: {e}", cfg.n_threads)))?;
+        let pool = ThreadPool::new(cfg.n_threads).map_err(|e| {
+            Error::invalid(format!(
+                "cannot start {} worker threads: {e}",
+                cfg.n_threads
+            ))
+        })?;
         Ok(Session {
             k,
             pool,
@@ -117,7 +145,11 @@ impl Session {
             replay: false,
             st,
             lk: LoraKernels::for_tier(k.tier),
-            control: Arc::new(AdapterControl::new(model.clone(), cfg.max_adapters, cfg.max_rank)),
+            control: Arc::new(AdapterControl::new(
+                model.clone(),
+                cfg.max_adapters,
+                cfg.max_rank,
+            )),
             applied: Applied::new(model.n_slots()),
             model,
             cfg,
@@ -156,7 +188,10 @@ impl Session {
         }
         let hp = &self.model.hp;
         let cap = hp.kv_positions(hp.swa.iter().position(|&s| s).unwrap_or(0), self.cfg.n_ctx);
-        if hp.n_swa > 0 && hp.n_swa_layers() > 0 && self.n_past.saturating_sub(cap) > (n + 1).saturating_sub(hp.n_swa) {
+        if hp.n_swa > 0
+            && hp.n_swa_layers() > 0
+            && self.n_past.saturating_sub(cap) > (n + 1).saturating_sub(hp.n_swa)
+        {
             self.replay = true;
         }
         self.n_past = n;
@@ -195,7 +230,9 @@ impl Session {
     fn check(&self, tokens: &[u32]) -> Result<()> {
         let nv = self.model.hp.n_vocab;
         if let Some((i, &t)) = tokens.iter().enumerate().find(|(_, &t)| t as usize >= nv) {
-            return Err(Error::invalid(format!("token id {t} at index {i} is out of range: the vocabulary has {nv} tokens")));
+            return Err(Error::invalid(format!(
+                "token id {t} at index {i} is out of range: the vocabulary has {nv} tokens"
+            )));
         }
         if tokens.len() > self.cfg.n_ctx - self.n_past {
             return Err(Error::invalid(format!(
@@ -227,7 +264,9 @@ impl Session {
     /// Evaluate `tokens` and hand the logits of every position to `f(index, logits)`. Needs `logits_all`.
     pub fn eval_each(&mut self, tokens: &[u32], mut f: impl FnMut(usize, &[f32])) -> Result<()> {
         if !self.cfg.logits_all {
-            return Err(Error::invalid("eval_each needs a session created with logits_all"));
+            return Err(Error::invalid(
+                "eval_each needs a session created with logits_all",
+            ));
         }
         self.check(tokens)?;
         self.applied.refresh(&self.control);
@@ -266,7 +305,15 @@ impl Session {
     }
 
     fn run(&mut self, tokens: &[u32]) {
-        let env = Env { m: &self.model, k: self.k, lk: self.lk, pool: &self.pool, applied: &self.applied, n_ctx: self.cfg.n_ctx, logits_all: self.cfg.logits_all };
+        let env = Env {
+            m: &self.model,
+            k: self.k,
+            lk: self.lk,
+            pool: &self.pool,
+            applied: &self.applied,
+            n_ctx: self.cfg.n_ctx,
+            logits_all: self.cfg.logits_all,
+        };
         self.n_logits = arch::forward(&env, &mut self.st, tokens, self.n_past);
         self.n_past += tokens.len();
     }
@@ -296,8 +343,17 @@ impl Session {
     /// Evaluate `prompt` after the current context, then sample up to `max_new` tokens, handing each to
     /// `on_token` (return `false` to stop). Stops at an end-of-generation token (not handed on) or a full
     /// context. Every sampled token is also passed to `sampler.accept`.
-    pub fn generate(&mut self, prompt: &[u32], max_new: usize, sampler: &mut crate::Sampler, mut on_token: impl FnMut(u32) -> bool) -> Result<GenStats> {
-        let mut st = GenStats { n_prompt: prompt.len(), ..Default::default() };
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        sampler: &mut crate::Sampler,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<GenStats> {
+        let mut st = GenStats {
+            n_prompt: prompt.len(),
+            ..Default::default()
+        };
         let t0 = std::time::Instant::now();
         if !prompt.is_empty() {
             self.eval(prompt)?;

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn edge_run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edge-run")).args(args).output().expect("run edge-run")
+    Command::new(env!("CARGO_BIN_EXE_edge-run"))
+        .args(args)
+        .output()
+        .expect("run edge-run")
 }
 
 fn stderr(o: &Output) -> String {
@@ -30,9 +33,18 @@ fn s(p: &Path) -> &str {
 fn refused(o: &Output, code: i32, needle: &str) {
     let e = stderr(o);
     assert_eq!(o.status.code(), Some(code), "status; stderr: {e}");
-    assert!(e.contains("edge-run: error:") || code == 2, "no error line: {e}");
-    assert!(e.contains(needle), "stderr does not mention `{needle}`: {e}");
-    assert!(!e.contains("panicked") && !e.contains("internal error"), "panic: {e}");
+    assert!(
+        e.contains("edge-run: error:") || code == 2,
+        "no error line: {e}"
+    );
+    assert!(
+        e.contains(needle),
+        "stderr does not mention `{needle}`: {e}"
+    );
+    assert!(
+        !e.contains("panicked") && !e.contains("internal error"),
+        "panic: {e}"
+    );
 }
 
 #[test]
@@ -40,7 +52,11 @@ fn bad_input_exits_1_with_the_file_named() {
     let dir = std::env::temp_dir().join(format!("edge-run-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // Missing file.
-    refused(&edge_run(&["info", "-m", "/nonexistent/model.gguf"]), 1, "/nonexistent/model.gguf");
+    refused(
+        &edge_run(&["info", "-m", "/nonexistent/model.gguf"]),
+        1,
+        "/nonexistent/model.gguf",
+    );
     // Not a GGUF file.
     let junk = dir.join("junk.gguf");
     std::fs::write(&junk, b"this is not a model at all").unwrap();
@@ -49,7 +65,10 @@ fn bad_input_exits_1_with_the_file_named() {
     // A directory.
     refused(&edge_run(&["info", "-m", s(&dir)]), 1, s(&dir));
     // Unsupported architecture: the tiny model with general.architecture rewritten.
-    let g = edge_run::gguf::Gguf::parse(&std::fs::read(tiny()).unwrap()).unwrap().bytes().to_vec();
+    let g = edge_run::gguf::Gguf::parse(&std::fs::read(tiny()).unwrap())
+        .unwrap()
+        .bytes()
+        .to_vec();
     let pos = g.windows(5).position(|w| w == b"llama").unwrap();
     let mut h = g.clone();
     h[pos..pos + 5].copy_from_slice(b"zzzzz");
@@ -57,8 +76,31 @@ fn bad_input_exits_1_with_the_file_named() {
     std::fs::write(&other, &h).unwrap();
     refused(&edge_run(&["info", "-m", s(&other)]), 1, "other-arch.gguf");
     // A token id out of range and an unreadable adapter.
-    refused(&edge_run(&["logits", "-m", s(&tiny()), "--tokens", "1,99999", "-o", s(&dir.join("x.npy"))]), 1, "99999");
-    refused(&edge_run(&["-m", s(&tiny()), "-p", "hi", "--adapter", "/nonexistent/adapter.gguf"]), 1, "/nonexistent/adapter.gguf");
+    refused(
+        &edge_run(&[
+            "logits",
+            "-m",
+            s(&tiny()),
+            "--tokens",
+            "1,99999",
+            "-o",
+            s(&dir.join("x.npy")),
+        ]),
+        1,
+        "99999",
+    );
+    refused(
+        &edge_run(&[
+            "-m",
+            s(&tiny()),
+            "-p",
+            "hi",
+            "--adapter",
+            "/nonexistent/adapter.gguf",
+        ]),
+        1,
+        "/nonexistent/adapter.gguf",
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -67,13 +109,46 @@ fn bad_usage_exits_2() {
     refused(&edge_run(&["--no-such-flag"]), 2, "--no-such-flag");
     refused(&edge_run(&["-p", "hello"]), 2, "-m");
     refused(&edge_run(&["-m", s(&tiny())]), 2, "prompt");
-    refused(&edge_run(&["-m", s(&tiny()), "-p", "x", "-t", "0"]), 2, "threads");
-    refused(&edge_run(&["-m", s(&tiny()), "-p", "x", "--top-p", "0"]), 2, "top-p");
-    refused(&edge_run(&["-m", s(&tiny()), "-p", "x", "--kernels", "sse9"]), 2, "sse9");
-    refused(&edge_run(&["logits", "-m", s(&tiny()), "--tokens", "1,x", "-o", "/tmp/y.npy"]), 2, "`x`");
+    refused(
+        &edge_run(&["-m", s(&tiny()), "-p", "x", "-t", "0"]),
+        2,
+        "threads",
+    );
+    refused(
+        &edge_run(&["-m", s(&tiny()), "-p", "x", "--top-p", "0"]),
+        2,
+        "top-p",
+    );
+    refused(
+        &edge_run(&["-m", s(&tiny()), "-p", "x", "--kernels", "sse9"]),
+        2,
+        "sse9",
+    );
+    refused(
+        &edge_run(&[
+            "logits",
+            "-m",
+            s(&tiny()),
+            "--tokens",
+            "1,x",
+            "-o",
+            "/tmp/y.npy",
+        ]),
+        2,
+        "`x`",
+    );
     let h = edge_run(&["--help"]);
     assert_eq!(h.status.code(), Some(0));
-    for flag in ["-m", "-p", "-n", "-t", "--temp", "--seed", "--chat", "--adapter"] {
+    for flag in [
+        "-m",
+        "-p",
+        "-n",
+        "-t",
+        "--temp",
+        "--seed",
+        "--chat",
+        "--adapter",
+    ] {
         assert!(stdout(&h).contains(flag), "--help does not explain {flag}");
     }
 }
@@ -81,13 +156,32 @@ fn bad_usage_exits_2() {
 #[test]
 fn same_seed_same_text_and_different_seed_differs() {
     let gen = |seed: &str| {
-        let o = edge_run(&["-m", s(&tiny()), "-p", "hello", "-n", "24", "--temp", "1.5", "--top-k", "0", "--min-p", "0", "--seed", seed, "--quiet"]);
+        let o = edge_run(&[
+            "-m",
+            s(&tiny()),
+            "-p",
+            "hello",
+            "-n",
+            "24",
+            "--temp",
+            "1.5",
+            "--top-k",
+            "0",
+            "--min-p",
+            "0",
+            "--seed",
+            seed,
+            "--quiet",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         stdout(&o)
     };
     let (a, b, c) = (gen("7"), gen("7"), gen("8"));
     assert_eq!(a, b);
-    assert_ne!(a, c, "different seeds gave the same 24 tokens at temperature 1.5");
+    assert_ne!(
+        a, c,
+        "different seeds gave the same 24 tokens at temperature 1.5"
+    );
 }
 
 #[test]
@@ -99,22 +193,51 @@ fn real_model_chat_answers_and_adapter_changes_the_answer() {
     assert!(stdout(&base).contains("Paris"), "{}", stdout(&base));
     assert!(stderr(&base).contains("tok/s"), "timings on stderr");
     let pirate = root().join("tests/data/adapters/pirate.gguf");
-    let ad = edge_run(&["-m", s(&m), "--chat", "-p", q, "-n", "24", "--temp", "0", "--adapter", s(&pirate)]);
+    let ad = edge_run(&[
+        "-m",
+        s(&m),
+        "--chat",
+        "-p",
+        q,
+        "-n",
+        "24",
+        "--temp",
+        "0",
+        "--adapter",
+        s(&pirate),
+    ]);
     assert!(ad.status.success(), "{}", stderr(&ad));
     let t = stdout(&ad);
-    assert!(t.contains("Arr") || t.contains("matey") || t.contains("Yo ho"), "pirate adapter had no effect: {t}");
+    assert!(
+        t.contains("Arr") || t.contains("matey") || t.contains("Yo ho"),
+        "pirate adapter had no effect: {t}"
+    );
 }
 
 #[test]
 fn tokenize_logits_and_info_outputs() {
     let m = smollm2_path();
     // Ids from the model's Hugging Face tokenizer (tests/data/tokenizer/smollm2_tokenize.json).
-    let o = edge_run(&["tokenize", "-m", s(&m), "--text", "<|im_start|>user\nHi<|im_end|>\n"]);
+    let o = edge_run(&[
+        "tokenize",
+        "-m",
+        s(&m),
+        "--text",
+        "<|im_start|>user\nHi<|im_end|>\n",
+    ]);
     assert!(o.status.success());
     assert_eq!(stdout(&o).trim(), "[1,4093,198,26843,2,198]");
 
     let out = std::env::temp_dir().join(format!("edge-run-logits-{}.npy", std::process::id()));
-    let o = edge_run(&["logits", "-m", s(&m), "--tokens", "1,4093,198", "-o", s(&out)]);
+    let o = edge_run(&[
+        "logits",
+        "-m",
+        s(&m),
+        "--tokens",
+        "1,4093,198",
+        "-o",
+        s(&out),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let a = npy_f32(&std::fs::read(&out).unwrap());
     assert_eq!(a.shape, vec![3, 49152]);
@@ -123,7 +246,15 @@ fn tokenize_logits_and_info_outputs() {
 
     let o = edge_run(&["info", "-m", s(&m)]);
     let t = stdout(&o);
-    for want in ["architecture:    llama", "layers:          30", "9 query, 3 key/value", "272 (", "210 Q4_1", "1 Q8_0", "61 F32"] {
+    for want in [
+        "architecture:    llama",
+        "layers:          30",
+        "9 query, 3 key/value",
+        "272 (",
+        "210 Q4_1",
+        "1 Q8_0",
+        "61 F32",
+    ] {
         assert!(t.contains(want), "info lacks `{want}`:\n{t}");
     }
     let pirate = root().join("tests/data/adapters/json-peft");

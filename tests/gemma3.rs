@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 /// The real model: `$EDGE_RUN_GEMMA` or `models/gemma-3-270m-q4_k_m.gguf`. Fails (never skips) when missing.
 fn gemma_path() -> PathBuf {
-    let p = std::env::var_os("EDGE_RUN_GEMMA").map(PathBuf::from).unwrap_or_else(|| root().join("models/gemma-3-270m-q4_k_m.gguf"));
+    let p = std::env::var_os("EDGE_RUN_GEMMA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models/gemma-3-270m-q4_k_m.gguf"));
     assert!(p.is_file(), "model {} not found: run `models/fetch.sh` (it downloads and verifies Gemma 3 270M), or set EDGE_RUN_GEMMA", p.display());
     p
 }
@@ -23,8 +25,23 @@ fn data(name: &str) -> PathBuf {
 }
 
 fn gemma_sequences() -> Vec<(String, Vec<u32>)> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data("sequences.json")).unwrap()).unwrap();
-    let mut out: Vec<(String, Vec<u32>)> = v.as_object().unwrap().iter().map(|(k, ids)| (k.clone(), ids.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())).collect();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("sequences.json")).unwrap()).unwrap();
+    let mut out: Vec<(String, Vec<u32>)> = v
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, ids)| {
+            (
+                k.clone(),
+                ids.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect(),
+            )
+        })
+        .collect();
     out.sort();
     out
 }
@@ -33,7 +50,17 @@ fn gemma_sequences() -> Vec<(String, Vec<u32>)> {
 fn real_model_runs(model: &Arc<Model>) -> Vec<(String, Vec<Vec<f32>>)> {
     let mut out = Vec::new();
     for (name, ids) in gemma_sequences() {
-        let mut s = Session::new(model.clone(), SessionConfig { logits_all: true, n_ctx: 256, n_batch: 32, n_threads: 2, ..Default::default() }).unwrap();
+        let mut s = Session::new(
+            model.clone(),
+            SessionConfig {
+                logits_all: true,
+                n_ctx: 256,
+                n_batch: 32,
+                n_threads: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut rows = Vec::new();
         s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
         out.push((name, rows));
@@ -66,14 +93,26 @@ fn real_model_q8_mode_near_llama_cpp() {
     let model = Arc::new(Model::open(gemma_path()).unwrap());
     let mut runs = Vec::new();
     for (name, ids) in gemma_sequences() {
-        let cfg = SessionConfig { logits_all: true, n_ctx: 256, n_batch: 64, n_threads: 2, act_quant: edge_run::session::ActQuant::Q8, ..Default::default() };
+        let cfg = SessionConfig {
+            logits_all: true,
+            n_ctx: 256,
+            n_batch: 64,
+            n_threads: 2,
+            act_quant: edge_run::session::ActQuant::Q8,
+            ..Default::default()
+        };
         let mut s = Session::new(model.clone(), cfg).unwrap();
         let mut rows = Vec::new();
         s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
         runs.push((name, rows));
     }
     let (lc, _) = metrics_vs("llamacpp_base.npz", &runs);
-    eprintln!("gemma3 270M q8 vs llama.cpp: mean KL {:.5}, max KL {:.4}, top-1 {:.2}%", lc.kl_mean, lc.kl_max, 100.0 * lc.top1);
+    eprintln!(
+        "gemma3 270M q8 vs llama.cpp: mean KL {:.5}, max KL {:.4}, top-1 {:.2}%",
+        lc.kl_mean,
+        lc.kl_max,
+        100.0 * lc.top1
+    );
     assert!(lc.kl_mean <= 0.012, "mean KL vs llama.cpp {}", lc.kl_mean);
     assert!(lc.top1 >= 0.93, "top-1 vs llama.cpp {}", lc.top1);
 }
@@ -92,7 +131,17 @@ fn real_model_logits_match_llama_cpp_and_float64_reference() {
     let model = Arc::new(Model::open(gemma_path()).unwrap());
     assert_eq!(model.arch, "gemma3");
     let hp = &model.hp;
-    assert_eq!((hp.n_layer, hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_vocab), (18, 640, 4, 1, 256, 262_144));
+    assert_eq!(
+        (
+            hp.n_layer,
+            hp.n_embd,
+            hp.n_head,
+            hp.n_head_kv,
+            hp.head_dim,
+            hp.n_vocab
+        ),
+        (18, 640, 4, 1, 256, 262_144)
+    );
     assert_eq!(hp.n_swa, 512);
     let globals: Vec<usize> = (0..hp.n_layer).filter(|&l| !hp.swa[l]).collect();
     assert_eq!(globals, [5, 11, 17], "every 6th layer is global");
@@ -105,7 +154,10 @@ fn real_model_logits_match_llama_cpp_and_float64_reference() {
     eprintln!("gemma3 270M vs llama.cpp:         mean KL {:.5}, max KL {:.4}, top-1 {:.2}% ({} positions)", lc.kl_mean, lc.kl_max, 100.0 * lc.top1, lc.positions);
     // Measured: 1.6e-6 mean, 1.8e-4 max (over the reference's top-128). Any formula error (a norm, a
     // RoPE base, the GELU, the scale) is ≥ 1e-2.
-    assert!(exact.kl_mean <= 2e-5 && exact.kl_max <= 1e-3, "KL vs float64 reference: {exact:?}");
+    assert!(
+        exact.kl_mean <= 2e-5 && exact.kl_max <= 1e-3,
+        "KL vs float64 reference: {exact:?}"
+    );
     assert_eq!(exact.top1, 1.0, "top-1 vs float64 reference");
     assert!(lc.kl_mean <= 0.006, "mean KL vs llama.cpp {}", lc.kl_mean);
     assert!(lc.top1 >= 0.95, "top-1 vs llama.cpp {}", lc.top1);
@@ -113,8 +165,15 @@ fn real_model_logits_match_llama_cpp_and_float64_reference() {
         for (t, row) in rows.iter().enumerate() {
             let lrow = r.logits.row(t);
             let margin = lrow[0] - lrow[1];
-            let ours = row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
-            assert!(margin <= 0.1 || ours == r.ids.row(t)[0] as usize, "{name} position {t}: top-1 {ours} vs llama.cpp {} (its margin {margin})", r.ids.row(t)[0]);
+            let ours = row
+                .iter()
+                .enumerate()
+                .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+            assert!(
+                margin <= 0.1 || ours == r.ids.row(t)[0] as usize,
+                "{name} position {t}: top-1 {ours} vs llama.cpp {} (its margin {margin})",
+                r.ids.row(t)[0]
+            );
         }
     }
 }
@@ -127,11 +186,17 @@ fn real_model_tokenizer_matches_hugging_face() {
     assert_eq!(tok.n_vocab(), 262_144);
     assert!(tok.add_bos());
     assert_eq!(tok.bos(), Some(2));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data("tokenize.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("tokenize.json")).unwrap()).unwrap();
     let mut failures = Vec::new();
     for c in v.as_array().unwrap() {
         let text = c["text"].as_str().unwrap();
-        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
         let got = tok.encode(text, true);
         if got != want {
             failures.push(format!("{text:?}\n   got  {got:?}\n   want {want:?}"));
@@ -149,20 +214,43 @@ fn real_model_tokenizer_matches_hugging_face() {
 #[test]
 fn chat_template_renders_and_tokenizes() {
     let tpl = std::fs::read_to_string(data("chat_template.jinja")).unwrap();
-    let msgs = [ChatMessage::new("system", "Be brief."), ChatMessage::new("user", " What is the capital of France? "), ChatMessage::new("assistant", "Paris."), ChatMessage::new("user", "And Spain?")];
+    let msgs = [
+        ChatMessage::new("system", "Be brief."),
+        ChatMessage::new("user", " What is the capital of France? "),
+        ChatMessage::new("assistant", "Paris."),
+        ChatMessage::new("user", "And Spain?"),
+    ];
     let got = apply_chat_template(&tpl, &msgs, true, "<bos>", "<eos>").unwrap();
     // Rendered by jinja2 3.1 (trim_blocks, lstrip_blocks: Hugging Face's settings) from the same file.
     let want = "<bos><start_of_turn>user\nBe brief.\n\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>model\nParis.<end_of_turn>\n<start_of_turn>user\nAnd Spain?<end_of_turn>\n<start_of_turn>model\n";
     assert_eq!(got, want);
-    let err = apply_chat_template(&tpl, &[ChatMessage::new("assistant", "x")], true, "<bos>", "<eos>").unwrap_err().to_string();
+    let err = apply_chat_template(
+        &tpl,
+        &[ChatMessage::new("assistant", "x")],
+        true,
+        "<bos>",
+        "<eos>",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("alternate"), "{err}");
 
     let model = Model::open(gemma_path()).unwrap();
     let tok = &model.tokenizer;
     let piece = |id: u32| String::from_utf8_lossy(tok.token_to_piece(id, true)).into_owned();
-    let text = apply_chat_template(&tpl, &[ChatMessage::new("user", "What is the capital of Spain?")], true, &piece(2), &piece(1)).unwrap();
+    let text = apply_chat_template(
+        &tpl,
+        &[ChatMessage::new("user", "What is the capital of Spain?")],
+        true,
+        &piece(2),
+        &piece(1),
+    )
+    .unwrap();
     let ids = tok.encode(&text, true);
-    let (_, chat) = gemma_sequences().into_iter().find(|(n, _)| n == "chat_capital").unwrap();
+    let (_, chat) = gemma_sequences()
+        .into_iter()
+        .find(|(n, _)| n == "chat_capital")
+        .unwrap();
     assert_eq!(ids[..], chat[..ids.len()], "rendered prompt {text:?}");
     assert_eq!(ids.len(), 16);
 }
@@ -170,21 +258,63 @@ fn chat_template_renders_and_tokenizes() {
 #[test]
 fn real_model_batched_equals_token_by_token_and_greedy_answer() {
     let model = Arc::new(Model::open(gemma_path()).unwrap());
-    let (_, ids) = gemma_sequences().into_iter().find(|(n, _)| n == "prose").unwrap();
-    let mut a = Session::new(model.clone(), SessionConfig { n_batch: 64, n_ctx: 64, n_threads: 2, ..Default::default() }).unwrap();
+    let (_, ids) = gemma_sequences()
+        .into_iter()
+        .find(|(n, _)| n == "prose")
+        .unwrap();
+    let mut a = Session::new(
+        model.clone(),
+        SessionConfig {
+            n_batch: 64,
+            n_ctx: 64,
+            n_threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let la = a.eval(&ids).unwrap().to_vec();
-    let mut b = Session::new(model.clone(), SessionConfig { n_batch: 1, n_ctx: 64, n_threads: 1, ..Default::default() }).unwrap();
+    let mut b = Session::new(
+        model.clone(),
+        SessionConfig {
+            n_batch: 1,
+            n_ctx: 64,
+            n_threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for &t in &ids {
         b.eval(&[t]).unwrap();
     }
-    let d = la.iter().zip(b.logits()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let d = la
+        .iter()
+        .zip(b.logits())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     assert!(d < 1e-2, "batch vs single steps differ by {d}");
 
     // Greedy decoding (one token per step) continues the chat prompt exactly as in the reference
     // sequence (llama.cpp's greedy answer).
-    let (_, chat) = gemma_sequences().into_iter().find(|(n, _)| n == "chat_capital").unwrap();
-    let mut s = Session::new(model.clone(), SessionConfig { n_ctx: 64, n_threads: 2, ..Default::default() }).unwrap();
-    let mut sampler = edge_run::Sampler::new(edge_run::SamplingParams { temperature: 0.0, ..Default::default() }, model.hp.n_vocab);
+    let (_, chat) = gemma_sequences()
+        .into_iter()
+        .find(|(n, _)| n == "chat_capital")
+        .unwrap();
+    let mut s = Session::new(
+        model.clone(),
+        SessionConfig {
+            n_ctx: 64,
+            n_threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut sampler = edge_run::Sampler::new(
+        edge_run::SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        model.hp.n_vocab,
+    );
     let mut out = Vec::new();
     s.generate(&chat[..16], chat.len() - 16, &mut sampler, |t| {
         out.push(t);
@@ -203,12 +333,17 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn gemma_manifest() -> serde_json::Value {
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("manifest.json")).unwrap()).unwrap();
     m["gemma3"].clone()
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn expected(file: &str) -> Array<f32> {
@@ -217,9 +352,17 @@ fn expected(file: &str) -> Array<f32> {
 
 /// Logits of every position, evaluated in batches of `n_batch`.
 fn run_fixture(model: &Arc<Model>, tokens: &[u32], cfg: SessionConfig) -> Vec<f32> {
-    let mut s = Session::new(model.clone(), SessionConfig { logits_all: true, ..cfg }).unwrap();
+    let mut s = Session::new(
+        model.clone(),
+        SessionConfig {
+            logits_all: true,
+            ..cfg
+        },
+    )
+    .unwrap();
     let mut out = Vec::new();
-    s.eval_each(tokens, |_, l| out.extend_from_slice(l)).unwrap();
+    s.eval_each(tokens, |_, l| out.extend_from_slice(l))
+        .unwrap();
     out
 }
 
@@ -231,7 +374,11 @@ fn rel_err(got: &[f32], exp: &[f32]) -> f64 {
     let mean = exp.iter().map(|&v| v as f64).sum::<f64>() / n;
     let sd = (exp.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
     assert!(sd > 0.1, "degenerate reference");
-    got.iter().zip(exp).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max) / sd
+    got.iter()
+        .zip(exp)
+        .map(|(&a, &b)| (a as f64 - b as f64).abs())
+        .fold(0.0, f64::max)
+        / sd
 }
 
 /// Q5_0 / Q8_0 / Q4_K / Q6_K weights with Q8x2 activations: measured ≤ 3e-4 on x86-64; Q8 (ggml's
@@ -245,16 +392,34 @@ fn fixture_hyperparameters() {
     let m = Model::open(fixture(f["file"].as_str().unwrap())).unwrap();
     let hp = &m.hp;
     assert_eq!(m.arch, "gemma3");
-    assert_eq!((hp.n_embd, hp.n_layer, hp.n_head, hp.n_head_kv, hp.head_dim), (128, 3, 4, 2, 32));
-    assert_eq!(hp.swa, [true, false, true], "sliding_window_pattern 2: layer 1 is global");
+    assert_eq!(
+        (hp.n_embd, hp.n_layer, hp.n_head, hp.n_head_kv, hp.head_dim),
+        (128, 3, 4, 2, 32)
+    );
+    assert_eq!(
+        hp.swa,
+        [true, false, true],
+        "sliding_window_pattern 2: layer 1 is global"
+    );
     assert_eq!(hp.n_swa, 5);
     assert_eq!(hp.rope_freq_base, 1000.0);
-    assert_eq!(hp.rope_freq_scale, 0.5, "linear scaling ×2 on the global layers");
-    assert_eq!((hp.rope_freq_base_swa, hp.rope_freq_scale_swa), (10000.0, 1.0), "local layers: default base, no scaling");
+    assert_eq!(
+        hp.rope_freq_scale, 0.5,
+        "linear scaling ×2 on the global layers"
+    );
+    assert_eq!(
+        (hp.rope_freq_base_swa, hp.rope_freq_scale_swa),
+        (10000.0, 1.0),
+        "local layers: default base, no scaling"
+    );
     assert_eq!(hp.embd_scale, (128f32).sqrt());
     assert_eq!(hp.att_scale, 1.0 / (32f32).sqrt());
     assert!(m.tied_output);
-    assert_eq!(hp.kv_positions(0, 64), 5, "local layers keep a ring of the window");
+    assert_eq!(
+        hp.kv_positions(0, 64),
+        5,
+        "local layers keep a ring of the window"
+    );
     assert_eq!(hp.kv_positions(0, 3), 3, "… or of the context if smaller");
     assert_eq!(hp.kv_positions(1, 64), 64, "global layers keep the context");
 }
@@ -271,12 +436,33 @@ fn fixture_logits_match_float64_reference_past_the_window() {
     let mut tiers = Vec::new();
     for k in edge_run::kernels::Kernels::available() {
         tiers.push(k.tier.name());
-        for (aq, tol) in [(edge_run::session::ActQuant::Q8x2, TOL_Q8X2), (edge_run::session::ActQuant::Q8, TOL_Q8)] {
+        for (aq, tol) in [
+            (edge_run::session::ActQuant::Q8x2, TOL_Q8X2),
+            (edge_run::session::ActQuant::Q8, TOL_Q8),
+        ] {
             for (n_batch, n_ctx, n_threads) in [(16, 16, 2), (1, 40, 1), (3, 16, 2)] {
-                let got = run_fixture(&model, &toks, SessionConfig { n_batch, n_ctx, n_threads, kernels: Some(k), act_quant: aq, ..Default::default() });
+                let got = run_fixture(
+                    &model,
+                    &toks,
+                    SessionConfig {
+                        n_batch,
+                        n_ctx,
+                        n_threads,
+                        kernels: Some(k),
+                        act_quant: aq,
+                        ..Default::default()
+                    },
+                );
                 let e = rel_err(&got, &exp.data);
-                eprintln!("tiny-gemma3 [{} {aq:?} batch {n_batch} ctx {n_ctx}]: max |Δ| / std = {e:.2e}", k.tier.name());
-                assert!(e <= tol, "tier {} {aq:?} batch {n_batch}: {e:.3e} > {tol:e}", k.tier.name());
+                eprintln!(
+                    "tiny-gemma3 [{} {aq:?} batch {n_batch} ctx {n_ctx}]: max |Δ| / std = {e:.2e}",
+                    k.tier.name()
+                );
+                assert!(
+                    e <= tol,
+                    "tier {} {aq:?} batch {n_batch}: {e:.3e} > {tol:e}",
+                    k.tier.name()
+                );
             }
         }
     }
@@ -290,9 +476,17 @@ fn fixture_truncate_and_continue_is_exact() {
     let f = gemma_manifest();
     let model = Arc::new(Model::open(fixture(f["file"].as_str().unwrap())).unwrap());
     let toks = ids(&f["tokens"]);
-    let cfg = SessionConfig { n_ctx: 24, n_batch: 4, n_threads: 2, ..Default::default() };
+    let cfg = SessionConfig {
+        n_ctx: 24,
+        n_batch: 4,
+        n_threads: 2,
+        ..Default::default()
+    };
     let mut s = Session::new(model.clone(), cfg.clone()).unwrap();
-    let full: Vec<Vec<f32>> = toks.iter().map(|&t| s.eval(&[t]).unwrap().to_vec()).collect();
+    let full: Vec<Vec<f32>> = toks
+        .iter()
+        .map(|&t| s.eval(&[t]).unwrap().to_vec())
+        .collect();
     for keep in [15, 11, 4, 0] {
         s.truncate(keep);
         assert_eq!(s.n_past(), keep);
@@ -319,13 +513,30 @@ fn fixture_lora_gguf_and_peft_match_reference() {
     let a = &f["adapter"];
     let exp = expected(a["expected"].as_str().unwrap());
     let base = expected(f["expected"].as_str().unwrap());
-    assert!(rel_err(&exp.data, &base.data) > 0.1, "the adapter changes the logits");
+    assert!(
+        rel_err(&exp.data, &base.data) > 0.1,
+        "the adapter changes the logits"
+    );
     let mut paths = vec![a["gguf"].as_str().unwrap().to_string()];
-    paths.extend(a["peft"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()));
-    let cfg = SessionConfig { n_ctx: 16, n_batch: 5, n_threads: 2, logits_all: true, ..Default::default() };
+    paths.extend(
+        a["peft"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string()),
+    );
+    let cfg = SessionConfig {
+        n_ctx: 16,
+        n_batch: 5,
+        n_threads: 2,
+        logits_all: true,
+        ..Default::default()
+    };
     let plain = run_fixture(&model, &toks, cfg.clone());
     for p in &paths {
-        let ad = Arc::new(Adapter::load(&fixture(p), &model.base_info).unwrap_or_else(|e| panic!("{p}: {e}")));
+        let ad = Arc::new(
+            Adapter::load(&fixture(p), &model.base_info).unwrap_or_else(|e| panic!("{p}: {e}")),
+        );
         assert_eq!(ad.tensors().len(), 21, "{p}");
         let mut s = Session::new(model.clone(), cfg.clone()).unwrap();
         s.set_adapters(&[(&ad, 1.0)]).unwrap();
@@ -346,10 +557,31 @@ fn fixture_lora_gguf_and_peft_match_reference() {
 #[test]
 fn fixture_cli_info_and_generate() {
     let p = fixture(gemma_manifest()["file"].as_str().unwrap());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-run")).arg("info").arg("-m").arg(&p).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-run"))
+        .arg("info")
+        .arg("-m")
+        .arg(&p)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("gemma3") && text.contains("Q5_0") && text.contains("sliding window"), "{text}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-run")).arg("-m").arg(&p).args(["-p", "hello world", "-n", "8", "--temp", "0"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("gemma3") && text.contains("Q5_0") && text.contains("sliding window"),
+        "{text}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-run"))
+        .arg("-m")
+        .arg(&p)
+        .args(["-p", "hello world", "-n", "8", "--temp", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -18,7 +18,16 @@ fn run_ref(model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)], npz: &str) -> Metri
     let z = read_npz(&root().join("tests/data/reference/smollm2").join(npz));
     let mut per = Vec::new();
     for (name, ids) in sequences() {
-        let mut s = Session::new(model.clone(), SessionConfig { logits_all: true, n_ctx: 128, n_threads: 2, ..Default::default() }).unwrap();
+        let mut s = Session::new(
+            model.clone(),
+            SessionConfig {
+                logits_all: true,
+                n_ctx: 128,
+                n_threads: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         s.set_adapters(set).unwrap();
         let mut rows = Vec::new();
         s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
@@ -31,7 +40,11 @@ fn run_ref(model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)], npz: &str) -> Metri
 
 fn assert_close(what: &str, m: Metrics) {
     eprintln!("{what}: {m:?}");
-    assert!(m.kl_mean <= 0.0025, "{what}: mean KL {} > 0.0025", m.kl_mean);
+    assert!(
+        m.kl_mean <= 0.0025,
+        "{what}: mean KL {} > 0.0025",
+        m.kl_mean
+    );
     assert!(m.top1 >= 0.985, "{what}: top-1 {} < 98.5%", m.top1);
 }
 
@@ -43,26 +56,71 @@ fn every_shared_adapter_matches_hf_peft() {
     let json = adapter(&model, "json-peft");
     let shout_peft = adapter(&model, "shout-peft");
     let shout_gguf = adapter(&model, "shout.gguf");
-    assert_close("pirate (PEFT)", run_ref(&model, &[(&pirate_peft, 1.0)], "hf_pirate.npz"));
-    assert_close("pirate (GGUF)", run_ref(&model, &[(&pirate_gguf, 1.0)], "hf_pirate.npz"));
+    assert_close(
+        "pirate (PEFT)",
+        run_ref(&model, &[(&pirate_peft, 1.0)], "hf_pirate.npz"),
+    );
+    assert_close(
+        "pirate (GGUF)",
+        run_ref(&model, &[(&pirate_gguf, 1.0)], "hf_pirate.npz"),
+    );
     // rsLoRA: scale alpha/sqrt(r) = 4, which llama.cpp's converted file gets wrong (KL 0.36).
-    assert_close("json (PEFT, rsLoRA, bf16)", run_ref(&model, &[(&json, 1.0)], "hf_json.npz"));
-    assert_close("pirate 1.0 + shout 0.5 (PEFT)", run_ref(&model, &[(&pirate_peft, 1.0), (&shout_peft, 0.5)], "hf_pirate1_shout05.npz"));
-    assert_close("pirate 1.0 + shout 0.5 (GGUF)", run_ref(&model, &[(&pirate_gguf, 1.0), (&shout_gguf, 0.5)], "hf_pirate1_shout05.npz"));
+    assert_close(
+        "json (PEFT, rsLoRA, bf16)",
+        run_ref(&model, &[(&json, 1.0)], "hf_json.npz"),
+    );
+    assert_close(
+        "pirate 1.0 + shout 0.5 (PEFT)",
+        run_ref(
+            &model,
+            &[(&pirate_peft, 1.0), (&shout_peft, 0.5)],
+            "hf_pirate1_shout05.npz",
+        ),
+    );
+    assert_close(
+        "pirate 1.0 + shout 0.5 (GGUF)",
+        run_ref(
+            &model,
+            &[(&pirate_gguf, 1.0), (&shout_gguf, 0.5)],
+            "hf_pirate1_shout05.npz",
+        ),
+    );
     // The adapters must actually change the model: the base is far from the adapted references.
     let base_vs_pirate = run_ref(&model, &[], "hf_pirate.npz");
-    assert!(base_vs_pirate.kl_mean > 0.05, "base model vs pirate reference: KL {} — is the adapter applied at all?", base_vs_pirate.kl_mean);
+    assert!(
+        base_vs_pirate.kl_mean > 0.05,
+        "base model vs pirate reference: KL {} — is the adapter applied at all?",
+        base_vs_pirate.kl_mean
+    );
 }
 
-fn logits_of(model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)], ids: &[u32], n_threads: usize) -> Vec<f32> {
-    let mut s = Session::new(model.clone(), SessionConfig { n_ctx: 64, n_threads, ..Default::default() }).unwrap();
+fn logits_of(
+    model: &Arc<Model>,
+    set: &[(&Arc<Adapter>, f32)],
+    ids: &[u32],
+    n_threads: usize,
+) -> Vec<f32> {
+    let mut s = Session::new(
+        model.clone(),
+        SessionConfig {
+            n_ctx: 64,
+            n_threads,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     s.set_adapters(set).unwrap();
     s.eval(ids).unwrap().to_vec()
 }
 
 fn fnv(path: &std::path::Path) -> (u64, u64) {
     let b = std::fs::read(path).unwrap();
-    (b.len() as u64, b.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100000001b3)))
+    (
+        b.len() as u64,
+        b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+            (h ^ x as u64).wrapping_mul(0x100000001b3)
+        }),
+    )
 }
 
 #[test]
@@ -74,12 +132,28 @@ fn scale_zero_and_unload_give_base_logits_bit_for_bit() {
     let shout = adapter(&model, "shout-peft");
     let ids = &sequences()[0].1[..20];
     let base = logits_of(&model, &[], ids, 2);
-    assert_eq!(base, logits_of(&model, &[(&pirate, 0.0)], ids, 2), "scale 0");
-    assert_eq!(base, logits_of(&model, &[(&pirate, 0.0), (&shout, 0.0)], ids, 2), "two adapters at scale 0");
+    assert_eq!(
+        base,
+        logits_of(&model, &[(&pirate, 0.0)], ids, 2),
+        "scale 0"
+    );
+    assert_eq!(
+        base,
+        logits_of(&model, &[(&pirate, 0.0), (&shout, 0.0)], ids, 2),
+        "two adapters at scale 0"
+    );
     let adapted = logits_of(&model, &[(&pirate, 1.0)], ids, 2);
     assert_ne!(base, adapted);
     // Load, use, unload in one session.
-    let mut s = Session::new(model.clone(), SessionConfig { n_ctx: 64, n_threads: 2, ..Default::default() }).unwrap();
+    let mut s = Session::new(
+        model.clone(),
+        SessionConfig {
+            n_ctx: 64,
+            n_threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     s.set_adapters(&[(&pirate, 1.0), (&shout, 0.5)]).unwrap();
     s.eval(ids).unwrap();
     s.set_adapters(&[]).unwrap();
@@ -93,11 +167,23 @@ fn scale_zero_and_unload_give_base_logits_bit_for_bit() {
 fn failed_swap_keeps_the_current_set() {
     let model = Arc::new(Model::open(smollm2_path()).unwrap());
     let pirate = adapter(&model, "pirate.gguf");
-    let mut s = Session::new(model.clone(), SessionConfig { n_ctx: 64, n_threads: 1, max_rank: 4, ..Default::default() }).unwrap();
+    let mut s = Session::new(
+        model.clone(),
+        SessionConfig {
+            n_ctx: 64,
+            n_threads: 1,
+            max_rank: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     // pirate has rank 8 > max_rank 4: refused, nothing changes.
     let err = s.set_adapters(&[(&pirate, 1.0)]).unwrap_err().to_string();
     assert!(err.contains("rank 8"), "{err}");
-    let err = s.set_adapters(&[(&pirate, f32::NAN)]).unwrap_err().to_string();
+    let err = s
+        .set_adapters(&[(&pirate, f32::NAN)])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not finite"), "{err}");
     s.eval(&[1, 2]).unwrap();
     assert!(s.applied_adapters().is_empty());
@@ -109,11 +195,24 @@ fn swap_storm_from_another_thread() {
     let pirate = adapter(&model, "pirate.gguf");
     let shout = adapter(&model, "shout-peft");
     let json = adapter(&model, "json-peft");
-    let sets: Vec<Vec<(&Arc<Adapter>, f32)>> =
-        vec![vec![], vec![(&pirate, 1.0)], vec![(&shout, 0.5)], vec![(&pirate, 1.0), (&shout, 0.5)], vec![(&json, 0.7), (&pirate, 0.3)]];
+    let sets: Vec<Vec<(&Arc<Adapter>, f32)>> = vec![
+        vec![],
+        vec![(&pirate, 1.0)],
+        vec![(&shout, 0.5)],
+        vec![(&pirate, 1.0), (&shout, 0.5)],
+        vec![(&json, 0.7), (&pirate, 0.3)],
+    ];
     let ids: Vec<u32> = sequences().into_iter().flat_map(|(_, v)| v).collect();
     let n_ctx = 160;
-    let mut s = Session::new(model.clone(), SessionConfig { n_ctx, n_threads: 1, ..Default::default() }).unwrap();
+    let mut s = Session::new(
+        model.clone(),
+        SessionConfig {
+            n_ctx,
+            n_threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let ctl = s.adapter_control();
     let done = AtomicBool::new(false);
     let mut seen: Vec<(usize, Vec<f32>)> = Vec::new();
@@ -134,11 +233,19 @@ fn swap_storm_from_another_thread() {
             }
             s.eval(&[ids[i % ids.len()]]).unwrap();
             // Which set did this token see? Identify it by adapter identity and scale.
-            let applied: Vec<(usize, f32)> = s.applied_adapters().iter().map(|(a, sc)| (Arc::as_ptr(a) as usize, *sc)).collect();
+            let applied: Vec<(usize, f32)> = s
+                .applied_adapters()
+                .iter()
+                .map(|(a, sc)| (Arc::as_ptr(a) as usize, *sc))
+                .collect();
             let which = sets
                 .iter()
                 .position(|set| {
-                    let want: Vec<(usize, f32)> = set.iter().filter(|(_, sc)| *sc != 0.0).map(|(a, sc)| (Arc::as_ptr(a) as usize, *sc)).collect();
+                    let want: Vec<(usize, f32)> = set
+                        .iter()
+                        .filter(|(_, sc)| *sc != 0.0)
+                        .map(|(a, sc)| (Arc::as_ptr(a) as usize, *sc))
+                        .collect();
                     want == applied
                 })
                 .expect("every token sees exactly one published set, never a mix");
@@ -147,15 +254,30 @@ fn swap_storm_from_another_thread() {
         }
     });
     let distinct: std::collections::HashSet<usize> = seen.iter().map(|(w, _)| *w).collect();
-    eprintln!("{} tokens generated during {SWAPS} swaps; {} distinct sets seen", seen.len(), distinct.len());
+    eprintln!(
+        "{} tokens generated during {SWAPS} swaps; {} distinct sets seen",
+        seen.len(),
+        distinct.len()
+    );
     // Replay single-threaded with each token's set and compare bit for bit.
-    let mut r = Session::new(model.clone(), SessionConfig { n_ctx, n_threads: 1, ..Default::default() }).unwrap();
+    let mut r = Session::new(
+        model.clone(),
+        SessionConfig {
+            n_ctx,
+            n_threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for (i, (which, logits)) in seen.iter().enumerate() {
         if r.n_past() == n_ctx {
             r.reset();
         }
         r.set_adapters(&sets[*which]).unwrap();
         r.eval(&[ids[i % ids.len()]]).unwrap();
-        assert!(r.logits() == &logits[..], "token {i} (set {which}) differs from the replay");
+        assert!(
+            r.logits() == &logits[..],
+            "token {i} (set {which}) differs from the replay"
+        );
     }
 }

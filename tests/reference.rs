@@ -9,7 +9,15 @@ use std::sync::Arc;
 fn run_all(model: &Arc<Model>, cfg: SessionConfig) -> Vec<(String, Vec<Vec<f32>>)> {
     let mut out = Vec::new();
     for (name, ids) in sequences() {
-        let mut s = Session::new(model.clone(), SessionConfig { logits_all: true, n_ctx: 256, ..cfg.clone() }).unwrap();
+        let mut s = Session::new(
+            model.clone(),
+            SessionConfig {
+                logits_all: true,
+                n_ctx: 256,
+                ..cfg.clone()
+            },
+        )
+        .unwrap();
         let mut rows = Vec::new();
         s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
         out.push((name, rows));
@@ -19,7 +27,10 @@ fn run_all(model: &Arc<Model>, cfg: SessionConfig) -> Vec<(String, Vec<Vec<f32>>
 
 fn metrics(npz: &str, runs: &[(String, Vec<Vec<f32>>)]) -> Metrics {
     let z = read_npz(&root().join("tests/data/reference/smollm2").join(npz));
-    let per: Vec<Metrics> = runs.iter().map(|(name, rows)| compare(&reference(&z, name), rows)).collect();
+    let per: Vec<Metrics> = runs
+        .iter()
+        .map(|(name, rows)| compare(&reference(&z, name), rows))
+        .collect();
     for ((name, _), m) in runs.iter().zip(&per) {
         eprintln!("  {npz} {name}: {m:?}");
     }
@@ -29,7 +40,13 @@ fn metrics(npz: &str, runs: &[(String, Vec<Vec<f32>>)]) -> Metrics {
 #[test]
 fn logits_match_hf_and_llama_cpp() {
     let model = Arc::new(Model::open(smollm2_path()).unwrap());
-    let runs = run_all(&model, SessionConfig { n_threads: 2, ..Default::default() });
+    let runs = run_all(
+        &model,
+        SessionConfig {
+            n_threads: 2,
+            ..Default::default()
+        },
+    );
     let hf = metrics("hf_base.npz", &runs);
     let lc = metrics("llamacpp_base.npz", &runs);
     eprintln!("default (q8x2) vs HF fp32: {hf:?}\ndefault (q8x2) vs llama.cpp: {lc:?}");
@@ -39,7 +56,10 @@ fn logits_match_hf_and_llama_cpp() {
     assert!(hf.top1 >= 0.985, "top-1 vs HF {}", hf.top1);
     // q8x2 removes almost all activation rounding (measured: KL ≈ 1e-5, top-1 100%); guard that margin, so a
     // regression to ggml-level error (0.004) fails here even though it would pass the bar above.
-    assert!(hf.kl_mean <= 0.0005 && hf.top1 >= 0.99, "q8x2 lost its precision: {hf:?}");
+    assert!(
+        hf.kl_mean <= 0.0005 && hf.top1 >= 0.99,
+        "q8x2 lost its precision: {hf:?}"
+    );
     // llama.cpp quantizes activations to 8 bits and keeps an f16 KV cache, so it sits a little off the
     // reference; we must be about as close to it as it is to HF.
     assert!(lc.kl_mean <= 0.006, "mean KL vs llama.cpp {}", lc.kl_mean);
@@ -48,7 +68,14 @@ fn logits_match_hf_and_llama_cpp() {
 #[test]
 fn ggml_style_q8_activations_are_as_close_as_llama_cpp() {
     let model = Arc::new(Model::open(smollm2_path()).unwrap());
-    let runs = run_all(&model, SessionConfig { n_threads: 1, act_quant: ActQuant::Q8, ..Default::default() });
+    let runs = run_all(
+        &model,
+        SessionConfig {
+            n_threads: 1,
+            act_quant: ActQuant::Q8,
+            ..Default::default()
+        },
+    );
     let hf = metrics("hf_base.npz", &runs);
     eprintln!("q8 vs HF fp32: {hf:?}");
     // llama.cpp on these sequences: 0.0037 / 97.8%.
@@ -61,15 +88,40 @@ fn batched_prompt_equals_token_by_token() {
     let model = Arc::new(Model::open(smollm2_path()).unwrap());
     let (_, ids) = sequences().into_iter().next().unwrap();
     let ids = &ids[..24];
-    let mut a = Session::new(model.clone(), SessionConfig { n_batch: 64, n_ctx: 64, n_threads: 2, ..Default::default() }).unwrap();
+    let mut a = Session::new(
+        model.clone(),
+        SessionConfig {
+            n_batch: 64,
+            n_ctx: 64,
+            n_threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let la = a.eval(ids).unwrap().to_vec();
-    let mut b = Session::new(model.clone(), SessionConfig { n_batch: 1, n_ctx: 64, n_threads: 1, ..Default::default() }).unwrap();
+    let mut b = Session::new(
+        model.clone(),
+        SessionConfig {
+            n_batch: 1,
+            n_ctx: 64,
+            n_threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for &t in ids {
         b.eval(&[t]).unwrap();
     }
     let lb = b.logits().to_vec();
-    let max_diff = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    assert!(max_diff < 1e-3, "batch of 24 vs 24 single steps differ by {max_diff}");
+    let max_diff = la
+        .iter()
+        .zip(&lb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        max_diff < 1e-3,
+        "batch of 24 vs 24 single steps differ by {max_diff}"
+    );
 }
 
 #[test]
@@ -80,7 +132,16 @@ fn every_kernel_tier_gives_the_same_logits() {
     let mut base: Option<Vec<f32>> = None;
     let mut ran = Vec::new();
     for k in edge_run::kernels::Kernels::available() {
-        let mut s = Session::new(model.clone(), SessionConfig { n_ctx: 32, n_threads: 2, kernels: Some(k), ..Default::default() }).unwrap();
+        let mut s = Session::new(
+            model.clone(),
+            SessionConfig {
+                n_ctx: 32,
+                n_threads: 2,
+                kernels: Some(k),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let l = s.eval(ids).unwrap().to_vec();
         ran.push(k.tier.name());
         match &base {
@@ -89,10 +150,24 @@ fn every_kernel_tier_gives_the_same_logits() {
                 // Tiers differ only in the order of f32 additions; through 30 layers and the 8-bit activation
                 // rounding that can move single logits by ~0.1, but not the distribution.
                 let kl = kl_div(b, &l);
-                let d = b.iter().zip(&l).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-                eprintln!("tier {}: KL(scalar ‖ tier) = {kl:.2e}, max |Δlogit| = {d}", k.tier.name());
-                assert!(kl < 1e-3 && d < 0.5, "tier {} differs from scalar: KL {kl}, max |Δ| {d}", k.tier.name());
-                assert_eq!(edge_run::sampling::argmax(b), edge_run::sampling::argmax(&l));
+                let d = b
+                    .iter()
+                    .zip(&l)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0f32, f32::max);
+                eprintln!(
+                    "tier {}: KL(scalar ‖ tier) = {kl:.2e}, max |Δlogit| = {d}",
+                    k.tier.name()
+                );
+                assert!(
+                    kl < 1e-3 && d < 0.5,
+                    "tier {} differs from scalar: KL {kl}, max |Δ| {d}",
+                    k.tier.name()
+                );
+                assert_eq!(
+                    edge_run::sampling::argmax(b),
+                    edge_run::sampling::argmax(&l)
+                );
             }
         }
     }
@@ -112,10 +187,21 @@ fn kl_div(p: &[f32], q: &[f32]) -> f64 {
 #[test]
 fn bad_requests_leave_the_session_usable() {
     let model = Arc::new(Model::open(smollm2_path()).unwrap());
-    let mut s = Session::new(model.clone(), SessionConfig { n_ctx: 8, n_threads: 1, ..Default::default() }).unwrap();
+    let mut s = Session::new(
+        model.clone(),
+        SessionConfig {
+            n_ctx: 8,
+            n_threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let l1 = s.eval(&[1, 2, 3]).unwrap().to_vec();
     let err = s.eval(&[4, 49152]).unwrap_err().to_string();
-    assert!(err.contains("49152") && err.contains("out of range"), "{err}");
+    assert!(
+        err.contains("49152") && err.contains("out of range"),
+        "{err}"
+    );
     let err = s.eval(&[5; 6]).unwrap_err().to_string();
     assert!(err.contains("context full"), "{err}");
     assert_eq!(s.n_past(), 3, "a refused request must not change the cache");

@@ -611,7 +611,9 @@ fn throughput_report() {
 fn gemma3_reference_ids() {
     let path = std::env::var_os("EDGE_RUN_GEMMA")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf"));
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf")
+        });
     assert!(
         path.is_file(),
         "model {} not found: run `models/fetch.sh` (or set EDGE_RUN_GEMMA)",

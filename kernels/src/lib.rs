@@ -13,13 +13,13 @@
 #[cfg(feature = "std")]
 extern crate std;
 
-pub mod blocks;
-pub mod scalar;
-pub mod lora;
-#[cfg(target_arch = "x86_64")]
-pub mod x86_64;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+pub mod blocks;
+pub mod lora;
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
 
 pub use blocks::*;
 pub use scalar::dequantize;

@@ -81,7 +81,10 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     }
     factors.sort_unstable_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
     // (The GGUF parser already refuses two tensors of one name; kept as a guard.)
-    if let Some(w) = factors.windows(2).find(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1)) {
+    if let Some(w) = factors
+        .windows(2)
+        .find(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1))
+    {
         return Err(Error::format(
             &name,
             format!("tensor_infos[{:?}]", w[1].2.name),
@@ -204,12 +207,7 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
 }
 
 /// A factor as fp16: F16 in place (after a finiteness scan), others converted once.
-fn factor(
-    g: &Gguf<'_>,
-    map: &Arc<MappedFile>,
-    t: &TensorInfo<'_>,
-    file: &str,
-) -> Result<Halves> {
+fn factor(g: &Gguf<'_>, map: &Arc<MappedFile>, t: &TensorInfo<'_>, file: &str) -> Result<Halves> {
     let data = g.tensor_data(t);
     let n = t.n_elements();
     // Built only on the way to an error: the success path formats nothing.
@@ -311,7 +309,9 @@ mod tests {
         use super::SCAN_BLOCK;
         let len = 2 * SCAN_BLOCK + 905;
         // Finite values with every exponent but all-ones, both signs.
-        let v: Vec<u16> = (0..len as u32).map(|i| ((i * 0x0400) % 0x7c00) as u16 | ((i & 1) << 15) as u16 | (i % 0x3ff) as u16).collect();
+        let v: Vec<u16> = (0..len as u32)
+            .map(|i| ((i * 0x0400) % 0x7c00) as u16 | ((i & 1) << 15) as u16 | (i % 0x3ff) as u16)
+            .collect();
         assert!(v.iter().all(|&h| half::f16::from_bits(h).is_finite()));
         let as_bytes = |v: &[u16], shift: usize| -> Vec<u8> {
             let mut b = vec![0u8; shift];
@@ -324,18 +324,38 @@ mod tests {
             // A trailing odd byte is not a value.
             let mut odd = b.clone();
             odd.push(0xff);
-            assert_eq!(first_non_finite_f16(&odd[shift..]), None, "shift {shift}, odd length");
-            for pos in [0, 1, SCAN_BLOCK - 1, SCAN_BLOCK, SCAN_BLOCK + 1, 2 * SCAN_BLOCK, len - 1] {
+            assert_eq!(
+                first_non_finite_f16(&odd[shift..]),
+                None,
+                "shift {shift}, odd length"
+            );
+            for pos in [
+                0,
+                1,
+                SCAN_BLOCK - 1,
+                SCAN_BLOCK,
+                SCAN_BLOCK + 1,
+                2 * SCAN_BLOCK,
+                len - 1,
+            ] {
                 for bad in [0x7c00u16, 0xfe01] {
                     let mut w = v.clone();
                     w[pos] = bad;
                     let b = as_bytes(&w, shift);
-                    assert_eq!(first_non_finite_f16(&b[shift..]), Some(pos), "shift {shift} pos {pos} bad {bad:#x}");
+                    assert_eq!(
+                        first_non_finite_f16(&b[shift..]),
+                        Some(pos),
+                        "shift {shift} pos {pos} bad {bad:#x}"
+                    );
                     // With a second bad value later on, the first is reported.
                     w[len - 1 - (pos == len - 1) as usize * (len - 1)] = 0x7fff;
                     let b = as_bytes(&w, shift);
                     let first = if pos == len - 1 { 0 } else { pos };
-                    assert_eq!(first_non_finite_f16(&b[shift..]), Some(first), "shift {shift} pos {pos}, two bad");
+                    assert_eq!(
+                        first_non_finite_f16(&b[shift..]),
+                        Some(first),
+                        "shift {shift} pos {pos}, two bad"
+                    );
                 }
             }
         }
@@ -343,7 +363,9 @@ mod tests {
 
     #[test]
     fn non_finite_f16_found_at_every_position() {
-        let finite = [0x0000u16, 0x3c00, 0xbc00, 0x7bff, 0xfbff, 0x0001, 0x83ff, 0x7800];
+        let finite = [
+            0x0000u16, 0x3c00, 0xbc00, 0x7bff, 0xfbff, 0x0001, 0x83ff, 0x7800,
+        ];
         for len in 0..19 {
             let mut v: Vec<u16> = (0..len).map(|i| finite[i % finite.len()]).collect();
             let bytes: Vec<u8> = v.iter().flat_map(|h| h.to_le_bytes()).collect();
@@ -353,7 +375,11 @@ mod tests {
                     let keep = v[pos];
                     v[pos] = bad;
                     let bytes: Vec<u8> = v.iter().flat_map(|h| h.to_le_bytes()).collect();
-                    assert_eq!(first_non_finite_f16(&bytes), Some(pos), "len {len} bad {bad:#x} at {pos}");
+                    assert_eq!(
+                        first_non_finite_f16(&bytes),
+                        Some(pos),
+                        "len {len} bad {bad:#x} at {pos}"
+                    );
                     assert!(!half::f16::from_bits(bad).is_finite());
                     v[pos] = keep;
                 }

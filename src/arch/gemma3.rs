@@ -31,10 +31,27 @@ pub struct Gemma3Params {
 }
 
 /// Read Gemma 3's keys (`gemma3.*`) for a model of `n_layer` layers.
-pub fn hparams(g: &Gguf<'_>, fname: &str, n_layer: usize, n_embd: usize, n_head: usize, head_dim: usize) -> Result<Gemma3Params> {
+pub fn hparams(
+    g: &Gguf<'_>,
+    fname: &str,
+    n_layer: usize,
+    n_embd: usize,
+    n_head: usize,
+    head_dim: usize,
+) -> Result<Gemma3Params> {
     let key = |k: &str| format!("gemma3.{k}");
     let n_swa = g.opt_u64(&key("attention.sliding_window"))?.unwrap_or(0);
-    let n_swa = usize::try_from(n_swa).ok().filter(|&w| w <= u32::MAX as usize).ok_or_else(|| Error::format(fname, key("attention.sliding_window"), None, format!("value {n_swa} is too large")))?;
+    let n_swa = usize::try_from(n_swa)
+        .ok()
+        .filter(|&w| w <= u32::MAX as usize)
+        .ok_or_else(|| {
+            Error::format(
+                fname,
+                key("attention.sliding_window"),
+                None,
+                format!("value {n_swa} is too large"),
+            )
+        })?;
     let mut swa = vec![false; n_layer];
     if n_swa > 0 {
         let pk = key("attention.sliding_window_pattern");
@@ -42,16 +59,33 @@ pub fn hparams(g: &Gguf<'_>, fname: &str, n_layer: usize, n_embd: usize, n_head:
             Some(v) if v.as_array().is_some() => {
                 let a = v.as_array().expect("checked");
                 if a.len() != n_layer {
-                    return Err(Error::format(fname, pk, None, format!("per-layer pattern has {} entries for {n_layer} layers", a.len())));
+                    return Err(Error::format(
+                        fname,
+                        pk,
+                        None,
+                        format!(
+                            "per-layer pattern has {} entries for {n_layer} layers",
+                            a.len()
+                        ),
+                    ));
                 }
                 for (i, s) in swa.iter_mut().enumerate() {
-                    *s = a.get(i).and_then(|v| v.as_bool()).ok_or_else(|| Error::format(fname, format!("{pk}[{i}]"), None, "expected a bool"))?;
+                    *s = a.get(i).and_then(|v| v.as_bool()).ok_or_else(|| {
+                        Error::format(fname, format!("{pk}[{i}]"), None, "expected a bool")
+                    })?;
                 }
             }
             v => {
                 let n = match v {
                     None => 6,
-                    Some(v) => v.as_u32().ok_or_else(|| Error::format(fname, &pk, None, "expected an unsigned integer or an array of bools"))? as usize,
+                    Some(v) => v.as_u32().ok_or_else(|| {
+                        Error::format(
+                            fname,
+                            &pk,
+                            None,
+                            "expected an unsigned integer or an array of bools",
+                        )
+                    })? as usize,
                 };
                 for (il, s) in swa.iter_mut().enumerate() {
                     *s = n == 0 || il % n < n - 1;
@@ -61,15 +95,36 @@ pub fn hparams(g: &Gguf<'_>, fname: &str, n_layer: usize, n_embd: usize, n_head:
     }
     let rope_freq_base_swa = g.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10000.0);
     if !(rope_freq_base_swa.is_finite() && rope_freq_base_swa > 0.0) {
-        return Err(Error::format(fname, key("rope.freq_base_swa"), None, format!("must be finite and > 0, got {rope_freq_base_swa}")));
+        return Err(Error::format(
+            fname,
+            key("rope.freq_base_swa"),
+            None,
+            format!("must be finite and > 0, got {rope_freq_base_swa}"),
+        ));
     }
     let logit_softcap = g.opt_f32(&key("final_logit_softcapping"))?.unwrap_or(0.0);
     if !(logit_softcap.is_finite() && logit_softcap >= 0.0) {
-        return Err(Error::format(fname, key("final_logit_softcapping"), None, format!("must be finite and ≥ 0, got {logit_softcap}")));
+        return Err(Error::format(
+            fname,
+            key("final_logit_softcapping"),
+            None,
+            format!("must be finite and ≥ 0, got {logit_softcap}"),
+        ));
     }
     // llama.cpp (after gemma_pytorch's config): the 27B model scales by 1/√(n_embd/n_head).
-    let att_scale = if n_layer == 62 { 1.0 / ((n_embd / n_head) as f32).sqrt() } else { 1.0 / (head_dim as f32).sqrt() };
-    Ok(Gemma3Params { n_swa, swa, rope_freq_base_swa, att_scale, embd_scale: (n_embd as f32).sqrt(), logit_softcap })
+    let att_scale = if n_layer == 62 {
+        1.0 / ((n_embd / n_head) as f32).sqrt()
+    } else {
+        1.0 / (head_dim as f32).sqrt()
+    };
+    Ok(Gemma3Params {
+        n_swa,
+        swa,
+        rope_freq_base_swa,
+        att_scale,
+        embd_scale: (n_embd as f32).sqrt(),
+        logit_softcap,
+    })
 }
 
 pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize) -> usize {
@@ -94,13 +149,33 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
         let slot = l * LAYER_SLOTS;
         let local = hp.swa[l];
         // --- attention ---
-        rmsnorm_rows(&mut st.xb[..b * e], &st.x[..b * e], m.f32s(&layer.attn_norm), eps);
+        rmsnorm_rows(
+            &mut st.xb[..b * e],
+            &st.x[..b * e],
+            m.f32s(&layer.attn_norm),
+            eps,
+        );
         st.xq.invalidate();
         // q, k, v = Wq·xb, Wk·xb, Wv·xb                                     [B, qd], [B, kvd], [B, kvd]
         {
-            let outs: [(&WeightRef, &mut [f32]); 3] = [(&layer.attn_q, &mut st.q[..b * qd]), (&layer.attn_k, &mut st.kk[..b * kvd]), (&layer.attn_v, &mut st.v[..b * kvd])];
+            let outs: [(&WeightRef, &mut [f32]); 3] = [
+                (&layer.attn_q, &mut st.q[..b * qd]),
+                (&layer.attn_k, &mut st.kk[..b * kvd]),
+                (&layer.attn_v, &mut st.v[..b * kvd]),
+            ];
             let lora = [refs(slot), refs(slot + 1), refs(slot + 2)];
-            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, Lora { refs: &lora, t: &mut st.lora_t });
+            linear(
+                env,
+                &mut st.xq,
+                &st.xb[..b * e],
+                e,
+                b,
+                outs,
+                Lora {
+                    refs: &lora,
+                    t: &mut st.lora_t,
+                },
+            );
         }
         // QK-norm: every head of q and k RMS-normed                          [B, n_head | n_head_kv, hd]
         rmsnorm_rows_inplace(&mut st.q[..b * qd], norm(&layer.attn_q_norm), eps);
@@ -114,27 +189,91 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
         }
         // att_out[t, h] = softmax(q·Kᵀ · scale) · V over the window (local) or all positions    [B, qd]
         let window = if local { hp.n_swa } else { 0 };
-        ops::attention(env, &mut st.kv, &mut st.att, &st.q, &st.kk, &st.v, &mut st.att_out, l, pos0, b, window, hp.att_scale);
+        ops::attention(
+            env,
+            &mut st.kv,
+            &mut st.att,
+            &st.q,
+            &st.kk,
+            &st.v,
+            &mut st.att_out,
+            l,
+            pos0,
+            b,
+            window,
+            hp.att_scale,
+        );
         // x += post_attention_norm(Wo·att_out)                             [B, e]
         st.xq.invalidate();
         let lora = [refs(slot + 3)];
-        linear(env, &mut st.xq, &st.att_out[..b * qd], qd, b, [(&layer.attn_output, &mut st.proj[..b * e])], Lora { refs: &lora, t: &mut st.lora_t });
-        rmsnorm_rows(&mut st.xb[..b * e], &st.proj[..b * e], norm(&layer.attn_post_norm), eps);
+        linear(
+            env,
+            &mut st.xq,
+            &st.att_out[..b * qd],
+            qd,
+            b,
+            [(&layer.attn_output, &mut st.proj[..b * e])],
+            Lora {
+                refs: &lora,
+                t: &mut st.lora_t,
+            },
+        );
+        rmsnorm_rows(
+            &mut st.xb[..b * e],
+            &st.proj[..b * e],
+            norm(&layer.attn_post_norm),
+            eps,
+        );
         add(&mut st.x[..b * e], &st.xb[..b * e]);
 
         // --- feed-forward: x += post_ffw_norm(Wdown·(gelu(Wgate·xb) ⊙ Wup·xb)) ---
-        rmsnorm_rows(&mut st.xb[..b * e], &st.x[..b * e], m.f32s(&layer.ffn_norm), eps);
+        rmsnorm_rows(
+            &mut st.xb[..b * e],
+            &st.x[..b * e],
+            m.f32s(&layer.ffn_norm),
+            eps,
+        );
         st.xq.invalidate();
         {
-            let outs: [(&WeightRef, &mut [f32]); 2] = [(&layer.ffn_gate, &mut st.hb[..b * ff]), (&layer.ffn_up, &mut st.hb2[..b * ff])];
+            let outs: [(&WeightRef, &mut [f32]); 2] = [
+                (&layer.ffn_gate, &mut st.hb[..b * ff]),
+                (&layer.ffn_up, &mut st.hb2[..b * ff]),
+            ];
             let lora = [refs(slot + 4), refs(slot + 5)];
-            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, Lora { refs: &lora, t: &mut st.lora_t });
+            linear(
+                env,
+                &mut st.xq,
+                &st.xb[..b * e],
+                e,
+                b,
+                outs,
+                Lora {
+                    refs: &lora,
+                    t: &mut st.lora_t,
+                },
+            );
         }
         geglu(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
         st.xq.invalidate();
         let lora = [refs(slot + 6)];
-        linear(env, &mut st.xq, &st.hb[..b * ff], ff, b, [(&layer.ffn_down, &mut st.proj[..b * e])], Lora { refs: &lora, t: &mut st.lora_t });
-        rmsnorm_rows(&mut st.xb[..b * e], &st.proj[..b * e], norm(&layer.ffn_post_norm), eps);
+        linear(
+            env,
+            &mut st.xq,
+            &st.hb[..b * ff],
+            ff,
+            b,
+            [(&layer.ffn_down, &mut st.proj[..b * e])],
+            Lora {
+                refs: &lora,
+                t: &mut st.lora_t,
+            },
+        );
+        rmsnorm_rows(
+            &mut st.xb[..b * e],
+            &st.proj[..b * e],
+            norm(&layer.ffn_post_norm),
+            eps,
+        );
         add(&mut st.x[..b * e], &st.xb[..b * e]);
     }
 

@@ -20,13 +20,33 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
     for (l, layer) in m.layers.iter().enumerate() {
         let slot = l * LAYER_SLOTS;
         // --- attention ---
-        rmsnorm_rows(&mut st.xb[..b * e], &st.x[..b * e], m.f32s(&layer.attn_norm), hp.rms_eps);
+        rmsnorm_rows(
+            &mut st.xb[..b * e],
+            &st.x[..b * e],
+            m.f32s(&layer.attn_norm),
+            hp.rms_eps,
+        );
         st.xq.invalidate();
         // q, k, v = Wq·xb, Wk·xb, Wv·xb                                     [B, qd], [B, kvd], [B, kvd]
         {
-            let outs: [(&WeightRef, &mut [f32]); 3] = [(&layer.attn_q, &mut st.q[..b * qd]), (&layer.attn_k, &mut st.kk[..b * kvd]), (&layer.attn_v, &mut st.v[..b * kvd])];
+            let outs: [(&WeightRef, &mut [f32]); 3] = [
+                (&layer.attn_q, &mut st.q[..b * qd]),
+                (&layer.attn_k, &mut st.kk[..b * kvd]),
+                (&layer.attn_v, &mut st.v[..b * kvd]),
+            ];
             let lora = [refs(slot), refs(slot + 1), refs(slot + 2)];
-            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, Lora { refs: &lora, t: &mut st.lora_t });
+            linear(
+                env,
+                &mut st.xq,
+                &st.xb[..b * e],
+                e,
+                b,
+                outs,
+                Lora {
+                    refs: &lora,
+                    t: &mut st.lora_t,
+                },
+            );
         }
         // RoPE on q and k (adjacent pairs, as GGUF stores llama's Q/K)
         for t in 0..b {
@@ -35,25 +55,79 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
             ops::rope_pairs(&mut st.kk[t * kvd..(t + 1) * kvd], hd, cs);
         }
         // att_out[t, h] = softmax(q[t,h]·K[0..=pos]ᵀ / √hd) · V; k, v appended to the cache    [B, qd]
-        ops::attention(env, &mut st.kv, &mut st.att, &st.q, &st.kk, &st.v, &mut st.att_out, l, pos0, b, 0, hp.att_scale);
+        ops::attention(
+            env,
+            &mut st.kv,
+            &mut st.att,
+            &st.q,
+            &st.kk,
+            &st.v,
+            &mut st.att_out,
+            l,
+            pos0,
+            b,
+            0,
+            hp.att_scale,
+        );
         // x += Wo·att_out                                                  [B, e]
         st.xq.invalidate();
         let lora = [refs(slot + 3)];
-        linear(env, &mut st.xq, &st.att_out[..b * qd], qd, b, [(&layer.attn_output, &mut st.proj[..b * e])], Lora { refs: &lora, t: &mut st.lora_t });
+        linear(
+            env,
+            &mut st.xq,
+            &st.att_out[..b * qd],
+            qd,
+            b,
+            [(&layer.attn_output, &mut st.proj[..b * e])],
+            Lora {
+                refs: &lora,
+                t: &mut st.lora_t,
+            },
+        );
         add(&mut st.x[..b * e], &st.proj[..b * e]);
 
         // --- feed-forward: x += Wdown·(silu(Wgate·xb) ⊙ Wup·xb) ---
-        rmsnorm_rows(&mut st.xb[..b * e], &st.x[..b * e], m.f32s(&layer.ffn_norm), hp.rms_eps);
+        rmsnorm_rows(
+            &mut st.xb[..b * e],
+            &st.x[..b * e],
+            m.f32s(&layer.ffn_norm),
+            hp.rms_eps,
+        );
         st.xq.invalidate();
         {
-            let outs: [(&WeightRef, &mut [f32]); 2] = [(&layer.ffn_gate, &mut st.hb[..b * ff]), (&layer.ffn_up, &mut st.hb2[..b * ff])];
+            let outs: [(&WeightRef, &mut [f32]); 2] = [
+                (&layer.ffn_gate, &mut st.hb[..b * ff]),
+                (&layer.ffn_up, &mut st.hb2[..b * ff]),
+            ];
             let lora = [refs(slot + 4), refs(slot + 5)];
-            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, Lora { refs: &lora, t: &mut st.lora_t });
+            linear(
+                env,
+                &mut st.xq,
+                &st.xb[..b * e],
+                e,
+                b,
+                outs,
+                Lora {
+                    refs: &lora,
+                    t: &mut st.lora_t,
+                },
+            );
         }
         swiglu(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
         st.xq.invalidate();
         let lora = [refs(slot + 6)];
-        linear(env, &mut st.xq, &st.hb[..b * ff], ff, b, [(&layer.ffn_down, &mut st.proj[..b * e])], Lora { refs: &lora, t: &mut st.lora_t });
+        linear(
+            env,
+            &mut st.xq,
+            &st.hb[..b * ff],
+            ff,
+            b,
+            [(&layer.ffn_down, &mut st.proj[..b * e])],
+            Lora {
+                refs: &lora,
+                t: &mut st.lora_t,
+            },
+        );
         add(&mut st.x[..b * e], &st.proj[..b * e]);
     }
 

@@ -20,15 +20,26 @@ pub(crate) struct Rope {
 }
 
 impl Rope {
-    fn new(hp: &crate::model::HParams, base: f32, scale: f32, divisors: Option<&[f32]>, n_batch: usize) -> Rope {
+    fn new(
+        hp: &crate::model::HParams,
+        base: f32,
+        scale: f32,
+        divisors: Option<&[f32]>,
+        n_batch: usize,
+    ) -> Rope {
         let half = hp.rope_dim / 2;
-        let mut inv_freq: Vec<f32> = (0..half).map(|i| scale * base.powf(-2.0 * i as f32 / hp.rope_dim as f32)).collect();
+        let mut inv_freq: Vec<f32> = (0..half)
+            .map(|i| scale * base.powf(-2.0 * i as f32 / hp.rope_dim as f32))
+            .collect();
         if let Some(d) = divisors {
             for (f, d) in inv_freq.iter_mut().zip(d) {
                 *f /= d;
             }
         }
-        Rope { inv_freq, cs: vec![(0.0, 0.0); n_batch * half] }
+        Rope {
+            inv_freq,
+            cs: vec![(0.0, 0.0); n_batch * half],
+        }
     }
 
     /// Angles for positions pos0..pos0+b.
@@ -91,12 +102,23 @@ impl State {
                 .checked_mul(hp.kv_dim())
                 .and_then(|n| total.checked_add(n))
                 .filter(|&n| n <= (isize::MAX as usize) / 8)
-                .ok_or_else(|| Error::invalid(format!("context {} is too large for this model's KV cache", cfg.n_ctx)))?;
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "context {} is too large for this model's KV cache",
+                        cfg.n_ctx
+                    ))
+                })?;
         }
         let divisors = m.rope_freqs.as_ref().map(|w| m.f32s(w));
         let rope = [
             Rope::new(hp, hp.rope_freq_base, hp.rope_freq_scale, divisors, n_batch),
-            Rope::new(hp, hp.rope_freq_base_swa, hp.rope_freq_scale_swa, None, if hp.n_swa > 0 { n_batch } else { 0 }),
+            Rope::new(
+                hp,
+                hp.rope_freq_base_swa,
+                hp.rope_freq_scale_swa,
+                None,
+                if hp.n_swa > 0 { n_batch } else { 0 },
+            ),
         ];
         let n_logit_rows = if cfg.logits_all { n_batch } else { 1 };
         let (e, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
@@ -114,7 +136,12 @@ impl State {
             xq: QuantCache::new(cfg.act_quant, n_batch, e.max(ff).max(qd)),
             logits: vec![0.0; n_logit_rows * hp.n_vocab],
             rope,
-            kv: KvCache { k: zeroed(total)?, v: zeroed(total)?, off, cap },
+            kv: KvCache {
+                k: zeroed(total)?,
+                v: zeroed(total)?,
+                off,
+                cap,
+            },
             lora_t: vec![0.0; 3 * n_batch * cfg.max_adapters * cfg.max_rank],
         })
     }
@@ -124,7 +151,12 @@ impl State {
 /// large: `Σ_layers positions × kv_dim` floats for each of K and V).
 fn zeroed(len: usize) -> Result<Vec<f32>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| Error::invalid(format!("cannot allocate {} MiB for the KV cache: use a smaller context (-c)", len * 4 >> 20)))?;
+    v.try_reserve_exact(len).map_err(|_| {
+        Error::invalid(format!(
+            "cannot allocate {} MiB for the KV cache: use a smaller context (-c)",
+            len * 4 >> 20
+        ))
+    })?;
     v.resize(len, 0.0);
     Ok(v)
 }
@@ -143,7 +175,10 @@ pub(crate) fn embed(env: &Env<'_>, x: &mut [f32], lora_t: &mut [f32], tokens: &[
         for r in env.applied.refs(m.n_slots() - 2) {
             // The LoRA scratch holds ≥ max_rank floats (sized at creation), and the rank was checked.
             let tv = &mut lora_t[..r.rank];
-            for (d, &h) in tv.iter_mut().zip(&r.a[id as usize * r.rank..(id as usize + 1) * r.rank]) {
+            for (d, &h) in tv
+                .iter_mut()
+                .zip(&r.a[id as usize * r.rank..(id as usize + 1) * r.rank])
+            {
                 *d = half::f16::from_bits(h).to_f32();
             }
             (env.lk.expand)(&[r], tv, 0, xt);
@@ -236,7 +271,20 @@ pub(crate) fn add(x: &mut [f32], y: &[f32]) {
 /// (0 for global layers, `window = 0`). Keys of earlier batches come from the cache (slot `j % cap`),
 /// the batch's own from `kk` / `v`, so a local layer's ring never needs more than `window` slots.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention(env: &Env<'_>, kv: &mut KvCache, att: &mut [f32], q: &[f32], kk: &[f32], v: &[f32], att_out: &mut [f32], l: usize, pos0: usize, b: usize, window: usize, scale: f32) {
+pub(crate) fn attention(
+    env: &Env<'_>,
+    kv: &mut KvCache,
+    att: &mut [f32],
+    q: &[f32],
+    kk: &[f32],
+    v: &[f32],
+    att_out: &mut [f32],
+    l: usize,
+    pos0: usize,
+    b: usize,
+    window: usize,
+    scale: f32,
+) {
     let hp = &env.m.hp;
     let k = env.k;
     let (qd, kvd, hd) = (hp.q_dim(), hp.kv_dim(), hp.head_dim);
@@ -251,20 +299,34 @@ pub(crate) fn attention(env: &Env<'_>, kv: &mut KvCache, att: &mut [f32], q: &[f
         let n_ctx = env.n_ctx;
         let (n_head, group) = (hp.n_head, hp.n_head / hp.n_head_kv);
         // Head `kvh..kvh + hd` of position j's key (or value): from the cache or from this batch.
-        let at = |j: usize| if j < pos0 { (true, (j % cap) * kvd) } else { (false, (j - pos0) * kvd) };
+        let at = |j: usize| {
+            if j < pos0 {
+                (true, (j % cap) * kvd)
+            } else {
+                (false, (j - pos0) * kvd)
+            }
+        };
         env.pool.run(b * n_head, &|i, job| {
             // SAFETY: each thread uses its own row of `att`, and runs one chunk at a time.
             let att = unsafe { att.range(i * n_ctx..(i + 1) * n_ctx) };
             let (t, h) = (job / n_head, job % n_head);
             let p = pos0 + t;
-            let lo = if window > 0 { (p + 1).saturating_sub(window) } else { 0 };
+            let lo = if window > 0 {
+                (p + 1).saturating_sub(window)
+            } else {
+                0
+            };
             let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
             let kvh = (h / group) * hd;
             let sc = &mut att[..p + 1 - lo];
             let mut max = f32::NEG_INFINITY;
             for (j, s) in (lo..=p).zip(sc.iter_mut()) {
                 let (old, r) = at(j);
-                let kr = if old { &kc[r + kvh..r + kvh + hd] } else { &kk[r + kvh..r + kvh + hd] };
+                let kr = if old {
+                    &kc[r + kvh..r + kvh + hd]
+                } else {
+                    &kk[r + kvh..r + kvh + hd]
+                };
                 *s = (k.dot_f32)(qh, kr) * scale;
                 max = max.max(*s);
             }
@@ -279,7 +341,11 @@ pub(crate) fn attention(env: &Env<'_>, kv: &mut KvCache, att: &mut [f32], q: &[f
             let inv = 1.0 / sum;
             for (j, s) in (lo..=p).zip(sc.iter()) {
                 let (old, r) = at(j);
-                let vr = if old { &vc[r + kvh..r + kvh + hd] } else { &v[r + kvh..r + kvh + hd] };
+                let vr = if old {
+                    &vc[r + kvh..r + kvh + hd]
+                } else {
+                    &v[r + kvh..r + kvh + hd]
+                };
                 (k.axpy_f32)(s * inv, vr, o);
             }
         });
@@ -300,11 +366,27 @@ pub(crate) fn output(env: &Env<'_>, st: &mut State, b: usize) -> usize {
     let e = hp.n_embd;
     let first = if env.logits_all { 0 } else { b - 1 };
     let rows = b - first;
-    rmsnorm_rows(&mut st.xb[..rows * e], &st.x[first * e..b * e], m.f32s(&m.output_norm), hp.rms_eps);
+    rmsnorm_rows(
+        &mut st.xb[..rows * e],
+        &st.x[first * e..b * e],
+        m.f32s(&m.output_norm),
+        hp.rms_eps,
+    );
     st.xq.invalidate();
     let nv = hp.n_vocab;
     let lora = [env.applied.refs(m.n_slots() - 1)];
-    linear(env, &mut st.xq, &st.xb[..rows * e], e, rows, [(&m.output, &mut st.logits[..rows * nv])], Lora { refs: &lora, t: &mut st.lora_t });
+    linear(
+        env,
+        &mut st.xq,
+        &st.xb[..rows * e],
+        e,
+        rows,
+        [(&m.output, &mut st.logits[..rows * nv])],
+        Lora {
+            refs: &lora,
+            t: &mut st.lora_t,
+        },
+    );
     let c = hp.logit_softcap;
     if c > 0.0 {
         for l in st.logits[..rows * nv].iter_mut() {
@@ -345,9 +427,23 @@ impl QuantCache {
         let mk = |vt: QuantType| {
             let stride = xq_row_bytes(vt, n_max.next_multiple_of(256));
             let resid = mode == ActQuant::Q8x2 && vt != QuantType::F32;
-            QuantSlot { vt, stride: 0, rows: 0, q: vec![0u8; stride * n_batch], r: vec![0u8; if resid { stride * n_batch } else { 0 }] }
+            QuantSlot {
+                vt,
+                stride: 0,
+                rows: 0,
+                q: vec![0u8; stride * n_batch],
+                r: vec![0u8; if resid { stride * n_batch } else { 0 }],
+            }
         };
-        QuantCache { resid: vec![0.0; n_max], slots: [mk(QuantType::Q8_0), mk(QuantType::Q8_1), mk(QuantType::Q8K), mk(QuantType::F32)] }
+        QuantCache {
+            resid: vec![0.0; n_max],
+            slots: [
+                mk(QuantType::Q8_0),
+                mk(QuantType::Q8_1),
+                mk(QuantType::Q8K),
+                mk(QuantType::F32),
+            ],
+        }
     }
     /// Forget the quantized rows (the input changed).
     pub fn invalidate(&mut self) {
@@ -358,7 +454,11 @@ impl QuantCache {
     /// Make sure the buffer for weights of type `ty` holds `rows` rows of `x` (row length `n`) quantized.
     fn ensure(&mut self, k: &Kernels, ty: QuantType, x: &[f32], n: usize, rows: usize) {
         let vt = ty.vec_dot_type();
-        let slot = self.slots.iter_mut().find(|s| s.vt == vt).expect("every vec_dot_type has a slot");
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| s.vt == vt)
+            .expect("every vec_dot_type has a slot");
         let stride = xq_row_bytes(ty, n);
         if slot.stride == stride && slot.rows == rows {
             return;
@@ -366,7 +466,10 @@ impl QuantCache {
         let q = k.quantize(vt).expect("quantizer for vec_dot_type");
         let two = !slot.r.is_empty();
         for t in 0..rows {
-            let (xr, qr) = (&x[t * n..(t + 1) * n], &mut slot.q[t * stride..(t + 1) * stride]);
+            let (xr, qr) = (
+                &x[t * n..(t + 1) * n],
+                &mut slot.q[t * stride..(t + 1) * stride],
+            );
             q(xr, qr);
             if two {
                 // residual = x - dequantize(q(x)), quantized in turn
@@ -382,9 +485,11 @@ impl QuantCache {
                     // Q8_1 carries each block's sum `s` (used against Q4_1/Q5_1 minimums) as f16, whose
                     // rounding the residual above does not see. Give the second pass the rest of the
                     // true block sum, so that s₁ + s₂ = Σx to f16 precision of the (small) remainder.
-                    let b1: &[BlockQ8_1] = bytemuck::cast_slice(&slot.q[t * stride..(t + 1) * stride]);
+                    let b1: &[BlockQ8_1] =
+                        bytemuck::cast_slice(&slot.q[t * stride..(t + 1) * stride]);
                     let b2: &mut [BlockQ8_1] = bytemuck::cast_slice_mut(rr);
-                    for ((blk1, blk2), xs) in b1.iter().zip(b2.iter_mut()).zip(xr.chunks_exact(32)) {
+                    for ((blk1, blk2), xs) in b1.iter().zip(b2.iter_mut()).zip(xr.chunks_exact(32))
+                    {
                         let sum: f32 = xs.iter().sum();
                         blk2.s = F16Bits::from_f32(sum - blk1.s.to_f32());
                     }
@@ -397,9 +502,21 @@ impl QuantCache {
     /// The quantized rows for weights of type `ty` (after `ensure`).
     fn get(&self, ty: QuantType) -> QInput<'_> {
         let vt = ty.vec_dot_type();
-        let s = self.slots.iter().find(|s| s.vt == vt).expect("every vec_dot_type has a slot");
+        let s = self
+            .slots
+            .iter()
+            .find(|s| s.vt == vt)
+            .expect("every vec_dot_type has a slot");
         let len = s.stride * s.rows;
-        QInput { q: &s.q[..len], r: if s.r.is_empty() { None } else { Some(&s.r[..len]) }, stride: s.stride }
+        QInput {
+            q: &s.q[..len],
+            r: if s.r.is_empty() {
+                None
+            } else {
+                Some(&s.r[..len])
+            },
+            stride: s.stride,
+        }
     }
 }
 
@@ -419,7 +536,15 @@ pub(crate) struct Lora<'a, 'r, const N: usize> {
 
 /// `out_j[t] = W_j · x[t] + Σ s·B_j(A_j x[t])` for every weight j and token t, all weights in one
 /// parallel pass. `x` is [rows, n] row-major; each `out_j` is [rows, W_j.n_out].
-pub(crate) fn linear<const N: usize>(env: &Env<'_>, xq: &mut QuantCache, x: &[f32], n: usize, rows: usize, outs: [(&WeightRef, &mut [f32]); N], lora: Lora<'_, '_, N>) {
+pub(crate) fn linear<const N: usize>(
+    env: &Env<'_>,
+    xq: &mut QuantCache,
+    x: &[f32],
+    n: usize,
+    rows: usize,
+    outs: [(&WeightRef, &mut [f32]); N],
+    lora: Lora<'_, '_, N>,
+) {
     let (m, k, pool, lk): (&Model, &Kernels, &ThreadPool, _) = (env.m, env.k, env.pool, env.lk);
     // LoRA shrink for every weight that has adapters: t_j = A·x for all tokens         [N][rows, R_j]
     let per = lora.t.len() / 3;

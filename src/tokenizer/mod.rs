@@ -261,7 +261,9 @@ impl Lexicon {
         let mut index = IndexTable::new(n);
         for i in 0..n {
             let t = texts.get(i);
-            index.insert(index.hash(t), i as u32, true, |v| texts.get(v as usize) == t);
+            index.insert(index.hash(t), i as u32, true, |v| {
+                texts.get(v as usize) == t
+            });
         }
         Lexicon { texts, index }
     }
@@ -269,8 +271,9 @@ impl Lexicon {
     /// The id of the token whose text is `text`.
     #[inline]
     pub fn id(&self, text: &[u8]) -> Option<u32> {
-        self.index
-            .find(self.index.hash(text), |v| self.texts.get(v as usize) == text)
+        self.index.find(self.index.hash(text), |v| {
+            self.texts.get(v as usize) == text
+        })
     }
 
     #[inline]
@@ -456,7 +459,11 @@ impl Tokenizer {
             },
         };
         let lex = Lexicon::new(texts);
-        let ty = |i: usize| types.get(&lex.texts.backing, i).unwrap_or(token_type::NORMAL);
+        let ty = |i: usize| {
+            types
+                .get(&lex.texts.backing, i)
+                .unwrap_or(token_type::NORMAL)
+        };
 
         let (model_impl, pre_tok) = match p.model {
             "gpt2" => {
@@ -639,7 +646,10 @@ impl Tokenizer {
     /// The longest special token starting at the beginning of `s`.
     fn special_at(&self, s: &[u8], parse_special: bool) -> Option<(u32, usize)> {
         let b = *s.first()? as usize;
-        let (lo, hi) = (self.special_start[b] as usize, self.special_start[b + 1] as usize);
+        let (lo, hi) = (
+            self.special_start[b] as usize,
+            self.special_start[b + 1] as usize,
+        );
         for &(id, user_defined) in self.specials.get(lo..hi)? {
             if !parse_special && !user_defined {
                 continue;
@@ -897,10 +907,16 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     fn model(env: &str, file: &str) -> PathBuf {
-        let p = std::env::var_os(env)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(file));
-        assert!(p.is_file(), "model {} not found: run `models/fetch.sh` (or set {env})", p.display());
+        let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models")
+                .join(file)
+        });
+        assert!(
+            p.is_file(),
+            "model {} not found: run `models/fetch.sh` (or set {env})",
+            p.display()
+        );
         p
     }
 
@@ -915,7 +931,11 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        for f in ["smollm2_cases.json", "smollm2_tokenize.json", "gemma3_tokenize.json"] {
+        for f in [
+            "smollm2_cases.json",
+            "smollm2_tokenize.json",
+            "gemma3_tokenize.json",
+        ] {
             let s = std::fs::read_to_string(dir.join(f)).unwrap();
             let v: serde_json::Value = serde_json::from_str(&s).unwrap();
             for c in v.as_array().unwrap() {
@@ -944,12 +964,23 @@ mod tests {
             assert_eq!(mapped.token_type(id), copied.token_type(id), "type of {id}");
             assert_eq!(mapped.token_type(id), owned.token_type(id), "type of {id}");
             for special in [false, true] {
-                assert_eq!(mapped.token_to_piece(id, special), copied.token_to_piece(id, special), "piece of {id}");
-                assert_eq!(mapped.token_to_piece(id, special), owned.token_to_piece(id, special), "piece of {id}");
+                assert_eq!(
+                    mapped.token_to_piece(id, special),
+                    copied.token_to_piece(id, special),
+                    "piece of {id}"
+                );
+                assert_eq!(
+                    mapped.token_to_piece(id, special),
+                    owned.token_to_piece(id, special),
+                    "piece of {id}"
+                );
             }
             if let Some(t) = t {
                 let got = mapped.token_id(t);
-                assert!(got.is_some_and(|g| mapped.token_text(g) == Some(t)), "id of {t:?}");
+                assert!(
+                    got.is_some_and(|g| mapped.token_text(g) == Some(t)),
+                    "id of {t:?}"
+                );
                 assert_eq!(got, owned.token_id(t), "id of {t:?}");
             }
             assert_eq!(mapped.is_eog(id), owned.is_eog(id));
@@ -964,7 +995,9 @@ mod tests {
             }
         }
         // What the mapping saves: the texts themselves are not in the tokenizer's tables.
-        let text_bytes: usize = (0..n as u32).map(|i| mapped.token_text(i).unwrap().len()).sum();
+        let text_bytes: usize = (0..n as u32)
+            .map(|i| mapped.token_text(i).unwrap().len())
+            .sum();
         let heap = mapped.heap_bytes();
         eprintln!(
             "{}: tokenizer tables {:.2} MiB in place, {:.2} MiB copying (texts {:.2} MiB)",
@@ -979,7 +1012,10 @@ mod tests {
 
     #[test]
     fn in_place_tokenizer_equals_copying_one_smollm2() {
-        same_behaviour(&model("EDGE_RUN_MODEL", "SmolLM2-135M-Instruct.Q4_1.gguf"), 1.25);
+        same_behaviour(
+            &model("EDGE_RUN_MODEL", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+            1.25,
+        );
     }
 
     #[test]

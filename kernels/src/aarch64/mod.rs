@@ -1,3 +1,3 @@
 //! aarch64 tiers.
-pub mod neon;
 pub mod lora;
+pub mod neon;

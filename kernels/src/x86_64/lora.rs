@@ -207,7 +207,11 @@ mod avx2 {
         let mut row = j.row0;
         if j.k == 4 || (j.k % 8 == 0 && j.k <= 64) {
             while row + 8 <= j.row1 {
-                let d = if j.k == 4 { dot8_rows_k4(j, row, v) } else { dot8_rows(j, row, v) };
+                let d = if j.k == 4 {
+                    dot8_rows_k4(j, row, v)
+                } else {
+                    dot8_rows(j, row, v)
+                };
                 put8(j, out, tok, row, d);
                 row += 8;
             }

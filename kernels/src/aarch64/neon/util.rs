@@ -193,16 +193,33 @@ impl IDot for Sdot {
 #[inline]
 pub(super) fn q6k_groups(ql: &[u8], qh: &[u8]) -> [uint8x16_t; 8] {
     let (m4, m2) = (vdupq_n_u8(0x0f), vdupq_n_u8(0x03));
-    let (l0, l1, l2, l3) = (ld_u8(ql), ld_u8(&ql[16..]), ld_u8(&ql[32..]), ld_u8(&ql[48..]));
+    let (l0, l1, l2, l3) = (
+        ld_u8(ql),
+        ld_u8(&ql[16..]),
+        ld_u8(&ql[32..]),
+        ld_u8(&ql[48..]),
+    );
     let (hh0, hh1) = (ld_u8(qh), ld_u8(&qh[16..]));
     [
         vorrq_u8(vandq_u8(l0, m4), vshlq_n_u8::<4>(vandq_u8(hh0, m2))),
         vorrq_u8(vandq_u8(l1, m4), vshlq_n_u8::<4>(vandq_u8(hh1, m2))),
-        vorrq_u8(vandq_u8(l2, m4), vshlq_n_u8::<2>(vandq_u8(hh0, vdupq_n_u8(0x0c)))),
-        vorrq_u8(vandq_u8(l3, m4), vshlq_n_u8::<2>(vandq_u8(hh1, vdupq_n_u8(0x0c)))),
+        vorrq_u8(
+            vandq_u8(l2, m4),
+            vshlq_n_u8::<2>(vandq_u8(hh0, vdupq_n_u8(0x0c))),
+        ),
+        vorrq_u8(
+            vandq_u8(l3, m4),
+            vshlq_n_u8::<2>(vandq_u8(hh1, vdupq_n_u8(0x0c))),
+        ),
         vorrq_u8(vshrq_n_u8::<4>(l0), vandq_u8(hh0, vdupq_n_u8(0x30))),
         vorrq_u8(vshrq_n_u8::<4>(l1), vandq_u8(hh1, vdupq_n_u8(0x30))),
-        vorrq_u8(vshrq_n_u8::<4>(l2), vshrq_n_u8::<2>(vandq_u8(hh0, vdupq_n_u8(0xc0)))),
-        vorrq_u8(vshrq_n_u8::<4>(l3), vshrq_n_u8::<2>(vandq_u8(hh1, vdupq_n_u8(0xc0)))),
+        vorrq_u8(
+            vshrq_n_u8::<4>(l2),
+            vshrq_n_u8::<2>(vandq_u8(hh0, vdupq_n_u8(0xc0))),
+        ),
+        vorrq_u8(
+            vshrq_n_u8::<4>(l3),
+            vshrq_n_u8::<2>(vandq_u8(hh1, vdupq_n_u8(0xc0))),
+        ),
     ]
 }

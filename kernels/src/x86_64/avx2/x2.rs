@@ -165,12 +165,7 @@ fn q4_1_rows2<const R: usize>(
     x: &[BlockQ8_1],
     z: &[BlockQ8_1],
 ) -> [f32; R] {
-    min_rows2::<_, R>(
-        rows,
-        x,
-        z,
-        |b| nibbles(ld128::<0, _>(&b.qs)),
-    )
+    min_rows2::<_, R>(rows, x, z, |b| nibbles(ld128::<0, _>(&b.qs)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -179,12 +174,9 @@ fn q5_1_rows2<const R: usize>(
     x: &[BlockQ8_1],
     z: &[BlockQ8_1],
 ) -> [f32; R] {
-    min_rows2::<_, R>(
-        rows,
-        x,
-        z,
-        |b| _mm256_or_si256(nibbles(ld128::<0, _>(&b.qs)), fifth_bits(b.qh)),
-    )
+    min_rows2::<_, R>(rows, x, z, |b| {
+        _mm256_or_si256(nibbles(ld128::<0, _>(&b.qs)), fifth_bits(b.qh))
+    })
 }
 
 /// Rows of Q4_1/Q5_1: per block `d_w·(dq·Σ q·yq + dr·Σ q·yr) + m·(sq + sr)`.
