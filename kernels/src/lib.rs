@@ -44,6 +44,34 @@ pub enum QuantType {
 }
 
 impl QuantType {
+    /// Every type a model's matrices can have here (each has a [`MatVec`] and a [`MatMul`] in every
+    /// tier), in ggml's numbering order.
+    pub const WEIGHTS: &'static [QuantType] = &[
+        QuantType::F32,
+        QuantType::F16,
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
+        QuantType::Q8_0,
+        QuantType::Q4K,
+        QuantType::Q5K,
+        QuantType::Q6K,
+    ];
+
+    /// The weight types with an integer dot product (activations quantized to Q8_0, Q8_1 or Q8_K,
+    /// and a [`MatVec2`]): [`QuantType::WEIGHTS`] without F32 and F16.
+    pub const QUANTIZED: &'static [QuantType] = &[
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
+        QuantType::Q8_0,
+        QuantType::Q4K,
+        QuantType::Q5K,
+        QuantType::Q6K,
+    ];
+
     /// The type for a ggml type id, if this crate knows it.
     pub fn from_ggml(id: u32) -> Option<Self> {
         use QuantType::*;
@@ -136,6 +164,29 @@ impl QuantType {
     }
 }
 
+/// The shape contract of [`Kernels::matmul`] (`n > 0`).
+fn matmul_shapes_ok(ty: QuantType, n: usize, w: &[u8], x: &ActRows<'_>, out: &[f32]) -> bool {
+    let (Some(rb), Some(xb)) = (ty.row_bytes(n), ty.vec_dot_type().row_bytes(n)) else {
+        return false;
+    };
+    if x.n_tok == 0 {
+        return out.is_empty();
+    }
+    let float = matches!(ty, QuantType::F32 | QuantType::F16);
+    let rows = out.len() / x.n_tok;
+    let act_len = (x.n_tok - 1)
+        .checked_mul(x.stride)
+        .and_then(|l| l.checked_add(xb));
+    out.len() % x.n_tok == 0
+        && x.stride >= xb
+        && rb.checked_mul(rows).is_some_and(|l| l <= w.len())
+        && act_len.is_some_and(|l| l <= x.q.len())
+        && match x.r {
+            None => true,
+            Some(r) => !float && act_len.is_some_and(|l| l <= r.len()),
+        }
+}
+
 /// Which instruction-set tier a [`Kernels`] table uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
@@ -175,6 +226,30 @@ pub type MatVec = fn(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
 pub type MatVec2 = fn(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]);
 /// Quantize `x` into the bytes of `out` (`vec_dot_type` blocks). `x.len()` must be a multiple of the block.
 pub type Quantize = fn(x: &[f32], out: &mut [u8]);
+/// Quantize `x` for the `q8x2` activation mode into two rows of `vec_dot_type` blocks: `q`, and `r`,
+/// the quantization of the residual `x − dequantize(q)` on the grid `d/256` of its block in `q`
+/// (each `r` block's scale field is exactly its `q` block's scale / 256, so `q` and `r` together
+/// are a 16-bit quantization `x ≈ d·(q + r/256)` and either row is a valid block row on its own).
+/// See [`scalar::quantize2_q8_0`] for the definition. Lengths as [`Quantize`]; `r` as long as `q`.
+pub type Quantize2 = fn(x: &[f32], q: &mut [u8], r: &mut [u8]);
+
+/// The activation rows of a batched product ([`MatMul`]): `n_tok` rows of `stride` bytes in `q`,
+/// each starting with one token's activation in the weight type's [`QuantType::vec_dot_type`]
+/// (F32 and F16 weights: the f32 values' bytes), and in the `q8x2` mode the residual rows in `r`
+/// (same layout, from a [`Quantize2`]; always `None` for F32 and F16 weights).
+#[derive(Clone, Copy, Debug)]
+pub struct ActRows<'a> {
+    pub q: &'a [u8],
+    pub r: Option<&'a [u8]>,
+    pub stride: usize,
+    pub n_tok: usize,
+}
+
+/// Batched matrix product, `out[t·rows + i] = row_i(w) · x_t` for every token `t < x.n_tok` and
+/// row `i < rows = out.len() / x.n_tok` (`w` holds `rows` rows of `n` elements); with a residual,
+/// `row_i(w) · q_t + row_i(w) · r_t` as [`MatVec2`] gives it. Tiers unpack each weight block once
+/// for several tokens. Reached through [`Kernels::matmul`], which checks the shapes first.
+pub type MatMul = fn(n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]);
 
 /// A table of kernels for one tier. Get one with [`Kernels::best`], [`Kernels::scalar`] or
 /// [`Kernels::available`]; every field has the same meaning in every tier.
@@ -203,6 +278,22 @@ pub struct Kernels {
     pub quantize_q8_0: Quantize,
     pub quantize_q8_1: Quantize,
     pub quantize_q8_k: Quantize,
+    /// [`Quantize2`] per activation format (see [`Kernels::quantize2`]).
+    pub quantize2_q8_0: Quantize2,
+    pub quantize2_q8_1: Quantize2,
+    pub quantize2_q8_k: Quantize2,
+    /// [`MatMul`] entries a tier provides; `None` falls back to one [`MatVec`] / [`MatVec2`] call
+    /// per token (see [`Kernels::matmul`]). The scalar tier has none: the fallback is the reference.
+    pub matmul_f32: Option<MatMul>,
+    pub matmul_f16: Option<MatMul>,
+    pub matmul_q4_0: Option<MatMul>,
+    pub matmul_q4_1: Option<MatMul>,
+    pub matmul_q5_0: Option<MatMul>,
+    pub matmul_q5_1: Option<MatMul>,
+    pub matmul_q8_0: Option<MatMul>,
+    pub matmul_q4_k: Option<MatMul>,
+    pub matmul_q5_k: Option<MatMul>,
+    pub matmul_q6_k: Option<MatMul>,
     /// Σ a[i]·b[i] over f32.
     pub dot_f32: fn(a: &[f32], b: &[f32]) -> f32,
     /// y[i] += a · x[i] over f32.
@@ -303,6 +394,92 @@ impl Kernels {
             _ => &[],
         };
         fused.contains(&ty)
+    }
+
+    /// The `q8x2` activation quantizer ([`Quantize2`]) for a `vec_dot_type` (`Q8_0`, `Q8_1`, `Q8_K`).
+    pub fn quantize2(&self, vec_dot_type: QuantType) -> Option<Quantize2> {
+        use QuantType::*;
+        Some(match vec_dot_type {
+            Q8_0 => self.quantize2_q8_0,
+            Q8_1 => self.quantize2_q8_1,
+            Q8K => self.quantize2_q8_k,
+            _ => return None,
+        })
+    }
+
+    /// This tier's own [`MatMul`] for weights of type `ty`, if it has one.
+    pub fn matmul_entry(&self, ty: QuantType) -> Option<MatMul> {
+        use QuantType::*;
+        match ty {
+            F32 => self.matmul_f32,
+            F16 => self.matmul_f16,
+            Q4_0 => self.matmul_q4_0,
+            Q4_1 => self.matmul_q4_1,
+            Q5_0 => self.matmul_q5_0,
+            Q5_1 => self.matmul_q5_1,
+            Q8_0 => self.matmul_q8_0,
+            Q4K => self.matmul_q4_k,
+            Q5K => self.matmul_q5_k,
+            Q6K => self.matmul_q6_k,
+            _ => None,
+        }
+    }
+
+    /// The batched product ([`MatMul`]) of `out.len() / x.n_tok` rows of `w` (type `ty`, rows of
+    /// `n` elements) with every activation row of `x`, through the tier's kernel or, where it has
+    /// none, one [`MatVec`] (or [`MatVec2`] with a residual) per token.
+    ///
+    /// The shapes are checked here, once, for every tier: `n` a whole number of blocks, `w` holding
+    /// the rows, `x.stride` at least one activation row, `x.q` (and `x.r`) holding `n_tok` rows,
+    /// `out.len()` a multiple of `n_tok`, no residual for F32/F16. On a violation (a caller bug) a
+    /// debug assertion fires and `out` is filled with NaN in release builds; `n == 0` gives zeros.
+    /// Returns `false` when `ty` has no kernel (then `out` is untouched).
+    pub fn matmul(
+        &self,
+        ty: QuantType,
+        n: usize,
+        w: &[u8],
+        x: ActRows<'_>,
+        out: &mut [f32],
+    ) -> bool {
+        let Some(mv) = self.matvec(ty) else {
+            return false;
+        };
+        if n == 0 {
+            out.fill(0.0);
+            return true;
+        }
+        if !matmul_shapes_ok(ty, n, w, &x, out) {
+            debug_assert!(
+                false,
+                "matmul {}: inconsistent shapes (n={n}, w={} bytes, x.q={} bytes, stride={}, n_tok={}, out={})",
+                ty.name(),
+                w.len(),
+                x.q.len(),
+                x.stride,
+                x.n_tok,
+                out.len()
+            );
+            out.fill(f32::NAN);
+            return true;
+        }
+        if x.n_tok == 0 {
+            return true;
+        }
+        if let Some(mm) = self.matmul_entry(ty) {
+            mm(n, w, x, out);
+            return true;
+        }
+        let rows = out.len() / x.n_tok;
+        let xb = ty.vec_dot_type().row_bytes(n).unwrap_or(0);
+        for (t, o) in out.chunks_exact_mut(rows).enumerate() {
+            let q = &x.q[t * x.stride..t * x.stride + xb];
+            match (x.r, self.matvec2(ty)) {
+                (Some(r), Some(mv2)) => mv2(n, w, q, &r[t * x.stride..t * x.stride + xb], o),
+                _ => mv(n, w, q, o),
+            }
+        }
+        true
     }
 
     /// The activation quantizer for a `vec_dot_type` (`Q8_0`, `Q8_1`, `Q8_K`; `F32` copies the bytes).

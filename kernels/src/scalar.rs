@@ -25,7 +25,8 @@ use crate::*;
 use bytemuck::{Pod, Zeroable};
 use core::mem::size_of;
 
-pub static KERNELS: Kernels = Kernels {
+/// The scalar tier's table; every other tier's table starts from it and states what it overrides.
+pub const TABLE: Kernels = Kernels {
     tier: Tier::Scalar,
     matvec_f32,
     matvec_f16,
@@ -48,9 +49,25 @@ pub static KERNELS: Kernels = Kernels {
     quantize_q8_0,
     quantize_q8_1,
     quantize_q8_k,
+    quantize2_q8_0,
+    quantize2_q8_1,
+    quantize2_q8_k,
+    matmul_f32: None,
+    matmul_f16: None,
+    matmul_q4_0: None,
+    matmul_q4_1: None,
+    matmul_q5_0: None,
+    matmul_q5_1: None,
+    matmul_q8_0: None,
+    matmul_q4_k: None,
+    matmul_q5_k: None,
+    matmul_q6_k: None,
     dot_f32,
     axpy_f32,
 };
+
+/// The scalar tier ([`TABLE`]) at a fixed address.
+pub static KERNELS: Kernels = TABLE;
 
 // ---------------------------------------------------------------------------------------------------
 // Exact helpers (no libm in core)
@@ -525,6 +542,138 @@ pub fn quantize_q8_k(x: &[f32], out: &mut [u8]) {
                 o.copy_from_slice(bytemuck::bytes_of(&b));
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Activation quantizers of the `q8x2` mode (`Quantize2`): 8 bits plus the residual on the grid d/256
+// ---------------------------------------------------------------------------------------------------
+
+/// The f16 scale of a `q8x2` Q8_0/Q8_1 block: `f16(amax / 127)`, rounded up to a multiple of 2⁻¹⁶
+/// when it is below 2⁻⁶, so that `scale / 256` is an f16 too (exactly: the residual block's scale).
+pub fn x2_scale_f16(amax: f32) -> F16Bits {
+    let d = fp16(amax / 127.0);
+    let bits = d.bits();
+    let e = (bits >> 10) & 0x1f;
+    if e >= 9 {
+        return d;
+    }
+    // Spacing of f16 values with exponent field e (subnormals: as e = 1) is 2^(max(e,1) − 25).
+    let mask = (1u16 << (9 - e.max(1))) - 1;
+    F16Bits(((bits + mask) & !mask).to_le_bytes())
+}
+
+/// One `q8x2` block of 32: `q = nearest(x/d)`, `r = nearest((x − d·q)·256/d)` with `d` from
+/// [`x2_scale_f16`] (each step rounded in f32 as written: `id = 1/d`, `x·id`, `d·q`, `x − d·q`,
+/// `res·(256·id)`; no fused multiply-add). Returns `d` (f32).
+fn quantize2_block32(xb: &[f32], ds: F16Bits, q: &mut [i8; QK], r: &mut [i8; QK]) -> f32 {
+    let d = ds.to_f32();
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id256 = id * 256.0;
+    for ((&v, q), r) in xb.iter().zip(q.iter_mut()).zip(r.iter_mut()) {
+        let qi = nearest_int(v * id).clamp(-127, 127);
+        let res = v - d * qi as f32;
+        *q = qi as i8;
+        *r = nearest_int(res * id256).clamp(-128, 127) as i8;
+    }
+    d
+}
+
+/// `q8x2` quantization to Q8_0 blocks (the [`Quantize2`] reference). Per block of 32: the scale
+/// `d` = [`x2_scale_f16`]`(amax)`, `q` and `r` as `quantize2_block32` computes them, and the residual
+/// block's scale `d/256` (exact). `x ≈ d·(q + r/256)` to within `d/512` (plus the clamp of a
+/// residual tie at +128).
+pub fn quantize2_row_q8_0(x: &[f32], q: &mut [BlockQ8_0], r: &mut [BlockQ8_0]) {
+    for ((xb, qb), rb) in x.chunks_exact(QK).zip(q.iter_mut()).zip(r.iter_mut()) {
+        let amax = xb
+            .iter()
+            .fold(0.0f32, |m, &v| if m > absf(v) { m } else { absf(v) });
+        let ds = x2_scale_f16(amax);
+        let d = quantize2_block32(xb, ds, &mut qb.qs, &mut rb.qs);
+        qb.d = ds;
+        rb.d = fp16(d / 256.0);
+    }
+}
+
+/// `q8x2` quantization to Q8_1 blocks: as [`quantize2_row_q8_0`], and the sums: `s` of the `q` block
+/// is `f16(d·Σq)`, `s` of the `r` block `f16(Σx − s_q)` (Σx summed in element order), so that the two
+/// add up to the block's true sum to f16 precision of the small remainder.
+pub fn quantize2_row_q8_1(x: &[f32], q: &mut [BlockQ8_1], r: &mut [BlockQ8_1]) {
+    for ((xb, qb), rb) in x.chunks_exact(QK).zip(q.iter_mut()).zip(r.iter_mut()) {
+        let amax = xb
+            .iter()
+            .fold(0.0f32, |m, &v| if m > absf(v) { m } else { absf(v) });
+        let ds = x2_scale_f16(amax);
+        let d = quantize2_block32(xb, ds, &mut qb.qs, &mut rb.qs);
+        let sum_q: i32 = qb.qs.iter().map(|&v| v as i32).sum();
+        let sum_x: f32 = xb.iter().sum();
+        qb.d = ds;
+        qb.s = fp16(sum_q as f32 * d);
+        rb.d = fp16(d / 256.0);
+        rb.s = fp16(sum_x - qb.s.to_f32());
+    }
+}
+
+/// `q8x2` quantization to Q8_K blocks: the `q` block is exactly [`quantize_row_q8_k`]'s (scale
+/// `d = 1/iscale`), the residual `r = nearest((x − d·q)·(256·iscale))` clamped to i8 with scale
+/// `d/256` and its own `bsums`.
+pub fn quantize2_row_q8_k(x: &[f32], q: &mut [BlockQ8K], r: &mut [BlockQ8K]) {
+    for ((xb, qb), rb) in x.chunks_exact(QK_K).zip(q.iter_mut()).zip(r.iter_mut()) {
+        quantize_block_q8_k(xb, qb);
+        let d = qb.d;
+        let is256 = if d != 0.0 { 256.0 / d } else { 0.0 };
+        for ((&v, &qi), ri) in xb.iter().zip(qb.qs.iter()).zip(rb.qs.iter_mut()) {
+            let res = v - d * qi as f32;
+            *ri = nearest_int(res * is256).clamp(-128, 127) as i8;
+        }
+        for (j, s) in rb.bsums.iter_mut().enumerate() {
+            *s = rb.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
+        }
+        rb.d = d / 256.0;
+    }
+}
+
+/// Byte-level [`Quantize2`] for Q8_0.
+pub fn quantize2_q8_0(x: &[f32], q: &mut [u8], r: &mut [u8]) {
+    let nb = quant_blocks::<BlockQ8_0>(x, q, QK).min(r.len() / size_of::<BlockQ8_0>());
+    let len = nb * size_of::<BlockQ8_0>();
+    if let (Ok(qb), Ok(rb)) = (
+        bytemuck::try_cast_slice_mut(&mut q[..len]),
+        bytemuck::try_cast_slice_mut(&mut r[..len]),
+    ) {
+        quantize2_row_q8_0(&x[..nb * QK], qb, rb);
+    }
+}
+
+/// Byte-level [`Quantize2`] for Q8_1.
+pub fn quantize2_q8_1(x: &[f32], q: &mut [u8], r: &mut [u8]) {
+    let nb = quant_blocks::<BlockQ8_1>(x, q, QK).min(r.len() / size_of::<BlockQ8_1>());
+    let len = nb * size_of::<BlockQ8_1>();
+    if let (Ok(qb), Ok(rb)) = (
+        bytemuck::try_cast_slice_mut(&mut q[..len]),
+        bytemuck::try_cast_slice_mut(&mut r[..len]),
+    ) {
+        quantize2_row_q8_1(&x[..nb * QK], qb, rb);
+    }
+}
+
+/// Byte-level [`Quantize2`] for Q8_K (any alignment of `q` and `r`).
+pub fn quantize2_q8_k(x: &[f32], q: &mut [u8], r: &mut [u8]) {
+    let ts = size_of::<BlockQ8K>();
+    let nb = quant_blocks::<BlockQ8K>(x, q, QK_K).min(r.len() / ts);
+    let (mut bq, mut br) = (BlockQ8K::zeroed(), BlockQ8K::zeroed());
+    let blocks = x[..nb * QK_K].chunks_exact(QK_K);
+    for ((xb, qo), ro) in blocks
+        .zip(q.chunks_exact_mut(ts))
+        .zip(r.chunks_exact_mut(ts))
+    {
+        quantize2_row_q8_k(
+            xb,
+            core::slice::from_mut(&mut bq),
+            core::slice::from_mut(&mut br),
+        );
+        qo.copy_from_slice(bytemuck::bytes_of(&bq));
+        ro.copy_from_slice(bytemuck::bytes_of(&br));
     }
 }
 

@@ -321,6 +321,7 @@ macro_rules! tier {
             quantize_q8_k: $m::quantize_q8_k,
             dot_f32: $m::dot_f32,
             axpy_f32: $m::axpy_f32,
+            ..crate::scalar::TABLE
         };
     };
 }

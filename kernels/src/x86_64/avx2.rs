@@ -71,6 +71,7 @@ static TABLE: Kernels = Kernels {
     quantize_q8_k,
     dot_f32,
     axpy_f32,
+    ..crate::scalar::TABLE
 };
 
 /// Safe table entries: each calls its `#[target_feature]` implementation.
