@@ -427,7 +427,7 @@ impl Kernels {
 
     /// The batched product ([`MatMul`]) of `out.len() / x.n_tok` rows of `w` (type `ty`, rows of
     /// `n` elements) with every activation row of `x`, through the tier's kernel or, where it has
-    /// none, one [`MatVec`] (or [`MatVec2`] with a residual) per token.
+    /// none and for a single token, one [`MatVec`] (or [`MatVec2`] with a residual) per token.
     ///
     /// The shapes are checked here, once, for every tier: `n` a whole number of blocks, `w` holding
     /// the rows, `x.stride` at least one activation row, `x.q` (and `x.r`) holding `n_tok` rows,
@@ -466,7 +466,8 @@ impl Kernels {
         if x.n_tok == 0 {
             return true;
         }
-        if let Some(mm) = self.matmul_entry(ty) {
+        // One token is a decode step: the matrix×vector kernels are made for it.
+        if let (Some(mm), true) = (self.matmul_entry(ty), x.n_tok > 1) {
             mm(n, w, x, out);
             return true;
         }
