@@ -5,7 +5,7 @@
 use crate::adapter_set::MAX_ADAPTERS;
 use crate::arch::Env;
 use crate::kernels::lora::{total_rank, LoraRef};
-use crate::kernels::{BlockQ8_1, F16Bits, Kernels, QuantType};
+use crate::kernels::{ActRows, Kernels, QuantType};
 use crate::model::{Model, WeightRef};
 use crate::session::{ActQuant, SessionConfig};
 use crate::threadpool::{Disjoint, ThreadPool};
@@ -133,7 +133,7 @@ impl State {
             hb: vec![0.0; n_batch * ff],
             hb2: vec![0.0; n_batch * ff],
             att: vec![0.0; cfg.n_threads * cfg.n_ctx],
-            xq: QuantCache::new(cfg.act_quant, n_batch, e.max(ff).max(qd)),
+            xq: QuantCache::new(cfg.act_quant, n_batch, e.max(ff).max(qd), cfg.n_threads),
             logits: vec![0.0; n_logit_rows * hp.n_vocab],
             rope,
             kv: KvCache {
@@ -404,12 +404,14 @@ fn xq_row_bytes(ty: QuantType, n: usize) -> usize {
     ty.vec_dot_type().row_bytes(n).unwrap_or(n * 4)
 }
 
-/// Activations quantized for the weights' dot products: one buffer per `vec_dot_type`, filled on demand
-/// and reused by every weight that shares the input (q/k/v, gate/up).
+/// The scratch of [`linear`]: the input quantized for the weights' dot products, one buffer per
+/// `vec_dot_type`, filled on demand and reused by every weight that shares the input (q/k/v,
+/// gate/up); and one output tile per thread for batched products.
 pub(crate) struct QuantCache {
-    /// Scratch row for the residual [n_max].
-    resid: Vec<f32>,
     slots: [QuantSlot; 4],
+    /// Per thread, `[n_batch, CHUNK_ROWS]`: a chunk's rows for every token of the batch.
+    tiles: Vec<f32>,
+    tile_len: usize,
 }
 
 struct QuantSlot {
@@ -423,7 +425,7 @@ struct QuantSlot {
 }
 
 impl QuantCache {
-    fn new(mode: ActQuant, n_batch: usize, n_max: usize) -> Self {
+    fn new(mode: ActQuant, n_batch: usize, n_max: usize, n_threads: usize) -> Self {
         let mk = |vt: QuantType| {
             let stride = xq_row_bytes(vt, n_max.next_multiple_of(256));
             let resid = mode == ActQuant::Q8x2 && vt != QuantType::F32;
@@ -435,14 +437,16 @@ impl QuantCache {
                 r: vec![0u8; if resid { stride * n_batch } else { 0 }],
             }
         };
+        let tile_len = n_batch * CHUNK_ROWS;
         QuantCache {
-            resid: vec![0.0; n_max],
             slots: [
                 mk(QuantType::Q8_0),
                 mk(QuantType::Q8_1),
                 mk(QuantType::Q8K),
                 mk(QuantType::F32),
             ],
+            tiles: vec![0.0; if n_batch > 1 { n_threads * tile_len } else { 0 }],
+            tile_len,
         }
     }
     /// Forget the quantized rows (the input changed).
@@ -463,69 +467,42 @@ impl QuantCache {
         if slot.stride == stride && slot.rows == rows {
             return;
         }
-        let q = k.quantize(vt).expect("quantizer for vec_dot_type");
-        let two = !slot.r.is_empty();
-        for t in 0..rows {
-            let (xr, qr) = (
-                &x[t * n..(t + 1) * n],
-                &mut slot.q[t * stride..(t + 1) * stride],
-            );
-            q(xr, qr);
-            if two {
-                // residual = x - dequantize(q(x)), quantized in turn
-                let res = &mut self.resid[..n];
-                let ok = crate::kernels::scalar::dequantize(vt, qr, res);
-                debug_assert!(ok);
-                for (r, &xv) in res.iter_mut().zip(xr) {
-                    *r = xv - *r;
-                }
-                let rr = &mut slot.r[t * stride..(t + 1) * stride];
-                q(res, rr);
-                if vt == QuantType::Q8_1 {
-                    // Q8_1 carries each block's sum `s` (used against Q4_1/Q5_1 minimums) as f16, whose
-                    // rounding the residual above does not see. Give the second pass the rest of the
-                    // true block sum, so that s₁ + s₂ = Σx to f16 precision of the (small) remainder.
-                    let b1: &[BlockQ8_1] =
-                        bytemuck::cast_slice(&slot.q[t * stride..(t + 1) * stride]);
-                    let b2: &mut [BlockQ8_1] = bytemuck::cast_slice_mut(rr);
-                    for ((blk1, blk2), xs) in b1.iter().zip(b2.iter_mut()).zip(xr.chunks_exact(32))
-                    {
-                        let sum: f32 = xs.iter().sum();
-                        blk2.s = F16Bits::from_f32(sum - blk1.s.to_f32());
-                    }
-                }
+        let rows_of = |t: usize| t * stride..(t + 1) * stride;
+        if slot.r.is_empty() {
+            let q = k.quantize(vt).expect("quantizer for vec_dot_type");
+            for t in 0..rows {
+                q(&x[t * n..(t + 1) * n], &mut slot.q[rows_of(t)]);
+            }
+        } else {
+            // q8x2: 8 bits plus the residual on the grid d/256 (a 16-bit quantization).
+            let q2 = k.quantize2(vt).expect("q8x2 quantizer for vec_dot_type");
+            for t in 0..rows {
+                q2(
+                    &x[t * n..(t + 1) * n],
+                    &mut slot.q[rows_of(t)],
+                    &mut slot.r[rows_of(t)],
+                );
             }
         }
         slot.stride = stride;
         slot.rows = rows;
     }
-    /// The quantized rows for weights of type `ty` (after `ensure`).
-    fn get(&self, ty: QuantType) -> QInput<'_> {
-        let vt = ty.vec_dot_type();
-        let s = self
-            .slots
-            .iter()
-            .find(|s| s.vt == vt)
-            .expect("every vec_dot_type has a slot");
-        let len = s.stride * s.rows;
-        QInput {
-            q: &s.q[..len],
-            r: if s.r.is_empty() {
-                None
-            } else {
-                Some(&s.r[..len])
-            },
-            stride: s.stride,
-        }
-    }
 }
 
-/// One weight's quantized input: rows of `stride` bytes, and the residual's rows in mode `Q8x2`.
-#[derive(Clone, Copy)]
-struct QInput<'a> {
-    q: &'a [u8],
-    r: Option<&'a [u8]>,
-    stride: usize,
+/// The quantized rows for weights of type `ty` (after [`QuantCache::ensure`]).
+fn act_rows(slots: &[QuantSlot], ty: QuantType) -> ActRows<'_> {
+    let vt = ty.vec_dot_type();
+    let s = slots
+        .iter()
+        .find(|s| s.vt == vt)
+        .expect("every vec_dot_type has a slot");
+    let len = s.stride * s.rows;
+    ActRows {
+        q: &s.q[..len],
+        r: (!s.r.is_empty()).then(|| &s.r[..len]),
+        stride: s.stride,
+        n_tok: s.rows,
+    }
 }
 
 /// The adapters on the weights of one `linear` call and the scratch for their intermediates.
@@ -536,6 +513,11 @@ pub(crate) struct Lora<'a, 'r, const N: usize> {
 
 /// `out_j[t] = W_j · x[t] + Σ s·B_j(A_j x[t])` for every weight j and token t, all weights in one
 /// parallel pass. `x` is [rows, n] row-major; each `out_j` is [rows, W_j.n_out].
+///
+/// Work is split in chunks of [`CHUNK_ROWS`] output rows of one weight. A chunk multiplies its
+/// rows with every token at once ([`Kernels::matmul`]: each weight block unpacked once for several
+/// tokens) into the thread's tile, adds the LoRA expand there, and copies the tile into the outputs;
+/// a single token (decode) is written in place.
 pub(crate) fn linear<const N: usize>(
     env: &Env<'_>,
     xq: &mut QuantCache,
@@ -546,86 +528,87 @@ pub(crate) fn linear<const N: usize>(
     lora: Lora<'_, '_, N>,
 ) {
     let (m, k, pool, lk): (&Model, &Kernels, &ThreadPool, _) = (env.m, env.k, env.pool, env.lk);
-    // LoRA shrink for every weight that has adapters: t_j = A·x for all tokens         [N][rows, R_j]
-    let per = lora.t.len() / 3;
-    let mut ts: [&[f32]; N] = [&[]; N];
-    {
-        let mut rest: &mut [f32] = lora.t;
-        for j in 0..N {
-            let (tj, r) = rest.split_at_mut(per);
-            rest = r;
-            let refs = &lora.refs[j];
-            if !refs.is_empty() {
-                let rr = total_rank(refs);
-                (lk.shrink_batch)(refs, rows, x, &mut tj[..rows * rr]);
-                ts[j] = &tj[..rows * rr];
-            }
-        }
-    }
+    let ts = lora_shrink(env, x, rows, lora.refs, lora.t);
     // Quantize the input once per vec_dot_type needed (all weights of a group usually share one).
     for (w, _) in outs.iter() {
         debug_assert_eq!(w.n_in, n);
         xq.ensure(k, w.ty, x, n, rows);
     }
-    let xq: &QuantCache = xq;
-    let inputs: [QInput; N] = core::array::from_fn(|j| xq.get(outs[j].0.ty));
+    let QuantCache {
+        slots,
+        tiles,
+        tile_len,
+    } = xq;
+    let (tiles, tile_len) = (Disjoint::new(tiles), *tile_len);
+    let inputs: [ActRows; N] = core::array::from_fn(|j| act_rows(slots, outs[j].0.ty));
     let jobs: [(&WeightRef, Disjoint<f32>); N] = outs.map(|(w, o)| (w, Disjoint::new(o)));
     let lora_refs = lora.refs;
     // Chunks of CHUNK_ROWS output rows, over all the weights one after the other.
     let chunks: [usize; N] = core::array::from_fn(|j| jobs[j].0.n_out.div_ceil(CHUNK_ROWS));
     let n_chunks: usize = chunks.iter().sum();
-    pool.run(n_chunks, &|_, mut c| {
+    pool.run(n_chunks, &|thread, mut c| {
         let mut j = 0;
         while c >= chunks[j] {
             c -= chunks[j];
             j += 1;
         }
         let (w, out) = &jobs[j];
-        let mv = k.matvec(w.ty).expect("weight types checked at load");
-        let mv2 = k.matvec2(w.ty); // None for F32/F16: two passes
+        let (r0, r1) = (c * CHUNK_ROWS, ((c + 1) * CHUNK_ROWS).min(w.n_out));
         let rb = w.row_bytes();
-        let wb = m.bytes(w);
-        let mine = c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(w.n_out);
-        let inp = inputs[j];
-        let st = inp.stride;
-        // Sub-chunks small enough that the weights stay in L1 between the two passes of `Q8x2`.
-        let mut r0 = mine.start;
-        while r0 < mine.end {
-            let r1 = (r0 + SUB_ROWS).min(mine.end);
-            let wr = &wb[r0 * rb..r1 * rb];
-            for t in 0..rows {
-                // SAFETY: every chunk index is handed out once and chunks cover disjoint rows; tokens don't overlap.
-                let o = unsafe { out.range(t * w.n_out + r0..t * w.n_out + r1) };
-                let q = &inp.q[t * st..(t + 1) * st];
-                match (inp.r, mv2) {
-                    // q8x2: both integer passes over each weight block while it is unpacked.
-                    (Some(r), Some(mv2)) => mv2(n, wr, q, &r[t * st..(t + 1) * st], o),
-                    (Some(r), None) => {
-                        mv(n, wr, q, o);
-                        let mut tmp = [0f32; SUB_ROWS];
-                        let tmp = &mut tmp[..r1 - r0];
-                        mv(n, wr, &r[t * st..(t + 1) * st], tmp);
-                        add(o, tmp);
-                    }
-                    (None, _) => mv(n, wr, q, o),
-                }
-                // LoRA expand on the rows just produced, while they are in L1: o += Σ s·B[r0..r1]·t
-                let refs = &lora_refs[j];
-                if !refs.is_empty() {
-                    let rr = ts[j].len() / rows;
-                    (lk.expand)(refs, &ts[j][t * rr..(t + 1) * rr], r0, o);
-                }
+        let wr = &m.bytes(w)[r0 * rb..r1 * rb];
+        let refs = &lora_refs[j];
+        let rr = ts[j].len() / rows;
+        if rows == 1 {
+            // SAFETY: every chunk index is handed out once and chunks cover disjoint rows.
+            let o = unsafe { out.range(r0..r1) };
+            let ok = k.matmul(w.ty, n, wr, inputs[j], o);
+            debug_assert!(ok, "weight types checked at load");
+            if !refs.is_empty() {
+                (lk.expand)(refs, ts[j], r0, o);
             }
-            r0 = r1;
+            return;
+        }
+        let cr = r1 - r0;
+        // SAFETY: each thread uses its own tile, and runs one chunk at a time.
+        let tile = unsafe { tiles.range(thread * tile_len..thread * tile_len + rows * cr) };
+        let ok = k.matmul(w.ty, n, wr, inputs[j], tile);
+        debug_assert!(ok, "weight types checked at load");
+        if !refs.is_empty() {
+            (lk.expand_batch)(refs, rows, &ts[j][..rows * rr], r0, r1, tile, cr);
+        }
+        for (t, row) in tile.chunks_exact(cr).enumerate() {
+            // SAFETY: chunks cover disjoint rows of every token's output.
+            unsafe { out.range(t * w.n_out + r0..t * w.n_out + r1) }.copy_from_slice(row);
         }
     });
 }
 
+/// LoRA shrink for every weight of a `linear` call that has adapters: `t_j = A·x` for all tokens,
+/// `[rows, R_j]` in the j-th third of the scratch (empty for a weight without adapters).
+fn lora_shrink<'t, const N: usize>(
+    env: &Env<'_>,
+    x: &[f32],
+    rows: usize,
+    refs: &[heapless::Vec<LoraRef<'_>, MAX_ADAPTERS>; N],
+    scratch: &'t mut [f32],
+) -> [&'t [f32]; N] {
+    let per = scratch.len() / 3;
+    let mut ts: [&[f32]; N] = [&[]; N];
+    let mut rest: &mut [f32] = scratch;
+    for j in 0..N {
+        let (tj, r) = core::mem::take(&mut rest).split_at_mut(per);
+        rest = r;
+        if !refs[j].is_empty() {
+            let rr = total_rank(&refs[j]);
+            (env.lk.shrink_batch)(&refs[j], rows, x, &mut tj[..rows * rr]);
+            ts[j] = &tj[..rows * rr];
+        }
+    }
+    ts
+}
+
 /// Output rows per work chunk of `linear` (threads take chunks dynamically).
 const CHUNK_ROWS: usize = 64;
-
-/// Rows per inner step of `linear`.
-const SUB_ROWS: usize = 32;
 
 #[cfg(test)]
 mod tests {
