@@ -25,6 +25,9 @@ pub struct WeightRef {
     /// Byte range in the mapping.
     pub offset: usize,
     pub size: usize,
+    /// The slot adapters bind to on this weight (set at load for every weight an adapter can target:
+    /// the linear weights of each layer, the token embedding and the output head); `None` for norms.
+    pub lora_slot: Option<usize>,
 }
 
 impl WeightRef {
@@ -52,6 +55,33 @@ pub struct Layer {
     /// (`post_ffw_norm`) before their residual adds [n_embd].
     pub attn_post_norm: Option<WeightRef>,
     pub ffn_post_norm: Option<WeightRef>,
+}
+
+impl Layer {
+    /// The weights an adapter can target, in slot order ([`LAYER_WEIGHTS`]).
+    pub fn lora_weights(&self) -> [&WeightRef; LAYER_SLOTS] {
+        [
+            &self.attn_q,
+            &self.attn_k,
+            &self.attn_v,
+            &self.attn_output,
+            &self.ffn_gate,
+            &self.ffn_up,
+            &self.ffn_down,
+        ]
+    }
+
+    fn lora_weights_mut(&mut self) -> [&mut WeightRef; LAYER_SLOTS] {
+        [
+            &mut self.attn_q,
+            &mut self.attn_k,
+            &mut self.attn_v,
+            &mut self.attn_output,
+            &mut self.ffn_gate,
+            &mut self.ffn_up,
+            &mut self.ffn_down,
+        ]
+    }
 }
 
 /// Hyper-parameters from the GGUF metadata (`{arch}.*` keys).
@@ -406,6 +436,7 @@ impl Model {
                 n_out,
                 offset: t.offset as usize,
                 size: t.size,
+                lora_slot: None,
             })
         };
         let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
@@ -469,6 +500,17 @@ impl Model {
                 ffn_down: w("ffn_down", n_ff, n_embd, true)?,
             });
         }
+        // Every weight an adapter can target knows its slot: the layers' linear weights in order, then
+        // the embedding and the head (the head has its own slot even when tied to the embedding).
+        for (l, layer) in layers.iter_mut().enumerate() {
+            for (k, w) in layer.lora_weights_mut().into_iter().enumerate() {
+                w.lora_slot = Some(l * LAYER_SLOTS + k);
+            }
+        }
+        let mut token_embd = token_embd;
+        token_embd.lora_slot = Some(n_layer * LAYER_SLOTS);
+        let mut output = output;
+        output.lora_slot = Some(n_layer * LAYER_SLOTS + 1);
         let mut type_counts: Vec<(QuantType, usize)> = Vec::new();
         for t in g.tensors() {
             match type_counts.iter_mut().find(|(ty, _)| *ty == t.ty) {
@@ -552,20 +594,7 @@ impl Model {
         let l: usize = self
             .layers
             .iter()
-            .map(|l| {
-                [
-                    &l.attn_q,
-                    &l.attn_k,
-                    &l.attn_v,
-                    &l.attn_output,
-                    &l.ffn_gate,
-                    &l.ffn_up,
-                    &l.ffn_down,
-                ]
-                .iter()
-                .map(|w| w.size)
-                .sum::<usize>()
-            })
+            .map(|l| l.lora_weights().iter().map(|w| w.size).sum::<usize>())
             .sum();
         l + self.output.size
     }
@@ -575,44 +604,22 @@ impl Model {
         self.layers.len() * LAYER_SLOTS + 2
     }
 
-    /// The slot of an adapter target (a base tensor name), parsed without allocating.
-    pub fn slot_of(&self, target: &str) -> Option<usize> {
+    /// The weight an adapter target (a base tensor name) adapts, found without allocating: a layer's
+    /// linear weight, `token_embd.weight` or `output.weight` (the embedding itself when tied, with the
+    /// head's own LoRA slot).
+    pub fn lora_target(&self, target: &str) -> Option<&WeightRef> {
         match target {
-            "token_embd.weight" => return Some(self.layers.len() * LAYER_SLOTS),
-            "output.weight" => return Some(self.layers.len() * LAYER_SLOTS + 1),
+            "token_embd.weight" => return Some(&self.token_embd),
+            "output.weight" => return Some(&self.output),
             _ => {}
         }
         let rest = target.strip_prefix("blk.")?;
         let (layer, name) = rest.split_once('.')?;
         let layer: usize = layer.parse().ok()?;
-        if layer >= self.layers.len() {
-            return None;
-        }
         let kind = LAYER_WEIGHTS
             .iter()
             .position(|w| name.strip_suffix(".weight") == Some(w))?;
-        Some(layer * LAYER_SLOTS + kind)
-    }
-
-    /// The base weight of a slot.
-    pub fn slot_weight(&self, slot: usize) -> &WeightRef {
-        let n = self.layers.len() * LAYER_SLOTS;
-        if slot == n {
-            return &self.token_embd;
-        }
-        if slot == n + 1 {
-            return &self.output;
-        }
-        let l = &self.layers[slot / LAYER_SLOTS];
-        [
-            &l.attn_q,
-            &l.attn_k,
-            &l.attn_v,
-            &l.attn_output,
-            &l.ffn_gate,
-            &l.ffn_up,
-            &l.ffn_down,
-        ][slot % LAYER_SLOTS]
+        Some(self.layers.get(layer)?.lora_weights()[kind])
     }
 }
 
