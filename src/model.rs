@@ -3,10 +3,11 @@
 //! `Model::open` maps the file, parses the GGUF header with [`crate::gguf`], checks the hyper-parameters and
 //! every weight's shape and type, and records where each weight lives in the mapping. Weight bytes are
 //! never copied or written; a [`WeightRef`] is an offset into the mapping.
-use crate::adapter::{BaseInfo, MappedFile};
+use crate::adapter::BaseInfo;
 use crate::arch::Arch;
 use crate::gguf::Gguf;
 use crate::kernels::QuantType;
+use crate::mmap::MappedFile;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -139,7 +140,7 @@ impl HParams {
 
 pub struct Model {
     path: PathBuf,
-    /// The file, mapped read-only and registered with [`crate::mapguard`] (named if it shrinks while
+    /// The file, mapped read-only and registered with [`crate::mmap`]'s truncation guard (named if it shrinks while
     /// mapped); shared with the tokenizer, which reads its texts in place.
     map: Arc<MappedFile>,
     pub arch: String,
@@ -191,10 +192,9 @@ impl Model {
     /// Map and validate a GGUF model file.
     pub fn open(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref().to_path_buf();
-        // Read-only (PROT_READ; memmap2 maps it MAP_SHARED) and never written through. If another process truncates the
-        // file while it is mapped, touching the lost pages raises SIGBUS; that is the documented
-        // limitation of using a model in place (see README, "Files in use", and `crate::mapguard`).
-        let map = crate::adapter::map_file(&path)?;
+        // Read-only and never written through; a file truncated while mapped raises SIGBUS, the
+        // documented limitation of using a model in place (README, "Files in use"; `crate::mmap`).
+        let map = MappedFile::open(&path)?;
         let fname = path.display().to_string();
         let g = Gguf::parse(&map).map_err(|e| e.in_file(&fname))?;
         let m = Self::from_gguf(&g, &fname, &map).map_err(|e| e.in_file(&fname))?;
