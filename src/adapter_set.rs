@@ -12,7 +12,7 @@
 //! (`edge-run --chat` does that with `/adapter … ` when `--reeval-on-swap` is given).
 use crate::adapter::{Adapter, LoraKind};
 use crate::kernels::lora::LoraRef;
-use crate::model::Model;
+use crate::model::{Model, WeightRef};
 use crate::{Error, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,13 +47,12 @@ impl AdapterControl {
     pub fn check(&self, adapter: &Adapter) -> Result<()> {
         let name = adapter.path().display();
         for t in adapter.tensors() {
-            let slot = self.model.slot_of(&t.target).ok_or_else(|| {
+            let w = self.model.lora_target(&t.target).ok_or_else(|| {
                 Error::invalid(format!(
                     "adapter {name}: tensor `{}` targets nothing edge-run can adapt in this model",
                     t.target
                 ))
             })?;
-            let w = self.model.slot_weight(slot);
             let shape_ok = match t.kind {
                 LoraKind::Linear => t.n_in == w.n_in && t.n_out == w.n_out,
                 LoraKind::Embedding => t.n_in == w.n_out && t.n_out == w.n_in,
@@ -121,7 +120,7 @@ impl AdapterControl {
 
 const NONE: u16 = u16::MAX;
 
-/// A session's private copy of its adapter set, with the lookup from weight slot to adapter tensor.
+/// A session's private copy of its adapter set, with the lookup from a weight's LoRA slot to adapter tensor.
 pub(crate) struct Applied {
     seen: u64,
     /// Adapters with a non-zero scale (scale 0 is the same as absent: bit-identical base outputs).
@@ -158,7 +157,7 @@ impl Applied {
         }
         for (i, (a, _)) in self.active.iter().enumerate() {
             for (j, t) in a.tensors().iter().enumerate() {
-                if let Some(slot) = ctl.model.slot_of(&t.target) {
+                if let Some(slot) = ctl.model.lora_target(&t.target).and_then(|w| w.lora_slot) {
                     self.bind[slot][i] = j as u16;
                 }
             }
@@ -169,9 +168,12 @@ impl Applied {
         &self.active
     }
 
-    /// The kernels' view of every active adapter on `slot`.
-    pub(crate) fn refs(&self, slot: usize) -> heapless::Vec<LoraRef<'_>, MAX_ADAPTERS> {
+    /// The kernels' view of every active adapter on weight `w` (none for a weight without a LoRA slot).
+    pub(crate) fn refs_for(&self, w: &WeightRef) -> heapless::Vec<LoraRef<'_>, MAX_ADAPTERS> {
         let mut v = heapless::Vec::new();
+        let Some(slot) = w.lora_slot else {
+            return v;
+        };
         if self.active.is_empty() {
             return v;
         }

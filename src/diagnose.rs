@@ -413,13 +413,12 @@ fn frob_inner(x: &Factors, y: &Factors, n_in: usize, n_out: usize) -> f64 {
 
 /// `‖W0‖_F` of the base tensor an adapter targets (dequantized row by row).
 fn base_norm(model: &Model, target: &str) -> Result<f64> {
-    let slot = model.slot_of(target).ok_or_else(|| {
+    let w = model.lora_target(target).ok_or_else(|| {
         Error::invalid(format!(
             "{}: no weight slot for adapter target {target}",
             model.path().display()
         ))
     })?;
-    let w = model.slot_weight(slot);
     let rb = w.row_bytes();
     let bytes = model.bytes(w);
     let mut row = vec![0f32; w.n_in];

@@ -24,8 +24,8 @@ pub mod diagnose;
 /// llama.cpp/ggml in the same process (feature `ggml`): oracle kernels, a runner, model quantization.
 #[cfg(feature = "ggml")]
 pub mod ggml;
-pub mod mapguard;
 pub mod merge;
+pub mod mmap;
 pub mod model;
 pub mod sampling;
 pub mod session;

@@ -475,7 +475,7 @@ fn main() -> ExitCode {
     };
     init_logging(cli.verbose);
     // A model or adapter file truncated under us ends the run with a message naming it, not a signal.
-    edge_run::mapguard::install();
+    edge_run::mmap::install_guard();
     let r = match cli.cmd {
         Some(Cmd::Tokenize(a)) => cmd_tokenize(a),
         Some(Cmd::Logits(a)) => cmd_logits(a),
@@ -779,11 +779,7 @@ fn cmd_info(a: InfoArgs) -> Result<(), Failure> {
 
 /// For `info -m` given a GGUF LoRA adapter instead of a model: a GGUF-level description.
 fn describe_if_adapter(path: &Path) -> Result<Option<String>, Failure> {
-    let Ok(f) = std::fs::File::open(path) else {
-        return Ok(None);
-    };
-    // SAFETY: read-only private mapping, only read while `map` lives; see Model::open on truncation.
-    let Ok(map) = (unsafe { memmap2::Mmap::map(&f) }) else {
+    let Ok(map) = edge_run::mmap::MappedFile::open(path) else {
         return Ok(None);
     };
     if map.len() < 4 || &map[..4] != b"GGUF" {

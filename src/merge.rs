@@ -494,16 +494,7 @@ pub fn merge(
         }
     }
 
-    let file = std::fs::File::open(model).map_err(|e| Error::Io {
-        path: model.to_path_buf(),
-        source: e,
-    })?;
-    // SAFETY: read-only private mapping that is only read; as for every model edge-run maps, the file
-    // must not be truncated while in use (see `Model::open`).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::Io {
-        path: model.to_path_buf(),
-        source: e,
-    })?;
+    let map = crate::mmap::MappedFile::open(model)?;
     let g = Gguf::parse_named(&map, &mname)?;
     let base = BaseInfo::from_gguf(&g).map_err(|e| e.in_file(&mname))?;
     let loaded: Vec<Adapter> = adapters

@@ -3,10 +3,11 @@
 //! `Model::open` maps the file, parses the GGUF header with [`crate::gguf`], checks the hyper-parameters and
 //! every weight's shape and type, and records where each weight lives in the mapping. Weight bytes are
 //! never copied or written; a [`WeightRef`] is an offset into the mapping.
-use crate::adapter::{BaseInfo, MappedFile};
+use crate::adapter::BaseInfo;
 use crate::arch::Arch;
 use crate::gguf::Gguf;
 use crate::kernels::QuantType;
+use crate::mmap::MappedFile;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -25,6 +26,9 @@ pub struct WeightRef {
     /// Byte range in the mapping.
     pub offset: usize,
     pub size: usize,
+    /// The slot adapters bind to on this weight (set at load for every weight an adapter can target:
+    /// the linear weights of each layer, the token embedding and the output head); `None` for norms.
+    pub lora_slot: Option<usize>,
 }
 
 impl WeightRef {
@@ -52,6 +56,33 @@ pub struct Layer {
     /// (`post_ffw_norm`) before their residual adds [n_embd].
     pub attn_post_norm: Option<WeightRef>,
     pub ffn_post_norm: Option<WeightRef>,
+}
+
+impl Layer {
+    /// The weights an adapter can target, in slot order ([`LAYER_WEIGHTS`]).
+    pub fn lora_weights(&self) -> [&WeightRef; LAYER_SLOTS] {
+        [
+            &self.attn_q,
+            &self.attn_k,
+            &self.attn_v,
+            &self.attn_output,
+            &self.ffn_gate,
+            &self.ffn_up,
+            &self.ffn_down,
+        ]
+    }
+
+    fn lora_weights_mut(&mut self) -> [&mut WeightRef; LAYER_SLOTS] {
+        [
+            &mut self.attn_q,
+            &mut self.attn_k,
+            &mut self.attn_v,
+            &mut self.attn_output,
+            &mut self.ffn_gate,
+            &mut self.ffn_up,
+            &mut self.ffn_down,
+        ]
+    }
 }
 
 /// Hyper-parameters from the GGUF metadata (`{arch}.*` keys).
@@ -109,7 +140,7 @@ impl HParams {
 
 pub struct Model {
     path: PathBuf,
-    /// The file, mapped read-only and registered with [`crate::mapguard`] (named if it shrinks while
+    /// The file, mapped read-only and registered with [`crate::mmap`]'s truncation guard (named if it shrinks while
     /// mapped); shared with the tokenizer, which reads its texts in place.
     map: Arc<MappedFile>,
     pub arch: String,
@@ -161,10 +192,9 @@ impl Model {
     /// Map and validate a GGUF model file.
     pub fn open(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref().to_path_buf();
-        // Read-only (PROT_READ; memmap2 maps it MAP_SHARED) and never written through. If another process truncates the
-        // file while it is mapped, touching the lost pages raises SIGBUS; that is the documented
-        // limitation of using a model in place (see README, "Files in use", and `crate::mapguard`).
-        let map = crate::adapter::map_file(&path)?;
+        // Read-only and never written through; a file truncated while mapped raises SIGBUS, the
+        // documented limitation of using a model in place (README, "Files in use"; `crate::mmap`).
+        let map = MappedFile::open(&path)?;
         let fname = path.display().to_string();
         let g = Gguf::parse(&map).map_err(|e| e.in_file(&fname))?;
         let m = Self::from_gguf(&g, &fname, &map).map_err(|e| e.in_file(&fname))?;
@@ -406,6 +436,7 @@ impl Model {
                 n_out,
                 offset: t.offset as usize,
                 size: t.size,
+                lora_slot: None,
             })
         };
         let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
@@ -469,6 +500,17 @@ impl Model {
                 ffn_down: w("ffn_down", n_ff, n_embd, true)?,
             });
         }
+        // Every weight an adapter can target knows its slot: the layers' linear weights in order, then
+        // the embedding and the head (the head has its own slot even when tied to the embedding).
+        for (l, layer) in layers.iter_mut().enumerate() {
+            for (k, w) in layer.lora_weights_mut().into_iter().enumerate() {
+                w.lora_slot = Some(l * LAYER_SLOTS + k);
+            }
+        }
+        let mut token_embd = token_embd;
+        token_embd.lora_slot = Some(n_layer * LAYER_SLOTS);
+        let mut output = output;
+        output.lora_slot = Some(n_layer * LAYER_SLOTS + 1);
         let mut type_counts: Vec<(QuantType, usize)> = Vec::new();
         for t in g.tensors() {
             match type_counts.iter_mut().find(|(ty, _)| *ty == t.ty) {
@@ -552,20 +594,7 @@ impl Model {
         let l: usize = self
             .layers
             .iter()
-            .map(|l| {
-                [
-                    &l.attn_q,
-                    &l.attn_k,
-                    &l.attn_v,
-                    &l.attn_output,
-                    &l.ffn_gate,
-                    &l.ffn_up,
-                    &l.ffn_down,
-                ]
-                .iter()
-                .map(|w| w.size)
-                .sum::<usize>()
-            })
+            .map(|l| l.lora_weights().iter().map(|w| w.size).sum::<usize>())
             .sum();
         l + self.output.size
     }
@@ -575,44 +604,22 @@ impl Model {
         self.layers.len() * LAYER_SLOTS + 2
     }
 
-    /// The slot of an adapter target (a base tensor name), parsed without allocating.
-    pub fn slot_of(&self, target: &str) -> Option<usize> {
+    /// The weight an adapter target (a base tensor name) adapts, found without allocating: a layer's
+    /// linear weight, `token_embd.weight` or `output.weight` (the embedding itself when tied, with the
+    /// head's own LoRA slot).
+    pub fn lora_target(&self, target: &str) -> Option<&WeightRef> {
         match target {
-            "token_embd.weight" => return Some(self.layers.len() * LAYER_SLOTS),
-            "output.weight" => return Some(self.layers.len() * LAYER_SLOTS + 1),
+            "token_embd.weight" => return Some(&self.token_embd),
+            "output.weight" => return Some(&self.output),
             _ => {}
         }
         let rest = target.strip_prefix("blk.")?;
         let (layer, name) = rest.split_once('.')?;
         let layer: usize = layer.parse().ok()?;
-        if layer >= self.layers.len() {
-            return None;
-        }
         let kind = LAYER_WEIGHTS
             .iter()
             .position(|w| name.strip_suffix(".weight") == Some(w))?;
-        Some(layer * LAYER_SLOTS + kind)
-    }
-
-    /// The base weight of a slot.
-    pub fn slot_weight(&self, slot: usize) -> &WeightRef {
-        let n = self.layers.len() * LAYER_SLOTS;
-        if slot == n {
-            return &self.token_embd;
-        }
-        if slot == n + 1 {
-            return &self.output;
-        }
-        let l = &self.layers[slot / LAYER_SLOTS];
-        [
-            &l.attn_q,
-            &l.attn_k,
-            &l.attn_v,
-            &l.attn_output,
-            &l.ffn_gate,
-            &l.ffn_up,
-            &l.ffn_down,
-        ][slot % LAYER_SLOTS]
+        Some(self.layers.get(layer)?.lora_weights()[kind])
     }
 }
 

@@ -184,8 +184,7 @@ fn delta_norms_match_a_direct_f64_product() {
     let norms = delta_norms(&model, &set).unwrap();
     assert_eq!(norms.len(), a.tensors().len());
     for nr in &norms {
-        let slot = model.slot_of(&nr.tensor).unwrap();
-        let w = model.slot_weight(slot);
+        let w = model.lora_target(&nr.tensor).unwrap();
         let mut w0 = vec![0f32; w.n_in * w.n_out];
         assert!(dequantize(w.ty, model.bytes(w), &mut w0));
         let n0 = w0.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();

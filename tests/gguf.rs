@@ -234,15 +234,12 @@ fn model_path() -> PathBuf {
 #[test]
 fn real_model_matches_gguf_py() {
     let path = model_path();
-    let file = std::fs::File::open(&path).unwrap_or_else(|e| {
+    let map = edge_run::mmap::MappedFile::open(&path).unwrap_or_else(|e| {
         panic!(
             "cannot open the test model {} ({e}); run `models/fetch.sh` to download it, or set EDGE_RUN_MODEL",
             path.display()
         )
     });
-    // SAFETY: the file is opened read-only and nothing in this test process writes to it; a
-    // concurrent external modification is outside what the test guards against.
-    let map = unsafe { memmap2::Mmap::map(&file) }.expect("mmap");
     let g = Gguf::parse_named(&map, "SmolLM2").unwrap_or_else(|e| panic!("{e}"));
 
     // Every expected value below was read with gguf-py's GGUFReader (the `gguf` Python package,

@@ -1,4 +1,4 @@
-//! A model or adapter file truncated while it is mapped: with `edge_run::mapguard::install()` (which the
+//! A model or adapter file truncated while it is mapped: with `edge_run::mmap::install_guard()` (which the
 //! CLI calls) the process ends with exit status 1 and a message naming the file, not a signal death.
 //!
 //! Each case runs in a child process (this test binary re-run with an environment variable), because the
@@ -21,7 +21,7 @@ fn fixture(name: &str) -> PathBuf {
 /// The child: load, truncate `victim` (the model or the adapter) to zero bytes, evaluate.
 fn child(model: &Path, adapter: &Path, victim: &str) -> ! {
     assert!(
-        edge_run::mapguard::install(),
+        edge_run::mmap::install_guard(),
         "the SIGBUS handler could not be installed"
     );
     let m = Arc::new(Model::open(model).expect("model"));

@@ -16,7 +16,7 @@ use crate::gguf::{Gguf, TensorInfo};
 
 pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     let name = path.display().to_string();
-    let map = map_file(path)?;
+    let map = MappedFile::open(path)?;
     let g = Gguf::parse_named(&map, &name)?;
     let ty = g.get_str("general.type")?;
     if ty != "adapter" {

@@ -40,6 +40,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::kernels::lora::LoraRef;
+use crate::mmap::MappedFile;
 
 pub mod convert;
 mod gguf_adapter;
@@ -517,37 +518,6 @@ fn transpose(v: &[u16], rows: usize, cols: usize) -> Vec<u16> {
         }
     }
     out
-}
-
-/// A read-only file mapping, registered with [`crate::mapguard`] for its lifetime.
-pub(crate) struct MappedFile {
-    map: memmap2::Mmap,
-    _guard: crate::mapguard::Registration,
-}
-
-impl std::ops::Deref for MappedFile {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.map
-    }
-}
-
-/// Maps a file read-only (models and adapters).
-pub(crate) fn map_file(path: &Path) -> Result<Arc<MappedFile>> {
-    let io = |e| Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    let f = std::fs::File::open(path).map_err(io)?;
-    // Not MAP_POPULATE: an adapter load's finiteness scan reads every factor right away anyway, and its
-    // page faults (each mapping a fault-around window of pages) measured cheaper than populating page
-    // by page; a model's weights are faulted in by the first forward pass.
-    // SAFETY: the file is opened read-only and the map is only ever read; as for every memory-mapped
-    // file, edge-run requires that model and adapter files are not modified while loaded (a shrinking
-    // file raises SIGBUS, named by `crate::mapguard`).
-    let map = unsafe { memmap2::MmapOptions::new().map(&f) }.map_err(io)?;
-    let _guard = crate::mapguard::register(&map, path);
-    Ok(Arc::new(MappedFile { map, _guard }))
 }
 
 #[cfg(test)]

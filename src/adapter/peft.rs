@@ -624,7 +624,7 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     ));
 
     // --- Tensors.
-    let map = map_file(&st_path)?;
+    let map = MappedFile::open(&st_path)?;
     let st = safetensors::parse(&map, &st_name)?;
     struct Pair<'t> {
         a: Option<&'t safetensors::Tensor>,

@@ -14,10 +14,10 @@
 //! - GELU(tanh)-gated feed-forward: down(gelu(gate·x) ⊙ up·x);
 //! - output head tied to `token_embd` unless `output.weight` exists; final soft cap
 //!   c·tanh(logits / c) only if `final_logit_softcapping` is in the file.
-use super::ops::{self, add, geglu, linear, rmsnorm_rows, rmsnorm_rows_inplace, Lora, State};
+use super::ops::{self, add, geglu, linear, rmsnorm_rows, rmsnorm_rows_inplace, State};
 use super::Env;
 use crate::gguf::Gguf;
-use crate::model::{WeightRef, LAYER_SLOTS};
+use crate::model::WeightRef;
 use crate::{Error, Result};
 
 /// Gemma 3's hyper-parameters beyond the common ones.
@@ -132,7 +132,6 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
     let hp = &m.hp;
     let b = tokens.len();
     let (e, qd, kvd, ff, hd) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff, hp.head_dim);
-    let refs = |slot| env.applied.refs(slot);
     let eps = hp.rms_eps;
     let norm = |w: &Option<WeightRef>| m.f32s(w.as_ref().expect("gemma3 norms checked at load"));
 
@@ -146,7 +145,6 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
     let half = hp.rope_dim / 2;
 
     for (l, layer) in m.layers.iter().enumerate() {
-        let slot = l * LAYER_SLOTS;
         let local = hp.swa[l];
         // --- attention ---
         rmsnorm_rows(
@@ -163,19 +161,7 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
                 (&layer.attn_k, &mut st.kk[..b * kvd]),
                 (&layer.attn_v, &mut st.v[..b * kvd]),
             ];
-            let lora = [refs(slot), refs(slot + 1), refs(slot + 2)];
-            linear(
-                env,
-                &mut st.xq,
-                &st.xb[..b * e],
-                e,
-                b,
-                outs,
-                Lora {
-                    refs: &lora,
-                    t: &mut st.lora_t,
-                },
-            );
+            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, &mut st.lora_t);
         }
         // QK-norm: every head of q and k RMS-normed                          [B, n_head | n_head_kv, hd]
         rmsnorm_rows_inplace(&mut st.q[..b * qd], norm(&layer.attn_q_norm), eps);
@@ -205,7 +191,6 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
         );
         // x += post_attention_norm(Wo·att_out)                             [B, e]
         st.xq.invalidate();
-        let lora = [refs(slot + 3)];
         linear(
             env,
             &mut st.xq,
@@ -213,10 +198,7 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
             qd,
             b,
             [(&layer.attn_output, &mut st.proj[..b * e])],
-            Lora {
-                refs: &lora,
-                t: &mut st.lora_t,
-            },
+            &mut st.lora_t,
         );
         rmsnorm_rows(
             &mut st.xb[..b * e],
@@ -239,23 +221,10 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
                 (&layer.ffn_gate, &mut st.hb[..b * ff]),
                 (&layer.ffn_up, &mut st.hb2[..b * ff]),
             ];
-            let lora = [refs(slot + 4), refs(slot + 5)];
-            linear(
-                env,
-                &mut st.xq,
-                &st.xb[..b * e],
-                e,
-                b,
-                outs,
-                Lora {
-                    refs: &lora,
-                    t: &mut st.lora_t,
-                },
-            );
+            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, &mut st.lora_t);
         }
         geglu(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
         st.xq.invalidate();
-        let lora = [refs(slot + 6)];
         linear(
             env,
             &mut st.xq,
@@ -263,10 +232,7 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
             ff,
             b,
             [(&layer.ffn_down, &mut st.proj[..b * e])],
-            Lora {
-                refs: &lora,
-                t: &mut st.lora_t,
-            },
+            &mut st.lora_t,
         );
         rmsnorm_rows(
             &mut st.xb[..b * e],

@@ -1,15 +1,14 @@
 //! The LLaMA forward pass (`llama`, `mistral`): RMSNorm, RoPE on adjacent pairs (GGUF stores Q/K
 //! permuted for it), grouped-query attention, SwiGLU feed-forward, pre-norm residual blocks.
-use super::ops::{self, add, linear, rmsnorm_rows, swiglu, Lora, State};
+use super::ops::{self, add, linear, rmsnorm_rows, swiglu, State};
 use super::Env;
-use crate::model::{WeightRef, LAYER_SLOTS};
+use crate::model::WeightRef;
 
 pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize) -> usize {
     let m = env.m;
     let hp = &m.hp;
     let b = tokens.len();
     let (e, qd, kvd, ff, hd) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff, hp.head_dim);
-    let refs = |slot| env.applied.refs(slot);
 
     // x[t] = token_embd[tokens[t]]                                         [B, e]
     ops::embed(env, &mut st.x, &mut st.lora_t, tokens, 1.0);
@@ -18,7 +17,6 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
     let half = hp.rope_dim / 2;
 
     for (l, layer) in m.layers.iter().enumerate() {
-        let slot = l * LAYER_SLOTS;
         // --- attention ---
         rmsnorm_rows(
             &mut st.xb[..b * e],
@@ -34,19 +32,7 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
                 (&layer.attn_k, &mut st.kk[..b * kvd]),
                 (&layer.attn_v, &mut st.v[..b * kvd]),
             ];
-            let lora = [refs(slot), refs(slot + 1), refs(slot + 2)];
-            linear(
-                env,
-                &mut st.xq,
-                &st.xb[..b * e],
-                e,
-                b,
-                outs,
-                Lora {
-                    refs: &lora,
-                    t: &mut st.lora_t,
-                },
-            );
+            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, &mut st.lora_t);
         }
         // RoPE on q and k (adjacent pairs, as GGUF stores llama's Q/K)
         for t in 0..b {
@@ -71,7 +57,6 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
         );
         // x += Wo·att_out                                                  [B, e]
         st.xq.invalidate();
-        let lora = [refs(slot + 3)];
         linear(
             env,
             &mut st.xq,
@@ -79,10 +64,7 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
             qd,
             b,
             [(&layer.attn_output, &mut st.proj[..b * e])],
-            Lora {
-                refs: &lora,
-                t: &mut st.lora_t,
-            },
+            &mut st.lora_t,
         );
         add(&mut st.x[..b * e], &st.proj[..b * e]);
 
@@ -99,23 +81,10 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
                 (&layer.ffn_gate, &mut st.hb[..b * ff]),
                 (&layer.ffn_up, &mut st.hb2[..b * ff]),
             ];
-            let lora = [refs(slot + 4), refs(slot + 5)];
-            linear(
-                env,
-                &mut st.xq,
-                &st.xb[..b * e],
-                e,
-                b,
-                outs,
-                Lora {
-                    refs: &lora,
-                    t: &mut st.lora_t,
-                },
-            );
+            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, &mut st.lora_t);
         }
         swiglu(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
         st.xq.invalidate();
-        let lora = [refs(slot + 6)];
         linear(
             env,
             &mut st.xq,
@@ -123,10 +92,7 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
             ff,
             b,
             [(&layer.ffn_down, &mut st.proj[..b * e])],
-            Lora {
-                refs: &lora,
-                t: &mut st.lora_t,
-            },
+            &mut st.lora_t,
         );
         add(&mut st.x[..b * e], &st.proj[..b * e]);
     }

@@ -172,7 +172,7 @@ pub(crate) fn embed(env: &Env<'_>, x: &mut [f32], lora_t: &mut [f32], tokens: &[
         let ok = crate::kernels::scalar::dequantize(m.token_embd.ty, row, xt);
         debug_assert!(ok, "token_embd type checked at load");
         // Embedding LoRA: x += s · B · A[token], A token-major (a row of A is the intermediate).
-        for r in env.applied.refs(m.n_slots() - 2) {
+        for r in env.applied.refs_for(&m.token_embd) {
             // The LoRA scratch holds ≥ max_rank floats (sized at creation), and the rank was checked.
             let tv = &mut lora_t[..r.rank];
             for (d, &h) in tv
@@ -374,7 +374,6 @@ pub(crate) fn output(env: &Env<'_>, st: &mut State, b: usize) -> usize {
     );
     st.xq.invalidate();
     let nv = hp.n_vocab;
-    let lora = [env.applied.refs(m.n_slots() - 1)];
     linear(
         env,
         &mut st.xq,
@@ -382,10 +381,7 @@ pub(crate) fn output(env: &Env<'_>, st: &mut State, b: usize) -> usize {
         e,
         rows,
         [(&m.output, &mut st.logits[..rows * nv])],
-        Lora {
-            refs: &lora,
-            t: &mut st.lora_t,
-        },
+        &mut st.lora_t,
     );
     let c = hp.logit_softcap;
     if c > 0.0 {
@@ -506,13 +502,15 @@ fn act_rows(slots: &[QuantSlot], ty: QuantType) -> ActRows<'_> {
 }
 
 /// The adapters on the weights of one `linear` call and the scratch for their intermediates.
-pub(crate) struct Lora<'a, 'r, const N: usize> {
-    pub refs: &'a [heapless::Vec<LoraRef<'r>, MAX_ADAPTERS>; N],
-    pub t: &'a mut [f32],
+struct Lora<'a, 'r, const N: usize> {
+    refs: &'a [heapless::Vec<LoraRef<'r>, MAX_ADAPTERS>; N],
+    t: &'a mut [f32],
 }
 
 /// `out_j[t] = W_j · x[t] + Σ s·B_j(A_j x[t])` for every weight j and token t, all weights in one
-/// parallel pass. `x` is [rows, n] row-major; each `out_j` is [rows, W_j.n_out].
+/// parallel pass. `x` is [rows, n] row-major; each `out_j` is [rows, W_j.n_out]. The adapters on each
+/// weight are found from the weight ([`Applied::refs_for`](crate::adapter_set::Applied::refs_for));
+/// `lora_t` is the scratch for their intermediates (the session's `lora_t`).
 ///
 /// Work is split in chunks of [`CHUNK_ROWS`] output rows of one weight. A chunk multiplies its
 /// rows with every token at once ([`Kernels::matmul`]: each weight block unpacked once for several
@@ -525,8 +523,13 @@ pub(crate) fn linear<const N: usize>(
     n: usize,
     rows: usize,
     outs: [(&WeightRef, &mut [f32]); N],
-    lora: Lora<'_, '_, N>,
+    lora_t: &mut [f32],
 ) {
+    let refs: [_; N] = core::array::from_fn(|j| env.applied.refs_for(outs[j].0));
+    let lora = Lora {
+        refs: &refs,
+        t: lora_t,
+    };
     let (m, k, pool, lk): (&Model, &Kernels, &ThreadPool, _) = (env.m, env.k, env.pool, env.lk);
     let ts = lora_shrink(env, x, rows, lora.refs, lora.t);
     // Quantize the input once per vec_dot_type needed (all weights of a group usually share one).

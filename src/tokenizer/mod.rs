@@ -23,8 +23,8 @@ pub use bpe::{byte_to_char_table, char_to_byte};
 use pretok::PreTokenizer;
 use store::{IndexTable, Nums, PiecesBuilder, Texts, TooLarge};
 
-use crate::adapter::MappedFile;
 use crate::gguf::{ArrayView, Gguf, StrIter, ValueType};
+use crate::mmap::MappedFile;
 use crate::{Error, Result};
 
 /// llama.cpp token types (`tokenizer.ggml.token_type`).

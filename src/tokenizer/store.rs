@@ -16,8 +16,8 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use crate::adapter::MappedFile;
 use crate::gguf::ArrayView;
+use crate::mmap::MappedFile;
 
 /// The bytes the texts (and in-place scores and types) are read from.
 pub(crate) enum Backing {

@@ -1,25 +1,64 @@
-//! What happens when a memory-mapped file shrinks while edge-run uses it.
+//! Every file edge-run maps — models (whose tokenizer reads its texts in place), adapters, a merge's
+//! input — is mapped here, by [`MappedFile::open`], and registered with the truncation guard below for
+//! the mapping's lifetime.
 //!
-//! Models and fp16 adapters are used in place from read-only `MAP_PRIVATE` mappings. If another program
-//! truncates (or rewrites in place with a shorter file) a file that is mapped, the pages past the new end
-//! disappear from every mapping of it, private ones included, and the next read of one of them raises
-//! `SIGBUS`. By default that signal kills the process (the same as for llama.cpp or any mmap-based
-//! loader); nothing can make the lost bytes readable again. Two things are safe:
+//! # Files that shrink while mapped
+//!
+//! Mappings are read-only (`PROT_READ`) and never written through. If another program truncates (or
+//! rewrites in place with a shorter file) a file that is mapped, the pages past the new end disappear
+//! from every mapping of it, and the next read of one of them raises `SIGBUS`. By default that signal
+//! kills the process (the same as for llama.cpp or any mmap-based loader); nothing can make the lost
+//! bytes readable again. Two things are safe:
 //! - replace files by writing a new file and renaming it over the old one (what `edge-run merge` and
 //!   `edge-run adapter convert` do): the old inode stays intact for everyone who has it mapped;
-//! - call [`install`] (the `edge-run` CLI does): a `SIGBUS` inside a registered mapping then ends the
-//!   process with exit status 1 and one line naming the file and the offset, instead of a signal death.
-//!   Faults outside edge-run's mappings keep the default action.
+//! - call [`install_guard`] (the `edge-run` CLI does): a `SIGBUS` inside a registered mapping then ends
+//!   the process with exit status 1 and one line naming the file and the offset, instead of a signal
+//!   death. Faults outside edge-run's mappings keep the default action.
 //!
 //! A library cannot recover from the fault (the forward pass was reading weights that are gone), so the
 //! handler exits; applications that must survive should keep model files immutable. Edits that keep the
 //! length change weights under a running model silently (as with any mapping): also avoided by renaming.
 //!
-//! Every mapping made by [`crate::Model::open`] and the adapter loaders is registered here for its
-//! lifetime (a fixed table of [`SLOTS`] entries; further mappings simply go unnamed). The handler only
-//! reads atomics and calls `write(2)` and `_exit(2)`, which are async-signal-safe.
+//! The guard's table has [`SLOTS`] entries; further mappings simply go unnamed. The handler only reads
+//! atomics and calls `write(2)` and `_exit(2)`, which are async-signal-safe.
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::{Error, Result};
+
+/// A read-only file mapping, registered with the truncation guard for its lifetime.
+pub struct MappedFile {
+    map: memmap2::Mmap,
+    _guard: Registration,
+}
+
+impl std::ops::Deref for MappedFile {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl MappedFile {
+    /// Maps `path` read-only and registers the mapping with the guard.
+    pub fn open(path: &Path) -> Result<Arc<MappedFile>> {
+        let io = |e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let f = std::fs::File::open(path).map_err(io)?;
+        // Not MAP_POPULATE: an adapter load's finiteness scan reads every factor right away anyway, and
+        // its page faults (each mapping a fault-around window of pages) measured cheaper than populating
+        // page by page; a model's weights are faulted in by the first forward pass.
+        // SAFETY: the file is opened read-only and the map is only ever read; as for every memory-mapped
+        // file, edge-run requires that mapped files are not modified while in use (a shrinking file
+        // raises SIGBUS, which the guard below names).
+        let map = unsafe { memmap2::MmapOptions::new().map(&f) }.map_err(io)?;
+        let _guard = register(&map, path);
+        Ok(Arc::new(MappedFile { map, _guard }))
+    }
+}
 
 /// Mappings that can be named at once.
 pub const SLOTS: usize = 64;
@@ -45,12 +84,12 @@ static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
 
 /// A mapping's entry in the table; removed on drop.
 #[derive(Debug)]
-pub struct Registration {
+struct Registration {
     slot: Option<usize>,
 }
 
 /// Records that `bytes` are the mapped contents of `path`, so that a fault in them can name the file.
-pub fn register(bytes: &[u8], path: &Path) -> Registration {
+fn register(bytes: &[u8], path: &Path) -> Registration {
     let name: Box<[u8]> = path.to_string_lossy().as_bytes().into();
     for (i, s) in TABLE.iter().enumerate() {
         if s.used
@@ -107,7 +146,7 @@ fn lookup(addr: usize) -> Option<(&'static [u8], usize)> {
 
 /// Installs the `SIGBUS` handler described in the module docs (idempotent). Returns whether a handler is
 /// in place (always false on non-Unix targets).
-pub fn install() -> bool {
+pub fn install_guard() -> bool {
     #[cfg(unix)]
     {
         static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
