@@ -153,7 +153,6 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
             m.f32s(&layer.attn_norm),
             eps,
         );
-        st.xq.invalidate();
         // q, k, v = Wq·xb, Wk·xb, Wv·xb                                     [B, qd], [B, kvd], [B, kvd]
         {
             let outs: [(&WeightRef, &mut [f32]); 3] = [
@@ -161,7 +160,15 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
                 (&layer.attn_k, &mut st.kk[..b * kvd]),
                 (&layer.attn_v, &mut st.v[..b * kvd]),
             ];
-            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, &mut st.lora_t);
+            linear(
+                env,
+                &mut st.xq,
+                st.xb.input(b * e),
+                e,
+                b,
+                outs,
+                &mut st.lora_t,
+            );
         }
         // QK-norm: every head of q and k RMS-normed                          [B, n_head | n_head_kv, hd]
         rmsnorm_rows_inplace(&mut st.q[..b * qd], norm(&layer.attn_q_norm), eps);
@@ -190,11 +197,10 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
             hp.att_scale,
         );
         // x += post_attention_norm(Wo·att_out)                             [B, e]
-        st.xq.invalidate();
         linear(
             env,
             &mut st.xq,
-            &st.att_out[..b * qd],
+            st.att_out.input(b * qd),
             qd,
             b,
             [(&layer.attn_output, &mut st.proj[..b * e])],
@@ -215,20 +221,26 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
             m.f32s(&layer.ffn_norm),
             eps,
         );
-        st.xq.invalidate();
         {
             let outs: [(&WeightRef, &mut [f32]); 2] = [
                 (&layer.ffn_gate, &mut st.hb[..b * ff]),
                 (&layer.ffn_up, &mut st.hb2[..b * ff]),
             ];
-            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, &mut st.lora_t);
+            linear(
+                env,
+                &mut st.xq,
+                st.xb.input(b * e),
+                e,
+                b,
+                outs,
+                &mut st.lora_t,
+            );
         }
         geglu(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
-        st.xq.invalidate();
         linear(
             env,
             &mut st.xq,
-            &st.hb[..b * ff],
+            st.hb.input(b * ff),
             ff,
             b,
             [(&layer.ffn_down, &mut st.proj[..b * e])],

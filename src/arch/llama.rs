@@ -24,7 +24,6 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
             m.f32s(&layer.attn_norm),
             hp.rms_eps,
         );
-        st.xq.invalidate();
         // q, k, v = Wq·xb, Wk·xb, Wv·xb                                     [B, qd], [B, kvd], [B, kvd]
         {
             let outs: [(&WeightRef, &mut [f32]); 3] = [
@@ -32,7 +31,15 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
                 (&layer.attn_k, &mut st.kk[..b * kvd]),
                 (&layer.attn_v, &mut st.v[..b * kvd]),
             ];
-            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, &mut st.lora_t);
+            linear(
+                env,
+                &mut st.xq,
+                st.xb.input(b * e),
+                e,
+                b,
+                outs,
+                &mut st.lora_t,
+            );
         }
         // RoPE on q and k (adjacent pairs, as GGUF stores llama's Q/K)
         for t in 0..b {
@@ -56,11 +63,10 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
             hp.att_scale,
         );
         // x += Wo·att_out                                                  [B, e]
-        st.xq.invalidate();
         linear(
             env,
             &mut st.xq,
-            &st.att_out[..b * qd],
+            st.att_out.input(b * qd),
             qd,
             b,
             [(&layer.attn_output, &mut st.proj[..b * e])],
@@ -75,20 +81,26 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
             m.f32s(&layer.ffn_norm),
             hp.rms_eps,
         );
-        st.xq.invalidate();
         {
             let outs: [(&WeightRef, &mut [f32]); 2] = [
                 (&layer.ffn_gate, &mut st.hb[..b * ff]),
                 (&layer.ffn_up, &mut st.hb2[..b * ff]),
             ];
-            linear(env, &mut st.xq, &st.xb[..b * e], e, b, outs, &mut st.lora_t);
+            linear(
+                env,
+                &mut st.xq,
+                st.xb.input(b * e),
+                e,
+                b,
+                outs,
+                &mut st.lora_t,
+            );
         }
         swiglu(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
-        st.xq.invalidate();
         linear(
             env,
             &mut st.xq,
-            &st.hb[..b * ff],
+            st.hb.input(b * ff),
             ff,
             b,
             [(&layer.ffn_down, &mut st.proj[..b * e])],

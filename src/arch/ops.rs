@@ -65,18 +65,69 @@ pub(crate) struct KvCache {
     pub cap: Vec<usize>,
 }
 
+/// An activation buffer that numbers its contents: every mutable borrow gives it a new version
+/// (unique across buffers), so the quantized copy [`linear`] keeps of its input ([`QuantCache`])
+/// knows when it is stale without being told. Reads go through `Deref` and keep the version.
+pub(crate) struct ActBuf {
+    data: Vec<f32>,
+    version: u64,
+}
+
+impl ActBuf {
+    fn new(len: usize) -> ActBuf {
+        ActBuf {
+            data: vec![0.0; len],
+            version: next_version(),
+        }
+    }
+    /// The first `len` values as the input of a [`linear`] call.
+    pub fn input(&self, len: usize) -> LinearInput<'_> {
+        LinearInput {
+            x: &self.data[..len],
+            version: self.version,
+        }
+    }
+}
+
+/// A number no buffer content has had before.
+fn next_version() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl std::ops::Deref for ActBuf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.data
+    }
+}
+
+impl std::ops::DerefMut for ActBuf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        self.version = next_version();
+        &mut self.data
+    }
+}
+
+/// The input rows of a [`linear`] call and the version of the buffer they were read from.
+#[derive(Clone, Copy)]
+pub(crate) struct LinearInput<'a> {
+    x: &'a [f32],
+    version: u64,
+}
+
 /// Activations, KV cache and scratch of a session.
 pub(crate) struct State {
-    pub x: Vec<f32>,       // residual stream        [B, n_embd]
-    pub xb: Vec<f32>,      // normed input           [B, max(n_embd, q_dim)]
-    pub q: Vec<f32>,       // queries                [B, q_dim]
-    pub kk: Vec<f32>,      // keys of this batch     [B, kv_dim]
-    pub v: Vec<f32>,       // values of this batch   [B, kv_dim]
-    pub att_out: Vec<f32>, // attention output       [B, q_dim]
-    pub proj: Vec<f32>,    // output of a projection [B, n_embd]
-    pub hb: Vec<f32>,      // ffn gate, then act(gate)*up [B, n_ff]
-    pub hb2: Vec<f32>,     // ffn up                 [B, n_ff]
-    pub att: Vec<f32>,     // attention scores, per thread [n_threads, n_ctx]
+    pub x: Vec<f32>,     // residual stream        [B, n_embd]
+    pub xb: ActBuf,      // normed input           [B, max(n_embd, q_dim)]
+    pub q: Vec<f32>,     // queries                [B, q_dim]
+    pub kk: Vec<f32>,    // keys of this batch     [B, kv_dim]
+    pub v: Vec<f32>,     // values of this batch   [B, kv_dim]
+    pub att_out: ActBuf, // attention output       [B, q_dim]
+    pub proj: Vec<f32>,  // output of a projection [B, n_embd]
+    pub hb: ActBuf,      // ffn gate, then act(gate)*up [B, n_ff]
+    pub hb2: Vec<f32>,   // ffn up                 [B, n_ff]
+    pub att: Vec<f32>,   // attention scores, per thread [n_threads, n_ctx]
     pub xq: QuantCache,
     pub logits: Vec<f32>, // [1 or B, n_vocab]
     /// RoPE of the global layers (`rope.freq_base`) and of the local ones (`rope.freq_base_swa`).
@@ -124,13 +175,13 @@ impl State {
         let (e, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
         Ok(State {
             x: vec![0.0; n_batch * e],
-            xb: vec![0.0; n_batch * e.max(qd)],
+            xb: ActBuf::new(n_batch * e.max(qd)),
             q: vec![0.0; n_batch * qd],
             kk: vec![0.0; n_batch * kvd],
             v: vec![0.0; n_batch * kvd],
-            att_out: vec![0.0; n_batch * qd],
+            att_out: ActBuf::new(n_batch * qd),
             proj: vec![0.0; n_batch * e],
-            hb: vec![0.0; n_batch * ff],
+            hb: ActBuf::new(n_batch * ff),
             hb2: vec![0.0; n_batch * ff],
             att: vec![0.0; cfg.n_threads * cfg.n_ctx],
             xq: QuantCache::new(cfg.act_quant, n_batch, e.max(ff).max(qd), cfg.n_threads),
@@ -372,12 +423,11 @@ pub(crate) fn output(env: &Env<'_>, st: &mut State, b: usize) -> usize {
         m.f32s(&m.output_norm),
         hp.rms_eps,
     );
-    st.xq.invalidate();
     let nv = hp.n_vocab;
     linear(
         env,
         &mut st.xq,
-        &st.xb[..rows * e],
+        st.xb.input(rows * e),
         e,
         rows,
         [(&m.output, &mut st.logits[..rows * nv])],
@@ -412,7 +462,8 @@ pub(crate) struct QuantCache {
 
 struct QuantSlot {
     vt: QuantType,
-    /// Row stride in bytes and rows currently valid (0: stale).
+    /// Which input the rows hold (an [`ActBuf`] version; 0: none), its row stride in bytes and rows.
+    version: u64,
     stride: usize,
     rows: usize,
     q: Vec<u8>,
@@ -427,6 +478,7 @@ impl QuantCache {
             let resid = mode == ActQuant::Q8x2 && vt != QuantType::F32;
             QuantSlot {
                 vt,
+                version: 0,
                 stride: 0,
                 rows: 0,
                 q: vec![0u8; stride * n_batch],
@@ -445,14 +497,17 @@ impl QuantCache {
             tile_len,
         }
     }
-    /// Forget the quantized rows (the input changed).
-    pub fn invalidate(&mut self) {
-        for s in &mut self.slots {
-            s.rows = 0;
-        }
-    }
-    /// Make sure the buffer for weights of type `ty` holds `rows` rows of `x` (row length `n`) quantized.
-    fn ensure(&mut self, k: &Kernels, ty: QuantType, x: &[f32], n: usize, rows: usize) {
+    /// Make sure the buffer for weights of type `ty` holds `rows` rows of the input (row length `n`)
+    /// quantized: done once per input version and activation format.
+    fn ensure(
+        &mut self,
+        k: &Kernels,
+        ty: QuantType,
+        input: LinearInput<'_>,
+        n: usize,
+        rows: usize,
+    ) {
+        let x = input.x;
         let vt = ty.vec_dot_type();
         let slot = self
             .slots
@@ -460,7 +515,7 @@ impl QuantCache {
             .find(|s| s.vt == vt)
             .expect("every vec_dot_type has a slot");
         let stride = xq_row_bytes(ty, n);
-        if slot.stride == stride && slot.rows == rows {
+        if slot.version == input.version && slot.stride == stride && slot.rows == rows {
             return;
         }
         let rows_of = |t: usize| t * stride..(t + 1) * stride;
@@ -480,6 +535,7 @@ impl QuantCache {
                 );
             }
         }
+        slot.version = input.version;
         slot.stride = stride;
         slot.rows = rows;
     }
@@ -519,7 +575,7 @@ struct Lora<'a, 'r, const N: usize> {
 pub(crate) fn linear<const N: usize>(
     env: &Env<'_>,
     xq: &mut QuantCache,
-    x: &[f32],
+    input: LinearInput<'_>,
     n: usize,
     rows: usize,
     outs: [(&WeightRef, &mut [f32]); N],
@@ -531,11 +587,12 @@ pub(crate) fn linear<const N: usize>(
         t: lora_t,
     };
     let (m, k, pool, lk): (&Model, &Kernels, &ThreadPool, _) = (env.m, env.k, env.pool, env.lk);
+    let x = &input.x[..rows * n];
     let ts = lora_shrink(env, x, rows, lora.refs, lora.t);
     // Quantize the input once per vec_dot_type needed (all weights of a group usually share one).
     for (w, _) in outs.iter() {
         debug_assert_eq!(w.n_in, n);
-        xq.ensure(k, w.ty, x, n, rows);
+        xq.ensure(k, w.ty, input, n, rows);
     }
     let QuantCache {
         slots,
@@ -616,6 +673,22 @@ const CHUNK_ROWS: usize = 64;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn act_buf_versions_change_on_every_write_only() {
+        let mut a = ActBuf::new(4);
+        let b = ActBuf::new(4);
+        let v0 = a.input(4).version;
+        assert_ne!(v0, b.input(4).version, "two buffers share a version");
+        assert_eq!(a[1], 0.0);
+        assert_eq!(a.input(2).version, v0, "a read changed the version");
+        a[1] = 2.0;
+        let v1 = a.input(4).version;
+        assert_ne!(v1, v0);
+        rmsnorm_rows(&mut a, &[1.0; 4], &[1.0; 4], 1e-6);
+        assert_ne!(a.input(4).version, v1);
+        assert_eq!(a.input(4).x, &[1.0; 4]);
+    }
 
     #[test]
     fn neox_rope_rotates_halves() {
