@@ -687,7 +687,7 @@ mod tests {
         assert_ne!(v1, v0);
         rmsnorm_rows(&mut a, &[1.0; 4], &[1.0; 4], 1e-6);
         assert_ne!(a.input(4).version, v1);
-        assert_eq!(a.input(4).x, &[1.0; 4]);
+        assert!(a.input(4).x.iter().all(|&v| (v - 1.0).abs() < 1e-5));
     }
 
     #[test]
