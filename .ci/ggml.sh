@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(clang libclang-dev)
+# bindgen loads libclang.so or libclang-<N>.so; the llvm packages' libclang-cpp.so is not it.
+ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1 || missing+=(clang libclang-dev)
 if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
