@@ -25,7 +25,7 @@
 #![allow(non_camel_case_types, clippy::missing_safety_doc)]
 
 use crate::adapter::Adapter;
-use crate::adapter_set::{AdapterControl, MAX_ADAPTERS};
+use crate::adapter::{AdapterControl, MAX_ADAPTERS};
 use crate::model::Model;
 use crate::sampling::{argmax, Sampler, SamplingParams};
 use crate::session::{default_threads, Session, SessionConfig};

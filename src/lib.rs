@@ -9,7 +9,6 @@
 //! - [`sampling`]: greedy / temperature / top-k / top-p / min-p / repetition penalty, seeded.
 //! - [`kernels`]: re-export of the `edge-run-kernels` crate (quantized and LoRA SIMD kernels).
 pub mod adapter;
-pub mod adapter_set;
 pub mod chat;
 pub mod error;
 pub mod gguf;
@@ -24,6 +23,7 @@ pub mod diagnose;
 /// llama.cpp/ggml in the same process (feature `ggml`): oracle kernels, a runner, model quantization.
 #[cfg(feature = "ggml")]
 pub mod ggml;
+pub mod loader;
 pub mod merge;
 pub mod mmap;
 pub mod model;

@@ -2,8 +2,9 @@
 //! pool. `eval` runs the model's forward pass ([`crate::arch`]: one readable function per architecture,
 //! llama2.c style) over a batch of tokens; decoding is `eval` of one token. Nothing on that path allocates.
 use crate::adapter::Adapter;
-use crate::adapter_set::{AdapterControl, Applied, MAX_ADAPTERS};
-use crate::arch::{self, ops::State, Env};
+use crate::adapter::{AdapterControl, Applied, MAX_ADAPTERS};
+pub use crate::arch::ActQuant;
+use crate::arch::{self, ops::State, Capacity, Env};
 use crate::kernels::lora::LoraKernels;
 use crate::kernels::Kernels;
 use crate::model::Model;
@@ -26,7 +27,7 @@ pub struct SessionConfig {
     pub kernels: Option<&'static Kernels>,
     /// Activation quantization for the integer dot products.
     pub act_quant: ActQuant,
-    /// Most adapters applied at once (≤ `adapter_set::MAX_ADAPTERS`).
+    /// Most adapters applied at once (≤ [`MAX_ADAPTERS`]).
     pub max_adapters: usize,
     /// Largest LoRA rank an applied adapter may have.
     pub max_rank: usize,
@@ -70,17 +71,6 @@ fn physical_cores() -> Option<usize> {
         }
     }
     (!cores.is_empty()).then_some(cores.len())
-}
-
-/// How activations are quantized for the integer dot products.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ActQuant {
-    /// One 8-bit quantization per block, exactly as ggml does (fastest).
-    Q8,
-    /// 8-bit quantization plus an 8-bit quantization of its residual, `x ≈ d₁q₁ + d₂q₂`: two integer dot
-    /// products per block over the same weights (read from memory once), about 100× less activation
-    /// rounding error. Closer to the fp32 reference than llama.cpp; the default.
-    Q8x2,
 }
 
 pub struct Session {
@@ -128,7 +118,18 @@ impl Session {
             )));
         }
         let cfg = SessionConfig { n_batch, ..cfg };
-        let st = State::new(&model, &cfg)?;
+        let st = State::new(
+            &model,
+            &Capacity {
+                n_ctx: cfg.n_ctx,
+                n_batch: cfg.n_batch,
+                n_threads: cfg.n_threads,
+                logits_all: cfg.logits_all,
+                act_quant: cfg.act_quant,
+                max_adapters: cfg.max_adapters,
+                max_rank: cfg.max_rank,
+            },
+        )?;
         let k = cfg.kernels.unwrap_or_else(Kernels::best);
         let pool = ThreadPool::new(cfg.n_threads).map_err(|e| {
             Error::invalid(format!(
@@ -211,7 +212,7 @@ impl Session {
     }
 
     /// Apply these adapters (with their user scales) from the next `eval` on. Scale 0 is the same as
-    /// leaving an adapter out. On error the current set stays. See [`crate::adapter_set`].
+    /// leaving an adapter out. On error the current set stays. See [`crate::adapter::AdapterControl`].
     pub fn set_adapters(&mut self, set: &[(&Arc<Adapter>, f32)]) -> Result<()> {
         self.control.set(set)
     }
@@ -222,7 +223,7 @@ impl Session {
     }
 
     /// The adapters the last `eval` applied (scale-0 entries left out).
-    pub fn applied_adapters(&self) -> &crate::adapter_set::ActiveSet {
+    pub fn applied_adapters(&self) -> &crate::adapter::ActiveSet {
         self.applied.active()
     }
 

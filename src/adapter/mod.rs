@@ -33,7 +33,6 @@
 //! F16 tensor data that lies aligned in a GGUF (or safetensors) file and needs no reordering is used in
 //! place from the memory map (zero copy); everything else (F32, BF16, Q8_0, permuted q/k `B`,
 //! transposed embedding `A`) is converted once at load to an owned f16 buffer.
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,55 +45,11 @@ pub mod convert;
 mod gguf_adapter;
 mod peft;
 pub mod safetensors;
+mod set;
 
-/// What an adapter is checked against; the lead builds it from the base model ([`BaseInfo::from_gguf`]).
-#[derive(Clone, Debug, PartialEq)]
-pub struct BaseInfo {
-    /// `general.architecture`, e.g. `llama`.
-    pub arch: String,
-    pub n_layer: usize,
-    pub n_head: usize,
-    pub n_head_kv: usize,
-    /// Every 2-D base tensor: name → `(ne0, ne1)` = `(n_in, n_out)` for a linear layer.
-    pub tensors: HashMap<String, (usize, usize)>,
-}
-
-impl BaseInfo {
-    /// From a parsed base GGUF: `general.architecture`, `<arch>.block_count`,
-    /// `<arch>.attention.head_count`, `<arch>.attention.head_count_kv` (default: head_count) and the
-    /// shapes of all 2-D tensors.
-    pub fn from_gguf(g: &crate::gguf::Gguf<'_>) -> Result<BaseInfo> {
-        let arch = g.get_str("general.architecture")?.to_string();
-        let n_layer = g.get_u32(&format!("{arch}.block_count"))? as usize;
-        let n_head = g.get_u32(&format!("{arch}.attention.head_count"))? as usize;
-        let n_head_kv = g
-            .opt_u32(&format!("{arch}.attention.head_count_kv"))?
-            .map_or(n_head, |v| v as usize);
-        let tensors = g
-            .tensors()
-            .iter()
-            .filter(|t| t.n_dims == 2)
-            .map(|t| (t.name.to_string(), (t.dims[0] as usize, t.dims[1] as usize)))
-            .collect();
-        Ok(BaseInfo {
-            arch,
-            n_layer,
-            n_head,
-            n_head_kv,
-            tensors,
-        })
-    }
-
-    /// The `(ne0, ne1)` a LoRA on `target` must match: the tensor's own shape, or for `output.weight`
-    /// absent from a tied-embedding base, `token_embd.weight`'s.
-    fn target_shape(&self, target: &str) -> Option<(usize, usize)> {
-        self.tensors.get(target).copied().or_else(|| {
-            (target == "output.weight")
-                .then(|| self.tensors.get("token_embd.weight").copied())
-                .flatten()
-        })
-    }
-}
+pub use crate::model::BaseInfo;
+pub(crate) use set::Applied;
+pub use set::{ActiveSet, AdapterControl, MAX_ADAPTERS};
 
 /// The file format an adapter was loaded from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -184,9 +184,9 @@ struct Mapped {
 const DECODER_PREFIXES: &[&str] = &["model.language_model.", "language_model.model.", "model."];
 
 /// `model.layers.N.self_attn.q_proj` → `blk.N.attn_q.weight` etc. The q/k rows are permuted only for
-/// architectures whose GGUF permutes them ([`crate::arch::Arch::permuted_qk`]: llama, not gemma3).
+/// architectures whose GGUF permutes them ([`crate::model::Arch::permuted_qk`]: llama, not gemma3).
 fn map_module(module: &str, base: &BaseInfo) -> Option<Mapped> {
-    let permute = crate::arch::Arch::from_name(&base.arch).is_some_and(|a| a.permuted_qk());
+    let permute = crate::model::Arch::from_name(&base.arch).is_some_and(|a| a.permuted_qk());
     let inner = DECODER_PREFIXES.iter().find_map(|p| module.strip_prefix(p));
     if inner == Some("embed_tokens") {
         return Some(Mapped {

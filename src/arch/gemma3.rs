@@ -17,28 +17,13 @@
 use super::ops::{self, add, geglu, linear, rmsnorm_rows, rmsnorm_rows_inplace, State};
 use super::Env;
 use crate::gguf::Gguf;
-use crate::model::WeightRef;
+use crate::model::{HParams, WeightRef};
 use crate::{Error, Result};
 
-/// Gemma 3's hyper-parameters beyond the common ones.
-pub struct Gemma3Params {
-    pub n_swa: usize,
-    pub swa: Vec<bool>,
-    pub rope_freq_base_swa: f32,
-    pub att_scale: f32,
-    pub embd_scale: f32,
-    pub logit_softcap: f32,
-}
-
-/// Read Gemma 3's keys (`gemma3.*`) for a model of `n_layer` layers.
-pub fn hparams(
-    g: &Gguf<'_>,
-    fname: &str,
-    n_layer: usize,
-    n_embd: usize,
-    n_head: usize,
-    head_dim: usize,
-) -> Result<Gemma3Params> {
+/// Read Gemma 3's keys (`gemma3.*`) into `hp`: the sliding window and which layers use it, their RoPE
+/// base, the attention and embedding scales, the final logit soft cap.
+pub(crate) fn hparams(g: &Gguf<'_>, fname: &str, hp: &mut HParams) -> Result<()> {
+    let (n_layer, n_embd, n_head, head_dim) = (hp.n_layer, hp.n_embd, hp.n_head, hp.head_dim);
     let key = |k: &str| format!("gemma3.{k}");
     let n_swa = g.opt_u64(&key("attention.sliding_window"))?.unwrap_or(0);
     let n_swa = usize::try_from(n_swa)
@@ -117,14 +102,13 @@ pub fn hparams(
     } else {
         1.0 / (head_dim as f32).sqrt()
     };
-    Ok(Gemma3Params {
-        n_swa,
-        swa,
-        rope_freq_base_swa,
-        att_scale,
-        embd_scale: (n_embd as f32).sqrt(),
-        logit_softcap,
-    })
+    hp.n_swa = n_swa;
+    hp.swa = swa;
+    hp.rope_freq_base_swa = rope_freq_base_swa;
+    hp.att_scale = att_scale;
+    hp.embd_scale = (n_embd as f32).sqrt();
+    hp.logit_softcap = logit_softcap;
+    Ok(())
 }
 
 pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize) -> usize {

@@ -5,51 +5,47 @@
 //! [`ops`].
 //!
 //! What an architecture provides:
-//! - its hyper-parameter rules at load ([`gemma3::hparams`] for Gemma 3; llama's are the defaults in
-//!   `model.rs`), and the extra per-layer tensors it needs ([`crate::model::Layer`]'s optional fields);
+//! - its hyper-parameter rules at load ([`read_hparams`], which the loader calls after the common
+//!   ones; llama has none of its own), and the extra per-layer tensors it needs
+//!   ([`crate::model::Layer`]'s optional fields);
 //! - a `forward(env, st, tokens, pos0) -> rows` that evaluates one batch and leaves the logits of the
 //!   last `rows` positions in `st.logits`, allocating nothing;
-//! - whether its GGUF Q/K rows are permuted for interleaved RoPE ([`Arch::permuted_qk`]), which decides
-//!   how PEFT adapters' q/k factors line up with the base.
+//! - whether its GGUF Q/K rows are permuted for interleaved RoPE ([`Arch::permuted_qk`], with the
+//!   [`Arch`] enum in [`crate::model`]), which decides how PEFT adapters' q/k factors line up with the
+//!   base.
 pub mod gemma3;
 pub mod llama;
 pub(crate) mod ops;
 
-use crate::adapter_set::Applied;
+use crate::adapter::Applied;
+use crate::gguf::Gguf;
 use crate::kernels::lora::LoraKernels;
 use crate::kernels::Kernels;
-use crate::model::Model;
+use crate::model::{Arch, HParams, Model};
 use crate::threadpool::ThreadPool;
+use crate::Result;
 
-/// The model families edge-run runs.
+/// How activations are quantized for the integer dot products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
-    /// `llama`, `mistral`: RMSNorm, interleaved RoPE, GQA, SwiGLU.
-    Llama,
-    /// `gemma3`: scaled embeddings, QK-norm, sandwich norms, GELU-gated FFN, NeoX RoPE, local
-    /// (sliding-window) and global layers with their own RoPE bases.
-    Gemma3,
+pub enum ActQuant {
+    /// One 8-bit quantization per block, exactly as ggml does (fastest).
+    Q8,
+    /// 8-bit quantization plus an 8-bit quantization of its residual, `x ≈ d₁q₁ + d₂q₂`: two integer dot
+    /// products per block over the same weights (read from memory once), about 100× less activation
+    /// rounding error. Closer to the fp32 reference than llama.cpp; the default.
+    Q8x2,
 }
 
-impl Arch {
-    /// `general.architecture` values edge-run accepts.
-    pub const SUPPORTED: &'static [&'static str] = &["llama", "mistral", "gemma3"];
-
-    /// The architecture for a `general.architecture` value.
-    pub fn from_name(name: &str) -> Option<Arch> {
-        match name {
-            "llama" | "mistral" => Some(Arch::Llama),
-            "gemma3" => Some(Arch::Gemma3),
-            _ => None,
-        }
-    }
-
-    /// Whether llama.cpp's converter stores this architecture's `attn_q` / `attn_k` rows permuted so
-    /// that RoPE rotates adjacent pairs (it does for llama; Gemma 3 keeps the Hugging Face order and
-    /// uses NeoX-style RoPE). PEFT adapters' q/k `lora_B` rows must then be permuted the same way.
-    pub fn permuted_qk(self) -> bool {
-        matches!(self, Arch::Llama)
-    }
+/// The sizes a session's buffers are made for ([`ops::State::new`]), from its configuration.
+pub(crate) struct Capacity {
+    pub n_ctx: usize,
+    /// Already clamped to `n_ctx`.
+    pub n_batch: usize,
+    pub n_threads: usize,
+    pub logits_all: bool,
+    pub act_quant: ActQuant,
+    pub max_adapters: usize,
+    pub max_rank: usize,
 }
 
 /// Everything a forward pass reads but does not own.
@@ -63,6 +59,14 @@ pub(crate) struct Env<'a> {
     pub n_ctx: usize,
     /// Keep the logits of every position of the batch, not only the last.
     pub logits_all: bool,
+}
+
+/// Read the family's own hyper-parameters into `hp` (the loader read the common ones).
+pub(crate) fn read_hparams(g: &Gguf<'_>, fname: &str, hp: &mut HParams) -> Result<()> {
+    match hp.arch {
+        Arch::Llama => Ok(()),
+        Arch::Gemma3 => gemma3::hparams(g, fname, hp),
+    }
 }
 
 /// Evaluate one batch of `tokens` at positions `pos0..pos0 + tokens.len()` (the caller checked ids and

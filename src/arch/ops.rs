@@ -2,12 +2,11 @@
 //!
 //! [`State`] holds every activation buffer and the KV cache, sized once in `Session::new`; nothing here
 //! allocates. Buffers are `[B, width]` row-major over the batch's B tokens.
-use crate::adapter_set::MAX_ADAPTERS;
-use crate::arch::Env;
+use crate::adapter::MAX_ADAPTERS;
+use crate::arch::{ActQuant, Capacity, Env};
 use crate::kernels::lora::{total_rank, LoraRef};
 use crate::kernels::{ActRows, Kernels, QuantType};
 use crate::model::{Model, WeightRef};
-use crate::session::{ActQuant, SessionConfig};
 use crate::threadpool::{Disjoint, ThreadPool};
 use crate::{Error, Result};
 
@@ -139,7 +138,7 @@ pub(crate) struct State {
 
 impl State {
     /// Every buffer for `cfg` (whose `n_batch` is already clamped to `n_ctx`).
-    pub fn new(m: &Model, cfg: &SessionConfig) -> Result<State> {
+    pub fn new(m: &Model, cfg: &Capacity) -> Result<State> {
         let hp = &m.hp;
         let n_batch = cfg.n_batch;
         let mut off = Vec::with_capacity(hp.n_layer);
@@ -565,7 +564,7 @@ struct Lora<'a, 'r, const N: usize> {
 
 /// `out_j[t] = W_j · x[t] + Σ s·B_j(A_j x[t])` for every weight j and token t, all weights in one
 /// parallel pass. `x` is [rows, n] row-major; each `out_j` is [rows, W_j.n_out]. The adapters on each
-/// weight are found from the weight ([`Applied::refs_for`](crate::adapter_set::Applied::refs_for));
+/// weight are found from the weight ([`Applied::refs_for`](crate::adapter::Applied::refs_for));
 /// `lora_t` is the scratch for their intermediates (the session's `lora_t`).
 ///
 /// Work is split in chunks of [`CHUNK_ROWS`] output rows of one weight. A chunk multiplies its

@@ -900,7 +900,7 @@ impl StreamDecoder {
 
 #[cfg(test)]
 mod tests {
-    //! The tokenizer [`crate::Model::open`] builds reads texts, scores and types in place from the
+    //! The tokenizer `Model::open` builds reads texts, scores and types in place from the
     //! mapping; it must behave exactly like the copying one (`Tokenizer::from_gguf`) and the one built
     //! from plain data (`Vocab`), which tests/tokenizer.rs checks against reference ids.
     use super::*;
@@ -947,8 +947,10 @@ mod tests {
     }
 
     fn same_behaviour(path: &Path, max_heap_mib: f64) {
-        let m = crate::Model::open(path).unwrap();
-        let mapped = &m.tokenizer;
+        // Built as `Model::open` builds it: from the GGUF parsed in place in the mapping.
+        let map = crate::mmap::MappedFile::open(path).unwrap();
+        let mapped = Tokenizer::from_gguf_mapped(&Gguf::parse(&map).unwrap(), &map).unwrap();
+        let mapped = &mapped;
         let bytes = std::fs::read(path).unwrap();
         let g = Gguf::parse(&bytes).unwrap();
         let copied = Tokenizer::from_gguf(&g).unwrap();

@@ -10,7 +10,7 @@
 //! KV cache: entries written before a swap stay as they were computed (with the old set); only tokens
 //! evaluated afterwards see the new adapters. To make earlier context reflect the new set, re-evaluate it
 //! (`edge-run --chat` does that with `/adapter … ` when `--reeval-on-swap` is given).
-use crate::adapter::{Adapter, LoraKind};
+use super::{Adapter, LoraKind};
 use crate::kernels::lora::LoraRef;
 use crate::model::{Model, WeightRef};
 use crate::{Error, Result};
