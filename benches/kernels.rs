@@ -21,8 +21,8 @@
 //! cargo bench --bench kernels -- 'avx512vnni/1536'  # one tier and shape (criterion's regex filter)
 //! cargo bench --bench kernels -- --quick q4_k       # criterion's quick mode
 //! ```
+use common::roofline::cache_sizes;
 use criterion::{BenchmarkId, SamplingMode, Throughput};
-use edge_run::bench::cache_sizes;
 use edge_run::kernels::{F16Bits, Kernels, QuantType};
 use std::cell::OnceCell;
 use std::hint::black_box;

@@ -1,18 +1,22 @@
-//! `edge-run adapter convert` (src/adapter/convert.rs): PEFT adapters written as llama.cpp GGUF adapters
+//! `edge-run adapter convert` (src/bin/edge-run/tools/convert.rs): PEFT adapters written as llama.cpp GGUF adapters
 //! with the per-tensor scale folded into `lora_b` and `adapter.lora.alpha = 0`. Checks the file's
 //! metadata and layout, that edge-run loads it as GGUF with every factor in place from the map, that
 //! `B' = f16(scale · B)` for scales computed here from the configs, and that the logits of the real
 //! model with the converted file equal those with the PEFT directory up to that fp16 rounding — also for
 //! a PEFT directory with `alpha_pattern` / `rank_pattern` built here from json-peft.
 mod common;
+// The binary's tools (not part of the runtime library), compiled into this test.
+#[allow(dead_code)]
+#[path = "../src/bin/edge-run/tools/mod.rs"]
+mod tools;
 use common::*;
-use edge_run::adapter::convert::convert;
 use edge_run::adapter::{Adapter, AdapterFormat, LoraKind};
 use edge_run::gguf::Gguf;
 use edge_run::kernels::QuantType;
 use edge_run::{Model, Session, SessionConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tools::convert::convert;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("edge-run-convert-{}-{name}", std::process::id()));

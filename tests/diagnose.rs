@@ -8,6 +8,10 @@
 //!   also for a stack (cross terms);
 //! - `--json` on two stacked shared adapters parses and has the fields; `--plot` writes an SVG.
 mod common;
+// The binary's tools (not part of the runtime library), compiled into this test.
+#[allow(dead_code)]
+#[path = "../src/bin/edge-run/tools/mod.rs"]
+mod tools;
 use common::*;
 
 use std::path::PathBuf;
@@ -15,11 +19,11 @@ use std::process::Command;
 use std::sync::Arc;
 
 use edge_run::adapter::{Adapter, LoraKind};
-use edge_run::diagnose::{
-    delta_norms, diagnose, principal_cosines, subspace_overlaps, DiagnoseOptions, RunKind,
-};
 use edge_run::kernels::scalar::dequantize;
 use edge_run::Model;
+use tools::diagnose::{
+    delta_norms, diagnose, principal_cosines, subspace_overlaps, DiagnoseOptions, RunKind,
+};
 
 fn shared(model: &Model, name: &str) -> Arc<Adapter> {
     let p: PathBuf = root().join("tests/data/adapters").join(name);

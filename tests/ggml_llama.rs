@@ -3,20 +3,24 @@
 //!   Q4_K_M, Q5_K_M and Q6_K (the K mixes also hold Q5_0/Q5_1/Q8_0 fallbacks for the 576-wide rows):
 //!   edge-run's logits against llama.cpp's on the same file, over the shared reference sequences;
 //! - llama.cpp as a second runtime for edge-run's adapter converter: the rsLoRA adapter `json-peft`
-//!   converted by `edge_run::adapter::convert` and run by llama.cpp, against the HF+PEFT reference —
+//!   converted by `edge-run adapter convert` and run by llama.cpp, against the HF+PEFT reference —
 //!   with pirate + shout×0.5 (llama.cpp's own GGUF adapters) as a check of the runner itself.
 //!
 //! Metrics as in `tests/common` (compact.py): mean KL(reference ‖ run) over the reference's top-128 and
 //! top-1 agreement. Run: `cargo test --release --features ggml --test ggml_llama -- --nocapture`.
 #![cfg(feature = "ggml")]
 mod common;
+// The binary's tools (not part of the runtime library), compiled into this test.
+#[allow(dead_code)]
+#[path = "../src/bin/edge-run/tools/mod.rs"]
+mod tools;
 use common::*;
-use edge_run::ggml::{quantize_model, Ftype, LlamaConfig, LlamaCpp};
 use edge_run::kernels::QuantType;
 use edge_run::session::ActQuant;
 use edge_run::{Model, Session, SessionConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tools::ggml::{quantize_model, Ftype, LlamaConfig, LlamaCpp};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("edge-run-ggml-{}-{name}", std::process::id()));
@@ -230,7 +234,7 @@ fn converted_rslora_adapter_runs_correctly_in_llama_cpp() {
     let model = Model::open(&base).unwrap();
     let dir = tmp("convert");
     let json = dir.join("json.gguf");
-    let report = edge_run::adapter::convert::convert(
+    let report = tools::convert::convert(
         &root().join("tests/data/adapters/json-peft"),
         &model.base_info,
         &json,

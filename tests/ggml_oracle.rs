@@ -10,8 +10,13 @@
 //! ran; `EDGE_RUN_EXPECT_TIERS=avx2,avx512vnni` makes a missing tier fail the run).
 #![cfg(feature = "ggml")]
 
-use edge_run::ggml::Traits;
+// The binary's tools (not part of the runtime library), compiled into this test.
+#[allow(dead_code)]
+#[path = "../src/bin/edge-run/tools/mod.rs"]
+mod tools;
+
 use edge_run::kernels::{Kernels, QuantType, QK, QK_K};
+use tools::ggml::Traits;
 
 /// Every type edge-run has a matvec kernel for (read from the scalar table, so a type added to
 /// `Kernels::matvec` is tested here or fails [`weight_types`]).

@@ -9,6 +9,10 @@
 //!
 //! `cargo test --release --test merge -- --nocapture` prints the measured errors.
 mod common;
+// The binary's tools (not part of the runtime library), compiled into this test.
+#[allow(dead_code)]
+#[path = "../src/bin/edge-run/tools/mod.rs"]
+mod tools;
 use common::*;
 
 use std::path::{Path, PathBuf};
@@ -18,8 +22,8 @@ use std::sync::Arc;
 use edge_run::adapter::Adapter;
 use edge_run::gguf::{Gguf, MetaValue};
 use edge_run::kernels::QuantType;
-use edge_run::merge::{merge, MergeOptions, TargetType, MERGED_KEY};
 use edge_run::{Model, Session, SessionConfig};
+use tools::merge::{merge, MergeOptions, TargetType, MERGED_KEY};
 
 fn fixture(name: &str) -> PathBuf {
     root().join("models/fixtures").join(name)

@@ -3,7 +3,13 @@
 //! end of a `cargo bench` run.
 #![allow(dead_code)]
 use criterion::Criterion;
-use edge_run::bench::{cache_sizes, Probe, Roofline};
+// The binary's memory roofline (not part of the runtime library), compiled into the benches (its unit
+// tests' imports are unused where the bench harness leaves `#[test]` functions out).
+#[allow(dead_code, unused_imports)]
+#[path = "../../src/bin/edge-run/tools/bench/roofline.rs"]
+pub mod roofline;
+
+use roofline::{cache_sizes, Probe, Roofline};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;

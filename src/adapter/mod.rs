@@ -41,7 +41,6 @@ use crate::error::{Error, Result};
 use crate::kernels::lora::LoraRef;
 use crate::mmap::MappedFile;
 
-pub mod convert;
 mod gguf_adapter;
 mod peft;
 pub mod safetensors;

@@ -22,11 +22,11 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use edge_run_kernels::QuantType;
+use edge_run::kernels::QuantType;
 
-use super::{Adapter, BaseInfo, LoraKind, LoraTensor};
-use crate::error::{Error, Result};
-use crate::gguf::GgufWriter;
+use edge_run::adapter::{Adapter, BaseInfo, LoraKind};
+use edge_run::gguf::GgufWriter;
+use edge_run::{Error, Result};
 
 /// What [`convert`] did.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,31 +41,29 @@ pub struct ConvertReport {
     pub warnings: Vec<String>,
 }
 
-/// `B' = round_f16(scale · B)`; errors (naming `<target>.lora_b`, the index and value) when a value
-/// overflows fp16. `scale == 1` copies the bits unchanged.
-pub fn fold_b(t: &LoraTensor, file: &str) -> Result<Vec<u16>> {
-    let b = t.b();
-    if t.scale == 1.0 {
+/// `B' = round_f16(scale · B)` for the `B` factor (fp16 bits) of the LoRA on `target`; errors (naming
+/// `<target>.lora_b`, the index and value) when a value overflows fp16. `scale == 1` copies the bits
+/// unchanged.
+pub fn fold_b(target: &str, b: &[u16], scale: f32, file: &str) -> Result<Vec<u16>> {
+    if scale == 1.0 {
         return Ok(b.to_vec());
     }
-    if !t.scale.is_finite() {
+    if !scale.is_finite() {
         return Err(Error::invalid(format!(
-            "{file}: tensor {}: scale {} is not finite",
-            t.target, t.scale
+            "{file}: tensor {target}: scale {scale} is not finite"
         )));
     }
     let mut out = Vec::with_capacity(b.len());
     for (i, &h) in b.iter().enumerate() {
-        let x = half::f16::from_bits(h).to_f32() * t.scale;
+        let x = half::f16::from_bits(h).to_f32() * scale;
         let y = half::f16::from_f32(x);
         if !y.is_finite() {
             return Err(Error::format(
                 file,
-                format!("{}.lora_b", t.target),
+                format!("{target}.lora_b"),
                 None,
                 format!(
-                    "scale {} · B[{i}] = {x} overflows fp16 (|x| > 65504); cannot fold the scale",
-                    t.scale
+                    "scale {scale} · B[{i}] = {x} overflows fp16 (|x| > 65504); cannot fold the scale"
                 ),
             ));
         }
@@ -100,7 +98,7 @@ pub fn to_writer<'a>(
             LoraKind::Linear => [n_in, r],
             LoraKind::Embedding => [r, n_in],
         };
-        let b = fold_b(t, file)?;
+        let b = fold_b(&t.target, t.b(), t.scale, file)?;
         let a_bytes: &'a [u8] = bytemuck::cast_slice(t.a());
         w.add_tensor(
             &format!("{}.lora_a", t.target),
@@ -160,29 +158,17 @@ pub fn convert(src: &Path, base: &BaseInfo, out: &Path) -> Result<ConvertReport>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapter::Halves;
 
-    fn lt(scale: f32, b: &[f32]) -> LoraTensor {
-        LoraTensor {
-            target: "blk.0.attn_q.weight".into(),
-            kind: LoraKind::Linear,
-            rank: 1,
-            n_in: 1,
-            n_out: b.len(),
-            scale,
-            a: Halves::Owned(vec![half::f16::from_f32(1.0).to_bits()]),
-            b: Halves::Owned(
-                b.iter()
-                    .map(|&x| half::f16::from_f32(x).to_bits())
-                    .collect(),
-            ),
-        }
+    fn halves(b: &[f32]) -> Vec<u16> {
+        b.iter()
+            .map(|&x| half::f16::from_f32(x).to_bits())
+            .collect()
     }
 
     #[test]
     fn fold_multiplies_and_rounds() {
-        let t = lt(4.0, &[0.5, -0.25, 1.0e-3]);
-        let got: Vec<f32> = fold_b(&t, "x")
+        let b = halves(&[0.5, -0.25, 1.0e-3]);
+        let got: Vec<f32> = fold_b("blk.0.attn_q.weight", &b, 4.0, "x")
             .unwrap()
             .iter()
             .map(|&h| half::f16::from_bits(h).to_f32())
@@ -194,8 +180,10 @@ mod tests {
 
     #[test]
     fn fold_overflow_names_the_tensor() {
-        let t = lt(1000.0, &[1.0, 100.0]);
-        let e = fold_b(&t, "out.gguf").unwrap_err().to_string();
+        let b = halves(&[1.0, 100.0]);
+        let e = fold_b("blk.0.attn_q.weight", &b, 1000.0, "out.gguf")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("blk.0.attn_q.weight.lora_b") && e.contains("B[1]"),
             "{e}"

@@ -28,8 +28,8 @@ use std::time::Instant;
 
 use llama_cpp_sys_2 as sys;
 
-use crate::error::{Error, Result};
-use crate::kernels::QuantType;
+use edge_run::kernels::QuantType;
+use edge_run::{Error, Result};
 
 static INIT: Once = Once::new();
 
@@ -486,7 +486,7 @@ impl LlamaConfig {
 
 impl Default for LlamaConfig {
     fn default() -> Self {
-        LlamaConfig::new(crate::session::default_threads(), 512, 512)
+        LlamaConfig::new(edge_run::session::default_threads(), 512, 512)
     }
 }
 
@@ -783,7 +783,9 @@ impl LlamaCpp {
             self.reset();
             let mut next = 0u32;
             let t0 = Instant::now();
-            self.decode(prompt, 0, false, |_, l| next = crate::sampling::argmax(l))?;
+            self.decode(prompt, 0, false, |_, l| {
+                next = edge_run::sampling::argmax(l)
+            })?;
             best.pp_tps = best
                 .pp_tps
                 .max(prompt.len() as f64 / t0.elapsed().as_secs_f64());
@@ -791,7 +793,7 @@ impl LlamaCpp {
             for i in 0..n_gen {
                 let tok = [next];
                 self.decode(&tok, prompt.len() + i, false, |_, l| {
-                    next = crate::sampling::argmax(l)
+                    next = edge_run::sampling::argmax(l)
                 })?;
             }
             best.tg_tps = best.tg_tps.max(n_gen as f64 / t1.elapsed().as_secs_f64());
@@ -843,9 +845,9 @@ pub struct BenchVs {
 /// (their true scale folded in), since llama.cpp reads only GGUF adapters.
 pub fn bench_workload(
     model: &Path,
-    base: &crate::adapter::BaseInfo,
+    base: &edge_run::adapter::BaseInfo,
     n_vocab: usize,
-    w: &crate::bench::Workload,
+    w: &super::bench::Workload,
     n_threads: usize,
 ) -> Result<BenchVs> {
     w.validate()?;
@@ -875,7 +877,7 @@ pub fn bench_workload(
                         source: e,
                     })?;
                     let out = tmp.join(format!("adapter{i}.gguf"));
-                    crate::adapter::convert::convert(p, base, &out)?;
+                    super::convert::convert(p, base, &out)?;
                     files.push((out, *s));
                 }
             }

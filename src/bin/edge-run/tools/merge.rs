@@ -28,10 +28,10 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::adapter::{Adapter, BaseInfo, LoraKind, LoraTensor};
-use crate::gguf::{Gguf, MetaEntry, TensorInfo, Value, ValueType};
-use crate::kernels::{scalar, QuantType};
-use crate::{Error, Result};
+use edge_run::adapter::{Adapter, BaseInfo, LoraKind, LoraTensor};
+use edge_run::gguf::{Gguf, MetaEntry, TensorInfo, Value, ValueType};
+use edge_run::kernels::{scalar, QuantType};
+use edge_run::{Error, Result};
 
 /// Metadata key recording the merged adapters (`NAME:SCALE` strings, in order).
 pub const MERGED_KEY: &str = "edge_run.merged_adapters";
@@ -494,7 +494,7 @@ pub fn merge(
         }
     }
 
-    let map = crate::mmap::MappedFile::open(model)?;
+    let map = edge_run::mmap::MappedFile::open(model)?;
     let g = Gguf::parse_named(&map, &mname)?;
     let base = BaseInfo::from_gguf(&g).map_err(|e| e.in_file(&mname))?;
     let loaded: Vec<Adapter> = adapters

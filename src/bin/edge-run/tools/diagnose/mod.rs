@@ -17,12 +17,12 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::adapter::{Adapter, LoraKind, LoraTensor};
-use crate::kernels::scalar;
-use crate::{Error, Model, Result, Session, SessionConfig};
+use edge_run::adapter::{Adapter, LoraKind, LoraTensor};
+use edge_run::kernels::scalar;
+use edge_run::{Error, Model, Result, Session, SessionConfig};
 
 /// The built-in probe text.
-pub const PROBE: &str = include_str!("diagnose_probe.txt");
+pub const PROBE: &str = include_str!("probe.txt");
 
 /// Options of [`diagnose`].
 #[derive(Clone, Debug)]

@@ -1,0 +1,287 @@
+//! The command line: every subcommand's flags (llama.cpp-style names), parsed by clap.
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edge-run",
+    version,
+    about = "Run a quantized GGUF language model (with LoRA adapters) on the CPU",
+    long_about = "Run a quantized GGUF language model on the CPU.\n\n\
+        Without a subcommand, edge-run generates text: it evaluates the prompt (-p or -f) and streams the \
+        continuation to stdout; progress and timings go to stderr.\n\n\
+        Examples:\n  edge-run -m model.gguf -p \"Once upon a time\" -n 64\n  \
+        edge-run -m model.gguf --chat -p \"What is the capital of France?\" --temp 0\n  \
+        edge-run -m model.gguf --chat            (interactive; /help lists commands)\n  \
+        edge-run tokenize -m model.gguf --text \"Hello world\"\n  \
+        edge-run logits -m model.gguf --tokens 1,2,3 -o out.npy\n  edge-run info -m model.gguf",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+    #[command(flatten)]
+    pub gen: GenArgs,
+    /// More log output on stderr (-v: info, -vv: debug). EDGE_RUN_LOG=debug does the same.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Print the token ids of a text as a JSON array (no BOS/EOS added; special-token text such as
+    /// <|im_start|> becomes the special token).
+    Tokenize(TokenizeArgs),
+    /// Evaluate exactly the given tokens and write the logits of every position as a float32 .npy
+    /// array [n_tokens, n_vocab].
+    Logits(LogitsArgs),
+    /// Describe a GGUF model: architecture, hyper-parameters, tensors per type, sizes.
+    Info(InfoArgs),
+    /// Measure prompt processing and decode speed (llama-bench's pp/tg workload), with and without the
+    /// given adapters, adapter load time and swap time, bytes read per token and the memory roofline
+    /// measured in the same run (tg as a percent of it).
+    Bench(BenchArgs),
+    /// Adapter tools: `adapter convert` writes a PEFT (or GGUF) adapter as a llama.cpp GGUF adapter.
+    #[command(subcommand)]
+    Adapter(AdapterCmd),
+    /// Fold LoRA adapters into the weights and write a new GGUF (requantized; reports the error added).
+    Merge(MergeArgs),
+    /// Measure what adapters do to a model: KL vs the base, perplexity, weight-delta norms, subspace overlap.
+    Diagnose(DiagnoseArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdapterCmd {
+    /// Convert a LoRA adapter (PEFT directory / safetensors, or GGUF) to a llama.cpp-layout GGUF
+    /// adapter (fp16) with each tensor's true scale (alpha/r, rsLoRA alpha/sqrt(r), alpha_pattern,
+    /// rank_pattern) folded into lora_b and adapter.lora.alpha = 0, so llama.cpp and edge-run apply it
+    /// identically.
+    Convert(AdapterConvertArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AdapterConvertArgs {
+    /// The adapter to convert: a PEFT directory, its adapter_model.safetensors, or a GGUF adapter.
+    #[arg(value_name = "ADAPTER")]
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub m: ModelArg,
+    /// The GGUF file to write.
+    #[arg(short = 'o', long = "output", value_name = "OUT.gguf")]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    #[command(flatten)]
+    pub m: ModelArg,
+    /// A LoRA adapter to fold in (GGUF, or PEFT directory / safetensors), with an optional user scale.
+    /// Repeat to merge several.
+    #[arg(long = "adapter", value_name = "PATH[:SCALE]", required = true)]
+    pub adapters: Vec<String>,
+    /// The GGUF file to write (never one of the inputs; written to OUT.partial, then renamed).
+    #[arg(short = 'o', long = "output", value_name = "OUT.gguf")]
+    pub output: PathBuf,
+    /// Type of the merged weights: same (each tensor's own), f32, f16, bf16, q4_0, q4_1, q5_0, q5_1,
+    /// q8_0, q4_k, q5_k, q6_k. K-quants on rows not a multiple of 256 fall back like llama.cpp.
+    #[arg(long = "type", value_name = "TYPE", default_value = "same")]
+    pub ty: String,
+    /// Threads for the merge arithmetic (default: the number of physical cores).
+    #[arg(short = 't', long = "threads", value_name = "N")]
+    pub threads: Option<usize>,
+    /// Print the report as one JSON object (the last stdout line) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    pub m: ModelArg,
+    /// A LoRA adapter with an optional user scale. Repeat: each one alone, each prefix of the stack and
+    /// the whole stack are measured.
+    #[arg(long = "adapter", value_name = "PATH[:SCALE]", required = true)]
+    pub adapters: Vec<String>,
+    /// The probe text (default: a built-in few-KB mix of prose, chat and code).
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// Use at most this many tokens of the probe text.
+    #[arg(long = "max-tokens", value_name = "N")]
+    pub max_tokens: Option<usize>,
+    /// Print one JSON object (the last stdout line) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Write an SVG plot of KL vs the base against the number of stacked adapters.
+    #[arg(long, value_name = "OUT.svg")]
+    pub plot: Option<PathBuf>,
+    /// Worker threads (default: the number of physical cores).
+    #[arg(short = 't', long = "threads", value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub m: ModelArg,
+    /// Prompt tokens evaluated as one batch (pp).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
+    pub n_prompt: usize,
+    /// Tokens decoded one at a time after the prompt (tg).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Repetitions; the best is reported.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    pub reps: usize,
+    /// Print one JSON object on the last stdout line.
+    #[arg(long)]
+    pub json: bool,
+    /// Also run the same workload (without adapters) on this model file, e.g. the adapters merged into
+    /// the base, and print its speed and the ratio to the run with adapters.
+    #[arg(long = "compare-model", value_name = "FILE")]
+    pub compare_model: Option<PathBuf>,
+    /// Also run the identical workload (prompt tokens, counts, threads, adapters) in llama.cpp in this
+    /// process and print the speed ratios edge-run / llama.cpp (needs a build with `--features ggml`).
+    #[arg(long = "vs-llama-cpp")]
+    pub vs_llama_cpp: bool,
+    #[command(flatten)]
+    pub rt: RuntimeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ModelArg {
+    /// Path of the GGUF model file.
+    #[arg(short = 'm', long = "model", value_name = "FILE")]
+    pub model: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RuntimeArgs {
+    /// Worker threads (default: the number of physical cores).
+    #[arg(short = 't', long = "threads", value_name = "N")]
+    pub threads: Option<usize>,
+    /// Context size in tokens (KV cache length); default: min(4096, the model's training context).
+    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    pub ctx_size: Option<usize>,
+    /// Tokens per forward pass when evaluating a prompt.
+    #[arg(
+        short = 'b',
+        long = "batch-size",
+        value_name = "N",
+        default_value_t = 64
+    )]
+    pub batch_size: usize,
+    /// Kernel tier to use instead of the best one this CPU supports (scalar, avx2, avx512vnni, neon, neon-dotprod).
+    #[arg(long, value_name = "TIER")]
+    pub kernels: Option<String>,
+    /// Activation quantization: q8 (as llama.cpp: one 8-bit pass, fastest) or q8x2 (8-bit plus its 8-bit
+    /// residual: two passes over the same weights, ~100x less rounding error).
+    #[arg(long = "act-quant", value_name = "MODE", default_value = "q8x2", value_parser = ["q8", "q8x2"])]
+    pub act_quant: String,
+    /// Apply a LoRA adapter: a llama.cpp GGUF adapter or a PEFT directory / adapter_model.safetensors,
+    /// detected from the content. Optional user scale after a colon (default 1.0). Repeat to stack
+    /// up to 8 adapters.
+    #[arg(long = "adapter", value_name = "PATH[:SCALE]")]
+    pub adapters: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct GenArgs {
+    /// Path of the GGUF model file.
+    #[arg(short = 'm', long = "model", value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Prompt text.
+    #[arg(short = 'p', long = "prompt", value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "prompt"
+    )]
+    pub file: Option<PathBuf>,
+    /// Number of tokens to generate (-1: until end of generation or a full context).
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        value_name = "N",
+        default_value_t = 256,
+        allow_negative_numbers = true
+    )]
+    pub n_predict: i64,
+    /// Apply the model's chat template (tokenizer.chat_template) to the prompt. Without -p/-f: interactive chat.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for --chat.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Sampling temperature; 0 means greedy.
+    #[arg(long = "temp", value_name = "T", default_value_t = 0.8)]
+    pub temp: f32,
+    /// Keep only the K most likely tokens (0: off).
+    #[arg(long = "top-k", value_name = "K", default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P (1.0: off).
+    #[arg(long = "top-p", value_name = "P", default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P × the most likely one (0.0: off).
+    #[arg(long = "min-p", value_name = "P", default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalize tokens seen in the last --repeat-last-n tokens (1.0: off).
+    #[arg(long = "repeat-penalty", value_name = "X", default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long = "repeat-last-n", value_name = "N", default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed (default: a fresh one, printed on stderr). The same seed gives the same text.
+    #[arg(short = 's', long = "seed", value_name = "N")]
+    pub seed: Option<u64>,
+    /// Don't print load information and timings on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// In --chat, re-evaluate the conversation after /adapter changes (by default the KV cache keeps what
+    /// was computed with the previous adapters and only new tokens see the change).
+    #[arg(long = "reeval-on-swap")]
+    pub reeval_on_swap: bool,
+    #[command(flatten)]
+    pub rt: RuntimeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    pub m: ModelArg,
+    /// The text to tokenize.
+    #[arg(
+        long,
+        value_name = "TEXT",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    pub text: Option<String>,
+    /// Tokenize the content of this file.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub m: ModelArg,
+    /// Comma-separated token ids, e.g. 1,9690,198 (a JSON array is accepted too).
+    #[arg(long, value_name = "IDS")]
+    pub tokens: String,
+    /// Output .npy file.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub rt: RuntimeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub m: ModelArg,
+    /// Also load and describe these adapters against the model (format, ranks, alpha, scales, targets, bytes).
+    #[arg(long = "adapter", value_name = "PATH[:SCALE]")]
+    pub adapters: Vec<String>,
+}

@@ -1,0 +1,211 @@
+//! `edge-run`: the command-line front end (llama.cpp-style flags) over the runtime library, plus the
+//! tools that are not part of it ([`tools`]).
+//!
+//! - [`args`]: the flags of every subcommand;
+//! - [`generate`]: the default command (prompt in, tokens streamed out) and [`repl`], the interactive
+//!   chat;
+//! - [`inspect`]: `tokenize`, `logits`, `info`;
+//! - [`tool_cmds`]: `adapter convert`, `merge`, `diagnose`, `bench` over [`tools`].
+/// `println!` that treats a closed stdout (e.g. `edge-run info … | head -1`) as the end of the output:
+/// exit quietly with status 0 instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("edge-run: error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
+mod args;
+mod generate;
+mod inspect;
+mod repl;
+mod tool_cmds;
+mod tools;
+
+use args::{Cli, Cmd, RuntimeArgs};
+use clap::Parser;
+use edge_run::adapter::Adapter;
+use edge_run::kernels::Kernels;
+use edge_run::session::{default_threads, ActQuant};
+use edge_run::{Error, Model, Session, SessionConfig};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// An error and its exit status: 1 for bad input, 2 for bad usage.
+pub(crate) struct Failure(pub u8, pub String);
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure(1, e.to_string())
+    }
+}
+
+pub(crate) fn usage(msg: impl Into<String>) -> Failure {
+    Failure(2, msg.into())
+}
+
+fn main() -> ExitCode {
+    // Never show a Rust backtrace to users; a panic is a bug and says so in one line.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("edge-run: internal error (please report): {info}");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.verbose);
+    // A model or adapter file truncated under us ends the run with a message naming it, not a signal.
+    edge_run::mmap::install_guard();
+    let r = match cli.cmd {
+        Some(Cmd::Tokenize(a)) => inspect::cmd_tokenize(a),
+        Some(Cmd::Logits(a)) => inspect::cmd_logits(a),
+        Some(Cmd::Info(a)) => inspect::cmd_info(a),
+        Some(Cmd::Bench(a)) => tool_cmds::cmd_bench(a),
+        Some(Cmd::Adapter(c)) => tool_cmds::cmd_adapter(c),
+        Some(Cmd::Merge(a)) => tool_cmds::cmd_merge(a),
+        Some(Cmd::Diagnose(a)) => tool_cmds::cmd_diagnose(a),
+        None => generate::cmd_generate(cli.gen),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            eprintln!("edge-run: error: {msg}");
+            if code == 2 {
+                eprintln!("Try 'edge-run --help' for more information.");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+pub(crate) fn open_model(path: &Path) -> Result<Arc<Model>, Failure> {
+    Ok(Arc::new(Model::open(path)?))
+}
+
+pub(crate) fn session_config(
+    model: &Model,
+    rt: &RuntimeArgs,
+    logits_all: bool,
+) -> Result<SessionConfig, Failure> {
+    let kernels = match &rt.kernels {
+        None => None,
+        Some(name) => Some(Kernels::by_name(name).ok_or_else(|| {
+            let have: Vec<&str> = Kernels::available().map(|k| k.tier.name()).collect();
+            usage(format!(
+                "--kernels {name}: not available on this CPU (available: {})",
+                have.join(", ")
+            ))
+        })?),
+    };
+    let n_threads = rt.threads.unwrap_or_else(default_threads);
+    if n_threads == 0 {
+        return Err(usage("-t/--threads must be at least 1"));
+    }
+    let n_ctx = rt
+        .ctx_size
+        .unwrap_or_else(|| model.hp.n_ctx_train.clamp(1, 4096));
+    if n_ctx == 0 {
+        return Err(usage("-c/--ctx-size must be at least 1"));
+    }
+    if rt.batch_size == 0 {
+        return Err(usage("-b/--batch-size must be at least 1"));
+    }
+    let act_quant = if rt.act_quant == "q8" {
+        ActQuant::Q8
+    } else {
+        ActQuant::Q8x2
+    };
+    Ok(SessionConfig {
+        n_ctx,
+        n_batch: rt.batch_size,
+        n_threads,
+        logits_all,
+        kernels,
+        act_quant,
+        ..Default::default()
+    })
+}
+
+/// `PATH[:SCALE]`: the scale is taken only if what follows the last ':' parses as a number.
+pub(crate) fn parse_adapter_arg(s: &str) -> Result<(PathBuf, f32), Failure> {
+    if let Some((p, sc)) = s.rsplit_once(':') {
+        if let Ok(v) = sc.parse::<f32>() {
+            if !v.is_finite() {
+                return Err(usage(format!(
+                    "--adapter {s}: scale {sc} is not a finite number"
+                )));
+            }
+            return Ok((PathBuf::from(p), v));
+        }
+    }
+    Ok((PathBuf::from(s), 1.0))
+}
+
+pub(crate) fn load_adapter(model: &Model, spec: &str) -> Result<(Arc<Adapter>, f32), Failure> {
+    let (path, scale) = parse_adapter_arg(spec)?;
+    let t0 = std::time::Instant::now();
+    let a = Adapter::load(&path, &model.base_info)?;
+    log::info!(
+        "adapter {} loaded in {:.2} ms",
+        path.display(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    Ok((Arc::new(a), scale))
+}
+
+/// Load every `--adapter` and make them the session's set.
+pub(crate) fn apply_adapters(
+    sess: &mut Session,
+    specs: &[String],
+) -> Result<Vec<(Arc<Adapter>, f32)>, Failure> {
+    let model = sess.model().clone();
+    let loaded = specs
+        .iter()
+        .map(|s| load_adapter(&model, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let set: Vec<(&Arc<Adapter>, f32)> = loaded.iter().map(|(a, s)| (a, *s)).collect();
+    sess.set_adapters(&set)?;
+    Ok(loaded)
+}
+
+fn init_logging(verbose: u8) {
+    struct Stderr(log::LevelFilter);
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= self.0
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                eprintln!(
+                    "edge-run: {}: {}",
+                    r.level().as_str().to_lowercase(),
+                    r.args()
+                );
+            }
+        }
+        fn flush(&self) {}
+    }
+    let from_env = std::env::var("EDGE_RUN_LOG")
+        .ok()
+        .and_then(|v| v.parse::<log::LevelFilter>().ok());
+    let level = match verbose {
+        0 => from_env.unwrap_or(log::LevelFilter::Warn),
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    let logger: &'static Stderr = Box::leak(Box::new(Stderr(level)));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}
