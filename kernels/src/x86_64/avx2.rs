@@ -121,7 +121,7 @@ pub(crate) use x2::FUSED2;
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_f32(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<[u8; 4], [u8; 4]>(n, 1, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<[u8; 4], [u8; 4]>(crate::QuantType::F32, n, w, xq, out) {
         drive_rows!(f32_rows, 4, w, x, nb, out);
     }
 }
@@ -151,7 +151,7 @@ fn f32_rows<const R: usize>(rows: [&[[u8; 4]]; R], x: &[[u8; 4]]) -> [f32; R] {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_f16(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<F16Bits, [u8; 4]>(n, 1, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<F16Bits, [u8; 4]>(crate::QuantType::F16, n, w, xq, out) {
         drive_rows!(f16_rows, 4, w, x, nb, out);
     }
 }
@@ -186,7 +186,9 @@ fn f16_rows<const R: usize>(rows: [&[F16Bits]; R], x: &[[u8; 4]]) -> [f32; R] {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_q4_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ4_1, BlockQ8_1>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ4_1, BlockQ8_1>(crate::QuantType::Q4_1, n, w, xq, out)
+    {
         drive_rows!(q4_1_rows, 4, w, x, nb, out);
     }
 }
@@ -221,7 +223,9 @@ fn q4_1_rows<const R: usize>(rows: [&[BlockQ4_1]; R], x: &[BlockQ8_1]) -> [f32; 
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_q4_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ4_0, BlockQ8_0>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ4_0, BlockQ8_0>(crate::QuantType::Q4_0, n, w, xq, out)
+    {
         drive_rows!(q4_0_rows, 4, w, x, nb, out);
     }
 }
@@ -256,7 +260,9 @@ fn q4_0_rows<const R: usize>(rows: [&[BlockQ4_0]; R], x: &[BlockQ8_0]) -> [f32; 
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_q5_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ5_1, BlockQ8_1>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ5_1, BlockQ8_1>(crate::QuantType::Q5_1, n, w, xq, out)
+    {
         drive_rows!(q5_1_rows, 4, w, x, nb, out);
     }
 }
@@ -292,7 +298,9 @@ fn q5_1_rows<const R: usize>(rows: [&[BlockQ5_1]; R], x: &[BlockQ8_1]) -> [f32; 
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_q5_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ5_0, BlockQ8_0>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ5_0, BlockQ8_0>(crate::QuantType::Q5_0, n, w, xq, out)
+    {
         drive_rows!(q5_0_rows, 4, w, x, nb, out);
     }
 }
@@ -328,7 +336,9 @@ fn q5_0_rows<const R: usize>(rows: [&[BlockQ5_0]; R], x: &[BlockQ8_0]) -> [f32; 
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_q8_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ8_0, BlockQ8_0>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ8_0, BlockQ8_0>(crate::QuantType::Q8_0, n, w, xq, out)
+    {
         drive_rows!(q8_0_rows, 4, w, x, nb, out);
     }
 }
@@ -383,7 +393,7 @@ fn bsum_pairs(xb: &Q8KBytes) -> __m128i {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn mv_q4_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ4K, Q8KBytes>(n, QK_K, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<BlockQ4K, Q8KBytes>(crate::QuantType::Q4K, n, w, xq, out) {
         drive_rows!(q4_k_rows, 2, w, x, nb, out);
     }
 }
@@ -432,7 +442,7 @@ fn q4_k_rows<const R: usize>(rows: [&[BlockQ4K]; R], x: &[Q8KBytes]) -> [f32; R]
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn mv_q5_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ5K, Q8KBytes>(n, QK_K, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<BlockQ5K, Q8KBytes>(crate::QuantType::Q5K, n, w, xq, out) {
         drive_rows!(q5_k_rows, 2, w, x, nb, out);
     }
 }
@@ -489,7 +499,7 @@ fn q5_k_rows<const R: usize>(rows: [&[BlockQ5K]; R], x: &[Q8KBytes]) -> [f32; R]
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn mv_q6_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ6K, Q8KBytes>(n, QK_K, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<BlockQ6K, Q8KBytes>(crate::QuantType::Q6K, n, w, xq, out) {
         drive_rows!(q6_k_rows, 2, w, x, nb, out);
     }
 }
@@ -624,7 +634,7 @@ fn q8_block(xb: &[f32; QK], qs: &mut [i8; QK]) -> (f32, i32) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn quant_q8_0(x: &[f32], out: &mut [u8]) {
-    let nb = quant_blocks(x, out, QK, size_of::<BlockQ8_0>());
+    let nb = quant_blocks(crate::QuantType::Q8_0, x, out);
     let Ok(y) =
         bytemuck::try_cast_slice_mut::<u8, BlockQ8_0>(&mut out[..nb * size_of::<BlockQ8_0>()])
     else {
@@ -638,7 +648,7 @@ pub(super) fn quant_q8_0(x: &[f32], out: &mut [u8]) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn quant_q8_1(x: &[f32], out: &mut [u8]) {
-    let nb = quant_blocks(x, out, QK, size_of::<BlockQ8_1>());
+    let nb = quant_blocks(crate::QuantType::Q8_1, x, out);
     let Ok(y) =
         bytemuck::try_cast_slice_mut::<u8, BlockQ8_1>(&mut out[..nb * size_of::<BlockQ8_1>()])
     else {
@@ -654,7 +664,7 @@ pub(super) fn quant_q8_1(x: &[f32], out: &mut [u8]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn quant_q8_k(x: &[f32], out: &mut [u8]) {
     let ts = size_of::<Q8KBytes>();
-    let nb = quant_blocks(x, out, QK_K, ts);
+    let nb = quant_blocks(crate::QuantType::Q8K, x, out);
     let Ok(y) = bytemuck::try_cast_slice_mut::<u8, Q8KBytes>(&mut out[..nb * ts]) else {
         return;
     };

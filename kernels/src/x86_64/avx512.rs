@@ -27,7 +27,7 @@ use super::avx2;
 use super::common::*;
 use crate::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, F16Bits};
 use crate::{BlockQ5_0, BlockQ5_1};
-use crate::{Kernels, Tier, QK, QK_K};
+use crate::{Kernels, Tier};
 use bytemuck::Pod;
 use core::mem::size_of;
 
@@ -210,7 +210,7 @@ fn spread2(v: __m128, a: i32, b: i32) -> __m512 {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_f32(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<[u8; 4], [u8; 4]>(n, 1, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<[u8; 4], [u8; 4]>(crate::QuantType::F32, n, w, xq, out) {
         drive_rows!(f32_rows, 4, w, x, nb, out);
     }
 }
@@ -240,7 +240,7 @@ fn f32_rows<const R: usize>(rows: [&[[u8; 4]]; R], x: &[[u8; 4]]) -> [f32; R] {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_f16(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<F16Bits, [u8; 4]>(n, 1, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<F16Bits, [u8; 4]>(crate::QuantType::F16, n, w, xq, out) {
         drive_rows!(f16_rows, 4, w, x, nb, out);
     }
 }
@@ -275,7 +275,9 @@ fn f16_rows<const R: usize>(rows: [&[F16Bits]; R], x: &[[u8; 4]]) -> [f32; R] {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q4_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ4_1, BlockQ8_1>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ4_1, BlockQ8_1>(crate::QuantType::Q4_1, n, w, xq, out)
+    {
         drive_rows!(q4_1_rows, 4, w, x, nb, out);
     }
 }
@@ -327,7 +329,9 @@ fn q4_1_rows<const R: usize>(rows: [&[BlockQ4_1]; R], x: &[BlockQ8_1]) -> [f32; 
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q4_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ4_0, BlockQ8_0>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ4_0, BlockQ8_0>(crate::QuantType::Q4_0, n, w, xq, out)
+    {
         drive_rows!(q4_0_rows, 4, w, x, nb, out);
     }
 }
@@ -374,7 +378,9 @@ fn q4_0_rows<const R: usize>(rows: [&[BlockQ4_0]; R], x: &[BlockQ8_0]) -> [f32; 
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q5_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ5_1, BlockQ8_1>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ5_1, BlockQ8_1>(crate::QuantType::Q5_1, n, w, xq, out)
+    {
         drive_rows!(q5_1_rows, 4, w, x, nb, out);
     }
 }
@@ -425,7 +431,9 @@ fn q5_1_rows<const R: usize>(rows: [&[BlockQ5_1]; R], x: &[BlockQ8_1]) -> [f32; 
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q5_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ5_0, BlockQ8_0>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ5_0, BlockQ8_0>(crate::QuantType::Q5_0, n, w, xq, out)
+    {
         drive_rows!(q5_0_rows, 4, w, x, nb, out);
     }
 }
@@ -473,7 +481,9 @@ fn q5_0_rows<const R: usize>(rows: [&[BlockQ5_0]; R], x: &[BlockQ8_0]) -> [f32; 
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q8_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ8_0, BlockQ8_0>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ8_0, BlockQ8_0>(crate::QuantType::Q8_0, n, w, xq, out)
+    {
         drive_rows!(q8_0_rows, 4, w, x, nb, out);
     }
 }
@@ -554,7 +564,7 @@ fn scales_x4(sc: u64) -> __m512i {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q4_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ4K, Q8KBytes>(n, QK_K, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<BlockQ4K, Q8KBytes>(crate::QuantType::Q4K, n, w, xq, out) {
         drive_rows!(q4_k_rows, 2, w, x, nb, out);
     }
 }
@@ -617,7 +627,7 @@ fn q4_k_rows<const R: usize>(rows: [&[BlockQ4K]; R], x: &[Q8KBytes]) -> [f32; R]
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q5_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ5K, Q8KBytes>(n, QK_K, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<BlockQ5K, Q8KBytes>(crate::QuantType::Q5K, n, w, xq, out) {
         drive_rows!(q5_k_rows, 2, w, x, nb, out);
     }
 }
@@ -678,7 +688,7 @@ fn q5_k_rows<const R: usize>(rows: [&[BlockQ5K]; R], x: &[Q8KBytes]) -> [f32; R]
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q6_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ6K, Q8KBytes>(n, QK_K, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<BlockQ6K, Q8KBytes>(crate::QuantType::Q6K, n, w, xq, out) {
         drive_rows!(q6_k_rows, 2, w, x, nb, out);
     }
 }
