@@ -20,9 +20,9 @@
 use core::arch::x86_64::*;
 
 use super::common::*;
+use crate::{ActRows, Kernels, Tier, QK, QK_K};
 use crate::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, F16Bits};
 use crate::{BlockQ5_0, BlockQ5_1};
-use crate::{Kernels, Tier, QK, QK_K};
 
 /// This tier's table, if the CPU has AVX2, FMA and F16C.
 pub fn kernels() -> Option<&'static Kernels> {
@@ -69,6 +69,14 @@ static TABLE: Kernels = Kernels {
     quantize_q8_0,
     quantize_q8_1,
     quantize_q8_k,
+    matmul_q4_0: Some(matmul_q4_0),
+    matmul_q4_1: Some(matmul_q4_1),
+    matmul_q5_0: Some(matmul_q5_0),
+    matmul_q5_1: Some(matmul_q5_1),
+    matmul_q8_0: Some(matmul_q8_0),
+    matmul_q4_k: Some(matmul_q4_k),
+    matmul_q5_k: Some(matmul_q5_k),
+    matmul_q6_k: Some(matmul_q6_k),
     dot_f32,
     axpy_f32,
     ..crate::scalar::TABLE
@@ -87,6 +95,14 @@ macro_rules! entries {
 }
 
 entries! {
+    matmul_q4_0 => mm::q4_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q4_1 => mm::q4_1[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q5_0 => mm::q5_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q5_1 => mm::q5_1[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q8_0 => mm::q8_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q4_k => mm::q4_k[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q5_k => mm::q5_k[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q6_k => mm::q6_k[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
     matvec_f32 => mv_f32[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_f16 => mv_f16[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q4_0 => mv_q4_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
@@ -113,6 +129,35 @@ entries! {
 }
 
 mod x2;
+
+/// This tier's batched products: the generic bodies of `super::matmul` instantiated for [`Avx2`].
+mod mm {
+    use super::super::lanes::Avx2;
+    use super::super::matmul;
+    use crate::{
+        ActRows, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+        BlockQ8_0,
+    };
+
+    macro_rules! mm {
+        ($($name:ident => $f:ident::<$b:ty>;)*) => {$(
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub(super) fn $name(n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]) {
+                matmul::$f::<Avx2, $b>(Avx2::new(), n, w, x, out)
+            }
+        )*};
+    }
+    mm! {
+        q4_0 => legacy::<BlockQ4_0>;
+        q4_1 => legacy::<BlockQ4_1>;
+        q5_0 => legacy::<BlockQ5_0>;
+        q5_1 => legacy::<BlockQ5_1>;
+        q8_0 => legacy::<BlockQ8_0>;
+        q4_k => kquant::<BlockQ4K>;
+        q5_k => kquant::<BlockQ5K>;
+        q6_k => kquant::<BlockQ6K>;
+    }
+}
 pub(crate) use x2::FUSED2;
 
 // ---------------------------------------------------------------------------------------------------

@@ -25,13 +25,40 @@ use core::arch::x86_64::*;
 
 use super::avx2;
 use super::common::*;
+use crate::{ActRows, Kernels, Tier};
 use crate::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, F16Bits};
 use crate::{BlockQ5_0, BlockQ5_1};
-use crate::{Kernels, Tier};
-use bytemuck::Pod;
-use core::mem::size_of;
 
 mod x2;
+
+/// This tier's batched products: the generic bodies of `super::matmul` instantiated for [`Avx512`].
+mod mm {
+    use super::super::lanes::Avx512;
+    use super::super::matmul;
+    use crate::{
+        ActRows, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+        BlockQ8_0,
+    };
+
+    macro_rules! mm {
+        ($($name:ident => $f:ident::<$b:ty>;)*) => {$(
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+            pub(super) fn $name(n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]) {
+                matmul::$f::<Avx512, $b>(Avx512::new(), n, w, x, out)
+            }
+        )*};
+    }
+    mm! {
+        q4_0 => legacy::<BlockQ4_0>;
+        q4_1 => legacy::<BlockQ4_1>;
+        q5_0 => legacy::<BlockQ5_0>;
+        q5_1 => legacy::<BlockQ5_1>;
+        q8_0 => legacy::<BlockQ8_0>;
+        q4_k => kquant::<BlockQ4K>;
+        q5_k => kquant::<BlockQ5K>;
+        q6_k => kquant::<BlockQ6K>;
+    }
+}
 pub(crate) use x2::FUSED2;
 
 /// This tier's table, if the CPU has AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C.
@@ -87,6 +114,14 @@ static TABLE: Kernels = Kernels {
     quantize_q8_0,
     quantize_q8_1,
     quantize_q8_k,
+    matmul_q4_0: Some(matmul_q4_0),
+    matmul_q4_1: Some(matmul_q4_1),
+    matmul_q5_0: Some(matmul_q5_0),
+    matmul_q5_1: Some(matmul_q5_1),
+    matmul_q8_0: Some(matmul_q8_0),
+    matmul_q4_k: Some(matmul_q4_k),
+    matmul_q5_k: Some(matmul_q5_k),
+    matmul_q6_k: Some(matmul_q6_k),
     dot_f32,
     axpy_f32,
     ..crate::scalar::TABLE
@@ -105,6 +140,14 @@ macro_rules! entries {
 }
 
 entries! {
+    matmul_q4_0 => mm::q4_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q4_1 => mm::q4_1[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q5_0 => mm::q5_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q5_1 => mm::q5_1[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q8_0 => mm::q8_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q4_k => mm::q4_k[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q5_k => mm::q5_k[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q6_k => mm::q6_k[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
     matvec_f32 => mv_f32[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_f16 => mv_f16[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q4_0 => mv_q4_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
@@ -128,30 +171,6 @@ entries! {
     quantize_q8_k => avx2::quant_q8_k[x: &[f32], out: &mut [u8]];
     dot_f32 => dot[a: &[f32], b: &[f32]] -> f32;
     axpy_f32 => axpy[a: f32, x: &[f32], y: &mut [f32]];
-}
-
-/// 64 bytes at byte offset `OFF` of `a`.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn ld512<const OFF: usize, T: Pod>(a: &T) -> __m512i {
-    const { assert!(OFF + 64 <= size_of::<T>()) };
-    // SAFETY: the compile-time assertion keeps bytes OFF..OFF+64 inside `*a`; unaligned load.
-    unsafe { _mm512_loadu_si512((a as *const T).cast::<u8>().add(OFF).cast()) }
-}
-
-/// 16 f32 (little-endian bytes, any alignment) at byte offset `OFF` of `a`.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn ldps16<const OFF: usize, T: Pod>(a: &T) -> __m512 {
-    _mm512_castsi512_ps(ld512::<OFF, T>(a))
-}
-
-/// Stores 16 f32 into `a`.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn stps16(a: &mut [f32; 16], v: __m512) {
-    // SAFETY: `a` is 64 writable bytes; unaligned store.
-    unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) }
 }
 
 /// The 512-bit `[a.lo, b.lo, a.hi, b.hi]` (128-bit lanes) of two 256-bit vectors: the order of the

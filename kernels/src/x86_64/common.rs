@@ -91,6 +91,30 @@ pub(super) fn ld256<const OFF: usize, T: Pod>(a: &T) -> __m256i {
     unsafe { _mm256_loadu_si256((a as *const T).cast::<u8>().add(OFF).cast()) }
 }
 
+/// 64 bytes at byte offset `OFF` of `a`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn ld512<const OFF: usize, T: Pod>(a: &T) -> __m512i {
+    const { assert!(OFF + 64 <= size_of::<T>()) };
+    // SAFETY: the compile-time assertion keeps bytes OFF..OFF+64 inside `*a`; unaligned load.
+    unsafe { _mm512_loadu_si512((a as *const T).cast::<u8>().add(OFF).cast()) }
+}
+
+/// 16 f32 (little-endian bytes, any alignment) at byte offset `OFF` of `a`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn ldps16<const OFF: usize, T: Pod>(a: &T) -> __m512 {
+    _mm512_castsi512_ps(ld512::<OFF, T>(a))
+}
+
+/// Stores 16 f32 into `a`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn stps16(a: &mut [f32; 16], v: __m512) {
+    // SAFETY: `a` is 64 writable bytes; unaligned store.
+    unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) }
+}
+
 /// 8 f32 (little-endian bytes, any alignment) at byte offset `OFF` of `a`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

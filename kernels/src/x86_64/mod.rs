@@ -2,4 +2,7 @@
 pub mod avx2;
 pub mod avx512;
 mod common;
+mod lanes;
 pub mod lora;
+mod matmul;
+mod wtypes;
