@@ -33,8 +33,19 @@ mod x2;
 
 /// This tier's batched products: the generic bodies of `super::matmul` instantiated for [`Avx512`].
 mod mm {
+    use super::super::float::{self, F16W, F32W};
     use super::super::lanes::Avx512;
     use super::super::matmul;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) fn f32(n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]) {
+        float::matmul::<Avx512, F32W, 4, 6>(Avx512::new(), n, w, x, out)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) fn f16(n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]) {
+        float::matmul::<Avx512, F16W, 4, 6>(Avx512::new(), n, w, x, out)
+    }
     use crate::{
         ActRows, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
         BlockQ8_0,
@@ -114,6 +125,8 @@ static TABLE: Kernels = Kernels {
     quantize_q8_0,
     quantize_q8_1,
     quantize_q8_k,
+    matmul_f32: Some(matmul_f32),
+    matmul_f16: Some(matmul_f16),
     matmul_q4_0: Some(matmul_q4_0),
     matmul_q4_1: Some(matmul_q4_1),
     matmul_q5_0: Some(matmul_q5_0),
@@ -140,6 +153,8 @@ macro_rules! entries {
 }
 
 entries! {
+    matmul_f32 => mm::f32[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_f16 => mm::f16[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
     matmul_q4_0 => mm::q4_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
     matmul_q4_1 => mm::q4_1[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
     matmul_q5_0 => mm::q5_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];

@@ -96,6 +96,12 @@ pub(crate) trait Lanes: Copy {
     fn cvt(self, a: Self::I) -> Self::F;
     /// The first `N` f16 values of `h`, converted.
     fn f16s(self, h: &[u16; 16]) -> Self::F;
+    /// `N` f32 from `row` at byte `at` (zeros if `row` is too short: a caller bug).
+    fn f32_at(self, row: &[u8], at: usize) -> Self::F;
+    /// `N` f16 from `row` at byte `at`, converted (zeros if `row` is too short).
+    fn f16_at(self, row: &[u8], at: usize) -> Self::F;
+    /// Σ of the lanes.
+    fn hsum(self, v: Self::F) -> f32;
     /// `o[..N] += v` (`o` holds exactly `N` values; anything else is left alone).
     fn add_to(self, o: &mut [f32], v: Self::F);
 
@@ -285,6 +291,30 @@ impl Lanes for Avx2 {
     #[inline(always)]
     fn f16s(self, h: &[u16; 16]) -> __m256 {
         simd! { _mm256_cvtph_ps(ld128::<0, _>(h)) }
+    }
+    #[inline(always)]
+    fn f32_at(self, row: &[u8], at: usize) -> __m256 {
+        match row
+            .get(at..at + 32)
+            .and_then(|c| <&[u8; 32]>::try_from(c).ok())
+        {
+            Some(c) => simd! { ldps::<0, _>(c) },
+            None => self.fzero(),
+        }
+    }
+    #[inline(always)]
+    fn f16_at(self, row: &[u8], at: usize) -> __m256 {
+        match row
+            .get(at..at + 16)
+            .and_then(|c| <&[u8; 16]>::try_from(c).ok())
+        {
+            Some(c) => simd! { _mm256_cvtph_ps(ld128::<0, _>(c)) },
+            None => self.fzero(),
+        }
+    }
+    #[inline(always)]
+    fn hsum(self, v: __m256) -> f32 {
+        simd! { hsum256(v) }
     }
     #[inline(always)]
     fn add_to(self, o: &mut [f32], v: __m256) {
@@ -484,6 +514,30 @@ impl Lanes for Avx512 {
     #[inline(always)]
     fn f16s(self, h: &[u16; 16]) -> __m512 {
         simd! { _mm512_cvtph_ps(ld256::<0, _>(h)) }
+    }
+    #[inline(always)]
+    fn f32_at(self, row: &[u8], at: usize) -> __m512 {
+        match row
+            .get(at..at + 64)
+            .and_then(|c| <&[u8; 64]>::try_from(c).ok())
+        {
+            Some(c) => simd! { ldps16::<0, _>(c) },
+            None => self.fzero(),
+        }
+    }
+    #[inline(always)]
+    fn f16_at(self, row: &[u8], at: usize) -> __m512 {
+        match row
+            .get(at..at + 32)
+            .and_then(|c| <&[u8; 32]>::try_from(c).ok())
+        {
+            Some(c) => simd! { _mm512_cvtph_ps(ld256::<0, _>(c)) },
+            None => self.fzero(),
+        }
+    }
+    #[inline(always)]
+    fn hsum(self, v: __m512) -> f32 {
+        simd! { _mm512_reduce_add_ps(v) }
     }
     #[inline(always)]
     fn add_to(self, o: &mut [f32], v: __m512) {
