@@ -164,27 +164,118 @@ impl QuantType {
     }
 }
 
-/// The shape contract of [`Kernels::matmul`] (`n > 0`).
-fn matmul_shapes_ok(ty: QuantType, n: usize, w: &[u8], x: &ActRows<'_>, out: &[f32]) -> bool {
-    let (Some(rb), Some(xb)) = (ty.row_bytes(n), ty.vec_dot_type().row_bytes(n)) else {
-        return false;
+// ---------------------------------------------------------------------------------------------------
+// The shape contract: one place where every tier's matrix kernels and quantizers check their lengths
+// ---------------------------------------------------------------------------------------------------
+
+/// The lengths of one matrix×vector call that passed [`check_matvec`]: `nb` blocks per row (`n` over
+/// the block size; `n` elements for F32/F16), `row_bytes` per weight row, `act_bytes` per activation
+/// row (in the weight type's [`QuantType::vec_dot_type`]; the f32 bytes for F32/F16 weights).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MatShape {
+    pub nb: usize,
+    pub row_bytes: usize,
+    pub act_bytes: usize,
+}
+
+/// The lengths a [`MatVec`] (`xr == None`) or [`MatVec2`] (`xr == Some`) call needs: `n` a whole
+/// number of blocks of `ty`, `w` holding `out.len()` rows, `xq` (and `xr`) one activation row.
+/// Every tier checks its calls here, before any kernel runs. Returns `None` when there is nothing
+/// to compute: `n == 0` (then `out` is zeroed) or inconsistent lengths (a caller bug: a debug
+/// assertion, and `out` filled with NaN in release builds; nothing is read past a slice).
+pub(crate) fn check_matvec(
+    ty: QuantType,
+    n: usize,
+    w: &[u8],
+    xq: &[u8],
+    xr: Option<&[u8]>,
+    out: &mut [f32],
+) -> Option<MatShape> {
+    if n == 0 {
+        out.fill(0.0);
+        return None;
+    }
+    let shape = (|| {
+        let row_bytes = ty.row_bytes(n)?;
+        let act_bytes = ty.vec_dot_type().row_bytes(n)?;
+        let fits = w.len() >= row_bytes.checked_mul(out.len())?
+            && xq.len() >= act_bytes
+            && xr.is_none_or(|r| r.len() >= act_bytes);
+        fits.then_some(MatShape {
+            nb: n / ty.block_size(),
+            row_bytes,
+            act_bytes,
+        })
+    })();
+    debug_assert!(
+        shape.is_some(),
+        "{} matvec: inconsistent lengths (n={n}, w={} bytes, xq={} bytes, xr={:?} bytes, rows={})",
+        ty.name(),
+        w.len(),
+        xq.len(),
+        xr.map(<[u8]>::len),
+        out.len()
+    );
+    if shape.is_none() {
+        out.fill(f32::NAN);
+    }
+    shape
+}
+
+/// The lengths a [`MatMul`] call needs (see [`Kernels::matmul`]), for `n > 0`: the shape of one
+/// row × token product, or `None` on a violation.
+fn matmul_shape(
+    ty: QuantType,
+    n: usize,
+    w: &[u8],
+    x: &ActRows<'_>,
+    out: &[f32],
+) -> Option<MatShape> {
+    let row_bytes = ty.row_bytes(n)?;
+    let act_bytes = ty.vec_dot_type().row_bytes(n)?;
+    let shape = MatShape {
+        nb: n / ty.block_size(),
+        row_bytes,
+        act_bytes,
     };
     if x.n_tok == 0 {
-        return out.is_empty();
+        return out.is_empty().then_some(shape);
     }
     let float = matches!(ty, QuantType::F32 | QuantType::F16);
     let rows = out.len() / x.n_tok;
     let act_len = (x.n_tok - 1)
         .checked_mul(x.stride)
-        .and_then(|l| l.checked_add(xb));
-    out.len() % x.n_tok == 0
-        && x.stride >= xb
-        && rb.checked_mul(rows).is_some_and(|l| l <= w.len())
+        .and_then(|l| l.checked_add(act_bytes));
+    let ok = out.len() % x.n_tok == 0
+        && x.stride >= act_bytes
+        && row_bytes.checked_mul(rows).is_some_and(|l| l <= w.len())
         && act_len.is_some_and(|l| l <= x.q.len())
         && match x.r {
             None => true,
             Some(r) => !float && act_len.is_some_and(|l| l <= r.len()),
-        }
+        };
+    ok.then_some(shape)
+}
+
+/// The whole blocks a [`Quantize`] / [`Quantize2`] call converts into `out_len` bytes of `vt` blocks
+/// (`vt` the activation type): those that both `x` and the output hold. `x.len()` not a multiple of
+/// the block, or an output too short, is a caller bug (a debug assertion); release builds convert
+/// the blocks that fit and leave the rest of the output untouched.
+pub(crate) fn quantize_blocks(vt: QuantType, x: &[f32], out_len: usize) -> usize {
+    let (bs, ts) = (vt.block_size(), vt.type_size());
+    debug_assert!(
+        x.len().is_multiple_of(bs),
+        "quantize {}: {} values are not a multiple of {bs}",
+        vt.name(),
+        x.len()
+    );
+    debug_assert!(
+        out_len / ts >= x.len() / bs,
+        "quantize {}: output of {out_len} bytes too short for {} values",
+        vt.name(),
+        x.len()
+    );
+    (x.len() / bs).min(out_len / ts)
 }
 
 /// Which instruction-set tier a [`Kernels`] table uses.
@@ -449,7 +540,7 @@ impl Kernels {
             out.fill(0.0);
             return true;
         }
-        if !matmul_shapes_ok(ty, n, w, &x, out) {
+        let Some(shape) = matmul_shape(ty, n, w, &x, out) else {
             debug_assert!(
                 false,
                 "matmul {}: inconsistent shapes (n={n}, w={} bytes, x.q={} bytes, stride={}, n_tok={}, out={})",
@@ -462,7 +553,7 @@ impl Kernels {
             );
             out.fill(f32::NAN);
             return true;
-        }
+        };
         if x.n_tok == 0 {
             return true;
         }
@@ -472,7 +563,7 @@ impl Kernels {
             return true;
         }
         let rows = out.len() / x.n_tok;
-        let xb = ty.vec_dot_type().row_bytes(n).unwrap_or(0);
+        let xb = shape.act_bytes;
         for (t, o) in out.chunks_exact_mut(rows).enumerate() {
             let q = &x.q[t * x.stride..t * x.stride + xb];
             match (x.r, self.matvec2(ty)) {

@@ -496,24 +496,9 @@ pub fn quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
     }
 }
 
-/// Number of whole blocks of `B` (of `bs` elements) that `x` and `out` both hold.
-#[inline(always)]
-fn quant_blocks<B>(x: &[f32], out: &[u8], bs: usize) -> usize {
-    debug_assert!(
-        x.len() % bs == 0,
-        "quantize: {} elements is not a multiple of {bs}",
-        x.len()
-    );
-    debug_assert!(
-        out.len() >= x.len() / bs * size_of::<B>(),
-        "quantize: output too short"
-    );
-    (x.len() / bs).min(out.len() / size_of::<B>())
-}
-
 /// Byte-level [`Quantize`] for Q8_0.
 pub fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
-    let nb = quant_blocks::<BlockQ8_0>(x, out, QK);
+    let nb = crate::quantize_blocks(QuantType::Q8_0, x, out.len());
     if let Ok(y) = bytemuck::try_cast_slice_mut(&mut out[..nb * size_of::<BlockQ8_0>()]) {
         quantize_row_q8_0(&x[..nb * QK], y);
     }
@@ -521,7 +506,7 @@ pub fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
 
 /// Byte-level [`Quantize`] for Q8_1.
 pub fn quantize_q8_1(x: &[f32], out: &mut [u8]) {
-    let nb = quant_blocks::<BlockQ8_1>(x, out, QK);
+    let nb = crate::quantize_blocks(QuantType::Q8_1, x, out.len());
     if let Ok(y) = bytemuck::try_cast_slice_mut(&mut out[..nb * size_of::<BlockQ8_1>()]) {
         quantize_row_q8_1(&x[..nb * QK], y);
     }
@@ -530,7 +515,7 @@ pub fn quantize_q8_1(x: &[f32], out: &mut [u8]) {
 /// Byte-level [`Quantize`] for Q8_K (any alignment of `out`).
 pub fn quantize_q8_k(x: &[f32], out: &mut [u8]) {
     let ts = size_of::<BlockQ8K>();
-    let nb = quant_blocks::<BlockQ8K>(x, out, QK_K);
+    let nb = crate::quantize_blocks(QuantType::Q8K, x, out.len());
     let out = &mut out[..nb * ts];
     let x = &x[..nb * QK_K];
     match bytemuck::try_cast_slice_mut::<u8, BlockQ8K>(out) {
@@ -635,7 +620,7 @@ pub fn quantize2_row_q8_k(x: &[f32], q: &mut [BlockQ8K], r: &mut [BlockQ8K]) {
 
 /// Byte-level [`Quantize2`] for Q8_0.
 pub fn quantize2_q8_0(x: &[f32], q: &mut [u8], r: &mut [u8]) {
-    let nb = quant_blocks::<BlockQ8_0>(x, q, QK).min(r.len() / size_of::<BlockQ8_0>());
+    let nb = crate::quantize_blocks(QuantType::Q8_0, x, q.len().min(r.len()));
     let len = nb * size_of::<BlockQ8_0>();
     if let (Ok(qb), Ok(rb)) = (
         bytemuck::try_cast_slice_mut(&mut q[..len]),
@@ -647,7 +632,7 @@ pub fn quantize2_q8_0(x: &[f32], q: &mut [u8], r: &mut [u8]) {
 
 /// Byte-level [`Quantize2`] for Q8_1.
 pub fn quantize2_q8_1(x: &[f32], q: &mut [u8], r: &mut [u8]) {
-    let nb = quant_blocks::<BlockQ8_1>(x, q, QK).min(r.len() / size_of::<BlockQ8_1>());
+    let nb = crate::quantize_blocks(QuantType::Q8_1, x, q.len().min(r.len()));
     let len = nb * size_of::<BlockQ8_1>();
     if let (Ok(qb), Ok(rb)) = (
         bytemuck::try_cast_slice_mut(&mut q[..len]),
@@ -660,7 +645,7 @@ pub fn quantize2_q8_1(x: &[f32], q: &mut [u8], r: &mut [u8]) {
 /// Byte-level [`Quantize2`] for Q8_K (any alignment of `q` and `r`).
 pub fn quantize2_q8_k(x: &[f32], q: &mut [u8], r: &mut [u8]) {
     let ts = size_of::<BlockQ8K>();
-    let nb = quant_blocks::<BlockQ8K>(x, q, QK_K).min(r.len() / ts);
+    let nb = crate::quantize_blocks(QuantType::Q8K, x, q.len().min(r.len()));
     let (mut bq, mut br) = (BlockQ8K::zeroed(), BlockQ8K::zeroed());
     let blocks = x[..nb * QK_K].chunks_exact(QK_K);
     for ((xb, qo), ro) in blocks
@@ -1354,56 +1339,30 @@ pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
 // Matrix × vector wrappers with the `MatVec` signature
 // ---------------------------------------------------------------------------------------------------
 
-/// Checks the `MatVec` lengths; returns (bytes per weight row, bytes of the activation) or None
-/// (after writing NaN to `out`) when they do not fit; for `n == 0` writes zeros and returns None.
+/// The `MatVec` length check ([`crate::check_matvec`], shared by every tier): returns (bytes per
+/// weight row, bytes of the activation), or None after writing zeros (`n == 0`) or NaN (inconsistent
+/// lengths) to `out`.
 #[inline]
 fn matvec_geometry(
+    ty: QuantType,
     n: usize,
-    bs: usize,
-    wts: usize,
-    xts: usize,
     w: &[u8],
     xq: &[u8],
     out: &mut [f32],
 ) -> Option<(usize, usize)> {
-    if n == 0 {
-        out.iter_mut().for_each(|o| *o = 0.0);
-        return None;
-    }
-    let ok = (|| {
-        if n % bs != 0 {
-            return None;
-        }
-        let rb = (n / bs).checked_mul(wts)?;
-        let xb = (n / bs).checked_mul(xts)?;
-        if w.len() < rb.checked_mul(out.len())? || xq.len() < xb {
-            return None;
-        }
-        Some((rb, xb))
-    })();
-    debug_assert!(
-        ok.is_some(),
-        "matvec: inconsistent lengths (n={n}, w={} bytes, xq={} bytes, rows={})",
-        w.len(),
-        xq.len(),
-        out.len()
-    );
-    if ok.is_none() {
-        out.iter_mut().for_each(|o| *o = f32::NAN);
-    }
-    ok
+    crate::check_matvec(ty, n, w, xq, None, out).map(|s| (s.row_bytes, s.act_bytes))
 }
 
 /// `out[r] = dot(n, row_r, x)` for block types of alignment 1 (weights) and activations `Y`.
 fn matvec_blocks<B: Pod, Y: Pod>(
+    ty: QuantType,
     n: usize,
-    bs: usize,
     w: &[u8],
     xq: &[u8],
     out: &mut [f32],
     dot: fn(usize, &[B], &[Y]) -> f32,
 ) {
-    let Some((rb, xb)) = matvec_geometry(n, bs, size_of::<B>(), size_of::<Y>(), w, xq, out) else {
+    let Some((rb, xb)) = matvec_geometry(ty, n, w, xq, out) else {
         return;
     };
     let Ok(x) = bytemuck::try_cast_slice::<u8, Y>(&xq[..xb]) else {
@@ -1423,6 +1382,7 @@ fn matvec_blocks<B: Pod, Y: Pod>(
 /// As [`matvec_blocks`] for K-quant weights against Q8_K activations, which may lie at any alignment
 /// (then each Q8_K block is read unaligned; the sum order is the same).
 fn matvec_k<B: Pod>(
+    ty: QuantType,
     n: usize,
     w: &[u8],
     xq: &[u8],
@@ -1430,7 +1390,7 @@ fn matvec_k<B: Pod>(
     dot_block: fn(&B, &BlockQ8K) -> f32,
 ) {
     let yts = size_of::<BlockQ8K>();
-    let Some((rb, xb)) = matvec_geometry(n, QK_K, size_of::<B>(), yts, w, xq, out) else {
+    let Some((rb, xb)) = matvec_geometry(ty, n, w, xq, out) else {
         return;
     };
     let xq = &xq[..xb];
@@ -1461,7 +1421,7 @@ fn matvec_k<B: Pod>(
 
 /// F32 weights × F32 activations (bytes at any alignment), sequential f32 accumulation per row.
 pub fn matvec_f32(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    let Some((rb, xb)) = matvec_geometry(n, 1, 4, 4, w, xq, out) else {
+    let Some((rb, xb)) = matvec_geometry(QuantType::F32, n, w, xq, out) else {
         return;
     };
     let x = &xq[..xb];
@@ -1478,7 +1438,7 @@ pub fn matvec_f32(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
 
 /// F16 weights × F32 activations (activation bytes at any alignment); same order as [`vec_dot_f16_f32`].
 pub fn matvec_f16(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    let Some((rb, xb)) = matvec_geometry(n, 1, 2, 4, w, xq, out) else {
+    let Some((rb, xb)) = matvec_geometry(QuantType::F16, n, w, xq, out) else {
         return;
     };
     let x = &xq[..xb];
@@ -1493,38 +1453,38 @@ pub fn matvec_f16(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
 }
 
 pub fn matvec_q4_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_blocks(n, QK, w, xq, out, vec_dot_q4_0_q8_0);
+    matvec_blocks(QuantType::Q4_0, n, w, xq, out, vec_dot_q4_0_q8_0);
 }
 
 pub fn matvec_q4_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_blocks(n, QK, w, xq, out, vec_dot_q4_1_q8_1);
+    matvec_blocks(QuantType::Q4_1, n, w, xq, out, vec_dot_q4_1_q8_1);
 }
 
 /// Q5_0 weights × Q8_0 activations ([`vec_dot_q5_0_q8_0`] per row).
 pub fn matvec_q5_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_blocks(n, QK, w, xq, out, vec_dot_q5_0_q8_0);
+    matvec_blocks(QuantType::Q5_0, n, w, xq, out, vec_dot_q5_0_q8_0);
 }
 
 /// Q5_1 weights × Q8_1 activations ([`vec_dot_q5_1_q8_1`] per row; the weight's minimum meets the
 /// activation block's stored sum `s`, as in Q4_1).
 pub fn matvec_q5_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_blocks(n, QK, w, xq, out, vec_dot_q5_1_q8_1);
+    matvec_blocks(QuantType::Q5_1, n, w, xq, out, vec_dot_q5_1_q8_1);
 }
 
 pub fn matvec_q8_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_blocks(n, QK, w, xq, out, vec_dot_q8_0_q8_0);
+    matvec_blocks(QuantType::Q8_0, n, w, xq, out, vec_dot_q8_0_q8_0);
 }
 
 pub fn matvec_q4_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_k(n, w, xq, out, dot_block_q4_k_q8_k);
+    matvec_k(QuantType::Q4K, n, w, xq, out, dot_block_q4_k_q8_k);
 }
 
 pub fn matvec_q5_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_k(n, w, xq, out, dot_block_q5_k_q8_k);
+    matvec_k(QuantType::Q5K, n, w, xq, out, dot_block_q5_k_q8_k);
 }
 
 pub fn matvec_q6_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_k(n, w, xq, out, dot_block_q6_k_q8_k);
+    matvec_k(QuantType::Q6K, n, w, xq, out, dot_block_q6_k_q8_k);
 }
 
 // ---------------------------------------------------------------------------------------------------

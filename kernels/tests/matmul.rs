@@ -303,15 +303,41 @@ fn check_matmul(
     two: bool,
     seed: u64,
 ) -> Result<(), String> {
+    check_matmul_n(k, ty, n_for(ty, nblocks), rows, n_tok, two, seed)
+}
+
+/// [`check_matmul`] with rows of `n` elements.
+fn check_matmul_n(
+    k: &Kernels,
+    ty: QuantType,
+    n: usize,
+    rows: usize,
+    n_tok: usize,
+    two: bool,
+    seed: u64,
+) -> Result<(), String> {
     let mut g = Rng(seed);
-    let n = n_for(ty, nblocks);
     let w = weights(ty, n, rows, &mut g);
     let x = g.activations(n * n_tok, Special::Ties);
     let two = two && QuantType::QUANTIZED.contains(&ty);
     // Activations quantized by the scalar tier so that both sides multiply the same bytes.
     let acts = Acts::new(Kernels::scalar(), ty, &x, n, (seed % 3) as usize * 8, two);
+    check_against_scalar(k, ty, n, &w, &acts, seed)
+}
+
+/// `k.matmul` of the weight rows `w` with `acts` against one scalar matvec (or matvec2) per token.
+fn check_against_scalar(
+    k: &Kernels,
+    ty: QuantType,
+    n: usize,
+    w: &[u8],
+    acts: &Acts,
+    seed: u64,
+) -> Result<(), String> {
+    let (n_tok, two) = (acts.n_tok, acts.two);
+    let rows = w.len() / ty.row_bytes(n).unwrap();
     let mut got = vec![f32::NAN; n_tok * rows];
-    assert!(k.matmul(ty, n, &w, acts.rows(), &mut got));
+    assert!(k.matmul(ty, n, w, acts.rows(), &mut got));
     let s = Kernels::scalar();
     let xb = ty.vec_dot_type().row_bytes(n).unwrap();
     let rb = ty.row_bytes(n).unwrap();
@@ -322,9 +348,9 @@ fn check_matmul(
     for t in 0..n_tok {
         let mut want = vec![0.0f32; rows];
         if two {
-            (s.matvec2(ty).unwrap())(n, &w, acts.q_row(t, xb), acts.r_row(t, xb), &mut want);
+            (s.matvec2(ty).unwrap())(n, w, acts.q_row(t, xb), acts.r_row(t, xb), &mut want);
         } else {
-            (s.matvec(ty).unwrap())(n, &w, acts.q_row(t, xb), &mut want);
+            (s.matvec(ty).unwrap())(n, w, acts.q_row(t, xb), &mut want);
         }
         for r in 0..rows {
             let row = &w[r * rb..(r + 1) * rb];
@@ -453,5 +479,125 @@ fn matmul_shape_contract() {
         } else {
             assert!(out.iter().all(|v| v.is_nan()));
         }
+    }
+}
+
+/// Shapes past the kernels' internal steps: more tokens than one pass (64), more blocks than one
+/// header chunk (32 legacy blocks), row counts that leave partial 8- and 16-row tiles, and F32/F16
+/// row lengths that are not a multiple of any vector.
+#[test]
+fn matmul_large_and_ragged_shapes() {
+    compare_every_tier("matmul (large shapes)", |k| {
+        let mut failures = vec![];
+        for &ty in QuantType::WEIGHTS {
+            let ns: &[usize] = match ty {
+                QuantType::F32 | QuantType::F16 => &[1, 7, 17, 33, 100, 1030],
+                QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => &[256 * 9],
+                _ => &[32 * 65],
+            };
+            for &n in ns {
+                for (rows, n_tok) in [(37, 75), (16, 129), (9, 66)] {
+                    for two in [false, true] {
+                        let seed = 0x1a7_0000 + n as u64 * 7 + rows as u64 + two as u64;
+                        if let Err(e) = check_matmul_n(k, ty, n, rows, n_tok, two, seed) {
+                            failures.push(e);
+                        }
+                    }
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("\n"))
+        }
+    });
+}
+
+/// Every weight quant at its largest (and smallest) value against activations of ±127 and residuals
+/// of −128 (scales 1 and 1/256): the integer sums are at their bounds, where an i16 or i32
+/// intermediate that could overflow (or a saturating `vpmaddubsw`) would show.
+#[test]
+fn matmul_extreme_values_do_not_overflow() {
+    compare_every_tier("matmul (extreme values)", |k| {
+        let mut failures = vec![];
+        for &ty in QuantType::QUANTIZED {
+            let n = if ty.block_size() == 256 { 512 } else { 128 };
+            for (fill, act) in [(0xffu8, 127i8), (0xff, -127), (0x80, -128), (0x77, 127)] {
+                let w = extreme_weights(ty, n, 21, fill);
+                for two in [false, true] {
+                    let acts = extreme_acts(ty, n, 19, act, two);
+                    if let Err(e) = check_against_scalar(k, ty, n, &w, &acts, fill as u64) {
+                        failures.push(e);
+                    }
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("\n"))
+        }
+    });
+}
+
+/// `rows` rows of `ty` whose quant bytes are all `fill` and whose scales are 1 (K-quants: the 6-bit
+/// scales and mins from `fill` too; Q6_K: its i8 scales).
+fn extreme_weights(ty: QuantType, n: usize, rows: usize, fill: u8) -> Vec<u8> {
+    let mut w = vec![fill; ty.row_bytes(n).unwrap() * rows];
+    let one = F16Bits::from_f32(1.0).0;
+    let offs: &[usize] = match ty {
+        QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => &[0],
+        QuantType::Q4_1 | QuantType::Q5_1 | QuantType::Q4K | QuantType::Q5K => &[0, 2],
+        QuantType::Q6K => &[208],
+        _ => unreachable!(),
+    };
+    for blk in w.chunks_exact_mut(ty.type_size()) {
+        for &o in offs {
+            blk[o..o + 2].copy_from_slice(&one);
+        }
+    }
+    w
+}
+
+/// `n_tok` activation rows for `ty` whose quants are all `q` (scale 1), and residual rows of −128
+/// (scale 1/256) when `two`; Q8_1 sums and Q8_K bsums consistent with the quants.
+fn extreme_acts(ty: QuantType, n: usize, n_tok: usize, q: i8, two: bool) -> Acts {
+    let vt = ty.vec_dot_type();
+    let xb = vt.row_bytes(n).unwrap();
+    let block = |q: i8, d: f32| -> Vec<u8> {
+        match vt {
+            QuantType::Q8K => {
+                let mut b = d.to_le_bytes().to_vec();
+                b.extend(std::iter::repeat_n(q as u8, 256));
+                for _ in 0..16 {
+                    b.extend((16 * q as i16).to_le_bytes());
+                }
+                b
+            }
+            _ => {
+                let mut b = F16Bits::from_f32(d).0.to_vec();
+                if vt == QuantType::Q8_1 {
+                    b.extend(F16Bits::from_f32(d * 32.0 * q as f32).0);
+                }
+                b.extend(std::iter::repeat_n(q as u8, 32));
+                b
+            }
+        }
+    };
+    let row = |q: i8, d: f32| -> Vec<u8> { block(q, d).repeat(n / vt.block_size()) };
+    let (qr, rr) = (row(q, 1.0), row(-128, 1.0 / 256.0));
+    let (mut qb, mut rb) = (buf(xb * n_tok), buf(xb * n_tok));
+    for t in 0..n_tok {
+        bytemuck::cast_slice_mut::<u64, u8>(&mut qb)[t * xb..(t + 1) * xb].copy_from_slice(&qr);
+        bytemuck::cast_slice_mut::<u64, u8>(&mut rb)[t * xb..(t + 1) * xb].copy_from_slice(&rr);
+    }
+    Acts {
+        q: qb,
+        r: rb,
+        stride: xb,
+        n_tok,
+        two,
+        len: xb * n_tok,
     }
 }

@@ -91,77 +91,21 @@ fn has_dotprod() -> bool {
     }
 }
 
-/// Checks a matvec call's sizes, as the scalar tier does: returns `false` when there is nothing to
-/// compute — `n == 0` (then `out` is zeroed) or inconsistent lengths (a caller bug: a debug
-/// assertion, and `out` is filled with NaN in release builds). Nothing is read past any slice.
+/// Checks a matvec call's sizes with the crate's shape contract ([`crate::check_matvec`], shared by
+/// every tier): `false` when there is nothing to compute — `n == 0` (then `out` is zeroed) or
+/// inconsistent lengths (a debug assertion, and `out` filled with NaN in release builds).
 fn check_matvec(ty: QuantType, n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) -> bool {
-    if n == 0 {
-        out.fill(0.0);
-        return false;
-    }
-    let ok = (|| {
-        let rb = ty.row_bytes(n)?;
-        let xb = ty.vec_dot_type().row_bytes(n)?;
-        (w.len() >= rb.checked_mul(out.len())? && xq.len() >= xb).then_some(())
-    })()
-    .is_some();
-    debug_assert!(
-        ok,
-        "{} matvec: inconsistent lengths (n = {}, weights {} bytes, activation {} bytes, {} rows)",
-        ty.name(),
-        n,
-        w.len(),
-        xq.len(),
-        out.len()
-    );
-    if !ok {
-        out.fill(f32::NAN);
-    }
-    ok
+    crate::check_matvec(ty, n, w, xq, None, out).is_some()
 }
 
-/// [`check_matvec`] for a two-activation call: also requires `xr` to hold as many bytes as the
-/// activation format needs for `n` elements (else a debug assertion and NaN outputs in release).
+/// [`check_matvec`] for a two-activation call (`xr` held to the same length as `xq`).
 fn check_matvec2(ty: QuantType, n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) -> bool {
-    if !check_matvec(ty, n, w, xq, out) {
-        return false;
-    }
-    let ok = ty
-        .vec_dot_type()
-        .row_bytes(n)
-        .is_some_and(|xb| xr.len() >= xb);
-    debug_assert!(
-        ok,
-        "{} matvec2: second activation too short (n = {}, {} bytes)",
-        ty.name(),
-        n,
-        xr.len()
-    );
-    if !ok {
-        out.fill(f32::NAN);
-    }
-    ok
+    crate::check_matvec(ty, n, w, xq, Some(xr), out).is_some()
 }
 
-/// The whole blocks a quantizer call converts (those that both `x` and `out` hold; the scalar tier
-/// does the same), with debug assertions for inconsistent lengths.
+/// The whole blocks a quantizer call converts ([`crate::quantize_blocks`], shared by every tier).
 fn quantize_len(ty: QuantType, x: &[f32], out: &[u8]) -> usize {
-    let (bs, ts) = (ty.block_size(), ty.type_size());
-    debug_assert!(
-        x.len().is_multiple_of(bs),
-        "quantize {}: {} values are not a multiple of {}",
-        ty.name(),
-        x.len(),
-        bs
-    );
-    debug_assert!(
-        out.len() / ts >= x.len() / bs,
-        "quantize {}: output of {} bytes too short for {} values",
-        ty.name(),
-        out.len(),
-        x.len()
-    );
-    (x.len() / bs).min(out.len() / ts)
+    crate::quantize_blocks(ty, x, out.len())
 }
 
 const _: () = assert!(quant::Q8K_BYTES == core::mem::size_of::<crate::BlockQ8K>());

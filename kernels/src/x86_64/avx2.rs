@@ -20,9 +20,9 @@
 use core::arch::x86_64::*;
 
 use super::common::*;
+use crate::{ActRows, Kernels, Tier, QK, QK_K};
 use crate::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, F16Bits};
 use crate::{BlockQ5_0, BlockQ5_1};
-use crate::{Kernels, Tier, QK, QK_K};
 
 /// This tier's table, if the CPU has AVX2, FMA and F16C.
 pub fn kernels() -> Option<&'static Kernels> {
@@ -69,6 +69,16 @@ static TABLE: Kernels = Kernels {
     quantize_q8_0,
     quantize_q8_1,
     quantize_q8_k,
+    matmul_f32: Some(matmul_f32),
+    matmul_f16: Some(matmul_f16),
+    matmul_q4_0: Some(matmul_q4_0),
+    matmul_q4_1: Some(matmul_q4_1),
+    matmul_q5_0: Some(matmul_q5_0),
+    matmul_q5_1: Some(matmul_q5_1),
+    matmul_q8_0: Some(matmul_q8_0),
+    matmul_q4_k: Some(matmul_q4_k),
+    matmul_q5_k: Some(matmul_q5_k),
+    matmul_q6_k: Some(matmul_q6_k),
     dot_f32,
     axpy_f32,
     ..crate::scalar::TABLE
@@ -87,6 +97,16 @@ macro_rules! entries {
 }
 
 entries! {
+    matmul_f32 => mm::f32[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_f16 => mm::f16[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q4_0 => mm::q4_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q4_1 => mm::q4_1[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q5_0 => mm::q5_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q5_1 => mm::q5_1[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q8_0 => mm::q8_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q4_k => mm::q4_k[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q5_k => mm::q5_k[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q6_k => mm::q6_k[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
     matvec_f32 => mv_f32[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_f16 => mv_f16[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q4_0 => mv_q4_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
@@ -113,6 +133,46 @@ entries! {
 }
 
 mod x2;
+
+/// This tier's batched products: the generic bodies of `super::matmul` instantiated for [`Avx2`].
+mod mm {
+    use super::super::float::{self, F16W, F32W};
+    use super::super::lanes::Avx2;
+    use super::super::matmul;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn f32(n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]) {
+        float::matmul::<Avx2, F32W, 3, 4>(Avx2::new(), n, w, x, out)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn f16(n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]) {
+        float::matmul::<Avx2, F16W, 3, 4>(Avx2::new(), n, w, x, out)
+    }
+    use crate::{
+        ActRows, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+        BlockQ8_0,
+    };
+
+    macro_rules! mm {
+        ($($name:ident => $f:ident::<$b:ty>;)*) => {$(
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub(super) fn $name(n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]) {
+                matmul::$f::<Avx2, $b>(Avx2::new(), n, w, x, out)
+            }
+        )*};
+    }
+    mm! {
+        q4_0 => legacy::<BlockQ4_0>;
+        q4_1 => legacy::<BlockQ4_1>;
+        q5_0 => legacy::<BlockQ5_0>;
+        q5_1 => legacy::<BlockQ5_1>;
+        q8_0 => legacy::<BlockQ8_0>;
+        q4_k => kquant::<BlockQ4K>;
+        q5_k => kquant::<BlockQ5K>;
+        q6_k => kquant::<BlockQ6K>;
+    }
+}
 pub(crate) use x2::FUSED2;
 
 // ---------------------------------------------------------------------------------------------------
@@ -121,7 +181,7 @@ pub(crate) use x2::FUSED2;
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_f32(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<[u8; 4], [u8; 4]>(n, 1, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<[u8; 4], [u8; 4]>(crate::QuantType::F32, n, w, xq, out) {
         drive_rows!(f32_rows, 4, w, x, nb, out);
     }
 }
@@ -151,7 +211,7 @@ fn f32_rows<const R: usize>(rows: [&[[u8; 4]]; R], x: &[[u8; 4]]) -> [f32; R] {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_f16(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<F16Bits, [u8; 4]>(n, 1, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<F16Bits, [u8; 4]>(crate::QuantType::F16, n, w, xq, out) {
         drive_rows!(f16_rows, 4, w, x, nb, out);
     }
 }
@@ -186,7 +246,9 @@ fn f16_rows<const R: usize>(rows: [&[F16Bits]; R], x: &[[u8; 4]]) -> [f32; R] {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_q4_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ4_1, BlockQ8_1>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ4_1, BlockQ8_1>(crate::QuantType::Q4_1, n, w, xq, out)
+    {
         drive_rows!(q4_1_rows, 4, w, x, nb, out);
     }
 }
@@ -221,7 +283,9 @@ fn q4_1_rows<const R: usize>(rows: [&[BlockQ4_1]; R], x: &[BlockQ8_1]) -> [f32; 
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_q4_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ4_0, BlockQ8_0>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ4_0, BlockQ8_0>(crate::QuantType::Q4_0, n, w, xq, out)
+    {
         drive_rows!(q4_0_rows, 4, w, x, nb, out);
     }
 }
@@ -256,7 +320,9 @@ fn q4_0_rows<const R: usize>(rows: [&[BlockQ4_0]; R], x: &[BlockQ8_0]) -> [f32; 
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_q5_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ5_1, BlockQ8_1>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ5_1, BlockQ8_1>(crate::QuantType::Q5_1, n, w, xq, out)
+    {
         drive_rows!(q5_1_rows, 4, w, x, nb, out);
     }
 }
@@ -292,7 +358,9 @@ fn q5_1_rows<const R: usize>(rows: [&[BlockQ5_1]; R], x: &[BlockQ8_1]) -> [f32; 
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_q5_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ5_0, BlockQ8_0>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ5_0, BlockQ8_0>(crate::QuantType::Q5_0, n, w, xq, out)
+    {
         drive_rows!(q5_0_rows, 4, w, x, nb, out);
     }
 }
@@ -328,7 +396,9 @@ fn q5_0_rows<const R: usize>(rows: [&[BlockQ5_0]; R], x: &[BlockQ8_0]) -> [f32; 
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn mv_q8_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ8_0, BlockQ8_0>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ8_0, BlockQ8_0>(crate::QuantType::Q8_0, n, w, xq, out)
+    {
         drive_rows!(q8_0_rows, 4, w, x, nb, out);
     }
 }
@@ -383,7 +453,7 @@ fn bsum_pairs(xb: &Q8KBytes) -> __m128i {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn mv_q4_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ4K, Q8KBytes>(n, QK_K, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<BlockQ4K, Q8KBytes>(crate::QuantType::Q4K, n, w, xq, out) {
         drive_rows!(q4_k_rows, 2, w, x, nb, out);
     }
 }
@@ -432,7 +502,7 @@ fn q4_k_rows<const R: usize>(rows: [&[BlockQ4K]; R], x: &[Q8KBytes]) -> [f32; R]
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn mv_q5_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ5K, Q8KBytes>(n, QK_K, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<BlockQ5K, Q8KBytes>(crate::QuantType::Q5K, n, w, xq, out) {
         drive_rows!(q5_k_rows, 2, w, x, nb, out);
     }
 }
@@ -489,7 +559,7 @@ fn q5_k_rows<const R: usize>(rows: [&[BlockQ5K]; R], x: &[Q8KBytes]) -> [f32; R]
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn mv_q6_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ6K, Q8KBytes>(n, QK_K, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<BlockQ6K, Q8KBytes>(crate::QuantType::Q6K, n, w, xq, out) {
         drive_rows!(q6_k_rows, 2, w, x, nb, out);
     }
 }
@@ -624,7 +694,7 @@ fn q8_block(xb: &[f32; QK], qs: &mut [i8; QK]) -> (f32, i32) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn quant_q8_0(x: &[f32], out: &mut [u8]) {
-    let nb = quant_blocks(x, out, QK, size_of::<BlockQ8_0>());
+    let nb = quant_blocks(crate::QuantType::Q8_0, x, out);
     let Ok(y) =
         bytemuck::try_cast_slice_mut::<u8, BlockQ8_0>(&mut out[..nb * size_of::<BlockQ8_0>()])
     else {
@@ -638,7 +708,7 @@ pub(super) fn quant_q8_0(x: &[f32], out: &mut [u8]) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn quant_q8_1(x: &[f32], out: &mut [u8]) {
-    let nb = quant_blocks(x, out, QK, size_of::<BlockQ8_1>());
+    let nb = quant_blocks(crate::QuantType::Q8_1, x, out);
     let Ok(y) =
         bytemuck::try_cast_slice_mut::<u8, BlockQ8_1>(&mut out[..nb * size_of::<BlockQ8_1>()])
     else {
@@ -654,7 +724,7 @@ pub(super) fn quant_q8_1(x: &[f32], out: &mut [u8]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn quant_q8_k(x: &[f32], out: &mut [u8]) {
     let ts = size_of::<Q8KBytes>();
-    let nb = quant_blocks(x, out, QK_K, ts);
+    let nb = quant_blocks(crate::QuantType::Q8K, x, out);
     let Ok(y) = bytemuck::try_cast_slice_mut::<u8, Q8KBytes>(&mut out[..nb * ts]) else {
         return;
     };

@@ -25,13 +25,51 @@ use core::arch::x86_64::*;
 
 use super::avx2;
 use super::common::*;
+use crate::{ActRows, Kernels, Tier};
 use crate::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1, F16Bits};
 use crate::{BlockQ5_0, BlockQ5_1};
-use crate::{Kernels, Tier, QK, QK_K};
-use bytemuck::Pod;
-use core::mem::size_of;
 
 mod x2;
+
+/// This tier's batched products: the generic bodies of `super::matmul` instantiated for [`Avx512`].
+mod mm {
+    use super::super::float::{self, F16W, F32W};
+    use super::super::lanes::Avx512;
+    use super::super::matmul;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) fn f32(n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]) {
+        float::matmul::<Avx512, F32W, 4, 6>(Avx512::new(), n, w, x, out)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) fn f16(n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]) {
+        float::matmul::<Avx512, F16W, 4, 6>(Avx512::new(), n, w, x, out)
+    }
+    use crate::{
+        ActRows, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+        BlockQ8_0,
+    };
+
+    macro_rules! mm {
+        ($($name:ident => $f:ident::<$b:ty>;)*) => {$(
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+            pub(super) fn $name(n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]) {
+                matmul::$f::<Avx512, $b>(Avx512::new(), n, w, x, out)
+            }
+        )*};
+    }
+    mm! {
+        q4_0 => legacy::<BlockQ4_0>;
+        q4_1 => legacy::<BlockQ4_1>;
+        q5_0 => legacy::<BlockQ5_0>;
+        q5_1 => legacy::<BlockQ5_1>;
+        q8_0 => legacy::<BlockQ8_0>;
+        q4_k => kquant::<BlockQ4K>;
+        q5_k => kquant::<BlockQ5K>;
+        q6_k => kquant::<BlockQ6K>;
+    }
+}
 pub(crate) use x2::FUSED2;
 
 /// This tier's table, if the CPU has AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C.
@@ -87,6 +125,16 @@ static TABLE: Kernels = Kernels {
     quantize_q8_0,
     quantize_q8_1,
     quantize_q8_k,
+    matmul_f32: Some(matmul_f32),
+    matmul_f16: Some(matmul_f16),
+    matmul_q4_0: Some(matmul_q4_0),
+    matmul_q4_1: Some(matmul_q4_1),
+    matmul_q5_0: Some(matmul_q5_0),
+    matmul_q5_1: Some(matmul_q5_1),
+    matmul_q8_0: Some(matmul_q8_0),
+    matmul_q4_k: Some(matmul_q4_k),
+    matmul_q5_k: Some(matmul_q5_k),
+    matmul_q6_k: Some(matmul_q6_k),
     dot_f32,
     axpy_f32,
     ..crate::scalar::TABLE
@@ -105,6 +153,16 @@ macro_rules! entries {
 }
 
 entries! {
+    matmul_f32 => mm::f32[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_f16 => mm::f16[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q4_0 => mm::q4_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q4_1 => mm::q4_1[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q5_0 => mm::q5_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q5_1 => mm::q5_1[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q8_0 => mm::q8_0[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q4_k => mm::q4_k[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q5_k => mm::q5_k[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
+    matmul_q6_k => mm::q6_k[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
     matvec_f32 => mv_f32[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_f16 => mv_f16[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q4_0 => mv_q4_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
@@ -128,30 +186,6 @@ entries! {
     quantize_q8_k => avx2::quant_q8_k[x: &[f32], out: &mut [u8]];
     dot_f32 => dot[a: &[f32], b: &[f32]] -> f32;
     axpy_f32 => axpy[a: f32, x: &[f32], y: &mut [f32]];
-}
-
-/// 64 bytes at byte offset `OFF` of `a`.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn ld512<const OFF: usize, T: Pod>(a: &T) -> __m512i {
-    const { assert!(OFF + 64 <= size_of::<T>()) };
-    // SAFETY: the compile-time assertion keeps bytes OFF..OFF+64 inside `*a`; unaligned load.
-    unsafe { _mm512_loadu_si512((a as *const T).cast::<u8>().add(OFF).cast()) }
-}
-
-/// 16 f32 (little-endian bytes, any alignment) at byte offset `OFF` of `a`.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn ldps16<const OFF: usize, T: Pod>(a: &T) -> __m512 {
-    _mm512_castsi512_ps(ld512::<OFF, T>(a))
-}
-
-/// Stores 16 f32 into `a`.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn stps16(a: &mut [f32; 16], v: __m512) {
-    // SAFETY: `a` is 64 writable bytes; unaligned store.
-    unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) }
 }
 
 /// The 512-bit `[a.lo, b.lo, a.hi, b.hi]` (128-bit lanes) of two 256-bit vectors: the order of the
@@ -210,7 +244,7 @@ fn spread2(v: __m128, a: i32, b: i32) -> __m512 {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_f32(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<[u8; 4], [u8; 4]>(n, 1, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<[u8; 4], [u8; 4]>(crate::QuantType::F32, n, w, xq, out) {
         drive_rows!(f32_rows, 4, w, x, nb, out);
     }
 }
@@ -240,7 +274,7 @@ fn f32_rows<const R: usize>(rows: [&[[u8; 4]]; R], x: &[[u8; 4]]) -> [f32; R] {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_f16(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<F16Bits, [u8; 4]>(n, 1, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<F16Bits, [u8; 4]>(crate::QuantType::F16, n, w, xq, out) {
         drive_rows!(f16_rows, 4, w, x, nb, out);
     }
 }
@@ -275,7 +309,9 @@ fn f16_rows<const R: usize>(rows: [&[F16Bits]; R], x: &[[u8; 4]]) -> [f32; R] {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q4_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ4_1, BlockQ8_1>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ4_1, BlockQ8_1>(crate::QuantType::Q4_1, n, w, xq, out)
+    {
         drive_rows!(q4_1_rows, 4, w, x, nb, out);
     }
 }
@@ -327,7 +363,9 @@ fn q4_1_rows<const R: usize>(rows: [&[BlockQ4_1]; R], x: &[BlockQ8_1]) -> [f32; 
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q4_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ4_0, BlockQ8_0>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ4_0, BlockQ8_0>(crate::QuantType::Q4_0, n, w, xq, out)
+    {
         drive_rows!(q4_0_rows, 4, w, x, nb, out);
     }
 }
@@ -374,7 +412,9 @@ fn q4_0_rows<const R: usize>(rows: [&[BlockQ4_0]; R], x: &[BlockQ8_0]) -> [f32; 
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q5_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ5_1, BlockQ8_1>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ5_1, BlockQ8_1>(crate::QuantType::Q5_1, n, w, xq, out)
+    {
         drive_rows!(q5_1_rows, 4, w, x, nb, out);
     }
 }
@@ -425,7 +465,9 @@ fn q5_1_rows<const R: usize>(rows: [&[BlockQ5_1]; R], x: &[BlockQ8_1]) -> [f32; 
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q5_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ5_0, BlockQ8_0>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ5_0, BlockQ8_0>(crate::QuantType::Q5_0, n, w, xq, out)
+    {
         drive_rows!(q5_0_rows, 4, w, x, nb, out);
     }
 }
@@ -473,7 +515,9 @@ fn q5_0_rows<const R: usize>(rows: [&[BlockQ5_0]; R], x: &[BlockQ8_0]) -> [f32; 
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q8_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ8_0, BlockQ8_0>(n, QK, w, xq, out) {
+    if let Some((w, x, nb)) =
+        geometry::<BlockQ8_0, BlockQ8_0>(crate::QuantType::Q8_0, n, w, xq, out)
+    {
         drive_rows!(q8_0_rows, 4, w, x, nb, out);
     }
 }
@@ -554,7 +598,7 @@ fn scales_x4(sc: u64) -> __m512i {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q4_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ4K, Q8KBytes>(n, QK_K, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<BlockQ4K, Q8KBytes>(crate::QuantType::Q4K, n, w, xq, out) {
         drive_rows!(q4_k_rows, 2, w, x, nb, out);
     }
 }
@@ -617,7 +661,7 @@ fn q4_k_rows<const R: usize>(rows: [&[BlockQ4K]; R], x: &[Q8KBytes]) -> [f32; R]
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q5_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ5K, Q8KBytes>(n, QK_K, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<BlockQ5K, Q8KBytes>(crate::QuantType::Q5K, n, w, xq, out) {
         drive_rows!(q5_k_rows, 2, w, x, nb, out);
     }
 }
@@ -678,7 +722,7 @@ fn q5_k_rows<const R: usize>(rows: [&[BlockQ5K]; R], x: &[Q8KBytes]) -> [f32; R]
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn mv_q6_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    if let Some((w, x, nb)) = geometry::<BlockQ6K, Q8KBytes>(n, QK_K, w, xq, out) {
+    if let Some((w, x, nb)) = geometry::<BlockQ6K, Q8KBytes>(crate::QuantType::Q6K, n, w, xq, out) {
         drive_rows!(q6_k_rows, 2, w, x, nb, out);
     }
 }

@@ -10,7 +10,7 @@ use bytemuck::{Pod, Zeroable};
 use core::arch::x86_64::*;
 use core::mem::size_of;
 
-use crate::{F16Bits, QK_K};
+use crate::{F16Bits, QuantType, QK_K};
 
 /// A Q8_K block as bytes (alignment 1), so that a `&[u8]` activation at any address can be viewed as
 /// `&[Q8KBytes]`. Same layout as [`crate::BlockQ8K`]: `d` (f32 LE), `qs`, `bsums` (16 × i16 LE).
@@ -25,87 +25,51 @@ pub(super) struct Q8KBytes {
 const _: () = assert!(size_of::<Q8KBytes>() == size_of::<crate::BlockQ8K>());
 const _: () = assert!(core::mem::align_of::<Q8KBytes>() == 1);
 
-/// Checks the lengths of a `MatVec` call exactly like the scalar tier: for `n == 0` writes zeros to
-/// `out`; when `n` is not a multiple of `bs` or `w`/`xq` are too short, flags it in debug builds and
-/// writes NaN to `out` (release builds never panic). Otherwise returns the weight rows (the first
-/// `out.len() * n/bs` blocks of `W`, `n/bs` per row), the activation blocks and `n/bs`.
+/// The crate's `MatVec` shape check ([`crate::check_matvec`], shared by every tier) for weights of
+/// type `ty` viewed as blocks `W` and activations as blocks `X`: the weight rows (the first
+/// `out.len() * nb` blocks, `nb` per row), the activation blocks and `nb`; or `None` after writing
+/// zeros (`n == 0`) or NaN (inconsistent lengths) to `out`.
 #[inline]
 pub(super) fn geometry<'a, W: Pod, X: Pod>(
+    ty: QuantType,
     n: usize,
-    bs: usize,
     w: &'a [u8],
     xq: &'a [u8],
     out: &mut [f32],
 ) -> Option<(&'a [W], &'a [X], usize)> {
-    if n == 0 {
-        out.fill(0.0);
-        return None;
-    }
-    let ok = (|| {
-        if !n.is_multiple_of(bs) {
-            return None;
-        }
-        let nb = n / bs;
-        let wlen = nb.checked_mul(size_of::<W>())?.checked_mul(out.len())?;
-        let xlen = nb.checked_mul(size_of::<X>())?;
-        let w = bytemuck::try_cast_slice::<u8, W>(w.get(..wlen)?).ok()?;
-        let x = bytemuck::try_cast_slice::<u8, X>(xq.get(..xlen)?).ok()?;
-        Some((w, x, nb))
-    })();
-    debug_assert!(
-        ok.is_some(),
-        "matvec: inconsistent lengths (n={n}, w={} bytes, xq={} bytes, rows={})",
-        w.len(),
-        xq.len(),
-        out.len()
-    );
-    if ok.is_none() {
-        out.fill(f32::NAN);
-    }
-    ok
+    let s = crate::check_matvec(ty, n, w, xq, None, out)?;
+    Some((
+        bytemuck::cast_slice(&w[..s.row_bytes * out.len()]),
+        bytemuck::cast_slice(&xq[..s.act_bytes]),
+        s.nb,
+    ))
 }
 
-/// [`geometry`] for a `MatVec2` call: both activations must hold `n` elements; returns the weight
-/// rows, the two activations' blocks and `n/bs` (or `None` after writing zeros / NaN to `out`).
+/// [`geometry`] for a `MatVec2` call: also the second activation's blocks.
 #[inline]
 #[allow(clippy::type_complexity)]
 pub(super) fn geometry2<'a, W: Pod, X: Pod>(
+    ty: QuantType,
     n: usize,
-    bs: usize,
     w: &'a [u8],
     xq: &'a [u8],
     xr: &'a [u8],
     out: &mut [f32],
 ) -> Option<(&'a [W], &'a [X], &'a [X], usize)> {
-    let (w, x, nb) = geometry::<W, X>(n, bs, w, xq, out)?;
-    let z = nb
-        .checked_mul(size_of::<X>())
-        .and_then(|l| bytemuck::try_cast_slice::<u8, X>(xr.get(..l)?).ok());
-    debug_assert!(
-        z.is_some(),
-        "matvec2: second activation too short (n={n}, xr={} bytes)",
-        xr.len()
-    );
-    match z {
-        Some(z) => Some((w, x, z, nb)),
-        None => {
-            out.fill(f32::NAN);
-            None
-        }
-    }
+    let s = crate::check_matvec(ty, n, w, xq, Some(xr), out)?;
+    Some((
+        bytemuck::cast_slice(&w[..s.row_bytes * out.len()]),
+        bytemuck::cast_slice(&xq[..s.act_bytes]),
+        bytemuck::cast_slice(&xr[..s.act_bytes]),
+        s.nb,
+    ))
 }
 
-/// Number of whole blocks of `bs` elements (`ts` bytes each) that both `x` and `out` hold, as the
-/// scalar quantizers compute it.
+/// Number of whole blocks of the activation type `vt` that both `x` and `out` hold
+/// ([`crate::quantize_blocks`], shared by every tier).
 #[inline]
-pub(super) fn quant_blocks(x: &[f32], out: &[u8], bs: usize, ts: usize) -> usize {
-    debug_assert!(
-        x.len().is_multiple_of(bs),
-        "quantize: {} elements is not a multiple of {bs}",
-        x.len()
-    );
-    debug_assert!(out.len() >= x.len() / bs * ts, "quantize: output too short");
-    (x.len() / bs).min(out.len() / ts)
+pub(super) fn quant_blocks(vt: QuantType, x: &[f32], out: &[u8]) -> usize {
+    crate::quantize_blocks(vt, x, out.len())
 }
 
 /// 16 bytes at byte offset `OFF` of `a`.
@@ -125,6 +89,30 @@ pub(super) fn ld256<const OFF: usize, T: Pod>(a: &T) -> __m256i {
     const { assert!(OFF + 32 <= size_of::<T>()) };
     // SAFETY: the compile-time assertion keeps bytes OFF..OFF+32 inside `*a`; unaligned load.
     unsafe { _mm256_loadu_si256((a as *const T).cast::<u8>().add(OFF).cast()) }
+}
+
+/// 64 bytes at byte offset `OFF` of `a`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn ld512<const OFF: usize, T: Pod>(a: &T) -> __m512i {
+    const { assert!(OFF + 64 <= size_of::<T>()) };
+    // SAFETY: the compile-time assertion keeps bytes OFF..OFF+64 inside `*a`; unaligned load.
+    unsafe { _mm512_loadu_si512((a as *const T).cast::<u8>().add(OFF).cast()) }
+}
+
+/// 16 f32 (little-endian bytes, any alignment) at byte offset `OFF` of `a`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn ldps16<const OFF: usize, T: Pod>(a: &T) -> __m512 {
+    _mm512_castsi512_ps(ld512::<OFF, T>(a))
+}
+
+/// Stores 16 f32 into `a`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn stps16(a: &mut [f32; 16], v: __m512) {
+    // SAFETY: `a` is 64 writable bytes; unaligned store.
+    unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) }
 }
 
 /// 8 f32 (little-endian bytes, any alignment) at byte offset `OFF` of `a`.

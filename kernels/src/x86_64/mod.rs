@@ -2,4 +2,8 @@
 pub mod avx2;
 pub mod avx512;
 mod common;
+mod float;
+mod lanes;
 pub mod lora;
+mod matmul;
+mod wtypes;

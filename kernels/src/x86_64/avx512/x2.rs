@@ -12,7 +12,7 @@ use core::arch::x86_64::*;
 use super::super::common::*;
 use super::{interleave2, ld512, nibbles2, q5x1, q5x2, scales_x4, word_ctl};
 use crate::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K};
-use crate::{BlockQ8_0, BlockQ8_1, F16Bits, QuantType, QK, QK_K};
+use crate::{BlockQ8_0, BlockQ8_1, F16Bits, QuantType};
 use bytemuck::Pod;
 
 /// The (type, tier) pairs of this tier whose `MatVec2` is fused (see [`crate::Kernels::matvec2_fused`]).
@@ -33,56 +33,72 @@ pub(crate) const FUSED2: &[QuantType] = &[
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) fn mv2_q4_0(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
-    if let Some((w, x, z, nb)) = geometry2::<BlockQ4_0, BlockQ8_0>(n, QK, w, xq, xr, out) {
+    if let Some((w, x, z, nb)) =
+        geometry2::<BlockQ4_0, BlockQ8_0>(crate::QuantType::Q4_0, n, w, xq, xr, out)
+    {
         drive_rows2!(q4_0_rows2, 4, w, x, z, nb, out);
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) fn mv2_q5_0(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
-    if let Some((w, x, z, nb)) = geometry2::<BlockQ5_0, BlockQ8_0>(n, QK, w, xq, xr, out) {
+    if let Some((w, x, z, nb)) =
+        geometry2::<BlockQ5_0, BlockQ8_0>(crate::QuantType::Q5_0, n, w, xq, xr, out)
+    {
         drive_rows2!(q5_0_rows2, 4, w, x, z, nb, out);
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) fn mv2_q8_0(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
-    if let Some((w, x, z, nb)) = geometry2::<BlockQ8_0, BlockQ8_0>(n, QK, w, xq, xr, out) {
+    if let Some((w, x, z, nb)) =
+        geometry2::<BlockQ8_0, BlockQ8_0>(crate::QuantType::Q8_0, n, w, xq, xr, out)
+    {
         drive_rows2!(q8_0_rows2, 4, w, x, z, nb, out);
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) fn mv2_q4_1(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
-    if let Some((w, x, z, nb)) = geometry2::<BlockQ4_1, BlockQ8_1>(n, QK, w, xq, xr, out) {
+    if let Some((w, x, z, nb)) =
+        geometry2::<BlockQ4_1, BlockQ8_1>(crate::QuantType::Q4_1, n, w, xq, xr, out)
+    {
         drive_rows2!(q4_1_rows2, 4, w, x, z, nb, out);
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) fn mv2_q5_1(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
-    if let Some((w, x, z, nb)) = geometry2::<BlockQ5_1, BlockQ8_1>(n, QK, w, xq, xr, out) {
+    if let Some((w, x, z, nb)) =
+        geometry2::<BlockQ5_1, BlockQ8_1>(crate::QuantType::Q5_1, n, w, xq, xr, out)
+    {
         drive_rows2!(q5_1_rows2, 4, w, x, z, nb, out);
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) fn mv2_q4_k(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
-    if let Some((w, x, z, nb)) = geometry2::<BlockQ4K, Q8KBytes>(n, QK_K, w, xq, xr, out) {
+    if let Some((w, x, z, nb)) =
+        geometry2::<BlockQ4K, Q8KBytes>(crate::QuantType::Q4K, n, w, xq, xr, out)
+    {
         drive_rows2!(q4_k_rows2, 2, w, x, z, nb, out);
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) fn mv2_q5_k(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
-    if let Some((w, x, z, nb)) = geometry2::<BlockQ5K, Q8KBytes>(n, QK_K, w, xq, xr, out) {
+    if let Some((w, x, z, nb)) =
+        geometry2::<BlockQ5K, Q8KBytes>(crate::QuantType::Q5K, n, w, xq, xr, out)
+    {
         drive_rows2!(q5_k_rows2, 2, w, x, z, nb, out);
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) fn mv2_q6_k(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
-    if let Some((w, x, z, nb)) = geometry2::<BlockQ6K, Q8KBytes>(n, QK_K, w, xq, xr, out) {
+    if let Some((w, x, z, nb)) =
+        geometry2::<BlockQ6K, Q8KBytes>(crate::QuantType::Q6K, n, w, xq, xr, out)
+    {
         drive_rows2!(q6_k_rows2, 2, w, x, z, nb, out);
     }
 }

@@ -1,0 +1,378 @@
+//! Batched products ([`crate::MatMul`]) of the quantized types, one generic body per type family
+//! for both x86 tiers ([`Lanes`]).
+//!
+//! Layout: rows in lanes. A tile is `N` weight rows (8 on AVX2, 16 on AVX-512). For each
+//! 32-element block (K-quants: sub-block) the tile's quants are unpacked once and transposed
+//! ([`Lanes::tile`]) so that vector `s` holds bytes `4s..4s+4` of every row; each token's
+//! activation block then costs 8 broadcast dwords against those 8 vectors (`vpdpbusd`, or
+//! `vpmaddubsw` pairs summed in i16), one conversion and one FMA with the `N` rows' scales, and the
+//! result is the `N` outputs of that token, contiguous in `out`. Nothing is copied: the weights are
+//! read in place, the activations are broadcast straight from the caller's rows.
+//!
+//! - Symmetric types (Q4_0, Q5_0, Q8_0: value `u − off`): `Σ (u − off)·y = Σ u·y − off·Σ y`, with
+//!   `off·Σ y` from a per-(token, block) header computed once per call chunk and shared by every
+//!   row tile.
+//! - Q4_1 / Q5_1 (value `d·u + m`): the minimum meets the activation block sum `s`: one more FMA
+//!   per token and block with the rows' minima.
+//! - `q8x2` (a residual row): the residual's scale is exactly the main scale / 256 (what
+//!   [`crate::Quantize2`] writes), so for the 32-element types `256·Σ u·q + Σ u·r` is one exact
+//!   i32 (at most 2^29) with one conversion and one FMA; the K-quants (whose sums would not fit)
+//!   keep two i32 sums and each block's own scales.
+//! - K-quants: each sub-block's integer sum is multiplied by its rows' scales in the integer unit
+//!   (`vpmaddwd` on AVX2, `vpmulld` on AVX-512), the mins (Q4_K/Q5_K) and Q6_K's `−32` offset meet
+//!   the activation's 16-element sums (`bsums`) through one more pairwise product.
+//!
+//! Tokens are processed in passes of [`TS`]; the header for the symmetric and min types is built
+//! per [`KC`] blocks. `out` is the accumulator (zeroed first).
+use core::mem::size_of;
+
+use super::common::Q8KBytes;
+use super::lanes::Lanes;
+use super::wtypes::*;
+use crate::{ActRows, QK, QK_K};
+
+/// Tokens per pass: every weight tile is unpacked once per pass and used for this many tokens.
+const TS: usize = 64;
+/// Blocks per header chunk (32-element types).
+const KC: usize = 32;
+
+/// One (token, block) of the activation header: `scale` = the activation's f32 scale (over 256
+/// with a residual), `corr` = `−off·Σ y` (symmetric types; `−off·(256·Σ q + Σ r)` with a residual),
+/// `s` = the block sum `s` (min types; `s_q + s_r` with a residual).
+#[derive(Clone, Copy, Default)]
+struct Hdr {
+    scale: f32,
+    corr: i32,
+    s: f32,
+}
+
+/// The activation block of type `A` at byte offset `off` of `q`.
+#[inline(always)]
+fn act<A: bytemuck::Pod>(q: &[u8], off: usize) -> &A {
+    bytemuck::from_bytes(&q[off..off + size_of::<A>()])
+}
+
+/// Byte offset of block `b` of token `tok`'s activation row.
+#[inline(always)]
+fn act_off<A>(x: &ActRows<'_>, tok: usize, b: usize) -> usize {
+    tok * x.stride + b * size_of::<A>()
+}
+
+/// `out[off..off + nr] += v[..nr]` (a whole tile, or the first `nr` lanes of a partial one).
+#[inline(always)]
+fn add_out<L: Lanes>(l: L, out: &mut [f32], off: usize, nr: usize, v: L::F) {
+    if nr == L::N {
+        l.add_to(&mut out[off..off + L::N], v);
+    } else {
+        let mut t = [0f32; 16];
+        t[..nr].copy_from_slice(&out[off..off + nr]);
+        l.add_to(&mut t[..L::N], v);
+        out[off..off + nr].copy_from_slice(&t[..nr]);
+    }
+}
+
+/// The rows of one tile: `N` rows from `i0` (`nr` of them real, the rest read as zero blocks).
+struct Tile<'a, B> {
+    w: &'a [B],
+    nb: usize,
+    i0: usize,
+    nr: usize,
+    zero: B,
+}
+
+impl<B> Tile<'_, B> {
+    #[inline(always)]
+    fn blk(&self, i: usize, b: usize) -> &B {
+        if i < self.nr {
+            &self.w[(self.i0 + i) * self.nb + b]
+        } else {
+            &self.zero
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+// ---------------------------------------------------------------------------------------------------
+
+/// The header entry of token `tok`, block `b`.
+#[inline(always)]
+fn header<L: Lanes, B: Legacy>(l: L, x: &ActRows<'_>, tok: usize, b: usize) -> Hdr {
+    let off = act_off::<B::Act>(x, tok, b);
+    let y: &B::Act = act(x.q, off);
+    let a = l.avx2();
+    let sum = |y: &B::Act| if B::MIN { 0 } else { l.sum_i8(y.qs()) };
+    match x.r {
+        None => Hdr {
+            scale: a.h2f(y.d()),
+            corr: -B::OFF * sum(y),
+            s: if B::MIN { a.h2f(y.s()) } else { 0.0 },
+        },
+        Some(r) => {
+            let z: &B::Act = act(r, off);
+            Hdr {
+                scale: a.h2f(y.d()) / 256.0,
+                corr: -B::OFF * (256 * sum(y) + sum(z)),
+                s: if B::MIN {
+                    a.h2f(y.s()) + a.h2f(z.s())
+                } else {
+                    0.0
+                },
+            }
+        }
+    }
+}
+
+/// [`crate::MatMul`] for a 32-element block type `B` (shapes already checked by
+/// [`crate::Kernels::matmul`]).
+#[inline(always)]
+pub(super) fn legacy<L: Lanes, B: Legacy>(
+    l: L,
+    n: usize,
+    w: &[u8],
+    x: ActRows<'_>,
+    out: &mut [f32],
+) {
+    let nb = n / QK;
+    let rows = out.len() / x.n_tok;
+    let w: &[B] = bytemuck::cast_slice(&w[..rows * nb * size_of::<B>()]);
+    out.fill(0.0);
+    let mut hdr = [[Hdr::default(); TS]; KC];
+    for tok0 in (0..x.n_tok).step_by(TS) {
+        let ts = TS.min(x.n_tok - tok0);
+        for kc0 in (0..nb).step_by(KC) {
+            let kc = KC.min(nb - kc0);
+            for (j, h) in hdr[..kc].iter_mut().enumerate() {
+                for (t, e) in h[..ts].iter_mut().enumerate() {
+                    *e = header::<L, B>(l, &x, tok0 + t, kc0 + j);
+                }
+            }
+            for i0 in (0..rows).step_by(L::N) {
+                let tile = Tile {
+                    w,
+                    nb,
+                    i0,
+                    nr: L::N.min(rows - i0),
+                    zero: B::zero(),
+                };
+                for (j, h) in hdr[..kc].iter().enumerate() {
+                    legacy_block(l, &tile, kc0 + j, &x, tok0, &h[..ts], rows, out);
+                }
+            }
+        }
+    }
+}
+
+/// The f32 outputs of one token and block: `cvt(acc)·d_w·scale (+ m_w·s)`.
+#[inline(always)]
+fn legacy_finish<L: Lanes, B: Legacy>(l: L, acc: L::I, h: &Hdr, dw: L::F, mw: L::F) -> L::F {
+    let f = l.fmul(l.cvt(acc), l.fmul(dw, l.fsplat(h.scale)));
+    if B::MIN {
+        l.fmadd(mw, l.fsplat(h.s), f)
+    } else {
+        f
+    }
+}
+
+/// One block `b` of one tile against the tokens `tok0..tok0 + hdr.len()`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn legacy_block<L: Lanes, B: Legacy>(
+    l: L,
+    tile: &Tile<'_, B>,
+    b: usize,
+    x: &ActRows<'_>,
+    tok0: usize,
+    hdr: &[Hdr],
+    rows: usize,
+    out: &mut [f32],
+) {
+    let (mut dh, mut mh, mut q) = ([0u16; 16], [0u16; 16], [l.avx2().zero(); 16]);
+    for i in 0..L::N {
+        let blk = tile.blk(i, b);
+        dh[i] = blk.d().bits();
+        mh[i] = blk.m().bits();
+        q[i] = blk.quants(l);
+    }
+    let dw = l.f16s(&dh);
+    let mw = if B::MIN { l.f16s(&mh) } else { l.fzero() };
+    if B::MAXU > 127 {
+        let wt = l.tile8(&q);
+        for (t, h) in hdr.iter().enumerate() {
+            let off = act_off::<B::Act>(x, tok0 + t, b);
+            let y: &B::Act = act(x.q, off);
+            let acc = match x.r {
+                None => l.dot8_q(&wt, y.qs(), h.corr),
+                Some(r) => l.dot8_qr(&wt, y.qs(), act::<B::Act>(r, off).qs(), h.corr),
+            };
+            let f = legacy_finish::<L, B>(l, acc, h, dw, mw);
+            add_out(l, out, (tok0 + t) * rows + tile.i0, tile.nr, f);
+        }
+    } else {
+        let wt = l.tile(&q);
+        for (t, h) in hdr.iter().enumerate() {
+            let off = act_off::<B::Act>(x, tok0 + t, b);
+            let y: &B::Act = act(x.q, off);
+            let acc = match x.r {
+                None => l.dot_q(&wt, y.qs(), h.corr, B::MAXU),
+                Some(r) => l.dot_qr(&wt, y.qs(), act::<B::Act>(r, off).qs(), h.corr, B::MAXU),
+            };
+            let f = legacy_finish::<L, B>(l, acc, h, dw, mw);
+            add_out(l, out, (tok0 + t) * rows + tile.i0, tile.nr, f);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// K-quants: Q4_K, Q5_K, Q6_K
+// ---------------------------------------------------------------------------------------------------
+
+/// Per row tile and super-block: the rows' scales as the dot products want them.
+struct KRows<L: Lanes> {
+    /// `d` of every row.
+    dw: L::F,
+    /// The weight of the bsum term per row: `−dmin` (Q4_K/Q5_K) or `−32·d` (Q6_K).
+    cw: L::F,
+    /// Scale of each group of 16 elements.
+    sc: [L::Sc; 16],
+    /// Pairs of the bsum weights of groups `2p`, `2p + 1` (mins, or Q6_K's scales).
+    cp: [L::I; 8],
+}
+
+#[inline(always)]
+fn k_rows<L: Lanes, B: KQuant>(l: L, tile: &Tile<'_, B>, b: usize) -> KRows<L> {
+    let mut sc = [[0i16; 16]; 16];
+    let mut bw = [[[0i16; 2]; 16]; 8];
+    let mut d = [0u16; 16];
+    let mut c = [0u16; 16];
+    for i in 0..L::N {
+        let blk = tile.blk(i, b);
+        let (s, m) = blk.group_scales();
+        for g in 0..16 {
+            sc[g][i] = s[g];
+            bw[g / 2][i][g % 2] = m[g];
+        }
+        d[i] = blk.d().bits();
+        c[i] = blk.cw().bits();
+    }
+    KRows {
+        dw: l.f16s(&d),
+        cw: l.fmul(l.f16s(&c), l.fsplat(B::CW)),
+        sc: sc.map(|s| l.scales(&s)),
+        cp: bw.map(|p| l.pairs(&p)),
+    }
+}
+
+/// [`crate::MatMul`] for a K-quant type `B`.
+#[inline(always)]
+pub(super) fn kquant<L: Lanes, B: KQuant>(
+    l: L,
+    n: usize,
+    w: &[u8],
+    x: ActRows<'_>,
+    out: &mut [f32],
+) {
+    let nb = n / QK_K;
+    let rows = out.len() / x.n_tok;
+    let w: &[B] = bytemuck::cast_slice(&w[..rows * nb * size_of::<B>()]);
+    out.fill(0.0);
+    for tok0 in (0..x.n_tok).step_by(TS) {
+        let ts = TS.min(x.n_tok - tok0);
+        for i0 in (0..rows).step_by(L::N) {
+            let tile = Tile {
+                w,
+                nb,
+                i0,
+                nr: L::N.min(rows - i0),
+                zero: B::zero(),
+            };
+            for b in 0..nb {
+                k_block(l, &tile, b, &x, tok0, ts, rows, out);
+            }
+        }
+    }
+}
+
+/// Token `tok`'s activation block `b` in the rows `q`.
+#[inline(always)]
+fn k_act<'a>(q: &'a [u8], x: &ActRows<'_>, tok: usize, b: usize) -> &'a Q8KBytes {
+    act(q, act_off::<Q8KBytes>(x, tok, b))
+}
+
+/// `Σ sc·u·y` of sub-block `j` of the tile against the activation block `y`.
+#[inline(always)]
+fn k_dot<L: Lanes, B: KQuant>(
+    l: L,
+    wt: &[L::I; 8],
+    y: &Q8KBytes,
+    j: usize,
+    sc: [L::Sc; 2],
+) -> L::I {
+    let ys: &[[i8; 32]; 8] = bytemuck::cast_ref(&y.qs);
+    if B::ONE_SCALE {
+        l.dot_sc1(wt, &ys[j], sc[0], B::MAXU)
+    } else {
+        l.dot_sc(wt, &ys[j], sc, B::MAXU)
+    }
+}
+
+/// One activation's share of a super-block: `(d·Σ sc·S + cw·Σ bw·bsums)·dy` per row.
+#[inline(always)]
+fn k_part<L: Lanes>(l: L, kr: &KRows<L>, acc: L::I, y: &Q8KBytes) -> L::F {
+    let bs: [u32; 8] = core::array::from_fn(|p| {
+        u32::from_le_bytes([
+            y.bsums[4 * p],
+            y.bsums[4 * p + 1],
+            y.bsums[4 * p + 2],
+            y.bsums[4 * p + 3],
+        ])
+    });
+    let c = l.dot_pairs(&kr.cp, &bs);
+    let f = l.fmadd(l.cvt(c), kr.cw, l.fmul(l.cvt(acc), kr.dw));
+    l.fmul(f, l.fsplat(f32::from_le_bytes(y.d)))
+}
+
+/// One super-block `b` of one tile against the tokens `tok0..tok0 + ts`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn k_block<L: Lanes, B: KQuant>(
+    l: L,
+    tile: &Tile<'_, B>,
+    b: usize,
+    x: &ActRows<'_>,
+    tok0: usize,
+    ts: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    let kr = k_rows::<L, B>(l, tile, b);
+    let mut accq = [l.izero(); TS];
+    let mut accr = [l.izero(); TS];
+    for j in 0..8 {
+        let mut q = [l.avx2().zero(); 16];
+        for (i, q) in q[..L::N].iter_mut().enumerate() {
+            *q = tile.blk(i, b).quants(l, j);
+        }
+        let wt = l.tile(&q);
+        let sc = [kr.sc[2 * j], kr.sc[2 * j + 1]];
+        for t in 0..ts {
+            accq[t] = l.iadd(
+                accq[t],
+                k_dot::<L, B>(l, &wt, k_act(x.q, x, tok0 + t, b), j, sc),
+            );
+            if let Some(r) = x.r {
+                accr[t] = l.iadd(
+                    accr[t],
+                    k_dot::<L, B>(l, &wt, k_act(r, x, tok0 + t, b), j, sc),
+                );
+            }
+        }
+    }
+    for t in 0..ts {
+        let mut f = k_part(l, &kr, accq[t], k_act(x.q, x, tok0 + t, b));
+        if let Some(r) = x.r {
+            f = l.fadd(f, k_part(l, &kr, accr[t], k_act(r, x, tok0 + t, b)));
+        }
+        add_out(l, out, (tok0 + t) * rows + tile.i0, tile.nr, f);
+    }
+}

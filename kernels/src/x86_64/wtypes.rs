@@ -1,0 +1,324 @@
+//! What the generic x86 kernels need to know about each quantized weight type: the activation
+//! block it meets, its quants unpacked to bytes (one 32-element block or sub-block at a time), its
+//! scales, and the integer identity that turns its signed value into an unsigned byte times the
+//! activation (`u − off`, or `d·u + m` for the types with a minimum).
+use core::arch::x86_64::*;
+
+use super::common::*;
+use super::lanes::{simd, Avx2, Lanes};
+use crate::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K};
+use crate::{BlockQ8_0, BlockQ8_1, F16Bits};
+use bytemuck::{Pod, Zeroable};
+
+/// A 32-element activation block (Q8_0 or Q8_1).
+pub(super) trait Act32: Pod {
+    fn qs(&self) -> &[i8; 32];
+    /// The f16 scale `d`.
+    fn d(&self) -> F16Bits;
+    /// Q8_1's f16 block sum `s` (`d·Σq`); zero for Q8_0.
+    fn s(&self) -> F16Bits;
+}
+
+impl Act32 for BlockQ8_0 {
+    #[inline(always)]
+    fn qs(&self) -> &[i8; 32] {
+        &self.qs
+    }
+    #[inline(always)]
+    fn d(&self) -> F16Bits {
+        self.d
+    }
+    #[inline(always)]
+    fn s(&self) -> F16Bits {
+        F16Bits([0, 0])
+    }
+}
+
+impl Act32 for BlockQ8_1 {
+    #[inline(always)]
+    fn qs(&self) -> &[i8; 32] {
+        &self.qs
+    }
+    #[inline(always)]
+    fn d(&self) -> F16Bits {
+        self.d
+    }
+    #[inline(always)]
+    fn s(&self) -> F16Bits {
+        self.s
+    }
+}
+
+/// A 32-element weight block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0). Its value is `d·(u − OFF)` (or
+/// `d·u + m` when `MIN`) with `u` the unsigned quants that [`Legacy::quants`] gives, at most `MAXU`.
+pub(super) trait Legacy: Pod {
+    /// The activation block it is multiplied with.
+    type Act: Act32;
+    const MAXU: u32;
+    const OFF: i32;
+    const MIN: bool;
+    /// The 32 quants `u` in element order.
+    fn quants<L: Lanes>(&self, l: L) -> __m256i;
+    fn d(&self) -> F16Bits;
+    /// The minimum `m` (zero unless `MIN`).
+    fn m(&self) -> F16Bits;
+    #[inline(always)]
+    fn zero() -> Self {
+        Zeroable::zeroed()
+    }
+}
+
+impl Legacy for BlockQ4_0 {
+    type Act = BlockQ8_0;
+    const MAXU: u32 = 15;
+    const OFF: i32 = 8;
+    const MIN: bool = false;
+    #[inline(always)]
+    fn quants<L: Lanes>(&self, l: L) -> __m256i {
+        l.avx2().nibbles(&self.qs)
+    }
+    #[inline(always)]
+    fn d(&self) -> F16Bits {
+        self.d
+    }
+    #[inline(always)]
+    fn m(&self) -> F16Bits {
+        F16Bits([0, 0])
+    }
+}
+
+impl Legacy for BlockQ4_1 {
+    type Act = BlockQ8_1;
+    const MAXU: u32 = 15;
+    const OFF: i32 = 0;
+    const MIN: bool = true;
+    #[inline(always)]
+    fn quants<L: Lanes>(&self, l: L) -> __m256i {
+        l.avx2().nibbles(&self.qs)
+    }
+    #[inline(always)]
+    fn d(&self) -> F16Bits {
+        self.d
+    }
+    #[inline(always)]
+    fn m(&self) -> F16Bits {
+        self.m
+    }
+}
+
+impl Legacy for BlockQ5_0 {
+    type Act = BlockQ8_0;
+    const MAXU: u32 = 31;
+    const OFF: i32 = 16;
+    const MIN: bool = false;
+    #[inline(always)]
+    fn quants<L: Lanes>(&self, l: L) -> __m256i {
+        l.fifth(l.avx2().nibbles(&self.qs), self.qh)
+    }
+    #[inline(always)]
+    fn d(&self) -> F16Bits {
+        self.d
+    }
+    #[inline(always)]
+    fn m(&self) -> F16Bits {
+        F16Bits([0, 0])
+    }
+}
+
+impl Legacy for BlockQ5_1 {
+    type Act = BlockQ8_1;
+    const MAXU: u32 = 31;
+    const OFF: i32 = 0;
+    const MIN: bool = true;
+    #[inline(always)]
+    fn quants<L: Lanes>(&self, l: L) -> __m256i {
+        l.fifth(l.avx2().nibbles(&self.qs), self.qh)
+    }
+    #[inline(always)]
+    fn d(&self) -> F16Bits {
+        self.d
+    }
+    #[inline(always)]
+    fn m(&self) -> F16Bits {
+        self.m
+    }
+}
+
+impl Legacy for BlockQ8_0 {
+    type Act = BlockQ8_0;
+    const MAXU: u32 = 255;
+    const OFF: i32 = 128;
+    const MIN: bool = false;
+    /// `w + 128` (the sign bit flipped).
+    #[inline(always)]
+    fn quants<L: Lanes>(&self, l: L) -> __m256i {
+        l.avx2().flip(&self.qs)
+    }
+    #[inline(always)]
+    fn d(&self) -> F16Bits {
+        self.d
+    }
+    #[inline(always)]
+    fn m(&self) -> F16Bits {
+        F16Bits([0, 0])
+    }
+}
+
+impl Avx2 {
+    /// An f16 value converted (F16C).
+    #[inline(always)]
+    pub(super) fn h2f(self, h: F16Bits) -> f32 {
+        simd! { f16(h) }
+    }
+
+    /// The 32 signed bytes with the sign bit flipped (`w + 128` as unsigned bytes).
+    #[inline(always)]
+    pub(super) fn flip(self, qs: &[i8; 32]) -> __m256i {
+        simd! { _mm256_xor_si256(ld256::<0, _>(qs), _mm256_set1_epi8(-128)) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// K-quants
+// ---------------------------------------------------------------------------------------------------
+
+/// A 256-element K-quant weight block, read as 8 sub-blocks of 32 (each two groups of 16):
+/// value = `d·Σ_g sc_g Σ u·y + CW·cw·Σ_g bw_g·bsum_g` over the 16 groups `g` of the block, with the
+/// activation's 16-element sums `bsum_g`.
+pub(super) trait KQuant: Pod {
+    const MAXU: u32;
+    /// Whether both groups of a sub-block share one scale (Q4_K, Q5_K).
+    const ONE_SCALE: bool;
+    /// The factor of the bsum term: −1 (`−dmin·Σ m·bsum`) or −32 (Q6_K: `−32·d·Σ sc·bsum`).
+    const CW: f32;
+    /// The unsigned quants of sub-block `j` (0..8), in element order.
+    fn quants<L: Lanes>(&self, l: L, j: usize) -> __m256i;
+    fn d(&self) -> F16Bits;
+    /// The f16 weight of the bsum term (`dmin`, or Q6_K's `d`).
+    fn cw(&self) -> F16Bits;
+    /// Per group of 16: the scale `sc_g` and the bsum weight `bw_g`.
+    fn group_scales(&self) -> ([i16; 16], [i16; 16]);
+    #[inline(always)]
+    fn zero() -> Self {
+        Zeroable::zeroed()
+    }
+}
+
+/// Q4_K/Q5_K group scales: sub-block `j`'s 6-bit scale and min on both of its groups.
+#[inline(always)]
+fn k4_groups(scales: &[u8; 12]) -> ([i16; 16], [i16; 16]) {
+    let (sc, mn) = k4_scales(scales);
+    (
+        core::array::from_fn(|g| ((sc >> (8 * (g / 2))) & 0xff) as i16),
+        core::array::from_fn(|g| ((mn >> (8 * (g / 2))) & 0xff) as i16),
+    )
+}
+
+impl KQuant for BlockQ4K {
+    #[inline(always)]
+    fn cw(&self) -> F16Bits {
+        self.dmin
+    }
+    #[inline(always)]
+    fn group_scales(&self) -> ([i16; 16], [i16; 16]) {
+        k4_groups(&self.scales)
+    }
+    const MAXU: u32 = 15;
+    const ONE_SCALE: bool = true;
+    const CW: f32 = -1.0;
+    #[inline(always)]
+    fn quants<L: Lanes>(&self, l: L, j: usize) -> __m256i {
+        let qs: &[[u8; 32]; 4] = bytemuck::cast_ref(&self.qs);
+        l.avx2().nib_half(&qs[j / 2], j % 2 == 1)
+    }
+    #[inline(always)]
+    fn d(&self) -> F16Bits {
+        self.d
+    }
+}
+
+impl KQuant for BlockQ5K {
+    #[inline(always)]
+    fn cw(&self) -> F16Bits {
+        self.dmin
+    }
+    #[inline(always)]
+    fn group_scales(&self) -> ([i16; 16], [i16; 16]) {
+        k4_groups(&self.scales)
+    }
+    const MAXU: u32 = 31;
+    const ONE_SCALE: bool = true;
+    const CW: f32 = -1.0;
+    #[inline(always)]
+    fn quants<L: Lanes>(&self, l: L, j: usize) -> __m256i {
+        let qs: &[[u8; 32]; 4] = bytemuck::cast_ref(&self.qs);
+        let a = l.avx2();
+        a.or16_bit(a.nib_half(&qs[j / 2], j % 2 == 1), &self.qh, j as u32)
+    }
+    #[inline(always)]
+    fn d(&self) -> F16Bits {
+        self.d
+    }
+}
+
+/// Q6_K: sub-block `j` (32 elements) is quarter `j % 4` of half `j / 4`; its quants are 0..64 (value
+/// `q − 32`), its two groups of 16 have the scales `scales[2j]`, `scales[2j + 1]`.
+impl KQuant for BlockQ6K {
+    #[inline(always)]
+    fn cw(&self) -> F16Bits {
+        self.d
+    }
+    #[inline(always)]
+    fn group_scales(&self) -> ([i16; 16], [i16; 16]) {
+        let s: [i16; 16] = core::array::from_fn(|g| self.scales[g] as i16);
+        (s, s)
+    }
+    const MAXU: u32 = 63;
+    const ONE_SCALE: bool = false;
+    const CW: f32 = -32.0;
+    #[inline(always)]
+    fn quants<L: Lanes>(&self, l: L, j: usize) -> __m256i {
+        let ql: &[[u8; 32]; 4] = bytemuck::cast_ref(&self.ql);
+        let qh: &[[u8; 32]; 2] = bytemuck::cast_ref(&self.qh);
+        let (n, p) = (j / 4, j % 4);
+        l.avx2()
+            .q6(&ql[2 * n + p % 2], p >= 2, &qh[n], 2 * p as u32)
+    }
+    #[inline(always)]
+    fn d(&self) -> F16Bits {
+        self.d
+    }
+}
+
+impl Avx2 {
+    /// The low (`hi == false`) or high nibbles of 32 bytes.
+    #[inline(always)]
+    pub(super) fn nib_half(self, q: &[u8; 32], hi: bool) -> __m256i {
+        simd! {
+            let v = ld256::<0, _>(q);
+            let v = if hi { _mm256_srli_epi16::<4>(v) } else { v };
+            _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
+        }
+    }
+
+    /// `v` plus 16 where bit `bit` of the matching byte of `qh` is set.
+    #[inline(always)]
+    pub(super) fn or16_bit(self, v: __m256i, qh: &[u8; 32], bit: u32) -> __m256i {
+        simd! {
+            let h = _mm256_srl_epi16(ld256::<0, _>(qh), _mm_cvtsi32_si128(bit as i32));
+            let h = _mm256_and_si256(h, _mm256_set1_epi8(1));
+            _mm256_or_si256(v, _mm256_slli_epi16::<4>(h))
+        }
+    }
+
+    /// Q6_K quants: the low or high nibbles of `ql` with bits `shift..shift+2` of `qh` on top.
+    #[inline(always)]
+    pub(super) fn q6(self, ql: &[u8; 32], hi: bool, qh: &[u8; 32], shift: u32) -> __m256i {
+        simd! {
+            let l = self.nib_half(ql, hi);
+            let h = _mm256_srl_epi16(ld256::<0, _>(qh), _mm_cvtsi32_si128(shift as i32));
+            let h = _mm256_and_si256(h, _mm256_set1_epi8(3));
+            _mm256_or_si256(l, _mm256_slli_epi16::<4>(h))
+        }
+    }
+}
