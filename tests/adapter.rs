@@ -780,7 +780,6 @@ fn base_info_from_the_real_model() {
             "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
         )
         .to_string(),
-        "/work/models_cache/SmolLM2-135M-Instruct.Q4_1.gguf".to_string(),
     ];
     let Some(p) = candidates
         .iter()

@@ -714,6 +714,63 @@ fn writer_to_file() {
     ));
 }
 
+#[test]
+fn writer_streams_tensors_produced_while_writing() {
+    // The same file, once with every tensor's data given and once with the middle one streamed.
+    let data: Vec<u8> = f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let mut given = GgufWriter::new();
+    given.add("general.alignment", 64u32).unwrap();
+    given
+        .add_tensor("a", &[2], QuantType::F32, f32_bytes(&[7.0, 8.0]))
+        .unwrap();
+    given
+        .add_tensor("b", &[3, 2], QuantType::F32, data.clone())
+        .unwrap();
+    given
+        .add_tensor("c", &[1], QuantType::F32, f32_bytes(&[9.0]))
+        .unwrap();
+    let mut streamed = GgufWriter::new();
+    streamed.add("general.alignment", 64u32).unwrap();
+    streamed
+        .add_tensor("a", &[2], QuantType::F32, f32_bytes(&[7.0, 8.0]))
+        .unwrap();
+    streamed
+        .add_tensor_streamed("b", &[3, 2], QuantType::F32)
+        .unwrap();
+    streamed
+        .add_tensor("c", &[1], QuantType::F32, f32_bytes(&[9.0]))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut asked = Vec::new();
+    let n = streamed
+        .write_streaming(&mut out, |i, w| -> std::io::Result<()> {
+            asked.push(i);
+            // In two pieces, as a producer of row blocks would.
+            std::io::Write::write_all(w, &data[..8])?;
+            std::io::Write::write_all(w, &data[8..])
+        })
+        .unwrap();
+    assert_eq!(asked, vec![1]);
+    assert_eq!(n, out.len() as u64);
+    assert_eq!(out, given.to_bytes());
+    // A producer that writes the wrong number of bytes is an error, as is writing a streamed tensor
+    // without a producer.
+    let short = streamed.write_streaming(&mut Vec::new(), |_, w| {
+        std::io::Write::write_all(w, &data[..8])
+    });
+    assert!(short
+        .unwrap_err()
+        .to_string()
+        .contains("needs 24 bytes, 8 were written"));
+    assert!(streamed.write_to(&mut Vec::new()).is_err());
+    assert!(
+        streamed
+            .add_tensor_streamed("b", &[3, 2], QuantType::F32)
+            .is_err(),
+        "duplicate name"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Typed access on a synthetic file.
 

@@ -414,8 +414,7 @@ fn cli_json_report() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-/// The real model: merged pirate vs the HF+PEFT reference (edge-run's numerics; llama.cpp's on the same
-/// files are in the lead's report).
+/// The real model: merged pirate vs the HF+PEFT reference (edge-run's numerics on the merged files).
 #[test]
 fn smollm2_pirate_merged_vs_hf_peft() {
     let d = tmpdir("smollm2");

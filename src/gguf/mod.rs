@@ -25,7 +25,7 @@ mod writer;
 pub use reader::{
     Gguf, MetaEntry, TensorInfo, DEFAULT_ALIGNMENT, MAX_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_DIMS,
 };
-pub use writer::{GgufWriter, MetaArray, MetaValue};
+pub use writer::{Counted, GgufWriter, MetaArray, MetaValue};
 
 use crate::error::{Error, Result};
 use cursor::Cursor;

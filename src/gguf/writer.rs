@@ -300,7 +300,41 @@ struct PendingTensor<'d> {
     name: String,
     dims: Vec<u64>,
     ty: QuantType,
-    data: Cow<'d, [u8]>,
+    data: Data<'d>,
+}
+
+/// A tensor's bytes: given when added, or produced while the file is written
+/// ([`GgufWriter::add_tensor_streamed`]).
+#[derive(Clone, Debug)]
+enum Data<'d> {
+    Bytes(Cow<'d, [u8]>),
+    Streamed(u64),
+}
+
+impl PendingTensor<'_> {
+    fn len(&self) -> u64 {
+        match &self.data {
+            Data::Bytes(b) => b.len() as u64,
+            Data::Streamed(n) => *n,
+        }
+    }
+}
+
+/// Counts the bytes a streamed tensor's producer writes.
+pub struct Counted<'w, W: Write> {
+    inner: &'w mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Builds a GGUF v3 file: metadata entries and tensors are written in the order they were added;
@@ -359,7 +393,41 @@ impl<'d> GgufWriter<'d> {
         ty: QuantType,
         data: impl Into<Cow<'d, [u8]>>,
     ) -> Result<&mut Self> {
-        let data = data.into();
+        self.push_tensor(name, dims, ty, Data::Bytes(data.into()))
+    }
+
+    /// Add a tensor whose bytes are produced while the file is written: [`GgufWriter::write_streaming`]
+    /// asks its `fill` for them (e.g. weights computed block by block, never all in memory).
+    pub fn add_tensor_streamed(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        ty: QuantType,
+    ) -> Result<&mut Self> {
+        let size = Self::data_size(dims, ty).ok_or_else(|| {
+            bad(format!(
+                "GGUF writer: tensor {name:?} ({} {dims:?}) is too large",
+                ty.name()
+            ))
+        })?;
+        self.push_tensor(name, dims, ty, Data::Streamed(size))
+    }
+
+    /// Bytes of a `ty` tensor of shape `dims` (whose row length is a multiple of the block size).
+    fn data_size(dims: &[u64], ty: QuantType) -> Option<u64> {
+        let bs = ty.block_size() as u64;
+        dims.iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .and_then(|n| (n / bs).checked_mul(ty.type_size() as u64))
+    }
+
+    fn push_tensor(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        ty: QuantType,
+        data: Data<'d>,
+    ) -> Result<&mut Self> {
         if name.is_empty() {
             return Err(bad("GGUF writer: empty tensor name".into()));
         }
@@ -380,16 +448,15 @@ impl<'d> GgufWriter<'d> {
                 ty.name()
             )));
         }
-        let size = dims
-            .iter()
-            .try_fold(1u64, |a, &d| a.checked_mul(d))
-            .and_then(|n| (n / bs).checked_mul(ty.type_size() as u64));
-        if size != Some(data.len() as u64) {
-            return Err(bad(format!(
-                "GGUF writer: tensor {name:?} ({} {dims:?}) needs {size:?} bytes of data, got {}",
-                ty.name(),
-                data.len()
-            )));
+        let size = Self::data_size(dims, ty);
+        if let Data::Bytes(data) = &data {
+            if size != Some(data.len() as u64) {
+                return Err(bad(format!(
+                    "GGUF writer: tensor {name:?} ({} {dims:?}) needs {size:?} bytes of data, got {}",
+                    ty.name(),
+                    data.len()
+                )));
+            }
         }
         self.tensors.push(PendingTensor {
             name: name.to_string(),
@@ -437,7 +504,7 @@ impl<'d> GgufWriter<'d> {
             }
             out.extend_from_slice(&(t.ty as u32).to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
-            let n = t.data.len() as u64;
+            let n = t.len();
             offset += n + Self::pad(n, align);
         }
         let pad = Self::pad(out.len() as u64, align);
@@ -445,31 +512,56 @@ impl<'d> GgufWriter<'d> {
         out
     }
 
-    /// The whole file in memory.
+    /// The whole file in memory (no tensor may be streamed).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let align = self.alignment() as u64;
-        let mut out = self.head();
-        for t in &self.tensors {
-            out.extend_from_slice(&t.data);
-            let pad = Self::pad(t.data.len() as u64, align);
-            out.resize(out.len() + pad as usize, 0);
-        }
+        let mut out = Vec::new();
+        // Writing to a Vec fails only for a streamed tensor, which this writer's users never add here.
+        self.write_to(&mut out)
+            .expect("to_bytes: every tensor has its data");
         out
     }
 
     /// Stream the file to `w` (tensor data is written straight from its slices); returns the bytes
-    /// written.
+    /// written. Fails for a streamed tensor (use [`GgufWriter::write_streaming`]).
     pub fn write_to<W: Write>(&self, w: &mut W) -> std::io::Result<u64> {
+        self.write_streaming(w, |i, _| {
+            Err(std::io::Error::other(format!(
+                "GGUF writer: tensor {i} is streamed; write it with write_streaming"
+            )))
+        })
+    }
+
+    /// Stream the file to `w`; the bytes of the `i`-th tensor added with
+    /// [`GgufWriter::add_tensor_streamed`] come from `fill(i, w)`, which must write exactly the
+    /// tensor's size (checked). Returns the bytes written.
+    pub fn write_streaming<W: Write, E: From<std::io::Error>>(
+        &self,
+        w: &mut W,
+        mut fill: impl FnMut(usize, &mut Counted<'_, W>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<u64, E> {
         let align = self.alignment() as u64;
         let head = self.head();
         w.write_all(&head)?;
         let mut total = head.len() as u64;
         let zeros = vec![0u8; align as usize];
-        for t in &self.tensors {
-            w.write_all(&t.data)?;
-            let pad = Self::pad(t.data.len() as u64, align);
+        for (i, t) in self.tensors.iter().enumerate() {
+            match &t.data {
+                Data::Bytes(b) => w.write_all(b)?,
+                Data::Streamed(n) => {
+                    let mut c = Counted { inner: w, n: 0 };
+                    fill(i, &mut c)?;
+                    if c.n != *n {
+                        return Err(std::io::Error::other(format!(
+                            "GGUF writer: tensor {:?} needs {n} bytes, {} were written",
+                            t.name, c.n
+                        ))
+                        .into());
+                    }
+                }
+            }
+            let pad = Self::pad(t.len(), align);
             w.write_all(&zeros[..pad as usize])?;
-            total += t.data.len() as u64 + pad;
+            total += t.len() + pad;
         }
         Ok(total)
     }
