@@ -247,12 +247,7 @@ struct Patterns {
 }
 
 impl Patterns {
-    fn parse(
-        field: &'static str,
-        cfg_text: &str,
-        cfg: &Map<String, Value>,
-        file: &str,
-    ) -> Result<Patterns> {
+    fn parse(field: &'static str, cfg: &Map<String, Value>, file: &str) -> Result<Patterns> {
         let obj = match cfg.get(field) {
             None | Some(Value::Null) => return Ok(Patterns { items: vec![] }),
             Some(Value::Object(o)) => o,
@@ -265,13 +260,10 @@ impl Patterns {
                 ))
             }
         };
-        // serde_json's map is sorted; PEFT tries the keys in the file's order, so recover it.
-        let order =
-            top_level_object_keys(cfg_text, field).unwrap_or_else(|| obj.keys().cloned().collect());
+        // PEFT tries the keys in the file's order, which serde_json's `preserve_order` keeps.
         let mut items = vec![];
-        for k in order {
-            let v = obj
-                .get(&k)
+        for (k, v) in obj {
+            let v = Some(v)
                 .and_then(Value::as_f64)
                 .filter(|v| v.is_finite() && *v > 0.0)
                 .ok_or_else(|| {
@@ -279,7 +271,7 @@ impl Patterns {
                         file,
                         format!("{field}[{k:?}]"),
                         None,
-                        format!("expected a positive number, found {:?}", obj.get(&k)),
+                        format!("expected a positive number, found {:?}", obj.get(k)),
                     )
                 })?;
             let re = Regex::new(&format!(r"^(?:.*\.)?(?:{k})$")).map_err(|e| {
@@ -290,7 +282,7 @@ impl Patterns {
                     format!("pattern does not compile: {e}"),
                 )
             })?;
-            items.push((k, re, v));
+            items.push((k.clone(), re, v));
         }
         Ok(Patterns { items })
     }
@@ -302,118 +294,6 @@ impl Patterns {
             .find(|(_, re, _)| re.is_match(module).unwrap_or(false))
             .map(|(k, _, v)| (k.as_str(), *v))
     }
-}
-
-/// The keys of the object at top-level member `member` of the JSON text, in file order.
-/// (The text has already been validated by serde_json; returns `None` if anything is unexpected.)
-fn top_level_object_keys(text: &str, member: &str) -> Option<Vec<String>> {
-    let b = text.as_bytes();
-    let mut p = 0;
-    let ws = |p: &mut usize| {
-        while *p < b.len() && b[*p].is_ascii_whitespace() {
-            *p += 1;
-        }
-    };
-    // Skips a string starting at b[p] == '"'; returns the raw span including quotes.
-    fn string_end(b: &[u8], mut p: usize) -> Option<usize> {
-        p += 1;
-        while p < b.len() {
-            match b[p] {
-                b'\\' => p += 2,
-                b'"' => return Some(p + 1),
-                _ => p += 1,
-            }
-        }
-        None
-    }
-    fn value_end(b: &[u8], p: usize) -> Option<usize> {
-        match *b.get(p)? {
-            b'"' => string_end(b, p),
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                let mut q = p;
-                while q < b.len() {
-                    match b[q] {
-                        b'"' => {
-                            q = string_end(b, q)?;
-                            continue;
-                        }
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                return Some(q + 1);
-                            }
-                        }
-                        _ => {}
-                    }
-                    q += 1;
-                }
-                None
-            }
-            _ => {
-                let mut q = p;
-                while q < b.len()
-                    && !matches!(b[q], b',' | b'}' | b']')
-                    && !b[q].is_ascii_whitespace()
-                {
-                    q += 1;
-                }
-                Some(q)
-            }
-        }
-    }
-    // Iterates the members of the object at b[p] == '{', calling f(key_raw, value_start).
-    fn members(b: &[u8], mut p: usize, mut f: impl FnMut(&[u8], usize)) -> Option<()> {
-        let ws = |p: &mut usize| {
-            while *p < b.len() && b[*p].is_ascii_whitespace() {
-                *p += 1;
-            }
-        };
-        if b.get(p) != Some(&b'{') {
-            return None;
-        }
-        p += 1;
-        loop {
-            ws(&mut p);
-            if b.get(p) == Some(&b'}') {
-                return Some(());
-            }
-            let ke = string_end(b, p)?;
-            let key = &b[p..ke];
-            p = ke;
-            ws(&mut p);
-            if b.get(p) != Some(&b':') {
-                return None;
-            }
-            p += 1;
-            ws(&mut p);
-            f(key, p);
-            p = value_end(b, p)?;
-            ws(&mut p);
-            match b.get(p) {
-                Some(b',') => p += 1,
-                Some(b'}') => return Some(()),
-                _ => return None,
-            }
-        }
-    }
-    ws(&mut p);
-    let mut target = None;
-    members(b, p, |k, v| {
-        if serde_json::from_slice::<String>(k).ok().as_deref() == Some(member) {
-            target = Some(v);
-        }
-    })?;
-    let mut keys = vec![];
-    let mut bad = false;
-    members(b, target?, |k, _| {
-        match serde_json::from_slice::<String>(k) {
-            Ok(s) => keys.push(s),
-            Err(_) => bad = true,
-        }
-    })?;
-    (!bad).then_some(keys)
 }
 
 /// Resolves the config and weights paths.
@@ -447,195 +327,41 @@ fn get_usize(cfg: &Map<String, Value>, key: &str, file: &str) -> Result<Option<u
 
 pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     let (cfg_path, st_path) = paths(path)?;
-    let cfg_name = cfg_path.display().to_string();
+    let cfg = Config::read(&cfg_path)?;
     let st_name = st_path.display().to_string();
-    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Io {
-        path: cfg_path.clone(),
-        source: e,
-    })?;
-    let cfg_val: Value = serde_json::from_str(&cfg_text)
-        .map_err(|e| Error::format(&cfg_name, "(json)", None, format!("not valid JSON: {e}")))?;
-    let cfg = cfg_val
-        .as_object()
-        .ok_or_else(|| Error::format(&cfg_name, "(json)", None, "not a JSON object"))?;
-    let mut notes = vec![];
-
-    // --- Field-by-field checks.
-    match cfg.get("peft_type").and_then(Value::as_str) {
-        Some("LORA") => {}
-        other => {
-            return Err(Error::unsupported(
-                &cfg_name,
-                format!("peft_type is {other:?}; only \"LORA\" is supported"),
-            ))
-        }
-    }
-    for &k in REFUSED_UNLESS_DEFAULT {
-        if let Some(v) = cfg.get(k) {
-            if !is_default(v) {
-                return Err(Error::unsupported(
-                    &cfg_name,
-                    format!(
-                        "field `{k}` = {v} changes the computation; edge-run does not implement it"
-                    ),
-                ));
-            }
-        }
-    }
-    match cfg.get("bias") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s == "none" => {}
-        Some(v) => {
-            return Err(Error::unsupported(
-                &cfg_name,
-                format!("field `bias` = {v}: LoRA biases are not supported (only \"none\")"),
-            ))
-        }
-    }
-    if let Some(v) = cfg.get("loftq_config") {
-        if !is_default(v) {
-            return Err(Error::unsupported(
-                &cfg_name,
-                format!(
-                    "field `loftq_config` = {v}: LoftQ adapters need LoftQ's modified base weights"
-                ),
-            ));
-        }
-    }
-    match cfg.get("init_lora_weights") {
-        None | Some(Value::Null) | Some(Value::Bool(_)) => {}
-        Some(Value::String(s)) if matches!(s.as_str(), "gaussian" | "eva" | "orthogonal") => {}
-        Some(v) => {
-            return Err(Error::unsupported(
-                &cfg_name,
-                format!("field `init_lora_weights` = {v}: this initialisation rewrites the base weights (PiSSA/OLoRA/CorDA/LoftQ/LoRA-GA); convert the adapter to a plain LoRA first"),
-            ))
-        }
-    }
-    for (k, v) in cfg {
-        let known = APPLIED.contains(&k.as_str())
-            || REFUSED_UNLESS_DEFAULT.contains(&k.as_str())
-            || INERT.contains(&k.as_str());
-        if !known && !is_default(v) {
-            return Err(Error::unsupported(
-                &cfg_name,
-                format!("unknown field `{k}` = {v}: refusing rather than ignoring it"),
-            ));
-        }
-    }
-    let r = get_usize(cfg, "r", &cfg_name)?.unwrap_or(8);
-    if r == 0 {
-        return Err(Error::format(&cfg_name, "r", None, "rank 0"));
-    }
-    let alpha = match cfg.get("lora_alpha") {
-        None | Some(Value::Null) => 8.0,
-        Some(v) => v.as_f64().filter(|a| a.is_finite()).ok_or_else(|| {
-            Error::format(
-                &cfg_name,
-                "lora_alpha",
-                None,
-                format!("expected a number, found {v}"),
-            )
-        })?,
-    };
-    let rslora = match cfg.get("use_rslora") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => {
-            return Err(Error::format(
-                &cfg_name,
-                "use_rslora",
-                None,
-                format!("expected a bool, found {v}"),
-            ))
-        }
-    };
-    if cfg.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
-        notes.push("fan_in_fan_out: true (no effect on nn.Linear LoRA factors; PEFT resets it for such layers)".to_string());
-    }
-    let ranks = Patterns::parse("rank_pattern", &cfg_text, cfg, &cfg_name)?;
-    let alphas = Patterns::parse("alpha_pattern", &cfg_text, cfg, &cfg_name)?;
-    let targets = Selector::parse(cfg.get("target_modules"), "target_modules", &cfg_name)?;
-    if matches!(targets, Selector::None) {
-        return Err(Error::format(
-            &cfg_name,
-            "target_modules",
-            None,
-            "missing: cannot tell which modules the adapter targets",
-        ));
-    }
-    if let Selector::List(l) = &targets {
-        if let Some(bad) = l.iter().find(|t| !known_leaf(t)) {
-            return Err(Error::unsupported(
-                &cfg_name,
-                format!("target_modules entry {bad:?} is not a module edge-run can adapt (q/k/v/o_proj, gate/up/down_proj, embed_tokens, lm_head)"),
-            ));
-        }
-    }
-    let excludes = Selector::parse(cfg.get("exclude_modules"), "exclude_modules", &cfg_name)?;
-    let layers: Option<Vec<usize>> = match cfg.get("layers_to_transform") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(a)) => Some(
-            a.iter()
-                .map(|x| x.as_u64().map(|x| x as usize))
-                .collect::<Option<_>>()
-                .ok_or_else(|| {
-                    Error::format(
-                        &cfg_name,
-                        "layers_to_transform",
-                        None,
-                        "entries must be non-negative integers",
-                    )
-                })?,
-        ),
-        Some(v) => Some(vec![v.as_u64().ok_or_else(|| {
-            Error::format(
-                &cfg_name,
-                "layers_to_transform",
-                None,
-                format!("expected an integer or a list, found {v}"),
-            )
-        })? as usize]),
-    };
-    match cfg.get("layers_pattern") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s == "layers" => {}
-        Some(Value::Array(a)) if a.iter().any(|x| x.as_str() == Some("layers")) => {}
-        Some(v) if is_default(v) => {}
-        Some(v) => {
-            return Err(Error::unsupported(
-                &cfg_name,
-                format!("layers_pattern = {v}: this model's layers are `model.layers.N`"),
-            ))
-        }
-    }
-    notes.push(format!(
-        "lora_alpha {alpha}, r {r}, use_rslora {rslora}{}{}",
-        if ranks.items.is_empty() {
-            String::new()
-        } else {
-            format!(", rank_pattern {} keys", ranks.items.len())
-        },
-        if alphas.items.is_empty() {
-            String::new()
-        } else {
-            format!(", alpha_pattern {} keys", alphas.items.len())
-        }
-    ));
-
-    // --- Tensors.
     let map = MappedFile::open(&st_path)?;
     let st = safetensors::parse(&map, &st_name)?;
-    struct Pair<'t> {
-        a: Option<&'t safetensors::Tensor>,
-        b: Option<&'t safetensors::Tensor>,
-        embedding: bool,
+    let modules = pair_factors(&st, &st_name)?;
+    let mut tensors = vec![];
+    for (module, pair) in &modules {
+        tensors.push(cfg.lora_tensor(module, pair, base, &map, &st_name)?);
     }
+    let root = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        st_path.clone()
+    };
+    Adapter::new(&root, AdapterFormat::Peft, tensors, cfg.notes)
+}
+
+/// A module's two factors in the safetensors file.
+struct Pair<'t> {
+    a: Option<&'t safetensors::Tensor>,
+    b: Option<&'t safetensors::Tensor>,
+    embedding: bool,
+}
+
+/// Groups the file's tensors by module: `base_model.model.<module>.lora_{A,B}` (or
+/// `lora_embedding_{A,B}`), each factor once.
+fn pair_factors<'t>(
+    st: &'t [safetensors::Tensor],
+    st_name: &str,
+) -> Result<std::collections::BTreeMap<String, Pair<'t>>> {
     let mut modules: std::collections::BTreeMap<String, Pair> = Default::default();
-    for t in &st {
+    for t in st {
         let rest = t.name.strip_prefix("base_model.model.").ok_or_else(|| {
             Error::format(
-                &st_name,
+                st_name,
                 &t.name,
                 None,
                 "tensor name does not start with `base_model.model.` (not a PEFT LoRA checkpoint?)",
@@ -652,7 +378,7 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
             (m, 'B', true)
         } else {
             return Err(Error::unsupported(
-                &st_name,
+                st_name,
                 format!("tensor {:?} is not a LoRA A/B factor (DoRA magnitude, bias or a saved module?)", t.name),
             ));
         };
@@ -663,7 +389,7 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
         });
         if e.embedding != emb {
             return Err(Error::format(
-                &st_name,
+                st_name,
                 &t.name,
                 None,
                 "mixes lora_embedding_* and lora_* factors for one module",
@@ -671,15 +397,117 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
         }
         let slot = if which == 'A' { &mut e.a } else { &mut e.b };
         if slot.replace(t).is_some() {
-            return Err(Error::format(&st_name, &t.name, None, "duplicate factor"));
+            return Err(Error::format(st_name, &t.name, None, "duplicate factor"));
         }
     }
+    Ok(modules)
+}
 
-    let mut tensors = vec![];
-    for (module, pair) in &modules {
+/// `adapter_config.json`, checked and resolved.
+struct Config {
+    /// The file, as errors name it.
+    name: String,
+    r: usize,
+    alpha: f64,
+    rslora: bool,
+    ranks: Patterns,
+    alphas: Patterns,
+    targets: Selector,
+    excludes: Selector,
+    layers: Option<Vec<usize>>,
+    /// For the adapter's summary.
+    notes: Vec<String>,
+}
+
+impl Config {
+    /// Reads the config: every field known and at a value edge-run implements, then the values.
+    fn read(path: &Path) -> Result<Config> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let val: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&name, "(json)", None, format!("not valid JSON: {e}")))?;
+        let cfg = val
+            .as_object()
+            .ok_or_else(|| Error::format(&name, "(json)", None, "not a JSON object"))?;
+        check_fields(cfg, &name)?;
+        let mut notes = vec![];
+        let r = get_usize(cfg, "r", &name)?.unwrap_or(8);
+        if r == 0 {
+            return Err(Error::format(&name, "r", None, "rank 0"));
+        }
+        let alpha = match cfg.get("lora_alpha") {
+            None | Some(Value::Null) => 8.0,
+            Some(v) => v.as_f64().filter(|a| a.is_finite()).ok_or_else(|| {
+                Error::format(
+                    &name,
+                    "lora_alpha",
+                    None,
+                    format!("expected a number, found {v}"),
+                )
+            })?,
+        };
+        let rslora = match cfg.get("use_rslora") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                return Err(Error::format(
+                    &name,
+                    "use_rslora",
+                    None,
+                    format!("expected a bool, found {v}"),
+                ))
+            }
+        };
+        if cfg.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
+            notes.push("fan_in_fan_out: true (no effect on nn.Linear LoRA factors; PEFT resets it for such layers)".to_string());
+        }
+        let ranks = Patterns::parse("rank_pattern", cfg, &name)?;
+        let alphas = Patterns::parse("alpha_pattern", cfg, &name)?;
+        let (targets, excludes) = selectors(cfg, &name)?;
+        let layers = layers(cfg, &name)?;
+        notes.push(format!(
+            "lora_alpha {alpha}, r {r}, use_rslora {rslora}{}{}",
+            if ranks.items.is_empty() {
+                String::new()
+            } else {
+                format!(", rank_pattern {} keys", ranks.items.len())
+            },
+            if alphas.items.is_empty() {
+                String::new()
+            } else {
+                format!(", alpha_pattern {} keys", alphas.items.len())
+            }
+        ));
+        Ok(Config {
+            name,
+            r,
+            alpha,
+            rslora,
+            ranks,
+            alphas,
+            targets,
+            excludes,
+            layers,
+            notes,
+        })
+    }
+
+    /// The LoRA of one module: its GGUF target, selected by the config, shapes matching the base, rank
+    /// and scale from the config, factors read (q/k `B` rows permuted, embedding `A` transposed).
+    fn lora_tensor(
+        &self,
+        module: &str,
+        pair: &Pair<'_>,
+        base: &BaseInfo,
+        map: &Arc<MappedFile>,
+        st_name: &str,
+    ) -> Result<LoraTensor> {
         let (Some(ta), Some(tb)) = (pair.a, pair.b) else {
             return Err(Error::format(
-                &st_name,
+                st_name,
                 module,
                 None,
                 "has only one of the LoRA factors A and B",
@@ -687,7 +515,7 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
         };
         let m = map_module(module, base).ok_or_else(|| {
             Error::unsupported(
-                &st_name,
+                st_name,
                 format!(
                     "module {module:?} has no GGUF counterpart edge-run knows (tensor {:?})",
                     ta.name
@@ -696,120 +524,29 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
         })?;
         if (m.kind == LoraKind::Embedding) != pair.embedding {
             return Err(Error::format(
-                &st_name,
+                st_name,
                 &ta.name,
                 None,
                 "embedding factors on a linear module, or linear factors on the embedding",
             ));
         }
-        // Would PEFT have wrapped this module?
-        if !targets.matches(module, m.is_head) {
-            return Err(Error::format(
-                &cfg_name,
-                "target_modules",
-                None,
-                format!("does not select module {module:?}, which has LoRA tensors in {st_name}"),
-            ));
-        }
-        if excludes.matches(module, m.is_head) {
-            return Err(Error::format(
-                &cfg_name,
-                "exclude_modules",
-                None,
-                format!("excludes module {module:?}, which has LoRA tensors"),
-            ));
-        }
-        if let Some(l) = &layers {
-            if !m.layer.is_some_and(|n| l.contains(&n)) {
-                return Err(Error::format(
-                    &cfg_name,
-                    "layers_to_transform",
-                    None,
-                    format!("does not include module {module:?}, which has LoRA tensors"),
-                ));
-            }
-        }
+        self.check_selected(module, &m, st_name)?;
         if let Some(n) = m.layer {
             if n >= base.n_layer {
                 return Err(Error::format(
-                    &st_name,
+                    st_name,
                     &ta.name,
                     None,
                     format!("layer {n} but the base model has {} layers", base.n_layer),
                 ));
             }
         }
-        // Shapes. Linear: A [r, in], B [out, r]. Embedding: A [r, vocab], B [dim, r].
-        let bad_dims = |t: &safetensors::Tensor| {
-            Error::format(
-                &st_name,
-                format!("{}.shape", t.name),
-                None,
-                format!("{:?} is not 2-D", t.shape),
-            )
-        };
-        if ta.shape.len() != 2 {
-            return Err(bad_dims(ta));
-        }
-        if tb.shape.len() != 2 {
-            return Err(bad_dims(tb));
-        }
-        let (rank, n_in) = (ta.shape[0], ta.shape[1]);
-        let (n_out, rank_b) = (tb.shape[0], tb.shape[1]);
-        if rank != rank_b || rank == 0 {
-            return Err(Error::format(
-                &st_name,
-                format!("{}.shape", tb.name),
-                None,
-                format!(
-                    "rank mismatch: A {:?} has rank {rank}, B {:?} has rank {rank_b}",
-                    ta.shape, tb.shape
-                ),
-            ));
-        }
-        let (ne0, ne1) = base.target_shape(&m.target).ok_or_else(|| {
-            Error::invalid(format!("{st_name}: module {module:?} maps to base tensor {:?}, which the base model does not have", m.target))
-        })?;
-        let want = match m.kind {
-            LoraKind::Linear => (ne0, ne1),
-            LoraKind::Embedding => (ne1, ne0),
-        };
-        if (n_in, n_out) != want {
-            return Err(Error::format(
-                &st_name,
-                format!("{}.shape", ta.name),
-                None,
-                format!(
-                    "shape mismatch: A {:?} / B {:?} give n_in {n_in}, n_out {n_out}, but base tensor {} is {ne0}x{ne1} (ne0 x ne1) so expects n_in {}, n_out {}",
-                    ta.shape, tb.shape, m.target, want.0, want.1
-                ),
-            ));
-        }
-        // Rank and alpha from the config.
-        let (cfg_r, r_src) = match ranks.lookup(module) {
-            Some((k, v)) => (v, format!("rank_pattern[{k:?}]")),
-            None => (r as f64, "r".to_string()),
-        };
-        if cfg_r != rank as f64 {
-            return Err(Error::format(
-                &cfg_name,
-                r_src,
-                None,
-                format!("says rank {cfg_r} for module {module:?} but its tensors have rank {rank}"),
-            ));
-        }
-        let a_mod = alphas.lookup(module).map_or(alpha, |(_, v)| v);
-        let scale = if rslora {
-            a_mod / (rank as f64).sqrt()
-        } else {
-            a_mod / rank as f64
-        } as f32;
-
-        // Data.
+        let (rank, n_in, n_out) = factor_shapes(ta, tb, &m, module, base, st_name)?;
+        let scale = self.scale(module, rank)?;
         let a = load_factor(
-            &map,
+            map,
             ta,
-            &st_name,
+            st_name,
             |v| match m.kind {
                 LoraKind::Linear => Ok(v),
                 LoraKind::Embedding => Ok(transpose(&v, rank, n_in)),
@@ -817,9 +554,9 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
             m.kind == LoraKind::Linear,
         )?;
         let b = load_factor(
-            &map,
+            map,
             tb,
-            &st_name,
+            st_name,
             |v| match m.perm_heads {
                 None => Ok(v),
                 Some(h) => permute_rows(&v, n_out, rank, h).ok_or_else(|| {
@@ -831,7 +568,7 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
             },
             m.perm_heads.is_none(),
         )?;
-        tensors.push(LoraTensor {
+        Ok(LoraTensor {
             target: m.target,
             kind: m.kind,
             rank,
@@ -840,14 +577,254 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
             scale,
             a,
             b,
-        });
+        })
     }
-    let root = if path.is_dir() {
-        path.to_path_buf()
-    } else {
-        st_path.clone()
+
+    /// Would PEFT have wrapped this module? `target_modules` selects it, `exclude_modules` does not,
+    /// `layers_to_transform` includes its layer.
+    fn check_selected(&self, module: &str, m: &Mapped, st_name: &str) -> Result<()> {
+        let cfg_name = &self.name;
+        if !self.targets.matches(module, m.is_head) {
+            return Err(Error::format(
+                cfg_name,
+                "target_modules",
+                None,
+                format!("does not select module {module:?}, which has LoRA tensors in {st_name}"),
+            ));
+        }
+        if self.excludes.matches(module, m.is_head) {
+            return Err(Error::format(
+                cfg_name,
+                "exclude_modules",
+                None,
+                format!("excludes module {module:?}, which has LoRA tensors"),
+            ));
+        }
+        if let Some(l) = &self.layers {
+            if !m.layer.is_some_and(|n| l.contains(&n)) {
+                return Err(Error::format(
+                    cfg_name,
+                    "layers_to_transform",
+                    None,
+                    format!("does not include module {module:?}, which has LoRA tensors"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `alpha/r` (rsLoRA `alpha/√r`) for `module`, after checking its rank against the config's
+    /// (`rank_pattern` first, then `r`); alpha from `alpha_pattern`, else `lora_alpha`.
+    fn scale(&self, module: &str, rank: usize) -> Result<f32> {
+        let (cfg_r, r_src) = match self.ranks.lookup(module) {
+            Some((k, v)) => (v, format!("rank_pattern[{k:?}]")),
+            None => (self.r as f64, "r".to_string()),
+        };
+        if cfg_r != rank as f64 {
+            return Err(Error::format(
+                &self.name,
+                r_src,
+                None,
+                format!("says rank {cfg_r} for module {module:?} but its tensors have rank {rank}"),
+            ));
+        }
+        let a_mod = self.alphas.lookup(module).map_or(self.alpha, |(_, v)| v);
+        Ok(if self.rslora {
+            a_mod / (rank as f64).sqrt()
+        } else {
+            a_mod / rank as f64
+        } as f32)
+    }
+}
+
+/// The fields of the config that must be known and at a value edge-run implements.
+fn check_fields(cfg: &Map<String, Value>, cfg_name: &str) -> Result<()> {
+    match cfg.get("peft_type").and_then(Value::as_str) {
+        Some("LORA") => {}
+        other => {
+            return Err(Error::unsupported(
+                cfg_name,
+                format!("peft_type is {other:?}; only \"LORA\" is supported"),
+            ))
+        }
+    }
+    for &k in REFUSED_UNLESS_DEFAULT {
+        if let Some(v) = cfg.get(k) {
+            if !is_default(v) {
+                return Err(Error::unsupported(
+                    cfg_name,
+                    format!(
+                        "field `{k}` = {v} changes the computation; edge-run does not implement it"
+                    ),
+                ));
+            }
+        }
+    }
+    match cfg.get("bias") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == "none" => {}
+        Some(v) => {
+            return Err(Error::unsupported(
+                cfg_name,
+                format!("field `bias` = {v}: LoRA biases are not supported (only \"none\")"),
+            ))
+        }
+    }
+    if let Some(v) = cfg.get("loftq_config") {
+        if !is_default(v) {
+            return Err(Error::unsupported(
+                cfg_name,
+                format!(
+                    "field `loftq_config` = {v}: LoftQ adapters need LoftQ's modified base weights"
+                ),
+            ));
+        }
+    }
+    match cfg.get("init_lora_weights") {
+        None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+        Some(Value::String(s)) if matches!(s.as_str(), "gaussian" | "eva" | "orthogonal") => {}
+        Some(v) => {
+            return Err(Error::unsupported(
+                cfg_name,
+                format!("field `init_lora_weights` = {v}: this initialisation rewrites the base weights (PiSSA/OLoRA/CorDA/LoftQ/LoRA-GA); convert the adapter to a plain LoRA first"),
+            ))
+        }
+    }
+    for (k, v) in cfg {
+        let known = APPLIED.contains(&k.as_str())
+            || REFUSED_UNLESS_DEFAULT.contains(&k.as_str())
+            || INERT.contains(&k.as_str());
+        if !known && !is_default(v) {
+            return Err(Error::unsupported(
+                cfg_name,
+                format!("unknown field `{k}` = {v}: refusing rather than ignoring it"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `target_modules` (required; list entries must be modules edge-run can adapt) and
+/// `exclude_modules`.
+fn selectors(cfg: &Map<String, Value>, cfg_name: &str) -> Result<(Selector, Selector)> {
+    let targets = Selector::parse(cfg.get("target_modules"), "target_modules", cfg_name)?;
+    if matches!(targets, Selector::None) {
+        return Err(Error::format(
+            cfg_name,
+            "target_modules",
+            None,
+            "missing: cannot tell which modules the adapter targets",
+        ));
+    }
+    if let Selector::List(l) = &targets {
+        if let Some(bad) = l.iter().find(|t| !known_leaf(t)) {
+            return Err(Error::unsupported(
+                cfg_name,
+                format!("target_modules entry {bad:?} is not a module edge-run can adapt (q/k/v/o_proj, gate/up/down_proj, embed_tokens, lm_head)"),
+            ));
+        }
+    }
+    let excludes = Selector::parse(cfg.get("exclude_modules"), "exclude_modules", cfg_name)?;
+    Ok((targets, excludes))
+}
+
+/// `layers_to_transform` (an integer or a list), with `layers_pattern` naming this model's layers.
+fn layers(cfg: &Map<String, Value>, cfg_name: &str) -> Result<Option<Vec<usize>>> {
+    let layers: Option<Vec<usize>> = match cfg.get("layers_to_transform") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .map(|x| x.as_u64().map(|x| x as usize))
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    Error::format(
+                        cfg_name,
+                        "layers_to_transform",
+                        None,
+                        "entries must be non-negative integers",
+                    )
+                })?,
+        ),
+        Some(v) => Some(vec![v.as_u64().ok_or_else(|| {
+            Error::format(
+                cfg_name,
+                "layers_to_transform",
+                None,
+                format!("expected an integer or a list, found {v}"),
+            )
+        })? as usize]),
     };
-    Adapter::new(&root, AdapterFormat::Peft, tensors, notes)
+    match cfg.get("layers_pattern") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == "layers" => {}
+        Some(Value::Array(a)) if a.iter().any(|x| x.as_str() == Some("layers")) => {}
+        Some(v) if is_default(v) => {}
+        Some(v) => {
+            return Err(Error::unsupported(
+                cfg_name,
+                format!("layers_pattern = {v}: this model's layers are `model.layers.N`"),
+            ))
+        }
+    }
+    Ok(layers)
+}
+
+/// Rank, `n_in` and `n_out` of a module's factors, checked: both 2-D, one rank, and the base
+/// tensor's shape. Linear: A [r, in], B [out, r]. Embedding: A [r, vocab], B [dim, r].
+fn factor_shapes(
+    ta: &safetensors::Tensor,
+    tb: &safetensors::Tensor,
+    m: &Mapped,
+    module: &str,
+    base: &BaseInfo,
+    st_name: &str,
+) -> Result<(usize, usize, usize)> {
+    let bad_dims = |t: &safetensors::Tensor| {
+        Error::format(
+            st_name,
+            format!("{}.shape", t.name),
+            None,
+            format!("{:?} is not 2-D", t.shape),
+        )
+    };
+    if ta.shape.len() != 2 {
+        return Err(bad_dims(ta));
+    }
+    if tb.shape.len() != 2 {
+        return Err(bad_dims(tb));
+    }
+    let (rank, n_in) = (ta.shape[0], ta.shape[1]);
+    let (n_out, rank_b) = (tb.shape[0], tb.shape[1]);
+    if rank != rank_b || rank == 0 {
+        return Err(Error::format(
+            st_name,
+            format!("{}.shape", tb.name),
+            None,
+            format!(
+                "rank mismatch: A {:?} has rank {rank}, B {:?} has rank {rank_b}",
+                ta.shape, tb.shape
+            ),
+        ));
+    }
+    let (ne0, ne1) = base.target_shape(&m.target).ok_or_else(|| {
+        Error::invalid(format!("{st_name}: module {module:?} maps to base tensor {:?}, which the base model does not have", m.target))
+    })?;
+    let want = match m.kind {
+        LoraKind::Linear => (ne0, ne1),
+        LoraKind::Embedding => (ne1, ne0),
+    };
+    if (n_in, n_out) != want {
+        return Err(Error::format(
+            st_name,
+            format!("{}.shape", ta.name),
+            None,
+            format!(
+                "shape mismatch: A {:?} / B {:?} give n_in {n_in}, n_out {n_out}, but base tensor {} is {ne0}x{ne1} (ne0 x ne1) so expects n_in {}, n_out {}",
+                ta.shape, tb.shape, m.target, want.0, want.1
+            ),
+        ));
+    }
+    Ok((rank, n_in, n_out))
 }
 
 /// Reads one factor as fp16: in place when F16, aligned and `in_place_ok`; otherwise decoded,
@@ -885,23 +862,30 @@ mod tests {
 
     #[test]
     fn pattern_keys_keep_file_order() {
-        let text = r#"{"r": 8, "rank_pattern": {"z\"q": 4, "a": {"x": [1, "}"]}, "m": 2}, "alpha_pattern": {}}"#;
+        let text = r#"{"r": 8, "rank_pattern": {"z\"q": 4, "a": 2, "m": 2}, "alpha_pattern": {}}"#;
+        let v: Value = serde_json::from_str(text).unwrap();
+        let cfg = v.as_object().unwrap();
+        let keys =
+            |p: Patterns| -> Vec<String> { p.items.into_iter().map(|(k, _, _)| k).collect() };
         assert_eq!(
-            top_level_object_keys(text, "rank_pattern").unwrap(),
+            keys(Patterns::parse("rank_pattern", cfg, "cfg").unwrap()),
             vec!["z\"q", "a", "m"]
         );
-        assert_eq!(
-            top_level_object_keys(text, "alpha_pattern").unwrap(),
-            Vec::<String>::new()
-        );
-        assert!(top_level_object_keys(text, "nope").is_none());
+        assert!(keys(Patterns::parse("alpha_pattern", cfg, "cfg").unwrap()).is_empty());
+        assert!(keys(Patterns::parse("nope", cfg, "cfg").unwrap()).is_empty());
+        // A value that is not a positive number names its key.
+        let v: Value = serde_json::from_str(r#"{"rank_pattern": {"q": {"x": [1, "}"]}}}"#).unwrap();
+        let e = Patterns::parse("rank_pattern", v.as_object().unwrap(), "cfg")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("rank_pattern[\"q\"]"), "{e}");
     }
 
     #[test]
     fn pattern_lookup_is_peft_suffix_match_first_wins() {
         let text = r#"{"rank_pattern": {"layers.1.self_attn.q_proj": 4, "q_proj": 16, "k_.*": 2}}"#;
         let v: Value = serde_json::from_str(text).unwrap();
-        let p = Patterns::parse("rank_pattern", text, v.as_object().unwrap(), "cfg").unwrap();
+        let p = Patterns::parse("rank_pattern", v.as_object().unwrap(), "cfg").unwrap();
         assert_eq!(
             p.lookup("model.layers.1.self_attn.q_proj").map(|x| x.1),
             Some(4.0)
@@ -919,7 +903,7 @@ mod tests {
         // Not a suffix: "q_pro" does not match q_proj.
         let text = r#"{"rank_pattern": {"q_pro": 4}}"#;
         let v: Value = serde_json::from_str(text).unwrap();
-        let p = Patterns::parse("rank_pattern", text, v.as_object().unwrap(), "cfg").unwrap();
+        let p = Patterns::parse("rank_pattern", v.as_object().unwrap(), "cfg").unwrap();
         assert_eq!(p.lookup("model.layers.0.self_attn.q_proj"), None);
     }
 }

@@ -214,7 +214,7 @@ mod vs_llama_cpp {
                     o.insert((*k).to_string(), serde_json::json!(x));
                 }
             }
-            v.to_string()
+            crate::tools::sorted_keys(v).to_string()
         }
     }
 

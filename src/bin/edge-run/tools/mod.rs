@@ -17,3 +17,35 @@ pub mod diagnose;
 #[cfg(feature = "ggml")]
 pub mod ggml;
 pub mod merge;
+
+/// `v` with the keys of every object in sorted order: the reports' JSON keeps the form it always had,
+/// whatever order serde_json's maps keep (the crate is built with `preserve_order`).
+pub fn sorted_keys(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sorted_keys(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted_keys).collect()),
+        v => v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sorted_keys_orders_every_object() {
+        let v = serde_json::json!({"b": 1, "a": [{"z": 0, "y": {"d": 1, "c": 2}}]});
+        assert_eq!(
+            super::sorted_keys(v).to_string(),
+            r#"{"a":[{"y":{"c":2,"d":1},"z":0}],"b":1}"#
+        );
+    }
+}

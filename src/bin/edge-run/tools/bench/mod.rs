@@ -614,7 +614,7 @@ impl Report {
                 *v = Value::Null;
             }
         }
-        o.to_string()
+        super::sorted_keys(o).to_string()
     }
 }
 

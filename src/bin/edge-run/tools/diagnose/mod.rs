@@ -816,7 +816,7 @@ impl DiagnoseReport {
             .into_iter()
             .map(|(a, b, mean, max, k)| json!({"a": a, "b": b, "mean": mean, "max": max, "tensors": k}))
             .collect();
-        json!({
+        super::sorted_keys(json!({
             "model": self.model,
             "n_tokens": self.n_tokens,
             "adapters": self.adapters.iter().map(|(n, s)| json!({"name": n, "scale": s})).collect::<Vec<_>>(),
@@ -825,7 +825,7 @@ impl DiagnoseReport {
             "norms": norms,
             "overlaps": overlaps,
             "overlap_summary": summary,
-        })
+        }))
     }
 
     /// An SVG line plot of mean KL vs the base against the number of stacked adapters, with each

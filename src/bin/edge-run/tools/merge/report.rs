@@ -162,7 +162,7 @@ impl MergeReport {
                 })
             })
             .collect();
-        serde_json::json!({
+        super::super::sorted_keys(serde_json::json!({
             "output": self.output.display().to_string(),
             "bytes": self.bytes,
             "adapters": self.adapters,
@@ -175,6 +175,6 @@ impl MergeReport {
             "kept": fin(self.kept()),
             "notes": self.notes,
             "tensors": tensors,
-        })
+        }))
     }
 }
