@@ -19,6 +19,7 @@
 //! [`GgufWriter`] builds files (for tests, fixtures, and adapter conversion).
 
 mod cursor;
+mod parse;
 mod reader;
 mod writer;
 
