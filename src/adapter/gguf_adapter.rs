@@ -9,8 +9,6 @@
 //! `<base tensor>.lora_b` with dims `[r, n_out]` (row-major `n_out × r`); for `token_embd.weight`
 //! llama.cpp's layout is `lora_a` dims `[r, vocab]` (token-major) and `lora_b` dims `[r, width]`.
 //! Types F16 (used in place from the map), F32, BF16 and Q8_0 (converted once to f16).
-use edge_run_kernels::QuantType;
-
 use super::*;
 use crate::gguf::{Gguf, TensorInfo};
 
@@ -18,81 +16,8 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     let name = path.display().to_string();
     let map = MappedFile::open(path)?;
     let g = Gguf::parse_named(&map, &name)?;
-    let ty = g.get_str("general.type")?;
-    if ty != "adapter" {
-        return Err(Error::format(
-            &name,
-            "general.type",
-            None,
-            format!("{ty:?}: not an adapter (expected \"adapter\")"),
-        ));
-    }
-    let at = g.get_str("adapter.type")?;
-    if at != "lora" {
-        return Err(Error::unsupported(
-            &name,
-            format!("adapter.type {at:?} (only \"lora\")"),
-        ));
-    }
-    let arch = g.get_str("general.architecture")?;
-    if arch != base.arch {
-        return Err(Error::invalid(format!(
-            "{name}: general.architecture {arch:?} does not match the base model's {:?}",
-            base.arch
-        )));
-    }
-    let alpha = g.opt_f32("adapter.lora.alpha")?.unwrap_or(0.0);
-    if !alpha.is_finite() || alpha < 0.0 {
-        return Err(Error::format(
-            &name,
-            "adapter.lora.alpha",
-            None,
-            format!("{alpha} is not a finite non-negative number"),
-        ));
-    }
-    for e in g.metadata() {
-        let k = e.key;
-        let ok = k.starts_with("general.") || matches!(k, "adapter.type" | "adapter.lora.alpha");
-        if !ok {
-            return Err(Error::unsupported(
-                &name,
-                format!("metadata key `{k}` is not understood; refusing rather than ignoring it"),
-            ));
-        }
-    }
-
-    // Factors sorted by (target, a before b), so that each target's pair is adjacent and the
-    // tensors come out sorted by target.
-    let mut factors: Vec<(&str, bool, &TensorInfo)> = Vec::with_capacity(g.tensors().len());
-    for t in g.tensors() {
-        let (target, is_b) = if let Some(b) = t.name.strip_suffix(".lora_a") {
-            (b, false)
-        } else if let Some(b) = t.name.strip_suffix(".lora_b") {
-            (b, true)
-        } else {
-            return Err(Error::format(
-                &name,
-                format!("tensor_infos[{:?}]", t.name),
-                None,
-                "not a LoRA factor (name must end in .lora_a / .lora_b)",
-            ));
-        };
-        factors.push((target, is_b, t));
-    }
-    factors.sort_unstable_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
-    // (The GGUF parser already refuses two tensors of one name; kept as a guard.)
-    if let Some(w) = factors
-        .windows(2)
-        .find(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1))
-    {
-        return Err(Error::format(
-            &name,
-            format!("tensor_infos[{:?}]", w[1].2.name),
-            None,
-            "duplicate tensor",
-        ));
-    }
-
+    let alpha = check_metadata(&g, &name, base)?;
+    let factors = sorted_factors(&g, &name)?;
     let mut tensors = Vec::with_capacity(factors.len() / 2);
     let mut rest = &factors[..];
     while let Some(&(target, is_b, a)) = rest.first() {
@@ -108,78 +33,7 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
             }
         };
         rest = &rest[2..];
-        for t in [a, b] {
-            if t.n_dims != 2 {
-                return Err(Error::format(
-                    &name,
-                    format!("tensor_infos[{:?}].dims", t.name),
-                    None,
-                    format!("{:?} is not 2-D", t.shape()),
-                ));
-            }
-        }
-        let (ne0, ne1) = base.target_shape(target).ok_or_else(|| {
-            Error::invalid(format!(
-                "{name}: tensor {:?} adapts {target:?}, which the base model does not have",
-                a.name
-            ))
-        })?;
-        let embedding = target == "token_embd.weight";
-        let (a0, a1, b0, b1) = (
-            a.dims[0] as usize,
-            a.dims[1] as usize,
-            b.dims[0] as usize,
-            b.dims[1] as usize,
-        );
-        let (kind, rank, n_in, n_out, rank_b) = if embedding {
-            // a: [r, vocab], b: [r, width]; base token_embd: [width, vocab].
-            (LoraKind::Embedding, a0, a1, b1, b0)
-        } else {
-            // a: [n_in, r], b: [r, n_out].
-            (LoraKind::Linear, a1, a0, b1, b0)
-        };
-        if rank != rank_b || rank == 0 {
-            return Err(Error::format(
-                &name,
-                format!("tensor_infos[{:?}].dims", b.name),
-                None,
-                format!(
-                    "rank mismatch: {} dims {:?} has rank {rank}, {} dims {:?} has rank {rank_b}",
-                    a.name,
-                    a.shape(),
-                    b.name,
-                    b.shape()
-                ),
-            ));
-        }
-        let want = if embedding { (ne1, ne0) } else { (ne0, ne1) };
-        if (n_in, n_out) != want {
-            return Err(Error::format(
-                &name,
-                format!("tensor_infos[{:?}].dims", a.name),
-                None,
-                format!(
-                    "shape mismatch: {:?} / {:?} give n_in {n_in}, n_out {n_out}, but base tensor {target} is {ne0}x{ne1} (ne0 x ne1) so expects {}x{}",
-                    a.shape(),
-                    b.shape(),
-                    want.0,
-                    want.1
-                ),
-            ));
-        }
-        if let (Some(layer), _) = split_block(target) {
-            if layer >= base.n_layer {
-                return Err(Error::format(
-                    &name,
-                    a.name,
-                    None,
-                    format!(
-                        "layer {layer} but the base model has {} layers",
-                        base.n_layer
-                    ),
-                ));
-            }
-        }
+        let (kind, rank, n_in, n_out) = pair_shape(&name, target, a, b, base)?;
         let scale = if alpha == 0.0 {
             1.0
         } else {
@@ -206,17 +60,185 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     Adapter::new(path, AdapterFormat::Gguf, tensors, notes)
 }
 
+/// `general.type` = adapter, `adapter.type` = lora, the base's architecture, a usable alpha, and no
+/// key outside `general.*` and the two `adapter.*` keys. Returns alpha (0 when absent).
+fn check_metadata(g: &Gguf<'_>, name: &str, base: &BaseInfo) -> Result<f32> {
+    let ty = g.get_str("general.type")?;
+    if ty != "adapter" {
+        return Err(Error::format(
+            name,
+            "general.type",
+            None,
+            format!("{ty:?}: not an adapter (expected \"adapter\")"),
+        ));
+    }
+    let at = g.get_str("adapter.type")?;
+    if at != "lora" {
+        return Err(Error::unsupported(
+            name,
+            format!("adapter.type {at:?} (only \"lora\")"),
+        ));
+    }
+    let arch = g.get_str("general.architecture")?;
+    if arch != base.arch {
+        return Err(Error::invalid(format!(
+            "{name}: general.architecture {arch:?} does not match the base model's {:?}",
+            base.arch
+        )));
+    }
+    let alpha = g.opt_f32("adapter.lora.alpha")?.unwrap_or(0.0);
+    if !alpha.is_finite() || alpha < 0.0 {
+        return Err(Error::format(
+            name,
+            "adapter.lora.alpha",
+            None,
+            format!("{alpha} is not a finite non-negative number"),
+        ));
+    }
+    for e in g.metadata() {
+        let k = e.key;
+        let ok = k.starts_with("general.") || matches!(k, "adapter.type" | "adapter.lora.alpha");
+        if !ok {
+            return Err(Error::unsupported(
+                name,
+                format!("metadata key `{k}` is not understood; refusing rather than ignoring it"),
+            ));
+        }
+    }
+    Ok(alpha)
+}
+
+/// Every tensor as a factor `(target, is B, tensor)`, sorted by (target, A before B), so that each
+/// target's pair is adjacent and the tensors come out sorted by target.
+#[allow(clippy::type_complexity)]
+fn sorted_factors<'g, 'a>(
+    g: &'g Gguf<'a>,
+    name: &str,
+) -> Result<Vec<(&'a str, bool, &'g TensorInfo<'a>)>> {
+    let mut factors: Vec<(&str, bool, &TensorInfo)> = Vec::with_capacity(g.tensors().len());
+    for t in g.tensors() {
+        let (target, is_b) = if let Some(b) = t.name.strip_suffix(".lora_a") {
+            (b, false)
+        } else if let Some(b) = t.name.strip_suffix(".lora_b") {
+            (b, true)
+        } else {
+            return Err(Error::format(
+                name,
+                format!("tensor_infos[{:?}]", t.name),
+                None,
+                "not a LoRA factor (name must end in .lora_a / .lora_b)",
+            ));
+        };
+        factors.push((target, is_b, t));
+    }
+    factors.sort_unstable_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
+    // (The GGUF parser already refuses two tensors of one name; kept as a guard.)
+    if let Some(w) = factors
+        .windows(2)
+        .find(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1))
+    {
+        return Err(Error::format(
+            name,
+            format!("tensor_infos[{:?}]", w[1].2.name),
+            None,
+            "duplicate tensor",
+        ));
+    }
+    Ok(factors)
+}
+
+/// Kind, rank, `n_in` and `n_out` of the pair `a`, `b` on `target`, checked: both 2-D, a base
+/// tensor of the matching shape, one rank, a layer the base has.
+fn pair_shape(
+    name: &str,
+    target: &str,
+    a: &TensorInfo<'_>,
+    b: &TensorInfo<'_>,
+    base: &BaseInfo,
+) -> Result<(LoraKind, usize, usize, usize)> {
+    for t in [a, b] {
+        if t.n_dims != 2 {
+            return Err(Error::format(
+                name,
+                format!("tensor_infos[{:?}].dims", t.name),
+                None,
+                format!("{:?} is not 2-D", t.shape()),
+            ));
+        }
+    }
+    let (ne0, ne1) = base.target_shape(target).ok_or_else(|| {
+        Error::invalid(format!(
+            "{name}: tensor {:?} adapts {target:?}, which the base model does not have",
+            a.name
+        ))
+    })?;
+    let embedding = target == "token_embd.weight";
+    let (a0, a1, b0, b1) = (
+        a.dims[0] as usize,
+        a.dims[1] as usize,
+        b.dims[0] as usize,
+        b.dims[1] as usize,
+    );
+    let (kind, rank, n_in, n_out, rank_b) = if embedding {
+        // a: [r, vocab], b: [r, width]; base token_embd: [width, vocab].
+        (LoraKind::Embedding, a0, a1, b1, b0)
+    } else {
+        // a: [n_in, r], b: [r, n_out].
+        (LoraKind::Linear, a1, a0, b1, b0)
+    };
+    if rank != rank_b || rank == 0 {
+        return Err(Error::format(
+            name,
+            format!("tensor_infos[{:?}].dims", b.name),
+            None,
+            format!(
+                "rank mismatch: {} dims {:?} has rank {rank}, {} dims {:?} has rank {rank_b}",
+                a.name,
+                a.shape(),
+                b.name,
+                b.shape()
+            ),
+        ));
+    }
+    let want = if embedding { (ne1, ne0) } else { (ne0, ne1) };
+    if (n_in, n_out) != want {
+        return Err(Error::format(
+            name,
+            format!("tensor_infos[{:?}].dims", a.name),
+            None,
+            format!(
+                "shape mismatch: {:?} / {:?} give n_in {n_in}, n_out {n_out}, but base tensor {target} is {ne0}x{ne1} (ne0 x ne1) so expects {}x{}",
+                a.shape(),
+                b.shape(),
+                want.0,
+                want.1
+            ),
+        ));
+    }
+    if let (Some(layer), _) = split_block(target) {
+        if layer >= base.n_layer {
+            return Err(Error::format(
+                name,
+                a.name,
+                None,
+                format!(
+                    "layer {layer} but the base model has {} layers",
+                    base.n_layer
+                ),
+            ));
+        }
+    }
+    Ok((kind, rank, n_in, n_out))
+}
+
 /// A factor as fp16: F16 in place (after a finiteness scan), others converted once.
 fn factor(g: &Gguf<'_>, map: &Arc<MappedFile>, t: &TensorInfo<'_>, file: &str) -> Result<Halves> {
     let data = g.tensor_data(t);
     let n = t.n_elements();
     // Built only on the way to an error: the success path formats nothing.
     let what = || format!("tensor {:?}", t.name);
-    let src = match t.ty {
-        QuantType::F16 => Src::F16,
-        QuantType::F32 => Src::F32,
-        QuantType::BF16 => Src::Bf16,
-        QuantType::Q8_0 => Src::Q8_0,
+    match t.ty {
+        QuantType::F16 | QuantType::F32 | QuantType::BF16 | QuantType::Q8_0 => {}
         other => {
             return Err(Error::unsupported(
                 file,
@@ -239,7 +261,7 @@ fn factor(g: &Gguf<'_>, map: &Arc<MappedFile>, t: &TensorInfo<'_>, file: &str) -
             format!("data is {} bytes, expected {need:?}", data.len()),
         ));
     }
-    if src == Src::F16 {
+    if t.ty == QuantType::F16 {
         // Scanned as bits (exponent all ones = Inf/NaN), without widening: this scan is most of the
         // load time of an fp16 adapter, which is otherwise used in place.
         if let Some(i) = first_non_finite_f16(data) {
@@ -250,7 +272,14 @@ fn factor(g: &Gguf<'_>, map: &Arc<MappedFile>, t: &TensorInfo<'_>, file: &str) -
             return Ok(h);
         }
     }
-    let vals = decode(src, data, n);
+    let vals = widen(t.ty, data, n).ok_or_else(|| {
+        Error::format(
+            file,
+            what(),
+            Some(t.offset),
+            format!("data is {} bytes, not {n} values", data.len()),
+        )
+    })?;
     if let Some(i) = first_non_finite(&vals) {
         return Err(non_finite_err(file, &what(), i, vals[i]));
     }

@@ -39,6 +39,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::kernels::lora::LoraRef;
+use crate::kernels::QuantType;
 use crate::mmap::MappedFile;
 
 mod gguf_adapter;
@@ -367,43 +368,11 @@ fn split_block(name: &str) -> (Option<usize>, &str) {
 // ---------------------------------------------------------------------------------------------------
 // Shared helpers for the loaders.
 
-/// Source element types the loaders convert from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Src {
-    F32,
-    F16,
-    Bf16,
-    Q8_0,
-}
-
-/// Decodes `n` values of `src` from `bytes` into f32 (`bytes` already checked to hold exactly `n`).
-fn decode(src: Src, bytes: &[u8], n: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    match src {
-        Src::F32 => out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        ),
-        Src::F16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
-        ),
-        Src::Bf16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
-        ),
-        Src::Q8_0 => {
-            for blk in bytes.chunks_exact(34) {
-                let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
-                out.extend(blk[2..].iter().map(|&q| d * (q as i8) as f32));
-            }
-        }
-    }
-    out.truncate(n);
-    out
+/// `n` values of type `ty` (F32, F16, BF16 or Q8_0) widened to f32 by the kernels' dequantizer;
+/// `None` if `bytes` does not hold exactly `n` such values (the loaders checked it).
+fn widen(ty: QuantType, bytes: &[u8], n: usize) -> Option<Vec<f32>> {
+    let mut out = vec![0f32; n];
+    crate::kernels::dequantize(ty, bytes, &mut out).then_some(out)
 }
 
 /// Index of the first non-finite value, if any.
