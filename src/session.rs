@@ -257,7 +257,7 @@ impl Session {
         self.applied.refresh(&self.control);
         self.replay_if_needed();
         for chunk in tokens.chunks(self.cfg.n_batch) {
-            self.forward(chunk);
+            self.eval_batch(chunk);
         }
         Ok(self.logits())
     }
@@ -275,7 +275,7 @@ impl Session {
         let nv = self.model.hp.n_vocab;
         let mut i = 0;
         for chunk in tokens.chunks(self.cfg.n_batch) {
-            self.forward(chunk);
+            self.eval_batch(chunk);
             for r in 0..chunk.len() {
                 f(i, &self.st.logits[r * nv..(r + 1) * nv]);
                 i += 1;
@@ -293,19 +293,21 @@ impl Session {
         let toks = std::mem::take(&mut self.tokens);
         self.n_past = 0;
         for chunk in toks.chunks(self.cfg.n_batch) {
-            self.run(chunk);
+            self.compute(chunk);
         }
         self.tokens = toks;
     }
 
-    /// The forward pass over one batch (already checked); records the tokens. Allocates nothing.
-    fn forward(&mut self, tokens: &[u32]) {
-        self.run(tokens);
+    /// One batch (already checked): computed, then its tokens recorded. Allocates nothing.
+    fn eval_batch(&mut self, tokens: &[u32]) {
+        self.compute(tokens);
         // Within the capacity reserved at creation (the context check bounds n_past + len by n_ctx).
         self.tokens.extend_from_slice(tokens);
     }
 
-    fn run(&mut self, tokens: &[u32]) {
+    /// The model's forward pass over one batch at the current position (the family's, through
+    /// [`arch::forward`]): fills the KV cache and the logits, advances the position.
+    fn compute(&mut self, tokens: &[u32]) {
         let env = Env {
             m: &self.model,
             k: self.k,

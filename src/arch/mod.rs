@@ -69,8 +69,9 @@ pub(crate) fn read_hparams(g: &Gguf<'_>, fname: &str, hp: &mut HParams) -> Resul
     }
 }
 
-/// Evaluate one batch of `tokens` at positions `pos0..pos0 + tokens.len()` (the caller checked ids and
-/// room). Returns how many logit rows `st.logits` now holds.
+/// The forward pass of the model's family over one batch of `tokens` at positions
+/// `pos0..pos0 + tokens.len()` (the caller checked ids and room). Returns how many logit rows
+/// `st.logits` now holds.
 pub(crate) fn forward(env: &Env<'_>, st: &mut ops::State, tokens: &[u32], pos0: usize) -> usize {
     match env.m.hp.arch {
         Arch::Llama => llama::forward(env, st, tokens, pos0),
