@@ -1,5 +1,7 @@
 //! The command line: every subcommand's flags (llama.cpp-style names), parsed by clap.
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use edge_run::kernels::QuantType;
+use edge_run::session::ActQuant;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -82,10 +84,16 @@ pub struct MergeArgs {
     /// The GGUF file to write (never one of the inputs; written to OUT.partial, then renamed).
     #[arg(short = 'o', long = "output", value_name = "OUT.gguf")]
     pub output: PathBuf,
-    /// Type of the merged weights: same (each tensor's own), f32, f16, bf16, q4_0, q4_1, q5_0, q5_1,
-    /// q8_0, q4_k, q5_k, q6_k. K-quants on rows not a multiple of 256 fall back like llama.cpp.
-    #[arg(long = "type", value_name = "TYPE", default_value = "same")]
-    pub ty: String,
+    /// Type of the merged weights (`same`: each tensor's own). K-quants on rows not a multiple of 256
+    /// fall back like llama.cpp.
+    #[arg(
+        long = "type",
+        value_name = "TYPE",
+        value_enum,
+        default_value = "same",
+        ignore_case = true
+    )]
+    pub ty: MergeType,
     /// Threads for the merge arithmetic (default: the number of physical cores).
     #[arg(short = 't', long = "threads", value_name = "N")]
     pub threads: Option<usize>,
@@ -170,13 +178,17 @@ pub struct RuntimeArgs {
         default_value_t = 64
     )]
     pub batch_size: usize,
-    /// Kernel tier to use instead of the best one this CPU supports (scalar, avx2, avx512vnni, neon, neon-dotprod).
-    #[arg(long, value_name = "TIER")]
-    pub kernels: Option<String>,
-    /// Activation quantization: q8 (as llama.cpp: one 8-bit pass, fastest) or q8x2 (8-bit plus its 8-bit
-    /// residual: two passes over the same weights, ~100x less rounding error).
-    #[arg(long = "act-quant", value_name = "MODE", default_value = "q8x2", value_parser = ["q8", "q8x2"])]
-    pub act_quant: String,
+    /// Kernel tier to use instead of the best one this CPU supports.
+    #[arg(long, value_name = "TIER", value_enum)]
+    pub kernels: Option<TierArg>,
+    /// Activation quantization for the integer dot products.
+    #[arg(
+        long = "act-quant",
+        value_name = "MODE",
+        value_enum,
+        default_value = "q8x2"
+    )]
+    pub act_quant: ActQuantArg,
     /// Apply a LoRA adapter: a llama.cpp GGUF adapter or a PEFT directory / adapter_model.safetensors,
     /// detected from the content. Optional user scale after a colon (default 1.0). Repeat to stack
     /// up to 8 adapters.
@@ -284,4 +296,126 @@ pub struct InfoArgs {
     /// Also load and describe these adapters against the model (format, ranks, alpha, scales, targets, bytes).
     #[arg(long = "adapter", value_name = "PATH[:SCALE]")]
     pub adapters: Vec<String>,
+}
+
+/// `--act-quant`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ActQuantArg {
+    /// One 8-bit pass, as llama.cpp (fastest).
+    Q8,
+    /// 8-bit plus its 8-bit residual: two passes over the same weights, ~100x less rounding error.
+    Q8x2,
+}
+
+impl From<ActQuantArg> for ActQuant {
+    fn from(a: ActQuantArg) -> ActQuant {
+        match a {
+            ActQuantArg::Q8 => ActQuant::Q8,
+            ActQuantArg::Q8x2 => ActQuant::Q8x2,
+        }
+    }
+}
+
+/// `--kernels`: the kernel tiers by name (whether this CPU runs one is checked when it is chosen).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TierArg {
+    Scalar,
+    Avx2,
+    Avx512vnni,
+    Neon,
+    NeonDotprod,
+}
+
+impl TierArg {
+    /// The name the kernels crate gives the tier.
+    pub fn name(self) -> &'static str {
+        match self {
+            TierArg::Scalar => "scalar",
+            TierArg::Avx2 => "avx2",
+            TierArg::Avx512vnni => "avx512vnni",
+            TierArg::Neon => "neon",
+            TierArg::NeonDotprod => "neon-dotprod",
+        }
+    }
+}
+
+/// `merge --type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MergeType {
+    Same,
+    F32,
+    F16,
+    Bf16,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_1")]
+    Q4_1,
+    #[value(name = "q5_0")]
+    Q5_0,
+    #[value(name = "q5_1")]
+    Q5_1,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k")]
+    Q4K,
+    #[value(name = "q5_k")]
+    Q5K,
+    #[value(name = "q6_k")]
+    Q6K,
+}
+
+impl MergeType {
+    /// The weight type to write; `None` for `same` (each tensor's own).
+    pub fn quant_type(self) -> Option<QuantType> {
+        use QuantType::*;
+        Some(match self {
+            MergeType::Same => return None,
+            MergeType::F32 => F32,
+            MergeType::F16 => F16,
+            MergeType::Bf16 => BF16,
+            MergeType::Q4_0 => Q4_0,
+            MergeType::Q4_1 => Q4_1,
+            MergeType::Q5_0 => Q5_0,
+            MergeType::Q5_1 => Q5_1,
+            MergeType::Q8_0 => Q8_0,
+            MergeType::Q4K => Q4K,
+            MergeType::Q5K => Q5K,
+            MergeType::Q6K => Q6K,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_type_names_parse() {
+        for v in MergeType::value_variants() {
+            let name = v.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(MergeType::from_str(&name, true), Ok(*v), "{name}");
+            // Every type but `same` names a type merge can write, under its own name.
+            match v.quant_type() {
+                None => assert_eq!(name, "same"),
+                Some(t) => assert_eq!(t.name().to_ascii_lowercase(), name),
+            }
+        }
+        assert_eq!(MergeType::from_str("Q4_K", true), Ok(MergeType::Q4K));
+        assert!(MergeType::from_str("q3_k", true).is_err());
+    }
+
+    #[test]
+    fn tier_names_are_the_kernels_crate_names() {
+        let names: Vec<&str> = TierArg::value_variants().iter().map(|t| t.name()).collect();
+        assert_eq!(
+            names,
+            ["scalar", "avx2", "avx512vnni", "neon", "neon-dotprod"]
+        );
+        for t in TierArg::value_variants() {
+            assert_eq!(t.to_possible_value().unwrap().get_name(), t.name());
+        }
+        for k in edge_run::kernels::Kernels::available() {
+            assert!(names.contains(&k.tier.name()), "{}", k.tier.name());
+        }
+    }
 }

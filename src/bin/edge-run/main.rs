@@ -98,9 +98,10 @@ pub(crate) fn session_config(
     rt: &RuntimeArgs,
     logits_all: bool,
 ) -> Result<SessionConfig, Failure> {
-    let kernels = match &rt.kernels {
+    let kernels = match rt.kernels {
         None => None,
-        Some(name) => Some(Kernels::by_name(name).ok_or_else(|| {
+        Some(tier) => Some(Kernels::by_name(tier.name()).ok_or_else(|| {
+            let name = tier.name();
             let have: Vec<&str> = Kernels::available().map(|k| k.tier.name()).collect();
             usage(format!(
                 "--kernels {name}: not available on this CPU (available: {})",
@@ -121,11 +122,7 @@ pub(crate) fn session_config(
     if rt.batch_size == 0 {
         return Err(usage("-b/--batch-size must be at least 1"));
     }
-    let act_quant = if rt.act_quant == "q8" {
-        ActQuant::Q8
-    } else {
-        ActQuant::Q8x2
-    };
+    let act_quant = ActQuant::from(rt.act_quant);
     Ok(SessionConfig {
         n_ctx,
         n_batch: rt.batch_size,

@@ -29,13 +29,7 @@ pub(crate) fn cmd_adapter(c: AdapterCmd) -> Result<(), Failure> {
 
 pub(crate) fn cmd_merge(a: MergeArgs) -> Result<(), Failure> {
     use tools::merge::{merge, MergeOptions, TargetType};
-    let target = TargetType::parse(&a.ty).ok_or_else(|| {
-        usage(format!(
-            "--type {}: unknown type (one of {})",
-            a.ty,
-            TargetType::NAMES
-        ))
-    })?;
+    let target = a.ty.quant_type().map_or(TargetType::Same, TargetType::To);
     let adapters = a
         .adapters
         .iter()

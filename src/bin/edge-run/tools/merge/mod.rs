@@ -49,31 +49,6 @@ pub enum TargetType {
     To(QuantType),
 }
 
-impl TargetType {
-    /// `same`, `f32`, `f16`, `bf16`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q8_0`, `q4_k`, `q5_k`, `q6_k`
-    /// (case-insensitive).
-    pub fn parse(s: &str) -> Option<TargetType> {
-        use QuantType::*;
-        Some(match s.to_ascii_lowercase().as_str() {
-            "same" => TargetType::Same,
-            "f32" => TargetType::To(F32),
-            "f16" => TargetType::To(F16),
-            "bf16" => TargetType::To(BF16),
-            "q4_0" => TargetType::To(Q4_0),
-            "q4_1" => TargetType::To(Q4_1),
-            "q5_0" => TargetType::To(Q5_0),
-            "q5_1" => TargetType::To(Q5_1),
-            "q8_0" => TargetType::To(Q8_0),
-            "q4_k" => TargetType::To(Q4K),
-            "q5_k" => TargetType::To(Q5K),
-            "q6_k" => TargetType::To(Q6K),
-            _ => return None,
-        })
-    }
-    pub const NAMES: &'static str =
-        "same, f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k";
-}
-
 /// Options of [`merge`].
 #[derive(Clone, Debug)]
 pub struct MergeOptions {
@@ -680,21 +655,4 @@ fn ftype_of(t: QuantType) -> Option<u32> {
         BF16 => 32,
         Q8_1 | Q8K => return None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn target_names_parse() {
-        for n in TargetType::NAMES.split(", ") {
-            assert!(TargetType::parse(n).is_some(), "{n}");
-        }
-        assert_eq!(
-            TargetType::parse("Q4_K"),
-            Some(TargetType::To(QuantType::Q4K))
-        );
-        assert_eq!(TargetType::parse("q3_k"), None);
-    }
 }
