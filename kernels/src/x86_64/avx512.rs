@@ -31,6 +31,37 @@ use crate::{BlockQ5_0, BlockQ5_1};
 
 mod x2;
 
+/// This tier's matrix×vector kernels of the 32-element types: `super::matvec` for [`Avx512`].
+mod mv {
+    use super::super::lanes::Avx512;
+    use super::super::matvec;
+    use crate::{check_matvec, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QuantType};
+
+    macro_rules! mv {
+        ($($name:ident, $name2:ident => $b:ty, $ty:ident;)*) => {$(
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+            pub(super) fn $name(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
+                if let Some(s) = check_matvec(QuantType::$ty, n, w, xq, None, out) {
+                    matvec::legacy::<Avx512, $b>(Avx512::new(), s, w, xq, None, out)
+                }
+            }
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+            pub(super) fn $name2(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
+                if let Some(s) = check_matvec(QuantType::$ty, n, w, xq, Some(xr), out) {
+                    matvec::legacy::<Avx512, $b>(Avx512::new(), s, w, xq, Some(xr), out)
+                }
+            }
+        )*};
+    }
+    mv! {
+        q4_0, q4_0_2 => BlockQ4_0, Q4_0;
+        q4_1, q4_1_2 => BlockQ4_1, Q4_1;
+        q5_0, q5_0_2 => BlockQ5_0, Q5_0;
+        q5_1, q5_1_2 => BlockQ5_1, Q5_1;
+        q8_0, q8_0_2 => BlockQ8_0, Q8_0;
+    }
+}
+
 /// This tier's batched products: the generic bodies of `super::matmul` instantiated for [`Avx512`].
 mod mm {
     use super::super::float::{self, F16W, F32W};
@@ -165,19 +196,19 @@ entries! {
     matmul_q6_k => mm::q6_k[n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]];
     matvec_f32 => mv_f32[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_f16 => mv_f16[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
-    matvec_q4_0 => mv_q4_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
-    matvec_q4_1 => mv_q4_1[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
-    matvec_q5_0 => mv_q5_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
-    matvec_q5_1 => mv_q5_1[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
-    matvec_q8_0 => mv_q8_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q4_0 => mv::q4_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q4_1 => mv::q4_1[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q5_0 => mv::q5_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q5_1 => mv::q5_1[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
+    matvec_q8_0 => mv::q8_0[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q4_k => mv_q4_k[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q5_k => mv_q5_k[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
     matvec_q6_k => mv_q6_k[n: usize, w: &[u8], xq: &[u8], out: &mut [f32]];
-    matvec2_q4_0 => x2::mv2_q4_0[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
-    matvec2_q4_1 => x2::mv2_q4_1[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
-    matvec2_q5_0 => x2::mv2_q5_0[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
-    matvec2_q5_1 => x2::mv2_q5_1[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
-    matvec2_q8_0 => x2::mv2_q8_0[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q4_0 => mv::q4_0_2[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q4_1 => mv::q4_1_2[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q5_0 => mv::q5_0_2[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q5_1 => mv::q5_1_2[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
+    matvec2_q8_0 => mv::q8_0_2[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
     matvec2_q4_k => x2::mv2_q4_k[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
     matvec2_q5_k => x2::mv2_q5_k[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];
     matvec2_q6_k => x2::mv2_q6_k[n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]];

@@ -115,6 +115,73 @@ pub(super) fn stps16(a: &mut [f32; 16], v: __m512) {
     unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) }
 }
 
+/// 16 bytes at byte offset `at` of `s` (zeros if they are not all inside `s`: a caller bug).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn ld128_at(s: &[u8], at: usize) -> __m128i {
+    match s
+        .get(at..at + 16)
+        .and_then(|c| <&[u8; 16]>::try_from(c).ok())
+    {
+        Some(c) => ld128::<0, _>(c),
+        None => _mm_setzero_si128(),
+    }
+}
+
+/// 32 bytes at byte offset `at` of `s` (zeros if they are not all inside `s`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn ld256_at(s: &[u8], at: usize) -> __m256i {
+    match s
+        .get(at..at + 32)
+        .and_then(|c| <&[u8; 32]>::try_from(c).ok())
+    {
+        Some(c) => ld256::<0, _>(c),
+        None => _mm256_setzero_si256(),
+    }
+}
+
+/// The 8 little-endian u32 at byte offsets `at + i·stride` (i = 0..8) of `s`, by one `vpgatherdd`;
+/// zeros if the last of them is not inside `s` (a caller bug) or the offsets overflow an i32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn gather8_u32(s: &[u8], at: usize, stride: usize) -> __m256i {
+    let fits = stride <= (i32::MAX / 8) as usize
+        && at
+            .checked_add(7 * stride + 4)
+            .is_some_and(|end| end <= s.len());
+    if !fits {
+        return _mm256_setzero_si256();
+    }
+    let st = stride as i32;
+    let idx = _mm256_setr_epi32(0, st, 2 * st, 3 * st, 4 * st, 5 * st, 6 * st, 7 * st);
+    // SAFETY: the check above keeps every 4-byte element `at + i·stride .. + 4` (i < 8) inside `s`;
+    // the gather reads exactly those (scale 1, no alignment requirement).
+    unsafe { _mm256_i32gather_epi32::<1>(s.as_ptr().add(at).cast(), idx) }
+}
+
+/// The 16 little-endian u32 at byte offsets `at + i·stride` (i = 0..16) of `s`, by one gather;
+/// zeros if the last of them is not inside `s` or the offsets overflow an i32.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn gather16_u32(s: &[u8], at: usize, stride: usize) -> __m512i {
+    let fits = stride <= (i32::MAX / 16) as usize
+        && at
+            .checked_add(15 * stride + 4)
+            .is_some_and(|end| end <= s.len());
+    if !fits {
+        return _mm512_setzero_si512();
+    }
+    let st = stride as i32;
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(st),
+    );
+    // SAFETY: the check above keeps every 4-byte element `at + i·stride .. + 4` (i < 16) inside
+    // `s`; the gather reads exactly those (scale 1, no alignment requirement).
+    unsafe { _mm512_i32gather_epi32::<1>(idx, s.as_ptr().add(at).cast()) }
+}
+
 /// 8 f32 (little-endian bytes, any alignment) at byte offset `OFF` of `a`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

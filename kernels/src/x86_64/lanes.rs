@@ -21,6 +21,7 @@
 use core::arch::x86_64::*;
 
 use super::common::*;
+use super::wtypes::{Act32, Layout, Legacy};
 
 /// `unsafe` block for the value-only SIMD intrinsics of a token method.
 macro_rules! simd {
@@ -124,6 +125,16 @@ pub(crate) trait Lanes: Copy {
         maxu: u32,
     ) -> Self::I;
 
+    /// The tile of the packed nibbles of `N` rows: the 16 bytes at `at + i·stride` of `w` for row
+    /// `i` (low nibbles = elements 0..16, high = 16..32, as Q4_0/Q4_1 store them), transposed
+    /// before the nibbles are split (4 dwords per row instead of 8).
+    fn tile_nib(self, w: &[u8], at: usize, stride: usize) -> [Self::I; 8];
+    /// The 8-bit tile of `N` rows of signed bytes (Q8_0): the 32 bytes at `at + i·stride` of `w`
+    /// with the sign bit flipped (`w + 128`).
+    fn tile_q8(self, w: &[u8], at: usize, stride: usize) -> Self::W8;
+    /// The f16 pairs at `at + i·stride` of `w` (row `i`), converted: (first of each, second).
+    fn f16_pairs(self, w: &[u8], at: usize, stride: usize) -> (Self::F, Self::F);
+
     /// A tile of 8-bit weights `u` (`q[i]` = row `i`'s 32 bytes, any values; the first `N`).
     fn tile8(self, q: &[__m256i; 16]) -> Self::W8;
     /// [`Lanes::dot_q`] for an 8-bit tile.
@@ -147,6 +158,22 @@ pub(crate) trait Lanes: Copy {
 
     /// Σ of the 32 signed bytes.
     fn sum_i8(self, y: &[i8; 32]) -> i32;
+
+    /// Blocks of 32 per vector in the direct (row by row) matrix×vector kernels: 1 or 2.
+    const BLK: usize;
+    /// A group of `BLK` activation blocks (and residual blocks) as [`Lanes::grp_dot`] takes them.
+    type Y: Copy;
+    /// The activation group `y` (up to `BLK` blocks; `r` the residual's) for weights of byte range
+    /// `maxu` and offset `off`, and the lanes' share of `−off·Σ y` (`−off·Σ (256·q + r)` with a
+    /// residual) that [`Lanes::grp_dot`] adds.
+    fn grp_act<A: Act32>(self, y: &[A], r: Option<&[A]>, off: i32, maxu: u32)
+        -> (Self::Y, Self::I);
+    /// The quants of up to `BLK` weight blocks (missing ones zero) in the form `grp_dot` takes.
+    fn grp_u<B: Legacy>(self, blks: &[B]) -> Self::I;
+    /// `base + Σ u·y` per lane, `256·Σ u·q + Σ u·r + base` with a residual (`two`).
+    fn grp_dot(self, u: Self::I, y: &Self::Y, base: Self::I, two: bool, maxu: u32) -> Self::I;
+    /// Lanes of block 0 get `p[0]`, those of block 1 `p[2]`.
+    fn grp_spread(self, p: __m128) -> Self::F;
 
     /// The quants 0..32 of a Q5_0/Q5_1 block: `v` (its nibbles in element order) plus 16 on the
     /// elements whose bit is set in `qh`.
@@ -236,6 +263,12 @@ impl Avx2 {
             }
         }
         p[0]
+    }
+
+    /// Hints the cache line `ahead` bytes after `p` into L1 (only the address is computed).
+    #[inline(always)]
+    pub(super) fn prefetch<T>(self, p: &T, ahead: usize) {
+        simd! { prefetch(p, ahead) }
     }
 
     /// The zero vector.
@@ -366,6 +399,60 @@ impl Lanes for Avx2 {
     }
 
     #[inline(always)]
+    fn tile_nib(self, w: &[u8], at: usize, stride: usize) -> [__m256i; 8] {
+        simd! {
+            macro_rules! r {
+                ($i:expr) => {
+                    ld128_at(w, at + $i * stride)
+                };
+            }
+            let v0 = _mm256_set_m128i(r!(4), r!(0));
+            let v1 = _mm256_set_m128i(r!(5), r!(1));
+            let v2 = _mm256_set_m128i(r!(6), r!(2));
+            let v3 = _mm256_set_m128i(r!(7), r!(3));
+            let t0 = _mm256_unpacklo_epi32(v0, v1);
+            let t1 = _mm256_unpackhi_epi32(v0, v1);
+            let t2 = _mm256_unpacklo_epi32(v2, v3);
+            let t3 = _mm256_unpackhi_epi32(v2, v3);
+            let p = [
+                _mm256_unpacklo_epi64(t0, t2),
+                _mm256_unpackhi_epi64(t0, t2),
+                _mm256_unpacklo_epi64(t1, t3),
+                _mm256_unpackhi_epi64(t1, t3),
+            ];
+            let m = _mm256_set1_epi8(0x0f);
+            [
+                _mm256_and_si256(p[0], m),
+                _mm256_and_si256(p[1], m),
+                _mm256_and_si256(p[2], m),
+                _mm256_and_si256(p[3], m),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(p[0]), m),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(p[1]), m),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(p[2]), m),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(p[3]), m),
+            ]
+        }
+    }
+    #[inline(always)]
+    fn tile_q8(self, w: &[u8], at: usize, stride: usize) -> [__m256i; 16] {
+        let mut q = [self.zero(); 16];
+        for (i, q) in q[..8].iter_mut().enumerate() {
+            *q = simd! { _mm256_xor_si256(ld256_at(w, at + i * stride), _mm256_set1_epi8(-128)) };
+        }
+        self.tile8(&q)
+    }
+    #[inline(always)]
+    fn f16_pairs(self, w: &[u8], at: usize, stride: usize) -> (__m256, __m256) {
+        simd! {
+            let g = gather8_u32(w, at, stride);
+            let lo = _mm256_and_si256(g, _mm256_set1_epi32(0xffff));
+            let hi = _mm256_srli_epi32::<16>(g);
+            let lo = _mm_packus_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256::<1>(lo));
+            let hi = _mm_packus_epi32(_mm256_castsi256_si128(hi), _mm256_extracti128_si256::<1>(hi));
+            (_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi))
+        }
+    }
+    #[inline(always)]
     fn tile8(self, q: &[__m256i; 16]) -> [__m256i; 16] {
         let u = self.tile(q);
         let low = simd! { _mm256_set1_epi8(0x0f) };
@@ -462,6 +549,88 @@ impl Lanes for Avx2 {
     #[inline(always)]
     fn fifth(self, v: __m256i, qh: [u8; 4]) -> __m256i {
         self.or_fifth(v, qh)
+    }
+
+    const BLK: usize = 1;
+    /// `[q, r]` bytes; for 8-bit weights the 16-bit activation `256·q + r` (or `q`) in two halves.
+    type Y = [__m256i; 2];
+    #[inline(always)]
+    fn grp_act<A: Act32>(
+        self,
+        y: &[A],
+        r: Option<&[A]>,
+        off: i32,
+        maxu: u32,
+    ) -> ([__m256i; 2], __m256i) {
+        let yq = simd! { ld256::<0, _>(y[0].qs()) };
+        let yr = match r {
+            Some(r) => simd! { ld256::<0, _>(r[0].qs()) },
+            None => self.zero(),
+        };
+        if maxu > 127 {
+            // Signed weights against 16-bit activations: exact with `vpmaddwd`, no offset.
+            simd! {
+                let w16 = |v: __m256i, k: i16| {
+                    let lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
+                    let hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(v));
+                    let k = _mm256_set1_epi16(k);
+                    [_mm256_mullo_epi16(lo, k), _mm256_mullo_epi16(hi, k)]
+                };
+                let y = match r {
+                    None => w16(yq, 1),
+                    Some(_) => {
+                        let (q, s) = (w16(yq, 256), w16(yr, 1));
+                        [_mm256_add_epi16(q[0], s[0]), _mm256_add_epi16(q[1], s[1])]
+                    }
+                };
+                (y, _mm256_setzero_si256())
+            }
+        } else {
+            let o = simd! { _mm256_set1_epi8(off as i8) };
+            let base = match r {
+                None => self.madd(simd! { _mm256_maddubs_epi16(o, yq) }, self.splat16(1)),
+                Some(_) => simd! {
+                    let q = self.madd(_mm256_maddubs_epi16(o, yq), self.splat16(256));
+                    let r = self.madd(_mm256_maddubs_epi16(o, yr), self.splat16(1));
+                    _mm256_add_epi32(q, r)
+                },
+            };
+            (
+                [yq, yr],
+                simd! { _mm256_sub_epi32(_mm256_setzero_si256(), base) },
+            )
+        }
+    }
+    #[inline(always)]
+    fn grp_u<B: Legacy>(self, blks: &[B]) -> __m256i {
+        match B::LAYOUT {
+            // The signed bytes themselves (see `grp_act`).
+            Layout::Bytes => {
+                simd! { _mm256_xor_si256(blks[0].quants(self), _mm256_set1_epi8(-128)) }
+            }
+            _ => blks[0].quants(self),
+        }
+    }
+    #[inline(always)]
+    fn grp_dot(self, u: __m256i, y: &[__m256i; 2], base: __m256i, two: bool, maxu: u32) -> __m256i {
+        simd! {
+            if maxu > 127 {
+                let lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(u));
+                let hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(u));
+                _mm256_add_epi32(_mm256_madd_epi16(lo, y[0]), _mm256_madd_epi16(hi, y[1]))
+            } else if two {
+                let q = self.madd(_mm256_maddubs_epi16(u, y[0]), self.splat16(256));
+                let r = self.madd(_mm256_maddubs_epi16(u, y[1]), self.splat16(1));
+                _mm256_add_epi32(_mm256_add_epi32(q, r), base)
+            } else {
+                let q = self.madd(_mm256_maddubs_epi16(u, y[0]), self.splat16(1));
+                _mm256_add_epi32(q, base)
+            }
+        }
+    }
+    #[inline(always)]
+    fn grp_spread(self, p: __m128) -> __m256 {
+        simd! { _mm256_broadcastss_ps(p) }
     }
 }
 
@@ -601,6 +770,64 @@ impl Lanes for Avx512 {
         self.tile(q)
     }
     #[inline(always)]
+    fn tile_nib(self, w: &[u8], at: usize, stride: usize) -> [__m512i; 8] {
+        simd! {
+            // v[j] = rows j, j+4, j+8, j+12 in its 128-bit lanes.
+            macro_rules! v {
+                ($j:expr) => {{
+                    let a = _mm512_castsi128_si512(ld128_at(w, at + $j * stride));
+                    let a = _mm512_inserti32x4::<1>(a, ld128_at(w, at + ($j + 4) * stride));
+                    let a = _mm512_inserti32x4::<2>(a, ld128_at(w, at + ($j + 8) * stride));
+                    _mm512_inserti32x4::<3>(a, ld128_at(w, at + ($j + 12) * stride))
+                }};
+            }
+            let (v0, v1, v2, v3) = (v!(0), v!(1), v!(2), v!(3));
+            let t0 = _mm512_unpacklo_epi32(v0, v1);
+            let t1 = _mm512_unpackhi_epi32(v0, v1);
+            let t2 = _mm512_unpacklo_epi32(v2, v3);
+            let t3 = _mm512_unpackhi_epi32(v2, v3);
+            let p = [
+                _mm512_unpacklo_epi64(t0, t2),
+                _mm512_unpackhi_epi64(t0, t2),
+                _mm512_unpacklo_epi64(t1, t3),
+                _mm512_unpackhi_epi64(t1, t3),
+            ];
+            let m = _mm512_set1_epi8(0x0f);
+            [
+                _mm512_and_si512(p[0], m),
+                _mm512_and_si512(p[1], m),
+                _mm512_and_si512(p[2], m),
+                _mm512_and_si512(p[3], m),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(p[0]), m),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(p[1]), m),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(p[2]), m),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(p[3]), m),
+            ]
+        }
+    }
+    #[inline(always)]
+    fn tile_q8(self, w: &[u8], at: usize, stride: usize) -> [__m512i; 8] {
+        let mut q = [self.avx2().zero(); 16];
+        for (i, q) in q.iter_mut().enumerate() {
+            *q = simd! { ld256_at(w, at + i * stride) };
+        }
+        let t = self.tile(&q);
+        let mut u = [self.izero(); 8];
+        for s in 0..8 {
+            u[s] = simd! { _mm512_xor_si512(t[s], _mm512_set1_epi8(-128)) };
+        }
+        u
+    }
+    #[inline(always)]
+    fn f16_pairs(self, w: &[u8], at: usize, stride: usize) -> (__m512, __m512) {
+        simd! {
+            let g = gather16_u32(w, at, stride);
+            let lo = _mm512_cvtepi32_epi16(g);
+            let hi = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(g));
+            (_mm512_cvtph_ps(lo), _mm512_cvtph_ps(hi))
+        }
+    }
+    #[inline(always)]
     fn dot8_q(self, w: &[__m512i; 8], y: &[i8; 32], corr: i32) -> __m512i {
         self.dot_q(w, y, corr, 255)
     }
@@ -649,5 +876,81 @@ impl Lanes for Avx512 {
     fn fifth(self, v: __m256i, qh: [u8; 4]) -> __m256i {
         // One masked byte add: `qh` is the byte mask of element order.
         simd! { _mm256_mask_add_epi8(v, u32::from_le_bytes(qh), v, _mm256_set1_epi8(16)) }
+    }
+
+    const BLK: usize = 2;
+    /// `[q, r]`, two blocks each (block 0 in the low 256 bits).
+    type Y = [__m512i; 2];
+    #[inline(always)]
+    fn grp_act<A: Act32>(
+        self,
+        y: &[A],
+        r: Option<&[A]>,
+        off: i32,
+        _maxu: u32,
+    ) -> ([__m512i; 2], __m512i) {
+        let pair = |a: &[A]| -> __m512i {
+            let lo = simd! { ld256::<0, _>(a[0].qs()) };
+            let hi = match a.get(1) {
+                Some(b) => simd! { ld256::<0, _>(b.qs()) },
+                None => self.avx2().zero(),
+            };
+            simd! { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi) }
+        };
+        let yq = pair(y);
+        let o = simd! { _mm512_set1_epi8(off as i8) };
+        match r {
+            None => {
+                let base = simd! { _mm512_dpbusd_epi32(_mm512_setzero_si512(), o, yq) };
+                (
+                    [yq, yq],
+                    simd! { _mm512_sub_epi32(_mm512_setzero_si512(), base) },
+                )
+            }
+            Some(r) => {
+                let yr = pair(r);
+                simd! {
+                    let q = _mm512_dpbusd_epi32(_mm512_setzero_si512(), o, yq);
+                    let r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), o, yr);
+                    let base = _mm512_add_epi32(_mm512_slli_epi32::<8>(q), r);
+                    ([yq, yr], _mm512_sub_epi32(_mm512_setzero_si512(), base))
+                }
+            }
+        }
+    }
+    #[inline(always)]
+    fn grp_u<B: Legacy>(self, blks: &[B]) -> __m512i {
+        let lo = blks[0].quants(self);
+        let hi = match blks.get(1) {
+            Some(b) => b.quants(self),
+            None => self.avx2().zero(),
+        };
+        simd! { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi) }
+    }
+    #[inline(always)]
+    fn grp_dot(
+        self,
+        u: __m512i,
+        y: &[__m512i; 2],
+        base: __m512i,
+        two: bool,
+        _maxu: u32,
+    ) -> __m512i {
+        simd! {
+            if two {
+                let q = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, y[0]);
+                let s = _mm512_dpbusd_epi32(_mm512_slli_epi32::<8>(q), u, y[1]);
+                _mm512_add_epi32(s, base)
+            } else {
+                _mm512_dpbusd_epi32(base, u, y[0])
+            }
+        }
+    }
+    #[inline(always)]
+    fn grp_spread(self, p: __m128) -> __m512 {
+        simd! {
+            let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+            _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(p))
+        }
     }
 }

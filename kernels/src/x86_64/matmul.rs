@@ -28,6 +28,7 @@ use core::mem::size_of;
 
 use super::common::Q8KBytes;
 use super::lanes::Lanes;
+use super::tiles::*;
 use super::wtypes::*;
 use crate::{ActRows, QK, QK_K};
 
@@ -36,91 +37,15 @@ const TS: usize = 64;
 /// Blocks per header chunk (32-element types).
 const KC: usize = 32;
 
-/// One (token, block) of the activation header: `scale` = the activation's f32 scale (over 256
-/// with a residual), `corr` = `−off·Σ y` (symmetric types; `−off·(256·Σ q + Σ r)` with a residual),
-/// `s` = the block sum `s` (min types; `s_q + s_r` with a residual).
-#[derive(Clone, Copy, Default)]
-struct Hdr {
-    scale: f32,
-    corr: i32,
-    s: f32,
-}
-
-/// The activation block of type `A` at byte offset `off` of `q`.
-#[inline(always)]
-fn act<A: bytemuck::Pod>(q: &[u8], off: usize) -> &A {
-    bytemuck::from_bytes(&q[off..off + size_of::<A>()])
-}
-
-/// Byte offset of block `b` of token `tok`'s activation row.
-#[inline(always)]
-fn act_off<A>(x: &ActRows<'_>, tok: usize, b: usize) -> usize {
-    tok * x.stride + b * size_of::<A>()
-}
-
-/// `out[off..off + nr] += v[..nr]` (a whole tile, or the first `nr` lanes of a partial one).
-#[inline(always)]
-fn add_out<L: Lanes>(l: L, out: &mut [f32], off: usize, nr: usize, v: L::F) {
-    if nr == L::N {
-        l.add_to(&mut out[off..off + L::N], v);
-    } else {
-        let mut t = [0f32; 16];
-        t[..nr].copy_from_slice(&out[off..off + nr]);
-        l.add_to(&mut t[..L::N], v);
-        out[off..off + nr].copy_from_slice(&t[..nr]);
-    }
-}
-
-/// The rows of one tile: `N` rows from `i0` (`nr` of them real, the rest read as zero blocks).
-struct Tile<'a, B> {
-    w: &'a [B],
-    nb: usize,
-    i0: usize,
-    nr: usize,
-    zero: B,
-}
-
-impl<B> Tile<'_, B> {
-    #[inline(always)]
-    fn blk(&self, i: usize, b: usize) -> &B {
-        if i < self.nr {
-            &self.w[(self.i0 + i) * self.nb + b]
-        } else {
-            &self.zero
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------
 // 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 // ---------------------------------------------------------------------------------------------------
 
 /// The header entry of token `tok`, block `b`.
 #[inline(always)]
-fn header<L: Lanes, B: Legacy>(l: L, x: &ActRows<'_>, tok: usize, b: usize) -> Hdr {
+fn header_at<L: Lanes, B: Legacy>(l: L, x: &ActRows<'_>, tok: usize, b: usize) -> Hdr {
     let off = act_off::<B::Act>(x, tok, b);
-    let y: &B::Act = act(x.q, off);
-    let a = l.avx2();
-    let sum = |y: &B::Act| if B::MIN { 0 } else { l.sum_i8(y.qs()) };
-    match x.r {
-        None => Hdr {
-            scale: a.h2f(y.d()),
-            corr: -B::OFF * sum(y),
-            s: if B::MIN { a.h2f(y.s()) } else { 0.0 },
-        },
-        Some(r) => {
-            let z: &B::Act = act(r, off);
-            Hdr {
-                scale: a.h2f(y.d()) / 256.0,
-                corr: -B::OFF * (256 * sum(y) + sum(z)),
-                s: if B::MIN {
-                    a.h2f(y.s()) + a.h2f(z.s())
-                } else {
-                    0.0
-                },
-            }
-        }
-    }
+    header::<L, B>(l, act(x.q, off), x.r.map(|r| act(r, off)))
 }
 
 /// [`crate::MatMul`] for a 32-element block type `B` (shapes already checked by
@@ -144,7 +69,7 @@ pub(super) fn legacy<L: Lanes, B: Legacy>(
             let kc = KC.min(nb - kc0);
             for (j, h) in hdr[..kc].iter_mut().enumerate() {
                 for (t, e) in h[..ts].iter_mut().enumerate() {
-                    *e = header::<L, B>(l, &x, tok0 + t, kc0 + j);
+                    *e = header_at::<L, B>(l, &x, tok0 + t, kc0 + j);
                 }
             }
             for i0 in (0..rows).step_by(L::N) {
@@ -163,17 +88,6 @@ pub(super) fn legacy<L: Lanes, B: Legacy>(
     }
 }
 
-/// The f32 outputs of one token and block: `cvt(acc)·d_w·scale (+ m_w·s)`.
-#[inline(always)]
-fn legacy_finish<L: Lanes, B: Legacy>(l: L, acc: L::I, h: &Hdr, dw: L::F, mw: L::F) -> L::F {
-    let f = l.fmul(l.cvt(acc), l.fmul(dw, l.fsplat(h.scale)));
-    if B::MIN {
-        l.fmadd(mw, l.fsplat(h.s), f)
-    } else {
-        f
-    }
-}
-
 /// One block `b` of one tile against the tokens `tok0..tok0 + hdr.len()`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -187,39 +101,25 @@ fn legacy_block<L: Lanes, B: Legacy>(
     rows: usize,
     out: &mut [f32],
 ) {
-    let (mut dh, mut mh, mut q) = ([0u16; 16], [0u16; 16], [l.avx2().zero(); 16]);
-    for i in 0..L::N {
-        let blk = tile.blk(i, b);
-        dh[i] = blk.d().bits();
-        mh[i] = blk.m().bits();
-        q[i] = blk.quants(l);
-    }
-    let dw = l.f16s(&dh);
-    let mw = if B::MIN { l.f16s(&mh) } else { l.fzero() };
-    if B::MAXU > 127 {
-        let wt = l.tile8(&q);
-        for (t, h) in hdr.iter().enumerate() {
-            let off = act_off::<B::Act>(x, tok0 + t, b);
-            let y: &B::Act = act(x.q, off);
-            let acc = match x.r {
-                None => l.dot8_q(&wt, y.qs(), h.corr),
-                Some(r) => l.dot8_qr(&wt, y.qs(), act::<B::Act>(r, off).qs(), h.corr),
-            };
-            let f = legacy_finish::<L, B>(l, acc, h, dw, mw);
-            add_out(l, out, (tok0 + t) * rows + tile.i0, tile.nr, f);
-        }
+    let (wt, dw, mw) = if tile.nr == L::N {
+        full_tile(
+            l,
+            tile,
+            bytemuck::cast_slice(tile.w),
+            size_of::<B>() * tile.nb,
+            b,
+        )
     } else {
-        let wt = l.tile(&q);
-        for (t, h) in hdr.iter().enumerate() {
-            let off = act_off::<B::Act>(x, tok0 + t, b);
-            let y: &B::Act = act(x.q, off);
-            let acc = match x.r {
-                None => l.dot_q(&wt, y.qs(), h.corr, B::MAXU),
-                Some(r) => l.dot_qr(&wt, y.qs(), act::<B::Act>(r, off).qs(), h.corr, B::MAXU),
-            };
-            let f = legacy_finish::<L, B>(l, acc, h, dw, mw);
-            add_out(l, out, (tok0 + t) * rows + tile.i0, tile.nr, f);
-        }
+        let (q, dw, mw) = unpack(l, tile, b);
+        (wtile::<L, B>(l, &q), dw, mw)
+    };
+    for (t, h) in hdr.iter().enumerate() {
+        let off = act_off::<B::Act>(x, tok0 + t, b);
+        let y: &B::Act = act(x.q, off);
+        let yr = x.r.map(|r| act::<B::Act>(r, off).qs());
+        let acc = dot::<L, B>(l, &wt, y.qs(), yr, h.corr);
+        let f = legacy_finish::<L, B>(l, acc, h, dw, mw);
+        add_out(l, out, (tok0 + t) * rows + tile.i0, tile.nr, f);
     }
 }
 

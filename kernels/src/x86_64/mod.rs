@@ -6,4 +6,6 @@ mod float;
 mod lanes;
 pub mod lora;
 mod matmul;
+mod matvec;
+mod tiles;
 mod wtypes;

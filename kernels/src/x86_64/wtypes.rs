@@ -49,6 +49,16 @@ impl Act32 for BlockQ8_1 {
     }
 }
 
+/// How a full tile of a 32-element type is unpacked: its packed nibbles transposed first
+/// ([`Lanes::tile_nib`]), its signed bytes ([`Lanes::tile_q8`]), or each row's block unpacked
+/// ([`Legacy::quants`]) and then transposed ([`Lanes::tile`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Layout {
+    Nibbles,
+    Bytes,
+    Rows,
+}
+
 /// A 32-element weight block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0). Its value is `d·(u − OFF)` (or
 /// `d·u + m` when `MIN`) with `u` the unsigned quants that [`Legacy::quants`] gives, at most `MAXU`.
 pub(super) trait Legacy: Pod {
@@ -57,6 +67,9 @@ pub(super) trait Legacy: Pod {
     const MAXU: u32;
     const OFF: i32;
     const MIN: bool;
+    const LAYOUT: Layout;
+    /// Byte offset of the quants (`qs`) in the block.
+    const QS: usize;
     /// The 32 quants `u` in element order.
     fn quants<L: Lanes>(&self, l: L) -> __m256i;
     fn d(&self) -> F16Bits;
@@ -69,6 +82,8 @@ pub(super) trait Legacy: Pod {
 }
 
 impl Legacy for BlockQ4_0 {
+    const LAYOUT: Layout = Layout::Nibbles;
+    const QS: usize = 2;
     type Act = BlockQ8_0;
     const MAXU: u32 = 15;
     const OFF: i32 = 8;
@@ -88,6 +103,8 @@ impl Legacy for BlockQ4_0 {
 }
 
 impl Legacy for BlockQ4_1 {
+    const LAYOUT: Layout = Layout::Nibbles;
+    const QS: usize = 4;
     type Act = BlockQ8_1;
     const MAXU: u32 = 15;
     const OFF: i32 = 0;
@@ -107,6 +124,8 @@ impl Legacy for BlockQ4_1 {
 }
 
 impl Legacy for BlockQ5_0 {
+    const LAYOUT: Layout = Layout::Rows;
+    const QS: usize = 6;
     type Act = BlockQ8_0;
     const MAXU: u32 = 31;
     const OFF: i32 = 16;
@@ -126,6 +145,8 @@ impl Legacy for BlockQ5_0 {
 }
 
 impl Legacy for BlockQ5_1 {
+    const LAYOUT: Layout = Layout::Rows;
+    const QS: usize = 8;
     type Act = BlockQ8_1;
     const MAXU: u32 = 31;
     const OFF: i32 = 0;
@@ -145,6 +166,8 @@ impl Legacy for BlockQ5_1 {
 }
 
 impl Legacy for BlockQ8_0 {
+    const LAYOUT: Layout = Layout::Bytes;
+    const QS: usize = 2;
     type Act = BlockQ8_0;
     const MAXU: u32 = 255;
     const OFF: i32 = 128;
