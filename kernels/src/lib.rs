@@ -479,9 +479,7 @@ impl Kernels {
         let fused: &[QuantType] = match self.tier {
             Tier::Scalar => &[],
             #[cfg(target_arch = "x86_64")]
-            Tier::Avx512 => x86_64::avx512::FUSED2,
-            #[cfg(target_arch = "x86_64")]
-            Tier::Avx2 => x86_64::avx2::FUSED2,
+            Tier::Avx512 | Tier::Avx2 => x86_64::FUSED2,
             #[cfg(target_arch = "aarch64")]
             Tier::Neon | Tier::NeonDotprod => aarch64::neon::FUSED2,
             #[allow(unreachable_patterns)]

@@ -1,16 +1,15 @@
-//! Helpers shared by the x86-64 quantized tiers ([`super::avx2`], [`super::avx512`]): the `MatVec`
-//! argument check (same contract as the scalar tier), an alignment-1 view of Q8_K blocks, loads and
-//! stores from fixed-size arrays (the only `unsafe` memory accesses of the tiers), and small vector
-//! helpers.
+//! Helpers shared by the x86-64 tiers: an alignment-1 view of Q8_K blocks, the loads, stores,
+//! gathers and prefetches (the only `unsafe` memory accesses of the tiers: const-checked offsets
+//! into fixed-size values, or slices checked at run time), and small vector helpers.
 //!
-//! Every helper with vector arguments or results is a `#[target_feature(enable = "avx2,fma,f16c")]`
-//! function, so it can be called without `unsafe` from the tiers' own target-feature functions (which
-//! enable a superset of these features) and is inlined there.
+//! Every helper with vector arguments or results is a `#[target_feature]` function (AVX2 + FMA +
+//! F16C, or AVX-512F for the 512-bit ones); the generic kernels reach them through the lane
+//! tokens' methods ([`super::lanes`]), which are inlined into the tiers' target-feature entries.
 use bytemuck::{Pod, Zeroable};
 use core::arch::x86_64::*;
 use core::mem::size_of;
 
-use crate::{F16Bits, QuantType, QK_K};
+use crate::{F16Bits, QK_K};
 
 /// A Q8_K block as bytes (alignment 1), so that a `&[u8]` activation at any address can be viewed as
 /// `&[Q8KBytes]`. Same layout as [`crate::BlockQ8K`]: `d` (f32 LE), `qs`, `bsums` (16 × i16 LE).
@@ -24,53 +23,6 @@ pub(super) struct Q8KBytes {
 
 const _: () = assert!(size_of::<Q8KBytes>() == size_of::<crate::BlockQ8K>());
 const _: () = assert!(core::mem::align_of::<Q8KBytes>() == 1);
-
-/// The crate's `MatVec` shape check ([`crate::check_matvec`], shared by every tier) for weights of
-/// type `ty` viewed as blocks `W` and activations as blocks `X`: the weight rows (the first
-/// `out.len() * nb` blocks, `nb` per row), the activation blocks and `nb`; or `None` after writing
-/// zeros (`n == 0`) or NaN (inconsistent lengths) to `out`.
-#[inline]
-pub(super) fn geometry<'a, W: Pod, X: Pod>(
-    ty: QuantType,
-    n: usize,
-    w: &'a [u8],
-    xq: &'a [u8],
-    out: &mut [f32],
-) -> Option<(&'a [W], &'a [X], usize)> {
-    let s = crate::check_matvec(ty, n, w, xq, None, out)?;
-    Some((
-        bytemuck::cast_slice(&w[..s.row_bytes * out.len()]),
-        bytemuck::cast_slice(&xq[..s.act_bytes]),
-        s.nb,
-    ))
-}
-
-/// [`geometry`] for a `MatVec2` call: also the second activation's blocks.
-#[inline]
-#[allow(clippy::type_complexity)]
-pub(super) fn geometry2<'a, W: Pod, X: Pod>(
-    ty: QuantType,
-    n: usize,
-    w: &'a [u8],
-    xq: &'a [u8],
-    xr: &'a [u8],
-    out: &mut [f32],
-) -> Option<(&'a [W], &'a [X], &'a [X], usize)> {
-    let s = crate::check_matvec(ty, n, w, xq, Some(xr), out)?;
-    Some((
-        bytemuck::cast_slice(&w[..s.row_bytes * out.len()]),
-        bytemuck::cast_slice(&xq[..s.act_bytes]),
-        bytemuck::cast_slice(&xr[..s.act_bytes]),
-        s.nb,
-    ))
-}
-
-/// Number of whole blocks of the activation type `vt` that both `x` and `out` hold
-/// ([`crate::quantize_blocks`], shared by every tier).
-#[inline]
-pub(super) fn quant_blocks(vt: QuantType, x: &[f32], out: &[u8]) -> usize {
-    crate::quantize_blocks(vt, x, out.len())
-}
 
 /// 16 bytes at byte offset `OFF` of `a`.
 #[inline]
@@ -238,13 +190,6 @@ pub(super) fn f16_head<T: Pod>(a: &T) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(head32(a) as i32))
 }
 
-/// `a` converted from f16 and broadcast to 8 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn f16x8(a: F16Bits) -> __m256 {
-    _mm256_cvtph_ps(_mm_set1_epi16(a.bits() as i16))
-}
-
 /// One f16 value converted to f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -281,14 +226,6 @@ pub(super) fn hmax256(v: __m256) -> f32 {
     _mm_cvtss_f32(m)
 }
 
-/// The 16 nibbles of `q` as 32 bytes: low nibbles (elements 0..16) then high nibbles (16..32).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn nibbles(q: __m128i) -> __m256i {
-    let m = _mm256_set1_epi8(0x0f);
-    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), m)
-}
-
 /// The fifth bits of a Q5_0/Q5_1 block (`qh`: bit j belongs to element j) as 32 bytes in element
 /// order, `0x10` where the bit is set and 0 elsewhere, to be OR-ed onto [`nibbles`].
 ///
@@ -311,11 +248,6 @@ pub(super) fn fifth_bits(qh: [u8; 4]) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// How far ahead of the weight row being read the row kernels prefetch, in bytes. Decode streams
-/// the weights from memory once per token; the rows a kernel reads are consecutive, so prefetching a
-/// fixed distance ahead of every row cursor covers the whole stream.
-pub(super) const PREFETCH_AHEAD: usize = 4096;
-
 /// Hints the cache line `ahead` bytes after `p` into L1 (`prefetcht0`). Only the address is
 /// computed (wrapping, so past the end of the slice is fine): a prefetch never faults or reads
 /// into Rust-visible memory.
@@ -323,16 +255,6 @@ pub(super) const PREFETCH_AHEAD: usize = 4096;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn prefetch<T>(p: &T, ahead: usize) {
     _mm_prefetch::<_MM_HINT_T0>((p as *const T).cast::<i8>().wrapping_add(ahead));
-}
-
-/// [`prefetch`] of the four cache lines of a K-quant block (at most 256 bytes), `PREFETCH_AHEAD`
-/// bytes ahead.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn prefetch_block<T>(p: &T) {
-    for l in 0..4 {
-        prefetch(p, PREFETCH_AHEAD + 64 * l);
-    }
 }
 
 /// Decodes the 12 packed bytes of Q4_K/Q5_K 6-bit scales and mins into `(scales, mins)`, 8 bytes
@@ -356,43 +278,6 @@ pub(super) fn k4_scales(s: &[u8; 12]) -> (u64, u64) {
         mn_lo as u64 | (mn_hi as u64) << 32,
     )
 }
-
-/// Runs a row kernel `$f::<R>(rows: [&[W]; R], x: &[X]) -> [f32; R]` over all rows of `w` (`nb`
-/// blocks each), `$r` rows at a time, then one at a time for the remainder.
-macro_rules! drive_rows {
-    ($f:ident, $r:literal, $w:expr, $x:expr, $nb:expr, $out:expr) => {{
-        let (w, x, nb, out) = ($w, $x, $nb, $out);
-        let full = out.len() / $r * $r;
-        let (head, tail) = out.split_at_mut(full);
-        for (i, o) in head.chunks_exact_mut($r).enumerate() {
-            let rows: [_; $r] = core::array::from_fn(|k| &w[(i * $r + k) * nb..][..nb]);
-            o.copy_from_slice(&$f::<$r>(rows, x));
-        }
-        for (i, o) in tail.iter_mut().enumerate() {
-            let r = full + i;
-            *o = $f::<1>([&w[r * nb..][..nb]], x)[0];
-        }
-    }};
-}
-pub(super) use drive_rows;
-
-/// [`drive_rows`] for two-activation row kernels `$f::<R>(rows, x, z) -> [f32; R]`.
-macro_rules! drive_rows2 {
-    ($f:ident, $r:literal, $w:expr, $x:expr, $z:expr, $nb:expr, $out:expr) => {{
-        let (w, x, z, nb, out) = ($w, $x, $z, $nb, $out);
-        let full = out.len() / $r * $r;
-        let (head, tail) = out.split_at_mut(full);
-        for (i, o) in head.chunks_exact_mut($r).enumerate() {
-            let rows: [_; $r] = core::array::from_fn(|k| &w[(i * $r + k) * nb..][..nb]);
-            o.copy_from_slice(&$f::<$r>(rows, x, z));
-        }
-        for (i, o) in tail.iter_mut().enumerate() {
-            let r = full + i;
-            *o = $f::<1>([&w[r * nb..][..nb]], x, z)[0];
-        }
-    }};
-}
-pub(super) use drive_rows2;
 
 #[cfg(test)]
 mod tests {

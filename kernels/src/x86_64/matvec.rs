@@ -160,3 +160,131 @@ fn pass<L: Lanes, B: Legacy, const RR: usize>(
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------------------
+// K-quants
+// ---------------------------------------------------------------------------------------------------
+
+/// Rows per pass of the K-quant kernels.
+const RK: usize = 2;
+
+/// `MatVec` / `MatVec2` for a K-quant type `B`: per row and super-block, 4 chunks of 64 elements
+/// (`vpmaddubsw` against the activation, `vpmaddwd` with the group scales: two 256-bit halves on
+/// AVX2, one 512-bit vector on AVX-512), and the bsum term (`−dmin·Σ m·bsums`, Q6_K's
+/// `−32·d·Σ sc·bsums`) by one `vpmaddwd` of the 16 group weights with the 16 bsums. With a
+/// residual, its own sums and scale (the K-quant sums could overflow a combined i32).
+#[inline(always)]
+pub(super) fn kquant<L: Lanes, B: KQuant>(
+    l: L,
+    s: MatShape,
+    w: &[u8],
+    xq: &[u8],
+    xr: Option<&[u8]>,
+    out: &mut [f32],
+) {
+    use super::common::Q8KBytes;
+    let rows = out.len();
+    let w: &[B] = bytemuck::cast_slice(&w[..rows * s.row_bytes]);
+    let x: &[Q8KBytes] = bytemuck::cast_slice(&xq[..s.act_bytes]);
+    let z: Option<&[Q8KBytes]> = xr.map(|r| bytemuck::cast_slice(&r[..s.act_bytes]));
+    let full = rows / RK * RK;
+    let (head, tail) = out.split_at_mut(full);
+    for (p, o) in head.chunks_exact_mut(RK).enumerate() {
+        let o: &mut [f32; RK] = o.try_into().unwrap_or_else(|_| unreachable!());
+        *o = kpass::<L, B, RK>(l, w, s.nb, p * RK, x, z);
+    }
+    for (i, o) in tail.iter_mut().enumerate() {
+        *o = kpass::<L, B, 1>(l, w, s.nb, full + i, x, z)[0];
+    }
+}
+
+/// The `RR` rows from `r0` (K-quants).
+#[inline(always)]
+fn kpass<L: Lanes, B: KQuant, const RR: usize>(
+    l: L,
+    w: &[B],
+    nb: usize,
+    r0: usize,
+    x: &[super::common::Q8KBytes],
+    z: Option<&[super::common::Q8KBytes]>,
+) -> [f32; RR] {
+    let rows: [&[B]; RR] = core::array::from_fn(|i| &w[(r0 + i) * nb..(r0 + i + 1) * nb]);
+    let a = l.avx2();
+    let mut acc = [l.fzero(); RR];
+    let mut accc = [a.fzero8(); RR];
+    let (bs, rb) = (size_of::<B>(), nb * size_of::<B>());
+    let ahead = LEAD / RK;
+    for b in 0..nb {
+        let next = if b * bs + ahead >= rb {
+            (RK - 1) * rb
+        } else {
+            0
+        };
+        for row in &rows {
+            a.prefetch_span(&row[b], ahead + next, bs);
+        }
+        for i in 0..RR {
+            let blk = &rows[i][b];
+            let (sc, bw) = blk.group_vecs(a);
+            let dw = a.h2f(blk.d());
+            let cw = a.h2f(blk.cw()) * B::CW;
+            let kb = KBlock {
+                blk,
+                sc,
+                bw,
+                dw,
+                cw,
+            };
+            kpart(l, &kb, &x[b], z.map(|z| &z[b]), &mut acc[i], &mut accc[i]);
+        }
+    }
+    let mut out = [0f32; RR];
+    for i in 0..RR {
+        out[i] = l.hsum(acc[i]) + a.hsum8(accc[i]);
+    }
+    out
+}
+
+/// One row's K-quant block with its scales unpacked.
+struct KBlock<'a, B> {
+    blk: &'a B,
+    /// Group scales (16 i16).
+    sc: core::arch::x86_64::__m256i,
+    /// Group bsum weights (16 i16).
+    bw: core::arch::x86_64::__m256i,
+    dw: f32,
+    /// The bsum term's factor (`CW·cw`).
+    cw: f32,
+}
+
+/// One block against the activation block `y` (and the residual's `r`): `acc += d·dy·Σ sc·S`,
+/// `accc += cw·dy·Σ bw·bsums` for each, the weight quants unpacked once for both.
+#[inline(always)]
+fn kpart<L: Lanes, B: KQuant>(
+    l: L,
+    k: &KBlock<'_, B>,
+    y: &super::common::Q8KBytes,
+    r: Option<&super::common::Q8KBytes>,
+    acc: &mut L::F,
+    accc: &mut core::arch::x86_64::__m256,
+) {
+    let ys: &[[i8; 64]; 4] = bytemuck::cast_ref(&y.qs);
+    let (mut sq, mut sr) = (l.izero(), l.izero());
+    for c in 0..4 {
+        let q = [k.blk.quants(l, 2 * c), k.blk.quants(l, 2 * c + 1)];
+        sq = l.iadd(sq, l.kdot(q, &ys[c], k.sc, c));
+        if let Some(r) = r {
+            let rs: &[[i8; 64]; 4] = bytemuck::cast_ref(&r.qs);
+            sr = l.iadd(sr, l.kdot(q, &rs[c], k.sc, c));
+        }
+    }
+    let a = l.avx2();
+    let dy = f32::from_le_bytes(y.d);
+    *acc = l.fmadd(l.cvt(sq), l.fsplat(k.dw * dy), *acc);
+    *accc = a.bsum_fma(k.bw, &y.bsums, k.cw * dy, *accc);
+    if let Some(r) = r {
+        let dr = f32::from_le_bytes(r.d);
+        *acc = l.fmadd(l.cvt(sr), l.fsplat(k.dw * dr), *acc);
+        *accc = a.bsum_fma(k.bw, &r.bsums, k.cw * dr, *accc);
+    }
+}

@@ -221,6 +221,8 @@ pub(super) trait KQuant: Pod {
     fn cw(&self) -> F16Bits;
     /// Per group of 16: the scale `sc_g` and the bsum weight `bw_g`.
     fn group_scales(&self) -> ([i16; 16], [i16; 16]);
+    /// [`KQuant::group_scales`] as two vectors of 16 i16.
+    fn group_vecs(&self, a: Avx2) -> (__m256i, __m256i);
     #[inline(always)]
     fn zero() -> Self {
         Zeroable::zeroed()
@@ -246,6 +248,11 @@ impl KQuant for BlockQ4K {
     fn group_scales(&self) -> ([i16; 16], [i16; 16]) {
         k4_groups(&self.scales)
     }
+    #[inline(always)]
+    fn group_vecs(&self, a: Avx2) -> (__m256i, __m256i) {
+        let (sc, mn) = k4_scales(&self.scales);
+        (a.dup_u8x8(sc), a.dup_u8x8(mn))
+    }
     const MAXU: u32 = 15;
     const ONE_SCALE: bool = true;
     const CW: f32 = -1.0;
@@ -268,6 +275,11 @@ impl KQuant for BlockQ5K {
     #[inline(always)]
     fn group_scales(&self) -> ([i16; 16], [i16; 16]) {
         k4_groups(&self.scales)
+    }
+    #[inline(always)]
+    fn group_vecs(&self, a: Avx2) -> (__m256i, __m256i) {
+        let (sc, mn) = k4_scales(&self.scales);
+        (a.dup_u8x8(sc), a.dup_u8x8(mn))
     }
     const MAXU: u32 = 31;
     const ONE_SCALE: bool = true;
@@ -296,6 +308,11 @@ impl KQuant for BlockQ6K {
         let s: [i16; 16] = core::array::from_fn(|g| self.scales[g] as i16);
         (s, s)
     }
+    #[inline(always)]
+    fn group_vecs(&self, _a: Avx2) -> (__m256i, __m256i) {
+        let s = simd! { _mm256_cvtepi8_epi16(ld128::<0, _>(&self.scales)) };
+        (s, s)
+    }
     const MAXU: u32 = 63;
     const ONE_SCALE: bool = false;
     const CW: f32 = -32.0;
@@ -314,6 +331,15 @@ impl KQuant for BlockQ6K {
 }
 
 impl Avx2 {
+    /// The 8 bytes of `v` as i16, each twice: `[v0, v0, v1, v1, …, v7, v7]`.
+    #[inline(always)]
+    pub(super) fn dup_u8x8(self, v: u64) -> __m256i {
+        simd! {
+            let w = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(v as i64));
+            _mm256_set_m128i(_mm_unpackhi_epi16(w, w), _mm_unpacklo_epi16(w, w))
+        }
+    }
+
     /// The low (`hi == false`) or high nibbles of 32 bytes.
     #[inline(always)]
     pub(super) fn nib_half(self, q: &[u8; 32], hi: bool) -> __m256i {
