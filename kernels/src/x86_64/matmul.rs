@@ -22,8 +22,11 @@
 //!   (`vpmaddwd` on AVX2, `vpmulld` on AVX-512), the mins (Q4_K/Q5_K) and Q6_K's `−32` offset meet
 //!   the activation's 16-element sums (`bsums`) through one more pairwise product.
 //!
-//! Tokens are processed in passes of [`TS`]; the header for the symmetric and min types is built
-//! per [`KC`] blocks. `out` is the accumulator (zeroed first).
+//! Rows are processed in blocks of [`RB`] and tokens in passes of [`TS`]; the header for the
+//! symmetric and min types is built per [`KC`] blocks. The f32 sums of a row block and pass are
+//! kept in a stack buffer tile by tile ([`Facc`]: one tile's tokens are contiguous, so its stores
+//! and the next block's loads of the same sums never alias modulo 4 KiB, as the rows of `out` did
+//! at a 256-byte stride), and written to `out` once.
 use core::mem::size_of;
 
 use super::common::Q8KBytes;
@@ -36,6 +39,42 @@ use crate::{ActRows, QK, QK_K};
 const TS: usize = 64;
 /// Blocks per header chunk (32-element types).
 const KC: usize = 32;
+/// Rows per block of rows (a multiple of every tile height).
+const RB: usize = 64;
+
+/// The f32 sums of one row block and token pass: tile `k`'s token `t` at `(k·TS + t)·N`.
+struct Facc([f32; RB * TS]);
+
+impl Facc {
+    /// Token `t` of tile `k` (`n` = the tile height).
+    #[inline(always)]
+    fn at(&mut self, k: usize, t: usize, n: usize) -> &mut [f32] {
+        let o = (k * TS + t) * n;
+        &mut self.0[o..o + n]
+    }
+
+    /// Writes the sums of `nrows` rows from `r0` and `ts` tokens from `tok0` into `out`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &mut self,
+        n: usize,
+        out: &mut [f32],
+        rows: usize,
+        r0: usize,
+        nrows: usize,
+        tok0: usize,
+        ts: usize,
+    ) {
+        for t in 0..ts {
+            for k in 0..nrows.div_ceil(n) {
+                let nr = n.min(nrows - k * n);
+                let o = (tok0 + t) * rows + r0 + k * n;
+                out[o..o + nr].copy_from_slice(&self.at(k, t, n)[..nr]);
+            }
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------------
 // 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
@@ -61,29 +100,34 @@ pub(super) fn legacy<L: Lanes, B: Legacy>(
     let nb = n / QK;
     let rows = out.len() / x.n_tok;
     let w: &[B] = bytemuck::cast_slice(&w[..rows * nb * size_of::<B>()]);
-    out.fill(0.0);
     let mut hdr = [[Hdr::default(); TS]; KC];
-    for tok0 in (0..x.n_tok).step_by(TS) {
-        let ts = TS.min(x.n_tok - tok0);
-        for kc0 in (0..nb).step_by(KC) {
-            let kc = KC.min(nb - kc0);
-            for (j, h) in hdr[..kc].iter_mut().enumerate() {
-                for (t, e) in h[..ts].iter_mut().enumerate() {
-                    *e = header_at::<L, B>(l, &x, tok0 + t, kc0 + j);
+    let mut acc = Facc([0.0; RB * TS]);
+    for r0 in (0..rows).step_by(RB) {
+        let nrows = RB.min(rows - r0);
+        for tok0 in (0..x.n_tok).step_by(TS) {
+            let ts = TS.min(x.n_tok - tok0);
+            acc.0.fill(0.0);
+            for kc0 in (0..nb).step_by(KC) {
+                let kc = KC.min(nb - kc0);
+                for (j, h) in hdr[..kc].iter_mut().enumerate() {
+                    for (t, e) in h[..ts].iter_mut().enumerate() {
+                        *e = header_at::<L, B>(l, &x, tok0 + t, kc0 + j);
+                    }
+                }
+                for (k, i0) in (r0..r0 + nrows).step_by(L::N).enumerate() {
+                    let tile = Tile {
+                        w,
+                        nb,
+                        i0,
+                        nr: L::N.min(r0 + nrows - i0),
+                        zero: B::zero(),
+                    };
+                    for (j, h) in hdr[..kc].iter().enumerate() {
+                        legacy_block(l, &tile, kc0 + j, &x, tok0, &h[..ts], &mut acc, k);
+                    }
                 }
             }
-            for i0 in (0..rows).step_by(L::N) {
-                let tile = Tile {
-                    w,
-                    nb,
-                    i0,
-                    nr: L::N.min(rows - i0),
-                    zero: B::zero(),
-                };
-                for (j, h) in hdr[..kc].iter().enumerate() {
-                    legacy_block(l, &tile, kc0 + j, &x, tok0, &h[..ts], rows, out);
-                }
-            }
+            acc.store(L::N, out, rows, r0, nrows, tok0, ts);
         }
     }
 }
@@ -98,8 +142,8 @@ fn legacy_block<L: Lanes, B: Legacy>(
     x: &ActRows<'_>,
     tok0: usize,
     hdr: &[Hdr],
-    rows: usize,
-    out: &mut [f32],
+    acc: &mut Facc,
+    k: usize,
 ) {
     let (wt, dw, mw) = if tile.nr == L::N {
         full_tile(
@@ -117,9 +161,9 @@ fn legacy_block<L: Lanes, B: Legacy>(
         let off = act_off::<B::Act>(x, tok0 + t, b);
         let y: &B::Act = act(x.q, off);
         let yr = x.r.map(|r| act::<B::Act>(r, off).qs());
-        let acc = dot::<L, B>(l, &wt, y.qs(), yr, h.corr);
-        let f = legacy_finish::<L, B>(l, acc, h, dw, mw);
-        add_out(l, out, (tok0 + t) * rows + tile.i0, tile.nr, f);
+        let i = dot::<L, B>(l, &wt, y.qs(), yr, h.corr);
+        let f = legacy_finish::<L, B>(l, i, h, dw, mw);
+        l.add_to(acc.at(k, t, L::N), f);
     }
 }
 
@@ -175,20 +219,25 @@ pub(super) fn kquant<L: Lanes, B: KQuant>(
     let nb = n / QK_K;
     let rows = out.len() / x.n_tok;
     let w: &[B] = bytemuck::cast_slice(&w[..rows * nb * size_of::<B>()]);
-    out.fill(0.0);
-    for tok0 in (0..x.n_tok).step_by(TS) {
-        let ts = TS.min(x.n_tok - tok0);
-        for i0 in (0..rows).step_by(L::N) {
-            let tile = Tile {
-                w,
-                nb,
-                i0,
-                nr: L::N.min(rows - i0),
-                zero: B::zero(),
-            };
-            for b in 0..nb {
-                k_block(l, &tile, b, &x, tok0, ts, rows, out);
+    let mut acc = Facc([0.0; RB * TS]);
+    for r0 in (0..rows).step_by(RB) {
+        let nrows = RB.min(rows - r0);
+        for tok0 in (0..x.n_tok).step_by(TS) {
+            let ts = TS.min(x.n_tok - tok0);
+            acc.0.fill(0.0);
+            for (k, i0) in (r0..r0 + nrows).step_by(L::N).enumerate() {
+                let tile = Tile {
+                    w,
+                    nb,
+                    i0,
+                    nr: L::N.min(r0 + nrows - i0),
+                    zero: B::zero(),
+                };
+                for b in 0..nb {
+                    k_block(l, &tile, b, &x, tok0, ts, &mut acc, k);
+                }
             }
+            acc.store(L::N, out, rows, r0, nrows, tok0, ts);
         }
     }
 }
@@ -242,8 +291,8 @@ fn k_block<L: Lanes, B: KQuant>(
     x: &ActRows<'_>,
     tok0: usize,
     ts: usize,
-    rows: usize,
-    out: &mut [f32],
+    acc: &mut Facc,
+    k: usize,
 ) {
     let kr = k_rows::<L, B>(l, tile, b);
     let mut accq = [l.izero(); TS];
@@ -273,6 +322,6 @@ fn k_block<L: Lanes, B: KQuant>(
         if let Some(r) = x.r {
             f = l.fadd(f, k_part(l, &kr, accr[t], k_act(r, x, tok0 + t, b)));
         }
-        add_out(l, out, (tok0 + t) * rows + tile.i0, tile.nr, f);
+        l.add_to(acc.at(k, t, L::N), f);
     }
 }

@@ -30,19 +30,6 @@ pub(super) fn act_off<A>(x: &ActRows<'_>, tok: usize, b: usize) -> usize {
     tok * x.stride + b * size_of::<A>()
 }
 
-/// `out[off..off + nr] += v[..nr]` (a whole tile, or the first `nr` lanes of a partial one).
-#[inline(always)]
-pub(super) fn add_out<L: Lanes>(l: L, out: &mut [f32], off: usize, nr: usize, v: L::F) {
-    if nr == L::N {
-        l.add_to(&mut out[off..off + L::N], v);
-    } else {
-        let mut t = [0f32; 16];
-        t[..nr].copy_from_slice(&out[off..off + nr]);
-        l.add_to(&mut t[..L::N], v);
-        out[off..off + nr].copy_from_slice(&t[..nr]);
-    }
-}
-
 /// The rows of one tile: `N` rows from `i0` (`nr` of them real, the rest read as zero blocks).
 pub(super) struct Tile<'a, B> {
     pub w: &'a [B],
