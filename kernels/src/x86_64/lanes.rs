@@ -102,6 +102,8 @@ pub(crate) trait Lanes: Copy {
     fn f16_at(self, row: &[u8], at: usize) -> Self::F;
     /// Σ of the lanes.
     fn hsum(self, v: Self::F) -> f32;
+    /// `o[..N]` (zeros unless `o` holds exactly `N` values).
+    fn fload(self, o: &[f32]) -> Self::F;
     /// `o[..N] = v` (`o` holds exactly `N` values; anything else is left alone).
     fn store_to(self, o: &mut [f32], v: Self::F);
     /// `o[..N] += v` (`o` holds exactly `N` values; anything else is left alone).

@@ -114,6 +114,10 @@ pub(super) fn legacy<L: Lanes, B: Legacy>(
                         *e = header_at::<L, B>(l, &x, tok0 + t, kc0 + j);
                     }
                 }
+                let (ya, yr) = (
+                    act_rows::<B>(x.q, &x, nb, tok0, ts),
+                    x.r.map(|r| act_rows::<B>(r, &x, nb, tok0, ts)),
+                );
                 for (k, i0) in (r0..r0 + nrows).step_by(L::N).enumerate() {
                     let tile = Tile {
                         w,
@@ -123,13 +127,33 @@ pub(super) fn legacy<L: Lanes, B: Legacy>(
                         zero: B::zero(),
                     };
                     for (j, h) in hdr[..kc].iter().enumerate() {
-                        legacy_block(l, &tile, kc0 + j, &x, tok0, &h[..ts], &mut acc, k);
+                        let ys = (&ya[..ts], yr.as_ref().map(|r| &r[..ts]));
+                        legacy_block(l, &tile, kc0 + j, ys, &h[..ts], &mut acc, k);
                     }
                 }
             }
             acc.store(L::N, out, rows, r0, nrows, tok0, ts);
         }
     }
+}
+
+/// The activation rows of tokens `tok0..tok0 + ts` in `q` as blocks (the rest empty).
+#[inline(always)]
+fn act_rows<'a, B: Legacy>(
+    q: &'a [u8],
+    x: &ActRows<'_>,
+    nb: usize,
+    tok0: usize,
+    ts: usize,
+) -> [&'a [B::Act]; TS] {
+    core::array::from_fn(|t| {
+        if t < ts {
+            let o = (tok0 + t) * x.stride;
+            bytemuck::cast_slice(&q[o..o + nb * size_of::<B::Act>()])
+        } else {
+            &[][..]
+        }
+    })
 }
 
 /// One block `b` of one tile against the tokens `tok0..tok0 + hdr.len()`.
@@ -139,8 +163,7 @@ fn legacy_block<L: Lanes, B: Legacy>(
     l: L,
     tile: &Tile<'_, B>,
     b: usize,
-    x: &ActRows<'_>,
-    tok0: usize,
+    (ya, yr): (&[&[B::Act]], Option<&[&[B::Act]]>),
     hdr: &[Hdr],
     acc: &mut Facc,
     k: usize,
@@ -158,12 +181,11 @@ fn legacy_block<L: Lanes, B: Legacy>(
         (wtile::<L, B>(l, &q), dw, mw)
     };
     for (t, h) in hdr.iter().enumerate() {
-        let off = act_off::<B::Act>(x, tok0 + t, b);
-        let y: &B::Act = act(x.q, off);
-        let yr = x.r.map(|r| act::<B::Act>(r, off).qs());
-        let i = dot::<L, B>(l, &wt, y.qs(), yr, h.corr);
-        let f = legacy_finish::<L, B>(l, i, h, dw, mw);
-        l.add_to(acc.at(k, t, L::N), f);
+        let r = yr.map(|r| r[t][b].qs());
+        let i = dot::<L, B>(l, &wt, ya[t][b].qs(), r, h.corr);
+        let o = acc.at(k, t, L::N);
+        let v = legacy_acc::<L, B>(l, i, h, dw, mw, l.fload(o));
+        l.store_to(o, v);
     }
 }
 

@@ -163,19 +163,20 @@ pub(super) fn wtile<L: Lanes, B: Legacy>(l: L, q: &[__m256i; 16]) -> Wt<L> {
     }
 }
 
-/// The f32 outputs of one token and block: `cvt(acc)·d_w·scale (+ m_w·s)`.
+/// `v + cvt(acc)·d_w·scale (+ m_w·s)`: one token's block added to its sums.
 #[inline(always)]
-pub(super) fn legacy_finish<L: Lanes, B: Legacy>(
+pub(super) fn legacy_acc<L: Lanes, B: Legacy>(
     l: L,
     acc: L::I,
     h: &Hdr,
     dw: L::F,
     mw: L::F,
+    v: L::F,
 ) -> L::F {
-    let f = l.fmul(l.cvt(acc), l.fmul(dw, l.fsplat(h.scale)));
+    let v = l.fmadd(l.cvt(acc), l.fmul(dw, l.fsplat(h.scale)), v);
     if B::MIN {
-        l.fmadd(mw, l.fsplat(h.s), f)
+        l.fmadd(mw, l.fsplat(h.s), v)
     } else {
-        f
+        v
     }
 }

@@ -201,6 +201,13 @@ impl Lanes for Avx2 {
         simd! { hsum256(v) }
     }
     #[inline(always)]
+    fn fload(self, o: &[f32]) -> __m256 {
+        match <&[f32; 8]>::try_from(o) {
+            Ok(o) => simd! { ldps::<0, _>(o) },
+            Err(_) => self.fzero(),
+        }
+    }
+    #[inline(always)]
     fn store_to(self, o: &mut [f32], v: __m256) {
         if let Ok(o) = <&mut [f32; 8]>::try_from(o) {
             simd! { stps(o, v) }

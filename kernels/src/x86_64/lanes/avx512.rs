@@ -70,6 +70,13 @@ impl Lanes for Avx512 {
         simd! { _mm512_reduce_add_ps(v) }
     }
     #[inline(always)]
+    fn fload(self, o: &[f32]) -> __m512 {
+        match <&[f32; 16]>::try_from(o) {
+            Ok(o) => simd! { ldps16::<0, _>(o) },
+            Err(_) => self.fzero(),
+        }
+    }
+    #[inline(always)]
     fn store_to(self, o: &mut [f32], v: __m512) {
         if let Ok(o) = <&mut [f32; 16]>::try_from(o) {
             simd! { stps16(o, v) }
