@@ -1,7 +1,11 @@
 //! Criterion benches of every quantized matrix×vector kernel (`matvec_*`, and `matvec2_*`: the
 //! q8x2 pair of activations decode uses by default), for every tier this CPU runs next to the
 //! scalar reference, one thread, with `Throughput::Bytes` = weight bytes read per call (criterion
-//! reports GB/s).
+//! reports GB/s); and of the batched products (`matmul_*`, `matmul2_*` with the q8x2 residual:
+//! prefill) with `Throughput::Elements` = multiply-adds per call (criterion's elem/s are MAC/s), for
+//! 8, 32 and 64 tokens, every tier's `Kernels::matmul` next to the same tier's per-token fallback
+//! (`<tier>-per-token`: one `MatVec`/`MatVec2` per token, what `matmul` did before the tiers had
+//! batched kernels; the scalar tier's `matmul` is that fallback too).
 //!
 //! Cases: SmolLM2-135M's FFN shapes `576x1536` (n_in × rows: up/gate; `768x1536` for the K-quants,
 //! whose rows are whole 256-blocks) and `1536x576` (down), which stay in L2/L3 between calls, and
@@ -20,10 +24,14 @@
 //! cargo bench --bench kernels -- matvec2_q4_1       # the fused q8x2 kernel of one type
 //! cargo bench --bench kernels -- 'avx512vnni/1536'  # one tier and shape (criterion's regex filter)
 //! cargo bench --bench kernels -- --quick q4_k       # criterion's quick mode
+//! cargo bench --bench kernels -- matmul2_q4_1       # the q8x2 batched product of one type
 //! ```
+//!
+//! The batched products run as the runtime's `linear()` calls them: chunks of 64 weight rows × all
+//! the batch's tokens, over SmolLM2-135M's up/gate shape (`576x1536`; `768x1536` for the K-quants).
 use common::roofline::cache_sizes;
-use criterion::{BenchmarkId, SamplingMode, Throughput};
-use edge_run::kernels::{F16Bits, Kernels, QuantType};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use edge_run::kernels::{ActRows, F16Bits, Kernels, QuantType};
 use std::cell::OnceCell;
 use std::hint::black_box;
 
@@ -178,6 +186,136 @@ fn main() {
             g.finish();
         }
     }
+    for ty in TYPES {
+        for two in [false, true] {
+            if two && Kernels::scalar().matvec2(ty).is_none() {
+                continue;
+            }
+            bench_matmul(&mut c, &tiers, ty, two);
+        }
+    }
     c.final_summary();
     common::summary("kernels");
+}
+
+/// Weight rows per `Kernels::matmul` call (the runtime's chunk).
+const MM_ROWS: usize = 64;
+
+/// `matmul_<type>` (or `matmul2_<type>` with the residual): 8, 32, 64 tokens.
+fn bench_matmul(c: &mut Criterion, tiers: &[&'static Kernels], ty: QuantType, two: bool) {
+    let name = format!(
+        "{}_{}",
+        if two { "matmul2" } else { "matmul" },
+        ty.name().to_lowercase()
+    );
+    let mut g = c.benchmark_group(&name);
+    g.sampling_mode(SamplingMode::Flat);
+    let n = 576usize.next_multiple_of(ty.block_size());
+    let rows = 1536;
+    let rb = ty.row_bytes(n).expect("n is a multiple of the block size");
+    let bytes = rb * rows;
+    let w: OnceCell<Vec<u8>> = OnceCell::new();
+    for n_tok in [8usize, 32, 64] {
+        let case = format!("{n}x{rows}/t{n_tok}");
+        g.throughput(Throughput::Elements((n * rows * n_tok) as u64));
+        for &k in tiers {
+            for per_token in [false, true] {
+                if per_token && k.matmul_entry(ty).is_none() {
+                    continue; // its matmul already is the per-token fallback
+                }
+                let label: &'static str = if per_token {
+                    Box::leak(format!("{}-per-token", k.tier.name()).into_boxed_str())
+                } else {
+                    k.tier.name()
+                };
+                let id = BenchmarkId::new(label, &case);
+                g.bench_with_input(id, &case, |b, case| {
+                    let w = w.get_or_init(|| weights(ty, n, rows));
+                    let (xq, xr, stride) = activations(k, ty, n, n_tok, two);
+                    let mut out = vec![0f32; rows * n_tok];
+                    let x = ActRows {
+                        q: &xq,
+                        r: two.then_some(&xr[..]),
+                        stride,
+                        n_tok,
+                    };
+                    b.iter_custom(|iters| {
+                        let macs = Some((n * rows * n_tok) as u64);
+                        common::timed_macs(
+                            (&name, case, label),
+                            (bytes, bytes),
+                            macs,
+                            iters,
+                            1,
+                            |_| {
+                                for (wc, oc) in w
+                                    .chunks_exact(MM_ROWS * rb)
+                                    .zip(out.chunks_exact_mut(MM_ROWS * n_tok))
+                                {
+                                    if per_token {
+                                        per_token_matmul(k, ty, n, black_box(wc), x, oc);
+                                    } else {
+                                        k.matmul(ty, n, black_box(wc), x, oc);
+                                    }
+                                }
+                            },
+                        )
+                    });
+                    assert!(
+                        out.iter().all(|v| v.is_finite()),
+                        "{name} {case} {label}: non-finite output"
+                    );
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
+/// `n_tok` activation rows for `ty` (and their residual rows), quantized by `k`, at the row
+/// stride of one quantized row.
+fn activations(
+    k: &Kernels,
+    ty: QuantType,
+    n: usize,
+    n_tok: usize,
+    two: bool,
+) -> (Vec<u8>, Vec<u8>, usize) {
+    let vt = ty.vec_dot_type();
+    let xb = vt
+        .row_bytes(n)
+        .expect("n is a multiple of the activation block");
+    let (mut q, mut r) = (vec![0u8; xb * n_tok], vec![0u8; xb * n_tok]);
+    for t in 0..n_tok {
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * (7919 + 2 * t)) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let (qt, rt) = (&mut q[t * xb..(t + 1) * xb], &mut r[t * xb..(t + 1) * xb]);
+        match k.quantize2(vt).filter(|_| two) {
+            Some(q2) => q2(&x, qt, rt),
+            None => (k.quantize(vt).expect("every vec-dot type has a quantizer"))(&x, qt),
+        }
+    }
+    (q, r, xb)
+}
+
+/// What `Kernels::matmul` does for a tier without a batched kernel: one `MatVec` (or `MatVec2`)
+/// per token.
+fn per_token_matmul(
+    k: &Kernels,
+    ty: QuantType,
+    n: usize,
+    w: &[u8],
+    x: ActRows<'_>,
+    out: &mut [f32],
+) {
+    let rows = out.len() / x.n_tok;
+    let xb = ty.vec_dot_type().row_bytes(n).unwrap_or(0);
+    for (t, o) in out.chunks_exact_mut(rows).enumerate() {
+        let q = &x.q[t * x.stride..t * x.stride + xb];
+        match (x.r, k.matvec2(ty)) {
+            (Some(r), Some(mv2)) => mv2(n, w, q, &r[t * x.stride..t * x.stride + xb], o),
+            _ => (k.matvec(ty).expect("every listed type has a matvec"))(n, w, q, o),
+        }
+    }
 }

@@ -48,6 +48,8 @@ pub struct Rec {
     pub tier: &'static str,
     pub bytes: usize,
     pub working_set: usize,
+    /// Multiply-adds per call, for a batched product (see [`timed_macs`]).
+    pub macs: Option<u64>,
     /// Fastest time per call, seconds (see [`timed`]).
     pub best: f64,
 }
@@ -65,8 +67,21 @@ const MIN_STRETCH: Duration = Duration::from_micros(20);
 /// descheduled moment out of the record on a busy machine, as the roofline probe's 16 MiB repetitions
 /// do.
 pub fn timed(
+    ids: (&str, &str, &'static str),
+    sizes: (usize, usize),
+    iters: u64,
+    n_chunks: usize,
+    f: impl FnMut(usize),
+) -> Duration {
+    timed_macs(ids, sizes, None, iters, n_chunks, f)
+}
+
+/// [`timed`] for a call that also counts `macs` multiply-adds (a batched product): the summary
+/// prints its GMAC/s and its speed-up over the same group's `<tier>-per-token` record.
+pub fn timed_macs(
     (group, case, tier): (&str, &str, &'static str),
     (bytes, working_set): (usize, usize),
+    macs: Option<u64>,
     iters: u64,
     n_chunks: usize,
     mut f: impl FnMut(usize),
@@ -108,6 +123,7 @@ pub fn timed(
             tier,
             bytes,
             working_set,
+            macs,
             best: f64::INFINITY,
         });
     r.best = r.best.min(per_call);
@@ -162,9 +178,20 @@ pub fn summary(name: &str) {
     );
     s += &format!("# roofline measured in this run:\n{}", roof.describe());
     s += "# probe = a read-only stream over a buffer the size of the memory the kernel reads (same run, 1 thread)\n";
+    s += "# batched products (matmul*): GMAC/s, and the speed-up over the same tier's per-token fallback\n";
     s += &format!(
-        "{:<14} {:<14} {:<12} {:>9} {:>9} {:>10} {:>8} {:>8} {:>10}\n",
-        "kernel", "case", "tier", "probe KiB", "GB/s", "probe GB/s", "%probe", "%DRAM", "x scalar"
+        "{:<14} {:<16} {:<22} {:>9} {:>9} {:>10} {:>8} {:>8} {:>10} {:>8} {:>10}\n",
+        "kernel",
+        "case",
+        "tier",
+        "probe KiB",
+        "GB/s",
+        "probe GB/s",
+        "%probe",
+        "%DRAM",
+        "x scalar",
+        "GMAC/s",
+        "x per-tok"
     );
     for r in &recs {
         let gbs = r.bytes as f64 / r.best / 1e9;
@@ -173,8 +200,14 @@ pub fn summary(name: &str) {
             .iter()
             .find(|q| q.group == r.group && q.case == r.case && q.tier == "scalar")
             .map(|q| q.best / r.best);
+        let per_tok = recs
+            .iter()
+            .find(|q| {
+                q.group == r.group && q.case == r.case && q.tier == format!("{}-per-token", r.tier)
+            })
+            .map(|q| q.best / r.best);
         s += &format!(
-            "{:<14} {:<14} {:<12} {:>9.0} {:>9.2} {:>10.1} {:>7.1}% {:>7.1}% {:>10}\n",
+            "{:<14} {:<16} {:<22} {:>9.0} {:>9.2} {:>10.1} {:>7.1}% {:>7.1}% {:>10} {:>8} {:>10}\n",
             r.group,
             r.case,
             r.tier,
@@ -183,7 +216,10 @@ pub fn summary(name: &str) {
             probe,
             100.0 * gbs / probe,
             100.0 * gbs / roof.dram_1t.gbs,
-            scalar.map_or("-".into(), |x| format!("{x:.2}"))
+            scalar.map_or("-".into(), |x| format!("{x:.2}")),
+            r.macs
+                .map_or("-".into(), |m| format!("{:.1}", m as f64 / r.best / 1e9)),
+            per_tok.map_or("-".into(), |x| format!("{x:.2}"))
         );
     }
     println!("\n{s}");

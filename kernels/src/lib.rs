@@ -308,12 +308,14 @@ impl Tier {
 /// (each row `QuantType::row_bytes(n)` bytes); `xq` is the activation in the weight type's
 /// [`QuantType::vec_dot_type`] (raw bytes; for F32 the f32 values' bytes).
 pub type MatVec = fn(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]);
-/// `out[r] = row_r(w) · xq + row_r(w) · xr`: a [`MatVec`] against two activations of the same format
-/// at once (the `q8x2` activation mode: an 8-bit quantization `xq` and the 8-bit quantization `xr` of
-/// its residual). The result is what two `MatVec` calls and an f32 add give, up to f32 summation
-/// order; the length contract is `MatVec`'s with `xr` held to the same length as `xq` (for
-/// `n == 0` the output is zeros; on inconsistent lengths, a debug assertion and NaN outputs in
-/// release builds, never a panic). Fused tiers unpack each weight block once for both products.
+/// `out[r] = row_r(w) · xq + row_r(w) · xr`: a [`MatVec`] against the two activation rows of the
+/// `q8x2` mode, `xq` and its residual row `xr` as a [`Quantize2`] wrote them (each `xr` block's scale
+/// exactly its `xq` block's / 256: the SIMD tiers rely on it to add the two integer sums of a
+/// 32-element block as one i32, `256·Σ w·q + Σ w·r`). The result is what two `MatVec` calls and an
+/// f32 add give, up to f32 summation order; the length contract is `MatVec`'s with `xr` held to the
+/// same length as `xq` (for `n == 0` the output is zeros; on inconsistent lengths, a debug assertion
+/// and NaN outputs in release builds, never a panic). Fused tiers unpack each weight block once for
+/// both products.
 pub type MatVec2 = fn(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]);
 /// Quantize `x` into the bytes of `out` (`vec_dot_type` blocks). `x.len()` must be a multiple of the block.
 pub type Quantize = fn(x: &[f32], out: &mut [u8]);
@@ -327,7 +329,8 @@ pub type Quantize2 = fn(x: &[f32], q: &mut [u8], r: &mut [u8]);
 /// The activation rows of a batched product ([`MatMul`]): `n_tok` rows of `stride` bytes in `q`,
 /// each starting with one token's activation in the weight type's [`QuantType::vec_dot_type`]
 /// (F32 and F16 weights: the f32 values' bytes), and in the `q8x2` mode the residual rows in `r`
-/// (same layout, from a [`Quantize2`]; always `None` for F32 and F16 weights).
+/// (same layout, from a [`Quantize2`] with `q`, whose scale relation the kernels rely on as
+/// [`MatVec2`] does; always `None` for F32 and F16 weights).
 #[derive(Clone, Copy, Debug)]
 pub struct ActRows<'a> {
     pub q: &'a [u8],
@@ -476,9 +479,7 @@ impl Kernels {
         let fused: &[QuantType] = match self.tier {
             Tier::Scalar => &[],
             #[cfg(target_arch = "x86_64")]
-            Tier::Avx512 => x86_64::avx512::FUSED2,
-            #[cfg(target_arch = "x86_64")]
-            Tier::Avx2 => x86_64::avx2::FUSED2,
+            Tier::Avx512 | Tier::Avx2 => x86_64::FUSED2,
             #[cfg(target_arch = "aarch64")]
             Tier::Neon | Tier::NeonDotprod => aarch64::neon::FUSED2,
             #[allow(unreachable_patterns)]

@@ -5,10 +5,11 @@
 //! - Every SIMD tier's `matvec2` is compared with the scalar `matvec2` for every quantized type, on
 //!   random shapes (proptest: sizes, seeds) and on every (block count, row count) combination of
 //!   n = 1..=9 blocks (1..=4 super-blocks for K types) × rows 1..=9 plus 31..=33, 64, 65 (the
-//!   composed two-pass entries work in 32-row sub-chunks). The activations are the `q8x2` pair: `xq` the
-//!   8-bit quantization of x, `xr` that of the residual x − deq(xq) (for Q8_1 with the block-sum
-//!   correction the runtime applies), and also an unrelated second activation (the contract holds
-//!   for any two). Activations sit at odd addresses.
+//!   composed two-pass entries work in 32-row sub-chunks). The activations are the `q8x2` pair the
+//!   `Quantize2` reference writes (the `MatVec2` contract: `xr` is `xq`'s residual row, its block
+//!   scales exactly `xq`'s / 256, which the SIMD tiers rely on to add the two integer sums in one
+//!   i32), of two activation patterns (`pair` = outliers, else exact rounding ties). Activations sit
+//!   at odd addresses.
 //! - Tolerance (per output), the matvec tier test's scheme for a sum of two dot products:
 //!   |tier − scalar| ≤ 2·(k + 8)·ε_f32·(S_q + S_r), with S_x = Σ|terms| of the dot with activation x
 //!   (offset terms counted at full size, m·s per block for Q4_1/Q5_1) and k = 4 f32 additions per
@@ -34,26 +35,17 @@ fn quantize(vdt: QuantType, x: &[f32]) -> Vec<u8> {
     buf
 }
 
-/// The `q8x2` pair for `x`: (xq, xr), each at byte offset 1 of its buffer. For Q8_1 the residual's
-/// block sums are replaced by Σx − s(xq) (what the runtime stores, so that s_q + s_r ≈ Σx).
+/// The `q8x2` pair for `x` from the scalar `Quantize2` (the reference): (xq, xr), each at byte
+/// offset 1 of its buffer.
 fn q8x2_pair(vdt: QuantType, x: &[f32]) -> (Vec<u8>, Vec<u8>) {
-    let q = quantize(vdt, x);
-    let mut deq = vec![0.0f32; x.len()];
-    assert!(dequantize(vdt, &q[1..], &mut deq));
-    let res: Vec<f32> = x.iter().zip(&deq).map(|(a, b)| a - b).collect();
-    let mut r = quantize(vdt, &res);
-    if vdt == QuantType::Q8_1 {
-        for (b, xs) in x.chunks_exact(32).enumerate() {
-            let sum: f32 = xs.iter().sum();
-            let s1 = f16_at(&q[1..], b * 36 + 2);
-            r[1 + b * 36 + 2..1 + b * 36 + 4].copy_from_slice(&F16Bits::from_f32(sum - s1).0);
-        }
-    }
+    let len = vdt.row_bytes(x.len()).unwrap();
+    let (mut q, mut r) = (vec![0u8; len + 1], vec![0u8; len + 1]);
+    (Kernels::scalar().quantize2(vdt).unwrap())(x, &mut q[1..], &mut r[1..]);
     (q, r)
 }
 
 /// Compare `mv2` (a tier's entry for `ty`, named `name`) with the scalar `matvec2` on `rows` random
-/// rows of `n` elements; `pair` picks the q8x2 pair (true) or two unrelated activations.
+/// rows of `n` elements; `pair` picks the activation pattern of the q8x2 pair (outliers, or ties).
 fn check(
     name: &str,
     mv2: MatVec2,
@@ -66,15 +58,12 @@ fn check(
     let mut g = Rng(seed);
     let w = weights(ty, n, rows, &mut g);
     let vdt = ty.vec_dot_type();
-    let x = g.activations(n, Special::Outlier);
-    let (xq, xr) = if pair {
-        q8x2_pair(vdt, &x)
+    let special = if pair {
+        Special::Outlier
     } else {
-        (
-            quantize(vdt, &x),
-            quantize(vdt, &g.activations(n, Special::Outlier)),
-        )
+        Special::Ties
     };
+    let (xq, xr) = q8x2_pair(vdt, &g.activations(n, special));
     let (xq, xr) = (&xq[1..], &xr[1..]);
     let mut want = vec![0.0f32; rows];
     (Kernels::scalar().matvec2(ty).unwrap())(n, &w, xq, xr, &mut want);

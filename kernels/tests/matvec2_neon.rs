@@ -1,10 +1,11 @@
 //! Fused two-activation matvecs (`MatVec2`) on inputs where every tier must be *exact*: all scales
-//! are powers of two — weight `d`/`dmin` 1 or 2 per block, `xq`'s `d` 1 and `xr`'s ½ (so a kernel
-//! that mixes up the two activations' scales is wrong) — Q4_1/Q5_1 offsets are small integers and
-//! the activations' block sums exact, and the quants are bounded so that the sum of |terms| of
-//! every row stays below 2^23. Then every partial sum any kernel forms, in any order, is a multiple
-//! of ½ that an f32 holds exactly, and the result must equal `Σ deq(w)·deq(xq) + Σ deq(w)·deq(xr)`
-//! (computed exactly in f64) bit for bit. This catches what a tolerance can hide in a fused kernel
+//! are powers of two — weight `d`/`dmin` 1 or 2 per block, `xq`'s `d` 1 and `xr`'s 1/256 (the
+//! `Quantize2` relation the `MatVec2` contract asks for, and a kernel that mixes up the two
+//! activations' scales is wrong) — Q4_1/Q5_1 offsets are small integers and the activations' block
+//! sums exact, and the quants (and K-quant sub-block scales) are bounded so that the sum of |terms|
+//! of every row stays below 2^15. Then every partial sum any kernel forms, in any order, is a
+//! multiple of 1/512 that an f32 holds exactly, and the result must equal
+//! `Σ deq(w)·deq(xq) + Σ deq(w)·deq(xr)` (computed exactly in f64) bit for bit. This catches what a tolerance can hide in a fused kernel
 //! (a block or row of one activation dropped or swapped, a wrong scale, a lane missed), on row
 //! counts around the 4-row groups of the NEON legacy kernels (1..=9, 13).
 //!
@@ -29,7 +30,7 @@ fn f16(v: f32) -> [u8; 2] {
 }
 
 /// Random weight rows of `ty` with `d` (and `dmin`) 1 or 2 per block, Q4_1/Q5_1 `m` in 0..=3,
-/// K-quant sub-block scales as stored (6-bit) except Q6_K's, held to -31..=31.
+/// K-quant sub-block scales and mins held to 0..=3 (Q6_K's to -2..=2).
 fn weights(ty: QuantType, n: usize, rows: usize, g: &mut Rng) -> Vec<u8> {
     use QuantType::*;
     let mut w: Vec<u8> = (0..ty.row_bytes(n).unwrap() * rows)
@@ -46,10 +47,14 @@ fn weights(ty: QuantType, n: usize, rows: usize, g: &mut Rng) -> Vec<u8> {
             Q4K | Q5K => {
                 b[..2].copy_from_slice(&d);
                 b[2..4].copy_from_slice(&f16((1 + g.u64() % 2) as f32));
+                // Every packed 6-bit field (and its spliced high bits) at most 3.
+                for s in &mut b[4..16] {
+                    *s &= 0x03;
+                }
             }
             Q6K => {
                 for s in &mut b[192..208] {
-                    *s = int(g, 31) as i8 as u8;
+                    *s = int(g, 2) as i8 as u8;
                 }
                 b[208..210].copy_from_slice(&d);
             }
@@ -99,7 +104,7 @@ fn exact_dot(ty: QuantType, n: usize, row: &[u8], x: &[u8]) -> (f64, f64) {
     assert!(dequantize(ty.vec_dot_type(), x, &mut xd));
     let (mut s, mut a) = (0f64, 0f64);
     for (w, x) in wd.iter().zip(&xd) {
-        assert!((2.0 * w).fract() == 0.0 && (2.0 * x).fract() == 0.0);
+        assert!((2.0 * w).fract() == 0.0 && (256.0 * x).fract() == 0.0);
         let t = *w as f64 * *x as f64;
         s += t;
         a += t.abs();
@@ -115,24 +120,21 @@ fn matvec2_is_exact_on_integer_inputs_in_every_tier() {
         for (ti, &ty) in TYPES.iter().enumerate() {
             let mv2 = k.matvec2(ty).unwrap();
             let is_k = ty.block_size() == QK_K;
-            // Quant bounds keeping Σ|terms| of both activations below 2^23 (asserted below).
+            // Quant bounds keeping Σ|terms| of both activations below 2^15 (asserted below).
             let amp = match ty {
-                _ if is_k => 3,
-                QuantType::Q4_1 | QuantType::Q5_1 => 31,
-                _ => 63,
+                _ if is_k => 1,
+                QuantType::Q8_0 => 1,
+                QuantType::Q4_1 | QuantType::Q5_1 => 3,
+                _ => 7,
             };
-            let ns: &[usize] = if is_k {
-                &[256, 512]
-            } else {
-                &[32, 64, 160, 288]
-            };
+            let ns: &[usize] = if is_k { &[256, 512] } else { &[32, 64, 160] };
             for &n in ns {
                 for rows in (1..=9).chain([13]) {
                     let mut g = Rng((ti * 1_000_000 + n * 100 + rows) as u64);
                     let w = weights(ty, n, rows, &mut g);
                     let vdt = ty.vec_dot_type();
                     let xq = activation(vdt, n, amp, 1.0, &mut g);
-                    let xr = activation(vdt, n, amp, 0.5, &mut g);
+                    let xr = activation(vdt, n, 31, 1.0 / 256.0, &mut g);
                     let mut out = vec![f32::NAN; rows];
                     mv2(n, &w, &xq, &xr, &mut out);
                     let rb = ty.row_bytes(n).unwrap();
@@ -140,7 +142,11 @@ fn matvec2_is_exact_on_integer_inputs_in_every_tier() {
                         let row = &w[r * rb..(r + 1) * rb];
                         let (sq, aq) = exact_dot(ty, n, row, &xq);
                         let (sr, ar) = exact_dot(ty, n, row, &xr);
-                        assert!(aq + ar < (1 << 23) as f64, "inputs too large for exactness");
+                        assert!(
+                            aq + ar < (1 << 15) as f64,
+                            "{} n={n}: inputs too large for exactness ({aq} + {ar})",
+                            ty.name()
+                        );
                         assert_eq!(
                             got,
                             (sq + sr) as f32,

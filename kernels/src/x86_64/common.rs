@@ -1,16 +1,15 @@
-//! Helpers shared by the x86-64 quantized tiers ([`super::avx2`], [`super::avx512`]): the `MatVec`
-//! argument check (same contract as the scalar tier), an alignment-1 view of Q8_K blocks, loads and
-//! stores from fixed-size arrays (the only `unsafe` memory accesses of the tiers), and small vector
-//! helpers.
+//! Helpers shared by the x86-64 tiers: an alignment-1 view of Q8_K blocks, the loads, stores,
+//! gathers and prefetches (the only `unsafe` memory accesses of the tiers: const-checked offsets
+//! into fixed-size values, or slices checked at run time), and small vector helpers.
 //!
-//! Every helper with vector arguments or results is a `#[target_feature(enable = "avx2,fma,f16c")]`
-//! function, so it can be called without `unsafe` from the tiers' own target-feature functions (which
-//! enable a superset of these features) and is inlined there.
+//! Every helper with vector arguments or results is a `#[target_feature]` function (AVX2 + FMA +
+//! F16C, or AVX-512F for the 512-bit ones); the generic kernels reach them through the lane
+//! tokens' methods ([`super::lanes`]), which are inlined into the tiers' target-feature entries.
 use bytemuck::{Pod, Zeroable};
 use core::arch::x86_64::*;
 use core::mem::size_of;
 
-use crate::{F16Bits, QuantType, QK_K};
+use crate::{F16Bits, QK_K};
 
 /// A Q8_K block as bytes (alignment 1), so that a `&[u8]` activation at any address can be viewed as
 /// `&[Q8KBytes]`. Same layout as [`crate::BlockQ8K`]: `d` (f32 LE), `qs`, `bsums` (16 × i16 LE).
@@ -24,53 +23,6 @@ pub(super) struct Q8KBytes {
 
 const _: () = assert!(size_of::<Q8KBytes>() == size_of::<crate::BlockQ8K>());
 const _: () = assert!(core::mem::align_of::<Q8KBytes>() == 1);
-
-/// The crate's `MatVec` shape check ([`crate::check_matvec`], shared by every tier) for weights of
-/// type `ty` viewed as blocks `W` and activations as blocks `X`: the weight rows (the first
-/// `out.len() * nb` blocks, `nb` per row), the activation blocks and `nb`; or `None` after writing
-/// zeros (`n == 0`) or NaN (inconsistent lengths) to `out`.
-#[inline]
-pub(super) fn geometry<'a, W: Pod, X: Pod>(
-    ty: QuantType,
-    n: usize,
-    w: &'a [u8],
-    xq: &'a [u8],
-    out: &mut [f32],
-) -> Option<(&'a [W], &'a [X], usize)> {
-    let s = crate::check_matvec(ty, n, w, xq, None, out)?;
-    Some((
-        bytemuck::cast_slice(&w[..s.row_bytes * out.len()]),
-        bytemuck::cast_slice(&xq[..s.act_bytes]),
-        s.nb,
-    ))
-}
-
-/// [`geometry`] for a `MatVec2` call: also the second activation's blocks.
-#[inline]
-#[allow(clippy::type_complexity)]
-pub(super) fn geometry2<'a, W: Pod, X: Pod>(
-    ty: QuantType,
-    n: usize,
-    w: &'a [u8],
-    xq: &'a [u8],
-    xr: &'a [u8],
-    out: &mut [f32],
-) -> Option<(&'a [W], &'a [X], &'a [X], usize)> {
-    let s = crate::check_matvec(ty, n, w, xq, Some(xr), out)?;
-    Some((
-        bytemuck::cast_slice(&w[..s.row_bytes * out.len()]),
-        bytemuck::cast_slice(&xq[..s.act_bytes]),
-        bytemuck::cast_slice(&xr[..s.act_bytes]),
-        s.nb,
-    ))
-}
-
-/// Number of whole blocks of the activation type `vt` that both `x` and `out` hold
-/// ([`crate::quantize_blocks`], shared by every tier).
-#[inline]
-pub(super) fn quant_blocks(vt: QuantType, x: &[f32], out: &[u8]) -> usize {
-    crate::quantize_blocks(vt, x, out.len())
-}
 
 /// 16 bytes at byte offset `OFF` of `a`.
 #[inline]
@@ -113,6 +65,73 @@ pub(super) fn ldps16<const OFF: usize, T: Pod>(a: &T) -> __m512 {
 pub(super) fn stps16(a: &mut [f32; 16], v: __m512) {
     // SAFETY: `a` is 64 writable bytes; unaligned store.
     unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) }
+}
+
+/// 16 bytes at byte offset `at` of `s` (zeros if they are not all inside `s`: a caller bug).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn ld128_at(s: &[u8], at: usize) -> __m128i {
+    match s
+        .get(at..at + 16)
+        .and_then(|c| <&[u8; 16]>::try_from(c).ok())
+    {
+        Some(c) => ld128::<0, _>(c),
+        None => _mm_setzero_si128(),
+    }
+}
+
+/// 32 bytes at byte offset `at` of `s` (zeros if they are not all inside `s`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn ld256_at(s: &[u8], at: usize) -> __m256i {
+    match s
+        .get(at..at + 32)
+        .and_then(|c| <&[u8; 32]>::try_from(c).ok())
+    {
+        Some(c) => ld256::<0, _>(c),
+        None => _mm256_setzero_si256(),
+    }
+}
+
+/// The 8 little-endian u32 at byte offsets `at + i·stride` (i = 0..8) of `s`, by one `vpgatherdd`;
+/// zeros if the last of them is not inside `s` (a caller bug) or the offsets overflow an i32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn gather8_u32(s: &[u8], at: usize, stride: usize) -> __m256i {
+    let fits = stride <= (i32::MAX / 8) as usize
+        && at
+            .checked_add(7 * stride + 4)
+            .is_some_and(|end| end <= s.len());
+    if !fits {
+        return _mm256_setzero_si256();
+    }
+    let st = stride as i32;
+    let idx = _mm256_setr_epi32(0, st, 2 * st, 3 * st, 4 * st, 5 * st, 6 * st, 7 * st);
+    // SAFETY: the check above keeps every 4-byte element `at + i·stride .. + 4` (i < 8) inside `s`;
+    // the gather reads exactly those (scale 1, no alignment requirement).
+    unsafe { _mm256_i32gather_epi32::<1>(s.as_ptr().add(at).cast(), idx) }
+}
+
+/// The 16 little-endian u32 at byte offsets `at + i·stride` (i = 0..16) of `s`, by one gather;
+/// zeros if the last of them is not inside `s` or the offsets overflow an i32.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn gather16_u32(s: &[u8], at: usize, stride: usize) -> __m512i {
+    let fits = stride <= (i32::MAX / 16) as usize
+        && at
+            .checked_add(15 * stride + 4)
+            .is_some_and(|end| end <= s.len());
+    if !fits {
+        return _mm512_setzero_si512();
+    }
+    let st = stride as i32;
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(st),
+    );
+    // SAFETY: the check above keeps every 4-byte element `at + i·stride .. + 4` (i < 16) inside
+    // `s`; the gather reads exactly those (scale 1, no alignment requirement).
+    unsafe { _mm512_i32gather_epi32::<1>(idx, s.as_ptr().add(at).cast()) }
 }
 
 /// 8 f32 (little-endian bytes, any alignment) at byte offset `OFF` of `a`.
@@ -171,13 +190,6 @@ pub(super) fn f16_head<T: Pod>(a: &T) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(head32(a) as i32))
 }
 
-/// `a` converted from f16 and broadcast to 8 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn f16x8(a: F16Bits) -> __m256 {
-    _mm256_cvtph_ps(_mm_set1_epi16(a.bits() as i16))
-}
-
 /// One f16 value converted to f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -214,14 +226,6 @@ pub(super) fn hmax256(v: __m256) -> f32 {
     _mm_cvtss_f32(m)
 }
 
-/// The 16 nibbles of `q` as 32 bytes: low nibbles (elements 0..16) then high nibbles (16..32).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn nibbles(q: __m128i) -> __m256i {
-    let m = _mm256_set1_epi8(0x0f);
-    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), m)
-}
-
 /// The fifth bits of a Q5_0/Q5_1 block (`qh`: bit j belongs to element j) as 32 bytes in element
 /// order, `0x10` where the bit is set and 0 elsewhere, to be OR-ed onto [`nibbles`].
 ///
@@ -244,11 +248,6 @@ pub(super) fn fifth_bits(qh: [u8; 4]) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// How far ahead of the weight row being read the row kernels prefetch, in bytes. Decode streams
-/// the weights from memory once per token; the rows a kernel reads are consecutive, so prefetching a
-/// fixed distance ahead of every row cursor covers the whole stream.
-pub(super) const PREFETCH_AHEAD: usize = 4096;
-
 /// Hints the cache line `ahead` bytes after `p` into L1 (`prefetcht0`). Only the address is
 /// computed (wrapping, so past the end of the slice is fine): a prefetch never faults or reads
 /// into Rust-visible memory.
@@ -256,16 +255,6 @@ pub(super) const PREFETCH_AHEAD: usize = 4096;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn prefetch<T>(p: &T, ahead: usize) {
     _mm_prefetch::<_MM_HINT_T0>((p as *const T).cast::<i8>().wrapping_add(ahead));
-}
-
-/// [`prefetch`] of the four cache lines of a K-quant block (at most 256 bytes), `PREFETCH_AHEAD`
-/// bytes ahead.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn prefetch_block<T>(p: &T) {
-    for l in 0..4 {
-        prefetch(p, PREFETCH_AHEAD + 64 * l);
-    }
 }
 
 /// Decodes the 12 packed bytes of Q4_K/Q5_K 6-bit scales and mins into `(scales, mins)`, 8 bytes
@@ -289,43 +278,6 @@ pub(super) fn k4_scales(s: &[u8; 12]) -> (u64, u64) {
         mn_lo as u64 | (mn_hi as u64) << 32,
     )
 }
-
-/// Runs a row kernel `$f::<R>(rows: [&[W]; R], x: &[X]) -> [f32; R]` over all rows of `w` (`nb`
-/// blocks each), `$r` rows at a time, then one at a time for the remainder.
-macro_rules! drive_rows {
-    ($f:ident, $r:literal, $w:expr, $x:expr, $nb:expr, $out:expr) => {{
-        let (w, x, nb, out) = ($w, $x, $nb, $out);
-        let full = out.len() / $r * $r;
-        let (head, tail) = out.split_at_mut(full);
-        for (i, o) in head.chunks_exact_mut($r).enumerate() {
-            let rows: [_; $r] = core::array::from_fn(|k| &w[(i * $r + k) * nb..][..nb]);
-            o.copy_from_slice(&$f::<$r>(rows, x));
-        }
-        for (i, o) in tail.iter_mut().enumerate() {
-            let r = full + i;
-            *o = $f::<1>([&w[r * nb..][..nb]], x)[0];
-        }
-    }};
-}
-pub(super) use drive_rows;
-
-/// [`drive_rows`] for two-activation row kernels `$f::<R>(rows, x, z) -> [f32; R]`.
-macro_rules! drive_rows2 {
-    ($f:ident, $r:literal, $w:expr, $x:expr, $z:expr, $nb:expr, $out:expr) => {{
-        let (w, x, z, nb, out) = ($w, $x, $z, $nb, $out);
-        let full = out.len() / $r * $r;
-        let (head, tail) = out.split_at_mut(full);
-        for (i, o) in head.chunks_exact_mut($r).enumerate() {
-            let rows: [_; $r] = core::array::from_fn(|k| &w[(i * $r + k) * nb..][..nb]);
-            o.copy_from_slice(&$f::<$r>(rows, x, z));
-        }
-        for (i, o) in tail.iter_mut().enumerate() {
-            let r = full + i;
-            *o = $f::<1>([&w[r * nb..][..nb]], x, z)[0];
-        }
-    }};
-}
-pub(super) use drive_rows2;
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,10 @@
 //! each accumulator is summed across its lanes once at the end. Row lengths that are not a multiple
 //! of `N` finish with one zero-padded step.
 use super::lanes::Lanes;
-use crate::ActRows;
+use crate::{ActRows, MatShape};
+
+/// Bytes of the row streams of a decode tile together prefetched ahead.
+const LEAD: usize = 8192;
 
 /// A weight element type of `BYTES` bytes.
 pub(super) trait FloatW {
@@ -63,11 +66,24 @@ fn tile<L: Lanes, W: FloatW, const RM: usize, const RN: usize>(
     let xrow: [&[u8]; RN] =
         core::array::from_fn(|t| &x.q[(t0 + t) * x.stride..(t0 + t) * x.stride + 4 * n]);
     let full = n / L::N * L::N;
+    // Decode (one token) streams the rows: prefetch each `LEAD / RM` bytes ahead, and past its end
+    // into the row `RM` further down (the next tile's).
+    let ahead = if RN == 1 { LEAD / RM } else { 0 };
     let mut k = 0;
     while k < full {
         let mut wv = [l.fzero(); RM];
         for i in 0..RM {
             wv[i] = W::load(l, wrow[i], k * W::BYTES);
+        }
+        if ahead > 0 && (k / L::N) % 2 == 0 {
+            let next = if k * W::BYTES + ahead >= rb {
+                (RM - 1) * rb
+            } else {
+                0
+            };
+            for row in &wrow {
+                l.avx2().prefetch(&row[0], k * W::BYTES + ahead + next);
+            }
         }
         for t in 0..RN {
             let xv = l.f32_at(xrow[t], 4 * k);
@@ -124,5 +140,70 @@ pub(super) fn matmul<L: Lanes, W: FloatW, const RM: usize, const RN: usize>(
         for t0 in ft..x.n_tok {
             tile::<L, W, 1, 1>(l, n, w, rb, &x, i0, t0, rows, out);
         }
+    }
+}
+
+/// `MatVec` for F32 / F16 weights: the batched product's `RM × 1` tiles (rows streamed with a
+/// prefetch).
+#[inline(always)]
+pub(super) fn matvec<L: Lanes, W: FloatW, const RM: usize>(
+    l: L,
+    s: MatShape,
+    w: &[u8],
+    xq: &[u8],
+    out: &mut [f32],
+) {
+    let x = ActRows {
+        q: &xq[..s.act_bytes],
+        r: None,
+        stride: s.act_bytes,
+        n_tok: 1,
+    };
+    matmul::<L, W, RM, 1>(l, s.nb, w, x, out);
+}
+
+/// Σ a·b over the common length: four vector accumulators, then the tail in order.
+#[inline(always)]
+pub(super) fn dot<L: Lanes>(l: L, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (ab, bb): (&[u8], &[u8]) = (bytemuck::cast_slice(&a[..n]), bytemuck::cast_slice(&b[..n]));
+    let mut acc = [l.fzero(); 4];
+    let step = 4 * L::N;
+    let mut k = 0;
+    while k + step <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let at = 4 * (k + j * L::N);
+            *acc = l.fmadd(l.f32_at(ab, at), l.f32_at(bb, at), *acc);
+        }
+        k += step;
+    }
+    while k + L::N <= n {
+        acc[0] = l.fmadd(l.f32_at(ab, 4 * k), l.f32_at(bb, 4 * k), acc[0]);
+        k += L::N;
+    }
+    let mut s = l.hsum(l.fadd(l.fadd(acc[0], acc[1]), l.fadd(acc[2], acc[3])));
+    for (x, y) in a[k..n].iter().zip(&b[k..n]) {
+        s += x * y;
+    }
+    s
+}
+
+/// `y += a·x` with a separate multiply and add (bit-exact with the scalar tier).
+#[inline(always)]
+pub(super) fn axpy<L: Lanes>(l: L, a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &mut y[..n]);
+    let av = l.fsplat(a);
+    let full = n / L::N * L::N;
+    let xb: &[u8] = bytemuck::cast_slice(&x[..full]);
+    for (k, yc) in y[..full].chunks_exact_mut(L::N).enumerate() {
+        let v = l.fadd(
+            l.f32_at(bytemuck::cast_slice(yc), 0),
+            l.fmul(av, l.f32_at(xb, 4 * L::N * k)),
+        );
+        l.store_to(yc, v);
+    }
+    for (yv, xv) in y[full..].iter_mut().zip(&x[full..]) {
+        *yv += a * xv;
     }
 }

@@ -22,12 +22,16 @@
 //!   (`vpmaddwd` on AVX2, `vpmulld` on AVX-512), the mins (Q4_K/Q5_K) and Q6_K's `−32` offset meet
 //!   the activation's 16-element sums (`bsums`) through one more pairwise product.
 //!
-//! Tokens are processed in passes of [`TS`]; the header for the symmetric and min types is built
-//! per [`KC`] blocks. `out` is the accumulator (zeroed first).
+//! Rows are processed in blocks of [`RB`] and tokens in passes of [`TS`]; the header for the
+//! symmetric and min types is built per [`KC`] blocks. The f32 sums of a row block and pass are
+//! kept in a stack buffer tile by tile ([`Facc`]: one tile's tokens are contiguous, so its stores
+//! and the next block's loads of the same sums never alias modulo 4 KiB, as the rows of `out` did
+//! at a 256-byte stride), and written to `out` once.
 use core::mem::size_of;
 
 use super::common::Q8KBytes;
 use super::lanes::Lanes;
+use super::tiles::*;
 use super::wtypes::*;
 use crate::{ActRows, QK, QK_K};
 
@@ -35,58 +39,39 @@ use crate::{ActRows, QK, QK_K};
 const TS: usize = 64;
 /// Blocks per header chunk (32-element types).
 const KC: usize = 32;
+/// Rows per block of rows (a multiple of every tile height).
+const RB: usize = 64;
 
-/// One (token, block) of the activation header: `scale` = the activation's f32 scale (over 256
-/// with a residual), `corr` = `−off·Σ y` (symmetric types; `−off·(256·Σ q + Σ r)` with a residual),
-/// `s` = the block sum `s` (min types; `s_q + s_r` with a residual).
-#[derive(Clone, Copy, Default)]
-struct Hdr {
-    scale: f32,
-    corr: i32,
-    s: f32,
-}
+/// The f32 sums of one row block and token pass: tile `k`'s token `t` at `(k·TS + t)·N`.
+struct Facc([f32; RB * TS]);
 
-/// The activation block of type `A` at byte offset `off` of `q`.
-#[inline(always)]
-fn act<A: bytemuck::Pod>(q: &[u8], off: usize) -> &A {
-    bytemuck::from_bytes(&q[off..off + size_of::<A>()])
-}
-
-/// Byte offset of block `b` of token `tok`'s activation row.
-#[inline(always)]
-fn act_off<A>(x: &ActRows<'_>, tok: usize, b: usize) -> usize {
-    tok * x.stride + b * size_of::<A>()
-}
-
-/// `out[off..off + nr] += v[..nr]` (a whole tile, or the first `nr` lanes of a partial one).
-#[inline(always)]
-fn add_out<L: Lanes>(l: L, out: &mut [f32], off: usize, nr: usize, v: L::F) {
-    if nr == L::N {
-        l.add_to(&mut out[off..off + L::N], v);
-    } else {
-        let mut t = [0f32; 16];
-        t[..nr].copy_from_slice(&out[off..off + nr]);
-        l.add_to(&mut t[..L::N], v);
-        out[off..off + nr].copy_from_slice(&t[..nr]);
-    }
-}
-
-/// The rows of one tile: `N` rows from `i0` (`nr` of them real, the rest read as zero blocks).
-struct Tile<'a, B> {
-    w: &'a [B],
-    nb: usize,
-    i0: usize,
-    nr: usize,
-    zero: B,
-}
-
-impl<B> Tile<'_, B> {
+impl Facc {
+    /// Token `t` of tile `k` (`n` = the tile height).
     #[inline(always)]
-    fn blk(&self, i: usize, b: usize) -> &B {
-        if i < self.nr {
-            &self.w[(self.i0 + i) * self.nb + b]
-        } else {
-            &self.zero
+    fn at(&mut self, k: usize, t: usize, n: usize) -> &mut [f32] {
+        let o = (k * TS + t) * n;
+        &mut self.0[o..o + n]
+    }
+
+    /// Writes the sums of `nrows` rows from `r0` and `ts` tokens from `tok0` into `out`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &mut self,
+        n: usize,
+        out: &mut [f32],
+        rows: usize,
+        r0: usize,
+        nrows: usize,
+        tok0: usize,
+        ts: usize,
+    ) {
+        for t in 0..ts {
+            for k in 0..nrows.div_ceil(n) {
+                let nr = n.min(nrows - k * n);
+                let o = (tok0 + t) * rows + r0 + k * n;
+                out[o..o + nr].copy_from_slice(&self.at(k, t, n)[..nr]);
+            }
         }
     }
 }
@@ -97,30 +82,9 @@ impl<B> Tile<'_, B> {
 
 /// The header entry of token `tok`, block `b`.
 #[inline(always)]
-fn header<L: Lanes, B: Legacy>(l: L, x: &ActRows<'_>, tok: usize, b: usize) -> Hdr {
+fn header_at<L: Lanes, B: Legacy>(l: L, x: &ActRows<'_>, tok: usize, b: usize) -> Hdr {
     let off = act_off::<B::Act>(x, tok, b);
-    let y: &B::Act = act(x.q, off);
-    let a = l.avx2();
-    let sum = |y: &B::Act| if B::MIN { 0 } else { l.sum_i8(y.qs()) };
-    match x.r {
-        None => Hdr {
-            scale: a.h2f(y.d()),
-            corr: -B::OFF * sum(y),
-            s: if B::MIN { a.h2f(y.s()) } else { 0.0 },
-        },
-        Some(r) => {
-            let z: &B::Act = act(r, off);
-            Hdr {
-                scale: a.h2f(y.d()) / 256.0,
-                corr: -B::OFF * (256 * sum(y) + sum(z)),
-                s: if B::MIN {
-                    a.h2f(y.s()) + a.h2f(z.s())
-                } else {
-                    0.0
-                },
-            }
-        }
-    }
+    header::<L, B>(l, act(x.q, off), x.r.map(|r| act(r, off)))
 }
 
 /// [`crate::MatMul`] for a 32-element block type `B` (shapes already checked by
@@ -136,42 +100,60 @@ pub(super) fn legacy<L: Lanes, B: Legacy>(
     let nb = n / QK;
     let rows = out.len() / x.n_tok;
     let w: &[B] = bytemuck::cast_slice(&w[..rows * nb * size_of::<B>()]);
-    out.fill(0.0);
     let mut hdr = [[Hdr::default(); TS]; KC];
-    for tok0 in (0..x.n_tok).step_by(TS) {
-        let ts = TS.min(x.n_tok - tok0);
-        for kc0 in (0..nb).step_by(KC) {
-            let kc = KC.min(nb - kc0);
-            for (j, h) in hdr[..kc].iter_mut().enumerate() {
-                for (t, e) in h[..ts].iter_mut().enumerate() {
-                    *e = header::<L, B>(l, &x, tok0 + t, kc0 + j);
+    let mut acc = Facc([0.0; RB * TS]);
+    for r0 in (0..rows).step_by(RB) {
+        let nrows = RB.min(rows - r0);
+        for tok0 in (0..x.n_tok).step_by(TS) {
+            let ts = TS.min(x.n_tok - tok0);
+            acc.0.fill(0.0);
+            for kc0 in (0..nb).step_by(KC) {
+                let kc = KC.min(nb - kc0);
+                for (j, h) in hdr[..kc].iter_mut().enumerate() {
+                    for (t, e) in h[..ts].iter_mut().enumerate() {
+                        *e = header_at::<L, B>(l, &x, tok0 + t, kc0 + j);
+                    }
+                }
+                let (ya, yr) = (
+                    act_rows::<B>(x.q, &x, nb, tok0, ts),
+                    x.r.map(|r| act_rows::<B>(r, &x, nb, tok0, ts)),
+                );
+                for (k, i0) in (r0..r0 + nrows).step_by(L::N).enumerate() {
+                    let tile = Tile {
+                        w,
+                        nb,
+                        i0,
+                        nr: L::N.min(r0 + nrows - i0),
+                        zero: B::zero(),
+                    };
+                    for (j, h) in hdr[..kc].iter().enumerate() {
+                        let ys = (&ya[..ts], yr.as_ref().map(|r| &r[..ts]));
+                        legacy_block(l, &tile, kc0 + j, ys, &h[..ts], &mut acc, k);
+                    }
                 }
             }
-            for i0 in (0..rows).step_by(L::N) {
-                let tile = Tile {
-                    w,
-                    nb,
-                    i0,
-                    nr: L::N.min(rows - i0),
-                    zero: B::zero(),
-                };
-                for (j, h) in hdr[..kc].iter().enumerate() {
-                    legacy_block(l, &tile, kc0 + j, &x, tok0, &h[..ts], rows, out);
-                }
-            }
+            acc.store(L::N, out, rows, r0, nrows, tok0, ts);
         }
     }
 }
 
-/// The f32 outputs of one token and block: `cvt(acc)·d_w·scale (+ m_w·s)`.
+/// The activation rows of tokens `tok0..tok0 + ts` in `q` as blocks (the rest empty).
 #[inline(always)]
-fn legacy_finish<L: Lanes, B: Legacy>(l: L, acc: L::I, h: &Hdr, dw: L::F, mw: L::F) -> L::F {
-    let f = l.fmul(l.cvt(acc), l.fmul(dw, l.fsplat(h.scale)));
-    if B::MIN {
-        l.fmadd(mw, l.fsplat(h.s), f)
-    } else {
-        f
-    }
+fn act_rows<'a, B: Legacy>(
+    q: &'a [u8],
+    x: &ActRows<'_>,
+    nb: usize,
+    tok0: usize,
+    ts: usize,
+) -> [&'a [B::Act]; TS] {
+    core::array::from_fn(|t| {
+        if t < ts {
+            let o = (tok0 + t) * x.stride;
+            bytemuck::cast_slice(&q[o..o + nb * size_of::<B::Act>()])
+        } else {
+            &[][..]
+        }
+    })
 }
 
 /// One block `b` of one tile against the tokens `tok0..tok0 + hdr.len()`.
@@ -181,45 +163,29 @@ fn legacy_block<L: Lanes, B: Legacy>(
     l: L,
     tile: &Tile<'_, B>,
     b: usize,
-    x: &ActRows<'_>,
-    tok0: usize,
+    (ya, yr): (&[&[B::Act]], Option<&[&[B::Act]]>),
     hdr: &[Hdr],
-    rows: usize,
-    out: &mut [f32],
+    acc: &mut Facc,
+    k: usize,
 ) {
-    let (mut dh, mut mh, mut q) = ([0u16; 16], [0u16; 16], [l.avx2().zero(); 16]);
-    for i in 0..L::N {
-        let blk = tile.blk(i, b);
-        dh[i] = blk.d().bits();
-        mh[i] = blk.m().bits();
-        q[i] = blk.quants(l);
-    }
-    let dw = l.f16s(&dh);
-    let mw = if B::MIN { l.f16s(&mh) } else { l.fzero() };
-    if B::MAXU > 127 {
-        let wt = l.tile8(&q);
-        for (t, h) in hdr.iter().enumerate() {
-            let off = act_off::<B::Act>(x, tok0 + t, b);
-            let y: &B::Act = act(x.q, off);
-            let acc = match x.r {
-                None => l.dot8_q(&wt, y.qs(), h.corr),
-                Some(r) => l.dot8_qr(&wt, y.qs(), act::<B::Act>(r, off).qs(), h.corr),
-            };
-            let f = legacy_finish::<L, B>(l, acc, h, dw, mw);
-            add_out(l, out, (tok0 + t) * rows + tile.i0, tile.nr, f);
-        }
+    let (wt, dw, mw) = if tile.nr == L::N {
+        full_tile(
+            l,
+            tile,
+            bytemuck::cast_slice(tile.w),
+            size_of::<B>() * tile.nb,
+            b,
+        )
     } else {
-        let wt = l.tile(&q);
-        for (t, h) in hdr.iter().enumerate() {
-            let off = act_off::<B::Act>(x, tok0 + t, b);
-            let y: &B::Act = act(x.q, off);
-            let acc = match x.r {
-                None => l.dot_q(&wt, y.qs(), h.corr, B::MAXU),
-                Some(r) => l.dot_qr(&wt, y.qs(), act::<B::Act>(r, off).qs(), h.corr, B::MAXU),
-            };
-            let f = legacy_finish::<L, B>(l, acc, h, dw, mw);
-            add_out(l, out, (tok0 + t) * rows + tile.i0, tile.nr, f);
-        }
+        let (q, dw, mw) = unpack(l, tile, b);
+        (wtile::<L, B>(l, &q), dw, mw)
+    };
+    for (t, h) in hdr.iter().enumerate() {
+        let r = yr.map(|r| r[t][b].qs());
+        let i = dot::<L, B>(l, &wt, ya[t][b].qs(), r, h.corr);
+        let o = acc.at(k, t, L::N);
+        let v = legacy_acc::<L, B>(l, i, h, dw, mw, l.fload(o));
+        l.store_to(o, v);
     }
 }
 
@@ -275,20 +241,25 @@ pub(super) fn kquant<L: Lanes, B: KQuant>(
     let nb = n / QK_K;
     let rows = out.len() / x.n_tok;
     let w: &[B] = bytemuck::cast_slice(&w[..rows * nb * size_of::<B>()]);
-    out.fill(0.0);
-    for tok0 in (0..x.n_tok).step_by(TS) {
-        let ts = TS.min(x.n_tok - tok0);
-        for i0 in (0..rows).step_by(L::N) {
-            let tile = Tile {
-                w,
-                nb,
-                i0,
-                nr: L::N.min(rows - i0),
-                zero: B::zero(),
-            };
-            for b in 0..nb {
-                k_block(l, &tile, b, &x, tok0, ts, rows, out);
+    let mut acc = Facc([0.0; RB * TS]);
+    for r0 in (0..rows).step_by(RB) {
+        let nrows = RB.min(rows - r0);
+        for tok0 in (0..x.n_tok).step_by(TS) {
+            let ts = TS.min(x.n_tok - tok0);
+            acc.0.fill(0.0);
+            for (k, i0) in (r0..r0 + nrows).step_by(L::N).enumerate() {
+                let tile = Tile {
+                    w,
+                    nb,
+                    i0,
+                    nr: L::N.min(r0 + nrows - i0),
+                    zero: B::zero(),
+                };
+                for b in 0..nb {
+                    k_block(l, &tile, b, &x, tok0, ts, &mut acc, k);
+                }
             }
+            acc.store(L::N, out, rows, r0, nrows, tok0, ts);
         }
     }
 }
@@ -342,8 +313,8 @@ fn k_block<L: Lanes, B: KQuant>(
     x: &ActRows<'_>,
     tok0: usize,
     ts: usize,
-    rows: usize,
-    out: &mut [f32],
+    acc: &mut Facc,
+    k: usize,
 ) {
     let kr = k_rows::<L, B>(l, tile, b);
     let mut accq = [l.izero(); TS];
@@ -373,6 +344,6 @@ fn k_block<L: Lanes, B: KQuant>(
         if let Some(r) = x.r {
             f = l.fadd(f, k_part(l, &kr, accr[t], k_act(r, x, tok0 + t, b)));
         }
-        add_out(l, out, (tok0 + t) * rows + tile.i0, tile.nr, f);
+        l.add_to(acc.at(k, t, L::N), f);
     }
 }

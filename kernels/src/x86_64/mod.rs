@@ -1,4 +1,13 @@
-//! x86-64 tiers.
+//! x86-64 tiers: [`avx2`] and [`avx512`], one generic body per kernel over the lane-width trait of
+//! [`lanes`] (the tiers differ in their token's instructions, not in their code).
+//!
+//! - `matvec`: decode (`MatVec`, `MatVec2`) of the quantized types; `matmul` (with `tiles`):
+//!   batched products; `float`: F32/F16 weights and the f32 vector helpers; `quant`: activation
+//!   quantizers; `wtypes`: what the bodies need to know about each weight type; `common`: the
+//!   const-checked loads (the only `unsafe` memory accesses) and small helpers; `tier`: the entries
+//!   and tables generated per token.
+use crate::QuantType;
+
 pub mod avx2;
 pub mod avx512;
 mod common;
@@ -6,4 +15,12 @@ mod float;
 mod lanes;
 pub mod lora;
 mod matmul;
+mod matvec;
+mod quant;
+mod tier;
+mod tiles;
 mod wtypes;
+
+/// The types whose `MatVec2` is fused (each weight block unpacked once for both activations) in
+/// both x86 tiers (see [`crate::Kernels::matvec2_fused`]): every quantized type.
+pub(crate) const FUSED2: &[QuantType] = QuantType::QUANTIZED;

@@ -49,6 +49,16 @@ impl Act32 for BlockQ8_1 {
     }
 }
 
+/// How a full tile of a 32-element type is unpacked: its packed nibbles transposed first
+/// ([`Lanes::tile_nib`]), its signed bytes ([`Lanes::tile_q8`]), or each row's block unpacked
+/// ([`Legacy::quants`]) and then transposed ([`Lanes::tile`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Layout {
+    Nibbles,
+    Bytes,
+    Rows,
+}
+
 /// A 32-element weight block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0). Its value is `d·(u − OFF)` (or
 /// `d·u + m` when `MIN`) with `u` the unsigned quants that [`Legacy::quants`] gives, at most `MAXU`.
 pub(super) trait Legacy: Pod {
@@ -57,6 +67,9 @@ pub(super) trait Legacy: Pod {
     const MAXU: u32;
     const OFF: i32;
     const MIN: bool;
+    const LAYOUT: Layout;
+    /// Byte offset of the quants (`qs`) in the block.
+    const QS: usize;
     /// The 32 quants `u` in element order.
     fn quants<L: Lanes>(&self, l: L) -> __m256i;
     fn d(&self) -> F16Bits;
@@ -69,6 +82,8 @@ pub(super) trait Legacy: Pod {
 }
 
 impl Legacy for BlockQ4_0 {
+    const LAYOUT: Layout = Layout::Nibbles;
+    const QS: usize = 2;
     type Act = BlockQ8_0;
     const MAXU: u32 = 15;
     const OFF: i32 = 8;
@@ -88,6 +103,8 @@ impl Legacy for BlockQ4_0 {
 }
 
 impl Legacy for BlockQ4_1 {
+    const LAYOUT: Layout = Layout::Nibbles;
+    const QS: usize = 4;
     type Act = BlockQ8_1;
     const MAXU: u32 = 15;
     const OFF: i32 = 0;
@@ -107,6 +124,8 @@ impl Legacy for BlockQ4_1 {
 }
 
 impl Legacy for BlockQ5_0 {
+    const LAYOUT: Layout = Layout::Rows;
+    const QS: usize = 6;
     type Act = BlockQ8_0;
     const MAXU: u32 = 31;
     const OFF: i32 = 16;
@@ -126,6 +145,8 @@ impl Legacy for BlockQ5_0 {
 }
 
 impl Legacy for BlockQ5_1 {
+    const LAYOUT: Layout = Layout::Rows;
+    const QS: usize = 8;
     type Act = BlockQ8_1;
     const MAXU: u32 = 31;
     const OFF: i32 = 0;
@@ -145,6 +166,8 @@ impl Legacy for BlockQ5_1 {
 }
 
 impl Legacy for BlockQ8_0 {
+    const LAYOUT: Layout = Layout::Bytes;
+    const QS: usize = 2;
     type Act = BlockQ8_0;
     const MAXU: u32 = 255;
     const OFF: i32 = 128;
@@ -198,6 +221,8 @@ pub(super) trait KQuant: Pod {
     fn cw(&self) -> F16Bits;
     /// Per group of 16: the scale `sc_g` and the bsum weight `bw_g`.
     fn group_scales(&self) -> ([i16; 16], [i16; 16]);
+    /// [`KQuant::group_scales`] as two vectors of 16 i16.
+    fn group_vecs(&self, a: Avx2) -> (__m256i, __m256i);
     #[inline(always)]
     fn zero() -> Self {
         Zeroable::zeroed()
@@ -223,6 +248,11 @@ impl KQuant for BlockQ4K {
     fn group_scales(&self) -> ([i16; 16], [i16; 16]) {
         k4_groups(&self.scales)
     }
+    #[inline(always)]
+    fn group_vecs(&self, a: Avx2) -> (__m256i, __m256i) {
+        let (sc, mn) = k4_scales(&self.scales);
+        (a.dup_u8x8(sc), a.dup_u8x8(mn))
+    }
     const MAXU: u32 = 15;
     const ONE_SCALE: bool = true;
     const CW: f32 = -1.0;
@@ -245,6 +275,11 @@ impl KQuant for BlockQ5K {
     #[inline(always)]
     fn group_scales(&self) -> ([i16; 16], [i16; 16]) {
         k4_groups(&self.scales)
+    }
+    #[inline(always)]
+    fn group_vecs(&self, a: Avx2) -> (__m256i, __m256i) {
+        let (sc, mn) = k4_scales(&self.scales);
+        (a.dup_u8x8(sc), a.dup_u8x8(mn))
     }
     const MAXU: u32 = 31;
     const ONE_SCALE: bool = true;
@@ -273,6 +308,11 @@ impl KQuant for BlockQ6K {
         let s: [i16; 16] = core::array::from_fn(|g| self.scales[g] as i16);
         (s, s)
     }
+    #[inline(always)]
+    fn group_vecs(&self, _a: Avx2) -> (__m256i, __m256i) {
+        let s = simd! { _mm256_cvtepi8_epi16(ld128::<0, _>(&self.scales)) };
+        (s, s)
+    }
     const MAXU: u32 = 63;
     const ONE_SCALE: bool = false;
     const CW: f32 = -32.0;
@@ -291,6 +331,15 @@ impl KQuant for BlockQ6K {
 }
 
 impl Avx2 {
+    /// The 8 bytes of `v` as i16, each twice: `[v0, v0, v1, v1, …, v7, v7]`.
+    #[inline(always)]
+    pub(super) fn dup_u8x8(self, v: u64) -> __m256i {
+        simd! {
+            let w = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(v as i64));
+            _mm256_set_m128i(_mm_unpackhi_epi16(w, w), _mm_unpacklo_epi16(w, w))
+        }
+    }
+
     /// The low (`hi == false`) or high nibbles of 32 bytes.
     #[inline(always)]
     pub(super) fn nib_half(self, q: &[u8; 32], hi: bool) -> __m256i {

@@ -1,0 +1,290 @@
+//! Matrix×vector kernels (`MatVec`, `MatVec2`: decode) of the 32-element types, one generic body
+//! for both x86 tiers ([`Lanes`]).
+//!
+//! Direct layout: [`R`] rows at a time, each row's blocks in element order, `BLK` blocks per
+//! vector (one on AVX2, two on AVX-512), so that the activation group (and its offset sum) is
+//! prepared once for the `R` rows. Per row and group: unpack, one integer dot (`vpdpbusd`, or
+//! `vpmaddubsw` + `vpmaddwd`; Q8_0 on AVX2 widened to 16 bits), one conversion and one FMA with the
+//! blocks' `d_w·d_y` spread over their lanes (the f16 pairs of all blocks converted in one
+//! instruction); Q4_1/Q5_1 also accumulate `m·s`. With the `q8x2` residual the two integer sums of
+//! a block are one exact i32, `256·Σ u·q + Σ u·r`, scaled by `d_w·d_q/256` (the residual's scale,
+//! by the [`crate::Quantize2`] construction): one conversion and one FMA for both.
+//!
+//! Prefetch: the `R` row cursors each read one stream; each is prefetched [`LEAD`]`/R` bytes ahead,
+//! and where that passes the end of its row, the same distance into the row `R` further down (the
+//! next pass's row, which is what the kernel reads next there). A fixed distance from every cursor
+//! (the previous scheme) mostly pointed into the pass's own rows, already being read, so each new
+//! pass of rows started cold; that, not the arithmetic, kept the streaming types near 30–40% of the
+//! DRAM roofline.
+use core::arch::x86_64::__m128;
+use core::mem::size_of;
+
+use super::lanes::{simd, Avx2, Lanes};
+use super::wtypes::*;
+use crate::MatShape;
+
+/// Rows per pass.
+const R: usize = 4;
+/// Bytes of the `R` row streams together prefetched ahead of the cursors.
+const LEAD: usize = 8192;
+
+impl Avx2 {
+    /// `[d, m]` (or `[d, s]`) of up to two blocks: the f16 pairs at their starts, converted:
+    /// `[d0, m0, d1, m1]` (zeros for a missing second block).
+    #[inline(always)]
+    pub(super) fn heads<T: bytemuck::Pod>(self, b: &[T]) -> __m128 {
+        use super::common::{f16_head, f16_heads2};
+        match b.len() {
+            2 => simd! { f16_heads2(&b[0], &b[1]) },
+            _ => simd! { f16_head(&b[0]) },
+        }
+    }
+
+    #[inline(always)]
+    fn zero4(self) -> __m128 {
+        simd! { core::arch::x86_64::_mm_setzero_ps() }
+    }
+
+    #[inline(always)]
+    fn mul4(self, a: __m128, b: __m128) -> __m128 {
+        simd! { core::arch::x86_64::_mm_mul_ps(a, b) }
+    }
+
+    #[inline(always)]
+    fn add4(self, a: __m128, b: __m128) -> __m128 {
+        simd! { core::arch::x86_64::_mm_add_ps(a, b) }
+    }
+
+    /// `v[1] + v[3]`.
+    #[inline(always)]
+    fn odd_sum(self, v: __m128) -> f32 {
+        simd! {
+            use core::arch::x86_64::*;
+            let m = _mm_movehdup_ps(v);
+            _mm_cvtss_f32(_mm_add_ss(m, _mm_movehl_ps(m, m)))
+        }
+    }
+
+    /// The activation group's `[dy0, s0, dy1, s1]`: with a residual `[dy0/256, s_q0 + s_r0, …]` (the
+    /// residual's scale, and the sum of both blocks' sums).
+    #[inline(always)]
+    fn act_heads<A: Act32>(self, y: &[A], r: Option<&[A]>) -> __m128 {
+        use core::arch::x86_64::*;
+        let hq = self.heads(y);
+        match r {
+            None => hq,
+            Some(r) => simd! {
+                let hr = self.heads(r);
+                let d = _mm_mul_ps(hq, _mm_set1_ps(1.0 / 256.0));
+                _mm_blend_ps::<0b1010>(d, _mm_add_ps(hq, hr))
+            },
+        }
+    }
+}
+
+/// `MatVec` (`xr == None`) or `MatVec2` for a 32-element block type `B`, after the shape check.
+#[inline(always)]
+pub(super) fn legacy<L: Lanes, B: Legacy>(
+    l: L,
+    s: MatShape,
+    w: &[u8],
+    xq: &[u8],
+    xr: Option<&[u8]>,
+    out: &mut [f32],
+) {
+    let rows = out.len();
+    let w: &[B] = bytemuck::cast_slice(&w[..rows * s.row_bytes]);
+    let x: &[B::Act] = bytemuck::cast_slice(&xq[..s.act_bytes]);
+    let z: Option<&[B::Act]> = xr.map(|r| bytemuck::cast_slice(&r[..s.act_bytes]));
+    let full = rows / R * R;
+    let (head, tail) = out.split_at_mut(full);
+    for (p, o) in head.chunks_exact_mut(R).enumerate() {
+        let o: &mut [f32; R] = o.try_into().unwrap_or_else(|_| unreachable!());
+        *o = pass::<L, B, R>(l, w, s.nb, p * R, x, z);
+    }
+    for (i, o) in tail.iter_mut().enumerate() {
+        *o = pass::<L, B, 1>(l, w, s.nb, full + i, x, z)[0];
+    }
+}
+
+/// The `RR` rows from `r0`.
+#[inline(always)]
+fn pass<L: Lanes, B: Legacy, const RR: usize>(
+    l: L,
+    w: &[B],
+    nb: usize,
+    r0: usize,
+    x: &[B::Act],
+    z: Option<&[B::Act]>,
+) -> [f32; RR] {
+    let rows: [&[B]; RR] = core::array::from_fn(|i| &w[(r0 + i) * nb..(r0 + i + 1) * nb]);
+    let a = l.avx2();
+    let mut acc = [l.fzero(); RR];
+    // Lanes 1 and 3: Σ m·s (types with a minimum).
+    let mut accm = [a.zero4(); RR];
+    let (bs, rb) = (size_of::<B>(), nb * size_of::<B>());
+    let ahead = LEAD / R;
+    let step = (64 / (bs * L::BLK)).max(1);
+    for (g, b) in (0..nb).step_by(L::BLK).enumerate() {
+        let e = (b + L::BLK).min(nb);
+        if g % step == 0 {
+            let next = if b * bs + ahead >= rb {
+                (R - 1) * rb
+            } else {
+                0
+            };
+            for row in &rows {
+                a.prefetch(&row[b], ahead + next);
+            }
+        }
+        let (ys, rs) = (&x[b..e], z.map(|z| &z[b..e]));
+        let (y, base) = l.grp_act(ys, rs, B::OFF, B::MAXU);
+        let dy = a.act_heads(ys, rs);
+        for i in 0..RR {
+            let blks = &rows[i][b..e];
+            let dot = l.grp_dot(l.grp_u(blks), &y, base, rs.is_some(), B::MAXU);
+            // [d0·dy0, m0·s0, d1·dy1, m1·s1]
+            let p = a.mul4(a.heads(blks), dy);
+            if B::MIN {
+                accm[i] = a.add4(accm[i], p);
+            }
+            acc[i] = l.fmadd(l.cvt(dot), l.grp_spread(p), acc[i]);
+        }
+    }
+    let mut out = [0f32; RR];
+    for i in 0..RR {
+        out[i] = l.hsum(acc[i]);
+        if B::MIN {
+            out[i] += a.odd_sum(accm[i]);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------
+// K-quants
+// ---------------------------------------------------------------------------------------------------
+
+/// Rows per pass of the K-quant kernels.
+const RK: usize = 2;
+
+/// `MatVec` / `MatVec2` for a K-quant type `B`: per row and super-block, 4 chunks of 64 elements
+/// (`vpmaddubsw` against the activation, `vpmaddwd` with the group scales: two 256-bit halves on
+/// AVX2, one 512-bit vector on AVX-512), and the bsum term (`−dmin·Σ m·bsums`, Q6_K's
+/// `−32·d·Σ sc·bsums`) by one `vpmaddwd` of the 16 group weights with the 16 bsums. With a
+/// residual, its own sums and scale (the K-quant sums could overflow a combined i32).
+#[inline(always)]
+pub(super) fn kquant<L: Lanes, B: KQuant>(
+    l: L,
+    s: MatShape,
+    w: &[u8],
+    xq: &[u8],
+    xr: Option<&[u8]>,
+    out: &mut [f32],
+) {
+    use super::common::Q8KBytes;
+    let rows = out.len();
+    let w: &[B] = bytemuck::cast_slice(&w[..rows * s.row_bytes]);
+    let x: &[Q8KBytes] = bytemuck::cast_slice(&xq[..s.act_bytes]);
+    let z: Option<&[Q8KBytes]> = xr.map(|r| bytemuck::cast_slice(&r[..s.act_bytes]));
+    let full = rows / RK * RK;
+    let (head, tail) = out.split_at_mut(full);
+    for (p, o) in head.chunks_exact_mut(RK).enumerate() {
+        let o: &mut [f32; RK] = o.try_into().unwrap_or_else(|_| unreachable!());
+        *o = kpass::<L, B, RK>(l, w, s.nb, p * RK, x, z);
+    }
+    for (i, o) in tail.iter_mut().enumerate() {
+        *o = kpass::<L, B, 1>(l, w, s.nb, full + i, x, z)[0];
+    }
+}
+
+/// The `RR` rows from `r0` (K-quants).
+#[inline(always)]
+fn kpass<L: Lanes, B: KQuant, const RR: usize>(
+    l: L,
+    w: &[B],
+    nb: usize,
+    r0: usize,
+    x: &[super::common::Q8KBytes],
+    z: Option<&[super::common::Q8KBytes]>,
+) -> [f32; RR] {
+    let rows: [&[B]; RR] = core::array::from_fn(|i| &w[(r0 + i) * nb..(r0 + i + 1) * nb]);
+    let a = l.avx2();
+    let mut acc = [l.fzero(); RR];
+    let mut accc = [a.fzero8(); RR];
+    let (bs, rb) = (size_of::<B>(), nb * size_of::<B>());
+    let ahead = LEAD / RK;
+    for b in 0..nb {
+        let next = if b * bs + ahead >= rb {
+            (RK - 1) * rb
+        } else {
+            0
+        };
+        for row in &rows {
+            a.prefetch_span(&row[b], ahead + next, bs);
+        }
+        for i in 0..RR {
+            let blk = &rows[i][b];
+            let (sc, bw) = blk.group_vecs(a);
+            let dw = a.h2f(blk.d());
+            let cw = a.h2f(blk.cw()) * B::CW;
+            let kb = KBlock {
+                blk,
+                sc,
+                bw,
+                dw,
+                cw,
+            };
+            kpart(l, &kb, &x[b], z.map(|z| &z[b]), &mut acc[i], &mut accc[i]);
+        }
+    }
+    let mut out = [0f32; RR];
+    for i in 0..RR {
+        out[i] = l.hsum(acc[i]) + a.hsum8(accc[i]);
+    }
+    out
+}
+
+/// One row's K-quant block with its scales unpacked.
+struct KBlock<'a, B> {
+    blk: &'a B,
+    /// Group scales (16 i16).
+    sc: core::arch::x86_64::__m256i,
+    /// Group bsum weights (16 i16).
+    bw: core::arch::x86_64::__m256i,
+    dw: f32,
+    /// The bsum term's factor (`CW·cw`).
+    cw: f32,
+}
+
+/// One block against the activation block `y` (and the residual's `r`): `acc += d·dy·Σ sc·S`,
+/// `accc += cw·dy·Σ bw·bsums` for each, the weight quants unpacked once for both.
+#[inline(always)]
+fn kpart<L: Lanes, B: KQuant>(
+    l: L,
+    k: &KBlock<'_, B>,
+    y: &super::common::Q8KBytes,
+    r: Option<&super::common::Q8KBytes>,
+    acc: &mut L::F,
+    accc: &mut core::arch::x86_64::__m256,
+) {
+    let ys: &[[i8; 64]; 4] = bytemuck::cast_ref(&y.qs);
+    let (mut sq, mut sr) = (l.izero(), l.izero());
+    for c in 0..4 {
+        let q = [k.blk.quants(l, 2 * c), k.blk.quants(l, 2 * c + 1)];
+        sq = l.iadd(sq, l.kdot(q, &ys[c], k.sc, c));
+        if let Some(r) = r {
+            let rs: &[[i8; 64]; 4] = bytemuck::cast_ref(&r.qs);
+            sr = l.iadd(sr, l.kdot(q, &rs[c], k.sc, c));
+        }
+    }
+    let a = l.avx2();
+    let dy = f32::from_le_bytes(y.d);
+    *acc = l.fmadd(l.cvt(sq), l.fsplat(k.dw * dy), *acc);
+    *accc = a.bsum_fma(k.bw, &y.bsums, k.cw * dy, *accc);
+    if let Some(r) = r {
+        let dr = f32::from_le_bytes(r.d);
+        *acc = l.fmadd(l.cvt(sr), l.fsplat(k.dw * dr), *acc);
+        *accc = a.bsum_fma(k.bw, &r.bsums, k.cw * dr, *accc);
+    }
+}
