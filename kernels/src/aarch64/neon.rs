@@ -6,7 +6,7 @@
 //!   (Cortex-A76 / Raspberry Pi 5 and later). `vdotq_s32` is still unstable in Rust 1.95, so SDOT is
 //!   emitted with `asm!` (see `neon/util.rs`).
 //!
-//! Kernel bodies (each one generic body over the [`util::IDot`] proof token, instantiated per tier):
+//! Kernel bodies (each one generic body over the `util::IDot` proof token, instantiated per tier):
 //!
 //! * decode (`MatVec`, `MatVec2`): `mv.rs` for the 32-element formats (four rows at a time, one
 //!   pairwise-add tree per block, the rows' f16 scales converted together), `mvk.rs` for the
@@ -335,6 +335,8 @@ macro_rules! tier {
                     }
                 };
             }
+            matmul!(matmul_f32, QuantType::F32, float::matmul::<false>);
+            matmul!(matmul_f16, QuantType::F16, float::matmul::<true>);
             matmul!(matmul_q4_0, QuantType::Q4_0, |n, w, x, o| mm::matmul::<
                 _,
                 BlockQ4_0,
@@ -412,6 +414,26 @@ macro_rules! tier {
             quantize!(quantize_q8_1, QuantType::Q8_1, quant::quantize_q8_1);
             quantize!(quantize_q8_k, QuantType::Q8K, quant::quantize_q8_k);
 
+            macro_rules! quantize2 {
+                ($name:ident, $ty:expr, $body:path) => {
+                    pub(super) fn $name(x: &[f32], q: &mut [u8], r: &mut [u8]) {
+                        #[target_feature(enable = $feat)]
+                        unsafe fn imp(x: &[f32], q: &mut [u8], r: &mut [u8]) {
+                            $body(x, q, r)
+                        }
+                        let nb = quantize_len($ty, x, q).min(quantize_len($ty, x, r));
+                        let (bs, ts) = ($ty.block_size(), $ty.type_size());
+                        let (x, q, r) = (&x[..nb * bs], &mut q[..nb * ts], &mut r[..nb * ts]);
+                        // SAFETY: reachable only through the tier's table, handed out only after
+                        // detecting the tier's target features; `x`, `q` and `r` hold `nb` blocks.
+                        unsafe { imp(x, q, r) }
+                    }
+                };
+            }
+            quantize2!(quantize2_q8_0, QuantType::Q8_0, quant::quantize2_q8_0);
+            quantize2!(quantize2_q8_1, QuantType::Q8_1, quant::quantize2_q8_1);
+            quantize2!(quantize2_q8_k, QuantType::Q8K, quant::quantize2_q8_k);
+
             pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
                 #[target_feature(enable = $feat)]
                 unsafe fn imp(a: &[f32], b: &[f32]) -> f32 {
@@ -454,6 +476,11 @@ macro_rules! tier {
             quantize_q8_0: $m::quantize_q8_0,
             quantize_q8_1: $m::quantize_q8_1,
             quantize_q8_k: $m::quantize_q8_k,
+            quantize2_q8_0: $m::quantize2_q8_0,
+            quantize2_q8_1: $m::quantize2_q8_1,
+            quantize2_q8_k: $m::quantize2_q8_k,
+            matmul_f32: Some($m::matmul_f32),
+            matmul_f16: Some($m::matmul_f16),
             matmul_q4_0: Some($m::matmul_q4_0),
             matmul_q4_1: Some($m::matmul_q4_1),
             matmul_q5_0: Some($m::matmul_q5_0),
