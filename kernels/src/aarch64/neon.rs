@@ -6,12 +6,23 @@
 //!   (Cortex-A76 / Raspberry Pi 5 and later). `vdotq_s32` is still unstable in Rust 1.95, so SDOT is
 //!   emitted with `asm!` (see `neon/util.rs`).
 //!
-//! The two-activation entries ([`crate::MatVec2`]) are fused kernels (`neon/qdot2.rs`) for every
-//! quantized type in both tiers: each weight block is loaded and unpacked once, its scales converted
-//! once, and the tier's integer dot step runs against both activations.
+//! Kernel bodies (each one generic body over the `util::IDot` proof token, instantiated per tier):
 //!
-//! Q5_0/Q5_1 expand their 32 fifth bits with TBL + CMTST (`qdot::fifth_bits`), then are Q4_0/Q4_1
-//! with quants in 0..32.
+//! * decode (`MatVec`, `MatVec2`): `mv.rs` for the 32-element formats (four rows at a time, one
+//!   pairwise-add tree per block, the rows' f16 scales converted together), `mvk.rs` for the
+//!   K-quants (one row at a time, integer sub-block scales by by-element MLA);
+//! * batched products (`MatMul`, prefill): `mm.rs` and `mmk.rs`: activations prepared once per
+//!   tile of eight tokens (token-interleaved, `act.rs`), each weight block unpacked once for the
+//!   eight tokens, the token-lane step (`IDot::dot4x4`: SDOT by element, or SMULL/SMLAL) giving
+//!   one token per lane;
+//! * the `q8x2` pair (activation + residual): fused everywhere (each weight block unpacked once for
+//!   both); where every residual block has the scale `d/256` of its main block (what `Quantize2`
+//!   produces) the 32-element formats combine the two integer sums as `256·Σw·q + Σw·r` and convert
+//!   once, otherwise each sum has its own scale (`act::Mode`).
+//!
+//! Q5_0/Q5_1 expand their 32 fifth bits with TBL + CMTST (`wtypes::fifth_bits`), then are Q4_0/Q4_1
+//! with quants in 0..32. Weight offsets (`q − 8`, `q − 16`, Q6_K's `q − 32` in decode) are folded
+//! into the activation side (block sums), so the quants are used as unpacked.
 //!
 //! F16 weights are widened with FCVTL (`vcvt_f32_f16`), which is base ARMv8-A Advanced SIMD: the
 //! `fp16` feature (FEAT_FP16) only adds half-precision arithmetic and is not needed for conversion,
@@ -25,13 +36,17 @@
 
 use crate::{Kernels, QuantType, Tier, QK, QK_K};
 
+mod act;
 mod float;
-mod qdot;
-mod qdot2;
+mod mm;
+mod mmk;
+mod mv;
+mod mvk;
 mod quant;
 #[cfg(test)]
 mod tests;
 mod util;
+mod wtypes;
 
 /// The types whose `MatVec2` is fused in the NEON tiers (both `neon` and `neon-dotprod`; see
 /// [`crate::Kernels::matvec2_fused`]): every quantized type.
@@ -116,8 +131,13 @@ const _: () = assert!(QK == 32 && QK_K == 256);
 macro_rules! tier {
     ($table:ident, $tier:expr, $m:ident, $feat:literal, $dot:expr) => {
         mod $m {
-            use super::{check_matvec, check_matvec2, float, qdot, qdot2, quant, quantize_len};
-            use crate::QuantType;
+            use super::{
+                check_matvec, check_matvec2, float, mm, mmk, mv, mvk, quant, quantize_len,
+            };
+            use crate::{
+                ActRows, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ8_0,
+                QuantType,
+            };
 
             macro_rules! matvec {
                 ($name:ident, $ty:expr, $body:expr) => {
@@ -137,43 +157,54 @@ macro_rules! tier {
             }
             matvec!(matvec_f32, QuantType::F32, float::matvec_f32);
             matvec!(matvec_f16, QuantType::F16, float::matvec_f16);
-            matvec!(
-                matvec_q4_0,
-                QuantType::Q4_0,
-                |n, w, x, o| qdot::matvec_q4_0($dot, n, w, x, o)
-            );
-            matvec!(
-                matvec_q4_1,
-                QuantType::Q4_1,
-                |n, w, x, o| qdot::matvec_q4_1($dot, n, w, x, o)
-            );
-            matvec!(
-                matvec_q5_0,
-                QuantType::Q5_0,
-                |n, w, x, o| qdot::matvec_q5_0($dot, n, w, x, o)
-            );
-            matvec!(
-                matvec_q5_1,
-                QuantType::Q5_1,
-                |n, w, x, o| qdot::matvec_q5_1($dot, n, w, x, o)
-            );
-            matvec!(
-                matvec_q8_0,
-                QuantType::Q8_0,
-                |n, w, x, o| qdot::matvec_q8_0($dot, n, w, x, o)
-            );
-            matvec!(matvec_q4_k, QuantType::Q4K, |n, w, x, o| qdot::matvec_q4_k(
-                $dot, n, w, x, o
+            matvec!(matvec_q4_0, QuantType::Q4_0, |n, w, x, o| mv::matvec::<
+                _,
+                BlockQ4_0,
+            >(
+                $dot, n, w, x, None, o
             ));
-            matvec!(matvec_q5_k, QuantType::Q5K, |n, w, x, o| qdot::matvec_q5_k(
-                $dot, n, w, x, o
+            matvec!(matvec_q4_1, QuantType::Q4_1, |n, w, x, o| mv::matvec::<
+                _,
+                BlockQ4_1,
+            >(
+                $dot, n, w, x, None, o
             ));
-            matvec!(matvec_q6_k, QuantType::Q6K, |n, w, x, o| qdot::matvec_q6_k(
-                $dot, n, w, x, o
+            matvec!(matvec_q5_0, QuantType::Q5_0, |n, w, x, o| mv::matvec::<
+                _,
+                BlockQ5_0,
+            >(
+                $dot, n, w, x, None, o
+            ));
+            matvec!(matvec_q5_1, QuantType::Q5_1, |n, w, x, o| mv::matvec::<
+                _,
+                BlockQ5_1,
+            >(
+                $dot, n, w, x, None, o
+            ));
+            matvec!(matvec_q8_0, QuantType::Q8_0, |n, w, x, o| mv::matvec::<
+                _,
+                BlockQ8_0,
+            >(
+                $dot, n, w, x, None, o
+            ));
+            matvec!(matvec_q4_k, QuantType::Q4K, |n, w, x, o| mvk::matvec_k4::<
+                _,
+                BlockQ4K,
+            >(
+                $dot, n, w, x, None, o
+            ));
+            matvec!(matvec_q5_k, QuantType::Q5K, |n, w, x, o| mvk::matvec_k4::<
+                _,
+                BlockQ5K,
+            >(
+                $dot, n, w, x, None, o
+            ));
+            matvec!(matvec_q6_k, QuantType::Q6K, |n, w, x, o| mvk::matvec_q6k(
+                $dot, n, w, x, None, o
             ));
 
             macro_rules! matvec2 {
-                ($name:ident, $ty:expr, $body:path) => {
+                ($name:ident, $ty:expr, $body:expr) => {
                     pub(super) fn $name(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
                         #[target_feature(enable = $feat)]
                         unsafe fn imp(n: usize, w: &[u8], xq: &[u8], xr: &[u8], out: &mut [f32]) {
@@ -190,14 +221,120 @@ macro_rules! tier {
                 };
             }
             // Two activations: fused kernels (each weight block unpacked once for both).
-            matvec2!(matvec2_q4_0, QuantType::Q4_0, qdot2::matvec2_q4_0);
-            matvec2!(matvec2_q4_1, QuantType::Q4_1, qdot2::matvec2_q4_1);
-            matvec2!(matvec2_q5_0, QuantType::Q5_0, qdot2::matvec2_q5_0);
-            matvec2!(matvec2_q5_1, QuantType::Q5_1, qdot2::matvec2_q5_1);
-            matvec2!(matvec2_q8_0, QuantType::Q8_0, qdot2::matvec2_q8_0);
-            matvec2!(matvec2_q4_k, QuantType::Q4K, qdot2::matvec2_q4_k);
-            matvec2!(matvec2_q5_k, QuantType::Q5K, qdot2::matvec2_q5_k);
-            matvec2!(matvec2_q6_k, QuantType::Q6K, qdot2::matvec2_q6_k);
+            matvec2!(
+                matvec2_q4_0,
+                QuantType::Q4_0,
+                |d, n, w, x, r, o| mv::matvec::<_, BlockQ4_0>(d, n, w, x, Some(r), o)
+            );
+            matvec2!(
+                matvec2_q4_1,
+                QuantType::Q4_1,
+                |d, n, w, x, r, o| mv::matvec::<_, BlockQ4_1>(d, n, w, x, Some(r), o)
+            );
+            matvec2!(
+                matvec2_q5_0,
+                QuantType::Q5_0,
+                |d, n, w, x, r, o| mv::matvec::<_, BlockQ5_0>(d, n, w, x, Some(r), o)
+            );
+            matvec2!(
+                matvec2_q5_1,
+                QuantType::Q5_1,
+                |d, n, w, x, r, o| mv::matvec::<_, BlockQ5_1>(d, n, w, x, Some(r), o)
+            );
+            matvec2!(
+                matvec2_q8_0,
+                QuantType::Q8_0,
+                |d, n, w, x, r, o| mv::matvec::<_, BlockQ8_0>(d, n, w, x, Some(r), o)
+            );
+            matvec2!(matvec2_q4_k, QuantType::Q4K, |d, n, w, x, r, o| {
+                mvk::matvec_k4::<_, BlockQ4K>(d, n, w, x, Some(r), o)
+            });
+            matvec2!(matvec2_q5_k, QuantType::Q5K, |d, n, w, x, r, o| {
+                mvk::matvec_k4::<_, BlockQ5K>(d, n, w, x, Some(r), o)
+            });
+            matvec2!(matvec2_q6_k, QuantType::Q6K, |d, n, w, x, r, o| {
+                mvk::matvec_q6k(d, n, w, x, Some(r), o)
+            });
+
+            macro_rules! matmul {
+                ($name:ident, $ty:expr, $body:expr) => {
+                    pub(super) fn $name(n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]) {
+                        #[target_feature(enable = $feat)]
+                        unsafe fn imp(n: usize, w: &[u8], x: ActRows<'_>, out: &mut [f32]) {
+                            $body(n, w, x, out)
+                        }
+                        if n == 0 || x.n_tok == 0 {
+                            out.fill(0.0);
+                            return;
+                        }
+                        // `Kernels::matmul` has checked the shapes; a direct call of the table
+                        // entry gets the same check (NaN outputs on a violation).
+                        if !crate::matmul_shapes_ok($ty, n, w, &x, out) {
+                            out.fill(f32::NAN);
+                            return;
+                        }
+                        // SAFETY: reachable only through the tier's table, handed out only after
+                        // detecting the tier's target features; shapes checked above.
+                        unsafe { imp(n, w, x, out) }
+                    }
+                };
+            }
+            matmul!(matmul_f32, QuantType::F32, float::matmul::<false>);
+            matmul!(matmul_f16, QuantType::F16, float::matmul::<true>);
+            matmul!(matmul_q4_0, QuantType::Q4_0, |n, w, x, o| mm::matmul::<
+                _,
+                BlockQ4_0,
+            >(
+                $dot, n, w, x, o
+            ));
+            matmul!(matmul_q4_1, QuantType::Q4_1, |n, w, x, o| mm::matmul::<
+                _,
+                BlockQ4_1,
+            >(
+                $dot, n, w, x, o
+            ));
+            matmul!(matmul_q5_0, QuantType::Q5_0, |n, w, x, o| mm::matmul::<
+                _,
+                BlockQ5_0,
+            >(
+                $dot, n, w, x, o
+            ));
+            matmul!(matmul_q5_1, QuantType::Q5_1, |n, w, x, o| mm::matmul::<
+                _,
+                BlockQ5_1,
+            >(
+                $dot, n, w, x, o
+            ));
+            matmul!(matmul_q8_0, QuantType::Q8_0, |n, w, x, o| mm::matmul::<
+                _,
+                BlockQ8_0,
+            >(
+                $dot, n, w, x, o
+            ));
+            matmul!(matmul_q4_k, QuantType::Q4K, |n, w, x, o| mmk::matmul(
+                $dot,
+                QuantType::Q4K,
+                n,
+                w,
+                x,
+                o
+            ));
+            matmul!(matmul_q5_k, QuantType::Q5K, |n, w, x, o| mmk::matmul(
+                $dot,
+                QuantType::Q5K,
+                n,
+                w,
+                x,
+                o
+            ));
+            matmul!(matmul_q6_k, QuantType::Q6K, |n, w, x, o| mmk::matmul(
+                $dot,
+                QuantType::Q6K,
+                n,
+                w,
+                x,
+                o
+            ));
 
             macro_rules! quantize {
                 ($name:ident, $ty:expr, $body:path) => {
@@ -220,6 +357,26 @@ macro_rules! tier {
             quantize!(quantize_q8_0, QuantType::Q8_0, quant::quantize_q8_0);
             quantize!(quantize_q8_1, QuantType::Q8_1, quant::quantize_q8_1);
             quantize!(quantize_q8_k, QuantType::Q8K, quant::quantize_q8_k);
+
+            macro_rules! quantize2 {
+                ($name:ident, $ty:expr, $body:path) => {
+                    pub(super) fn $name(x: &[f32], q: &mut [u8], r: &mut [u8]) {
+                        #[target_feature(enable = $feat)]
+                        unsafe fn imp(x: &[f32], q: &mut [u8], r: &mut [u8]) {
+                            $body(x, q, r)
+                        }
+                        let nb = quantize_len($ty, x, q).min(quantize_len($ty, x, r));
+                        let (bs, ts) = ($ty.block_size(), $ty.type_size());
+                        let (x, q, r) = (&x[..nb * bs], &mut q[..nb * ts], &mut r[..nb * ts]);
+                        // SAFETY: reachable only through the tier's table, handed out only after
+                        // detecting the tier's target features; `x`, `q` and `r` hold `nb` blocks.
+                        unsafe { imp(x, q, r) }
+                    }
+                };
+            }
+            quantize2!(quantize2_q8_0, QuantType::Q8_0, quant::quantize2_q8_0);
+            quantize2!(quantize2_q8_1, QuantType::Q8_1, quant::quantize2_q8_1);
+            quantize2!(quantize2_q8_k, QuantType::Q8K, quant::quantize2_q8_k);
 
             pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
                 #[target_feature(enable = $feat)]
@@ -263,6 +420,19 @@ macro_rules! tier {
             quantize_q8_0: $m::quantize_q8_0,
             quantize_q8_1: $m::quantize_q8_1,
             quantize_q8_k: $m::quantize_q8_k,
+            quantize2_q8_0: $m::quantize2_q8_0,
+            quantize2_q8_1: $m::quantize2_q8_1,
+            quantize2_q8_k: $m::quantize2_q8_k,
+            matmul_f32: Some($m::matmul_f32),
+            matmul_f16: Some($m::matmul_f16),
+            matmul_q4_0: Some($m::matmul_q4_0),
+            matmul_q4_1: Some($m::matmul_q4_1),
+            matmul_q5_0: Some($m::matmul_q5_0),
+            matmul_q5_1: Some($m::matmul_q5_1),
+            matmul_q8_0: Some($m::matmul_q8_0),
+            matmul_q4_k: Some($m::matmul_q4_k),
+            matmul_q5_k: Some($m::matmul_q5_k),
+            matmul_q6_k: Some($m::matmul_q6_k),
             dot_f32: $m::dot_f32,
             axpy_f32: $m::axpy_f32,
             ..crate::scalar::TABLE

@@ -138,3 +138,105 @@ pub(super) fn matvec_f16(n: usize, w: &[u8], x: &[u8], out: &mut [f32]) {
         *o = row_f16(row, x);
     }
 }
+
+/// Four lanes' worth of one row of F32 (`H` false) or F16 (`H` true) weights at element `e`, as
+/// f32 (`w` the row's bytes).
+#[target_feature(enable = "neon")]
+#[inline]
+fn w4<const H: bool>(w: &[u8], e: usize) -> float32x4_t {
+    if H {
+        let b = &w[2 * e..2 * e + 8];
+        h4_to_f32(vcreate_u16(u64::from_le_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ])))
+    } else {
+        ld_f32_bytes(&w[4 * e..])
+    }
+}
+
+/// One weight at element `e` as f32.
+#[inline(always)]
+fn w1<const H: bool>(w: &[u8], e: usize) -> f32 {
+    if H {
+        F16Bits([w[2 * e], w[2 * e + 1]]).to_f32()
+    } else {
+        f32::from_le_bytes([w[4 * e], w[4 * e + 1], w[4 * e + 2], w[4 * e + 3]])
+    }
+}
+
+/// Four rows (`w[k]`, bytes) against four tokens (`x[t]`, f32 bytes) over `n` elements:
+/// `[token][row]` lane sums in `[t]` lane `k`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn tile4x4<const H: bool>(n: usize, w: [&[u8]; 4], x: [&[u8]; 4]) -> [float32x4_t; 4] {
+    let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
+    let n4 = n / 4 * 4;
+    for e in (0..n4).step_by(4) {
+        let wv = [
+            w4::<H>(w[0], e),
+            w4::<H>(w[1], e),
+            w4::<H>(w[2], e),
+            w4::<H>(w[3], e),
+        ];
+        for t in 0..4 {
+            let xv = ld_f32_bytes(&x[t][4 * e..]);
+            for k in 0..4 {
+                acc[t][k] = vfmaq_f32(acc[t][k], wv[k], xv);
+            }
+        }
+    }
+    let mut out = [vdupq_n_f32(0.0); 4];
+    for t in 0..4 {
+        let a = &acc[t];
+        let mut v = vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]));
+        if n4 < n {
+            let mut tail = [0.0f32; 4];
+            for (k, s) in tail.iter_mut().enumerate() {
+                for e in n4..n {
+                    let xe = f32::from_le_bytes([
+                        x[t][4 * e],
+                        x[t][4 * e + 1],
+                        x[t][4 * e + 2],
+                        x[t][4 * e + 3],
+                    ]);
+                    *s += w1::<H>(w[k], e) * xe;
+                }
+            }
+            v = vaddq_f32(v, ld_f32(&tail));
+        }
+        out[t] = v;
+    }
+    out
+}
+
+/// The batched product for F32 (`H` false) or F16 (`H` true) weights against f32 activation rows;
+/// shapes checked by the caller. Four rows × four tokens at a time (a last group repeats its last
+/// row or token, computed and not stored).
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn matmul<const H: bool>(n: usize, w: &[u8], x: crate::ActRows<'_>, out: &mut [f32]) {
+    let rb = if H { 2 * n } else { 4 * n };
+    let rows = out.len() / x.n_tok;
+    let row = |i: usize| -> &[u8] {
+        let i = i.min(rows - 1);
+        &w[i * rb..(i + 1) * rb]
+    };
+    let tok = |t: usize| -> &[u8] {
+        let t = t.min(x.n_tok - 1);
+        &x.q[t * x.stride..t * x.stride + 4 * n]
+    };
+    for t0 in (0..x.n_tok).step_by(4) {
+        let xs = [tok(t0), tok(t0 + 1), tok(t0 + 2), tok(t0 + 3)];
+        for r0 in (0..rows).step_by(4) {
+            let ws = [row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)];
+            let f = tile4x4::<H>(n, ws, xs);
+            for (t, v) in f.iter().enumerate().take(x.n_tok - t0) {
+                let mut s = [0.0f32; 4];
+                st_f32(&mut s, *v);
+                let o = &mut out[(t0 + t) * rows + r0..];
+                let k = (rows - r0).min(4);
+                o[..k].copy_from_slice(&s[..k]);
+            }
+        }
+    }
+}

@@ -423,11 +423,11 @@ fn matvec_q5_0() {
 fn matvec_q5_1() {
     check_matvec(QuantType::Q5_1, &[32, 64, 96, 576, 1536], 6);
 }
-/// `qdot::fifth_bits` stored to bytes (elements 0..32).
+/// `wtypes::fifth_bits` stored to bytes (elements 0..32).
 #[target_feature(enable = "neon")]
 fn fifth_bits_bytes(qh: u32) -> [u8; 32] {
     use core::arch::aarch64::vreinterpretq_s8_u8;
-    let (lo, hi) = super::qdot::fifth_bits(qh.to_le_bytes());
+    let (lo, hi) = super::wtypes::fifth_bits(qh.to_le_bytes());
     let mut got = [0u8; 32];
     super::util::st_s8(&mut got[..16], vreinterpretq_s8_u8(lo));
     super::util::st_s8(&mut got[16..], vreinterpretq_s8_u8(hi));
@@ -818,11 +818,11 @@ fn matvec2_lengths() {
     }
 }
 
-/// `qdot2::k4_scales` (vector decode) stored to arrays: (scales, mins).
+/// `wtypes::k4_scales` (vector decode) stored to arrays: (scales, mins).
 #[target_feature(enable = "neon")]
 fn k4_scales_arrays(s: &[u8; 12]) -> ([i32; 8], [i32; 8]) {
     use core::arch::aarch64::*;
-    let (sc, neg_mn) = super::qdot2::k4_scales(s);
+    let (sc, mn) = super::wtypes::k4_scales(s);
     let mut sc_a = [0i32; 8];
     let mut mn_a = [0i32; 8];
     for j in 0..4 {
@@ -840,9 +840,9 @@ fn k4_scales_arrays(s: &[u8; 12]) -> ([i32; 8], [i32; 8]) {
         };
     }
     let mut m16 = [0u8; 16];
-    super::util::st_s8(&mut m16, vreinterpretq_s8_s16(neg_mn));
+    super::util::st_s8(&mut m16, vreinterpretq_s8_s16(mn));
     for (j, m) in mn_a.iter_mut().enumerate() {
-        *m = -(i16::from_le_bytes([m16[2 * j], m16[2 * j + 1]]) as i32);
+        *m = i16::from_le_bytes([m16[2 * j], m16[2 * j + 1]]) as i32;
     }
     (sc_a, mn_a)
 }
@@ -857,7 +857,7 @@ fn k4_vector_scales_match_get_scale_min_k4() {
     let mut cases = vec![[0u8; 12], [0xff; 12]];
     cases.extend((0..500).map(|_| core::array::from_fn(|_| r.byte())));
     for s in cases {
-        // Written from ggml's get_scale_min_k4 (independent of qdot.rs).
+        // Written from ggml's get_scale_min_k4 (independent of wtypes.rs).
         let mut want_sc = [0i32; 8];
         let mut want_mn = [0i32; 8];
         for j in 0..8 {

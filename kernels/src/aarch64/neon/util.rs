@@ -25,6 +25,27 @@ pub(super) fn ld_s8(s: &[u8]) -> int8x16_t {
     vreinterpretq_s8_u8(ld_u8(s))
 }
 
+/// Sixteen bytes at a 16-byte aligned address (one vector of a kernel's scratch buffers).
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct V16(pub(super) [u8; 16]);
+
+/// Loads the first 16 bytes of `s` as four i32 (little-endian target).
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn ld_s32(s: &[u8]) -> int32x4_t {
+    vreinterpretq_s32_u8(ld_u8(s))
+}
+
+/// Stores `v` into `s[0..16]` (little-endian target).
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn st_u8(s: &mut [u8], v: uint8x16_t) {
+    let s = &mut s[..16];
+    // SAFETY: `s` is exactly 16 writable bytes, borrowed mutably (no aliasing).
+    unsafe { vst1q_u8(s.as_mut_ptr(), v) }
+}
+
 /// Loads four f32 from the first 16 bytes of `s` (little-endian target).
 #[target_feature(enable = "neon")]
 #[inline]
@@ -68,6 +89,37 @@ pub(super) fn h4_to_f32(bits: uint16x4_t) -> float32x4_t {
     vcvt_f32_f16(vreinterpret_f16_u16(bits))
 }
 
+/// The f16 scale at `h` to f32: a scalar LDR into an FP register and FCVT (one load and one
+/// vector-unit operation; exact).
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn f16_f32(h: &F16Bits) -> f32 {
+    let f: f32;
+    // SAFETY: LDR (16-bit, no alignment requirement for FP/SIMD loads on aarch64 Linux) reads
+    // exactly the two bytes of `h`, a live shared borrow; FCVT works between FP registers. The
+    // half→single FCVT is base ARMv8-A floating point (FEAT_FP16 only adds half arithmetic).
+    unsafe {
+        asm!(
+            "ldr {t:h}, [{p}]",
+            "fcvt {f:s}, {t:h}",
+            p = in(reg) h as *const F16Bits,
+            t = out(vreg) _,
+            f = lateout(vreg) f,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+    }
+    f
+}
+
+/// Four f16 scales (each given by its bits) to f32 lanes: the halves are combined in a general
+/// register and converted with one FCVTL.
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn f16x4_f32(h: [F16Bits; 4]) -> float32x4_t {
+    let b = |i: usize| u64::from(h[i].bits()) << (16 * i);
+    h4_to_f32(vcreate_u16(b(0) | b(1) | b(2) | b(3)))
+}
+
 /// One f16 scale to f32 (FCVTL on lane 0; exact, as every f16 is representable in f32).
 #[target_feature(enable = "neon")]
 #[inline]
@@ -96,7 +148,31 @@ pub(super) trait IDot: Copy {
     ) -> int32x4_t {
         self.dot(self.dot(acc, a0, b0), a1, b1)
     }
+    /// Four tokens' running sums of the token-lane products ([`IDot::dot4x4`]).
+    type Acc4: Copy;
+    /// An accumulator whose four token sums start at `init`.
+    fn acc4(self, init: int32x4_t) -> Self::Acc4;
+    /// The four token sums of `a`.
+    fn acc4_sum(self, a: Self::Acc4) -> int32x4_t;
+    /// `a[t] += Σ_{g<4} Σ_{k<4} x[g][4t+k] · w[4g+k]`: the 16 weights of `w` (four element groups
+    /// of four) against four tokens, `x[g]` holding the four tokens' four activation bytes of
+    /// group `g` (token-interleaved). Every |product| is at most `maxp`.
+    fn dot4x4(self, a: Self::Acc4, x: [int8x16_t; 4], w: int8x16_t, maxp: u32) -> Self::Acc4;
+    /// Sixteen bytes as an accumulator value, loaded afresh at every call (a shared value would
+    /// cost a register copy before each destructive accumulate).
+    fn load_acc(self, s: &V16) -> int32x4_t {
+        // SAFETY: `self` is a proof token: its values exist only where NEON was detected.
+        unsafe { ld_s32(&s.0) }
+    }
 }
+
+/// The token-lane dot step of the batched products ([`IDot::dot4x4`]): four tokens' sums in the
+/// four i32 lanes, plus whatever partial state the tier keeps (see [`IDot::Acc4`]).
+///
+/// `maxp` bounds |weight · activation| for every product of a call (a constant wherever it is
+/// inlined); the plain-NEON tier picks how many products it may add in 16-bit lanes from it.
+pub(super) const MAXP_4095: u32 = 4095;
+pub(super) const MAXP_8191: u32 = 8191;
 
 /// Plain Advanced SIMD: widening multiplies (SMULL/SMLAL) and pairwise accumulation (SADALP). A
 /// value can only be made by [`Mull::new`], a `#[target_feature(enable = "neon")]` function.
@@ -112,41 +188,205 @@ impl Mull {
 }
 
 impl IDot for Mull {
+    /// (token sums, pair sums of tokens 0 and 1, pair sums of tokens 2 and 3): the last two take
+    /// products too large to pair up in 16-bit lanes (see `dot4x4`).
+    type Acc4 = (int32x4_t, int32x4_t, int32x4_t);
     #[inline(always)]
-    fn dot(self, acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-        // SAFETY (all three methods): value-only Advanced SIMD intrinsics; `self` exists only if
-        // `Mull::new` ran, which requires the neon target feature.
-        unsafe {
-            // A single product is at most 128·128 = 16384, which fits an i16 lane; sums do not.
-            let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-            let hi = vmull_high_s8(a, b);
-            vpadalq_s16(vpadalq_s16(acc, lo), hi)
-        }
+    fn acc4(self, init: int32x4_t) -> Self::Acc4 {
+        // SAFETY: value-only intrinsic; `self` proves the neon feature.
+        let z = unsafe { vdupq_n_s32(0) };
+        (init, z, z)
     }
     #[inline(always)]
-    fn dot_small(self, acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-        // SAFETY: as in `dot`.
+    fn acc4_sum(self, a: Self::Acc4) -> int32x4_t {
+        // SAFETY: value-only intrinsics (neon proven by `self`). A zero pair part (never written)
+        // folds away.
+        unsafe { vaddq_s32(a.0, vpaddq_s32(a.1, a.2)) }
+    }
+    #[inline(always)]
+    fn dot4x4(self, a: Self::Acc4, x: [int8x16_t; 4], w: int8x16_t, maxp: u32) -> Self::Acc4 {
+        // Written in asm: LLVM turns the intrinsic form (widening multiplies of lane-duplicated
+        // words, then pairwise adds) into 32-bit multiplies, four times the multiply count.
+        // The products of group g are formed in 16-bit lanes against the group's four weight
+        // bytes duplicated into every word (DUP): tokens 0, 1 by SMULL/SMLAL (`l`), 2, 3 by
+        // SMULL2/SMLAL2 (`h`), one lane per token and element position.
+        // SAFETY (all three forms): Advanced SIMD register operations only (no memory, stack or
+        // flags); `self` exists only if `Mull::new` ran, which requires the neon feature.
+        let (mut s, mut lo, mut hi) = a;
         unsafe {
-            let p = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-            vpadalq_s16(acc, vmlal_high_s8(p, a, b))
+            if maxp <= MAXP_4095 {
+                // Four groups per lane, then pairs of lanes: eight products per i16 lane.
+                asm!(
+                    "dup {d0:v}.4s, {w:v}.s[0]",
+                    "dup {d1:v}.4s, {w:v}.s[1]",
+                    "smull {l:v}.8h, {x0:v}.8b, {d0:v}.8b",
+                    "smull2 {h:v}.8h, {x0:v}.16b, {d0:v}.16b",
+                    "dup {d0:v}.4s, {w:v}.s[2]",
+                    "smlal {l:v}.8h, {x1:v}.8b, {d1:v}.8b",
+                    "smlal2 {h:v}.8h, {x1:v}.16b, {d1:v}.16b",
+                    "dup {d1:v}.4s, {w:v}.s[3]",
+                    "smlal {l:v}.8h, {x2:v}.8b, {d0:v}.8b",
+                    "smlal2 {h:v}.8h, {x2:v}.16b, {d0:v}.16b",
+                    "smlal {l:v}.8h, {x3:v}.8b, {d1:v}.8b",
+                    "smlal2 {h:v}.8h, {x3:v}.16b, {d1:v}.16b",
+                    "addp {l:v}.8h, {l:v}.8h, {h:v}.8h",
+                    "sadalp {s:v}.4s, {l:v}.8h",
+                    s = inout(vreg) s,
+                    x0 = in(vreg) x[0],
+                    x1 = in(vreg) x[1],
+                    x2 = in(vreg) x[2],
+                    x3 = in(vreg) x[3],
+                    w = in(vreg) w,
+                    d0 = out(vreg) _,
+                    d1 = out(vreg) _,
+                    l = out(vreg) _,
+                    h = out(vreg) _,
+                    options(pure, nomem, nostack, preserves_flags)
+                );
+            } else if maxp <= MAXP_8191 {
+                // Two groups per lane, four products per i16 lane after the pairing.
+                asm!(
+                    "dup {d0:v}.4s, {w:v}.s[0]",
+                    "dup {d1:v}.4s, {w:v}.s[1]",
+                    "smull {l:v}.8h, {x0:v}.8b, {d0:v}.8b",
+                    "smull2 {h:v}.8h, {x0:v}.16b, {d0:v}.16b",
+                    "smlal {l:v}.8h, {x1:v}.8b, {d1:v}.8b",
+                    "smlal2 {h:v}.8h, {x1:v}.16b, {d1:v}.16b",
+                    "dup {d0:v}.4s, {w:v}.s[2]",
+                    "dup {d1:v}.4s, {w:v}.s[3]",
+                    "addp {l:v}.8h, {l:v}.8h, {h:v}.8h",
+                    "sadalp {s:v}.4s, {l:v}.8h",
+                    "smull {l:v}.8h, {x2:v}.8b, {d0:v}.8b",
+                    "smull2 {h:v}.8h, {x2:v}.16b, {d0:v}.16b",
+                    "smlal {l:v}.8h, {x3:v}.8b, {d1:v}.8b",
+                    "smlal2 {h:v}.8h, {x3:v}.16b, {d1:v}.16b",
+                    "addp {l:v}.8h, {l:v}.8h, {h:v}.8h",
+                    "sadalp {s:v}.4s, {l:v}.8h",
+                    s = inout(vreg) s,
+                    x0 = in(vreg) x[0],
+                    x1 = in(vreg) x[1],
+                    x2 = in(vreg) x[2],
+                    x3 = in(vreg) x[3],
+                    w = in(vreg) w,
+                    d0 = out(vreg) _,
+                    d1 = out(vreg) _,
+                    l = out(vreg) _,
+                    h = out(vreg) _,
+                    options(pure, nomem, nostack, preserves_flags)
+                );
+            } else {
+                // Any i8 products: widened (SADALP into the pair sums) before any addition.
+                asm!(
+                    "dup {d0:v}.4s, {w:v}.s[0]",
+                    "dup {d1:v}.4s, {w:v}.s[1]",
+                    "smull {p:v}.8h, {x0:v}.8b, {d0:v}.8b",
+                    "smull2 {q:v}.8h, {x0:v}.16b, {d0:v}.16b",
+                    "sadalp {lo:v}.4s, {p:v}.8h",
+                    "sadalp {hi:v}.4s, {q:v}.8h",
+                    "smull {p:v}.8h, {x1:v}.8b, {d1:v}.8b",
+                    "smull2 {q:v}.8h, {x1:v}.16b, {d1:v}.16b",
+                    "dup {d0:v}.4s, {w:v}.s[2]",
+                    "dup {d1:v}.4s, {w:v}.s[3]",
+                    "sadalp {lo:v}.4s, {p:v}.8h",
+                    "sadalp {hi:v}.4s, {q:v}.8h",
+                    "smull {p:v}.8h, {x2:v}.8b, {d0:v}.8b",
+                    "smull2 {q:v}.8h, {x2:v}.16b, {d0:v}.16b",
+                    "sadalp {lo:v}.4s, {p:v}.8h",
+                    "sadalp {hi:v}.4s, {q:v}.8h",
+                    "smull {p:v}.8h, {x3:v}.8b, {d1:v}.8b",
+                    "smull2 {q:v}.8h, {x3:v}.16b, {d1:v}.16b",
+                    "sadalp {lo:v}.4s, {p:v}.8h",
+                    "sadalp {hi:v}.4s, {q:v}.8h",
+                    lo = inout(vreg) lo,
+                    hi = inout(vreg) hi,
+                    x0 = in(vreg) x[0],
+                    x1 = in(vreg) x[1],
+                    x2 = in(vreg) x[2],
+                    x3 = in(vreg) x[3],
+                    w = in(vreg) w,
+                    d0 = out(vreg) _,
+                    d1 = out(vreg) _,
+                    p = out(vreg) _,
+                    q = out(vreg) _,
+                    options(pure, nomem, nostack, preserves_flags)
+                );
+            }
         }
+        (s, lo, hi)
+    }
+
+    // The three steps are written in asm: LLVM otherwise reshapes the widening multiplies
+    // (e.g. into zero-extensions and narrowings around them, or 32-bit multiplies).
+    // SAFETY (all three methods): Advanced SIMD register operations only (no memory, stack or
+    // flags); `self` exists only if `Mull::new` ran, which requires the neon feature.
+    #[inline(always)]
+    fn dot(self, mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        // A single product is at most 128·128 = 16384, which fits an i16 lane; sums do not.
+        unsafe {
+            asm!(
+                "smull {p:v}.8h, {a:v}.8b, {b:v}.8b",
+                "smull2 {q:v}.8h, {a:v}.16b, {b:v}.16b",
+                "sadalp {acc:v}.4s, {p:v}.8h",
+                "sadalp {acc:v}.4s, {q:v}.8h",
+                acc = inout(vreg) acc,
+                a = in(vreg) a,
+                b = in(vreg) b,
+                p = out(vreg) _,
+                q = out(vreg) _,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        acc
+    }
+    #[inline(always)]
+    fn dot_small(self, mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        unsafe {
+            asm!(
+                "smull {p:v}.8h, {a:v}.8b, {b:v}.8b",
+                "smlal2 {p:v}.8h, {a:v}.16b, {b:v}.16b",
+                "sadalp {acc:v}.4s, {p:v}.8h",
+                acc = inout(vreg) acc,
+                a = in(vreg) a,
+                b = in(vreg) b,
+                p = out(vreg) _,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        acc
     }
     #[inline(always)]
     fn dot2_small(
         self,
-        acc: int32x4_t,
+        mut acc: int32x4_t,
         a0: int8x16_t,
         b0: int8x16_t,
         a1: int8x16_t,
         b1: int8x16_t,
     ) -> int32x4_t {
-        // SAFETY: as in `dot`.
         unsafe {
-            let p = vmull_s8(vget_low_s8(a0), vget_low_s8(b0));
-            let p = vmlal_high_s8(p, a0, b0);
-            let p = vmlal_s8(p, vget_low_s8(a1), vget_low_s8(b1));
-            vpadalq_s16(acc, vmlal_high_s8(p, a1, b1))
+            asm!(
+                "smull {p:v}.8h, {a0:v}.8b, {b0:v}.8b",
+                "smlal2 {p:v}.8h, {a0:v}.16b, {b0:v}.16b",
+                "smlal {p:v}.8h, {a1:v}.8b, {b1:v}.8b",
+                "smlal2 {p:v}.8h, {a1:v}.16b, {b1:v}.16b",
+                "sadalp {acc:v}.4s, {p:v}.8h",
+                acc = inout(vreg) acc,
+                a0 = in(vreg) a0,
+                b0 = in(vreg) b0,
+                a1 = in(vreg) a1,
+                b1 = in(vreg) b1,
+                p = out(vreg) _,
+                options(pure, nomem, nostack, preserves_flags)
+            );
         }
+        acc
+    }
+    #[inline(always)]
+    fn load_acc(self, s: &V16) -> int32x4_t {
+        // As `Sdot::load_acc`: a fresh load per accumulator chain instead of a register copy.
+        // SAFETY: `s` is 16 readable bytes, 16-aligned (`V16`); every bit pattern is a valid
+        // `int32x4_t`.
+        unsafe { core::ptr::read_volatile(s as *const V16 as *const int32x4_t) }
     }
 }
 
@@ -165,6 +405,47 @@ impl Sdot {
 }
 
 impl IDot for Sdot {
+    type Acc4 = int32x4_t;
+    #[inline(always)]
+    fn acc4(self, init: int32x4_t) -> int32x4_t {
+        init
+    }
+    #[inline(always)]
+    fn acc4_sum(self, a: int32x4_t) -> int32x4_t {
+        a
+    }
+    #[inline(always)]
+    fn dot4x4(self, mut a: int32x4_t, x: [int8x16_t; 4], w: int8x16_t, _maxp: u32) -> int32x4_t {
+        // SDOT (by element): lane t += x[g] bytes 4t..4t+4 · w bytes 4g..4g+4. Products of any
+        // i8 values are summed in i32.
+        // SAFETY: as in `dot` (SDOT reads three vector registers and writes `a`'s; `self` proves
+        // the dotprod feature).
+        unsafe {
+            asm!(
+                ".arch_extension dotprod",
+                "sdot {a:v}.4s, {x0:v}.16b, {w:v}.4b[0]",
+                "sdot {a:v}.4s, {x1:v}.16b, {w:v}.4b[1]",
+                "sdot {a:v}.4s, {x2:v}.16b, {w:v}.4b[2]",
+                "sdot {a:v}.4s, {x3:v}.16b, {w:v}.4b[3]",
+                a = inout(vreg) a,
+                x0 = in(vreg) x[0],
+                x1 = in(vreg) x[1],
+                x2 = in(vreg) x[2],
+                x3 = in(vreg) x[3],
+                w = in(vreg) w,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        a
+    }
+    #[inline(always)]
+    fn load_acc(self, s: &V16) -> int32x4_t {
+        // A volatile read is never merged with another read of the same bytes, so every
+        // accumulator chain gets its own load instead of a register copy.
+        // SAFETY: `s` is 16 readable bytes, 16-aligned (`V16`), and every bit pattern is a valid
+        // `int32x4_t`.
+        unsafe { core::ptr::read_volatile(s as *const V16 as *const int32x4_t) }
+    }
     #[inline(always)]
     fn dot(self, mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
         // `vdotq_s32` is still unstable (stdarch_neon_dotprod) in Rust 1.95, hence the asm. The

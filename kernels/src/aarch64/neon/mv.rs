@@ -1,0 +1,174 @@
+//! Decode (matrix × one activation, and × the `q8x2` pair) for the 32-element formats.
+//!
+//! Four rows at a time. Per block: each row's quants are unpacked once and dotted (the tier's
+//! vector-form [`IDot`] step) with the activation block — and the residual block — into an i32
+//! accumulator that starts at the activation's `OFFSET·Σy` (loaded, see `act.rs`); one pairwise-add
+//! tree turns the four rows' accumulators into one vector, lane `k` = row `k`'s block sum, which is
+//! converted once and scaled by the four rows' f16 scales (combined in a general register and
+//! converted with one FCVTL) times the block's activation scale. Rows are never reduced
+//! horizontally at the end: the f32 accumulator's lanes are the four rows' outputs.
+//!
+//! The activation's per-block values are prepared once per call, in chunks of [`KC`] blocks (a
+//! stack buffer), and shared by all rows.
+
+use super::act::*;
+use super::util::*;
+use super::wtypes::*;
+use crate::*;
+use core::arch::aarch64::*;
+use core::mem::size_of;
+
+/// Blocks per chunk of prepared activation values.
+const KC: usize = 64;
+
+/// `out[r] = row_r · xq` (`xr`: `+ row_r · xr`, the `q8x2` pair); sizes checked by the caller
+/// (`w` holds `out.len()` rows of `n/32` blocks, the activations `n/32` blocks each, `n > 0`).
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn matvec<D: IDot, W: Legacy>(
+    dd: D,
+    n: usize,
+    w: &[u8],
+    xq: &[u8],
+    xr: Option<&[u8]>,
+    out: &mut [f32],
+) {
+    let nb = n / QK;
+    let (yb, _) = act_bytes(W::MIN);
+    let mode = match xr {
+        None => Mode::Plain,
+        Some(r) if on_grid16(xq, r, yb, nb) => Mode::Comb,
+        Some(_) => Mode::Sep,
+    };
+    // Written out per mode, so that each copy of the loop is specialized for it.
+    match mode {
+        Mode::Plain => run::<D, W, { Mode::Plain as u8 }>(dd, nb, w, xq, xq, out),
+        Mode::Comb => run::<D, W, { Mode::Comb as u8 }>(dd, nb, w, xq, xr.unwrap_or(xq), out),
+        Mode::Sep => run::<D, W, { Mode::Sep as u8 }>(dd, nb, w, xq, xr.unwrap_or(xq), out),
+    }
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+fn run<D: IDot, W: Legacy, const M: u8>(
+    dd: D,
+    nb: usize,
+    w: &[u8],
+    q: &[u8],
+    r: &[u8],
+    out: &mut [f32],
+) {
+    let (yb, _) = act_bytes(W::MIN);
+    let rb = nb * size_of::<W>();
+    let nrows = out.len();
+    let mut act = [Act1::default(); KC];
+    for b0 in (0..nb).step_by(KC) {
+        let kc = KC.min(nb - b0);
+        let act = &mut act[..kc];
+        prep1::<W, M>(q, r, b0, act);
+        let (qc, rc) = (&q[b0 * yb..(b0 + kc) * yb], &r[b0 * yb..(b0 + kc) * yb]);
+        for (g, o) in out.chunks_mut(4).enumerate() {
+            // A last group of fewer than four rows repeats its last row (computed, not stored).
+            let row = |k: usize| -> &[W] {
+                let i = (4 * g + k).min(nrows - 1);
+                &bytemuck::cast_slice(&w[i * rb..(i + 1) * rb])[b0..b0 + kc]
+            };
+            let rows = [row(0), row(1), row(2), row(3)];
+            let f = rows4::<D, W, M>(dd, rows, qc, rc, act);
+            let mut v = [0.0f32; 4];
+            st_f32(&mut v, f);
+            for (k, o) in o.iter_mut().enumerate() {
+                *o = if b0 == 0 { v[k] } else { *o + v[k] };
+            }
+        }
+    }
+}
+
+/// Four rows' i32 accumulators to one vector of their lane sums (row `k` in lane `k`).
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn addp4(p: [int32x4_t; 4]) -> int32x4_t {
+    vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]))
+}
+
+/// `acc + w·y` for one block: the unpacked weights `q` against the activation quants `y`.
+#[inline(always)]
+fn dot32<D: IDot>(
+    dd: D,
+    acc: int32x4_t,
+    q: [int8x16_t; 2],
+    y: [int8x16_t; 2],
+    qmax: u32,
+) -> int32x4_t {
+    if qmax * 128 <= MAXP_8191 {
+        dd.dot2_small(acc, q[0], y[0], q[1], y[1])
+    } else {
+        dd.dot(dd.dot(acc, q[0], y[0]), q[1], y[1])
+    }
+}
+
+/// The activation quants of block `i` of a chunk (`yb`-byte blocks, quants at `qo`).
+#[target_feature(enable = "neon")]
+#[inline]
+fn act32(c: &[u8], i: usize, yb: usize, qo: usize) -> [int8x16_t; 2] {
+    let y = &c[i * yb + qo..(i + 1) * yb];
+    [ld_s8(y), ld_s8(&y[16..])]
+}
+
+/// Four rows (block slices of one chunk) against the chunk's activation blocks: lane `k` of the
+/// result is row `k`'s partial dot product.
+#[target_feature(enable = "neon")]
+#[inline]
+fn rows4<D: IDot, W: Legacy, const M: u8>(
+    dd: D,
+    rows: [&[W]; 4],
+    q: &[u8],
+    r: &[u8],
+    act: &[Act1],
+) -> float32x4_t {
+    let mode = Mode::of(M);
+    let (yb, qo) = act_bytes(W::MIN);
+    let kc = act.len();
+    let rows = [
+        &rows[0][..kc],
+        &rows[1][..kc],
+        &rows[2][..kc],
+        &rows[3][..kc],
+    ];
+    let mut f = vdupq_n_f32(0.0);
+    for (i, a) in act.iter().enumerate() {
+        let w = [&rows[0][i], &rows[1][i], &rows[2][i], &rows[3][i]];
+        let y = act32(q, i, yb, qo);
+        let mut wq = [[vdupq_n_s8(0); 2]; 4];
+        let mut p = [vdupq_n_s32(0); 4];
+        for k in 0..4 {
+            wq[k] = w[k].quants(dd);
+            p[k] = dot32(dd, dd.load_acc(&a.init), wq[k], y, W::QMAX);
+        }
+        let pq = addp4(p);
+        let dw = f16x4_f32([*w[0].d(), *w[1].d(), *w[2].d(), *w[3].d()]);
+        if mode == Mode::Plain {
+            f = vfmaq_f32(f, vcvtq_n_f32_s32::<8>(pq), vmulq_n_f32(dw, a.dy));
+        } else {
+            let z = act32(r, i, yb, qo);
+            for k in 0..4 {
+                p[k] = dot32(dd, dd.load_acc(&a.init_r), wq[k], z, W::QMAX);
+            }
+            let pr = addp4(p);
+            if mode == Mode::Comb {
+                // |256·Σq + Σr| <= 257·32·128·128 < 2^31.
+                let c = vaddq_s32(vshlq_n_s32::<8>(pq), pr);
+                f = vfmaq_f32(f, vcvtq_n_f32_s32::<8>(c), vmulq_n_f32(dw, a.dy));
+            } else {
+                let t = vmulq_n_f32(vcvtq_n_f32_s32::<8>(pq), a.dy);
+                let t = vfmaq_n_f32(t, vcvtq_n_f32_s32::<8>(pr), a.dr);
+                f = vfmaq_f32(f, t, dw);
+            }
+        }
+        if W::MIN {
+            let m = f16x4_f32([*w[0].m(), *w[1].m(), *w[2].m(), *w[3].m()]);
+            f = vfmaq_n_f32(f, m, a.s);
+        }
+    }
+    f
+}
