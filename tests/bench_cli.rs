@@ -114,6 +114,16 @@ fn json_reports_bytes_per_token_and_roofline() {
     for k in ["pp_tps", "tg_tps", "rss_mib", "threads"] {
         assert!(num(&v, k) > 0.0, "{k} in {v}");
     }
+    // Both activation modes are measured; the run's own mode is the one `pp_tps` / `tg_tps` report.
+    for k in ["pp_tps_q8", "tg_tps_q8", "pp_tps_q8x2", "tg_tps_q8x2"] {
+        assert!(num(&v, k) > 0.0, "{k} in {v}");
+    }
+    assert_eq!(v["act_quant"], "q8x2");
+    assert_eq!(num(&v, "pp_tps"), num(&v, "pp_tps_q8x2"));
+    assert!(
+        out.contains("act-quant q8x2") && out.contains("act-quant q8 "),
+        "stdout: {out}"
+    );
     assert_eq!(v["threads"], 1);
     assert_eq!(v["n_prompt"], 8);
     assert_eq!(v["n_gen"], 4);

@@ -295,9 +295,15 @@ fn batch_size_and_threads_do_not_change_logits() {
                 .zip(&base)
                 .map(|(&a, &b)| (a - b).abs() as f64)
                 .fold(0.0, f64::max);
+            // Batches of 2 or more tokens run the batched kernels, whose per-token results do not depend
+            // on the tile size or on the thread that computes a row block: the same bits. One token is a
+            // decode step (the matrix×vector kernels), which sums the same integer block products in
+            // another float order; an f32 rounding difference can flip the rounding of an activation
+            // when it is quantized for the next layer, so that path is held to the q8x2 bound instead.
+            let bar = if n_batch == 1 { TOL_Q8X2 } else { 1e-5 };
             assert!(
-                max <= 1e-5 * sd,
-                "{name}: batch {n_batch} / {n_threads} threads differ from batch 12 / 1 thread by {max:e} (std {sd:.3})"
+                max <= bar * sd,
+                "{name}: batch {n_batch} / {n_threads} threads differ from batch 12 / 1 thread by {max:e} (std {sd:.3}, bar {bar:e} × std)"
             );
         }
         // One token at a time through `eval` (the decoding path) gives the last position's logits too.
@@ -320,8 +326,8 @@ fn batch_size_and_threads_do_not_change_logits() {
             .map(|(&a, &b)| (a - b).abs() as f64)
             .fold(0.0, f64::max);
         assert!(
-            max <= 1e-5 * sd,
-            "{name}: token-by-token eval differs from the batch by {max:e}"
+            max <= TOL_Q8X2 * sd,
+            "{name}: token-by-token eval differs from the batch by {max:e} (std {sd:.3})"
         );
     }
 }

@@ -34,13 +34,16 @@ fn tmp(name: &str) -> PathBuf {
 fn llama(path: &Path) -> LlamaCpp {
     let mut cfg = LlamaConfig::new(2, 256, 256);
     cfg.flash_attn = Some(false);
+    cfg.repack = false;
     LlamaCpp::load(path, &cfg).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// llama.cpp's current CLI default (flash attention on the CPU, which rounds queries to f16): the same
 /// model computed with different rounding, to measure how far llama.cpp moves under rounding alone.
 fn llama_fa(path: &Path) -> LlamaCpp {
-    LlamaCpp::load(path, &LlamaConfig::new(2, 256, 256)).unwrap_or_else(|e| panic!("{e}"))
+    let mut cfg = LlamaConfig::new(2, 256, 256);
+    cfg.repack = false;
+    LlamaCpp::load(path, &cfg).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// llama.cpp's logits for every reference sequence.
@@ -213,6 +216,9 @@ fn requantized_models_match_llama_cpp() {
         // flash-attention shift, whichever is larger, and never above 0.02; a wrong kernel or layout gives
         // KL ≫ 0.1. Top-1 agreement moves too (flash attention alone: 95.5% for Q4_0 and Q6_K).
         let bound = (2.0 * self_noise.kl_mean).max(0.005).min(0.02);
+        if matches!(ft, Ftype::Q4_0) {
+            repacked_llama_cpp_agrees(&path, &lc_runs, bound, &mut failures);
+        }
         for (mode, m) in [("q8", q8), ("q8x2", q8x2)] {
             if m.kl_mean > bound || m.top1 < 0.92 {
                 failures.push(format!(
@@ -226,6 +232,39 @@ fn requantized_models_match_llama_cpp() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// llama.cpp with its default extra buffer types (what `edge-run bench --vs-llama-cpp` runs): on a CPU
+/// with AVX2 it repacks the Q4_0 rows, says so while loading (the runner reports it), and computes the
+/// same logits as from the mapped rows up to its rounding noise.
+fn repacked_llama_cpp_agrees(
+    path: &Path,
+    plain: &[(String, Vec<Vec<f32>>)],
+    bound: f64,
+    failures: &mut Vec<String>,
+) {
+    let mut cfg = LlamaConfig::new(2, 256, 256);
+    cfg.flash_attn = Some(false);
+    let mut lc = LlamaCpp::load(path, &cfg).unwrap_or_else(|e| panic!("{e}"));
+    let info = tools::ggml::system_info();
+    let expect_repack = info.contains("AVX2 = 1");
+    let m = versus(plain, &llama_runs(&mut lc));
+    eprintln!(
+        "Q4_0 repacked by llama.cpp: {} (build: AVX2 {}); vs its mapped rows KL {:.5} top-1 {:.3}",
+        lc.repacked(),
+        if expect_repack { "on" } else { "off" },
+        m.kl_mean,
+        m.top1
+    );
+    if expect_repack && !lc.repacked() {
+        failures.push("Q4_0: llama.cpp built with AVX2 did not report a repacked buffer".into());
+    }
+    if m.kl_mean > bound || m.top1 < 0.92 {
+        failures.push(format!(
+            "Q4_0: llama.cpp repacked vs mapped mean KL {:.5} (bound {bound:.5}), top-1 {:.3}",
+            m.kl_mean, m.top1
+        ));
+    }
 }
 
 #[test]

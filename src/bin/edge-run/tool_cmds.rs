@@ -194,10 +194,11 @@ mod vs_llama_cpp {
     pub struct Vs {
         pub table: String,
         fields: Vec<(&'static str, f64)>,
+        repacked: bool,
     }
 
     impl Vs {
-        /// edge-run's JSON object with `llamacpp_pp_tps`, `llamacpp_tg_tps`, `pp_ratio`, `tg_ratio` (base
+        /// edge-run's JSON object with `llamacpp_repacked`, `llamacpp_pp_tps`, `llamacpp_tg_tps`, `pp_ratio`, `tg_ratio` (base
         /// model) and, with adapters, `llamacpp_lora_pp_tps`, `llamacpp_lora_tg_tps`, `lora_pp_ratio`,
         /// `lora_tg_ratio` added.
         pub fn json(&self, edge_run_json: &str) -> String {
@@ -207,6 +208,7 @@ mod vs_llama_cpp {
                 for (k, x) in &self.fields {
                     o.insert((*k).to_string(), serde_json::json!(x));
                 }
+                o.insert("llamacpp_repacked".into(), serde_json::json!(self.repacked));
             }
             crate::tools::sorted_keys(v).to_string()
         }
@@ -241,6 +243,10 @@ mod vs_llama_cpp {
             ("tg_ratio", report.base.tg_tps / lc.base.tg_tps),
         ];
         let mut table = format!(
+            "llama.cpp: repacked weights (its default extra buffer types): {}\n",
+            if lc.repacked { "yes" } else { "no" }
+        );
+        table += &format!(
             "| {:<28} | {:>10} | {:>10} | {:>12} | {:>12} |\n",
             "llama.cpp, same workload", "pp tok/s", "tg tok/s", "pp edge/lcpp", "tg edge/lcpp"
         );
@@ -265,7 +271,11 @@ mod vs_llama_cpp {
                 ("lora_tg_ratio", tr),
             ]);
         }
-        Ok(Vs { table, fields })
+        Ok(Vs {
+            table,
+            fields,
+            repacked: lc.repacked,
+        })
     }
 
     #[cfg(not(feature = "ggml"))]

@@ -23,6 +23,7 @@
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::Instant;
 
@@ -33,16 +34,27 @@ use edge_run::{Error, Result};
 
 static INIT: Once = Once::new();
 
-/// Drops llama.cpp's log lines except errors (it logs every tensor at load time otherwise).
+/// Log lines of llama.cpp that named a repacked weight buffer (`CPU_REPACK model buffer size = …`),
+/// counted by [`log_errors_only`]: how [`LlamaCpp::load`] tells whether llama.cpp repacked the model.
+static REPACK_LINES: AtomicUsize = AtomicUsize::new(0);
+
+/// Drops llama.cpp's log lines except errors (it logs every tensor at load time otherwise), counting
+/// the lines that report a repacked weight buffer.
 unsafe extern "C" fn log_errors_only(
     level: sys::ggml_log_level,
     text: *const c_char,
     _user: *mut c_void,
 ) {
-    if level == sys::GGML_LOG_LEVEL_ERROR && !text.is_null() {
-        // SAFETY: llama.cpp passes a NUL-terminated string that lives for the duration of the call.
-        let s = unsafe { CStr::from_ptr(text) };
-        eprint!("llama.cpp: {}", s.to_string_lossy());
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: llama.cpp passes a NUL-terminated string that lives for the duration of the call.
+    let s = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    if s.contains("REPACK") && s.contains("buffer size") {
+        REPACK_LINES.fetch_add(1, Ordering::Relaxed);
+    }
+    if level == sys::GGML_LOG_LEVEL_ERROR {
+        eprint!("llama.cpp: {s}");
     }
 }
 
@@ -457,6 +469,11 @@ pub struct LlamaConfig {
     /// Flash attention on or off; `None` leaves llama.cpp's default (automatic: on for the CPU). Its CPU
     /// path rounds the queries to f16, so `Some(false)` with `kv_f32` is llama.cpp at its most precise.
     pub flash_attn: Option<bool>,
+    /// Let llama.cpp place weights in its extra CPU buffer types (its default): on x86 with AVX2 and on
+    /// ARM with dotprod/i8mm it copies Q4_0, Q4_K, IQ4_NL (and on some CPUs Q8_0) rows into an
+    /// interleaved layout for its batched kernels, at load time and beside the mapped file. AMX is not
+    /// among them in the builds made here (`GGML_AMX_*` off). `false`: the weights stay in the mapping.
+    pub repack: bool,
 }
 
 impl LlamaConfig {
@@ -468,6 +485,7 @@ impl LlamaConfig {
             n_batch,
             kv_f32: false,
             flash_attn: None,
+            repack: true,
         }
     }
 
@@ -480,6 +498,7 @@ impl LlamaConfig {
             n_batch,
             kv_f32: true,
             flash_attn: Some(false),
+            repack: false,
         }
     }
 }
@@ -505,11 +524,12 @@ pub struct LlamaCpp {
     n_vocab: usize,
     cfg: LlamaConfig,
     path: PathBuf,
+    repacked: bool,
 }
 
 impl LlamaCpp {
-    /// Loads `path` memory-mapped, CPU only (no offload), without extra buffer types (no weight
-    /// repacking, no AMX), and creates a context for `cfg`.
+    /// Loads `path` memory-mapped, CPU only (no offload), with llama.cpp's extra buffer types (weight
+    /// repacking) if `cfg.repack`, and creates a context for `cfg`.
     pub fn load(path: &Path, cfg: &LlamaConfig) -> Result<LlamaCpp> {
         init();
         if cfg.n_threads == 0 || cfg.n_ctx == 0 || cfg.n_batch == 0 {
@@ -537,10 +557,13 @@ impl LlamaCpp {
         let mut mp = unsafe { sys::llama_model_default_params() };
         mp.n_gpu_layers = 0;
         mp.load_mode = sys::LLAMA_LOAD_MODE_MMAP;
-        mp.use_extra_bufts = false;
+        mp.use_extra_bufts = cfg.repack;
         mp.check_tensors = false;
+        let repack_lines = REPACK_LINES.load(Ordering::Relaxed);
         // SAFETY: the path is NUL-terminated and outlives the call; `mp` is a valid parameter struct.
         let model = unsafe { sys::llama_model_load_from_file(cpath.as_ptr(), mp) };
+        // Another runner loading in another thread could be counted too; without repacking there is none.
+        let repacked = cfg.repack && REPACK_LINES.load(Ordering::Relaxed) > repack_lines;
         let model = NonNull::new(model).ok_or_else(|| {
             Error::invalid(format!(
                 "llama.cpp could not load the model {}",
@@ -585,6 +608,7 @@ impl LlamaCpp {
             n_vocab: 0,
             cfg: cfg.clone(),
             path: path.to_path_buf(),
+            repacked,
         };
         me.n_vocab = usize::try_from(n_vocab)
             .ok()
@@ -604,6 +628,11 @@ impl LlamaCpp {
 
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
+    }
+
+    /// Whether llama.cpp reported a repacked weight buffer while loading this model.
+    pub fn repacked(&self) -> bool {
+        self.repacked
     }
 
     /// Loads GGUF LoRA adapters (`llama_adapter_lora_init`) and applies them with their scales, replacing
@@ -837,6 +866,8 @@ pub struct BenchVs {
     pub lora: Option<LlamaSpeed>,
     /// [`system_info`] of this llama.cpp build.
     pub system_info: String,
+    /// Whether llama.cpp repacked weights for its batched kernels ([`LlamaConfig::repack`]).
+    pub repacked: bool,
 }
 
 /// Runs `w` (the same prompt tokens, counts, repetitions and adapters as edge-run's bench) in llama.cpp
@@ -892,6 +923,7 @@ pub fn bench_workload(
         base: base_speed,
         lora,
         system_info: system_info(),
+        repacked: lc.repacked(),
     })
 }
 

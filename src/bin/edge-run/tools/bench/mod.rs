@@ -285,6 +285,8 @@ pub struct Report {
     pub act_quant: &'static str,
     pub workload: Workload,
     pub base: Speed,
+    /// The base model in the other activation mode (`q8` when the run is `q8x2` and the reverse).
+    pub other_mode: (&'static str, Speed),
     pub bytes: TokenBytes,
     pub lora: Option<LoraResult>,
     pub compare: Option<CompareResult>,
@@ -322,10 +324,7 @@ pub fn run(
         .unwrap_or_else(edge_run::kernels::Kernels::best)
         .tier
         .name();
-    let act_quant = match cfg.act_quant {
-        ActQuant::Q8 => "q8",
-        ActQuant::Q8x2 => "q8x2",
-    };
+    let act_quant = act_quant_name(cfg.act_quant);
     progress(&format!(
         "edge-run bench: {} threads, {kernels} kernels, act-quant {act_quant}, pp{} + tg{}, best of {}",
         cfg.n_threads, w.n_prompt, w.n_gen, w.reps
@@ -345,6 +344,29 @@ pub fn run(
         "  base model: pp {:.1} tok/s, tg {:.1} tok/s",
         base.pp_tps, base.tg_tps
     ));
+    let other_mode = {
+        let aq = match cfg.act_quant {
+            ActQuant::Q8 => ActQuant::Q8x2,
+            ActQuant::Q8x2 => ActQuant::Q8,
+        };
+        let other = SessionConfig {
+            act_quant: aq,
+            ..cfg.clone()
+        };
+        let speed = measure_speed(
+            &mut Session::new(model.clone(), other)?,
+            &prompt,
+            w.n_gen,
+            w.reps,
+        )?;
+        progress(&format!(
+            "  base model, act-quant {}: pp {:.1} tok/s, tg {:.1} tok/s",
+            act_quant_name(aq),
+            speed.pp_tps,
+            speed.tg_tps
+        ));
+        (act_quant_name(aq), speed)
+    };
     let bytes = TokenBytes::decode(&model, w.n_prompt, w.n_gen);
 
     let mut lora = None;
@@ -427,6 +449,7 @@ pub fn run(
         act_quant,
         workload: w.clone(),
         base,
+        other_mode,
         bytes,
         lora,
         compare: cmp,
@@ -434,6 +457,13 @@ pub fn run(
         rss_mib,
         mapped_mib: model.mapped_bytes() as f64 / MIB,
     })
+}
+
+fn act_quant_name(aq: ActQuant) -> &'static str {
+    match aq {
+        ActQuant::Q8 => "q8",
+        ActQuant::Q8x2 => "q8x2",
+    }
 }
 
 impl Report {
@@ -478,7 +508,18 @@ impl Report {
             "% roofline",
             "tg overhead"
         );
-        s += &row("base", &self.base, &self.bytes, "");
+        s += &row(
+            &format!("base, act-quant {}", self.act_quant),
+            &self.base,
+            &self.bytes,
+            "",
+        );
+        s += &row(
+            &format!("base, act-quant {}", self.other_mode.0),
+            &self.other_mode.1,
+            &self.bytes,
+            "",
+        );
         if let Some(l) = &self.lora {
             s += &row(
                 &format!("+{} adapter(s)", l.n_adapters),
@@ -540,7 +581,8 @@ impl Report {
     }
 
     /// One JSON object (no newline). Keys: `model`, `threads`, `kernels`, `act_quant`, `n_prompt`,
-    /// `n_gen`, `reps`, `pp_tps`, `tg_tps`, `bytes_per_token` (weights + KV, the base run),
+    /// `n_gen`, `reps`, `pp_tps`, `tg_tps` (the base model in `act_quant`), `pp_tps_q8`, `tg_tps_q8`,
+    /// `pp_tps_q8x2`, `tg_tps_q8x2` (the base model in each mode), `bytes_per_token` (weights + KV, the base run),
     /// `weight_bytes_per_token`, `kv_bytes_per_token`, `mean_context`, `roofline_gbs`, `roofline_pct`,
     /// `roofline_bytes`, `dram_gbs_1t`, `dram_gbs`, `cache_gbs_1t`, `cache_gbs`, `rss_mib`, `mapped_mib`;
     /// with adapters `lora_pp_tps`, `lora_tg_tps`, `lora_bytes_per_token` (total), `lora_ab_bytes`,
@@ -576,6 +618,13 @@ impl Report {
             "mapped_mib": self.mapped_mib,
         });
         let m = o.as_object_mut().expect("a JSON object");
+        for (mode, sp) in [
+            (self.act_quant, &self.base),
+            (self.other_mode.0, &self.other_mode.1),
+        ] {
+            m.insert(format!("pp_tps_{mode}"), json!(sp.pp_tps));
+            m.insert(format!("tg_tps_{mode}"), json!(sp.tg_tps));
+        }
         if let Some(l) = &self.lora {
             m.insert("lora_pp_tps".into(), json!(l.speed.pp_tps));
             m.insert("lora_tg_tps".into(), json!(l.speed.tg_tps));
