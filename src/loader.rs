@@ -364,10 +364,7 @@ impl Tensors<'_, '_> {
                 fname,
                 format!("tensor_infos[{name:?}].dims"),
                 None,
-                format!(
-                    "expected [{n_in}, {n_out}], got {:?}",
-                    &t.dims[..t.n_dims as usize]
-                ),
+                format!("expected [{n_in}, {n_out}], got {:?}", &t.dims[..t.n_dims]),
             ));
         }
         let ok = if linear {

@@ -239,7 +239,7 @@ mod tests {
 
     #[test]
     fn lookup_names_the_registered_range_until_dropped() {
-        let data = vec![7u8; 100];
+        let data = [7u8; 100];
         let r = register(&data[10..60], Path::new("/models/a.gguf"));
         let base = data.as_ptr() as usize;
         assert_eq!(lookup(base + 10), Some((&b"/models/a.gguf"[..], 0)));

@@ -153,7 +153,7 @@ fn wait_until(cond: impl Fn() -> bool) {
     let mut spins = 0u32;
     while !cond() {
         spins = spins.wrapping_add(1);
-        if spins % 256 == 0 {
+        if spins.is_multiple_of(256) {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();

@@ -253,11 +253,9 @@ fn format_is_detected_from_content() {
 fn config_refusals_name_the_field() {
     let base = smollm2();
     use serde_json::json;
-    let cases: Vec<(
-        &str,
-        Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>,
-        Vec<&str>,
-    )> = vec![
+    /// One change to the parsed `adapter_config.json`.
+    type ConfigEdit = Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>;
+    let cases: Vec<(&str, ConfigEdit, Vec<&str>)> = vec![
         (
             "dora",
             Box::new(|c| {
@@ -565,12 +563,7 @@ fn tensor_refusals_name_the_tensor() {
     write_safetensors(
         &st,
         &[
-            (
-                a_name,
-                "BF16",
-                vec![4, 1536],
-                vec![0x80, 0x3f].repeat(4 * 1536),
-            ),
+            (a_name, "BF16", vec![4, 1536], [0x80, 0x3f].repeat(4 * 1536)),
             (b_name, "F16", vec![576, 4], f16_bytes(&vec![0.5; 576 * 4])),
         ],
     );

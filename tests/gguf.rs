@@ -46,7 +46,7 @@ impl Raw {
         self.u64(s.len() as u64).bytes(s)
     }
     fn pad_to(&mut self, align: usize) {
-        while self.b.len() % align != 0 {
+        while !self.b.len().is_multiple_of(align) {
             self.b.push(0);
         }
     }
@@ -901,7 +901,7 @@ fn f32_views_never_panic_on_misalignment() {
         buf[shift..shift + file.len()].copy_from_slice(&file);
         let g = Gguf::parse(&buf[shift..shift + file.len()]).unwrap();
         let t = g.tensor("t").unwrap();
-        let aligned = g.tensor_data(t).as_ptr() as usize % 4 == 0;
+        let aligned = (g.tensor_data(t).as_ptr() as usize).is_multiple_of(4);
         match g.tensor_f32(t) {
             Ok(v) => {
                 assert!(aligned);
@@ -1114,7 +1114,7 @@ fn alignment_values() {
     // The data section starts at the aligned end of the tensor infos, not at the unaligned end.
     let r = with_alignment(v_u32(64), 1);
     assert!(
-        r.at("data") % 64 != 0,
+        !r.at("data").is_multiple_of(64),
         "the fixture must be unaligned for this check"
     );
     expect_refused(&r.b, "unpadded tensor data");

@@ -451,7 +451,7 @@ fn safetensors(entries: &[StEntry]) -> Vec<u8> {
 /// Header text (padded with spaces to a multiple of 8) and data, as given.
 fn st_raw(header: &str, data: &[u8]) -> Vec<u8> {
     let mut h = header.as_bytes().to_vec();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -797,6 +797,13 @@ fn refuse_model(out: &mut Vec<Case>, name: &str, p: &Parts, needles: &[&'static 
 }
 
 /// A named edit of one metadata key: (case name, key, new value or `None` to remove it, needles).
+/// The strings an error message must contain.
+type Needles<'a> = &'a [&'static str];
+/// A tensor's name and dimensions.
+type Shaped = (&'static str, &'static [u64]);
+/// Adapters with their scales, as `Session::set_adapters` takes them.
+type Stack<'a> = Vec<(&'a Arc<Adapter>, f32)>;
+
 type MetaEdit = (
     &'static str,
     &'static str,
@@ -1364,7 +1371,7 @@ fn adapter_cases() -> Vec<Case> {
     }
     // One factor replaced by one of another shape or type.
     #[rustfmt::skip]
-    let reshaped: [(&str, &str, &[u64], QuantType, &[&'static str]); 7] = [
+    let reshaped: [(&str, &str, &[u64], QuantType, Needles); 7] = [
         ("rank mismatch", qb, &[3, 32], QuantType::F32, &[qb, "rank"]),
         ("rank mismatch on v", va, &[32, 4], QuantType::F32, &["blk.1.attn_v.weight", "rank"]),
         ("n_in mismatch", qa, &[16, 2], QuantType::F32, &[qa]),
@@ -1385,7 +1392,7 @@ fn adapter_cases() -> Vec<Case> {
     }
     // F32 tensors added.
     #[rustfmt::skip]
-    let added: [(&str, &[(&str, &[u64])], &'static str); 3] = [
+    let added: [(&str, &[Shaped], &'static str); 3] = [
         ("target not in the base", &[("blk.0.attn_x.weight.lora_a", &[32, 2]), ("blk.0.attn_x.weight.lora_b", &[2, 32])], "blk.0.attn_x.weight"),
         ("layer beyond the base", &[("blk.7.attn_q.weight.lora_a", &[32, 2]), ("blk.7.attn_q.weight.lora_b", &[2, 32])], "blk.7.attn_q.weight"),
         ("tensor without a lora suffix", &[("blk.0.attn_q.weight", &[32])], "blk.0.attn_q.weight"),
@@ -1502,7 +1509,7 @@ fn adapter_cases() -> Vec<Case> {
     let b0 = format!("{PEFT_PREFIX}.0.self_attn.q_proj.lora_B.weight");
     // One field of a tensor's entry set (or removed: `None`).
     #[rustfmt::skip]
-    let fields: [(&str, &str, &str, Option<serde_json::Value>, &[&'static str]); 15] = [
+    let fields: [(&str, &str, &str, Option<serde_json::Value>, Needles); 15] = [
         ("dtype F64", &a0, "dtype", Some(json!("F64")), &["dtype"]),
         ("dtype I8", &a0, "dtype", Some(json!("I8")), &["dtype"]),
         ("dtype a number", &a0, "dtype", Some(json!(0)), &["dtype"]),
@@ -1615,7 +1622,7 @@ fn adapter_cases() -> Vec<Case> {
     }
     let b = with(&|e| {
         e[0].dtype = "BF16".into();
-        e[0].data = vec![0x80, 0x7f].repeat(64);
+        e[0].data = [0x80, 0x7f].repeat(64);
     });
     st(&mut c, "BF16 +Inf in lora_A", b, &["q_proj.lora_A"]);
 
@@ -1624,19 +1631,15 @@ fn adapter_cases() -> Vec<Case> {
         refuse(c, &format!("adapter_config: {name}"), input, needles)
     };
     let cfg_bytes = serde_json::to_vec(&cfg).unwrap();
+    // (label, input, needle): a missing file is named.
     #[rustfmt::skip]
-    let files: [(&str, Option<Vec<u8>>, Option<Vec<u8>>, bool, &'static str); 3] = [
-        ("missing", None, Some(good_st.clone()), false, "adapter_config.json"),
-        ("missing (file argument)", None, Some(good_st.clone()), true, "adapter_config.json"),
-        ("weights missing", Some(cfg_bytes), None, false, "adapter_model.safetensors"),
+    let files = [
+        ("missing", Input::peft_raw(None, Some(good_st.clone()), false), "adapter_config.json"),
+        ("missing (file argument)", Input::peft_raw(None, Some(good_st.clone()), true), "adapter_config.json"),
+        ("weights missing", Input::peft_raw(Some(cfg_bytes), None, false), "adapter_model.safetensors"),
     ];
-    for (label, config, weights, file_arg, needle) in files {
-        cf(
-            &mut c,
-            label,
-            Input::peft_raw(config, weights, file_arg),
-            &[needle],
-        );
+    for (label, input, needle) in files {
+        cf(&mut c, label, input, &[needle]);
     }
     for (label, text) in [
         ("empty", ""),
@@ -2206,8 +2209,8 @@ fn failed_adapter_loads_and_swaps_leave_the_active_set_unchanged() {
         &gguf_adapter_parts(wide_dims, 2),
         &wide_model,
     );
-    let nine: Vec<(&Arc<Adapter>, f32)> = (0..9).map(|_| (&good, 0.5)).collect();
-    let attempts: Vec<(&str, Vec<(&Arc<Adapter>, f32)>)> = vec![
+    let nine: Stack = (0..9).map(|_| (&good, 0.5)).collect();
+    let attempts: Vec<(&str, Stack)> = vec![
         ("rank 8 > max 4", vec![(&good, 1.0), (&big, 1.0)]),
         ("shapes of another model", vec![(&wide, 1.0)]),
         ("NaN scale", vec![(&good, f32::NAN)]),

@@ -145,7 +145,7 @@ impl QuantType {
 
     /// Bytes of a row of `n` elements; `None` if `n` is not a multiple of the block size or overflows.
     pub fn row_bytes(self, n: usize) -> Option<usize> {
-        if n % self.block_size() != 0 {
+        if !n.is_multiple_of(self.block_size()) {
             return None;
         }
         (n / self.block_size()).checked_mul(self.type_size())
@@ -246,7 +246,7 @@ fn matmul_shape(
     let act_len = (x.n_tok - 1)
         .checked_mul(x.stride)
         .and_then(|l| l.checked_add(act_bytes));
-    let ok = out.len() % x.n_tok == 0
+    let ok = out.len().is_multiple_of(x.n_tok)
         && x.stride >= act_bytes
         && row_bytes.checked_mul(rows).is_some_and(|l| l <= w.len())
         && act_len.is_some_and(|l| l <= x.q.len())

@@ -89,7 +89,7 @@ pub fn nearest_int(v: f32) -> i32 {
 /// C `roundf` (ties away from zero) as an integer, for |v| < 2^31; NaN gives 0.
 #[inline(always)]
 pub fn round_away(v: f32) -> i32 {
-    if !(absf(v) < 8388608.0) {
+    if v.is_nan() || absf(v) >= 8388608.0 {
         // |v| ≥ 2^23 is already integral (or NaN/inf): saturating conversion.
         return v as i32;
     }
@@ -1098,8 +1098,8 @@ pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6K]) {
         }
         let iscale = -128.0f32 / max_scale;
         yb.d = fp16(1.0 / iscale);
-        for ib in 0..QK_K / 16 {
-            yb.scales[ib] = nearest_int(iscale * scales[ib]).clamp(-128, 127) as i8;
+        for (ys, &s) in yb.scales.iter_mut().zip(&scales) {
+            *ys = nearest_int(iscale * s).clamp(-128, 127) as i8;
         }
         for j in 0..QK_K / 16 {
             let d = yb.d.to_f32() * yb.scales[j] as f32;
@@ -1133,7 +1133,7 @@ pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6K]) {
 
 /// Σ over `n/32` blocks of `(dx*dy) * Σ (q4-8)*q8`.
 pub fn vec_dot_q4_0_q8_0(n: usize, x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-    debug_assert!(n % QK == 0 && x.len() >= n / QK && y.len() >= n / QK);
+    debug_assert!(n.is_multiple_of(QK) && x.len() >= n / QK && y.len() >= n / QK);
     let mut sumf = 0.0f32;
     for (a, b) in x.iter().zip(y).take(n / QK) {
         let mut sumi = 0i32;
@@ -1149,7 +1149,7 @@ pub fn vec_dot_q4_0_q8_0(n: usize, x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
 
 /// Σ over blocks of `(dx*dy) * Σ q4*q8 + m*s`.
 pub fn vec_dot_q4_1_q8_1(n: usize, x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
-    debug_assert!(n % QK == 0 && x.len() >= n / QK && y.len() >= n / QK);
+    debug_assert!(n.is_multiple_of(QK) && x.len() >= n / QK && y.len() >= n / QK);
     let mut sumf = 0.0f32;
     for (a, b) in x.iter().zip(y).take(n / QK) {
         let mut sumi = 0i32;
@@ -1165,7 +1165,7 @@ pub fn vec_dot_q4_1_q8_1(n: usize, x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
 
 /// Σ over blocks of `(dx*dy) * Σ (q5-16)*q8`.
 pub fn vec_dot_q5_0_q8_0(n: usize, x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
-    debug_assert!(n % QK == 0 && x.len() >= n / QK && y.len() >= n / QK);
+    debug_assert!(n.is_multiple_of(QK) && x.len() >= n / QK && y.len() >= n / QK);
     let mut sumf = 0.0f32;
     for (a, b) in x.iter().zip(y).take(n / QK) {
         let qh = u32::from_le_bytes(a.qh);
@@ -1184,7 +1184,7 @@ pub fn vec_dot_q5_0_q8_0(n: usize, x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
 
 /// Σ over blocks of `(dx*dy) * Σ q5*q8 + m*s`.
 pub fn vec_dot_q5_1_q8_1(n: usize, x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
-    debug_assert!(n % QK == 0 && x.len() >= n / QK && y.len() >= n / QK);
+    debug_assert!(n.is_multiple_of(QK) && x.len() >= n / QK && y.len() >= n / QK);
     let mut sumf = 0.0f32;
     for (a, b) in x.iter().zip(y).take(n / QK) {
         let qh = u32::from_le_bytes(a.qh);
@@ -1203,7 +1203,7 @@ pub fn vec_dot_q5_1_q8_1(n: usize, x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
 
 /// Σ over blocks of `(dx*dy) * Σ qx*qy`.
 pub fn vec_dot_q8_0_q8_0(n: usize, x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
-    debug_assert!(n % QK == 0 && x.len() >= n / QK && y.len() >= n / QK);
+    debug_assert!(n.is_multiple_of(QK) && x.len() >= n / QK && y.len() >= n / QK);
     let mut sumf = 0.0f32;
     for (a, b) in x.iter().zip(y).take(n / QK) {
         let mut sumi = 0i32;
@@ -1273,17 +1273,19 @@ pub fn dot_block_q6_k_q8_k(a: &BlockQ6K, b: &BlockQ8K) -> f32 {
     unpack_q6_k(a, &mut q);
     let mut sumi = 0i32;
     for g in 0..QK_K / 16 {
-        let mut s = 0i32;
-        for i in 16 * g..16 * g + 16 {
-            s += q[i] as i32 * b.qs[i] as i32;
-        }
+        let group = 16 * g..16 * g + 16;
+        let s: i32 = q[group.clone()]
+            .iter()
+            .zip(&b.qs[group])
+            .map(|(&w, &x)| w as i32 * x as i32)
+            .sum();
         sumi += a.scales[g] as i32 * s;
     }
     (a.d.to_f32() * b.d) * sumi as f32
 }
 
 pub fn vec_dot_q4_k_q8_k(n: usize, x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
-    debug_assert!(n % QK_K == 0 && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
     let mut sumf = 0.0f32;
     for (a, b) in x.iter().zip(y).take(n / QK_K) {
         sumf += dot_block_q4_k_q8_k(a, b);
@@ -1292,7 +1294,7 @@ pub fn vec_dot_q4_k_q8_k(n: usize, x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
 }
 
 pub fn vec_dot_q5_k_q8_k(n: usize, x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
-    debug_assert!(n % QK_K == 0 && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
     let mut sumf = 0.0f32;
     for (a, b) in x.iter().zip(y).take(n / QK_K) {
         sumf += dot_block_q5_k_q8_k(a, b);
@@ -1301,7 +1303,7 @@ pub fn vec_dot_q5_k_q8_k(n: usize, x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
 }
 
 pub fn vec_dot_q6_k_q8_k(n: usize, x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
-    debug_assert!(n % QK_K == 0 && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
     let mut sumf = 0.0f32;
     for (a, b) in x.iter().zip(y).take(n / QK_K) {
         sumf += dot_block_q6_k_q8_k(a, b);

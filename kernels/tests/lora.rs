@@ -342,7 +342,7 @@ fn shape_mismatch_panics_in_every_tier() {
             b: &b,
             scale: 1.0,
         }];
-        let x = vec![0f32; 10];
+        let x = [0f32; 10];
         let r = std::panic::catch_unwind(|| {
             let mut t = vec![0f32; 8];
             (k.shrink)(&bad_a, &x[..], &mut t)

@@ -413,7 +413,7 @@ fn non_finite_err(file: &str, what: &str, idx: usize, val: f32) -> Error {
 /// `2j + i` takes input row `i·hd/2 + j` (i ∈ {0, 1}, j < hd/2), i.e. the two rotary halves are
 /// interleaved. `n_heads` is `n_head` for q and `n_head_kv` for k.
 fn permute_rows(v: &[u16], n_rows: usize, row_len: usize, n_heads: usize) -> Option<Vec<u16>> {
-    if n_heads == 0 || n_rows % (2 * n_heads) != 0 || v.len() != n_rows * row_len {
+    if n_heads == 0 || !n_rows.is_multiple_of(2 * n_heads) || v.len() != n_rows * row_len {
         return None;
     }
     let hd = n_rows / n_heads;

@@ -204,7 +204,7 @@ fn zeroed(len: usize) -> Result<Vec<f32>> {
     v.try_reserve_exact(len).map_err(|_| {
         Error::invalid(format!(
             "cannot allocate {} MiB for the KV cache: use a smaller context (-c)",
-            len * 4 >> 20
+            (len * 4) >> 20
         ))
     })?;
     v.resize(len, 0.0);
@@ -264,7 +264,7 @@ pub(crate) fn rmsnorm_rows_inplace(x: &mut [f32], w: &[f32], eps: f32) {
 
 fn rms_scale(x: &[f32], eps: f32) -> f32 {
     let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
-    (1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt()) as f32
+    1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt()
 }
 
 /// Rotate adjacent pairs (x[2i], x[2i+1]) of every head by the angles in `cs` (cos, sin) — llama as

@@ -441,7 +441,7 @@ impl<'d> GgufWriter<'d> {
             return Err(bad(format!("GGUF writer: tensor {name:?} has shape {dims:?}; need 1..={MAX_DIMS} dims, each > 0")));
         }
         let bs = ty.block_size() as u64;
-        if dims[0] % bs != 0 {
+        if !dims[0].is_multiple_of(bs) {
             return Err(bad(format!(
                 "GGUF writer: tensor {name:?}: row length {} is not a multiple of the {} block size {bs}",
                 dims[0],

@@ -205,7 +205,7 @@ mod avx2 {
     pub(super) fn one_token(j: &RowsDot<'_>, tok: usize, out: &mut [f32]) {
         let v = j.vec(tok);
         let mut row = j.row0;
-        if j.k == 4 || (j.k % 8 == 0 && j.k <= 64) {
+        if j.k == 4 || (j.k.is_multiple_of(8) && j.k <= 64) {
             while row + 8 <= j.row1 {
                 let d = if j.k == 4 {
                     dot8_rows_k4(j, row, v)
@@ -395,7 +395,7 @@ mod avx512 {
         if j.k < 16 {
             return super::avx2::rows_dot(j, out);
         }
-        if j.n_tok == 1 && j.k % 8 == 0 && j.k <= 64 {
+        if j.n_tok == 1 && j.k.is_multiple_of(8) && j.k <= 64 {
             // Short rows (the expand of ranks up to 64): eight rows per horizontal sum.
             return super::avx2::one_token(j, 0, out);
         }

@@ -157,13 +157,16 @@ fn act_rows<'a, B: Legacy>(
 }
 
 /// One block `b` of one tile against the tokens `tok0..tok0 + hdr.len()`.
+/// One activation row per token of the tile (the first `q8x2` operand, or its residual).
+type TokRows<'a, A> = &'a [&'a [A]];
+
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn legacy_block<L: Lanes, B: Legacy>(
     l: L,
     tile: &Tile<'_, B>,
     b: usize,
-    (ya, yr): (&[&[B::Act]], Option<&[&[B::Act]]>),
+    (ya, yr): (TokRows<'_, B::Act>, Option<TokRows<'_, B::Act>>),
     hdr: &[Hdr],
     acc: &mut Facc,
     k: usize,

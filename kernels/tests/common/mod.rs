@@ -93,7 +93,11 @@ impl Rng {
                 0 => {}
                 1 => match special {
                     Special::Ties => {
-                        blk[0] = if self.u64() % 2 == 0 { 127.0 } else { -127.0 };
+                        blk[0] = if self.u64().is_multiple_of(2) {
+                            127.0
+                        } else {
+                            -127.0
+                        };
                         for v in &mut blk[1..] {
                             *v = (self.u64() % 250) as f32 - 124.5;
                         }

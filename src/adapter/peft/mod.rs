@@ -13,6 +13,7 @@
 //!   do not depend on it (it transposes only the *merged* delta, for GPT-2-style `Conv1D` bases), and
 //!   for `nn.Linear` bases (every architecture edge-run runs) PEFT itself resets it to false. Shapes are
 //!   checked against the base either way; a `true` value is reported in the summary.
+//!
 //! Refused when not at their default (an error naming the field): `use_dora`, `bias` ≠ `"none"`,
 //! `lora_bias`, `modules_to_save`, `trainable_token_indices`, `target_parameters`, `layer_replication`,
 //! `alora_invocation_tokens`, `use_qalora`, `use_bdlora`, `arrow_config`, `kasa_config`,
