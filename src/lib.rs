@@ -15,6 +15,8 @@
 //!   [`loader`]: `Model::open`, above both;
 //! - [`session`]: a session that owns every buffer of the forward pass; [`capi`]: the C API over it;
 //! - [`kernels`]: re-export of the `edge-run-kernels` crate (quantized and LoRA SIMD kernels).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod adapter;
 pub mod arch;
 pub mod capi;

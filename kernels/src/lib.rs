@@ -9,6 +9,7 @@
 //! table, which is handed out only when the CPU has the features that tier needs.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(feature = "std")]
 extern crate std;

@@ -145,7 +145,7 @@ fn dot4_rows(j: &RowsDot<'_>, row: usize, v: &[f32]) -> float32x4_t {
 fn one_token(j: &RowsDot<'_>, tok: usize, out: &mut [f32]) {
     let v = j.vec(tok);
     let mut row = j.row0;
-    if j.k % 4 == 0 && j.k <= 64 {
+    if j.k.is_multiple_of(4) && j.k <= 64 {
         while row + 4 <= j.row1 {
             let d = dot4_rows(j, row, v);
             let base = tok * j.ldo + j.ooff + (row - j.row0);

@@ -269,7 +269,7 @@ macro_rules! tier {
                         }
                         // `Kernels::matmul` has checked the shapes; a direct call of the table
                         // entry gets the same check (NaN outputs on a violation).
-                        if !crate::matmul_shapes_ok($ty, n, w, &x, out) {
+                        if crate::matmul_shape($ty, n, w, &x, out).is_none() {
                             out.fill(f32::NAN);
                             return;
                         }
@@ -435,7 +435,6 @@ macro_rules! tier {
             matmul_q6_k: Some($m::matmul_q6_k),
             dot_f32: $m::dot_f32,
             axpy_f32: $m::axpy_f32,
-            ..crate::scalar::TABLE
         };
     };
 }

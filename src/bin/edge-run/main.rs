@@ -6,6 +6,8 @@
 //!   chat;
 //! - [`inspect`]: `tokenize`, `logits`, `info`;
 //! - [`tool_cmds`]: `adapter convert`, `merge`, `diagnose`, `bench` over [`tools`].
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 /// `println!` that treats a closed stdout (e.g. `edge-run info … | head -1`) as the end of the output:
 /// exit quietly with status 0 instead of panicking.
 macro_rules! outln {

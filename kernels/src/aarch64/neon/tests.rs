@@ -716,7 +716,9 @@ fn matvec2_extremes_do_not_overflow() {
     let mut q6 = vec![0u8; 210];
     q6[192..208].fill(0x80);
     q6[208..210].copy_from_slice(&one);
-    let cases: Vec<(QuantType, Vec<u8>, Vec<u8>, Vec<u8>, f32)> = vec![
+    /// (type, weight block, activation, second activation, expected dot product)
+    type Case = (QuantType, Vec<u8>, Vec<u8>, Vec<u8>, f32);
+    let cases: Vec<Case> = vec![
         (
             QuantType::Q8_0,
             q8_0,

@@ -210,9 +210,9 @@ impl IDot for Mull {
         // The products of group g are formed in 16-bit lanes against the group's four weight
         // bytes duplicated into every word (DUP): tokens 0, 1 by SMULL/SMLAL (`l`), 2, 3 by
         // SMULL2/SMLAL2 (`h`), one lane per token and element position.
-        // SAFETY (all three forms): Advanced SIMD register operations only (no memory, stack or
-        // flags); `self` exists only if `Mull::new` ran, which requires the neon feature.
         let (mut s, mut lo, mut hi) = a;
+        // SAFETY: all three forms are Advanced SIMD register operations only (no memory, stack or
+        // flags); `self` exists only if `Mull::new` ran, which requires the neon feature.
         unsafe {
             if maxp <= MAXP_4095 {
                 // Four groups per lane, then pairs of lanes: eight products per i16 lane.
@@ -317,11 +317,12 @@ impl IDot for Mull {
 
     // The three steps are written in asm: LLVM otherwise reshapes the widening multiplies
     // (e.g. into zero-extensions and narrowings around them, or 32-bit multiplies).
-    // SAFETY (all three methods): Advanced SIMD register operations only (no memory, stack or
-    // flags); `self` exists only if `Mull::new` ran, which requires the neon feature.
+    // Each asm block below is Advanced SIMD register operations only.
     #[inline(always)]
     fn dot(self, mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
         // A single product is at most 128·128 = 16384, which fits an i16 lane; sums do not.
+        // SAFETY: Advanced SIMD register operations only (no memory, stack or flags); `self`
+        // exists only if `Mull::new` ran, which requires the neon feature.
         unsafe {
             asm!(
                 "smull {p:v}.8h, {a:v}.8b, {b:v}.8b",
@@ -340,6 +341,8 @@ impl IDot for Mull {
     }
     #[inline(always)]
     fn dot_small(self, mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        // SAFETY: Advanced SIMD register operations only (no memory, stack or flags); `self`
+        // exists only if `Mull::new` ran, which requires the neon feature.
         unsafe {
             asm!(
                 "smull {p:v}.8h, {a:v}.8b, {b:v}.8b",
@@ -363,6 +366,8 @@ impl IDot for Mull {
         a1: int8x16_t,
         b1: int8x16_t,
     ) -> int32x4_t {
+        // SAFETY: Advanced SIMD register operations only (no memory, stack or flags); `self`
+        // exists only if `Mull::new` ran, which requires the neon feature.
         unsafe {
             asm!(
                 "smull {p:v}.8h, {a0:v}.8b, {b0:v}.8b",
