@@ -27,7 +27,7 @@ use std::process::Command;
 use std::ptr::{null, null_mut};
 use std::sync::{Arc, OnceLock};
 
-// ------------------------------------------------------------------------------------------ helpers
+// ---------------------------------------------------------------------------------------- utilities
 
 /// Tests that free handles and then check the stale pointer run one at a time: the handle table is
 /// process-wide, and a handle freed by one test could otherwise be reused (same address, same kind) by

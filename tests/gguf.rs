@@ -167,7 +167,7 @@ fn tiny() -> Raw {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Error helpers.
+// Error checks.
 
 /// Parse `bytes`, requiring an `Error::Format` whose field contains `field`; returns it.
 #[track_caller]

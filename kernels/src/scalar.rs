@@ -70,7 +70,7 @@ pub const TABLE: Kernels = Kernels {
 pub static KERNELS: Kernels = TABLE;
 
 // ---------------------------------------------------------------------------------------------------
-// Exact helpers (no libm in core)
+// Exact arithmetic (no libm in core)
 // ---------------------------------------------------------------------------------------------------
 
 #[inline(always)]

@@ -366,7 +366,7 @@ fn split_block(name: &str) -> (Option<usize>, &str) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Shared helpers for the loaders.
+// Shared by the loaders.
 
 /// `n` values of type `ty` (F32, F16, BF16 or Q8_0) widened to f32 by the kernels' dequantizer;
 /// `None` if `bytes` does not hold exactly `n` such values (the loaders checked it).

@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests: locating the real model, reading reference `.npz` files and
+//! Shared by the integration tests: locating the real model, reading reference `.npz` files and
 //! the metrics of the reference set (`tests/data/reference/compact.py`).
 #![allow(dead_code)]
 use std::collections::HashMap;

@@ -1,8 +1,8 @@
-//! Helpers shared by the x86-64 tiers: an alignment-1 view of Q8_K blocks, the loads, stores,
+//! Shared by the x86-64 tiers: an alignment-1 view of Q8_K blocks, the loads, stores,
 //! gathers and prefetches (the only `unsafe` memory accesses of the tiers: const-checked offsets
-//! into fixed-size values, or slices checked at run time), and small vector helpers.
+//! into fixed-size values, or slices checked at run time), and small vector utilities.
 //!
-//! Every helper with vector arguments or results is a `#[target_feature]` function (AVX2 + FMA +
+//! Every function with vector arguments or results is a `#[target_feature]` function (AVX2 + FMA +
 //! F16C, or AVX-512F for the 512-bit ones); the generic kernels reach them through the lane
 //! tokens' methods ([`super::lanes`]), which are inlined into the tiers' target-feature entries.
 use bytemuck::{Pod, Zeroable};

@@ -2,9 +2,9 @@
 //! [`lanes`] (the tiers differ in their token's instructions, not in their code).
 //!
 //! - `matvec`: decode (`MatVec`, `MatVec2`) of the quantized types; `matmul` (with `tiles`):
-//!   batched products; `float`: F32/F16 weights and the f32 vector helpers; `quant`: activation
+//!   batched products; `float`: F32/F16 weights and the f32 vector functions; `quant`: activation
 //!   quantizers; `wtypes`: what the bodies need to know about each weight type; `common`: the
-//!   const-checked loads (the only `unsafe` memory accesses) and small helpers; `tier`: the entries
+//!   const-checked loads (the only `unsafe` memory accesses) and small utilities; `tier`: the entries
 //!   and tables generated per token.
 use crate::QuantType;
 

@@ -1,4 +1,4 @@
-//! Helpers shared by the kernel crate's integration tests (`tiers.rs`, `matvec2.rs`, `matvec2_neon.rs`, `lora.rs`,
+//! Shared by the kernel crate's integration tests (`tiers.rs`, `matvec2.rs`, `matvec2_neon.rs`, `lora.rs`,
 //! `scalar_exact.rs`): the deterministic generator, random weight rows and activations, the
 //! magnitude S = Σ|terms| that scales the dot-product tolerances, and the `EDGE_RUN_EXPECT_TIERS` list.
 //! Each test binary uses a part of it.

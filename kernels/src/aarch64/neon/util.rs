@@ -1,7 +1,7 @@
 //! Small building blocks shared by the NEON kernels: bounds-checked vector loads/stores, f16 scale
 //! conversion, and the integer dot-product step that differs between the two tiers.
 //!
-//! The helpers are safe `#[target_feature(enable = "neon")]` functions, so the value-only intrinsics
+//! These functions are safe `#[target_feature(enable = "neon")]` functions, so the value-only intrinsics
 //! need no `unsafe`; only pointer loads and stores do, and each of those reads or writes exactly the
 //! bytes of a slice that was bounds-checked just before.
 

@@ -5,7 +5,7 @@
 //!   `d·(q + OFFSET)` (+ `m` for the formats with a min) with `q` the unpacked bytes; the offset is
 //!   not applied to the bytes but folded into the activation side (`OFFSET·Σy` per block, see
 //!   `act.rs`), so a 4-bit block unpacks with one AND and one shift.
-//! * K-quant helpers: the Q8_K activation view, the Q4_K/Q5_K 6-bit scale decode.
+//! * K-quant building blocks: the Q8_K activation view, the Q4_K/Q5_K 6-bit scale decode.
 
 use super::util::*;
 use crate::*;
@@ -70,7 +70,7 @@ pub(super) fn q5_quants(qs: &[u8; 16], qh: [u8; 4]) -> [int8x16_t; 2] {
     ]
 }
 
-// SAFETY (every `quants` below): the helpers are `#[target_feature(enable = "neon")]` functions;
+// SAFETY (every `quants` below): the functions it calls are `#[target_feature(enable = "neon")]` functions;
 // `dd` is an `IDot` proof token, whose values exist only where NEON was detected.
 impl Legacy for BlockQ4_0 {
     const MIN: bool = false;
@@ -265,7 +265,7 @@ impl K4 for BlockQ4K {
     #[inline(always)]
     fn chunk<D: IDot>(&self, _dd: D, j: usize, _st: &mut ()) -> [int8x16_t; 4] {
         let q = &self.qs[32 * j..32 * j + 32];
-        // SAFETY: the helpers are neon functions; `_dd` proves NEON (see `Legacy`).
+        // SAFETY: the functions called are neon functions; `_dd` proves NEON (see `Legacy`).
         let ([l0, h0], [l1, h1]) = unsafe { (nibbles(ld_u8(q)), nibbles(ld_u8(&q[16..]))) };
         [l0, l1, h0, h1]
     }
@@ -283,7 +283,7 @@ impl K4 for BlockQ5K {
     }
     #[inline(always)]
     fn start<D: IDot>(&self, _dd: D) -> [uint8x16_t; 2] {
-        // SAFETY: neon helpers; `_dd` proves NEON.
+        // SAFETY: neon functions; `_dd` proves NEON.
         unsafe { [ld_u8(&self.qh), ld_u8(&self.qh[16..])] }
     }
     #[inline(always)]

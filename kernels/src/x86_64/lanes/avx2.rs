@@ -1,4 +1,4 @@
-//! The [`Lanes`] operations of the AVX2 token (8 lanes), and its 256-bit helpers that the AVX-512
+//! The [`Lanes`] operations of the AVX2 token (8 lanes), and its 256-bit functions that the AVX-512
 //! token shares.
 use core::arch::x86_64::*;
 
