@@ -1,0 +1,208 @@
+//! Dot products: integer products within a block, f32 accumulation across blocks.
+use super::*;
+
+/// Σ over `n/32` blocks of `(dx*dy) * Σ (q4-8)*q8`.
+pub fn vec_dot_q4_0_q8_0(n: usize, x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    debug_assert!(n.is_multiple_of(QK) && x.len() >= n / QK && y.len() >= n / QK);
+    let mut sumf = 0.0f32;
+    for (a, b) in x.iter().zip(y).take(n / QK) {
+        let mut sumi = 0i32;
+        for j in 0..QK / 2 {
+            let v0 = (a.qs[j] & 0x0f) as i32 - 8;
+            let v1 = (a.qs[j] >> 4) as i32 - 8;
+            sumi += v0 * b.qs[j] as i32 + v1 * b.qs[j + QK / 2] as i32;
+        }
+        sumf += (a.d.to_f32() * b.d.to_f32()) * sumi as f32;
+    }
+    sumf
+}
+
+/// Σ over blocks of `(dx*dy) * Σ q4*q8 + m*s`.
+pub fn vec_dot_q4_1_q8_1(n: usize, x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    debug_assert!(n.is_multiple_of(QK) && x.len() >= n / QK && y.len() >= n / QK);
+    let mut sumf = 0.0f32;
+    for (a, b) in x.iter().zip(y).take(n / QK) {
+        let mut sumi = 0i32;
+        for j in 0..QK / 2 {
+            let v0 = (a.qs[j] & 0x0f) as i32;
+            let v1 = (a.qs[j] >> 4) as i32;
+            sumi += v0 * b.qs[j] as i32 + v1 * b.qs[j + QK / 2] as i32;
+        }
+        sumf += (a.d.to_f32() * b.d.to_f32()) * sumi as f32 + a.m.to_f32() * b.s.to_f32();
+    }
+    sumf
+}
+
+/// Σ over blocks of `(dx*dy) * Σ (q5-16)*q8`.
+pub fn vec_dot_q5_0_q8_0(n: usize, x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+    debug_assert!(n.is_multiple_of(QK) && x.len() >= n / QK && y.len() >= n / QK);
+    let mut sumf = 0.0f32;
+    for (a, b) in x.iter().zip(y).take(n / QK) {
+        let qh = u32::from_le_bytes(a.qh);
+        let mut sumi = 0i32;
+        for j in 0..QK / 2 {
+            let h0 = ((qh >> j) << 4) & 0x10;
+            let h1 = (qh >> (j + 12)) & 0x10;
+            let v0 = ((a.qs[j] & 0x0f) as u32 | h0) as i32 - 16;
+            let v1 = ((a.qs[j] >> 4) as u32 | h1) as i32 - 16;
+            sumi += v0 * b.qs[j] as i32 + v1 * b.qs[j + QK / 2] as i32;
+        }
+        sumf += (a.d.to_f32() * b.d.to_f32()) * sumi as f32;
+    }
+    sumf
+}
+
+/// Σ over blocks of `(dx*dy) * Σ q5*q8 + m*s`.
+pub fn vec_dot_q5_1_q8_1(n: usize, x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
+    debug_assert!(n.is_multiple_of(QK) && x.len() >= n / QK && y.len() >= n / QK);
+    let mut sumf = 0.0f32;
+    for (a, b) in x.iter().zip(y).take(n / QK) {
+        let qh = u32::from_le_bytes(a.qh);
+        let mut sumi = 0i32;
+        for j in 0..QK / 2 {
+            let h0 = ((qh >> j) << 4) & 0x10;
+            let h1 = (qh >> (j + 12)) & 0x10;
+            let v0 = ((a.qs[j] & 0x0f) as u32 | h0) as i32;
+            let v1 = ((a.qs[j] >> 4) as u32 | h1) as i32;
+            sumi += v0 * b.qs[j] as i32 + v1 * b.qs[j + QK / 2] as i32;
+        }
+        sumf += (a.d.to_f32() * b.d.to_f32()) * sumi as f32 + a.m.to_f32() * b.s.to_f32();
+    }
+    sumf
+}
+
+/// Σ over blocks of `(dx*dy) * Σ qx*qy`.
+pub fn vec_dot_q8_0_q8_0(n: usize, x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    debug_assert!(n.is_multiple_of(QK) && x.len() >= n / QK && y.len() >= n / QK);
+    let mut sumf = 0.0f32;
+    for (a, b) in x.iter().zip(y).take(n / QK) {
+        let mut sumi = 0i32;
+        for (&p, &q) in a.qs.iter().zip(&b.qs) {
+            sumi += p as i32 * q as i32;
+        }
+        sumf += (a.d.to_f32() * b.d.to_f32()) * sumi as f32;
+    }
+    sumf
+}
+
+/// One Q4_K × Q8_K super-block:
+/// `(d*dy) * Σ_j sc_j Σ q4*q8  -  (dmin*dy) * Σ_j m_j (bsums[2j] + bsums[2j+1])`.
+#[inline]
+pub fn dot_block_q4_k_q8_k(a: &BlockQ4K, b: &BlockQ8K) -> f32 {
+    let mut sumi = 0i32;
+    let mut summ = 0i32;
+    for c in 0..QK_K / 64 {
+        let (sc1, m1) = get_scale_min_k4(2 * c, &a.scales);
+        let (sc2, m2) = get_scale_min_k4(2 * c + 1, &a.scales);
+        let q = &a.qs[32 * c..32 * c + 32];
+        let y = &b.qs[64 * c..64 * c + 64];
+        let mut s1 = 0i32;
+        let mut s2 = 0i32;
+        for l in 0..32 {
+            s1 += (q[l] & 0x0f) as i32 * y[l] as i32;
+            s2 += (q[l] >> 4) as i32 * y[l + 32] as i32;
+        }
+        sumi += sc1 as i32 * s1 + sc2 as i32 * s2;
+        summ += m1 as i32 * (b.bsums[4 * c] as i32 + b.bsums[4 * c + 1] as i32);
+        summ += m2 as i32 * (b.bsums[4 * c + 2] as i32 + b.bsums[4 * c + 3] as i32);
+    }
+    (a.d.to_f32() * b.d) * sumi as f32 - (a.dmin.to_f32() * b.d) * summ as f32
+}
+
+/// One Q5_K × Q8_K super-block (as Q4_K with q in 0..32).
+#[inline]
+pub fn dot_block_q5_k_q8_k(a: &BlockQ5K, b: &BlockQ8K) -> f32 {
+    let mut sumi = 0i32;
+    let mut summ = 0i32;
+    for c in 0..QK_K / 64 {
+        let (sc1, m1) = get_scale_min_k4(2 * c, &a.scales);
+        let (sc2, m2) = get_scale_min_k4(2 * c + 1, &a.scales);
+        let u1 = 1u8 << (2 * c);
+        let u2 = 2u8 << (2 * c);
+        let q = &a.qs[32 * c..32 * c + 32];
+        let y = &b.qs[64 * c..64 * c + 64];
+        let mut s1 = 0i32;
+        let mut s2 = 0i32;
+        for l in 0..32 {
+            let h1 = if a.qh[l] & u1 != 0 { 16 } else { 0 };
+            let h2 = if a.qh[l] & u2 != 0 { 16 } else { 0 };
+            s1 += ((q[l] & 0x0f) as i32 + h1) * y[l] as i32;
+            s2 += ((q[l] >> 4) as i32 + h2) * y[l + 32] as i32;
+        }
+        sumi += sc1 as i32 * s1 + sc2 as i32 * s2;
+        summ += m1 as i32 * (b.bsums[4 * c] as i32 + b.bsums[4 * c + 1] as i32);
+        summ += m2 as i32 * (b.bsums[4 * c + 2] as i32 + b.bsums[4 * c + 3] as i32);
+    }
+    (a.d.to_f32() * b.d) * sumi as f32 - (a.dmin.to_f32() * b.d) * summ as f32
+}
+
+/// One Q6_K × Q8_K super-block: `(d*dy) * Σ_g sc_g Σ (q6-32)*q8` over 16 groups of 16.
+#[inline]
+pub fn dot_block_q6_k_q8_k(a: &BlockQ6K, b: &BlockQ8K) -> f32 {
+    let mut q = [0i8; QK_K];
+    unpack_q6_k(a, &mut q);
+    let mut sumi = 0i32;
+    for g in 0..QK_K / 16 {
+        let group = 16 * g..16 * g + 16;
+        let s: i32 = q[group.clone()]
+            .iter()
+            .zip(&b.qs[group])
+            .map(|(&w, &x)| w as i32 * x as i32)
+            .sum();
+        sumi += a.scales[g] as i32 * s;
+    }
+    (a.d.to_f32() * b.d) * sumi as f32
+}
+
+pub fn vec_dot_q4_k_q8_k(n: usize, x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut sumf = 0.0f32;
+    for (a, b) in x.iter().zip(y).take(n / QK_K) {
+        sumf += dot_block_q4_k_q8_k(a, b);
+    }
+    sumf
+}
+
+pub fn vec_dot_q5_k_q8_k(n: usize, x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut sumf = 0.0f32;
+    for (a, b) in x.iter().zip(y).take(n / QK_K) {
+        sumf += dot_block_q5_k_q8_k(a, b);
+    }
+    sumf
+}
+
+pub fn vec_dot_q6_k_q8_k(n: usize, x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut sumf = 0.0f32;
+    for (a, b) in x.iter().zip(y).take(n / QK_K) {
+        sumf += dot_block_q6_k_q8_k(a, b);
+    }
+    sumf
+}
+
+/// f16 weights · f32 activations, exact f16→f32 conversion, sequential f32 accumulation.
+pub fn vec_dot_f16_f32(n: usize, x: &[F16Bits], y: &[f32]) -> f32 {
+    debug_assert!(x.len() >= n && y.len() >= n);
+    let mut sum = 0.0f32;
+    for (w, &v) in x.iter().zip(y).take(n) {
+        sum += w.to_f32() * v;
+    }
+    sum
+}
+
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut sum = 0.0f32;
+    for (x, y) in a.iter().zip(b) {
+        sum += x * y;
+    }
+    sum
+}
+
+pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
+    debug_assert_eq!(x.len(), y.len());
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
