@@ -3,7 +3,7 @@
  *
  * Link: libedge_run.a (cargo build --release --lib; target/release/libedge_run.a), e.g.
  *     cc -Iinclude app.c target/release/libedge_run.a -lpthread -ldl -lm -o app
- * This file is written by hand; tests/capi.rs checks it against src/capi.rs (every function, its
+ * This file is written by hand; tests/capi.rs checks it against src/capi/ (every function, its
  * parameter and return types, every status code, the layout of every struct).
  *
  * Status codes

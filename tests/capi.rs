@@ -1,4 +1,4 @@
-//! The C API (`src/capi.rs`, `include/edge_run.h`):
+//! The C API (`src/capi/`, `include/edge_run.h`):
 //! - the hand-written header declares exactly the exported functions with the same parameter and
 //!   return types, the same status codes, and structs with the same fields and (compiled by `cc`) the
 //!   same layout as the Rust definitions; every declared function links against `libedge_run.a`;
@@ -317,11 +317,11 @@ fn rust_to_c(t: &str) -> String {
         "f32" => "float".into(),
         "" | "()" => "void".into(),
         s if s.starts_with("er_") => s.into(),
-        s => panic!("src/capi.rs: no C spelling for the Rust type `{s}`"),
+        s => panic!("src/capi/: no C spelling for the Rust type `{s}`"),
     }
 }
 
-/// Exported functions of src/capi.rs: name → (C return type, C parameter types).
+/// Exported functions of src/capi/: name → (C return type, C parameter types).
 fn rust_functions(src: &str) -> BTreeMap<String, (String, Vec<String>)> {
     let mut out = BTreeMap::new();
     let mut rest = src;
@@ -335,7 +335,7 @@ fn rust_functions(src: &str) -> BTreeMap<String, (String, Vec<String>)> {
         let body = after[close + 1..].find('{').unwrap() + close + 1;
         assert_eq!(
             prev_line, "#[no_mangle]",
-            "src/capi.rs: `{fname}` is extern \"C\" without #[no_mangle] directly above"
+            "src/capi/: `{fname}` is extern \"C\" without #[no_mangle] directly above"
         );
         let params: Vec<String> = after[open + 1..close]
             .split(',')
@@ -523,14 +523,29 @@ fn rust_structs(src: &str) -> BTreeMap<String, Vec<(String, String)>> {
     out
 }
 
+/// The text of every file of src/capi/, in name order, concatenated.
+fn capi_sources() -> String {
+    let mut files: Vec<_> = std::fs::read_dir(root().join("src/capi"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn header_declares_exactly_the_exports() {
-    let rs = std::fs::read_to_string(root().join("src/capi.rs")).unwrap();
+    let rs = capi_sources();
     let h = parse_header(&std::fs::read_to_string(root().join("include/edge_run.h")).unwrap());
     let rf = rust_functions(&rs);
     assert!(
         rf.len() >= 25,
-        "found only {} exported functions in src/capi.rs",
+        "found only {} exported functions in src/capi/",
         rf.len()
     );
     for (f, sig) in &rf {
@@ -542,16 +557,16 @@ fn header_declares_exactly_the_exports() {
             .functions
             .get(f)
             .unwrap_or_else(|| panic!("include/edge_run.h does not declare `{f}`"));
-        assert_eq!(hs, sig, "`{f}`: header (return, params) vs src/capi.rs");
+        assert_eq!(hs, sig, "`{f}`: header (return, params) vs src/capi/");
     }
     for f in h.functions.keys() {
         assert!(
             rf.contains_key(f),
-            "include/edge_run.h declares `{f}`, which src/capi.rs does not export"
+            "include/edge_run.h declares `{f}`, which src/capi/ does not export"
         );
     }
     let rc = rust_constants(&rs);
-    assert_eq!(h.constants, rc, "status codes: header vs src/capi.rs");
+    assert_eq!(h.constants, rc, "status codes: header vs src/capi/");
     // Status codes are distinct and each has a name.
     let mut vals: Vec<_> = rc.values().collect();
     vals.dedup();
@@ -561,10 +576,7 @@ fn header_declares_exactly_the_exports() {
     }
     let rs_structs = rust_structs(&rs);
     assert_eq!(rs_structs.len(), 3, "{:?}", rs_structs.keys());
-    assert_eq!(
-        h.structs, rs_structs,
-        "struct fields: header vs src/capi.rs"
-    );
+    assert_eq!(h.structs, rs_structs, "struct fields: header vs src/capi/");
     println!(
         "header checked: {} functions, {} status codes, {} structs",
         rf.len(),
@@ -582,14 +594,14 @@ macro_rules! layout {
 
 #[test]
 fn struct_layouts_match_the_c_compiler_and_every_function_links() {
-    let rs = std::fs::read_to_string(root().join("src/capi.rs")).unwrap();
+    let rs = std::fs::read_to_string(root().join("src/capi/")).unwrap();
     let h = parse_header(&std::fs::read_to_string(root().join("include/edge_run.h")).unwrap());
     let rust = [
         layout!(er_model_info; n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, n_ff, bos, eos, add_bos),
         layout!(er_session_params; n_ctx, n_batch, n_threads, max_adapters, max_rank),
         layout!(er_sampling_params; temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
     ];
-    // The lists above must name every field (in order) of the structs in src/capi.rs.
+    // The lists above must name every field (in order) of the structs in src/capi/.
     let structs = rust_structs(&rs);
     for (sname, _, fields) in &rust {
         let names: Vec<&str> = structs[*sname].iter().map(|(f, _)| f.as_str()).collect();

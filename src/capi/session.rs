@@ -1,0 +1,327 @@
+//! Sessions: parameters, creation, evaluation, logits and sampling.
+use super::*;
+
+/// Capacities of a session. Get defaults from `er_session_params_default`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct er_session_params {
+    /// Context length (KV cache tokens), > 0.
+    pub n_ctx: usize,
+    /// Most tokens per forward pass (prompt chunks), > 0.
+    pub n_batch: usize,
+    /// Worker threads including the caller's; 0 = one per physical core.
+    pub n_threads: usize,
+    /// Most adapters applied at once, ≤ 8.
+    pub max_adapters: usize,
+    /// Largest LoRA rank an applied adapter may have, ≤ 4096.
+    pub max_rank: usize,
+}
+
+/// Fill `*out` with the defaults: n_ctx 2048, n_batch 64, n_threads 0, max_adapters 8, max_rank 64.
+#[no_mangle]
+pub unsafe extern "C" fn er_session_params_default(out: *mut er_session_params) -> c_int {
+    ffi(|| {
+        need(out, "out")?;
+        let d = SessionConfig::default();
+        let p = er_session_params {
+            n_ctx: d.n_ctx,
+            n_batch: d.n_batch,
+            n_threads: 0,
+            max_adapters: d.max_adapters,
+            max_rank: d.max_rank,
+        };
+        // SAFETY: non-NULL and writable (contract).
+        unsafe { out.write(p) };
+        Ok(())
+    })
+}
+
+/// Create a session on `model` (which it keeps alive). Free with `er_session_free`.
+#[no_mangle]
+pub unsafe extern "C" fn er_session_new(
+    model: *const er_model,
+    params: *const er_session_params,
+    out: *mut *mut er_session,
+) -> c_int {
+    ffi(|| {
+        need(out, "out")?;
+        need(params, "params")?;
+        let m = model_of(model)?;
+        // SAFETY: non-NULL and readable (contract).
+        let p = unsafe { params.read() };
+        if p.n_ctx > 1 << 24 {
+            return err(
+                ER_ERR_INVALID_ARGUMENT,
+                format!("n_ctx {} is too large (at most {})", p.n_ctx, 1 << 24),
+            );
+        }
+        let cfg = SessionConfig {
+            n_ctx: p.n_ctx,
+            n_batch: p.n_batch,
+            n_threads: if p.n_threads == 0 {
+                default_threads()
+            } else {
+                p.n_threads
+            },
+            max_adapters: p.max_adapters,
+            max_rank: p.max_rank,
+            ..SessionConfig::default()
+        };
+        let s = Session::new(m, cfg)?;
+        let ids = Vec::with_capacity(p.n_ctx);
+        let st = SessionState {
+            s,
+            sampler: None,
+            have_logits: false,
+            ids,
+        };
+        let h = register(
+            er_session {
+                busy: AtomicBool::new(false),
+                poisoned: AtomicBool::new(false),
+                inner: UnsafeCell::new(st),
+            },
+            Kind::Session,
+        );
+        // SAFETY: non-NULL and writable (contract).
+        unsafe { out.write(h) };
+        Ok(())
+    })
+}
+
+/// Release a session. NULL is a no-op. `ER_ERR_BUSY` if another thread is inside a call on it.
+#[no_mangle]
+pub unsafe extern "C" fn er_session_free(sess: *mut er_session) -> c_int {
+    ffi(|| {
+        unregister(sess, Kind::Session, |h| {
+            if h.busy
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                return err(
+                    ER_ERR_BUSY,
+                    "the session is in use by another thread; it was not freed",
+                );
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Forget the context (and the last logits); the sampler restarts from its seed.
+#[no_mangle]
+pub unsafe extern "C" fn er_session_reset(sess: *mut er_session) -> c_int {
+    ffi(|| {
+        let mut g = session(sess)?;
+        let st = g.state();
+        st.s.reset();
+        st.have_logits = false;
+        if let Some(sp) = &st.sampler {
+            st.sampler = Some(Sampler::new(sp.params.clone(), st.s.model().hp.n_vocab));
+        }
+        Ok(())
+    })
+}
+
+/// `*out` = tokens in the context.
+#[no_mangle]
+pub unsafe extern "C" fn er_session_n_past(sess: *mut er_session, out: *mut usize) -> c_int {
+    ffi(|| {
+        need(out, "out")?;
+        let mut g = session(sess)?;
+        let n = g.state().s.n_past();
+        // SAFETY: non-NULL and writable (contract).
+        unsafe { out.write(n) };
+        Ok(())
+    })
+}
+
+/// Evaluate `n` tokens after the context. On any error nothing changed.
+#[no_mangle]
+pub unsafe extern "C" fn er_eval(sess: *mut er_session, tokens: *const i32, n: usize) -> c_int {
+    ffi(|| {
+        let mut g = session(sess)?;
+        let st = g.state();
+        if n == 0 {
+            return err(ER_ERR_INVALID_ARGUMENT, "nothing to evaluate: n is 0");
+        }
+        need(tokens, "tokens")?;
+        let (n_ctx, n_past) = (st.s.config().n_ctx, st.s.n_past());
+        if n > n_ctx - n_past {
+            return err(
+                ER_ERR_CONTEXT_FULL,
+                format!("context full: {n_past} tokens in the context + {n} new > n_ctx {n_ctx}"),
+            );
+        }
+        // SAFETY: contract: `n` readable int32_t at `tokens` (non-NULL, checked; n ≤ n_ctx).
+        let toks = unsafe { std::slice::from_raw_parts(tokens, n) };
+        let model = Arc::clone(st.s.model());
+        st.ids.clear();
+        for (i, &t) in toks.iter().enumerate() {
+            let id = token_id(&model, t, &format!("tokens[{i}] ="))?;
+            st.ids.push(id);
+        }
+        st.s.eval(&st.ids)?;
+        st.have_logits = true;
+        if let Some(sp) = &mut st.sampler {
+            for &id in &st.ids {
+                sp.accept(id);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Copy the last evaluated position's logits (`n_vocab` floats) to `out`. `*n_written` = n_vocab, also
+/// when `ER_ERR_BUFFER_TOO_SMALL` is returned because `cap < n_vocab`.
+#[no_mangle]
+pub unsafe extern "C" fn er_logits(
+    sess: *mut er_session,
+    out: *mut f32,
+    cap: usize,
+    n_written: *mut usize,
+) -> c_int {
+    ffi(|| {
+        need(n_written, "n_written")?;
+        let mut g = session(sess)?;
+        let st = g.state();
+        if !st.have_logits {
+            return err(ER_ERR_NO_LOGITS, "no logits: call er_eval first");
+        }
+        let l = st.s.logits();
+        // SAFETY: non-NULL and writable (contract).
+        unsafe { n_written.write(l.len()) };
+        if cap < l.len() {
+            return err(
+                ER_ERR_BUFFER_TOO_SMALL,
+                format!(
+                    "the model has {} logits but the buffer holds {cap}",
+                    l.len()
+                ),
+            );
+        }
+        need(out, "out")?;
+        // SAFETY: contract: `cap` ≥ l.len() writable floats at `out` (non-NULL, checked).
+        unsafe { std::ptr::copy_nonoverlapping(l.as_ptr(), out, l.len()) };
+        Ok(())
+    })
+}
+
+/// `*out` = the most likely next token (lowest id on ties).
+#[no_mangle]
+pub unsafe extern "C" fn er_sample_greedy(sess: *mut er_session, out: *mut i32) -> c_int {
+    ffi(|| {
+        need(out, "out")?;
+        let mut g = session(sess)?;
+        let st = g.state();
+        if !st.have_logits {
+            return err(ER_ERR_NO_LOGITS, "no logits: call er_eval first");
+        }
+        let id = argmax(st.s.logits());
+        // SAFETY: non-NULL and writable (contract).
+        unsafe { out.write(id as i32) };
+        Ok(())
+    })
+}
+
+/// Sampling parameters (as llama.cpp's). Get defaults from `er_sampling_params_default`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct er_sampling_params {
+    /// ≤ 0: greedy.
+    pub temperature: f32,
+    /// 0 disables.
+    pub top_k: u32,
+    /// 1 disables.
+    pub top_p: f32,
+    /// 0 disables.
+    pub min_p: f32,
+    /// 1 disables.
+    pub repeat_penalty: f32,
+    /// Recent tokens the penalty looks at (≤ the session's n_ctx).
+    pub repeat_last_n: u32,
+    pub seed: u64,
+}
+
+/// Defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1, repeat_last_n 64, seed 0.
+#[no_mangle]
+pub unsafe extern "C" fn er_sampling_params_default(out: *mut er_sampling_params) -> c_int {
+    ffi(|| {
+        need(out, "out")?;
+        let d = SamplingParams::default();
+        let p = er_sampling_params {
+            temperature: d.temperature,
+            top_k: d.top_k as u32,
+            top_p: d.top_p,
+            min_p: d.min_p,
+            repeat_penalty: d.repeat_penalty,
+            repeat_last_n: d.repeat_last_n as u32,
+            seed: d.seed,
+        };
+        // SAFETY: non-NULL and writable (contract).
+        unsafe { out.write(p) };
+        Ok(())
+    })
+}
+
+/// Give the session a sampler with these parameters (replacing any previous one and its history).
+/// Every token passed to `er_eval` from then on is added to its repetition history.
+#[no_mangle]
+pub unsafe extern "C" fn er_session_set_sampling(
+    sess: *mut er_session,
+    params: *const er_sampling_params,
+) -> c_int {
+    ffi(|| {
+        need(params, "params")?;
+        let mut g = session(sess)?;
+        let st = g.state();
+        // SAFETY: non-NULL and readable (contract).
+        let p = unsafe { params.read() };
+        let n_ctx = st.s.config().n_ctx;
+        if p.repeat_last_n as usize > n_ctx {
+            return err(
+                ER_ERR_INVALID_ARGUMENT,
+                format!(
+                    "repeat_last_n {} exceeds the session's n_ctx {n_ctx}",
+                    p.repeat_last_n
+                ),
+            );
+        }
+        let sp = SamplingParams {
+            temperature: p.temperature,
+            top_k: p.top_k as usize,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repeat_penalty: p.repeat_penalty,
+            repeat_last_n: p.repeat_last_n as usize,
+            seed: p.seed,
+        };
+        sp.validate()?;
+        st.sampler = Some(Sampler::new(sp, st.s.model().hp.n_vocab));
+        Ok(())
+    })
+}
+
+/// `*out` = a token drawn from the last logits with the session's sampler (`er_session_set_sampling`).
+/// The token is not added to the history until it is passed to `er_eval`.
+#[no_mangle]
+pub unsafe extern "C" fn er_sample(sess: *mut er_session, out: *mut i32) -> c_int {
+    ffi(|| {
+        need(out, "out")?;
+        let mut g = session(sess)?;
+        let st = g.state();
+        if !st.have_logits {
+            return err(ER_ERR_NO_LOGITS, "no logits: call er_eval first");
+        }
+        let Some(sp) = st.sampler.as_mut() else {
+            return err(
+                ER_ERR_INVALID_ARGUMENT,
+                "no sampler: call er_session_set_sampling first (or use er_sample_greedy)",
+            );
+        };
+        let id = sp.sample(st.s.logits());
+        // SAFETY: non-NULL and writable (contract).
+        unsafe { out.write(id as i32) };
+        Ok(())
+    })
+}
