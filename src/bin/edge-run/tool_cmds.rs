@@ -229,7 +229,7 @@ mod vs_llama_cpp {
             "llama.cpp (same process): {}",
             crate::tools::ggml::system_info()
         );
-        let lc = crate::tools::ggml::bench_workload(
+        let lc = crate::tools::ggml::bench::bench_workload(
             path,
             &model.base_info,
             model.hp.n_vocab,
