@@ -14,7 +14,8 @@
 //! - GELU(tanh)-gated feed-forward: down(gelu(gate·x) ⊙ up·x);
 //! - output head tied to `token_embd` unless `output.weight` exists; final soft cap
 //!   c·tanh(logits / c) only if `final_logit_softcapping` is in the file.
-use super::ops::{self, add, geglu, linear, rmsnorm_rows, rmsnorm_rows_inplace, State};
+use super::block;
+use super::ops::{self, add, geglu, rmsnorm_rows, rmsnorm_rows_inplace, State};
 use super::Env;
 use crate::gguf::Gguf;
 use crate::model::{HParams, WeightRef};
@@ -115,7 +116,7 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
     let m = env.m;
     let hp = &m.hp;
     let b = tokens.len();
-    let (e, qd, kvd, ff, hd) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff, hp.head_dim);
+    let (e, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
     let eps = hp.rms_eps;
     let norm = |w: &Option<WeightRef>| m.f32s(w.as_ref().expect("gemma3 norms checked at load"));
 
@@ -126,119 +127,34 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
     if hp.n_swa > 0 {
         st.rope[1].set_positions(pos0, b);
     }
-    let half = hp.rope_dim / 2;
 
     for (l, layer) in m.layers.iter().enumerate() {
         let local = hp.swa[l];
-        // --- attention ---
-        rmsnorm_rows(
-            &mut st.xb[..b * e],
-            &st.x[..b * e],
-            m.f32s(&layer.attn_norm),
-            eps,
-        );
-        // q, k, v = Wq·xb, Wk·xb, Wv·xb                                     [B, qd], [B, kvd], [B, kvd]
-        {
-            let outs: [(&WeightRef, &mut [f32]); 3] = [
-                (&layer.attn_q, &mut st.q[..b * qd]),
-                (&layer.attn_k, &mut st.kk[..b * kvd]),
-                (&layer.attn_v, &mut st.v[..b * kvd]),
-            ];
-            linear(
-                env,
-                &mut st.xq,
-                st.xb.input(b * e),
-                e,
-                b,
-                outs,
-                &mut st.lora_t,
-            );
-        }
+        // --- attention: x += post_attention_norm(Wo·attention(q, k, v)), xb = rmsnorm(x) ---
+        block::norm_qkv(env, st, layer, b);
         // QK-norm: every head of q and k RMS-normed                          [B, n_head | n_head_kv, hd]
         rmsnorm_rows_inplace(&mut st.q[..b * qd], norm(&layer.attn_q_norm), eps);
         rmsnorm_rows_inplace(&mut st.kk[..b * kvd], norm(&layer.attn_k_norm), eps);
         // RoPE (NeoX halves) with the layer's frequencies
-        let rope = &st.rope[usize::from(local)];
-        for t in 0..b {
-            let cs = &rope.cs[t * half..(t + 1) * half];
-            ops::rope_neox(&mut st.q[t * qd..(t + 1) * qd], hd, cs);
-            ops::rope_neox(&mut st.kk[t * kvd..(t + 1) * kvd], hd, cs);
-        }
-        // att_out[t, h] = softmax(q·Kᵀ · scale) · V over the window (local) or all positions    [B, qd]
-        let window = if local { hp.n_swa } else { 0 };
-        ops::attention(
-            env,
-            &mut st.kv,
-            &mut st.att,
-            &st.q,
-            &st.kk,
-            &st.v,
-            &mut st.att_out,
-            l,
-            pos0,
-            b,
-            window,
-            hp.att_scale,
-        );
-        // x += post_attention_norm(Wo·att_out)                             [B, e]
-        linear(
-            env,
-            &mut st.xq,
-            st.att_out.input(b * qd),
-            qd,
-            b,
-            [(&layer.attn_output, &mut st.proj[..b * e])],
-            &mut st.lora_t,
-        );
-        rmsnorm_rows(
-            &mut st.xb[..b * e],
-            &st.proj[..b * e],
-            norm(&layer.attn_post_norm),
-            eps,
-        );
-        add(&mut st.x[..b * e], &st.xb[..b * e]);
+        block::rope_qk(env, st, usize::from(local), b, ops::rope_neox);
+        // over the window (local) or all positions
+        block::attend(env, st, l, pos0, b, if local { hp.n_swa } else { 0 });
+        block::attn_output(env, st, layer, b);
+        post_norm_add(st, norm(&layer.attn_post_norm), e * b, eps);
 
         // --- feed-forward: x += post_ffw_norm(Wdown·(gelu(Wgate·xb) ⊙ Wup·xb)) ---
-        rmsnorm_rows(
-            &mut st.xb[..b * e],
-            &st.x[..b * e],
-            m.f32s(&layer.ffn_norm),
-            eps,
-        );
-        {
-            let outs: [(&WeightRef, &mut [f32]); 2] = [
-                (&layer.ffn_gate, &mut st.hb[..b * ff]),
-                (&layer.ffn_up, &mut st.hb2[..b * ff]),
-            ];
-            linear(
-                env,
-                &mut st.xq,
-                st.xb.input(b * e),
-                e,
-                b,
-                outs,
-                &mut st.lora_t,
-            );
-        }
+        block::ffn_input(env, st, layer, b);
         geglu(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
-        linear(
-            env,
-            &mut st.xq,
-            st.hb.input(b * ff),
-            ff,
-            b,
-            [(&layer.ffn_down, &mut st.proj[..b * e])],
-            &mut st.lora_t,
-        );
-        rmsnorm_rows(
-            &mut st.xb[..b * e],
-            &st.proj[..b * e],
-            norm(&layer.ffn_post_norm),
-            eps,
-        );
-        add(&mut st.x[..b * e], &st.xb[..b * e]);
+        block::ffn_output(env, st, layer, b);
+        post_norm_add(st, norm(&layer.ffn_post_norm), e * b, eps);
     }
 
     // logits = Wout · rmsnorm(x) (soft-capped if the file says so)         [B or 1, n_vocab]
     ops::output(env, st, b)
+}
+
+/// The sandwich norm's second half: x += rmsnorm(proj) · w (the first `len` values).
+fn post_norm_add(st: &mut State, w: &[f32], len: usize, eps: f32) {
+    rmsnorm_rows(&mut st.xb[..len], &st.proj[..len], w, eps);
+    add(&mut st.x[..len], &st.xb[..len]);
 }

@@ -13,6 +13,7 @@
 //! - whether its GGUF Q/K rows are permuted for interleaved RoPE ([`Arch::permuted_qk`], with the
 //!   [`Arch`] enum in [`crate::model`]), which decides how PEFT adapters' q/k factors line up with the
 //!   base.
+pub(crate) mod block;
 pub mod gemma3;
 pub mod llama;
 pub(crate) mod ops;

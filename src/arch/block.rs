@@ -1,0 +1,130 @@
+//! The steps of a transformer block that the families share, each over the batch of `b` tokens in
+//! the session's buffers ([`State`]): the input norm and the q/k/v projections, RoPE on q and k,
+//! attention over the cache, the output projection, and the two halves of the gated feed-forward.
+//! A family's forward pass (`llama.rs`, `gemma3.rs`) is these steps in its order, with its own norms,
+//! activation and residual adds between them.
+use super::ops::{self, linear, rmsnorm_rows, State};
+use super::Env;
+use crate::model::{Layer, WeightRef};
+
+/// xb = rmsnorm(x) · attn_norm; q, k, v = Wq·xb, Wk·xb, Wv·xb          [B, qd], [B, kvd], [B, kvd]
+pub(crate) fn norm_qkv(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
+    let hp = &env.m.hp;
+    let (e, qd, kvd) = (hp.n_embd, hp.q_dim(), hp.kv_dim());
+    rmsnorm_rows(
+        &mut st.xb[..b * e],
+        &st.x[..b * e],
+        env.m.f32s(&layer.attn_norm),
+        hp.rms_eps,
+    );
+    let outs: [(&WeightRef, &mut [f32]); 3] = [
+        (&layer.attn_q, &mut st.q[..b * qd]),
+        (&layer.attn_k, &mut st.kk[..b * kvd]),
+        (&layer.attn_v, &mut st.v[..b * kvd]),
+    ];
+    linear(
+        env,
+        &mut st.xq,
+        st.xb.input(b * e),
+        e,
+        b,
+        outs,
+        &mut st.lora_t,
+    );
+}
+
+/// A RoPE rotation of one row of heads (`ops::rope_pairs`, `ops::rope_neox`): row, head dim, angles.
+type Rotate = fn(&mut [f32], usize, &[(f32, f32)]);
+
+/// RoPE on every head of q and k with the angles of `st.rope[table]` (`rotate`: the family's pairing).
+pub(crate) fn rope_qk(env: &Env<'_>, st: &mut State, table: usize, b: usize, rotate: Rotate) {
+    let hp = &env.m.hp;
+    let (qd, kvd, hd, half) = (hp.q_dim(), hp.kv_dim(), hp.head_dim, hp.rope_dim / 2);
+    let rope = &st.rope[table];
+    for t in 0..b {
+        let cs = &rope.cs[t * half..(t + 1) * half];
+        rotate(&mut st.q[t * qd..(t + 1) * qd], hd, cs);
+        rotate(&mut st.kk[t * kvd..(t + 1) * kvd], hd, cs);
+    }
+}
+
+/// att_out[t, h] = softmax(q·Kᵀ · scale) · V over the last `window` positions (0: all); k, v of the
+/// batch appended to layer `l`'s cache                                        [B, qd]
+pub(crate) fn attend(
+    env: &Env<'_>,
+    st: &mut State,
+    l: usize,
+    pos0: usize,
+    b: usize,
+    window: usize,
+) {
+    ops::attention(
+        env,
+        &mut st.kv,
+        &mut st.att,
+        &st.q,
+        &st.kk,
+        &st.v,
+        &mut st.att_out,
+        l,
+        pos0,
+        b,
+        window,
+        env.m.hp.att_scale,
+    );
+}
+
+/// proj = Wo·att_out                                                    [B, e]
+pub(crate) fn attn_output(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
+    let hp = &env.m.hp;
+    let (e, qd) = (hp.n_embd, hp.q_dim());
+    linear(
+        env,
+        &mut st.xq,
+        st.att_out.input(b * qd),
+        qd,
+        b,
+        [(&layer.attn_output, &mut st.proj[..b * e])],
+        &mut st.lora_t,
+    );
+}
+
+/// xb = rmsnorm(x) · ffn_norm; hb, hb2 = Wgate·xb, Wup·xb               [B, ff] each
+pub(crate) fn ffn_input(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
+    let hp = &env.m.hp;
+    let (e, ff) = (hp.n_embd, hp.n_ff);
+    rmsnorm_rows(
+        &mut st.xb[..b * e],
+        &st.x[..b * e],
+        env.m.f32s(&layer.ffn_norm),
+        hp.rms_eps,
+    );
+    let outs: [(&WeightRef, &mut [f32]); 2] = [
+        (&layer.ffn_gate, &mut st.hb[..b * ff]),
+        (&layer.ffn_up, &mut st.hb2[..b * ff]),
+    ];
+    linear(
+        env,
+        &mut st.xq,
+        st.xb.input(b * e),
+        e,
+        b,
+        outs,
+        &mut st.lora_t,
+    );
+}
+
+/// proj = Wdown·hb (hb: the gated activation)                            [B, e]
+pub(crate) fn ffn_output(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
+    let hp = &env.m.hp;
+    let (e, ff) = (hp.n_embd, hp.n_ff);
+    linear(
+        env,
+        &mut st.xq,
+        st.hb.input(b * ff),
+        ff,
+        b,
+        [(&layer.ffn_down, &mut st.proj[..b * e])],
+        &mut st.lora_t,
+    );
+}
