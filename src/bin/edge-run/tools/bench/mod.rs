@@ -344,104 +344,23 @@ pub fn run(
         "  base model: pp {:.1} tok/s, tg {:.1} tok/s",
         base.pp_tps, base.tg_tps
     ));
-    let other_mode = {
-        let aq = match cfg.act_quant {
-            ActQuant::Q8 => ActQuant::Q8x2,
-            ActQuant::Q8x2 => ActQuant::Q8,
-        };
-        let other = SessionConfig {
-            act_quant: aq,
-            ..cfg.clone()
-        };
-        let speed = measure_speed(
-            &mut Session::new(model.clone(), other)?,
-            &prompt,
-            w.n_gen,
-            w.reps,
-        )?;
-        progress(&format!(
-            "  base model, act-quant {}: pp {:.1} tok/s, tg {:.1} tok/s",
-            act_quant_name(aq),
-            speed.pp_tps,
-            speed.tg_tps
-        ));
-        (act_quant_name(aq), speed)
-    };
+    let other_mode = other_mode_speed(&model, &cfg, &prompt, w, progress)?;
     let bytes = TokenBytes::decode(&model, w.n_prompt, w.n_gen);
-
-    let mut lora = None;
-    if !loaded.is_empty() {
-        let set: Vec<(&Arc<Adapter>, f32)> = loaded.iter().map(|(a, s)| (a, *s)).collect();
-        sess.set_adapters(&set)?;
-        let speed = measure_speed(&mut sess, &prompt, w.n_gen, w.reps)?;
-        progress(&format!(
-            "  with {} adapter(s): pp {:.1} tok/s, tg {:.1} tok/s",
-            loaded.len(),
-            speed.pp_tps,
-            speed.tg_tps
-        ));
-        // Swap time: publishing a new set (what another thread pays between two tokens).
-        let ctl = sess.adapter_control();
-        let n_swaps = 1000;
-        let t0 = Instant::now();
-        for i in 0..n_swaps {
-            ctl.set(if i % 2 == 0 { &set[..1] } else { &set[..] })?;
-        }
-        let swap_us = t0.elapsed().as_secs_f64() * 1e6 / n_swaps as f64;
-        let after_swap = first_token_after_swap(&mut sess, &prompt, &set, w.n_gen)?;
-        let lb = bytes.with_adapters(loaded.iter().map(|(a, _)| &**a));
-        lora = Some(LoraResult {
-            n_adapters: loaded.len(),
-            speed,
-            bytes: lb,
-            overhead_pct: 100.0 * (base.tg_tps / speed.tg_tps - 1.0),
-            floor_pct: 100.0 * lb.lora / bytes.total(),
+    let lora = if loaded.is_empty() {
+        None
+    } else {
+        let run = AdapterRun {
+            loaded: &loaded,
             load_ms,
-            swap_us,
-            after_swap,
-        });
-    }
+            base: &base,
+            bytes: &bytes,
+        };
+        Some(run.measure(&mut sess, &prompt, w, progress)?)
+    };
     drop(sess);
     let rss_mib = peak_rss_mib();
-
-    let mut cmp = None;
-    if let Some(m2) = m2 {
-        let p = m2.path();
-        let prompt2 = w.prompt(m2.hp.n_vocab);
-        let mut s2 = Session::new(m2.clone(), cfg.clone())?;
-        let speed = measure_speed(&mut s2, &prompt2, w.n_gen, w.reps)?;
-        progress(&format!(
-            "  {}: pp {:.1} tok/s, tg {:.1} tok/s",
-            p.display(),
-            speed.pp_tps,
-            speed.tg_tps
-        ));
-        cmp = Some(CompareResult {
-            path: p.display().to_string(),
-            speed,
-            bytes: TokenBytes::decode(&m2, w.n_prompt, w.n_gen),
-        });
-    }
-
-    let mut sets = vec![bytes.total() as usize];
-    for b in lora
-        .iter()
-        .map(|l| l.bytes.total())
-        .chain(cmp.iter().map(|c| c.bytes.total()))
-    {
-        // Another probe only when the working set differs by more than 10 %.
-        if sets.iter().all(|&s| (b / s as f64 - 1.0).abs() > 0.1) {
-            sets.push(b as usize);
-        }
-    }
-    progress("  measuring the memory roofline ...");
-    let roofline = Roofline::measure(cfg.n_threads, &sets, PROBE_TIME);
-    progress(&format!(
-        "  roofline: {:.1} GB/s streaming {:.1} MiB with {} thread(s)",
-        roofline.for_bytes(bytes.total() as usize).gbs,
-        bytes.total() / MIB,
-        cfg.n_threads
-    ));
+    let cmp = m2.map(|m2| compared(&m2, &cfg, w, progress)).transpose()?;
+    let roofline = measure_roofline(&cfg, &bytes, lora.as_ref(), cmp.as_ref(), progress);
     Ok(Report {
         model: model.path().display().to_string(),
         threads: cfg.n_threads,
@@ -457,6 +376,141 @@ pub fn run(
         rss_mib,
         mapped_mib: model.mapped_bytes() as f64 / MIB,
     })
+}
+
+/// The base model's speed in the other activation mode (q8 ↔ q8x2), with that mode's name.
+fn other_mode_speed(
+    model: &Arc<Model>,
+    cfg: &SessionConfig,
+    prompt: &[u32],
+    w: &Workload,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(&'static str, Speed)> {
+    let aq = match cfg.act_quant {
+        ActQuant::Q8 => ActQuant::Q8x2,
+        ActQuant::Q8x2 => ActQuant::Q8,
+    };
+    let other = SessionConfig {
+        act_quant: aq,
+        ..cfg.clone()
+    };
+    let speed = measure_speed(
+        &mut Session::new(model.clone(), other)?,
+        prompt,
+        w.n_gen,
+        w.reps,
+    )?;
+    progress(&format!(
+        "  base model, act-quant {}: pp {:.1} tok/s, tg {:.1} tok/s",
+        act_quant_name(aq),
+        speed.pp_tps,
+        speed.tg_tps
+    ));
+    Ok((act_quant_name(aq), speed))
+}
+
+/// What the adapter measurements start from: the loaded adapters and the base model's figures.
+struct AdapterRun<'a> {
+    loaded: &'a [(Arc<Adapter>, f32)],
+    load_ms: f64,
+    base: &'a Speed,
+    bytes: &'a TokenBytes,
+}
+
+impl AdapterRun<'_> {
+    /// Speed with the adapters applied, the time to publish a new set, and the first token after one.
+    fn measure(
+        &self,
+        sess: &mut Session,
+        prompt: &[u32],
+        w: &Workload,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<LoraResult> {
+        let loaded = self.loaded;
+        let set: Vec<(&Arc<Adapter>, f32)> = loaded.iter().map(|(a, s)| (a, *s)).collect();
+        sess.set_adapters(&set)?;
+        let speed = measure_speed(sess, prompt, w.n_gen, w.reps)?;
+        progress(&format!(
+            "  with {} adapter(s): pp {:.1} tok/s, tg {:.1} tok/s",
+            loaded.len(),
+            speed.pp_tps,
+            speed.tg_tps
+        ));
+        // Swap time: publishing a new set (what another thread pays between two tokens).
+        let ctl = sess.adapter_control();
+        let n_swaps = 1000;
+        let t0 = Instant::now();
+        for i in 0..n_swaps {
+            ctl.set(if i % 2 == 0 { &set[..1] } else { &set[..] })?;
+        }
+        let swap_us = t0.elapsed().as_secs_f64() * 1e6 / n_swaps as f64;
+        let after_swap = first_token_after_swap(sess, prompt, &set, w.n_gen)?;
+        let lb = self.bytes.with_adapters(loaded.iter().map(|(a, _)| &**a));
+        Ok(LoraResult {
+            n_adapters: loaded.len(),
+            speed,
+            bytes: lb,
+            overhead_pct: 100.0 * (self.base.tg_tps / speed.tg_tps - 1.0),
+            floor_pct: 100.0 * lb.lora / self.bytes.total(),
+            load_ms: self.load_ms,
+            swap_us,
+            after_swap,
+        })
+    }
+}
+
+/// The comparison model's speed (no adapters).
+fn compared(
+    m2: &Arc<Model>,
+    cfg: &SessionConfig,
+    w: &Workload,
+    progress: &mut dyn FnMut(&str),
+) -> Result<CompareResult> {
+    let p = m2.path();
+    let prompt2 = w.prompt(m2.hp.n_vocab);
+    let mut s2 = Session::new(m2.clone(), cfg.clone())?;
+    let speed = measure_speed(&mut s2, &prompt2, w.n_gen, w.reps)?;
+    progress(&format!(
+        "  {}: pp {:.1} tok/s, tg {:.1} tok/s",
+        p.display(),
+        speed.pp_tps,
+        speed.tg_tps
+    ));
+    Ok(CompareResult {
+        path: p.display().to_string(),
+        speed,
+        bytes: TokenBytes::decode(m2, w.n_prompt, w.n_gen),
+    })
+}
+
+/// The memory roofline, probed at the base model's working set and at each other one (adapters,
+/// comparison model) that differs from those already probed by more than 10 %.
+fn measure_roofline(
+    cfg: &SessionConfig,
+    bytes: &TokenBytes,
+    lora: Option<&LoraResult>,
+    cmp: Option<&CompareResult>,
+    progress: &mut dyn FnMut(&str),
+) -> Roofline {
+    let mut sets = vec![bytes.total() as usize];
+    for b in lora
+        .iter()
+        .map(|l| l.bytes.total())
+        .chain(cmp.iter().map(|c| c.bytes.total()))
+    {
+        if sets.iter().all(|&s| (b / s as f64 - 1.0).abs() > 0.1) {
+            sets.push(b as usize);
+        }
+    }
+    progress("  measuring the memory roofline ...");
+    let roofline = Roofline::measure(cfg.n_threads, &sets, PROBE_TIME);
+    progress(&format!(
+        "  roofline: {:.1} GB/s streaming {:.1} MiB with {} thread(s)",
+        roofline.for_bytes(bytes.total() as usize).gbs,
+        bytes.total() / MIB,
+        cfg.n_threads
+    ));
+    roofline
 }
 
 fn act_quant_name(aq: ActQuant) -> &'static str {
