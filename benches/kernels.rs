@@ -37,26 +37,11 @@ use std::hint::black_box;
 
 mod common;
 
-const TYPES: [QuantType; 10] = [
-    QuantType::F32,
-    QuantType::F16,
-    QuantType::Q4_0,
-    QuantType::Q4_1,
-    QuantType::Q5_0,
-    QuantType::Q5_1,
-    QuantType::Q8_0,
-    QuantType::Q4K,
-    QuantType::Q5K,
-    QuantType::Q6K,
-];
-
-/// xorshift bytes.
-fn fill(buf: &mut [u8], mut s: u64) {
+/// Deterministic bytes from the library's generator.
+fn fill(buf: &mut [u8], seed: u64) {
+    let mut rng = edge_run::sampling::Rng::new(seed);
     for b in buf.iter_mut() {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        *b = (s >> 24) as u8;
+        *b = (rng.next_u64() >> 24) as u8;
     }
 }
 
@@ -123,7 +108,7 @@ fn main() {
         tiers.iter().map(|k| k.tier.name()).collect::<Vec<_>>()
     );
     let big = (cache_sizes().llc.unwrap_or(32 << 20) * 3).clamp(32 << 20, 256 << 20);
-    for ty in TYPES {
+    for &ty in QuantType::WEIGHTS {
         // `matvec_*`: one activation (act-quant q8); `matvec2_*`: the q8x2 pair (activation and its
         // residual) that decode uses by default, fused on the SIMD tiers that say so.
         for two in [false, true] {
@@ -186,7 +171,7 @@ fn main() {
             g.finish();
         }
     }
-    for ty in TYPES {
+    for &ty in QuantType::WEIGHTS {
         for two in [false, true] {
             if two && Kernels::scalar().matvec2(ty).is_none() {
                 continue;

@@ -243,7 +243,7 @@ fn dequantization_is_bit_exact() {
 fn activation_quantizers_are_bit_exact() {
     let mut rng = Rng(0x5eed_0002);
     let ks = tiers();
-    for vt in [QuantType::Q8_0, QuantType::Q8_1, QuantType::Q8K] {
+    for &vt in QuantType::ACTIVATIONS {
         let g = Traits::of(vt).unwrap();
         let (mut cpu_equal, mut has_ref) = (true, true);
         for n in sizes(vt) {

@@ -73,6 +73,11 @@ impl QuantType {
         QuantType::Q6K,
     ];
 
+    /// The activation types of the integer dot products: every [`QuantType::QUANTIZED`] type's
+    /// [`QuantType::vec_dot_type`] is one of them.
+    pub const ACTIVATIONS: &'static [QuantType] =
+        &[QuantType::Q8_0, QuantType::Q8_1, QuantType::Q8K];
+
     /// The type for a ggml type id, if this crate knows it.
     pub fn from_ggml(id: u32) -> Option<Self> {
         use QuantType::*;

@@ -77,7 +77,7 @@ impl Acts {
 #[test]
 fn quantize2_reference_is_a_16_bit_quantization() {
     let mut g = Rng(0x5eed_0002);
-    for &vt in &[QuantType::Q8_0, QuantType::Q8_1, QuantType::Q8K] {
+    for &vt in QuantType::ACTIVATIONS {
         for case in 0..200 {
             let n = if vt == QuantType::Q8K {
                 256 * (1 + case % 3)
@@ -271,7 +271,7 @@ fn check_quantize2(k: &Kernels, vt: QuantType, x: &[f32]) -> Result<(), String> 
 fn quantize2_every_tier_matches_scalar() {
     compare_every_tier("quantize2", |k| {
         let mut g = Rng(0x9a2_0001);
-        for &vt in &[QuantType::Q8_0, QuantType::Q8_1, QuantType::Q8K] {
+        for &vt in QuantType::ACTIVATIONS {
             for case in 0..300 {
                 let n = if vt == QuantType::Q8K {
                     256 * (1 + case % 4)

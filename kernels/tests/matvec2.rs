@@ -95,7 +95,7 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
         ..Config::default()
     });
     let strat = (
-        0usize..QUANT_TYPES.len(),
+        0usize..QuantType::QUANTIZED.len(),
         1usize..=9,
         1usize..=70,
         any::<u64>(),
@@ -103,14 +103,14 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
     );
     runner
         .run(&strat, |(ti, nblocks, rows, seed, pair)| {
-            let ty = QUANT_TYPES[ti];
+            let ty = QuantType::QUANTIZED[ti];
             let mv2 = tier
                 .matvec2(ty)
                 .expect("every quantized type has a matvec2");
             check(name, mv2, ty, n_for(ty, nblocks), rows, seed, pair).map_err(TestCaseError::fail)
         })
         .map_err(|e| e.to_string())?;
-    for (ti, &ty) in QUANT_TYPES.iter().enumerate() {
+    for (ti, &ty) in QuantType::QUANTIZED.iter().enumerate() {
         let mv2 = tier.matvec2(ty).unwrap();
         let max_blocks = if is_k(ty) { 4 } else { 9 };
         for nblocks in 1..=max_blocks {
@@ -123,7 +123,7 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
         }
     }
     // The model's row widths (SmolLM2-135M: 576, 1536; Gemma 3 1B: 1152, 6912).
-    for &ty in &QUANT_TYPES {
+    for &ty in QuantType::QUANTIZED {
         let mv2 = tier.matvec2(ty).unwrap();
         for n in [576usize, 1536, 1152, 6912] {
             if n % ty.block_size() == 0 {
@@ -137,7 +137,7 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
 #[test]
 fn every_tier_matvec2_matches_scalar() {
     compare_every_tier("matvec2", |k| {
-        let fused: Vec<&str> = QUANT_TYPES
+        let fused: Vec<&str> = QuantType::QUANTIZED
             .iter()
             .filter(|&&t| k.matvec2_fused(t))
             .map(|t| t.name())
@@ -155,7 +155,7 @@ fn every_tier_matvec2_matches_scalar() {
 fn scalar_matvec2_is_two_matvecs_added() {
     let s = Kernels::scalar();
     let mut checked = 0;
-    for (ti, &ty) in QUANT_TYPES.iter().enumerate() {
+    for (ti, &ty) in QuantType::QUANTIZED.iter().enumerate() {
         for nblocks in 1..=4 {
             let n = n_for(ty, nblocks);
             for rows in [1usize, 5, 32, 33, 70] {
@@ -194,7 +194,7 @@ fn scalar_matvec2_is_two_matvecs_added() {
 fn q8x2_pair_is_closer_to_float_than_q8() {
     // The point of the mode: W·xq + W·xr approximates W·x much better than W·xq alone.
     let s = Kernels::scalar();
-    for &ty in &QUANT_TYPES {
+    for &ty in QuantType::QUANTIZED {
         let n = if is_k(ty) { 512 } else { 576 };
         let rows = 16;
         let mut g = Rng(ty as u64 + 7);
@@ -233,7 +233,7 @@ fn entries_exist_where_they_should() {
         ] {
             assert!(k.matvec2(ty).is_none(), "{} {}", k.tier.name(), ty.name());
         }
-        for &ty in &QUANT_TYPES {
+        for &ty in QuantType::QUANTIZED {
             assert!(k.matvec2(ty).is_some(), "{} {}", k.tier.name(), ty.name());
         }
         assert!(!Kernels::scalar().matvec2_fused(QuantType::Q4_1));
@@ -243,7 +243,7 @@ fn entries_exist_where_they_should() {
 #[test]
 fn length_contract() {
     for k in Kernels::available() {
-        for &ty in &QUANT_TYPES {
+        for &ty in QuantType::QUANTIZED {
             let mv2 = k.matvec2(ty).unwrap();
             let n = ty.block_size() * 2;
             let rows = 3;
@@ -318,7 +318,7 @@ fn comparison_catches_wrong_kernels() {
         assert!(caught >= 12, "{name}: only {caught} of 16 caught");
     }
     // The scalar table passes against itself (the check is not failing everything).
-    for &ty in &QUANT_TYPES {
+    for &ty in QuantType::QUANTIZED {
         check(
             "scalar",
             Kernels::scalar().matvec2(ty).unwrap(),

@@ -18,7 +18,7 @@
 use edge_run_kernels::*;
 
 mod common;
-use common::{expected_tiers, Rng, QUANT_TYPES as TYPES};
+use common::{expected_tiers, Rng};
 
 /// Uniform in -amp..=amp.
 fn int(g: &mut Rng, amp: i32) -> i32 {
@@ -117,7 +117,7 @@ fn matvec2_is_exact_on_integer_inputs_in_every_tier() {
     let mut checked_tiers = vec![];
     let mut rows_checked = 0usize;
     for k in Kernels::available() {
-        for (ti, &ty) in TYPES.iter().enumerate() {
+        for (ti, &ty) in QuantType::QUANTIZED.iter().enumerate() {
             let mv2 = k.matvec2(ty).unwrap();
             let is_k = ty.block_size() == QK_K;
             // Quant bounds keeping Σ|terms| of both activations below 2^15 (asserted below).
@@ -179,7 +179,7 @@ fn neon_tiers_report_every_type_fused() {
         .filter(|k| matches!(k.tier, Tier::Neon | Tier::NeonDotprod))
         .collect();
     for k in &neon {
-        for &ty in &TYPES {
+        for &ty in QuantType::QUANTIZED {
             assert!(
                 k.matvec2_fused(ty),
                 "{}: matvec2 for {} is not fused",

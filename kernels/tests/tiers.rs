@@ -223,7 +223,7 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
         ..Config::default()
     });
     let strat = (
-        0usize..MATVEC_TYPES.len(),
+        0usize..QuantType::WEIGHTS.len(),
         1usize..=9,
         1usize..=300,
         1usize..=9,
@@ -231,13 +231,13 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
     );
     runner
         .run(&strat, |(ti, nblocks, nfloat, rows, seed)| {
-            let ty = MATVEC_TYPES[ti];
+            let ty = QuantType::WEIGHTS[ti];
             let n = match ty {
                 QuantType::F32 | QuantType::F16 => nfloat,
                 _ => n_for(ty, nblocks),
             };
             check_matvec(tier, ty, n, rows, seed).map_err(TestCaseError::fail)?;
-            let vdt = [QuantType::Q8_0, QuantType::Q8_1, QuantType::Q8K][ti % 3];
+            let vdt = QuantType::ACTIVATIONS[ti % 3];
             let nb = if vdt == QuantType::Q8K {
                 1 + (nblocks - 1) % 4
             } else {
@@ -249,7 +249,7 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     // Plus every (type, block count, row count) combination once, so no tail is left to chance.
-    for (ti, &ty) in MATVEC_TYPES.iter().enumerate() {
+    for (ti, &ty) in QuantType::WEIGHTS.iter().enumerate() {
         let counts: Vec<usize> = match ty {
             QuantType::F32 | QuantType::F16 => (1..=67).collect(),
             QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => (1..=4).map(|k| 256 * k).collect(),
@@ -261,10 +261,7 @@ fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
             }
         }
     }
-    for (vi, vdt) in [QuantType::Q8_0, QuantType::Q8_1, QuantType::Q8K]
-        .into_iter()
-        .enumerate()
-    {
+    for (vi, &vdt) in QuantType::ACTIVATIONS.iter().enumerate() {
         for nb in 1..=9 {
             for s in 0..4u64 {
                 check_quantizer(tier, vdt, nb, s * 100 + vi as u64 * 10 + nb as u64)?;

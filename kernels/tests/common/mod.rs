@@ -7,30 +7,6 @@ use edge_run_kernels::{dequantize, F16Bits, Kernels, QuantType, QK_K};
 
 pub const EPS: f64 = f32::EPSILON as f64;
 
-/// The quantized weight types (those with a `matvec2` entry).
-pub const QUANT_TYPES: [QuantType; 8] = [
-    QuantType::Q4_0,
-    QuantType::Q4_1,
-    QuantType::Q5_0,
-    QuantType::Q5_1,
-    QuantType::Q8_0,
-    QuantType::Q4K,
-    QuantType::Q5K,
-    QuantType::Q6K,
-];
-
-/// Every type with a `matvec` entry: F32, F16, then `QUANT_TYPES`.
-pub const MATVEC_TYPES: [QuantType; 10] = {
-    let mut t = [QuantType::F32; 10];
-    t[1] = QuantType::F16;
-    let mut i = 0;
-    while i < QUANT_TYPES.len() {
-        t[2 + i] = QUANT_TYPES[i];
-        i += 1;
-    }
-    t
-};
-
 // ------------------------------------------------------------------------------------------------
 // Deterministic generator for the bulk data (proptest drives sizes and seeds, and shrinks them)
 // ------------------------------------------------------------------------------------------------
