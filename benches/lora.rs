@@ -25,15 +25,11 @@ const N_IN: usize = 576;
 const N_OUT: usize = 1536;
 const TOKENS: usize = 64;
 
-/// fp16 bits of values in about [-0.1, 0.1).
-fn halves(len: usize, mut s: u64) -> Vec<u16> {
+/// fp16 bits of values in [-0.1, 0.1).
+fn halves(len: usize, seed: u64) -> Vec<u16> {
+    let mut rng = edge_run::sampling::Rng::new(seed);
     (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            half::f16::from_f32(((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2).to_bits()
-        })
+        .map(|_| half::f16::from_f32((rng.next_f32() - 0.5) * 0.2).to_bits())
         .collect()
 }
 

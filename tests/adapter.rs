@@ -2,6 +2,8 @@
 //! llama.cpp-GGUF cross-check (llama.cpp's converter made the GGUF, so equal factors check our q/k
 //! permutation independently), expected values computed with numpy outside this project, and the
 //! refusal cases, each of which must name the offending field / tensor.
+mod common;
+use common::f16_bytes;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -438,12 +440,6 @@ fn write_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)])
         out.extend_from_slice(b);
     }
     std::fs::write(path, out).unwrap();
-}
-
-fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
-        .collect()
 }
 
 #[test]

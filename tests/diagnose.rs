@@ -144,15 +144,11 @@ fn principal_angles_self_and_orthogonal_complement() {
         .iter()
         .map(|&h| half::f16::from_bits(h).to_f64())
         .collect();
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut rnd = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-    };
     let k = 6;
-    let c: Vec<f64> = (0..n * k).map(|_| rnd()).collect();
+    let c: Vec<f64> = uniform_values(n * k, 1.0, 7)
+        .into_iter()
+        .map(f64::from)
+        .collect();
     let cperp = project_out(&b, r, &c, k, n);
     let cos = principal_cosines(&b, r, &cperp, k, n);
     assert_eq!(cos.len(), k);

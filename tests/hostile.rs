@@ -18,8 +18,11 @@
 //! `HOSTILE_SHOW=1` prints every case's outcome (with `--nocapture`).
 //! `HOSTILE_DUMP=DIR cargo test --release --test hostile dump_seed_corpus -- --ignored` writes
 //! fuzzing seeds (a smaller model, adapters, and a sample of the corpus) to DIR/<target>/.
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use common::{f16_bytes, f32_bytes, uniform_values};
+use counting_alloc::{peak_heap, Counting};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,77 +35,8 @@ use edge_run::kernels::QuantType;
 use edge_run::{Model, Session, SessionConfig};
 use serde_json::json;
 
-// ---------------------------------------------------------------------------------------------------
-// Counting allocator: per-thread current / peak heap bytes while tracking is on.
-
-struct Counting;
-
-thread_local! {
-    static TRACK: Cell<bool> = const { Cell::new(false) };
-    static CUR: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn note(delta: isize) {
-    // `try_with`: during thread teardown the slots may be gone; then nothing is counted.
-    let _ = TRACK.try_with(|t| {
-        if t.get() {
-            let _ = CUR.try_with(|c| {
-                let v = c.get() + delta;
-                c.set(v);
-                let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
-            });
-        }
-    });
-}
-
-// SAFETY: every method forwards to the system allocator with the caller's arguments unchanged and only
-// adds bookkeeping in const-initialised thread-locals (which never allocate).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        // SAFETY: same contract as ours.
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            note(l.size() as isize);
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        // SAFETY: same contract as ours.
-        let p = unsafe { System.alloc_zeroed(l) };
-        if !p.is_null() {
-            note(l.size() as isize);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` was allocated by `System` with layout `l` (we never hand out anything else).
-        unsafe { System.dealloc(p, l) };
-        note(-(l.size() as isize));
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        // SAFETY: `p` was allocated by `System` with layout `l`; same contract as ours.
-        let q = unsafe { System.realloc(p, l, new) };
-        if !q.is_null() {
-            note(new as isize - l.size() as isize);
-        }
-        q
-    }
-}
-
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-/// Runs `f` and returns its result and the peak heap bytes this thread held above the level at the
-/// start (allocations of other threads are not counted).
-fn peak_heap<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    CUR.with(|c| c.set(0));
-    PEAK.with(|p| p.set(0));
-    TRACK.with(|t| t.set(true));
-    let r = f();
-    TRACK.with(|t| t.set(false));
-    (r, PEAK.with(|p| p.get()).max(0) as usize)
-}
 
 // ---------------------------------------------------------------------------------------------------
 // A small valid llama model, as editable parts.
@@ -194,34 +128,11 @@ impl Parts {
     }
 }
 
-/// Deterministic small values in [-0.1, 0.1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
-        })
-        .collect()
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes())
-        .collect()
-}
-
 fn data_for(ty: QuantType, dims: &[u64], seed: u64) -> Vec<u8> {
     let n = dims.iter().product::<u64>() as usize;
     match ty {
-        QuantType::F32 => f32_bytes(&values(n, seed)),
-        QuantType::F16 => f16_bytes(&values(n, seed)),
+        QuantType::F32 => f32_bytes(&uniform_values(n, 0.2, seed)),
+        QuantType::F16 => f16_bytes(&uniform_values(n, 0.2, seed)),
         other => vec![
             0x11;
             other
@@ -377,7 +288,7 @@ fn model_parts(d: Dims, linear: QuantType) -> Parts {
         .iter_mut()
         .filter(|t| t.name.ends_with("norm.weight"))
     {
-        let v: Vec<f32> = values(t.dims[0] as usize, 3)
+        let v: Vec<f32> = uniform_values(t.dims[0] as usize, 0.2, 3)
             .iter()
             .map(|x| 1.0 + x)
             .collect();
@@ -427,7 +338,7 @@ fn st_entry(name: &str, shape: &[usize], seed: u64) -> StEntry {
         name: name.into(),
         dtype: "F32".into(),
         shape: shape.to_vec(),
-        data: f32_bytes(&values(n, seed)),
+        data: f32_bytes(&uniform_values(n, 0.2, seed)),
     }
 }
 
@@ -1430,7 +1341,7 @@ fn adapter_cases() -> Vec<Case> {
         &|p| {
             let t = p.tensor(qa);
             t.ty = QuantType::F16;
-            t.data = f16_bytes(&values(64, 5));
+            t.data = f16_bytes(&uniform_values(64, 0.2, 5));
             t.data[6..8].copy_from_slice(&0x7e00u16.to_le_bytes());
         },
         &[qa],

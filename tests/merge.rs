@@ -491,17 +491,10 @@ fn smollm2_pirate_merged_vs_hf_peft() {
 fn embedding_adapter(path: &Path, with_head: bool) {
     use edge_run::gguf::GgufWriter;
     let (vocab, width, r) = (299u64, 64u64, 2u64);
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut seed = 0;
     let mut rnd = |n: u64, amp: f32| -> Vec<u8> {
-        (0..n)
-            .flat_map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let v = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * amp;
-                half::f16::from_f32(v).to_bits().to_le_bytes()
-            })
-            .collect()
+        seed += 1;
+        f16_bytes(&uniform_values(n as usize, amp, seed))
     };
     let mut w = GgufWriter::new();
     w.add("general.type", "adapter").unwrap();

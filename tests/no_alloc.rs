@@ -4,41 +4,16 @@
 //! `truncate` deep into overwritten ring slots, whose replay runs inside the counted region).
 //! (Its own test binary with one test, so that no other test allocates concurrently.)
 mod common;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 use common::*;
+use counting_alloc::{count_allocations, Counting};
 use edge_run::adapter::Adapter;
 use edge_run::{Model, Sampler, SamplingParams, Session, SessionConfig};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-struct Counting;
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static A: Counting = Counting;
+static ALLOC: Counting = Counting;
 
 #[test]
 fn decode_with_adapters_and_swaps_allocates_nothing() {
@@ -80,23 +55,22 @@ fn count_decode_allocations(
         sampler.accept(t);
         s.eval(&[t]).unwrap();
     }
-    ALLOCS.store(0, Ordering::SeqCst);
-    COUNTING.store(true, Ordering::SeqCst);
-    for step in 0..64 {
-        if step % 8 == 7 {
-            ctl.set(if step % 16 == 7 { set_b } else { set_a }).unwrap();
-        }
-        if let Some((at, n)) = truncate {
-            if step == at {
-                s.truncate(n);
+    let ((), n) = count_allocations(|| {
+        for step in 0..64 {
+            if step % 8 == 7 {
+                ctl.set(if step % 16 == 7 { set_b } else { set_a }).unwrap();
             }
+            if let Some((at, n)) = truncate {
+                if step == at {
+                    s.truncate(n);
+                }
+            }
+            let t = sampler.sample(s.logits());
+            sampler.accept(t);
+            s.eval(&[t]).unwrap();
         }
-        let t = sampler.sample(s.logits());
-        sampler.accept(t);
-        s.eval(&[t]).unwrap();
-    }
-    COUNTING.store(false, Ordering::SeqCst);
-    (ALLOCS.load(Ordering::SeqCst), s)
+    });
+    (n, s)
 }
 
 fn smollm2() {

@@ -1,9 +1,28 @@
 //! Shared by the integration tests: locating the real model, reading reference `.npz` files and
-//! the metrics of the reference set (`tests/data/reference/compact.py`).
+//! the metrics of the reference set (`tests/data/reference/compact.py`), deterministic test values
+//! and their f32 / f16 little-endian bytes.
 #![allow(dead_code)]
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
+
+/// `n` deterministic values uniform in [-amp/2, amp/2), from the library's generator seeded with `seed`.
+pub fn uniform_values(n: usize, amp: f32, seed: u64) -> Vec<f32> {
+    let mut rng = edge_run::sampling::Rng::new(seed);
+    (0..n).map(|_| (rng.next_f32() - 0.5) * amp).collect()
+}
+
+/// `v` as little-endian f32 bytes.
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `v` rounded to f16, as little-endian bytes.
+pub fn f16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
+        .collect()
+}
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
