@@ -18,21 +18,6 @@ mod tools;
 use edge_run::kernels::{Kernels, QuantType, QK, QK_K};
 use tools::ggml::Traits;
 
-/// Every type edge-run has a matvec kernel for (read from the scalar table, so a type added to
-/// `Kernels::matvec` is tested here or fails [`weight_types`]).
-const WEIGHT_TYPES: [QuantType; 10] = [
-    QuantType::F32,
-    QuantType::F16,
-    QuantType::Q4_0,
-    QuantType::Q4_1,
-    QuantType::Q5_0,
-    QuantType::Q5_1,
-    QuantType::Q8_0,
-    QuantType::Q4K,
-    QuantType::Q5K,
-    QuantType::Q6K,
-];
-
 const ALL_TYPES: [QuantType; 13] = [
     QuantType::F32,
     QuantType::F16,
@@ -49,8 +34,9 @@ const ALL_TYPES: [QuantType; 13] = [
     QuantType::BF16,
 ];
 
-/// The quantized types among the matvec types (F32/F16 have no blocks to dequantize bit-exactly…
-/// F16 is included: its `to_float` is a conversion that must match too).
+/// The scalar table's `matvec` types without F32 (it has no blocks to dequantize bit-exactly; F16 is
+/// included: its `to_float` is a conversion that must match too). Each must be one of
+/// [`QuantType::WEIGHTS`], the types this test covers: a type added to `Kernels::matvec` alone fails.
 fn weight_types() -> Vec<QuantType> {
     let table: Vec<QuantType> = ALL_TYPES
         .into_iter()
@@ -58,7 +44,7 @@ fn weight_types() -> Vec<QuantType> {
         .collect();
     for t in &table {
         assert!(
-            WEIGHT_TYPES.contains(t),
+            QuantType::WEIGHTS.contains(t),
             "Kernels::matvec has {} which this test does not cover: add it",
             t.name()
         );

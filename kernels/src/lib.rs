@@ -62,16 +62,7 @@ impl QuantType {
 
     /// The weight types with an integer dot product (activations quantized to Q8_0, Q8_1 or Q8_K,
     /// and a [`MatVec2`]): [`QuantType::WEIGHTS`] without F32 and F16.
-    pub const QUANTIZED: &'static [QuantType] = &[
-        QuantType::Q4_0,
-        QuantType::Q4_1,
-        QuantType::Q5_0,
-        QuantType::Q5_1,
-        QuantType::Q8_0,
-        QuantType::Q4K,
-        QuantType::Q5K,
-        QuantType::Q6K,
-    ];
+    pub const QUANTIZED: &'static [QuantType] = Self::WEIGHTS.split_at(2).1;
 
     /// The activation types of the integer dot products: every [`QuantType::QUANTIZED`] type's
     /// [`QuantType::vec_dot_type`] is one of them.

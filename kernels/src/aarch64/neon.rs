@@ -50,16 +50,7 @@ mod wtypes;
 
 /// The types whose `MatVec2` is fused in the NEON tiers (both `neon` and `neon-dotprod`; see
 /// [`crate::Kernels::matvec2_fused`]): every quantized type.
-pub(crate) const FUSED2: &[QuantType] = &[
-    QuantType::Q4_0,
-    QuantType::Q4_1,
-    QuantType::Q5_0,
-    QuantType::Q5_1,
-    QuantType::Q8_0,
-    QuantType::Q4K,
-    QuantType::Q5K,
-    QuantType::Q6K,
-];
+pub(crate) const FUSED2: &[QuantType] = QuantType::QUANTIZED;
 
 /// The Advanced SIMD tier, if this CPU (or, without `std`, this build target) has Advanced SIMD.
 pub fn kernels() -> Option<&'static Kernels> {
