@@ -426,6 +426,12 @@ fn accepted_config_variants_apply_patterns() {
 }
 
 /// Writes a safetensors file from (name, dtype, shape, bytes).
+/// A safetensors entry (name, dtype, shape, bytes) of type F16 with every value `v`.
+fn filled(name: &str, shape: Vec<usize>, v: f32) -> (&str, &'static str, Vec<usize>, Vec<u8>) {
+    let n = shape.iter().product();
+    (name, "F16", shape, f16_bytes(&vec![v; n]))
+}
+
 fn write_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
     let mut header = serde_json::Map::new();
     let mut off = 0usize;
@@ -456,13 +462,8 @@ fn tensor_refusals_name_the_tensor() {
     write_safetensors(
         &st,
         &[
-            (
-                a_name,
-                "F16",
-                vec![4, 1536],
-                f16_bytes(&vec![0.01; 4 * 1536]),
-            ),
-            (b_name, "F16", vec![576, 3], f16_bytes(&vec![0.01; 576 * 3])),
+            filled(a_name, vec![4, 1536], 0.01),
+            filled(b_name, vec![576, 3], 0.01),
         ],
     );
     expect_err(&d, &base, &["rank mismatch", "lora_B"]);
@@ -471,13 +472,8 @@ fn tensor_refusals_name_the_tensor() {
     write_safetensors(
         &st,
         &[
-            (
-                a_name,
-                "F16",
-                vec![4, 1000],
-                f16_bytes(&vec![0.01; 4 * 1000]),
-            ),
-            (b_name, "F16", vec![576, 4], f16_bytes(&vec![0.01; 576 * 4])),
+            filled(a_name, vec![4, 1000], 0.01),
+            filled(b_name, vec![576, 4], 0.01),
         ],
     );
     expect_err(&d, &base, &["shape mismatch", "blk.0.ffn_down.weight"]);
@@ -489,12 +485,7 @@ fn tensor_refusals_name_the_tensor() {
     write_safetensors(
         &st,
         &[
-            (
-                a_name,
-                "F16",
-                vec![4, 1536],
-                f16_bytes(&vec![0.01; 4 * 1536]),
-            ),
+            filled(a_name, vec![4, 1536], 0.01),
             (b_name, "F32", vec![576, 4], bbytes),
         ],
     );
@@ -505,7 +496,7 @@ fn tensor_refusals_name_the_tensor() {
         &st,
         &[
             (a_name, "F16", vec![4, 1536], f16_bytes(&av)),
-            (b_name, "F16", vec![576, 4], f16_bytes(&vec![0.01; 576 * 4])),
+            filled(b_name, vec![576, 4], 0.01),
         ],
     );
     expect_err(&d, &base, &[a_name, "index 6143", "inf"]);
@@ -518,40 +509,22 @@ fn tensor_refusals_name_the_tensor() {
     write_safetensors(
         &st,
         &[
-            (
-                a_name,
-                "F16",
-                vec![4, 1536],
-                f16_bytes(&vec![0.01; 4 * 1536]),
-            ),
+            filled(a_name, vec![4, 1536], 0.01),
             (b_name, "F32", vec![576, 4], big),
         ],
     );
     expect_err(&d, &base, &[b_name, "overflows fp16"]);
     // Only A, no B.
-    write_safetensors(
-        &st,
-        &[(
-            a_name,
-            "F16",
-            vec![4, 1536],
-            f16_bytes(&vec![0.01; 4 * 1536]),
-        )],
-    );
+    write_safetensors(&st, &[filled(a_name, vec![4, 1536], 0.01)]);
     expect_err(&d, &base, &["down_proj", "only one"]);
     // A DoRA magnitude vector.
     let m_name = "base_model.model.model.layers.0.mlp.down_proj.lora_magnitude_vector";
     write_safetensors(
         &st,
         &[
-            (
-                a_name,
-                "F16",
-                vec![4, 1536],
-                f16_bytes(&vec![0.01; 4 * 1536]),
-            ),
-            (b_name, "F16", vec![576, 4], f16_bytes(&vec![0.01; 576 * 4])),
-            (m_name, "F16", vec![576], f16_bytes(&vec![1.0; 576])),
+            filled(a_name, vec![4, 1536], 0.01),
+            filled(b_name, vec![576, 4], 0.01),
+            filled(m_name, vec![576], 1.0),
         ],
     );
     expect_err(&d, &base, &["lora_magnitude_vector"]);
@@ -560,7 +533,7 @@ fn tensor_refusals_name_the_tensor() {
         &st,
         &[
             (a_name, "BF16", vec![4, 1536], [0x80, 0x3f].repeat(4 * 1536)),
-            (b_name, "F16", vec![576, 4], f16_bytes(&vec![0.5; 576 * 4])),
+            filled(b_name, vec![576, 4], 0.5),
         ],
     );
     let ok = Adapter::load(&d, &base).unwrap();

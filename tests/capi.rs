@@ -594,7 +594,7 @@ macro_rules! layout {
 
 #[test]
 fn struct_layouts_match_the_c_compiler_and_every_function_links() {
-    let rs = std::fs::read_to_string(root().join("src/capi/")).unwrap();
+    let rs = capi_sources();
     let h = parse_header(&std::fs::read_to_string(root().join("include/edge_run.h")).unwrap());
     let rust = [
         layout!(er_model_info; n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, n_ff, bos, eos, add_bos),
@@ -1370,37 +1370,26 @@ fn bad_files_and_parameters_are_refused() {
         let rc = er_adapter_open(m, cstr(&fixture("tiny-q4_1.gguf")).as_ptr(), &mut a);
         assert_ne!(rc, ER_OK, "a model is not an adapter");
         assert!(a.is_null());
-        // Session parameters.
-        let mut p = params(16);
-        p.n_ctx = 0;
-        expect(
-            er_session_new(m, &p, &mut s),
-            ER_ERR_INVALID_ARGUMENT,
-            &["context"],
-        );
-        p = params(16);
-        p.max_adapters = 9;
-        expect(
-            er_session_new(m, &p, &mut s),
-            ER_ERR_INVALID_ARGUMENT,
-            &["max adapters 9"],
-        );
-        p = params(16);
-        p.n_threads = 100_000;
-        expect(
-            er_session_new(m, &p, &mut s),
-            ER_ERR_INVALID_ARGUMENT,
-            &["threads"],
-        );
-        p = params(usize::MAX);
-        expect(
-            er_session_new(m, &p, &mut s),
-            ER_ERR_INVALID_ARGUMENT,
-            &["n_ctx"],
-        );
+        // Session parameters: each edit of the defaults is refused, naming what is wrong.
+        type Edit = fn(&mut er_session_params);
+        let edits: [(Edit, &str); 4] = [
+            (|p| p.n_ctx = 0, "context"),
+            (|p| p.max_adapters = 9, "max adapters 9"),
+            (|p| p.n_threads = 100_000, "threads"),
+            (|p| *p = params(usize::MAX), "n_ctx"),
+        ];
+        for (edit, needle) in edits {
+            let mut p = params(16);
+            edit(&mut p);
+            expect(
+                er_session_new(m, &p, &mut s),
+                ER_ERR_INVALID_ARGUMENT,
+                &[needle],
+            );
+        }
         assert!(s.is_null());
         // A session with room for one adapter of rank ≤ 2 refuses the rank-4 fixture adapter and two adapters.
-        p = params(16);
+        let mut p = params(16);
         p.max_adapters = 1;
         p.max_rank = 2;
         let sess = {

@@ -215,18 +215,18 @@ fn tolerance(f: &Value, aq: ActQuant) -> f64 {
     }
 }
 
+/// The kernel tiers this CPU runs (printed).
+fn tiers_run() -> Vec<&'static Kernels> {
+    let tiers: Vec<&'static Kernels> = Kernels::available().collect();
+    let names: Vec<&str> = tiers.iter().map(|k| k.tier.name()).collect();
+    println!("kernel tiers run: {}", names.join(", "));
+    tiers
+}
+
 #[test]
 fn logits_match_reference_on_every_tier() {
     let m = manifest();
-    let tiers: Vec<&'static Kernels> = Kernels::available().collect();
-    println!(
-        "kernel tiers run: {}",
-        tiers
-            .iter()
-            .map(|k| k.tier.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let tiers = tiers_run();
     assert_eq!(tiers[0].tier.name(), "scalar");
     let mut checked = 0;
     for f in fixtures(&m) {
@@ -565,15 +565,7 @@ fn lora_logits_match_reference() {
     let tokens = ids_of(&a["tokens"]);
     let nv = model.hp.n_vocab;
     let base_exp = expected(f, str_of(f, "expected"));
-    let tiers: Vec<&'static Kernels> = Kernels::available().collect();
-    println!(
-        "kernel tiers run: {}",
-        tiers
-            .iter()
-            .map(|k| k.tier.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let tiers = tiers_run();
     let eval_all = |s: &mut Session| {
         let mut got = vec![f32::NAN; tokens.len() * nv];
         s.eval_each(&tokens, |i, l| got[i * nv..(i + 1) * nv].copy_from_slice(l))

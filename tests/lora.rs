@@ -17,21 +17,7 @@ fn adapter(model: &Model, name: &str) -> Arc<Adapter> {
 fn run_ref(model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)], npz: &str) -> Metrics {
     let z = read_npz(&root().join("tests/data/reference/smollm2").join(npz));
     let mut per = Vec::new();
-    for (name, ids) in sequences() {
-        let mut s = Session::new(
-            model.clone(),
-            SessionConfig {
-                logits_all: true,
-                n_ctx: 128,
-                n_threads: 2,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        s.set_adapters(set).unwrap();
-        let mut rows = Vec::new();
-        s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
-        let m = compare(&reference(&z, &name), &rows);
+    for (name, m) in compare_sequences(model, set, &z) {
         eprintln!("  {npz} {name}: {m:?}");
         per.push(m);
     }
@@ -145,15 +131,7 @@ fn scale_zero_and_unload_give_base_logits_bit_for_bit() {
     let adapted = logits_of(&model, &[(&pirate, 1.0)], ids, 2);
     assert_ne!(base, adapted);
     // Load, use, unload in one session.
-    let mut s = Session::new(
-        model.clone(),
-        SessionConfig {
-            n_ctx: 64,
-            n_threads: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut s = session(&model, 64, 2);
     s.set_adapters(&[(&pirate, 1.0), (&shout, 0.5)]).unwrap();
     s.eval(ids).unwrap();
     s.set_adapters(&[]).unwrap();
@@ -204,15 +182,7 @@ fn swap_storm_from_another_thread() {
     ];
     let ids: Vec<u32> = sequences().into_iter().flat_map(|(_, v)| v).collect();
     let n_ctx = 160;
-    let mut s = Session::new(
-        model.clone(),
-        SessionConfig {
-            n_ctx,
-            n_threads: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut s = session(&model, n_ctx, 1);
     let ctl = s.adapter_control();
     let done = AtomicBool::new(false);
     let mut seen: Vec<(usize, Vec<f32>)> = Vec::new();
@@ -260,15 +230,7 @@ fn swap_storm_from_another_thread() {
         distinct.len()
     );
     // Replay single-threaded with each token's set and compare bit for bit.
-    let mut r = Session::new(
-        model.clone(),
-        SessionConfig {
-            n_ctx,
-            n_threads: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut r = session(&model, n_ctx, 1);
     for (i, (which, logits)) in seen.iter().enumerate() {
         if r.n_past() == n_ctx {
             r.reset();

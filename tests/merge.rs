@@ -423,22 +423,10 @@ fn smollm2_pirate_merged_vs_hf_peft() {
     let z = read_npz(&root().join("tests/data/reference/smollm2/hf_pirate.npz"));
     let run = |path: &Path| -> Metrics {
         let m = Arc::new(Model::open(path).unwrap());
-        let mut per = Vec::new();
-        for (name, ids) in sequences() {
-            let mut s = Session::new(
-                m.clone(),
-                SessionConfig {
-                    logits_all: true,
-                    n_ctx: 128,
-                    n_threads: 2,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            let mut rows = Vec::new();
-            s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
-            per.push(compare(&reference(&z, &name), &rows));
-        }
+        let per: Vec<Metrics> = compare_sequences(&m, &[], &z)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
         summarize(&per)
     };
     let mut results = Vec::new();

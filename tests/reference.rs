@@ -88,39 +88,32 @@ fn batched_prompt_equals_token_by_token() {
     let model = Arc::new(Model::open(smollm2_path()).unwrap());
     let (_, ids) = sequences().into_iter().next().unwrap();
     let ids = &ids[..24];
-    let mut a = Session::new(
-        model.clone(),
-        SessionConfig {
-            n_batch: 64,
+    // Single steps take the decode path, whose activation rounding differs from the batched path's
+    // (within the q8x2 bound); batches of two or more tokens are bit-identical whatever their size.
+    let max_diff = batch_vs_steps(&model, ids);
+    assert!(
+        max_diff < 1e-2,
+        "batch of 24 vs 24 single steps differ by {max_diff}"
+    );
+    let last_logits = |n_batch: usize| {
+        let cfg = SessionConfig {
+            n_batch,
             n_ctx: 64,
             n_threads: 2,
             ..Default::default()
-        },
-    )
-    .unwrap();
-    let la = a.eval(ids).unwrap().to_vec();
-    let mut b = Session::new(
-        model.clone(),
-        SessionConfig {
-            n_batch: 1,
-            n_ctx: 64,
-            n_threads: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    for &t in ids {
-        b.eval(&[t]).unwrap();
-    }
-    let lb = b.logits().to_vec();
-    let max_diff = la
-        .iter()
-        .zip(&lb)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        max_diff < 1e-3,
-        "batch of 24 vs 24 single steps differ by {max_diff}"
+        };
+        let mut s = Session::new(model.clone(), cfg).unwrap();
+        s.eval(ids).unwrap().to_vec()
+    };
+    assert_eq!(
+        last_logits(24),
+        last_logits(2),
+        "batch of 24 vs 12 batches of 2"
+    );
+    assert_eq!(
+        last_logits(24),
+        last_logits(5),
+        "batch of 24 vs batches of 5 and 4"
     );
 }
 
@@ -187,15 +180,7 @@ fn kl_div(p: &[f32], q: &[f32]) -> f64 {
 #[test]
 fn bad_requests_leave_the_session_usable() {
     let model = Arc::new(Model::open(smollm2_path()).unwrap());
-    let mut s = Session::new(
-        model.clone(),
-        SessionConfig {
-            n_ctx: 8,
-            n_threads: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut s = session(&model, 8, 1);
     let l1 = s.eval(&[1, 2, 3]).unwrap().to_vec();
     let err = s.eval(&[4, 49152]).unwrap_err().to_string();
     assert!(

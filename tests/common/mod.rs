@@ -195,11 +195,15 @@ pub fn summarize(per: &[Metrics]) -> Metrics {
     }
 }
 
-/// The reference sequences by name.
+/// The reference sequences by name (SmolLM2's).
 pub fn sequences() -> Vec<(String, Vec<u32>)> {
-    let s = std::fs::read_to_string(root().join("tests/data/reference/smollm2/sequences.json"))
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    sequences_in(&root().join("tests/data/reference/smollm2/sequences.json"))
+}
+
+/// The token sequences of a reference set's `sequences.json` (name → ids), sorted by name.
+pub fn sequences_in(path: &std::path::Path) -> Vec<(String, Vec<u32>)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut out: Vec<(String, Vec<u32>)> = v
         .as_object()
         .unwrap()
@@ -217,4 +221,66 @@ pub fn sequences() -> Vec<(String, Vec<u32>)> {
         .collect();
     out.sort();
     out
+}
+
+/// The largest difference between the last logits of `ids` evaluated as one batch (2 threads) and
+/// token by token (1 thread), each in a new 64-token session.
+pub fn batch_vs_steps(model: &std::sync::Arc<edge_run::Model>, ids: &[u32]) -> f32 {
+    use edge_run::{Session, SessionConfig};
+    let cfg = |n_batch, n_threads| SessionConfig {
+        n_batch,
+        n_ctx: 64,
+        n_threads,
+        ..Default::default()
+    };
+    let mut a = Session::new(model.clone(), cfg(64, 2)).unwrap();
+    let la = a.eval(ids).unwrap().to_vec();
+    let mut b = Session::new(model.clone(), cfg(1, 1)).unwrap();
+    for &t in ids {
+        b.eval(&[t]).unwrap();
+    }
+    la.iter()
+        .zip(b.logits())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
+/// A session of `model` with `n_ctx` positions on `n_threads` threads (other settings default).
+pub fn session(
+    model: &std::sync::Arc<edge_run::Model>,
+    n_ctx: usize,
+    n_threads: usize,
+) -> edge_run::Session {
+    let cfg = edge_run::SessionConfig {
+        n_ctx,
+        n_threads,
+        ..Default::default()
+    };
+    edge_run::Session::new(model.clone(), cfg).unwrap()
+}
+
+/// Each SmolLM2 reference sequence run with the adapter set `set` (every position's logits, a new
+/// 128-position session on 2 threads each) and compared with the reference logits in `z`.
+pub fn compare_sequences(
+    model: &std::sync::Arc<edge_run::Model>,
+    set: &[(&std::sync::Arc<edge_run::adapter::Adapter>, f32)],
+    z: &HashMap<String, Vec<u8>>,
+) -> Vec<(String, Metrics)> {
+    let cfg = edge_run::SessionConfig {
+        logits_all: true,
+        n_ctx: 128,
+        n_threads: 2,
+        ..Default::default()
+    };
+    sequences()
+        .into_iter()
+        .map(|(name, ids)| {
+            let mut s = edge_run::Session::new(model.clone(), cfg.clone()).unwrap();
+            s.set_adapters(set).unwrap();
+            let mut rows = Vec::new();
+            s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
+            let m = compare(&reference(z, &name), &rows);
+            (name, m)
+        })
+        .collect()
 }
