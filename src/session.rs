@@ -84,6 +84,9 @@ pub struct Session {
     n_logits: usize,
     /// The context's tokens (capacity n_ctx, reserved at creation).
     tokens: Vec<u32>,
+    /// Per token of `tokens`: whether it was computed in a batch of two or more (the batched path)
+    /// rather than alone (the decode path, whose rounding differs); a replay computes it the same way.
+    batched: Vec<bool>,
     /// The KV cache no longer holds what `tokens` needs (a `truncate` reached into positions a
     /// sliding-window ring had overwritten): the next `eval` first re-evaluates `tokens`.
     replay: bool,
@@ -143,6 +146,7 @@ impl Session {
             n_past: 0,
             n_logits: 0,
             tokens: Vec::with_capacity(cfg.n_ctx),
+            batched: Vec::with_capacity(cfg.n_ctx),
             replay: false,
             st,
             lk: LoraKernels::for_tier(k.tier),
@@ -175,6 +179,7 @@ impl Session {
         self.n_past = 0;
         self.n_logits = 0;
         self.tokens.clear();
+        self.batched.clear();
         self.replay = false;
     }
     /// Drop the cache entries from position `n` on (keep the first `n` tokens).
@@ -197,6 +202,7 @@ impl Session {
         }
         self.n_past = n;
         self.tokens.truncate(n);
+        self.batched.truncate(n);
     }
 
     /// Logits of the last evaluated position.
@@ -292,8 +298,11 @@ impl Session {
         self.replay = false;
         let toks = std::mem::take(&mut self.tokens);
         self.n_past = 0;
-        for chunk in toks.chunks(self.cfg.n_batch) {
-            self.compute(chunk);
+        let mut i = 0;
+        while i < toks.len() {
+            let len = replay_chunk(&self.batched[i..], self.cfg.n_batch);
+            self.compute(&toks[i..i + len]);
+            i += len;
         }
         self.tokens = toks;
     }
@@ -303,6 +312,8 @@ impl Session {
         self.compute(tokens);
         // Within the capacity reserved at creation (the context check bounds n_past + len by n_ctx).
         self.tokens.extend_from_slice(tokens);
+        self.batched
+            .extend(std::iter::repeat_n(tokens.len() > 1, tokens.len()));
     }
 
     /// The model's forward pass over one batch at the current position (the family's, through
@@ -319,6 +330,22 @@ impl Session {
         };
         self.n_logits = arch::forward(&env, &mut self.st, tokens, self.n_past);
         self.n_past += tokens.len();
+    }
+}
+
+/// How many of the recorded tokens starting with `batched[0]` a replay computes in one pass: a token
+/// computed alone is replayed alone; a run of tokens computed in batches of two or more is replayed in
+/// chunks of at most `n_batch` that also hold two or more (a run is made of such batches, so it splits
+/// that way, unless a `truncate` left a single token of a batch at the run's end).
+fn replay_chunk(batched: &[bool], n_batch: usize) -> usize {
+    if !batched[0] {
+        return 1;
+    }
+    let run = batched.iter().take_while(|&&b| b).count();
+    if run > n_batch && run - n_batch == 1 && n_batch > 2 {
+        n_batch - 1
+    } else {
+        run.min(n_batch)
     }
 }
 
