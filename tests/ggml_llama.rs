@@ -398,3 +398,70 @@ fn runner_refuses_bad_input() {
     assert!(e.contains("missing.gguf"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `edge-run quantize`: writes the file llama.cpp's quantizer makes (the same bytes as the library call),
+/// and refuses an unknown type, a non-GGUF input and an output that is the input, leaving every file as
+/// it was.
+#[test]
+fn quantize_cli_writes_llama_cpp_output_and_refuses_bad_input() {
+    let src = smollm2_path();
+    let dir = tmp("quantize-cli");
+    let bin = env!("CARGO_BIN_EXE_edge-run");
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(bin)
+            .arg("quantize")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let (via_cli, via_lib) = (dir.join("cli.gguf"), dir.join("lib.gguf"));
+    let o = run(&[
+        "-m".as_ref(),
+        src.as_os_str(),
+        "-o".as_ref(),
+        via_cli.as_os_str(),
+        "--type".as_ref(),
+        "q4_0".as_ref(),
+        "-t".as_ref(),
+        "2".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    quantize_model(&src, &via_lib, Ftype::Q4_0, 2).unwrap();
+    let cli_bytes = std::fs::read(&via_cli).unwrap();
+    assert!(
+        cli_bytes == std::fs::read(&via_lib).unwrap(),
+        "the CLI's file differs from llama_model_quantize's"
+    );
+    let model = Model::open(&via_cli).unwrap();
+    assert!(model.type_counts.iter().any(|(t, _)| *t == QuantType::Q4_0));
+
+    let src_before = std::fs::read(&src).unwrap();
+    let not_gguf = dir.join("notes.txt");
+    std::fs::write(&not_gguf, b"not a model").unwrap();
+    let refused = [
+        (vec![&src, &via_cli], "q9_9", "unknown file type \"q9_9\""),
+        (vec![&not_gguf, &via_cli], "q4_0", "not a GGUF file"),
+        (vec![&src, &src], "q4_0", "must not be the input"),
+    ];
+    for (paths, ty, says) in refused {
+        let o = run(&[
+            "-m".as_ref(),
+            paths[0].as_os_str(),
+            "-o".as_ref(),
+            paths[1].as_os_str(),
+            "--type".as_ref(),
+            ty.as_ref(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says), "{ty}: {err}");
+    }
+    assert!(
+        std::fs::read(&via_cli).unwrap() == cli_bytes,
+        "a refused run changed the output"
+    );
+    assert!(
+        std::fs::read(&src).unwrap() == src_before,
+        "a refused run changed the input"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

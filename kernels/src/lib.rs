@@ -175,6 +175,18 @@ pub(crate) struct MatShape {
     pub act_bytes: usize,
 }
 
+/// The second activation's length in a shape-check message (nothing when there is none).
+struct SecondActivation(Option<usize>);
+
+impl core::fmt::Display for SecondActivation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(len) => write!(f, ", xr={len} bytes"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The lengths a [`MatVec`] (`xr == None`) or [`MatVec2`] (`xr == Some`) call needs: `n` a whole
 /// number of blocks of `ty`, `w` holding `out.len()` rows, `xq` (and `xr`) one activation row.
 /// Every tier checks its calls here, before any kernel runs. Returns `None` when there is nothing
@@ -206,11 +218,11 @@ pub(crate) fn check_matvec(
     })();
     debug_assert!(
         shape.is_some(),
-        "{} matvec: inconsistent lengths (n={n}, w={} bytes, xq={} bytes, xr={:?} bytes, rows={})",
+        "{} matvec: inconsistent lengths (n={n}, w={} bytes, xq={} bytes{}, rows={})",
         ty.name(),
         w.len(),
         xq.len(),
-        xr.map(<[u8]>::len),
+        SecondActivation(xr.map(<[u8]>::len)),
         out.len()
     );
     if shape.is_none() {

@@ -50,6 +50,25 @@ pub enum Cmd {
     Merge(MergeArgs),
     /// Measure what adapters do to a model: KL vs the base, perplexity, weight-delta norms, subspace overlap.
     Diagnose(DiagnoseArgs),
+    /// Re-quantize a GGUF model with llama.cpp's own quantizer (llama-quantize's file types and per-tensor
+    /// choices), e.g. to benchmark against llama.cpp on a Q4_0 file (needs a build with `--features ggml`).
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    #[command(flatten)]
+    pub m: ModelArg,
+    /// The GGUF file to write (written beside itself first, then renamed: an existing file is replaced
+    /// only by a complete one).
+    #[arg(short = 'o', long = "output", value_name = "OUT.gguf")]
+    pub output: PathBuf,
+    /// llama-quantize's file type: F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub ty: String,
+    /// Threads (default: the number of physical cores).
+    #[arg(short = 't', long = "threads", value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -77,6 +77,7 @@ fn main() -> ExitCode {
         Some(Cmd::Adapter(c)) => tool_cmds::cmd_adapter(c),
         Some(Cmd::Merge(a)) => tool_cmds::cmd_merge(a),
         Some(Cmd::Diagnose(a)) => tool_cmds::cmd_diagnose(a),
+        Some(Cmd::Quantize(a)) => tool_cmds::cmd_quantize(a),
         None => generate::cmd_generate(cli.gen),
     };
     match r {

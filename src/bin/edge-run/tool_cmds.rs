@@ -1,6 +1,7 @@
-//! The tool subcommands — `adapter convert`, `merge`, `diagnose`, `bench` (with `--vs-llama-cpp`):
+//! The tool subcommands — `adapter convert`, `merge`, `diagnose`, `bench` (with `--vs-llama-cpp`),
+//! `quantize` (llama.cpp's quantizer):
 //! flags in, the tool's report out; the tools themselves live in [`crate::tools`].
-use crate::args::{AdapterCmd, BenchArgs, DiagnoseArgs, MergeArgs};
+use crate::args::{AdapterCmd, BenchArgs, DiagnoseArgs, MergeArgs, QuantizeArgs};
 use crate::{load_adapter, open_model, parse_adapter_arg, session_config, tools, usage, Failure};
 use edge_run::adapter::Adapter;
 use edge_run::session::default_threads;
@@ -180,6 +181,63 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `edge-run quantize`: llama.cpp's quantizer, writing to a temporary file beside the output and renaming
+/// it on success, so a failed run leaves whatever was at the output path untouched.
+pub(crate) fn cmd_quantize(a: QuantizeArgs) -> Result<(), Failure> {
+    if !cfg!(feature = "ggml") {
+        return Err(usage(
+            "quantize needs edge-run built with `--features ggml` (llama.cpp's quantizer in the same process)",
+        ));
+    }
+    let n_threads = a.threads.unwrap_or_else(default_threads);
+    if n_threads == 0 {
+        return Err(usage("-t/--threads must be at least 1"));
+    }
+    let same = |x: &std::path::Path, y: &std::path::Path| matches!((x.canonicalize(), y.canonicalize()), (Ok(p), Ok(q)) if p == q);
+    if same(&a.m.model, &a.output) {
+        return Err(usage(format!(
+            "-o {}: the output must not be the input model",
+            a.output.display()
+        )));
+    }
+    // Open it first: a file that is not a readable GGUF is refused with edge-run's message.
+    Model::open(&a.m.model)?;
+    quantize_with_llama_cpp(&a, n_threads)
+}
+
+#[cfg(feature = "ggml")]
+fn quantize_with_llama_cpp(a: &QuantizeArgs, n_threads: usize) -> Result<(), Failure> {
+    use tools::ggml::quantize::{quantize_model, Ftype};
+    let ftype = Ftype::parse(&a.ty).map_err(|e| usage(format!("--type: {e}")))?;
+    let mut tmp = a.output.clone().into_os_string();
+    tmp.push(".partial");
+    let tmp = std::path::PathBuf::from(tmp);
+    let t0 = std::time::Instant::now();
+    let done = quantize_model(&a.m.model, &tmp, ftype, n_threads).and_then(|()| {
+        std::fs::rename(&tmp, &a.output).map_err(|source| edge_run::Error::Io {
+            path: a.output.clone(),
+            source,
+        })
+    });
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    let bytes = std::fs::metadata(&a.output).map_or(0, |m| m.len());
+    eprintln!(
+        "wrote {} ({}, {bytes} bytes) in {:.1} s",
+        a.output.display(),
+        ftype.name(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "ggml"))]
+fn quantize_with_llama_cpp(_: &QuantizeArgs, _: usize) -> Result<(), Failure> {
+    Err(usage("quantize: llama.cpp is not built in"))
 }
 
 // --- `edge-run bench --vs-llama-cpp` (feature `ggml`; the runner lives in tools::ggml) ----------------

@@ -5,8 +5,8 @@
 //! - [`convert`]: `edge-run adapter convert`, any adapter written as a llama.cpp GGUF adapter;
 //! - [`merge`]: `edge-run merge`, adapters folded into the weights of a new GGUF;
 //! - [`diagnose`]: `edge-run diagnose`, what adapters do to a model;
-//! - [`ggml`] (feature `ggml`): llama.cpp in the same process, for `bench --vs-llama-cpp` and the
-//!   oracle tests.
+//! - [`ggml`] (feature `ggml`): llama.cpp in the same process, for `bench --vs-llama-cpp`,
+//!   `edge-run quantize` and the oracle tests.
 //!
 //! Tests and benches that call these functions include this directory as a module
 //! (`#[path = "../src/bin/edge-run/tools/mod.rs"] mod tools;`).
@@ -14,7 +14,10 @@ pub mod bench;
 pub mod convert;
 pub mod diagnose;
 /// llama.cpp/ggml in the same process (feature `ggml`): oracle kernels, a runner, model quantization.
+/// The binary uses the runner and the quantizer, the tests the oracle kernels and the runner's logits:
+/// each crate that includes the module leaves part of it unused.
 #[cfg(feature = "ggml")]
+#[allow(dead_code)]
 pub mod ggml;
 pub mod merge;
 
