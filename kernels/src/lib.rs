@@ -175,6 +175,31 @@ pub(crate) struct MatShape {
     pub act_bytes: usize,
 }
 
+/// Whether `n` rows of `len` elements at `stride` fit in `rows_len` elements (the shape contract of
+/// [`Kernels::dot_rows_f32`] and [`Kernels::axpy_rows_f32`]). A caller bug otherwise: a debug
+/// assertion, and `out` filled with NaN in release builds.
+pub(crate) fn rows_fit(
+    n: usize,
+    len: usize,
+    stride: usize,
+    rows_len: usize,
+    out: &mut [f32],
+) -> bool {
+    let need = match n {
+        0 => Some(0),
+        n => (n - 1).checked_mul(stride).and_then(|a| a.checked_add(len)),
+    };
+    let fits = need.is_some_and(|need| need <= rows_len);
+    debug_assert!(
+        fits,
+        "f32 rows: {n} rows of {len} at stride {stride} do not fit in {rows_len} elements"
+    );
+    if !fits {
+        out.fill(f32::NAN);
+    }
+    fits
+}
+
 /// The second activation's length in a shape-check message (nothing when there is none).
 struct SecondActivation(Option<usize>);
 
@@ -401,6 +426,20 @@ pub struct Kernels {
     pub dot_f32: fn(a: &[f32], b: &[f32]) -> f32,
     /// y[i] += a · x[i] over f32.
     pub axpy_f32: fn(a: f32, x: &[f32], y: &mut [f32]),
+    /// out[j] = q · rows[j·stride ..][..q.len()] for j < out.len() (attention scores over cached
+    /// keys). Lengths that do not fit are a caller bug: a debug assertion, and NaN in `out`.
+    pub dot_rows_f32: fn(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]),
+    /// out[i] += Σ_j w[j] · rows[j·stride + i] for j < w.len() (attention's weighted sum of cached
+    /// values); lengths as for `dot_rows_f32`.
+    pub axpy_rows_f32: fn(w: &[f32], rows: &[f32], stride: usize, out: &mut [f32]),
+    /// g[i] = silu(g[i]) · u[i] (the SwiGLU gate), bit-identical in every tier
+    /// ([`scalar::elementwise`]).
+    pub swiglu: fn(g: &mut [f32], u: &[f32]),
+    /// g[i] = gelu_tanh(g[i]) · u[i] (the GeGLU gate), bit-identical in every tier.
+    pub geglu: fn(g: &mut [f32], u: &[f32]),
+    /// s[i] = exp(s[i] − shift), returning Σ s[i] (the softmax's numerators and denominator); the
+    /// values are bit-identical in every tier, the sum's order is the tier's.
+    pub exp_shift: fn(s: &mut [f32], shift: f32) -> f32,
 }
 
 impl core::fmt::Debug for Kernels {

@@ -15,7 +15,7 @@
 //! - output head tied to `token_embd` unless `output.weight` exists; final soft cap
 //!   c·tanh(logits / c) only if `final_logit_softcapping` is in the file.
 use super::block;
-use super::ops::{self, add, geglu, rmsnorm_rows, rmsnorm_rows_inplace, State};
+use super::ops::{self, add, rmsnorm_rows, rmsnorm_rows_inplace, State};
 use super::Env;
 use crate::gguf::Gguf;
 use crate::model::{HParams, WeightRef};
@@ -144,7 +144,7 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
 
         // --- feed-forward: x += post_ffw_norm(Wdown·(gelu(Wgate·xb) ⊙ Wup·xb)) ---
         block::ffn_input(env, st, layer, b);
-        geglu(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
+        (env.k.geglu)(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
         block::ffn_output(env, st, layer, b);
         post_norm_add(st, norm(&layer.ffn_post_norm), e * b, eps);
     }

@@ -292,26 +292,47 @@ pub(crate) fn rope_neox(x: &mut [f32], hd: usize, cs: &[(f32, f32)]) {
     }
 }
 
-/// g = silu(g) · u
-pub(crate) fn swiglu(g: &mut [f32], u: &[f32]) {
-    for (g, u) in g.iter_mut().zip(u) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
-}
-
-/// g = gelu_tanh(g) · u, GELU with the tanh approximation: ½x(1 + tanh(√(2/π)(x + 0.044715x³))).
-pub(crate) fn geglu(g: &mut [f32], u: &[f32]) {
-    const C: f32 = 0.797_884_6; // √(2/π)
-    for (g, u) in g.iter_mut().zip(u) {
-        let x = *g;
-        *g = 0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh()) * u;
-    }
-}
-
 pub(crate) fn add(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
+}
+
+/// A run of consecutive positions whose keys (and values) are consecutive rows: `len` rows from row
+/// `first` of the cache (`cached`) or of the batch's own keys.
+#[derive(Clone, Copy, Default)]
+struct KvRun {
+    cached: bool,
+    first: usize,
+    len: usize,
+}
+
+/// Positions `lo..=p` as at most three runs: cached positions `< pos0` in ring slots `j % cap` (split
+/// where the ring wraps), then the batch's positions `pos0..` (row `j − pos0`). Empty runs have
+/// `len` 0.
+fn kv_runs(lo: usize, p: usize, pos0: usize, cap: usize) -> [KvRun; 3] {
+    let cached_end = (p + 1).min(pos0);
+    let n_cached = cached_end.saturating_sub(lo);
+    let first = lo % cap.max(1);
+    let before_wrap = n_cached.min(cap - first);
+    let from = lo.max(pos0);
+    [
+        KvRun {
+            cached: true,
+            first,
+            len: before_wrap,
+        },
+        KvRun {
+            cached: true,
+            first: 0,
+            len: n_cached - before_wrap,
+        },
+        KvRun {
+            cached: false,
+            first: from - pos0,
+            len: (p + 1).saturating_sub(from),
+        },
+    ]
 }
 
 /// Causal attention of layer `l` for a batch of `b` tokens at positions pos0.., then the batch's keys
@@ -348,14 +369,6 @@ pub(crate) fn attention(
         let att = Disjoint::new(att);
         let n_ctx = env.n_ctx;
         let (n_head, group) = (hp.n_head, hp.n_head / hp.n_head_kv);
-        // Head `kvh..kvh + hd` of position j's key (or value): from the cache or from this batch.
-        let at = |j: usize| {
-            if j < pos0 {
-                (true, (j % cap) * kvd)
-            } else {
-                (false, (j - pos0) * kvd)
-            }
-        };
         env.pool.run(b * n_head, &|i, job| {
             // SAFETY: each thread uses its own row of `att`, and runs one chunk at a time.
             let att = unsafe { att.range(i * n_ctx..(i + 1) * n_ctx) };
@@ -368,35 +381,33 @@ pub(crate) fn attention(
             };
             let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
             let kvh = (h / group) * hd;
+            let runs = kv_runs(lo, p, pos0, cap);
+            // Where head `kvh` of a run's first key (or value) starts; rows follow at stride kvd.
+            let at = |run: &KvRun| run.first * kvd + kvh;
             let sc = &mut att[..p + 1 - lo];
+            let mut n = 0;
+            for run in &runs {
+                let keys = if run.cached { kc } else { kk };
+                (k.dot_rows_f32)(qh, &keys[at(run)..], kvd, &mut sc[n..n + run.len]);
+                n += run.len;
+            }
             let mut max = f32::NEG_INFINITY;
-            for (j, s) in (lo..=p).zip(sc.iter_mut()) {
-                let (old, r) = at(j);
-                let kr = if old {
-                    &kc[r + kvh..r + kvh + hd]
-                } else {
-                    &kk[r + kvh..r + kvh + hd]
-                };
-                *s = (k.dot_f32)(qh, kr) * scale;
+            for s in sc.iter_mut() {
+                *s *= scale;
                 max = max.max(*s);
             }
-            let mut sum = 0.0f32;
+            let inv = 1.0 / (k.exp_shift)(sc, max);
             for s in sc.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
+                *s *= inv;
             }
             // SAFETY: each (t, h) chunk is handed out once and owns its head slice of the output.
             let o = unsafe { out.range(t * qd + h * hd..t * qd + (h + 1) * hd) };
             o.fill(0.0);
-            let inv = 1.0 / sum;
-            for (j, s) in (lo..=p).zip(sc.iter()) {
-                let (old, r) = at(j);
-                let vr = if old {
-                    &vc[r + kvh..r + kvh + hd]
-                } else {
-                    &v[r + kvh..r + kvh + hd]
-                };
-                (k.axpy_f32)(s * inv, vr, o);
+            let mut n = 0;
+            for run in &runs {
+                let values = if run.cached { vc } else { v };
+                (k.axpy_rows_f32)(&sc[n..n + run.len], &values[at(run)..], kvd, o);
+                n += run.len;
             }
         });
     }
@@ -700,11 +711,50 @@ mod tests {
         assert_eq!(y, [-2.0, 1.0, 3.0, 4.0]);
     }
 
+    /// The runs list every position `lo..=p` once, in order, at the row the cache ring (slot
+    /// `j % cap` for `j < pos0`) or the batch (row `j − pos0`) holds it.
+    #[test]
+    fn kv_runs_walk_the_ring_and_the_batch() {
+        for cap in 1..=9usize {
+            for pos0 in 0..20usize {
+                for p in pos0..pos0 + 5 {
+                    for window in [0, 1, 2, cap] {
+                        if window == 0 && pos0 > cap {
+                            continue; // a global layer's cache holds every position
+                        }
+                        let lo = if window > 0 {
+                            (p + 1).saturating_sub(window)
+                        } else {
+                            0
+                        };
+                        if lo + cap < pos0 {
+                            continue; // positions the ring no longer holds
+                        }
+                        let want: Vec<(bool, usize)> = (lo..=p)
+                            .map(|j| {
+                                if j < pos0 {
+                                    (true, j % cap)
+                                } else {
+                                    (false, j - pos0)
+                                }
+                            })
+                            .collect();
+                        let got: Vec<(bool, usize)> = kv_runs(lo, p, pos0, cap)
+                            .iter()
+                            .flat_map(|r| (0..r.len).map(move |i| (r.cached, r.first + i)))
+                            .collect();
+                        assert_eq!(got, want, "lo {lo} p {p} pos0 {pos0} cap {cap}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn gelu_tanh_values() {
         // Reference values of 0.5x(1+tanh(√(2/π)(x+0.044715x³))) computed by hand to 6 digits.
         let mut g = [0.0f32, 1.0, -1.0, 3.0];
-        geglu(&mut g, &[1.0; 4]);
+        (Kernels::scalar().geglu)(&mut g, &[1.0; 4]);
         let want = [0.0f32, 0.841192, -0.158808, 2.996363];
         for (a, b) in g.iter().zip(want) {
             assert!((a - b).abs() < 1e-5, "{g:?}");

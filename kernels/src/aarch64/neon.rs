@@ -37,12 +37,14 @@
 use crate::{Kernels, QuantType, Tier, QK, QK_K};
 
 mod act;
+mod elementwise;
 mod float;
 mod mm;
 mod mmk;
 mod mv;
 mod mvk;
 mod quant;
+mod rows;
 #[cfg(test)]
 mod tests;
 mod util;
@@ -123,7 +125,8 @@ macro_rules! tier {
     ($table:ident, $tier:expr, $m:ident, $feat:literal, $dot:expr) => {
         mod $m {
             use super::{
-                check_matvec, check_matvec2, float, mm, mmk, mv, mvk, quant, quantize_len,
+                check_matvec, check_matvec2, elementwise, float, mm, mmk, mv, mvk, quant,
+                quantize_len, rows,
             };
             use crate::{
                 ActRows, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ8_0,
@@ -386,6 +389,51 @@ macro_rules! tier {
                 // SAFETY: reachable only through the tier's table (features detected).
                 unsafe { imp(a, x, y) }
             }
+
+            pub(super) fn dot_rows_f32(q: &[f32], r: &[f32], stride: usize, out: &mut [f32]) {
+                #[target_feature(enable = $feat)]
+                unsafe fn imp(q: &[f32], r: &[f32], stride: usize, out: &mut [f32]) {
+                    rows::dot_rows_f32(q, r, stride, out)
+                }
+                // SAFETY: reachable only through the tier's table (features detected).
+                unsafe { imp(q, r, stride, out) }
+            }
+
+            pub(super) fn axpy_rows_f32(w: &[f32], r: &[f32], stride: usize, out: &mut [f32]) {
+                #[target_feature(enable = $feat)]
+                unsafe fn imp(w: &[f32], r: &[f32], stride: usize, out: &mut [f32]) {
+                    rows::axpy_rows_f32(w, r, stride, out)
+                }
+                // SAFETY: reachable only through the tier's table (features detected).
+                unsafe { imp(w, r, stride, out) }
+            }
+
+            pub(super) fn swiglu(g: &mut [f32], u: &[f32]) {
+                #[target_feature(enable = $feat)]
+                unsafe fn imp(g: &mut [f32], u: &[f32]) {
+                    elementwise::swiglu(g, u)
+                }
+                // SAFETY: reachable only through the tier's table (features detected).
+                unsafe { imp(g, u) }
+            }
+
+            pub(super) fn geglu(g: &mut [f32], u: &[f32]) {
+                #[target_feature(enable = $feat)]
+                unsafe fn imp(g: &mut [f32], u: &[f32]) {
+                    elementwise::geglu(g, u)
+                }
+                // SAFETY: reachable only through the tier's table (features detected).
+                unsafe { imp(g, u) }
+            }
+
+            pub(super) fn exp_shift(s: &mut [f32], shift: f32) -> f32 {
+                #[target_feature(enable = $feat)]
+                unsafe fn imp(s: &mut [f32], shift: f32) -> f32 {
+                    elementwise::exp_shift(s, shift)
+                }
+                // SAFETY: reachable only through the tier's table (features detected).
+                unsafe { imp(s, shift) }
+            }
         }
 
         static $table: Kernels = Kernels {
@@ -426,6 +474,11 @@ macro_rules! tier {
             matmul_q6_k: Some($m::matmul_q6_k),
             dot_f32: $m::dot_f32,
             axpy_f32: $m::axpy_f32,
+            dot_rows_f32: $m::dot_rows_f32,
+            axpy_rows_f32: $m::axpy_rows_f32,
+            swiglu: $m::swiglu,
+            geglu: $m::geglu,
+            exp_shift: $m::exp_shift,
         };
     };
 }

@@ -27,14 +27,18 @@ use core::mem::size_of;
 
 mod dequant;
 mod dot;
+pub mod elementwise;
 mod matvec;
 mod quantize;
 mod quantize_weights;
+mod rows;
 pub use dequant::*;
 pub use dot::*;
+pub use elementwise::{exp_shift, geglu, swiglu};
 pub use matvec::*;
 pub use quantize::*;
 pub use quantize_weights::*;
+pub use rows::*;
 
 /// The scalar tier's table; every other tier's table starts from it and states what it overrides.
 pub const TABLE: Kernels = Kernels {
@@ -75,6 +79,11 @@ pub const TABLE: Kernels = Kernels {
     matmul_q6_k: None,
     dot_f32,
     axpy_f32,
+    dot_rows_f32,
+    axpy_rows_f32,
+    swiglu,
+    geglu,
+    exp_shift,
 };
 
 /// The scalar tier ([`TABLE`]) at a fixed address.

@@ -92,6 +92,12 @@ pub(crate) trait Lanes: Copy {
     fn fmul(self, a: Self::F, b: Self::F) -> Self::F;
     /// `a·b + c`.
     fn fmadd(self, a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    fn fsub(self, a: Self::F, b: Self::F) -> Self::F;
+    fn fdiv(self, a: Self::F, b: Self::F) -> Self::F;
+    /// `x` clamped to `[lo, hi]`, NaN lanes left NaN.
+    fn fclamp(self, x: Self::F, lo: f32, hi: f32) -> Self::F;
+    /// `2ⁿ` per lane for `t = n + ROUND` ([`crate::scalar::elementwise::pow2_of_rounded`]).
+    fn pow2_of_rounded(self, t: Self::F) -> Self::F;
     /// i32 → f32.
     fn cvt(self, a: Self::I) -> Self::F;
     /// The first `N` f16 values of `h`, converted.
@@ -102,6 +108,8 @@ pub(crate) trait Lanes: Copy {
     fn f16_at(self, row: &[u8], at: usize) -> Self::F;
     /// Σ of the lanes.
     fn hsum(self, v: Self::F) -> f32;
+    /// The lane sums of eight vectors, as one 8-lane vector (lane `j` = Σ of `v[j]`).
+    fn hsums8(self, v: &[Self::F; 8]) -> __m256;
     /// `o[..N]` (zeros unless `o` holds exactly `N` values).
     fn fload(self, o: &[f32]) -> Self::F;
     /// `o[..N] = v` (`o` holds exactly `N` values; anything else is left alone).
@@ -186,6 +194,9 @@ pub(crate) trait Lanes: Copy {
     /// elements whose bit is set in `qh`.
     fn fifth(self, v: __m256i, qh: [u8; 4]) -> __m256i;
 }
+
+/// The bit pattern of [`crate::scalar::elementwise::ROUND`] as the integer lanes subtract it.
+pub(super) const ROUND_BITS: i32 = crate::scalar::elementwise::ROUND.to_bits() as i32;
 
 /// The 4 activation bytes of step `s` as one i32.
 #[inline(always)]

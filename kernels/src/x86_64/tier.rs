@@ -12,7 +12,7 @@ macro_rules! tier_entries {
         pub(super) mod k {
             use super::super::float::{self, F16W, F32W};
             use super::super::lanes::$tok;
-            use super::super::{matmul, matvec};
+            use super::super::{elementwise, matmul, matvec, rows};
             use crate::{check_matvec, ActRows, QuantType};
             use crate::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1};
             use crate::{BlockQ6K, BlockQ8_0};
@@ -117,6 +117,52 @@ macro_rules! tier_entries {
                 // SAFETY: as for the matrix entries.
                 unsafe { imp(a, x, y) }
             }
+
+            /// Entries of the products of one vector with f32 rows at a stride.
+            macro_rules! rows {
+                ($name:ident => $f:ident) => {
+                    pub(in super::super) fn $name(
+                        v: &[f32],
+                        rows: &[f32],
+                        stride: usize,
+                        out: &mut [f32],
+                    ) {
+                        #[target_feature(enable = $feat)]
+                        fn imp(v: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+                            rows::$f($tok::new(), v, rows, stride, out)
+                        }
+                        // SAFETY: as for the matrix entries.
+                        unsafe { imp(v, rows, stride, out) }
+                    }
+                };
+            }
+            rows!(dot_rows_f32 => dot_rows);
+            rows!(axpy_rows_f32 => axpy_rows);
+
+            /// Entries of the element-wise gates (`g = f(g)·u`).
+            macro_rules! gate {
+                ($name:ident) => {
+                    pub(in super::super) fn $name(g: &mut [f32], u: &[f32]) {
+                        #[target_feature(enable = $feat)]
+                        fn imp(g: &mut [f32], u: &[f32]) {
+                            elementwise::$name($tok::new(), g, u)
+                        }
+                        // SAFETY: as for the matrix entries.
+                        unsafe { imp(g, u) }
+                    }
+                };
+            }
+            gate!(swiglu);
+            gate!(geglu);
+
+            pub(in super::super) fn exp_shift(s: &mut [f32], shift: f32) -> f32 {
+                #[target_feature(enable = $feat)]
+                fn imp(s: &mut [f32], shift: f32) -> f32 {
+                    elementwise::exp_shift($tok::new(), s, shift)
+                }
+                // SAFETY: as for the matrix entries.
+                unsafe { imp(s, shift) }
+            }
         }
     };
 }
@@ -158,6 +204,11 @@ macro_rules! tier_table {
             matmul_q6_k: Some(k::matmul_q6_k),
             dot_f32: k::dot_f32,
             axpy_f32: k::axpy_f32,
+            dot_rows_f32: k::dot_rows_f32,
+            axpy_rows_f32: k::axpy_rows_f32,
+            swiglu: k::swiglu,
+            geglu: k::geglu,
+            exp_shift: k::exp_shift,
             $($extra: $v,)*
             ..$rest
         }

@@ -4,7 +4,7 @@ use core::arch::x86_64::*;
 
 use super::super::common::*;
 use super::super::wtypes::{Act32, Layout, Legacy};
-use super::{i16_steps, quad, Avx2, Lanes};
+use super::{i16_steps, quad, Avx2, Lanes, ROUND_BITS};
 
 impl Avx2 {
     /// 8×8 transpose of dwords: `out[s]` lane `i` = dword `s` of `r[i]`.
@@ -169,6 +169,26 @@ impl Lanes for Avx2 {
         simd! { _mm256_fmadd_ps(a, b, c) }
     }
     #[inline(always)]
+    fn fsub(self, a: __m256, b: __m256) -> __m256 {
+        simd! { _mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fdiv(self, a: __m256, b: __m256) -> __m256 {
+        simd! { _mm256_div_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fclamp(self, x: __m256, lo: f32, hi: f32) -> __m256 {
+        // vmaxps/vminps return their second operand when either is NaN.
+        simd! { _mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), x)) }
+    }
+    #[inline(always)]
+    fn pow2_of_rounded(self, t: __m256) -> __m256 {
+        simd! {
+            let n = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(ROUND_BITS));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n, _mm256_set1_epi32(127))))
+        }
+    }
+    #[inline(always)]
     fn cvt(self, a: __m256i) -> __m256 {
         simd! { _mm256_cvtepi32_ps(a) }
     }
@@ -199,6 +219,22 @@ impl Lanes for Avx2 {
     #[inline(always)]
     fn hsum(self, v: __m256) -> f32 {
         simd! { hsum256(v) }
+    }
+    #[inline(always)]
+    fn hsums8(self, v: &[__m256; 8]) -> __m256 {
+        simd! {
+            // Pairwise sums within 128-bit halves, then the two halves of each row added.
+            let t0 = _mm256_hadd_ps(v[0], v[1]);
+            let t1 = _mm256_hadd_ps(v[2], v[3]);
+            let t2 = _mm256_hadd_ps(v[4], v[5]);
+            let t3 = _mm256_hadd_ps(v[6], v[7]);
+            let u0 = _mm256_hadd_ps(t0, t1);
+            let u1 = _mm256_hadd_ps(t2, t3);
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(u0, u1),
+                _mm256_permute2f128_ps::<0x31>(u0, u1),
+            )
+        }
     }
     #[inline(always)]
     fn fload(self, o: &[f32]) -> __m256 {

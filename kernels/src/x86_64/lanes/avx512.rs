@@ -3,7 +3,7 @@ use core::arch::x86_64::*;
 
 use super::super::common::*;
 use super::super::wtypes::{Act32, Legacy};
-use super::{quad, Avx2, Avx512, Lanes};
+use super::{quad, Avx2, Avx512, Lanes, ROUND_BITS};
 
 impl Lanes for Avx512 {
     const N: usize = 16;
@@ -38,6 +38,26 @@ impl Lanes for Avx512 {
         simd! { _mm512_fmadd_ps(a, b, c) }
     }
     #[inline(always)]
+    fn fsub(self, a: __m512, b: __m512) -> __m512 {
+        simd! { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fdiv(self, a: __m512, b: __m512) -> __m512 {
+        simd! { _mm512_div_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fclamp(self, x: __m512, lo: f32, hi: f32) -> __m512 {
+        // vmaxps/vminps return their second operand when either is NaN.
+        simd! { _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), x)) }
+    }
+    #[inline(always)]
+    fn pow2_of_rounded(self, t: __m512) -> __m512 {
+        simd! {
+            let n = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(ROUND_BITS));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127))))
+        }
+    }
+    #[inline(always)]
     fn cvt(self, a: __m512i) -> __m512 {
         simd! { _mm512_cvtepi32_ps(a) }
     }
@@ -68,6 +88,16 @@ impl Lanes for Avx512 {
     #[inline(always)]
     fn hsum(self, v: __m512) -> f32 {
         simd! { _mm512_reduce_add_ps(v) }
+    }
+    #[inline(always)]
+    fn hsums8(self, v: &[__m512; 8]) -> __m256 {
+        let half = v.map(|x| {
+            simd! {
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
+                _mm256_add_ps(_mm512_castps512_ps256(x), hi)
+            }
+        });
+        self.avx2().hsums8(&half)
     }
     #[inline(always)]
     fn fload(self, o: &[f32]) -> __m512 {
