@@ -124,7 +124,7 @@ fn splitting_the_rows_changes_no_bit() {
         let mut acc_whole = c.out0[..64].to_vec();
         (k.axpy_rows_f32)(&c.q[..19], &c.rows, stride, &mut acc_whole);
         for cut in 1..19 {
-            let mut parts = vec![0.0; 19];
+            let mut parts = [0.0f32; 19];
             let (a, b) = parts.split_at_mut(cut);
             (k.dot_rows_f32)(&c.q[..64], &c.rows, stride, a);
             (k.dot_rows_f32)(&c.q[..64], &c.rows[cut * stride..], stride, b);
