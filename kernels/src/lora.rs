@@ -166,6 +166,27 @@ impl LoraKernels {
 // ---------------------------------------------------------------------------------------------------
 // Shape checks shared by every tier. The SIMD tiers' memory safety rests on them.
 
+/// Asserts that adapter `i`'s matrix `name` holds `rows.1 x cols.1` values (each dimension named
+/// by its `.0` in the message).
+fn check_matrix_len(i: usize, name: &str, len: usize, rows: (&str, usize), cols: (&str, usize)) {
+    assert!(
+        Some(len) == rows.1.checked_mul(cols.1),
+        "lora: adapter {i}: {name} has {len} values, expected {} {} x {} {}",
+        rows.0,
+        rows.1,
+        cols.0,
+        cols.1
+    );
+}
+
+/// Asserts that the intermediate `t` of a `kernel` ("shrink" / "expand") holds `n_tokens x r` values.
+fn check_t_len(kernel: &str, t_len: usize, n_tokens: usize, r: usize) {
+    assert!(
+        Some(t_len) == n_tokens.checked_mul(r),
+        "lora {kernel}: t has {t_len} values, expected {n_tokens} x {r}"
+    );
+}
+
 /// Checks the adapters of one call and returns `(n_in, R)`; `n_in` is 0 for an empty list.
 pub(crate) fn check_adapters(adapters: &[LoraRef<'_>]) -> (usize, usize) {
     let n_in = adapters.first().map_or(0, |a| a.n_in);
@@ -178,20 +199,8 @@ pub(crate) fn check_adapters(adapters: &[LoraRef<'_>]) -> (usize, usize) {
             ad.n_out,
             ad.n_in
         );
-        assert!(
-            Some(ad.a.len()) == ad.rank.checked_mul(ad.n_in),
-            "lora: adapter {i}: A has {} values, expected rank {} x n_in {}",
-            ad.a.len(),
-            ad.rank,
-            ad.n_in
-        );
-        assert!(
-            Some(ad.b.len()) == ad.rank.checked_mul(ad.n_out),
-            "lora: adapter {i}: B has {} values, expected n_out {} x rank {}",
-            ad.b.len(),
-            ad.n_out,
-            ad.rank
-        );
+        check_matrix_len(i, "A", ad.a.len(), ("rank", ad.rank), ("n_in", ad.n_in));
+        check_matrix_len(i, "B", ad.b.len(), ("n_out", ad.n_out), ("rank", ad.rank));
         r = r.checked_add(ad.rank).expect("lora: total rank overflows");
     }
     (n_in, r)
@@ -211,10 +220,7 @@ pub(crate) fn check_shrink(
             "lora shrink: x has {x_len} values, expected {n_tokens} x {n_in}"
         );
     }
-    assert!(
-        Some(t_len) == n_tokens.checked_mul(r),
-        "lora shrink: t has {t_len} values, expected {n_tokens} x {r}"
-    );
+    check_t_len("shrink", t_len, n_tokens, r);
     r
 }
 
@@ -229,10 +235,7 @@ pub(crate) fn check_expand(
     ldy: usize,
 ) -> usize {
     let (_, r) = check_adapters(adapters);
-    assert!(
-        Some(t_len) == n_tokens.checked_mul(r),
-        "lora expand: t has {t_len} values, expected {n_tokens} x {r}"
-    );
+    check_t_len("expand", t_len, n_tokens, r);
     assert!(r0 <= r1, "lora expand: row range {r0}..{r1} is reversed");
     if let Some(ad) = adapters.first() {
         assert!(

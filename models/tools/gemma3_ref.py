@@ -53,6 +53,15 @@ def local_layers(n_layer, pattern):
     return [(i + 1) % pattern != 0 for i in range(n_layer)]
 
 
+def lora_linear(W, name, x, lora=None, lora_scale=1.0):
+    """x @ W[name]^T, plus lora_scale * alpha / r * (x @ A^T) @ B^T when `lora` has factors for `name`."""
+    y = x @ W[name].T
+    if lora is not None and name in lora["t"]:
+        a, b = lora["t"][name]
+        y = y + lora_scale * lora["alpha"] / a.shape[0] * ((x @ a.T) @ b.T)
+    return y
+
+
 def forward(hp, W, tokens, lora=None, lora_scale=1.0):
     """hp: n_embd, n_layer, n_head, n_head_kv, head_dim, eps, rope_base, rope_base_local, rope_scale,
     window, local (list of bools), softcap (0 = none). W: name -> float64 array [n_out, n_in] / [n]."""
@@ -66,11 +75,7 @@ def forward(hp, W, tokens, lora=None, lora_scale=1.0):
     scale = 1.0 / np.sqrt(hd)
 
     def lin(name, x):
-        y = x @ W[name].T
-        if lora is not None and name in lora["t"]:
-            a, b = lora["t"][name]
-            y = y + lora_scale * lora["alpha"] / a.shape[0] * ((x @ a.T) @ b.T)
-        return y
+        return lora_linear(W, name, x, lora, lora_scale)
 
     emb = W["token_embd.weight"]
     h = emb[tokens] * np.sqrt(E)

@@ -67,6 +67,19 @@ def byte_chars():
     return table
 
 
+def merge_pair(symbols, pair):
+    """`symbols` (a sequence of strings) with every non-overlapping occurrence of `pair`, left to right, joined into one."""
+    out, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return tuple(out)
+
+
 def bpe_train(corpus, n_merges):
     bc = byte_chars()
     words = {}
@@ -85,15 +98,8 @@ def bpe_train(corpus, n_merges):
         merges.append(best)
         new = {}
         for w, c in words.items():
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
-                    out.append(w[i] + w[i + 1])
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            new[tuple(out)] = new.get(tuple(out), 0) + c
+            out = merge_pair(w, best)
+            new[out] = new.get(out, 0) + c
         words = new
     return merges
 
@@ -126,16 +132,7 @@ def bpe_encode(vocab, text):
                 r, i = min(cands)
                 if r == 1 << 30:
                     break
-                pair = (sym[i], sym[i + 1])
-                merged, j = [], 0
-                while j < len(sym):
-                    if j + 1 < len(sym) and (sym[j], sym[j + 1]) == pair:
-                        merged.append(sym[j] + sym[j + 1])
-                        j += 2
-                    else:
-                        merged.append(sym[j])
-                        j += 1
-                sym = merged
+                sym = list(merge_pair(sym, (sym[i], sym[i + 1])))
             out.extend(ids[s] for s in sym)
     return out
 
@@ -285,11 +282,7 @@ def forward(m, tokens, lora=None, lora_scale=1.0):
     freq_div = W.get("rope_freqs.weight", np.ones(rd // 2))
 
     def lin(name, x):
-        y = x @ W[name].T
-        if lora is not None and name in lora["t"]:
-            a, b = lora["t"][name]
-            y = y + lora_scale * lora["alpha"] / a.shape[0] * ((x @ a.T) @ b.T)
-        return y
+        return gemma3_ref.lora_linear(W, name, x, lora, lora_scale)
 
     x = W["token_embd.weight"][tokens]
     mask = np.triu(np.full((Tn, Tn), -np.inf), 1)
@@ -321,6 +314,73 @@ def forward(m, tokens, lora=None, lora_scale=1.0):
 # --------------------------------------------------------------------------------------------------
 
 
+def model_writer(path, arch, name, n_ctx, n_embd, n_layer, n_ff, n_head, n_head_kv):
+    """A GGUFWriter for a model file with its name and the shape metadata every architecture has, in this order."""
+    w = gguf.GGUFWriter(str(path), arch=arch)
+    w.add_name(name)
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    return w
+
+
+def write_gguf(w):
+    """Write a GGUFWriter's header, metadata and tensors to its file and close it."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def lora_adapter_writer(path, name, arch, alpha):
+    """A GGUFWriter for a llama.cpp LoRA adapter file, its general and adapter metadata set."""
+    g = gguf.GGUFWriter(str(path), arch=arch)
+    g.add_name(name)
+    g.add_string("general.type", "adapter")
+    g.add_string("adapter.type", "lora")
+    g.add_float32("adapter.lora.alpha", alpha)
+    return g
+
+
+def add_random_lora(g, ref, rng, name, shape, rank, b_std):
+    """Draw fp16 LoRA factors for the weight `name` of numpy shape (n_out, n_in): A [rank, n_in] with
+    std 1/sqrt(n_in), then B [n_out, rank] with std `b_std`. Adds them to `g` as `name.lora_a/lora_b` and,
+    in f64, to ref["t"][name]. Returns (A, B).
+    ggml dims: lora_a [n_in, r], lora_b [r, n_out]  (numpy row-major shapes are the reverse)."""
+    n_out, n_in = shape
+    a = rng.normal(0, 1.0 / np.sqrt(n_in), size=(rank, n_in)).astype(np.float16)
+    b = rng.normal(0, b_std, size=(n_out, rank)).astype(np.float16)
+    g.add_tensor(name + ".lora_a", a)
+    g.add_tensor(name + ".lora_b", b)
+    ref["t"][name] = (a.astype(np.float64), b.astype(np.float64))
+    return a, b
+
+
+def write_peft_dir(pdir, tensors, base_model, rank, alpha, target_modules):
+    """A PEFT LoRA directory: adapter_model.safetensors with `tensors` and its adapter_config.json."""
+    from safetensors.numpy import save_file
+
+    pdir.mkdir(exist_ok=True)
+    save_file(tensors, str(pdir / "adapter_model.safetensors"))
+    cfg = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": rank,
+        "lora_alpha": alpha,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_rslora": False,
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "target_modules": target_modules,
+    }
+    (pdir / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+
 def build_model(path, spec, vocab):
     rng = np.random.default_rng(spec["seed"])
     E, L, H, KV, FF = spec["n_embd"], spec["n_layer"], spec["n_head"], spec["n_head_kv"], spec["n_ff"]
@@ -330,14 +390,7 @@ def build_model(path, spec, vocab):
     hp = dict(n_embd=E, n_layer=L, n_head=H, n_head_kv=KV, head_dim=hd, n_ff=FF, eps=1e-5,
               rope_base=spec.get("rope_base", 10000.0), n_vocab=nv)
 
-    w = gguf.GGUFWriter(str(path), arch="llama")
-    w.add_name(spec["name"])
-    w.add_context_length(256)
-    w.add_embedding_length(E)
-    w.add_block_count(L)
-    w.add_feed_forward_length(FF)
-    w.add_head_count(H)
-    w.add_head_count_kv(KV)
+    w = model_writer(path, "llama", spec["name"], 256, E, L, FF, H, KV)
     w.add_rope_dimension_count(hd)
     w.add_rope_freq_base(hp["rope_base"])
     w.add_layer_norm_rms_eps(hp["eps"])
@@ -397,10 +450,7 @@ def build_model(path, spec, vocab):
         linear(p + "ffn_up.weight", wt, FF, E, 1.0 / np.sqrt(E))
         linear(p + "ffn_down.weight", wt, E, FF, 0.7 / np.sqrt(FF))
 
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_gguf(w)
     return dict(hp=hp, w=W)
 
 
@@ -425,54 +475,24 @@ LORA_TARGETS = {  # GGUF name -> (PEFT module, heads for the q/k permutation or 
 
 def build_lora(out_dir, model, rank=4, alpha=8.0, seed=777):
     """The same adapter as a llama.cpp GGUF LoRA and as a PEFT directory. Returns the reference dict."""
-    from safetensors.numpy import save_file
-
     rng = np.random.default_rng(seed)
     hp, W = model["hp"], model["w"]
     ref = {"alpha": alpha, "t": {}}
-    g = gguf.GGUFWriter(str(out_dir / "tiny-lora.gguf"), arch="llama")
-    g.add_name("tiny-lora")
-    g.add_string("general.type", "adapter")
-    g.add_string("adapter.type", "lora")
-    g.add_float32("adapter.lora.alpha", alpha)
+    g = lora_adapter_writer(out_dir / "tiny-lora.gguf", "tiny-lora", "llama", alpha)
     peft = {}
     for l in range(hp["n_layer"]):
         for tgt, (module, heads) in LORA_TARGETS.items():
             name = f"blk.{l}.{tgt}.weight"
-            n_out, n_in = W[name].shape
-            a = rng.normal(0, 1.0 / np.sqrt(n_in), size=(rank, n_in)).astype(np.float16)
-            b = rng.normal(0, 0.5, size=(n_out, rank)).astype(np.float16)
-            # ggml dims: lora_a [n_in, r], lora_b [r, n_out]  (numpy row-major shapes are the reverse)
-            g.add_tensor(name + ".lora_a", a)
-            g.add_tensor(name + ".lora_b", b)
-            ref["t"][name] = (a.astype(np.float64), b.astype(np.float64))
+            a, b = add_random_lora(g, ref, rng, name, W[name].shape, rank, 0.5)
             hf_b = b if heads is None else unpermute_qk(b, hp[heads])
             if heads is not None:
                 assert (permute_qk(hf_b, hp[heads]) == b).all()
             key = f"base_model.model.model.layers.{l}.{module}"
             peft[key + ".lora_A.weight"] = a.astype(np.float32)
             peft[key + ".lora_B.weight"] = hf_b.astype(np.float32)
-    g.write_header_to_file()
-    g.write_kv_data_to_file()
-    g.write_tensors_to_file()
-    g.close()
-    pdir = out_dir / "tiny-lora-peft"
-    pdir.mkdir(exist_ok=True)
-    save_file(peft, str(pdir / "adapter_model.safetensors"))
-    cfg = {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": "edge-run/tiny-q4_1 (synthetic)",
-        "r": rank,
-        "lora_alpha": alpha,
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "use_rslora": False,
-        "fan_in_fan_out": False,
-        "inference_mode": True,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "down_proj"],
-    }
-    (pdir / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    write_gguf(g)
+    write_peft_dir(out_dir / "tiny-lora-peft", peft, "edge-run/tiny-q4_1 (synthetic)", rank, alpha,
+                   ["q_proj", "k_proj", "v_proj", "down_proj"])
     return ref
 
 
@@ -496,14 +516,7 @@ def build_gemma3(path, spec, vocab):
     rng = np.random.default_rng(spec["seed"])
     E, L, H, KV, hd, FF = (spec[k] for k in ("n_embd", "n_layer", "n_head", "n_head_kv", "head_dim", "n_ff"))
     nv = len(vocab["tokens"])
-    w = gguf.GGUFWriter(str(path), arch="gemma3")
-    w.add_name(spec["name"])
-    w.add_context_length(1024)
-    w.add_embedding_length(E)
-    w.add_block_count(L)
-    w.add_feed_forward_length(FF)
-    w.add_head_count(H)
-    w.add_head_count_kv(KV)
+    w = model_writer(path, "gemma3", spec["name"], 1024, E, L, FF, H, KV)
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_rope_freq_base(spec["rope_base"])
@@ -555,10 +568,7 @@ def build_gemma3(path, spec, vocab):
         linear(p + "ffn_up.weight", t["ffn_up"], FF, E, 1.0 / np.sqrt(E))
         linear(p + "ffn_down.weight", T.Q6_K if l == 1 else t["ffn_down"], E, FF, 1.0 / np.sqrt(FF))
         norm(p + "post_ffw_norm.weight", E, 0.2, 1.0)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_gguf(w)
     hp = dict(n_embd=E, n_layer=L, n_head=H, n_head_kv=KV, head_dim=hd, eps=float(np.float32(spec["eps"])), rope_base=spec["rope_base"],
               rope_base_local=10000.0, rope_scale=1.0 / spec["rope_scaling"], window=spec["window"],
               local=gemma3_ref.local_layers(L, spec["pattern"]), softcap=0.0)
@@ -575,51 +585,22 @@ def build_gemma3_lora(out_dir, W, n_layer, rank=4, alpha=8.0, seed=778):
     """One adapter on all seven linear weights of every layer, as a llama.cpp GGUF LoRA and as PEFT for
     Gemma3ForCausalLM (`model.layers.N`) and Gemma3ForConditionalGeneration (`model.language_model.layers.N`).
     Gemma's Q/K rows are NOT permuted (NeoX RoPE): PEFT's lora_B is the GGUF lora_b as is."""
-    from safetensors.numpy import save_file
-
     rng = np.random.default_rng(seed)
     ref = {"alpha": alpha, "t": {}}
-    g = gguf.GGUFWriter(str(out_dir / "tiny-gemma3-lora.gguf"), arch="gemma3")
-    g.add_name("tiny-gemma3-lora")
-    g.add_string("general.type", "adapter")
-    g.add_string("adapter.type", "lora")
-    g.add_float32("adapter.lora.alpha", alpha)
+    g = lora_adapter_writer(out_dir / "tiny-gemma3-lora.gguf", "tiny-gemma3-lora", "gemma3", alpha)
     peft = {"model.layers": {}, "model.language_model.layers": {}}
     for l in range(n_layer):
         for tgt, module in GEMMA3_LORA_MODULES.items():
             name = f"blk.{l}.{tgt}.weight"
-            n_out, n_in = W[name].shape
-            a = rng.normal(0, 1.0 / np.sqrt(n_in), size=(rank, n_in)).astype(np.float16)
-            b = rng.normal(0, 0.3, size=(n_out, rank)).astype(np.float16)
-            g.add_tensor(name + ".lora_a", a)
-            g.add_tensor(name + ".lora_b", b)
-            ref["t"][name] = (a.astype(np.float64), b.astype(np.float64))
+            a, b = add_random_lora(g, ref, rng, name, W[name].shape, rank, 0.3)
             for prefix, d in peft.items():
                 key = f"base_model.model.{prefix}.{l}.{module}"
                 d[key + ".lora_A.weight"] = a  # fp16, as PEFT saves a half-precision adapter
                 d[key + ".lora_B.weight"] = b
-    g.write_header_to_file()
-    g.write_kv_data_to_file()
-    g.write_tensors_to_file()
-    g.close()
+    write_gguf(g)
     for prefix, dname in (("model.layers", "tiny-gemma3-lora-peft"), ("model.language_model.layers", "tiny-gemma3-lora-peft-vlm")):
-        pdir = out_dir / dname
-        pdir.mkdir(exist_ok=True)
-        save_file(peft[prefix], str(pdir / "adapter_model.safetensors"))
-        cfg = {
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": "edge-run/tiny-gemma3 (synthetic)",
-            "r": rank,
-            "lora_alpha": alpha,
-            "lora_dropout": 0.0,
-            "bias": "none",
-            "use_rslora": False,
-            "fan_in_fan_out": False,
-            "inference_mode": True,
-            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        }
-        (pdir / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        write_peft_dir(out_dir / dname, peft[prefix], "edge-run/tiny-gemma3 (synthetic)", rank, alpha,
+                       ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     return ref
 
 

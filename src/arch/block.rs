@@ -7,16 +7,22 @@ use super::ops::{self, linear, rmsnorm_rows, State};
 use super::Env;
 use crate::model::{Layer, WeightRef};
 
+/// xb = rmsnorm(x) · weight over the first `b` rows.
+fn norm_into_xb(env: &Env<'_>, st: &mut State, weight: &WeightRef, b: usize) {
+    let e = env.m.hp.n_embd;
+    rmsnorm_rows(
+        &mut st.xb[..b * e],
+        &st.x[..b * e],
+        env.m.f32s(weight),
+        env.m.hp.rms_eps,
+    );
+}
+
 /// xb = rmsnorm(x) · attn_norm; q, k, v = Wq·xb, Wk·xb, Wv·xb          [B, qd], [B, kvd], [B, kvd]
 pub(crate) fn norm_qkv(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
     let hp = &env.m.hp;
     let (e, qd, kvd) = (hp.n_embd, hp.q_dim(), hp.kv_dim());
-    rmsnorm_rows(
-        &mut st.xb[..b * e],
-        &st.x[..b * e],
-        env.m.f32s(&layer.attn_norm),
-        hp.rms_eps,
-    );
+    norm_into_xb(env, st, &layer.attn_norm, b);
     let outs: [(&WeightRef, &mut [f32]); 3] = [
         (&layer.attn_q, &mut st.q[..b * qd]),
         (&layer.attn_k, &mut st.kk[..b * kvd]),
@@ -93,12 +99,7 @@ pub(crate) fn attn_output(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize
 pub(crate) fn ffn_input(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
     let hp = &env.m.hp;
     let (e, ff) = (hp.n_embd, hp.n_ff);
-    rmsnorm_rows(
-        &mut st.xb[..b * e],
-        &st.x[..b * e],
-        env.m.f32s(&layer.ffn_norm),
-        hp.rms_eps,
-    );
+    norm_into_xb(env, st, &layer.ffn_norm, b);
     let outs: [(&WeightRef, &mut [f32]); 2] = [
         (&layer.ffn_gate, &mut st.hb[..b * ff]),
         (&layer.ffn_up, &mut st.hb2[..b * ff]),

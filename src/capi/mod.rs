@@ -141,6 +141,17 @@ fn ffi(f: impl FnOnce() -> R<()>) -> c_int {
     }
 }
 
+/// `ER_ERR_BUFFER_TOO_SMALL` ("`{contents}` but the buffer holds {cap}") unless `len ≤ cap`.
+fn buffer_fits(len: usize, cap: usize, contents: impl FnOnce() -> String) -> R<()> {
+    if len > cap {
+        return err(
+            ER_ERR_BUFFER_TOO_SMALL,
+            format!("{} but the buffer holds {cap}", contents()),
+        );
+    }
+    Ok(())
+}
+
 fn need<T>(p: *const T, what: &str) -> R<()> {
     if p.is_null() {
         return err(ER_ERR_NULL, format!("{what} is NULL"));

@@ -145,15 +145,9 @@ pub unsafe extern "C" fn er_tokenize(
         let ids = m.tokenizer.encode(s, parse_special != 0);
         // SAFETY: non-NULL and writable (contract).
         unsafe { n_out.write(ids.len()) };
-        if ids.len() > cap {
-            return err(
-                ER_ERR_BUFFER_TOO_SMALL,
-                format!(
-                    "the text has {} tokens but the buffer holds {cap}",
-                    ids.len()
-                ),
-            );
-        }
+        buffer_fits(ids.len(), cap, || {
+            format!("the text has {} tokens", ids.len())
+        })?;
         if !ids.is_empty() {
             need(out, "out")?;
             // SAFETY: contract: `cap` ≥ ids.len() writable int32_t at `out` (non-NULL, checked).
@@ -184,15 +178,9 @@ pub unsafe extern "C" fn er_detokenize(
         let piece = m.tokenizer.token_to_piece(id, true);
         // SAFETY: non-NULL and writable (contract).
         unsafe { n.write(piece.len()) };
-        if piece.len() > cap {
-            return err(
-                ER_ERR_BUFFER_TOO_SMALL,
-                format!(
-                    "token {token} has {} bytes but the buffer holds {cap}",
-                    piece.len()
-                ),
-            );
-        }
+        buffer_fits(piece.len(), cap, || {
+            format!("token {token} has {} bytes", piece.len())
+        })?;
         if cap > 0 {
             need(buf, "buf")?;
             // SAFETY: contract: `cap` writable bytes at `buf` (non-NULL, checked); piece.len() ≤ cap.

@@ -89,6 +89,21 @@ pub unsafe extern "C" fn er_session_new(
     })
 }
 
+impl SessionState {
+    /// `ER_ERR_NO_LOGITS` unless a position has been evaluated since creation or the last reset.
+    fn require_logits(&self) -> R<()> {
+        if !self.have_logits {
+            return err(ER_ERR_NO_LOGITS, "no logits: call er_eval first");
+        }
+        Ok(())
+    }
+
+    /// A sampler with `params` over this session's vocabulary.
+    fn new_sampler(&self, params: SamplingParams) -> Sampler {
+        Sampler::new(params, self.s.model().hp.n_vocab)
+    }
+}
+
 /// Release a session. NULL is a no-op. `ER_ERR_BUSY` if another thread is inside a call on it.
 #[no_mangle]
 pub unsafe extern "C" fn er_session_free(sess: *mut er_session) -> c_int {
@@ -117,7 +132,7 @@ pub unsafe extern "C" fn er_session_reset(sess: *mut er_session) -> c_int {
         st.s.reset();
         st.have_logits = false;
         if let Some(sp) = &st.sampler {
-            st.sampler = Some(Sampler::new(sp.params.clone(), st.s.model().hp.n_vocab));
+            st.sampler = Some(st.new_sampler(sp.params.clone()));
         }
         Ok(())
     })
@@ -185,21 +200,11 @@ pub unsafe extern "C" fn er_logits(
         need(n_written, "n_written")?;
         let mut g = session(sess)?;
         let st = g.state();
-        if !st.have_logits {
-            return err(ER_ERR_NO_LOGITS, "no logits: call er_eval first");
-        }
+        st.require_logits()?;
         let l = st.s.logits();
         // SAFETY: non-NULL and writable (contract).
         unsafe { n_written.write(l.len()) };
-        if cap < l.len() {
-            return err(
-                ER_ERR_BUFFER_TOO_SMALL,
-                format!(
-                    "the model has {} logits but the buffer holds {cap}",
-                    l.len()
-                ),
-            );
-        }
+        buffer_fits(l.len(), cap, || format!("the model has {} logits", l.len()))?;
         need(out, "out")?;
         // SAFETY: contract: `cap` ≥ l.len() writable floats at `out` (non-NULL, checked).
         unsafe { std::ptr::copy_nonoverlapping(l.as_ptr(), out, l.len()) };
@@ -214,9 +219,7 @@ pub unsafe extern "C" fn er_sample_greedy(sess: *mut er_session, out: *mut i32) 
         need(out, "out")?;
         let mut g = session(sess)?;
         let st = g.state();
-        if !st.have_logits {
-            return err(ER_ERR_NO_LOGITS, "no logits: call er_eval first");
-        }
+        st.require_logits()?;
         let id = argmax(st.s.logits());
         // SAFETY: non-NULL and writable (contract).
         unsafe { out.write(id as i32) };
@@ -297,7 +300,7 @@ pub unsafe extern "C" fn er_session_set_sampling(
             seed: p.seed,
         };
         sp.validate()?;
-        st.sampler = Some(Sampler::new(sp, st.s.model().hp.n_vocab));
+        st.sampler = Some(st.new_sampler(sp));
         Ok(())
     })
 }
@@ -310,9 +313,7 @@ pub unsafe extern "C" fn er_sample(sess: *mut er_session, out: *mut i32) -> c_in
         need(out, "out")?;
         let mut g = session(sess)?;
         let st = g.state();
-        if !st.have_logits {
-            return err(ER_ERR_NO_LOGITS, "no logits: call er_eval first");
-        }
+        st.require_logits()?;
         let Some(sp) = st.sampler.as_mut() else {
             return err(
                 ER_ERR_INVALID_ARGUMENT,

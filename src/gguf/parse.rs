@@ -302,6 +302,30 @@ fn read_header(c: &mut Cursor<'_>) -> Result<(u32, usize, usize)> {
     Ok((version, tensor_count, kv_count))
 }
 
+/// Reads the string `{table}[{i}].{field}`, refusing an empty one ("empty {what}") and one that
+/// `index` already holds ("duplicate {what} …"); errors point at its start.
+fn read_unique_name<'a>(
+    c: &mut Cursor<'a>,
+    index: &HashMap<&'a str, usize>,
+    (table, i, field): (&str, usize, &str),
+    what: &str,
+) -> Result<&'a str> {
+    let at = c.pos();
+    let label = || format!("{table}[{i}].{field}");
+    let name = read_string(c, &label)?;
+    if name.is_empty() {
+        return Err(format_err(label(), at, format!("empty {what}")));
+    }
+    if let Some(&j) = index.get(name) {
+        return Err(format_err(
+            label(),
+            at,
+            format!("duplicate {what} {name:?} (first at {table}[{j}])"),
+        ));
+    }
+    Ok(name)
+}
+
 /// Every key/value entry, in file order, with an index by key (empty and duplicate keys refused).
 #[allow(clippy::type_complexity)]
 fn read_metadata<'a>(
@@ -311,22 +335,7 @@ fn read_metadata<'a>(
     let mut metadata = Vec::with_capacity(kv_count);
     let mut meta_index = HashMap::with_capacity(kv_count);
     for i in 0..kv_count {
-        let key_at = c.pos();
-        let key = read_string(c, &|| format!("metadata[{i}].key"))?;
-        if key.is_empty() {
-            return Err(format_err(
-                format!("metadata[{i}].key"),
-                key_at,
-                "empty key",
-            ));
-        }
-        if let Some(&j) = meta_index.get(key) {
-            return Err(format_err(
-                format!("metadata[{i}].key"),
-                key_at,
-                format!("duplicate key {key:?} (first at metadata[{j}])"),
-            ));
-        }
+        let key = read_unique_name(c, &meta_index, ("metadata", i, "key"), "key")?;
         let ty_at = c.pos();
         let ty_id = c
             .u32()
@@ -396,22 +405,7 @@ fn read_tensor_infos<'a>(
     let mut raws = Vec::with_capacity(tensor_count);
     let mut tensor_index: HashMap<&'a str, usize> = HashMap::with_capacity(tensor_count);
     for i in 0..tensor_count {
-        let name_at = c.pos();
-        let name = read_string(c, &|| format!("tensor_infos[{i}].name"))?;
-        if name.is_empty() {
-            return Err(format_err(
-                format!("tensor_infos[{i}].name"),
-                name_at,
-                "empty tensor name",
-            ));
-        }
-        if let Some(&j) = tensor_index.get(name) {
-            return Err(format_err(
-                format!("tensor_infos[{i}].name"),
-                name_at,
-                format!("duplicate tensor name {name:?} (first at tensor_infos[{j}])"),
-            ));
-        }
+        let name = read_unique_name(c, &tensor_index, ("tensor_infos", i, "name"), "tensor name")?;
         let f = |what: &str| format!("tensor_infos[{name:?}].{what}");
         let nd_at = c.pos();
         let n_dims = c.u32().map_err(|s| short_err(f("n_dims"), s))?;

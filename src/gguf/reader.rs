@@ -274,28 +274,24 @@ impl<'a> Gguf<'a> {
                 .ok_or_else(|| self.type_err(e, "array")),
         }
     }
+    /// `convert` of the array at `key`, errors naming this file.
+    fn array_as<T>(&self, key: &str, convert: fn(&ArrayView<'a>) -> Result<T>) -> Result<T> {
+        convert(self.get_array(key)?).map_err(|e| e.in_file(&self.file))
+    }
     /// A string array's elements ([`ArrayView::to_vec_str`]), errors naming this file.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&'a str>> {
-        self.get_array(key)?
-            .to_vec_str()
-            .map_err(|e| e.in_file(&self.file))
+        self.array_as(key, ArrayView::to_vec_str)
     }
     /// [`ArrayView::to_vec_u32`] of the array at `key`, errors naming this file.
     pub fn get_u32_array(&self, key: &str) -> Result<Vec<u32>> {
-        self.get_array(key)?
-            .to_vec_u32()
-            .map_err(|e| e.in_file(&self.file))
+        self.array_as(key, ArrayView::to_vec_u32)
     }
     /// [`ArrayView::to_vec_i32`] of the array at `key`, errors naming this file.
     pub fn get_i32_array(&self, key: &str) -> Result<Vec<i32>> {
-        self.get_array(key)?
-            .to_vec_i32()
-            .map_err(|e| e.in_file(&self.file))
+        self.array_as(key, ArrayView::to_vec_i32)
     }
     /// [`ArrayView::to_vec_f32`] of the array at `key`, errors naming this file.
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
-        self.get_array(key)?
-            .to_vec_f32()
-            .map_err(|e| e.in_file(&self.file))
+        self.array_as(key, ArrayView::to_vec_f32)
     }
 }

@@ -46,23 +46,30 @@ pub enum MetaArray {
     Array(Vec<MetaArray>),
 }
 
+/// The [`ValueType`] of the variant `$value` (a `$enum`: `MetaValue` or `MetaArray`) is.
+macro_rules! variant_type {
+    ($enum:ident, $value:expr) => {
+        match $value {
+            $enum::U8(_) => ValueType::U8,
+            $enum::I8(_) => ValueType::I8,
+            $enum::U16(_) => ValueType::U16,
+            $enum::I16(_) => ValueType::I16,
+            $enum::U32(_) => ValueType::U32,
+            $enum::I32(_) => ValueType::I32,
+            $enum::U64(_) => ValueType::U64,
+            $enum::I64(_) => ValueType::I64,
+            $enum::F32(_) => ValueType::F32,
+            $enum::F64(_) => ValueType::F64,
+            $enum::Bool(_) => ValueType::Bool,
+            $enum::String(_) => ValueType::String,
+            $enum::Array(_) => ValueType::Array,
+        }
+    };
+}
+
 impl MetaValue {
     pub fn value_type(&self) -> ValueType {
-        match self {
-            MetaValue::U8(_) => ValueType::U8,
-            MetaValue::I8(_) => ValueType::I8,
-            MetaValue::U16(_) => ValueType::U16,
-            MetaValue::I16(_) => ValueType::I16,
-            MetaValue::U32(_) => ValueType::U32,
-            MetaValue::I32(_) => ValueType::I32,
-            MetaValue::U64(_) => ValueType::U64,
-            MetaValue::I64(_) => ValueType::I64,
-            MetaValue::F32(_) => ValueType::F32,
-            MetaValue::F64(_) => ValueType::F64,
-            MetaValue::Bool(_) => ValueType::Bool,
-            MetaValue::String(_) => ValueType::String,
-            MetaValue::Array(_) => ValueType::Array,
-        }
+        variant_type!(MetaValue, self)
     }
 
     /// An owned copy of a value read from a file (to copy metadata from one file to another).
@@ -110,21 +117,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 impl MetaArray {
     pub fn elem_type(&self) -> ValueType {
-        match self {
-            MetaArray::U8(_) => ValueType::U8,
-            MetaArray::I8(_) => ValueType::I8,
-            MetaArray::U16(_) => ValueType::U16,
-            MetaArray::I16(_) => ValueType::I16,
-            MetaArray::U32(_) => ValueType::U32,
-            MetaArray::I32(_) => ValueType::I32,
-            MetaArray::U64(_) => ValueType::U64,
-            MetaArray::I64(_) => ValueType::I64,
-            MetaArray::F32(_) => ValueType::F32,
-            MetaArray::F64(_) => ValueType::F64,
-            MetaArray::Bool(_) => ValueType::Bool,
-            MetaArray::String(_) => ValueType::String,
-            MetaArray::Array(_) => ValueType::Array,
-        }
+        variant_type!(MetaArray, self)
     }
 
     pub fn len(&self) -> usize {
@@ -154,67 +147,26 @@ impl MetaArray {
         fn all<T>(a: &ArrayView<'_>, f: impl Fn(Value<'_>) -> Option<T>) -> Vec<T> {
             a.iter().filter_map(f).collect()
         }
+        // The `MetaArray::$var` of the array's elements, which are all `Value::$var`.
+        macro_rules! numbers {
+            ($var:ident) => {
+                MetaArray::$var(all(a, |v| match v {
+                    Value::$var(x) => Some(x),
+                    _ => None,
+                }))
+            };
+        }
         match a.elem_type() {
-            ValueType::U8 => {
-                MetaArray::U8(all(
-                    a,
-                    |v| if let Value::U8(x) = v { Some(x) } else { None },
-                ))
-            }
-            ValueType::I8 => {
-                MetaArray::I8(all(
-                    a,
-                    |v| if let Value::I8(x) = v { Some(x) } else { None },
-                ))
-            }
-            ValueType::U16 => {
-                MetaArray::U16(all(
-                    a,
-                    |v| if let Value::U16(x) = v { Some(x) } else { None },
-                ))
-            }
-            ValueType::I16 => {
-                MetaArray::I16(all(
-                    a,
-                    |v| if let Value::I16(x) = v { Some(x) } else { None },
-                ))
-            }
-            ValueType::U32 => {
-                MetaArray::U32(all(
-                    a,
-                    |v| if let Value::U32(x) = v { Some(x) } else { None },
-                ))
-            }
-            ValueType::I32 => {
-                MetaArray::I32(all(
-                    a,
-                    |v| if let Value::I32(x) = v { Some(x) } else { None },
-                ))
-            }
-            ValueType::U64 => {
-                MetaArray::U64(all(
-                    a,
-                    |v| if let Value::U64(x) = v { Some(x) } else { None },
-                ))
-            }
-            ValueType::I64 => {
-                MetaArray::I64(all(
-                    a,
-                    |v| if let Value::I64(x) = v { Some(x) } else { None },
-                ))
-            }
-            ValueType::F32 => {
-                MetaArray::F32(all(
-                    a,
-                    |v| if let Value::F32(x) = v { Some(x) } else { None },
-                ))
-            }
-            ValueType::F64 => {
-                MetaArray::F64(all(
-                    a,
-                    |v| if let Value::F64(x) = v { Some(x) } else { None },
-                ))
-            }
+            ValueType::U8 => numbers!(U8),
+            ValueType::I8 => numbers!(I8),
+            ValueType::U16 => numbers!(U16),
+            ValueType::I16 => numbers!(I16),
+            ValueType::U32 => numbers!(U32),
+            ValueType::I32 => numbers!(I32),
+            ValueType::U64 => numbers!(U64),
+            ValueType::I64 => numbers!(I64),
+            ValueType::F32 => numbers!(F32),
+            ValueType::F64 => numbers!(F64),
             ValueType::Bool => MetaArray::Bool(all(a, |v| v.as_bool())),
             ValueType::String => MetaArray::String(all(a, |v| v.as_str().map(str::to_string))),
             ValueType::Array => {

@@ -1,133 +1,132 @@
 //! Dequantization (ggml `dequantize_row_*`)
 use super::*;
 
-pub fn dequantize_row_q4_0(x: &[BlockQ4_0], y: &mut [f32]) {
-    debug_assert_eq!(y.len(), x.len() * QK);
-    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
-        let d = b.d.to_f32();
-        for j in 0..QK / 2 {
-            let x0 = (b.qs[j] & 0x0f) as i32 - 8;
-            let x1 = (b.qs[j] >> 4) as i32 - 8;
-            out[j] = x0 as f32 * d;
-            out[j + QK / 2] = x1 as f32 * d;
-        }
+/// Runs `f(block, out)` for each block of `x` and its `block_len` outputs in `y`.
+#[inline(always)]
+fn for_each_block<B>(x: &[B], y: &mut [f32], block_len: usize, mut f: impl FnMut(&B, &mut [f32])) {
+    debug_assert_eq!(y.len(), x.len() * block_len);
+    for (b, out) in x.iter().zip(y.chunks_exact_mut(block_len)) {
+        f(b, out);
     }
+}
+
+/// For the 16 bytes of a 32-weight block: `out[j] = value(v0)`, `out[j + 16] = value(v1)` where
+/// `(v0, v1) = pair(j)` are the low- and high-nibble weights of byte `j`.
+#[inline(always)]
+fn dequant_nibble_pairs(
+    out: &mut [f32],
+    pair: impl Fn(usize) -> (i32, i32),
+    value: impl Fn(i32) -> f32,
+) {
+    for j in 0..QK / 2 {
+        let (x0, x1) = pair(j);
+        out[j] = value(x0);
+        out[j + QK / 2] = value(x1);
+    }
+}
+
+pub fn dequantize_row_q4_0(x: &[BlockQ4_0], y: &mut [f32]) {
+    for_each_block(x, y, QK, |b, out| {
+        let d = b.d.to_f32();
+        let pair = |j: usize| ((b.qs[j] & 0x0f) as i32 - 8, (b.qs[j] >> 4) as i32 - 8);
+        dequant_nibble_pairs(out, pair, |x| x as f32 * d);
+    });
 }
 
 pub fn dequantize_row_q4_1(x: &[BlockQ4_1], y: &mut [f32]) {
-    debug_assert_eq!(y.len(), x.len() * QK);
-    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
+    for_each_block(x, y, QK, |b, out| {
         let d = b.d.to_f32();
         let m = b.m.to_f32();
-        for j in 0..QK / 2 {
-            let x0 = (b.qs[j] & 0x0f) as i32;
-            let x1 = (b.qs[j] >> 4) as i32;
-            out[j] = x0 as f32 * d + m;
-            out[j + QK / 2] = x1 as f32 * d + m;
-        }
-    }
+        let pair = |j: usize| ((b.qs[j] & 0x0f) as i32, (b.qs[j] >> 4) as i32);
+        dequant_nibble_pairs(out, pair, |x| x as f32 * d + m);
+    });
 }
 
 pub fn dequantize_row_q5_0(x: &[BlockQ5_0], y: &mut [f32]) {
-    debug_assert_eq!(y.len(), x.len() * QK);
-    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
+    for_each_block(x, y, QK, |b, out| {
         let d = b.d.to_f32();
         let qh = u32::from_le_bytes(b.qh);
-        for j in 0..QK / 2 {
-            let h0 = ((qh >> j) << 4) & 0x10;
-            let h1 = (qh >> (j + 12)) & 0x10;
-            let x0 = ((b.qs[j] & 0x0f) as u32 | h0) as i32 - 16;
-            let x1 = ((b.qs[j] >> 4) as u32 | h1) as i32 - 16;
-            out[j] = x0 as f32 * d;
-            out[j + QK / 2] = x1 as f32 * d;
-        }
-    }
+        dequant_nibble_pairs(out, |j| q5_pair(&b.qs, qh, j, 16), |x| x as f32 * d);
+    });
 }
 
 pub fn dequantize_row_q5_1(x: &[BlockQ5_1], y: &mut [f32]) {
-    debug_assert_eq!(y.len(), x.len() * QK);
-    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
+    for_each_block(x, y, QK, |b, out| {
         let d = b.d.to_f32();
         let m = b.m.to_f32();
         let qh = u32::from_le_bytes(b.qh);
-        for j in 0..QK / 2 {
-            let h0 = ((qh >> j) << 4) & 0x10;
-            let h1 = (qh >> (j + 12)) & 0x10;
-            let x0 = ((b.qs[j] & 0x0f) as u32 | h0) as i32;
-            let x1 = ((b.qs[j] >> 4) as u32 | h1) as i32;
-            out[j] = x0 as f32 * d + m;
-            out[j + QK / 2] = x1 as f32 * d + m;
-        }
+        dequant_nibble_pairs(out, |j| q5_pair(&b.qs, qh, j, 0), |x| x as f32 * d + m);
+    });
+}
+
+/// `out[i] = qs[i] * d`.
+#[inline(always)]
+fn dequant_q8(qs: &[i8; QK], d: f32, out: &mut [f32]) {
+    for (o, &q) in out.iter_mut().zip(qs) {
+        *o = q as f32 * d;
     }
 }
 
 pub fn dequantize_row_q8_0(x: &[BlockQ8_0], y: &mut [f32]) {
-    debug_assert_eq!(y.len(), x.len() * QK);
-    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
-        let d = b.d.to_f32();
-        for (o, &q) in out.iter_mut().zip(&b.qs) {
-            *o = q as f32 * d;
-        }
-    }
+    for_each_block(x, y, QK, |b, out| dequant_q8(&b.qs, b.d.to_f32(), out));
 }
 
 /// Q8_1 values are `d * q` (the `s` field is redundant).
 pub fn dequantize_row_q8_1(x: &[BlockQ8_1], y: &mut [f32]) {
-    debug_assert_eq!(y.len(), x.len() * QK);
-    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
-        let d = b.d.to_f32();
-        for (o, &q) in out.iter_mut().zip(&b.qs) {
-            *o = q as f32 * d;
+    for_each_block(x, y, QK, |b, out| dequant_q8(&b.qs, b.d.to_f32(), out));
+}
+
+/// One 4/5-bit K-quant super-block: `(d*sc)*q - dmin*m` per sub-block, where q is the nibble plus
+/// `fifth_bits(c, l)` (the 16s of chunk `c`'s byte `l`, low nibble then high nibble).
+#[inline(always)]
+fn dequant_k4_block(
+    scales: &[u8; K_SCALE_SIZE],
+    qs: &[u8; QK_K / 2],
+    (d, min): (f32, f32),
+    out: &mut [f32],
+    fifth_bits: impl Fn(usize, usize) -> (u8, u8),
+) {
+    for c in 0..QK_K / 64 {
+        let (sc1, m1) = get_scale_min_k4(2 * c, scales);
+        let (sc2, m2) = get_scale_min_k4(2 * c + 1, scales);
+        let d1 = d * sc1 as f32;
+        let m1 = min * m1 as f32;
+        let d2 = d * sc2 as f32;
+        let m2 = min * m2 as f32;
+        let q = &qs[32 * c..32 * c + 32];
+        let o = &mut out[64 * c..64 * c + 64];
+        for l in 0..32 {
+            let (h1, h2) = fifth_bits(c, l);
+            o[l] = d1 * ((q[l] & 0x0f) + h1) as f32 - m1;
+            o[l + 32] = d2 * ((q[l] >> 4) + h2) as f32 - m2;
         }
     }
 }
 
 pub fn dequantize_row_q4_k(x: &[BlockQ4K], y: &mut [f32]) {
-    debug_assert_eq!(y.len(), x.len() * QK_K);
-    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
-        let d = b.d.to_f32();
-        let min = b.dmin.to_f32();
-        for c in 0..QK_K / 64 {
-            let (sc1, m1) = get_scale_min_k4(2 * c, &b.scales);
-            let (sc2, m2) = get_scale_min_k4(2 * c + 1, &b.scales);
-            let d1 = d * sc1 as f32;
-            let m1 = min * m1 as f32;
-            let d2 = d * sc2 as f32;
-            let m2 = min * m2 as f32;
-            let q = &b.qs[32 * c..32 * c + 32];
-            let o = &mut out[64 * c..64 * c + 64];
-            for l in 0..32 {
-                o[l] = d1 * (q[l] & 0x0f) as f32 - m1;
-                o[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
-            }
-        }
-    }
+    for_each_block(x, y, QK_K, |b, out| {
+        let d = (b.d.to_f32(), b.dmin.to_f32());
+        dequant_k4_block(&b.scales, &b.qs, d, out, |_, _| (0, 0));
+    });
 }
 
 pub fn dequantize_row_q5_k(x: &[BlockQ5K], y: &mut [f32]) {
-    debug_assert_eq!(y.len(), x.len() * QK_K);
-    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
-        let d = b.d.to_f32();
-        let min = b.dmin.to_f32();
-        for c in 0..QK_K / 64 {
-            let (sc1, m1) = get_scale_min_k4(2 * c, &b.scales);
-            let (sc2, m2) = get_scale_min_k4(2 * c + 1, &b.scales);
-            let d1 = d * sc1 as f32;
-            let m1 = min * m1 as f32;
-            let d2 = d * sc2 as f32;
-            let m2 = min * m2 as f32;
-            let u1 = 1u8 << (2 * c);
-            let u2 = 2u8 << (2 * c);
-            let ql = &b.qs[32 * c..32 * c + 32];
-            let o = &mut out[64 * c..64 * c + 64];
-            for l in 0..32 {
-                let h1 = if b.qh[l] & u1 != 0 { 16 } else { 0 };
-                let h2 = if b.qh[l] & u2 != 0 { 16 } else { 0 };
-                o[l] = d1 * ((ql[l] & 0x0f) + h1) as f32 - m1;
-                o[l + 32] = d2 * ((ql[l] >> 4) + h2) as f32 - m2;
-            }
-        }
-    }
+    for_each_block(x, y, QK_K, |b, out| {
+        let d = (b.d.to_f32(), b.dmin.to_f32());
+        dequant_k4_block(&b.scales, &b.qs, d, out, |c, l| {
+            let h1 = if b.qh[l] & (1u8 << (2 * c)) != 0 {
+                16
+            } else {
+                0
+            };
+            let h2 = if b.qh[l] & (2u8 << (2 * c)) != 0 {
+                16
+            } else {
+                0
+            };
+            (h1, h2)
+        });
+    });
 }
 
 /// The 256 signed 6-bit quants (q - 32) of a Q6_K block, in element order.
@@ -147,25 +146,23 @@ pub(super) fn unpack_q6_k(b: &BlockQ6K, q: &mut [i8; QK_K]) {
 }
 
 pub fn dequantize_row_q6_k(x: &[BlockQ6K], y: &mut [f32]) {
-    debug_assert_eq!(y.len(), x.len() * QK_K);
     let mut q = [0i8; QK_K];
-    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
+    for_each_block(x, y, QK_K, |b, out| {
         let d = b.d.to_f32();
         unpack_q6_k(b, &mut q);
         for (i, o) in out.iter_mut().enumerate() {
             // ggml: d * sc[is] * q, evaluated left to right.
             *o = d * b.scales[i / 16] as f32 * q[i] as f32;
         }
-    }
+    });
 }
 
 pub fn dequantize_row_q8_k(x: &[BlockQ8K], y: &mut [f32]) {
-    debug_assert_eq!(y.len(), x.len() * QK_K);
-    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
+    for_each_block(x, y, QK_K, |b, out| {
         for (o, &q) in out.iter_mut().zip(&b.qs) {
             *o = b.d * q as f32;
         }
-    }
+    });
 }
 
 /// f16 row from raw little-endian bytes (2 per element).

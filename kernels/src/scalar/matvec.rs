@@ -81,72 +81,69 @@ pub(super) fn matvec_k<B: Pod>(
     }
 }
 
-/// F32 weights × F32 activations (bytes at any alignment), sequential f32 accumulation per row.
-pub fn matvec_f32(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    let Some((rb, xb)) = matvec_geometry(QuantType::F32, n, w, xq, out) else {
+/// `out[r] = Σ_i weight(row_r[i]) * x[i]` for float weights of `WEIGHT_BYTES` bytes each and f32
+/// activations (bytes at any alignment), sequential f32 accumulation per row.
+fn matvec_float<const WEIGHT_BYTES: usize>(
+    ty: QuantType,
+    n: usize,
+    w: &[u8],
+    xq: &[u8],
+    out: &mut [f32],
+    weight: fn([u8; WEIGHT_BYTES]) -> f32,
+) {
+    let Some((rb, xb)) = matvec_geometry(ty, n, w, xq, out) else {
         return;
     };
     let x = &xq[..xb];
     for (r, o) in out.iter_mut().enumerate() {
         let row = &w[r * rb..(r + 1) * rb];
         let mut sum = 0.0f32;
-        for (a, b) in row.chunks_exact(4).zip(x.chunks_exact(4)) {
-            sum += f32::from_le_bytes([a[0], a[1], a[2], a[3]])
-                * f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        for (a, b) in row.chunks_exact(WEIGHT_BYTES).zip(x.chunks_exact(4)) {
+            let a: [u8; WEIGHT_BYTES] = a.try_into().unwrap_or([0; WEIGHT_BYTES]);
+            sum += weight(a) * f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
         *o = sum;
     }
+}
+
+/// F32 weights × F32 activations (bytes at any alignment), sequential f32 accumulation per row.
+pub fn matvec_f32(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
+    matvec_float(QuantType::F32, n, w, xq, out, f32::from_le_bytes);
 }
 
 /// F16 weights × F32 activations (activation bytes at any alignment); same order as [`vec_dot_f16_f32`].
 pub fn matvec_f16(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    let Some((rb, xb)) = matvec_geometry(QuantType::F16, n, w, xq, out) else {
-        return;
-    };
-    let x = &xq[..xb];
-    for (r, o) in out.iter_mut().enumerate() {
-        let row = &w[r * rb..(r + 1) * rb];
-        let mut sum = 0.0f32;
-        for (a, b) in row.chunks_exact(2).zip(x.chunks_exact(4)) {
-            sum += F16Bits([a[0], a[1]]).to_f32() * f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    matvec_float(QuantType::F16, n, w, xq, out, |a| F16Bits(a).to_f32());
+}
+
+/// Defines `MatVec` entries `$name` for weights of type `$ty` as `$matvec($ty, .., $dot)`
+/// ([`matvec_blocks`] with a row dot product, [`matvec_k`] with a super-block one).
+macro_rules! matvec_entries {
+    ($($(#[$m:meta])* $vis:vis fn $name:ident => $matvec:ident($ty:ident, $dot:path);)*) => {$(
+        $(#[$m])*
+        $vis fn $name(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
+            $matvec(QuantType::$ty, n, w, xq, out, $dot);
         }
-        *o = sum;
-    }
+    )*};
 }
-
-pub fn matvec_q4_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_blocks(QuantType::Q4_0, n, w, xq, out, vec_dot_q4_0_q8_0);
-}
-
-pub fn matvec_q4_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_blocks(QuantType::Q4_1, n, w, xq, out, vec_dot_q4_1_q8_1);
-}
-
-/// Q5_0 weights × Q8_0 activations ([`vec_dot_q5_0_q8_0`] per row).
-pub fn matvec_q5_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_blocks(QuantType::Q5_0, n, w, xq, out, vec_dot_q5_0_q8_0);
-}
-
-/// Q5_1 weights × Q8_1 activations ([`vec_dot_q5_1_q8_1`] per row; the weight's minimum meets the
-/// activation block's stored sum `s`, as in Q4_1).
-pub fn matvec_q5_1(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_blocks(QuantType::Q5_1, n, w, xq, out, vec_dot_q5_1_q8_1);
-}
-
-pub fn matvec_q8_0(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_blocks(QuantType::Q8_0, n, w, xq, out, vec_dot_q8_0_q8_0);
-}
-
-pub fn matvec_q4_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_k(QuantType::Q4K, n, w, xq, out, dot_block_q4_k_q8_k);
-}
-
-pub fn matvec_q5_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_k(QuantType::Q5K, n, w, xq, out, dot_block_q5_k_q8_k);
-}
-
-pub fn matvec_q6_k(n: usize, w: &[u8], xq: &[u8], out: &mut [f32]) {
-    matvec_k(QuantType::Q6K, n, w, xq, out, dot_block_q6_k_q8_k);
+matvec_entries! {
+    /// Q4_0 weights × Q8_0 activations ([`vec_dot_q4_0_q8_0`] per row).
+    pub fn matvec_q4_0 => matvec_blocks(Q4_0, vec_dot_q4_0_q8_0);
+    /// Q4_1 weights × Q8_1 activations ([`vec_dot_q4_1_q8_1`] per row).
+    pub fn matvec_q4_1 => matvec_blocks(Q4_1, vec_dot_q4_1_q8_1);
+    /// Q5_0 weights × Q8_0 activations ([`vec_dot_q5_0_q8_0`] per row).
+    pub fn matvec_q5_0 => matvec_blocks(Q5_0, vec_dot_q5_0_q8_0);
+    /// Q5_1 weights × Q8_1 activations ([`vec_dot_q5_1_q8_1`] per row; the weight's minimum meets
+    /// the activation block's stored sum `s`, as in Q4_1).
+    pub fn matvec_q5_1 => matvec_blocks(Q5_1, vec_dot_q5_1_q8_1);
+    /// Q8_0 weights × Q8_0 activations ([`vec_dot_q8_0_q8_0`] per row).
+    pub fn matvec_q8_0 => matvec_blocks(Q8_0, vec_dot_q8_0_q8_0);
+    /// Q4_K weights × Q8_K activations ([`dot_block_q4_k_q8_k`] per super-block).
+    pub fn matvec_q4_k => matvec_k(Q4K, dot_block_q4_k_q8_k);
+    /// Q5_K weights × Q8_K activations ([`dot_block_q5_k_q8_k`] per super-block).
+    pub fn matvec_q5_k => matvec_k(Q5K, dot_block_q5_k_q8_k);
+    /// Q6_K weights × Q8_K activations ([`dot_block_q6_k_q8_k`] per super-block).
+    pub fn matvec_q6_k => matvec_k(Q6K, dot_block_q6_k_q8_k);
 }
 
 // ---------------------------------------------------------------------------------------------------

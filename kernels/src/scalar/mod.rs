@@ -172,6 +172,16 @@ pub fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
 
+/// The two 5-bit weights of byte `j` of a Q5 block, minus `offset`.
+#[inline(always)]
+pub(super) fn q5_pair(qs: &[u8; QK / 2], qh: u32, j: usize, offset: i32) -> (i32, i32) {
+    let h0 = ((qh >> j) << 4) & 0x10;
+    let h1 = (qh >> (j + 12)) & 0x10;
+    let v0 = ((qs[j] & 0x0f) as u32 | h0) as i32 - offset;
+    let v1 = ((qs[j] >> 4) as u32 | h1) as i32 - offset;
+    (v0, v1)
+}
+
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block.
 #[inline(always)]
 pub fn get_scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {

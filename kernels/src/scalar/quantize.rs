@@ -1,15 +1,22 @@
 //! Activation quantizers (ggml `quantize_row_q8_0_ref`, `_q8_1_ref`, `_q8_K_ref`)
 use super::*;
 
-/// Q8_0 scale and reciprocal of a 32-element block, as ggml computes them.
+/// The largest |v| of a block, folded in element order as ggml's `MAX(amax, fabsf(v))`
+/// (`amax > a ? amax : a`).
 #[inline(always)]
-pub(super) fn q8_scale(xb: &[f32]) -> (f32, f32) {
+fn block_amax(xb: &[f32]) -> f32 {
     let mut amax = 0.0f32;
     for &v in xb {
         let a = absf(v);
-        // ggml's MAX(amax, fabsf(v)) = amax > a ? amax : a
         amax = if amax > a { amax } else { a };
     }
+    amax
+}
+
+/// Q8_0 scale and reciprocal of a 32-element block, as ggml computes them.
+#[inline(always)]
+pub(super) fn q8_scale(xb: &[f32]) -> (f32, f32) {
+    let amax = block_amax(xb);
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     (d, id)
@@ -47,15 +54,7 @@ pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
 }
 
 pub(super) fn quantize_block_q8_k(xb: &[f32], yb: &mut BlockQ8K) {
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in xb {
-        let ax = absf(v);
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (amax, max) = abs_and_signed_max(xb);
     if amax == 0.0 {
         // ggml leaves bsums unwritten here; we zero them (they are the sums of the zero quants).
         yb.d = 0.0;
@@ -67,10 +66,16 @@ pub(super) fn quantize_block_q8_k(xb: &[f32], yb: &mut BlockQ8K) {
     for (q, &v) in yb.qs.iter_mut().zip(xb) {
         *q = nearest_int(iscale * v).clamp(-128, 127) as i8;
     }
-    for (j, s) in yb.bsums.iter_mut().enumerate() {
-        *s = yb.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
-    }
+    fill_bsums(yb);
     yb.d = 1.0 / iscale;
+}
+
+/// `bsums[j]` = the sum of the quants `16j..16j+16`.
+#[inline(always)]
+fn fill_bsums(b: &mut BlockQ8K) {
+    for (j, s) in b.bsums.iter_mut().enumerate() {
+        *s = b.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
+    }
 }
 
 pub fn quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
@@ -80,20 +85,23 @@ pub fn quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
     }
 }
 
+/// Byte-level [`Quantize`] through `row` for a 32-weight block type whose alignment `out` may lack
+/// (then nothing is written).
+fn quantize_bytes<B: Pod>(ty: QuantType, x: &[f32], out: &mut [u8], row: fn(&[f32], &mut [B])) {
+    let nb = crate::quantize_blocks(ty, x, out.len());
+    if let Ok(y) = bytemuck::try_cast_slice_mut(&mut out[..nb * size_of::<B>()]) {
+        row(&x[..nb * QK], y);
+    }
+}
+
 /// Byte-level [`Quantize`] for Q8_0.
 pub fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
-    let nb = crate::quantize_blocks(QuantType::Q8_0, x, out.len());
-    if let Ok(y) = bytemuck::try_cast_slice_mut(&mut out[..nb * size_of::<BlockQ8_0>()]) {
-        quantize_row_q8_0(&x[..nb * QK], y);
-    }
+    quantize_bytes(QuantType::Q8_0, x, out, quantize_row_q8_0);
 }
 
 /// Byte-level [`Quantize`] for Q8_1.
 pub fn quantize_q8_1(x: &[f32], out: &mut [u8]) {
-    let nb = crate::quantize_blocks(QuantType::Q8_1, x, out.len());
-    if let Ok(y) = bytemuck::try_cast_slice_mut(&mut out[..nb * size_of::<BlockQ8_1>()]) {
-        quantize_row_q8_1(&x[..nb * QK], y);
-    }
+    quantize_bytes(QuantType::Q8_1, x, out, quantize_row_q8_1);
 }
 
 /// Byte-level [`Quantize`] for Q8_K (any alignment of `out`).
@@ -159,10 +167,7 @@ pub(super) fn quantize2_block32(
 /// residual tie at +128).
 pub fn quantize2_row_q8_0(x: &[f32], q: &mut [BlockQ8_0], r: &mut [BlockQ8_0]) {
     for ((xb, qb), rb) in x.chunks_exact(QK).zip(q.iter_mut()).zip(r.iter_mut()) {
-        let amax = xb
-            .iter()
-            .fold(0.0f32, |m, &v| if m > absf(v) { m } else { absf(v) });
-        let ds = x2_scale_f16(amax);
+        let ds = x2_scale_f16(block_amax(xb));
         let d = quantize2_block32(xb, ds, &mut qb.qs, &mut rb.qs);
         qb.d = ds;
         rb.d = fp16(d / 256.0);
@@ -174,10 +179,7 @@ pub fn quantize2_row_q8_0(x: &[f32], q: &mut [BlockQ8_0], r: &mut [BlockQ8_0]) {
 /// add up to the block's true sum to f16 precision of the small remainder.
 pub fn quantize2_row_q8_1(x: &[f32], q: &mut [BlockQ8_1], r: &mut [BlockQ8_1]) {
     for ((xb, qb), rb) in x.chunks_exact(QK).zip(q.iter_mut()).zip(r.iter_mut()) {
-        let amax = xb
-            .iter()
-            .fold(0.0f32, |m, &v| if m > absf(v) { m } else { absf(v) });
-        let ds = x2_scale_f16(amax);
+        let ds = x2_scale_f16(block_amax(xb));
         let d = quantize2_block32(xb, ds, &mut qb.qs, &mut rb.qs);
         let sum_q: i32 = qb.qs.iter().map(|&v| v as i32).sum();
         let sum_x: f32 = xb.iter().sum();
@@ -200,35 +202,38 @@ pub fn quantize2_row_q8_k(x: &[f32], q: &mut [BlockQ8K], r: &mut [BlockQ8K]) {
             let res = v - d * qi as f32;
             *ri = nearest_int(res * is256).clamp(-128, 127) as i8;
         }
-        for (j, s) in rb.bsums.iter_mut().enumerate() {
-            *s = rb.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
-        }
+        fill_bsums(rb);
         rb.d = d / 256.0;
+    }
+}
+
+/// Byte-level [`Quantize2`] through `row` for a 32-weight block type whose alignment `q` or `r` may
+/// lack (then nothing is written).
+fn quantize2_bytes<B: Pod>(
+    ty: QuantType,
+    x: &[f32],
+    q: &mut [u8],
+    r: &mut [u8],
+    row: fn(&[f32], &mut [B], &mut [B]),
+) {
+    let nb = crate::quantize_blocks(ty, x, q.len().min(r.len()));
+    let len = nb * size_of::<B>();
+    if let (Ok(qb), Ok(rb)) = (
+        bytemuck::try_cast_slice_mut(&mut q[..len]),
+        bytemuck::try_cast_slice_mut(&mut r[..len]),
+    ) {
+        row(&x[..nb * QK], qb, rb);
     }
 }
 
 /// Byte-level [`Quantize2`] for Q8_0.
 pub fn quantize2_q8_0(x: &[f32], q: &mut [u8], r: &mut [u8]) {
-    let nb = crate::quantize_blocks(QuantType::Q8_0, x, q.len().min(r.len()));
-    let len = nb * size_of::<BlockQ8_0>();
-    if let (Ok(qb), Ok(rb)) = (
-        bytemuck::try_cast_slice_mut(&mut q[..len]),
-        bytemuck::try_cast_slice_mut(&mut r[..len]),
-    ) {
-        quantize2_row_q8_0(&x[..nb * QK], qb, rb);
-    }
+    quantize2_bytes(QuantType::Q8_0, x, q, r, quantize2_row_q8_0);
 }
 
 /// Byte-level [`Quantize2`] for Q8_1.
 pub fn quantize2_q8_1(x: &[f32], q: &mut [u8], r: &mut [u8]) {
-    let nb = crate::quantize_blocks(QuantType::Q8_1, x, q.len().min(r.len()));
-    let len = nb * size_of::<BlockQ8_1>();
-    if let (Ok(qb), Ok(rb)) = (
-        bytemuck::try_cast_slice_mut(&mut q[..len]),
-        bytemuck::try_cast_slice_mut(&mut r[..len]),
-    ) {
-        quantize2_row_q8_1(&x[..nb * QK], qb, rb);
-    }
+    quantize2_bytes(QuantType::Q8_1, x, q, r, quantize2_row_q8_1);
 }
 
 /// Byte-level [`Quantize2`] for Q8_K (any alignment of `q` and `r`).

@@ -1,18 +1,26 @@
 //! Weight quantizers (ggml `quantize_row_*_ref`)
 use super::*;
 
-/// Value of largest magnitude (first one on ties), ggml's `amax`/`max` scan.
+/// `(amax, max)`: the largest magnitude and the value that has it (the first one on ties), ggml's
+/// `amax`/`max` scan.
 #[inline(always)]
-pub(super) fn signed_absmax(xb: &[f32]) -> f32 {
+pub(super) fn abs_and_signed_max(xb: &[f32]) -> (f32, f32) {
     let mut amax = 0.0f32;
     let mut max = 0.0f32;
     for &v in xb {
-        if amax < absf(v) {
-            amax = absf(v);
+        let ax = absf(v);
+        if ax > amax {
+            amax = ax;
             max = v;
         }
     }
-    max
+    (amax, max)
+}
+
+/// Value of largest magnitude (first one on ties), ggml's `amax`/`max` scan.
+#[inline(always)]
+pub(super) fn signed_absmax(xb: &[f32]) -> f32 {
+    abs_and_signed_max(xb).1
 }
 
 #[inline(always)]
@@ -36,83 +44,91 @@ pub(super) fn trunc_i8(v: f32) -> i32 {
     (v as i32).clamp(-128, 127)
 }
 
+/// Packs the 4-bit levels of a 32-weight block: byte `j` holds `level(xb[j])` in its low nibble and
+/// `level(xb[j + 16])` in its high nibble.
+#[inline(always)]
+fn pack_q4(xb: &[f32], qs: &mut [u8; QK / 2], level: impl Fn(f32) -> u8) {
+    for j in 0..QK / 2 {
+        let q0 = level(xb[j]);
+        let q1 = level(xb[j + QK / 2]);
+        qs[j] = q0 | (q1 << 4);
+    }
+}
+
+/// Packs the 5-bit levels of a 32-weight block as [`pack_q4`] does, the fifth bits going to the
+/// returned `qh` (bit `j` for weight `j`).
+#[inline(always)]
+fn pack_q5(xb: &[f32], qs: &mut [u8; QK / 2], level: impl Fn(f32) -> u8) -> [u8; 4] {
+    let mut qh = 0u32;
+    for j in 0..QK / 2 {
+        let q0 = level(xb[j]);
+        let q1 = level(xb[j + QK / 2]);
+        qs[j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
+        qh |= (((q0 & 0x10) >> 4) as u32) << j;
+        qh |= (((q1 & 0x10) >> 4) as u32) << (j + QK / 2);
+    }
+    qh.to_le_bytes()
+}
+
+/// Runs `f(weights, block)` for each block of `y` and its `block_len` weights in `x`.
+#[inline(always)]
+fn for_each_block_mut<B>(
+    x: &[f32],
+    y: &mut [B],
+    block_len: usize,
+    mut f: impl FnMut(&[f32], &mut B),
+) {
+    debug_assert_eq!(x.len(), y.len() * block_len);
+    for (xb, yb) in x.chunks_exact(block_len).zip(y.iter_mut()) {
+        f(xb, yb);
+    }
+}
+
 pub fn quantize_row_q4_0(x: &[f32], y: &mut [BlockQ4_0]) {
-    debug_assert_eq!(x.len(), y.len() * QK);
-    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
+    for_each_block_mut(x, y, QK, |xb, yb| {
         let max = signed_absmax(xb);
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         yb.d = fp16(d);
-        for j in 0..QK / 2 {
-            let x0 = xb[j] * id;
-            let x1 = xb[j + QK / 2] * id;
-            let q0 = trunc_i8(x0 + 8.5).min(15) as u8;
-            let q1 = trunc_i8(x1 + 8.5).min(15) as u8;
-            yb.qs[j] = q0 | (q1 << 4);
-        }
-    }
+        pack_q4(xb, &mut yb.qs, |v| trunc_i8(v * id + 8.5).min(15) as u8);
+    });
 }
 
 pub fn quantize_row_q4_1(x: &[f32], y: &mut [BlockQ4_1]) {
-    debug_assert_eq!(x.len(), y.len() * QK);
-    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
+    for_each_block_mut(x, y, QK, |xb, yb| {
         let (min, max) = min_max(xb);
         let d = (max - min) / 15.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         yb.d = fp16(d);
         yb.m = fp16(min);
-        for j in 0..QK / 2 {
-            let x0 = (xb[j] - min) * id;
-            let x1 = (xb[j + QK / 2] - min) * id;
-            let q0 = trunc_i8(x0 + 0.5).min(15) as u8;
-            let q1 = trunc_i8(x1 + 0.5).min(15) as u8;
-            yb.qs[j] = q0 | (q1 << 4);
-        }
-    }
+        pack_q4(xb, &mut yb.qs, |v| {
+            trunc_i8((v - min) * id + 0.5).min(15) as u8
+        });
+    });
 }
 
 pub fn quantize_row_q5_0(x: &[f32], y: &mut [BlockQ5_0]) {
-    debug_assert_eq!(x.len(), y.len() * QK);
-    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
+    for_each_block_mut(x, y, QK, |xb, yb| {
         let max = signed_absmax(xb);
         let d = max / -16.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         yb.d = fp16(d);
-        let mut qh = 0u32;
-        for j in 0..QK / 2 {
-            let x0 = xb[j] * id;
-            let x1 = xb[j + QK / 2] * id;
-            let q0 = trunc_i8(x0 + 16.5).min(31) as u8;
-            let q1 = trunc_i8(x1 + 16.5).min(31) as u8;
-            yb.qs[j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
-            qh |= (((q0 & 0x10) >> 4) as u32) << j;
-            qh |= (((q1 & 0x10) >> 4) as u32) << (j + QK / 2);
-        }
-        yb.qh = qh.to_le_bytes();
-    }
+        yb.qh = pack_q5(xb, &mut yb.qs, |v| trunc_i8(v * id + 16.5).min(31) as u8);
+    });
 }
 
 pub fn quantize_row_q5_1(x: &[f32], y: &mut [BlockQ5_1]) {
-    debug_assert_eq!(x.len(), y.len() * QK);
-    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
+    for_each_block_mut(x, y, QK, |xb, yb| {
         let (min, max) = min_max(xb);
         let d = (max - min) / 31.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         yb.d = fp16(d);
         yb.m = fp16(min);
-        let mut qh = 0u32;
-        for j in 0..QK / 2 {
-            let x0 = (xb[j] - min) * id;
-            let x1 = (xb[j + QK / 2] - min) * id;
-            // ggml: (uint8_t)(x + 0.5f), no clamp (the value is at most 31.5 by construction).
-            let q0 = ((x0 + 0.5) as i32).clamp(0, 255) as u8;
-            let q1 = ((x1 + 0.5) as i32).clamp(0, 255) as u8;
-            yb.qs[j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
-            qh |= (((q0 & 0x10) >> 4) as u32) << j;
-            qh |= (((q1 & 0x10) >> 4) as u32) << (j + QK / 2);
-        }
-        yb.qh = qh.to_le_bytes();
-    }
+        // ggml: (uint8_t)(x + 0.5f), no clamp (the value is at most 31.5 by construction).
+        yb.qh = pack_q5(xb, &mut yb.qs, |v| {
+            (((v - min) * id + 0.5) as i32).clamp(0, 255) as u8
+        });
+    });
 }
 
 /// ggml `make_qkx2_quants` (use_mad = false): fits `x ≈ scale*L + min` with L in 0..=nmax, min ≤ 0.
@@ -206,15 +222,7 @@ pub(super) fn make_qkx2_quants(
 /// `x ≈ scale * (L - nmax)`, L in 0..2*nmax. Returns the scale.
 pub(super) fn make_qx_quants_rmse1(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
     const GROUP_MAX_EPS: f32 = 1e-15;
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        let ax = absf(v);
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (amax, max) = abs_and_signed_max(x);
     if amax < GROUP_MAX_EPS {
         l_out.iter_mut().for_each(|l| *l = 0);
         return 0.0;
@@ -352,9 +360,8 @@ pub(super) fn quantize_k4_common(
 
 /// Q4_K quantizer following ggml's `quantize_row_q4_K_ref` (no importance matrix).
 pub fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]) {
-    debug_assert_eq!(x.len(), y.len() * QK_K);
     let mut l = [0u8; QK_K];
-    for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
+    for_each_block_mut(x, y, QK_K, |xb, yb| {
         let (d, dmin, scales) = quantize_k4_common(xb, 15, -1.0, 0.1, 20, &mut l);
         yb.d = d;
         yb.dmin = dmin;
@@ -364,14 +371,13 @@ pub fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]) {
                 yb.qs[32 * c + i] = l[64 * c + i] | (l[64 * c + i + 32] << 4);
             }
         }
-    }
+    });
 }
 
 /// Q5_K quantizer following ggml's `quantize_row_q5_K_ref` (no importance matrix).
 pub fn quantize_row_q5_k(x: &[f32], y: &mut [BlockQ5K]) {
-    debug_assert_eq!(x.len(), y.len() * QK_K);
     let mut l = [0u8; QK_K];
-    for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
+    for_each_block_mut(x, y, QK_K, |xb, yb| {
         let (d, dmin, scales) = quantize_k4_common(xb, 31, -0.5, 0.1, 15, &mut l);
         yb.d = d;
         yb.dmin = dmin;
@@ -394,16 +400,15 @@ pub fn quantize_row_q5_k(x: &[f32], y: &mut [BlockQ5K]) {
                 yb.qs[32 * c + j] = l1 | (l2 << 4);
             }
         }
-    }
+    });
 }
 
 /// Q6_K quantizer following ggml's `quantize_row_q6_K_ref` (no importance matrix).
 pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6K]) {
     const GROUP_MAX_EPS: f32 = 1e-15;
-    debug_assert_eq!(x.len(), y.len() * QK_K);
     let mut l = [0i8; QK_K];
     let mut scales = [0.0f32; QK_K / 16];
-    for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
+    for_each_block_mut(x, y, QK_K, |xb, yb| {
         let mut max_scale = 0.0f32;
         let mut max_abs_scale = 0.0f32;
         for ib in 0..QK_K / 16 {
@@ -421,7 +426,7 @@ pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6K]) {
         if max_abs_scale < GROUP_MAX_EPS {
             *yb = BlockQ6K::zeroed();
             yb.d = fp16(0.0);
-            continue;
+            return;
         }
         let iscale = -128.0f32 / max_scale;
         yb.d = fp16(1.0 / iscale);
@@ -451,5 +456,5 @@ pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6K]) {
                     (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
             }
         }
-    }
+    });
 }
