@@ -3,8 +3,8 @@
 //! permutation independently), expected values computed with numpy outside this project, and the
 //! refusal cases, each of which must name the offending field / tensor.
 mod common;
-use common::f16_bytes;
-use std::collections::HashMap;
+use common::llama_base::llama_base_info;
+use common::{assert_same_factors, empty_temp_dir, f16_bytes};
 use std::path::{Path, PathBuf};
 
 use edge_run::adapter::{Adapter, AdapterFormat, BaseInfo, LoraKind};
@@ -20,28 +20,7 @@ fn data(p: &str) -> PathBuf {
 /// SmolLM2-135M's shapes: 30 layers, 9 heads, 3 KV heads, width 576, FFN 1536, KV width 192,
 /// vocabulary 49152, tied output head (no `output.weight`).
 fn smollm2() -> BaseInfo {
-    let mut t = HashMap::new();
-    t.insert("token_embd.weight".to_string(), (576, 49152));
-    for l in 0..30 {
-        for (n, s) in [
-            ("attn_q", (576, 576)),
-            ("attn_k", (576, 192)),
-            ("attn_v", (576, 192)),
-            ("attn_output", (576, 576)),
-            ("ffn_gate", (576, 1536)),
-            ("ffn_up", (576, 1536)),
-            ("ffn_down", (1536, 576)),
-        ] {
-            t.insert(format!("blk.{l}.{n}.weight"), s);
-        }
-    }
-    BaseInfo {
-        arch: "llama".into(),
-        n_layer: 30,
-        n_head: 9,
-        n_head_kv: 3,
-        tensors: t,
-    }
+    llama_base_info(30, (9, 3), 576, 1536, 49152)
 }
 
 fn load(p: &Path) -> Adapter {
@@ -50,13 +29,7 @@ fn load(p: &Path) -> Adapter {
 
 /// A fresh temp dir for one test.
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "edge-run-adapter-test-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    empty_temp_dir("adapter-test", name)
 }
 
 /// Copies `shout-peft` (fp16, r=4, gate/up/down) into a temp dir, with `edit` applied to its config.
@@ -171,31 +144,12 @@ fn peft_and_llamacpp_gguf_agree_after_permutation() {
         let p = load(&data(peft));
         let g = load(&data(gguf));
         assert_eq!(p.tensors().len(), g.tensors().len());
-        let mut n_qk = 0;
-        for tp in p.tensors() {
-            let tg = g
-                .get(&tp.target)
-                .unwrap_or_else(|| panic!("{gguf} lacks {}", tp.target));
-            assert_eq!(
-                (tp.rank, tp.n_in, tp.n_out, tp.scale),
-                (tg.rank, tg.n_in, tg.n_out, tg.scale),
-                "{}",
-                tp.target
-            );
-            assert!(
-                tp.a() == tg.a(),
-                "{peft} vs {gguf}: A of {} differs",
-                tp.target
-            );
-            assert!(
-                tp.b() == tg.b(),
-                "{peft} vs {gguf}: B of {} differs (q/k permutation?)",
-                tp.target
-            );
-            if tp.target.contains("attn_q") || tp.target.contains("attn_k") {
-                n_qk += 1;
-            }
-        }
+        assert_same_factors((peft, &p), (gguf, &g));
+        let n_qk = p
+            .tensors()
+            .iter()
+            .filter(|t| t.target.contains("attn_q") || t.target.contains("attn_k"))
+            .count();
         println!(
             "{peft} == {gguf}: {} tensors, {n_qk} of them permuted q/k",
             p.tensors().len()
@@ -255,114 +209,73 @@ fn format_is_detected_from_content() {
 fn config_refusals_name_the_field() {
     let base = smollm2();
     use serde_json::json;
-    /// One change to the parsed `adapter_config.json`.
-    type ConfigEdit = Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>;
-    let cases: Vec<(&str, ConfigEdit, Vec<&str>)> = vec![
-        (
-            "dora",
-            Box::new(|c| {
-                c.insert("use_dora".into(), json!(true));
-            }),
-            vec!["use_dora"],
-        ),
-        (
-            "bias",
-            Box::new(|c| {
-                c.insert("bias".into(), json!("all"));
-            }),
-            vec!["bias"],
-        ),
+    // Each case sets one field of the parsed `adapter_config.json`: (case, field, value, needles).
+    let cases: [(&str, &str, serde_json::Value, &[&str]); 14] = [
+        ("dora", "use_dora", json!(true), &["use_dora"]),
+        ("bias", "bias", json!("all"), &["bias"]),
         (
             "mts",
-            Box::new(|c| {
-                c.insert("modules_to_save".into(), json!(["lm_head"]));
-            }),
-            vec!["modules_to_save"],
+            "modules_to_save",
+            json!(["lm_head"]),
+            &["modules_to_save"],
         ),
         (
             "unknown-module",
-            Box::new(|c| {
-                c.insert(
-                    "target_modules".into(),
-                    json!(["gate_proj", "up_proj", "down_proj", "foo_proj"]),
-                );
-            }),
-            vec!["target_modules", "foo_proj"],
+            "target_modules",
+            json!(["gate_proj", "up_proj", "down_proj", "foo_proj"]),
+            &["target_modules", "foo_proj"],
         ),
-        (
-            "peft-type",
-            Box::new(|c| {
-                c.insert("peft_type".into(), json!("LOHA"));
-            }),
-            vec!["peft_type"],
-        ),
+        ("peft-type", "peft_type", json!("LOHA"), &["peft_type"]),
         (
             "unknown-field",
-            Box::new(|c| {
-                c.insert("shiny_new_option".into(), json!(3));
-            }),
-            vec!["shiny_new_option"],
+            "shiny_new_option",
+            json!(3),
+            &["shiny_new_option"],
         ),
-        (
-            "r",
-            Box::new(|c| {
-                c.insert("r".into(), json!(8));
-            }),
-            vec!["`r`", "rank 4"],
-        ),
+        ("r", "r", json!(8), &["`r`", "rank 4"]),
         (
             "rank-pattern",
-            Box::new(|c| {
-                c.insert("rank_pattern".into(), json!({"down_proj": 2}));
-            }),
-            vec!["rank_pattern", "down_proj"],
+            "rank_pattern",
+            json!({"down_proj": 2}),
+            &["rank_pattern", "down_proj"],
         ),
         (
             "layers",
-            Box::new(|c| {
-                c.insert("layers_to_transform".into(), json!([0]));
-            }),
-            vec!["layers_to_transform", "layers.1."],
+            "layers_to_transform",
+            json!([0]),
+            &["layers_to_transform", "layers.1."],
         ),
         (
             "not-targeted",
-            Box::new(|c| {
-                c.insert("target_modules".into(), json!(["gate_proj", "up_proj"]));
-            }),
-            vec!["target_modules", "down_proj"],
+            "target_modules",
+            json!(["gate_proj", "up_proj"]),
+            &["target_modules", "down_proj"],
         ),
         (
             "excluded",
-            Box::new(|c| {
-                c.insert("exclude_modules".into(), json!(["down_proj"]));
-            }),
-            vec!["exclude_modules", "down_proj"],
+            "exclude_modules",
+            json!(["down_proj"]),
+            &["exclude_modules", "down_proj"],
         ),
         (
             "pissa",
-            Box::new(|c| {
-                c.insert("init_lora_weights".into(), json!("pissa"));
-            }),
-            vec!["init_lora_weights"],
+            "init_lora_weights",
+            json!("pissa"),
+            &["init_lora_weights"],
         ),
         (
             "layer-replication",
-            Box::new(|c| {
-                c.insert("layer_replication".into(), json!([[0, 4]]));
-            }),
-            vec!["layer_replication"],
+            "layer_replication",
+            json!([[0, 4]]),
+            &["layer_replication"],
         ),
-        (
-            "lora-bias",
-            Box::new(|c| {
-                c.insert("lora_bias".into(), json!(true));
-            }),
-            vec!["lora_bias"],
-        ),
+        ("lora-bias", "lora_bias", json!(true), &["lora_bias"]),
     ];
-    for (name, edit, needles) in cases {
-        let d = shout_with(name, edit);
-        expect_err(&d, &base, &needles);
+    for (name, field, value, needles) in cases {
+        let d = shout_with(name, |c| {
+            c.insert(field.into(), value);
+        });
+        expect_err(&d, &base, needles);
         let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -5,23 +5,7 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn edge_run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edge-run"))
-        .args(args)
-        .output()
-        .expect("run edge-run")
-}
-
-fn fixture(name: &str) -> PathBuf {
-    root().join("models/fixtures").join(name)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use std::path::Path;
 
 /// Runs `bench … --json`, checks the exit status and that the last stdout line is the JSON object.
 fn bench_json(args: &[&str]) -> (Value, String, String) {
@@ -100,7 +84,18 @@ fn adapter_bytes(path: &Path) -> f64 {
 #[test]
 fn json_reports_bytes_per_token_and_roofline() {
     let model = fixture("tiny-q4_1.gguf");
-    let (v, out, err) = bench_json(&["-m", s(&model), "-p", "8", "-n", "4", "-r", "1", "-t", "1"]);
+    let (v, out, err) = bench_json(&[
+        "-m",
+        path_arg(&model),
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "-t",
+        "1",
+    ]);
     // Progress on stderr, the table on stdout.
     assert!(
         err.contains("edge-run bench:") && err.contains("roofline"),
@@ -181,7 +176,7 @@ fn json_with_adapter_and_compare_model() {
     let lora = fixture("tiny-lora.gguf");
     let (v, out, _) = bench_json(&[
         "-m",
-        s(&model),
+        path_arg(&model),
         "-p",
         "8",
         "-n",
@@ -191,9 +186,9 @@ fn json_with_adapter_and_compare_model() {
         "-t",
         "2",
         "--adapter",
-        &format!("{}:0.5", s(&lora)),
+        &format!("{}:0.5", path_arg(&lora)),
         "--compare-model",
-        s(&other),
+        path_arg(&other),
     ]);
     assert!(
         out.contains("+1 adapter(s)") && out.contains("tiny-q8_0.gguf") && out.contains("compare:"),
@@ -253,7 +248,7 @@ fn json_with_adapter_and_compare_model() {
         num(&v, "compare_pp_tps") / num(&v, "lora_pp_tps"),
         "pp ratio",
     );
-    assert_eq!(v["compare_model"].as_str(), Some(s(&other)));
+    assert_eq!(v["compare_model"].as_str(), Some(path_arg(&other)));
     for k in ["roofline_pct", "lora_roofline_pct", "compare_roofline_pct"] {
         let p = num(&v, k);
         assert!(p > 0.0 && p < 100.0, "{k} = {p}");
@@ -289,19 +284,9 @@ fn bad_bench_arguments_are_refused() {
             "/nonexistent/a.gguf",
         ),
     ] {
-        let mut all = vec!["bench", "-m", s(&model), "-p", "4", "-t", "1"];
+        let mut all = vec!["bench", "-m", path_arg(&model), "-p", "4", "-t", "1"];
         all.extend(args.iter().copied());
-        let o = edge_run(&all);
-        let e = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(code), "{args:?}: {e}");
-        assert!(
-            e.contains(needle),
-            "{args:?}: stderr does not name `{needle}`: {e}"
-        );
-        assert!(
-            !e.contains("panicked") && !e.contains("internal error"),
-            "{e}"
-        );
+        refused(&edge_run(&all), code, needle);
     }
 }
 
@@ -336,7 +321,18 @@ fn sliding_window_layers_read_at_most_the_window() {
         })
         .sum();
     let kv = 2.0 * (kv_dim * 4) as f64 * positions as f64 / 4.0;
-    let (v, _, _) = bench_json(&["-m", s(&model), "-p", "8", "-n", "4", "-r", "1", "-t", "1"]);
+    let (v, _, _) = bench_json(&[
+        "-m",
+        path_arg(&model),
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "-t",
+        "1",
+    ]);
     close(
         num(&v, "kv_bytes_per_token"),
         kv,

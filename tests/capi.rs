@@ -162,14 +162,6 @@ fn q4_1_entry() -> serde_json::Value {
         .clone()
 }
 
-fn ids(v: &serde_json::Value) -> Vec<i32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_i64().unwrap() as i32)
-        .collect()
-}
-
 // ------------------------------------------------------------------------------------------ C toolchain
 
 /// The C compiler and the command prefix that runs what it builds (a qemu runner when cross-testing).
@@ -743,7 +735,7 @@ fn c_example_matches_rust_api_on_tiny_fixture() {
             .iter()
             .map(|&t| t as i32)
             .collect::<Vec<_>>(),
-        ids(&case["ids"])
+        common::token_ids::<i32>(&case["ids"])
     );
     assert_ne!(base, with, "the adapter changed nothing");
 }
@@ -814,7 +806,7 @@ const TOL_Q4_1: f64 = 2.5e-2;
 fn logits_through_c_api_match_reference() {
     let _serial = serial();
     let f = q4_1_entry();
-    let toks = ids(&f["tokens"]);
+    let toks = common::token_ids::<i32>(&f["tokens"]);
     let nv = f["n_vocab"].as_u64().unwrap() as usize;
     let m = open_model(&fixture("tiny-q4_1.gguf"));
     let mut n = 0;
@@ -882,7 +874,7 @@ fn logits_through_c_api_match_reference() {
 fn seeded_sampling_matches_rust_generate() {
     let _serial = serial();
     let path = fixture("tiny-q4_1.gguf");
-    let prompt: Vec<i32> = ids(&q4_1_entry()["tokens"]);
+    let prompt: Vec<i32> = common::token_ids(&q4_1_entry()["tokens"]);
     let sp = er_sampling_params {
         temperature: 0.9,
         top_k: 50,
@@ -961,7 +953,7 @@ fn tokenize_and_detokenize_round_trip() {
     let m = open_model(&fixture("tiny-q4_1.gguf"));
     for case in f["tokenize"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let want = ids(&case["ids"]);
+        let want = common::token_ids::<i32>(&case["ids"]);
         let mut n = 0;
         // SAFETY: `text` has text.len() bytes; a NULL buffer with cap 0 asks for the size.
         expect(
@@ -1441,26 +1433,22 @@ fn bad_files_and_parameters_are_refused() {
         );
         sp.repeat_last_n = 8;
         let good = sp;
-        sp.top_p = 0.0;
-        expect(
-            er_session_set_sampling(sess, &sp),
-            ER_ERR_INVALID_ARGUMENT,
-            &["top-p"],
-        );
-        sp = good;
-        sp.temperature = f32::NAN;
-        expect(
-            er_session_set_sampling(sess, &sp),
-            ER_ERR_INVALID_ARGUMENT,
-            &["temperature"],
-        );
-        sp = good;
-        sp.repeat_last_n = u32::MAX;
-        expect(
-            er_session_set_sampling(sess, &sp),
-            ER_ERR_INVALID_ARGUMENT,
-            &["repeat_last_n"],
-        );
+        // Each out-of-range field on its own is refused, naming the field.
+        type SpoilField = fn(&mut er_sampling_params);
+        let out_of_range: [(SpoilField, &str); 3] = [
+            (|p| p.top_p = 0.0, "top-p"),
+            (|p| p.temperature = f32::NAN, "temperature"),
+            (|p| p.repeat_last_n = u32::MAX, "repeat_last_n"),
+        ];
+        for (spoil, field) in out_of_range {
+            let mut bad = good;
+            spoil(&mut bad);
+            expect(
+                er_session_set_sampling(sess, &bad),
+                ER_ERR_INVALID_ARGUMENT,
+                &[field],
+            );
+        }
         ok(er_session_set_sampling(sess, &good));
         ok(er_sample(sess, &mut t));
         assert!((0..299).contains(&t));

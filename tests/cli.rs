@@ -4,14 +4,7 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn edge_run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edge-run"))
-        .args(args)
-        .output()
-        .expect("run edge-run")
-}
+use std::process::Output;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -22,29 +15,20 @@ fn stdout(o: &Output) -> String {
 }
 
 fn tiny() -> PathBuf {
-    root().join("models/fixtures/tiny-q4_1.gguf")
+    fixture("tiny-q4_1.gguf")
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A clean refusal: the given status, an `edge-run: error:` line naming `needle`, no panic.
-fn refused(o: &Output, code: i32, needle: &str) {
-    let e = stderr(o);
-    assert_eq!(o.status.code(), Some(code), "status; stderr: {e}");
-    assert!(
-        e.contains("edge-run: error:") || code == 2,
-        "no error line: {e}"
-    );
-    assert!(
-        e.contains(needle),
-        "stderr does not mention `{needle}`: {e}"
-    );
-    assert!(
-        !e.contains("panicked") && !e.contains("internal error"),
-        "panic: {e}"
-    );
+/// `edge-run logits -m <model> --tokens <tokens> -o <out>`.
+fn logits(model: &Path, tokens: &str, out: &Path) -> Output {
+    edge_run(&[
+        "logits",
+        "-m",
+        path_arg(model),
+        "--tokens",
+        tokens,
+        "-o",
+        path_arg(out),
+    ])
 }
 
 #[test]
@@ -60,10 +44,14 @@ fn bad_input_exits_1_with_the_file_named() {
     // Not a GGUF file.
     let junk = dir.join("junk.gguf");
     std::fs::write(&junk, b"this is not a model at all").unwrap();
-    refused(&edge_run(&["info", "-m", s(&junk)]), 1, "junk.gguf");
-    refused(&edge_run(&["-m", s(&junk), "-p", "hi"]), 1, "magic");
+    refused(&edge_run(&["info", "-m", path_arg(&junk)]), 1, "junk.gguf");
+    refused(&edge_run(&["-m", path_arg(&junk), "-p", "hi"]), 1, "magic");
     // A directory.
-    refused(&edge_run(&["info", "-m", s(&dir)]), 1, s(&dir));
+    refused(
+        &edge_run(&["info", "-m", path_arg(&dir)]),
+        1,
+        path_arg(&dir),
+    );
     // Unsupported architecture: the tiny model with general.architecture rewritten.
     let g = edge_run::gguf::Gguf::parse(&std::fs::read(tiny()).unwrap())
         .unwrap()
@@ -74,25 +62,17 @@ fn bad_input_exits_1_with_the_file_named() {
     h[pos..pos + 5].copy_from_slice(b"zzzzz");
     let other = dir.join("other-arch.gguf");
     std::fs::write(&other, &h).unwrap();
-    refused(&edge_run(&["info", "-m", s(&other)]), 1, "other-arch.gguf");
-    // A token id out of range and an unreadable adapter.
     refused(
-        &edge_run(&[
-            "logits",
-            "-m",
-            s(&tiny()),
-            "--tokens",
-            "1,99999",
-            "-o",
-            s(&dir.join("x.npy")),
-        ]),
+        &edge_run(&["info", "-m", path_arg(&other)]),
         1,
-        "99999",
+        "other-arch.gguf",
     );
+    // A token id out of range and an unreadable adapter.
+    refused(&logits(&tiny(), "1,99999", &dir.join("x.npy")), 1, "99999");
     refused(
         &edge_run(&[
             "-m",
-            s(&tiny()),
+            path_arg(&tiny()),
             "-p",
             "hi",
             "--adapter",
@@ -108,35 +88,23 @@ fn bad_input_exits_1_with_the_file_named() {
 fn bad_usage_exits_2() {
     refused(&edge_run(&["--no-such-flag"]), 2, "--no-such-flag");
     refused(&edge_run(&["-p", "hello"]), 2, "-m");
-    refused(&edge_run(&["-m", s(&tiny())]), 2, "prompt");
+    refused(&edge_run(&["-m", path_arg(&tiny())]), 2, "prompt");
     refused(
-        &edge_run(&["-m", s(&tiny()), "-p", "x", "-t", "0"]),
+        &edge_run(&["-m", path_arg(&tiny()), "-p", "x", "-t", "0"]),
         2,
         "threads",
     );
     refused(
-        &edge_run(&["-m", s(&tiny()), "-p", "x", "--top-p", "0"]),
+        &edge_run(&["-m", path_arg(&tiny()), "-p", "x", "--top-p", "0"]),
         2,
         "top-p",
     );
     refused(
-        &edge_run(&["-m", s(&tiny()), "-p", "x", "--kernels", "sse9"]),
+        &edge_run(&["-m", path_arg(&tiny()), "-p", "x", "--kernels", "sse9"]),
         2,
         "sse9",
     );
-    refused(
-        &edge_run(&[
-            "logits",
-            "-m",
-            s(&tiny()),
-            "--tokens",
-            "1,x",
-            "-o",
-            "/tmp/y.npy",
-        ]),
-        2,
-        "`x`",
-    );
+    refused(&logits(&tiny(), "1,x", Path::new("/tmp/y.npy")), 2, "`x`");
     let h = edge_run(&["--help"]);
     assert_eq!(h.status.code(), Some(0));
     for flag in [
@@ -158,7 +126,7 @@ fn same_seed_same_text_and_different_seed_differs() {
     let gen = |seed: &str| {
         let o = edge_run(&[
             "-m",
-            s(&tiny()),
+            path_arg(&tiny()),
             "-p",
             "hello",
             "-n",
@@ -188,14 +156,9 @@ fn same_seed_same_text_and_different_seed_differs() {
 fn real_model_chat_answers_and_adapter_changes_the_answer() {
     let m = smollm2_path();
     let q = "What is the capital of France?";
-    let base = edge_run(&["-m", s(&m), "--chat", "-p", q, "-n", "24", "--temp", "0"]);
-    assert!(base.status.success(), "{}", stderr(&base));
-    assert!(stdout(&base).contains("Paris"), "{}", stdout(&base));
-    assert!(stderr(&base).contains("tok/s"), "timings on stderr");
-    let pirate = root().join("tests/data/adapters/pirate.gguf");
-    let ad = edge_run(&[
+    let chat = [
         "-m",
-        s(&m),
+        path_arg(&m),
         "--chat",
         "-p",
         q,
@@ -203,9 +166,13 @@ fn real_model_chat_answers_and_adapter_changes_the_answer() {
         "24",
         "--temp",
         "0",
-        "--adapter",
-        s(&pirate),
-    ]);
+    ];
+    let base = edge_run(&chat);
+    assert!(base.status.success(), "{}", stderr(&base));
+    assert!(stdout(&base).contains("Paris"), "{}", stdout(&base));
+    assert!(stderr(&base).contains("tok/s"), "timings on stderr");
+    let pirate = root().join("tests/data/adapters/pirate.gguf");
+    let ad = edge_run(&[&chat[..], &["--adapter", path_arg(&pirate)]].concat());
     assert!(ad.status.success(), "{}", stderr(&ad));
     let t = stdout(&ad);
     assert!(
@@ -221,7 +188,7 @@ fn tokenize_logits_and_info_outputs() {
     let o = edge_run(&[
         "tokenize",
         "-m",
-        s(&m),
+        path_arg(&m),
         "--text",
         "<|im_start|>user\nHi<|im_end|>\n",
     ]);
@@ -229,22 +196,14 @@ fn tokenize_logits_and_info_outputs() {
     assert_eq!(stdout(&o).trim(), "[1,4093,198,26843,2,198]");
 
     let out = std::env::temp_dir().join(format!("edge-run-logits-{}.npy", std::process::id()));
-    let o = edge_run(&[
-        "logits",
-        "-m",
-        s(&m),
-        "--tokens",
-        "1,4093,198",
-        "-o",
-        s(&out),
-    ]);
+    let o = logits(&m, "1,4093,198", &out);
     assert!(o.status.success(), "{}", stderr(&o));
     let a = npy_f32(&std::fs::read(&out).unwrap());
     assert_eq!(a.shape, vec![3, 49152]);
     assert!(a.data.iter().all(|v| v.is_finite()));
     std::fs::remove_file(&out).ok();
 
-    let o = edge_run(&["info", "-m", s(&m)]);
+    let o = edge_run(&["info", "-m", path_arg(&m)]);
     let t = stdout(&o);
     for want in [
         "architecture:    llama",
@@ -258,7 +217,7 @@ fn tokenize_logits_and_info_outputs() {
         assert!(t.contains(want), "info lacks `{want}`:\n{t}");
     }
     let pirate = root().join("tests/data/adapters/json-peft");
-    let o = edge_run(&["info", "-m", s(&m), "--adapter", s(&pirate)]);
+    let o = edge_run(&["info", "-m", path_arg(&m), "--adapter", path_arg(&pirate)]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("adapter:"), "{}", stdout(&o));
 }

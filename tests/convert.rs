@@ -19,10 +19,7 @@ use std::sync::Arc;
 use tools::convert::convert;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("edge-run-convert-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    empty_temp_dir("convert", name)
 }
 
 fn ids() -> Vec<u32> {

@@ -300,26 +300,22 @@ fn cli_json_and_plot_two_stacked_adapters() {
 
 #[test]
 fn cli_refusals() {
-    let bin = env!("CARGO_BIN_EXE_edge-run");
-    let fx = root().join("models/fixtures");
+    let (model, lora) = (fixture("tiny-q4_1.gguf"), fixture("tiny-lora.gguf"));
+    let diagnose = |extra: &[&str]| {
+        let mut args = vec!["diagnose", "-m", path_arg(&model)];
+        args.extend_from_slice(extra);
+        edge_run(&args)
+    };
     // No adapter: usage error.
-    let o = Command::new(bin)
-        .arg("diagnose")
-        .arg("-m")
-        .arg(fx.join("tiny-q4_1.gguf"))
-        .output()
-        .unwrap();
+    let o = diagnose(&[]);
     assert_eq!(o.status.code(), Some(2));
     // A missing probe file: bad input, named.
-    let o = Command::new(bin)
-        .arg("diagnose")
-        .arg("-m")
-        .arg(fx.join("tiny-q4_1.gguf"))
-        .arg("--adapter")
-        .arg(fx.join("tiny-lora.gguf"))
-        .args(["--text", "/nonexistent/probe.txt"])
-        .output()
-        .unwrap();
+    let o = diagnose(&[
+        "--adapter",
+        path_arg(&lora),
+        "--text",
+        "/nonexistent/probe.txt",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/probe.txt"));
     // The fixture with its adapter and a custom text: works, table on stdout.
@@ -329,16 +325,7 @@ fn cli_refusals() {
         "hello world, the quick brown fox jumps over the lazy dog.",
     )
     .unwrap();
-    let o = Command::new(bin)
-        .arg("diagnose")
-        .arg("-m")
-        .arg(fx.join("tiny-q4_1.gguf"))
-        .arg("--adapter")
-        .arg(fx.join("tiny-lora.gguf"))
-        .arg("--text")
-        .arg(&text)
-        .output()
-        .unwrap();
+    let o = diagnose(&["--adapter", path_arg(&lora), "--text", path_arg(&text)]);
     let _ = std::fs::remove_file(&text);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);

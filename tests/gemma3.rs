@@ -30,24 +30,13 @@ fn gemma_sequences() -> Vec<(String, Vec<u32>)> {
 
 /// Logits of every position of every reference sequence (default session: Q8x2 activations).
 fn real_model_runs(model: &Arc<Model>) -> Vec<(String, Vec<Vec<f32>>)> {
-    let mut out = Vec::new();
-    for (name, ids) in gemma_sequences() {
-        let mut s = Session::new(
-            model.clone(),
-            SessionConfig {
-                logits_all: true,
-                n_ctx: 256,
-                n_batch: 32,
-                n_threads: 2,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let mut rows = Vec::new();
-        s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
-        out.push((name, rows));
-    }
-    out
+    let cfg = SessionConfig {
+        n_ctx: 256,
+        n_batch: 32,
+        n_threads: 2,
+        ..Default::default()
+    };
+    logits_of_sequences(model, gemma_sequences(), cfg)
 }
 
 fn metrics_vs(npz: &str, runs: &[(String, Vec<Vec<f32>>)]) -> (Metrics, Vec<(String, RefSeq)>) {
@@ -274,22 +263,10 @@ fn real_model_batched_equals_token_by_token_and_greedy_answer() {
 // ---------------------------------------------------------------------------------------------------
 // The tiny gemma3 fixture against the float64 oracle.
 
-fn fixture(name: &str) -> PathBuf {
-    root().join("models/fixtures").join(name)
-}
-
 fn gemma_manifest() -> serde_json::Value {
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("manifest.json")).unwrap()).unwrap();
     m["gemma3"].clone()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn expected(file: &str) -> Array<f32> {
@@ -376,7 +353,7 @@ fn fixture_hyperparameters() {
 fn fixture_logits_match_float64_reference_past_the_window() {
     let f = gemma_manifest();
     let model = Arc::new(Model::open(fixture(f["file"].as_str().unwrap())).unwrap());
-    let toks = ids(&f["tokens"]);
+    let toks = token_ids::<u32>(&f["tokens"]);
     assert!(toks.len() > 3 * model.hp.n_swa);
     let exp = expected(f["expected"].as_str().unwrap());
     let mut tiers = Vec::new();
@@ -421,7 +398,7 @@ fn fixture_logits_match_float64_reference_past_the_window() {
 fn fixture_truncate_and_continue_is_exact() {
     let f = gemma_manifest();
     let model = Arc::new(Model::open(fixture(f["file"].as_str().unwrap())).unwrap());
-    let toks = ids(&f["tokens"]);
+    let toks = token_ids::<u32>(&f["tokens"]);
     let cfg = SessionConfig {
         n_ctx: 24,
         n_batch: 4,
@@ -461,7 +438,7 @@ fn fixture_truncate_and_continue_is_exact() {
 fn fixture_lora_gguf_and_peft_match_reference() {
     let f = gemma_manifest();
     let model = Arc::new(Model::open(fixture(f["file"].as_str().unwrap())).unwrap());
-    let toks = ids(&f["tokens"]);
+    let toks = token_ids::<u32>(&f["tokens"]);
     let a = &f["adapter"];
     let exp = expected(a["expected"].as_str().unwrap());
     let base = expected(f["expected"].as_str().unwrap());

@@ -95,6 +95,16 @@ struct Ti<'s> {
     offset: u64,
 }
 
+/// The tensor info of `name`: its `dims`, GGML type `ty` and data `offset`.
+fn ti<'s>(name: &'s [u8], dims: &[u64], ty: u32, offset: u64) -> Ti<'s> {
+    Ti {
+        name,
+        dims: dims.to_vec(),
+        ty,
+        offset,
+    }
+}
+
 /// GGUF v3 with the given metadata and tensor infos, padded to `align`, then `data_len` bytes of data
 /// (byte i = i mod 251). Marks: `tensor_count`, `kv_count`, `kvI.key`, `kvI.type`, `kvI.val`,
 /// `tiI.name`, `tiI.n_dims`, `tiI.dims`, `tiI.type`, `tiI.offset`, `data`.
@@ -149,20 +159,7 @@ fn tiny() -> Raw {
             (b"t.toks", v_arr(8, 3, &strs(&[b"ab", b"c", b"def"]))),
             (b"t.flag", (7, vec![1])),
         ],
-        &[
-            Ti {
-                name: b"a",
-                dims: vec![8],
-                ty: 0,
-                offset: 0,
-            },
-            Ti {
-                name: b"b",
-                dims: vec![4, 2],
-                ty: 0,
-                offset: 32,
-            },
-        ],
+        &[ti(b"a", &[8], 0, 0), ti(b"b", &[4, 2], 0, 32)],
         32,
         64,
     )
@@ -597,20 +594,7 @@ fn writer_output_matches_hand_assembled_bytes() {
             (b"t.toks", v_arr(8, 2, &strs(&[b"ab", b"c"]))),
             (b"t.flag", (7, vec![1])),
         ],
-        &[
-            Ti {
-                name: b"a",
-                dims: vec![3],
-                ty: 0,
-                offset: 0,
-            },
-            Ti {
-                name: b"b",
-                dims: vec![2, 2],
-                ty: 1,
-                offset: 64,
-            },
-        ],
+        &[ti(b"a", &[3], 0, 0), ti(b"b", &[2, 2], 1, 64)],
         64,
         0,
     );
@@ -1078,12 +1062,7 @@ fn with_alignment(kv: (u32, Vec<u8>), pad: usize) -> Raw {
             (b"general.architecture", v_str(b"test")),
             (b"general.alignment", kv),
         ],
-        &[Ti {
-            name: b"a",
-            dims: vec![8],
-            ty: 0,
-            offset: 0,
-        }],
+        &[ti(b"a", &[8], 0, 0)],
         pad,
         32,
     )
@@ -1236,20 +1215,7 @@ fn duplicates_are_refused() {
     assert!(detail.contains("metadata[1]"), "{detail}");
     let dup_tensor = build(
         &[(b"general.architecture", v_str(b"a"))],
-        &[
-            Ti {
-                name: b"w",
-                dims: vec![8],
-                ty: 0,
-                offset: 0,
-            },
-            Ti {
-                name: b"w",
-                dims: vec![8],
-                ty: 0,
-                offset: 32,
-            },
-        ],
+        &[ti(b"w", &[8], 0, 0), ti(b"w", &[8], 0, 32)],
         32,
         64,
     );

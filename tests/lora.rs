@@ -86,15 +86,7 @@ fn logits_of(
     ids: &[u32],
     n_threads: usize,
 ) -> Vec<f32> {
-    let mut s = Session::new(
-        model.clone(),
-        SessionConfig {
-            n_ctx: 64,
-            n_threads,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut s = session(model, 64, n_threads);
     s.set_adapters(set).unwrap();
     s.eval(ids).unwrap().to_vec()
 }

@@ -25,15 +25,8 @@ use edge_run::kernels::QuantType;
 use edge_run::{Model, Session, SessionConfig};
 use tools::merge::{merge, MergeOptions, TargetType, MERGED_KEY};
 
-fn fixture(name: &str) -> PathBuf {
-    root().join("models/fixtures").join(name)
-}
-
 fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("edge-run-merge-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    empty_temp_dir("merge", tag)
 }
 
 fn opts(t: TargetType) -> MergeOptions {

@@ -9,7 +9,7 @@ mod counting_alloc;
 use common::*;
 use counting_alloc::{count_allocations, Counting};
 use edge_run::adapter::Adapter;
-use edge_run::{Model, Sampler, SamplingParams, Session, SessionConfig};
+use edge_run::{Model, Sampler, SamplingParams, Session};
 use std::sync::Arc;
 
 #[global_allocator]
@@ -36,15 +36,7 @@ fn count_decode_allocations(
     truncate: Option<(usize, usize)>,
 ) -> (usize, Session) {
     // `Session::new` returns once its pool's worker threads have started (a starting thread allocates).
-    let mut s = Session::new(
-        model.clone(),
-        SessionConfig {
-            n_ctx: 128,
-            n_threads,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut s = session(model, 128, n_threads);
     let mut sampler = Sampler::new(sampling, model.hp.n_vocab);
     let ctl = s.adapter_control();
     ctl.set(set_a).unwrap();

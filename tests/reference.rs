@@ -6,49 +6,21 @@ use edge_run::session::ActQuant;
 use edge_run::{Model, Session, SessionConfig};
 use std::sync::Arc;
 
-fn run_all(model: &Arc<Model>, cfg: SessionConfig) -> Vec<(String, Vec<Vec<f32>>)> {
-    let mut out = Vec::new();
-    for (name, ids) in sequences() {
-        let mut s = Session::new(
-            model.clone(),
-            SessionConfig {
-                logits_all: true,
-                n_ctx: 256,
-                ..cfg.clone()
-            },
-        )
-        .unwrap();
-        let mut rows = Vec::new();
-        s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
-        out.push((name, rows));
-    }
-    out
-}
-
-fn metrics(npz: &str, runs: &[(String, Vec<Vec<f32>>)]) -> Metrics {
-    let z = read_npz(&root().join("tests/data/reference/smollm2").join(npz));
-    let per: Vec<Metrics> = runs
-        .iter()
-        .map(|(name, rows)| compare(&reference(&z, name), rows))
-        .collect();
-    for ((name, _), m) in runs.iter().zip(&per) {
-        eprintln!("  {npz} {name}: {m:?}");
-    }
-    summarize(&per)
+/// The real model's logits at every position of every reference sequence, in 256-position sessions
+/// of `cfg`.
+fn real_model_runs(cfg: SessionConfig) -> Vec<(String, Vec<Vec<f32>>)> {
+    let model = Arc::new(Model::open(smollm2_path()).unwrap());
+    logits_of_sequences(&model, sequences(), SessionConfig { n_ctx: 256, ..cfg })
 }
 
 #[test]
 fn logits_match_hf_and_llama_cpp() {
-    let model = Arc::new(Model::open(smollm2_path()).unwrap());
-    let runs = run_all(
-        &model,
-        SessionConfig {
-            n_threads: 2,
-            ..Default::default()
-        },
-    );
-    let hf = metrics("hf_base.npz", &runs);
-    let lc = metrics("llamacpp_base.npz", &runs);
+    let runs = real_model_runs(SessionConfig {
+        n_threads: 2,
+        ..Default::default()
+    });
+    let hf = metrics_vs_smollm2_npz("hf_base.npz", &runs);
+    let lc = metrics_vs_smollm2_npz("llamacpp_base.npz", &runs);
     eprintln!("default (q8x2) vs HF fp32: {hf:?}\ndefault (q8x2) vs llama.cpp: {lc:?}");
     // The bar: at least as close to the fp32 reference as llama.cpp is (0.0016 / 99.0% on a larger set;
     // 0.0037 / 97.8% on these sequences).
@@ -67,16 +39,12 @@ fn logits_match_hf_and_llama_cpp() {
 
 #[test]
 fn ggml_style_q8_activations_are_as_close_as_llama_cpp() {
-    let model = Arc::new(Model::open(smollm2_path()).unwrap());
-    let runs = run_all(
-        &model,
-        SessionConfig {
-            n_threads: 1,
-            act_quant: ActQuant::Q8,
-            ..Default::default()
-        },
-    );
-    let hf = metrics("hf_base.npz", &runs);
+    let runs = real_model_runs(SessionConfig {
+        n_threads: 1,
+        act_quant: ActQuant::Q8,
+        ..Default::default()
+    });
+    let hf = metrics_vs_smollm2_npz("hf_base.npz", &runs);
     eprintln!("q8 vs HF fp32: {hf:?}");
     // llama.cpp on these sequences: 0.0037 / 97.8%.
     assert!(hf.kl_mean <= 0.0050, "mean KL vs HF {}", hf.kl_mean);

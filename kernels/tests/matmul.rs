@@ -74,24 +74,23 @@ impl Acts {
     }
 }
 
+/// The row length of test case `case` for activation type `vt`: 1..=`q8k_blocks` blocks of 256
+/// for Q8_K, 1..=`blocks` blocks of 32 for the others.
+fn quantize2_len(vt: QuantType, case: usize, q8k_blocks: usize, blocks: usize) -> usize {
+    if vt == QuantType::Q8K {
+        256 * (1 + case % q8k_blocks)
+    } else {
+        32 * (1 + case % blocks)
+    }
+}
+
 #[test]
 fn quantize2_reference_is_a_16_bit_quantization() {
     let mut g = Rng(0x5eed_0002);
     for &vt in QuantType::ACTIVATIONS {
         for case in 0..200 {
-            let n = if vt == QuantType::Q8K {
-                256 * (1 + case % 3)
-            } else {
-                32 * (1 + case % 9)
-            };
-            let x = g.activations(
-                n,
-                if case % 2 == 0 {
-                    Special::Ties
-                } else {
-                    Special::Outlier
-                },
-            );
+            let n = quantize2_len(vt, case, 3, 9);
+            let x = g.activations(n, ties_or_outliers(case));
             let xb = vt.row_bytes(n).unwrap();
             let (mut q, mut r) = (buf(xb), buf(xb));
             let (qb, rb) = (
@@ -273,19 +272,8 @@ fn quantize2_every_tier_matches_scalar() {
         let mut g = Rng(0x9a2_0001);
         for &vt in QuantType::ACTIVATIONS {
             for case in 0..300 {
-                let n = if vt == QuantType::Q8K {
-                    256 * (1 + case % 4)
-                } else {
-                    32 * (1 + case % 11)
-                };
-                let x = g.activations(
-                    n,
-                    if case % 2 == 0 {
-                        Special::Ties
-                    } else {
-                        Special::Outlier
-                    },
-                );
+                let n = quantize2_len(vt, case, 4, 11);
+                let x = g.activations(n, ties_or_outliers(case));
                 check_quantize2(k, vt, &x)?;
             }
         }

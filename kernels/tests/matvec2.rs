@@ -25,7 +25,7 @@ mod common;
 use common::*;
 use edge_run_kernels::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 
 /// `x` quantized to `vdt` by the scalar quantizer, at byte offset 1 of the returned buffer.
 fn quantize(vdt: QuantType, x: &[f32]) -> Vec<u8> {
@@ -89,11 +89,7 @@ fn check(
 
 fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
     let name = tier.tier.name();
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = proptest_runner(cases);
     let strat = (
         0usize..QuantType::QUANTIZED.len(),
         1usize..=9,

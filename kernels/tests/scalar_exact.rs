@@ -31,50 +31,29 @@ const ACT_Q8_0: &[u8] = include_bytes!("data/act_q8_0.bin");
 const ACT_Q8_1: &[u8] = include_bytes!("data/act_q8_1.bin");
 const ACT_Q8_K: &[u8] = include_bytes!("data/act_q8_k.bin");
 
+/// `(type, data/<stem>_rand.bin, its gguf-py dequantization data/<stem>_rand_deq.f32)`.
+macro_rules! rand_fixture {
+    ($ty:expr, $stem:literal) => {
+        (
+            $ty,
+            &include_bytes!(concat!("data/", $stem, "_rand.bin"))[..],
+            f32s(include_bytes!(concat!("data/", $stem, "_rand_deq.f32"))),
+        )
+    };
+}
+
 /// (type, random block bytes, gguf-py dequantization of them)
 fn rand_fixtures() -> Vec<(QuantType, &'static [u8], Vec<f32>)> {
     use QuantType::*;
     vec![
-        (
-            Q4_0,
-            &include_bytes!("data/q4_0_rand.bin")[..],
-            f32s(include_bytes!("data/q4_0_rand_deq.f32")),
-        ),
-        (
-            Q4_1,
-            &include_bytes!("data/q4_1_rand.bin")[..],
-            f32s(include_bytes!("data/q4_1_rand_deq.f32")),
-        ),
-        (
-            Q5_0,
-            &include_bytes!("data/q5_0_rand.bin")[..],
-            f32s(include_bytes!("data/q5_0_rand_deq.f32")),
-        ),
-        (
-            Q5_1,
-            &include_bytes!("data/q5_1_rand.bin")[..],
-            f32s(include_bytes!("data/q5_1_rand_deq.f32")),
-        ),
-        (
-            Q8_0,
-            &include_bytes!("data/q8_0_rand.bin")[..],
-            f32s(include_bytes!("data/q8_0_rand_deq.f32")),
-        ),
-        (
-            Q4K,
-            &include_bytes!("data/q4_k_rand.bin")[..],
-            f32s(include_bytes!("data/q4_k_rand_deq.f32")),
-        ),
-        (
-            Q5K,
-            &include_bytes!("data/q5_k_rand.bin")[..],
-            f32s(include_bytes!("data/q5_k_rand_deq.f32")),
-        ),
-        (
-            Q6K,
-            &include_bytes!("data/q6_k_rand.bin")[..],
-            f32s(include_bytes!("data/q6_k_rand_deq.f32")),
-        ),
+        rand_fixture!(Q4_0, "q4_0"),
+        rand_fixture!(Q4_1, "q4_1"),
+        rand_fixture!(Q5_0, "q5_0"),
+        rand_fixture!(Q5_1, "q5_1"),
+        rand_fixture!(Q8_0, "q8_0"),
+        rand_fixture!(Q4K, "q4_k"),
+        rand_fixture!(Q5K, "q5_k"),
+        rand_fixture!(Q6K, "q6_k"),
     ]
 }
 
@@ -129,24 +108,30 @@ fn dequantize_random_blocks_bit_exact() {
 
 #[test]
 fn dequantize_typed_functions_match_oracle() {
-    let f = rand_fixtures();
-    let mut out = vec![0.0f32; N];
-    dequantize_row_q4_0(bytemuck::cast_slice(f[0].1), &mut out);
-    assert_bits_eq("dequantize_row_q4_0", &out, &f[0].2);
-    dequantize_row_q4_1(bytemuck::cast_slice(f[1].1), &mut out);
-    assert_bits_eq("dequantize_row_q4_1", &out, &f[1].2);
-    dequantize_row_q5_0(bytemuck::cast_slice(f[2].1), &mut out);
-    assert_bits_eq("dequantize_row_q5_0", &out, &f[2].2);
-    dequantize_row_q5_1(bytemuck::cast_slice(f[3].1), &mut out);
-    assert_bits_eq("dequantize_row_q5_1", &out, &f[3].2);
-    dequantize_row_q8_0(bytemuck::cast_slice(f[4].1), &mut out);
-    assert_bits_eq("dequantize_row_q8_0", &out, &f[4].2);
-    dequantize_row_q4_k(bytemuck::cast_slice(f[5].1), &mut out);
-    assert_bits_eq("dequantize_row_q4_k", &out, &f[5].2);
-    dequantize_row_q5_k(bytemuck::cast_slice(f[6].1), &mut out);
-    assert_bits_eq("dequantize_row_q5_k", &out, &f[6].2);
-    dequantize_row_q6_k(bytemuck::cast_slice(f[7].1), &mut out);
-    assert_bits_eq("dequantize_row_q6_k", &out, &f[7].2);
+    let fixtures = rand_fixtures();
+    // Each typed function on the fixture of its type (the functions in `rand_fixtures` order).
+    macro_rules! check_in_fixture_order {
+        ($($deq:ident),+) => {
+            let mut out = vec![0.0f32; N];
+            let mut next = fixtures.iter();
+            $(
+                let (_, bytes, want) = next.next().unwrap();
+                $deq(bytemuck::cast_slice(bytes), &mut out);
+                assert_bits_eq(stringify!($deq), &out, want);
+            )+
+            assert!(next.next().is_none(), "a fixture without its typed function");
+        };
+    }
+    check_in_fixture_order!(
+        dequantize_row_q4_0,
+        dequantize_row_q4_1,
+        dequantize_row_q5_0,
+        dequantize_row_q5_1,
+        dequantize_row_q8_0,
+        dequantize_row_q4_k,
+        dequantize_row_q5_k,
+        dequantize_row_q6_k
+    );
 }
 
 #[test]
@@ -537,6 +522,20 @@ fn typed_vec_dots_equal_matvec() {
     }
 }
 
+/// `got`, an f32 sum of the `n` products `terms`, against their f64 sum: within n·ε·Σ|terms| (f32
+/// accumulation in any order).
+#[track_caller]
+fn assert_f32_sum_of(what: &str, got: f32, terms: impl Iterator<Item = f64>) {
+    let (mut s, mut mag, mut n) = (0.0f64, 0.0f64, 0usize);
+    for t in terms {
+        s += t;
+        mag += t.abs();
+        n += 1;
+    }
+    let tol = (n as f64) * f32::EPSILON as f64 * mag + 1e-30;
+    assert!((got as f64 - s).abs() <= tol, "{what}: {got} vs {s}");
+}
+
 #[test]
 fn float_matvecs_against_f64() {
     let w = weights_src();
@@ -552,18 +551,8 @@ fn float_matvecs_against_f64() {
     let mut out = vec![0.0f32; rows];
     (k.matvec_f32)(n, &wb[1..], &xb[1..n * 4 + 1], &mut out);
     for r in 0..rows {
-        let (mut s, mut mag) = (0.0f64, 0.0f64);
-        for i in 0..n {
-            let t = w[r * n + i] as f64 * x[i] as f64;
-            s += t;
-            mag += t.abs();
-        }
-        let tol = (n as f64) * f32::EPSILON as f64 * mag + 1e-30;
-        assert!(
-            (out[r] as f64 - s).abs() <= tol,
-            "F32 row {r}: {} vs {s}",
-            out[r]
-        );
+        let terms = (0..n).map(|i| w[r * n + i] as f64 * x[i] as f64);
+        assert_f32_sum_of(&format!("F32 row {r}"), out[r], terms);
     }
     // F16 weights (weights rounded to f16; values > 65504 become inf and are excluded by clamping).
     let w16: Vec<F16Bits> = w
@@ -573,18 +562,8 @@ fn float_matvecs_against_f64() {
     let mut out = vec![0.0f32; rows];
     (k.matvec_f16)(n, bytemuck::cast_slice(&w16), &xb[1..n * 4 + 1], &mut out);
     for r in 0..rows {
-        let (mut s, mut mag) = (0.0f64, 0.0f64);
-        for i in 0..n {
-            let t = w16[r * n + i].to_f32() as f64 * x[i] as f64;
-            s += t;
-            mag += t.abs();
-        }
-        let tol = (n as f64) * f32::EPSILON as f64 * mag + 1e-30;
-        assert!(
-            (out[r] as f64 - s).abs() <= tol,
-            "F16 row {r}: {} vs {s}",
-            out[r]
-        );
+        let terms = (0..n).map(|i| w16[r * n + i].to_f32() as f64 * x[i] as f64);
+        assert_f32_sum_of(&format!("F16 row {r}"), out[r], terms);
         let typed = vec_dot_f16_f32(n, &w16[r * n..(r + 1) * n], &x[..n]);
         assert_eq!(
             typed.to_bits(),

@@ -22,7 +22,7 @@ use common::*;
 use edge_run_kernels::scalar;
 use edge_run_kernels::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 
 /// An 8-byte-aligned byte buffer of `len` bytes (so Q8_K blocks can be viewed in place).
 fn aligned(len: usize) -> Vec<u64> {
@@ -217,11 +217,7 @@ fn check_dot_axpy(tier: &Kernels, n: usize, seed: u64) -> Result<(), String> {
 
 /// Run every comparison for one tier with proptest-generated sizes and seeds.
 fn compare_tier(tier: &'static Kernels, cases: u32) -> Result<(), String> {
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = proptest_runner(cases);
     let strat = (
         0usize..QuantType::WEIGHTS.len(),
         1usize..=9,

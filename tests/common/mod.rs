@@ -1,10 +1,13 @@
 //! Shared by the integration tests: locating the real model, reading reference `.npz` files and
 //! the metrics of the reference set (`tests/data/reference/compact.py`), deterministic test values
-//! and their f32 / f16 little-endian bytes.
+//! and their f32 / f16 little-endian bytes, the committed fixtures and running the `edge-run` binary.
 #![allow(dead_code)]
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub mod llama_base;
 
 /// `n` deterministic values uniform in [-amp/2, amp/2), from the library's generator seeded with `seed`.
 pub fn uniform_values(n: usize, amp: f32, seed: u64) -> Vec<f32> {
@@ -26,6 +29,43 @@ pub fn f16_bytes(v: &[f32]) -> Vec<u8> {
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A committed fixture file: `models/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("models/fixtures").join(name)
+}
+
+/// Runs the `edge-run` binary with `args` and waits for its output.
+pub fn edge_run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edge-run"))
+        .args(args)
+        .output()
+        .expect("run edge-run")
+}
+
+/// `p` as a command-line argument.
+pub fn path_arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A clean refusal: the given status, an `edge-run: error:` line naming `needle`, no panic.
+#[track_caller]
+pub fn refused(o: &Output, code: i32, needle: &str) {
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "status; stderr: {e}");
+    assert!(
+        e.contains("edge-run: error:") || code == 2,
+        "no error line: {e}"
+    );
+    assert!(
+        e.contains(needle),
+        "stderr does not mention `{needle}`: {e}"
+    );
+    assert!(
+        !e.contains("panicked") && !e.contains("internal error"),
+        "panic: {e}"
+    );
 }
 
 /// The real SmolLM2 model: `$EDGE_RUN_MODEL` or `models/SmolLM2-135M-Instruct.Q4_1.gguf`. Panics (fails the
@@ -86,28 +126,25 @@ fn parse_npy(bytes: &[u8]) -> (String, Vec<usize>, &[u8]) {
     (descr, shape, &bytes[start + hlen..])
 }
 
-pub fn npy_f32(bytes: &[u8]) -> Array<f32> {
+/// A `.npy` of 4-byte elements whose dtype must be `descr`, each decoded by `from_le_bytes`.
+fn npy_4byte<T>(bytes: &[u8], descr: &str, from_le_bytes: fn([u8; 4]) -> T) -> Array<T> {
     let (d, shape, data) = parse_npy(bytes);
-    assert_eq!(d, "<f4");
+    assert_eq!(d, descr);
     Array {
         shape,
         data: data
             .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .map(|c| from_le_bytes(c.try_into().unwrap()))
             .collect(),
     }
 }
 
+pub fn npy_f32(bytes: &[u8]) -> Array<f32> {
+    npy_4byte(bytes, "<f4", f32::from_le_bytes)
+}
+
 pub fn npy_i32(bytes: &[u8]) -> Array<i32> {
-    let (d, shape, data) = parse_npy(bytes);
-    assert_eq!(d, "<i4");
-    Array {
-        shape,
-        data: data
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-    }
+    npy_4byte(bytes, "<i4", i32::from_le_bytes)
 }
 
 /// All members of a `.npz` archive, by name without the `.npy` suffix.
@@ -192,6 +229,90 @@ pub fn summarize(per: &[Metrics]) -> Metrics {
             .sum::<f64>()
             / n as f64,
         kl_max: per.iter().map(|m| m.kl_max).fold(0.0, f64::max),
+    }
+}
+
+/// A JSON array of token ids (each must fit `T`).
+pub fn token_ids<T: TryFrom<i64>>(v: &serde_json::Value) -> Vec<T>
+where
+    T::Error: std::fmt::Debug,
+{
+    v.as_array()
+        .expect("an array of token ids")
+        .iter()
+        .map(|x| T::try_from(x.as_i64().expect("an integer token id")).unwrap())
+        .collect()
+}
+
+/// An empty directory `edge-run-<tag>-<pid>-<name>` in the system temp directory (emptied first).
+pub fn empty_temp_dir(tag: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("edge-run-{tag}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Logits of every position of each named sequence, each in a new session of `cfg` with `logits_all`.
+pub fn logits_of_sequences(
+    model: &std::sync::Arc<edge_run::Model>,
+    seqs: Vec<(String, Vec<u32>)>,
+    cfg: edge_run::SessionConfig,
+) -> Vec<(String, Vec<Vec<f32>>)> {
+    let cfg = edge_run::SessionConfig {
+        logits_all: true,
+        ..cfg
+    };
+    seqs.into_iter()
+        .map(|(name, ids)| {
+            let mut s = edge_run::Session::new(model.clone(), cfg.clone()).unwrap();
+            let mut rows = Vec::new();
+            s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
+            (name, rows)
+        })
+        .collect()
+}
+
+/// Position-weighted metrics of `runs` (named as the SmolLM2 reference sequences) against the shared
+/// reference `tests/data/reference/smollm2/<npz>`; each sequence's metrics go to stderr.
+pub fn metrics_vs_smollm2_npz(npz: &str, runs: &[(String, Vec<Vec<f32>>)]) -> Metrics {
+    let z = read_npz(&root().join("tests/data/reference/smollm2").join(npz));
+    let per: Vec<Metrics> = runs
+        .iter()
+        .map(|(name, rows)| compare(&reference(&z, name), rows))
+        .collect();
+    for ((name, _), m) in runs.iter().zip(&per) {
+        eprintln!("  {npz} {name}: {m:?}");
+    }
+    summarize(&per)
+}
+
+/// Every tensor of adapter `x` is in adapter `y` with the same rank, shape and scale and bit-identical
+/// factors (`x_name`, `y_name` name the two in the messages).
+#[track_caller]
+pub fn assert_same_factors(
+    (x_name, x): (&str, &edge_run::adapter::Adapter),
+    (y_name, y): (&str, &edge_run::adapter::Adapter),
+) {
+    for tx in x.tensors() {
+        let ty = y
+            .get(&tx.target)
+            .unwrap_or_else(|| panic!("{y_name} lacks {}", tx.target));
+        assert_eq!(
+            (tx.rank, tx.n_in, tx.n_out, tx.scale),
+            (ty.rank, ty.n_in, ty.n_out, ty.scale),
+            "{x_name} vs {y_name}: rank, shape, scale of {}",
+            tx.target
+        );
+        assert!(
+            tx.a() == ty.a(),
+            "{x_name} vs {y_name}: A of {} differs",
+            tx.target
+        );
+        assert!(
+            tx.b() == ty.b(),
+            "{x_name} vs {y_name}: B of {} differs (q/k permutation?)",
+            tx.target
+        );
     }
 }
 

@@ -231,10 +231,33 @@ pub fn compare_every_tier(what: &str, compare: impl Fn(&'static Kernels) -> Resu
         "{what} tier mismatches:\n{}",
         failures.join("\n")
     );
+    assert_expected_tiers_ran(&compared, "compared");
+}
+
+/// Fails when a tier that `EDGE_RUN_EXPECT_TIERS` names is not among `ran` (the tiers `done`).
+pub fn assert_expected_tiers_ran(ran: &[&str], done: &str) {
     for t in expected_tiers() {
         assert!(
-            compared.contains(&t.as_str()),
-            "EDGE_RUN_EXPECT_TIERS names {t}, which was not compared"
+            ran.contains(&t.as_str()),
+            "EDGE_RUN_EXPECT_TIERS names {t}, which was not {done}"
         );
+    }
+}
+
+/// A proptest runner of `cases` cases that writes no failure-persistence file.
+pub fn proptest_runner(cases: u32) -> proptest::test_runner::TestRunner {
+    proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    })
+}
+
+/// The activation pattern of test case `case`: ties on even cases, outliers on odd ones.
+pub fn ties_or_outliers(case: usize) -> Special {
+    if case.is_multiple_of(2) {
+        Special::Ties
+    } else {
+        Special::Outlier
     }
 }
