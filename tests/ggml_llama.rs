@@ -24,10 +24,7 @@ use tools::ggml::quantize::{quantize_model, Ftype};
 use tools::ggml::runner::{LlamaConfig, LlamaCpp};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("edge-run-ggml-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    empty_temp_dir("ggml", name)
 }
 
 /// llama.cpp as the shared reference logits were made (`llamacpp_*.npz`: llama-cpp-python's defaults,
@@ -118,16 +115,6 @@ fn versus(reference: &[(String, Vec<Vec<f32>>)], runs: &[(String, Vec<Vec<f32>>)
             assert_eq!(n1, n2);
             compare(&compact(r), l)
         })
-        .collect();
-    summarize(&per)
-}
-
-/// Metrics of `runs` against a shared reference `.npz`.
-fn versus_npz(npz: &str, runs: &[(String, Vec<Vec<f32>>)]) -> Metrics {
-    let z = read_npz(&root().join("tests/data/reference/smollm2").join(npz));
-    let per: Vec<Metrics> = runs
-        .iter()
-        .map(|(name, rows)| compare(&reference(&z, name), rows))
         .collect();
     summarize(&per)
 }
@@ -296,8 +283,8 @@ fn converted_rslora_adapter_runs_correctly_in_llama_cpp() {
     // The recorded logits come from one machine; another instruction set (AVX2 vs AVX-512) sums in
     // another order, which moves llama.cpp's 8-bit activations by as much as this.
     let self_noise = versus(&plain, &llama_runs(&mut llama_fa(&base)));
-    let base_lc = versus_npz("llamacpp_base.npz", &plain);
-    let base_hf = versus_npz("hf_base.npz", &plain);
+    let base_lc = metrics_vs_smollm2_npz("llamacpp_base.npz", &plain);
+    let base_hf = metrics_vs_smollm2_npz("hf_base.npz", &plain);
     let ad = root().join("tests/data/adapters");
     lc.set_adapters(&[
         (&ad.join("pirate.gguf"), 1.0),
@@ -305,14 +292,17 @@ fn converted_rslora_adapter_runs_correctly_in_llama_cpp() {
     ])
     .unwrap();
     let ps = llama_runs(&mut lc);
-    let ps_lc = versus_npz("llamacpp_pirate1_shout05.npz", &ps);
-    let ps_hf = versus_npz("hf_pirate1_shout05.npz", &ps);
+    let ps_lc = metrics_vs_smollm2_npz("llamacpp_pirate1_shout05.npz", &ps);
+    let ps_hf = metrics_vs_smollm2_npz("hf_pirate1_shout05.npz", &ps);
     // The converted rsLoRA adapter, at its scale and 25% off it either way: the HF+PEFT reference must
     // prefer the scale the converter folded in (llama.cpp's own converter is off by 4×: KL 0.36).
     let mut js_at = Vec::new();
     for user_scale in [1.0f32, 0.75, 1.25] {
         lc.set_adapters(&[(&json, user_scale)]).unwrap();
-        js_at.push((user_scale, versus_npz("hf_json.npz", &llama_runs(&mut lc))));
+        js_at.push((
+            user_scale,
+            metrics_vs_smollm2_npz("hf_json.npz", &llama_runs(&mut lc)),
+        ));
     }
     let js_hf = js_at[0].1;
     // Unloading gives the base back.

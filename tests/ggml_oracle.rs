@@ -152,6 +152,26 @@ fn f16_fields(ty: QuantType) -> &'static [usize] {
     }
 }
 
+/// edge-run's dequantization of the row `q` of `ty` equals ggml's `want` bit for bit; `source` says
+/// where the bytes came from.
+#[track_caller]
+fn assert_dequantizes_as_ggml(ty: QuantType, q: &[u8], want: &[f32], source: &str) {
+    let n = want.len();
+    let mut got = vec![f32::NAN; n];
+    assert!(
+        edge_run::kernels::dequantize(ty, q, &mut got),
+        "{}: dequantize refused",
+        ty.name()
+    );
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            same_bits(g, w),
+            "{} n={n} ({source}) element {i}: edge-run {g} ggml {w}",
+            ty.name()
+        );
+    }
+}
+
 #[test]
 fn dequantization_is_bit_exact() {
     let mut rng = Rng(0x5eed_0001);
@@ -166,21 +186,7 @@ fn dequantization_is_bit_exact() {
                 g.quantize(&x, &mut q).unwrap();
                 let mut want = vec![0f32; n];
                 g.dequantize(&q, &mut want).unwrap();
-                let mut got = vec![f32::NAN; n];
-                assert!(
-                    edge_run::kernels::dequantize(ty, &q, &mut got),
-                    "{}: dequantize refused",
-                    ty.name()
-                );
-                for i in 0..n {
-                    assert!(
-                        same_bits(got[i], want[i]),
-                        "{} n={n} (ggml-quantized) element {i}: edge-run {} ggml {}",
-                        ty.name(),
-                        got[i],
-                        want[i]
-                    );
-                }
+                assert_dequantizes_as_ggml(ty, &q, &want, "ggml-quantized");
                 checked += n;
             }
             // (b) raw random bytes (every quant pattern), scales mostly made finite.
@@ -202,17 +208,7 @@ fn dequantization_is_bit_exact() {
                 }
                 let mut want = vec![0f32; n];
                 g.dequantize(&q, &mut want).unwrap();
-                let mut got = vec![f32::NAN; n];
-                assert!(edge_run::kernels::dequantize(ty, &q, &mut got));
-                for i in 0..n {
-                    assert!(
-                        same_bits(got[i], want[i]),
-                        "{} n={n} (raw bytes) element {i}: edge-run {} ggml {}",
-                        ty.name(),
-                        got[i],
-                        want[i]
-                    );
-                }
+                assert_dequantizes_as_ggml(ty, &q, &want, "raw bytes");
                 checked += n;
             }
         }

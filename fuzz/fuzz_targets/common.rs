@@ -1,34 +1,15 @@
 //! The fixed base model the adapter targets validate against (the shapes of
 //! `tests/hostile.rs`'s micro model), and the invariants of an accepted adapter.
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use edge_run::adapter::{Adapter, BaseInfo, LoraKind};
 
+#[path = "../../tests/common/llama_base.rs"]
+mod llama_base;
+
 pub fn base() -> &'static BaseInfo {
     static B: OnceLock<BaseInfo> = OnceLock::new();
-    B.get_or_init(|| {
-        let mut t = HashMap::new();
-        t.insert("token_embd.weight".to_string(), (8, 32));
-        for (n, s) in [
-            ("attn_q", (8, 8)),
-            ("attn_k", (8, 4)),
-            ("attn_v", (8, 4)),
-            ("attn_output", (8, 8)),
-            ("ffn_gate", (8, 16)),
-            ("ffn_up", (8, 16)),
-            ("ffn_down", (16, 8)),
-        ] {
-            t.insert(format!("blk.0.{n}.weight"), s);
-        }
-        BaseInfo {
-            arch: "llama".into(),
-            n_layer: 1,
-            n_head: 2,
-            n_head_kv: 1,
-            tensors: t,
-        }
-    })
+    B.get_or_init(|| llama_base::llama_base_info(1, (2, 1), 8, 16, 32))
 }
 
 pub fn check(a: &Adapter) {
