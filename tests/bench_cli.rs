@@ -8,6 +8,24 @@ use serde_json::Value;
 use std::path::Path;
 
 /// Runs `bench … --json`, checks the exit status and that the last stdout line is the JSON object.
+/// `bench --json` on `model` with a small workload (`-p 8 -n 4 -r 1`) at `threads`, plus `extra`.
+fn small_bench(model: &std::path::Path, threads: &str, extra: &[&str]) -> (Value, String, String) {
+    let mut args = vec![
+        "-m",
+        path_arg(model),
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "-t",
+        threads,
+    ];
+    args.extend_from_slice(extra);
+    bench_json(&args)
+}
+
 fn bench_json(args: &[&str]) -> (Value, String, String) {
     let mut all = vec!["bench", "--json"];
     all.extend_from_slice(args);
@@ -84,18 +102,7 @@ fn adapter_bytes(path: &Path) -> f64 {
 #[test]
 fn json_reports_bytes_per_token_and_roofline() {
     let model = fixture("tiny-q4_1.gguf");
-    let (v, out, err) = bench_json(&[
-        "-m",
-        path_arg(&model),
-        "-p",
-        "8",
-        "-n",
-        "4",
-        "-r",
-        "1",
-        "-t",
-        "1",
-    ]);
+    let (v, out, err) = small_bench(&model, "1", &[]);
     // Progress on stderr, the table on stdout.
     assert!(
         err.contains("edge-run bench:") && err.contains("roofline"),
@@ -174,22 +181,16 @@ fn json_with_adapter_and_compare_model() {
     let model = fixture("tiny-q4_1.gguf");
     let other = fixture("tiny-q8_0.gguf");
     let lora = fixture("tiny-lora.gguf");
-    let (v, out, _) = bench_json(&[
-        "-m",
-        path_arg(&model),
-        "-p",
-        "8",
-        "-n",
-        "4",
-        "-r",
-        "1",
-        "-t",
+    let (v, out, _) = small_bench(
+        &model,
         "2",
-        "--adapter",
-        &format!("{}:0.5", path_arg(&lora)),
-        "--compare-model",
-        path_arg(&other),
-    ]);
+        &[
+            "--adapter",
+            &format!("{}:0.5", path_arg(&lora)),
+            "--compare-model",
+            path_arg(&other),
+        ],
+    );
     assert!(
         out.contains("+1 adapter(s)") && out.contains("tiny-q8_0.gguf") && out.contains("compare:"),
         "{out}"
@@ -321,18 +322,7 @@ fn sliding_window_layers_read_at_most_the_window() {
         })
         .sum();
     let kv = 2.0 * (kv_dim * 4) as f64 * positions as f64 / 4.0;
-    let (v, _, _) = bench_json(&[
-        "-m",
-        path_arg(&model),
-        "-p",
-        "8",
-        "-n",
-        "4",
-        "-r",
-        "1",
-        "-t",
-        "1",
-    ]);
+    let (v, _, _) = small_bench(&model, "1", &[]);
     close(
         num(&v, "kv_bytes_per_token"),
         kv,

@@ -114,6 +114,16 @@ pub struct BlockQ5K {
     pub qs: [u8; QK_K / 2],
 }
 
+impl BlockQ5K {
+    /// The fifth-bit values (0 or 16) of element `l` of 64-element chunk `c`'s low and high
+    /// 32-element halves: bits `2c` and `2c + 1` of `qh[l]`.
+    #[inline]
+    pub fn fifth_bits(&self, c: usize, l: usize) -> (u8, u8) {
+        let bit = |k: usize| if self.qh[l] & (1u8 << k) != 0 { 16 } else { 0 };
+        (bit(2 * c), bit(2 * c + 1))
+    }
+}
+
 /// Q6_K: 256 weights in 16 sub-blocks of 16 with 8-bit scales: w = d * sc * (q - 32), q in 0..64.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]

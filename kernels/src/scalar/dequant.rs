@@ -113,19 +113,7 @@ pub fn dequantize_row_q4_k(x: &[BlockQ4K], y: &mut [f32]) {
 pub fn dequantize_row_q5_k(x: &[BlockQ5K], y: &mut [f32]) {
     for_each_block(x, y, QK_K, |b, out| {
         let d = (b.d.to_f32(), b.dmin.to_f32());
-        dequant_k4_block(&b.scales, &b.qs, d, out, |c, l| {
-            let h1 = if b.qh[l] & (1u8 << (2 * c)) != 0 {
-                16
-            } else {
-                0
-            };
-            let h2 = if b.qh[l] & (2u8 << (2 * c)) != 0 {
-                16
-            } else {
-                0
-            };
-            (h1, h2)
-        });
+        dequant_k4_block(&b.scales, &b.qs, d, out, |c, l| b.fifth_bits(c, l));
     });
 }
 

@@ -124,17 +124,8 @@ pub fn dot_block_q4_k_q8_k(a: &BlockQ4K, b: &BlockQ8K) -> f32 {
 pub fn dot_block_q5_k_q8_k(a: &BlockQ5K, b: &BlockQ8K) -> f32 {
     let d = (a.d.to_f32(), a.dmin.to_f32());
     dot_block_k4_q8_k(&a.scales, &a.qs, d, b, |c, l| {
-        let h1 = if a.qh[l] & (1u8 << (2 * c)) != 0 {
-            16
-        } else {
-            0
-        };
-        let h2 = if a.qh[l] & (2u8 << (2 * c)) != 0 {
-            16
-        } else {
-            0
-        };
-        (h1, h2)
+        let (h1, h2) = a.fifth_bits(c, l);
+        (i32::from(h1), i32::from(h2))
     })
 }
 
