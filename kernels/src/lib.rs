@@ -17,12 +17,14 @@ extern crate std;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 pub mod blocks;
+pub mod kv_elem;
 pub mod lora;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
 pub use blocks::*;
+pub use kv_elem::KvElem;
 pub use scalar::dequantize;
 
 /// ggml tensor types this crate knows, numbered as in `ggml.h` (`enum ggml_type`).
@@ -173,31 +175,6 @@ pub(crate) struct MatShape {
     pub nb: usize,
     pub row_bytes: usize,
     pub act_bytes: usize,
-}
-
-/// Whether `n` rows of `len` elements at `stride` fit in `rows_len` elements (the shape contract of
-/// [`Kernels::dot_rows_f32`] and [`Kernels::axpy_rows_f32`]). A caller bug otherwise: a debug
-/// assertion, and `out` filled with NaN in release builds.
-pub(crate) fn rows_fit(
-    n: usize,
-    len: usize,
-    stride: usize,
-    rows_len: usize,
-    out: &mut [f32],
-) -> bool {
-    let need = match n {
-        0 => Some(0),
-        n => (n - 1).checked_mul(stride).and_then(|a| a.checked_add(len)),
-    };
-    let fits = need.is_some_and(|need| need <= rows_len);
-    debug_assert!(
-        fits,
-        "f32 rows: {n} rows of {len} at stride {stride} do not fit in {rows_len} elements"
-    );
-    if !fits {
-        out.fill(f32::NAN);
-    }
-    fits
 }
 
 /// The second activation's length in a shape-check message (nothing when there is none).
@@ -432,6 +409,15 @@ pub struct Kernels {
     /// out[i] += Σ_j w[j] · rows[j·stride + i] for j < w.len() (attention's weighted sum of cached
     /// values); lengths as for `dot_rows_f32`.
     pub axpy_rows_f32: fn(w: &[f32], rows: &[f32], stride: usize, out: &mut [f32]),
+    /// `dot_rows_f32` over f16 rows (an f16 KV cache).
+    pub dot_rows_f16: fn(q: &[f32], rows: &[F16Bits], stride: usize, out: &mut [f32]),
+    /// `axpy_rows_f32` over f16 rows.
+    pub axpy_rows_f16: fn(w: &[f32], rows: &[F16Bits], stride: usize, out: &mut [f32]),
+    /// `dot_rows_f32` over rows of Q8_0 blocks (value `d·q`); lengths and strides in values, whole
+    /// blocks.
+    pub dot_rows_q8_0: fn(q: &[f32], rows: &[BlockQ8_0], stride: usize, out: &mut [f32]),
+    /// `axpy_rows_f32` over rows of Q8_0 blocks.
+    pub axpy_rows_q8_0: fn(w: &[f32], rows: &[BlockQ8_0], stride: usize, out: &mut [f32]),
     /// g[i] = silu(g[i]) · u[i] (the SwiGLU gate), bit-identical in every tier
     /// ([`scalar::elementwise`]).
     pub swiglu: fn(g: &mut [f32], u: &[f32]),

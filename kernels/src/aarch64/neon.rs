@@ -390,23 +390,25 @@ macro_rules! tier {
                 unsafe { imp(a, x, y) }
             }
 
-            pub(super) fn dot_rows_f32(q: &[f32], r: &[f32], stride: usize, out: &mut [f32]) {
-                #[target_feature(enable = $feat)]
-                unsafe fn imp(q: &[f32], r: &[f32], stride: usize, out: &mut [f32]) {
-                    rows::dot_rows_f32(q, r, stride, out)
-                }
-                // SAFETY: reachable only through the tier's table (features detected).
-                unsafe { imp(q, r, stride, out) }
+            /// Entries of the products of one vector with rows at a stride.
+            macro_rules! rows {
+                ($name:ident => $f:ident, $elem:ty) => {
+                    pub(super) fn $name(v: &[f32], r: &[$elem], stride: usize, out: &mut [f32]) {
+                        #[target_feature(enable = $feat)]
+                        unsafe fn imp(v: &[f32], r: &[$elem], stride: usize, out: &mut [f32]) {
+                            rows::$f(v, r, stride, out)
+                        }
+                        // SAFETY: reachable only through the tier's table (features detected).
+                        unsafe { imp(v, r, stride, out) }
+                    }
+                };
             }
-
-            pub(super) fn axpy_rows_f32(w: &[f32], r: &[f32], stride: usize, out: &mut [f32]) {
-                #[target_feature(enable = $feat)]
-                unsafe fn imp(w: &[f32], r: &[f32], stride: usize, out: &mut [f32]) {
-                    rows::axpy_rows_f32(w, r, stride, out)
-                }
-                // SAFETY: reachable only through the tier's table (features detected).
-                unsafe { imp(w, r, stride, out) }
-            }
+            rows!(dot_rows_f32 => dot_rows, f32);
+            rows!(axpy_rows_f32 => axpy_rows, f32);
+            rows!(dot_rows_f16 => dot_rows, crate::F16Bits);
+            rows!(axpy_rows_f16 => axpy_rows, crate::F16Bits);
+            rows!(dot_rows_q8_0 => dot_rows, crate::BlockQ8_0);
+            rows!(axpy_rows_q8_0 => axpy_rows, crate::BlockQ8_0);
 
             pub(super) fn swiglu(g: &mut [f32], u: &[f32]) {
                 #[target_feature(enable = $feat)]
@@ -476,6 +478,10 @@ macro_rules! tier {
             axpy_f32: $m::axpy_f32,
             dot_rows_f32: $m::dot_rows_f32,
             axpy_rows_f32: $m::axpy_rows_f32,
+            dot_rows_f16: $m::dot_rows_f16,
+            axpy_rows_f16: $m::axpy_rows_f16,
+            dot_rows_q8_0: $m::dot_rows_q8_0,
+            axpy_rows_q8_0: $m::axpy_rows_q8_0,
             swiglu: $m::swiglu,
             geglu: $m::geglu,
             exp_shift: $m::exp_shift,

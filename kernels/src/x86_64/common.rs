@@ -34,6 +34,16 @@ pub(super) fn ld128<const OFF: usize, T: Pod>(a: &T) -> __m128i {
     unsafe { _mm_loadu_si128((a as *const T).cast::<u8>().add(OFF).cast()) }
 }
 
+/// 8 bytes at byte offset `OFF` of `a`, in the low half of the vector.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn ld64<const OFF: usize, T: Pod>(a: &T) -> __m128i {
+    const { assert!(OFF + 8 <= size_of::<T>()) };
+    // SAFETY: the compile-time assertion keeps bytes OFF..OFF+8 inside `*a`; `loadl` reads 8 bytes
+    // with no alignment requirement.
+    unsafe { _mm_loadl_epi64((a as *const T).cast::<u8>().add(OFF).cast()) }
+}
+
 /// 32 bytes at byte offset `OFF` of `a`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -76,6 +86,16 @@ pub(super) fn ld128_at(s: &[u8], at: usize) -> __m128i {
         .and_then(|c| <&[u8; 16]>::try_from(c).ok())
     {
         Some(c) => ld128::<0, _>(c),
+        None => _mm_setzero_si128(),
+    }
+}
+
+/// 8 bytes at byte offset `at` of `s`, in the low half (zeros if they are not all inside `s`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn ld64_at(s: &[u8], at: usize) -> __m128i {
+    match s.get(at..at + 8).and_then(|c| <&[u8; 8]>::try_from(c).ok()) {
+        Some(c) => ld64::<0, _>(c),
         None => _mm_setzero_si128(),
     }
 }

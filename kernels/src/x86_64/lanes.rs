@@ -106,6 +106,8 @@ pub(crate) trait Lanes: Copy {
     fn f32_at(self, row: &[u8], at: usize) -> Self::F;
     /// `N` f16 from `row` at byte `at`, converted (zeros if `row` is too short).
     fn f16_at(self, row: &[u8], at: usize) -> Self::F;
+    /// `N` signed bytes from `row` at byte `at`, converted (zeros if `row` is too short).
+    fn i8_at(self, row: &[u8], at: usize) -> Self::F;
     /// Σ of the lanes.
     fn hsum(self, v: Self::F) -> f32;
     /// The lane sums of eight vectors, as one 8-lane vector (lane `j` = Σ of `v[j]`).

@@ -120,15 +120,15 @@ macro_rules! tier_entries {
 
             /// Entries of the products of one vector with f32 rows at a stride.
             macro_rules! rows {
-                ($name:ident => $f:ident) => {
+                ($name:ident => $f:ident, $elem:ty) => {
                     pub(in super::super) fn $name(
                         v: &[f32],
-                        rows: &[f32],
+                        rows: &[$elem],
                         stride: usize,
                         out: &mut [f32],
                     ) {
                         #[target_feature(enable = $feat)]
-                        fn imp(v: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+                        fn imp(v: &[f32], rows: &[$elem], stride: usize, out: &mut [f32]) {
                             rows::$f($tok::new(), v, rows, stride, out)
                         }
                         // SAFETY: as for the matrix entries.
@@ -136,8 +136,12 @@ macro_rules! tier_entries {
                     }
                 };
             }
-            rows!(dot_rows_f32 => dot_rows);
-            rows!(axpy_rows_f32 => axpy_rows);
+            rows!(dot_rows_f32 => dot_rows, f32);
+            rows!(axpy_rows_f32 => axpy_rows, f32);
+            rows!(dot_rows_f16 => dot_rows, crate::F16Bits);
+            rows!(axpy_rows_f16 => axpy_rows, crate::F16Bits);
+            rows!(dot_rows_q8_0 => dot_rows, crate::BlockQ8_0);
+            rows!(axpy_rows_q8_0 => axpy_rows, crate::BlockQ8_0);
 
             /// Entries of the element-wise gates (`g = f(g)·u`).
             macro_rules! gate {
@@ -206,6 +210,10 @@ macro_rules! tier_table {
             axpy_f32: k::axpy_f32,
             dot_rows_f32: k::dot_rows_f32,
             axpy_rows_f32: k::axpy_rows_f32,
+            dot_rows_f16: k::dot_rows_f16,
+            axpy_rows_f16: k::axpy_rows_f16,
+            dot_rows_q8_0: k::dot_rows_q8_0,
+            axpy_rows_q8_0: k::axpy_rows_q8_0,
             swiglu: k::swiglu,
             geglu: k::geglu,
             exp_shift: k::exp_shift,

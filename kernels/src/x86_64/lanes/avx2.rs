@@ -217,6 +217,10 @@ impl Lanes for Avx2 {
         }
     }
     #[inline(always)]
+    fn i8_at(self, row: &[u8], at: usize) -> __m256 {
+        simd! { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(ld64_at(row, at))) }
+    }
+    #[inline(always)]
     fn hsum(self, v: __m256) -> f32 {
         simd! { hsum256(v) }
     }

@@ -86,6 +86,10 @@ impl Lanes for Avx512 {
         }
     }
     #[inline(always)]
+    fn i8_at(self, row: &[u8], at: usize) -> __m512 {
+        simd! { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld128_at(row, at))) }
+    }
+    #[inline(always)]
     fn hsum(self, v: __m512) -> f32 {
         simd! { _mm512_reduce_add_ps(v) }
     }
