@@ -93,7 +93,15 @@ typedef struct er_session_params {
     size_t n_threads;    /* worker threads incl. the caller's; 0 = one per physical core */
     size_t max_adapters; /* most adapters applied at once, <= 8 */
     size_t max_rank;     /* largest LoRA rank of an applied adapter, <= 4096 */
+    int32_t type_k;      /* how the KV cache stores keys: ER_KV_F16 (default), ER_KV_F32, ER_KV_Q8_0 */
+    int32_t type_v;      /* how the KV cache stores values (same choices) */
 } er_session_params;
+
+/* KV cache types (er_session_params.type_k / type_v). f16 halves the f32 cache; q8_0 (8-bit with an
+ * f16 scale per 32 values) halves it again and needs a head size that is a multiple of 32. */
+#define ER_KV_F16 0
+#define ER_KV_F32 1
+#define ER_KV_Q8_0 2
 
 typedef struct er_sampling_params {
     float temperature;      /* <= 0: greedy */
@@ -141,7 +149,7 @@ int er_adapter_open(const er_model* model, const char* path, er_adapter** out);
 int er_adapter_free(er_adapter* adapter);
 
 /* ---------------------------------------------------------------------------------- sessions */
-/* Defaults: n_ctx 2048, n_batch 64, n_threads 0 (auto), max_adapters 8, max_rank 64. */
+/* Defaults: n_ctx 2048, n_batch 64, n_threads 0 (auto), max_adapters 8, max_rank 64, f16 KV. */
 int er_session_params_default(er_session_params* out);
 /* Create a session on model (allocates all its memory now; nothing is allocated per token). */
 int er_session_new(const er_model* model, const er_session_params* params, er_session** out);

@@ -3,6 +3,7 @@
 //! llama2.c style) over a batch of tokens; decoding is `eval` of one token. Nothing on that path allocates.
 use crate::adapter::Adapter;
 use crate::adapter::{AdapterControl, Applied, MAX_ADAPTERS};
+pub use crate::arch::kv::KvType;
 pub use crate::arch::ActQuant;
 use crate::arch::{self, ops::State, Capacity, Env};
 use crate::kernels::lora::LoraKernels;
@@ -31,6 +32,31 @@ pub struct SessionConfig {
     pub max_adapters: usize,
     /// Largest LoRA rank an applied adapter may have.
     pub max_rank: usize,
+    /// How the KV cache stores keys (`-ctk`).
+    pub type_k: KvType,
+    /// How the KV cache stores values (`-ctv`).
+    pub type_v: KvType,
+}
+
+/// Where a session's memory goes (its own buffers; the model's mapped weights and tables are the
+/// model's), bytes. Everything is allocated when the session is created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionMemory {
+    /// Keys and values of every layer (`n_ctx` positions; the window in sliding-window layers).
+    pub kv: usize,
+    /// Activation buffers of one batch (`n_batch` rows), quantized activations, attention scores,
+    /// RoPE tables and the batch's encoded keys and values.
+    pub activations: usize,
+    /// Logits (one row, or one per batch position with `logits_all`).
+    pub logits: usize,
+    /// LoRA intermediates `A·x` (`max_adapters · max_rank` per row).
+    pub lora_scratch: usize,
+}
+
+impl SessionMemory {
+    pub fn total(&self) -> usize {
+        self.kv + self.activations + self.logits + self.lora_scratch
+    }
 }
 
 impl Default for SessionConfig {
@@ -44,6 +70,8 @@ impl Default for SessionConfig {
             act_quant: ActQuant::Q8x2,
             max_adapters: MAX_ADAPTERS,
             max_rank: 64,
+            type_k: KvType::F16,
+            type_v: KvType::F16,
         }
     }
 }
@@ -131,6 +159,8 @@ impl Session {
                 act_quant: cfg.act_quant,
                 max_adapters: cfg.max_adapters,
                 max_rank: cfg.max_rank,
+                type_k: cfg.type_k,
+                type_v: cfg.type_v,
             },
         )?;
         let k = cfg.kernels.unwrap_or_else(Kernels::best);
@@ -169,6 +199,10 @@ impl Session {
     }
     pub fn kernels(&self) -> &'static Kernels {
         self.k
+    }
+    /// Where the session's memory goes.
+    pub fn memory(&self) -> SessionMemory {
+        self.st.memory()
     }
     /// Tokens currently in the KV cache.
     pub fn n_past(&self) -> usize {

@@ -134,14 +134,36 @@ fn json_reports_bytes_per_token_and_roofline() {
         "{v}"
     );
 
-    // Bytes per token from the file: weights, plus K and V (f32) of every layer over the mean context
-    // of the 4 decoded tokens (they attend to 9, 10, 11, 12 positions).
+    // Bytes per token from the file: weights, plus K and V (f16 by default) of every layer over the
+    // mean context of the 4 decoded tokens (they attend to 9, 10, 11, 12 positions).
     let (weights, n_layer, kv_dim) = model_bytes(&model);
-    let kv = 2.0 * (n_layer * kv_dim * 4) as f64 * 10.5;
+    let kv = 2.0 * (n_layer * kv_dim * 2) as f64 * 10.5;
+    assert_eq!(
+        (&v["cache_type_k"], &v["cache_type_v"]),
+        (&"f16".into(), &"f16".into())
+    );
     close(num(&v, "weight_bytes_per_token"), weights, "weight bytes");
     close(num(&v, "kv_bytes_per_token"), kv, "KV bytes");
     close(num(&v, "bytes_per_token"), weights + kv, "bytes per token");
     close(num(&v, "mean_context"), 10.5, "mean context");
+    // The session's buffers are reported, the KV cache among them (at least the 12 positions run).
+    assert!(
+        num(&v, "kv_mib") * 1048576.0 >= 2.0 * (n_layer * kv_dim * 2 * 12) as f64,
+        "{v}"
+    );
+    assert!(num(&v, "activations_mib") > 0.0, "{v}");
+    // llama.cpp's short flags choose each cache's type: f32 keys, f16 values.
+    let (v, _, _) = small_bench(&model, "1", &["-ctk", "f32", "-ctv", "f16"]);
+    assert_eq!(
+        (&v["cache_type_k"], &v["cache_type_v"]),
+        (&"f32".into(), &"f16".into())
+    );
+    let kv = (n_layer * kv_dim * (4 + 2)) as f64 * 10.5;
+    close(
+        num(&v, "kv_bytes_per_token"),
+        kv,
+        "KV bytes, f32 keys and f16 values",
+    );
 
     // Roofline: positive bandwidths, and the percent is tg × bytes ÷ bandwidth.
     for k in [
@@ -235,7 +257,7 @@ fn json_with_adapter_and_compare_model() {
     let (w2, n_layer, kv_dim) = model_bytes(&other);
     close(
         num(&v, "compare_bytes_per_token"),
-        w2 + 2.0 * (n_layer * kv_dim * 4) as f64 * 10.5,
+        w2 + 2.0 * (n_layer * kv_dim * 2) as f64 * 10.5,
         "compare bytes",
     );
     assert!(w2 > model_bytes(&model).0, "Q8_0 reads more than Q4_1");
@@ -321,7 +343,7 @@ fn sliding_window_layers_read_at_most_the_window() {
                 .sum::<usize>()
         })
         .sum();
-    let kv = 2.0 * (kv_dim * 4) as f64 * positions as f64 / 4.0;
+    let kv = 2.0 * (kv_dim * 2) as f64 * positions as f64 / 4.0;
     let (v, _, _) = small_bench(&model, "1", &[]);
     close(
         num(&v, "kv_bytes_per_token"),

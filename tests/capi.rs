@@ -117,6 +117,8 @@ fn params(n_ctx: usize) -> er_session_params {
         n_threads: 0,
         max_adapters: 0,
         max_rank: 0,
+        type_k: -1,
+        type_v: -1,
     };
     // SAFETY: valid out-pointer.
     ok(unsafe { er_session_params_default(&mut p) });
@@ -558,14 +560,22 @@ fn header_declares_exactly_the_exports() {
         );
     }
     let rc = rust_constants(&rs);
-    assert_eq!(h.constants, rc, "status codes: header vs src/capi/");
-    // Status codes are distinct and each has a name.
-    let mut vals: Vec<_> = rc.values().collect();
+    assert_eq!(h.constants, rc, "constants: header vs src/capi/");
+    // Status codes are distinct and each has a name; the other constants (ER_KV_*) are values of a
+    // parameter field.
+    let status: BTreeMap<&String, &i64> = rc
+        .iter()
+        .filter(|(k, _)| *k == "ER_OK" || k.starts_with("ER_ERR_"))
+        .collect();
+    let mut vals: Vec<_> = status.values().collect();
+    vals.sort();
     vals.dedup();
-    assert_eq!(vals.len(), rc.len(), "duplicate status code values");
-    for (k, v) in &rc {
-        assert_eq!(&name(*v as c_int), k);
+    assert_eq!(vals.len(), status.len(), "duplicate status code values");
+    for (k, v) in &status {
+        assert_eq!(&name(**v as c_int), *k);
     }
+    let kv: Vec<&String> = rc.keys().filter(|k| k.starts_with("ER_KV_")).collect();
+    assert_eq!(kv.len() + status.len(), rc.len(), "unexpected constants");
     let rs_structs = rust_structs(&rs);
     assert_eq!(rs_structs.len(), 3, "{:?}", rs_structs.keys());
     assert_eq!(h.structs, rs_structs, "struct fields: header vs src/capi/");
@@ -590,7 +600,7 @@ fn struct_layouts_match_the_c_compiler_and_every_function_links() {
     let h = parse_header(&std::fs::read_to_string(root().join("include/edge_run.h")).unwrap());
     let rust = [
         layout!(er_model_info; n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, n_ff, bos, eos, add_bos),
-        layout!(er_session_params; n_ctx, n_batch, n_threads, max_adapters, max_rank),
+        layout!(er_session_params; n_ctx, n_batch, n_threads, max_adapters, max_rank, type_k, type_v),
         layout!(er_sampling_params; temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed),
     ];
     // The lists above must name every field (in order) of the structs in src/capi/.
@@ -813,10 +823,33 @@ fn logits_through_c_api_match_reference() {
     // SAFETY: valid handle and out-pointer.
     ok(unsafe { er_model_n_vocab(m, &mut n) });
     assert_eq!(n, nv);
+    // The f32 cache, then the default f16 one, against the same reference.
+    let mut p = params(32);
+    assert_eq!(
+        (p.type_k, p.type_v),
+        (ER_KV_F16, ER_KV_F16),
+        "default KV type"
+    );
+    p.type_k = ER_KV_F32;
+    p.type_v = ER_KV_F32;
+    let mut s32 = null_mut();
+    // SAFETY: valid handle, parameters and out-pointer.
+    ok(unsafe { er_session_new(m, &p, &mut s32) });
+    ok(eval(s32, &toks));
+    let exact = logits(s32, nv);
+    assert_close(
+        "f32 KV",
+        &exact,
+        &npy_last_row("tiny-q4_1.logits.npy"),
+        TOL_Q4_1,
+    );
+    // SAFETY: a handle from this test.
+    ok(unsafe { er_session_free(s32) });
     let s = new_session(m, 32);
     ok(eval(s, &toks[..5]));
     ok(eval(s, &toks[5..]));
     let base = logits(s, nv);
+    assert_ne!(base, exact, "the f16 cache is a different computation");
     assert_close(
         "base",
         &base,
@@ -1364,11 +1397,15 @@ fn bad_files_and_parameters_are_refused() {
         assert!(a.is_null());
         // Session parameters: each edit of the defaults is refused, naming what is wrong.
         type Edit = fn(&mut er_session_params);
-        let edits: [(Edit, &str); 4] = [
+        let edits: [(Edit, &str); 7] = [
             (|p| p.n_ctx = 0, "context"),
             (|p| p.max_adapters = 9, "max adapters 9"),
             (|p| p.n_threads = 100_000, "threads"),
             (|p| *p = params(usize::MAX), "n_ctx"),
+            (|p| p.type_k = 3, "type_k 3"),
+            (|p| p.type_v = -1, "type_v -1"),
+            // The fixture's heads are 16 wide: not whole Q8_0 blocks.
+            (|p| p.type_v = ER_KV_Q8_0, "multiple of 32"),
         ];
         for (edit, needle) in edits {
             let mut p = params(16);

@@ -2370,6 +2370,10 @@ fn session_too_large_for_memory_is_refused_not_aborted() {
         "1".as_ref(),
         "--temp".as_ref(),
         "0".as_ref(),
+        "-ctk".as_ref(),
+        "f32".as_ref(),
+        "-ctv".as_ref(),
+        "f32".as_ref(),
     ];
     let r = run_limited(&args, &dir, Duration::from_secs(20));
     let _ = std::fs::remove_dir_all(&dir);

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use edge_run::adapter::Adapter;
 use edge_run::gguf::{Gguf, MetaValue};
 use edge_run::kernels::QuantType;
+use edge_run::session::KvType;
 use edge_run::{Model, Session, SessionConfig};
 use tools::merge::{merge, MergeOptions, TargetType, MERGED_KEY};
 
@@ -68,10 +69,13 @@ fn logits(path: &Path, adapters: &[(&Path, f32)], ids: &[u32]) -> Vec<Vec<f32>> 
         .collect();
     let mut s = Session::new(
         model.clone(),
+        // f32 keys and values: the comparisons are of the weights' arithmetic.
         SessionConfig {
             n_ctx: ids.len().max(16),
             n_threads: 2,
             logits_all: true,
+            type_k: KvType::F32,
+            type_v: KvType::F32,
             ..Default::default()
         },
     )

@@ -15,6 +15,7 @@
 //!   base.
 pub(crate) mod block;
 pub mod gemma3;
+pub mod kv;
 pub mod llama;
 pub(crate) mod ops;
 
@@ -47,6 +48,8 @@ pub(crate) struct Capacity {
     pub act_quant: ActQuant,
     pub max_adapters: usize,
     pub max_rank: usize,
+    pub type_k: kv::KvType,
+    pub type_v: kv::KvType,
 }
 
 /// Everything a forward pass reads but does not own.

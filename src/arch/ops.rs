@@ -2,13 +2,14 @@
 //!
 //! [`State`] holds every activation buffer and the KV cache, sized once in `Session::new`; nothing here
 //! allocates. Buffers are `[B, width]` row-major over the batch's B tokens.
+use super::kv::KvCache;
 use crate::adapter::MAX_ADAPTERS;
 use crate::arch::{ActQuant, Capacity, Env};
 use crate::kernels::lora::{total_rank, LoraRef};
 use crate::kernels::{ActRows, Kernels, QuantType};
 use crate::model::{Model, WeightRef};
 use crate::threadpool::{Disjoint, ThreadPool};
-use crate::{Error, Result};
+use crate::Result;
 
 /// RoPE of one frequency set: inverse frequencies and the cos/sin of the current batch's positions.
 pub(crate) struct Rope {
@@ -52,16 +53,6 @@ impl Rope {
             }
         }
     }
-}
-
-/// Keys and values of every layer. Layer `l` holds `cap[l]` positions of `kv_dim` floats at `off[l]`;
-/// position `p` lives in slot `p % cap[l]`. Global layers have `cap = n_ctx` (never wraps); local
-/// (sliding-window) layers a ring of `min(window, n_ctx)` positions.
-pub(crate) struct KvCache {
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
-    pub off: Vec<usize>,
-    pub cap: Vec<usize>,
 }
 
 /// An activation buffer that numbers its contents: every mutable borrow gives it a new version
@@ -141,24 +132,6 @@ impl State {
     pub fn new(m: &Model, cfg: &Capacity) -> Result<State> {
         let hp = &m.hp;
         let n_batch = cfg.n_batch;
-        let mut off = Vec::with_capacity(hp.n_layer);
-        let mut cap = Vec::with_capacity(hp.n_layer);
-        let mut total = 0usize;
-        for l in 0..hp.n_layer {
-            let c = hp.kv_positions(l, cfg.n_ctx);
-            off.push(total);
-            cap.push(c);
-            total = c
-                .checked_mul(hp.kv_dim())
-                .and_then(|n| total.checked_add(n))
-                .filter(|&n| n <= (isize::MAX as usize) / 8)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "context {} is too large for this model's KV cache",
-                        cfg.n_ctx
-                    ))
-                })?;
-        }
         let divisors = m.rope_freqs.as_ref().map(|w| m.f32s(w));
         let rope = [
             Rope::new(hp, hp.rope_freq_base, hp.rope_freq_scale, divisors, n_batch),
@@ -186,29 +159,46 @@ impl State {
             xq: QuantCache::new(cfg.act_quant, n_batch, e.max(ff).max(qd), cfg.n_threads),
             logits: vec![0.0; n_logit_rows * hp.n_vocab],
             rope,
-            kv: KvCache {
-                k: zeroed(total)?,
-                v: zeroed(total)?,
-                off,
-                cap,
-            },
+            kv: KvCache::new(hp, cfg.n_ctx, n_batch, cfg.type_k, cfg.type_v)?,
             lora_t: vec![0.0; 3 * n_batch * cfg.max_adapters * cfg.max_rank],
         })
     }
 }
 
-/// A zero-filled buffer whose allocation failure is an error rather than an abort (the KV cache can be
-/// large: `Σ_layers positions × kv_dim` floats for each of K and V).
-fn zeroed(len: usize) -> Result<Vec<f32>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| {
-        Error::invalid(format!(
-            "cannot allocate {} MiB for the KV cache: use a smaller context (-c)",
-            (len * 4) >> 20
-        ))
-    })?;
-    v.resize(len, 0.0);
-    Ok(v)
+impl State {
+    /// Bytes of each part of the buffers.
+    pub fn memory(&self) -> crate::session::SessionMemory {
+        let f = |v: &[f32]| 4 * v.len();
+        let rope: usize = self
+            .rope
+            .iter()
+            .map(|r| 4 * r.inv_freq.len() + 8 * r.cs.len())
+            .sum();
+        let activations = [
+            &self.x[..],
+            &self.xb,
+            &self.q,
+            &self.kk,
+            &self.v,
+            &self.att_out,
+            &self.proj,
+            &self.hb,
+            &self.hb2,
+            &self.att,
+        ]
+        .iter()
+        .map(|v| f(v))
+        .sum::<usize>()
+            + self.xq.bytes()
+            + rope
+            + self.kv.staging_bytes();
+        crate::session::SessionMemory {
+            kv: self.kv.bytes(),
+            activations,
+            logits: f(&self.logits),
+            lora_scratch: f(&self.lora_t),
+        }
+    }
 }
 
 /// x[t] = scale · (token_embd[tokens[t]] + embedding LoRA)                              [B, e]
@@ -360,10 +350,11 @@ pub(crate) fn attention(
     let k = env.k;
     let (qd, kvd, hd) = (hp.q_dim(), hp.kv_dim(), hp.head_dim);
     let (off, cap) = (kv.off[l], kv.cap[l]);
+    let (kk, v) = (&kk[..b * kvd], &v[..b * kvd]);
+    kv.stage(kk, v);
     {
-        let kc = &kv.k[off..off + cap * kvd];
-        let vc = &kv.v[off..off + cap * kvd];
-        let (kk, v) = (&kk[..b * kvd], &v[..b * kvd]);
+        let (kc, vc) = (kv.k.rows(), kv.v.rows());
+        let (kb, vb) = kv.batch_rows(kk, v);
         let q = &q[..b * qd];
         let out = Disjoint::new(&mut att_out[..b * qd]);
         let att = Disjoint::new(att);
@@ -383,12 +374,12 @@ pub(crate) fn attention(
             let kvh = (h / group) * hd;
             let runs = kv_runs(lo, p, pos0, cap);
             // Where head `kvh` of a run's first key (or value) starts; rows follow at stride kvd.
-            let at = |run: &KvRun| run.first * kvd + kvh;
+            let at = |run: &KvRun| if run.cached { off } else { 0 } + run.first * kvd + kvh;
             let sc = &mut att[..p + 1 - lo];
             let mut n = 0;
             for run in &runs {
-                let keys = if run.cached { kc } else { kk };
-                (k.dot_rows_f32)(qh, &keys[at(run)..], kvd, &mut sc[n..n + run.len]);
+                let keys = if run.cached { kc } else { kb };
+                keys.dot(k, qh, at(run), kvd, &mut sc[n..n + run.len]);
                 n += run.len;
             }
             let mut max = f32::NEG_INFINITY;
@@ -405,18 +396,13 @@ pub(crate) fn attention(
             o.fill(0.0);
             let mut n = 0;
             for run in &runs {
-                let values = if run.cached { vc } else { v };
-                (k.axpy_rows_f32)(&sc[n..n + run.len], &values[at(run)..], kvd, o);
+                let values = if run.cached { vc } else { vb };
+                values.axpy(k, &sc[n..n + run.len], at(run), kvd, o);
                 n += run.len;
             }
         });
     }
-    // Append k, v: position p to slot p % cap (only the last `cap` of the batch can survive).
-    for t in b.saturating_sub(cap)..b {
-        let s = off + ((pos0 + t) % cap) * kvd;
-        kv.k[s..s + kvd].copy_from_slice(&kk[t * kvd..(t + 1) * kvd]);
-        kv.v[s..s + kvd].copy_from_slice(&v[t * kvd..(t + 1) * kvd]);
-    }
+    kv.append(l, pos0, b, kk, v);
 }
 
 /// logits = Wout · rmsnorm(x) for the last `rows` rows of the batch (all with `logits_all`), then
@@ -482,6 +468,12 @@ struct QuantSlot {
 }
 
 impl QuantCache {
+    /// Bytes of the quantized activations and the per-thread tiles.
+    fn bytes(&self) -> usize {
+        let slots: usize = self.slots.iter().map(|s| s.q.len() + s.r.len()).sum();
+        slots + 4 * self.tiles.len()
+    }
+
     fn new(mode: ActQuant, n_batch: usize, n_max: usize, n_threads: usize) -> Self {
         let mk = |vt: QuantType| {
             let stride = xq_row_bytes(vt, n_max.next_multiple_of(256));

@@ -35,7 +35,7 @@ use crate::adapter::Adapter;
 use crate::adapter::{AdapterControl, MAX_ADAPTERS};
 use crate::model::Model;
 use crate::sampling::{argmax, Sampler, SamplingParams};
-use crate::session::{default_threads, Session, SessionConfig};
+use crate::session::{default_threads, KvType, Session, SessionConfig};
 use crate::Error;
 use std::cell::{RefCell, UnsafeCell};
 use std::collections::BTreeMap;
@@ -421,6 +421,8 @@ mod tests {
                 n_threads: 0,
                 max_adapters: 0,
                 max_rank: 0,
+                type_k: 0,
+                type_v: 0,
             };
             assert_eq!(er_session_params_default(&mut p), ER_OK);
             p.n_ctx = 16;

@@ -15,9 +15,41 @@ pub struct er_session_params {
     pub max_adapters: usize,
     /// Largest LoRA rank an applied adapter may have, ≤ 4096.
     pub max_rank: usize,
+    /// How the KV cache stores keys: `ER_KV_F16` (0, the default), `ER_KV_F32` or `ER_KV_Q8_0`.
+    pub type_k: i32,
+    /// How the KV cache stores values (as `type_k`).
+    pub type_v: i32,
 }
 
-/// Fill `*out` with the defaults: n_ctx 2048, n_batch 64, n_threads 0, max_adapters 8, max_rank 64.
+/// The KV cache types of `er_session_params` (`ER_KV_*`), by their C value.
+pub const ER_KV_F16: c_int = 0;
+pub const ER_KV_F32: c_int = 1;
+pub const ER_KV_Q8_0: c_int = 2;
+
+/// The KV type of a C value, or an error naming the field.
+fn kv_type(field: &str, v: i32) -> R<KvType> {
+    match v {
+        ER_KV_F16 => Ok(KvType::F16),
+        ER_KV_F32 => Ok(KvType::F32),
+        ER_KV_Q8_0 => Ok(KvType::Q8_0),
+        _ => err(
+            ER_ERR_INVALID_ARGUMENT,
+            format!("{field} {v} is not a KV cache type (ER_KV_F16 0, ER_KV_F32 1, ER_KV_Q8_0 2)"),
+        ),
+    }
+}
+
+/// The C value of a KV type.
+fn kv_type_value(t: KvType) -> i32 {
+    match t {
+        KvType::F16 => ER_KV_F16,
+        KvType::F32 => ER_KV_F32,
+        KvType::Q8_0 => ER_KV_Q8_0,
+    }
+}
+
+/// Fill `*out` with the defaults: n_ctx 2048, n_batch 64, n_threads 0, max_adapters 8, max_rank 64,
+/// f16 keys and values.
 #[no_mangle]
 pub unsafe extern "C" fn er_session_params_default(out: *mut er_session_params) -> c_int {
     ffi(|| {
@@ -29,6 +61,8 @@ pub unsafe extern "C" fn er_session_params_default(out: *mut er_session_params) 
             n_threads: 0,
             max_adapters: d.max_adapters,
             max_rank: d.max_rank,
+            type_k: kv_type_value(d.type_k),
+            type_v: kv_type_value(d.type_v),
         };
         // SAFETY: non-NULL and writable (contract).
         unsafe { out.write(p) };
@@ -65,6 +99,8 @@ pub unsafe extern "C" fn er_session_new(
             },
             max_adapters: p.max_adapters,
             max_rank: p.max_rank,
+            type_k: kv_type("type_k", p.type_k)?,
+            type_v: kv_type("type_v", p.type_v)?,
             ..SessionConfig::default()
         };
         let s = Session::new(m, cfg)?;

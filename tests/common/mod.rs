@@ -183,7 +183,15 @@ pub struct Metrics {
     pub top1: f64,
     pub kl_mean: f64,
     pub kl_max: f64,
+    /// Positions whose reference top-2 margin is at least [`TIE_MARGIN`], and the top-1 agreement
+    /// over those.
+    pub clear: usize,
+    pub top1_clear: f64,
 }
+
+/// A reference top-2 margin (logits) below which the top-1 is a tie that one f32 rounding anywhere
+/// can decide (SmolLM2's "prose" position 57 has 0.00098).
+pub const TIE_MARGIN: f32 = 0.01;
 
 /// KL(reference ‖ run) over the reference's top-128 per position, and top-1 agreement — as compact.py's `compare`.
 pub fn compare(r: &RefSeq, logits: &[Vec<f32>]) -> Metrics {
@@ -193,7 +201,7 @@ pub fn compare(r: &RefSeq, logits: &[Vec<f32>]) -> Metrics {
         positions: t,
         ..Default::default()
     };
-    let mut agree = 0usize;
+    let (mut agree, mut agree_clear) = (0usize, 0usize);
     for (p, row) in logits.iter().enumerate() {
         let mx = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
         let lse = mx + row.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln();
@@ -209,11 +217,16 @@ pub fn compare(r: &RefSeq, logits: &[Vec<f32>]) -> Metrics {
             .enumerate()
             .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
         agree += usize::from(argmax == ids[0] as usize);
+        if rl[0] - rl[1] >= TIE_MARGIN {
+            m.clear += 1;
+            agree_clear += usize::from(argmax == ids[0] as usize);
+        }
         m.kl_mean += kl;
         m.kl_max = m.kl_max.max(kl);
     }
     m.kl_mean /= t as f64;
     m.top1 = agree as f64 / t as f64;
+    m.top1_clear = agree_clear as f64 / m.clear.max(1) as f64;
     m
 }
 
@@ -229,6 +242,12 @@ pub fn summarize(per: &[Metrics]) -> Metrics {
             .sum::<f64>()
             / n as f64,
         kl_max: per.iter().map(|m| m.kl_max).fold(0.0, f64::max),
+        clear: per.iter().map(|m| m.clear).sum(),
+        top1_clear: per
+            .iter()
+            .map(|m| m.top1_clear * m.clear as f64)
+            .sum::<f64>()
+            / per.iter().map(|m| m.clear).sum::<usize>().max(1) as f64,
     }
 }
 
@@ -387,10 +406,22 @@ pub fn compare_sequences(
     set: &[(&std::sync::Arc<edge_run::adapter::Adapter>, f32)],
     z: &HashMap<String, Vec<u8>>,
 ) -> Vec<(String, Metrics)> {
+    compare_sequences_kv(model, set, z, edge_run::session::KvType::default())
+}
+
+/// [`compare_sequences`] with keys and values cached as `kv`.
+pub fn compare_sequences_kv(
+    model: &std::sync::Arc<edge_run::Model>,
+    set: &[(&std::sync::Arc<edge_run::adapter::Adapter>, f32)],
+    z: &HashMap<String, Vec<u8>>,
+    kv: edge_run::session::KvType,
+) -> Vec<(String, Metrics)> {
     let cfg = edge_run::SessionConfig {
         logits_all: true,
         n_ctx: 128,
         n_threads: 2,
+        type_k: kv,
+        type_v: kv,
         ..Default::default()
     };
     sequences()

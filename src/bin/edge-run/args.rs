@@ -1,7 +1,8 @@
 //! The command line: every subcommand's flags (llama.cpp-style names), parsed by clap.
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use edge_run::kernels::QuantType;
-use edge_run::session::ActQuant;
+use edge_run::session::{ActQuant, KvType};
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -208,6 +209,22 @@ pub struct RuntimeArgs {
         default_value = "q8x2"
     )]
     pub act_quant: ActQuantArg,
+    /// How the KV cache stores keys (also -ctk): f16 halves the f32 cache, q8_0 halves it again.
+    #[arg(
+        long = "cache-type-k",
+        value_name = "TYPE",
+        value_enum,
+        default_value = "f16"
+    )]
+    pub cache_type_k: KvTypeArg,
+    /// How the KV cache stores values (also -ctv).
+    #[arg(
+        long = "cache-type-v",
+        value_name = "TYPE",
+        value_enum,
+        default_value = "f16"
+    )]
+    pub cache_type_v: KvTypeArg,
     /// Apply a LoRA adapter: a llama.cpp GGUF adapter or a PEFT directory / adapter_model.safetensors,
     /// detected from the content. Optional user scale after a colon (default 1.0). Repeat to stack
     /// up to 8 adapters.
@@ -315,6 +332,37 @@ pub struct InfoArgs {
     /// Also load and describe these adapters against the model (format, ranks, alpha, scales, targets, bytes).
     #[arg(long = "adapter", value_name = "PATH[:SCALE]")]
     pub adapters: Vec<String>,
+    /// Context size of the session whose memory is shown; default: min(4096, the model's training
+    /// context).
+    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    pub ctx_size: Option<usize>,
+    /// Batch size of that session.
+    #[arg(
+        short = 'b',
+        long = "batch-size",
+        value_name = "N",
+        default_value_t = 64
+    )]
+    pub batch_size: usize,
+    /// Threads of that session (default: the number of physical cores).
+    #[arg(short = 't', long = "threads", value_name = "N")]
+    pub threads: Option<usize>,
+    /// How its KV cache stores keys (also -ctk).
+    #[arg(
+        long = "cache-type-k",
+        value_name = "TYPE",
+        value_enum,
+        default_value = "f16"
+    )]
+    pub cache_type_k: KvTypeArg,
+    /// How its KV cache stores values (also -ctv).
+    #[arg(
+        long = "cache-type-v",
+        value_name = "TYPE",
+        value_enum,
+        default_value = "f16"
+    )]
+    pub cache_type_v: KvTypeArg,
 }
 
 /// `--act-quant`.
@@ -333,6 +381,48 @@ impl From<ActQuantArg> for ActQuant {
             ActQuantArg::Q8x2 => ActQuant::Q8x2,
         }
     }
+}
+
+/// `--cache-type-k`, `--cache-type-v`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KvTypeArg {
+    /// 4 bytes per value (exact).
+    F32,
+    /// 2 bytes per value.
+    F16,
+    /// 34 bytes per 32 values (8-bit with an f16 scale per block).
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl From<KvTypeArg> for KvType {
+    fn from(a: KvTypeArg) -> KvType {
+        match a {
+            KvTypeArg::F32 => KvType::F32,
+            KvTypeArg::F16 => KvType::F16,
+            KvTypeArg::Q8_0 => KvType::Q8_0,
+        }
+    }
+}
+
+/// llama.cpp's multi-letter short flags, which clap has no form for, as their long names:
+/// `-ctk` → `--cache-type-k`, `-ctv` → `--cache-type-v` (also `-ctk=TYPE`).
+pub fn llama_cpp_short_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    const SHORT: [(&str, &str); 2] = [("-ctk", "--cache-type-k"), ("-ctv", "--cache-type-v")];
+    args.into_iter()
+        .map(|a| {
+            let Some(s) = a.to_str() else { return a };
+            for (short, long) in SHORT {
+                if s == short {
+                    return long.into();
+                }
+                if let Some(v) = s.strip_prefix(short).and_then(|r| r.strip_prefix('=')) {
+                    return format!("{long}={v}").into();
+                }
+            }
+            a
+        })
+        .collect()
 }
 
 /// `--kernels`: the kernel tiers by name (whether this CPU runs one is checked when it is chosen).

@@ -3,9 +3,11 @@
 use crate::args::{InfoArgs, LogitsArgs, TokenizeArgs};
 use crate::{apply_adapters, load_adapter, open_model, session_config, usage, Failure};
 use edge_run::kernels::Kernels;
-use edge_run::Session;
+use edge_run::session::{default_threads, KvType};
+use edge_run::{Model, Session, SessionConfig};
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 pub(crate) fn cmd_tokenize(a: TokenizeArgs) -> Result<(), Failure> {
     let text = match (&a.text, &a.file) {
@@ -101,7 +103,9 @@ pub(crate) fn cmd_info(a: InfoArgs) -> Result<(), Failure> {
         outln!("{desc}");
         return Ok(());
     }
+    let heap0 = crate::heap::live_bytes();
     let model = open_model(&a.m.model)?;
+    let tables = crate::heap::live_bytes().saturating_sub(heap0);
     let m = &*model;
     let hp = &m.hp;
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
@@ -180,6 +184,7 @@ pub(crate) fn cmd_info(a: InfoArgs) -> Result<(), Failure> {
         Kernels::best().tier.name(),
         tiers.join(", ")
     );
+    print_memory(&a, &model, tables)?;
     for spec in &a.adapters {
         let (ad, scale) = load_adapter(m, spec)?;
         let (ba, bb) = ad.bytes();
@@ -193,6 +198,57 @@ pub(crate) fn cmd_info(a: InfoArgs) -> Result<(), Failure> {
             100.0 * (ba + bb) as f64 / m.bytes_per_token() as f64
         );
     }
+    Ok(())
+}
+
+/// The memory of a session with `a`'s context, batch, threads and KV types, by component: the
+/// mapped weights, the session's buffers ([`edge_run::session::SessionMemory`]) and `tables`, the
+/// model's heap (tokenizer, tensor index), measured by the binary's counting allocator.
+fn print_memory(a: &InfoArgs, model: &Arc<Model>, tables: usize) -> Result<(), Failure> {
+    let hp = &model.hp;
+    let n_ctx = a.ctx_size.unwrap_or_else(|| hp.n_ctx_train.clamp(1, 4096));
+    let (type_k, type_v) = (KvType::from(a.cache_type_k), KvType::from(a.cache_type_v));
+    let cfg = SessionConfig {
+        n_ctx,
+        n_batch: a.batch_size,
+        n_threads: a.threads.unwrap_or_else(default_threads),
+        type_k,
+        type_v,
+        ..Default::default()
+    };
+    let n_threads = cfg.n_threads;
+    let mem = Session::new(Arc::clone(model), cfg)?.memory();
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let positions: usize = (0..hp.n_layer).map(|l| hp.kv_positions(l, n_ctx)).sum();
+    outln!(
+        "\nmemory of a session (-c {n_ctx}, -b {}, -t {}, KV {}/{}):",
+        a.batch_size,
+        n_threads,
+        type_k.name(),
+        type_v.name()
+    );
+    outln!(
+        "  mapped weights:  {:8.1} MiB (the file, read-only and shared; pages are read as used)",
+        mib(model.mapped_bytes())
+    );
+    outln!(
+        "  KV cache:        {:8.1} MiB ({positions} layer-positions × {} values, K {} + V {})",
+        mib(mem.kv),
+        hp.kv_dim(),
+        type_k.name(),
+        type_v.name()
+    );
+    outln!("  activations:     {:8.1} MiB", mib(mem.activations));
+    outln!("  logits:          {:8.1} MiB", mib(mem.logits));
+    outln!("  LoRA scratch:    {:8.1} MiB", mib(mem.lora_scratch));
+    outln!(
+        "  model tables:    {:8.1} MiB (tokenizer, tensor index: heap)",
+        mib(tables)
+    );
+    outln!(
+        "  total:           {:8.1} MiB",
+        mib(model.mapped_bytes() + mem.total() + tables)
+    );
     Ok(())
 }
 

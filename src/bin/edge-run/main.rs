@@ -25,6 +25,7 @@ macro_rules! outln {
 
 mod args;
 mod generate;
+mod heap;
 mod inspect;
 mod repl;
 mod tool_cmds;
@@ -53,12 +54,15 @@ pub(crate) fn usage(msg: impl Into<String>) -> Failure {
     Failure(2, msg.into())
 }
 
+#[global_allocator]
+static HEAP: heap::Counting = heap::Counting;
+
 fn main() -> ExitCode {
     // Never show a Rust backtrace to users; a panic is a bug and says so in one line.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("edge-run: internal error (please report): {info}");
     }));
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(args::llama_cpp_short_flags(std::env::args_os())) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -133,6 +137,8 @@ pub(crate) fn session_config(
         logits_all,
         kernels,
         act_quant,
+        type_k: rt.cache_type_k.into(),
+        type_v: rt.cache_type_v.into(),
         ..Default::default()
     })
 }

@@ -293,6 +293,7 @@ mod vs_llama_cpp {
             model.hp.n_vocab,
             w,
             report.threads,
+            report.kv_types,
         )?;
         let mut fields = vec![
             ("llamacpp_pp_tps", lc.base.pp_tps),

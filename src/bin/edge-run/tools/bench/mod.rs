@@ -13,7 +13,7 @@
 //! roofline); [`Workload`] + [`run`] are the `edge-run bench` measurement, returning a [`Report`] that
 //! renders as a table ([`Report::table`]) and as one JSON object ([`Report::to_json`]).
 use edge_run::adapter::{Adapter, LoraKind};
-use edge_run::session::{ActQuant, SessionConfig};
+use edge_run::session::{ActQuant, KvType, SessionConfig, SessionMemory};
 use edge_run::{Error, Model, Result, Session};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +23,6 @@ pub mod roofline;
 use roofline::{Roofline, PROBE_TIME};
 
 /// Bytes of one K or V value in the session's KV cache (`Session` keeps it in f32).
-pub const KV_BYTES_PER_VALUE: usize = 4;
 
 pub(crate) const MIB: f64 = 1024.0 * 1024.0;
 
@@ -35,7 +34,7 @@ pub(crate) const MIB: f64 = 1024.0 * 1024.0;
 pub struct TokenBytes {
     /// Linear weights of every layer and the output head (`Model::bytes_per_token`).
     pub weights: f64,
-    /// K and V (f32) of every layer at the attended context (capped by the window in sliding-window
+    /// K and V (in the session's cache types) of every layer at the attended context (capped by the window in sliding-window
     /// layers), averaged over the decoded tokens.
     pub kv: f64,
     /// LoRA A and B of the active adapters (for an embedding adapter: one row of A and all of B).
@@ -49,10 +48,11 @@ impl TokenBytes {
 
     /// Weights and KV cache of `model` for a token at position `context − 1`, which attends to
     /// `context` positions (at most the window in a sliding-window layer).
-    pub fn of_model(model: &Model, context: usize) -> TokenBytes {
+    pub fn of_model(model: &Model, context: usize, kv_types: (KvType, KvType)) -> TokenBytes {
         let hp = &model.hp;
         let positions: usize = (0..hp.n_layer).map(|l| hp.kv_positions(l, context)).sum();
-        let kv = (2 * positions * hp.kv_dim() * KV_BYTES_PER_VALUE) as f64;
+        let values = positions * hp.kv_dim();
+        let kv = (kv_types.0.bytes(values) + kv_types.1.bytes(values)) as f64;
         TokenBytes {
             weights: model.bytes_per_token() as f64,
             kv,
@@ -62,14 +62,19 @@ impl TokenBytes {
 
     /// The mean of [`TokenBytes::of_model`] over the `n_gen` tokens decoded after an `n_prompt`-token
     /// prompt (token `i` attends to `n_prompt + i + 1` positions).
-    pub fn decode(model: &Model, n_prompt: usize, n_gen: usize) -> TokenBytes {
+    pub fn decode(
+        model: &Model,
+        n_prompt: usize,
+        n_gen: usize,
+        kv_types: (KvType, KvType),
+    ) -> TokenBytes {
         let n = n_gen.max(1);
         let kv: f64 = (0..n)
-            .map(|i| TokenBytes::of_model(model, n_prompt + i + 1).kv)
+            .map(|i| TokenBytes::of_model(model, n_prompt + i + 1, kv_types).kv)
             .sum();
         TokenBytes {
             kv: kv / n as f64,
-            ..TokenBytes::of_model(model, n_prompt + 1)
+            ..TokenBytes::of_model(model, n_prompt + 1, kv_types)
         }
     }
 
@@ -283,6 +288,8 @@ pub struct Report {
     pub threads: usize,
     pub kernels: &'static str,
     pub act_quant: &'static str,
+    /// The KV cache's key and value types.
+    pub kv_types: (KvType, KvType),
     pub workload: Workload,
     pub base: Speed,
     /// The base model in the other activation mode (`q8` when the run is `q8x2` and the reverse).
@@ -295,6 +302,8 @@ pub struct Report {
     /// roofline probes (which allocate their own buffers), MiB.
     pub rss_mib: f64,
     pub mapped_mib: f64,
+    /// The main session's buffers.
+    pub memory: SessionMemory,
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), MiB; NaN where unknown.
@@ -326,8 +335,8 @@ pub fn run(
         .name();
     let act_quant = act_quant_name(cfg.act_quant);
     progress(&format!(
-        "edge-run bench: {} threads, {kernels} kernels, act-quant {act_quant}, pp{} + tg{}, best of {}",
-        cfg.n_threads, w.n_prompt, w.n_gen, w.reps
+        "edge-run bench: {} threads, {kernels} kernels, act-quant {act_quant}, KV {}/{}, pp{} + tg{}, best of {}",
+        cfg.n_threads, cfg.type_k.name(), cfg.type_v.name(), w.n_prompt, w.n_gen, w.reps
     ));
     let m2 = compare.map(|p| Model::open(p).map(Arc::new)).transpose()?;
     let t0 = Instant::now();
@@ -345,7 +354,8 @@ pub fn run(
         base.pp_tps, base.tg_tps
     ));
     let other_mode = other_mode_speed(&model, &cfg, &prompt, w, progress)?;
-    let bytes = TokenBytes::decode(&model, w.n_prompt, w.n_gen);
+    let kv_types = (cfg.type_k, cfg.type_v);
+    let bytes = TokenBytes::decode(&model, w.n_prompt, w.n_gen, kv_types);
     let lora = if loaded.is_empty() {
         None
     } else {
@@ -357,6 +367,7 @@ pub fn run(
         };
         Some(run.measure(&mut sess, &prompt, w, progress)?)
     };
+    let memory = sess.memory();
     drop(sess);
     let rss_mib = peak_rss_mib();
     let cmp = m2.map(|m2| compared(&m2, &cfg, w, progress)).transpose()?;
@@ -366,6 +377,7 @@ pub fn run(
         threads: cfg.n_threads,
         kernels,
         act_quant,
+        kv_types,
         workload: w.clone(),
         base,
         other_mode,
@@ -375,6 +387,7 @@ pub fn run(
         roofline,
         rss_mib,
         mapped_mib: model.mapped_bytes() as f64 / MIB,
+        memory,
     })
 }
 
@@ -479,7 +492,7 @@ fn compared(
     Ok(CompareResult {
         path: p.display().to_string(),
         speed,
-        bytes: TokenBytes::decode(m2, w.n_prompt, w.n_gen),
+        bytes: TokenBytes::decode(m2, w.n_prompt, w.n_gen, (cfg.type_k, cfg.type_v)),
     })
 }
 
@@ -589,9 +602,11 @@ impl Report {
             s += &row(&name, &c.speed, &c.bytes, "");
         }
         s += &format!(
-            "bytes per token: weights {:.2} MiB + KV {:.2} MiB (f32, mean context {:.0})",
+            "bytes per token: weights {:.2} MiB + KV {:.2} MiB ({}/{}, mean context {:.0})",
             self.bytes.weights / MIB,
             self.bytes.kv / MIB,
+            self.kv_types.0.name(),
+            self.kv_types.1.name(),
             self.workload.mean_context()
         );
         if let Some(l) = &self.lora {
@@ -627,18 +642,26 @@ impl Report {
                 c.speed.pp_tps / r.pp_tps
             );
         }
+        let m = &self.memory;
         s += &format!(
-            "peak RSS {:.1} MiB (mapped model {:.1} MiB)",
-            self.rss_mib, self.mapped_mib
+            "peak RSS {:.1} MiB: mapped model {:.1} MiB, KV {:.1} MiB, activations {:.1} MiB, logits {:.1} MiB, LoRA scratch {:.1} MiB (the rest: code, model tables, adapters, stacks)",
+            self.rss_mib,
+            self.mapped_mib,
+            m.kv as f64 / MIB,
+            m.activations as f64 / MIB,
+            m.logits as f64 / MIB,
+            m.lora_scratch as f64 / MIB
         );
         s
     }
 
-    /// One JSON object (no newline). Keys: `model`, `threads`, `kernels`, `act_quant`, `n_prompt`,
+    /// One JSON object (no newline). Keys: `model`, `threads`, `kernels`, `act_quant`, `cache_type_k`,
+    /// `cache_type_v`, `n_prompt`,
     /// `n_gen`, `reps`, `pp_tps`, `tg_tps` (the base model in `act_quant`), `pp_tps_q8`, `tg_tps_q8`,
     /// `pp_tps_q8x2`, `tg_tps_q8x2` (the base model in each mode), `bytes_per_token` (weights + KV, the base run),
     /// `weight_bytes_per_token`, `kv_bytes_per_token`, `mean_context`, `roofline_gbs`, `roofline_pct`,
-    /// `roofline_bytes`, `dram_gbs_1t`, `dram_gbs`, `cache_gbs_1t`, `cache_gbs`, `rss_mib`, `mapped_mib`;
+    /// `roofline_bytes`, `dram_gbs_1t`, `dram_gbs`, `cache_gbs_1t`, `cache_gbs`, `rss_mib`, `mapped_mib`,
+    /// `kv_mib`, `activations_mib`, `logits_mib`, `lora_scratch_mib` (the session's buffers);
     /// with adapters `lora_pp_tps`, `lora_tg_tps`, `lora_bytes_per_token` (total), `lora_ab_bytes`,
     /// `lora_roofline_pct`, `lora_overhead_pct`, `lora_floor_pct`, `adapter_load_ms`, `swap_us`, `swap_token_ms`, `steady_token_ms`; with a
     /// comparison model `compare_model`, `compare_pp_tps`, `compare_tg_tps`, `compare_bytes_per_token`,
@@ -652,6 +675,8 @@ impl Report {
             "threads": self.threads,
             "kernels": self.kernels,
             "act_quant": self.act_quant,
+            "cache_type_k": self.kv_types.0.name(),
+            "cache_type_v": self.kv_types.1.name(),
             "n_prompt": self.workload.n_prompt,
             "n_gen": self.workload.n_gen,
             "reps": self.workload.reps,
@@ -670,6 +695,10 @@ impl Report {
             "cache_gbs": r.cache_nt.gbs,
             "rss_mib": self.rss_mib,
             "mapped_mib": self.mapped_mib,
+            "kv_mib": self.memory.kv as f64 / MIB,
+            "activations_mib": self.memory.activations as f64 / MIB,
+            "logits_mib": self.memory.logits as f64 / MIB,
+            "lora_scratch_mib": self.memory.lora_scratch as f64 / MIB,
         });
         let m = o.as_object_mut().expect("a JSON object");
         for (mode, sp) in [

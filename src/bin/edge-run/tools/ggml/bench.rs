@@ -16,7 +16,7 @@ pub struct BenchVs {
 }
 
 /// Runs `w` (the same prompt tokens, counts, repetitions and adapters as edge-run's bench) in llama.cpp
-/// with `n_threads` threads on the model file `model`. Adapters that are not GGUF files (PEFT
+/// with `n_threads` threads and the KV cache types `kv_types` on the model file `model`. Adapters that are not GGUF files (PEFT
 /// directories or safetensors) are first converted with edge-run's converter into a temporary GGUF
 /// (their true scale folded in), since llama.cpp reads only GGUF adapters.
 pub fn bench_workload(
@@ -25,10 +25,14 @@ pub fn bench_workload(
     n_vocab: usize,
     w: &super::super::bench::Workload,
     n_threads: usize,
+    kv_types: (edge_run::session::KvType, edge_run::session::KvType),
 ) -> Result<BenchVs> {
     w.validate()?;
     let prompt = w.prompt(n_vocab);
-    let cfg = LlamaConfig::new(n_threads, w.n_prompt + w.n_gen, w.n_prompt);
+    let cfg = LlamaConfig {
+        kv_types,
+        ..LlamaConfig::new(n_threads, w.n_prompt + w.n_gen, w.n_prompt)
+    };
     let mut lc = LlamaCpp::load(model, &cfg)?;
     if lc.n_vocab() != n_vocab {
         return Err(Error::invalid(format!(

@@ -1,5 +1,6 @@
 //! The llama.cpp runner: a model (and adapters) loaded by llama.cpp, its logits and its speed.
 use super::*;
+use edge_run::session::KvType;
 
 /// Settings of a [`LlamaCpp`] runner.
 #[derive(Clone, Debug)]
@@ -10,8 +11,8 @@ pub struct LlamaConfig {
     pub n_ctx: usize,
     /// Largest batch evaluated at once (logical and physical batch).
     pub n_batch: usize,
-    /// Keep the KV cache in f32 (as edge-run does) instead of llama.cpp's default f16.
-    pub kv_f32: bool,
+    /// How the KV cache stores keys and values (llama.cpp's default: f16 both).
+    pub kv_types: (KvType, KvType),
     /// Flash attention on or off; `None` leaves llama.cpp's default (automatic: on for the CPU). Its CPU
     /// path rounds the queries to f16, so `Some(false)` with `kv_f32` is llama.cpp at its most precise.
     pub flash_attn: Option<bool>,
@@ -29,7 +30,7 @@ impl LlamaConfig {
             n_threads,
             n_ctx,
             n_batch,
-            kv_f32: false,
+            kv_types: (KvType::F16, KvType::F16),
             flash_attn: None,
             repack: true,
         }
@@ -42,10 +43,19 @@ impl LlamaConfig {
             n_threads,
             n_ctx,
             n_batch,
-            kv_f32: true,
+            kv_types: (KvType::F32, KvType::F32),
             flash_attn: Some(false),
             repack: false,
         }
+    }
+}
+
+/// ggml's tensor type for a KV cache type.
+fn ggml_kv_type(t: KvType) -> sys::ggml_type {
+    match t {
+        KvType::F32 => sys::GGML_TYPE_F32,
+        KvType::F16 => sys::GGML_TYPE_F16,
+        KvType::Q8_0 => sys::GGML_TYPE_Q8_0,
     }
 }
 
@@ -125,10 +135,8 @@ impl LlamaCpp {
         cp.n_threads = n_threads;
         cp.n_threads_batch = n_threads;
         cp.no_perf = true;
-        if cfg.kv_f32 {
-            cp.type_k = sys::GGML_TYPE_F32;
-            cp.type_v = sys::GGML_TYPE_F32;
-        }
+        cp.type_k = ggml_kv_type(cfg.kv_types.0);
+        cp.type_v = ggml_kv_type(cfg.kv_types.1);
         cp.flash_attn_type = match cfg.flash_attn {
             None => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
             Some(false) => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,

@@ -1,0 +1,298 @@
+//! The KV cache: the keys and values of every layer, stored as f32, f16 or Q8_0 blocks
+//! ([`KvType`], K and V each their own), and read in place by the attention's row kernels
+//! (`Kernels::dot_rows_*`, `axpy_rows_*`) — no widened copy per token.
+//!
+//! Layer `l` holds `cap[l]` positions of `kv_dim` values from value `off[l]`; position `p` lives in
+//! slot `p % cap[l]`. Global layers have `cap = n_ctx` (never wraps); local (sliding-window) layers a
+//! ring of `min(window, n_ctx)` positions.
+//!
+//! A batch's own keys and values are encoded into the cache's types before attention reads them
+//! ([`KvCache::stage`]), so a key scores the same whether it is read from the batch or, later, from the
+//! cache: results do not depend on how a prompt is split into batches.
+use crate::kernels::{BlockQ8_0, F16Bits, Kernels, QK};
+use crate::model::HParams;
+use crate::{Error, Result};
+
+/// How the KV cache stores keys or values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvType {
+    /// 4 bytes per value (exact).
+    F32,
+    /// 2 bytes per value (IEEE half, round to nearest even); the default, as llama.cpp's.
+    #[default]
+    F16,
+    /// 34 bytes per 32 values (an f16 scale and 32 signed bytes, llama.cpp's Q8_0 block).
+    Q8_0,
+}
+
+impl KvType {
+    /// Every type, in the order the CLI lists them.
+    pub const ALL: [KvType; 3] = [KvType::F32, KvType::F16, KvType::Q8_0];
+
+    /// The name the CLI, the C API and state files use (llama.cpp's: `f32`, `f16`, `q8_0`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+        }
+    }
+
+    /// The type named `name` ([`KvType::name`]).
+    pub fn from_name(name: &str) -> Option<KvType> {
+        KvType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Bytes of `n` values (`n` a whole number of blocks for Q8_0).
+    pub fn bytes(self, n: usize) -> usize {
+        match self {
+            KvType::F32 => 4 * n,
+            KvType::F16 => 2 * n,
+            KvType::Q8_0 => n / QK * std::mem::size_of::<BlockQ8_0>(),
+        }
+    }
+
+    /// Whether rows of a model with this head size can be stored: Q8_0 needs every head to start and
+    /// end on a block. `which` names the cache ("K" or "V") in the error.
+    pub(crate) fn check(self, which: &str, hp: &HParams) -> Result<()> {
+        if self == KvType::Q8_0 && hp.head_dim % QK != 0 {
+            return Err(Error::invalid(format!(
+                "{which} cache type q8_0 needs a head size that is a multiple of {QK}; this model's \
+                 is {} (use f16 or f32)",
+                hp.head_dim
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Rows of values in one [`KvType`].
+pub(crate) enum KvStore {
+    F32(Vec<f32>),
+    F16(Vec<F16Bits>),
+    Q8_0(Vec<BlockQ8_0>),
+}
+
+/// Rows of values in one [`KvType`], borrowed; positions and lengths count values.
+#[derive(Clone, Copy)]
+pub(crate) enum KvRows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [F16Bits]),
+    Q8_0(&'a [BlockQ8_0]),
+}
+
+impl KvRows<'_> {
+    /// `out[j] = q · row_j`, row `j` starting at value `at + j·stride`.
+    #[inline]
+    pub fn dot(self, k: &Kernels, q: &[f32], at: usize, stride: usize, out: &mut [f32]) {
+        match self {
+            KvRows::F32(r) => (k.dot_rows_f32)(q, &r[at..], stride, out),
+            KvRows::F16(r) => (k.dot_rows_f16)(q, &r[at..], stride, out),
+            KvRows::Q8_0(r) => (k.dot_rows_q8_0)(q, &r[at / QK..], stride, out),
+        }
+    }
+
+    /// `out += Σ_j w[j]·row_j`, row `j` starting at value `at + j·stride`.
+    #[inline]
+    pub fn axpy(self, k: &Kernels, w: &[f32], at: usize, stride: usize, out: &mut [f32]) {
+        match self {
+            KvRows::F32(r) => (k.axpy_rows_f32)(w, &r[at..], stride, out),
+            KvRows::F16(r) => (k.axpy_rows_f16)(w, &r[at..], stride, out),
+            KvRows::Q8_0(r) => (k.axpy_rows_q8_0)(w, &r[at / QK..], stride, out),
+        }
+    }
+}
+
+impl KvStore {
+    /// `n` zero values of type `ty`; an allocation failure is an error rather than an abort (the cache
+    /// can be large).
+    fn zeroed(ty: KvType, n: usize) -> Result<KvStore> {
+        fn vec<T: bytemuck::Zeroable + Clone>(n: usize, bytes: usize) -> Result<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).map_err(|_| {
+                Error::invalid(format!(
+                    "cannot allocate {} MiB for the KV cache: use a smaller context (-c) or a \
+                     smaller cache type (-ctk/-ctv)",
+                    bytes >> 20
+                ))
+            })?;
+            v.resize(n, T::zeroed());
+            Ok(v)
+        }
+        let bytes = ty.bytes(n);
+        Ok(match ty {
+            KvType::F32 => KvStore::F32(vec(n, bytes)?),
+            KvType::F16 => KvStore::F16(vec(n, bytes)?),
+            KvType::Q8_0 => KvStore::Q8_0(vec(n / QK, bytes)?),
+        })
+    }
+
+    pub fn rows(&self) -> KvRows<'_> {
+        match self {
+            KvStore::F32(v) => KvRows::F32(v),
+            KvStore::F16(v) => KvRows::F16(v),
+            KvStore::Q8_0(v) => KvRows::Q8_0(v),
+        }
+    }
+
+    pub fn ty(&self) -> KvType {
+        match self {
+            KvStore::F32(_) => KvType::F32,
+            KvStore::F16(_) => KvType::F16,
+            KvStore::Q8_0(_) => KvType::Q8_0,
+        }
+    }
+
+    /// The stored bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            KvStore::F32(v) => bytemuck::cast_slice(v),
+            KvStore::F16(v) => bytemuck::cast_slice(v),
+            KvStore::Q8_0(v) => bytemuck::cast_slice(v),
+        }
+    }
+
+    /// Encodes the f32 values `src` at value `at` (whole blocks for Q8_0).
+    fn encode(&mut self, at: usize, src: &[f32]) {
+        match self {
+            KvStore::F32(v) => v[at..at + src.len()].copy_from_slice(src),
+            KvStore::F16(v) => {
+                for (d, &s) in v[at..at + src.len()].iter_mut().zip(src) {
+                    *d = F16Bits::from_f32(s);
+                }
+            }
+            KvStore::Q8_0(v) => {
+                let blocks = &mut v[at / QK..(at + src.len()) / QK];
+                crate::kernels::scalar::quantize_q8_0(src, bytemuck::cast_slice_mut(blocks));
+            }
+        }
+    }
+
+    /// Copies `n` values from value `from` of `src` (the same type) to value `at`.
+    fn copy_from(&mut self, at: usize, src: KvRows<'_>, from: usize, n: usize) {
+        match (self, src) {
+            (KvStore::F32(d), KvRows::F32(s)) => d[at..at + n].copy_from_slice(&s[from..from + n]),
+            (KvStore::F16(d), KvRows::F16(s)) => d[at..at + n].copy_from_slice(&s[from..from + n]),
+            (KvStore::Q8_0(d), KvRows::Q8_0(s)) => {
+                d[at / QK..(at + n) / QK].copy_from_slice(&s[from / QK..(from + n) / QK])
+            }
+            _ => unreachable!("KV rows copied between types"),
+        }
+    }
+}
+
+/// Keys and values of every layer (see the module documentation).
+pub(crate) struct KvCache {
+    pub k: KvStore,
+    pub v: KvStore,
+    pub off: Vec<usize>,
+    pub cap: Vec<usize>,
+    kv_dim: usize,
+    /// The current batch's keys and values encoded in the cache's types, `[B, kv_dim]` (unused for
+    /// f32, whose batch rows are read as they are).
+    batch_k: KvStore,
+    batch_v: KvStore,
+}
+
+impl KvCache {
+    /// The cache of `n_ctx` positions (rings of the window in local layers) for batches of up to
+    /// `n_batch` tokens.
+    pub fn new(
+        hp: &HParams,
+        n_ctx: usize,
+        n_batch: usize,
+        type_k: KvType,
+        type_v: KvType,
+    ) -> Result<KvCache> {
+        type_k.check("K", hp)?;
+        type_v.check("V", hp)?;
+        let kvd = hp.kv_dim();
+        let mut off = Vec::with_capacity(hp.n_layer);
+        let mut cap = Vec::with_capacity(hp.n_layer);
+        let mut total = 0usize;
+        for l in 0..hp.n_layer {
+            let c = hp.kv_positions(l, n_ctx);
+            off.push(total);
+            cap.push(c);
+            total = c
+                .checked_mul(kvd)
+                .and_then(|n| total.checked_add(n))
+                .filter(|&n| n <= (isize::MAX as usize) / 8)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "context {n_ctx} is too large for this model's KV cache"
+                    ))
+                })?;
+        }
+        let staged = |ty: KvType| match ty {
+            KvType::F32 => KvStore::zeroed(ty, 0),
+            _ => KvStore::zeroed(ty, n_batch * kvd),
+        };
+        Ok(KvCache {
+            k: KvStore::zeroed(type_k, total)?,
+            v: KvStore::zeroed(type_v, total)?,
+            off,
+            cap,
+            kv_dim: kvd,
+            batch_k: staged(type_k)?,
+            batch_v: staged(type_v)?,
+        })
+    }
+
+    /// Bytes of the keys and values of every layer.
+    pub fn bytes(&self) -> usize {
+        self.k.as_bytes().len() + self.v.as_bytes().len()
+    }
+
+    /// Bytes of the batch's encoded keys and values.
+    pub fn staging_bytes(&self) -> usize {
+        self.batch_k.as_bytes().len() + self.batch_v.as_bytes().len()
+    }
+
+    /// Encodes the batch's keys `kk` and values `v` (whole rows) for [`KvCache::batch_rows`].
+    pub fn stage(&mut self, kk: &[f32], v: &[f32]) {
+        if self.k.ty() != KvType::F32 {
+            self.batch_k.encode(0, kk);
+        }
+        if self.v.ty() != KvType::F32 {
+            self.batch_v.encode(0, v);
+        }
+    }
+
+    /// The batch's keys and values as attention reads them: encoded by [`KvCache::stage`], or the f32
+    /// rows themselves.
+    pub fn batch_rows<'a>(&'a self, kk: &'a [f32], v: &'a [f32]) -> (KvRows<'a>, KvRows<'a>) {
+        (
+            staged_rows(self.k.ty(), &self.batch_k, kk),
+            staged_rows(self.v.ty(), &self.batch_v, v),
+        )
+    }
+
+    /// Appends the staged batch of `b` tokens at positions `pos0..` to layer `l`: position `p` to slot
+    /// `p % cap` (only the last `cap` of the batch can survive).
+    pub fn append(&mut self, l: usize, pos0: usize, b: usize, kk: &[f32], v: &[f32]) {
+        let (off, cap, kvd) = (self.off[l], self.cap[l], self.kv_dim);
+        let KvCache {
+            k: keys,
+            v: values,
+            batch_k,
+            batch_v,
+            ..
+        } = self;
+        let bk = staged_rows(keys.ty(), batch_k, kk);
+        let bv = staged_rows(values.ty(), batch_v, v);
+        for t in b.saturating_sub(cap)..b {
+            let s = off + ((pos0 + t) % cap) * kvd;
+            keys.copy_from(s, bk, t * kvd, kvd);
+            values.copy_from(s, bv, t * kvd, kvd);
+        }
+    }
+}
+
+/// A batch's rows in a cache of type `ty`: the staged encoding, or the f32 rows themselves.
+fn staged_rows<'a>(ty: KvType, staged: &'a KvStore, rows: &'a [f32]) -> KvRows<'a> {
+    match ty {
+        KvType::F32 => KvRows::F32(rows),
+        _ => staged.rows(),
+    }
+}
