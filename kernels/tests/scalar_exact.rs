@@ -491,27 +491,19 @@ fn typed_vec_dots_equal_matvec() {
         vec_dot_q5_k_q8_k(N, bytemuck::cast_slice(f[6].1), &q8_k),
         vec_dot_q6_k_q8_k(N, bytemuck::cast_slice(f[7].1), &q8_k),
     ];
-    let mvs: [MatVec; 8] = [
-        matvec_q4_0,
-        matvec_q4_1,
-        matvec_q5_0,
-        matvec_q5_1,
-        matvec_q8_0,
-        matvec_q4_k,
-        matvec_q5_k,
-        matvec_q6_k,
-    ];
     for (i, (ty, wbytes, _)) in f.iter().enumerate() {
+        // The scalar table's entries are the `scalar::matvec_*` functions.
+        let mv = Kernels::scalar().matvec(*ty).unwrap();
         let xq = xq_bytes(ty.vec_dot_type(), &x);
         let mut out = [0.0f32];
-        mvs[i](N, wbytes, &xq, &mut out);
+        mv(N, wbytes, &xq, &mut out);
         assert_eq!(typed[i].to_bits(), out[0].to_bits(), "{}", ty.name());
         if ty.vec_dot_type() == QuantType::Q8K {
             // Misaligned activation bytes take the unaligned path: same result.
             let mut shifted = vec![0u8; xq.len() + 1];
             shifted[1..].copy_from_slice(&xq);
             let mut out2 = [0.0f32];
-            mvs[i](N, wbytes, &shifted[1..], &mut out2);
+            mv(N, wbytes, &shifted[1..], &mut out2);
             assert_eq!(
                 out2[0].to_bits(),
                 out[0].to_bits(),

@@ -119,6 +119,21 @@ fn quantize_len(ty: QuantType, x: &[f32], out: &[u8]) -> usize {
 const _: () = assert!(quant::Q8K_BYTES == core::mem::size_of::<crate::BlockQ8K>());
 const _: () = assert!(QK == 32 && QK_K == 256);
 
+/// A table entry `$name` that calls `$md::$f` (with the same arguments) in a function compiled for the
+/// features `$feat`.
+macro_rules! entry {
+    ($feat:literal, $name:ident => $md:ident::$f:ident($($a:ident: $t:ty),*) $(-> $r:ty)?) => {
+        pub(super) fn $name($($a: $t),*) $(-> $r)? {
+            #[target_feature(enable = $feat)]
+            unsafe fn imp($($a: $t),*) $(-> $r)? {
+                $md::$f($($a),*)
+            }
+            // SAFETY: reachable only through the tier's table (features detected).
+            unsafe { imp($($a),*) }
+        }
+    };
+}
+
 /// Defines, for one tier, the `#[target_feature]` entry points (`unsafe fn`, to be called only when
 /// the CPU has `$feat`), the safe wrappers that check sizes and call them, and the table.
 macro_rules! tier {
@@ -151,51 +166,6 @@ macro_rules! tier {
             }
             matvec!(matvec_f32, QuantType::F32, float::matvec_f32);
             matvec!(matvec_f16, QuantType::F16, float::matvec_f16);
-            matvec!(matvec_q4_0, QuantType::Q4_0, |n, w, x, o| mv::matvec::<
-                _,
-                BlockQ4_0,
-            >(
-                $dot, n, w, x, None, o
-            ));
-            matvec!(matvec_q4_1, QuantType::Q4_1, |n, w, x, o| mv::matvec::<
-                _,
-                BlockQ4_1,
-            >(
-                $dot, n, w, x, None, o
-            ));
-            matvec!(matvec_q5_0, QuantType::Q5_0, |n, w, x, o| mv::matvec::<
-                _,
-                BlockQ5_0,
-            >(
-                $dot, n, w, x, None, o
-            ));
-            matvec!(matvec_q5_1, QuantType::Q5_1, |n, w, x, o| mv::matvec::<
-                _,
-                BlockQ5_1,
-            >(
-                $dot, n, w, x, None, o
-            ));
-            matvec!(matvec_q8_0, QuantType::Q8_0, |n, w, x, o| mv::matvec::<
-                _,
-                BlockQ8_0,
-            >(
-                $dot, n, w, x, None, o
-            ));
-            matvec!(matvec_q4_k, QuantType::Q4K, |n, w, x, o| mvk::matvec_k4::<
-                _,
-                BlockQ4K,
-            >(
-                $dot, n, w, x, None, o
-            ));
-            matvec!(matvec_q5_k, QuantType::Q5K, |n, w, x, o| mvk::matvec_k4::<
-                _,
-                BlockQ5K,
-            >(
-                $dot, n, w, x, None, o
-            ));
-            matvec!(matvec_q6_k, QuantType::Q6K, |n, w, x, o| mvk::matvec_q6k(
-                $dot, n, w, x, None, o
-            ));
 
             macro_rules! matvec2 {
                 ($name:ident, $ty:expr, $body:expr) => {
@@ -214,41 +184,22 @@ macro_rules! tier {
                     }
                 };
             }
-            // Two activations: fused kernels (each weight block unpacked once for both).
-            matvec2!(
-                matvec2_q4_0,
-                QuantType::Q4_0,
-                |d, n, w, x, r, o| mv::matvec::<_, BlockQ4_0>(d, n, w, x, Some(r), o)
-            );
-            matvec2!(
-                matvec2_q4_1,
-                QuantType::Q4_1,
-                |d, n, w, x, r, o| mv::matvec::<_, BlockQ4_1>(d, n, w, x, Some(r), o)
-            );
-            matvec2!(
-                matvec2_q5_0,
-                QuantType::Q5_0,
-                |d, n, w, x, r, o| mv::matvec::<_, BlockQ5_0>(d, n, w, x, Some(r), o)
-            );
-            matvec2!(
-                matvec2_q5_1,
-                QuantType::Q5_1,
-                |d, n, w, x, r, o| mv::matvec::<_, BlockQ5_1>(d, n, w, x, Some(r), o)
-            );
-            matvec2!(
-                matvec2_q8_0,
-                QuantType::Q8_0,
-                |d, n, w, x, r, o| mv::matvec::<_, BlockQ8_0>(d, n, w, x, Some(r), o)
-            );
-            matvec2!(matvec2_q4_k, QuantType::Q4K, |d, n, w, x, r, o| {
-                mvk::matvec_k4::<_, BlockQ4K>(d, n, w, x, Some(r), o)
-            });
-            matvec2!(matvec2_q5_k, QuantType::Q5K, |d, n, w, x, r, o| {
-                mvk::matvec_k4::<_, BlockQ5K>(d, n, w, x, Some(r), o)
-            });
-            matvec2!(matvec2_q6_k, QuantType::Q6K, |d, n, w, x, r, o| {
-                mvk::matvec_q6k(d, n, w, x, Some(r), o)
-            });
+            /// A quantized type's `MatVec` (`$k` without a residual) and its fused `MatVec2` (each
+            /// weight block unpacked once for both activations).
+            macro_rules! matvec_q {
+                ($name:ident, $name2:ident, $ty:expr, $k:expr) => {
+                    matvec!($name, $ty, |n, w, x, o| $k($dot, n, w, x, None, o));
+                    matvec2!($name2, $ty, |d, n, w, x, r, o| $k(d, n, w, x, Some(r), o));
+                };
+            }
+            matvec_q!(matvec_q4_0, matvec2_q4_0, QuantType::Q4_0, mv::matvec::<_, BlockQ4_0>);
+            matvec_q!(matvec_q4_1, matvec2_q4_1, QuantType::Q4_1, mv::matvec::<_, BlockQ4_1>);
+            matvec_q!(matvec_q5_0, matvec2_q5_0, QuantType::Q5_0, mv::matvec::<_, BlockQ5_0>);
+            matvec_q!(matvec_q5_1, matvec2_q5_1, QuantType::Q5_1, mv::matvec::<_, BlockQ5_1>);
+            matvec_q!(matvec_q8_0, matvec2_q8_0, QuantType::Q8_0, mv::matvec::<_, BlockQ8_0>);
+            matvec_q!(matvec_q4_k, matvec2_q4_k, QuantType::Q4K, mvk::matvec_k4::<_, BlockQ4K>);
+            matvec_q!(matvec_q5_k, matvec2_q5_k, QuantType::Q5K, mvk::matvec_k4::<_, BlockQ5K>);
+            matvec_q!(matvec_q6_k, matvec2_q6_k, QuantType::Q6K, mvk::matvec_q6k);
 
             macro_rules! matmul {
                 ($name:ident, $ty:expr, $body:expr) => {
@@ -275,60 +226,27 @@ macro_rules! tier {
             }
             matmul!(matmul_f32, QuantType::F32, float::matmul::<false>);
             matmul!(matmul_f16, QuantType::F16, float::matmul::<true>);
-            matmul!(matmul_q4_0, QuantType::Q4_0, |n, w, x, o| mm::matmul::<
-                _,
-                BlockQ4_0,
-            >(
-                $dot, n, w, x, o
-            ));
-            matmul!(matmul_q4_1, QuantType::Q4_1, |n, w, x, o| mm::matmul::<
-                _,
-                BlockQ4_1,
-            >(
-                $dot, n, w, x, o
-            ));
-            matmul!(matmul_q5_0, QuantType::Q5_0, |n, w, x, o| mm::matmul::<
-                _,
-                BlockQ5_0,
-            >(
-                $dot, n, w, x, o
-            ));
-            matmul!(matmul_q5_1, QuantType::Q5_1, |n, w, x, o| mm::matmul::<
-                _,
-                BlockQ5_1,
-            >(
-                $dot, n, w, x, o
-            ));
-            matmul!(matmul_q8_0, QuantType::Q8_0, |n, w, x, o| mm::matmul::<
-                _,
-                BlockQ8_0,
-            >(
-                $dot, n, w, x, o
-            ));
-            matmul!(matmul_q4_k, QuantType::Q4K, |n, w, x, o| mmk::matmul(
-                $dot,
-                QuantType::Q4K,
-                n,
-                w,
-                x,
-                o
-            ));
-            matmul!(matmul_q5_k, QuantType::Q5K, |n, w, x, o| mmk::matmul(
-                $dot,
-                QuantType::Q5K,
-                n,
-                w,
-                x,
-                o
-            ));
-            matmul!(matmul_q6_k, QuantType::Q6K, |n, w, x, o| mmk::matmul(
-                $dot,
-                QuantType::Q6K,
-                n,
-                w,
-                x,
-                o
-            ));
+            /// `MatMul` of a 32-element type (`mm`) or a K-quant (`mmk`).
+            macro_rules! matmul_q {
+                ($name:ident, $ty:ident, mm::<$b:ty>) => {
+                    matmul!($name, QuantType::$ty, |n, w, x, o| {
+                        mm::matmul::<_, $b>($dot, n, w, x, o)
+                    });
+                };
+                ($name:ident, $ty:ident, mmk) => {
+                    matmul!($name, QuantType::$ty, |n, w, x, o| {
+                        mmk::matmul($dot, QuantType::$ty, n, w, x, o)
+                    });
+                };
+            }
+            matmul_q!(matmul_q4_0, Q4_0, mm::<BlockQ4_0>);
+            matmul_q!(matmul_q4_1, Q4_1, mm::<BlockQ4_1>);
+            matmul_q!(matmul_q5_0, Q5_0, mm::<BlockQ5_0>);
+            matmul_q!(matmul_q5_1, Q5_1, mm::<BlockQ5_1>);
+            matmul_q!(matmul_q8_0, Q8_0, mm::<BlockQ8_0>);
+            matmul_q!(matmul_q4_k, Q4K, mmk);
+            matmul_q!(matmul_q5_k, Q5K, mmk);
+            matmul_q!(matmul_q6_k, Q6K, mmk);
 
             macro_rules! quantize {
                 ($name:ident, $ty:expr, $body:path) => {
@@ -372,70 +290,29 @@ macro_rules! tier {
             quantize2!(quantize2_q8_1, QuantType::Q8_1, quant::quantize2_q8_1);
             quantize2!(quantize2_q8_k, QuantType::Q8K, quant::quantize2_q8_k);
 
-            pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-                #[target_feature(enable = $feat)]
-                unsafe fn imp(a: &[f32], b: &[f32]) -> f32 {
-                    float::dot_f32(a, b)
-                }
-                // SAFETY: reachable only through the tier's table (features detected).
-                unsafe { imp(a, b) }
-            }
-
-            pub(super) fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
-                #[target_feature(enable = $feat)]
-                unsafe fn imp(a: f32, x: &[f32], y: &mut [f32]) {
-                    float::axpy_f32(a, x, y)
-                }
-                // SAFETY: reachable only through the tier's table (features detected).
-                unsafe { imp(a, x, y) }
-            }
-
-            /// Entries of the products of one vector with rows at a stride.
-            macro_rules! rows {
-                ($name:ident => $f:ident, $elem:ty) => {
-                    pub(super) fn $name(v: &[f32], r: &[$elem], stride: usize, out: &mut [f32]) {
-                        #[target_feature(enable = $feat)]
-                        unsafe fn imp(v: &[f32], r: &[$elem], stride: usize, out: &mut [f32]) {
-                            rows::$f(v, r, stride, out)
-                        }
-                        // SAFETY: reachable only through the tier's table (features detected).
-                        unsafe { imp(v, r, stride, out) }
-                    }
-                };
-            }
-            rows!(dot_rows_f32 => dot_rows, f32);
-            rows!(axpy_rows_f32 => axpy_rows, f32);
-            rows!(dot_rows_f16 => dot_rows, crate::F16Bits);
-            rows!(axpy_rows_f16 => axpy_rows, crate::F16Bits);
-            rows!(dot_rows_q8_0 => dot_rows, crate::BlockQ8_0);
-            rows!(axpy_rows_q8_0 => axpy_rows, crate::BlockQ8_0);
-
-            pub(super) fn swiglu(g: &mut [f32], u: &[f32]) {
-                #[target_feature(enable = $feat)]
-                unsafe fn imp(g: &mut [f32], u: &[f32]) {
-                    elementwise::swiglu(g, u)
-                }
-                // SAFETY: reachable only through the tier's table (features detected).
-                unsafe { imp(g, u) }
-            }
-
-            pub(super) fn geglu(g: &mut [f32], u: &[f32]) {
-                #[target_feature(enable = $feat)]
-                unsafe fn imp(g: &mut [f32], u: &[f32]) {
-                    elementwise::geglu(g, u)
-                }
-                // SAFETY: reachable only through the tier's table (features detected).
-                unsafe { imp(g, u) }
-            }
-
-            pub(super) fn exp_shift(s: &mut [f32], shift: f32) -> f32 {
-                #[target_feature(enable = $feat)]
-                unsafe fn imp(s: &mut [f32], shift: f32) -> f32 {
-                    elementwise::exp_shift(s, shift)
-                }
-                // SAFETY: reachable only through the tier's table (features detected).
-                unsafe { imp(s, shift) }
-            }
+            entry!($feat, dot_f32 => float::dot_f32(a: &[f32], b: &[f32]) -> f32);
+            entry!($feat, axpy_f32 => float::axpy_f32(a: f32, x: &[f32], y: &mut [f32]));
+            entry!($feat, dot_rows_f32 => rows::dot_rows(
+                q: &[f32], r: &[f32], stride: usize, out: &mut [f32]
+            ));
+            entry!($feat, axpy_rows_f32 => rows::axpy_rows(
+                w: &[f32], r: &[f32], stride: usize, out: &mut [f32]
+            ));
+            entry!($feat, dot_rows_f16 => rows::dot_rows(
+                q: &[f32], r: &[crate::F16Bits], stride: usize, out: &mut [f32]
+            ));
+            entry!($feat, axpy_rows_f16 => rows::axpy_rows(
+                w: &[f32], r: &[crate::F16Bits], stride: usize, out: &mut [f32]
+            ));
+            entry!($feat, dot_rows_q8_0 => rows::dot_rows(
+                q: &[f32], r: &[crate::BlockQ8_0], stride: usize, out: &mut [f32]
+            ));
+            entry!($feat, axpy_rows_q8_0 => rows::axpy_rows(
+                w: &[f32], r: &[crate::BlockQ8_0], stride: usize, out: &mut [f32]
+            ));
+            entry!($feat, swiglu => elementwise::swiglu(g: &mut [f32], u: &[f32]));
+            entry!($feat, geglu => elementwise::geglu(g: &mut [f32], u: &[f32]));
+            entry!($feat, exp_shift => elementwise::exp_shift(s: &mut [f32], shift: f32) -> f32);
         }
 
         static $table: Kernels = Kernels {

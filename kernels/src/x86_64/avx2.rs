@@ -14,24 +14,7 @@ use crate::{Kernels, Tier};
 
 /// This tier's table, if the CPU has AVX2, FMA and F16C.
 pub fn kernels() -> Option<&'static Kernels> {
-    supported().then_some(&TABLE)
-}
-
-fn supported() -> bool {
-    #[cfg(feature = "std")]
-    {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(feature = "std"))]
-    {
-        cfg!(all(
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c"
-        ))
-    }
+    super::has_avx2().then_some(&TABLE)
 }
 
 tier_entries!(Avx2, "avx2,fma,f16c", 3, 4);

@@ -14,28 +14,7 @@ pub fn kernels() -> Option<&'static Kernels> {
 }
 
 fn supported() -> bool {
-    #[cfg(feature = "std")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx512vnni")
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(feature = "std"))]
-    {
-        cfg!(all(
-            target_feature = "avx512f",
-            target_feature = "avx512bw",
-            target_feature = "avx512vl",
-            target_feature = "avx512vnni",
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c"
-        ))
-    }
+    super::has_avx2() && super::has_features!("avx512f", "avx512bw", "avx512vl", "avx512vnni")
 }
 
 tier_entries!(

@@ -197,6 +197,95 @@ pub(crate) trait Lanes: Copy {
     fn fifth(self, v: __m256i, qh: [u8; 4]) -> __m256i;
 }
 
+/// The [`Lanes`] methods that are one intrinsic on the f32 vector `F` or the i32 vector `I` of a
+/// width, each given as `method: intrinsic` (after the `;`: the binary f32 operations).
+macro_rules! one_op_lanes {
+    (F = $f:ty, I = $i:ty; fzero: $fzero:ident, fsplat: $fsplat:ident, fmadd: $fmadd:ident,
+     cvt: $cvt:ident, izero: $izero:ident, iadd: $iadd:ident; $($bin:ident: $binop:ident),*) => {
+        #[inline(always)]
+        fn fzero(self) -> $f {
+            simd! { $fzero() }
+        }
+        #[inline(always)]
+        fn fsplat(self, v: f32) -> $f {
+            simd! { $fsplat(v) }
+        }
+        #[inline(always)]
+        fn fmadd(self, a: $f, b: $f, c: $f) -> $f {
+            simd! { $fmadd(a, b, c) }
+        }
+        #[inline(always)]
+        fn cvt(self, a: $i) -> $f {
+            simd! { $cvt(a) }
+        }
+        #[inline(always)]
+        fn izero(self) -> $i {
+            simd! { $izero() }
+        }
+        #[inline(always)]
+        fn iadd(self, a: $i, b: $i) -> $i {
+            simd! { $iadd(a, b) }
+        }
+        $(
+            #[inline(always)]
+            fn $bin(self, a: $f, b: $f) -> $f {
+                simd! { $binop(a, b) }
+            }
+        )*
+    };
+}
+
+/// The f32/f16 loads and stores of [`Lanes`] for `$n` lanes of the f32 vector `$f`: `$ld`/`$st`
+/// the const-checked loads/stores of `$n` f32 (`common`), `$ldh` the const-checked load of `$n`
+/// halves and `$cvtph` their conversion.
+macro_rules! lane_memory {
+    ($n:literal, $f:ty: $ld:ident, $st:ident, $ldh:ident, $cvtph:ident) => {
+        #[inline(always)]
+        fn f16s(self, h: &[u16; 16]) -> $f {
+            simd! { $cvtph($ldh::<0, _>(h)) }
+        }
+        #[inline(always)]
+        fn f32_at(self, row: &[u8], at: usize) -> $f {
+            match row
+                .get(at..at + 4 * $n)
+                .and_then(|c| <&[u8; 4 * $n]>::try_from(c).ok())
+            {
+                Some(c) => simd! { $ld::<0, _>(c) },
+                None => self.fzero(),
+            }
+        }
+        #[inline(always)]
+        fn f16_at(self, row: &[u8], at: usize) -> $f {
+            match row
+                .get(at..at + 2 * $n)
+                .and_then(|c| <&[u8; 2 * $n]>::try_from(c).ok())
+            {
+                Some(c) => simd! { $cvtph($ldh::<0, _>(c)) },
+                None => self.fzero(),
+            }
+        }
+        #[inline(always)]
+        fn fload(self, o: &[f32]) -> $f {
+            match <&[f32; $n]>::try_from(o) {
+                Ok(o) => simd! { $ld::<0, _>(o) },
+                Err(_) => self.fzero(),
+            }
+        }
+        #[inline(always)]
+        fn store_to(self, o: &mut [f32], v: $f) {
+            if let Ok(o) = <&mut [f32; $n]>::try_from(o) {
+                simd! { $st(o, v) }
+            }
+        }
+        #[inline(always)]
+        fn add_to(self, o: &mut [f32], v: $f) {
+            if let Ok(o) = <&mut [f32; $n]>::try_from(o) {
+                simd! { $st(o, self.fadd($ld::<0, _>(o), v)) }
+            }
+        }
+    };
+}
+
 /// The bit pattern of [`crate::scalar::elementwise::ROUND`] as the integer lanes subtract it.
 pub(super) const ROUND_BITS: i32 = crate::scalar::elementwise::ROUND.to_bits() as i32;
 

@@ -30,20 +30,7 @@ mod avx2 {
     };
 
     pub(super) fn detected() -> bool {
-        #[cfg(feature = "std")]
-        {
-            std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-                && std::is_x86_feature_detected!("f16c")
-        }
-        #[cfg(not(feature = "std"))]
-        {
-            cfg!(all(
-                target_feature = "avx2",
-                target_feature = "fma",
-                target_feature = "f16c"
-            ))
-        }
+        crate::x86_64::has_avx2()
     }
 
     crate::lora::lora_tier_fns!(rows_dot);
@@ -269,22 +256,7 @@ mod avx512 {
     };
 
     pub(super) fn detected() -> bool {
-        #[cfg(feature = "std")]
-        {
-            super::avx2::detected()
-                && std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512vl")
-        }
-        #[cfg(not(feature = "std"))]
-        {
-            super::avx2::detected()
-                && cfg!(all(
-                    target_feature = "avx512f",
-                    target_feature = "avx512bw",
-                    target_feature = "avx512vl"
-                ))
-        }
+        crate::x86_64::has_avx2() && crate::x86_64::has_features!("avx512f", "avx512bw", "avx512vl")
     }
 
     crate::lora::lora_tier_fns!(rows_dot);

@@ -23,6 +23,24 @@ mod tier;
 mod tiles;
 mod wtypes;
 
+/// Whether the CPU has every named target feature: detected at run time with `std`, otherwise the
+/// ones this build enables.
+macro_rules! has_features {
+    ($($f:tt),+) => {{
+        #[cfg(feature = "std")]
+        let has = true $(&& std::is_x86_feature_detected!($f))+;
+        #[cfg(not(feature = "std"))]
+        let has = cfg!(all($(target_feature = $f),+));
+        has
+    }};
+}
+pub(crate) use has_features;
+
+/// AVX2, FMA and F16C: the AVX2 tier's features, which every x86 tier also needs.
+fn has_avx2() -> bool {
+    has_features!("avx2", "fma", "f16c")
+}
+
 /// The types whose `MatVec2` is fused (each weight block unpacked once for both activations) in
 /// both x86 tiers (see [`crate::Kernels::matvec2_fused`]): every quantized type.
 pub(crate) const FUSED2: &[QuantType] = QuantType::QUANTIZED;

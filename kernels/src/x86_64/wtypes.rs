@@ -19,35 +19,43 @@ pub(super) trait Act32: Pod {
     fn s(&self) -> F16Bits;
 }
 
-impl Act32 for BlockQ8_0 {
-    #[inline(always)]
-    fn qs(&self) -> &[i8; 32] {
-        &self.qs
-    }
-    #[inline(always)]
-    fn d(&self) -> F16Bits {
-        self.d
-    }
-    #[inline(always)]
-    fn s(&self) -> F16Bits {
-        F16Bits([0, 0])
-    }
+/// `impl Act32` for an activation block; `s` names its block-sum field, `_` if it has none.
+macro_rules! act32 {
+    ($b:ty, $s:tt) => {
+        impl Act32 for $b {
+            #[inline(always)]
+            fn qs(&self) -> &[i8; 32] {
+                &self.qs
+            }
+            f16_fields!(d: d, s: $s);
+        }
+    };
 }
 
-impl Act32 for BlockQ8_1 {
-    #[inline(always)]
-    fn qs(&self) -> &[i8; 32] {
-        &self.qs
-    }
-    #[inline(always)]
-    fn d(&self) -> F16Bits {
-        self.d
-    }
-    #[inline(always)]
-    fn s(&self) -> F16Bits {
-        self.s
-    }
+/// Trait methods `name(&self) -> F16Bits` returning a field (`name: field`), or zero (`name: _`).
+macro_rules! f16_fields {
+    ($($name:ident: $f:tt),*) => {
+        $(
+            #[inline(always)]
+            fn $name(&self) -> F16Bits {
+                field_or_zero!(self, $f)
+            }
+        )*
+    };
 }
+
+/// The field `$f` of `$v`, or zero for `_`.
+macro_rules! field_or_zero {
+    ($v:ident, _) => {
+        F16Bits([0, 0])
+    };
+    ($v:ident, $f:ident) => {
+        $v.$f
+    };
+}
+
+act32!(BlockQ8_0, _);
+act32!(BlockQ8_1, s);
 
 /// How a full tile of a 32-element type is unpacked: its packed nibbles transposed first
 /// ([`Lanes::tile_nib`]), its signed bytes ([`Lanes::tile_q8`]), or each row's block unpacked
@@ -81,111 +89,44 @@ pub(super) trait Legacy: Pod {
     }
 }
 
-impl Legacy for BlockQ4_0 {
-    const LAYOUT: Layout = Layout::Nibbles;
-    const QS: usize = 2;
-    type Act = BlockQ8_0;
-    const MAXU: u32 = 15;
-    const OFF: i32 = 8;
-    const MIN: bool = false;
-    #[inline(always)]
-    fn quants<L: Lanes>(&self, l: L) -> __m256i {
-        l.avx2().nibbles(&self.qs)
-    }
-    #[inline(always)]
-    fn d(&self) -> F16Bits {
-        self.d
-    }
-    #[inline(always)]
-    fn m(&self) -> F16Bits {
-        F16Bits([0, 0])
-    }
+/// `impl Legacy` for a block type: its [`Layout`], the activation block it meets, `MAXU`, `OFF`, its minimum field (`m`, or `_` for none: `MIN` is false and `m()` zero)
+/// and its quants `|block, lanes| …`.
+macro_rules! legacy {
+    ($b:ty: $layout:ident, $act:ty, $maxu:literal, $off:literal, $m:tt,
+     |$x:ident, $l:ident| $quants:expr) => {
+        impl Legacy for $b {
+            const LAYOUT: Layout = Layout::$layout;
+            const QS: usize = core::mem::offset_of!($b, qs);
+            type Act = $act;
+            const MAXU: u32 = $maxu;
+            const OFF: i32 = $off;
+            const MIN: bool = has_min!($m);
+            #[inline(always)]
+            fn quants<L: Lanes>(&self, $l: L) -> __m256i {
+                let $x = self;
+                $quants
+            }
+            f16_fields!(d: d, m: $m);
+        }
+    };
 }
 
-impl Legacy for BlockQ4_1 {
-    const LAYOUT: Layout = Layout::Nibbles;
-    const QS: usize = 4;
-    type Act = BlockQ8_1;
-    const MAXU: u32 = 15;
-    const OFF: i32 = 0;
-    const MIN: bool = true;
-    #[inline(always)]
-    fn quants<L: Lanes>(&self, l: L) -> __m256i {
-        l.avx2().nibbles(&self.qs)
-    }
-    #[inline(always)]
-    fn d(&self) -> F16Bits {
-        self.d
-    }
-    #[inline(always)]
-    fn m(&self) -> F16Bits {
-        self.m
-    }
+/// Whether a [`legacy!`] minimum field is named.
+macro_rules! has_min {
+    (_) => {
+        false
+    };
+    ($m:ident) => {
+        true
+    };
 }
 
-impl Legacy for BlockQ5_0 {
-    const LAYOUT: Layout = Layout::Rows;
-    const QS: usize = 6;
-    type Act = BlockQ8_0;
-    const MAXU: u32 = 31;
-    const OFF: i32 = 16;
-    const MIN: bool = false;
-    #[inline(always)]
-    fn quants<L: Lanes>(&self, l: L) -> __m256i {
-        l.fifth(l.avx2().nibbles(&self.qs), self.qh)
-    }
-    #[inline(always)]
-    fn d(&self) -> F16Bits {
-        self.d
-    }
-    #[inline(always)]
-    fn m(&self) -> F16Bits {
-        F16Bits([0, 0])
-    }
-}
-
-impl Legacy for BlockQ5_1 {
-    const LAYOUT: Layout = Layout::Rows;
-    const QS: usize = 8;
-    type Act = BlockQ8_1;
-    const MAXU: u32 = 31;
-    const OFF: i32 = 0;
-    const MIN: bool = true;
-    #[inline(always)]
-    fn quants<L: Lanes>(&self, l: L) -> __m256i {
-        l.fifth(l.avx2().nibbles(&self.qs), self.qh)
-    }
-    #[inline(always)]
-    fn d(&self) -> F16Bits {
-        self.d
-    }
-    #[inline(always)]
-    fn m(&self) -> F16Bits {
-        self.m
-    }
-}
-
-impl Legacy for BlockQ8_0 {
-    const LAYOUT: Layout = Layout::Bytes;
-    const QS: usize = 2;
-    type Act = BlockQ8_0;
-    const MAXU: u32 = 255;
-    const OFF: i32 = 128;
-    const MIN: bool = false;
-    /// `w + 128` (the sign bit flipped).
-    #[inline(always)]
-    fn quants<L: Lanes>(&self, l: L) -> __m256i {
-        l.avx2().flip(&self.qs)
-    }
-    #[inline(always)]
-    fn d(&self) -> F16Bits {
-        self.d
-    }
-    #[inline(always)]
-    fn m(&self) -> F16Bits {
-        F16Bits([0, 0])
-    }
-}
+legacy!(BlockQ4_0: Nibbles, BlockQ8_0, 15, 8, _, |b, l| l.avx2().nibbles(&b.qs));
+legacy!(BlockQ4_1: Nibbles, BlockQ8_1, 15, 0, m, |b, l| l.avx2().nibbles(&b.qs));
+legacy!(BlockQ5_0: Rows, BlockQ8_0, 31, 16, _, |b, l| l.fifth(l.avx2().nibbles(&b.qs), b.qh));
+legacy!(BlockQ5_1: Rows, BlockQ8_1, 31, 0, m, |b, l| l.fifth(l.avx2().nibbles(&b.qs), b.qh));
+// Q8_0's quants are `w + 128` (the sign bit flipped).
+legacy!(BlockQ8_0: Bytes, BlockQ8_0, 255, 128, _, |b, l| l.avx2().flip(&b.qs));
 
 impl Avx2 {
     /// An f16 value converted (F16C).
@@ -239,70 +180,62 @@ fn k4_groups(scales: &[u8; 12]) -> ([i16; 16], [i16; 16]) {
     )
 }
 
-impl KQuant for BlockQ4K {
-    #[inline(always)]
-    fn cw(&self) -> F16Bits {
-        self.dmin
-    }
-    #[inline(always)]
-    fn group_scales(&self) -> ([i16; 16], [i16; 16]) {
-        k4_groups(&self.scales)
-    }
-    #[inline(always)]
-    fn group_vecs(&self, a: Avx2) -> (__m256i, __m256i) {
-        let (sc, mn) = k4_scales(&self.scales);
-        (a.dup_u8x8(sc), a.dup_u8x8(mn))
-    }
-    const MAXU: u32 = 15;
-    const ONE_SCALE: bool = true;
-    const CW: f32 = -1.0;
-    #[inline(always)]
-    fn quants<L: Lanes>(&self, l: L, j: usize) -> __m256i {
-        let qs: &[[u8; 32]; 4] = bytemuck::cast_ref(&self.qs);
-        l.avx2().nib_half(&qs[j / 2], j % 2 == 1)
-    }
-    #[inline(always)]
-    fn d(&self) -> F16Bits {
-        self.d
-    }
+/// `impl KQuant` for Q4_K (`MAXU` 15) or Q5_K (31): 6-bit scales and mins shared by a sub-block's
+/// two groups, the bsum term `−dmin·Σ m·bsum`; the quants of sub-block `j` are `|block, lanes, j| …`.
+macro_rules! k4 {
+    ($b:ty, $maxu:literal, |$x:ident, $l:ident, $j:ident| $quants:expr) => {
+        impl KQuant for $b {
+            const MAXU: u32 = $maxu;
+            const ONE_SCALE: bool = true;
+            const CW: f32 = -1.0;
+            #[inline(always)]
+            fn quants<L: Lanes>(&self, $l: L, $j: usize) -> __m256i {
+                let $x = self;
+                $quants
+            }
+            f16_fields!(d: d, cw: dmin);
+            #[inline(always)]
+            fn group_scales(&self) -> ([i16; 16], [i16; 16]) {
+                k4_groups(&self.scales)
+            }
+            #[inline(always)]
+            fn group_vecs(&self, a: Avx2) -> (__m256i, __m256i) {
+                let (sc, mn) = k4_scales(&self.scales);
+                (a.dup_u8x8(sc), a.dup_u8x8(mn))
+            }
+        }
+    };
 }
 
-impl KQuant for BlockQ5K {
-    #[inline(always)]
-    fn cw(&self) -> F16Bits {
-        self.dmin
-    }
-    #[inline(always)]
-    fn group_scales(&self) -> ([i16; 16], [i16; 16]) {
-        k4_groups(&self.scales)
-    }
-    #[inline(always)]
-    fn group_vecs(&self, a: Avx2) -> (__m256i, __m256i) {
-        let (sc, mn) = k4_scales(&self.scales);
-        (a.dup_u8x8(sc), a.dup_u8x8(mn))
-    }
-    const MAXU: u32 = 31;
-    const ONE_SCALE: bool = true;
-    const CW: f32 = -1.0;
-    #[inline(always)]
-    fn quants<L: Lanes>(&self, l: L, j: usize) -> __m256i {
-        let qs: &[[u8; 32]; 4] = bytemuck::cast_ref(&self.qs);
-        let a = l.avx2();
-        a.or16_bit(a.nib_half(&qs[j / 2], j % 2 == 1), &self.qh, j as u32)
-    }
-    #[inline(always)]
-    fn d(&self) -> F16Bits {
-        self.d
-    }
+/// The low (`j` even) or high nibbles of the 32 bytes of Q4_K/Q5_K's `qs` that hold sub-block `j`.
+#[inline(always)]
+fn k4_nibbles(a: Avx2, qs: &[u8; 128], j: usize) -> __m256i {
+    let qs: &[[u8; 32]; 4] = bytemuck::cast_ref(qs);
+    a.nib_half(&qs[j / 2], j % 2 == 1)
 }
+
+k4!(BlockQ4K, 15, |b, l, j| k4_nibbles(l.avx2(), &b.qs, j));
+k4!(BlockQ5K, 31, |b, l, j| {
+    let a = l.avx2();
+    a.or_high(k4_nibbles(a, &b.qs, j), &b.qh, j as u32, 1)
+});
 
 /// Q6_K: sub-block `j` (32 elements) is quarter `j % 4` of half `j / 4`; its quants are 0..64 (value
 /// `q − 32`), its two groups of 16 have the scales `scales[2j]`, `scales[2j + 1]`.
 impl KQuant for BlockQ6K {
+    const MAXU: u32 = 63;
+    const ONE_SCALE: bool = false;
+    const CW: f32 = -32.0;
     #[inline(always)]
-    fn cw(&self) -> F16Bits {
-        self.d
+    fn quants<L: Lanes>(&self, l: L, j: usize) -> __m256i {
+        let ql: &[[u8; 32]; 4] = bytemuck::cast_ref(&self.ql);
+        let qh: &[[u8; 32]; 2] = bytemuck::cast_ref(&self.qh);
+        let (n, p) = (j / 4, j % 4);
+        let a = l.avx2();
+        let lo = a.nib_half(&ql[2 * n + p % 2], p >= 2);
+        a.or_high(lo, &qh[n], 2 * p as u32, 3)
     }
+    f16_fields!(d: d, cw: d);
     #[inline(always)]
     fn group_scales(&self) -> ([i16; 16], [i16; 16]) {
         let s: [i16; 16] = core::array::from_fn(|g| self.scales[g] as i16);
@@ -312,21 +245,6 @@ impl KQuant for BlockQ6K {
     fn group_vecs(&self, _a: Avx2) -> (__m256i, __m256i) {
         let s = simd! { _mm256_cvtepi8_epi16(ld128::<0, _>(&self.scales)) };
         (s, s)
-    }
-    const MAXU: u32 = 63;
-    const ONE_SCALE: bool = false;
-    const CW: f32 = -32.0;
-    #[inline(always)]
-    fn quants<L: Lanes>(&self, l: L, j: usize) -> __m256i {
-        let ql: &[[u8; 32]; 4] = bytemuck::cast_ref(&self.ql);
-        let qh: &[[u8; 32]; 2] = bytemuck::cast_ref(&self.qh);
-        let (n, p) = (j / 4, j % 4);
-        l.avx2()
-            .q6(&ql[2 * n + p % 2], p >= 2, &qh[n], 2 * p as u32)
-    }
-    #[inline(always)]
-    fn d(&self) -> F16Bits {
-        self.d
     }
 }
 
@@ -350,24 +268,14 @@ impl Avx2 {
         }
     }
 
-    /// `v` plus 16 where bit `bit` of the matching byte of `qh` is set.
+    /// `v | (((qh >> shift) & mask) << 4)` per byte: the high bits of a 5-bit (`mask` 1) or 6-bit
+    /// (`mask` 3) quant above its nibble `v`.
     #[inline(always)]
-    pub(super) fn or16_bit(self, v: __m256i, qh: &[u8; 32], bit: u32) -> __m256i {
+    pub(super) fn or_high(self, v: __m256i, qh: &[u8; 32], shift: u32, mask: i8) -> __m256i {
         simd! {
-            let h = _mm256_srl_epi16(ld256::<0, _>(qh), _mm_cvtsi32_si128(bit as i32));
-            let h = _mm256_and_si256(h, _mm256_set1_epi8(1));
-            _mm256_or_si256(v, _mm256_slli_epi16::<4>(h))
-        }
-    }
-
-    /// Q6_K quants: the low or high nibbles of `ql` with bits `shift..shift+2` of `qh` on top.
-    #[inline(always)]
-    pub(super) fn q6(self, ql: &[u8; 32], hi: bool, qh: &[u8; 32], shift: u32) -> __m256i {
-        simd! {
-            let l = self.nib_half(ql, hi);
             let h = _mm256_srl_epi16(ld256::<0, _>(qh), _mm_cvtsi32_si128(shift as i32));
-            let h = _mm256_and_si256(h, _mm256_set1_epi8(3));
-            _mm256_or_si256(l, _mm256_slli_epi16::<4>(h))
+            let h = _mm256_and_si256(h, _mm256_set1_epi8(mask));
+            _mm256_or_si256(v, _mm256_slli_epi16::<4>(h))
         }
     }
 }

@@ -164,26 +164,7 @@ pub(super) fn prep1<W: Legacy, const M: u8>(q: &[u8], r: &[u8], b0: usize, out: 
 #[target_feature(enable = "neon")]
 #[inline]
 fn transpose4(v: [int8x16_t; 4]) -> [int8x16_t; 4] {
-    let w = [
-        vreinterpretq_s32_s8(v[0]),
-        vreinterpretq_s32_s8(v[1]),
-        vreinterpretq_s32_s8(v[2]),
-        vreinterpretq_s32_s8(v[3]),
-    ];
-    let (a, b) = (vtrn1q_s32(w[0], w[1]), vtrn2q_s32(w[0], w[1]));
-    let (c, d) = (vtrn1q_s32(w[2], w[3]), vtrn2q_s32(w[2], w[3]));
-    let (a, b, c, d) = (
-        vreinterpretq_s64_s32(a),
-        vreinterpretq_s64_s32(b),
-        vreinterpretq_s64_s32(c),
-        vreinterpretq_s64_s32(d),
-    );
-    [
-        vreinterpretq_s8_s64(vtrn1q_s64(a, c)),
-        vreinterpretq_s8_s64(vtrn1q_s64(b, d)),
-        vreinterpretq_s8_s64(vtrn2q_s64(a, c)),
-        vreinterpretq_s8_s64(vtrn2q_s64(b, d)),
-    ]
+    transpose4_s32(v.map(|v| vreinterpretq_s32_s8(v))).map(|v| vreinterpretq_s8_s32(v))
 }
 
 /// Four tokens' activation blocks (`y[t]`, each `yb` bytes) token-interleaved into `x`; returns
@@ -229,12 +210,7 @@ pub(super) fn prep4<W: Legacy, const M: u8>(
     let sti = |o: &mut V16, v: int32x4_t| st_u8(&mut o.0, vreinterpretq_u8_s32(v));
     for (i, o) in out.iter_mut().enumerate() {
         let at = (b0 + i) * yb;
-        let y = [
-            &q[0][at..at + yb],
-            &q[1][at..at + yb],
-            &q[2][at..at + yb],
-            &q[3][at..at + yb],
-        ];
+        let y = q.map(|q| &q[at..at + yb]);
         sti(&mut o.init, side4::<W>(y, &mut o.x));
         let dq = f16x4_at(y, 0);
         st(
@@ -252,12 +228,7 @@ pub(super) fn prep4<W: Legacy, const M: u8>(
         };
         st(&mut o.s, sq);
         if mode != Mode::Plain {
-            let z = [
-                &r[0][at..at + yb],
-                &r[1][at..at + yb],
-                &r[2][at..at + yb],
-                &r[3][at..at + yb],
-            ];
+            let z = r.map(|r| &r[at..at + yb]);
             sti(&mut o.init_r, side4::<W>(z, &mut o.xr));
             st(&mut o.dr, vmulq_n_f32(f16x4_at(z, 0), 256.0));
             if W::MIN {

@@ -38,26 +38,6 @@ pub(super) struct Act4K {
     bs_r: [V16; 8],
 }
 
-/// The 4×4 transpose of the 32-bit words of `v` (token `t`'s word `g` to vector `g`, lane `t`).
-#[target_feature(enable = "neon")]
-#[inline]
-fn transpose4(v: [int32x4_t; 4]) -> [int32x4_t; 4] {
-    let (a, b) = (vtrn1q_s32(v[0], v[1]), vtrn2q_s32(v[0], v[1]));
-    let (c, d) = (vtrn1q_s32(v[2], v[3]), vtrn2q_s32(v[2], v[3]));
-    let (a, b, c, d) = (
-        vreinterpretq_s64_s32(a),
-        vreinterpretq_s64_s32(b),
-        vreinterpretq_s64_s32(c),
-        vreinterpretq_s64_s32(d),
-    );
-    [
-        vreinterpretq_s32_s64(vtrn1q_s64(a, c)),
-        vreinterpretq_s32_s64(vtrn1q_s64(b, d)),
-        vreinterpretq_s32_s64(vtrn2q_s64(a, c)),
-        vreinterpretq_s32_s64(vtrn2q_s64(b, d)),
-    ]
-}
-
 #[target_feature(enable = "neon")]
 #[inline]
 fn st_s32(o: &mut V16, v: int32x4_t) {
@@ -73,7 +53,7 @@ fn side4(y: [&[u8]; 4], x: &mut [V16; 64], bs: &mut [V16; 8]) -> float32x4_t {
         for h in 0..2 {
             let at = 4 + 32 * s + 16 * h;
             let ld = |t: usize| vreinterpretq_s32_u8(ld_u8(&y[t][at..]));
-            let v = transpose4([ld(0), ld(1), ld(2), ld(3)]);
+            let v = transpose4_s32([ld(0), ld(1), ld(2), ld(3)]);
             for g in 0..4 {
                 st_s32(&mut x[8 * s + 4 * h + g], v[g]);
             }
@@ -90,7 +70,7 @@ fn side4(y: [&[u8]; 4], x: &mut [V16; 64], bs: &mut [V16; 8]) -> float32x4_t {
     };
     let (s0, s1, s2, s3) = (sums(0), sums(1), sums(2), sums(3));
     for h in 0..2 {
-        let v = transpose4([s0[h], s1[h], s2[h], s3[h]]);
+        let v = transpose4_s32([s0[h], s1[h], s2[h], s3[h]]);
         for k in 0..4 {
             st_s32(&mut bs[4 * h + k], v[k]);
         }

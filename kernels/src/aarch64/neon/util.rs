@@ -473,6 +473,26 @@ impl IDot for Sdot {
     }
 }
 
+/// The 4×4 transpose of the 32-bit words of `v` (token `t`'s word `g` to vector `g`, lane `t`).
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn transpose4_s32(v: [int32x4_t; 4]) -> [int32x4_t; 4] {
+    let (a, b) = (vtrn1q_s32(v[0], v[1]), vtrn2q_s32(v[0], v[1]));
+    let (c, d) = (vtrn1q_s32(v[2], v[3]), vtrn2q_s32(v[2], v[3]));
+    let (a, b, c, d) = (
+        vreinterpretq_s64_s32(a),
+        vreinterpretq_s64_s32(b),
+        vreinterpretq_s64_s32(c),
+        vreinterpretq_s64_s32(d),
+    );
+    [
+        vreinterpretq_s32_s64(vtrn1q_s64(a, c)),
+        vreinterpretq_s32_s64(vtrn1q_s64(b, d)),
+        vreinterpretq_s32_s64(vtrn2q_s64(a, c)),
+        vreinterpretq_s32_s64(vtrn2q_s64(b, d)),
+    ]
+}
+
 /// The 128 six-bit quants (0..64, before Q6_K's −32 offset) of one half of a Q6_K block, from its
 /// `ql` (64 bytes) and `qh` (32 bytes) slices: eight groups of 16 elements, in element order.
 #[target_feature(enable = "neon")]

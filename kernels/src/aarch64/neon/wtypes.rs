@@ -70,93 +70,51 @@ pub(super) fn q5_quants(qs: &[u8; 16], qh: [u8; 4]) -> [int8x16_t; 2] {
     ]
 }
 
-// SAFETY (every `quants` below): the functions it calls are `#[target_feature(enable = "neon")]` functions;
-// `dd` is an `IDot` proof token, whose values exist only where NEON was detected.
-impl Legacy for BlockQ4_0 {
-    const MIN: bool = false;
-    const OFFSET: i32 = -8;
-    const QMAX: u32 = 15;
-    fn d(&self) -> &F16Bits {
-        &self.d
-    }
-    fn m(&self) -> &F16Bits {
-        &self.d
-    }
-    #[inline(always)]
-    fn quants<D: IDot>(&self, _dd: D) -> [int8x16_t; 2] {
-        // SAFETY: see above.
-        unsafe { nibbles(ld_u8(&self.qs)) }
-    }
+/// `impl Legacy` for a 32-element block: its min field (`m`, or `_` for none: `MIN` is false and
+/// `m()` gives `d`), `OFFSET`, `QMAX`, and its quants `|block| …` (calls of `neon` functions).
+macro_rules! legacy {
+    ($b:ty, $m:tt, $off:literal, $qmax:literal, |$x:ident| $quants:expr) => {
+        impl Legacy for $b {
+            const MIN: bool = legacy!(@min $m);
+            const OFFSET: i32 = $off;
+            const QMAX: u32 = $qmax;
+            fn d(&self) -> &F16Bits {
+                &self.d
+            }
+            fn m(&self) -> &F16Bits {
+                legacy!(@m self, $m)
+            }
+            #[inline(always)]
+            fn quants<D: IDot>(&self, _dd: D) -> [int8x16_t; 2] {
+                let $x = self;
+                // SAFETY: the functions called are `#[target_feature(enable = "neon")]` functions;
+                // `_dd` is an `IDot` proof token, whose values exist only where NEON was detected.
+                unsafe { $quants }
+            }
+        }
+    };
+    (@min _) => {
+        false
+    };
+    (@min m) => {
+        true
+    };
+    (@m $v:ident, _) => {
+        &$v.d
+    };
+    (@m $v:ident, m) => {
+        &$v.m
+    };
 }
 
-impl Legacy for BlockQ4_1 {
-    const MIN: bool = true;
-    const OFFSET: i32 = 0;
-    const QMAX: u32 = 15;
-    fn d(&self) -> &F16Bits {
-        &self.d
-    }
-    fn m(&self) -> &F16Bits {
-        &self.m
-    }
-    #[inline(always)]
-    fn quants<D: IDot>(&self, _dd: D) -> [int8x16_t; 2] {
-        // SAFETY: see above.
-        unsafe { nibbles(ld_u8(&self.qs)) }
-    }
-}
-
-impl Legacy for BlockQ5_0 {
-    const MIN: bool = false;
-    const OFFSET: i32 = -16;
-    const QMAX: u32 = 31;
-    fn d(&self) -> &F16Bits {
-        &self.d
-    }
-    fn m(&self) -> &F16Bits {
-        &self.d
-    }
-    #[inline(always)]
-    fn quants<D: IDot>(&self, _dd: D) -> [int8x16_t; 2] {
-        // SAFETY: see above.
-        unsafe { q5_quants(&self.qs, self.qh) }
-    }
-}
-
-impl Legacy for BlockQ5_1 {
-    const MIN: bool = true;
-    const OFFSET: i32 = 0;
-    const QMAX: u32 = 31;
-    fn d(&self) -> &F16Bits {
-        &self.d
-    }
-    fn m(&self) -> &F16Bits {
-        &self.m
-    }
-    #[inline(always)]
-    fn quants<D: IDot>(&self, _dd: D) -> [int8x16_t; 2] {
-        // SAFETY: see above.
-        unsafe { q5_quants(&self.qs, self.qh) }
-    }
-}
-
-impl Legacy for BlockQ8_0 {
-    const MIN: bool = false;
-    const OFFSET: i32 = 0;
-    const QMAX: u32 = 128;
-    fn d(&self) -> &F16Bits {
-        &self.d
-    }
-    fn m(&self) -> &F16Bits {
-        &self.d
-    }
-    #[inline(always)]
-    fn quants<D: IDot>(&self, _dd: D) -> [int8x16_t; 2] {
-        let q: &[u8] = bytemuck::cast_slice(&self.qs);
-        // SAFETY: see above.
-        unsafe { [ld_s8(q), ld_s8(&q[16..])] }
-    }
-}
+legacy!(BlockQ4_0, _, -8, 15, |b| nibbles(ld_u8(&b.qs)));
+legacy!(BlockQ4_1, m, 0, 15, |b| nibbles(ld_u8(&b.qs)));
+legacy!(BlockQ5_0, _, -16, 31, |b| q5_quants(&b.qs, b.qh));
+legacy!(BlockQ5_1, m, 0, 31, |b| q5_quants(&b.qs, b.qh));
+legacy!(BlockQ8_0, _, 0, 128, |b| {
+    let q: &[u8] = bytemuck::cast_slice(&b.qs);
+    [ld_s8(q), ld_s8(&q[16..])]
+});
 
 // ---------------------------------------------------------------- K-quants
 
@@ -252,14 +210,21 @@ pub(super) trait K4: Pod {
     fn chunk<D: IDot>(&self, dd: D, j: usize, st: &mut Self::State) -> [int8x16_t; 4];
 }
 
+/// [`K4::dm`] and [`K4::scales`] of a Q4_K/Q5_K block: its fields.
+macro_rules! k4_fields {
+    () => {
+        fn dm(&self) -> [F16Bits; 2] {
+            [self.d, self.dmin]
+        }
+        fn scales(&self) -> &[u8; K_SCALE_SIZE] {
+            &self.scales
+        }
+    };
+}
+
 impl K4 for BlockQ4K {
     type State = ();
-    fn dm(&self) -> [F16Bits; 2] {
-        [self.d, self.dmin]
-    }
-    fn scales(&self) -> &[u8; K_SCALE_SIZE] {
-        &self.scales
-    }
+    k4_fields!();
     #[inline(always)]
     fn start<D: IDot>(&self, _dd: D) {}
     #[inline(always)]
@@ -275,12 +240,7 @@ impl K4 for BlockQ5K {
     /// `qh` shifted right by `2j` before chunk `j`: bit 0 is the fifth bit of sub-block `2j`,
     /// bit 1 that of sub-block `2j+1` (elements 0..16, 16..32).
     type State = [uint8x16_t; 2];
-    fn dm(&self) -> [F16Bits; 2] {
-        [self.d, self.dmin]
-    }
-    fn scales(&self) -> &[u8; K_SCALE_SIZE] {
-        &self.scales
-    }
+    k4_fields!();
     #[inline(always)]
     fn start<D: IDot>(&self, _dd: D) -> [uint8x16_t; 2] {
         // SAFETY: neon functions; `_dd` proves NEON.

@@ -148,34 +148,12 @@ impl Lanes for Avx2 {
     fn avx2(self) -> Avx2 {
         self
     }
-    #[inline(always)]
-    fn fzero(self) -> __m256 {
-        simd! { _mm256_setzero_ps() }
+    one_op_lanes! {
+        F = __m256, I = __m256i; fzero: _mm256_setzero_ps, fsplat: _mm256_set1_ps, fmadd: _mm256_fmadd_ps,
+        cvt: _mm256_cvtepi32_ps, izero: _mm256_setzero_si256, iadd: _mm256_add_epi32;
+        fadd: _mm256_add_ps, fmul: _mm256_mul_ps, fsub: _mm256_sub_ps, fdiv: _mm256_div_ps
     }
-    #[inline(always)]
-    fn fsplat(self, v: f32) -> __m256 {
-        simd! { _mm256_set1_ps(v) }
-    }
-    #[inline(always)]
-    fn fadd(self, a: __m256, b: __m256) -> __m256 {
-        simd! { _mm256_add_ps(a, b) }
-    }
-    #[inline(always)]
-    fn fmul(self, a: __m256, b: __m256) -> __m256 {
-        simd! { _mm256_mul_ps(a, b) }
-    }
-    #[inline(always)]
-    fn fmadd(self, a: __m256, b: __m256, c: __m256) -> __m256 {
-        simd! { _mm256_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    fn fsub(self, a: __m256, b: __m256) -> __m256 {
-        simd! { _mm256_sub_ps(a, b) }
-    }
-    #[inline(always)]
-    fn fdiv(self, a: __m256, b: __m256) -> __m256 {
-        simd! { _mm256_div_ps(a, b) }
-    }
+    lane_memory!(8, __m256: ldps, stps, ld128, _mm256_cvtph_ps);
     #[inline(always)]
     fn fclamp(self, x: __m256, lo: f32, hi: f32) -> __m256 {
         // vmaxps/vminps return their second operand when either is NaN.
@@ -186,34 +164,6 @@ impl Lanes for Avx2 {
         simd! {
             let n = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(ROUND_BITS));
             _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n, _mm256_set1_epi32(127))))
-        }
-    }
-    #[inline(always)]
-    fn cvt(self, a: __m256i) -> __m256 {
-        simd! { _mm256_cvtepi32_ps(a) }
-    }
-    #[inline(always)]
-    fn f16s(self, h: &[u16; 16]) -> __m256 {
-        simd! { _mm256_cvtph_ps(ld128::<0, _>(h)) }
-    }
-    #[inline(always)]
-    fn f32_at(self, row: &[u8], at: usize) -> __m256 {
-        match row
-            .get(at..at + 32)
-            .and_then(|c| <&[u8; 32]>::try_from(c).ok())
-        {
-            Some(c) => simd! { ldps::<0, _>(c) },
-            None => self.fzero(),
-        }
-    }
-    #[inline(always)]
-    fn f16_at(self, row: &[u8], at: usize) -> __m256 {
-        match row
-            .get(at..at + 16)
-            .and_then(|c| <&[u8; 16]>::try_from(c).ok())
-        {
-            Some(c) => simd! { _mm256_cvtph_ps(ld128::<0, _>(c)) },
-            None => self.fzero(),
         }
     }
     #[inline(always)]
@@ -239,33 +189,6 @@ impl Lanes for Avx2 {
                 _mm256_permute2f128_ps::<0x31>(u0, u1),
             )
         }
-    }
-    #[inline(always)]
-    fn fload(self, o: &[f32]) -> __m256 {
-        match <&[f32; 8]>::try_from(o) {
-            Ok(o) => simd! { ldps::<0, _>(o) },
-            Err(_) => self.fzero(),
-        }
-    }
-    #[inline(always)]
-    fn store_to(self, o: &mut [f32], v: __m256) {
-        if let Ok(o) = <&mut [f32; 8]>::try_from(o) {
-            simd! { stps(o, v) }
-        }
-    }
-    #[inline(always)]
-    fn add_to(self, o: &mut [f32], v: __m256) {
-        if let Ok(o) = <&mut [f32; 8]>::try_from(o) {
-            simd! { stps(o, _mm256_add_ps(ldps::<0, _>(o), v)) }
-        }
-    }
-    #[inline(always)]
-    fn izero(self) -> __m256i {
-        simd! { _mm256_setzero_si256() }
-    }
-    #[inline(always)]
-    fn iadd(self, a: __m256i, b: __m256i) -> __m256i {
-        simd! { _mm256_add_epi32(a, b) }
     }
 
     #[inline(always)]

@@ -17,34 +17,12 @@ impl Lanes for Avx512 {
     fn avx2(self) -> Avx2 {
         Avx2(())
     }
-    #[inline(always)]
-    fn fzero(self) -> __m512 {
-        simd! { _mm512_setzero_ps() }
+    one_op_lanes! {
+        F = __m512, I = __m512i; fzero: _mm512_setzero_ps, fsplat: _mm512_set1_ps, fmadd: _mm512_fmadd_ps,
+        cvt: _mm512_cvtepi32_ps, izero: _mm512_setzero_si512, iadd: _mm512_add_epi32;
+        fadd: _mm512_add_ps, fmul: _mm512_mul_ps, fsub: _mm512_sub_ps, fdiv: _mm512_div_ps
     }
-    #[inline(always)]
-    fn fsplat(self, v: f32) -> __m512 {
-        simd! { _mm512_set1_ps(v) }
-    }
-    #[inline(always)]
-    fn fadd(self, a: __m512, b: __m512) -> __m512 {
-        simd! { _mm512_add_ps(a, b) }
-    }
-    #[inline(always)]
-    fn fmul(self, a: __m512, b: __m512) -> __m512 {
-        simd! { _mm512_mul_ps(a, b) }
-    }
-    #[inline(always)]
-    fn fmadd(self, a: __m512, b: __m512, c: __m512) -> __m512 {
-        simd! { _mm512_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    fn fsub(self, a: __m512, b: __m512) -> __m512 {
-        simd! { _mm512_sub_ps(a, b) }
-    }
-    #[inline(always)]
-    fn fdiv(self, a: __m512, b: __m512) -> __m512 {
-        simd! { _mm512_div_ps(a, b) }
-    }
+    lane_memory!(16, __m512: ldps16, stps16, ld256, _mm512_cvtph_ps);
     #[inline(always)]
     fn fclamp(self, x: __m512, lo: f32, hi: f32) -> __m512 {
         // vmaxps/vminps return their second operand when either is NaN.
@@ -55,34 +33,6 @@ impl Lanes for Avx512 {
         simd! {
             let n = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(ROUND_BITS));
             _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127))))
-        }
-    }
-    #[inline(always)]
-    fn cvt(self, a: __m512i) -> __m512 {
-        simd! { _mm512_cvtepi32_ps(a) }
-    }
-    #[inline(always)]
-    fn f16s(self, h: &[u16; 16]) -> __m512 {
-        simd! { _mm512_cvtph_ps(ld256::<0, _>(h)) }
-    }
-    #[inline(always)]
-    fn f32_at(self, row: &[u8], at: usize) -> __m512 {
-        match row
-            .get(at..at + 64)
-            .and_then(|c| <&[u8; 64]>::try_from(c).ok())
-        {
-            Some(c) => simd! { ldps16::<0, _>(c) },
-            None => self.fzero(),
-        }
-    }
-    #[inline(always)]
-    fn f16_at(self, row: &[u8], at: usize) -> __m512 {
-        match row
-            .get(at..at + 32)
-            .and_then(|c| <&[u8; 32]>::try_from(c).ok())
-        {
-            Some(c) => simd! { _mm512_cvtph_ps(ld256::<0, _>(c)) },
-            None => self.fzero(),
         }
     }
     #[inline(always)]
@@ -102,33 +52,6 @@ impl Lanes for Avx512 {
             }
         });
         self.avx2().hsums8(&half)
-    }
-    #[inline(always)]
-    fn fload(self, o: &[f32]) -> __m512 {
-        match <&[f32; 16]>::try_from(o) {
-            Ok(o) => simd! { ldps16::<0, _>(o) },
-            Err(_) => self.fzero(),
-        }
-    }
-    #[inline(always)]
-    fn store_to(self, o: &mut [f32], v: __m512) {
-        if let Ok(o) = <&mut [f32; 16]>::try_from(o) {
-            simd! { stps16(o, v) }
-        }
-    }
-    #[inline(always)]
-    fn add_to(self, o: &mut [f32], v: __m512) {
-        if let Ok(o) = <&mut [f32; 16]>::try_from(o) {
-            simd! { stps16(o, _mm512_add_ps(ldps16::<0, _>(o), v)) }
-        }
-    }
-    #[inline(always)]
-    fn izero(self) -> __m512i {
-        simd! { _mm512_setzero_si512() }
-    }
-    #[inline(always)]
-    fn iadd(self, a: __m512i, b: __m512i) -> __m512i {
-        simd! { _mm512_add_epi32(a, b) }
     }
 
     #[inline(always)]
