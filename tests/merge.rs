@@ -470,18 +470,13 @@ fn smollm2_pirate_merged_vs_hf_peft() {
 /// A GGUF adapter for the tiny fixtures with an embedding LoRA and (optionally) a LoRA on the tied
 /// output head, random f16 values (llama.cpp layout: `token_embd` `lora_a` dims `[r, vocab]`).
 fn embedding_adapter(path: &Path, with_head: bool) {
-    use edge_run::gguf::GgufWriter;
     let (vocab, width, r) = (299u64, 64u64, 2u64);
     let mut seed = 0;
     let mut rnd = |n: u64, amp: f32| -> Vec<u8> {
         seed += 1;
         f16_bytes(&uniform_values(n as usize, amp, seed))
     };
-    let mut w = GgufWriter::new();
-    w.add("general.type", "adapter").unwrap();
-    w.add("general.architecture", "llama").unwrap();
-    w.add("adapter.type", "lora").unwrap();
-    w.add("adapter.lora.alpha", 4.0f32).unwrap();
+    let mut w = lora_adapter_writer(Some(4.0));
     w.add_tensor(
         "token_embd.weight.lora_a",
         &[r, vocab],

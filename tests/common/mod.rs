@@ -82,6 +82,23 @@ pub fn smollm2_path() -> PathBuf {
     p
 }
 
+/// The real SmolLM2 model ([`smollm2_path`]), opened.
+pub fn open_smollm2() -> std::sync::Arc<edge_run::Model> {
+    std::sync::Arc::new(edge_run::Model::open(smollm2_path()).unwrap())
+}
+
+/// The shared adapters `tests/data/adapters/<name>` of `names`, loaded for `model`.
+pub fn shared_adapters<const N: usize>(
+    model: &edge_run::Model,
+    names: [&str; N],
+) -> [std::sync::Arc<edge_run::adapter::Adapter>; N] {
+    names.map(|name| {
+        let p = root().join("tests/data/adapters").join(name);
+        let a = edge_run::adapter::Adapter::load(&p, &model.base_info);
+        std::sync::Arc::new(a.unwrap_or_else(|e| panic!("{name}: {e}")))
+    })
+}
+
 /// A 2-D array read from a `.npy`.
 pub struct Array<T> {
     pub shape: Vec<usize>,
@@ -242,6 +259,19 @@ where
         .iter()
         .map(|x| T::try_from(x.as_i64().expect("an integer token id")).unwrap())
         .collect()
+}
+
+/// A GGUF writer holding the metadata of a llama LoRA adapter: `general.architecture` llama,
+/// `general.type` adapter, `adapter.type` lora and, if given, `adapter.lora.alpha`.
+pub fn lora_adapter_writer(alpha: Option<f32>) -> edge_run::gguf::GgufWriter<'static> {
+    let mut w = edge_run::gguf::GgufWriter::new();
+    w.add("general.architecture", "llama").unwrap();
+    w.add("general.type", "adapter").unwrap();
+    w.add("adapter.type", "lora").unwrap();
+    if let Some(alpha) = alpha {
+        w.add("adapter.lora.alpha", alpha).unwrap();
+    }
+    w
 }
 
 /// An empty directory `edge-run-<tag>-<pid>-<name>` in the system temp directory (emptied first).
