@@ -223,22 +223,30 @@ pub struct er_sampling_params {
     pub seed: u64,
 }
 
+/// A `$to` (`er_sampling_params` or [`SamplingParams`]) with the fields of `$from` (the other one):
+/// the same names, integers `u32` in C and `usize` in Rust.
+macro_rules! sampling_params {
+    ($to:ident from $from:expr) => {{
+        let p = $from;
+        $to {
+            temperature: p.temperature,
+            top_k: p.top_k as _,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repeat_penalty: p.repeat_penalty,
+            repeat_last_n: p.repeat_last_n as _,
+            seed: p.seed,
+        }
+    }};
+}
+
 /// Defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1, repeat_last_n 64, seed 0.
 #[no_mangle]
 pub unsafe extern "C" fn er_sampling_params_default(out: *mut er_sampling_params) -> c_int {
     // SAFETY: contract: `out` is NULL or writable.
     ffi(|| unsafe {
         put(out, "out", || {
-            let d = SamplingParams::default();
-            Ok(er_sampling_params {
-                temperature: d.temperature,
-                top_k: d.top_k as u32,
-                top_p: d.top_p,
-                min_p: d.min_p,
-                repeat_penalty: d.repeat_penalty,
-                repeat_last_n: d.repeat_last_n as u32,
-                seed: d.seed,
-            })
+            Ok(sampling_params!(er_sampling_params from SamplingParams::default()))
         })
     })
 }
@@ -266,15 +274,7 @@ pub unsafe extern "C" fn er_session_set_sampling(
                 ),
             );
         }
-        let sp = SamplingParams {
-            temperature: p.temperature,
-            top_k: p.top_k as usize,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            repeat_penalty: p.repeat_penalty,
-            repeat_last_n: p.repeat_last_n as usize,
-            seed: p.seed,
-        };
+        let sp = sampling_params!(SamplingParams from p);
         sp.validate()?;
         st.sampler = Some(st.new_sampler(sp));
         Ok(())
