@@ -15,7 +15,7 @@ mod common;
 mod tools;
 use common::*;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -25,8 +25,8 @@ use edge_run::kernels::QuantType;
 use edge_run::{Model, Session, SessionConfig};
 use tools::merge::{merge, MergeOptions, TargetType, MERGED_KEY};
 
-fn tmpdir(tag: &str) -> PathBuf {
-    empty_temp_dir("merge", tag)
+fn tmpdir(tag: &str) -> TempDir {
+    TempDir::new("merge", tag)
 }
 
 fn opts(t: TargetType) -> MergeOptions {
@@ -186,7 +186,6 @@ fn scale_zero_same_type_is_byte_identical() {
             t.name
         );
     }
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -250,7 +249,6 @@ fn merged_logits_match_the_runtime_adapter_on_fixtures() {
         e <= 0.4 && e < eff / 10.0,
         "Q8_0 merge: {e} (adapter effect {eff})"
     );
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -306,7 +304,6 @@ fn report_errors_match_a_direct_computation() {
         ga.get_u32("general.file_type").ok().map(|_| 0),
         "file_type updated to ALL_F32"
     );
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -334,40 +331,27 @@ fn refusals_leave_nothing_behind() {
     assert!(e.contains("shout.gguf"), "{e}");
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "nothing written");
     // CLI: usage errors exit 2, bad input 1.
-    let bin = env!("CARGO_BIN_EXE_edge-run");
-    let st = Command::new(bin)
-        .args(["merge", "-m"])
-        .arg(&base)
-        .args(["--adapter"])
-        .arg(fixture("tiny-lora.gguf"))
-        .args(["-o"])
-        .arg(&out)
-        .args(["--type", "q3_k"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        st.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let st = Command::new(bin)
-        .args(["merge", "-m"])
-        .arg(&base)
-        .args(["--adapter"])
-        .arg(&base)
-        .args(["-o"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert_eq!(
-        st.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    let merge_cli = |adapter: &Path, more: &[&str]| {
+        let mut args = vec![
+            "merge",
+            "-m",
+            path_arg(&base),
+            "--adapter",
+            path_arg(adapter),
+        ];
+        args.extend(["-o", path_arg(&out)]);
+        args.extend(more);
+        let o = edge_run(&args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = merge_cli(&fixture("tiny-lora.gguf"), &["--type", "q3_k"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let (code, stderr) = merge_cli(&base, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(!out.exists());
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -404,7 +388,6 @@ fn cli_json_report() {
     assert!(v["quant_rel"].as_f64().unwrap() > 0.0 && v["quant_rel"].as_f64().unwrap() < 0.02);
     let m = Model::open(&out).unwrap();
     assert_eq!(m.layers[0].attn_q.ty, QuantType::Q8_0);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// The real model: merged pirate vs the HF+PEFT reference (edge-run's numerics on the merged files).
@@ -464,7 +447,6 @@ fn smollm2_pirate_merged_vs_hf_peft() {
         "a warning about the lost delta: {:?}",
         same.notes
     );
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// A GGUF adapter for the tiny fixtures with an embedding LoRA and (optionally) a LoRA on the tied
@@ -556,7 +538,6 @@ fn embedding_and_tied_head_loras() {
         }
         assert!(!Model::open(&out).unwrap().tied_output);
     }
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -600,5 +581,4 @@ fn k_quant_targets_fall_back_like_llama_cpp() {
     assert_eq!(g.get_u32("general.file_type").unwrap(), 14);
     // Untouched tensors keep their type (the tied Q8_0 embedding, F32 norms).
     assert_eq!(g.tensor("token_embd.weight").unwrap().ty, QuantType::Q8_0);
-    let _ = std::fs::remove_dir_all(&d);
 }

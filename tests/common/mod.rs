@@ -282,6 +282,37 @@ pub fn empty_temp_dir(tag: &str, name: &str) -> PathBuf {
     d
 }
 
+/// An [`empty_temp_dir`] that is removed when dropped, unless the thread is panicking (a failing
+/// test leaves its files behind to look at).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str, name: &str) -> TempDir {
+        TempDir(empty_temp_dir(tag, name))
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// Logits of every position of each named sequence, each in a new session of `cfg` with `logits_all`.
 pub fn logits_of_sequences(
     model: &std::sync::Arc<edge_run::Model>,
