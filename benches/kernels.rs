@@ -103,10 +103,7 @@ const BIG_CHUNKS: usize = 12;
 fn main() {
     let mut c = common::criterion();
     let tiers: Vec<&'static Kernels> = Kernels::available().collect();
-    eprintln!(
-        "tiers on this CPU: {:?}",
-        tiers.iter().map(|k| k.tier.name()).collect::<Vec<_>>()
-    );
+    common::print_tiers("tiers", tiers.iter().map(|k| k.tier.name()));
     let big = (cache_sizes().llc.unwrap_or(32 << 20) * 3).clamp(32 << 20, 256 << 20);
     for &ty in QuantType::WEIGHTS {
         // `matvec_*`: one activation (act-quant q8); `matvec2_*`: the q8x2 pair (activation and its

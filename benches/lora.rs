@@ -42,10 +42,7 @@ fn floats(len: usize) -> Vec<f32> {
 fn main() {
     let mut c = common::criterion();
     let tiers: Vec<&'static LoraKernels> = LoraKernels::available().collect();
-    eprintln!(
-        "LoRA tiers on this CPU: {:?}",
-        tiers.iter().map(|k| k.tier.name()).collect::<Vec<_>>()
-    );
+    common::print_tiers("LoRA tiers", tiers.iter().map(|k| k.tier.name()));
     let x = floats(TOKENS * N_IN);
     for kind in ["shrink", "expand", "shrink_batch", "expand_batch"] {
         let mut g = c.benchmark_group(kind);

@@ -264,20 +264,28 @@ mod tests {
         assert_eq!(s.sample(&logits()), 4);
     }
 
-    #[test]
-    fn same_seed_same_tokens_and_top_k_respected() {
+    /// A sampler over the 6 tokens of `logits()` with these cut-offs and seed (no repeat penalty).
+    fn sampler(temperature: f32, top_k: usize, top_p: f32, min_p: f32, seed: u64) -> Sampler {
         let p = SamplingParams {
-            temperature: 1.5,
-            top_k: 2,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: 42,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            seed,
             ..Default::default()
         };
-        let mut a = Sampler::new(p.clone(), 6);
-        let mut b = Sampler::new(p, 6);
-        let ta: Vec<u32> = (0..200).map(|_| a.sample(&logits())).collect();
-        let tb: Vec<u32> = (0..200).map(|_| b.sample(&logits())).collect();
+        Sampler::new(p, 6)
+    }
+
+    /// `n` tokens drawn from `logits()`.
+    fn draws(s: &mut Sampler, n: usize) -> Vec<u32> {
+        (0..n).map(|_| s.sample(&logits())).collect()
+    }
+
+    #[test]
+    fn same_seed_same_tokens_and_top_k_respected() {
+        let ta = draws(&mut sampler(1.5, 2, 1.0, 0.0, 42), 200);
+        let tb = draws(&mut sampler(1.5, 2, 1.0, 0.0, 42), 200);
         assert_eq!(ta, tb);
         assert!(
             ta.iter().all(|&t| t == 1 || t == 4),
@@ -289,51 +297,17 @@ mod tests {
     #[test]
     fn min_p_and_top_p_cut_tail() {
         // With min_p = 0.5 only tokens with p >= 0.5 p_max survive: 3.0 and 2.9 (2.0 has p ratio e^-1 < 0.5).
-        let p = SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.5,
-            seed: 7,
-            ..Default::default()
-        };
-        let mut s = Sampler::new(p, 6);
-        for _ in 0..300 {
-            let t = s.sample(&logits());
+        for t in draws(&mut sampler(1.0, 0, 1.0, 0.5, 7), 300) {
             assert!(t == 1 || t == 4);
         }
-        let p = SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 0.3,
-            min_p: 0.0,
-            seed: 7,
-            ..Default::default()
-        };
-        let mut s = Sampler::new(p, 6);
-        for _ in 0..300 {
-            assert_eq!(
-                s.sample(&logits()),
-                1,
-                "top-p 0.3 keeps only the best token (p≈0.37)"
-            );
+        for t in draws(&mut sampler(1.0, 0, 0.3, 0.0, 7), 300) {
+            assert_eq!(t, 1, "top-p 0.3 keeps only the best token (p≈0.37)");
         }
     }
 
     #[test]
     fn different_seeds_differ() {
-        let mk = |seed| {
-            let p = SamplingParams {
-                temperature: 2.0,
-                top_k: 0,
-                top_p: 1.0,
-                min_p: 0.0,
-                seed,
-                ..Default::default()
-            };
-            let mut s = Sampler::new(p, 6);
-            (0..64).map(|_| s.sample(&logits())).collect::<Vec<_>>()
-        };
+        let mk = |seed| draws(&mut sampler(2.0, 0, 1.0, 0.0, seed), 64);
         assert_ne!(mk(1), mk(2));
     }
 }

@@ -4,7 +4,7 @@
 //! refusal cases, each of which must name the offending field / tensor.
 mod common;
 use common::llama_base::llama_base_info;
-use common::{assert_same_factors, empty_temp_dir, f16_bytes};
+use common::{assert_same_factors, empty_temp_dir, f16_bytes, lora_adapter_writer};
 use std::path::{Path, PathBuf};
 
 use edge_run::adapter::{Adapter, AdapterFormat, BaseInfo, LoraKind};
@@ -338,13 +338,22 @@ fn accepted_config_variants_apply_patterns() {
     let _ = std::fs::remove_dir_all(d);
 }
 
-/// Writes a safetensors file from (name, dtype, shape, bytes).
-/// A safetensors entry (name, dtype, shape, bytes) of type F16 with every value `v`.
-fn filled(name: &str, shape: Vec<usize>, v: f32) -> (&str, &'static str, Vec<usize>, Vec<u8>) {
-    let n = shape.iter().product();
-    (name, "F16", shape, f16_bytes(&vec![v; n]))
+/// A safetensors entry (name, dtype, shape, bytes) of type F16 holding `values` rounded to f16.
+fn f16_entry<'a>(
+    name: &'a str,
+    shape: Vec<usize>,
+    values: &[f32],
+) -> (&'a str, &'static str, Vec<usize>, Vec<u8>) {
+    (name, "F16", shape, f16_bytes(values))
 }
 
+/// A safetensors entry of type F16 with every value `v`.
+fn filled(name: &str, shape: Vec<usize>, v: f32) -> (&str, &'static str, Vec<usize>, Vec<u8>) {
+    let n = shape.iter().product();
+    f16_entry(name, shape, &vec![v; n])
+}
+
+/// Writes a safetensors file from (name, dtype, shape, bytes).
 fn write_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
     let mut header = serde_json::Map::new();
     let mut off = 0usize;
@@ -408,7 +417,7 @@ fn tensor_refusals_name_the_tensor() {
     write_safetensors(
         &st,
         &[
-            (a_name, "F16", vec![4, 1536], f16_bytes(&av)),
+            f16_entry(a_name, vec![4, 1536], &av),
             filled(b_name, vec![576, 4], 0.01),
         ],
     );
@@ -555,11 +564,7 @@ fn gguf_refusals_and_conversions() {
         a_q8.extend_from_slice(&half::f16::from_f32(1.0 / 64.0).to_bits().to_le_bytes());
         a_q8.extend(blk.iter().map(|&x| (x * 64.0).round() as i8 as u8));
     }
-    let mut w = GgufWriter::new();
-    w.add("general.architecture", "llama").unwrap();
-    w.add("general.type", "adapter").unwrap();
-    w.add("adapter.type", "lora").unwrap();
-    w.add("adapter.lora.alpha", 0.0f32).unwrap();
+    let mut w = lora_adapter_writer(Some(0.0));
     w.add_tensor(
         "blk.0.ffn_up.weight.lora_a",
         &[n_in as u64, r as u64],
@@ -610,10 +615,7 @@ fn gguf_refusals_and_conversions() {
         }
     }
     // An unknown adapter.* key is refused; an aLoRA one too.
-    let mut w2 = GgufWriter::new();
-    w2.add("general.architecture", "llama").unwrap();
-    w2.add("general.type", "adapter").unwrap();
-    w2.add("adapter.type", "lora").unwrap();
+    let mut w2 = lora_adapter_writer(None);
     w2.add("adapter.alora.invocation_tokens", vec![1u32, 2, 3])
         .unwrap();
     w2.add_tensor(
@@ -718,35 +720,22 @@ fn peft_embedding_and_tied_head() {
     let hb: Vec<f32> = (0..vocab * r)
         .map(|i| ((i % 3) as f32 - 1.0) / 2.0)
         .collect();
-    write_safetensors(
-        &d.join("adapter_model.safetensors"),
-        &[
-            (
-                "base_model.model.lm_head.lora_A.weight",
-                "F16",
-                vec![r, dim],
-                f16_bytes(&ha),
-            ),
-            (
-                "base_model.model.lm_head.lora_B.weight",
-                "F16",
-                vec![vocab, r],
-                f16_bytes(&hb),
-            ),
-            (
-                "base_model.model.model.embed_tokens.lora_embedding_A",
-                "F16",
-                vec![r, vocab],
-                f16_bytes(&ea),
-            ),
-            (
-                "base_model.model.model.embed_tokens.lora_embedding_B",
-                "F16",
-                vec![dim, r],
-                f16_bytes(&eb),
-            ),
-        ],
-    );
+    // (name after `base_model.model.`, shape, values)
+    let factors = [
+        ("lm_head.lora_A.weight", vec![r, dim], &ha),
+        ("lm_head.lora_B.weight", vec![vocab, r], &hb),
+        ("model.embed_tokens.lora_embedding_A", vec![r, vocab], &ea),
+        ("model.embed_tokens.lora_embedding_B", vec![dim, r], &eb),
+    ];
+    let names = factors
+        .each_ref()
+        .map(|f| format!("base_model.model.{}", f.0));
+    let entries: Vec<_> = factors
+        .iter()
+        .zip(&names)
+        .map(|((_, shape, values), name)| f16_entry(name, shape.clone(), values))
+        .collect();
+    write_safetensors(&d.join("adapter_model.safetensors"), &entries);
     let a = Adapter::load(&d, &base).unwrap();
     let e = a.get("token_embd.weight").unwrap();
     assert_eq!(

@@ -60,23 +60,16 @@ fn close(a: f64, b: f64, what: &str) {
 fn model_bytes(path: &Path) -> (f64, usize, usize) {
     let bytes = std::fs::read(path).unwrap();
     let g = edge_run::gguf::Gguf::parse(&bytes).unwrap();
-    let linear = [
-        "attn_q",
-        "attn_k",
-        "attn_v",
-        "attn_output",
-        "ffn_gate",
-        "ffn_up",
-        "ffn_down",
-    ];
-    let mut w = 0usize;
+    let (mut w, mut n_linear) = (0usize, 0);
     let mut n_layer = 0;
     for t in g.tensors() {
         if let Some(rest) = t.name.strip_prefix("blk.") {
-            let (l, name) = rest.split_once('.').unwrap();
+            let (l, _) = rest.split_once('.').unwrap();
             n_layer = n_layer.max(l.parse::<usize>().unwrap() + 1);
-            if linear.iter().any(|k| name == format!("{k}.weight")) {
+            // The linear weights are a block's 2-D tensors (its norms are 1-D).
+            if t.n_dims == 2 {
                 w += t.size;
+                n_linear += 1;
             }
         }
     }
@@ -84,6 +77,7 @@ fn model_bytes(path: &Path) -> (f64, usize, usize) {
         .tensor("output.weight")
         .or_else(|| g.tensor("token_embd.weight"))
         .unwrap();
+    assert_eq!(n_linear, 7 * n_layer, "7 linear weights per layer");
     let kv_dim = g.tensor("blk.0.attn_k.weight").unwrap().dims[1] as usize;
     ((w + head.size) as f64, n_layer, kv_dim)
 }

@@ -908,14 +908,17 @@ fn seeded_sampling_matches_rust_generate() {
     let _serial = serial();
     let path = fixture("tiny-q4_1.gguf");
     let prompt: Vec<i32> = common::token_ids(&q4_1_entry()["tokens"]);
+    // The parameters, given to the C API here and to a Rust sampler below.
+    let (temperature, top_p, min_p, repeat_penalty, seed) = (0.9, 0.9, 0.02, 1.3, 1234);
+    let (top_k, repeat_last_n) = (50, 16);
     let sp = er_sampling_params {
-        temperature: 0.9,
-        top_k: 50,
-        top_p: 0.9,
-        min_p: 0.02,
-        repeat_penalty: 1.3,
-        repeat_last_n: 16,
-        seed: 1234,
+        temperature,
+        top_k: top_k as u32,
+        top_p,
+        min_p,
+        repeat_penalty,
+        repeat_last_n: repeat_last_n as u32,
+        seed,
     };
     let n_new = 20;
     let m = open_model(&path);
@@ -939,13 +942,13 @@ fn seeded_sampling_matches_rust_generate() {
     }
     let model = Arc::new(Model::open(&path).unwrap());
     let params = SamplingParams {
-        temperature: 0.9,
-        top_k: 50,
-        top_p: 0.9,
-        min_p: 0.02,
-        repeat_penalty: 1.3,
-        repeat_last_n: 16,
-        seed: 1234,
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        repeat_penalty,
+        repeat_last_n,
+        seed,
     };
     let mut sampler = Sampler::new(params, model.hp.n_vocab);
     let mut rs = Session::new(

@@ -182,7 +182,7 @@ fn assert_tiny(name: &str, (d, d_base): (f32, f32)) {
 
 #[test]
 fn rslora_and_plain_peft_round_trip() {
-    let model = Arc::new(Model::open(smollm2_path()).unwrap());
+    let model = open_smollm2();
     let adapters = root().join("tests/data/adapters");
     // json-peft: r 16, lora_alpha 16, use_rslora → 16/√16 = 4 (llama.cpp's own converter gives 1).
     let r = round_trip(&model, &adapters.join("json-peft"), "json", &|_| 4.0);
@@ -216,7 +216,7 @@ fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) {
 
 #[test]
 fn alpha_pattern_and_rank_pattern_round_trip() {
-    let model = Arc::new(Model::open(smollm2_path()).unwrap());
+    let model = open_smollm2();
     let src = root().join("tests/data/adapters/json-peft");
     let dir = tmp("patterns-src");
     // Config: json-peft (rsLoRA, r 16, alpha 16) plus per-module overrides.

@@ -14,7 +14,6 @@ mod common;
 mod tools;
 use common::*;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -25,15 +24,10 @@ use tools::diagnose::{
     delta_norms, diagnose, principal_cosines, subspace_overlaps, DiagnoseOptions, RunKind,
 };
 
-fn shared(model: &Model, name: &str) -> Arc<Adapter> {
-    let p: PathBuf = root().join("tests/data/adapters").join(name);
-    Arc::new(Adapter::load(&p, &model.base_info).unwrap_or_else(|e| panic!("{name}: {e}")))
-}
-
 #[test]
 fn kl_is_zero_at_scale_zero_and_grows_with_scale() {
-    let model = Arc::new(Model::open(smollm2_path()).unwrap());
-    let pirate = shared(&model, "pirate-peft");
+    let model = open_smollm2();
+    let [pirate] = shared_adapters(&model, ["pirate-peft"]);
     let scales = [0.0f32, 0.25, 0.5, 1.0, 2.0];
     let set: Vec<(&Arc<Adapter>, f32, &str)> =
         scales.iter().map(|&s| (&pirate, s, "pirate")).collect();
@@ -123,7 +117,7 @@ fn project_out(b: &[f64], r: usize, c: &[f64], k: usize, n: usize) -> Vec<f64> {
 #[test]
 fn principal_angles_self_and_orthogonal_complement() {
     let model = Model::open(smollm2_path()).unwrap();
-    let pirate = shared(&model, "pirate-peft");
+    let [pirate] = shared_adapters(&model, ["pirate-peft"]);
     // With itself, through the public report: every cosine 1.
     let ov = subspace_overlaps(&[(&pirate, 1.0), (&pirate, 0.5)]);
     assert_eq!(ov.len(), pirate.tensors().len());

@@ -6,14 +6,8 @@ use common::*;
 use edge_run::adapter::Adapter;
 use edge_run::session::KvType;
 use edge_run::{Model, Session, SessionConfig};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-fn adapter(model: &Model, name: &str) -> Arc<Adapter> {
-    let p: PathBuf = root().join("tests/data/adapters").join(name);
-    Arc::new(Adapter::load(&p, &model.base_info).unwrap_or_else(|e| panic!("{name}: {e}")))
-}
 
 fn run_ref(model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)], npz: &str, kv: KvType) -> Metrics {
     let z = read_npz(&root().join("tests/data/reference/smollm2").join(npz));
@@ -49,12 +43,17 @@ fn assert_close(what: &str, kv: KvType, m: Metrics) {
 
 #[test]
 fn every_shared_adapter_matches_hf_peft() {
-    let model = Arc::new(Model::open(smollm2_path()).unwrap());
-    let pirate_peft = adapter(&model, "pirate-peft");
-    let pirate_gguf = adapter(&model, "pirate.gguf");
-    let json = adapter(&model, "json-peft");
-    let shout_peft = adapter(&model, "shout-peft");
-    let shout_gguf = adapter(&model, "shout.gguf");
+    let model = open_smollm2();
+    let [pirate_peft, pirate_gguf, json, shout_peft, shout_gguf] = shared_adapters(
+        &model,
+        [
+            "pirate-peft",
+            "pirate.gguf",
+            "json-peft",
+            "shout-peft",
+            "shout.gguf",
+        ],
+    );
     type Set<'a> = Vec<(&'a Arc<Adapter>, f32)>;
     let cases: [(&str, Set, &str); 5] = [
         ("pirate (PEFT)", vec![(&pirate_peft, 1.0)], "hf_pirate.npz"),
@@ -116,8 +115,7 @@ fn scale_zero_and_unload_give_base_logits_bit_for_bit() {
     let path = smollm2_path();
     let before = fnv(&path);
     let model = Arc::new(Model::open(&path).unwrap());
-    let pirate = adapter(&model, "pirate.gguf");
-    let shout = adapter(&model, "shout-peft");
+    let [pirate, shout] = shared_adapters(&model, ["pirate.gguf", "shout-peft"]);
     let ids = &sequences()[0].1[..20];
     let base = logits_of(&model, &[], ids, 2);
     assert_eq!(
@@ -145,8 +143,8 @@ fn scale_zero_and_unload_give_base_logits_bit_for_bit() {
 
 #[test]
 fn failed_swap_keeps_the_current_set() {
-    let model = Arc::new(Model::open(smollm2_path()).unwrap());
-    let pirate = adapter(&model, "pirate.gguf");
+    let model = open_smollm2();
+    let [pirate] = shared_adapters(&model, ["pirate.gguf"]);
     let mut s = Session::new(
         model.clone(),
         SessionConfig {
@@ -171,10 +169,8 @@ fn failed_swap_keeps_the_current_set() {
 
 #[test]
 fn swap_storm_from_another_thread() {
-    let model = Arc::new(Model::open(smollm2_path()).unwrap());
-    let pirate = adapter(&model, "pirate.gguf");
-    let shout = adapter(&model, "shout-peft");
-    let json = adapter(&model, "json-peft");
+    let model = open_smollm2();
+    let [pirate, shout, json] = shared_adapters(&model, ["pirate.gguf", "shout-peft", "json-peft"]);
     let sets: Vec<Vec<(&Arc<Adapter>, f32)>> = vec![
         vec![],
         vec![(&pirate, 1.0)],

@@ -15,7 +15,7 @@ mod common;
 mod tools;
 use common::*;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -26,8 +26,8 @@ use edge_run::session::KvType;
 use edge_run::{Model, Session, SessionConfig};
 use tools::merge::{merge, MergeOptions, TargetType, MERGED_KEY};
 
-fn tmpdir(tag: &str) -> PathBuf {
-    empty_temp_dir("merge", tag)
+fn tmpdir(tag: &str) -> TempDir {
+    TempDir::new("merge", tag)
 }
 
 fn opts(t: TargetType) -> MergeOptions {
@@ -190,7 +190,6 @@ fn scale_zero_same_type_is_byte_identical() {
             t.name
         );
     }
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -254,7 +253,6 @@ fn merged_logits_match_the_runtime_adapter_on_fixtures() {
         e <= 0.4 && e < eff / 10.0,
         "Q8_0 merge: {e} (adapter effect {eff})"
     );
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -310,7 +308,6 @@ fn report_errors_match_a_direct_computation() {
         ga.get_u32("general.file_type").ok().map(|_| 0),
         "file_type updated to ALL_F32"
     );
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -338,40 +335,27 @@ fn refusals_leave_nothing_behind() {
     assert!(e.contains("shout.gguf"), "{e}");
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "nothing written");
     // CLI: usage errors exit 2, bad input 1.
-    let bin = env!("CARGO_BIN_EXE_edge-run");
-    let st = Command::new(bin)
-        .args(["merge", "-m"])
-        .arg(&base)
-        .args(["--adapter"])
-        .arg(fixture("tiny-lora.gguf"))
-        .args(["-o"])
-        .arg(&out)
-        .args(["--type", "q3_k"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        st.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let st = Command::new(bin)
-        .args(["merge", "-m"])
-        .arg(&base)
-        .args(["--adapter"])
-        .arg(&base)
-        .args(["-o"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert_eq!(
-        st.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    let merge_cli = |adapter: &Path, more: &[&str]| {
+        let mut args = vec![
+            "merge",
+            "-m",
+            path_arg(&base),
+            "--adapter",
+            path_arg(adapter),
+        ];
+        args.extend(["-o", path_arg(&out)]);
+        args.extend(more);
+        let o = edge_run(&args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = merge_cli(&fixture("tiny-lora.gguf"), &["--type", "q3_k"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let (code, stderr) = merge_cli(&base, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(!out.exists());
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -408,7 +392,6 @@ fn cli_json_report() {
     assert!(v["quant_rel"].as_f64().unwrap() > 0.0 && v["quant_rel"].as_f64().unwrap() < 0.02);
     let m = Model::open(&out).unwrap();
     assert_eq!(m.layers[0].attn_q.ty, QuantType::Q8_0);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// The real model: merged pirate vs the HF+PEFT reference (edge-run's numerics on the merged files).
@@ -468,24 +451,18 @@ fn smollm2_pirate_merged_vs_hf_peft() {
         "a warning about the lost delta: {:?}",
         same.notes
     );
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// A GGUF adapter for the tiny fixtures with an embedding LoRA and (optionally) a LoRA on the tied
 /// output head, random f16 values (llama.cpp layout: `token_embd` `lora_a` dims `[r, vocab]`).
 fn embedding_adapter(path: &Path, with_head: bool) {
-    use edge_run::gguf::GgufWriter;
     let (vocab, width, r) = (299u64, 64u64, 2u64);
     let mut seed = 0;
     let mut rnd = |n: u64, amp: f32| -> Vec<u8> {
         seed += 1;
         f16_bytes(&uniform_values(n as usize, amp, seed))
     };
-    let mut w = GgufWriter::new();
-    w.add("general.type", "adapter").unwrap();
-    w.add("general.architecture", "llama").unwrap();
-    w.add("adapter.type", "lora").unwrap();
-    w.add("adapter.lora.alpha", 4.0f32).unwrap();
+    let mut w = lora_adapter_writer(Some(4.0));
     w.add_tensor(
         "token_embd.weight.lora_a",
         &[r, vocab],
@@ -565,7 +542,6 @@ fn embedding_and_tied_head_loras() {
         }
         assert!(!Model::open(&out).unwrap().tied_output);
     }
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -609,5 +585,4 @@ fn k_quant_targets_fall_back_like_llama_cpp() {
     assert_eq!(g.get_u32("general.file_type").unwrap(), 14);
     // Untouched tensors keep their type (the tied Q8_0 embedding, F32 norms).
     assert_eq!(g.tensor("token_embd.weight").unwrap().ty, QuantType::Q8_0);
-    let _ = std::fs::remove_dir_all(&d);
 }

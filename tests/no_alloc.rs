@@ -66,7 +66,7 @@ fn count_decode_allocations(
 }
 
 fn smollm2() {
-    let model = Arc::new(Model::open(smollm2_path()).unwrap());
+    let model = open_smollm2();
     let dir = root().join("tests/data/adapters");
     let load = |n: &str| Arc::new(Adapter::load(&dir.join(n), &model.base_info).unwrap());
     let (pirate, shout, json) = (load("pirate.gguf"), load("shout-peft"), load("json-peft"));

@@ -3,13 +3,12 @@
 mod common;
 use common::*;
 use edge_run::session::{ActQuant, KvType};
-use edge_run::{Model, Session, SessionConfig};
-use std::sync::Arc;
+use edge_run::{Session, SessionConfig};
 
 /// The real model's logits at every position of every reference sequence, in 256-position sessions
 /// of `cfg`.
 fn real_model_runs(cfg: SessionConfig) -> Vec<(String, Vec<Vec<f32>>)> {
-    let model = Arc::new(Model::open(smollm2_path()).unwrap());
+    let model = open_smollm2();
     logits_of_sequences(&model, sequences(), SessionConfig { n_ctx: 256, ..cfg })
 }
 
@@ -84,7 +83,7 @@ fn ggml_style_q8_activations_are_as_close_as_llama_cpp() {
 
 #[test]
 fn batched_prompt_equals_token_by_token() {
-    let model = Arc::new(Model::open(smollm2_path()).unwrap());
+    let model = open_smollm2();
     let (_, ids) = sequences().into_iter().next().unwrap();
     let ids = &ids[..24];
     // Single steps take the decode path, whose activation rounding differs from the batched path's
@@ -118,7 +117,7 @@ fn batched_prompt_equals_token_by_token() {
 
 #[test]
 fn every_kernel_tier_gives_the_same_logits() {
-    let model = Arc::new(Model::open(smollm2_path()).unwrap());
+    let model = open_smollm2();
     let (_, ids) = sequences().into_iter().next().unwrap();
     let ids = &ids[..16];
     let mut base: Option<Vec<f32>> = None;
@@ -178,7 +177,7 @@ fn kl_div(p: &[f32], q: &[f32]) -> f64 {
 
 #[test]
 fn bad_requests_leave_the_session_usable() {
-    let model = Arc::new(Model::open(smollm2_path()).unwrap());
+    let model = open_smollm2();
     let mut s = session(&model, 8, 1);
     let l1 = s.eval(&[1, 2, 3]).unwrap().to_vec();
     let err = s.eval(&[4, 49152]).unwrap_err().to_string();

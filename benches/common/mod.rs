@@ -27,6 +27,14 @@ pub fn criterion() -> Criterion {
         .configure_from_args()
 }
 
+/// Prints the kernel tiers this CPU runs, `{what} on this CPU: [names…]` (stderr).
+pub fn print_tiers<'a>(what: &str, names: impl IntoIterator<Item = &'a str>) {
+    eprintln!(
+        "{what} on this CPU: {:?}",
+        names.into_iter().collect::<Vec<_>>()
+    );
+}
+
 /// Whether criterion was started to measure (`cargo bench`), not to test (`cargo test --benches`) or to
 /// list: the roofline summary is only worth its seconds then.
 pub fn measuring() -> bool {

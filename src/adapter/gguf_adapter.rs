@@ -156,14 +156,18 @@ fn pair_shape(
     b: &TensorInfo<'_>,
     base: &BaseInfo,
 ) -> Result<(LoraKind, usize, usize, usize)> {
+    // An error in the dims of `t`.
+    let bad_dims = |t: &TensorInfo<'_>, detail: String| {
+        Error::format(
+            name,
+            format!("tensor_infos[{:?}].dims", t.name),
+            None,
+            detail,
+        )
+    };
     for t in [a, b] {
         if t.n_dims != 2 {
-            return Err(Error::format(
-                name,
-                format!("tensor_infos[{:?}].dims", t.name),
-                None,
-                format!("{:?} is not 2-D", t.shape()),
-            ));
+            return Err(bad_dims(t, format!("{:?} is not 2-D", t.shape())));
         }
     }
     let (ne0, ne1) = base.target_shape(target).ok_or_else(|| {
@@ -187,10 +191,8 @@ fn pair_shape(
         (LoraKind::Linear, a1, a0, b1, b0)
     };
     if rank != rank_b || rank == 0 {
-        return Err(Error::format(
-            name,
-            format!("tensor_infos[{:?}].dims", b.name),
-            None,
+        return Err(bad_dims(
+            b,
             format!(
                 "rank mismatch: {} dims {:?} has rank {rank}, {} dims {:?} has rank {rank_b}",
                 a.name,
@@ -202,10 +204,8 @@ fn pair_shape(
     }
     let want = if embedding { (ne1, ne0) } else { (ne0, ne1) };
     if (n_in, n_out) != want {
-        return Err(Error::format(
-            name,
-            format!("tensor_infos[{:?}].dims", a.name),
-            None,
+        return Err(bad_dims(
+            a,
             format!(
                 "shape mismatch: {:?} / {:?} give n_in {n_in}, n_out {n_out}, but base tensor {target} is {ne0}x{ne1} (ne0 x ne1) so expects {}x{}",
                 a.shape(),

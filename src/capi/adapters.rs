@@ -8,16 +8,13 @@ pub unsafe extern "C" fn er_adapter_open(
     path: *const c_char,
     out: *mut *mut er_adapter,
 ) -> c_int {
-    ffi(|| {
-        need(out, "out")?;
-        let m = model_of(model)?;
-        // SAFETY: contract: `path` is NULL or NUL-terminated.
-        let path = unsafe { path_arg(path, "path") }?;
-        let adapter = Arc::new(Adapter::load(&path, &m.base_info)?);
-        let h = register(er_adapter { adapter }, Kind::Adapter);
-        // SAFETY: non-NULL and writable (contract).
-        unsafe { out.write(h) };
-        Ok(())
+    // SAFETY: contract: `out` is NULL or writable, `path` NULL or NUL-terminated.
+    ffi(|| unsafe {
+        put_handle(out, Kind::Adapter, || {
+            let m = model_of(model)?;
+            let adapter = Arc::new(Adapter::load(&path_arg(path, "path")?, &m.base_info)?);
+            Ok(er_adapter { adapter })
+        })
     })
 }
 
@@ -101,14 +98,12 @@ pub unsafe extern "C" fn er_session_adapter_control(
     sess: *mut er_session,
     out: *mut *mut er_adapter_control,
 ) -> c_int {
-    ffi(|| {
-        need(out, "out")?;
-        let mut g = session(sess)?;
-        let ctl = g.state().s.adapter_control();
-        let h = register(er_adapter_control { ctl }, Kind::AdapterControl);
-        // SAFETY: non-NULL and writable (contract).
-        unsafe { out.write(h) };
-        Ok(())
+    // SAFETY: contract: `out` is NULL or writable.
+    ffi(|| unsafe {
+        put_handle(out, Kind::AdapterControl, || {
+            let ctl = session(sess)?.state().s.adapter_control();
+            Ok(er_adapter_control { ctl })
+        })
     })
 }
 

@@ -159,6 +159,16 @@ fn need<T>(p: *const T, what: &str) -> R<()> {
     Ok(())
 }
 
+/// `*out` = what `f` returns; `out` (named `what` in the error) is checked non-NULL before `f` runs.
+/// The caller guarantees that `out` is NULL or valid for writing a `T`.
+unsafe fn put<T>(out: *mut T, what: &str, f: impl FnOnce() -> R<T>) -> R<()> {
+    need(out, what)?;
+    let v = f()?;
+    // SAFETY: non-NULL (checked) and writable (the caller's guarantee).
+    unsafe { out.write(v) };
+    Ok(())
+}
+
 // ------------------------------------------------------------------------------------------ handles
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,6 +223,13 @@ fn register<T>(obj: T, kind: Kind) -> *mut T {
     let p = Box::into_raw(Box::new(obj));
     live().insert(p as usize, kind);
     p
+}
+
+/// `*out` = a new handle of `kind` to the object `f` makes; `out` is checked non-NULL before `f` runs.
+/// The caller guarantees that `out` is NULL or valid for writing a pointer.
+unsafe fn put_handle<T>(out: *mut *mut T, kind: Kind, f: impl FnOnce() -> R<T>) -> R<()> {
+    // SAFETY: forwarded guarantee.
+    unsafe { put(out, "out", || Ok(register(f()?, kind))) }
 }
 
 /// Look a handle up and run `f` on it while the table is locked (so it cannot be freed meanwhile).
@@ -274,6 +291,23 @@ struct SessionState {
     ids: Vec<u32>,
 }
 
+impl er_session {
+    /// Set the `busy` flag, or `ER_ERR_BUSY` ("… in use by another thread{why}") if it is set.
+    fn claim(&self, why: &str) -> R<()> {
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return err(
+                ER_ERR_BUSY,
+                format!("the session is in use by another thread{why}"),
+            );
+        }
+        Ok(())
+    }
+}
+
 fn model_of(p: *const er_model) -> R<Arc<Model>> {
     with_handle(p, Kind::Model, |m| Ok(Arc::clone(&m.model)))
 }
@@ -307,15 +341,7 @@ fn session<'a>(p: *mut er_session) -> R<SessionGuard<'a>> {
     // SAFETY: live and of the right kind (checked under the lock we hold); it stays live after we
     // release the lock because we set `busy` first, and `er_session_free` refuses a busy session.
     let h: &'a er_session = unsafe { &*p };
-    if h.busy
-        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        return err(
-            ER_ERR_BUSY,
-            "the session is in use by another thread (a session is used by one thread at a time)",
-        );
-    }
+    h.claim(" (a session is used by one thread at a time)")?;
     let g = SessionGuard { h };
     if h.poisoned.load(Ordering::Relaxed) {
         return err(
@@ -415,18 +441,13 @@ mod tests {
         // SAFETY: valid pointers; the handles are used only on this thread.
         unsafe {
             assert_eq!(er_model_open(path.as_ptr(), &mut m), ER_OK);
-            let mut p = er_session_params {
-                n_ctx: 0,
-                n_batch: 0,
-                n_threads: 0,
-                max_adapters: 0,
-                max_rank: 0,
-                type_k: 0,
-                type_v: 0,
+            let mut p = std::mem::MaybeUninit::uninit();
+            assert_eq!(er_session_params_default(p.as_mut_ptr()), ER_OK);
+            let p = er_session_params {
+                n_ctx: 16,
+                n_threads: 1,
+                ..p.assume_init()
             };
-            assert_eq!(er_session_params_default(&mut p), ER_OK);
-            p.n_ctx = 16;
-            p.n_threads = 1;
             assert_eq!(er_session_new(m, &p, &mut s), ER_OK);
             // Another "thread" inside the session: entering and freeing it are refused.
             let g = session(s).ok().expect("session guard");

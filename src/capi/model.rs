@@ -23,15 +23,12 @@ pub struct er_model_info {
 /// Map and validate a GGUF model file. On success `*out` is a new handle (free with `er_model_free`).
 #[no_mangle]
 pub unsafe extern "C" fn er_model_open(path: *const c_char, out: *mut *mut er_model) -> c_int {
-    ffi(|| {
-        need(out, "out")?;
-        // SAFETY: contract: `path` is NULL or NUL-terminated.
-        let path = unsafe { path_arg(path, "path") }?;
-        let model = Arc::new(Model::open(&path)?);
-        let h = register(er_model { model }, Kind::Model);
-        // SAFETY: `out` is non-NULL and writable (contract).
-        unsafe { out.write(h) };
-        Ok(())
+    // SAFETY: contract: `out` is NULL or writable, `path` NULL or NUL-terminated.
+    ffi(|| unsafe {
+        put_handle(out, Kind::Model, || {
+            let model = Arc::new(Model::open(&path_arg(path, "path")?)?);
+            Ok(er_model { model })
+        })
     })
 }
 
@@ -43,13 +40,8 @@ pub unsafe extern "C" fn er_model_free(model: *mut er_model) -> c_int {
 
 #[no_mangle]
 pub unsafe extern "C" fn er_model_n_vocab(model: *const er_model, out: *mut usize) -> c_int {
-    ffi(|| {
-        need(out, "out")?;
-        let m = model_of(model)?;
-        // SAFETY: non-NULL and writable (contract).
-        unsafe { out.write(m.hp.n_vocab) };
-        Ok(())
-    })
+    // SAFETY: contract: `out` is NULL or writable.
+    ffi(|| unsafe { put(out, "out", || Ok(model_of(model)?.hp.n_vocab)) })
 }
 
 #[no_mangle]
@@ -57,26 +49,25 @@ pub unsafe extern "C" fn er_model_get_info(
     model: *const er_model,
     out: *mut er_model_info,
 ) -> c_int {
-    ffi(|| {
-        need(out, "out")?;
-        let m = model_of(model)?;
-        let (hp, tok) = (&m.hp, &m.tokenizer);
-        let id = |t: Option<u32>| t.map(|v| v as i32).unwrap_or(-1);
-        let info = er_model_info {
-            n_vocab: hp.n_vocab,
-            n_ctx_train: hp.n_ctx_train,
-            n_embd: hp.n_embd,
-            n_layer: hp.n_layer,
-            n_head: hp.n_head,
-            n_head_kv: hp.n_head_kv,
-            n_ff: hp.n_ff,
-            bos: id(tok.bos()),
-            eos: id(tok.eos()),
-            add_bos: tok.add_bos() as i32,
-        };
-        // SAFETY: non-NULL and writable (contract).
-        unsafe { out.write(info) };
-        Ok(())
+    // SAFETY: contract: `out` is NULL or writable.
+    ffi(|| unsafe { put(out, "out", || model_info(model)) })
+}
+
+fn model_info(model: *const er_model) -> R<er_model_info> {
+    let m = model_of(model)?;
+    let (hp, tok) = (&m.hp, &m.tokenizer);
+    let id = |t: Option<u32>| t.map(|v| v as i32).unwrap_or(-1);
+    Ok(er_model_info {
+        n_vocab: hp.n_vocab,
+        n_ctx_train: hp.n_ctx_train,
+        n_embd: hp.n_embd,
+        n_layer: hp.n_layer,
+        n_head: hp.n_head,
+        n_head_kv: hp.n_head_kv,
+        n_ff: hp.n_ff,
+        bos: id(tok.bos()),
+        eos: id(tok.eos()),
+        add_bos: tok.add_bos() as i32,
     })
 }
 
@@ -98,13 +89,12 @@ pub unsafe extern "C" fn er_token_is_eog(
     token: i32,
     out: *mut c_int,
 ) -> c_int {
-    ffi(|| {
-        need(out, "out")?;
-        let m = model_of(model)?;
-        let id = token_id(&m, token, "token")?;
-        // SAFETY: non-NULL and writable (contract).
-        unsafe { out.write(m.tokenizer.is_eog(id) as c_int) };
-        Ok(())
+    // SAFETY: contract: `out` is NULL or writable.
+    ffi(|| unsafe {
+        put(out, "out", || {
+            let m = model_of(model)?;
+            Ok(m.tokenizer.is_eog(token_id(&m, token, "token")?) as c_int)
+        })
     })
 }
 

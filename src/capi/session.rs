@@ -52,21 +52,20 @@ fn kv_type_value(t: KvType) -> i32 {
 /// f16 keys and values.
 #[no_mangle]
 pub unsafe extern "C" fn er_session_params_default(out: *mut er_session_params) -> c_int {
-    ffi(|| {
-        need(out, "out")?;
-        let d = SessionConfig::default();
-        let p = er_session_params {
-            n_ctx: d.n_ctx,
-            n_batch: d.n_batch,
-            n_threads: 0,
-            max_adapters: d.max_adapters,
-            max_rank: d.max_rank,
-            type_k: kv_type_value(d.type_k),
-            type_v: kv_type_value(d.type_v),
-        };
-        // SAFETY: non-NULL and writable (contract).
-        unsafe { out.write(p) };
-        Ok(())
+    // SAFETY: contract: `out` is NULL or writable.
+    ffi(|| unsafe {
+        put(out, "out", || {
+            let d = SessionConfig::default();
+            Ok(er_session_params {
+                n_ctx: d.n_ctx,
+                n_batch: d.n_batch,
+                n_threads: 0,
+                max_adapters: d.max_adapters,
+                max_rank: d.max_rank,
+                type_k: kv_type_value(d.type_k),
+                type_v: kv_type_value(d.type_v),
+            })
+        })
     })
 }
 
@@ -77,51 +76,48 @@ pub unsafe extern "C" fn er_session_new(
     params: *const er_session_params,
     out: *mut *mut er_session,
 ) -> c_int {
-    ffi(|| {
-        need(out, "out")?;
-        need(params, "params")?;
-        let m = model_of(model)?;
-        // SAFETY: non-NULL and readable (contract).
-        let p = unsafe { params.read() };
-        if p.n_ctx > 1 << 24 {
-            return err(
-                ER_ERR_INVALID_ARGUMENT,
-                format!("n_ctx {} is too large (at most {})", p.n_ctx, 1 << 24),
-            );
-        }
-        let cfg = SessionConfig {
-            n_ctx: p.n_ctx,
-            n_batch: p.n_batch,
-            n_threads: if p.n_threads == 0 {
-                default_threads()
-            } else {
-                p.n_threads
-            },
-            max_adapters: p.max_adapters,
-            max_rank: p.max_rank,
-            type_k: kv_type("type_k", p.type_k)?,
-            type_v: kv_type("type_v", p.type_v)?,
-            ..SessionConfig::default()
-        };
-        let s = Session::new(m, cfg)?;
-        let ids = Vec::with_capacity(p.n_ctx);
-        let st = SessionState {
-            s,
-            sampler: None,
-            have_logits: false,
-            ids,
-        };
-        let h = register(
-            er_session {
-                busy: AtomicBool::new(false),
-                poisoned: AtomicBool::new(false),
-                inner: UnsafeCell::new(st),
-            },
-            Kind::Session,
+    // SAFETY: contract: `out` is NULL or writable, `params` NULL or readable.
+    ffi(|| unsafe { put_handle(out, Kind::Session, || new_session(model, params)) })
+}
+
+/// A session of `params` on `model`; the caller guarantees that `params` is NULL or readable.
+unsafe fn new_session(model: *const er_model, params: *const er_session_params) -> R<er_session> {
+    need(params, "params")?;
+    let m = model_of(model)?;
+    // SAFETY: non-NULL and readable (contract).
+    let p = unsafe { params.read() };
+    if p.n_ctx > 1 << 24 {
+        return err(
+            ER_ERR_INVALID_ARGUMENT,
+            format!("n_ctx {} is too large (at most {})", p.n_ctx, 1 << 24),
         );
-        // SAFETY: non-NULL and writable (contract).
-        unsafe { out.write(h) };
-        Ok(())
+    }
+    let cfg = SessionConfig {
+        n_ctx: p.n_ctx,
+        n_batch: p.n_batch,
+        n_threads: if p.n_threads == 0 {
+            default_threads()
+        } else {
+            p.n_threads
+        },
+        max_adapters: p.max_adapters,
+        max_rank: p.max_rank,
+        type_k: kv_type("type_k", p.type_k)?,
+        type_v: kv_type("type_v", p.type_v)?,
+        ..SessionConfig::default()
+    };
+    let s = Session::new(m, cfg)?;
+    let ids = Vec::with_capacity(p.n_ctx);
+    let st = SessionState {
+        s,
+        sampler: None,
+        have_logits: false,
+        ids,
+    };
+    Ok(er_session {
+        busy: AtomicBool::new(false),
+        poisoned: AtomicBool::new(false),
+        inner: UnsafeCell::new(st),
     })
 }
 
@@ -134,6 +130,12 @@ impl SessionState {
         Ok(())
     }
 
+    /// The last evaluated position's logits ([`SessionState::require_logits`] first).
+    fn logits(&self) -> R<&[f32]> {
+        self.require_logits()?;
+        Ok(self.s.logits())
+    }
+
     /// A sampler with `params` over this session's vocabulary.
     fn new_sampler(&self, params: SamplingParams) -> Sampler {
         Sampler::new(params, self.s.model().hp.n_vocab)
@@ -143,20 +145,7 @@ impl SessionState {
 /// Release a session. NULL is a no-op. `ER_ERR_BUSY` if another thread is inside a call on it.
 #[no_mangle]
 pub unsafe extern "C" fn er_session_free(sess: *mut er_session) -> c_int {
-    ffi(|| {
-        unregister(sess, Kind::Session, |h| {
-            if h.busy
-                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-            {
-                return err(
-                    ER_ERR_BUSY,
-                    "the session is in use by another thread; it was not freed",
-                );
-            }
-            Ok(())
-        })
-    })
+    ffi(|| unregister(sess, Kind::Session, |h| h.claim("; it was not freed")))
 }
 
 /// Forget the context (and the last logits); the sampler restarts from its seed.
@@ -177,14 +166,8 @@ pub unsafe extern "C" fn er_session_reset(sess: *mut er_session) -> c_int {
 /// `*out` = tokens in the context.
 #[no_mangle]
 pub unsafe extern "C" fn er_session_n_past(sess: *mut er_session, out: *mut usize) -> c_int {
-    ffi(|| {
-        need(out, "out")?;
-        let mut g = session(sess)?;
-        let n = g.state().s.n_past();
-        // SAFETY: non-NULL and writable (contract).
-        unsafe { out.write(n) };
-        Ok(())
-    })
+    // SAFETY: contract: `out` is NULL or writable.
+    ffi(|| unsafe { put(out, "out", || Ok(session(sess)?.state().s.n_past())) })
 }
 
 /// Evaluate `n` tokens after the context. On any error nothing changed.
@@ -235,9 +218,7 @@ pub unsafe extern "C" fn er_logits(
     ffi(|| {
         need(n_written, "n_written")?;
         let mut g = session(sess)?;
-        let st = g.state();
-        st.require_logits()?;
-        let l = st.s.logits();
+        let l = g.state().logits()?;
         // SAFETY: non-NULL and writable (contract).
         unsafe { n_written.write(l.len()) };
         buffer_fits(l.len(), cap, || format!("the model has {} logits", l.len()))?;
@@ -251,15 +232,11 @@ pub unsafe extern "C" fn er_logits(
 /// `*out` = the most likely next token (lowest id on ties).
 #[no_mangle]
 pub unsafe extern "C" fn er_sample_greedy(sess: *mut er_session, out: *mut i32) -> c_int {
-    ffi(|| {
-        need(out, "out")?;
-        let mut g = session(sess)?;
-        let st = g.state();
-        st.require_logits()?;
-        let id = argmax(st.s.logits());
-        // SAFETY: non-NULL and writable (contract).
-        unsafe { out.write(id as i32) };
-        Ok(())
+    // SAFETY: contract: `out` is NULL or writable.
+    ffi(|| unsafe {
+        put(out, "out", || {
+            Ok(argmax(session(sess)?.state().logits()?) as i32)
+        })
     })
 }
 
@@ -282,24 +259,31 @@ pub struct er_sampling_params {
     pub seed: u64,
 }
 
+/// A `$to` (`er_sampling_params` or [`SamplingParams`]) with the fields of `$from` (the other one):
+/// the same names, integers `u32` in C and `usize` in Rust.
+macro_rules! sampling_params {
+    ($to:ident from $from:expr) => {{
+        let p = $from;
+        $to {
+            temperature: p.temperature,
+            top_k: p.top_k as _,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repeat_penalty: p.repeat_penalty,
+            repeat_last_n: p.repeat_last_n as _,
+            seed: p.seed,
+        }
+    }};
+}
+
 /// Defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1, repeat_last_n 64, seed 0.
 #[no_mangle]
 pub unsafe extern "C" fn er_sampling_params_default(out: *mut er_sampling_params) -> c_int {
-    ffi(|| {
-        need(out, "out")?;
-        let d = SamplingParams::default();
-        let p = er_sampling_params {
-            temperature: d.temperature,
-            top_k: d.top_k as u32,
-            top_p: d.top_p,
-            min_p: d.min_p,
-            repeat_penalty: d.repeat_penalty,
-            repeat_last_n: d.repeat_last_n as u32,
-            seed: d.seed,
-        };
-        // SAFETY: non-NULL and writable (contract).
-        unsafe { out.write(p) };
-        Ok(())
+    // SAFETY: contract: `out` is NULL or writable.
+    ffi(|| unsafe {
+        put(out, "out", || {
+            Ok(sampling_params!(er_sampling_params from SamplingParams::default()))
+        })
     })
 }
 
@@ -326,15 +310,7 @@ pub unsafe extern "C" fn er_session_set_sampling(
                 ),
             );
         }
-        let sp = SamplingParams {
-            temperature: p.temperature,
-            top_k: p.top_k as usize,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            repeat_penalty: p.repeat_penalty,
-            repeat_last_n: p.repeat_last_n as usize,
-            seed: p.seed,
-        };
+        let sp = sampling_params!(SamplingParams from p);
         sp.validate()?;
         st.sampler = Some(st.new_sampler(sp));
         Ok(())
@@ -345,20 +321,19 @@ pub unsafe extern "C" fn er_session_set_sampling(
 /// The token is not added to the history until it is passed to `er_eval`.
 #[no_mangle]
 pub unsafe extern "C" fn er_sample(sess: *mut er_session, out: *mut i32) -> c_int {
-    ffi(|| {
-        need(out, "out")?;
-        let mut g = session(sess)?;
-        let st = g.state();
-        st.require_logits()?;
-        let Some(sp) = st.sampler.as_mut() else {
-            return err(
-                ER_ERR_INVALID_ARGUMENT,
-                "no sampler: call er_session_set_sampling first (or use er_sample_greedy)",
-            );
-        };
-        let id = sp.sample(st.s.logits());
-        // SAFETY: non-NULL and writable (contract).
-        unsafe { out.write(id as i32) };
-        Ok(())
-    })
+    // SAFETY: contract: `out` is NULL or writable.
+    ffi(|| unsafe { put(out, "out", || sample(sess)) })
+}
+
+fn sample(sess: *mut er_session) -> R<i32> {
+    let mut g = session(sess)?;
+    let st = g.state();
+    st.require_logits()?;
+    let Some(sp) = st.sampler.as_mut() else {
+        return err(
+            ER_ERR_INVALID_ARGUMENT,
+            "no sampler: call er_session_set_sampling first (or use er_sample_greedy)",
+        );
+    };
+    Ok(sp.sample(st.s.logits()) as i32)
 }

@@ -118,9 +118,10 @@ impl std::fmt::Display for ValueType {
     }
 }
 
-/// A metadata value, borrowing from the file bytes.
+/// A metadata value of any type: `S` is its string and `A` its array. [`Value`] borrows both from
+/// the file bytes; [`MetaValue`] owns them, to write.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Value<'a> {
+pub enum AnyValue<S, A> {
     U8(u8),
     I8(i8),
     U16(u16),
@@ -132,8 +133,39 @@ pub enum Value<'a> {
     F32(f32),
     F64(f64),
     Bool(bool),
-    String(&'a str),
-    Array(ArrayView<'a>),
+    String(S),
+    Array(A),
+}
+
+/// A metadata value, borrowing from the file bytes.
+pub type Value<'a> = AnyValue<&'a str, ArrayView<'a>>;
+
+/// The [`ValueType`] of the variant `$value` (an `$enum`: [`AnyValue`] or [`MetaArray`]) is.
+macro_rules! variant_type {
+    ($enum:ident, $value:expr) => {
+        match $value {
+            $enum::U8(_) => ValueType::U8,
+            $enum::I8(_) => ValueType::I8,
+            $enum::U16(_) => ValueType::U16,
+            $enum::I16(_) => ValueType::I16,
+            $enum::U32(_) => ValueType::U32,
+            $enum::I32(_) => ValueType::I32,
+            $enum::U64(_) => ValueType::U64,
+            $enum::I64(_) => ValueType::I64,
+            $enum::F32(_) => ValueType::F32,
+            $enum::F64(_) => ValueType::F64,
+            $enum::Bool(_) => ValueType::Bool,
+            $enum::String(_) => ValueType::String,
+            $enum::Array(_) => ValueType::Array,
+        }
+    };
+}
+use variant_type;
+
+impl<S, A> AnyValue<S, A> {
+    pub fn value_type(&self) -> ValueType {
+        variant_type!(AnyValue, self)
+    }
 }
 
 /// Largest integer magnitude every smaller integer of which an `f32` holds exactly (2^24).
@@ -142,24 +174,6 @@ const F32_EXACT_INT: i128 = 1 << 24;
 const F64_EXACT_INT: i128 = 1 << 53;
 
 impl<'a> Value<'a> {
-    pub fn value_type(&self) -> ValueType {
-        match self {
-            Value::U8(_) => ValueType::U8,
-            Value::I8(_) => ValueType::I8,
-            Value::U16(_) => ValueType::U16,
-            Value::I16(_) => ValueType::I16,
-            Value::U32(_) => ValueType::U32,
-            Value::I32(_) => ValueType::I32,
-            Value::U64(_) => ValueType::U64,
-            Value::I64(_) => ValueType::I64,
-            Value::F32(_) => ValueType::F32,
-            Value::F64(_) => ValueType::F64,
-            Value::Bool(_) => ValueType::Bool,
-            Value::String(_) => ValueType::String,
-            Value::Array(_) => ValueType::Array,
-        }
-    }
-
     /// The value of any integer type, widened (no loss); `None` for other types.
     pub fn as_int(&self) -> Option<i128> {
         Some(match *self {
@@ -200,10 +214,7 @@ impl<'a> Value<'a> {
                 let r = v as f32;
                 (r.is_finite() || !v.is_finite()).then_some(r)
             }
-            _ => self
-                .as_int()
-                .filter(|v| v.abs() <= F32_EXACT_INT)
-                .map(|v| v as f32),
+            _ => self.as_exact_int(F32_EXACT_INT).map(|v| v as f32),
         }
     }
     /// `f32`/`f64`; integers only when exactly representable (|v| ≤ 2^53).
@@ -211,11 +222,12 @@ impl<'a> Value<'a> {
         match *self {
             Value::F32(v) => Some(v.into()),
             Value::F64(v) => Some(v),
-            _ => self
-                .as_int()
-                .filter(|v| v.abs() <= F64_EXACT_INT)
-                .map(|v| v as f64),
+            _ => self.as_exact_int(F64_EXACT_INT).map(|v| v as f64),
         }
+    }
+    /// An integer of magnitude at most `limit` (where a float type stops holding every integer).
+    fn as_exact_int(&self, limit: i128) -> Option<i128> {
+        self.as_int().filter(|v| v.abs() <= limit)
     }
     /// Only `bool` (no coercion from integers).
     pub fn as_bool(&self) -> Option<bool> {

@@ -326,16 +326,31 @@ fn read_unique_name<'a>(
     Ok(name)
 }
 
+/// `count` entries of `table` in file order, with an index by name: each starts with its name
+/// (`field`, read by [`read_unique_name`]), and `entry` reads the rest from `(cursor, i, name)`.
+fn read_named<'a, T>(
+    c: &mut Cursor<'a>,
+    count: usize,
+    (table, field, what): (&str, &str, &str),
+    mut entry: impl FnMut(&mut Cursor<'a>, usize, &'a str) -> Result<T>,
+) -> Result<(Vec<T>, HashMap<&'a str, usize>)> {
+    let mut entries = Vec::with_capacity(count);
+    let mut index = HashMap::with_capacity(count);
+    for i in 0..count {
+        let name = read_unique_name(c, &index, (table, i, field), what)?;
+        entries.push(entry(c, i, name)?);
+        index.insert(name, i);
+    }
+    Ok((entries, index))
+}
+
 /// Every key/value entry, in file order, with an index by key (empty and duplicate keys refused).
 #[allow(clippy::type_complexity)]
 fn read_metadata<'a>(
     c: &mut Cursor<'a>,
     kv_count: usize,
 ) -> Result<(Vec<MetaEntry<'a>>, HashMap<&'a str, usize>)> {
-    let mut metadata = Vec::with_capacity(kv_count);
-    let mut meta_index = HashMap::with_capacity(kv_count);
-    for i in 0..kv_count {
-        let key = read_unique_name(c, &meta_index, ("metadata", i, "key"), "key")?;
+    read_named(c, kv_count, ("metadata", "key", "key"), |c, _, key| {
         let ty_at = c.pos();
         let ty_id = c
             .u32()
@@ -349,11 +364,8 @@ fn read_metadata<'a>(
         })?;
         let offset = c.pos() as u64;
         let value = read_value(c, ty, key, &|| format!("metadata[{key:?}]"), 0)?;
-        meta_index.insert(key, i);
-        metadata.push(MetaEntry { key, value, offset });
-    }
-
-    Ok((metadata, meta_index))
+        Ok(MetaEntry { key, value, offset })
+    })
 }
 
 /// `general.alignment` (a power of two up to [`MAX_ALIGNMENT`]) or the default.
@@ -401,96 +413,99 @@ fn read_tensor_infos<'a>(
     c: &mut Cursor<'a>,
     tensor_count: usize,
 ) -> Result<(Vec<TensorInfo<'a>>, Vec<Raw>, HashMap<&'a str, usize>)> {
-    let mut tensors = Vec::with_capacity(tensor_count);
-    let mut raws = Vec::with_capacity(tensor_count);
-    let mut tensor_index: HashMap<&'a str, usize> = HashMap::with_capacity(tensor_count);
-    for i in 0..tensor_count {
-        let name = read_unique_name(c, &tensor_index, ("tensor_infos", i, "name"), "tensor name")?;
-        let f = |what: &str| format!("tensor_infos[{name:?}].{what}");
-        let nd_at = c.pos();
-        let n_dims = c.u32().map_err(|s| short_err(f("n_dims"), s))?;
-        if n_dims == 0 || n_dims as usize > MAX_DIMS {
+    let what = ("tensor_infos", "name", "tensor name");
+    let (infos, tensor_index) = read_named(c, tensor_count, what, read_tensor_info)?;
+    let (tensors, raws) = infos.into_iter().unzip();
+    Ok((tensors, raws, tensor_index))
+}
+
+/// The rest of the tensor info `i`, after its name.
+fn read_tensor_info<'a>(
+    c: &mut Cursor<'a>,
+    i: usize,
+    name: &'a str,
+) -> Result<(TensorInfo<'a>, Raw)> {
+    let f = |what: &str| format!("tensor_infos[{name:?}].{what}");
+    let nd_at = c.pos();
+    let n_dims = c.u32().map_err(|s| short_err(f("n_dims"), s))?;
+    if n_dims == 0 || n_dims as usize > MAX_DIMS {
+        return Err(format_err(
+            f("n_dims"),
+            nd_at,
+            format!("n_dims is {n_dims}, expected 1..={MAX_DIMS}"),
+        ));
+    }
+    let n_dims = n_dims as usize;
+    let mut dims = [1u64; 4];
+    for (d, slot) in dims.iter_mut().enumerate().take(n_dims) {
+        let at = c.pos();
+        let v = c
+            .u64()
+            .map_err(|s| short_err(f(&format!("dims[{d}]")), s))?;
+        if v == 0 || v > i64::MAX as u64 {
             return Err(format_err(
-                f("n_dims"),
-                nd_at,
-                format!("n_dims is {n_dims}, expected 1..={MAX_DIMS}"),
+                f(&format!("dims[{d}]")),
+                at,
+                format!("dimension {v} must be in 1..=2^63-1"),
             ));
         }
-        let n_dims = n_dims as usize;
-        let mut dims = [1u64; 4];
-        for (d, slot) in dims.iter_mut().enumerate().take(n_dims) {
-            let at = c.pos();
-            let v = c
-                .u64()
-                .map_err(|s| short_err(f(&format!("dims[{d}]")), s))?;
-            if v == 0 || v > i64::MAX as u64 {
-                return Err(format_err(
-                    f(&format!("dims[{d}]")),
-                    at,
-                    format!("dimension {v} must be in 1..=2^63-1"),
-                ));
-            }
-            *slot = v;
-        }
-        let ty_at = c.pos();
-        let ty_id = c.u32().map_err(|s| short_err(f("type"), s))?;
-        let ty = QuantType::from_ggml(ty_id).ok_or_else(|| {
+        *slot = v;
+    }
+    let ty_at = c.pos();
+    let ty_id = c.u32().map_err(|s| short_err(f("type"), s))?;
+    let ty = QuantType::from_ggml(ty_id).ok_or_else(|| {
             Error::unsupported(
                 BUFFER_NAME,
                 format!("tensor {name:?} (tensor_infos[{i}].type at byte {ty_at}) has ggml type id {ty_id}, which edge-run does not know"),
             )
         })?;
-        let rel_at = c.pos();
-        let rel = c.u64().map_err(|s| short_err(f("offset"), s))?;
+    let rel_at = c.pos();
+    let rel = c.u64().map_err(|s| short_err(f("offset"), s))?;
 
-        let dims_at = nd_at + 4;
-        let shape = &dims[..n_dims];
-        let n_elements = dims
-            .iter()
-            .try_fold(1u64, |a, &d| a.checked_mul(d))
-            .filter(|&n| usize::try_from(n).is_ok())
-            .ok_or_else(|| {
-                format_err(
-                    f("dims"),
-                    dims_at,
-                    format!("element count of shape {shape:?} overflows"),
-                )
-            })?;
-        let bs = ty.block_size() as u64;
-        if dims[0] % bs != 0 {
-            return Err(format_err(
-                f("dims[0]"),
+    let dims_at = nd_at + 4;
+    let shape = &dims[..n_dims];
+    let n_elements = dims
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d))
+        .filter(|&n| usize::try_from(n).is_ok())
+        .ok_or_else(|| {
+            format_err(
+                f("dims"),
                 dims_at,
-                format!(
-                    "row length {} is not a multiple of the {} block size {bs}",
-                    dims[0],
-                    ty.name()
-                ),
-            ));
-        }
-        let size = (n_elements / bs)
-            .checked_mul(ty.type_size() as u64)
-            .and_then(|s| usize::try_from(s).ok())
-            .ok_or_else(|| {
-                format_err(
-                    f("dims"),
-                    dims_at,
-                    format!("byte size of {} tensor {shape:?} overflows", ty.name()),
-                )
-            })?;
-        tensor_index.insert(name, i);
-        tensors.push(TensorInfo {
-            name,
-            dims,
-            n_dims,
-            ty,
-            offset: 0,
-            size,
-        });
-        raws.push(Raw { rel, rel_at });
+                format!("element count of shape {shape:?} overflows"),
+            )
+        })?;
+    let bs = ty.block_size() as u64;
+    if dims[0] % bs != 0 {
+        return Err(format_err(
+            f("dims[0]"),
+            dims_at,
+            format!(
+                "row length {} is not a multiple of the {} block size {bs}",
+                dims[0],
+                ty.name()
+            ),
+        ));
     }
-
-    Ok((tensors, raws, tensor_index))
+    let size = (n_elements / bs)
+        .checked_mul(ty.type_size() as u64)
+        .and_then(|s| usize::try_from(s).ok())
+        .ok_or_else(|| {
+            format_err(
+                f("dims"),
+                dims_at,
+                format!("byte size of {} tensor {shape:?} overflows", ty.name()),
+            )
+        })?;
+    let info = TensorInfo {
+        name,
+        dims,
+        n_dims,
+        ty,
+        offset: 0,
+        size,
+    };
+    Ok((info, Raw { rel, rel_at }))
 }
 
 /// The data section starts at the aligned end of the tensor infos; every tensor's data lies aligned

@@ -7,26 +7,11 @@ use std::path::Path;
 use edge_run_kernels::QuantType;
 
 use super::reader::{DEFAULT_ALIGNMENT, MAX_ALIGNMENT, MAX_DIMS};
-use super::{ArrayView, Value, ValueType};
+use super::{variant_type, AnyValue, ArrayView, Value, ValueType};
 use crate::error::{Error, Result};
 
 /// An owned metadata value to write.
-#[derive(Clone, Debug, PartialEq)]
-pub enum MetaValue {
-    U8(u8),
-    I8(i8),
-    U16(u16),
-    I16(i16),
-    U32(u32),
-    I32(i32),
-    U64(u64),
-    I64(i64),
-    F32(f32),
-    F64(f64),
-    Bool(bool),
-    String(String),
-    Array(MetaArray),
-}
+pub type MetaValue = AnyValue<String, MetaArray>;
 
 /// An owned, homogeneous metadata array to write. Nested arrays may each have their own element type.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,32 +31,7 @@ pub enum MetaArray {
     Array(Vec<MetaArray>),
 }
 
-/// The [`ValueType`] of the variant `$value` (a `$enum`: `MetaValue` or `MetaArray`) is.
-macro_rules! variant_type {
-    ($enum:ident, $value:expr) => {
-        match $value {
-            $enum::U8(_) => ValueType::U8,
-            $enum::I8(_) => ValueType::I8,
-            $enum::U16(_) => ValueType::U16,
-            $enum::I16(_) => ValueType::I16,
-            $enum::U32(_) => ValueType::U32,
-            $enum::I32(_) => ValueType::I32,
-            $enum::U64(_) => ValueType::U64,
-            $enum::I64(_) => ValueType::I64,
-            $enum::F32(_) => ValueType::F32,
-            $enum::F64(_) => ValueType::F64,
-            $enum::Bool(_) => ValueType::Bool,
-            $enum::String(_) => ValueType::String,
-            $enum::Array(_) => ValueType::Array,
-        }
-    };
-}
-
 impl MetaValue {
-    pub fn value_type(&self) -> ValueType {
-        variant_type!(MetaValue, self)
-    }
-
     /// An owned copy of a value read from a file (to copy metadata from one file to another).
     pub fn from_value(v: &Value<'_>) -> MetaValue {
         match *v {

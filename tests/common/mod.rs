@@ -82,6 +82,23 @@ pub fn smollm2_path() -> PathBuf {
     p
 }
 
+/// The real SmolLM2 model ([`smollm2_path`]), opened.
+pub fn open_smollm2() -> std::sync::Arc<edge_run::Model> {
+    std::sync::Arc::new(edge_run::Model::open(smollm2_path()).unwrap())
+}
+
+/// The shared adapters `tests/data/adapters/<name>` of `names`, loaded for `model`.
+pub fn shared_adapters<const N: usize>(
+    model: &edge_run::Model,
+    names: [&str; N],
+) -> [std::sync::Arc<edge_run::adapter::Adapter>; N] {
+    names.map(|name| {
+        let p = root().join("tests/data/adapters").join(name);
+        let a = edge_run::adapter::Adapter::load(&p, &model.base_info);
+        std::sync::Arc::new(a.unwrap_or_else(|e| panic!("{name}: {e}")))
+    })
+}
+
 /// A 2-D array read from a `.npy`.
 pub struct Array<T> {
     pub shape: Vec<usize>,
@@ -263,12 +280,56 @@ where
         .collect()
 }
 
+/// A GGUF writer holding the metadata of a llama LoRA adapter: `general.architecture` llama,
+/// `general.type` adapter, `adapter.type` lora and, if given, `adapter.lora.alpha`.
+pub fn lora_adapter_writer(alpha: Option<f32>) -> edge_run::gguf::GgufWriter<'static> {
+    let mut w = edge_run::gguf::GgufWriter::new();
+    w.add("general.architecture", "llama").unwrap();
+    w.add("general.type", "adapter").unwrap();
+    w.add("adapter.type", "lora").unwrap();
+    if let Some(alpha) = alpha {
+        w.add("adapter.lora.alpha", alpha).unwrap();
+    }
+    w
+}
+
 /// An empty directory `edge-run-<tag>-<pid>-<name>` in the system temp directory (emptied first).
 pub fn empty_temp_dir(tag: &str, name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("edge-run-{tag}-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// An [`empty_temp_dir`] that is removed when dropped, unless the thread is panicking (a failing
+/// test leaves its files behind to look at).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str, name: &str) -> TempDir {
+        TempDir(empty_temp_dir(tag, name))
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// Logits of every position of each named sequence, each in a new session of `cfg` with `logits_all`.

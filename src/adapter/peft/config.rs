@@ -380,17 +380,15 @@ fn check_fields(cfg: &Map<String, Value>, cfg_name: &str) -> Result<()> {
             ))
         }
     }
+    // `Unsupported` (message `why(value)`) if field `k` is present with other than a default value.
+    let refuse_unless_default = |k: &str, why: &dyn Fn(&Value) -> String| match cfg.get(k) {
+        Some(v) if !is_default(v) => Err(Error::unsupported(cfg_name, why(v))),
+        _ => Ok(()),
+    };
     for &k in REFUSED_UNLESS_DEFAULT {
-        if let Some(v) = cfg.get(k) {
-            if !is_default(v) {
-                return Err(Error::unsupported(
-                    cfg_name,
-                    format!(
-                        "field `{k}` = {v} changes the computation; edge-run does not implement it"
-                    ),
-                ));
-            }
-        }
+        refuse_unless_default(k, &|v| {
+            format!("field `{k}` = {v} changes the computation; edge-run does not implement it")
+        })?;
     }
     match cfg.get("bias") {
         None | Some(Value::Null) => {}
@@ -402,16 +400,9 @@ fn check_fields(cfg: &Map<String, Value>, cfg_name: &str) -> Result<()> {
             ))
         }
     }
-    if let Some(v) = cfg.get("loftq_config") {
-        if !is_default(v) {
-            return Err(Error::unsupported(
-                cfg_name,
-                format!(
-                    "field `loftq_config` = {v}: LoftQ adapters need LoftQ's modified base weights"
-                ),
-            ));
-        }
-    }
+    refuse_unless_default("loftq_config", &|v| {
+        format!("field `loftq_config` = {v}: LoftQ adapters need LoftQ's modified base weights")
+    })?;
     match cfg.get("init_lora_weights") {
         None | Some(Value::Null) | Some(Value::Bool(_)) => {}
         Some(Value::String(s)) if matches!(s.as_str(), "gaussian" | "eva" | "orthogonal") => {}

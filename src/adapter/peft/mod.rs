@@ -203,27 +203,20 @@ fn factor_shapes(
     base: &BaseInfo,
     st_name: &str,
 ) -> Result<(usize, usize, usize)> {
-    let bad_dims = |t: &safetensors::Tensor| {
-        Error::format(
-            st_name,
-            format!("{}.shape", t.name),
-            None,
-            format!("{:?} is not 2-D", t.shape),
-        )
+    // An error in the shape of `t`.
+    let bad_shape = |t: &safetensors::Tensor, detail: String| {
+        Error::format(st_name, format!("{}.shape", t.name), None, detail)
     };
-    if ta.shape.len() != 2 {
-        return Err(bad_dims(ta));
-    }
-    if tb.shape.len() != 2 {
-        return Err(bad_dims(tb));
+    for t in [ta, tb] {
+        if t.shape.len() != 2 {
+            return Err(bad_shape(t, format!("{:?} is not 2-D", t.shape)));
+        }
     }
     let (rank, n_in) = (ta.shape[0], ta.shape[1]);
     let (n_out, rank_b) = (tb.shape[0], tb.shape[1]);
     if rank != rank_b || rank == 0 {
-        return Err(Error::format(
-            st_name,
-            format!("{}.shape", tb.name),
-            None,
+        return Err(bad_shape(
+            tb,
             format!(
                 "rank mismatch: A {:?} has rank {rank}, B {:?} has rank {rank_b}",
                 ta.shape, tb.shape
@@ -238,10 +231,8 @@ fn factor_shapes(
         LoraKind::Embedding => (ne1, ne0),
     };
     if (n_in, n_out) != want {
-        return Err(Error::format(
-            st_name,
-            format!("{}.shape", ta.name),
-            None,
+        return Err(bad_shape(
+            ta,
             format!(
                 "shape mismatch: A {:?} / B {:?} give n_in {n_in}, n_out {n_out}, but base tensor {} is {ne0}x{ne1} (ne0 x ne1) so expects n_in {}, n_out {}",
                 ta.shape, tb.shape, m.target, want.0, want.1

@@ -116,10 +116,7 @@ pub(crate) fn session_config(
             ))
         })?),
     };
-    let n_threads = rt.threads.unwrap_or_else(default_threads);
-    if n_threads == 0 {
-        return Err(usage("-t/--threads must be at least 1"));
-    }
+    let n_threads = n_threads(rt.threads)?;
     let n_ctx = rt
         .ctx_size
         .unwrap_or_else(|| model.hp.n_ctx_train.clamp(1, 4096));
@@ -143,6 +140,15 @@ pub(crate) fn session_config(
     })
 }
 
+/// `-t/--threads`: the count given, else one per physical core; at least 1.
+pub(crate) fn n_threads(threads: Option<usize>) -> Result<usize, Failure> {
+    let n = threads.unwrap_or_else(default_threads);
+    if n == 0 {
+        return Err(usage("-t/--threads must be at least 1"));
+    }
+    Ok(n)
+}
+
 /// `PATH[:SCALE]`: the scale is taken only if what follows the last ':' parses as a number.
 pub(crate) fn parse_adapter_arg(s: &str) -> Result<(PathBuf, f32), Failure> {
     if let Some((p, sc)) = s.rsplit_once(':') {
@@ -156,6 +162,11 @@ pub(crate) fn parse_adapter_arg(s: &str) -> Result<(PathBuf, f32), Failure> {
         }
     }
     Ok((PathBuf::from(s), 1.0))
+}
+
+/// Every `--adapter` argument, parsed.
+pub(crate) fn parse_adapter_args(specs: &[String]) -> Result<Vec<(PathBuf, f32)>, Failure> {
+    specs.iter().map(|s| parse_adapter_arg(s)).collect()
 }
 
 pub(crate) fn load_adapter(model: &Model, spec: &str) -> Result<(Arc<Adapter>, f32), Failure> {

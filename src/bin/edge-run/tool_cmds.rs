@@ -2,11 +2,26 @@
 //! `quantize` (llama.cpp's quantizer):
 //! flags in, the tool's report out; the tools themselves live in [`crate::tools`].
 use crate::args::{AdapterCmd, BenchArgs, DiagnoseArgs, MergeArgs, QuantizeArgs};
-use crate::{load_adapter, open_model, parse_adapter_arg, session_config, tools, usage, Failure};
+use crate::{
+    load_adapter, n_threads, open_model, parse_adapter_arg, parse_adapter_args, session_config,
+    tools, usage, Failure,
+};
 use edge_run::adapter::Adapter;
-use edge_run::session::default_threads;
 use edge_run::Model;
 use std::sync::Arc;
+
+/// A tool's report on stdout: its JSON with `--json`, else its text tables.
+fn print_report(
+    json: bool,
+    to_json: impl FnOnce() -> serde_json::Value,
+    text: impl FnOnce() -> String,
+) {
+    if json {
+        outln!("{}", to_json());
+    } else {
+        outln!("{}", text().trim_end());
+    }
+}
 
 pub(crate) fn cmd_adapter(c: AdapterCmd) -> Result<(), Failure> {
     match c {
@@ -31,15 +46,8 @@ pub(crate) fn cmd_adapter(c: AdapterCmd) -> Result<(), Failure> {
 pub(crate) fn cmd_merge(a: MergeArgs) -> Result<(), Failure> {
     use tools::merge::{merge, MergeOptions, TargetType};
     let target = a.ty.quant_type().map_or(TargetType::Same, TargetType::To);
-    let adapters = a
-        .adapters
-        .iter()
-        .map(|s| parse_adapter_arg(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    let n_threads = a.threads.unwrap_or_else(default_threads);
-    if n_threads == 0 {
-        return Err(usage("-t/--threads must be at least 1"));
-    }
+    let adapters = parse_adapter_args(&a.adapters)?;
+    let n_threads = n_threads(a.threads)?;
     let t0 = std::time::Instant::now();
     let r = merge(
         &a.m.model,
@@ -65,20 +73,13 @@ pub(crate) fn cmd_merge(a: MergeArgs) -> Result<(), Failure> {
         tools::merge::MERGED_KEY,
         r.adapters
     );
-    if a.json {
-        outln!("{}", r.to_json());
-    } else {
-        outln!("{}", r.table().trim_end());
-    }
+    print_report(a.json, || r.to_json(), || r.table());
     Ok(())
 }
 
 pub(crate) fn cmd_diagnose(a: DiagnoseArgs) -> Result<(), Failure> {
     use tools::diagnose::{diagnose, DiagnoseOptions};
-    let n_threads = a.threads.unwrap_or_else(default_threads);
-    if n_threads == 0 {
-        return Err(usage("-t/--threads must be at least 1"));
-    }
+    let n_threads = n_threads(a.threads)?;
     if a.max_tokens == Some(0) {
         return Err(usage("--max-tokens must be at least 1"));
     }
@@ -127,11 +128,7 @@ pub(crate) fn cmd_diagnose(a: DiagnoseArgs) -> Result<(), Failure> {
             })?;
         eprintln!("wrote {}", p.display());
     }
-    if a.json {
-        outln!("{}", r.to_json());
-    } else {
-        outln!("{}", r.tables().trim_end());
-    }
+    print_report(a.json, || r.to_json(), || r.tables());
     Ok(())
 }
 
@@ -145,12 +142,7 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<(), Failure> {
         n_prompt: a.n_prompt,
         n_gen: a.n_gen,
         reps: a.reps,
-        adapters: a
-            .rt
-            .adapters
-            .iter()
-            .map(|s| parse_adapter_arg(s))
-            .collect::<Result<_, _>>()?,
+        adapters: parse_adapter_args(&a.rt.adapters)?,
         ..Default::default()
     };
     let vs_model = if a.vs_llama_cpp {
@@ -191,10 +183,7 @@ pub(crate) fn cmd_quantize(a: QuantizeArgs) -> Result<(), Failure> {
             "quantize needs edge-run built with `--features ggml` (llama.cpp's quantizer in the same process)",
         ));
     }
-    let n_threads = a.threads.unwrap_or_else(default_threads);
-    if n_threads == 0 {
-        return Err(usage("-t/--threads must be at least 1"));
-    }
+    let n_threads = n_threads(a.threads)?;
     let same = |x: &std::path::Path, y: &std::path::Path| matches!((x.canonicalize(), y.canonicalize()), (Ok(p), Ok(q)) if p == q);
     if same(&a.m.model, &a.output) {
         return Err(usage(format!(

@@ -241,17 +241,31 @@ impl Traits {
             })
     }
 
-    /// `to_float`: the `out.len()` values of the row held in `bytes`.
-    pub fn dequantize(&self, bytes: &[u8], out: &mut [f32]) -> Result<()> {
-        let need = self.row_bytes("dequantize", out.len())?;
-        if bytes.len() != need {
+    /// The bytes of a row of `n` values ([`Traits::row_bytes`]), which `len` must be; the error
+    /// names `len` by `given(len)` ("{len} bytes given", "output of {len} bytes").
+    fn row_of(
+        &self,
+        what: &str,
+        n: usize,
+        len: usize,
+        given: impl FnOnce(usize) -> String,
+    ) -> Result<usize> {
+        let need = self.row_bytes(what, n)?;
+        if len != need {
             return Err(Error::invalid(format!(
-                "ggml dequantize {}: {} bytes given, {} elements need {need}",
+                "ggml {what} {}: {}, {n} elements need {need}",
                 self.name,
-                bytes.len(),
-                out.len()
+                given(len)
             )));
         }
+        Ok(need)
+    }
+
+    /// `to_float`: the `out.len()` values of the row held in `bytes`.
+    pub fn dequantize(&self, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+        self.row_of("dequantize", out.len(), bytes.len(), |l| {
+            format!("{l} bytes given")
+        })?;
         let f = self
             .to_float
             .ok_or_else(|| Error::unsupported("ggml", format!("{} has no to_float", self.name)))?;
@@ -269,15 +283,7 @@ impl Traits {
         x: &[f32],
         out: &mut [u8],
     ) -> Result<()> {
-        let need = self.row_bytes(what, x.len())?;
-        if out.len() != need {
-            return Err(Error::invalid(format!(
-                "ggml {what} {}: output of {} bytes, {} elements need {need}",
-                self.name,
-                out.len(),
-                x.len()
-            )));
-        }
+        let need = self.row_of(what, x.len(), out.len(), |l| format!("output of {l} bytes"))?;
         let f =
             f.ok_or_else(|| Error::unsupported("ggml", format!("{} has no {what}", self.name)))?;
         let mut dst = Aligned::zeroed(need);
