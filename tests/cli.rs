@@ -105,6 +105,17 @@ fn bad_usage_exits_2() {
         "sse9",
     );
     refused(&logits(&tiny(), "1,x", Path::new("/tmp/y.npy")), 2, "`x`");
+    refused(
+        &edge_run(&["-m", path_arg(&tiny()), "-p", "x", "-ctk", "q4_0"]),
+        2,
+        "q4_0",
+    );
+    // The fixture's 16-wide heads are not whole Q8_0 blocks: bad input for this model, named.
+    refused(
+        &edge_run(&["-m", path_arg(&tiny()), "-p", "x", "-ctv=q8_0"]),
+        1,
+        "multiple of 32",
+    );
     let h = edge_run(&["--help"]);
     assert_eq!(h.status.code(), Some(0));
     for flag in [
@@ -119,6 +130,38 @@ fn bad_usage_exits_2() {
     ] {
         assert!(stdout(&h).contains(flag), "--help does not explain {flag}");
     }
+}
+
+/// `info` shows a session's memory by part; the KV cache follows `-c` and the cache types.
+#[test]
+fn info_shows_the_kv_cache_of_each_type() {
+    let model = tiny();
+    let kv_mib = |args: &[&str]| -> f64 {
+        let mut all = vec!["info", "-m", path_arg(&model), "-c", "4096", "-t", "1"];
+        all.extend_from_slice(args);
+        let o = edge_run(&all);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let out = stdout(&o);
+        for part in [
+            "mapped weights:",
+            "activations:",
+            "logits:",
+            "LoRA scratch:",
+            "model tables:",
+        ] {
+            assert!(out.contains(part), "no `{part}` in {out}");
+        }
+        let line = out
+            .lines()
+            .find(|l| l.contains("KV cache:"))
+            .expect("KV line");
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    // 2 layers × 4096 positions × kv_dim 32, K and V.
+    let f32_mib = 2.0 * 4096.0 * 32.0 * 2.0 * 4.0 / 1048576.0;
+    assert!((kv_mib(&["-ctk", "f32", "-ctv", "f32"]) - f32_mib).abs() < 0.05);
+    assert!((kv_mib(&[]) - f32_mib / 2.0).abs() < 0.05, "default f16");
+    assert!((kv_mib(&["-ctk", "f32"]) - 0.75 * f32_mib).abs() < 0.05);
 }
 
 #[test]

@@ -252,7 +252,7 @@ fn logits_match_reference_on_every_tier() {
             .iter()
             .flat_map(|k| KvType::ALL.iter().map(move |kv| (k, *kv)))
         {
-            if kv == KvType::Q8_0 && model.hp.head_dim % 32 != 0 {
+            if kv == KvType::Q8_0 && !model.hp.head_dim.is_multiple_of(32) {
                 let cfg = SessionConfig {
                     type_k: kv,
                     ..Default::default()

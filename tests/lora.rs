@@ -19,28 +19,6 @@ fn run_ref(model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)], npz: &str, kv: KvTy
     summarize(&per)
 }
 
-/// The bars against HF PEFT fp32 per KV cache type (q8x2 activations): f16 (the default) within mean KL
-/// 0.0005 and top-1 99.5%, q8_0 within 0.003 and 98.5% (top-1 outside ties, [`TIE_MARGIN`]).
-fn assert_close(what: &str, kv: KvType, m: Metrics) {
-    let (kl, top1) = match kv {
-        KvType::F32 | KvType::F16 => (0.0005, 0.995),
-        KvType::Q8_0 => (0.003, 0.985),
-    };
-    eprintln!("{what} [KV {}]: {m:?}", kv.name());
-    assert!(
-        m.kl_mean <= kl,
-        "{what} [KV {}]: mean KL {} > {kl}",
-        kv.name(),
-        m.kl_mean
-    );
-    assert!(
-        m.top1_clear >= top1,
-        "{what} [KV {}]: top-1 {} < {top1} outside ties",
-        kv.name(),
-        m.top1_clear
-    );
-}
-
 #[test]
 fn every_shared_adapter_matches_hf_peft() {
     let model = open_smollm2();
@@ -77,7 +55,7 @@ fn every_shared_adapter_matches_hf_peft() {
     ];
     for kv in [KvType::F16, KvType::Q8_0] {
         for (what, set, npz) in &cases {
-            assert_close(what, kv, run_ref(&model, set, npz, kv));
+            assert_kv_bars(what, kv, &run_ref(&model, set, npz, kv));
         }
     }
     // The adapters must actually change the model: the base is far from the adapted references.

@@ -60,7 +60,7 @@ pub(crate) fn rows_fit<E: KvElem>(
         0 => Some(0),
         n => (n - 1).checked_mul(stride).and_then(|a| a.checked_add(len)),
     };
-    let whole = len % E::PER == 0 && (n <= 1 || stride % E::PER == 0);
+    let whole = len.is_multiple_of(E::PER) && (n <= 1 || stride.is_multiple_of(E::PER));
     let avail = rows.len().checked_mul(E::PER);
     let fits = whole && need.zip(avail).is_some_and(|(need, avail)| need <= avail);
     debug_assert!(

@@ -303,16 +303,16 @@ fn rows_that_do_not_fit_are_refused() {
 
 fn dot_rows_skipping_last(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
     let n = out.len().saturating_sub(1);
-    scalar::dot_rows_f32(q, rows, stride, &mut out[..n]);
+    scalar::dot_rows(q, rows, stride, &mut out[..n]);
 }
 fn axpy_rows_first_only(w: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
-    scalar::axpy_rows_f32(&w[..w.len().min(1)], rows, stride, out);
+    scalar::axpy_rows(&w[..w.len().min(1)], rows, stride, out);
 }
 fn q8_rows_as_halves(q: &[f32], rows: &[BlockQ8_0], stride: usize, out: &mut [f32]) {
     let values: Vec<F16Bits> = (0..rows.len() * QK)
         .map(|i| F16Bits::from_f32(BlockQ8_0::value(rows, i)))
         .collect();
-    scalar::dot_rows_f16(q, &values, stride, out);
+    scalar::dot_rows(q, &values, stride, out);
 }
 
 #[test]

@@ -55,7 +55,7 @@ impl KvType {
     /// Whether rows of a model with this head size can be stored: Q8_0 needs every head to start and
     /// end on a block. `which` names the cache ("K" or "V") in the error.
     pub(crate) fn check(self, which: &str, hp: &HParams) -> Result<()> {
-        if self == KvType::Q8_0 && hp.head_dim % QK != 0 {
+        if self == KvType::Q8_0 && !hp.head_dim.is_multiple_of(QK) {
             return Err(Error::invalid(format!(
                 "{which} cache type q8_0 needs a head size that is a multiple of {QK}; this model's \
                  is {} (use f16 or f32)",

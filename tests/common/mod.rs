@@ -206,6 +206,30 @@ pub struct Metrics {
     pub top1_clear: f64,
 }
 
+/// The bars of a KV cache type against an fp32/float64 reference (q8x2 activations): f32 and f16
+/// within mean KL 0.0005 and top-1 99.5%, q8_0 within 0.003 and 98.5% (top-1 outside ties,
+/// [`TIE_MARGIN`]).
+#[track_caller]
+pub fn assert_kv_bars(what: &str, kv: edge_run::session::KvType, m: &Metrics) {
+    let (kl, top1) = match kv {
+        edge_run::session::KvType::Q8_0 => (0.003, 0.985),
+        _ => (0.0005, 0.995),
+    };
+    eprintln!("{what} [KV {}]: {m:?}", kv.name());
+    assert!(
+        m.kl_mean <= kl,
+        "{what} [KV {}]: mean KL {} > {kl}",
+        kv.name(),
+        m.kl_mean
+    );
+    assert!(
+        m.top1_clear >= top1,
+        "{what} [KV {}]: top-1 {} < {top1} outside ties",
+        kv.name(),
+        m.top1_clear
+    );
+}
+
 /// A reference top-2 margin (logits) below which the top-1 is a tie that one f32 rounding anywhere
 /// can decide (SmolLM2's "prose" position 57 has 0.00098).
 pub const TIE_MARGIN: f32 = 0.01;

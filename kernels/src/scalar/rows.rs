@@ -3,7 +3,7 @@
 //! [`Kernels::dot_rows_f32`](crate::Kernels) and [`Kernels::axpy_rows_f32`](crate::Kernels) and their
 //! f16 / Q8_0 twins.
 use crate::kv_elem::{row, rows_fit};
-use crate::{BlockQ8_0, F16Bits, KvElem};
+use crate::KvElem;
 
 /// `out[j] = Σ_i q[i]·row_j[i]` (summed in order), for `j < out.len()`.
 pub fn dot_rows<E: KvElem>(q: &[f32], rows: &[E], stride: usize, out: &mut [f32]) {
@@ -31,34 +31,4 @@ pub fn axpy_rows<E: KvElem>(w: &[f32], rows: &[E], stride: usize, out: &mut [f32
             *o += a * E::value(r, i);
         }
     }
-}
-
-/// [`dot_rows`] over f32 rows.
-pub fn dot_rows_f32(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
-    dot_rows(q, rows, stride, out)
-}
-
-/// [`axpy_rows`] over f32 rows.
-pub fn axpy_rows_f32(w: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
-    axpy_rows(w, rows, stride, out)
-}
-
-/// [`dot_rows`] over f16 rows.
-pub fn dot_rows_f16(q: &[f32], rows: &[F16Bits], stride: usize, out: &mut [f32]) {
-    dot_rows(q, rows, stride, out)
-}
-
-/// [`axpy_rows`] over f16 rows.
-pub fn axpy_rows_f16(w: &[f32], rows: &[F16Bits], stride: usize, out: &mut [f32]) {
-    axpy_rows(w, rows, stride, out)
-}
-
-/// [`dot_rows`] over rows of Q8_0 blocks.
-pub fn dot_rows_q8_0(q: &[f32], rows: &[BlockQ8_0], stride: usize, out: &mut [f32]) {
-    dot_rows(q, rows, stride, out)
-}
-
-/// [`axpy_rows`] over rows of Q8_0 blocks.
-pub fn axpy_rows_q8_0(w: &[f32], rows: &[BlockQ8_0], stride: usize, out: &mut [f32]) {
-    axpy_rows(w, rows, stride, out)
 }

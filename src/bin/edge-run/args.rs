@@ -209,22 +209,8 @@ pub struct RuntimeArgs {
         default_value = "q8x2"
     )]
     pub act_quant: ActQuantArg,
-    /// How the KV cache stores keys (also -ctk): f16 halves the f32 cache, q8_0 halves it again.
-    #[arg(
-        long = "cache-type-k",
-        value_name = "TYPE",
-        value_enum,
-        default_value = "f16"
-    )]
-    pub cache_type_k: KvTypeArg,
-    /// How the KV cache stores values (also -ctv).
-    #[arg(
-        long = "cache-type-v",
-        value_name = "TYPE",
-        value_enum,
-        default_value = "f16"
-    )]
-    pub cache_type_v: KvTypeArg,
+    #[command(flatten)]
+    pub kv: KvArgs,
     /// Apply a LoRA adapter: a llama.cpp GGUF adapter or a PEFT directory / adapter_model.safetensors,
     /// detected from the content. Optional user scale after a colon (default 1.0). Repeat to stack
     /// up to 8 adapters.
@@ -347,22 +333,8 @@ pub struct InfoArgs {
     /// Threads of that session (default: the number of physical cores).
     #[arg(short = 't', long = "threads", value_name = "N")]
     pub threads: Option<usize>,
-    /// How its KV cache stores keys (also -ctk).
-    #[arg(
-        long = "cache-type-k",
-        value_name = "TYPE",
-        value_enum,
-        default_value = "f16"
-    )]
-    pub cache_type_k: KvTypeArg,
-    /// How its KV cache stores values (also -ctv).
-    #[arg(
-        long = "cache-type-v",
-        value_name = "TYPE",
-        value_enum,
-        default_value = "f16"
-    )]
-    pub cache_type_v: KvTypeArg,
+    #[command(flatten)]
+    pub kv: KvArgs,
 }
 
 /// `--act-quant`.
@@ -383,7 +355,35 @@ impl From<ActQuantArg> for ActQuant {
     }
 }
 
-/// `--cache-type-k`, `--cache-type-v`.
+/// `--cache-type-k`, `--cache-type-v` (`-ctk`, `-ctv`).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct KvArgs {
+    /// How the KV cache stores keys (also -ctk): f16 halves the f32 cache, q8_0 halves it again.
+    #[arg(
+        long = "cache-type-k",
+        value_name = "TYPE",
+        value_enum,
+        default_value = "f16"
+    )]
+    pub cache_type_k: KvTypeArg,
+    /// How the KV cache stores values (also -ctv).
+    #[arg(
+        long = "cache-type-v",
+        value_name = "TYPE",
+        value_enum,
+        default_value = "f16"
+    )]
+    pub cache_type_v: KvTypeArg,
+}
+
+impl KvArgs {
+    /// The (key, value) cache types.
+    pub fn types(self) -> (KvType, KvType) {
+        (self.cache_type_k.into(), self.cache_type_v.into())
+    }
+}
+
+/// A KV cache type by its llama.cpp name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum KvTypeArg {
     /// 4 bytes per value (exact).

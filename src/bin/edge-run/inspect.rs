@@ -3,7 +3,7 @@
 use crate::args::{InfoArgs, LogitsArgs, TokenizeArgs};
 use crate::{apply_adapters, load_adapter, open_model, session_config, usage, Failure};
 use edge_run::kernels::Kernels;
-use edge_run::session::{default_threads, KvType};
+use edge_run::session::default_threads;
 use edge_run::{Model, Session, SessionConfig};
 use std::io::Write;
 use std::path::Path;
@@ -207,7 +207,7 @@ pub(crate) fn cmd_info(a: InfoArgs) -> Result<(), Failure> {
 fn print_memory(a: &InfoArgs, model: &Arc<Model>, tables: usize) -> Result<(), Failure> {
     let hp = &model.hp;
     let n_ctx = a.ctx_size.unwrap_or_else(|| hp.n_ctx_train.clamp(1, 4096));
-    let (type_k, type_v) = (KvType::from(a.cache_type_k), KvType::from(a.cache_type_v));
+    let (type_k, type_v) = a.kv.types();
     let cfg = SessionConfig {
         n_ctx,
         n_batch: a.batch_size,

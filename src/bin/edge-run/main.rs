@@ -134,8 +134,8 @@ pub(crate) fn session_config(
         logits_all,
         kernels,
         act_quant,
-        type_k: rt.cache_type_k.into(),
-        type_v: rt.cache_type_v.into(),
+        type_k: rt.kv.types().0,
+        type_v: rt.kv.types().1,
         ..Default::default()
     })
 }

@@ -22,8 +22,6 @@ use std::time::Instant;
 pub mod roofline;
 use roofline::{Roofline, PROBE_TIME};
 
-/// Bytes of one K or V value in the session's KV cache (`Session` keeps it in f32).
-
 pub(crate) const MIB: f64 = 1024.0 * 1024.0;
 
 // ---------------------------------------------------------------------------------------------------
