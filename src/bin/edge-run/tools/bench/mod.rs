@@ -351,7 +351,6 @@ pub fn run(
         "  base model: pp {:.1} tok/s, tg {:.1} tok/s",
         base.pp_tps, base.tg_tps
     ));
-    let other_mode = other_mode_speed(&model, &cfg, &prompt, w, progress)?;
     let kv_types = (cfg.type_k, cfg.type_v);
     let bytes = TokenBytes::decode(&model, w.n_prompt, w.n_gen, kv_types);
     let lora = if loaded.is_empty() {
@@ -367,6 +366,8 @@ pub fn run(
     };
     let memory = sess.memory();
     drop(sess);
+    // The other mode's session only after the first is gone, so the peak RSS is that of one session.
+    let other_mode = other_mode_speed(&model, &cfg, &prompt, w, progress)?;
     let rss_mib = peak_rss_mib();
     let cmp = m2.map(|m2| compared(&m2, &cfg, w, progress)).transpose()?;
     let roofline = measure_roofline(&cfg, &bytes, lora.as_ref(), cmp.as_ref(), progress);
