@@ -182,8 +182,9 @@ pub struct ModelArg {
     pub model: PathBuf,
 }
 
+/// The sizes of a session: threads, context, batch and the KV cache's types.
 #[derive(Args, Debug)]
-pub struct RuntimeArgs {
+pub struct SizeArgs {
     /// Worker threads (default: the number of physical cores).
     #[arg(short = 't', long = "threads", value_name = "N")]
     pub threads: Option<usize>,
@@ -198,6 +199,14 @@ pub struct RuntimeArgs {
         default_value_t = 64
     )]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub kv: KvArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RuntimeArgs {
+    #[command(flatten)]
+    pub size: SizeArgs,
     /// Kernel tier to use instead of the best one this CPU supports.
     #[arg(long, value_name = "TIER", value_enum)]
     pub kernels: Option<TierArg>,
@@ -209,8 +218,6 @@ pub struct RuntimeArgs {
         default_value = "q8x2"
     )]
     pub act_quant: ActQuantArg,
-    #[command(flatten)]
-    pub kv: KvArgs,
     /// Apply a LoRA adapter: a llama.cpp GGUF adapter or a PEFT directory / adapter_model.safetensors,
     /// detected from the content. Optional user scale after a colon (default 1.0). Repeat to stack
     /// up to 8 adapters.
@@ -318,23 +325,9 @@ pub struct InfoArgs {
     /// Also load and describe these adapters against the model (format, ranks, alpha, scales, targets, bytes).
     #[arg(long = "adapter", value_name = "PATH[:SCALE]")]
     pub adapters: Vec<String>,
-    /// Context size of the session whose memory is shown; default: min(4096, the model's training
-    /// context).
-    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
-    pub ctx_size: Option<usize>,
-    /// Batch size of that session.
-    #[arg(
-        short = 'b',
-        long = "batch-size",
-        value_name = "N",
-        default_value_t = 64
-    )]
-    pub batch_size: usize,
-    /// Threads of that session (default: the number of physical cores).
-    #[arg(short = 't', long = "threads", value_name = "N")]
-    pub threads: Option<usize>,
+    /// The session whose memory is shown.
     #[command(flatten)]
-    pub kv: KvArgs,
+    pub size: SizeArgs,
 }
 
 /// `--act-quant`.

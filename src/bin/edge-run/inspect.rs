@@ -1,10 +1,11 @@
 //! Looking into a model: `tokenize` (token ids of a text), `logits` (every position's logits as .npy)
 //! and `info` (hyper-parameters, tensors, adapters; a GGUF adapter given as the model is described too).
 use crate::args::{InfoArgs, LogitsArgs, TokenizeArgs};
-use crate::{apply_adapters, load_adapter, open_model, session_config, usage, Failure};
+use crate::{
+    apply_adapters, load_adapter, open_model, session_config, sized_config, usage, Failure,
+};
 use edge_run::kernels::Kernels;
-use edge_run::session::default_threads;
-use edge_run::{Model, Session, SessionConfig};
+use edge_run::{Model, Session};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -206,24 +207,14 @@ pub(crate) fn cmd_info(a: InfoArgs) -> Result<(), Failure> {
 /// model's heap (tokenizer, tensor index), measured by the binary's counting allocator.
 fn print_memory(a: &InfoArgs, model: &Arc<Model>, tables: usize) -> Result<(), Failure> {
     let hp = &model.hp;
-    let n_ctx = a.ctx_size.unwrap_or_else(|| hp.n_ctx_train.clamp(1, 4096));
-    let (type_k, type_v) = a.kv.types();
-    let cfg = SessionConfig {
-        n_ctx,
-        n_batch: a.batch_size,
-        n_threads: a.threads.unwrap_or_else(default_threads),
-        type_k,
-        type_v,
-        ..Default::default()
-    };
-    let n_threads = cfg.n_threads;
+    let cfg = sized_config(model, &a.size)?;
+    let (n_ctx, n_batch, n_threads) = (cfg.n_ctx, cfg.n_batch, cfg.n_threads);
+    let (type_k, type_v) = (cfg.type_k, cfg.type_v);
     let mem = Session::new(Arc::clone(model), cfg)?.memory();
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     let positions: usize = (0..hp.n_layer).map(|l| hp.kv_positions(l, n_ctx)).sum();
     outln!(
-        "\nmemory of a session (-c {n_ctx}, -b {}, -t {}, KV {}/{}):",
-        a.batch_size,
-        n_threads,
+        "\nmemory of a session (-c {n_ctx}, -b {n_batch}, -t {n_threads}, KV {}/{}):",
         type_k.name(),
         type_v.name()
     );

@@ -31,7 +31,7 @@ mod repl;
 mod tool_cmds;
 mod tools;
 
-use args::{Cli, Cmd, RuntimeArgs};
+use args::{Cli, Cmd, RuntimeArgs, SizeArgs};
 use clap::Parser;
 use edge_run::adapter::Adapter;
 use edge_run::kernels::Kernels;
@@ -116,26 +116,32 @@ pub(crate) fn session_config(
             ))
         })?),
     };
-    let n_threads = n_threads(rt.threads)?;
-    let n_ctx = rt
+    Ok(SessionConfig {
+        logits_all,
+        kernels,
+        act_quant: ActQuant::from(rt.act_quant),
+        ..sized_config(model, &rt.size)?
+    })
+}
+
+/// The default configuration with `size`'s threads, context, batch and KV types, checked.
+pub(crate) fn sized_config(model: &Model, size: &SizeArgs) -> Result<SessionConfig, Failure> {
+    let n_ctx = size
         .ctx_size
         .unwrap_or_else(|| model.hp.n_ctx_train.clamp(1, 4096));
     if n_ctx == 0 {
         return Err(usage("-c/--ctx-size must be at least 1"));
     }
-    if rt.batch_size == 0 {
+    if size.batch_size == 0 {
         return Err(usage("-b/--batch-size must be at least 1"));
     }
-    let act_quant = ActQuant::from(rt.act_quant);
+    let (type_k, type_v) = size.kv.types();
     Ok(SessionConfig {
         n_ctx,
-        n_batch: rt.batch_size,
-        n_threads,
-        logits_all,
-        kernels,
-        act_quant,
-        type_k: rt.kv.types().0,
-        type_v: rt.kv.types().1,
+        n_batch: size.batch_size,
+        n_threads: n_threads(size.threads)?,
+        type_k,
+        type_v,
         ..Default::default()
     })
 }
