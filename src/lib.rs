@@ -35,4 +35,4 @@ pub use edge_run_kernels as kernels;
 pub use error::{Error, Result};
 pub use model::Model;
 pub use sampling::{Sampler, SamplingParams};
-pub use session::{Session, SessionConfig};
+pub use session::{Session, SessionConfig, Shifted};

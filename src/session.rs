@@ -120,6 +120,11 @@ pub struct Session {
     replay: bool,
     /// Activations, KV cache and scratch ([`crate::arch::ops::State`]).
     st: State,
+    /// What `generate` does when the context is full: `Some(keep)` shifts it, keeping the first
+    /// `keep` tokens; `None` stops.
+    shift_keep: Option<usize>,
+    /// The span context shifts dropped since the last reset.
+    shifted: Option<Shifted>,
 
     // LoRA: the published set and this session's copy of it.
     lk: &'static LoraKernels,
@@ -179,6 +184,8 @@ impl Session {
             batched: Vec::with_capacity(cfg.n_ctx),
             replay: false,
             st,
+            shift_keep: None,
+            shifted: None,
             lk: LoraKernels::for_tier(k.tier),
             control: Arc::new(AdapterControl::new(
                 model.clone(),
@@ -215,6 +222,7 @@ impl Session {
         self.tokens.clear();
         self.batched.clear();
         self.replay = false;
+        self.shifted = None;
     }
     /// Drop the cache entries from position `n` on (keep the first `n` tokens).
     ///
@@ -237,6 +245,90 @@ impl Session {
         self.n_past = n;
         self.tokens.truncate(n);
         self.batched.truncate(n);
+        if self.shifted.is_some_and(|s| n < s.keep) {
+            self.shifted = None;
+        }
+    }
+
+    /// The tokens in the context.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// What [`Session::generate`] does when the context is full: with `Some(keep)` it shifts the
+    /// context ([`Session::shift_context`]: the first `keep` tokens stay, half of the rest is dropped)
+    /// and goes on; with `None` (the default) it stops with [`StopReason::ContextFull`].
+    pub fn set_context_shift(&mut self, keep: Option<usize>) {
+        self.shift_keep = keep;
+    }
+
+    /// The context-shift setting ([`Session::set_context_shift`]).
+    pub fn context_shift(&self) -> Option<usize> {
+        self.shift_keep
+    }
+
+    /// The span that context shifts dropped since the last reset (or a truncate below the kept
+    /// tokens): the context holds the tokens as evaluated without `dropped` of them after the first
+    /// `keep`. `None` if nothing was dropped, or if shifts with different `keep`s dropped spans that
+    /// are not one.
+    pub fn shifted(&self) -> Option<Shifted> {
+        self.shifted
+    }
+
+    /// Context shift, as llama.cpp's: drop the `n_discard` tokens after the first `n_keep` and move the
+    /// rest down. The moved keys are re-rotated (RoPE) for their new positions in place; a
+    /// sliding-window layer that no longer holds kept positions a later query would see makes the next
+    /// `eval` re-evaluate the shifted context instead (exact). The logits of the last position stay.
+    /// Allocates nothing.
+    pub fn shift_context(&mut self, n_keep: usize, n_discard: usize) -> Result<()> {
+        if n_discard == 0 || n_keep.saturating_add(n_discard) > self.n_past {
+            return Err(Error::invalid(format!(
+                "context shift: cannot drop {n_discard} tokens after the first {n_keep} of the \
+                 {} in the context",
+                self.n_past
+            )));
+        }
+        let (hp, n_ctx) = (&self.model.hp, self.cfg.n_ctx);
+        if !self.replay && arch::shift::in_place(hp, n_ctx, n_keep, n_discard, self.n_past) {
+            arch::shift::shift(&self.model, &mut self.st, n_keep, n_discard, self.n_past);
+        } else {
+            self.replay = true;
+        }
+        self.tokens.drain(n_keep..n_keep + n_discard);
+        self.batched.drain(n_keep..n_keep + n_discard);
+        self.n_past -= n_discard;
+        self.shifted = match self.shifted {
+            None => Some(Shifted {
+                keep: n_keep,
+                dropped: n_discard,
+            }),
+            Some(s) if s.keep == n_keep => Some(Shifted {
+                keep: n_keep,
+                dropped: s.dropped + n_discard,
+            }),
+            Some(_) => None,
+        };
+        Ok(())
+    }
+
+    /// Makes room for `need` more tokens: shifts the context if it must and may. Returns how many
+    /// tokens were dropped, or `None` if there is no room.
+    fn make_room(&mut self, need: usize) -> Result<Option<usize>> {
+        let free = self.cfg.n_ctx - self.n_past;
+        if need <= free {
+            return Ok(Some(0));
+        }
+        let Some(keep) = self.shift_keep else {
+            return Ok(None);
+        };
+        let keep = keep.min(self.n_past);
+        let left = self.n_past - keep;
+        let drop = (left / 2).max(need - free);
+        if drop == 0 || drop > left {
+            return Ok(None);
+        }
+        self.shift_context(keep, drop)?;
+        Ok(Some(drop))
     }
 
     /// Logits of the last evaluated position.
@@ -383,6 +475,15 @@ fn replay_chunk(batched: &[bool], n_batch: usize) -> usize {
     }
 }
 
+/// The span context shifts dropped ([`Session::shifted`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shifted {
+    /// Tokens kept at the start of the context.
+    pub keep: usize,
+    /// Tokens dropped after them, in all.
+    pub dropped: usize,
+}
+
 /// Timings and counts of one `Session::generate` call.
 #[derive(Clone, Debug, Default)]
 pub struct GenStats {
@@ -390,6 +491,8 @@ pub struct GenStats {
     pub n_generated: usize,
     pub prompt_secs: f64,
     pub gen_secs: f64,
+    /// Tokens context shifts dropped.
+    pub n_dropped: usize,
     /// Why generation stopped.
     pub stop: StopReason,
 }
@@ -406,7 +509,8 @@ pub enum StopReason {
 impl Session {
     /// Evaluate `prompt` after the current context, then sample up to `max_new` tokens, handing each to
     /// `on_token` (return `false` to stop). Stops at an end-of-generation token (not handed on) or a full
-    /// context. Every sampled token is also passed to `sampler.accept`.
+    /// context (or, after [`Session::set_context_shift`], shifts it and goes on). Every sampled token is
+    /// also passed to `sampler.accept`.
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -420,6 +524,7 @@ impl Session {
         };
         let t0 = std::time::Instant::now();
         if !prompt.is_empty() {
+            st.n_dropped += self.make_room(prompt.len())?.unwrap_or(0);
             self.eval(prompt)?;
             for &t in prompt {
                 sampler.accept(t);
@@ -447,9 +552,12 @@ impl Session {
                 st.stop = StopReason::Caller;
                 break;
             }
-            if self.n_past >= self.cfg.n_ctx {
-                st.stop = StopReason::ContextFull;
-                break;
+            match self.make_room(1)? {
+                Some(dropped) => st.n_dropped += dropped,
+                None => {
+                    st.stop = StopReason::ContextFull;
+                    break;
+                }
             }
             self.eval(&[id])?;
         }

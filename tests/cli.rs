@@ -195,6 +195,50 @@ fn same_seed_same_text_and_different_seed_differs() {
     );
 }
 
+/// A generation longer than the context goes on through context shifts (also with a sliding-window
+/// ring); `--no-context-shift` stops at the full context instead; a bad `--keep` is a usage error.
+#[test]
+fn context_shift_or_stop_when_the_context_is_full() {
+    for model in [tiny(), fixture("tiny-gemma3.gguf")] {
+        let gen = |extra: &[&str]| {
+            let mut args = vec![
+                "-m",
+                path_arg(&model),
+                "-p",
+                "hello",
+                "-n",
+                "100",
+                "-c",
+                "32",
+            ];
+            args.extend(["--temp", "1", "--seed", "7"]);
+            args.extend(extra);
+            edge_run(&args)
+        };
+        let o = gen(&[]);
+        let e = stderr(&o);
+        assert!(o.status.success(), "{e}");
+        assert!(
+            e.contains("context shift dropped") && e.contains("stopped: token limit"),
+            "{e}"
+        );
+        let o = gen(&["--keep", "-1"]);
+        assert!(
+            o.status.success() && stderr(&o).contains("stopped: token limit"),
+            "{}",
+            stderr(&o)
+        );
+        let o = gen(&["--no-context-shift"]);
+        let e = stderr(&o);
+        assert!(o.status.success(), "{e}");
+        assert!(
+            e.contains("stopped: context full") && !e.contains("context shift"),
+            "{e}"
+        );
+        refused(&gen(&["--keep", "-2"]), 2, "--keep");
+    }
+}
+
 #[test]
 fn real_model_chat_answers_and_adapter_changes_the_answer() {
     let m = smollm2_path();

@@ -40,7 +40,7 @@ pub(crate) fn norm_qkv(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
 }
 
 /// A RoPE rotation of one row of heads (`ops::rope_pairs`, `ops::rope_neox`): row, head dim, angles.
-type Rotate = fn(&mut [f32], usize, &[(f32, f32)]);
+pub(crate) type Rotate = fn(&mut [f32], usize, &[(f32, f32)]);
 
 /// RoPE on every head of q and k with the angles of `st.rope[table]` (`rotate`: the family's pairing).
 pub(crate) fn rope_qk(env: &Env<'_>, st: &mut State, table: usize, b: usize, rotate: Rotate) {

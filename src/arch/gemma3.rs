@@ -136,7 +136,8 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
         rmsnorm_rows_inplace(&mut st.q[..b * qd], norm(&layer.attn_q_norm), eps);
         rmsnorm_rows_inplace(&mut st.kk[..b * kvd], norm(&layer.attn_k_norm), eps);
         // RoPE (NeoX halves) with the layer's frequencies
-        block::rope_qk(env, st, usize::from(local), b, ops::rope_neox);
+        let (table, rotate) = super::qk_rope(hp, l);
+        block::rope_qk(env, st, table, b, rotate);
         // over the window (local) or all positions
         block::attend(env, st, l, pos0, b, if local { hp.n_swa } else { 0 });
         block::attn_output(env, st, layer, b);

@@ -168,6 +168,59 @@ impl KvStore {
         }
     }
 
+    /// Decodes the `out.len()` values from value `at` (whole blocks for Q8_0).
+    fn decode(&self, at: usize, out: &mut [f32]) {
+        let n = out.len();
+        match self {
+            KvStore::F32(v) => out.copy_from_slice(&v[at..at + n]),
+            KvStore::F16(v) => {
+                for (o, h) in out.iter_mut().zip(&v[at..at + n]) {
+                    *o = h.to_f32();
+                }
+            }
+            KvStore::Q8_0(v) => {
+                crate::kernels::scalar::dequantize_row_q8_0(&v[at / QK..(at + n) / QK], out)
+            }
+        }
+    }
+
+    /// The value at `at`, decoded.
+    #[cfg(test)]
+    pub fn value_at(&self, at: usize) -> f32 {
+        let mut block = [0.0; QK];
+        let start = match self {
+            KvStore::Q8_0(_) => at / QK * QK,
+            _ => at,
+        };
+        let n = if matches!(self, KvStore::Q8_0(_)) {
+            QK
+        } else {
+            1
+        };
+        self.decode(start, &mut block[..n]);
+        block[at - start]
+    }
+
+    /// Moves the `n` values from value `from` to value `to` (ranges may overlap; whole blocks for
+    /// Q8_0).
+    fn move_values(&mut self, from: usize, to: usize, n: usize) {
+        match self {
+            KvStore::F32(v) => v.copy_within(from..from + n, to),
+            KvStore::F16(v) => v.copy_within(from..from + n, to),
+            KvStore::Q8_0(v) => v.copy_within(from / QK..(from + n) / QK, to / QK),
+        }
+    }
+
+    /// Rotates the `n` values from value `at` left by `by` values: value `at + i` goes to
+    /// `at + (i - by) mod n` (whole blocks for Q8_0).
+    fn rotate_values(&mut self, at: usize, n: usize, by: usize) {
+        match self {
+            KvStore::F32(v) => v[at..at + n].rotate_left(by),
+            KvStore::F16(v) => v[at..at + n].rotate_left(by),
+            KvStore::Q8_0(v) => v[at / QK..(at + n) / QK].rotate_left(by / QK),
+        }
+    }
+
     /// Copies `n` values from value `from` of `src` (the same type) to value `at`.
     fn copy_from(&mut self, at: usize, src: KvRows<'_>, from: usize, n: usize) {
         match (self, src) {
@@ -285,6 +338,50 @@ impl KvCache {
             let s = off + ((pos0 + t) % cap) * kvd;
             keys.copy_from(s, bk, t * kvd, kvd);
             values.copy_from(s, bv, t * kvd, kvd);
+        }
+    }
+}
+
+impl KvCache {
+    /// Context shift of layer `l`, whose cache holds positions `..n_past`: positions
+    /// `keep + d..n_past` move to `keep..n_past - d` (positions `keep..keep + d` are dropped), then the
+    /// key row of every moved position the layer still holds is decoded into `row` (`kv_dim` values),
+    /// handed to `rerotate` and encoded back.
+    ///
+    /// A ring that has wrapped (`n_past > cap`) is rotated as a whole, so its kept positions `< keep`
+    /// land in the wrong slots: the caller shifts such a layer only when no query after the shift can
+    /// see them ([`super::shift`]).
+    pub fn shift_layer(
+        &mut self,
+        l: usize,
+        (keep, d, n_past): (usize, usize, usize),
+        row: &mut [f32],
+        mut rerotate: impl FnMut(&mut [f32]),
+    ) {
+        let (off, cap, kvd) = (self.off[l], self.cap[l], self.kv_dim);
+        let n_new = n_past - d;
+        let moved = if n_past <= cap {
+            let (from, to, n) = (
+                off + (keep + d) * kvd,
+                off + keep * kvd,
+                (n_new - keep) * kvd,
+            );
+            self.k.move_values(from, to, n);
+            self.v.move_values(from, to, n);
+            keep..n_new
+        } else {
+            // slot s = p % cap holds the row of new position p - d at slot (s - d) mod cap
+            let by = (d % cap) * kvd;
+            self.k.rotate_values(off, cap * kvd, by);
+            self.v.rotate_values(off, cap * kvd, by);
+            keep.max(n_new.saturating_sub(cap))..n_new
+        };
+        let row = &mut row[..kvd];
+        for p in moved {
+            let at = off + (p % cap) * kvd;
+            self.k.decode(at, row);
+            rerotate(row);
+            self.k.encode(at, row);
         }
     }
 }

@@ -18,7 +18,8 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
         // --- attention: x += Wo·attention(RoPE(Wq·xb), RoPE(Wk·xb), Wv·xb), xb = rmsnorm(x) ---
         block::norm_qkv(env, st, layer, b);
         // RoPE on adjacent pairs, as GGUF stores llama's Q/K
-        block::rope_qk(env, st, 0, b, ops::rope_pairs);
+        let (table, rotate) = super::qk_rope(hp, l);
+        block::rope_qk(env, st, table, b, rotate);
         block::attend(env, st, l, pos0, b, 0);
         block::attn_output(env, st, layer, b);
         add(&mut st.x[..b * e], &st.proj[..b * e]);

@@ -18,6 +18,7 @@ pub mod gemma3;
 pub mod kv;
 pub mod llama;
 pub(crate) mod ops;
+pub(crate) mod shift;
 
 use crate::adapter::Applied;
 use crate::gguf::Gguf;
@@ -70,6 +71,17 @@ pub(crate) fn read_hparams(g: &Gguf<'_>, fname: &str, hp: &mut HParams) -> Resul
     match hp.arch {
         Arch::Llama => Ok(()),
         Arch::Gemma3 => gemma3::hparams(g, fname, hp),
+    }
+}
+
+/// How layer `l` rotates its queries and keys: which RoPE table of [`ops::State::rope`] (0: global
+/// frequencies, 1: the sliding-window layers') and which pairing.
+pub(crate) fn qk_rope(hp: &HParams, l: usize) -> (usize, block::Rotate) {
+    match hp.arch {
+        // adjacent pairs, as GGUF stores llama's permuted Q/K rows
+        Arch::Llama => (0, ops::rope_pairs),
+        // NeoX halves, with the local layers' own frequencies
+        Arch::Gemma3 => (usize::from(hp.swa[l]), ops::rope_neox),
     }
 }
 

@@ -55,6 +55,19 @@ impl Rope {
     }
 }
 
+impl Rope {
+    /// Angles that move a rotated row back by `d` positions (angle `−d·θᵢ`, computed in f64), in the
+    /// first row of `cs` (the next batch's `set_positions` overwrites it). Returns that row.
+    pub fn set_shift(&mut self, d: usize) -> &[(f32, f32)] {
+        let half = self.inv_freq.len();
+        for (c, &f) in self.cs[..half].iter_mut().zip(&self.inv_freq) {
+            let (s, co) = (-(d as f64) * f as f64).sin_cos();
+            *c = (co as f32, s as f32);
+        }
+        &self.cs[..half]
+    }
+}
+
 /// An activation buffer that numbers its contents: every mutable borrow gives it a new version
 /// (unique across buffers), so the quantized copy [`linear`] keeps of its input ([`QuantCache`])
 /// knows when it is stale without being told. Reads go through `Deref` and keep the version.

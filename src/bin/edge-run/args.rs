@@ -279,6 +279,14 @@ pub struct GenArgs {
     /// Don't print load information and timings on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// When the context (-c) is full, keep the first N tokens of the prompt (after BOS; -1: the whole
+    /// prompt), drop half of the rest and go on (context shift: the keys that move are re-rotated for
+    /// their new positions). Default: the chat's system prompt with --chat, else BOS only.
+    #[arg(long = "keep", value_name = "N", allow_negative_numbers = true)]
+    pub keep: Option<i64>,
+    /// Stop when the context is full instead of shifting it.
+    #[arg(long = "no-context-shift")]
+    pub no_context_shift: bool,
     /// In --chat, re-evaluate the conversation after /adapter changes (by default the KV cache keeps what
     /// was computed with the previous adapters and only new tokens see the change).
     #[arg(long = "reeval-on-swap")]

@@ -103,11 +103,52 @@ pub(crate) fn cmd_generate(g: GenArgs) -> Result<(), Failure> {
             if ids.is_empty() {
                 return Err(usage("the prompt is empty"));
             }
+            let keep = match g.keep {
+                None if g.chat => chat_keep(&model, g.system.as_deref())?,
+                None => usize::from(model.tokenizer.add_bos()),
+                Some(n) => prompt_keep(&model, n, &ids, g.chat)?,
+            };
+            sess.set_context_shift((!g.no_context_shift).then_some(keep));
             run_turn(&mut sess, &mut sampler, &ids, max_new, g.quiet)?;
             Ok(())
         }
         None => crate::repl::interactive_chat(&mut sess, &mut sampler, &g, max_new, adapters),
     }
+}
+
+/// Tokens `--keep N` keeps of the prompt `ids`: N after BOS (as llama.cpp counts), all for -1.
+pub(crate) fn prompt_keep(
+    model: &Model,
+    n: i64,
+    ids: &[u32],
+    chat: bool,
+) -> Result<usize, Failure> {
+    let bos = usize::from(model.tokenizer.add_bos() && !chat);
+    match n {
+        -1 => Ok(ids.len()),
+        n if n >= 0 => Ok(usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .saturating_add(bos)
+            .min(ids.len())),
+        n => Err(usage(format!("--keep must be -1 or ≥ 0, got {n}"))),
+    }
+}
+
+/// The tokens of the chat's system part (the system message, or what the template puts first without
+/// one): where a rendered conversation starts to differ from the rendered system message alone.
+pub(crate) fn chat_keep(model: &Model, system: Option<&str>) -> Result<usize, Failure> {
+    let mut msgs: Vec<ChatMessage> = system
+        .map(|s| ChatMessage::new("system", s.to_string()))
+        .into_iter()
+        .collect();
+    let alone = model.tokenizer.encode(&render_chat(model, &msgs)?, true);
+    msgs.push(ChatMessage::new("user", "."));
+    let with_user = model.tokenizer.encode(&render_chat(model, &msgs)?, true);
+    Ok(alone
+        .iter()
+        .zip(&with_user)
+        .take_while(|(a, b)| a == b)
+        .count())
 }
 
 pub(crate) fn render_chat(model: &Model, msgs: &[ChatMessage]) -> Result<String, Failure> {
@@ -145,7 +186,7 @@ pub(crate) fn run_turn(
     let model = sess.model().clone();
     let tok = &model.tokenizer;
     let room = sess.config().n_ctx - sess.n_past();
-    if ids.len() > room {
+    if ids.len() > room && sess.context_shift().is_none() {
         return Err(Failure(1, format!("the prompt has {} tokens but only {} fit in the context (size {}); use a larger -c", ids.len(), room, sess.config().n_ctx)));
     }
     let mut dec = StreamDecoder::new(false);
@@ -184,8 +225,12 @@ pub(crate) fn run_turn(
             StopReason::ContextFull => "context full (-c)",
             StopReason::Caller => "output closed",
         };
+        let shifted = match st.n_dropped {
+            0 => String::new(),
+            n => format!("; context shift dropped {n} tokens"),
+        };
         eprintln!(
-            "\nedge-run: prompt {} tokens in {:.0} ms ({:.1} tok/s); generated {} tokens in {:.0} ms ({:.1} tok/s); stopped: {why}",
+            "\nedge-run: prompt {} tokens in {:.0} ms ({:.1} tok/s); generated {} tokens in {:.0} ms ({:.1} tok/s){shifted}; stopped: {why}",
             st.n_prompt,
             st.prompt_secs * 1e3,
             st.n_prompt as f64 / st.prompt_secs.max(1e-9),

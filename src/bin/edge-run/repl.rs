@@ -1,11 +1,11 @@
 //! The interactive chat (`edge-run -m M --chat` without a prompt): one user turn per line, `/` commands
 //! between turns, and the KV cache kept across turns.
 use crate::args::GenArgs;
-use crate::generate::{render_chat, run_turn};
+use crate::generate::{chat_keep, render_chat, run_turn};
 use crate::{load_adapter, usage, Failure};
 use edge_run::adapter::Adapter;
 use edge_run::chat::ChatMessage;
-use edge_run::{Sampler, Session};
+use edge_run::{Sampler, Session, Shifted};
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
@@ -23,6 +23,12 @@ pub(crate) fn interactive_chat(
             .map(|s| ChatMessage::new("system", s.clone()))
             .collect(),
     };
+    let keep = match g.keep {
+        Some(n) if n >= 0 => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(-1) | None => chat_keep(sess.model(), g.system.as_deref())?,
+        Some(n) => return Err(usage(format!("--keep must be -1 or ≥ 0, got {n}"))),
+    };
+    sess.set_context_shift((!g.no_context_shift).then_some(keep));
     eprintln!("edge-run chat: type a message and press Enter; /help for commands, /quit or Ctrl-D to leave.");
     let stdin = std::io::stdin();
     let mut line = String::new();
@@ -84,7 +90,8 @@ fn slash_command(
 }
 
 /// The messages of the chat so far. The session's KV cache always holds a prefix of the conversation as
-/// the chat template renders it, so each turn evaluates only what follows that prefix.
+/// the chat template renders it (less the span context shifts dropped), so each turn evaluates only
+/// what follows that prefix.
 struct Conversation {
     msgs: Vec<ChatMessage>,
 }
@@ -106,9 +113,9 @@ impl Conversation {
         let ids = model
             .tokenizer
             .encode(&render_chat(&model, &self.msgs)?, true);
-        let keep = sess.n_past().min(ids.len());
+        let (keep, from) = cached_prefix(sess, &ids);
         sess.truncate(keep);
-        let reply = match run_turn(sess, sampler, &ids[keep..], max_new, quiet) {
+        let reply = match run_turn(sess, sampler, &ids[from..], max_new, quiet) {
             Ok(r) => r,
             Err(Failure(_, msg)) => {
                 eprintln!("edge-run: {msg}");
@@ -126,14 +133,37 @@ impl Conversation {
             .tokenizer
             .encode(&render_chat(&model, &self.msgs)?, true);
         let cached = ids.iter().chain(reply.iter());
-        sess.truncate(common_prefix(cached, &next));
+        let same = cached.zip(&next).take_while(|(a, b)| a == b).count();
+        sess.truncate(session_len(sess.shifted(), same));
         Ok(())
     }
 }
 
-/// How many leading tokens `cached` and `next` share.
-fn common_prefix<'a>(cached: impl Iterator<Item = &'a u32>, next: &[u32]) -> usize {
-    cached.zip(next).take_while(|(a, b)| a == b).count()
+/// Where the rendered conversation `ids` and the session's context part: how many of the session's
+/// tokens to keep, and from which token of `ids` to evaluate on. The context holds `ids` as
+/// evaluated, less the span context shifts dropped after the kept tokens.
+fn cached_prefix(sess: &Session, ids: &[u32]) -> (usize, usize) {
+    let shift = sess.shifted();
+    let held = |j: usize| match shift {
+        Some(s) if j >= s.keep => j + s.dropped,
+        _ => j,
+    };
+    let same = sess
+        .tokens()
+        .iter()
+        .enumerate()
+        .take_while(|&(j, t)| ids.get(held(j)) == Some(t))
+        .count();
+    (same, held(same).min(ids.len()))
+}
+
+/// How many of the session's tokens hold the first `n` tokens of the conversation as rendered.
+fn session_len(shift: Option<Shifted>, n: usize) -> usize {
+    match shift {
+        Some(s) if n >= s.keep + s.dropped => n - s.dropped,
+        Some(s) => n.min(s.keep),
+        None => n,
+    }
 }
 
 const CHAT_HELP: &str = "commands (between turns):
