@@ -13,11 +13,13 @@ pub(crate) fn evaluate(
     file: &Path,
     quiet: bool,
 ) -> Result<(), Failure> {
+    let t0 = std::time::Instant::now();
     let reused = restore(sess, file, ids)?;
     eprintln!(
-        "edge-run: prompt cache {}: reused {reused} of {} prompt tokens",
+        "edge-run: prompt cache {}: reused {reused} of {} prompt tokens ({:.1} ms)",
         file.display(),
-        ids.len()
+        ids.len(),
+        t0.elapsed().as_secs_f64() * 1e3
     );
     for &t in ids {
         sampler.accept(t);
@@ -32,7 +34,16 @@ pub(crate) fn evaluate(
                 t0.elapsed().as_secs_f64() * 1e3
             );
         }
+        let t0 = std::time::Instant::now();
         save(sess, file)?;
+        if !quiet {
+            eprintln!(
+                "edge-run: prompt cache {}: saved {} tokens in {:.1} ms",
+                file.display(),
+                sess.n_past(),
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
     }
     Ok(())
 }
