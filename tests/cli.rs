@@ -349,3 +349,64 @@ fn reuse_report(e: &str) -> (usize, usize) {
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
     r.unwrap_or_else(|| panic!("no reuse report: {e}"))
 }
+
+/// Runs the interactive chat on SmolLM2 (greedy, 16 tokens a reply) with `input` on stdin.
+fn chat_session(input: &str) -> Output {
+    use std::io::Write;
+    let m = smollm2_path();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edge-run"))
+        .args([
+            "-m",
+            path_arg(&m),
+            "--chat",
+            "-n",
+            "16",
+            "--temp",
+            "0",
+            "-c",
+            "512",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The chat's `/save` and `/load`: a conversation saved after one turn and loaded in another process
+/// answers the second question exactly as the process that never stopped; a bad file is reported and
+/// the chat goes on.
+#[test]
+fn chat_save_and_load_continue_the_conversation() {
+    let dir = TempDir::new("cli", "chat-state");
+    let f = dir.join("chat.state");
+    let (q1, q2) = ("What is the capital of France?", "And of Italy?");
+    let whole = chat_session(&format!("{q1}\n{q2}\n"));
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    let saved = chat_session(&format!("{q1}\n/save {}\n", f.display()));
+    assert!(stderr(&saved).contains("(saved "), "{}", stderr(&saved));
+    let help = chat_session("/help\n");
+    assert!(stderr(&help).contains("/save FILE") && stderr(&help).contains("/load FILE"));
+    let junk = dir.join("junk.state");
+    std::fs::write(&junk, b"junk").unwrap();
+    let input = format!("/load {}\n/load {}\n{q2}\n", junk.display(), f.display());
+    let resumed = chat_session(&input);
+    let e = stderr(&resumed);
+    assert!(e.contains("junk.state") && e.contains("magic"), "{e}");
+    assert!(e.contains("(loaded "), "{e}");
+    // The second reply of the whole chat is the resumed chat's only reply.
+    let (whole_out, resumed_out) = (stdout(&whole), stdout(&resumed));
+    assert!(!resumed_out.trim().is_empty());
+    assert!(
+        whole_out.trim_end().ends_with(resumed_out.trim_end()),
+        "whole: {whole_out:?}\nresumed: {resumed_out:?}"
+    );
+    assert_ne!(whole_out.trim(), resumed_out.trim(), "two replies vs one");
+}

@@ -5,10 +5,10 @@
 //! the difference named; truncated, bit-flipped and swept files are refused without a panic; and every
 //! refused load leaves the session as it was.
 mod common;
+use common::state_file::{layout, resealed};
 use common::*;
 use edge_run::adapter::Adapter;
 use edge_run::session::KvType;
-use edge_run::state::hash64;
 use edge_run::{Model, Session, SessionConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -192,7 +192,12 @@ fn mismatches_are_refused_and_leave_the_session_unchanged() {
             128,
             KvType::Q8_0,
             &q8,
-            vec![&q8s, "tokens.count", "300 tokens", "128"],
+            vec![
+                &q8s,
+                "holds 300 tokens",
+                "tokens.count",
+                "context holds 128",
+            ],
         ),
         (
             512,
@@ -215,76 +220,6 @@ fn mismatches_are_refused_and_leave_the_session_unchanged() {
     assert_eq!(tiny.tokens(), &[1, 2, 3]);
     // A missing file names itself.
     refused(tiny.load_state(&dir.join("none.state")), &["none.state"]);
-}
-
-/// The byte offsets of a state file's fields (format version 1), walked the way a reader would.
-struct Layout {
-    lengths: Vec<(&'static str, usize)>,
-    /// Where the tokens' ids start (the end of the identity).
-    identity_end: usize,
-    /// The adapters' file names (only for messages: a changed name is still the same adapter).
-    names: Vec<std::ops::Range<usize>>,
-    /// Where the logits start (after the tokens and flags).
-    context_end: usize,
-}
-
-fn layout(b: &[u8], n_layer: usize, row_bytes: usize, n_vocab: usize) -> Layout {
-    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap()) as usize;
-    let mut lengths = Vec::new();
-    let mut at = 12 + 8;
-    lengths.push(("model.arch", at));
-    at += 8 + u64_at(at);
-    for f in ["model.n_layer", "model.kv_dim", "model.n_vocab"] {
-        lengths.push((f, at));
-        at += 8;
-    }
-    for f in ["kv.type_k", "kv.type_v"] {
-        lengths.push((f, at));
-        at += 8 + u64_at(at);
-    }
-    lengths.push(("adapters.count", at));
-    let n_adapters = u64_at(at);
-    at += 8;
-    let mut names = Vec::new();
-    for _ in 0..n_adapters {
-        at += 12;
-        names.push(at..at + 8 + u64_at(at));
-        at += 8 + u64_at(at);
-    }
-    let identity_end = at;
-    lengths.push(("tokens.count", at));
-    let n = u64_at(at);
-    at += 8 + 5 * n;
-    let context_end = at;
-    at += 1 + if b[at] == 1 { 4 * n_vocab } else { 0 };
-    lengths.push(("app.length", at));
-    at += 8 + u64_at(at);
-    for l in 0..n_layer {
-        lengths.push((
-            if l == 0 {
-                "layers[0].rows"
-            } else {
-                "layers.rows"
-            },
-            at,
-        ));
-        at += 8 + u64_at(at) * row_bytes;
-    }
-    assert_eq!(at + 8, b.len(), "layout walk");
-    Layout {
-        lengths,
-        identity_end,
-        names,
-        context_end,
-    }
-}
-
-/// `b` with its checksum recomputed (so the reader's field checks, not the checksum, must refuse it).
-fn resealed(mut b: Vec<u8>) -> Vec<u8> {
-    let n = b.len() - 8;
-    let h = hash64(&b[..n]);
-    b[n..].copy_from_slice(&h.to_le_bytes());
-    b
 }
 
 #[test]
@@ -367,6 +302,23 @@ fn hostile_state_files_are_refused_without_a_panic_or_a_change() {
     let n = b.len();
     b[n - 1] ^= 1;
     check(&b, "checksum", &["checksum"]);
+    // Larger than any state this session could write: refused before it is read whole.
+    let mut b = good.clone();
+    b.resize(good.len() + edge_run::state::MAX_APP_BYTES + (1 << 20), 0);
+    check(
+        &b,
+        "oversized",
+        &["size", "more than a state of this session can be"],
+    );
+    let dir = temp("oversized");
+    let big = dir.join(name);
+    std::fs::write(&big, &b).unwrap();
+    let e = refused(
+        s.load_state(&big),
+        &["size", "more than a state of this session can be"],
+    );
+    assert!(e.contains(&big.display().to_string()), "{e}");
+    unchanged(&mut s, &mut twin, "oversized file");
     eprintln!("{n_cases} hostile state files refused");
     same_continuation(&mut s, &mut twin, 1, "after the hostile files");
     // And the good one is accepted.

@@ -248,18 +248,24 @@ impl<'a> Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    /// Tokens (each `< n_vocab`, at most `n_ctx`), flags, logits and the application's data.
-    pub fn context(&mut self, lim: &Limits) -> Result<Context<'a>> {
+    /// The number of tokens, refused (naming the context) if more than `n_ctx`.
+    pub fn token_count(&mut self, n_ctx: usize) -> Result<usize> {
         let at = self.c.pos();
         let n = self.u64("tokens.count")?;
-        if n > lim.n_ctx as u64 {
-            let detail = format!(
-                "{n} tokens do not fit this session's context of {} (use a larger -c / n_ctx)",
-                lim.n_ctx
-            );
-            return Err(self.fail("tokens.count", at, detail));
+        if n > n_ctx as u64 {
+            return Err(Error::invalid(format!(
+                "state file {} holds {n} tokens (field `tokens.count` at byte offset {at}); this \
+                 session's context holds {n_ctx} (use a larger -c / n_ctx)",
+                self.file
+            )));
         }
-        let n = n as usize;
+        Ok(n as usize)
+    }
+
+    /// Tokens (each `< n_vocab`, at most `n_ctx`), flags, logits and the application's data.
+    pub fn context(&mut self, lim: &Limits) -> Result<Context<'a>> {
+        let n = self.token_count(lim.n_ctx)?;
+        let at = self.c.pos() - 8;
         let ids = self.bytes(4 * n as u64, "tokens.ids")?;
         let tokens: Vec<u32> = ids
             .chunks_exact(4)
@@ -317,8 +323,11 @@ impl<'a> Reader<'a> {
             out.push(LayerRows { rows, k, v });
         }
         if self.c.remaining() > 0 {
-            let detail = format!("{} bytes after the last layer", self.c.remaining());
-            return Err(self.fail("checksum", self.c.pos(), detail));
+            let detail = format!(
+                "{} bytes after the last layer, before the checksum",
+                self.c.remaining()
+            );
+            return Err(self.fail("end", self.c.pos(), detail));
         }
         Ok(out)
     }

@@ -151,9 +151,12 @@ impl Session {
     /// `prefix`) differs from this session's, else the size.
     fn too_large(&mut self, prefix: &[u8], name: &str, len: u64, max: u64) -> Error {
         self.refresh_adapters();
-        let diff = Reader::open(prefix, name, false)
-            .and_then(|mut r| r.identity())
-            .and_then(|saved| saved.check(name, &Identity::of(self)));
+        let ours = Identity::of(self);
+        let n_ctx = self.config().n_ctx;
+        let diff = Reader::open(prefix, name, false).and_then(|mut r| {
+            r.identity()?.check(name, &ours)?;
+            r.token_count(n_ctx).map(|_| ())
+        });
         match diff {
             Err(e) => e,
             Ok(()) => Error::format(

@@ -70,13 +70,13 @@ fn slash_command(
         c if c.starts_with("save ") || c.starts_with("load ") => {
             let (verb, file) = c.split_at(4);
             let file = std::path::Path::new(file.trim());
-            let done = if verb == "save" {
-                crate::chat_state::save(sess, chat, file)
+            let (done, past) = if verb == "save" {
+                (crate::chat_state::save(sess, chat, file), "saved")
             } else {
-                crate::chat_state::load(sess, sampler, chat, file)
+                (crate::chat_state::load(sess, sampler, chat, file), "loaded")
             };
             match done {
-                Ok(()) => eprintln!("({verb}d {}: {} tokens)", file.display(), sess.n_past()),
+                Ok(()) => eprintln!("({past} {}: {} tokens)", file.display(), sess.n_past()),
                 Err(Failure(_, msg)) => eprintln!("edge-run: {msg}"),
             }
         }
