@@ -225,10 +225,9 @@ impl<'a> Reader<'a> {
         let mut adapters = Vec::with_capacity(n);
         for i in 0..n {
             let hash = self.u64(&format!("adapters[{i}].hash"))?;
-            let at = self.c.pos();
-            let scale = self.c.f32().map_err(|s| self.short("adapters.scale", s))?;
+            let (at, field) = (self.c.pos(), format!("adapters[{i}].scale"));
+            let scale = self.c.f32().map_err(|s| self.short(&field, s))?;
             if !scale.is_finite() {
-                let field = format!("adapters[{i}].scale");
                 return Err(self.fail(&field, at, format!("{scale} is not finite")));
             }
             let name = self.str(&format!("adapters[{i}].name"))?.to_string();
