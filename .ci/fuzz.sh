@@ -4,7 +4,7 @@
 #   bash .ci/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
 # Defaults: 25 s for each of gguf_parse, model_load, adapter_gguf, adapter_peft, tokenizer,
-# chat_template. Each target starts from its seeds in fuzz/corpus/<target>/ (never modified: new
+# chat_template, state_load. Each target starts from its seeds in fuzz/corpus/<target>/ (never modified: new
 # inputs go to a scratch corpus under $FUZZ_WORK, default /tmp/edge-run-fuzz) and stops at the first
 # crash, leak or timeout (> 10 s for one input), whose input libFuzzer saves under fuzz/artifacts/.
 # Installs what is missing: a C++ compiler (for libFuzzer), the nightly toolchain (or falls back to
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 SECS="${1:-25}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(gguf_parse model_load adapter_gguf adapter_peft tokenizer chat_template)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(gguf_parse model_load adapter_gguf adapter_peft tokenizer chat_template state_load)
 WORK="${FUZZ_WORK:-/tmp/edge-run-fuzz}"
 SANITIZER="${FUZZ_SANITIZER:-address}"
 

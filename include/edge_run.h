@@ -173,6 +173,17 @@ int er_adapter_control_set(const er_adapter_control* ctl, const er_adapter* cons
                            size_t n);
 int er_adapter_control_free(er_adapter_control* ctl);
 
+/* Save the context (tokens, KV cache rows, the last logits) to the file path. The file records the
+ * model (a hash of its GGUF header), the KV types and the adapter set with scales it is only valid with,
+ * and a checksum. */
+int er_session_save(er_session* sess, const char* path);
+/* Replace the context with the one saved in path. Refused (the session unchanged) if the file is
+ * corrupt (ER_ERR_FORMAT), unreadable (ER_ERR_IO), or saved with another model, KV type, adapter set
+ * or scale, or more tokens than n_ctx (ER_ERR_INVALID_ARGUMENT; er_last_error names the difference).
+ * Afterwards er_logits gives the saved logits (bit-identical to evaluating the tokens again) and the
+ * sampler restarts from its seed with the restored tokens in its history. */
+int er_session_load(er_session* sess, const char* path);
+
 /* Evaluate n > 0 tokens after the context (in chunks of n_batch). On any error nothing changed:
  * ER_ERR_TOKEN_OUT_OF_RANGE, ER_ERR_CONTEXT_FULL (n_past + n > n_ctx) ... */
 int er_eval(er_session* sess, const int32_t* tokens, size_t n);

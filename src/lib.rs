@@ -13,7 +13,8 @@
 //!   set a session applies;
 //! - [`arch`]: the forward pass of each architecture (llama, gemma3) and the operations they share;
 //!   [`loader`]: `Model::open`, above both;
-//! - [`session`]: a session that owns every buffer of the forward pass; [`capi`]: the C API over it;
+//! - [`session`]: a session that owns every buffer of the forward pass; [`state`]: saving and restoring
+//!   its context; [`capi`]: the C API over it;
 //! - [`kernels`]: re-export of the `edge-run-kernels` crate (quantized and LoRA SIMD kernels).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -28,6 +29,7 @@ pub mod mmap;
 pub mod model;
 pub mod sampling;
 pub mod session;
+pub mod state;
 pub mod threadpool;
 pub mod tokenizer;
 

@@ -27,10 +27,12 @@ impl Model {
         let parts = load(&g, &fname, &map).map_err(|e| e.in_file(&fname))?;
         let base_info = BaseInfo::from_gguf(&g).map_err(|e| e.in_file(&fname))?;
         let (n_tensors, gguf_version) = (g.tensors().len(), g.version());
+        let header_len = usize::try_from(g.data_offset()).map_or(map.len(), |o| o.min(map.len()));
         drop(g);
         Ok(Model {
             path,
             map,
+            header_len,
             arch: parts.arch,
             name: parts.name,
             hp: parts.hp,

@@ -173,6 +173,9 @@ pub struct Model {
     /// The file, mapped read-only and registered with [`crate::mmap`]'s truncation guard (named if it shrinks while
     /// mapped); shared with the tokenizer, which reads its texts in place.
     pub(crate) map: Arc<MappedFile>,
+    /// Bytes of the file before the tensor data (header, metadata, tensor table, padding): what a
+    /// saved context identifies the model by ([`crate::state`]).
+    pub(crate) header_len: usize,
     pub arch: String,
     pub name: Option<String>,
     pub hp: HParams,

@@ -565,3 +565,56 @@ impl Session {
         Ok(st)
     }
 }
+
+/// What [`crate::state`] saves and restores.
+impl Session {
+    /// Adopts the published adapter set now, as the next `eval` would.
+    pub(crate) fn refresh_adapters(&mut self) {
+        self.applied.refresh(&self.control);
+    }
+
+    /// Brings the cache to what `tokens` says: the published adapter set adopted and a pending
+    /// replay (after a `truncate` into overwritten ring slots) run.
+    pub(crate) fn settle(&mut self) {
+        self.refresh_adapters();
+        self.replay_if_needed();
+    }
+
+    /// Per token: computed in a batch of two or more.
+    pub(crate) fn batched(&self) -> &[bool] {
+        &self.batched
+    }
+
+    /// The last position's logits, if the last call evaluated one.
+    pub fn last_logits(&self) -> Option<&[f32]> {
+        (self.n_logits > 0).then(|| self.logits())
+    }
+
+    pub(crate) fn kv(&self) -> &crate::arch::kv::KvCache {
+        &self.st.kv
+    }
+
+    /// Replaces the context (checked by the caller: `tokens.len() ≤ n_ctx`, one flag per token,
+    /// `n_vocab` logits): `write_kv` fills the cache's rows of those tokens.
+    pub(crate) fn restore(
+        &mut self,
+        tokens: &[u32],
+        batched: &[bool],
+        logits: Option<&[f32]>,
+        write_kv: impl FnOnce(&mut crate::arch::kv::KvCache),
+    ) {
+        write_kv(&mut self.st.kv);
+        self.tokens.clear();
+        self.tokens.extend_from_slice(tokens);
+        self.batched.clear();
+        self.batched.extend_from_slice(batched);
+        self.n_past = tokens.len();
+        self.replay = false;
+        self.shifted = None;
+        self.n_logits = 0;
+        if let Some(l) = logits {
+            self.st.logits[..l.len()].copy_from_slice(l);
+            self.n_logits = 1;
+        }
+    }
+}

@@ -1580,3 +1580,112 @@ fn version_and_status_names() {
     assert_eq!(name(-5), "ER_UNKNOWN");
     assert_eq!(name(1000), "ER_UNKNOWN");
 }
+
+/// `er_session_save` / `er_session_load`: a state restored into a fresh session on a newly opened model
+/// gives the same logits bit for bit, now and after another token; a bad path, a state of another KV
+/// type or adapter set, a corrupt file and NULL arguments are refused with the session unchanged.
+#[test]
+fn session_state_saves_and_loads() {
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(format!("edge-run-capi-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = cstr(&dir.join("s.state"));
+    let tiny = fixture("tiny-q4_1.gguf");
+    let (m1, m2) = (open_model(&tiny), open_model(&tiny));
+    let nv = 299;
+    let toks: Vec<i32> = (0..40).map(|i| (i * 13 + 5) % nv as i32).collect();
+    let s1 = new_session(m1, 64);
+    ok(eval(s1, &toks));
+    let before = logits(s1, nv);
+    let s2 = new_session(m2, 64);
+    // SAFETY: live sessions and valid C strings (or NULL where the call must refuse it).
+    unsafe {
+        ok(er_session_save(s1, file.as_ptr()));
+        ok(er_session_load(s2, file.as_ptr()));
+        let mut n = 0;
+        ok(er_session_n_past(s2, &mut n));
+        assert_eq!(n, toks.len());
+        assert_eq!(bits(&logits(s2, nv)), bits(&before));
+        ok(eval(s1, &toks[..1]));
+        ok(eval(s2, &toks[..1]));
+        assert_eq!(bits(&logits(s2, nv)), bits(&logits(s1, nv)));
+
+        // Refusals leave the target as it was.
+        let s3 = new_session(m2, 64);
+        ok(eval(s3, &toks[..3]));
+        let l3 = logits(s3, nv);
+        let missing = cstr(&dir.join("missing").join("s.state"));
+        expect(
+            er_session_load(s3, missing.as_ptr()),
+            ER_ERR_IO,
+            &["missing"],
+        );
+        expect(
+            er_session_save(s3, missing.as_ptr()),
+            ER_ERR_IO,
+            &["missing"],
+        );
+        let a = open_adapter(m2, &fixture("tiny-lora.gguf"));
+        let one = [a as *const er_adapter];
+        ok(er_session_set_adapters(
+            s3,
+            one.as_ptr(),
+            [1.0f32].as_ptr(),
+            1,
+        ));
+        expect(
+            er_session_load(s3, file.as_ptr()),
+            ER_ERR_INVALID_ARGUMENT,
+            &[
+                "s.state",
+                "adapter set",
+                "none (base model)",
+                "tiny-lora.gguf",
+            ],
+        );
+        ok(er_session_set_adapters(s3, null(), null(), 0));
+        let mut p = params(64);
+        p.type_k = ER_KV_F32;
+        let mut s4 = null_mut();
+        ok(er_session_new(m2, &p, &mut s4));
+        expect(
+            er_session_load(s4, file.as_ptr()),
+            ER_ERR_INVALID_ARGUMENT,
+            &["KV type K f16; this session's is f32"],
+        );
+        expect(er_logits(s4, null_mut(), 0, &mut n), ER_ERR_NO_LOGITS, &[]);
+        let junk = dir.join("junk.state");
+        std::fs::write(&junk, b"not a state file at all").unwrap();
+        expect(
+            er_session_load(s3, cstr(&junk).as_ptr()),
+            ER_ERR_FORMAT,
+            &["junk.state", "magic"],
+        );
+        expect(
+            er_session_load(null_mut(), file.as_ptr()),
+            ER_ERR_NULL,
+            &["er_session"],
+        );
+        expect(
+            er_session_save(null_mut(), file.as_ptr()),
+            ER_ERR_NULL,
+            &["er_session"],
+        );
+        expect(er_session_load(s3, null()), ER_ERR_NULL, &["path"]);
+        expect(er_session_save(s3, null()), ER_ERR_NULL, &["path"]);
+        ok(er_session_n_past(s3, &mut n));
+        assert_eq!(n, 3);
+        assert_eq!(bits(&logits(s3, nv)), bits(&l3));
+        for s in [s1, s2, s3, s4] {
+            ok(er_session_free(s));
+        }
+        ok(er_adapter_free(a));
+        ok(er_model_free(m1));
+        ok(er_model_free(m2));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}

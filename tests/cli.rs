@@ -308,3 +308,149 @@ fn tokenize_logits_and_info_outputs() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("adapter:"), "{}", stdout(&o));
 }
+
+/// `--prompt-cache`: a second process restores the state the first one saved, reports that it reused the
+/// whole prompt, evaluates nothing and prints the same text; a longer prompt reuses the common prefix;
+/// a corrupt or mismatching cache file is an error (exit 1) naming the file, and is left as it was.
+#[test]
+fn prompt_cache_reuses_the_prompt_across_processes() {
+    let m = smollm2_path();
+    let dir = TempDir::new("cli", "prompt-cache");
+    let text: String = (0..30)
+        .map(|i| {
+            format!(
+                "Item {i}: the lighthouse keeper counted {} ships today. ",
+                i * 3 + 1
+            )
+        })
+        .collect();
+    let prompt = dir.join("prompt.txt");
+    std::fs::write(&prompt, &text).unwrap();
+    let cache = dir.join("prompt.state");
+    let run = |prompt: &Path, extra: &[&str]| {
+        let mut args = vec!["-m", path_arg(&m), "-f", path_arg(prompt), "-c", "512"];
+        args.extend(["--prompt-cache", path_arg(&cache), "-n", "8", "--temp", "0"]);
+        args.extend(extra);
+        edge_run(&args)
+    };
+    let first = run(&prompt, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let (reused, n) = reuse_report(&stderr(&first));
+    assert_eq!(reused, 0);
+    assert!(n >= 250, "a prompt of {n} tokens");
+    let saved = std::fs::read(&cache).unwrap();
+    assert!(!dir.join("prompt.state.tmp").exists());
+
+    let second = run(&prompt, &[]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let e = stderr(&second);
+    assert_eq!(reuse_report(&e), (n, n), "{e}");
+    assert!(!e.contains("evaluated"), "nothing is evaluated: {e}");
+    assert_eq!(stdout(&second), stdout(&first), "the same text");
+    assert_eq!(
+        std::fs::read(&cache).unwrap(),
+        saved,
+        "nothing new: not saved"
+    );
+
+    // A longer prompt: the saved prefix is reused and the state saved again.
+    let longer = dir.join("longer.txt");
+    std::fs::write(&longer, format!("{text}And then the storm came.")).unwrap();
+    let third = run(&longer, &[]);
+    let e = stderr(&third);
+    assert!(third.status.success(), "{e}");
+    // The prompt's last token merges with what follows it.
+    let (reused, total) = reuse_report(&e);
+    assert!(reused + 2 >= n && reused < n && total > n, "{e}");
+    assert_ne!(std::fs::read(&cache).unwrap(), saved, "saved again");
+    std::fs::write(&cache, &saved).unwrap();
+
+    // Another KV type, and a corrupt file: exit 1 naming the file; the file is untouched.
+    let o = run(&prompt, &["-ctk", "q8_0"]);
+    refused(&o, 1, "KV type K f16; this session's is q8_0");
+    assert!(stderr(&o).contains("prompt.state"));
+    assert_eq!(std::fs::read(&cache).unwrap(), saved);
+    let mut bad = saved.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x10;
+    std::fs::write(&cache, &bad).unwrap();
+    let o = run(&prompt, &[]);
+    refused(&o, 1, "checksum");
+    assert!(stderr(&o).contains("prompt.state"));
+    assert_eq!(
+        std::fs::read(&cache).unwrap(),
+        bad,
+        "the corrupt file is left as it was"
+    );
+}
+
+/// `(reused, prompt tokens)` from `--prompt-cache`'s report on stderr.
+fn reuse_report(e: &str) -> (usize, usize) {
+    let r = e
+        .split_once("reused ")
+        .and_then(|(_, r)| r.split_once(" prompt tokens"))
+        .and_then(|(r, _)| r.split_once(" of "))
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+    r.unwrap_or_else(|| panic!("no reuse report: {e}"))
+}
+
+/// Runs the interactive chat on SmolLM2 (greedy, 16 tokens a reply) with `input` on stdin.
+fn chat_session(input: &str) -> Output {
+    use std::io::Write;
+    let m = smollm2_path();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edge-run"))
+        .args([
+            "-m",
+            path_arg(&m),
+            "--chat",
+            "-n",
+            "16",
+            "--temp",
+            "0",
+            "-c",
+            "512",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The chat's `/save` and `/load`: a conversation saved after one turn and loaded in another process
+/// answers the second question exactly as the process that never stopped; a bad file is reported and
+/// the chat goes on.
+#[test]
+fn chat_save_and_load_continue_the_conversation() {
+    let dir = TempDir::new("cli", "chat-state");
+    let f = dir.join("chat.state");
+    let (q1, q2) = ("What is the capital of France?", "And of Italy?");
+    let whole = chat_session(&format!("{q1}\n{q2}\n"));
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    let saved = chat_session(&format!("{q1}\n/save {}\n", f.display()));
+    assert!(stderr(&saved).contains("(saved "), "{}", stderr(&saved));
+    let help = chat_session("/help\n");
+    assert!(stderr(&help).contains("/save FILE") && stderr(&help).contains("/load FILE"));
+    let junk = dir.join("junk.state");
+    std::fs::write(&junk, b"junk").unwrap();
+    let input = format!("/load {}\n/load {}\n{q2}\n", junk.display(), f.display());
+    let resumed = chat_session(&input);
+    let e = stderr(&resumed);
+    assert!(e.contains("junk.state") && e.contains("magic"), "{e}");
+    assert!(e.contains("(loaded "), "{e}");
+    // The second reply of the whole chat is the resumed chat's only reply.
+    let (whole_out, resumed_out) = (stdout(&whole), stdout(&resumed));
+    assert!(!resumed_out.trim().is_empty());
+    assert!(
+        whole_out.trim_end().ends_with(resumed_out.trim_end()),
+        "whole: {whole_out:?}\nresumed: {resumed_out:?}"
+    );
+    assert_ne!(whole_out.trim(), resumed_out.trim(), "two replies vs one");
+}

@@ -5,10 +5,12 @@
 //! weights) and valid GGUF / PEFT adapters built with `GgufWriter` and by hand, then mutated:
 //! truncation at many offsets, integer sweeps (0, 1, 2^31, 2^32, 2^63, 2^64-1) over every integer field
 //! of the file structure, and ~200 named corruptions (structure, hyper-parameters, tokenizer metadata,
-//! safetensors headers, adapter configs, adapter tensors). Each input is run through the CLI
-//! (`edge-run info -m FILE` or `edge-run info -m MODEL --adapter FILE`) with the address space limited
-//! to 2 GiB, and checked: exit status 1 or 2, exactly one error line on stderr naming the file (and,
-//! for named corruptions, the field), no "panicked", no signal, under 10 s. The same corpus is loaded
+//! safetensors headers, adapter configs, adapter tensors), and saved prompt states (truncated, bit
+//! flips, every length swept). Each input is run through the CLI (`edge-run info -m FILE`,
+//! `edge-run info -m MODEL --adapter FILE`, or for a state `edge-run -m MODEL -p … --prompt-cache
+//! FILE`) with the address space limited to 2 GiB, and checked: exit status 1 or 2, exactly one error
+//! line on stderr naming the file (and, for named corruptions, the field), no "panicked", no signal,
+//! under 10 s. The same corpus is loaded
 //! in process with a counting allocator: refusing a small hostile file must allocate < 1 MiB.
 //!
 //! Request-level faults (token id ≥ vocabulary, prompt longer than the context, adapter swaps that
@@ -631,6 +633,8 @@ enum Input {
         weights: Option<Vec<u8>>,
         file_arg: bool,
     },
+    /// A saved prompt state: `-m TINY -p PROMPT --prompt-cache state.bin` (generation, not `info`).
+    State(Vec<u8>),
 }
 
 impl Input {
@@ -639,6 +643,7 @@ impl Input {
         match self {
             Input::Model(_) => Input::Model(bytes),
             Input::GgufAdapter(_) => Input::GgufAdapter(bytes),
+            Input::State(_) => Input::State(bytes),
             Input::Peft {
                 config, file_arg, ..
             } => Input::peft_raw(config.clone(), Some(bytes), *file_arg),
@@ -1664,6 +1669,79 @@ fn all_cases() -> Vec<Case> {
     let mut c = model_cases();
     c.extend(adapter_cases());
     c.extend(generated_cases());
+    c.extend(state_cases());
+    c
+}
+
+/// The generation flags of a state case (before `--prompt-cache FILE`); [`state_session`] is the
+/// session they make.
+const STATE_ARGS: [&str; 9] = [
+    "-p",
+    "hello world",
+    "-n",
+    "1",
+    "--temp",
+    "0",
+    "-c",
+    "64",
+    "--quiet",
+];
+
+fn state_session(model: Arc<Model>) -> Session {
+    let cfg = SessionConfig {
+        n_ctx: 64,
+        n_threads: 1,
+        ..Default::default()
+    };
+    Session::new(model, cfg).unwrap()
+}
+
+/// Saved prompt states of the tiny model: the valid one, truncations, every bit 0 and 7 of the bytes
+/// before the logits flipped (refused by the checksum), and every length and count swept with the
+/// checksum recomputed (refused by the field checks or as another model).
+fn state_cases() -> Vec<Case> {
+    use common::state_file::{layout, resealed};
+    let (dir, model_path) = scratch_with_tiny("state-src");
+    let model = Arc::new(Model::open(&model_path).unwrap());
+    let mut s = state_session(model.clone());
+    s.eval(&[1, 5, 9, 13, 17, 21]).unwrap();
+    let mut good = Vec::new();
+    s.save_state_to(&mut good, b"app").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut c = vec![];
+    accept(&mut c, "valid state", Input::State(good.clone()));
+    truncations(&good, "state", &mut c, Input::State(vec![]), None);
+    let hp = &model.hp;
+    let lay = layout(&good, hp.n_layer, 4 * hp.kv_dim(), hp.n_vocab);
+    for i in 0..lay.context_end {
+        for bit in [0, 7] {
+            let mut b = good.clone();
+            b[i] ^= 1 << bit;
+            let name = format!("state byte {i} bit {bit} flipped");
+            let field = match i {
+                0..8 => "magic",
+                8..12 => "version",
+                _ => "checksum",
+            };
+            refuse(&mut c, &name, Input::State(b), &[field]);
+        }
+    }
+    for &(field, at) in &lay.lengths {
+        for v in SWEEP64 {
+            let mut b = good.clone();
+            if get_u64(&b, at) == v {
+                continue;
+            }
+            put_u64(&mut b, at, v);
+            let name = format!("state sweep {field} = {v}");
+            match field {
+                "model.n_layer" | "model.kv_dim" | "model.n_vocab" => {
+                    refuse(&mut c, &name, Input::State(resealed(b)), &["the model"])
+                }
+                _ => either(&mut c, &name, Input::State(resealed(b))),
+            }
+        }
+    }
     c
 }
 
@@ -1752,6 +1830,14 @@ fn materialize(input: &Input, dir: &Path, base_model: &Path) -> (PathBuf, Vec<st
                 p.clone(),
                 vec!["-m".into(), base_model.into(), "--adapter".into(), p.into()],
             )
+        }
+        Input::State(b) => {
+            let p = dir.join("prompt.state");
+            std::fs::write(&p, b).unwrap();
+            let mut args: Vec<std::ffi::OsString> = vec!["-m".into(), base_model.into()];
+            args.extend(STATE_ARGS.iter().map(|&a| a.into()));
+            args.extend(["--prompt-cache".into(), p.clone().into()]);
+            (p, args)
         }
         Input::Peft {
             config,
@@ -1876,7 +1962,9 @@ fn hostile_corpus_is_refused_cleanly_by_the_cli() {
                     let _ = std::fs::remove_dir_all(&dir);
                     std::fs::create_dir_all(&dir).unwrap();
                     let (named, mut args) = materialize(&case.input, &dir, base_model);
-                    args.insert(0, "info".into());
+                    if !matches!(case.input, Input::State(_)) {
+                        args.insert(0, "info".into());
+                    }
                     let argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
                     let r = run_limited(&argv, &dir, Duration::from_secs(10));
                     if std::env::var_os("HOSTILE_SHOW").is_some() {
@@ -1926,6 +2014,7 @@ fn refusing_a_small_hostile_file_allocates_under_1_mib() {
     let cases = all_cases();
     let (root, model_path) = scratch_with_tiny("heap");
     let model = Model::open(&model_path).expect("valid tiny model");
+    let mut sess = state_session(Arc::new(Model::open(&model_path).unwrap()));
     let mut worst = (0usize, String::new());
     let mut failures = vec![];
     let mut refused = 0;
@@ -1938,6 +2027,10 @@ fn refusing_a_small_hostile_file_allocates_under_1_mib() {
         let run = || -> Result<(), String> {
             match &case.input {
                 Input::Model(_) => Model::open(&target).map(|_| ()).map_err(|e| e.to_string()),
+                Input::State(_) => sess
+                    .load_state(&target)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
                 _ => Adapter::load(&target, &model.base_info)
                     .map(|_| ())
                     .map_err(|e| e.to_string()),

@@ -393,3 +393,46 @@ fn staged_rows<'a>(ty: KvType, staged: &'a KvStore, rows: &'a [f32]) -> KvRows<'
         _ => staged.rows(),
     }
 }
+
+/// Reading and writing one position's stored rows, for saving and restoring a context
+/// ([`crate::state`]).
+impl KvCache {
+    /// Bytes of one position's keys and of its values, in the cache's types.
+    pub(crate) fn row_bytes(&self) -> (usize, usize) {
+        (
+            self.k.ty().bytes(self.kv_dim),
+            self.v.ty().bytes(self.kv_dim),
+        )
+    }
+
+    /// The stored keys and values of position `pos` in layer `l` (slot `pos % cap[l]`).
+    pub(crate) fn position(&self, l: usize, pos: usize) -> (&[u8], &[u8]) {
+        let ((kb, vb), at) = (
+            self.row_bytes(),
+            self.off[l] + (pos % self.cap[l]) * self.kv_dim,
+        );
+        let (ka, va) = (self.k.ty().bytes(at), self.v.ty().bytes(at));
+        (
+            &self.k.as_bytes()[ka..ka + kb],
+            &self.v.as_bytes()[va..va + vb],
+        )
+    }
+
+    /// Overwrites position `pos` of layer `l` with stored rows ([`KvCache::row_bytes`] long each).
+    pub(crate) fn set_position(&mut self, l: usize, pos: usize, k: &[u8], v: &[u8]) {
+        let at = self.off[l] + (pos % self.cap[l]) * self.kv_dim;
+        let (ka, va) = (self.k.ty().bytes(at), self.v.ty().bytes(at));
+        self.k.as_bytes_mut()[ka..ka + k.len()].copy_from_slice(k);
+        self.v.as_bytes_mut()[va..va + v.len()].copy_from_slice(v);
+    }
+}
+
+impl KvStore {
+    fn as_bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            KvStore::F32(v) => bytemuck::cast_slice_mut(v),
+            KvStore::F16(v) => bytemuck::cast_slice_mut(v),
+            KvStore::Q8_0(v) => bytemuck::cast_slice_mut(v),
+        }
+    }
+}

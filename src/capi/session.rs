@@ -170,6 +170,42 @@ pub unsafe extern "C" fn er_session_n_past(sess: *mut er_session, out: *mut usiz
     ffi(|| unsafe { put(out, "out", || Ok(session(sess)?.state().s.n_past())) })
 }
 
+/// Save the context (tokens, KV cache rows, last logits) to the file `path`, with the identity of the
+/// model, KV types and adapter set it is only valid with.
+#[no_mangle]
+pub unsafe extern "C" fn er_session_save(sess: *mut er_session, path: *const c_char) -> c_int {
+    ffi(|| {
+        // SAFETY: contract: `path` is NULL or NUL-terminated.
+        let p = unsafe { path_arg(path, "path") }?;
+        let mut g = session(sess)?;
+        g.state().s.save_state(&p)?;
+        Ok(())
+    })
+}
+
+/// Replace the context with the one saved in `path`. On any error the session is unchanged; after
+/// success the logits are the saved ones and the sampler restarts from its seed with the restored
+/// tokens in its history.
+#[no_mangle]
+pub unsafe extern "C" fn er_session_load(sess: *mut er_session, path: *const c_char) -> c_int {
+    ffi(|| {
+        // SAFETY: contract: `path` is NULL or NUL-terminated.
+        let p = unsafe { path_arg(path, "path") }?;
+        let mut g = session(sess)?;
+        let st = g.state();
+        st.s.load_state(&p)?;
+        st.have_logits = st.s.last_logits().is_some();
+        if let Some(sp) = &st.sampler {
+            let mut fresh = st.new_sampler(sp.params.clone());
+            for &t in st.s.tokens() {
+                fresh.accept(t);
+            }
+            st.sampler = Some(fresh);
+        }
+        Ok(())
+    })
+}
+
 /// Evaluate `n` tokens after the context. On any error nothing changed.
 #[no_mangle]
 pub unsafe extern "C" fn er_eval(sess: *mut er_session, tokens: *const i32, n: usize) -> c_int {

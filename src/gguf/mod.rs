@@ -18,7 +18,7 @@
 //! `&'a str`, arrays are [`ArrayView`]s over the file bytes, tensor data is a `&'a [u8]` slice.
 //! [`GgufWriter`] builds files (for tests, fixtures, and adapter conversion).
 
-mod cursor;
+pub(crate) mod cursor;
 mod parse;
 mod reader;
 mod writer;

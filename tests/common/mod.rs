@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod llama_base;
+pub mod state_file;
 
 /// `n` deterministic values uniform in [-amp/2, amp/2), from the library's generator seeded with `seed`.
 pub fn uniform_values(n: usize, amp: f32, seed: u64) -> Vec<f32> {

@@ -291,6 +291,13 @@ pub struct GenArgs {
     /// was computed with the previous adapters and only new tokens see the change).
     #[arg(long = "reeval-on-swap")]
     pub reeval_on_swap: bool,
+    /// Reuse and keep the evaluated prompt in FILE: if FILE exists, restore the state saved in it, keep
+    /// the longest common prefix of its tokens and the prompt and evaluate only the rest (nothing at all
+    /// when the prompt is the same); after the prompt, save the state to FILE (through FILE.tmp) when
+    /// anything new was evaluated. FILE records the model, the KV cache types and the adapters with their
+    /// scales; one saved with others, or a corrupt one, is an error and is left as it is.
+    #[arg(long = "prompt-cache", value_name = "FILE")]
+    pub prompt_cache: Option<PathBuf>,
     #[command(flatten)]
     pub rt: RuntimeArgs,
 }

@@ -41,6 +41,11 @@ pub(crate) fn cmd_generate(g: GenArgs) -> Result<(), Failure> {
         ),
         (None, None) => None,
     };
+    if prompt.is_none() && g.prompt_cache.is_some() {
+        return Err(usage(
+            "--prompt-cache needs a prompt (-p or -f); in the interactive chat use /save and /load",
+        ));
+    }
     if prompt.is_none() && !g.chat {
         return Err(usage(
             "no prompt given: use -p TEXT, -f FILE, or --chat for an interactive chat",
@@ -109,7 +114,15 @@ pub(crate) fn cmd_generate(g: GenArgs) -> Result<(), Failure> {
                 Some(n) => prompt_keep(&model, n, &ids, g.chat)?,
             };
             sess.set_context_shift((!g.no_context_shift).then_some(keep));
-            run_turn(&mut sess, &mut sampler, &ids, max_new, g.quiet)?;
+            match &g.prompt_cache {
+                Some(file) => {
+                    crate::prompt_cache::evaluate(&mut sess, &mut sampler, &ids, file, g.quiet)?;
+                    run_turn(&mut sess, &mut sampler, &[], max_new, g.quiet)?;
+                }
+                None => {
+                    run_turn(&mut sess, &mut sampler, &ids, max_new, g.quiet)?;
+                }
+            }
             Ok(())
         }
         None => crate::repl::interactive_chat(&mut sess, &mut sampler, &g, max_new, adapters),

@@ -2,8 +2,8 @@
 //! tools that are not part of it ([`tools`]).
 //!
 //! - [`args`]: the flags of every subcommand;
-//! - [`generate`]: the default command (prompt in, tokens streamed out) and [`repl`], the interactive
-//!   chat;
+//! - [`generate`]: the default command (prompt in, tokens streamed out), with [`prompt_cache`]
+//!   (`--prompt-cache`), and [`repl`], the interactive chat (its `/save` and `/load` in [`chat_state`]);
 //! - [`inspect`]: `tokenize`, `logits`, `info`;
 //! - [`tool_cmds`]: `adapter convert`, `merge`, `diagnose`, `bench` over [`tools`].
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -24,9 +24,11 @@ macro_rules! outln {
 }
 
 mod args;
+mod chat_state;
 mod generate;
 mod heap;
 mod inspect;
+mod prompt_cache;
 mod repl;
 mod tool_cmds;
 mod tools;

@@ -46,7 +46,7 @@ pub(crate) fn interactive_chat(
             continue;
         }
         if let Some(cmd) = text.strip_prefix('/') {
-            if !slash_command(sess, &mut chat, &mut adapters, g, cmd.trim()) {
+            if !slash_command(sess, sampler, &mut chat, &mut adapters, g, cmd.trim()) {
                 break;
             }
             continue;
@@ -59,6 +59,7 @@ pub(crate) fn interactive_chat(
 /// Runs a `/` command between turns; `false` for `/quit`.
 fn slash_command(
     sess: &mut Session,
+    sampler: &mut Sampler,
     chat: &mut Conversation,
     adapters: &mut Vec<(Arc<Adapter>, f32)>,
     g: &GenArgs,
@@ -72,6 +73,19 @@ fn slash_command(
             eprintln!("(context cleared)");
         }
         "help" => eprintln!("{CHAT_HELP}"),
+        c if c.starts_with("save ") || c.starts_with("load ") => {
+            let (verb, file) = c.split_at(4);
+            let file = std::path::Path::new(file.trim());
+            let (done, past) = if verb == "save" {
+                (crate::chat_state::save(sess, chat, file), "saved")
+            } else {
+                (crate::chat_state::load(sess, sampler, chat, file), "loaded")
+            };
+            match done {
+                Ok(()) => eprintln!("({past} {}: {} tokens)", file.display(), sess.n_past()),
+                Err(Failure(_, msg)) => eprintln!("edge-run: {msg}"),
+            }
+        }
         c if c == "adapters" || c.starts_with("adapter ") => {
             match adapter_command(sess, adapters, c) {
                 Ok(()) => {
@@ -92,8 +106,8 @@ fn slash_command(
 /// The messages of the chat so far. The session's KV cache always holds a prefix of the conversation as
 /// the chat template renders it (less the span context shifts dropped), so each turn evaluates only
 /// what follows that prefix.
-struct Conversation {
-    msgs: Vec<ChatMessage>,
+pub(crate) struct Conversation {
+    pub(crate) msgs: Vec<ChatMessage>,
 }
 
 impl Conversation {
@@ -172,6 +186,8 @@ const CHAT_HELP: &str = "commands (between turns):
   /adapter rm N             remove adapter N (as listed by /adapters)
   /adapter scale N S        change adapter N's scale
   /reset                    clear the conversation
+  /save FILE                save the conversation and its KV cache to FILE
+  /load FILE                continue the conversation saved in FILE (same model, KV types and adapters)
   /quit                     leave
 Adapter changes apply from the next token on; the conversation already in the KV cache stays as it was
 computed unless edge-run was started with --reeval-on-swap.";
