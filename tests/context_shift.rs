@@ -50,15 +50,7 @@ fn main() {
 }
 
 fn gemma() -> Arc<Model> {
-    let p = std::env::var_os("EDGE_RUN_GEMMA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models/gemma-3-270m-q4_k_m.gguf"));
-    assert!(
-        p.is_file(),
-        "{} not found: run models/fetch.sh",
-        p.display()
-    );
-    Arc::new(Model::open(p).unwrap())
+    Arc::new(Model::open(gemma_path()).unwrap())
 }
 
 fn session(model: &Arc<Model>, n_ctx: usize) -> Session {

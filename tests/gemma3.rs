@@ -12,15 +12,6 @@ use edge_run::{Model, Session, SessionConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The real model: `$EDGE_RUN_GEMMA` or `models/gemma-3-270m-q4_k_m.gguf`. Fails (never skips) when missing.
-fn gemma_path() -> PathBuf {
-    let p = std::env::var_os("EDGE_RUN_GEMMA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models/gemma-3-270m-q4_k_m.gguf"));
-    assert!(p.is_file(), "model {} not found: run `models/fetch.sh` (it downloads and verifies Gemma 3 270M), or set EDGE_RUN_GEMMA", p.display());
-    p
-}
-
 fn data(name: &str) -> PathBuf {
     root().join("tests/data/gemma3").join(name)
 }

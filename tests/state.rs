@@ -326,18 +326,6 @@ fn hostile_state_files_are_refused_without_a_panic_or_a_change() {
     same_continuation(&mut s, &mut saver, 3, "the good file");
 }
 
-fn gemma_path() -> PathBuf {
-    let p = std::env::var_os("EDGE_RUN_GEMMA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models/gemma-3-270m-q4_k_m.gguf"));
-    assert!(
-        p.is_file(),
-        "model {} not found: run `models/fetch.sh` (or set EDGE_RUN_GEMMA)",
-        p.display()
-    );
-    p
-}
-
 /// Gemma 3 270M (window 512) past its window, at a context of 1024: the local layers save only their
 /// ring's last 512 positions, and the restored session continues bit-identically.
 #[test]

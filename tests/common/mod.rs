@@ -83,6 +83,21 @@ pub fn smollm2_path() -> PathBuf {
     p
 }
 
+/// The real Gemma 3 270M model: `$EDGE_RUN_GEMMA` or `models/gemma-3-270m-q4_k_m.gguf`. Panics (fails the
+/// test) with instructions when it is missing.
+pub fn gemma_path() -> PathBuf {
+    let p = std::env::var_os("EDGE_RUN_GEMMA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models/gemma-3-270m-q4_k_m.gguf"));
+    assert!(
+        p.is_file(),
+        "model {} not found: run `models/fetch.sh` (it downloads and verifies Gemma 3 270M), or set \
+         EDGE_RUN_GEMMA",
+        p.display()
+    );
+    p
+}
+
 /// The real SmolLM2 model ([`smollm2_path`]), opened.
 pub fn open_smollm2() -> std::sync::Arc<edge_run::Model> {
     std::sync::Arc::new(edge_run::Model::open(smollm2_path()).unwrap())
