@@ -169,13 +169,31 @@ impl State {
             hb: ActBuf::new(n_batch * ff),
             hb2: vec![0.0; n_batch * ff],
             att: vec![0.0; cfg.n_threads * cfg.n_ctx],
-            xq: QuantCache::new(cfg.act_quant, n_batch, e.max(ff).max(qd), cfg.n_threads),
+            xq: QuantCache::new(
+                cfg.act_quant,
+                n_batch,
+                e.max(ff).max(qd),
+                cfg.n_threads,
+                &activation_formats(m),
+            ),
             logits: vec![0.0; n_logit_rows * hp.n_vocab],
             rope,
             kv: KvCache::new(hp, cfg.n_ctx, n_batch, cfg.type_k, cfg.type_v)?,
             lora_t: vec![0.0; 3 * n_batch * cfg.max_adapters * cfg.max_rank],
         })
     }
+}
+
+/// The formats `linear` quantizes activations to for the model's matrices (their `vec_dot_type`s).
+fn activation_formats(m: &Model) -> Vec<QuantType> {
+    let mut formats: Vec<QuantType> = (m.layers.iter())
+        .flat_map(|l| l.lora_weights())
+        .chain([&m.output])
+        .map(|w| w.ty.vec_dot_type())
+        .collect();
+    formats.sort_by_key(|t| *t as u32);
+    formats.dedup();
+    formats
 }
 
 impl State {
@@ -487,17 +505,27 @@ impl QuantCache {
         slots + 4 * self.tiles.len()
     }
 
-    fn new(mode: ActQuant, n_batch: usize, n_max: usize, n_threads: usize) -> Self {
+    /// Buffers for `n_batch` rows of up to `n_max` values in each activation format of `formats` (the
+    /// `vec_dot_type`s of the model's matrices; the other slots stay empty).
+    fn new(
+        mode: ActQuant,
+        n_batch: usize,
+        n_max: usize,
+        n_threads: usize,
+        formats: &[QuantType],
+    ) -> Self {
         let mk = |vt: QuantType| {
-            let stride = xq_row_bytes(vt, n_max.next_multiple_of(256));
+            let rows = if formats.contains(&vt) { n_batch } else { 0 };
+            let row_bytes = (vt.row_bytes(n_max.next_multiple_of(256))).unwrap_or(4 * n_max);
+            let bytes = row_bytes * rows;
             let resid = mode == ActQuant::Q8x2 && vt != QuantType::F32;
             QuantSlot {
                 vt,
                 version: 0,
                 stride: 0,
                 rows: 0,
-                q: vec![0u8; stride * n_batch],
-                r: vec![0u8; if resid { stride * n_batch } else { 0 }],
+                q: vec![0u8; bytes],
+                r: vec![0u8; if resid { bytes } else { 0 }],
             }
         };
         let tile_len = n_batch * CHUNK_ROWS;
