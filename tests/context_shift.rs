@@ -22,7 +22,6 @@ use common::*;
 use counting_alloc::{count_allocations, Counting};
 use edge_run::session::StopReason;
 use edge_run::{Model, Sampler, SamplingParams, Session, SessionConfig};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 #[global_allocator]

@@ -10,7 +10,7 @@ use common::*;
 use edge_run::adapter::Adapter;
 use edge_run::session::KvType;
 use edge_run::{Model, Session, SessionConfig};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 fn cfg(n_ctx: usize, kv: KvType) -> SessionConfig {

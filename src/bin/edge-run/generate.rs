@@ -1,7 +1,7 @@
 //! The default command: generate text from a prompt (`-p`, `-f`), optionally through the model's chat
 //! template (`--chat`), streaming the tokens to stdout; without a prompt `--chat` starts [`crate::repl`].
 use crate::args::GenArgs;
-use crate::{apply_adapters, open_model, session_config, usage, Failure};
+use crate::{apply_adapters, apply_control_vector, open_model, session_config, usage, Failure};
 use edge_run::chat::{apply_chat_template, ChatMessage};
 use edge_run::kernels::Kernels;
 use edge_run::session::StopReason;
@@ -72,6 +72,7 @@ pub(crate) fn cmd_generate(g: GenArgs) -> Result<(), Failure> {
     let n_vocab = model.hp.n_vocab;
     let mut sess = Session::new(model.clone(), cfg)?;
     let adapters = apply_adapters(&mut sess, &g.rt.adapters)?;
+    apply_control_vector(&mut sess, &g.rt)?;
     if !g.quiet {
         for (a, s) in &adapters {
             eprintln!(
