@@ -455,3 +455,155 @@ fn malformed_files_are_refused() {
         assert!(err.contains("ok.gguf") && err.contains("dims"), "{err}");
     }
 }
+
+/// `logits` writes `.npy` bytes; with `extra` flags.
+fn cli_logits(model: &Path, out: &Path, extra: &[&str]) -> Vec<u8> {
+    let mut args = vec![
+        "logits",
+        "-m",
+        path_arg(model),
+        "--tokens",
+        "1,5,9,14",
+        "-o",
+        path_arg(out),
+        "-t",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let o = edge_run(&args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{extra:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::read(out).unwrap()
+}
+
+/// llama.cpp's flags: `--control-vector FILE`, `--control-vector-scaled FILE S` (repeatable, summed),
+/// `--control-vector-layer-range A B`; scale 0 is the base's bytes; usage errors exit 2.
+#[test]
+fn cli_flags() {
+    let mp = fixture("tiny-gemma3.gguf");
+    let m = open(&mp);
+    let d = empty_temp_dir("cvec", "cli");
+    let (nl, e) = (m.hp.n_layer, m.hp.n_embd);
+    let v = uniform_values(e, 2.0, 8);
+    let f = write_cv(&d, "v.gguf", &[(1, v.clone()), (nl - 1, v)], QuantType::F32);
+    let fa = path_arg(&f);
+    let out = d.join("l.npy");
+    let base = cli_logits(&mp, &out, &[]);
+    let zero = cli_logits(&mp, &out, &["--control-vector-scaled", fa, "0"]);
+    assert_eq!(zero, base, "scale 0");
+    let one = cli_logits(&mp, &out, &["--control-vector", fa]);
+    assert_ne!(one, base, "scale 1");
+    let halves = cli_logits(
+        &mp,
+        &out,
+        &[
+            "--control-vector-scaled",
+            fa,
+            "0.5",
+            "--control-vector-scaled",
+            fa,
+            "0.5",
+        ],
+    );
+    assert_eq!(halves, one, "0.5 + 0.5");
+    let neg = cli_logits(&mp, &out, &["--control-vector-scaled", fa, "-1"]);
+    assert_ne!(neg, one);
+    // the range keeps block 1 only: the same as a file with only direction.1
+    let ranged = cli_logits(
+        &mp,
+        &out,
+        &[
+            "--control-vector",
+            fa,
+            "--control-vector-layer-range",
+            "1",
+            "1",
+        ],
+    );
+    let f1 = write_cv(
+        &d,
+        "v1.gguf",
+        &[(1, uniform_values(e, 2.0, 8))],
+        QuantType::F32,
+    );
+    assert_eq!(
+        ranged,
+        cli_logits(&mp, &out, &["--control-vector", path_arg(&f1)])
+    );
+    // generation (tiny Gemma 3) and chat (SmolLM2, which has a template) accept the flags
+    let sm = common::smollm2_path();
+    let ms = open(&sm);
+    let fs = write_cv(
+        &d,
+        "s.gguf",
+        &[(5, uniform_values(ms.hp.n_embd, 1.0, 2))],
+        QuantType::F32,
+    );
+    for (model, cv, chat) in [(&mp, &f, false), (&sm, &fs, true)] {
+        let mut args = vec!["-m", path_arg(model), "-n", "3", "--temp", "0", "-p", "hi"];
+        args.extend(["--control-vector-scaled", path_arg(cv), "0.5"]);
+        if chat {
+            args.push("--chat");
+        }
+        let o = edge_run(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // usage errors
+    let lg = |extra: &[&str]| {
+        let mut a = vec![
+            "logits",
+            "-m",
+            path_arg(&mp),
+            "--tokens",
+            "1",
+            "-o",
+            path_arg(&out),
+        ];
+        a.extend_from_slice(extra);
+        edge_run(&a)
+    };
+    refused(&lg(&["--control-vector-scaled", fa, "x"]), 2, "\"x\"");
+    refused(&lg(&["--control-vector-scaled", fa, "inf"]), 2, "finite");
+    refused(&lg(&["--control-vector-scaled", fa]), 2, "SCALE");
+    refused(
+        &lg(&[
+            "--control-vector",
+            fa,
+            "--control-vector-layer-range",
+            "3",
+            "2",
+        ]),
+        2,
+        "selects no block",
+    );
+    refused(
+        &lg(&[
+            "--control-vector",
+            fa,
+            "--control-vector-layer-range",
+            "a",
+            "2",
+        ]),
+        2,
+        "\"a\"",
+    );
+    refused(
+        &lg(&["--control-vector-layer-range", "1", "2"]),
+        2,
+        "needs --control-vector",
+    );
+    refused(
+        &lg(&["--control-vector", "/nonexistent/cv.gguf"]),
+        1,
+        "/nonexistent/cv.gguf",
+    );
+}
