@@ -557,6 +557,27 @@ fn cli_flags() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+    // bench applies it to its runs
+    let args = [
+        "bench",
+        "-m",
+        path_arg(&mp),
+        "-p",
+        "4",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "-t",
+        "1",
+    ];
+    let o = edge_run(&[&args[..], &["--control-vector", fa]].concat());
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // usage errors
     let lg = |extra: &[&str]| {
         let mut a = vec![

@@ -211,6 +211,17 @@ pub(crate) fn apply_control_vector(
     sess: &mut Session,
     rt: &args::RuntimeArgs,
 ) -> Result<(), Failure> {
+    if let Some(cv) = control_vector(sess.model(), rt)? {
+        sess.set_control_vector(Some(cv))?;
+    }
+    Ok(())
+}
+
+/// The control vector the flags ask for, loaded for `model` (`None`: no flag).
+pub(crate) fn control_vector(
+    model: &Model,
+    rt: &args::RuntimeArgs,
+) -> Result<Option<Arc<ControlVector>>, Failure> {
     let mut files: Vec<(PathBuf, f32)> = rt
         .control_vectors
         .iter()
@@ -231,7 +242,7 @@ pub(crate) fn apply_control_vector(
             })?;
         files.push((PathBuf::from(path), scale));
     }
-    let n_layer = sess.model().hp.n_layer;
+    let n_layer = model.hp.n_layer;
     let range =
         match &rt.control_vector_layer_range {
             None => None,
@@ -258,16 +269,15 @@ pub(crate) fn apply_control_vector(
             }
         };
     if files.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let cv = ControlVector::load(sess.model(), &files, range)?;
+    let cv = ControlVector::load(model, &files, range)?;
     log::info!(
         "control vector: {} file(s), blocks {:?}",
         files.len(),
         cv.layers().collect::<Vec<_>>()
     );
-    sess.set_control_vector(Some(Arc::new(cv)))?;
-    Ok(())
+    Ok(Some(Arc::new(cv)))
 }
 
 fn init_logging(verbose: u8) {
