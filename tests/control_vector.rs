@@ -628,3 +628,41 @@ fn cli_flags() {
         "/nonexistent/cv.gguf",
     );
 }
+
+/// A state file does not record a control vector: a session applying one refuses to save or load,
+/// and the CLI refuses `--prompt-cache` with a control vector (exit 2).
+#[test]
+fn states_are_refused_while_a_control_vector_is_set() {
+    let mp = fixture("tiny-gemma3.gguf");
+    let m = open(&mp);
+    let d = empty_temp_dir("cvec", "state");
+    let v = uniform_values(m.hp.n_embd, 1.0, 1);
+    let cv = Arc::new(ControlVector::from_rows(&m, &[(1, &v)]).unwrap());
+    let mut s = session(&m);
+    s.eval(&PROMPT).unwrap();
+    let mut saved = Vec::new();
+    s.save_state_to(&mut saved, b"").unwrap();
+    s.set_control_vector(Some(cv)).unwrap();
+    let mut out = Vec::new();
+    let e = s.save_state_to(&mut out, b"").unwrap_err().to_string();
+    assert!(e.contains("control vector"), "{e}");
+    let e = s.load_state_from(&saved, "st").unwrap_err().to_string();
+    assert!(e.contains("control vector"), "{e}");
+    s.set_control_vector(None).unwrap();
+    s.load_state_from(&saved, "st").unwrap();
+    let f = write_cv(&d, "v.gguf", &[(1, v)], QuantType::F32);
+    let cache = d.join("cache.bin");
+    let o = edge_run(&[
+        "-m",
+        path_arg(&mp),
+        "-p",
+        "hi",
+        "-n",
+        "1",
+        "--prompt-cache",
+        path_arg(&cache),
+        "--control-vector",
+        path_arg(&f),
+    ]);
+    refused(&o, 2, "--prompt-cache");
+}

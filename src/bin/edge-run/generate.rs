@@ -46,6 +46,12 @@ pub(crate) fn cmd_generate(g: GenArgs) -> Result<(), Failure> {
             "--prompt-cache needs a prompt (-p or -f); in the interactive chat use /save and /load",
         ));
     }
+    let steered = !g.rt.control_vectors.is_empty() || !g.rt.control_vectors_scaled.is_empty();
+    if steered && g.prompt_cache.is_some() {
+        return Err(usage(
+            "--prompt-cache does not record control vectors; use one or the other",
+        ));
+    }
     if prompt.is_none() && !g.chat {
         return Err(usage(
             "no prompt given: use -p TEXT, -f FILE, or --chat for an interactive chat",
