@@ -184,7 +184,8 @@ int er_control_vector_open(const er_model* model, const char* const* paths, cons
 /* Release a control-vector handle; sessions applying it keep it alive. NULL: no-op. */
 int er_control_vector_free(er_control_vector* cv);
 /* Add cv from the next er_eval on (NULL clears it; independent of the adapters). Tokens already in
- * the context keep the values computed with the control vector of their time. */
+ * the context keep the values computed with the control vector of their time. A state file does not
+ * record it: while one is set, er_session_save and er_session_load fail with ER_ERR_INVALID_ARGUMENT. */
 int er_session_set_control_vector(er_session* sess, const er_control_vector* cv);
 
 /* Save the context (tokens, KV cache rows, the last logits) to the file path. The file records the

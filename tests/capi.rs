@@ -1784,6 +1784,19 @@ fn control_vectors() {
         ok(eval(s, &toks));
         assert_eq!(logits(s, nv), base);
     }
+    // a state file does not record the control vector: saving is refused while one is set
+    let st = d.join("st.bin");
+    // SAFETY: live handles, valid C strings.
+    unsafe {
+        ok(er_session_set_control_vector(s, one));
+        expect(
+            er_session_save(s, cstr(&st).as_ptr()),
+            ER_ERR_INVALID_ARGUMENT,
+            &["control vector"],
+        );
+        ok(er_session_set_control_vector(s, null()));
+        ok(er_session_save(s, cstr(&st).as_ptr()));
+    }
     // misuse
     let bad = write_control_vector(&d, "bad.gguf", &[(0, vec![0.0; e])]);
     let (rc, _) = open(&[&bad], None, (0, 0));
