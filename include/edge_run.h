@@ -73,6 +73,7 @@ typedef struct er_model er_model;                     /* a memory-mapped GGUF mo
 typedef struct er_adapter er_adapter;                 /* a loaded LoRA adapter */
 typedef struct er_session er_session;                 /* KV cache + buffers + sampler */
 typedef struct er_adapter_control er_adapter_control; /* sets a session's adapters from any thread */
+typedef struct er_control_vector er_control_vector;   /* per-block additions to the residual stream */
 
 typedef struct er_model_info {
     size_t n_vocab;
@@ -172,6 +173,20 @@ int er_session_adapter_control(er_session* sess, er_adapter_control** out);
 int er_adapter_control_set(const er_adapter_control* ctl, const er_adapter* const* adapters, const float* scales,
                            size_t n);
 int er_adapter_control_free(er_adapter_control* ctl);
+
+/* ---------------------------------------------------------------------------------- control vectors */
+/* Sum the llama.cpp control-vector files paths[i] (GGUF, tensors direction.N: F32 or F16, n_embd
+ * values) times scales[i] (scales NULL: all 1) for model; direction.N is added to every position's
+ * residual stream after block N (0-based, N in 1..n_layer-1). Only blocks layer_start..=layer_end are
+ * kept (<= 0: the first / last such block). n >= 1. ER_ERR_FORMAT names the file and field. */
+int er_control_vector_open(const er_model* model, const char* const* paths, const float* scales, size_t n,
+                           int32_t layer_start, int32_t layer_end, er_control_vector** out);
+/* Release a control-vector handle; sessions applying it keep it alive. NULL: no-op. */
+int er_control_vector_free(er_control_vector* cv);
+/* Add cv from the next er_eval on (NULL clears it; independent of the adapters). Tokens already in
+ * the context keep the values computed with the control vector of their time. A state file does not
+ * record it: while one is set, er_session_save and er_session_load fail with ER_ERR_INVALID_ARGUMENT. */
+int er_session_set_control_vector(er_session* sess, const er_control_vector* cv);
 
 /* Save the context (tokens, KV cache rows, the last logits) to the file path. The file records the
  * model (a hash of its GGUF header), the KV types and the adapter set with scales it is only valid with,

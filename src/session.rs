@@ -1,7 +1,7 @@
 //! A session: the KV cache and every buffer of the forward pass, sized once at creation, plus the worker
 //! pool. `eval` runs the model's forward pass ([`crate::arch`]: one readable function per architecture,
 //! llama2.c style) over a batch of tokens; decoding is `eval` of one token. Nothing on that path allocates.
-use crate::adapter::Adapter;
+use crate::adapter::{Adapter, ControlVector};
 use crate::adapter::{AdapterControl, Applied, MAX_ADAPTERS};
 pub use crate::arch::kv::KvType;
 pub use crate::arch::ActQuant;
@@ -130,6 +130,9 @@ pub struct Session {
     lk: &'static LoraKernels,
     control: Arc<AdapterControl>,
     applied: Applied,
+    /// The control vector the next `eval` adds to the residual stream (`None`, or one without
+    /// entries: nothing is added).
+    cvec: Option<Arc<ControlVector>>,
 }
 
 impl Session {
@@ -193,6 +196,7 @@ impl Session {
                 cfg.max_rank,
             )),
             applied: Applied::new(model.n_slots()),
+            cvec: None,
             model,
             cfg,
         })
@@ -359,6 +363,32 @@ impl Session {
         self.applied.active()
     }
 
+    /// Add this control vector to the residual stream from the next `eval` on (`None` clears it). It
+    /// must have been built for a model of this one's shape; one without entries (all scales 0)
+    /// adds nothing. Independent of the adapters; the forward pass adds it without allocating.
+    pub fn set_control_vector(&mut self, cv: Option<Arc<ControlVector>>) -> Result<()> {
+        if let Some(c) = &cv {
+            let hp = &self.model.hp;
+            if (c.n_layer(), c.n_embd()) != (hp.n_layer, hp.n_embd) {
+                return Err(Error::invalid(format!(
+                    "control vector for {} blocks of width {} does not fit this model ({} blocks of \
+                     width {})",
+                    c.n_layer(),
+                    c.n_embd(),
+                    hp.n_layer,
+                    hp.n_embd
+                )));
+            }
+        }
+        self.cvec = cv.filter(|c| !c.is_empty());
+        Ok(())
+    }
+
+    /// The control vector the next `eval` applies.
+    pub fn control_vector(&self) -> Option<&Arc<ControlVector>> {
+        self.cvec.as_ref()
+    }
+
     /// Check a request before it touches any state: token ids in range, room in the context.
     fn check(&self, tokens: &[u32]) -> Result<()> {
         let nv = self.model.hp.n_vocab;
@@ -451,6 +481,7 @@ impl Session {
             lk: self.lk,
             pool: &self.pool,
             applied: &self.applied,
+            cvec: self.cvec.as_deref(),
             n_ctx: self.cfg.n_ctx,
             logits_all: self.cfg.logits_all,
         };

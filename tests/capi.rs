@@ -1689,3 +1689,150 @@ fn session_state_saves_and_loads() {
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
+
+// ---------------------------------------------------------------------------------- control vectors
+
+/// A control-vector file in `dir`: `direction.N` for each `(N, values)`.
+fn write_control_vector(dir: &Path, name: &str, dirs: &[(usize, Vec<f32>)]) -> PathBuf {
+    let mut w = edge_run::gguf::GgufWriter::new();
+    w.add("general.architecture", "controlvector").unwrap();
+    for (n, v) in dirs {
+        let dims = [v.len() as u64];
+        let ty = edge_run::kernels::QuantType::F32;
+        w.add_tensor(&format!("direction.{n}"), &dims, ty, common::f32_bytes(v))
+            .unwrap();
+    }
+    let p = dir.join(name);
+    w.write_file(&p).unwrap();
+    p
+}
+
+/// `er_control_vector_open` sums files with scales over a block range, `er_session_set_control_vector`
+/// sets and clears it (back to the base bit for bit), as the Rust API computes; misuse is refused.
+#[test]
+fn control_vectors() {
+    let _g = serial();
+    let mp = fixture("tiny-gemma3.gguf");
+    let rm = Model::open(&mp).unwrap();
+    let (nl, e, nv) = (rm.hp.n_layer, rm.hp.n_embd, rm.hp.n_vocab);
+    let d = common::empty_temp_dir("capi", "cvec");
+    let v1 = common::uniform_values(e, 2.0, 1);
+    let v2 = common::uniform_values(e, 2.0, 2);
+    let f = write_control_vector(&d, "cv.gguf", &[(1, v1), (nl - 1, v2)]);
+    let m = open_model(&mp);
+    let toks = [1, 5, 9, 14];
+    let run = |cv: *const er_control_vector| {
+        let s = new_session(m, 32);
+        // SAFETY: live session; `cv` NULL or a live handle.
+        ok(unsafe { er_session_set_control_vector(s, cv) });
+        ok(eval(s, &toks));
+        let l = logits(s, nv);
+        // SAFETY: live session.
+        ok(unsafe { er_session_free(s) });
+        l
+    };
+    let open = |paths: &[&Path], scales: Option<&[f32]>, range: (i32, i32)| {
+        let cs: Vec<CString> = paths.iter().map(|p| cstr(p)).collect();
+        let ps: Vec<*const c_char> = cs.iter().map(|c| c.as_ptr()).collect();
+        let mut cv = null_mut();
+        let sp = scales.map_or(null(), |s| s.as_ptr());
+        // SAFETY: `ps` and `sp` hold paths.len() elements; valid out-pointer.
+        let rc = unsafe {
+            er_control_vector_open(m, ps.as_ptr(), sp, ps.len(), range.0, range.1, &mut cv)
+        };
+        (rc, cv)
+    };
+    let base = run(null());
+    let (rc, one) = open(&[&f], None, (0, 0));
+    ok(rc);
+    let steered = run(one);
+    assert_ne!(steered, base);
+    // the Rust API, same file: the same logits
+    let rust_cv = edge_run::adapter::ControlVector::load(&rm, &[(&f, 1.0)], None).unwrap();
+    let mut rs = Session::new(
+        Arc::new(Model::open(&mp).unwrap()),
+        SessionConfig {
+            n_ctx: 32,
+            n_threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    rs.set_control_vector(Some(Arc::new(rust_cv))).unwrap();
+    let ids: Vec<u32> = toks.iter().map(|&t| t as u32).collect();
+    assert_eq!(rs.eval(&ids).unwrap(), &steered[..]);
+    // two halves sum to the whole; scale 0 and a range without blocks are the base
+    let (rc, halves) = open(&[&f, &f], Some(&[0.5, 0.5]), (0, 0));
+    ok(rc);
+    assert_eq!(run(halves), steered);
+    let (rc, zero) = open(&[&f], Some(&[0.0]), (0, 0));
+    ok(rc);
+    assert_eq!(run(zero), base);
+    let (rc, first) = open(&[&f], None, (1, 1));
+    ok(rc);
+    let only1 = run(first);
+    assert!(only1 != base && only1 != steered);
+    // set, then cleared: the next evaluation is the base's
+    let s = new_session(m, 32);
+    // SAFETY: live handles.
+    unsafe {
+        ok(er_session_set_control_vector(s, one));
+        ok(eval(s, &toks));
+        assert_eq!(logits(s, nv), steered);
+        ok(er_session_reset(s));
+        ok(er_session_set_control_vector(s, null()));
+        ok(eval(s, &toks));
+        assert_eq!(logits(s, nv), base);
+    }
+    // a state file does not record the control vector: saving is refused while one is set
+    let st = d.join("st.bin");
+    // SAFETY: live handles, valid C strings.
+    unsafe {
+        ok(er_session_set_control_vector(s, one));
+        expect(
+            er_session_save(s, cstr(&st).as_ptr()),
+            ER_ERR_INVALID_ARGUMENT,
+            &["control vector"],
+        );
+        ok(er_session_set_control_vector(s, null()));
+        ok(er_session_save(s, cstr(&st).as_ptr()));
+    }
+    // misuse
+    let bad = write_control_vector(&d, "bad.gguf", &[(0, vec![0.0; e])]);
+    let (rc, _) = open(&[&bad], None, (0, 0));
+    expect(rc, ER_ERR_FORMAT, &["bad.gguf", "direction.0"]);
+    let (rc, _) = open(&[&f], Some(&[f32::NAN]), (0, 0));
+    expect(rc, ER_ERR_INVALID_ARGUMENT, &["scales[0]"]);
+    let (rc, _) = open(&[&f], None, (3, 2));
+    expect(rc, ER_ERR_INVALID_ARGUMENT, &["selects no block"]);
+    let (rc, _) = open(&[], None, (0, 0));
+    expect(rc, ER_ERR_INVALID_ARGUMENT, &["n = 0"]);
+    let (rc, _) = open(&[&d.join("missing.gguf")], None, (0, 0));
+    expect(rc, ER_ERR_IO, &["missing.gguf"]);
+    // SAFETY: NULL and wrong-kind pointers are checked by the library.
+    unsafe {
+        let mut cv = null_mut();
+        expect(
+            er_control_vector_open(m, null(), null(), 1, 0, 0, &mut cv),
+            ER_ERR_NULL,
+            &["paths"],
+        );
+        expect(
+            er_session_set_control_vector(s, m.cast()),
+            ER_ERR_INVALID_HANDLE,
+            &["er_control_vector"],
+        );
+        expect(
+            er_session_set_control_vector(null_mut(), one),
+            ER_ERR_NULL,
+            &[],
+        );
+        for cv in [one, halves, zero, first] {
+            ok(er_control_vector_free(cv));
+        }
+        expect(er_control_vector_free(one), ER_ERR_INVALID_HANDLE, &[]);
+        ok(er_control_vector_free(null_mut()));
+        ok(er_session_free(s));
+        ok(er_model_free(m));
+    }
+}

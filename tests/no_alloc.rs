@@ -1,5 +1,6 @@
 //! The decode hot path performs no heap allocation: a counting global allocator sees zero allocations over
-//! 64 decode steps with two adapters active and a swap every 8 tokens, at 1 and 2 threads — on the real
+//! 64 decode steps with two adapters active and a swap every 8 tokens, and a control vector set and
+//! cleared every 8 tokens, at 1 and 2 threads — on the real
 //! SmolLM2 (llama) and on the tiny gemma3 fixture (sliding-window ring wrapping around many times, and a
 //! `truncate` deep into overwritten ring slots, whose replay runs inside the counted region).
 //! (Its own test binary with one test, so that no other test allocates concurrently.)
@@ -8,7 +9,7 @@ mod common;
 mod counting_alloc;
 use common::*;
 use counting_alloc::{count_allocations, Counting};
-use edge_run::adapter::Adapter;
+use edge_run::adapter::{Adapter, ControlVector};
 use edge_run::{Model, Sampler, SamplingParams, Session};
 use std::sync::Arc;
 
@@ -26,7 +27,8 @@ type AdapterSet<'a> = [(&'a Arc<Adapter>, f32)];
 /// One run: a session of `n_threads` on `model` with adapter `set_a`, the prompt evaluated, one
 /// warm-up decode step with each set (first use of buffers), then 64 counted decode steps swapping
 /// the sets every 8 tokens (and truncating to `truncate.1` tokens at step `truncate.0`). Returns the
-/// number of heap allocations in the counted steps, and the session.
+/// number of heap allocations in the counted steps, and the session. A control vector on blocks 1
+/// and 2 is set at the start and cleared / set again every 8 tokens.
 fn count_decode_allocations(
     model: &Arc<Model>,
     n_threads: usize,
@@ -40,6 +42,10 @@ fn count_decode_allocations(
     let mut sampler = Sampler::new(sampling, model.hp.n_vocab);
     let ctl = s.adapter_control();
     ctl.set(set_a).unwrap();
+    let e = model.hp.n_embd;
+    let (v1, v2) = (uniform_values(e, 0.5, 1), uniform_values(e, 0.5, 2));
+    let cv = Arc::new(ControlVector::from_rows(model, &[(1, &v1), (2, &v2)]).unwrap());
+    s.set_control_vector(Some(cv.clone())).unwrap();
     s.eval(prompt).unwrap();
     for set in [set_b, set_a] {
         ctl.set(set).unwrap();
@@ -51,6 +57,10 @@ fn count_decode_allocations(
         for step in 0..64 {
             if step % 8 == 7 {
                 ctl.set(if step % 16 == 7 { set_b } else { set_a }).unwrap();
+            }
+            if step % 8 == 3 {
+                let on = s.control_vector().is_none();
+                s.set_control_vector(on.then(|| cv.clone())).unwrap();
             }
             if let Some((at, n)) = truncate {
                 if step == at {

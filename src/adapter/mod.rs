@@ -42,12 +42,14 @@ use crate::kernels::lora::LoraRef;
 use crate::kernels::QuantType;
 use crate::mmap::MappedFile;
 
+pub mod control;
 mod gguf_adapter;
 mod peft;
 pub mod safetensors;
 mod set;
 
 pub use crate::model::BaseInfo;
+pub use control::ControlVector;
 pub(crate) use set::Applied;
 pub use set::{ActiveSet, AdapterControl, MAX_ADAPTERS};
 

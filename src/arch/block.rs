@@ -129,3 +129,14 @@ pub(crate) fn ffn_output(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize)
         &mut st.lora_t,
     );
 }
+
+/// x[t] += v_l for every row of the batch, when the control vector has block `l` (after the block's
+/// last residual add, as llama.cpp applies `direction.l`).
+pub(crate) fn steer(env: &Env<'_>, st: &mut State, l: usize, b: usize) {
+    if let Some(v) = env.cvec.and_then(|c| c.layer(l)) {
+        let e = env.m.hp.n_embd;
+        for row in st.x[..b * e].chunks_exact_mut(e) {
+            ops::add(row, v);
+        }
+    }
+}

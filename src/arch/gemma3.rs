@@ -148,6 +148,9 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
         (env.k.geglu)(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
         block::ffn_output(env, st, layer, b);
         post_norm_add(st, norm(&layer.ffn_post_norm), e * b, eps);
+
+        // control vector: x += v_l (when it has this block)
+        block::steer(env, st, l, b);
     }
 
     // logits = Wout · rmsnorm(x) (soft-capped if the file says so)         [B or 1, n_vocab]

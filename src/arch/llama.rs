@@ -29,6 +29,9 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
         (env.k.swiglu)(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
         block::ffn_output(env, st, layer, b);
         add(&mut st.x[..b * e], &st.proj[..b * e]);
+
+        // control vector: x += v_l (when it has this block)
+        block::steer(env, st, l, b);
     }
 
     // logits = Wout · rmsnorm(x)                                           [B or 1, n_vocab]

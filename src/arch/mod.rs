@@ -20,7 +20,7 @@ pub mod llama;
 pub(crate) mod ops;
 pub(crate) mod shift;
 
-use crate::adapter::Applied;
+use crate::adapter::{Applied, ControlVector};
 use crate::gguf::Gguf;
 use crate::kernels::lora::LoraKernels;
 use crate::kernels::Kernels;
@@ -60,6 +60,8 @@ pub(crate) struct Env<'a> {
     pub lk: &'static LoraKernels,
     pub pool: &'a ThreadPool,
     pub applied: &'a Applied,
+    /// The control vector added to the residual stream after each block, if any.
+    pub cvec: Option<&'a ControlVector>,
     /// Context capacity (the global layers' KV length).
     pub n_ctx: usize,
     /// Keep the logits of every position of the batch, not only the last.

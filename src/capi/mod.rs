@@ -25,13 +25,15 @@
 #![allow(non_camel_case_types, clippy::missing_safety_doc)]
 
 mod adapters;
+mod control;
 mod model;
 mod session;
 pub use adapters::*;
+pub use control::*;
 pub use model::*;
 pub use session::*;
 
-use crate::adapter::Adapter;
+use crate::adapter::{Adapter, ControlVector};
 use crate::adapter::{AdapterControl, MAX_ADAPTERS};
 use crate::model::Model;
 use crate::sampling::{argmax, Sampler, SamplingParams};
@@ -177,6 +179,7 @@ enum Kind {
     Adapter,
     Session,
     AdapterControl,
+    ControlVector,
 }
 
 impl Kind {
@@ -186,6 +189,7 @@ impl Kind {
             Kind::Adapter => "er_adapter",
             Kind::Session => "er_session",
             Kind::AdapterControl => "er_adapter_control",
+            Kind::ControlVector => "er_control_vector",
         }
     }
 }
@@ -269,6 +273,11 @@ pub struct er_model {
 /// A loaded LoRA adapter (opaque in C).
 pub struct er_adapter {
     adapter: Arc<Adapter>,
+}
+
+/// A control vector: per-block additions to the residual stream (opaque in C).
+pub struct er_control_vector {
+    cv: Arc<ControlVector>,
 }
 
 /// A handle that sets a session's adapters from any thread (opaque in C).

@@ -55,6 +55,7 @@ impl Session {
     /// adopted (the state records the set the next `eval` would apply).
     pub fn save_state_to(&mut self, out: &mut Vec<u8>, app: &[u8]) -> Result<()> {
         check_endian()?;
+        no_control_vector(self)?;
         if app.len() > MAX_APP_BYTES {
             return Err(Error::invalid(format!(
                 "application data of {} bytes is more than a state file holds ({MAX_APP_BYTES})",
@@ -130,6 +131,7 @@ impl Session {
         accept: impl FnOnce(&[u8]) -> Result<T>,
     ) -> Result<T> {
         check_endian()?;
+        no_control_vector(self)?;
         let max = max_state_bytes(self);
         if bytes.len() as u64 > max {
             let prefix = &bytes[..bytes.len().min(PREFIX_BYTES)];
@@ -232,4 +234,15 @@ fn state_bytes_estimate(s: &Session, app_len: usize) -> usize {
     let (n_past, lim) = (s.n_past(), limits(s));
     let rows: usize = s.kv().cap.iter().map(|&c| c.min(n_past)).sum();
     (1 << 16) + 5 * n_past + 4 * lim.n_vocab + app_len + rows * (lim.row_k + lim.row_v)
+}
+
+/// A state file does not record a control vector, so a session applying one neither saves nor loads.
+fn no_control_vector(s: &Session) -> Result<()> {
+    if s.control_vector().is_some() {
+        return Err(Error::invalid(
+            "a saved state does not record control vectors: clear the session's control vector \
+             before saving or loading a state",
+        ));
+    }
+    Ok(())
 }

@@ -223,6 +223,27 @@ pub struct RuntimeArgs {
     /// up to 8 adapters.
     #[arg(long = "adapter", value_name = "PATH[:SCALE]")]
     pub adapters: Vec<String>,
+    /// Add a control vector (llama.cpp GGUF file of `direction.N` tensors) to the residual stream
+    /// after each block it covers, scale 1. Repeat to sum several.
+    #[arg(long = "control-vector", value_name = "FILE")]
+    pub control_vectors: Vec<PathBuf>,
+    /// Add a control vector times SCALE. Repeat to sum several.
+    #[arg(
+        long = "control-vector-scaled",
+        value_names = ["FILE", "SCALE"],
+        num_args = 2,
+        allow_hyphen_values = true
+    )]
+    pub control_vectors_scaled: Vec<String>,
+    /// Apply control vectors only after blocks START..=END (block indices; ≤ 0: the first / last
+    /// block that has a direction).
+    #[arg(
+        long = "control-vector-layer-range",
+        value_names = ["START", "END"],
+        num_args = 2,
+        allow_hyphen_values = true
+    )]
+    pub control_vector_layer_range: Option<Vec<String>>,
 }
 
 #[derive(Args, Debug)]

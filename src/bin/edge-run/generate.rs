@@ -1,7 +1,7 @@
 //! The default command: generate text from a prompt (`-p`, `-f`), optionally through the model's chat
 //! template (`--chat`), streaming the tokens to stdout; without a prompt `--chat` starts [`crate::repl`].
 use crate::args::GenArgs;
-use crate::{apply_adapters, open_model, session_config, usage, Failure};
+use crate::{apply_adapters, apply_control_vector, open_model, session_config, usage, Failure};
 use edge_run::chat::{apply_chat_template, ChatMessage};
 use edge_run::kernels::Kernels;
 use edge_run::session::StopReason;
@@ -46,6 +46,12 @@ pub(crate) fn cmd_generate(g: GenArgs) -> Result<(), Failure> {
             "--prompt-cache needs a prompt (-p or -f); in the interactive chat use /save and /load",
         ));
     }
+    let steered = !g.rt.control_vectors.is_empty() || !g.rt.control_vectors_scaled.is_empty();
+    if steered && g.prompt_cache.is_some() {
+        return Err(usage(
+            "--prompt-cache does not record control vectors; use one or the other",
+        ));
+    }
     if prompt.is_none() && !g.chat {
         return Err(usage(
             "no prompt given: use -p TEXT, -f FILE, or --chat for an interactive chat",
@@ -72,6 +78,7 @@ pub(crate) fn cmd_generate(g: GenArgs) -> Result<(), Failure> {
     let n_vocab = model.hp.n_vocab;
     let mut sess = Session::new(model.clone(), cfg)?;
     let adapters = apply_adapters(&mut sess, &g.rt.adapters)?;
+    apply_control_vector(&mut sess, &g.rt)?;
     if !g.quiet {
         for (a, s) in &adapters {
             eprintln!(

@@ -2,7 +2,8 @@
 //! and `info` (hyper-parameters, tensors, adapters; a GGUF adapter given as the model is described too).
 use crate::args::{InfoArgs, LogitsArgs, TokenizeArgs};
 use crate::{
-    apply_adapters, load_adapter, open_model, session_config, sized_config, usage, Failure,
+    apply_adapters, apply_control_vector, load_adapter, open_model, session_config, sized_config,
+    usage, Failure,
 };
 use edge_run::kernels::Kernels;
 use edge_run::{Model, Session};
@@ -53,6 +54,7 @@ pub(crate) fn cmd_logits(a: LogitsArgs) -> Result<(), Failure> {
     let nv = model.hp.n_vocab;
     let mut sess = Session::new(model, cfg)?;
     apply_adapters(&mut sess, &a.rt.adapters)?;
+    apply_control_vector(&mut sess, &a.rt)?;
     let tmp = a.output.with_extension("npy.partial");
     let f =
         std::fs::File::create(&tmp).map_err(|e| Failure(1, format!("{}: {e}", tmp.display())))?;

@@ -36,6 +36,7 @@ mod tools;
 use args::{Cli, Cmd, RuntimeArgs, SizeArgs};
 use clap::Parser;
 use edge_run::adapter::Adapter;
+use edge_run::adapter::ControlVector;
 use edge_run::kernels::Kernels;
 use edge_run::session::{default_threads, ActQuant};
 use edge_run::{Error, Model, Session, SessionConfig};
@@ -202,6 +203,81 @@ pub(crate) fn apply_adapters(
     let set: Vec<(&Arc<Adapter>, f32)> = loaded.iter().map(|(a, s)| (a, *s)).collect();
     sess.set_adapters(&set)?;
     Ok(loaded)
+}
+
+/// The control vector of `--control-vector`, `--control-vector-scaled` and
+/// `--control-vector-layer-range` (llama.cpp's flags), made the session's. Nothing given: nothing set.
+pub(crate) fn apply_control_vector(
+    sess: &mut Session,
+    rt: &args::RuntimeArgs,
+) -> Result<(), Failure> {
+    if let Some(cv) = control_vector(sess.model(), rt)? {
+        sess.set_control_vector(Some(cv))?;
+    }
+    Ok(())
+}
+
+/// The control vector the flags ask for, loaded for `model` (`None`: no flag).
+pub(crate) fn control_vector(
+    model: &Model,
+    rt: &args::RuntimeArgs,
+) -> Result<Option<Arc<ControlVector>>, Failure> {
+    let mut files: Vec<(PathBuf, f32)> = rt
+        .control_vectors
+        .iter()
+        .map(|p| (p.clone(), 1.0))
+        .collect();
+    for pair in rt.control_vectors_scaled.chunks(2) {
+        let [path, sc] = pair else {
+            return Err(usage("--control-vector-scaled needs FILE SCALE"));
+        };
+        let scale = sc
+            .parse::<f32>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| {
+                usage(format!(
+                    "--control-vector-scaled {path} {sc}: scale {sc:?} is not a finite number"
+                ))
+            })?;
+        files.push((PathBuf::from(path), scale));
+    }
+    let n_layer = model.hp.n_layer;
+    let range =
+        match &rt.control_vector_layer_range {
+            None => None,
+            Some(_) if files.is_empty() => return Err(usage(
+                "--control-vector-layer-range needs --control-vector or --control-vector-scaled",
+            )),
+            Some(v) => {
+                let num = |s: &String| {
+                    s.parse::<i64>().map_err(|_| {
+                        usage(format!(
+                            "--control-vector-layer-range: {s:?} is not an integer"
+                        ))
+                    })
+                };
+                let (a, b) = (num(&v[0])?, num(&v[1])?);
+                let r = edge_run::adapter::control::layer_range(a, b, n_layer);
+                Some(r.ok_or_else(|| {
+                    usage(format!(
+                        "--control-vector-layer-range {a} {b} selects no block of this model \
+                     (directions apply after blocks 1..={})",
+                        n_layer.saturating_sub(1)
+                    ))
+                })?)
+            }
+        };
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let cv = ControlVector::load(model, &files, range)?;
+    log::info!(
+        "control vector: {} file(s), blocks {:?}",
+        files.len(),
+        cv.layers().collect::<Vec<_>>()
+    );
+    Ok(Some(Arc::new(cv)))
 }
 
 fn init_logging(verbose: u8) {

@@ -143,8 +143,14 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<(), Failure> {
         n_gen: a.n_gen,
         reps: a.reps,
         adapters: parse_adapter_args(&a.rt.adapters)?,
+        control_vector: crate::control_vector(&model, &a.rt)?,
         ..Default::default()
     };
+    if a.vs_llama_cpp && workload.control_vector.is_some() {
+        return Err(usage(
+            "--vs-llama-cpp runs llama.cpp without control vectors; drop one or the other",
+        ));
+    }
     let vs_model = if a.vs_llama_cpp {
         vs_llama_cpp::available()?;
         Some(model.clone())

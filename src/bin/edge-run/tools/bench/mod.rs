@@ -112,6 +112,8 @@ pub struct Workload {
     pub reps: usize,
     /// Adapter files and user scales.
     pub adapters: Vec<(PathBuf, f32)>,
+    /// A control vector for every run of the model (not of a compared model).
+    pub control_vector: Option<Arc<edge_run::adapter::ControlVector>>,
     /// Seed of the prompt's tokens.
     pub seed: u64,
 }
@@ -123,6 +125,7 @@ impl Default for Workload {
             n_gen: 128,
             reps: 3,
             adapters: Vec::new(),
+            control_vector: None,
             seed: 1234,
         }
     }
@@ -225,10 +228,9 @@ pub struct AfterSwap {
     pub steady_token_ms: f64,
 }
 
-/// Decodes `n` tokens after the prompt, swapping between the full adapter set and the set without
-/// its last adapter (none, for one adapter) through the session's control handle before every
-/// fourth token, and returns the median latency of the tokens that directly follow a swap and of
-/// the others.
+/// Decodes `n` tokens after the prompt, swapping between the full adapter set and the set without its
+/// last adapter (none, for one adapter) through the session's control handle before every fourth
+/// token, and returns the median latency of the tokens that directly follow a swap and of the others.
 fn first_token_after_swap(
     sess: &mut Session,
     prompt: &[u32],
@@ -346,6 +348,7 @@ pub fn run(
     let load_ms = t0.elapsed().as_secs_f64() * 1e3 / loaded.len().max(1) as f64;
 
     let mut sess = Session::new(model.clone(), cfg.clone())?;
+    sess.set_control_vector(w.control_vector.clone())?;
     let base = measure_speed(&mut sess, &prompt, w.n_gen, w.reps)?;
     progress(&format!(
         "  base model: pp {:.1} tok/s, tg {:.1} tok/s",
@@ -406,12 +409,9 @@ fn other_mode_speed(
         act_quant: aq,
         ..cfg.clone()
     };
-    let speed = measure_speed(
-        &mut Session::new(model.clone(), other)?,
-        prompt,
-        w.n_gen,
-        w.reps,
-    )?;
+    let mut sess = Session::new(model.clone(), other)?;
+    sess.set_control_vector(w.control_vector.clone())?;
+    let speed = measure_speed(&mut sess, prompt, w.n_gen, w.reps)?;
     progress(&format!(
         "  base model, act-quant {}: pp {:.1} tok/s, tg {:.1} tok/s",
         act_quant_name(aq),
