@@ -278,23 +278,31 @@ fn check_metadata(g: &Gguf<'_>, name: &str, arch: &str) -> Result<()> {
             ));
         }
     }
-    if let Some(v) = g.get("controlvector.model_hint") {
-        if v.as_str().is_none() {
+    // (key, whether a value has the key's type, the type expected)
+    type Typed = (
+        &'static str,
+        fn(&crate::gguf::Value<'_>) -> bool,
+        &'static str,
+    );
+    let typed: [Typed; 2] = [
+        (
+            "controlvector.model_hint",
+            |v| v.as_str().is_some(),
+            "a string",
+        ),
+        (
+            "controlvector.layer_count",
+            |v| v.as_u64().is_some(),
+            "an unsigned integer",
+        ),
+    ];
+    for (key, has_type, expected) in typed {
+        if g.get(key).is_some_and(|v| !has_type(v)) {
             return Err(Error::format(
                 name,
-                "controlvector.model_hint",
+                key,
                 None,
-                "expected a string",
-            ));
-        }
-    }
-    if let Some(v) = g.get("controlvector.layer_count") {
-        if v.as_u64().is_none() {
-            return Err(Error::format(
-                name,
-                "controlvector.layer_count",
-                None,
-                "expected an unsigned integer",
+                format!("expected {expected}"),
             ));
         }
     }
