@@ -123,13 +123,10 @@ pub(crate) struct LinearInput<'a> {
 pub(crate) struct State {
     pub x: Vec<f32>,     // residual stream        [B, n_embd]
     pub xb: ActBuf,      // normed input           [B, max(n_embd, q_dim)]
-    pub q: Vec<f32>,     // queries                [B, q_dim]
-    pub kk: Vec<f32>,    // keys of this batch     [B, kv_dim]
-    pub v: Vec<f32>,     // values of this batch   [B, kv_dim]
+    pub work: Work,      // q, k, v; then ffn up   [B, q_dim + 2·kv_dim]; [B, n_ff]
     pub att_out: ActBuf, // attention output       [B, q_dim]
     pub proj: Vec<f32>,  // output of a projection [B, n_embd]
     pub hb: ActBuf,      // ffn gate, then act(gate)*up [B, n_ff]
-    pub hb2: Vec<f32>,   // ffn up                 [B, n_ff]
     pub att: Vec<f32>,   // attention scores, per thread [n_threads, n_ctx]
     pub xq: QuantCache,
     pub logits: Vec<f32>, // [1 or B, n_vocab]
@@ -138,6 +135,38 @@ pub(crate) struct State {
     pub kv: KvCache,
     /// LoRA intermediates t = A·x of up to three weights sharing an input [3, B, max_adapters · max_rank].
     pub lora_t: Vec<f32>,
+}
+
+/// One buffer for two phases of a block that never overlap: the batch's queries, keys and values
+/// during attention, the feed-forward's up projection after it.
+pub(crate) struct Work {
+    buf: Vec<f32>,
+    /// Lengths of the q and of the k (= v) parts: `n_batch` rows each.
+    q_len: usize,
+    kv_len: usize,
+}
+
+impl Work {
+    fn new(n_batch: usize, q_dim: usize, kv_dim: usize, n_ff: usize) -> Work {
+        let (q_len, kv_len) = (n_batch * q_dim, n_batch * kv_dim);
+        Work {
+            buf: vec![0.0; (q_len + 2 * kv_len).max(n_batch * n_ff)],
+            q_len,
+            kv_len,
+        }
+    }
+
+    /// Queries, keys and values of the batch                           [B, q_dim], [B, kv_dim] × 2
+    pub fn qkv(&mut self) -> (&mut [f32], &mut [f32], &mut [f32]) {
+        let (q, rest) = self.buf.split_at_mut(self.q_len);
+        let (k, rest) = rest.split_at_mut(self.kv_len);
+        (q, k, &mut rest[..self.kv_len])
+    }
+
+    /// The feed-forward's up projection (overwrites q, k, v)           [B, n_ff]
+    pub fn up(&mut self) -> &mut [f32] {
+        &mut self.buf
+    }
 }
 
 impl State {
@@ -161,13 +190,10 @@ impl State {
         Ok(State {
             x: vec![0.0; n_batch * e],
             xb: ActBuf::new(n_batch * e.max(qd)),
-            q: vec![0.0; n_batch * qd],
-            kk: vec![0.0; n_batch * kvd],
-            v: vec![0.0; n_batch * kvd],
+            work: Work::new(n_batch, qd, kvd, ff),
             att_out: ActBuf::new(n_batch * qd),
             proj: vec![0.0; n_batch * e],
             hb: ActBuf::new(n_batch * ff),
-            hb2: vec![0.0; n_batch * ff],
             att: vec![0.0; cfg.n_threads * cfg.n_ctx],
             xq: QuantCache::new(
                 cfg.act_quant,
@@ -208,13 +234,10 @@ impl State {
         let activations = [
             &self.x[..],
             &self.xb,
-            &self.q,
-            &self.kk,
-            &self.v,
+            &self.work.buf,
             &self.att_out,
             &self.proj,
             &self.hb,
-            &self.hb2,
             &self.att,
         ]
         .iter()
