@@ -233,14 +233,16 @@ impl State {
 }
 
 /// x[t] = scale · (token_embd[tokens[t]] + embedding LoRA)                              [B, e]
+/// (`token_embd` an adapter's fp16 replacement when one is active).
 pub(crate) fn embed(env: &Env<'_>, x: &mut [f32], lora_t: &mut [f32], tokens: &[u32], scale: f32) {
     let m = env.m;
     let e = m.hp.n_embd;
-    let rb = m.token_embd.row_bytes();
+    let (ty, table) = weight_view(env, &m.token_embd);
+    let rb = table.len() / m.token_embd.n_out.max(1);
     for (t, &id) in tokens.iter().enumerate() {
-        let row = &m.bytes(&m.token_embd)[id as usize * rb..(id as usize + 1) * rb];
+        let row = &table[id as usize * rb..(id as usize + 1) * rb];
         let xt = &mut x[t * e..(t + 1) * e];
-        let ok = crate::kernels::scalar::dequantize(m.token_embd.ty, row, xt);
+        let ok = crate::kernels::scalar::dequantize(ty, row, xt);
         debug_assert!(ok, "token_embd type checked at load");
         // Embedding LoRA: x += s · B · A[token], A token-major (a row of A is the intermediate).
         for r in env.applied.refs_for(&m.token_embd) {
@@ -600,6 +602,15 @@ fn act_rows(slots: &[QuantSlot], ty: QuantType) -> ActRows<'_> {
     }
 }
 
+/// The type and bytes a weight is read from: an active adapter's fp16 replacement of it, or the
+/// base tensor in place in the model's map.
+fn weight_view<'a>(env: &Env<'a>, w: &WeightRef) -> (QuantType, &'a [u8]) {
+    match env.applied.replacement(w) {
+        Some(h) => (QuantType::F16, bytemuck::cast_slice(h)),
+        None => (w.ty, env.m.bytes(w)),
+    }
+}
+
 /// The adapters on the weights of one `linear` call and the scratch for their intermediates.
 struct Lora<'a, 'r, const N: usize> {
     refs: &'a [heapless::Vec<LoraRef<'r>, MAX_ADAPTERS>; N],
@@ -629,13 +640,18 @@ pub(crate) fn linear<const N: usize>(
         refs: &refs,
         t: lora_t,
     };
-    let (m, k, pool, lk): (&Model, &Kernels, &ThreadPool, _) = (env.m, env.k, env.pool, env.lk);
+    let (k, pool, lk): (&Kernels, &ThreadPool, _) = (env.k, env.pool, env.lk);
     let x = &input.x[..rows * n];
     let ts = lora_shrink(env, x, rows, lora.refs, lora.t);
-    // Quantize the input once per vec_dot_type needed (all weights of a group usually share one).
-    for (w, _) in outs.iter() {
+    let views: [(QuantType, &[u8]); N] = core::array::from_fn(|j| weight_view(env, outs[j].0));
+    // Quantize the input once per vec_dot_type needed (all weights of a group usually share one);
+    // a replacement (fp16) reads the f32 input as it is.
+    let replaced: [bool; N] = core::array::from_fn(|j| views[j].0 != outs[j].0.ty);
+    for (j, (w, _)) in outs.iter().enumerate() {
         debug_assert_eq!(w.n_in, n);
-        xq.ensure(k, w.ty, input, n, rows);
+        if !replaced[j] {
+            xq.ensure(k, w.ty, input, n, rows);
+        }
     }
     let QuantCache {
         slots,
@@ -643,7 +659,18 @@ pub(crate) fn linear<const N: usize>(
         tile_len,
     } = xq;
     let (tiles, tile_len) = (Disjoint::new(tiles), *tile_len);
-    let inputs: [ActRows; N] = core::array::from_fn(|j| act_rows(slots, outs[j].0.ty));
+    let inputs: [ActRows; N] = core::array::from_fn(|j| {
+        if replaced[j] {
+            ActRows {
+                q: bytemuck::cast_slice(x),
+                r: None,
+                stride: 4 * n,
+                n_tok: rows,
+            }
+        } else {
+            act_rows(slots, outs[j].0.ty)
+        }
+    });
     let jobs: [(&WeightRef, Disjoint<f32>); N] = outs.map(|(w, o)| (w, Disjoint::new(o)));
     let lora_refs = lora.refs;
     // Chunks of CHUNK_ROWS output rows, over all the weights one after the other.
@@ -657,14 +684,15 @@ pub(crate) fn linear<const N: usize>(
         }
         let (w, out) = &jobs[j];
         let (r0, r1) = (c * CHUNK_ROWS, ((c + 1) * CHUNK_ROWS).min(w.n_out));
-        let rb = w.row_bytes();
-        let wr = &m.bytes(w)[r0 * rb..r1 * rb];
+        let (ty, bytes) = views[j];
+        let rb = bytes.len() / w.n_out.max(1);
+        let wr = &bytes[r0 * rb..r1 * rb];
         let refs = &lora_refs[j];
         let rr = ts[j].len() / rows;
         if rows == 1 {
             // SAFETY: every chunk index is handed out once and chunks cover disjoint rows.
             let o = unsafe { out.range(r0..r1) };
-            let ok = k.matmul(w.ty, n, wr, inputs[j], o);
+            let ok = k.matmul(ty, n, wr, inputs[j], o);
             debug_assert!(ok, "weight types checked at load");
             if !refs.is_empty() {
                 (lk.expand)(refs, ts[j], r0, o);
@@ -674,7 +702,7 @@ pub(crate) fn linear<const N: usize>(
         let cr = r1 - r0;
         // SAFETY: each thread uses its own tile, and runs one chunk at a time.
         let tile = unsafe { tiles.range(thread * tile_len..thread * tile_len + rows * cr) };
-        let ok = k.matmul(w.ty, n, wr, inputs[j], tile);
+        let ok = k.matmul(ty, n, wr, inputs[j], tile);
         debug_assert!(ok, "weight types checked at load");
         if !refs.is_empty() {
             (lk.expand_batch)(refs, rows, &ts[j][..rows * rr], r0, r1, tile, cr);

@@ -121,18 +121,32 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     let st_name = st_path.display().to_string();
     let map = MappedFile::open(&st_path)?;
     let st = safetensors::parse(&map, &st_name)?;
-    let modules = pair_factors(&st, &st_name)?;
+    let (modules, whole) = pair_factors(&st, &st_name)?;
     let mut tensors = vec![];
     for (module, pair) in &modules {
         tensors.push(cfg.lora_tensor(module, pair, base, &map, &st_name)?);
+    }
+    let mut saved = vec![];
+    for (module, t) in &whole {
+        saved.push(cfg.saved_module(module, t, base, &map, &st_name)?);
+    }
+    // `ensure_weight_tying` on a tied base: PEFT ties the head to the replaced embedding.
+    let tied = !base.tensors.contains_key("output.weight");
+    if cfg.tie_saved && tied && !saved.iter().any(|m| m.target == "output.weight") {
+        if let Some(e) = saved.iter().find(|m| m.target == "token_embd.weight") {
+            saved.push(e.alias("output.weight"));
+        }
     }
     let root = if path.is_dir() {
         path.to_path_buf()
     } else {
         st_path.clone()
     };
-    Adapter::new(&root, AdapterFormat::Peft, tensors, cfg.notes)
+    Adapter::with_saved(&root, AdapterFormat::Peft, tensors, saved, cfg.notes)
 }
+
+/// A whole module the file stores in place of the base's (`modules_to_save`).
+type Whole<'t> = Vec<(String, &'t safetensors::Tensor)>;
 
 /// A module's two factors in the safetensors file.
 struct Pair<'t> {
@@ -146,8 +160,9 @@ struct Pair<'t> {
 fn pair_factors<'t>(
     st: &'t [safetensors::Tensor],
     st_name: &str,
-) -> Result<std::collections::BTreeMap<String, Pair<'t>>> {
+) -> Result<(std::collections::BTreeMap<String, Pair<'t>>, Whole<'t>)> {
     let mut modules: std::collections::BTreeMap<String, Pair> = Default::default();
+    let mut whole = vec![];
     for t in st {
         let rest = t.name.strip_prefix("base_model.model.").ok_or_else(|| {
             Error::format(
@@ -157,7 +172,12 @@ fn pair_factors<'t>(
                 "tensor name does not start with `base_model.model.` (not a PEFT LoRA checkpoint?)",
             )
         })?;
+        let has_weight = rest.ends_with(".weight");
         let rest = rest.strip_suffix(".weight").unwrap_or(rest);
+        if has_weight && !rest.contains(".lora_") {
+            whole.push((rest.to_string(), t));
+            continue;
+        }
         let (module, which, emb) = if let Some(m) = rest.strip_suffix(".lora_A") {
             (m, 'A', false)
         } else if let Some(m) = rest.strip_suffix(".lora_B") {
@@ -190,7 +210,7 @@ fn pair_factors<'t>(
             return Err(Error::format(st_name, &t.name, None, "duplicate factor"));
         }
     }
-    Ok(modules)
+    Ok((modules, whole))
 }
 
 /// Rank, `n_in` and `n_out` of a module's factors, checked: both 2-D, one rank, and the base
@@ -279,6 +299,54 @@ fn load_factor(
 }
 
 impl Config {
+    /// The replacement a whole-module tensor brings: listed in `modules_to_save`, the embedding or the
+    /// head, shaped like the base's, finite; fp16 in place when aligned, else converted once.
+    fn saved_module(
+        &self,
+        module: &str,
+        t: &safetensors::Tensor,
+        base: &BaseInfo,
+        map: &Arc<MappedFile>,
+        st_name: &str,
+    ) -> Result<SavedModule> {
+        if !self.saves(module) {
+            return Err(Error::unsupported(
+                st_name,
+                format!(
+                    "tensor {:?} is a whole module ({module:?}) that `modules_to_save` does not list (a DoRA magnitude, bias or other module?)",
+                    t.name
+                ),
+            ));
+        }
+        let target = match map_module(module, base) {
+            Some(m) if m.layer.is_none() => m.target,
+            _ => {
+                return Err(Error::unsupported(
+                    st_name,
+                    format!(
+                        "tensor {:?}: module {module:?} in `modules_to_save` cannot be replaced (only embed_tokens and lm_head)",
+                        t.name
+                    ),
+                ))
+            }
+        };
+        let want = saved::expected_shape(&target, base, st_name, &t.name)?;
+        let got = match t.shape[..] {
+            [rows, cols] => (cols, rows),
+            _ => {
+                return Err(Error::format(
+                    st_name,
+                    format!("{}.shape", t.name),
+                    None,
+                    format!("{:?} is not 2-D", t.shape),
+                ))
+            }
+        };
+        saved::check_shape(got, want, st_name, &t.name, &target)?;
+        let data = load_factor(map, t, st_name, Ok, true)?;
+        Ok(SavedModule::new(&target, want.0, want.1, data))
+    }
+
     /// The LoRA of one module: its GGUF target, selected by the config, shapes matching the base, rank
     /// and scale from the config, factors read (q/k `B` rows permuted, embedding `A` transposed).
     fn lora_tensor(
