@@ -262,3 +262,76 @@ fn replaced_embedding_matches_hf_peft_alone_and_stacked() {
     s.reset();
     assert_eq!(base, s.eval(ids).unwrap(), "after unloading");
 }
+
+/// A small safetensors file of F32 tensors, in order.
+fn safetensors(entries: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut off = 0;
+    for (name, shape, v) in entries {
+        let end = off + 4 * v.len();
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [off, end]}),
+        );
+        off = end;
+    }
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    for (_, _, v) in entries {
+        out.extend_from_slice(&f32_bytes(v));
+    }
+    out
+}
+
+/// PEFT with `ensure_weight_tying` on a tied model saves the head as well as the embedding but lists
+/// only `embed_tokens` (checked with PEFT 0.21.2), and its head computes with the replaced embedding;
+/// without the flag the same file is refused (the head is not listed).
+#[test]
+fn ensure_weight_tying_makes_the_tied_head_use_the_replaced_embedding() {
+    let base = common::llama_base::llama_base_info(1, (2, 1), 8, 16, 12);
+    let emb = uniform_values(96, 0.5, 7);
+    let file = safetensors(&[
+        ("base_model.model.lm_head.weight", vec![12, 8], emb.clone()),
+        (
+            "base_model.model.model.embed_tokens.weight",
+            vec![12, 8],
+            emb.clone(),
+        ),
+        (
+            "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight",
+            vec![2, 8],
+            uniform_values(16, 0.5, 8),
+        ),
+        (
+            "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight",
+            vec![4, 2],
+            uniform_values(8, 0.5, 9),
+        ),
+    ]);
+    let dir = TempDir::new("saved", "tying");
+    std::fs::write(dir.join("adapter_model.safetensors"), file).unwrap();
+    let config = |tie: bool| {
+        let c = serde_json::json!({
+            "peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["v_proj"],
+            "modules_to_save": ["embed_tokens", "model.embed_tokens"], "ensure_weight_tying": tie,
+        });
+        std::fs::write(dir.join("adapter_config.json"), c.to_string()).unwrap();
+    };
+    config(true);
+    let a = Adapter::load(&dir, &base).unwrap();
+    let targets: Vec<&str> = a.saved().iter().map(|m| m.target.as_str()).collect();
+    assert_eq!(targets, ["output.weight", "token_embd.weight"]);
+    let want: Vec<u16> = emb
+        .iter()
+        .map(|&x| half::f16::from_f32(x).to_bits())
+        .collect();
+    assert_eq!(a.saved()[0].data(), &want[..]);
+    assert_eq!(a.saved()[1].data(), &want[..]);
+    config(false);
+    let err = Adapter::load(&dir, &base).unwrap_err().to_string();
+    assert!(
+        err.contains("lm_head") && err.contains("modules_to_save"),
+        "{err}"
+    );
+}

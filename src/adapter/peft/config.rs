@@ -426,6 +426,11 @@ fn saved_modules(cfg: &Map<String, Value>, file: &str) -> Result<Vec<String>> {
 }
 
 impl Config {
+    /// Whether `modules_to_save` lists the embedding.
+    pub(super) fn saves_embedding(&self) -> bool {
+        self.saved.iter().any(|e| e.ends_with("embed_tokens"))
+    }
+
     /// Whether `modules_to_save` selects `module` (equal to an entry or ending in `.` + entry).
     pub(super) fn saves(&self, module: &str) -> bool {
         self.saved.iter().any(|e| {

@@ -12,10 +12,14 @@
 //! - `fan_in_fan_out`: PEFT's LoRA factors are `nn.Linear`s whose shapes (`A [r, in]`, `B [out, r]`)
 //!   do not depend on it (it transposes only the *merged* delta, for GPT-2-style `Conv1D` bases), and
 //!   for `nn.Linear` bases (every architecture edge-run runs) PEFT itself resets it to false. Shapes are
-//!   checked against the base either way; a `true` value is reported in the summary.
+//!   checked against the base either way; a `true` value is reported in the summary;
+//! - `modules_to_save` (entries `embed_tokens` / `lm_head`, others refused by name): each whole-module
+//!   tensor of the file (`base_model.model.lm_head.weight`, `base_model.model.model.embed_tokens.weight`)
+//!   must be listed there and replaces the base tensor ([`super::saved`]); `ensure_weight_tying` with a
+//!   replaced embedding on a tied base makes the head use the replacement too, as PEFT ties them.
 //!
 //! Refused when not at their default (an error naming the field): `use_dora`, `bias` ≠ `"none"`,
-//! `lora_bias`, `modules_to_save`, `trainable_token_indices`, `target_parameters`, `layer_replication`,
+//! `lora_bias`, `trainable_token_indices`, `target_parameters`, `layer_replication`,
 //! `alora_invocation_tokens`, `use_qalora`, `use_bdlora`, `arrow_config`, `kasa_config`,
 //! `monteclora_config`, `velora_config`, `lora_ga_config`, `loftq_config` (non-empty: the base was
 //! modified), `init_lora_weights` ∈ {pissa*, olora, corda, loftq, lora_ga} (these rewrite the base
@@ -23,8 +27,7 @@
 //! Inert (no effect on inference, accepted): `lora_dropout`, `inference_mode`, `task_type`,
 //! `base_model_name_or_path`, `revision`, `peft_version`, `auto_mapping`, `megatron_config`,
 //! `megatron_core`, `qalora_group_size` (only with `use_qalora`), `eva_config` / `corda_config`
-//! (initialisation only; `corda` init itself is refused above), `ensure_weight_tying` (only acts on
-//! `modules_to_save` / trainable tokens, both refused), `runtime_config`, and `init_lora_weights`
+//! (initialisation only; `corda` init itself is refused above), `runtime_config`, and `init_lora_weights`
 //! true / false / `"gaussian"` / `"eva"` / `"orthogonal"` (initialisation only).
 use std::path::{Path, PathBuf};
 
@@ -126,17 +129,21 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     for (module, pair) in &modules {
         tensors.push(cfg.lora_tensor(module, pair, base, &map, &st_name)?);
     }
+    // `ensure_weight_tying` on a tied base: PEFT ties the head to the replaced embedding (and saves
+    // the head too, without listing it in `modules_to_save`): the embedding's replacement serves both.
+    let tie = cfg.tie_saved && cfg.saves_embedding() && !base.tensors.contains_key("output.weight");
     let mut saved = vec![];
     for (module, t) in &whole {
+        if tie && (module == "lm_head" || module == "language_model.lm_head") {
+            continue;
+        }
         saved.push(cfg.saved_module(module, t, base, &map, &st_name)?);
     }
-    // `ensure_weight_tying` on a tied base: PEFT ties the head to the replaced embedding.
-    let tied = !base.tensors.contains_key("output.weight");
-    if cfg.tie_saved && tied && !saved.iter().any(|m| m.target == "output.weight") {
-        if let Some(e) = saved.iter().find(|m| m.target == "token_embd.weight") {
-            saved.push(e.alias("output.weight"));
-        }
-    }
+    let head = saved
+        .iter()
+        .find(|m| tie && m.target == "token_embd.weight")
+        .map(|e| e.alias("output.weight"));
+    saved.extend(head);
     let root = if path.is_dir() {
         path.to_path_buf()
     } else {
