@@ -12,6 +12,7 @@
 //! (`edge-run --chat` does that with `/adapter … ` when `--reeval-on-swap` is given).
 use super::{Adapter, LoraKind};
 use crate::kernels::lora::LoraRef;
+use crate::kernels::QuantType;
 use crate::model::{Model, WeightRef};
 use crate::{Error, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -204,6 +205,15 @@ impl Applied {
                     self.repl[slot] = Some((i as u16, j as u16));
                 }
             }
+        }
+    }
+
+    /// The type and bytes weight `w` is read from: an active adapter's fp16 replacement of it, or the
+    /// base tensor in place in `m`'s map.
+    pub(crate) fn weight_view<'a>(&'a self, m: &'a Model, w: &WeightRef) -> (QuantType, &'a [u8]) {
+        match self.replacement(w) {
+            Some(h) => (QuantType::F16, bytemuck::cast_slice(h)),
+            None => (w.ty, m.bytes(w)),
         }
     }
 

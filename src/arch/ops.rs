@@ -11,62 +11,7 @@ use crate::model::{Model, WeightRef};
 use crate::threadpool::{Disjoint, ThreadPool};
 use crate::Result;
 
-/// RoPE of one frequency set: inverse frequencies and the cos/sin of the current batch's positions.
-pub(crate) struct Rope {
-    /// [rope_dim / 2] (freq_scale and rope_freqs folded in).
-    pub inv_freq: Vec<f32>,
-    /// [B, rope_dim / 2] (cos, sin)
-    pub cs: Vec<(f32, f32)>,
-}
-
-impl Rope {
-    fn new(
-        hp: &crate::model::HParams,
-        base: f32,
-        scale: f32,
-        divisors: Option<&[f32]>,
-        n_batch: usize,
-    ) -> Rope {
-        let half = hp.rope_dim / 2;
-        let mut inv_freq: Vec<f32> = (0..half)
-            .map(|i| scale * base.powf(-2.0 * i as f32 / hp.rope_dim as f32))
-            .collect();
-        if let Some(d) = divisors {
-            for (f, d) in inv_freq.iter_mut().zip(d) {
-                *f /= d;
-            }
-        }
-        Rope {
-            inv_freq,
-            cs: vec![(0.0, 0.0); n_batch * half],
-        }
-    }
-
-    /// Angles for positions pos0..pos0+b.
-    pub fn set_positions(&mut self, pos0: usize, b: usize) {
-        let half = self.inv_freq.len();
-        for t in 0..b {
-            let p = (pos0 + t) as f32;
-            for (i, &f) in self.inv_freq.iter().enumerate() {
-                let (s, c) = (p * f).sin_cos();
-                self.cs[t * half + i] = (c, s);
-            }
-        }
-    }
-}
-
-impl Rope {
-    /// Angles that move a rotated row back by `d` positions (angle `−d·θᵢ`, computed in f64), in the
-    /// first row of `cs` (the next batch's `set_positions` overwrites it). Returns that row.
-    pub fn set_shift(&mut self, d: usize) -> &[(f32, f32)] {
-        let half = self.inv_freq.len();
-        for (c, &f) in self.cs[..half].iter_mut().zip(&self.inv_freq) {
-            let (s, co) = (-(d as f64) * f as f64).sin_cos();
-            *c = (co as f32, s as f32);
-        }
-        &self.cs[..half]
-    }
-}
+pub(crate) use super::rope::Rope;
 
 /// An activation buffer that numbers its contents: every mutable borrow gives it a new version
 /// (unique across buffers), so the quantized copy [`linear`] keeps of its input ([`QuantCache`])
@@ -237,7 +182,7 @@ impl State {
 pub(crate) fn embed(env: &Env<'_>, x: &mut [f32], lora_t: &mut [f32], tokens: &[u32], scale: f32) {
     let m = env.m;
     let e = m.hp.n_embd;
-    let (ty, table) = weight_view(env, &m.token_embd);
+    let (ty, table) = env.applied.weight_view(m, &m.token_embd);
     let rb = table.len() / m.token_embd.n_out.max(1);
     for (t, &id) in tokens.iter().enumerate() {
         let row = &table[id as usize * rb..(id as usize + 1) * rb];
@@ -602,15 +547,6 @@ fn act_rows(slots: &[QuantSlot], ty: QuantType) -> ActRows<'_> {
     }
 }
 
-/// The type and bytes a weight is read from: an active adapter's fp16 replacement of it, or the
-/// base tensor in place in the model's map.
-fn weight_view<'a>(env: &Env<'a>, w: &WeightRef) -> (QuantType, &'a [u8]) {
-    match env.applied.replacement(w) {
-        Some(h) => (QuantType::F16, bytemuck::cast_slice(h)),
-        None => (w.ty, env.m.bytes(w)),
-    }
-}
-
 /// The adapters on the weights of one `linear` call and the scratch for their intermediates.
 struct Lora<'a, 'r, const N: usize> {
     refs: &'a [heapless::Vec<LoraRef<'r>, MAX_ADAPTERS>; N],
@@ -643,10 +579,11 @@ pub(crate) fn linear<const N: usize>(
     let (k, pool, lk): (&Kernels, &ThreadPool, _) = (env.k, env.pool, env.lk);
     let x = &input.x[..rows * n];
     let ts = lora_shrink(env, x, rows, lora.refs, lora.t);
-    let views: [(QuantType, &[u8]); N] = core::array::from_fn(|j| weight_view(env, outs[j].0));
-    // Quantize the input once per vec_dot_type needed (all weights of a group usually share one);
-    // a replacement (fp16) reads the f32 input as it is.
+    // Each weight's bytes: the base's, or an adapter's fp16 replacement (which reads `x` as it is).
+    let views: [(QuantType, &[u8]); N] =
+        core::array::from_fn(|j| env.applied.weight_view(env.m, outs[j].0));
     let replaced: [bool; N] = core::array::from_fn(|j| views[j].0 != outs[j].0.ty);
+    // Quantize the input once per vec_dot_type needed (all weights of a group usually share one).
     for (j, (w, _)) in outs.iter().enumerate() {
         debug_assert_eq!(w.n_in, n);
         if !replaced[j] {
@@ -659,17 +596,9 @@ pub(crate) fn linear<const N: usize>(
         tile_len,
     } = xq;
     let (tiles, tile_len) = (Disjoint::new(tiles), *tile_len);
-    let inputs: [ActRows; N] = core::array::from_fn(|j| {
-        if replaced[j] {
-            ActRows {
-                q: bytemuck::cast_slice(x),
-                r: None,
-                stride: 4 * n,
-                n_tok: rows,
-            }
-        } else {
-            act_rows(slots, outs[j].0.ty)
-        }
+    let inputs: [ActRows; N] = core::array::from_fn(|j| match replaced[j] {
+        true => ActRows::f32(x, n),
+        false => act_rows(slots, outs[j].0.ty),
     });
     let jobs: [(&WeightRef, Disjoint<f32>); N] = outs.map(|(w, o)| (w, Disjoint::new(o)));
     let lora_refs = lora.refs;
