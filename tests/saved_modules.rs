@@ -218,6 +218,23 @@ fn replaced_head_matches_hf_peft_alone_stacked_and_converted() {
         text.contains("replaces output.weight (modules_to_save): 49152 x 576 fp16"),
         "{text}"
     );
+    let diag = edge_run(&[
+        "diagnose",
+        "-m",
+        &m,
+        "--adapter",
+        path_arg(&gguf),
+        "--max-tokens",
+        "16",
+        "--json",
+    ]);
+    let text = String::from_utf8_lossy(&diag.stdout);
+    let j: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        j["adapters"][0]["replaces"],
+        serde_json::json!(["output.weight"]),
+        "{text}"
+    );
 
     // Unloading and scale 0 give the base back bit for bit.
     let ids = &sequences()[0].1[..24];
