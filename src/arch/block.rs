@@ -56,7 +56,7 @@ pub(crate) fn rope_qk(env: &Env<'_>, st: &mut State, table: usize, b: usize, rot
     }
 }
 
-/// att_out[t, h] = softmax(q·Kᵀ · scale) · V over the last `window` positions (0: all); k, v of the
+/// hb[t, h] = softmax(q·Kᵀ · scale) · V over the last `window` positions (0: all); k, v of the
 /// batch appended to layer `l`'s cache                                        [B, qd]
 pub(crate) fn attend(
     env: &Env<'_>,
@@ -74,7 +74,7 @@ pub(crate) fn attend(
         q,
         k,
         v,
-        &mut st.att_out,
+        &mut st.hb,
         l,
         pos0,
         b,
@@ -83,14 +83,14 @@ pub(crate) fn attend(
     );
 }
 
-/// proj = Wo·att_out                                                    [B, e]
+/// proj = Wo·hb                                                         [B, e]
 pub(crate) fn attn_output(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
     let hp = &env.m.hp;
     let (e, qd) = (hp.n_embd, hp.q_dim());
     linear(
         env,
         &mut st.xq,
-        st.att_out.input(b * qd),
+        st.hb.input(b * qd),
         qd,
         b,
         [(&layer.attn_output, &mut st.proj[..b * e])],

@@ -66,13 +66,14 @@ pub(crate) struct LinearInput<'a> {
 
 /// Activations, KV cache and scratch of a session.
 pub(crate) struct State {
-    pub x: Vec<f32>,     // residual stream        [B, n_embd]
-    pub xb: ActBuf,      // normed input           [B, max(n_embd, q_dim)]
-    pub work: Work,      // q, k, v; then ffn up   [B, q_dim + 2·kv_dim]; [B, n_ff]
-    pub att_out: ActBuf, // attention output       [B, q_dim]
-    pub proj: Vec<f32>,  // output of a projection [B, n_embd]
-    pub hb: ActBuf,      // ffn gate, then act(gate)*up [B, n_ff]
-    pub att: Vec<f32>,   // attention scores, per thread [n_threads, n_ctx]
+    pub x: Vec<f32>,    // residual stream        [B, n_embd]
+    pub xb: ActBuf,     // normed input           [B, n_embd]
+    pub work: Work,     // q, k, v; then ffn up   [B, q_dim + 2·kv_dim]; [B, n_ff]
+    pub proj: Vec<f32>, // output of a projection [B, n_embd]
+    /// Hidden rows: the attention output [B, q_dim] until Wo has read it, then the FFN gate and
+    /// act(gate)·up [B, n_ff] (one buffer: the two are never live together).
+    pub hb: ActBuf,
+    pub att: Vec<f32>, // attention scores, per thread [n_threads, n_ctx]
     pub xq: QuantCache,
     pub logits: Vec<f32>, // [1 or B, n_vocab]
     /// RoPE of the global layers (`rope.freq_base`) and of the local ones (`rope.freq_base_swa`).
@@ -134,11 +135,10 @@ impl State {
         let (e, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
         Ok(State {
             x: vec![0.0; n_batch * e],
-            xb: ActBuf::new(n_batch * e.max(qd)),
+            xb: ActBuf::new(n_batch * e),
             work: Work::new(n_batch, qd, kvd, ff),
-            att_out: ActBuf::new(n_batch * qd),
             proj: vec![0.0; n_batch * e],
-            hb: ActBuf::new(n_batch * ff),
+            hb: ActBuf::new(n_batch * ff.max(qd)),
             att: vec![0.0; cfg.n_threads * cfg.n_ctx],
             xq: QuantCache::new(
                 cfg.act_quant,
@@ -180,7 +180,6 @@ impl State {
             &self.x[..],
             &self.xb,
             &self.work.buf,
-            &self.att_out,
             &self.proj,
             &self.hb,
             &self.att,
