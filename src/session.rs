@@ -417,7 +417,10 @@ impl Session {
             return Err(Error::invalid("nothing to evaluate: empty token list"));
         }
         self.applied.refresh(&self.control);
-        self.replay_if_needed();
+        let rewind = self.applied.locate_invocations(&self.tokens, tokens);
+        if !self.replay_if_needed() {
+            self.reevaluate_from(rewind);
+        }
         for chunk in tokens.chunks(self.cfg.n_batch) {
             self.eval_batch(chunk);
         }
@@ -433,7 +436,10 @@ impl Session {
         }
         self.check(tokens)?;
         self.applied.refresh(&self.control);
-        self.replay_if_needed();
+        let rewind = self.applied.locate_invocations(&self.tokens, tokens);
+        if !self.replay_if_needed() {
+            self.reevaluate_from(rewind);
+        }
         let nv = self.model.hp.n_vocab;
         let mut i = 0;
         for chunk in tokens.chunks(self.cfg.n_batch) {
@@ -447,9 +453,10 @@ impl Session {
     }
 
     /// Rebuild the KV cache from the recorded tokens after a `truncate` into overwritten ring slots.
-    fn replay_if_needed(&mut self) {
+    /// Returns whether it did.
+    fn replay_if_needed(&mut self) -> bool {
         if !self.replay {
-            return;
+            return false;
         }
         self.replay = false;
         let toks = std::mem::take(&mut self.tokens);
@@ -459,6 +466,25 @@ impl Session {
             let len = replay_chunk(&self.batched[i..], self.cfg.n_batch);
             self.compute(&toks[i..i + len]);
             i += len;
+        }
+        self.tokens = toks;
+        true
+    }
+
+    /// Evaluate the recorded tokens from position `from` on again, in place (an aLoRA's invocation
+    /// began there in tokens computed without it; see [`crate::adapter::alora`]). Allocates nothing.
+    fn reevaluate_from(&mut self, from: Option<usize>) {
+        let Some(from) = from.filter(|&f| f < self.n_past) else {
+            return;
+        };
+        let end = self.n_past;
+        self.n_past = from;
+        let toks = std::mem::take(&mut self.tokens);
+        let mut at = from;
+        for chunk in toks[from..end].chunks(self.cfg.n_batch) {
+            self.compute(chunk);
+            self.batched[at..at + chunk.len()].fill(chunk.len() > 1);
+            at += chunk.len();
         }
         self.tokens = toks;
     }
@@ -475,6 +501,7 @@ impl Session {
     /// The model's forward pass over one batch at the current position (the family's, through
     /// [`arch::forward`]): fills the KV cache and the logits, advances the position.
     fn compute(&mut self, tokens: &[u32]) {
+        self.applied.set_batch(self.n_past, tokens.len());
         let env = Env {
             m: &self.model,
             k: self.k,
@@ -608,7 +635,10 @@ impl Session {
     /// replay (after a `truncate` into overwritten ring slots) run.
     pub(crate) fn settle(&mut self) {
         self.refresh_adapters();
-        self.replay_if_needed();
+        let rewind = self.applied.locate_invocations(&self.tokens, &[]);
+        if !self.replay_if_needed() {
+            self.reevaluate_from(rewind);
+        }
     }
 
     /// Per token: computed in a batch of two or more.

@@ -42,6 +42,7 @@ use crate::kernels::lora::LoraRef;
 use crate::kernels::QuantType;
 use crate::mmap::MappedFile;
 
+pub mod alora;
 pub mod control;
 mod gguf_adapter;
 mod peft;
@@ -187,6 +188,8 @@ pub struct Adapter {
     tensors: Vec<LoraTensor>,
     /// Human-readable facts for the summary (alpha, rsLoRA, fields found inert …).
     notes: Vec<String>,
+    /// An aLoRA's invocation sequence ([`alora`]); `None` for a plain LoRA.
+    invocation: Option<Vec<u32>>,
 }
 
 impl std::fmt::Debug for Adapter {
@@ -351,6 +354,7 @@ impl Adapter {
             format,
             tensors,
             notes,
+            invocation: None,
         })
     }
 }

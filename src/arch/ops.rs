@@ -237,13 +237,14 @@ pub(crate) fn embed(env: &Env<'_>, x: &mut [f32], lora_t: &mut [f32], tokens: &[
     let m = env.m;
     let e = m.hp.n_embd;
     let rb = m.token_embd.row_bytes();
+    let (refs, skips) = env.applied.refs_for(&m.token_embd, tokens.len());
     for (t, &id) in tokens.iter().enumerate() {
         let row = &m.bytes(&m.token_embd)[id as usize * rb..(id as usize + 1) * rb];
         let xt = &mut x[t * e..(t + 1) * e];
         let ok = crate::kernels::scalar::dequantize(m.token_embd.ty, row, xt);
         debug_assert!(ok, "token_embd type checked at load");
         // Embedding LoRA: x += s · B · A[token], A token-major (a row of A is the intermediate).
-        for r in env.applied.refs_for(&m.token_embd) {
+        for (r, _) in refs.iter().zip(&skips).filter(|(_, &skip)| t >= skip) {
             // The LoRA scratch holds ≥ max_rank floats (sized at creation), and the rank was checked.
             let tv = &mut lora_t[..r.rank];
             for (d, &h) in tv
@@ -252,7 +253,7 @@ pub(crate) fn embed(env: &Env<'_>, x: &mut [f32], lora_t: &mut [f32], tokens: &[
             {
                 *d = half::f16::from_bits(h).to_f32();
             }
-            (env.lk.expand)(&[r], tv, 0, xt);
+            (env.lk.expand)(&[*r], tv, 0, xt);
         }
         if scale != 1.0 {
             for v in xt.iter_mut() {
@@ -624,14 +625,16 @@ pub(crate) fn linear<const N: usize>(
     outs: [(&WeightRef, &mut [f32]); N],
     lora_t: &mut [f32],
 ) {
-    let refs: [_; N] = core::array::from_fn(|j| env.applied.refs_for(outs[j].0));
+    let gated: [_; N] = core::array::from_fn(|j| env.applied.refs_for(outs[j].0, rows));
+    let refs: [_; N] = core::array::from_fn(|j| gated[j].0.clone());
+    let skips: [&[usize]; N] = core::array::from_fn(|j| &gated[j].1[..]);
     let lora = Lora {
         refs: &refs,
         t: lora_t,
     };
     let (m, k, pool, lk): (&Model, &Kernels, &ThreadPool, _) = (env.m, env.k, env.pool, env.lk);
     let x = &input.x[..rows * n];
-    let ts = lora_shrink(env, x, rows, lora.refs, lora.t);
+    let ts = lora_shrink(env, x, rows, lora.refs, &skips, lora.t);
     // Quantize the input once per vec_dot_type needed (all weights of a group usually share one).
     for (w, _) in outs.iter() {
         debug_assert_eq!(w.n_in, n);
@@ -687,12 +690,15 @@ pub(crate) fn linear<const N: usize>(
 }
 
 /// LoRA shrink for every weight of a `linear` call that has adapters: `t_j = A·x` for all tokens,
-/// `[rows, R_j]` in the j-th third of the scratch (empty for a weight without adapters).
+/// `[rows, R_j]` in the j-th third of the scratch (empty for a weight without adapters). The first
+/// `skips[j][k]` rows of adapter k's part are zeroed (an aLoRA before its invocation), so its expand
+/// adds nothing there.
 fn lora_shrink<'t, const N: usize>(
     env: &Env<'_>,
     x: &[f32],
     rows: usize,
     refs: &[heapless::Vec<LoraRef<'_>, MAX_ADAPTERS>; N],
+    skips: &[&[usize]; N],
     scratch: &'t mut [f32],
 ) -> [&'t [f32]; N] {
     let per = scratch.len() / 3;
@@ -704,10 +710,23 @@ fn lora_shrink<'t, const N: usize>(
         if !refs[j].is_empty() {
             let rr = total_rank(&refs[j]);
             (env.lk.shrink_batch)(&refs[j], rows, x, &mut tj[..rows * rr]);
+            gate_rows(&refs[j], skips[j], rr, &mut tj[..rows * rr]);
             ts[j] = &tj[..rows * rr];
         }
     }
     ts
+}
+
+/// Zeroes, in the intermediates `t` (`[rows, rr]`, adapters' parts side by side), the first
+/// `skips[k]` rows of adapter k's part.
+fn gate_rows(refs: &[LoraRef<'_>], skips: &[usize], rr: usize, t: &mut [f32]) {
+    let mut off = 0;
+    for (r, &skip) in refs.iter().zip(skips) {
+        for row in t.chunks_exact_mut(rr).take(skip) {
+            row[off..off + r.rank].fill(0.0);
+        }
+        off += r.rank;
+    }
 }
 
 /// Output rows per work chunk of `linear` (threads take chunks dynamically).

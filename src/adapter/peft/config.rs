@@ -21,6 +21,7 @@ const APPLIED: &[&str] = &[
     "exclude_modules",
     "layers_to_transform",
     "layers_pattern",
+    "alora_invocation_tokens",
     "fan_in_fan_out",
     "init_lora_weights",
     "bias",
@@ -34,7 +35,6 @@ const REFUSED_UNLESS_DEFAULT: &[&str] = &[
     "trainable_token_indices",
     "target_parameters",
     "layer_replication",
-    "alora_invocation_tokens",
     "use_qalora",
     "use_bdlora",
     "arrow_config",
@@ -232,6 +232,8 @@ pub(super) struct Config {
     targets: Selector,
     excludes: Selector,
     layers: Option<Vec<usize>>,
+    /// `alora_invocation_tokens` (an aLoRA), not yet checked against the vocabulary.
+    pub(super) invocation: Option<Vec<u32>>,
     /// For the adapter's summary.
     pub(super) notes: Vec<String>,
 }
@@ -285,6 +287,8 @@ impl Config {
         let alphas = Patterns::parse("alpha_pattern", cfg, &name)?;
         let (targets, excludes) = selectors(cfg, &name)?;
         let layers = layers(cfg, &name)?;
+        let invocation =
+            crate::adapter::alora::from_peft(cfg.get("alora_invocation_tokens"), &name)?;
         notes.push(format!(
             "lora_alpha {alpha}, r {r}, use_rslora {rslora}{}{}",
             if ranks.items.is_empty() {
@@ -308,6 +312,7 @@ impl Config {
             targets,
             excludes,
             layers,
+            invocation,
             notes,
         })
     }

@@ -1,0 +1,295 @@
+//! Activated LoRA (aLoRA) on the real model: logits against Hugging Face + PEFT (alone and stacked
+//! with a plain LoRA), positions before the invocation bit-identical to the base, the base's KV cache
+//! reused when an aLoRA is switched on mid-conversation, the GGUF form (llama.cpp's key, written by
+//! `adapter convert`), and refusals (malformed invocation tokens, `merge`).
+mod common;
+use common::*;
+use edge_run::adapter::{alora, Adapter};
+use edge_run::{Model, Session, SessionConfig};
+use std::sync::Arc;
+
+/// `<|im_start|>assistant\n`, the test adapter's invocation (see scripts/make_alora_reference.py).
+const INVOCATION: [u32; 4] = [1, 520, 9531, 198];
+
+fn alora_sequences() -> Vec<(String, Vec<u32>)> {
+    sequences_in(&root().join("tests/data/reference/smollm2/alora_sequences.json"))
+}
+
+fn cfg(n_batch: usize) -> SessionConfig {
+    SessionConfig {
+        n_ctx: 128,
+        n_batch,
+        n_threads: 2,
+        logits_all: true,
+        ..Default::default()
+    }
+}
+
+/// Every position's logits of `ids` with the adapter set `set`, evaluated in batches of `n_batch`.
+fn run(
+    model: &Arc<Model>,
+    set: &[(&Arc<Adapter>, f32)],
+    ids: &[u32],
+    n_batch: usize,
+) -> Vec<Vec<f32>> {
+    let mut s = Session::new(model.clone(), cfg(n_batch)).unwrap();
+    s.set_adapters(set).unwrap();
+    let mut rows = Vec::new();
+    s.eval_each(ids, |_, l| rows.push(l.to_vec())).unwrap();
+    rows
+}
+
+fn metrics(npz: &str, model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)]) -> Metrics {
+    let runs: Vec<_> = alora_sequences()
+        .into_iter()
+        .map(|(name, ids)| (name, run(model, set, &ids, 64)))
+        .collect();
+    metrics_vs_smollm2_npz(npz, &runs)
+}
+
+#[test]
+fn alora_matches_hf_peft_alone_and_stacked() {
+    let model = open_smollm2();
+    let [alora, pirate] = shared_adapters(&model, ["alora-peft", "pirate-peft"]);
+    assert_eq!(alora.invocation_tokens(), Some(&INVOCATION[..]));
+    let cases: [(&str, Vec<(&Arc<Adapter>, f32)>, &str); 2] = [
+        ("aLoRA alone", vec![(&alora, 1.0)], "hf_alora.npz"),
+        (
+            "pirate + aLoRA",
+            vec![(&pirate, 1.0), (&alora, 1.0)],
+            "hf_pirate1_alora1.npz",
+        ),
+    ];
+    for (what, set, npz) in &cases {
+        let m = metrics(npz, &model, set);
+        eprintln!("{what} vs HF+PEFT: {m:?}");
+        assert!(m.kl_mean <= 0.0025, "{what}: mean KL {}", m.kl_mean);
+        assert!(m.top1 >= 0.985, "{what}: top-1 {}", m.top1);
+    }
+    // The references are far from what ignoring the gate would give: the base model (the aLoRA
+    // never applied) and the aLoRA applied everywhere (as a plain LoRA) both miss the bar.
+    let base = metrics("hf_alora.npz", &model, &[]);
+    assert!(
+        base.kl_mean > 0.02,
+        "the aLoRA barely changes the logits: {base:?}"
+    );
+    let z = read_npz(&root().join("tests/data/reference/smollm2/hf_alora.npz"));
+    let (name, ids) = alora_sequences()
+        .into_iter()
+        .find(|(n, _)| n == "chat_capital")
+        .unwrap();
+    let plain = Arc::new(plain_copy(
+        &model,
+        &root().join("tests/data/adapters/alora-peft"),
+    ));
+    let everywhere = compare(
+        &reference(&z, &name),
+        &run(&model, &[(&plain, 1.0)], &ids, 64),
+    );
+    assert!(everywhere.kl_mean > 0.02, "ungated aLoRA: {everywhere:?}");
+}
+
+/// The aLoRA's factors as a plain LoRA: the same folder without `alora_invocation_tokens`.
+fn plain_copy(model: &Model, src: &std::path::Path) -> Adapter {
+    let dir = empty_temp_dir("alora", "plain");
+    let cfg = std::fs::read_to_string(src.join("adapter_config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["alora_invocation_tokens"] = serde_json::Value::Null;
+    std::fs::write(dir.join("adapter_config.json"), v.to_string()).unwrap();
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        dir.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let a = Adapter::load(&dir, &model.base_info).unwrap();
+    assert!(!a.is_alora());
+    a
+}
+
+#[test]
+fn positions_before_the_invocation_are_the_base_bit_for_bit() {
+    let model = open_smollm2();
+    let [alora] = shared_adapters(&model, ["alora-peft"]);
+    for (name, ids) in alora_sequences() {
+        let start = alora::last_occurrence(&ids, &[], &INVOCATION).unwrap_or(ids.len());
+        // One batch straddling the invocation, and batches of 8 (before, straddling, after).
+        for n_batch in [64, 8] {
+            let base = run(&model, &[], &ids, n_batch);
+            let with = run(&model, &[(&alora, 1.0)], &ids, n_batch);
+            for p in 0..start {
+                let same = base[p]
+                    .iter()
+                    .zip(&with[p])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{name}, batch {n_batch}: position {p} < invocation {start} differs"
+                );
+            }
+            if start < ids.len() {
+                assert_ne!(
+                    base[start], with[start],
+                    "{name}: the aLoRA does nothing at {start}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn switching_to_an_alora_mid_conversation_reuses_the_base_cache() {
+    let model = open_smollm2();
+    let [alora] = shared_adapters(&model, ["alora-peft"]);
+    let (_, ids) = alora_sequences()
+        .into_iter()
+        .find(|(n, _)| n == "chat_capital")
+        .unwrap();
+    let start = alora::last_occurrence(&ids, &[], &INVOCATION).unwrap();
+    let (prefix, rest) = ids.split_at(start);
+    // The base evaluates the prefix; the aLoRA is switched on; the rest (invocation on) follows.
+    let mut switched = Session::new(model.clone(), cfg(64)).unwrap();
+    switched.eval(prefix).unwrap();
+    switched.set_adapters(&[(&alora, 1.0)]).unwrap();
+    let mut got = Vec::new();
+    switched
+        .eval_each(rest, |_, l| got.push(l.to_vec()))
+        .unwrap();
+    assert_eq!(
+        switched.n_past(),
+        ids.len(),
+        "the prefix was evaluated again"
+    );
+    // The aLoRA set from the start, evaluated in the same two calls.
+    let mut throughout = Session::new(model.clone(), cfg(64)).unwrap();
+    throughout.set_adapters(&[(&alora, 1.0)]).unwrap();
+    throughout.eval(prefix).unwrap();
+    let mut want = Vec::new();
+    throughout
+        .eval_each(rest, |_, l| want.push(l.to_vec()))
+        .unwrap();
+    assert_eq!(got, want);
+    // And both agree with the reference at the positions after the switch.
+    let z = read_npz(&root().join("tests/data/reference/smollm2/hf_alora.npz"));
+    let r = reference(&z, "chat_capital");
+    let full = run(&model, &[(&alora, 1.0)], &ids, 64);
+    let m = compare(&r, &full);
+    assert!(m.kl_mean <= 0.0025, "{m:?}");
+    // Decode steps, one token per eval: the invocation is complete only at its last token, so the
+    // session evaluates its first tokens again with the aLoRA then; from there on the logits are the
+    // batched run's (up to the decode path's own rounding).
+    let mut steps = Session::new(model.clone(), cfg(1)).unwrap();
+    steps.set_adapters(&[(&alora, 1.0)]).unwrap();
+    let rows: Vec<Vec<f32>> = ids
+        .iter()
+        .map(|&t| steps.eval(&[t]).unwrap().to_vec())
+        .collect();
+    let done = start + INVOCATION.len() - 1;
+    let kl: Vec<f64> = (done..ids.len())
+        .map(|p| kl_div(&full[p], &rows[p]))
+        .collect();
+    let mean = kl.iter().sum::<f64>() / kl.len() as f64;
+    assert!(
+        mean < 2e-4,
+        "decode steps vs one batch after the invocation: mean KL {mean}"
+    );
+    // Without the second evaluation (the same factors as a plain LoRA switched on at the
+    // invocation's last token: the cache entries of its first tokens lack them) the difference is
+    // far larger, so the check above can fail.
+    let plain = Arc::new(plain_copy(
+        &model,
+        &root().join("tests/data/adapters/alora-peft"),
+    ));
+    let mut late = Session::new(model.clone(), cfg(64)).unwrap();
+    late.eval(&ids[..done]).unwrap();
+    late.set_adapters(&[(&plain, 1.0)]).unwrap();
+    let mut late_rows = Vec::new();
+    late.eval_each(&ids[done..], |_, l| late_rows.push(l.to_vec()))
+        .unwrap();
+    let kl_late: f64 = (done..ids.len())
+        .map(|p| kl_div(&full[p], &late_rows[p - done]))
+        .sum::<f64>()
+        / kl.len() as f64;
+    eprintln!("after the invocation, mean KL to one batch: decode steps {mean:.2e}, no re-evaluation {kl_late:.2e}");
+    assert!(kl_late > 10.0 * mean.max(1e-5), "{kl_late} vs {mean}");
+}
+
+/// KL(softmax(p) ‖ softmax(q)) over full rows.
+fn kl_div(p: &[f32], q: &[f32]) -> f64 {
+    let lsm = |v: &[f32]| {
+        let m = v.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+        let lse = m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+        v.iter().map(|&x| x as f64 - lse).collect::<Vec<f64>>()
+    };
+    let (lp, lq) = (lsm(p), lsm(q));
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
+}
+
+#[test]
+fn gguf_form_carries_the_invocation() {
+    let model = open_smollm2();
+    let [peft] = shared_adapters(&model, ["alora-peft"]);
+    let dir = TempDir::new("alora", "gguf");
+    let out = dir.join("alora.gguf");
+    let src = root().join("tests/data/adapters/alora-peft");
+    let o = edge_run(&[
+        "adapter",
+        "convert",
+        path_arg(&src),
+        "-m",
+        path_arg(&smollm2_path()),
+        "-o",
+        path_arg(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gguf = Arc::new(Adapter::load(&out, &model.base_info).unwrap());
+    assert_eq!(gguf.invocation_tokens(), Some(&INVOCATION[..]));
+    let (_, ids) = alora_sequences()
+        .into_iter()
+        .find(|(n, _)| n == "chat_capital")
+        .unwrap();
+    let a = run(&model, &[(&peft, 1.0)], &ids, 64);
+    let b = run(&model, &[(&gguf, 1.0)], &ids, 64);
+    let start = alora::last_occurrence(&ids, &[], &INVOCATION).unwrap();
+    assert_eq!(a[..start], b[..start]);
+    let z = read_npz(&root().join("tests/data/reference/smollm2/hf_alora.npz"));
+    let m = compare(&reference(&z, "chat_capital"), &b);
+    assert!(m.kl_mean <= 0.0025 && m.top1 >= 0.985, "{m:?}");
+}
+
+#[test]
+fn merge_refuses_an_alora() {
+    let dir = TempDir::new("alora", "merge");
+    let out = dir.join("merged.gguf");
+    let src = root().join("tests/data/adapters/alora-peft");
+    let o = edge_run(&[
+        "merge",
+        "-m",
+        path_arg(&smollm2_path()),
+        "--adapter",
+        path_arg(&src),
+        "-o",
+        path_arg(&out),
+        "--type",
+        "q8_0",
+    ]);
+    refused(&o, 1, "cannot be merged");
+    assert!(!out.exists());
+}
+
+#[test]
+fn info_describes_an_alora() {
+    let src = root().join("tests/data/adapters/alora-peft");
+    let o = edge_run(&[
+        "info",
+        "-m",
+        path_arg(&smollm2_path()),
+        "--adapter",
+        path_arg(&src),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("aLoRA") && text.contains("[1, 520, 9531, 198]"),
+        "{text}"
+    );
+}
