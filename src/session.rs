@@ -227,6 +227,7 @@ impl Session {
         self.batched.clear();
         self.replay = false;
         self.shifted = None;
+        self.applied.truncated(0);
     }
     /// Drop the cache entries from position `n` on (keep the first `n` tokens).
     ///
@@ -249,6 +250,7 @@ impl Session {
         self.n_past = n;
         self.tokens.truncate(n);
         self.batched.truncate(n);
+        self.applied.truncated(n);
         if self.shifted.is_some_and(|s| n < s.keep) {
             self.shifted = None;
         }
@@ -300,6 +302,7 @@ impl Session {
         }
         self.tokens.drain(n_keep..n_keep + n_discard);
         self.batched.drain(n_keep..n_keep + n_discard);
+        self.applied.shifted(n_keep, n_discard);
         self.n_past -= n_discard;
         self.shifted = match self.shifted {
             None => Some(Shifted {

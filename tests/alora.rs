@@ -293,3 +293,28 @@ fn info_describes_an_alora() {
         "{text}"
     );
 }
+
+#[test]
+fn diagnose_describes_an_alora() {
+    let src = root().join("tests/data/adapters/alora-peft");
+    let o = edge_run(&[
+        "diagnose",
+        "-m",
+        path_arg(&smollm2_path()),
+        "--adapter",
+        path_arg(&src),
+        "--max-tokens",
+        "600",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let a = &v["adapters"][0]["alora"];
+    assert_eq!(a["invocation_tokens"], serde_json::json!(INVOCATION));
+    // The built-in probe's first assistant turn.
+    let start = a["starts_at"].as_u64().expect("the probe holds the invocation") as usize;
+    assert!(start > 0 && start < 600, "{a}");
+    // The aLoRA changes the distributions (after its invocation only).
+    let kl = v["runs"][1]["kl_base"].as_f64().unwrap();
+    assert!(kl > 0.0, "{v}");
+}

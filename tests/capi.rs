@@ -1836,3 +1836,47 @@ fn control_vectors() {
         ok(er_model_free(m));
     }
 }
+
+#[test]
+fn alora_invocation_tokens_through_c_api() {
+    let model = common::smollm2_path();
+    let m = open_model(&model);
+    let alora = open_adapter(m, &root().join("tests/data/adapters/alora-peft"));
+    let plain = open_adapter(m, &root().join("tests/data/adapters/pirate-peft"));
+    let mut n = usize::MAX;
+    let mut buf = [0i32; 8];
+    // SAFETY: valid handles; `buf` holds 8 int32_t.
+    unsafe {
+        ok(er_adapter_invocation_tokens(alora, buf.as_mut_ptr(), buf.len(), &mut n));
+        assert_eq!(&buf[..n], &[1, 520, 9531, 198]);
+        ok(er_adapter_invocation_tokens(plain, null_mut(), 0, &mut n));
+        assert_eq!(n, 0);
+        expect(
+            er_adapter_invocation_tokens(alora, buf.as_mut_ptr(), 2, &mut n),
+            ER_ERR_BUFFER_TOO_SMALL,
+            &["4 invocation tokens"],
+        );
+        assert_eq!(n, 4);
+        expect(
+            er_adapter_invocation_tokens(alora, buf.as_mut_ptr(), 8, null_mut()),
+            ER_ERR_NULL,
+            &["n_out"],
+        );
+        expect(
+            er_adapter_invocation_tokens(null(), buf.as_mut_ptr(), 8, &mut n),
+            ER_ERR_NULL,
+            &["er_adapter"],
+        );
+        let freed = open_adapter(m, &root().join("tests/data/adapters/alora-peft"));
+        let _guard = serial();
+        ok(er_adapter_free(freed));
+        expect(
+            er_adapter_invocation_tokens(freed, buf.as_mut_ptr(), 8, &mut n),
+            ER_ERR_INVALID_HANDLE,
+            &["er_adapter"],
+        );
+        ok(er_adapter_free(alora));
+        ok(er_adapter_free(plain));
+        ok(er_model_free(m));
+    }
+}

@@ -194,11 +194,27 @@ impl Gates {
                 rewind = Some(rewind.map_or(s, |r| r.min(s)));
             }
             self.start[i] = s;
-            if s != usize::MAX {
-                self.cached_from[i] = s;
-            }
+            self.cached_from[i] = s;
         }
         rewind
+    }
+
+    /// The context was cut to its first `n` positions: contributions cached from `n` on are gone.
+    pub(crate) fn truncated(&mut self, n: usize) {
+        for c in self.cached_from.iter_mut().filter(|c| **c >= n) {
+            *c = usize::MAX;
+        }
+    }
+
+    /// A context shift dropped `n_discard` positions after the first `n_keep` and moved the rest
+    /// down.
+    pub(crate) fn shifted(&mut self, n_keep: usize, n_discard: usize) {
+        for c in self.cached_from.iter_mut().filter(|c| **c >= n_keep) {
+            *c = match c.checked_sub(n_discard) {
+                Some(moved) if moved >= n_keep && *c != usize::MAX => moved,
+                _ => usize::MAX,
+            };
+        }
     }
 
     /// The batch about to be computed: positions `pos0..pos0 + n`.
@@ -246,6 +262,18 @@ mod tests {
         assert_eq!(g.skip(0, 1), 0);
         g.set_batch(4, 4); // positions 4..8: all before 10
         assert!(g.skip(0, 4) >= 4);
+    }
+
+    #[test]
+    fn cached_contributions_follow_truncate_and_shift() {
+        let mut g = Gates::new();
+        g.cached_from[..3].copy_from_slice(&[10, 20, 30]);
+        g.shifted(12, 5); // positions 12..17 dropped: 20 → 15; 10 kept
+        assert_eq!(g.cached_from[..3], [10, 15, 25]);
+        g.shifted(14, 5); // 15 was dropped: its invocation is gone
+        assert_eq!(g.cached_from[..3], [10, usize::MAX, 20]);
+        g.truncated(20);
+        assert_eq!(g.cached_from[..3], [10, usize::MAX, usize::MAX]);
     }
 
     #[test]

@@ -185,6 +185,16 @@ impl Applied {
         self.gates.locate(&self.active, history, new)
     }
 
+    /// The context was cut to `n` positions (see [`super::alora::Gates::truncated`]).
+    pub(crate) fn truncated(&mut self, n: usize) {
+        self.gates.truncated(n);
+    }
+
+    /// A context shift dropped `n_discard` positions after the first `n_keep`.
+    pub(crate) fn shifted(&mut self, n_keep: usize, n_discard: usize) {
+        self.gates.shifted(n_keep, n_discard);
+    }
+
     /// The batch about to be computed: positions `pos0..pos0 + n`.
     pub(crate) fn set_batch(&mut self, pos0: usize, n: usize) {
         self.gates.set_batch(pos0, n);

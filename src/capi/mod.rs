@@ -25,6 +25,7 @@
 #![allow(non_camel_case_types, clippy::missing_safety_doc)]
 
 mod adapters;
+mod alora;
 mod control;
 mod model;
 mod session;

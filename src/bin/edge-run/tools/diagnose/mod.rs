@@ -109,6 +109,9 @@ pub struct DiagnoseReport {
     /// (name, user scale) of each adapter, in stack order.
     pub adapters: Vec<(String, f32)>,
     pub n_tokens: usize,
+    /// Per adapter: for an aLoRA, its invocation tokens and where their last occurrence in the probe
+    /// starts (`None`: nowhere, so the aLoRA changes nothing); `None` for a plain LoRA.
+    pub invocations: Vec<Option<(Vec<u32>, Option<usize>)>>,
     pub runs: Vec<RunReport>,
     pub norms: Vec<NormReport>,
     pub overlaps: Vec<OverlapReport>,
@@ -198,6 +201,14 @@ pub fn diagnose(
             .map(|(_, s, n)| (n.to_string(), *s))
             .collect(),
         n_tokens: ids.len(),
+        invocations: adapters
+            .iter()
+            .map(|(a, _, _)| {
+                let inv = a.invocation_tokens()?;
+                let at = edge_run::adapter::alora::last_occurrence(&ids, &[], inv);
+                Some((inv.to_vec(), at))
+            })
+            .collect(),
         runs,
         norms,
         overlaps,

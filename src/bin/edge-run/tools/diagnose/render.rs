@@ -37,6 +37,20 @@ impl DiagnoseReport {
         );
         for (i, (name, sc)) in self.adapters.iter().enumerate() {
             let _ = writeln!(s, "  adapter {i}: {name} (scale {sc})");
+            if let Some(Some((ids, at))) = self.invocations.get(i) {
+                let _ = match at {
+                    Some(p) => writeln!(
+                        s,
+                        "    aLoRA: applies from its invocation tokens {ids:?} on; their last occurrence \
+                         in the probe starts at position {p}"
+                    ),
+                    None => writeln!(
+                        s,
+                        "    aLoRA: applies from its invocation tokens {ids:?} on, which the probe does \
+                         not contain: it changes nothing here"
+                    ),
+                };
+            }
         }
         let _ = writeln!(
             s,
@@ -179,7 +193,10 @@ impl DiagnoseReport {
         super::super::sorted_keys(json!({
             "model": self.model,
             "n_tokens": self.n_tokens,
-            "adapters": self.adapters.iter().map(|(n, s)| json!({"name": n, "scale": s})).collect::<Vec<_>>(),
+            "adapters": self.adapters.iter().zip(&self.invocations).map(|((n, s), inv)| match inv {
+                Some((ids, at)) => json!({"name": n, "scale": s, "alora": {"invocation_tokens": ids, "starts_at": at}}),
+                None => json!({"name": n, "scale": s}),
+            }).collect::<Vec<_>>(),
             "runs": runs,
             "stack_curve": self.stack_curve().iter().map(|&(k, v)| json!({"n_adapters": k, "kl_base_mean": fin(v)})).collect::<Vec<_>>(),
             "norms": norms,
