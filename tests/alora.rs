@@ -312,9 +312,112 @@ fn diagnose_describes_an_alora() {
     let a = &v["adapters"][0]["alora"];
     assert_eq!(a["invocation_tokens"], serde_json::json!(INVOCATION));
     // The built-in probe's first assistant turn.
-    let start = a["starts_at"].as_u64().expect("the probe holds the invocation") as usize;
+    let start = a["starts_at"]
+        .as_u64()
+        .expect("the probe holds the invocation") as usize;
     assert!(start > 0 && start < 600, "{a}");
     // The aLoRA changes the distributions (after its invocation only).
-    let kl = v["runs"][1]["kl_base"].as_f64().unwrap();
+    let kl = v["runs"][1]["kl_base_mean"].as_f64().expect("kl_base_mean");
     assert!(kl > 0.0, "{v}");
+}
+
+#[test]
+fn cli_chat_applies_an_alora_to_the_answer() {
+    let model = smollm2_path();
+    let src = root().join("tests/data/adapters/alora-peft");
+    let chat = |adapter: Option<&std::path::Path>| {
+        let mut args = vec![
+            "-m",
+            path_arg(&model),
+            "--chat",
+            "-p",
+            "What is the capital of France?",
+        ];
+        args.extend(["--temp", "0", "-n", "12", "-c", "256"]);
+        if let Some(a) = adapter {
+            args.extend(["--adapter", path_arg(a)]);
+        }
+        let o = edge_run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // The chat template ends the prompt with the invocation (`<|im_start|>assistant\n`), so the
+    // answer is the aLoRA's; without the invocation (a plain continuation) it is the base's.
+    let (base, with) = (chat(None), chat(Some(&src)));
+    assert_ne!(base, with, "the aLoRA did not change the answer");
+    let plain = |adapter: Option<&std::path::Path>| {
+        let mut args = vec!["-m", path_arg(&model), "-p", "The capital of France is"];
+        args.extend(["--temp", "0", "-n", "8", "-c", "64"]);
+        if let Some(a) = adapter {
+            args.extend(["--adapter", path_arg(a)]);
+        }
+        let o = edge_run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    assert_eq!(
+        plain(None),
+        plain(Some(&src)),
+        "the aLoRA acted without its invocation"
+    );
+}
+
+/// The interactive chat on SmolLM2 (greedy, 16 tokens a reply) with `input` on stdin and `flags`:
+/// the replies (stdout) and the number of prompt tokens each turn evaluated (stderr).
+fn interactive(input: &str, flags: &[&str]) -> (String, Vec<usize>) {
+    use std::io::Write;
+    let m = smollm2_path();
+    let mut args = vec!["-m", path_arg(&m), "--chat", "-n", "16", "--temp", "0"];
+    args.extend(["-c", "512"]);
+    args.extend(flags);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edge-run"))
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    let prompts = e
+        .split("prompt ")
+        .skip(1)
+        .filter_map(|r| r.split_once(" tokens in ")?.0.parse().ok())
+        .collect();
+    (String::from_utf8_lossy(&o.stdout).into_owned(), prompts)
+}
+
+#[test]
+fn interactive_chat_switches_to_an_alora_without_evaluating_again() {
+    let src = root().join("tests/data/adapters/alora-peft");
+    let (q1, q2) = ("What is the capital of France?", "Tell me about Rome.");
+    let add = format!("/adapter add {}", src.display());
+    let (base, base_prompts) = interactive(&format!("{q1}\n{q2}\n"), &[]);
+    let (switched, prompts) = interactive(&format!("{q1}\n{add}\n{q2}\n"), &[]);
+    let (again, again_prompts) =
+        interactive(&format!("{q1}\n{add}\n{q2}\n"), &["--reeval-on-swap"]);
+    let (b, s, a): (Vec<_>, Vec<_>, Vec<_>) = (
+        base.lines().collect(),
+        switched.lines().collect(),
+        again.lines().collect(),
+    );
+    assert_eq!(b.len(), 2, "{base:?}");
+    assert_eq!((s.len(), a.len()), (2, 2), "{switched:?} / {again:?}");
+    // The first reply is the base's; the second, after the switch, is the aLoRA's (its invocation
+    // ends the second prompt) ...
+    assert_eq!(s[0], b[0]);
+    assert_ne!(s[1], b[1], "the aLoRA did not change the second reply");
+    // ... computed on the base's cache of the first turn: the same reply as evaluating the whole
+    // conversation again with the aLoRA, with only the second turn's new tokens evaluated.
+    assert_eq!(s[1], a[1]);
+    assert_eq!(prompts, base_prompts, "{prompts:?} vs {base_prompts:?}");
+    assert_eq!(prompts.len(), 2);
+    assert!(
+        again_prompts[1] > prompts[0] + prompts[1],
+        "{again_prompts:?} vs {prompts:?}"
+    );
 }

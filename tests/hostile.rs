@@ -1276,8 +1276,15 @@ fn adapter_cases() -> Vec<Case> {
         ("aLoRA invocation a scalar", "adapter.alora.invocation_tokens", Some(V::U32(1)), &["adapter.alora.invocation_tokens"]),
     ];
     meta_cases(&mut c, &base, Input::GgufAdapter, prefix, named);
-    let alora = base.with_meta("adapter.alora.invocation_tokens", Some(vec![1u32, 47].into()));
-    accept(&mut c, "valid GGUF aLoRA adapter", Input::GgufAdapter(alora.bytes()));
+    let alora = base.with_meta(
+        "adapter.alora.invocation_tokens",
+        Some(vec![1u32, 47].into()),
+    );
+    accept(
+        &mut c,
+        "valid GGUF aLoRA adapter",
+        Input::GgufAdapter(alora.bytes()),
+    );
     let (qa, qb) = ("blk.0.attn_q.weight.lora_a", "blk.0.attn_q.weight.lora_b");
     let (va, vb) = ("blk.1.attn_v.weight.lora_a", "blk.1.attn_v.weight.lora_b");
     for (name, tensor, needle) in [

@@ -33,7 +33,9 @@ fn smollm2_alora() {
     let (alora, pirate) = (load("alora-peft"), load("pirate-peft"));
     let with = [(&pirate, 1.0f32), (&alora, 1.0f32)];
     let without = [(&pirate, 1.0f32)];
-    let prompt = model.tokenizer.encode("<|im_start|>user\nTell me a story<|im_end|>\n", true);
+    let prompt = model
+        .tokenizer
+        .encode("<|im_start|>user\nTell me a story<|im_end|>\n", true);
     let invocation = model.tokenizer.encode("<|im_start|>assistant\n", true);
     assert_eq!(invocation.len(), 4);
     for n_threads in [1, 2] {
@@ -52,7 +54,8 @@ fn smollm2_alora() {
             }
             for step in 0..32 {
                 if step % 8 == 7 {
-                    ctl.set(if step % 16 == 7 { &without } else { &with }).unwrap();
+                    ctl.set(if step % 16 == 7 { &without } else { &with })
+                        .unwrap();
                 }
                 let t = sampler.sample(s.logits());
                 sampler.accept(t);
@@ -60,7 +63,10 @@ fn smollm2_alora() {
             }
         });
         eprintln!("aLoRA, {n_threads} thread(s): {n} heap allocations over 36 decode steps");
-        assert_eq!(n, 0, "{n_threads} thread(s): the aLoRA decode path allocated {n} times");
+        assert_eq!(
+            n, 0,
+            "{n_threads} thread(s): the aLoRA decode path allocated {n} times"
+        );
     }
 }
 

@@ -230,6 +230,24 @@ impl Gates {
     }
 }
 
+/// Zeroes, in the LoRA intermediates `t` of one weight (`[rows, rr]`, the adapters' parts side by
+/// side in the order of `refs`), the first `skips[k]` rows of adapter k's part: its expand then adds
+/// nothing to those rows.
+pub(crate) fn gate_rows(
+    refs: &[crate::kernels::lora::LoraRef<'_>],
+    skips: &[usize],
+    rr: usize,
+    t: &mut [f32],
+) {
+    let mut off = 0;
+    for (r, &skip) in refs.iter().zip(skips) {
+        for row in t.chunks_exact_mut(rr).take(skip) {
+            row[off..off + r.rank].fill(0.0);
+        }
+        off += r.rank;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

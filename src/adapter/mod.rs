@@ -51,8 +51,8 @@ mod set;
 
 pub use crate::model::BaseInfo;
 pub use control::ControlVector;
-pub(crate) use set::Applied;
 pub use set::{ActiveSet, AdapterControl, MAX_ADAPTERS};
+pub(crate) use set::{Applied, LoraRefs, Skips};
 
 /// The file format an adapter was loaded from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

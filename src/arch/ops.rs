@@ -3,9 +3,9 @@
 //! [`State`] holds every activation buffer and the KV cache, sized once in `Session::new`; nothing here
 //! allocates. Buffers are `[B, width]` row-major over the batch's B tokens.
 use super::kv::KvCache;
-use crate::adapter::MAX_ADAPTERS;
+use crate::adapter::{LoraRefs, Skips};
 use crate::arch::{ActQuant, Capacity, Env};
-use crate::kernels::lora::{total_rank, LoraRef};
+use crate::kernels::lora::total_rank;
 use crate::kernels::{ActRows, Kernels, QuantType};
 use crate::model::{Model, WeightRef};
 use crate::threadpool::{Disjoint, ThreadPool};
@@ -603,7 +603,7 @@ fn act_rows(slots: &[QuantSlot], ty: QuantType) -> ActRows<'_> {
 
 /// The adapters on the weights of one `linear` call and the scratch for their intermediates.
 struct Lora<'a, 'r, const N: usize> {
-    refs: &'a [heapless::Vec<LoraRef<'r>, MAX_ADAPTERS>; N],
+    refs: &'a [(LoraRefs<'r>, Skips); N],
     t: &'a mut [f32],
 }
 
@@ -626,15 +626,13 @@ pub(crate) fn linear<const N: usize>(
     lora_t: &mut [f32],
 ) {
     let gated: [_; N] = core::array::from_fn(|j| env.applied.refs_for(outs[j].0, rows));
-    let refs: [_; N] = core::array::from_fn(|j| gated[j].0.clone());
-    let skips: [&[usize]; N] = core::array::from_fn(|j| &gated[j].1[..]);
     let lora = Lora {
-        refs: &refs,
+        refs: &gated,
         t: lora_t,
     };
     let (m, k, pool, lk): (&Model, &Kernels, &ThreadPool, _) = (env.m, env.k, env.pool, env.lk);
     let x = &input.x[..rows * n];
-    let ts = lora_shrink(env, x, rows, lora.refs, &skips, lora.t);
+    let ts = lora_shrink(env, x, rows, lora.refs, lora.t);
     // Quantize the input once per vec_dot_type needed (all weights of a group usually share one).
     for (w, _) in outs.iter() {
         debug_assert_eq!(w.n_in, n);
@@ -662,7 +660,7 @@ pub(crate) fn linear<const N: usize>(
         let (r0, r1) = (c * CHUNK_ROWS, ((c + 1) * CHUNK_ROWS).min(w.n_out));
         let rb = w.row_bytes();
         let wr = &m.bytes(w)[r0 * rb..r1 * rb];
-        let refs = &lora_refs[j];
+        let refs = &lora_refs[j].0;
         let rr = ts[j].len() / rows;
         if rows == 1 {
             // SAFETY: every chunk index is handed out once and chunks cover disjoint rows.
@@ -690,15 +688,13 @@ pub(crate) fn linear<const N: usize>(
 }
 
 /// LoRA shrink for every weight of a `linear` call that has adapters: `t_j = A·x` for all tokens,
-/// `[rows, R_j]` in the j-th third of the scratch (empty for a weight without adapters). The first
-/// `skips[j][k]` rows of adapter k's part are zeroed (an aLoRA before its invocation), so its expand
-/// adds nothing there.
+/// `[rows, R_j]` in the j-th third of the scratch (empty for a weight without adapters); rows an
+/// aLoRA skips are zeroed in its part, so its expand adds nothing there.
 fn lora_shrink<'t, const N: usize>(
     env: &Env<'_>,
     x: &[f32],
     rows: usize,
-    refs: &[heapless::Vec<LoraRef<'_>, MAX_ADAPTERS>; N],
-    skips: &[&[usize]; N],
+    refs: &[(LoraRefs<'_>, Skips); N],
     scratch: &'t mut [f32],
 ) -> [&'t [f32]; N] {
     let per = scratch.len() / 3;
@@ -707,26 +703,15 @@ fn lora_shrink<'t, const N: usize>(
     for j in 0..N {
         let (tj, r) = core::mem::take(&mut rest).split_at_mut(per);
         rest = r;
-        if !refs[j].is_empty() {
-            let rr = total_rank(&refs[j]);
-            (env.lk.shrink_batch)(&refs[j], rows, x, &mut tj[..rows * rr]);
-            gate_rows(&refs[j], skips[j], rr, &mut tj[..rows * rr]);
+        let (refs, skips) = &refs[j];
+        if !refs.is_empty() {
+            let rr = total_rank(refs);
+            (env.lk.shrink_batch)(refs, rows, x, &mut tj[..rows * rr]);
+            crate::adapter::alora::gate_rows(refs, skips, rr, &mut tj[..rows * rr]);
             ts[j] = &tj[..rows * rr];
         }
     }
     ts
-}
-
-/// Zeroes, in the intermediates `t` (`[rows, rr]`, adapters' parts side by side), the first
-/// `skips[k]` rows of adapter k's part.
-fn gate_rows(refs: &[LoraRef<'_>], skips: &[usize], rr: usize, t: &mut [f32]) {
-    let mut off = 0;
-    for (r, &skip) in refs.iter().zip(skips) {
-        for row in t.chunks_exact_mut(rr).take(skip) {
-            row[off..off + r.rank].fill(0.0);
-        }
-        off += r.rank;
-    }
 }
 
 /// Output rows per work chunk of `linear` (threads take chunks dynamically).

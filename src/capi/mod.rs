@@ -30,6 +30,7 @@ mod control;
 mod model;
 mod session;
 pub use adapters::*;
+pub use alora::*;
 pub use control::*;
 pub use model::*;
 pub use session::*;
