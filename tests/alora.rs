@@ -1,7 +1,8 @@
 //! Activated LoRA (aLoRA) on the real model: logits against Hugging Face + PEFT (alone and stacked
 //! with a plain LoRA), positions before the invocation bit-identical to the base, the base's KV cache
 //! reused when an aLoRA is switched on mid-conversation, the GGUF form (llama.cpp's key, written by
-//! `adapter convert`), and refusals (malformed invocation tokens, `merge`).
+//! `adapter convert`), the interactive chat switching one on between turns, and `merge`'s refusal
+//! (malformed invocation tokens: tests/hostile.rs; the C API: tests/capi.rs).
 mod common;
 use common::*;
 use edge_run::adapter::{alora, Adapter};
@@ -39,6 +40,9 @@ fn run(
     rows
 }
 
+/// One adapter of a set and its scale.
+type Entry<'a> = (&'a Arc<Adapter>, f32);
+
 fn metrics(npz: &str, model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)]) -> Metrics {
     let runs: Vec<_> = alora_sequences()
         .into_iter()
@@ -52,7 +56,7 @@ fn alora_matches_hf_peft_alone_and_stacked() {
     let model = open_smollm2();
     let [alora, pirate] = shared_adapters(&model, ["alora-peft", "pirate-peft"]);
     assert_eq!(alora.invocation_tokens(), Some(&INVOCATION[..]));
-    let cases: [(&str, Vec<(&Arc<Adapter>, f32)>, &str); 2] = [
+    let cases: [(&str, Vec<Entry>, &str); 2] = [
         ("aLoRA alone", vec![(&alora, 1.0)], "hf_alora.npz"),
         (
             "pirate + aLoRA",

@@ -1,7 +1,7 @@
 //! The decode hot path performs no heap allocation: a counting global allocator sees zero allocations over
 //! 64 decode steps with two adapters active and a swap every 8 tokens, and a control vector set and
 //! cleared every 8 tokens, at 1 and 2 threads — on the real
-//! SmolLM2 (llama) and on the tiny gemma3 fixture (sliding-window ring wrapping around many times, and a
+//! SmolLM2 (llama; also with an aLoRA whose invocation arrives token by token and is evaluated again) and on the tiny gemma3 fixture (sliding-window ring wrapping around many times, and a
 //! `truncate` deep into overwritten ring slots, whose replay runs inside the counted region).
 //! (Its own test binary with one test, so that no other test allocates concurrently.)
 mod common;
