@@ -113,13 +113,17 @@ fn plain_copy(model: &Model, src: &std::path::Path) -> Adapter {
 #[test]
 fn positions_before_the_invocation_are_the_base_bit_for_bit() {
     let model = open_smollm2();
-    let [alora] = shared_adapters(&model, ["alora-peft"]);
+    let [alora, pirate] = shared_adapters(&model, ["alora-peft", "pirate-peft"]);
+    // Alone (against the base model) and stacked with a plain LoRA (against that LoRA alone).
+    let sets: [(&str, Vec<Entry>); 2] = [("alone", vec![]), ("stacked", vec![(&pirate, 1.0)])];
     for (name, ids) in alora_sequences() {
         let start = alora::last_occurrence(&ids, &[], &INVOCATION).unwrap_or(ids.len());
         // One batch straddling the invocation, and batches of 8 (before, straddling, after).
-        for n_batch in [64, 8] {
-            let base = run(&model, &[], &ids, n_batch);
-            let with = run(&model, &[(&alora, 1.0)], &ids, n_batch);
+        for ((how, without), n_batch) in sets.iter().flat_map(|s| [(s, 64), (s, 8)]) {
+            let mut with_set = without.clone();
+            with_set.push((&alora, 1.0));
+            let base = run(&model, without, &ids, n_batch);
+            let with = run(&model, &with_set, &ids, n_batch);
             for p in 0..start {
                 let same = base[p]
                     .iter()
@@ -127,13 +131,13 @@ fn positions_before_the_invocation_are_the_base_bit_for_bit() {
                     .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(
                     same,
-                    "{name}, batch {n_batch}: position {p} < invocation {start} differs"
+                    "{name} {how}, batch {n_batch}: position {p} < invocation {start} differs"
                 );
             }
             if start < ids.len() {
                 assert_ne!(
                     base[start], with[start],
-                    "{name}: the aLoRA does nothing at {start}"
+                    "{name} {how}: the aLoRA does nothing at {start}"
                 );
             }
         }
