@@ -239,12 +239,7 @@ impl Session {
         if n >= self.n_past {
             return;
         }
-        let hp = &self.model.hp;
-        let cap = hp.kv_positions(hp.swa.iter().position(|&s| s).unwrap_or(0), self.cfg.n_ctx);
-        if hp.n_swa > 0
-            && hp.n_swa_layers() > 0
-            && self.n_past.saturating_sub(cap) > (n + 1).saturating_sub(hp.n_swa)
-        {
+        if self.ring_overwrote(n) {
             self.replay = true;
         }
         self.n_past = n;
@@ -254,6 +249,16 @@ impl Session {
         if self.shifted.is_some_and(|s| n < s.keep) {
             self.shifted = None;
         }
+    }
+
+    /// Whether a local (sliding-window) layer's ring already overwrote positions the token after the
+    /// first `n` would attend to (`n + 1 - window ≤ j < n`).
+    fn ring_overwrote(&self, n: usize) -> bool {
+        let hp = &self.model.hp;
+        let cap = hp.kv_positions(hp.swa.iter().position(|&s| s).unwrap_or(0), self.cfg.n_ctx);
+        hp.n_swa > 0
+            && hp.n_swa_layers() > 0
+            && self.n_past.saturating_sub(cap) > (n + 1).saturating_sub(hp.n_swa)
     }
 
     /// The tokens in the context.
@@ -475,11 +480,18 @@ impl Session {
     }
 
     /// Evaluate the recorded tokens from position `from` on again, in place (an aLoRA's invocation
-    /// began there in tokens computed without it; see [`crate::adapter::alora`]). Allocates nothing.
+    /// began there in tokens computed without it; see [`crate::adapter::alora`]); all of them when a
+    /// sliding-window ring no longer holds the positions before `from` that those need. Allocates
+    /// nothing.
     fn reevaluate_from(&mut self, from: Option<usize>) {
         let Some(from) = from.filter(|&f| f < self.n_past) else {
             return;
         };
+        if self.ring_overwrote(from) {
+            self.replay = true;
+            self.replay_if_needed();
+            return;
+        }
         let end = self.n_past;
         self.n_past = from;
         let toks = std::mem::take(&mut self.tokens);

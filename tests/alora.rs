@@ -429,3 +429,62 @@ fn interactive_chat_switches_to_an_alora_without_evaluating_again() {
         "{again_prompts:?} vs {prompts:?}"
     );
 }
+
+/// On a model with sliding-window layers (the tiny Gemma 3 fixture, window 5), an aLoRA switched on
+/// long after its invocation: evaluating again from the invocation needs positions the ring has
+/// already overwritten, so the session evaluates the whole context again; the last positions' logits
+/// are then exactly those of a session that had the aLoRA all along.
+#[test]
+fn switching_an_alora_on_after_the_window_passed_its_invocation() {
+    let dir = root().join("models/fixtures");
+    let model = Arc::new(Model::open(dir.join("tiny-gemma3.gguf")).unwrap());
+    assert!(model.hp.n_swa > 0 && model.hp.n_swa < 8);
+    // The fixture's PEFT adapter with an invocation.
+    let src = dir.join("tiny-gemma3-lora-peft");
+    let tmp = TempDir::new("alora", "gemma3");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap())
+            .unwrap();
+    let invocation = [5u32, 9];
+    v["alora_invocation_tokens"] = serde_json::json!(invocation);
+    std::fs::write(tmp.join("adapter_config.json"), v.to_string()).unwrap();
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        tmp.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let alora = Arc::new(Adapter::load(&tmp, &model.base_info).unwrap());
+    assert!(alora.is_alora());
+    let mut ids: Vec<u32> = (0..40).map(|i| 20 + (i * 37) % 200).collect();
+    ids[3..5].copy_from_slice(&invocation);
+    let (head, tail) = ids.split_at(36);
+    let cfg = SessionConfig {
+        n_ctx: 64,
+        n_batch: 4,
+        n_threads: 1,
+        logits_all: true,
+        ..Default::default()
+    };
+    let last = |s: &mut Session| {
+        let mut rows = Vec::new();
+        s.eval_each(tail, |_, l| rows.push(l.to_vec())).unwrap();
+        assert_eq!(s.n_past(), ids.len());
+        rows
+    };
+    let mut all_along = Session::new(model.clone(), cfg.clone()).unwrap();
+    all_along.set_adapters(&[(&alora, 1.0)]).unwrap();
+    all_along.eval(head).unwrap();
+    let want = last(&mut all_along);
+    let mut switched = Session::new(model.clone(), cfg.clone()).unwrap();
+    switched.eval(head).unwrap();
+    switched.set_adapters(&[(&alora, 1.0)]).unwrap();
+    let got = last(&mut switched);
+    assert!(
+        got == want,
+        "switched on late: the last positions' logits differ"
+    );
+    // The aLoRA matters at those positions.
+    let mut base = Session::new(model.clone(), cfg).unwrap();
+    base.eval(head).unwrap();
+    assert!(last(&mut base) != want, "the aLoRA changes nothing");
+}
