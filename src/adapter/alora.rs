@@ -115,6 +115,16 @@ impl Adapter {
                 ),
             ));
         }
+        if let Some(m) = self.saved.first() {
+            return Err(Error::unsupported(
+                file,
+                format!(
+                    "aLoRA ({field}) replacing `{}` (modules_to_save): a replaced tensor acts on every \
+                     position, an aLoRA only from its invocation on",
+                    m.target
+                ),
+            ));
+        }
         self.notes.push(format!(
             "aLoRA: applies from the last occurrence of the invocation tokens {ids:?} on; \
              cannot be merged into the weights"

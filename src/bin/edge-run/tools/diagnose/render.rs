@@ -36,7 +36,13 @@ impl DiagnoseReport {
             self.model, self.n_tokens
         );
         for (i, (name, sc)) in self.adapters.iter().enumerate() {
-            let _ = writeln!(s, "  adapter {i}: {name} (scale {sc})");
+            let _ = write!(s, "  adapter {i}: {name} (scale {sc})");
+            match self.replaced.get(i) {
+                Some(r) if !r.is_empty() => {
+                    let _ = writeln!(s, "; replaces {} (modules_to_save)", r.join(", "));
+                }
+                _ => s.push('\n'),
+            }
             if let Some(Some((ids, at))) = self.invocations.get(i) {
                 let _ = match at {
                     Some(p) => writeln!(
@@ -193,9 +199,12 @@ impl DiagnoseReport {
         super::super::sorted_keys(json!({
             "model": self.model,
             "n_tokens": self.n_tokens,
-            "adapters": self.adapters.iter().zip(&self.invocations).map(|((n, s), inv)| match inv {
-                Some((ids, at)) => json!({"name": n, "scale": s, "alora": {"invocation_tokens": ids, "starts_at": at}}),
-                None => json!({"name": n, "scale": s}),
+            "adapters": self.adapters.iter().zip(&self.replaced).zip(&self.invocations).map(|(((n, s), r), inv)| {
+                let mut a = json!({"name": n, "scale": s, "replaces": r});
+                if let Some((ids, at)) = inv {
+                    a["alora"] = json!({"invocation_tokens": ids, "starts_at": at});
+                }
+                a
             }).collect::<Vec<_>>(),
             "runs": runs,
             "stack_curve": self.stack_curve().iter().map(|&(k, v)| json!({"n_adapters": k, "kl_base_mean": fin(v)})).collect::<Vec<_>>(),
