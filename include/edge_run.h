@@ -148,6 +148,11 @@ int er_detokenize(const er_model* model, int32_t token, char* buf, size_t cap, s
 int er_adapter_open(const er_model* model, const char* path, er_adapter** out);
 /* Release an adapter handle; sessions applying it keep it alive. NULL: no-op. */
 int er_adapter_free(er_adapter* adapter);
+/* An activated LoRA (aLoRA) applies only from the last occurrence of its invocation tokens in the
+ * context on (the positions before it stay the base model's, so its cache is reused when the aLoRA is
+ * switched on). *n_out = the number of invocation tokens (0: a plain LoRA), also on
+ * ER_ERR_BUFFER_TOO_SMALL (out untouched); out may be NULL if cap is 0. */
+int er_adapter_invocation_tokens(const er_adapter* adapter, int32_t* out, size_t cap, size_t* n_out);
 
 /* ---------------------------------------------------------------------------------- sessions */
 /* Defaults: n_ctx 2048, n_batch 64, n_threads 0 (auto), max_adapters 8, max_rank 64, f16 KV. */

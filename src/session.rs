@@ -227,6 +227,7 @@ impl Session {
         self.batched.clear();
         self.replay = false;
         self.shifted = None;
+        self.applied.truncated(0);
     }
     /// Drop the cache entries from position `n` on (keep the first `n` tokens).
     ///
@@ -238,20 +239,26 @@ impl Session {
         if n >= self.n_past {
             return;
         }
-        let hp = &self.model.hp;
-        let cap = hp.kv_positions(hp.swa.iter().position(|&s| s).unwrap_or(0), self.cfg.n_ctx);
-        if hp.n_swa > 0
-            && hp.n_swa_layers() > 0
-            && self.n_past.saturating_sub(cap) > (n + 1).saturating_sub(hp.n_swa)
-        {
+        if self.ring_overwrote(n) {
             self.replay = true;
         }
         self.n_past = n;
         self.tokens.truncate(n);
         self.batched.truncate(n);
+        self.applied.truncated(n);
         if self.shifted.is_some_and(|s| n < s.keep) {
             self.shifted = None;
         }
+    }
+
+    /// Whether a local (sliding-window) layer's ring already overwrote positions the token after the
+    /// first `n` would attend to (`n + 1 - window ≤ j < n`).
+    fn ring_overwrote(&self, n: usize) -> bool {
+        let hp = &self.model.hp;
+        let cap = hp.kv_positions(hp.swa.iter().position(|&s| s).unwrap_or(0), self.cfg.n_ctx);
+        hp.n_swa > 0
+            && hp.n_swa_layers() > 0
+            && self.n_past.saturating_sub(cap) > (n + 1).saturating_sub(hp.n_swa)
     }
 
     /// The tokens in the context.
@@ -300,6 +307,7 @@ impl Session {
         }
         self.tokens.drain(n_keep..n_keep + n_discard);
         self.batched.drain(n_keep..n_keep + n_discard);
+        self.applied.shifted(n_keep, n_discard);
         self.n_past -= n_discard;
         self.shifted = match self.shifted {
             None => Some(Shifted {
@@ -417,7 +425,10 @@ impl Session {
             return Err(Error::invalid("nothing to evaluate: empty token list"));
         }
         self.applied.refresh(&self.control);
-        self.replay_if_needed();
+        let rewind = self.applied.locate_invocations(&self.tokens, tokens);
+        if !self.replay_if_needed() {
+            self.reevaluate_from(rewind);
+        }
         for chunk in tokens.chunks(self.cfg.n_batch) {
             self.eval_batch(chunk);
         }
@@ -433,7 +444,10 @@ impl Session {
         }
         self.check(tokens)?;
         self.applied.refresh(&self.control);
-        self.replay_if_needed();
+        let rewind = self.applied.locate_invocations(&self.tokens, tokens);
+        if !self.replay_if_needed() {
+            self.reevaluate_from(rewind);
+        }
         let nv = self.model.hp.n_vocab;
         let mut i = 0;
         for chunk in tokens.chunks(self.cfg.n_batch) {
@@ -447,9 +461,10 @@ impl Session {
     }
 
     /// Rebuild the KV cache from the recorded tokens after a `truncate` into overwritten ring slots.
-    fn replay_if_needed(&mut self) {
+    /// Returns whether it did.
+    fn replay_if_needed(&mut self) -> bool {
         if !self.replay {
-            return;
+            return false;
         }
         self.replay = false;
         let toks = std::mem::take(&mut self.tokens);
@@ -459,6 +474,32 @@ impl Session {
             let len = replay_chunk(&self.batched[i..], self.cfg.n_batch);
             self.compute(&toks[i..i + len]);
             i += len;
+        }
+        self.tokens = toks;
+        true
+    }
+
+    /// Evaluate the recorded tokens from position `from` on again, in place (an aLoRA's invocation
+    /// began there in tokens computed without it; see [`crate::adapter::alora`]); all of them when a
+    /// sliding-window ring no longer holds the positions before `from` that those need. Allocates
+    /// nothing.
+    fn reevaluate_from(&mut self, from: Option<usize>) {
+        let Some(from) = from.filter(|&f| f < self.n_past) else {
+            return;
+        };
+        if self.ring_overwrote(from) {
+            self.replay = true;
+            self.replay_if_needed();
+            return;
+        }
+        let end = self.n_past;
+        self.n_past = from;
+        let toks = std::mem::take(&mut self.tokens);
+        let mut at = from;
+        for chunk in toks[from..end].chunks(self.cfg.n_batch) {
+            self.compute(chunk);
+            self.batched[at..at + chunk.len()].fill(chunk.len() > 1);
+            at += chunk.len();
         }
         self.tokens = toks;
     }
@@ -475,6 +516,7 @@ impl Session {
     /// The model's forward pass over one batch at the current position (the family's, through
     /// [`arch::forward`]): fills the KV cache and the logits, advances the position.
     fn compute(&mut self, tokens: &[u32]) {
+        self.applied.set_batch(self.n_past, tokens.len());
         let env = Env {
             m: &self.model,
             k: self.k,
@@ -608,7 +650,10 @@ impl Session {
     /// replay (after a `truncate` into overwritten ring slots) run.
     pub(crate) fn settle(&mut self) {
         self.refresh_adapters();
-        self.replay_if_needed();
+        let rewind = self.applied.locate_invocations(&self.tokens, &[]);
+        if !self.replay_if_needed() {
+            self.reevaluate_from(rewind);
+        }
     }
 
     /// Per token: computed in a batch of two or more.

@@ -1836,3 +1836,148 @@ fn control_vectors() {
         ok(er_model_free(m));
     }
 }
+
+#[test]
+fn alora_invocation_tokens_through_c_api() {
+    let model = common::smollm2_path();
+    let m = open_model(&model);
+    let alora = open_adapter(m, &root().join("tests/data/adapters/alora-peft"));
+    let plain = open_adapter(m, &root().join("tests/data/adapters/pirate-peft"));
+    let mut n = usize::MAX;
+    let mut buf = [0i32; 8];
+    // SAFETY: valid handles; `buf` holds 8 int32_t.
+    unsafe {
+        ok(er_adapter_invocation_tokens(
+            alora,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut n,
+        ));
+        assert_eq!(&buf[..n], &[1, 520, 9531, 198]);
+        ok(er_adapter_invocation_tokens(plain, null_mut(), 0, &mut n));
+        assert_eq!(n, 0);
+        expect(
+            er_adapter_invocation_tokens(alora, buf.as_mut_ptr(), 2, &mut n),
+            ER_ERR_BUFFER_TOO_SMALL,
+            &["4 invocation tokens"],
+        );
+        assert_eq!(n, 4);
+        expect(
+            er_adapter_invocation_tokens(alora, buf.as_mut_ptr(), 8, null_mut()),
+            ER_ERR_NULL,
+            &["n_out"],
+        );
+        expect(
+            er_adapter_invocation_tokens(null(), buf.as_mut_ptr(), 8, &mut n),
+            ER_ERR_NULL,
+            &["er_adapter"],
+        );
+        let freed = open_adapter(m, &root().join("tests/data/adapters/alora-peft"));
+        let _guard = serial();
+        ok(er_adapter_free(freed));
+        expect(
+            er_adapter_invocation_tokens(freed, buf.as_mut_ptr(), 8, &mut n),
+            ER_ERR_INVALID_HANDLE,
+            &["er_adapter"],
+        );
+        ok(er_adapter_free(alora));
+        ok(er_adapter_free(plain));
+        ok(er_model_free(m));
+    }
+}
+
+/// `r`'s positions `range` as a reference of their own.
+fn ref_positions(r: &common::RefSeq, range: std::ops::Range<usize>) -> common::RefSeq {
+    fn rows<T: Copy>(a: &common::Array<T>, range: &std::ops::Range<usize>) -> common::Array<T> {
+        let mut shape = a.shape.clone();
+        shape[0] = range.len();
+        let data = range.clone().flat_map(|p| a.row(p).to_vec()).collect();
+        common::Array { shape, data }
+    }
+    common::RefSeq {
+        ids: rows(&r.ids, &range),
+        logits: rows(&r.logits, &range),
+        lse: rows(&r.lse, &range),
+    }
+}
+
+/// An aLoRA applied through the C API, one token per `er_eval` as a chat decodes: positions before
+/// its invocation are the base's bit for bit; switched on in the middle of the invocation (the base
+/// having evaluated the conversation so far) it gives exactly what it gives when set from the start;
+/// and from the invocation's last token on it matches Hugging Face + PEFT.
+#[test]
+fn alora_through_c_api_matches_hf_peft() {
+    let m = open_model(&common::smollm2_path());
+    let alora = open_adapter(m, &root().join("tests/data/adapters/alora-peft"));
+    let seqs = root().join("tests/data/reference/smollm2/alora_sequences.json");
+    let (_, ids) = common::sequences_in(&seqs)
+        .into_iter()
+        .find(|(n, _)| n == "chat_capital")
+        .unwrap();
+    let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+    let invocation = [1, 520, 9531, 198];
+    let start = ids.windows(4).rposition(|w| w == invocation).unwrap();
+    let done = start + invocation.len() - 1;
+    let mut nv = 0;
+    // SAFETY: valid handle and out-pointer.
+    ok(unsafe { er_model_n_vocab(m, &mut nv) });
+    // Every position's logits, the aLoRA set just before position `from` (never with `None`).
+    let run = |from: Option<usize>| -> Vec<Vec<f32>> {
+        let s = new_session(m, 128);
+        let mut rows = Vec::new();
+        for (p, &t) in ids.iter().enumerate() {
+            if from == Some(p) {
+                let set = [alora as *const er_adapter];
+                // SAFETY: one adapter handle and one scale.
+                ok(unsafe { er_session_set_adapters(s, set.as_ptr(), &1.0, 1) });
+            }
+            ok(eval(s, &[t]));
+            rows.push(logits(s, nv));
+        }
+        let mut n_past = 0;
+        // SAFETY: a handle from this closure and a valid out-pointer.
+        unsafe {
+            ok(er_session_n_past(s, &mut n_past));
+            ok(er_session_free(s));
+        }
+        assert_eq!(
+            n_past,
+            ids.len(),
+            "positions evaluated again are not counted twice"
+        );
+        rows
+    };
+    let (base, throughout, switched) = (run(None), run(Some(0)), run(Some(start + 2)));
+    for p in 0..start {
+        assert_eq!(
+            bits(&base[p]),
+            bits(&throughout[p]),
+            "position {p} < {start}"
+        );
+    }
+    assert_ne!(base[done], throughout[done], "the aLoRA does nothing");
+    for p in 0..ids.len() {
+        assert_eq!(
+            bits(&switched[p]),
+            bits(&throughout[p]),
+            "switched: position {p}"
+        );
+    }
+    // Until the invocation is complete a token-by-token run cannot know it has begun, so positions
+    // start..done are the base's here, and PEFT (which sees the whole sequence) applies the aLoRA
+    // there: those are left out.
+    let z = common::read_npz(&root().join("tests/data/reference/smollm2/hf_alora.npz"));
+    let r = common::reference(&z, "chat_capital");
+    let before = common::compare(&ref_positions(&r, 0..start), &throughout[..start]);
+    let after = common::compare(&ref_positions(&r, done..ids.len()), &throughout[done..]);
+    eprintln!("aLoRA through the C API vs HF+PEFT: before {before:?}, after {after:?}");
+    for m in [before, after] {
+        assert!(m.kl_mean <= 0.0025 && m.top1 >= 0.985, "{m:?}");
+    }
+    let _guard = serial();
+    // SAFETY: handles from this test.
+    unsafe {
+        ok(er_adapter_free(alora));
+        ok(er_model_free(m));
+    }
+}

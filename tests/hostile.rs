@@ -1267,9 +1267,24 @@ fn adapter_cases() -> Vec<Case> {
         ("alpha negative", "adapter.lora.alpha", Some(V::F32(-1.0)), &["adapter.lora.alpha"]),
         ("alpha NaN", "adapter.lora.alpha", Some(V::F32(f32::NAN)), &["adapter.lora.alpha"]),
         ("alpha a string", "adapter.lora.alpha", Some("16".into()), &["adapter.lora.alpha"]),
-        ("unknown adapter key", "adapter.alora.invocation_tokens", Some(vec![1u32].into()), &["adapter.alora.invocation_tokens"]),
+        ("unknown adapter key", "adapter.lora.future_key", Some(vec![1u32].into()), &["adapter.lora.future_key"]),
+        ("aLoRA invocation out of vocabulary", "adapter.alora.invocation_tokens", Some(vec![1u32, 48].into()), &["adapter.alora.invocation_tokens[1]", "48"]),
+        ("aLoRA invocation empty", "adapter.alora.invocation_tokens", Some(Vec::<u32>::new().into()), &["adapter.alora.invocation_tokens", "empty"]),
+        ("aLoRA invocation negative", "adapter.alora.invocation_tokens", Some(vec![-1i32].into()), &["adapter.alora.invocation_tokens"]),
+        ("aLoRA invocation strings", "adapter.alora.invocation_tokens", Some(vec!["1"].into()), &["adapter.alora.invocation_tokens"]),
+        ("aLoRA invocation floats", "adapter.alora.invocation_tokens", Some(vec![1.0f32].into()), &["adapter.alora.invocation_tokens"]),
+        ("aLoRA invocation a scalar", "adapter.alora.invocation_tokens", Some(V::U32(1)), &["adapter.alora.invocation_tokens"]),
     ];
     meta_cases(&mut c, &base, Input::GgufAdapter, prefix, named);
+    let alora = base.with_meta(
+        "adapter.alora.invocation_tokens",
+        Some(vec![1u32, 47].into()),
+    );
+    accept(
+        &mut c,
+        "valid GGUF aLoRA adapter",
+        Input::GgufAdapter(alora.bytes()),
+    );
     let (qa, qb) = ("blk.0.attn_q.weight.lora_a", "blk.0.attn_q.weight.lora_b");
     let (va, vb) = ("blk.1.attn_v.weight.lora_a", "blk.1.attn_v.weight.lora_b");
     for (name, tensor, needle) in [
@@ -1583,7 +1598,7 @@ fn adapter_cases() -> Vec<Case> {
         Input::peft(&cfg, good_st.clone())
     };
     #[rustfmt::skip]
-    let config_fields: [(&str, &str, Option<serde_json::Value>, &[&'static str]); 31] = [
+    let config_fields: [(&str, &str, Option<serde_json::Value>, &[&'static str]); 36] = [
         ("peft_type missing", "peft_type", None, &["peft_type"]),
         ("peft_type IA3", "peft_type", Some(json!("IA3")), &["peft_type"]),
         ("peft_type a number", "peft_type", Some(json!(1)), &["peft_type"]),
@@ -1615,10 +1630,20 @@ fn adapter_cases() -> Vec<Case> {
         ("rank_pattern bad regex", "rank_pattern", Some(json!({"q_proj[": 2})), &["rank_pattern"]),
         ("rank_pattern a list", "rank_pattern", Some(json!([2])), &["rank_pattern"]),
         ("alpha_pattern negative", "alpha_pattern", Some(json!({"q_proj": -1})), &["alpha_pattern"]),
+        ("aLoRA invocation out of vocabulary", "alora_invocation_tokens", Some(json!([1, 99999])), &["alora_invocation_tokens[1]", "99999"]),
+        ("aLoRA invocation empty", "alora_invocation_tokens", Some(json!([])), &["alora_invocation_tokens", "empty"]),
+        ("aLoRA invocation a string", "alora_invocation_tokens", Some(json!("1 2")), &["alora_invocation_tokens"]),
+        ("aLoRA invocation negative", "alora_invocation_tokens", Some(json!([3, -1])), &["alora_invocation_tokens[1]"]),
+        ("aLoRA invocation floats", "alora_invocation_tokens", Some(json!([1.5])), &["alora_invocation_tokens[0]"]),
     ];
     for (label, key, v, needles) in config_fields {
         cf(&mut c, label, edit(key, v), needles);
     }
+    accept(
+        &mut c,
+        "valid PEFT aLoRA adapter",
+        edit("alora_invocation_tokens", Some(json!([1, 47]))),
+    );
     // A backtracking-heavy pattern that matches no module: harmless.
     let input = edit("alpha_pattern", Some(json!({"(a+)+$": 1})));
     either(

@@ -2,7 +2,8 @@
 //! 64 decode steps with two adapters active and a swap every 8 tokens, and a control vector set and
 //! cleared every 8 tokens, at 1 and 2 threads (one set also replacing the embedding and the output
 //! head, as a PEFT `modules_to_save` adapter does) — on the real
-//! SmolLM2 (llama) and on the tiny gemma3 fixture (sliding-window ring wrapping around many times, and a
+//! SmolLM2 (llama; also with an aLoRA whose invocation arrives token by token and is evaluated again)
+//! and on the tiny gemma3 fixture (sliding-window ring wrapping around many times, and a
 //! `truncate` deep into overwritten ring slots, whose replay runs inside the counted region).
 //! (Its own test binary with one test, so that no other test allocates concurrently.)
 mod common;
@@ -20,7 +21,55 @@ static ALLOC: Counting = Counting;
 #[test]
 fn decode_with_adapters_and_swaps_allocates_nothing() {
     smollm2();
+    smollm2_alora();
     gemma3_fixture();
+}
+
+/// An aLoRA (with a plain LoRA) through decode steps: its invocation arriving token by token (the
+/// session evaluates the invocation's first tokens again when the last arrives), then switched off
+/// and on again every 8 tokens (each time the invocation's positions are evaluated again).
+fn smollm2_alora() {
+    let model = open_smollm2();
+    let dir = root().join("tests/data/adapters");
+    let load = |n: &str| Arc::new(Adapter::load(&dir.join(n), &model.base_info).unwrap());
+    let (alora, pirate) = (load("alora-peft"), load("pirate-peft"));
+    let with = [(&pirate, 1.0f32), (&alora, 1.0f32)];
+    let without = [(&pirate, 1.0f32)];
+    let prompt = model
+        .tokenizer
+        .encode("<|im_start|>user\nTell me a story<|im_end|>\n", true);
+    let invocation = model.tokenizer.encode("<|im_start|>assistant\n", true);
+    assert_eq!(invocation.len(), 4);
+    for n_threads in [1, 2] {
+        let mut s = session(&model, 128, n_threads);
+        let ctl = s.adapter_control();
+        ctl.set(&with).unwrap();
+        s.eval(&prompt).unwrap();
+        // Warm-up: one decode step and one second evaluation of a (two-token) invocation span.
+        s.eval(&invocation[..2]).unwrap();
+        s.eval(&invocation[2..]).unwrap();
+        s.truncate(prompt.len());
+        let mut sampler = Sampler::new(SamplingParams::greedy(), model.hp.n_vocab);
+        let ((), n) = count_allocations(|| {
+            for &t in &invocation {
+                s.eval(&[t]).unwrap();
+            }
+            for step in 0..32 {
+                if step % 8 == 7 {
+                    ctl.set(if step % 16 == 7 { &without } else { &with })
+                        .unwrap();
+                }
+                let t = sampler.sample(s.logits());
+                sampler.accept(t);
+                s.eval(&[t]).unwrap();
+            }
+        });
+        eprintln!("aLoRA, {n_threads} thread(s): {n} heap allocations over 36 decode steps");
+        assert_eq!(
+            n, 0,
+            "{n_threads} thread(s): the aLoRA decode path allocated {n} times"
+        );
+    }
 }
 
 type AdapterSet<'a> = [(&'a Arc<Adapter>, f32)];

@@ -2,8 +2,8 @@
 //!
 //! Metadata: `general.type = "adapter"`, `adapter.type = "lora"`, `general.architecture` (must equal
 //! the base's), `adapter.lora.alpha` (optional; 0 or absent → scale 1, else `alpha / rank`). Other
-//! `general.*` keys are descriptive (inert); any other `adapter.*` key (e.g. aLoRA invocation tokens)
-//! is refused, as is any key outside `general.*` / `adapter.*`.
+//! `general.*` keys are descriptive (inert); `adapter.alora.invocation_tokens` (integer array) makes
+//! it an activated LoRA ([`super::alora`]); any other `adapter.*` key is refused, as is any key outside `general.*` / `adapter.*`.
 //!
 //! Tensors: `<base tensor>.lora_a` with ggml dims `[n_in, r]` (row-major `r × n_in`) and
 //! `<base tensor>.lora_b` with dims `[r, n_out]` (row-major `n_out × r`); for `token_embd.weight`
@@ -62,7 +62,13 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     } else {
         format!("adapter.lora.alpha {alpha} (scale alpha/rank)")
     }];
-    Adapter::with_saved(path, AdapterFormat::Gguf, tensors, saved, notes)
+    let invocation = super::alora::from_gguf(&g, &name)?;
+    Adapter::with_saved(path, AdapterFormat::Gguf, tensors, saved, notes)?.with_invocation(
+        invocation,
+        base,
+        &name,
+        super::alora::GGUF_KEY,
+    )
 }
 
 /// `general.type` = adapter, `adapter.type` = lora, the base's architecture, a usable alpha, and no
@@ -102,7 +108,9 @@ fn check_metadata(g: &Gguf<'_>, name: &str, base: &BaseInfo) -> Result<f32> {
     }
     for e in g.metadata() {
         let k = e.key;
-        let ok = k.starts_with("general.") || matches!(k, "adapter.type" | "adapter.lora.alpha");
+        let ok = k.starts_with("general.")
+            || matches!(k, "adapter.type" | "adapter.lora.alpha")
+            || k == super::alora::GGUF_KEY;
         if !ok {
             return Err(Error::unsupported(
                 name,

@@ -42,6 +42,7 @@ use crate::kernels::lora::LoraRef;
 use crate::kernels::QuantType;
 use crate::mmap::MappedFile;
 
+pub mod alora;
 pub mod control;
 mod gguf_adapter;
 mod peft;
@@ -52,8 +53,8 @@ mod set;
 pub use crate::model::BaseInfo;
 pub use control::ControlVector;
 pub use saved::{SavedModule, REPLACEABLE};
-pub(crate) use set::Applied;
 pub use set::{ActiveSet, AdapterControl, MAX_ADAPTERS};
+pub(crate) use set::{Applied, LoraRefs, Skips};
 
 /// The file format an adapter was loaded from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,6 +192,8 @@ pub struct Adapter {
     saved: Vec<SavedModule>,
     /// Human-readable facts for the summary (alpha, rsLoRA, fields found inert …).
     notes: Vec<String>,
+    /// An aLoRA's invocation sequence ([`alora`]); `None` for a plain LoRA.
+    invocation: Option<Vec<u32>>,
 }
 
 impl std::fmt::Debug for Adapter {
@@ -400,6 +403,7 @@ impl Adapter {
             tensors,
             saved,
             notes,
+            invocation: None,
         })
     }
 }

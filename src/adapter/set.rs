@@ -21,6 +21,11 @@ use std::sync::{Arc, Mutex};
 /// The most adapters a session can apply at once.
 pub const MAX_ADAPTERS: usize = 8;
 
+/// The kernels' views of the adapters on one weight.
+pub(crate) type LoraRefs<'a> = heapless::Vec<LoraRef<'a>, MAX_ADAPTERS>;
+/// Per entry of [`LoraRefs`]: rows of the computation it skips from the first (aLoRA gating).
+pub(crate) type Skips = heapless::Vec<usize, MAX_ADAPTERS>;
+
 /// A set of adapters with their user scales (≤ [`MAX_ADAPTERS`]).
 pub type ActiveSet = heapless::Vec<(Arc<Adapter>, f32), MAX_ADAPTERS>;
 
@@ -162,6 +167,8 @@ pub(crate) struct Applied {
     active: ActiveSet,
     /// `bind[slot][i]`: index of adapter `i`'s tensor on that slot, or `NONE`.
     bind: Vec<[u16; MAX_ADAPTERS]>,
+    /// Which rows of the current batch each adapter applies to (aLoRA).
+    gates: super::alora::Gates,
     /// `repl[slot]`: (active adapter, index of its saved module) replacing that slot's weight.
     repl: Vec<Option<(u16, u16)>>,
 }
@@ -172,6 +179,7 @@ impl Applied {
             seen: 0,
             active: ActiveSet::new(),
             bind: vec![[NONE; MAX_ADAPTERS]; n_slots],
+            gates: super::alora::Gates::new(),
             repl: vec![None; n_slots],
         }
     }
@@ -190,6 +198,7 @@ impl Applied {
                 let _ = self.active.push((Arc::clone(a), *s));
             }
         }
+        self.gates.forget();
         for b in self.bind.iter_mut() {
             *b = [NONE; MAX_ADAPTERS];
         }
@@ -227,21 +236,49 @@ impl Applied {
         &self.active
     }
 
-    /// The kernels' view of every active adapter on weight `w` (none for a weight without a LoRA slot).
-    pub(crate) fn refs_for(&self, w: &WeightRef) -> heapless::Vec<LoraRef<'_>, MAX_ADAPTERS> {
-        let mut v = heapless::Vec::new();
+    /// Where each aLoRA of the set starts in the context `history ++ new` (see [`super::alora`]);
+    /// called once per `eval`, after [`Applied::refresh`]. Allocation-free.
+    /// Returns the position to evaluate the context again from, if an invocation started in tokens
+    /// evaluated without its aLoRA ([`super::alora::Gates::locate`]).
+    pub(crate) fn locate_invocations(&mut self, history: &[u32], new: &[u32]) -> Option<usize> {
+        self.gates.locate(&self.active, history, new)
+    }
+
+    /// The context was cut to `n` positions (see [`super::alora::Gates::truncated`]).
+    pub(crate) fn truncated(&mut self, n: usize) {
+        self.gates.truncated(n);
+    }
+
+    /// A context shift dropped `n_discard` positions after the first `n_keep`.
+    pub(crate) fn shifted(&mut self, n_keep: usize, n_discard: usize) {
+        self.gates.shifted(n_keep, n_discard);
+    }
+
+    /// The batch about to be computed: positions `pos0..pos0 + n`.
+    pub(crate) fn set_batch(&mut self, pos0: usize, n: usize) {
+        self.gates.set_batch(pos0, n);
+    }
+
+    /// The kernels' view of every active adapter on weight `w` (none for a weight without a LoRA
+    /// slot) for a computation over the last `rows` rows of the batch, with how many of those rows
+    /// each skips from the first (an aLoRA before its invocation; 0 for a plain LoRA). An adapter that
+    /// skips every row is left out.
+    pub(crate) fn refs_for(&self, w: &WeightRef, rows: usize) -> (LoraRefs<'_>, Skips) {
+        let (mut v, mut skips) = (heapless::Vec::new(), heapless::Vec::new());
         let Some(slot) = w.lora_slot else {
-            return v;
+            return (v, skips);
         };
         if self.active.is_empty() {
-            return v;
+            return (v, skips);
         }
         for (i, &j) in self.bind[slot].iter().enumerate().take(self.active.len()) {
-            if j != NONE {
+            let skip = self.gates.skip(i, rows);
+            if j != NONE && skip < rows {
                 let (a, s) = &self.active[i];
                 let _ = v.push(a.tensors()[j as usize].kernel_ref(*s));
+                let _ = skips.push(skip);
             }
         }
-        v
+        (v, skips)
     }
 }

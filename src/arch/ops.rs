@@ -3,9 +3,9 @@
 //! [`State`] holds every activation buffer and the KV cache, sized once in `Session::new`; nothing here
 //! allocates. Buffers are `[B, width]` row-major over the batch's B tokens.
 use super::kv::KvCache;
-use crate::adapter::MAX_ADAPTERS;
+use crate::adapter::{LoraRefs, Skips};
 use crate::arch::{ActQuant, Capacity, Env};
-use crate::kernels::lora::{total_rank, LoraRef};
+use crate::kernels::lora::total_rank;
 use crate::kernels::{ActRows, Kernels, QuantType};
 use crate::model::{Model, WeightRef};
 use crate::threadpool::{Disjoint, ThreadPool};
@@ -206,13 +206,14 @@ pub(crate) fn embed(env: &Env<'_>, x: &mut [f32], lora_t: &mut [f32], tokens: &[
     let e = m.hp.n_embd;
     let (ty, table) = env.applied.weight_view(m, &m.token_embd);
     let rb = table.len() / m.token_embd.n_out.max(1);
+    let (refs, skips) = env.applied.refs_for(&m.token_embd, tokens.len());
     for (t, &id) in tokens.iter().enumerate() {
         let row = &table[id as usize * rb..(id as usize + 1) * rb];
         let xt = &mut x[t * e..(t + 1) * e];
         let ok = crate::kernels::scalar::dequantize(ty, row, xt);
         debug_assert!(ok, "token_embd type checked at load");
         // Embedding LoRA: x += s · B · A[token], A token-major (a row of A is the intermediate).
-        for r in env.applied.refs_for(&m.token_embd) {
+        for (r, _) in refs.iter().zip(&skips).filter(|(_, &skip)| t >= skip) {
             // The LoRA scratch holds ≥ max_rank floats (sized at creation), and the rank was checked.
             let tv = &mut lora_t[..r.rank];
             for (d, &h) in tv
@@ -221,7 +222,7 @@ pub(crate) fn embed(env: &Env<'_>, x: &mut [f32], lora_t: &mut [f32], tokens: &[
             {
                 *d = half::f16::from_bits(h).to_f32();
             }
-            (env.lk.expand)(&[r], tv, 0, xt);
+            (env.lk.expand)(&[*r], tv, 0, xt);
         }
         if scale != 1.0 {
             for v in xt.iter_mut() {
@@ -571,7 +572,7 @@ fn act_rows(slots: &[QuantSlot], ty: QuantType) -> ActRows<'_> {
 
 /// The adapters on the weights of one `linear` call and the scratch for their intermediates.
 struct Lora<'a, 'r, const N: usize> {
-    refs: &'a [heapless::Vec<LoraRef<'r>, MAX_ADAPTERS>; N],
+    refs: &'a [(LoraRefs<'r>, Skips); N],
     t: &'a mut [f32],
 }
 
@@ -593,9 +594,9 @@ pub(crate) fn linear<const N: usize>(
     outs: [(&WeightRef, &mut [f32]); N],
     lora_t: &mut [f32],
 ) {
-    let refs: [_; N] = core::array::from_fn(|j| env.applied.refs_for(outs[j].0));
+    let gated: [_; N] = core::array::from_fn(|j| env.applied.refs_for(outs[j].0, rows));
     let lora = Lora {
-        refs: &refs,
+        refs: &gated,
         t: lora_t,
     };
     let (k, pool, lk): (&Kernels, &ThreadPool, _) = (env.k, env.pool, env.lk);
@@ -638,7 +639,7 @@ pub(crate) fn linear<const N: usize>(
         let (ty, bytes) = views[j];
         let rb = bytes.len() / w.n_out.max(1);
         let wr = &bytes[r0 * rb..r1 * rb];
-        let refs = &lora_refs[j];
+        let refs = &lora_refs[j].0;
         let rr = ts[j].len() / rows;
         if rows == 1 {
             // SAFETY: every chunk index is handed out once and chunks cover disjoint rows.
@@ -666,12 +667,13 @@ pub(crate) fn linear<const N: usize>(
 }
 
 /// LoRA shrink for every weight of a `linear` call that has adapters: `t_j = A·x` for all tokens,
-/// `[rows, R_j]` in the j-th third of the scratch (empty for a weight without adapters).
+/// `[rows, R_j]` in the j-th third of the scratch (empty for a weight without adapters); rows an
+/// aLoRA skips are zeroed in its part, so its expand adds nothing there.
 fn lora_shrink<'t, const N: usize>(
     env: &Env<'_>,
     x: &[f32],
     rows: usize,
-    refs: &[heapless::Vec<LoraRef<'_>, MAX_ADAPTERS>; N],
+    refs: &[(LoraRefs<'_>, Skips); N],
     scratch: &'t mut [f32],
 ) -> [&'t [f32]; N] {
     let per = scratch.len() / 3;
@@ -680,9 +682,11 @@ fn lora_shrink<'t, const N: usize>(
     for j in 0..N {
         let (tj, r) = core::mem::take(&mut rest).split_at_mut(per);
         rest = r;
-        if !refs[j].is_empty() {
-            let rr = total_rank(&refs[j]);
-            (env.lk.shrink_batch)(&refs[j], rows, x, &mut tj[..rows * rr]);
+        let (refs, skips) = &refs[j];
+        if !refs.is_empty() {
+            let rr = total_rank(refs);
+            (env.lk.shrink_batch)(refs, rows, x, &mut tj[..rows * rr]);
+            crate::adapter::alora::gate_rows(refs, skips, rr, &mut tj[..rows * rr]);
             ts[j] = &tj[..rows * rr];
         }
     }

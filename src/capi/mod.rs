@@ -25,10 +25,12 @@
 #![allow(non_camel_case_types, clippy::missing_safety_doc)]
 
 mod adapters;
+mod alora;
 mod control;
 mod model;
 mod session;
 pub use adapters::*;
+pub use alora::*;
 pub use control::*;
 pub use model::*;
 pub use session::*;

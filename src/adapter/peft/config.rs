@@ -21,6 +21,7 @@ const APPLIED: &[&str] = &[
     "exclude_modules",
     "layers_to_transform",
     "layers_pattern",
+    "alora_invocation_tokens",
     "fan_in_fan_out",
     "init_lora_weights",
     "bias",
@@ -35,7 +36,6 @@ const REFUSED_UNLESS_DEFAULT: &[&str] = &[
     "trainable_token_indices",
     "target_parameters",
     "layer_replication",
-    "alora_invocation_tokens",
     "use_qalora",
     "use_bdlora",
     "arrow_config",
@@ -232,6 +232,8 @@ pub(super) struct Config {
     targets: Selector,
     excludes: Selector,
     layers: Option<Vec<usize>>,
+    /// `alora_invocation_tokens` (an aLoRA), not yet checked against the vocabulary.
+    pub(super) invocation: Option<Vec<u32>>,
     /// `modules_to_save` entries (each names `embed_tokens` or `lm_head`).
     pub(super) saved: Vec<String>,
     /// `ensure_weight_tying`: a replaced embedding also replaces a tied head.
@@ -289,6 +291,8 @@ impl Config {
         let alphas = Patterns::parse("alpha_pattern", cfg, &name)?;
         let (targets, excludes) = selectors(cfg, &name)?;
         let layers = layers(cfg, &name)?;
+        let invocation =
+            crate::adapter::alora::from_peft(cfg.get("alora_invocation_tokens"), &name)?;
         let saved = saved_modules(cfg, &name)?;
         let tie_saved = match cfg.get("ensure_weight_tying") {
             None | Some(Value::Null) => false,
@@ -325,6 +329,7 @@ impl Config {
             targets,
             excludes,
             layers,
+            invocation,
             saved,
             tie_saved,
             notes,

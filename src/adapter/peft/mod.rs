@@ -9,6 +9,8 @@
 //!   `"." + entry`; string: `re.fullmatch`; `"all-linear"`: every linear layer but the output head),
 //!   `exclude_modules` (same matching, excluded), `layers_to_transform` (+ `layers_pattern`): every
 //!   tensor in the file must belong to a module these select, else the load fails;
+//! - `alora_invocation_tokens`: an activated LoRA ([`crate::adapter::alora`]), applied only from the
+//!   last occurrence of these tokens on;
 //! - `fan_in_fan_out`: PEFT's LoRA factors are `nn.Linear`s whose shapes (`A [r, in]`, `B [out, r]`)
 //!   do not depend on it (it transposes only the *merged* delta, for GPT-2-style `Conv1D` bases), and
 //!   for `nn.Linear` bases (every architecture edge-run runs) PEFT itself resets it to false. Shapes are
@@ -20,7 +22,7 @@
 //!
 //! Refused when not at their default (an error naming the field): `use_dora`, `bias` ≠ `"none"`,
 //! `lora_bias`, `trainable_token_indices`, `target_parameters`, `layer_replication`,
-//! `alora_invocation_tokens`, `use_qalora`, `use_bdlora`, `arrow_config`, `kasa_config`,
+//! `use_qalora`, `use_bdlora`, `arrow_config`, `kasa_config`,
 //! `monteclora_config`, `velora_config`, `lora_ga_config`, `loftq_config` (non-empty: the base was
 //! modified), `init_lora_weights` ∈ {pissa*, olora, corda, loftq, lora_ga} (these rewrite the base
 //! weights), and any field this loader does not know whose value is not null / false / empty.
@@ -149,7 +151,13 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     } else {
         st_path.clone()
     };
-    Adapter::with_saved(&root, AdapterFormat::Peft, tensors, saved, cfg.notes)
+    let cfg_name = cfg_path.display().to_string();
+    Adapter::with_saved(&root, AdapterFormat::Peft, tensors, saved, cfg.notes)?.with_invocation(
+        cfg.invocation,
+        base,
+        &cfg_name,
+        crate::adapter::alora::PEFT_FIELD,
+    )
 }
 
 /// A whole module the file stores in place of the base's (`modules_to_save`).

@@ -237,8 +237,12 @@ fn adapter_command(
         eprintln!("(no adapters: base model)");
     }
     for (i, (a, s)) in adapters.iter().enumerate() {
+        let kind = match a.invocation_tokens() {
+            Some(ids) => format!(", aLoRA: applies from its invocation tokens {ids:?} on"),
+            None => String::new(),
+        };
         eprintln!(
-            "  {i}: {} scale {s} ({} tensors)",
+            "  {i}: {} scale {s} ({} tensors{kind})",
             a.path().display(),
             a.tensors().len()
         );

@@ -10,7 +10,8 @@
 //!
 //! Output layout (what [`super::gguf_adapter`] and llama.cpp read):
 //! - metadata `general.type = "adapter"`, `general.architecture` = the base's, `adapter.type = "lora"`,
-//!   `adapter.lora.alpha = 0.0` (f32);
+//!   `adapter.lora.alpha = 0.0` (f32); an aLoRA's invocation as `adapter.alora.invocation_tokens`
+//!   (u32 array, llama.cpp's key);
 //! - all tensors F16, data aligned to 32 bytes (GGUF default), so edge-run uses them in place from the
 //!   memory map;
 //! - linear targets: `<target>.lora_a` ggml dims `[n_in, r]`, `<target>.lora_b` dims `[r, n_out]`;
@@ -87,6 +88,9 @@ pub fn to_writer<'a>(
     w.add("general.architecture", base.arch.as_str())?;
     w.add("adapter.type", "lora")?;
     w.add("adapter.lora.alpha", 0.0f32)?;
+    if let Some(ids) = adapter.invocation_tokens() {
+        w.add(edge_run::adapter::alora::GGUF_KEY, ids.to_vec())?;
+    }
     let mut warnings = Vec::new();
     for t in adapter.tensors() {
         if !base.tensors.contains_key(&t.target) {

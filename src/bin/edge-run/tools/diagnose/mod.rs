@@ -111,6 +111,9 @@ pub struct DiagnoseReport {
     /// The base tensors each adapter replaces (PEFT `modules_to_save`), in stack order.
     pub replaced: Vec<Vec<String>>,
     pub n_tokens: usize,
+    /// Per adapter: for an aLoRA, its invocation tokens and where their last occurrence in the probe
+    /// starts (`None`: nowhere, so the aLoRA changes nothing); `None` for a plain LoRA.
+    pub invocations: Vec<Option<(Vec<u32>, Option<usize>)>>,
     pub runs: Vec<RunReport>,
     pub norms: Vec<NormReport>,
     pub overlaps: Vec<OverlapReport>,
@@ -204,6 +207,14 @@ pub fn diagnose(
             .map(|(a, _, _)| a.saved().iter().map(|m| m.target.clone()).collect())
             .collect(),
         n_tokens: ids.len(),
+        invocations: adapters
+            .iter()
+            .map(|(a, _, _)| {
+                let inv = a.invocation_tokens()?;
+                let at = edge_run::adapter::alora::last_occurrence(&ids, &[], inv);
+                Some((inv.to_vec(), at))
+            })
+            .collect(),
         runs,
         norms,
         overlaps,

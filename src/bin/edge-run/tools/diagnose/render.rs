@@ -43,6 +43,20 @@ impl DiagnoseReport {
                 }
                 _ => s.push('\n'),
             }
+            if let Some(Some((ids, at))) = self.invocations.get(i) {
+                let _ = match at {
+                    Some(p) => writeln!(
+                        s,
+                        "    aLoRA: applies from its invocation tokens {ids:?} on; their last occurrence \
+                         in the probe starts at position {p}"
+                    ),
+                    None => writeln!(
+                        s,
+                        "    aLoRA: applies from its invocation tokens {ids:?} on, which the probe does \
+                         not contain: it changes nothing here"
+                    ),
+                };
+            }
         }
         let _ = writeln!(
             s,
@@ -185,7 +199,13 @@ impl DiagnoseReport {
         super::super::sorted_keys(json!({
             "model": self.model,
             "n_tokens": self.n_tokens,
-            "adapters": self.adapters.iter().zip(&self.replaced).map(|((n, s), r)| json!({"name": n, "scale": s, "replaces": r})).collect::<Vec<_>>(),
+            "adapters": self.adapters.iter().zip(&self.replaced).zip(&self.invocations).map(|(((n, s), r), inv)| {
+                let mut a = json!({"name": n, "scale": s, "replaces": r});
+                if let Some((ids, at)) = inv {
+                    a["alora"] = json!({"invocation_tokens": ids, "starts_at": at});
+                }
+                a
+            }).collect::<Vec<_>>(),
             "runs": runs,
             "stack_curve": self.stack_curve().iter().map(|&(k, v)| json!({"n_adapters": k, "kl_base_mean": fin(v)})).collect::<Vec<_>>(),
             "norms": norms,

@@ -130,6 +130,15 @@ pub fn merge(
         .iter()
         .map(|(p, _)| Adapter::load(p, &base))
         .collect::<Result<_>>()?;
+    if let Some(a) = loaded.iter().find(|a| a.is_alora()) {
+        return Err(Error::invalid(format!(
+            "adapter {}: an aLoRA (activated LoRA) cannot be merged: it applies only from its \
+             invocation tokens {:?} on, so its effect depends on the position, which fixed weights \
+             cannot express; load it as an adapter instead",
+            a.path().display(),
+            a.invocation_tokens().unwrap_or_default()
+        )));
+    }
     if let Some(a) = loaded.iter().find(|a| !a.saved().is_empty()) {
         return Err(Error::unsupported(
             a.path().display().to_string(),
