@@ -9,6 +9,8 @@
 //! `<base tensor>.lora_b` with dims `[r, n_out]` (row-major `n_out × r`); for `token_embd.weight`
 //! llama.cpp's layout is `lora_a` dims `[r, vocab]` (token-major) and `lora_b` dims `[r, width]`.
 //! Types F16 (used in place from the map), F32, BF16 and Q8_0 (converted once to f16).
+//! DoRA: llama.cpp's adapter format has no key or tensor for a magnitude vector, and none is defined
+//! here; DoRA adapters load from their PEFT folder.
 use super::*;
 use crate::gguf::{Gguf, TensorInfo};
 
@@ -50,6 +52,8 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
             scale,
             a: ha,
             b: hb,
+            // llama.cpp's adapter format defines no key for DoRA's magnitude vector.
+            magnitude: None,
         });
     }
     let notes = vec![if alpha == 0.0 {

@@ -3,7 +3,7 @@
 //! [`State`] holds every activation buffer and the KV cache, sized once in `Session::new`; nothing here
 //! allocates. Buffers are `[B, width]` row-major over the batch's B tokens.
 use super::kv::KvCache;
-use crate::adapter::MAX_ADAPTERS;
+use crate::adapter::{dora, MAX_ADAPTERS};
 use crate::arch::{ActQuant, Capacity, Env};
 use crate::kernels::lora::{total_rank, LoraRef};
 use crate::kernels::{ActRows, Kernels, QuantType};
@@ -606,7 +606,8 @@ struct Lora<'a, 'r, const N: usize> {
     t: &'a mut [f32],
 }
 
-/// `out_j[t] = W_j · x[t] + Σ s·B_j(A_j x[t])` for every weight j and token t, all weights in one
+/// `out_j[t] = W_j · x[t] + Σ s·B_j(A_j x[t])` (DoRA adapters scale the running sum by their gains,
+/// [`dora::expand_rows`]) for every weight j and token t, all weights in one
 /// parallel pass. `x` is [rows, n] row-major; each `out_j` is [rows, W_j.n_out]. The adapters on each
 /// weight are found from the weight ([`Applied::refs_for`](crate::adapter::Applied::refs_for));
 /// `lora_t` is the scratch for their intermediates (the session's `lora_t`).
@@ -625,6 +626,7 @@ pub(crate) fn linear<const N: usize>(
     lora_t: &mut [f32],
 ) {
     let refs: [_; N] = core::array::from_fn(|j| env.applied.refs_for(outs[j].0));
+    let gains: [_; N] = core::array::from_fn(|j| env.applied.gains_for(outs[j].0));
     let lora = Lora {
         refs: &refs,
         t: lora_t,
@@ -667,7 +669,7 @@ pub(crate) fn linear<const N: usize>(
             let ok = k.matmul(w.ty, n, wr, inputs[j], o);
             debug_assert!(ok, "weight types checked at load");
             if !refs.is_empty() {
-                (lk.expand)(refs, ts[j], r0, o);
+                dora::expand_rows(lk, refs, &gains[j], ts[j], r0, o);
             }
             return;
         }
@@ -676,7 +678,12 @@ pub(crate) fn linear<const N: usize>(
         let tile = unsafe { tiles.range(thread * tile_len..thread * tile_len + rows * cr) };
         let ok = k.matmul(w.ty, n, wr, inputs[j], tile);
         debug_assert!(ok, "weight types checked at load");
-        if !refs.is_empty() {
+        if gains[j].iter().any(Option::is_some) {
+            // DoRA scales the running result between adapters: one token's row at a time.
+            for (t, y) in tile.chunks_exact_mut(cr).enumerate() {
+                dora::expand_rows(lk, refs, &gains[j], &ts[j][t * rr..(t + 1) * rr], r0, y);
+            }
+        } else if !refs.is_empty() {
             (lk.expand_batch)(refs, rows, &ts[j][..rows * rr], r0, r1, tile, cr);
         }
         for (t, row) in tile.chunks_exact(cr).enumerate() {

@@ -25,10 +25,10 @@ const APPLIED: &[&str] = &[
     "init_lora_weights",
     "bias",
     "loftq_config",
+    "use_dora",
 ];
 /// Fields that must be absent or null / false / empty (they change the math or the model).
 const REFUSED_UNLESS_DEFAULT: &[&str] = &[
-    "use_dora",
     "lora_bias",
     "modules_to_save",
     "trainable_token_indices",
@@ -227,6 +227,8 @@ pub(super) struct Config {
     r: usize,
     alpha: f64,
     rslora: bool,
+    /// `use_dora`: every module carries a magnitude vector.
+    pub(super) dora: bool,
     ranks: Patterns,
     alphas: Patterns,
     targets: Selector,
@@ -278,6 +280,18 @@ impl Config {
                 ))
             }
         };
+        let dora = match cfg.get("use_dora") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                return Err(Error::format(
+                    &name,
+                    "use_dora",
+                    None,
+                    format!("expected a bool, found {v}"),
+                ))
+            }
+        };
         if cfg.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
             notes.push("fan_in_fan_out: true (no effect on nn.Linear LoRA factors; PEFT resets it for such layers)".to_string());
         }
@@ -286,7 +300,7 @@ impl Config {
         let (targets, excludes) = selectors(cfg, &name)?;
         let layers = layers(cfg, &name)?;
         notes.push(format!(
-            "lora_alpha {alpha}, r {r}, use_rslora {rslora}{}{}",
+            "lora_alpha {alpha}, r {r}, use_rslora {rslora}, use_dora {dora}{}{}",
             if ranks.items.is_empty() {
                 String::new()
             } else {
@@ -303,6 +317,7 @@ impl Config {
             r,
             alpha,
             rslora,
+            dora,
             ranks,
             alphas,
             targets,
