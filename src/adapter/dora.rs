@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use super::{Adapter, LoraTensor};
 use crate::error::{Error, Result};
 use crate::kernels::lora::{LoraKernels, LoraRef};
+use crate::kernels::Kernels;
 use crate::model::Model;
 use crate::threadpool::{Disjoint, ThreadPool};
 
@@ -93,6 +94,11 @@ pub fn gains(
 }
 
 /// `dst[i] = m[r0+i] / ‖W0[r0+i] + s·B[r0+i]·A‖` for the rows `r0 .. r0 + dst.len()` of `t`.
+///
+/// The norm is expanded so that the only work per base element is its dequantization and `rank + 1`
+/// dot products, which run in the SIMD f32 dot kernel: with `w` a base row, `b` its row of `B`,
+/// `p = A·w` and the Gram matrix `G = A·Aᵀ`,
+/// `‖w + s·bᵀA‖² = ‖w‖² + 2s·b·p + s²·bᵀGb` (combined in f64).
 fn tensor_gains(
     model: &Model,
     adapter: &Adapter,
@@ -108,16 +114,23 @@ fn tensor_gains(
             t.target
         ))
     })?;
-    let (n, rank, s) = (t.n_in, t.rank, user_scale * t.scale);
+    let dot = Kernels::best().dot_f32;
+    let (n, rank) = (t.n_in, t.rank);
+    let s = (user_scale * t.scale) as f64;
     let a: Vec<f32> = t
         .a()
         .iter()
         .map(|&h| half::f16::from_bits(h).to_f32())
         .collect();
+    let a_rows = || a.chunks_exact(n);
+    let gram: Vec<f64> = a_rows()
+        .flat_map(|ak| a_rows().map(move |al| dot(ak, al) as f64))
+        .collect();
     let mag = t.magnitude().unwrap_or(&[]);
     let rb = w.row_bytes();
     let bytes = model.bytes(w);
     let mut row = vec![0f32; n];
+    let mut bf = vec![0f64; rank];
     for (i, g) in dst.iter_mut().enumerate() {
         let o = r0 + i;
         if !crate::kernels::scalar::dequantize(w.ty, &bytes[o * rb..(o + 1) * rb], &mut row) {
@@ -126,13 +139,21 @@ fn tensor_gains(
                 w.name, w.ty
             )));
         }
-        for (k, &bh) in t.b()[o * rank..(o + 1) * rank].iter().enumerate() {
-            let c = s * half::f16::from_bits(bh).to_f32();
-            for (x, &av) in row.iter_mut().zip(&a[k * n..(k + 1) * n]) {
-                *x += c * av;
-            }
+        for (x, &h) in bf.iter_mut().zip(&t.b()[o * rank..(o + 1) * rank]) {
+            *x = half::f16::from_bits(h).to_f32() as f64;
         }
-        let norm = sum_squares(&row).sqrt();
+        let cross: f64 = bf
+            .iter()
+            .zip(a_rows())
+            .map(|(&b, ak)| b * dot(ak, &row) as f64)
+            .sum();
+        let quad: f64 = bf
+            .iter()
+            .zip(gram.chunks_exact(rank))
+            .map(|(&bk, gk)| bk * gk.iter().zip(&bf).map(|(&g, &bl)| g * bl).sum::<f64>())
+            .sum();
+        let sq = dot(&row, &row) as f64 + 2.0 * s * cross + s * s * quad;
+        let norm = sq.max(0.0).sqrt() as f32;
         *g = mag[o] / norm;
         if !(norm > 0.0 && g.is_finite()) {
             return Err(Error::invalid(format!(
@@ -143,19 +164,6 @@ fn tensor_gains(
         }
     }
     Ok(())
-}
-
-/// Σ x², in f64 partial sums of 8 lanes (vectorizes; order-independent enough for a norm).
-fn sum_squares(x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v * v;
-        }
-    }
-    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-    acc.iter().map(|&v| v as f64).sum::<f64>() as f32 + tail
 }
 
 /// Output rows `[r0, r0 + y.len())` of the adapters on one weight, applied in order to `y` (which
@@ -295,12 +303,5 @@ mod tests {
         let mut y1 = [w0x[1]];
         expand_rows(LoraKernels::scalar(), &refs, &gains, &t, 1, &mut y1);
         assert_eq!(y1[0], y[1]);
-    }
-
-    #[test]
-    fn sum_squares_matches_f64() {
-        let x: Vec<f32> = (0..37).map(|i| (i as f32 - 11.5) * 0.37).collect();
-        let want: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
-        assert!((sum_squares(&x) as f64 - want).abs() < 1e-4 * want);
     }
 }
