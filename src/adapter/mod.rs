@@ -187,7 +187,9 @@ impl LoraTensor {
     }
 }
 
-/// A loaded, validated LoRA adapter. Owns its memory map(s).
+/// A loaded, validated LoRA adapter. Owns its memory map(s). A clone shares the mapped factors and
+/// copies the converted ones; it is a different adapter to a session (its own DoRA norms cache entry).
+#[derive(Clone)]
 pub struct Adapter {
     path: PathBuf,
     format: AdapterFormat,
