@@ -36,7 +36,16 @@ impl DiagnoseReport {
             self.model, self.n_tokens
         );
         for (i, (name, sc)) in self.adapters.iter().enumerate() {
-            let _ = writeln!(s, "  adapter {i}: {name} (scale {sc})");
+            let _ = write!(s, "  adapter {i}: {name} (scale {sc})");
+            if let Some(Some(d)) = self.dora.get(i) {
+                let _ = write!(
+                    s,
+                    "; DoRA on {} tensors: row gains m/||W0+sBA|| in [{:.4}, {:.4}], mean |g-1| {:.4} \
+                     (the norms below count s·B·A only)",
+                    d.tensors, d.gain_min, d.gain_max, d.mean_dev
+                );
+            }
+            let _ = writeln!(s);
         }
         let _ = writeln!(
             s,
@@ -179,7 +188,10 @@ impl DiagnoseReport {
         super::super::sorted_keys(json!({
             "model": self.model,
             "n_tokens": self.n_tokens,
-            "adapters": self.adapters.iter().map(|(n, s)| json!({"name": n, "scale": s})).collect::<Vec<_>>(),
+            "adapters": self.adapters.iter().zip(&self.dora).map(|((n, s), d)| json!({
+                "name": n, "scale": s,
+                "dora": d.map(|d| json!({"tensors": d.tensors, "gain_min": d.gain_min, "gain_max": d.gain_max, "mean_abs_gain_dev": d.mean_dev})),
+            })).collect::<Vec<_>>(),
             "runs": runs,
             "stack_curve": self.stack_curve().iter().map(|&(k, v)| json!({"n_adapters": k, "kl_base_mean": fin(v)})).collect::<Vec<_>>(),
             "norms": norms,
