@@ -220,3 +220,27 @@ fn dora_gains_match_the_definition() {
         }
     }
 }
+
+/// `edge-run info --adapter` on a DoRA folder says so and counts the tensors with a magnitude.
+#[test]
+fn info_describes_a_dora_adapter() {
+    let dir = root().join("tests/data/adapters");
+    let o = edge_run(&[
+        "info",
+        "-m",
+        path_arg(&smollm2_path()),
+        "--adapter",
+        path_arg(&dir.join("dora-all")),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("DoRA: 210 of 210 tensors"), "{out}");
+    let o = edge_run(&[
+        "info",
+        "-m",
+        path_arg(&smollm2_path()),
+        "--adapter",
+        path_arg(&dir.join("pirate-peft")),
+    ]);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("DoRA"));
+}
