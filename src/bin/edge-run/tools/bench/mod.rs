@@ -442,13 +442,7 @@ impl AdapterRun<'_> {
         progress: &mut dyn FnMut(&str),
     ) -> Result<LoraResult> {
         let loaded = self.loaded;
-        let dora = dora::measure(sess, loaded, prompt, w)?;
-        if let Some(d) = &dora {
-            progress(&format!(
-                "  DoRA: publish {:.2} ms (first {:.2} ms); the same factors as plain LoRA: pp {:.1} tok/s, tg {:.1} tok/s",
-                d.publish_ms, d.first_publish_ms, d.plain.pp_tps, d.plain.tg_tps
-            ));
-        }
+        let dora = dora::measure(sess, loaded, prompt, w, progress)?;
         let set: Vec<(&Arc<Adapter>, f32)> = loaded.iter().map(|(a, s)| (a, *s)).collect();
         sess.set_adapters(&set)?;
         let speed = measure_speed(sess, prompt, w.n_gen, w.reps)?;
@@ -639,23 +633,9 @@ impl Report {
                 "decode token right after a swap {:.3} ms vs {:.3} ms between swaps (medians, same run)\n",
                 l.after_swap.swap_token_ms, l.after_swap.steady_token_ms
             );
-            if let Some(d) = &l.dora {
-                s += &format!(
-                    "DoRA: publish {:.2} ms at {} threads (median of {} sets not seen before; first {:.2} ms); \
-                     tg {:.1} tok/s vs {:.1} as plain LoRA; decode overhead {:.1}% = {:.2}x the A/B byte floor \
-                     (plain LoRA {:.1}% = {:.2}x)\n",
-                    d.publish_ms,
-                    self.threads,
-                    dora::PUBLISH_RUNS,
-                    d.first_publish_ms,
-                    l.speed.tg_tps,
-                    d.plain.tg_tps,
-                    l.overhead_pct,
-                    l.overhead_pct / l.floor_pct,
-                    d.plain_overhead_pct(&self.base),
-                    d.plain_overhead_pct(&self.base) / l.floor_pct
-                );
-            }
+            s += &l
+                .dora
+                .map_or(String::new(), |d| d.line(l, &self.base, self.threads));
         }
         if let Some(c) = &self.compare {
             let (what, r) = match &self.lora {
@@ -691,8 +671,7 @@ impl Report {
     /// `kv_mib`, `activations_mib`, `logits_mib`, `lora_scratch_mib` (the session's buffers);
     /// with adapters `lora_pp_tps`, `lora_tg_tps`, `lora_bytes_per_token` (total), `lora_ab_bytes`,
     /// `lora_roofline_pct`, `lora_overhead_pct`, `lora_floor_pct`, `adapter_load_ms`, `swap_us`, `swap_token_ms`, `steady_token_ms`
-    /// (and with DoRA adapters `dora_publish_ms`, `dora_first_publish_ms`, `dora_plain_tg_tps`,
-    /// `dora_plain_overhead_pct`, `dora_floor_ratio` = `lora_overhead_pct ÷ lora_floor_pct`); with a
+    /// (with DoRA adapters also [`dora::DoraBench::add_json`]'s fields); with a
     /// comparison model `compare_model`, `compare_pp_tps`, `compare_tg_tps`, `compare_bytes_per_token`,
     /// `compare_roofline_pct`, `compare_tg_ratio`, `compare_pp_ratio` (its speed ÷ the adapter run's, or
     /// the base run's without adapters). Unknown values (e.g. RSS off Linux) are `null`.
@@ -755,19 +734,7 @@ impl Report {
                 "steady_token_ms".into(),
                 json!(l.after_swap.steady_token_ms),
             );
-            if let Some(d) = &l.dora {
-                m.insert("dora_publish_ms".into(), json!(d.publish_ms));
-                m.insert("dora_first_publish_ms".into(), json!(d.first_publish_ms));
-                m.insert("dora_plain_tg_tps".into(), json!(d.plain.tg_tps));
-                m.insert(
-                    "dora_plain_overhead_pct".into(),
-                    json!(d.plain_overhead_pct(&self.base)),
-                );
-                m.insert(
-                    "dora_floor_ratio".into(),
-                    json!(l.overhead_pct / l.floor_pct),
-                );
-            }
+            l.dora.iter().for_each(|d| d.add_json(l, &self.base, m));
         }
         if let Some(c) = &self.compare {
             let r = self.lora.as_ref().map_or(self.base, |l| l.speed);
