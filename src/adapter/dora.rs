@@ -202,6 +202,37 @@ pub(crate) fn expand_rows(
     }
 }
 
+/// [`expand_rows`] for the tokens of a tile: `tile` holds rows `[r0, r0 + cr)` of each token's
+/// output, one token after the other, and `t` the tokens' intermediates (`R` floats each). Without
+/// DoRA, or when only the last adapter is DoRA, the batched kernel adds every term and the rows are
+/// then scaled; other stacks go one token at a time.
+pub(crate) fn expand_tile(
+    lk: &LoraKernels,
+    refs: &[LoraRef<'_>],
+    gains: &[Option<&[f32]>],
+    t: &[f32],
+    r0: usize,
+    cr: usize,
+    tile: &mut [f32],
+) {
+    let n_tok = tile.len() / cr;
+    let r = t.len() / n_tok.max(1);
+    if gains.iter().rev().skip(1).all(Option::is_none) {
+        (lk.expand_batch)(refs, n_tok, t, r0, r0 + cr, tile, cr);
+        if let Some(Some(g)) = gains.last() {
+            for y in tile.chunks_exact_mut(cr) {
+                for (v, &g) in y.iter_mut().zip(&g[r0..r0 + cr]) {
+                    *v *= g;
+                }
+            }
+        }
+        return;
+    }
+    for (tok, y) in tile.chunks_exact_mut(cr).enumerate() {
+        expand_rows(lk, refs, gains, &t[tok * r..(tok + 1) * r], r0, y);
+    }
+}
+
 /// Gains already computed for a session's adapters, so that publishing a set again (a swap back,
 /// another scale seen before) copies `Arc`s instead of recomputing and allocates nothing. Keyed by
 /// the adapter's identity (a `Weak`, which keeps the address from being reused) and the user scale.
@@ -303,5 +334,34 @@ mod tests {
         let mut y1 = [w0x[1]];
         expand_rows(LoraKernels::scalar(), &refs, &gains, &t, 1, &mut y1);
         assert_eq!(y1[0], y[1]);
+    }
+
+    /// A tile of 3 tokens gives each token what [`expand_rows`] gives it, for a DoRA last (batched
+    /// kernel, then scaled) and first (one token at a time).
+    #[test]
+    fn tile_matches_rows_per_token() {
+        let (a, b) = (h(&[1.0, 0.0]), h(&[1.0, 2.0, -1.0, 0.5]));
+        let r = |scale| LoraRef {
+            rank: 1,
+            n_in: 2,
+            n_out: 4,
+            a: &a,
+            b: &b,
+            scale,
+        };
+        let refs = [r(1.0), r(0.5)];
+        let g = [2.0f32, 3.0, 0.5, 0.25];
+        let t = [1.0f32, 2.0, -1.0, 0.5, 3.0, 1.5];
+        let w0x = [10.0f32, 20.0, -5.0, 7.0, 1.0, 2.0];
+        let lk = LoraKernels::scalar();
+        for gains in [[None, Some(&g[..])], [Some(&g[..]), None]] {
+            let mut tile = w0x;
+            expand_tile(lk, &refs, &gains, &t, 1, 2, &mut tile);
+            for tok in 0..3 {
+                let mut y = [w0x[2 * tok], w0x[2 * tok + 1]];
+                expand_rows(lk, &refs, &gains, &t[2 * tok..2 * tok + 2], 1, &mut y);
+                assert_eq!(y, tile[2 * tok..2 * tok + 2], "token {tok}, {gains:?}");
+            }
+        }
     }
 }

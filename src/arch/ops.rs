@@ -606,11 +606,11 @@ struct Lora<'a, 'r, const N: usize> {
     t: &'a mut [f32],
 }
 
-/// `out_j[t] = W_j · x[t] + Σ s·B_j(A_j x[t])` (DoRA adapters scale the running sum by their gains,
-/// [`dora::expand_rows`]) for every weight j and token t, all weights in one
-/// parallel pass. `x` is [rows, n] row-major; each `out_j` is [rows, W_j.n_out]. The adapters on each
-/// weight are found from the weight ([`Applied::refs_for`](crate::adapter::Applied::refs_for));
-/// `lora_t` is the scratch for their intermediates (the session's `lora_t`).
+/// `out_j[t] = W_j · x[t] + Σ s·B_j(A_j x[t])` (a DoRA adapter scales the running sum by its gains,
+/// [`dora::expand_rows`]) for every weight j and token t, all weights in one parallel pass. `x` is
+/// [rows, n] row-major; each `out_j` is [rows, W_j.n_out]. The adapters on each weight are found from
+/// the weight ([`Applied::refs_for`](crate::adapter::Applied::refs_for)); `lora_t` is the scratch for
+/// their intermediates (the session's `lora_t`).
 ///
 /// Work is split in chunks of [`CHUNK_ROWS`] output rows of one weight. A chunk multiplies its
 /// rows with every token at once ([`Kernels::matmul`]: each weight block unpacked once for several
@@ -678,13 +678,8 @@ pub(crate) fn linear<const N: usize>(
         let tile = unsafe { tiles.range(thread * tile_len..thread * tile_len + rows * cr) };
         let ok = k.matmul(w.ty, n, wr, inputs[j], tile);
         debug_assert!(ok, "weight types checked at load");
-        if gains[j].iter().any(Option::is_some) {
-            // DoRA scales the running result between adapters: one token's row at a time.
-            for (t, y) in tile.chunks_exact_mut(cr).enumerate() {
-                dora::expand_rows(lk, refs, &gains[j], &ts[j][t * rr..(t + 1) * rr], r0, y);
-            }
-        } else if !refs.is_empty() {
-            (lk.expand_batch)(refs, rows, &ts[j][..rows * rr], r0, r1, tile, cr);
+        if !refs.is_empty() {
+            dora::expand_tile(lk, refs, &gains[j], &ts[j][..rows * rr], r0, cr, tile);
         }
         for (t, row) in tile.chunks_exact(cr).enumerate() {
             // SAFETY: chunks cover disjoint rows of every token's output.
