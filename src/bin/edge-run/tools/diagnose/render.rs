@@ -45,7 +45,12 @@ impl DiagnoseReport {
                     d.tensors, d.gain_min, d.gain_max, d.mean_dev
                 );
             }
-            let _ = writeln!(s);
+            match self.replaced.get(i) {
+                Some(r) if !r.is_empty() => {
+                    let _ = writeln!(s, "; replaces {} (modules_to_save)", r.join(", "));
+                }
+                _ => s.push('\n'),
+            }
         }
         let _ = writeln!(
             s,
@@ -188,8 +193,8 @@ impl DiagnoseReport {
         super::super::sorted_keys(json!({
             "model": self.model,
             "n_tokens": self.n_tokens,
-            "adapters": self.adapters.iter().zip(&self.dora).map(|((n, s), d)| json!({
-                "name": n, "scale": s,
+            "adapters": self.adapters.iter().zip(&self.replaced).zip(&self.dora).map(|(((n, s), r), d)| json!({
+                "name": n, "scale": s, "replaces": r,
                 "dora": d.map(|d| json!({"tensors": d.tensors, "gain_min": d.gain_min, "gain_max": d.gain_max, "mean_abs_gain_dev": d.mean_dev})),
             })).collect::<Vec<_>>(),
             "runs": runs,
