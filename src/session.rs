@@ -194,6 +194,7 @@ impl Session {
                 model.clone(),
                 cfg.max_adapters,
                 cfg.max_rank,
+                cfg.n_threads,
             )),
             applied: Applied::new(model.n_slots()),
             cvec: None,

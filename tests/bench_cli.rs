@@ -266,6 +266,10 @@ fn json_with_adapter_and_compare_model() {
         "pp ratio",
     );
     assert_eq!(v["compare_model"].as_str(), Some(path_arg(&other)));
+    assert!(
+        v.get("dora_publish_ms").is_none(),
+        "no DoRA fields for a plain LoRA: {v}"
+    );
     for k in ["roofline_pct", "lora_roofline_pct", "compare_roofline_pct"] {
         let p = num(&v, k);
         assert!(p > 0.0 && p < 100.0, "{k} = {p}");
@@ -346,4 +350,67 @@ fn sliding_window_layers_read_at_most_the_window() {
     );
     close(num(&v, "weight_bytes_per_token"), weights, "weight bytes");
     close(num(&v, "bytes_per_token"), weights + kv, "bytes per token");
+}
+
+/// fp16 bytes of every `lora_A` / `lora_B` of a PEFT folder, from its safetensors header.
+fn peft_ab_bytes(dir: &Path) -> f64 {
+    let f = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(f[..8].try_into().unwrap()) as usize;
+    let h: Value = serde_json::from_slice(&f[8..8 + n]).unwrap();
+    let h = h.as_object().unwrap();
+    let elems: u64 = h
+        .iter()
+        .filter(|(k, _)| k.contains("lora_A") || k.contains("lora_B"))
+        .map(|(_, t)| {
+            t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .product::<u64>()
+        })
+        .sum();
+    2.0 * elems as f64
+}
+
+/// A DoRA adapter on SmolLM2 at 2 threads: the publish time (sets whose norms are not cached), the
+/// speed of the same factors as a plain LoRA, and the overhead against the A/B byte floor, consistent
+/// with the other fields and with the adapter file's A/B sizes.
+#[test]
+fn json_with_a_dora_adapter() {
+    let dora = root().join("tests/data/adapters/dora-all");
+    let (v, out, err) = small_bench(&smollm2_path(), "2", &["--adapter", path_arg(&dora)]);
+    assert!(
+        out.contains("DoRA: publish") && err.contains("DoRA: publish"),
+        "{out}\n{err}"
+    );
+    for k in [
+        "dora_publish_ms",
+        "dora_first_publish_ms",
+        "dora_plain_tg_tps",
+        "lora_tg_tps",
+    ] {
+        let x = num(&v, k);
+        assert!(x > 0.0 && x.is_finite(), "{k} = {x}");
+    }
+    close(
+        num(&v, "lora_ab_bytes"),
+        peft_ab_bytes(&dora),
+        "DoRA A/B bytes",
+    );
+    close(
+        num(&v, "lora_floor_pct"),
+        100.0 * peft_ab_bytes(&dora) / num(&v, "bytes_per_token"),
+        "A/B byte floor",
+    );
+    close(
+        num(&v, "dora_floor_ratio"),
+        num(&v, "lora_overhead_pct") / num(&v, "lora_floor_pct"),
+        "overhead ÷ floor",
+    );
+    close(
+        num(&v, "dora_plain_overhead_pct"),
+        100.0 * (num(&v, "tg_tps") / num(&v, "dora_plain_tg_tps") - 1.0),
+        "plain-LoRA overhead",
+    );
 }

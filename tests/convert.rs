@@ -322,3 +322,30 @@ fn convert_refuses_and_leaves_nothing() {
     assert!(!out.exists() && !dir.join("x.gguf.partial").exists());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A DoRA adapter has no GGUF adapter form (no key for the magnitude): converting it is refused,
+/// naming DoRA, and writes nothing; from the CLI with exit status 1.
+#[test]
+fn dora_adapter_is_refused_with_the_reason() {
+    let model = Model::open(smollm2_path()).unwrap();
+    let src = root().join("tests/data/adapters/dora-all");
+    let dir = std::env::temp_dir().join(format!("edge-run-convert-dora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("dora.gguf");
+    let e = convert(&src, &model.base_info, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("DoRA") && e.contains("magnitude"), "{e}");
+    assert!(!out.exists() && !dir.join("dora.gguf.partial").exists());
+    let o = edge_run(&[
+        "adapter",
+        "convert",
+        path_arg(&src),
+        "-m",
+        path_arg(&smollm2_path()),
+        "-o",
+        path_arg(&out),
+    ]);
+    refused(&o, 1, "DoRA");
+    let _ = std::fs::remove_dir_all(&dir);
+}

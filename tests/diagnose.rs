@@ -6,7 +6,8 @@
 //!   onto the orthogonal complement of its column space ~90° (cosines 0), and mixed cases in between;
 //! - `‖s·B·A‖_F / ‖W0‖_F` (computed from r×r Gram matrices) equals a direct f64 product on the fixture,
 //!   also for a stack (cross terms);
-//! - `--json` on two stacked shared adapters parses and has the fields; `--plot` writes an SVG.
+//! - `--json` on two stacked shared adapters parses and has the fields; `--plot` writes an SVG;
+//! - a DoRA adapter's row-gain summary equals the gains evaluated from their definition in f64.
 mod common;
 // The binary's tools (not part of the runtime library), compiled into this test.
 #[allow(dead_code)]
@@ -327,4 +328,73 @@ fn cli_refusals() {
         out.contains("KL(base)") && out.contains("blk.1.ffn_down.weight"),
         "{out}"
     );
+}
+
+/// A plain LoRA then a DoRA at 0.5: the DoRA adapter's summary (tensors with a magnitude, min / max
+/// gain, mean |g − 1|) equals `m / ‖W0 + s·B·A‖` evaluated row by row in f64 from the dequantized
+/// base; the plain LoRA has none; tables and JSON carry it.
+#[test]
+fn dora_gain_summary_matches_the_definition() {
+    let model = open_smollm2();
+    let [pirate, dora] = shared_adapters(&model, ["pirate-peft", "dora-all"]);
+    let us = 0.5f32;
+    let set: Vec<(&Arc<Adapter>, f32, &str)> = vec![(&pirate, 1.0, "pirate"), (&dora, us, "dora")];
+    let opts = DiagnoseOptions {
+        n_threads: 2,
+        max_tokens: Some(16),
+        progress: false,
+    };
+    let r = diagnose(&model, &set, None, &opts).unwrap();
+    assert!(r.dora[0].is_none(), "pirate is a plain LoRA");
+    let d = r.dora[1].expect("dora-all is DoRA");
+    let (mut lo, mut hi, mut dev, mut rows, mut tensors) = (f64::MAX, f64::MIN, 0f64, 0usize, 0);
+    for t in dora.tensors() {
+        let Some(m) = t.magnitude() else { continue };
+        tensors += 1;
+        let w = model.lora_target(&t.target).unwrap();
+        let (rb, bytes) = (w.row_bytes(), model.bytes(w));
+        let h = |v: u16| half::f16::from_bits(v).to_f32() as f64;
+        let a: Vec<f64> = t.a().iter().map(|&v| h(v)).collect();
+        let s = (us * t.scale) as f64;
+        let mut row = vec![0f32; t.n_in];
+        for (o, &mo) in m.iter().enumerate() {
+            assert!(dequantize(w.ty, &bytes[o * rb..(o + 1) * rb], &mut row));
+            let b: Vec<f64> = t.b()[o * t.rank..(o + 1) * t.rank]
+                .iter()
+                .map(|&v| h(v))
+                .collect();
+            let sq: f64 = (0..t.n_in)
+                .map(|i| {
+                    let dv: f64 = (0..t.rank).map(|k| b[k] * a[k * t.n_in + i]).sum();
+                    (row[i] as f64 + s * dv).powi(2)
+                })
+                .sum();
+            let g = mo as f64 / sq.sqrt();
+            (lo, hi) = (lo.min(g), hi.max(g));
+            dev += (g - 1.0).abs();
+            rows += 1;
+        }
+    }
+    let dev = dev / rows as f64;
+    eprintln!("gains in [{lo:.5}, {hi:.5}], mean |g-1| {dev:.5}; reported {d:?}");
+    assert_eq!(d.tensors, tensors);
+    assert_eq!(tensors, 30 * 7, "dora-all: 7 modules in 30 layers");
+    for (got, want, what) in [
+        (d.gain_min as f64, lo, "min"),
+        (d.gain_max as f64, hi, "max"),
+    ] {
+        assert!(
+            (got - want).abs() <= 1e-5 * want,
+            "gain {what}: {got} vs {want}"
+        );
+    }
+    assert!(
+        (d.mean_dev - dev).abs() <= 1e-4 * dev,
+        "mean |g-1|: {} vs {dev}",
+        d.mean_dev
+    );
+    assert!(r.tables().contains("DoRA on 210 tensors"));
+    let j = r.to_json();
+    assert!(j["adapters"][0]["dora"].is_null());
+    assert_eq!(j["adapters"][1]["dora"]["tensors"], 210);
 }

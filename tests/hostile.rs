@@ -1557,6 +1557,45 @@ fn adapter_cases() -> Vec<Case> {
     });
     st(&mut c, "BF16 +Inf in lora_A", b, &["q_proj.lora_A"]);
 
+    // --- DoRA: `use_dora` with a magnitude vector per module (one value per output row).
+    let mut dora_cfg = cfg.clone();
+    dora_cfg["use_dora"] = json!(true);
+    let mag_v = format!("{PEFT_PREFIX}.0.self_attn.v_proj.lora_magnitude_vector");
+    let dora = |edit: &dyn Fn(&mut Vec<StEntry>)| {
+        let mut e = ents.clone();
+        e.push(st_entry(&magnitude, &[32], 31));
+        e.push(st_entry(&mag_v, &[16], 32));
+        edit(&mut e);
+        Input::peft(&dora_cfg, safetensors(&e))
+    };
+    accept(&mut c, "DoRA: valid", dora(&|_| {}));
+    #[rustfmt::skip]
+    let dora_cases: [(&str, Input, &[&'static str]); 6] = [
+        ("DoRA: q_proj magnitude of 31 values (32 rows)", dora(&|e| e[4] = st_entry(&magnitude, &[31], 31)), &["q_proj.lora_magnitude_vector", "32"]),
+        ("DoRA: v_proj magnitude of q_proj's length", dora(&|e| e[5] = st_entry(&mag_v, &[32], 32)), &["v_proj.lora_magnitude_vector", "16"]),
+        ("DoRA: magnitude 2-D", dora(&|e| e[4] = st_entry(&magnitude, &[32, 1], 31)), &["q_proj.lora_magnitude_vector"]),
+        ("DoRA: NaN magnitude", dora(&|e| e[4].data[20..24].copy_from_slice(&f32::NAN.to_le_bytes())), &["q_proj.lora_magnitude_vector", "NaN"]),
+        ("DoRA: +Inf magnitude", dora(&|e| e[5].data[0..4].copy_from_slice(&f32::INFINITY.to_le_bytes())), &["v_proj.lora_magnitude_vector", "inf"]),
+        ("DoRA: v_proj without a magnitude", dora(&|e| { e.pop(); }), &["use_dora", "v_proj"]),
+    ];
+    for (label, input, needles) in dora_cases {
+        refuse(&mut c, label, input, needles);
+    }
+    let mut dora_alora_cfg = dora_cfg.clone();
+    dora_alora_cfg["alora_invocation_tokens"] = json!([1, 47]);
+    let both = {
+        let mut e = ents.clone();
+        e.push(st_entry(&magnitude, &[32], 31));
+        e.push(st_entry(&mag_v, &[16], 32));
+        Input::peft(&dora_alora_cfg, safetensors(&e))
+    };
+    refuse(
+        &mut c,
+        "DoRA and aLoRA in one adapter",
+        both,
+        &["use_dora", "alora_invocation_tokens"],
+    );
+
     // --- adapter_config.json.
     let cf = |c: &mut Vec<Case>, name: &str, input: Input, needles: &[&'static str]| {
         refuse(c, &format!("adapter_config: {name}"), input, needles)
@@ -1598,7 +1637,7 @@ fn adapter_cases() -> Vec<Case> {
         Input::peft(&cfg, good_st.clone())
     };
     #[rustfmt::skip]
-    let config_fields: [(&str, &str, Option<serde_json::Value>, &[&'static str]); 36] = [
+    let config_fields: [(&str, &str, Option<serde_json::Value>, &[&'static str]); 37] = [
         ("peft_type missing", "peft_type", None, &["peft_type"]),
         ("peft_type IA3", "peft_type", Some(json!("IA3")), &["peft_type"]),
         ("peft_type a number", "peft_type", Some(json!(1)), &["peft_type"]),
@@ -1610,6 +1649,7 @@ fn adapter_cases() -> Vec<Case> {
         ("lora_alpha a string", "lora_alpha", Some(json!("4")), &["lora_alpha"]),
         ("use_rslora a string", "use_rslora", Some(json!("yes")), &["use_rslora"]),
         ("use_dora true", "use_dora", Some(json!(true)), &["use_dora"]),
+        ("use_dora a string", "use_dora", Some(json!("yes")), &["use_dora"]),
         ("bias all", "bias", Some(json!("all")), &["bias"]),
         ("modules_to_save norm", "modules_to_save", Some(json!(["model.norm"])), &["modules_to_save", "model.norm"]),
         ("init_lora_weights pissa", "init_lora_weights", Some(json!("pissa")), &["init_lora_weights"]),

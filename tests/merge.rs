@@ -453,6 +453,33 @@ fn smollm2_pirate_merged_vs_hf_peft() {
     );
 }
 
+/// DoRA folds exactly: pirate 1.0 then DoRA 0.5 merged into F16 weights matches the HF+PEFT
+/// reference of that stack (the runtime's own unmerged result is checked in `tests/dora.rs`).
+#[test]
+fn smollm2_dora_stack_merged_vs_hf_peft() {
+    let d = tmpdir("dora");
+    let model = smollm2_path();
+    let dir = root().join("tests/data/adapters");
+    let z = read_npz(&root().join("tests/data/reference/smollm2/hf_pirate_dora_all05.npz"));
+    let out = d.join("pirate-dora-f16.gguf");
+    let set = [(dir.join("pirate-peft"), 1.0), (dir.join("dora-all"), 0.5)];
+    let r = merge(&model, &set, &out, &opts(TargetType::To(QuantType::F16))).unwrap();
+    let m = Arc::new(Model::open(&out).unwrap());
+    let per: Vec<Metrics> = compare_sequences(&m, &[], &z)
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    let m = summarize(&per);
+    eprintln!(
+        "pirate 1.0 + dora-all 0.5 merged f16: mean KL {:.6}, top-1 {:.1}%, |dW|/|W0| {:.3e}",
+        m.kl_mean,
+        100.0 * m.top1,
+        r.delta_rel()
+    );
+    assert!(m.kl_mean <= 0.0025, "DoRA merge: mean KL {}", m.kl_mean);
+    assert!(m.top1 >= 0.985, "DoRA merge: top-1 {}", m.top1);
+}
+
 /// A GGUF adapter for the tiny fixtures with an embedding LoRA and (optionally) a LoRA on the tied
 /// output head, random f16 values (llama.cpp layout: `token_embd` `lora_a` dims `[r, vocab]`).
 fn embedding_adapter(path: &Path, with_head: bool) {

@@ -13,6 +13,8 @@
 //! edge-run's extension for replaced modules (PEFT `modules_to_save`, see [`super::saved`]):
 //! `token_embd.weight.replace` / `output.weight.replace`, dims `[n_embd, n_vocab]` like the base
 //! tensor, same types (F16 in place). llama.cpp does not read these.
+//! DoRA: llama.cpp's adapter format has no key or tensor for a magnitude vector, and none is defined
+//! here; DoRA adapters load from their PEFT folder.
 use super::*;
 use crate::gguf::{Gguf, TensorInfo};
 
@@ -55,6 +57,8 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
             scale,
             a: ha,
             b: hb,
+            // llama.cpp's adapter format defines no key for DoRA's magnitude vector.
+            magnitude: None,
         });
     }
     let notes = vec![if alpha == 0.0 {

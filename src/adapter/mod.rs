@@ -44,6 +44,7 @@ use crate::mmap::MappedFile;
 
 pub mod alora;
 pub mod control;
+pub mod dora;
 mod gguf_adapter;
 mod peft;
 pub mod safetensors;
@@ -138,6 +139,8 @@ pub struct LoraTensor {
     pub scale: f32,
     a: Halves,
     b: Halves,
+    /// DoRA: the magnitude `m`, `n_out` values in the base's row order (see [`dora`]).
+    magnitude: Option<Arc<[f32]>>,
 }
 
 impl std::fmt::Debug for LoraTensor {
@@ -151,6 +154,7 @@ impl std::fmt::Debug for LoraTensor {
             .field("scale", &self.scale)
             .field("a_mapped", &self.a.is_mapped())
             .field("b_mapped", &self.b.is_mapped())
+            .field("dora", &self.magnitude.is_some())
             .finish()
     }
 }
@@ -176,13 +180,19 @@ impl LoraTensor {
             scale: user_scale * self.scale,
         }
     }
+    /// DoRA's magnitude vector (`n_out` values, one per base row), `None` for a plain LoRA.
+    pub fn magnitude(&self) -> Option<&[f32]> {
+        self.magnitude.as_deref()
+    }
     /// Whether `A` / `B` are used in place from the file's memory map.
     pub fn is_mapped(&self) -> (bool, bool) {
         (self.a.is_mapped(), self.b.is_mapped())
     }
 }
 
-/// A loaded, validated LoRA adapter. Owns its memory map(s).
+/// A loaded, validated LoRA adapter. Owns its memory map(s). A clone shares the mapped factors and
+/// copies the converted ones; it is a different adapter to a session (its own DoRA norms cache entry).
+#[derive(Clone)]
 pub struct Adapter {
     path: PathBuf,
     format: AdapterFormat,
@@ -268,6 +278,29 @@ impl Adapter {
             .ok()?;
         self.tensors.get(i)
     }
+    /// Whether any tensor is DoRA (has a magnitude vector).
+    pub fn is_dora(&self) -> bool {
+        self.tensors.iter().any(|t| t.magnitude.is_some())
+    }
+    /// The same factors and scales as a plain LoRA: every DoRA magnitude dropped (for comparisons
+    /// such as `bench`'s DoRA overhead). Shares the factors' memory.
+    pub fn without_dora(&self) -> Adapter {
+        Adapter {
+            path: self.path.clone(),
+            format: self.format,
+            tensors: self
+                .tensors
+                .iter()
+                .map(|t| LoraTensor {
+                    magnitude: None,
+                    ..t.clone()
+                })
+                .collect(),
+            notes: self.notes.clone(),
+            saved: self.saved.clone(),
+            invocation: self.invocation.clone(),
+        }
+    }
     /// Replaced base tensors (`token_embd.weight`, `output.weight`), sorted by target.
     pub fn saved(&self) -> &[SavedModule] {
         &self.saved
@@ -309,6 +342,19 @@ impl Adapter {
         );
         for n in &self.notes {
             let _ = writeln!(s, "  {n}");
+        }
+        let n_dora = self
+            .tensors
+            .iter()
+            .filter(|t| t.magnitude.is_some())
+            .count();
+        if n_dora > 0 {
+            let _ = writeln!(
+                s,
+                "  DoRA: {n_dora} of {} tensors carry a magnitude vector (y = m / ‖W0 + s·B·A‖_row ⊙ (W0·x + s·B·A·x), \
+                 row norms computed when a set is published)",
+                self.tensors.len()
+            );
         }
         // Targets grouped by the part after `blk.N.`.
         let mut groups: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
@@ -467,13 +513,18 @@ fn non_finite_err(file: &str, what: &str, idx: usize, val: f32) -> Error {
 /// for `llama` (`permute(w, n_head, n_head_kv)`): within each head of `hd` rows, output row
 /// `2j + i` takes input row `i·hd/2 + j` (i ∈ {0, 1}, j < hd/2), i.e. the two rotary halves are
 /// interleaved. `n_heads` is `n_head` for q and `n_head_kv` for k.
-fn permute_rows(v: &[u16], n_rows: usize, row_len: usize, n_heads: usize) -> Option<Vec<u16>> {
+fn permute_rows<T: Copy + Default>(
+    v: &[T],
+    n_rows: usize,
+    row_len: usize,
+    n_heads: usize,
+) -> Option<Vec<T>> {
     if n_heads == 0 || !n_rows.is_multiple_of(2 * n_heads) || v.len() != n_rows * row_len {
         return None;
     }
     let hd = n_rows / n_heads;
     let half = hd / 2;
-    let mut out = vec![0u16; v.len()];
+    let mut out = vec![T::default(); v.len()];
     for h in 0..n_heads {
         for j in 0..half {
             for i in 0..2 {

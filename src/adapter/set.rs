@@ -7,9 +7,15 @@
 //! version counter. The session notices the new version with one atomic load per `eval` and adopts the set
 //! under the same short lock. Nothing is allocated, and no lock is held across a token.
 //!
+//! DoRA: publishing a set computes the gains of its DoRA adapters at their scales
+//! ([`super::dora`]: row norms of the base plus the delta, on a thread pool the control starts at its
+//! first DoRA set) before taking the lock, so the forward pass only reads them. Gains are cached per
+//! adapter and scale: publishing a set seen before copies `Arc`s and allocates nothing.
+//!
 //! KV cache: entries written before a swap stay as they were computed (with the old set); only tokens
 //! evaluated afterwards see the new adapters. To make earlier context reflect the new set, re-evaluate it
 //! (`edge-run --chat` does that with `/adapter … ` when `--reeval-on-swap` is given).
+use super::dora::{DoraGains, GainCache};
 use super::{Adapter, LoraKind};
 use crate::kernels::lora::LoraRef;
 use crate::kernels::QuantType;
@@ -29,23 +35,44 @@ pub(crate) type Skips = heapless::Vec<usize, MAX_ADAPTERS>;
 /// A set of adapters with their user scales (≤ [`MAX_ADAPTERS`]).
 pub type ActiveSet = heapless::Vec<(Arc<Adapter>, f32), MAX_ADAPTERS>;
 
+/// The DoRA gains of each adapter of a set, in the set's order (`None`: a plain LoRA).
+type SetGains = heapless::Vec<Option<Arc<DoraGains>>, MAX_ADAPTERS>;
+
+/// A published set and its DoRA gains.
+struct Published {
+    set: ActiveSet,
+    gains: SetGains,
+}
+
 /// Publishes adapter sets to one session; share it (`Arc`) with any thread.
 pub struct AdapterControl {
     model: Arc<Model>,
     max_adapters: usize,
     max_rank: usize,
     version: AtomicU64,
-    pending: Mutex<ActiveSet>,
+    pending: Mutex<Published>,
+    /// DoRA gains computed for earlier sets, and the pool that computes them.
+    dora: Mutex<GainCache>,
 }
 
 impl AdapterControl {
-    pub(crate) fn new(model: Arc<Model>, max_adapters: usize, max_rank: usize) -> Self {
+    /// `n_threads`: threads that compute DoRA norms when a DoRA set is published.
+    pub(crate) fn new(
+        model: Arc<Model>,
+        max_adapters: usize,
+        max_rank: usize,
+        n_threads: usize,
+    ) -> Self {
         AdapterControl {
             model,
             max_adapters,
             max_rank,
             version: AtomicU64::new(0),
-            pending: Mutex::new(ActiveSet::new()),
+            pending: Mutex::new(Published {
+                set: ActiveSet::new(),
+                gains: SetGains::new(),
+            }),
+            dora: Mutex::new(GainCache::new(n_threads)),
         }
     }
 
@@ -113,7 +140,8 @@ impl AdapterControl {
     }
 
     /// Make `set` the adapter set of every `eval` that starts from now on. Validates first: on error the
-    /// current set stays. Allocation-free.
+    /// current set stays. Allocation-free, except the first time a DoRA adapter is published at a
+    /// given scale (its row norms are computed then; see the module docs).
     pub fn set(&self, set: &[(&Arc<Adapter>, f32)]) -> Result<()> {
         if set.len() > self.max_adapters {
             return Err(Error::invalid(format!(
@@ -132,12 +160,21 @@ impl AdapterControl {
             self.check(a)?;
         }
         Self::check_replacements(set)?;
+        let mut gains = SetGains::new();
+        {
+            let mut cache = self.dora.lock().unwrap_or_else(|e| e.into_inner());
+            for (a, s) in set {
+                // Cannot fail: len ≤ max_adapters ≤ MAX_ADAPTERS.
+                let _ = gains.push(cache.get(&self.model, a, *s)?);
+            }
+        }
         let mut g = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        g.clear();
+        g.set.clear();
         for (a, s) in set {
             // Cannot fail: len ≤ max_adapters ≤ MAX_ADAPTERS.
-            let _ = g.push((Arc::clone(a), *s));
+            let _ = g.set.push((Arc::clone(a), *s));
         }
+        g.gains = gains;
         self.version.fetch_add(1, Ordering::Release);
         Ok(())
     }
@@ -147,6 +184,7 @@ impl AdapterControl {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .set
             .clone()
     }
 
@@ -165,6 +203,9 @@ pub(crate) struct Applied {
     seen: u64,
     /// Adapters with a non-zero scale (scale 0 is the same as absent: bit-identical base outputs).
     active: ActiveSet,
+    /// Their DoRA gains (`None` for plain LoRAs), and whether any is DoRA.
+    gains: SetGains,
+    any_dora: bool,
     /// `bind[slot][i]`: index of adapter `i`'s tensor on that slot, or `NONE`.
     bind: Vec<[u16; MAX_ADAPTERS]>,
     /// Which rows of the current batch each adapter applies to (aLoRA).
@@ -178,6 +219,8 @@ impl Applied {
         Applied {
             seen: 0,
             active: ActiveSet::new(),
+            gains: SetGains::new(),
+            any_dora: false,
             bind: vec![[NONE; MAX_ADAPTERS]; n_slots],
             gates: super::alora::Gates::new(),
             repl: vec![None; n_slots],
@@ -194,9 +237,12 @@ impl Applied {
             let g = ctl.pending.lock().unwrap_or_else(|e| e.into_inner());
             self.seen = ctl.version.load(Ordering::Acquire);
             self.active.clear();
-            for (a, s) in g.iter().filter(|(_, s)| *s != 0.0) {
+            self.gains.clear();
+            for ((a, s), d) in g.set.iter().zip(&g.gains).filter(|((_, s), _)| *s != 0.0) {
                 let _ = self.active.push((Arc::clone(a), *s));
+                let _ = self.gains.push(d.clone());
             }
+            self.any_dora = self.gains.iter().any(Option::is_some);
         }
         self.gates.forget();
         for b in self.bind.iter_mut() {
@@ -280,5 +326,25 @@ impl Applied {
             }
         }
         (v, skips)
+    }
+
+    /// The DoRA gains of each adapter [`Applied::refs_for`] gives for `w` and `rows`, in the same
+    /// order (`None` for a plain LoRA); empty when no active adapter is DoRA.
+    pub(crate) fn gains_for(
+        &self,
+        w: &WeightRef,
+        rows: usize,
+    ) -> heapless::Vec<Option<&[f32]>, MAX_ADAPTERS> {
+        let mut v = heapless::Vec::new();
+        let Some(slot) = w.lora_slot.filter(|_| self.any_dora) else {
+            return v;
+        };
+        for (i, &j) in self.bind[slot].iter().enumerate().take(self.active.len()) {
+            if j != NONE && self.gates.skip(i, rows) < rows {
+                let g = self.gains[i].as_ref().and_then(|g| g.of(j as usize));
+                let _ = v.push(g);
+            }
+        }
+        v
     }
 }

@@ -3,7 +3,7 @@
 //! [`State`] holds every activation buffer and the KV cache, sized once in `Session::new`; nothing here
 //! allocates. Buffers are `[B, width]` row-major over the batch's B tokens.
 use super::kv::KvCache;
-use crate::adapter::{LoraRefs, Skips};
+use crate::adapter::{dora, LoraRefs, Skips};
 use crate::arch::{ActQuant, Capacity, Env};
 use crate::kernels::lora::total_rank;
 use crate::kernels::{ActRows, Kernels, QuantType};
@@ -576,10 +576,11 @@ struct Lora<'a, 'r, const N: usize> {
     t: &'a mut [f32],
 }
 
-/// `out_j[t] = W_j · x[t] + Σ s·B_j(A_j x[t])` for every weight j and token t, all weights in one
-/// parallel pass. `x` is [rows, n] row-major; each `out_j` is [rows, W_j.n_out]. The adapters on each
-/// weight are found from the weight ([`Applied::refs_for`](crate::adapter::Applied::refs_for));
-/// `lora_t` is the scratch for their intermediates (the session's `lora_t`).
+/// `out_j[t] = W_j · x[t] + Σ s·B_j(A_j x[t])` (a DoRA adapter scales the running sum by its gains,
+/// [`dora::expand_rows`]) for every weight j and token t, all weights in one parallel pass. `x` is
+/// [rows, n] row-major; each `out_j` is [rows, W_j.n_out]. The adapters on each weight are found from
+/// the weight ([`Applied::refs_for`](crate::adapter::Applied::refs_for)); `lora_t` is the scratch for
+/// their intermediates (the session's `lora_t`).
 ///
 /// Work is split in chunks of [`CHUNK_ROWS`] output rows of one weight. A chunk multiplies its
 /// rows with every token at once ([`Kernels::matmul`]: each weight block unpacked once for several
@@ -595,6 +596,7 @@ pub(crate) fn linear<const N: usize>(
     lora_t: &mut [f32],
 ) {
     let gated: [_; N] = core::array::from_fn(|j| env.applied.refs_for(outs[j].0, rows));
+    let gains: [_; N] = core::array::from_fn(|j| env.applied.gains_for(outs[j].0, rows));
     let lora = Lora {
         refs: &gated,
         t: lora_t,
@@ -647,7 +649,7 @@ pub(crate) fn linear<const N: usize>(
             let ok = k.matmul(ty, n, wr, inputs[j], o);
             debug_assert!(ok, "weight types checked at load");
             if !refs.is_empty() {
-                (lk.expand)(refs, ts[j], r0, o);
+                dora::expand_rows(lk, refs, &gains[j], ts[j], r0, o);
             }
             return;
         }
@@ -657,7 +659,7 @@ pub(crate) fn linear<const N: usize>(
         let ok = k.matmul(ty, n, wr, inputs[j], tile);
         debug_assert!(ok, "weight types checked at load");
         if !refs.is_empty() {
-            (lk.expand_batch)(refs, rows, &ts[j][..rows * rr], r0, r1, tile, cr);
+            dora::expand_tile(lk, refs, &gains[j], &ts[j][..rows * rr], r0, cr, tile);
         }
         for (t, row) in tile.chunks_exact(cr).enumerate() {
             // SAFETY: chunks cover disjoint rows of every token's output.

@@ -120,7 +120,8 @@ fn adapter_list(set: &[AdapterId]) -> String {
 }
 
 /// A hash of everything an adapter contributes: per tensor its target, kind, rank, shape, scale and
-/// the fp16 bits of `A` and `B`.
+/// the fp16 bits of `A` and `B`, and DoRA's magnitude vector when it has one (a plain LoRA's hash is
+/// the same as before DoRA existed).
 pub(crate) fn adapter_hash(a: &Adapter) -> u64 {
     let mut h = Hash64::new();
     for t in a.tensors() {
@@ -138,6 +139,10 @@ pub(crate) fn adapter_hash(a: &Adapter) -> u64 {
             h.u64(f.len() as u64);
             // Little-endian bytes: state files are refused on big-endian machines (`super::check_endian`).
             h.update(bytemuck::cast_slice(f));
+        }
+        if let Some(m) = t.magnitude() {
+            h.u64(m.len() as u64);
+            h.update(bytemuck::cast_slice(m));
         }
     }
     h.finish()

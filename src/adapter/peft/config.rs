@@ -26,12 +26,12 @@ const APPLIED: &[&str] = &[
     "init_lora_weights",
     "bias",
     "loftq_config",
+    "use_dora",
     "modules_to_save",
     "ensure_weight_tying",
 ];
 /// Fields that must be absent or null / false / empty (they change the math or the model).
 const REFUSED_UNLESS_DEFAULT: &[&str] = &[
-    "use_dora",
     "lora_bias",
     "trainable_token_indices",
     "target_parameters",
@@ -227,6 +227,8 @@ pub(super) struct Config {
     r: usize,
     alpha: f64,
     rslora: bool,
+    /// `use_dora`: every module carries a magnitude vector.
+    pub(super) dora: bool,
     ranks: Patterns,
     alphas: Patterns,
     targets: Selector,
@@ -284,6 +286,18 @@ impl Config {
                 ))
             }
         };
+        let dora = match cfg.get("use_dora") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                return Err(Error::format(
+                    &name,
+                    "use_dora",
+                    None,
+                    format!("expected a bool, found {v}"),
+                ))
+            }
+        };
         if cfg.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
             notes.push("fan_in_fan_out: true (no effect on nn.Linear LoRA factors; PEFT resets it for such layers)".to_string());
         }
@@ -293,6 +307,16 @@ impl Config {
         let layers = layers(cfg, &name)?;
         let invocation =
             crate::adapter::alora::from_peft(cfg.get("alora_invocation_tokens"), &name)?;
+        if dora && invocation.is_some() {
+            return Err(Error::format(
+                &name,
+                "use_dora",
+                None,
+                "true with alora_invocation_tokens: a DoRA gain scales whole output rows, which an \
+                 activated LoRA must leave as the base's before its invocation"
+                    .to_string(),
+            ));
+        }
         let saved = saved_modules(cfg, &name)?;
         let tie_saved = match cfg.get("ensure_weight_tying") {
             None | Some(Value::Null) => false,
@@ -307,7 +331,7 @@ impl Config {
             }
         };
         notes.push(format!(
-            "lora_alpha {alpha}, r {r}, use_rslora {rslora}{}{}",
+            "lora_alpha {alpha}, r {r}, use_rslora {rslora}, use_dora {dora}{}{}",
             if ranks.items.is_empty() {
                 String::new()
             } else {
@@ -324,6 +348,7 @@ impl Config {
             r,
             alpha,
             rslora,
+            dora,
             ranks,
             alphas,
             targets,

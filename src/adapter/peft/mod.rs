@@ -20,7 +20,12 @@
 //!   must be listed there and replaces the base tensor ([`super::saved`]); `ensure_weight_tying` with a
 //!   replaced embedding on a tied base makes the head use the replacement too, as PEFT ties them.
 //!
-//! Refused when not at their default (an error naming the field): `use_dora`, `bias` ≠ `"none"`,
+//! - `use_dora`: DoRA ([`super::dora`]). Every module then needs its magnitude vector
+//!   (`base_model.model.<module>.lora_magnitude_vector`, 1-D, one finite value per output row of the
+//!   base tensor; F32/F16/BF16, kept as f32); without `use_dora` such a tensor is refused. DoRA on the
+//!   token embedding is refused.
+//!
+//! Refused when not at their default (an error naming the field): `bias` ≠ `"none"`,
 //! `lora_bias`, `trainable_token_indices`, `target_parameters`, `layer_replication`,
 //! `use_qalora`, `use_bdlora`, `arrow_config`, `kasa_config`,
 //! `monteclora_config`, `velora_config`, `lora_ga_config`, `loftq_config` (non-empty: the base was
@@ -163,15 +168,16 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
 /// A whole module the file stores in place of the base's (`modules_to_save`).
 type Whole<'t> = Vec<(String, &'t safetensors::Tensor)>;
 
-/// A module's two factors in the safetensors file.
+/// A module's two factors (and DoRA magnitude) in the safetensors file.
 struct Pair<'t> {
     a: Option<&'t safetensors::Tensor>,
     b: Option<&'t safetensors::Tensor>,
+    m: Option<&'t safetensors::Tensor>,
     embedding: bool,
 }
 
 /// Groups the file's tensors by module: `base_model.model.<module>.lora_{A,B}` (or
-/// `lora_embedding_{A,B}`), each factor once.
+/// `lora_embedding_{A,B}`) and DoRA's `lora_magnitude_vector`, each once.
 fn pair_factors<'t>(
     st: &'t [safetensors::Tensor],
     st_name: &str,
@@ -189,6 +195,23 @@ fn pair_factors<'t>(
         })?;
         let has_weight = rest.ends_with(".weight");
         let rest = rest.strip_suffix(".weight").unwrap_or(rest);
+        if let Some(module) = rest.strip_suffix(".lora_magnitude_vector") {
+            let e = modules.entry(module.to_string()).or_insert(Pair {
+                a: None,
+                b: None,
+                m: None,
+                embedding: false,
+            });
+            if e.m.replace(t).is_some() {
+                return Err(Error::format(
+                    st_name,
+                    &t.name,
+                    None,
+                    "duplicate magnitude vector",
+                ));
+            }
+            continue;
+        }
         if has_weight && !rest.contains(".lora_") {
             whole.push((rest.to_string(), t));
             continue;
@@ -204,14 +227,18 @@ fn pair_factors<'t>(
         } else {
             return Err(Error::unsupported(
                 st_name,
-                format!("tensor {:?} is not a LoRA A/B factor (DoRA magnitude, bias or a saved module?)", t.name),
+                format!("tensor {:?} is not a LoRA A/B factor or DoRA magnitude (bias or a saved module?)", t.name),
             ));
         };
         let e = modules.entry(module.to_string()).or_insert(Pair {
             a: None,
             b: None,
+            m: None,
             embedding: emb,
         });
+        if e.a.is_none() && e.b.is_none() {
+            e.embedding = emb;
+        }
         if e.embedding != emb {
             return Err(Error::format(
                 st_name,
@@ -435,6 +462,7 @@ impl Config {
             },
             m.perm_heads.is_none(),
         )?;
+        let magnitude = self.magnitude(module, pair, &m, n_out, map, st_name)?;
         Ok(LoraTensor {
             target: m.target,
             kind: m.kind,
@@ -444,6 +472,83 @@ impl Config {
             scale,
             a,
             b,
+            magnitude,
         })
+    }
+
+    /// DoRA's magnitude vector of `module`: required with `use_dora`, refused without it; 1-D with
+    /// `n_out` finite values, permuted like `B`'s rows for llama q/k.
+    fn magnitude(
+        &self,
+        module: &str,
+        pair: &Pair<'_>,
+        m: &Mapped,
+        n_out: usize,
+        map: &Arc<MappedFile>,
+        st_name: &str,
+    ) -> Result<Option<Arc<[f32]>>> {
+        let t = match (pair.m, self.dora) {
+            (None, false) => return Ok(None),
+            (Some(t), false) => {
+                return Err(Error::format(
+                    st_name,
+                    &t.name,
+                    None,
+                    "a DoRA lora_magnitude_vector, but adapter_config.json does not set use_dora",
+                ))
+            }
+            (None, true) => {
+                return Err(Error::format(
+                    st_name,
+                    module,
+                    None,
+                    "use_dora is true in adapter_config.json but this module has no lora_magnitude_vector",
+                ))
+            }
+            (Some(t), true) => t,
+        };
+        if m.kind == LoraKind::Embedding {
+            return Err(Error::unsupported(
+                st_name,
+                format!("{}: DoRA on the token embedding is not supported", t.name),
+            ));
+        }
+        if t.shape != [n_out] {
+            return Err(Error::format(
+                st_name,
+                format!("{}.shape", t.name),
+                None,
+                format!(
+                    "{:?}, but the magnitude needs one value per output row of {} ([{n_out}])",
+                    t.shape, m.target
+                ),
+            ));
+        }
+        let src = match t.dtype {
+            Dtype::F32 => QuantType::F32,
+            Dtype::F16 => QuantType::F16,
+            Dtype::Bf16 => QuantType::BF16,
+        };
+        let vals = widen(src, &map[t.start..t.start + t.len], n_out).ok_or_else(|| {
+            Error::format(
+                st_name,
+                &t.name,
+                None,
+                format!("{} bytes do not hold {n_out} values", t.len),
+            )
+        })?;
+        if let Some(i) = first_non_finite(&vals) {
+            return Err(non_finite_err(st_name, &t.name, i, vals[i]));
+        }
+        let vals = match m.perm_heads {
+            None => vals,
+            Some(h) => permute_rows(&vals, n_out, 1, h).ok_or_else(|| {
+                Error::invalid(format!(
+                    "{st_name}: {}: cannot permute {n_out} rows into {h} heads of rotary pairs",
+                    t.name
+                ))
+            })?,
+        };
+        Ok(Some(vals.into()))
     }
 }

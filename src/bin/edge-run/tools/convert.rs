@@ -140,6 +140,17 @@ pub fn to_writer<'a>(
 /// renamed into place, so a failure leaves no partial output).
 pub fn convert(src: &Path, base: &BaseInfo, out: &Path) -> Result<ConvertReport> {
     let adapter = Adapter::load(src, base)?;
+    if let Some(t) = adapter.tensors().iter().find(|t| t.magnitude().is_some()) {
+        return Err(Error::unsupported(
+            src.display().to_string(),
+            format!(
+                "DoRA adapter (`{}` has a magnitude vector): llama.cpp's GGUF adapter format has no \
+                 key for DoRA magnitudes, so it cannot be written as one; use the PEFT folder directly \
+                 or fold it into the model with `edge-run merge`",
+                t.target
+            ),
+        ));
+    }
     let file = out.display().to_string();
     let (w, warnings) = to_writer(&adapter, base, &file)?;
     let mut tmp: PathBuf = out.to_path_buf();

@@ -19,8 +19,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+pub mod dora;
 pub mod roofline;
+mod swap;
 use roofline::{Roofline, PROBE_TIME};
+use swap::first_token_after_swap;
+pub use swap::AfterSwap;
 
 pub(crate) const MIB: f64 = 1024.0 * 1024.0;
 
@@ -219,58 +223,8 @@ pub struct LoraResult {
     pub swap_us: f64,
     /// Decode latency of the tokens right after a swap vs the others, same run.
     pub after_swap: AfterSwap,
-}
-
-/// Median decode-token latency right after an adapter swap and for the tokens between swaps.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AfterSwap {
-    pub swap_token_ms: f64,
-    pub steady_token_ms: f64,
-}
-
-/// Decodes `n` tokens after the prompt, swapping between the full adapter set and the set without its
-/// last adapter (none, for one adapter) through the session's control handle before every fourth
-/// token, and returns the median latency of the tokens that directly follow a swap and of the others.
-fn first_token_after_swap(
-    sess: &mut Session,
-    prompt: &[u32],
-    set: &[(&Arc<Adapter>, f32)],
-    n: usize,
-) -> Result<AfterSwap> {
-    let ctl = sess.adapter_control();
-    sess.set_adapters(set)?;
-    sess.reset();
-    sess.eval(prompt)?;
-    let n = n.max(16);
-    let (mut swapped, mut steady) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for i in 0..n {
-        let swap = i % 4 == 0;
-        if swap {
-            ctl.set(if i % 8 == 0 {
-                &set[..set.len() - 1]
-            } else {
-                set
-            })?;
-        }
-        let t = edge_run::sampling::argmax(sess.logits());
-        let t0 = Instant::now();
-        sess.eval(&[t])?;
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        if swap {
-            swapped.push(ms)
-        } else {
-            steady.push(ms)
-        }
-    }
-    sess.set_adapters(set)?;
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    Ok(AfterSwap {
-        swap_token_ms: median(&mut swapped),
-        steady_token_ms: median(&mut steady),
-    })
+    /// With DoRA adapters: their publish time and the same set's speed as plain LoRAs.
+    pub dora: Option<dora::DoraBench>,
 }
 
 /// The same workload on a second model file (e.g. the adapter merged into the base), without adapters.
@@ -449,6 +403,7 @@ impl AdapterRun<'_> {
         progress: &mut dyn FnMut(&str),
     ) -> Result<LoraResult> {
         let loaded = self.loaded;
+        let dora = dora::measure(sess, loaded, prompt, w, progress)?;
         let set: Vec<(&Arc<Adapter>, f32)> = loaded.iter().map(|(a, s)| (a, *s)).collect();
         sess.set_adapters(&set)?;
         let speed = measure_speed(sess, prompt, w.n_gen, w.reps)?;
@@ -477,6 +432,7 @@ impl AdapterRun<'_> {
             load_ms: self.load_ms,
             swap_us,
             after_swap,
+            dora,
         })
     }
 }
@@ -638,6 +594,9 @@ impl Report {
                 "decode token right after a swap {:.3} ms vs {:.3} ms between swaps (medians, same run)\n",
                 l.after_swap.swap_token_ms, l.after_swap.steady_token_ms
             );
+            s += &l
+                .dora
+                .map_or(String::new(), |d| d.line(l, &self.base, self.threads));
         }
         if let Some(c) = &self.compare {
             let (what, r) = match &self.lora {
@@ -672,7 +631,8 @@ impl Report {
     /// `roofline_bytes`, `dram_gbs_1t`, `dram_gbs`, `cache_gbs_1t`, `cache_gbs`, `rss_mib`, `mapped_mib`,
     /// `kv_mib`, `activations_mib`, `logits_mib`, `lora_scratch_mib` (the session's buffers);
     /// with adapters `lora_pp_tps`, `lora_tg_tps`, `lora_bytes_per_token` (total), `lora_ab_bytes`,
-    /// `lora_roofline_pct`, `lora_overhead_pct`, `lora_floor_pct`, `adapter_load_ms`, `swap_us`, `swap_token_ms`, `steady_token_ms`; with a
+    /// `lora_roofline_pct`, `lora_overhead_pct`, `lora_floor_pct`, `adapter_load_ms`, `swap_us`, `swap_token_ms`, `steady_token_ms`
+    /// (with DoRA adapters also [`dora::DoraBench::add_json`]'s fields); with a
     /// comparison model `compare_model`, `compare_pp_tps`, `compare_tg_tps`, `compare_bytes_per_token`,
     /// `compare_roofline_pct`, `compare_tg_ratio`, `compare_pp_ratio` (its speed ÷ the adapter run's, or
     /// the base run's without adapters). Unknown values (e.g. RSS off Linux) are `null`.
@@ -735,6 +695,7 @@ impl Report {
                 "steady_token_ms".into(),
                 json!(l.after_swap.steady_token_ms),
             );
+            l.dora.iter().for_each(|d| d.add_json(l, &self.base, m));
         }
         if let Some(c) = &self.compare {
             let r = self.lora.as_ref().map_or(self.base, |l| l.speed);

@@ -9,6 +9,9 @@
 //! All runs are evaluated in lockstep, one batch of positions at a time (one [`Session`] per run), so
 //! only one batch of log-probabilities per run is held at any time.
 //!
+//! DoRA adapters (which the runs apply as the runtime does) also get the range of their row gains
+//! `m / ‖W0 + s·B·A‖`; the norms below count their low-rank part `s·B·A` only.
+//!
 //! Weights: per adapted tensor, `‖s·B·A‖_F / ‖W0‖_F` for each adapter and for the whole stack, from the
 //! `r×r` Gram matrices (`‖BA‖² = tr((BᵀB)(AAᵀ))`, cross terms `tr((B_iᵀB_j)(A_jA_iᵀ))`), with `‖W0‖_F`
 //! from the dequantized rows. Subspace overlap: for every pair of adapters on the same weight, the cosines
@@ -117,6 +120,53 @@ pub struct DiagnoseReport {
     pub runs: Vec<RunReport>,
     pub norms: Vec<NormReport>,
     pub overlaps: Vec<OverlapReport>,
+    /// Per adapter: its DoRA row gains at its scale, `None` for a plain LoRA.
+    pub dora: Vec<Option<DoraStats>>,
+}
+
+/// The row gains `g = m / ‖W0 + s·B·A‖` of a DoRA adapter (which rescale each adapted row on top of
+/// the low-rank delta the norms table counts).
+#[derive(Clone, Copy, Debug)]
+pub struct DoraStats {
+    pub tensors: usize,
+    pub gain_min: f32,
+    pub gain_max: f32,
+    /// Mean of |g − 1| over every adapted row.
+    pub mean_dev: f64,
+}
+
+/// [`DoraStats`] of each adapter (gains computed on `n_threads`).
+fn dora_stats(
+    model: &Model,
+    adapters: &[(&Arc<Adapter>, f32, &str)],
+    n_threads: usize,
+) -> Result<Vec<Option<DoraStats>>> {
+    let pool = edge_run::threadpool::ThreadPool::new(n_threads)
+        .map_err(|e| Error::invalid(format!("diagnose: cannot start threads: {e}")))?;
+    let mut out = vec![];
+    for (a, s, _) in adapters {
+        let Some(g) = edge_run::adapter::dora::gains(model, a, *s, &pool)? else {
+            out.push(None);
+            continue;
+        };
+        let all: Vec<f32> = (0..a.tensors().len())
+            .filter_map(|j| g.of(j))
+            .flatten()
+            .copied()
+            .collect();
+        out.push(Some(DoraStats {
+            tensors: a
+                .tensors()
+                .iter()
+                .filter(|t| t.magnitude().is_some())
+                .count(),
+            gain_min: all.iter().copied().fold(f32::INFINITY, f32::min),
+            gain_max: all.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            mean_dev: all.iter().map(|&v| (v as f64 - 1.0).abs()).sum::<f64>()
+                / all.len().max(1) as f64,
+        }));
+    }
+    Ok(out)
 }
 
 /// Runs the diagnosis. `adapters` are (adapter, user scale, display name) in stack order.
@@ -196,6 +246,7 @@ pub fn diagnose(
     let set: Vec<(&Adapter, f32)> = adapters.iter().map(|(a, s, _)| (&***a, *s)).collect();
     let norms = delta_norms(model, &set)?;
     let overlaps = subspace_overlaps(&set);
+    let dora = dora_stats(model, adapters, opts.n_threads)?;
     Ok(DiagnoseReport {
         model: model.path().display().to_string(),
         adapters: adapters
@@ -218,6 +269,7 @@ pub fn diagnose(
         runs,
         norms,
         overlaps,
+        dora,
     })
 }
 

@@ -37,6 +37,14 @@ impl DiagnoseReport {
         );
         for (i, (name, sc)) in self.adapters.iter().enumerate() {
             let _ = write!(s, "  adapter {i}: {name} (scale {sc})");
+            if let Some(Some(d)) = self.dora.get(i) {
+                let _ = write!(
+                    s,
+                    "; DoRA on {} tensors: row gains m/||W0+sBA|| in [{:.4}, {:.4}], mean |g-1| {:.4} \
+                     (the norms below count s·B·A only)",
+                    d.tensors, d.gain_min, d.gain_max, d.mean_dev
+                );
+            }
             match self.replaced.get(i) {
                 Some(r) if !r.is_empty() => {
                     let _ = writeln!(s, "; replaces {} (modules_to_save)", r.join(", "));
@@ -199,8 +207,11 @@ impl DiagnoseReport {
         super::super::sorted_keys(json!({
             "model": self.model,
             "n_tokens": self.n_tokens,
-            "adapters": self.adapters.iter().zip(&self.replaced).zip(&self.invocations).map(|(((n, s), r), inv)| {
-                let mut a = json!({"name": n, "scale": s, "replaces": r});
+            "adapters": self.adapters.iter().zip(&self.replaced).zip(&self.invocations).zip(&self.dora).map(|((((n, s), r), inv), d)| {
+                let mut a = json!({
+                    "name": n, "scale": s, "replaces": r,
+                    "dora": d.map(|d| json!({"tensors": d.tensors, "gain_min": d.gain_min, "gain_max": d.gain_max, "mean_abs_gain_dev": d.mean_dev})),
+                });
                 if let Some((ids, at)) = inv {
                     a["alora"] = json!({"invocation_tokens": ids, "starts_at": at});
                 }

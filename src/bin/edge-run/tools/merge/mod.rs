@@ -3,8 +3,10 @@
 //! For every weight an adapter targets, the merged weight is `W = deq(W0) + Σ_i s_i · B_i A_i` with
 //! `s_i` = the adapter's resolved per-tensor scale (`alpha/r`, rsLoRA `alpha/√r`, patterns) × the user
 //! scale — exactly the term the runtime adds (`crate::session`), using the adapter's tensors as
-//! loaded (so `q`/`k` rows of PEFT adapters are already in the GGUF base's permuted row order). `W` is
-//! then quantized with the ggml-compatible quantizers of `edge-run-kernels` to the requested type
+//! loaded (so `q`/`k` rows of PEFT adapters are already in the GGUF base's permuted row order).
+//! DoRA terms fold exactly as the runtime applies them, in the set's order: the running row becomes
+//! `g·(W + s·B·A)` with `g = m / ‖W0 + s·B·A‖` per row (`W0` the dequantized base row).
+//! `W` is then quantized with the ggml-compatible quantizers of `edge-run-kernels` to the requested type
 //! (`same` = the tensor's own type). K-quant targets on rows whose length is not a multiple of 256 fall
 //! back as llama.cpp's quantizer does (Q4_K→Q5_0, Q5_K→Q5_1, Q6_K→Q8_0); legacy targets on rows not a
 //! multiple of 32 fall back to F16. Every fallback is reported.

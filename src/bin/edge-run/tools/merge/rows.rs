@@ -91,6 +91,8 @@ pub(super) struct Term {
     a: Vec<f32>,
     b: Vec<f32>,
     scale: f32,
+    /// DoRA's magnitude vector (per GGUF row), `None` for a plain LoRA.
+    magnitude: Option<Vec<f32>>,
 }
 
 impl Term {
@@ -106,6 +108,27 @@ impl Term {
             a: f(t.a()),
             b: f(t.b()),
             scale: t.scale * scale,
+            magnitude: t.magnitude().map(<[f32]>::to_vec),
+        }
+    }
+
+    /// Applies this term to the running merged row `acc` of GGUF row `row`, as the runtime applies it
+    /// to outputs: a plain LoRA adds `s·(B·A)[row]`; DoRA makes it `g·(acc + s·(B·A)[row])` with
+    /// `g = m[row] / ‖W0[row] + s·(B·A)[row]‖` (`w0` is the base row, `tmp` scratch of its length).
+    fn apply_row(&self, row: usize, w0: &[f32], acc: &mut [f32], tmp: &mut [f32]) {
+        self.add_row(row, acc);
+        if let Some(m) = &self.magnitude {
+            tmp.copy_from_slice(w0);
+            self.add_row(row, tmp);
+            let norm = tmp
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt();
+            let g = (m[row] as f64 / norm) as f32;
+            for v in acc.iter_mut() {
+                *v *= g;
+            }
         }
     }
 
@@ -214,14 +237,26 @@ fn merge_rows(
     let mut w0 = vec![0f32; n_in];
     let mut d = vec![0f32; n_in];
     let mut q = vec![0f32; n_in];
+    let mut tmp = vec![0f32; n_in];
     let mut sums = [0f64; 5];
     for (i, dst) in out.chunks_exact_mut(dst_rb).enumerate() {
         let row = first + i;
         let ok = scalar::dequantize(from, &src[row * src_rb..(row + 1) * src_rb], &mut w0);
         debug_assert!(ok);
-        d.fill(0.0);
-        for t in terms {
-            t.add_row(row, &mut d);
+        if terms.iter().any(|t| t.magnitude.is_some()) {
+            // DoRA scales the running row: merge in order, then keep the difference from W0.
+            d.copy_from_slice(&w0);
+            for t in terms {
+                t.apply_row(row, &w0, &mut d, &mut tmp);
+            }
+            for (dv, &x) in d.iter_mut().zip(&w0) {
+                *dv -= x;
+            }
+        } else {
+            d.fill(0.0);
+            for t in terms {
+                t.add_row(row, &mut d);
+            }
         }
         let (mut s0, mut s1, mut s2) = (0f64, 0f64, 0f64);
         for (x, &dv) in w0.iter_mut().zip(&d) {
