@@ -295,3 +295,60 @@ fn bad_family_metadata_is_refused_naming_the_key() {
         refused(&o, 1, needle);
     }
 }
+
+/// `adapter convert`, `merge` and `diagnose` on each family: the converted GGUF adapter and the merged
+/// model (f32, so that no requantization comes between) match the Hugging Face + PEFT reference;
+/// diagnose reports the adapter's layers.
+#[test]
+fn adapter_convert_merge_and_diagnose() {
+    let dir = TempDir::new("families", "tools");
+    for family in FAMILIES {
+        let (m, a) = (model_path(family, "Q8_0"), data(family, "adapter-peft"));
+        let conv = dir.join(format!("{family}-lora.gguf"));
+        let o = edge_run(&[
+            "adapter",
+            "convert",
+            path_arg(&a),
+            "-m",
+            path_arg(&m),
+            "-o",
+            path_arg(&conv),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{family}: {o:?}");
+        let model = Arc::new(Model::open(&m).unwrap());
+        let converted = Arc::new(Adapter::load(&conv, &model.base_info).unwrap());
+        let got = metrics(
+            family,
+            "hf-Q8_0-adapter.npz",
+            &runs(&model, family, &[(&converted, 1.0)]),
+        );
+        assert_bar(&format!("{family} converted adapter"), &got);
+
+        let merged = dir.join(format!("{family}-merged.gguf"));
+        let o = edge_run(&[
+            "merge",
+            "-m",
+            path_arg(&m),
+            "--adapter",
+            path_arg(&a),
+            "-o",
+            path_arg(&merged),
+            "--type",
+            "f32",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{family}: {o:?}");
+        let mm = Arc::new(Model::open(&merged).unwrap());
+        assert_eq!(mm.arch, family);
+        assert!(mm.layers[0].attn_q_bias.is_some() == (family == "qwen2"));
+        let got = metrics(family, "hf-Q8_0-adapter.npz", &runs(&mm, family, &[]));
+        assert_bar(&format!("{family} merged (f32)"), &got);
+
+        let o = edge_run(&["diagnose", "-m", path_arg(&m), "--adapter", path_arg(&a)]);
+        assert_eq!(o.status.code(), Some(0), "{family}: {o:?}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("KL(base)") && out.contains("blk.1.attn_q.weight"),
+            "{family}: {out}"
+        );
+    }
+}
