@@ -443,10 +443,7 @@ impl Tensors<'_, '_> {
             Some(_) => (self.weight("output.weight", n_embd, n_vocab, true)?, false),
             None => (token_embd.clone(), true),
         };
-        let rope_freqs = match self.g.tensor("rope_freqs.weight") {
-            Some(_) => Some(self.weight("rope_freqs.weight", hp.rope_dim / 2, 1, false)?),
-            None => None,
-        };
+        let rope_freqs = self.rope_divisors(hp)?;
         Ok(Ends {
             token_embd,
             output_norm,
@@ -454,6 +451,29 @@ impl Tensors<'_, '_> {
             tied_output,
             rope_freqs,
         })
+    }
+
+    /// Llama 3.x's RoPE frequency divisors (`rope_freqs.weight`, one per rotated pair), if present:
+    /// each finite and > 0 (a zero would make its frequency infinite).
+    fn rope_divisors(&self, hp: &HParams) -> Result<Option<WeightRef>> {
+        let name = "rope_freqs.weight";
+        let Some(t) = self.g.tensor(name) else {
+            return Ok(None);
+        };
+        let w = self.weight(name, hp.rope_dim / 2, 1, false)?;
+        let data = self.g.tensor_data(t);
+        for (i, v) in data.chunks_exact(4).enumerate() {
+            let d = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+            if !(d.is_finite() && d > 0.0) {
+                return Err(Error::format(
+                    self.fname,
+                    format!("{name}[{i}]"),
+                    Some(t.offset + 4 * i as u64),
+                    format!("a RoPE frequency divisor must be finite and > 0, got {d}"),
+                ));
+            }
+        }
+        Ok(Some(w))
     }
 
     /// Every layer's weights (`blk.{i}.*`); the family's extra norms and biases when it has them.
