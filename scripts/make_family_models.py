@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Build the small test models of the Qwen families and their Hugging Face references.
+"""Build the small test models of the model families and their Hugging Face references.
 
-For each family (qwen2, qwen3) this script
+For each family (qwen2, qwen3, llama3) this script
 1. builds a small Hugging Face checkpoint from a config: SmolLM2-135M-Instruct's real weights (dequantized
    from its GGUF by transformers) cut to a narrow width and two layers and re-dressed in the family's
    layout, plus the family's own tensors (q/k/v biases for qwen2, q/k norms for qwen3) drawn from a fixed
-   seed; its tokenizer is a 4096-token byte-level BPE cut from SmolLM2's (the first merges, which only
-   use earlier tokens) with Qwen2's pre-tokenizer split and NFC normalizer and a ChatML template;
+   seed, or its own RoPE (llama3: Llama 3.x frequency scaling); its tokenizer is a 4096-token byte-level
+   BPE cut from SmolLM2's (the first merges, which only use earlier tokens) with the family's
+   pre-tokenizer (Qwen2's split and NFC normalizer and a ChatML template; Llama 3's split, whole-word
+   tokens, BOS and its chat format);
 2. makes a PEFT LoRA adapter on all seven projections with non-zero, seeded A and B;
 3. converts the checkpoint with llama.cpp's own convert_hf_to_gguf.py (f32) and quantizes it with
    llama.cpp's quantizer (llama-cpp-python's llama_model_quantize) to Q8_0, Q4_0 and Q4_K_M;
@@ -54,11 +56,32 @@ FAMILIES = {
     "qwen2": dict(head_dim=64, tied=False, rope_theta=1e6, rms_eps=1e-6),
     # head size of its own (q is 512 wide for a 256-wide model); tied head
     "qwen3": dict(head_dim=128, tied=True, rope_theta=1e6, rms_eps=1e-6),
+    # Llama 3.2's layout (tied head, base 5e5) and its RoPE frequency scaling, with an original context
+    # of 32 positions (8192 in Llama 3.2) so that the scaling moves the frequencies the test sequences'
+    # positions use: wavelengths over 32 are divided by 32, those under 8 kept, smoothed in between.
+    "llama3": dict(head_dim=64, tied=True, rope_theta=5e5, rms_eps=1e-5,
+                   rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
+                                     high_freq_factor=4.0, original_max_position_embeddings=32)),
 }
+# Seeds of the family tensors and adapters: SEED + this.
+FAMILY_SEED = {"qwen2": 0, "qwen3": 1, "llama3": 2}
 
 # Qwen2's pre-tokenizer split (tokenizer.json of the Qwen2/2.5/3 models).
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Llama 3's (tokenizer.json of the Llama 3.x models): digits in runs of up to three.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Llama 3's specials (at the end of the vocabulary, as in Llama 3) and the SmolLM2 rows their
+# embeddings take.
+# Llama 3 has tokens of two and three digits (its split keeps runs of up to three digits together);
+# SmolLM2 splits every digit. The Llama 3 test vocabulary takes all two-digit tokens and these
+# three-digit ones in place of its last merges. Half the three-digit tokens have a merge that BPE
+# never reaches (`1 23` while `12` merges first): only Llama 3's whole-token rule finds them.
+LLAMA3_TRIPLES = ["123", "234", "345", "456", "567", "678", "789", "890", "000", "100", "202", "314",
+                  "159", "718", "999", "365", "127", "001", "256", "512"]
+LLAMA3_SPECIALS = [("<|begin_of_text|>", 0), ("<|end_of_text|>", 3), ("<|start_header_id|>", 1),
+                   ("<|end_header_id|>", 4), ("<|eot_id|>", 2)]
 
 # ChatML, with a default system turn when the conversation has none.
 CHAT_TEMPLATE = (
@@ -84,6 +107,36 @@ TOKENIZE_TEXTS = [
     "Don't stop—won't stop!", "trailing spaces   ", "  leading\n\n  \n x",
 ]
 
+# Llama 3.2's chat format: a system turn with its knowledge and (fixed) current dates first.
+LLAMA3_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if not date_string is defined %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content'] | trim %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{- 'Today Date: ' + date_string + '\\n\\n' }}"
+    "{{- system_message }}{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + (message['content'] | trim)"
+    " + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+# Per family: the chat template, EOS and padding tokens, whether BOS is added, the converter's
+# pre-tokenizer name, the end of an answer in the chat sequence, texts of its own to tokenize.
+TOKENIZERS = {
+    "qwen2": dict(template=CHAT_TEMPLATE, eos="<|im_end|>", pad="<|endoftext|>", bos=None, pre="qwen2",
+                  turn_end="<|im_end|>\n", texts=[]),
+    "llama3": dict(template=LLAMA3_TEMPLATE, eos="<|eot_id|>", pad="<|end_of_text|>",
+                   bos="<|begin_of_text|>", pre="llama-bpe", turn_end="<|eot_id|>",
+                   texts=["<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>",
+                          "1234567 and 89, 1,000,000 ۱۲۳۴",
+                          "2024-12-07 at 10:30, pi=3.14159, 65536 bytes; 123 vs 1234 vs 12345"]),
+}
+TOKENIZERS["qwen3"] = TOKENIZERS["qwen2"]
+
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 ANSWER = "The capital of France is Paris. It is known for the Eiffel Tower."
 PROSE = ("Once upon a time, in a small village by the sea, there lived an old fisherman who told "
@@ -102,30 +155,53 @@ def smollm2_tokenizer(path):
     return toks, merges
 
 
-def build_tokenizer(toks, merges):
-    """A 4096-token BPE: SmolLM2's three chat specials, its 256 byte tokens and its first merges whose
-    result is kept (every such merge only joins earlier tokens). Returns the tokenizer and the kept ids."""
+def build_tokenizer(toks, merges, family):
+    """A 4096-token BPE: SmolLM2's 256 byte tokens and its first merges whose result is kept (every such
+    merge only joins earlier tokens), with the family's specials: SmolLM2's three chat specials first
+    (Qwen), or Llama 3's five last (their embeddings from SmolLM2's special rows). Returns the tokenizer
+    and, per new id, the SmolLM2 id whose embedding row it takes."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    n_special, n_byte = 3, 256
-    kept = list(range(n_special)) + list(range(17, 17 + n_byte))
-    kept += list(range(17 + n_byte, 17 + n_byte + N_VOCAB - len(kept)))
+    from tokenizers import processors
+    llama = family == "llama3"
+    n_byte = 256
+    specials = [(t, old) for t, old in LLAMA3_SPECIALS] if llama else \
+        [(toks[i], i) for i in range(3)]
+    head = [] if llama else [old for _, old in specials]
+    kept = head + list(range(17, 17 + n_byte))
+    digits = [a + b for a in "0123456789" for b in "0123456789"] + LLAMA3_TRIPLES if llama else []
+    n_regular = N_VOCAB - len(specials) - len(digits)
+    kept += list(range(17 + n_byte, 17 + n_byte + n_regular - (len(kept) - len(head))))
     vocab = {toks[old]: new for new, old in enumerate(kept)}
-    assert len(vocab) == N_VOCAB
     pairs = []
     for mg in merges:
         a, b = mg.split(" ")
         if a + b in vocab and a in vocab and b in vocab:
             pairs.append((a, b))
-    bpe = models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False)
+    if llama:
+        # the digit tokens take the embedding rows of the SmolLM2 tokens after the kept ones
+        vocab.update({d: len(kept) + i for i, d in enumerate(digits)})
+        kept += list(range(kept[-1] + 1, kept[-1] + 1 + len(digits)))
+        pairs += [(d[0], d[1]) for d in digits[:100]]
+        pairs += [(d[:2], d[2]) if i % 2 == 0 else (d[0], d[1:]) for i, d in enumerate(LLAMA3_TRIPLES)]
+        kept += [old for _, old in specials]
+        vocab.update({t: N_VOCAB - len(specials) + i for i, (t, _) in enumerate(specials)})
+    assert len(vocab) == N_VOCAB == len(kept)
+    # Llama 3 takes a piece that is a whole token as that token, before any merge
+    bpe = models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False, ignore_merges=llama)
     tok = Tokenizer(bpe)
-    tok.normalizer = normalizers.NFC()
+    if not llama:
+        tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT if llama else QWEN2_SPLIT), behavior="isolated",
+                             invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=llama, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, _ in specials])
+    if llama:
+        bos = specials[0][0]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, vocab[bos])])
     return tok, kept
 
 
@@ -136,6 +212,7 @@ def rows_from(mats, n_rows, n_cols):
 
 def build_model(family, src, kept):
     """The family's checkpoint: SmolLM2's first layers cut to the test size, plus the family's own tensors."""
+    from transformers import LlamaConfig, LlamaForCausalLM
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
     fam = FAMILIES[family]
     hd = fam["head_dim"]
@@ -146,11 +223,18 @@ def build_model(family, src, kept):
                   use_sliding_window=False)
     if family == "qwen2":
         cfg, cls = Qwen2Config(**common), Qwen2ForCausalLM
+    elif family == "llama3":
+        specials = {t: N_VOCAB - len(LLAMA3_SPECIALS) + i for i, (t, _) in enumerate(LLAMA3_SPECIALS)}
+        common.pop("use_sliding_window")
+        common.update(bos_token_id=specials["<|begin_of_text|>"], eos_token_id=specials["<|eot_id|>"],
+                      pad_token_id=specials["<|end_of_text|>"],
+                      rope_parameters=dict(rope_theta=fam["rope_theta"], **fam["rope_scaling"]))
+        cfg, cls = LlamaConfig(head_dim=hd, attention_bias=False, mlp_bias=False, **common), LlamaForCausalLM
     else:
         cfg, cls = Qwen3Config(head_dim=hd, attention_bias=False, **common), Qwen3ForCausalLM
     torch.manual_seed(SEED)
     model = cls(cfg).float().eval()
-    g = torch.Generator().manual_seed(SEED + (1 if family == "qwen3" else 0))
+    g = torch.Generator().manual_seed(SEED + FAMILY_SEED[family])
     kept_t = torch.tensor(kept)
     E, F = N_EMBD, N_FF
     qd, kvd = N_HEAD * hd, N_HEAD_KV * hd
@@ -179,7 +263,7 @@ def build_model(family, src, kept):
             sd[p + "self_attn.q_proj.bias"] = torch.randn(qd, generator=g) * 0.5
             sd[p + "self_attn.k_proj.bias"] = torch.randn(kvd, generator=g) * 1.0
             sd[p + "self_attn.v_proj.bias"] = torch.randn(kvd, generator=g) * 0.1
-        else:
+        elif family == "qwen3":
             sd[p + "self_attn.q_norm.weight"] = 1.5 + 0.5 * torch.randn(hd, generator=g)
             sd[p + "self_attn.k_norm.weight"] = 1.5 + 0.5 * torch.randn(hd, generator=g)
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -197,7 +281,7 @@ def make_adapter(model, out_dir, family):
                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                      "down_proj"])
     pm = get_peft_model(model, cfg)
-    g = torch.Generator().manual_seed(SEED + 100 + (1 if family == "qwen3" else 0))
+    g = torch.Generator().manual_seed(SEED + 100 + FAMILY_SEED[family])
     with torch.no_grad():
         for name, mod in pm.named_modules():
             if hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
@@ -217,25 +301,31 @@ def make_adapter(model, out_dir, family):
 def save_checkpoint(model, tok, hf_dir, family):
     from transformers import PreTrainedTokenizerFast
     model.save_pretrained(hf_dir, safe_serialization=True)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    fast.chat_template = CHAT_TEMPLATE
+    t = TOKENIZERS[family]
+    extra = {"bos_token": t["bos"]} if t["bos"] else {}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=t["eos"], pad_token=t["pad"], **extra)
+    fast.chat_template = t["template"]
     fast.save_pretrained(hf_dir)
-    # the converter reads rope_theta (not transformers 5's rope_parameters); no BOS, as Qwen
+    # the converter reads rope_theta and rope_scaling (with the original context at the top level),
+    # not transformers 5's rope_parameters; BOS for Llama 3, none for Qwen
     cp = os.path.join(hf_dir, "config.json")
     c = json.load(open(cp))
     c["rope_theta"] = FAMILIES[family]["rope_theta"]
+    if "rope_scaling" in FAMILIES[family]:
+        c["rope_scaling"] = dict(FAMILIES[family]["rope_scaling"])
+        c["original_max_position_embeddings"] = c["rope_scaling"]["original_max_position_embeddings"]
     json.dump(c, open(cp, "w"), indent=2)
     tp = os.path.join(hf_dir, "tokenizer_config.json")
     c = json.load(open(tp))
-    c["add_bos_token"] = False
-    c["chat_template"] = CHAT_TEMPLATE
+    c["add_bos_token"] = bool(t["bos"])
+    c["chat_template"] = t["template"]
     json.dump(c, open(tp, "w"), indent=2)
     return fast
 
 
-def convert(hf_dir, out_path, llama_cpp):
+def convert(hf_dir, out_path, llama_cpp, pre):
     """llama.cpp's convert_hf_to_gguf.py with its own gguf-py. Our cut vocabulary has no hash in the
-    converter's table of known pre-tokenizers; it is told the one the tokenizer uses (`qwen2`). The
+    converter's table of known pre-tokenizers; it is told the one the tokenizer uses (`pre`). The
     converter imports `mistral_common` for Mistral's own tokenizers only: stand-ins are enough here.
     It reads the hyper-parameters through transformers' AutoConfig, whose version 5 moves `rope_theta`
     into `rope_parameters` (which this converter does not know): it is given config.json as written,
@@ -253,7 +343,7 @@ def convert(hf_dir, out_path, llama_cpp):
         f"sys.path.insert(0, {os.path.join(llama_cpp, 'gguf-py')!r})\n"
         f"sys.path.insert(0, {llama_cpp!r})\n"
         "import convert_hf_to_gguf as c\n"
-        "c.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'qwen2'\n"
+        f"c.TextModel.get_vocab_base_pre = lambda self, tokenizer: {pre!r}\n"
         "import json\n"
         "c.ModelBase.load_hparams = staticmethod(\n"
         "    lambda d, is_mistral_format=False: json.load(open(d / 'config.json', encoding='utf-8')))\n"
@@ -290,13 +380,16 @@ def logits_of(model, ids):
         return model(torch.tensor([ids])).logits[0].double().numpy()
 
 
-def sequences(fast):
+def sequences(fast, family):
+    """The chat prompt (the template prints BOS where the family has one) with an answer, and prose and
+    code as the family's tokenizer encodes text (BOS first for Llama 3)."""
     chat = fast.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
-    enc = lambda t: fast.encode(t, add_special_tokens=False)  # noqa: E731
+    enc = lambda t, special: fast.encode(t, add_special_tokens=special)  # noqa: E731
+    bos = TOKENIZERS[family]["bos"] is not None
     return {
-        "chat": enc(chat + ANSWER + "<|im_end|>\n"),
-        "prose": enc(PROSE),
-        "code": enc(CODE),
+        "chat": enc(chat + ANSWER + TOKENIZERS[family]["turn_end"], False),
+        "prose": enc(PROSE, bos),
+        "code": enc(CODE, bos),
     }
 
 
@@ -329,6 +422,23 @@ def references(fam_dir, family, hf_config):
     return summary
 
 
+def rope_scaling_effect(model, seqs):
+    """How far the same weights without the RoPE frequency scaling are from the model (mean KL over the
+    sequences): the references can tell a runtime that ignores the scaling."""
+    import copy
+    plain = copy.deepcopy(model.config)
+    plain.rope_parameters = {"rope_type": "default", "rope_theta": plain.rope_parameters["rope_theta"]}
+    other = type(model)(plain).float().eval()
+    other.load_state_dict(model.state_dict())
+    kl = []
+    for ids in seqs.values():
+        lp = torch.log_softmax(torch.tensor(logits_of(model, ids)), -1)
+        lq = torch.log_softmax(torch.tensor(logits_of(other, ids)), -1)
+        kl.append(float((lp.exp() * (lp - lq)).sum(-1).mean()))
+    print(f"without the RoPE scaling: mean KL {np.mean(kl):.3f} from the model")
+    assert np.mean(kl) > 0.01, kl
+
+
 def build_family(family, args, work):
     from transformers import AutoModelForCausalLM
     fam_dir = os.path.join(args.out, family)
@@ -336,7 +446,7 @@ def build_family(family, args, work):
     sdir, sname = os.path.split(os.path.abspath(args.smollm2))
     src = AutoModelForCausalLM.from_pretrained(sdir, gguf_file=sname, dtype=torch.float32).state_dict()
     toks, merges = smollm2_tokenizer(args.smollm2)
-    tok, kept = build_tokenizer(toks, merges)
+    tok, kept = build_tokenizer(toks, merges, family)
     model = build_model(family, src, kept)
     hf_dir = os.path.join(work, family + "-hf")
     fast = save_checkpoint(model, tok, hf_dir, family)
@@ -344,12 +454,12 @@ def build_family(family, args, work):
     shutil.rmtree(adapter_dir, ignore_errors=True)
     model = make_adapter(model, adapter_dir, family)
     f32 = os.path.join(work, f"{family}-F32.gguf")
-    convert(hf_dir, f32, args.llama_cpp)
+    convert(hf_dir, f32, args.llama_cpp, TOKENIZERS[family]["pre"])
     for ty in TYPES:
         quantize(f32, os.path.join(fam_dir, f"{family}-{ty}.gguf"), ty, args.quantize_python)
     shutil.copy(os.path.join(hf_dir, "config.json"), os.path.join(fam_dir, "config.json"))
     # the HF model and its GGUF (f32) agree: the converter and transformers' loader keep the family
-    seqs = sequences(fast)
+    seqs = sequences(fast, family)
     json.dump(seqs, open(os.path.join(fam_dir, "sequences.json"), "w"))
     from transformers import AutoConfig
     hf_config = AutoConfig.from_pretrained(hf_dir)
@@ -357,7 +467,10 @@ def build_family(family, args, work):
     d = max(float(np.abs(logits_of(model, ids) - logits_of(back, ids)).max()) for ids in seqs.values())
     print(f"{family}: HF checkpoint vs transformers on its f32 GGUF: max |Δlogit| {d:.2e}")
     assert d < 1e-3, d
-    toks_ref = [{"text": t, "ids": fast.encode(t, add_special_tokens=False)} for t in TOKENIZE_TEXTS]
+    if "rope_scaling" in FAMILIES[family]:
+        rope_scaling_effect(model, seqs)
+    texts = TOKENIZE_TEXTS + TOKENIZERS[family]["texts"]
+    toks_ref = [{"text": t, "ids": fast.encode(t, add_special_tokens=False)} for t in texts]
     json.dump(toks_ref, open(os.path.join(fam_dir, "tokenize.json"), "w"), ensure_ascii=False, indent=0)
 
 

@@ -1,7 +1,8 @@
-//! The Qwen families (`qwen2`, `qwen3`) on the small test models of `tests/data/families/<family>/`
-//! (built by `scripts/make_family_models.py`: SmolLM2's real weights cut to two layers and width 256
-//! in each family's layout, plus the family's own tensors; converted by llama.cpp's converter, quantized
-//! by llama.cpp's quantizer; see the PROVENANCE note there).
+//! The model families (`qwen2`, `qwen3`, and Llama 3.x as `llama` with its RoPE frequency scaling and
+//! `llama-bpe` tokenizer) on the small test models of `tests/data/families/<family>/` (built by
+//! `scripts/make_family_models.py`: SmolLM2's real weights cut to two layers and width 256 in each
+//! family's layout, plus the family's own tensors; converted by llama.cpp's converter, quantized by
+//! llama.cpp's quantizer; see the PROVENANCE note there).
 //!
 //! References are Hugging Face's: transformers fp32 on each GGUF (dequantized), without and with the
 //! family's PEFT adapter; the tokenizer's ids from the Hugging Face `tokenizers` package.
@@ -16,11 +17,19 @@ use edge_run::{Model, SessionConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const FAMILIES: [&str; 2] = ["qwen2", "qwen3"];
+const FAMILIES: [&str; 3] = ["qwen2", "qwen3", "llama3"];
 const TYPES: [&str; 3] = ["Q8_0", "Q4_0", "Q4_K_M"];
 
 fn data(family: &str, name: &str) -> PathBuf {
     root().join("tests/data/families").join(family).join(name)
+}
+
+/// The GGUF architecture of a family (Llama 3.x is llama's).
+fn arch_of(family: &str) -> &str {
+    match family {
+        "llama3" => "llama",
+        f => f,
+    }
 }
 
 fn model_path(family: &str, ty: &str) -> PathBuf {
@@ -133,15 +142,100 @@ fn hyperparameters_and_family_tensors() {
     assert!(l.attn_k_norm.is_some() && l.attn_q_bias.is_none());
 }
 
-/// The `qwen2` pre-tokenizer: ids equal to the Hugging Face tokenizer's on texts with digits,
-/// contractions in both cases, whitespace runs, CR/LF, unicode and special tokens; the ChatML template
-/// from the file renders through the Jinja engine to the reference chat sequence's prompt.
+/// What a family's tokenizer and chat template look like: BOS text (if it adds one), the end-of-turn
+/// token and its id, how the rendered prompt starts.
+struct Chat {
+    bos: Option<&'static str>,
+    eot: (&'static str, u32),
+    starts: &'static str,
+}
+
+fn chat_of(family: &str) -> Chat {
+    match family {
+        "llama3" => Chat {
+            bos: Some("<|begin_of_text|>"),
+            eot: ("<|eot_id|>", 4095),
+            starts: "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user",
+        },
+        _ => Chat {
+            bos: None,
+            eot: ("<|im_end|>", 2),
+            starts: "<|im_start|>system\nYou are a helpful assistant.",
+        },
+    }
+}
+
+/// Llama 3.2's RoPE frequency scaling as the test model's `rope_scaling` states it (factor 32, low and
+/// high frequency factors 1 and 4, original context 32): the divisor of pair i's frequency
+/// θᵢ = base^(−2i/d), from its wavelength λ = 2π/θᵢ.
+fn llama3_divisor(i: usize) -> f64 {
+    let (base, d, factor, low, high, ctx) = (5e5f64, 64.0, 32.0, 1.0, 4.0, 32.0);
+    let wavelength = 2.0 * std::f64::consts::PI * base.powf(2.0 * i as f64 / d);
+    if wavelength < ctx / high {
+        1.0
+    } else if wavelength > ctx / low {
+        factor
+    } else {
+        let smooth = (ctx / wavelength - low) / (high - low);
+        1.0 / ((1.0 - smooth) / factor + smooth)
+    }
+}
+
+/// Llama 3.x is `llama` with per-frequency RoPE divisors (`rope_freqs.weight`, which llama.cpp's
+/// converter computes from the checkpoint's `rope_scaling`), a tied head, base 5e5 and BOS. The
+/// divisors are Llama 3's formula; the same file without them misses the Hugging Face reference
+/// (whose RoPE applies the scaling) by more than the bar, so the logits test sees the scaling.
+#[test]
+fn llama3_rope_frequency_scaling() {
+    let path = model_path("llama3", "Q8_0");
+    let m = Arc::new(Model::open(&path).unwrap());
+    let hp = &m.hp;
+    assert_eq!(m.arch, "llama");
+    assert_eq!(
+        (hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim, hp.rope_dim),
+        (256, 4, 2, 64, 64)
+    );
+    assert_eq!(hp.rope_freq_base, 5e5);
+    assert!(m.tied_output && m.tokenizer.add_bos());
+    let bytes = std::fs::read(&path).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let t = g.tensor("rope_freqs.weight").expect("rope_freqs.weight");
+    let divisors: Vec<f32> = g
+        .tensor_data(t)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(divisors.len(), 32);
+    for (i, &d) in divisors.iter().enumerate() {
+        let want = llama3_divisor(i);
+        assert!(
+            (f64::from(d) - want).abs() <= 1e-5 * want,
+            "divisor {i}: {d} vs {want}"
+        );
+    }
+    assert!(divisors[0] == 1.0 && divisors[31] == 32.0 && divisors[2] > 1.0 && divisors[2] < 32.0);
+
+    let dir = TempDir::new("families", "no-rope-freqs");
+    let plain = dir.join("plain.gguf");
+    rewrite(&path, &plain, |_, v| Some(v), |t| t != "rope_freqs.weight");
+    let pm = Arc::new(Model::open(&plain).unwrap());
+    assert!(pm.rope_freqs.is_none());
+    let off = metrics("llama3", "hf-Q8_0-base.npz", &runs(&pm, "llama3", &[]));
+    assert!(off.kl_mean > 5e-3, "without the scaling: {off:?}");
+}
+
+/// The `qwen2` and `llama-bpe` pre-tokenizers: ids equal to the Hugging Face tokenizer's on texts with
+/// digits (Llama 3 keeps runs of up to three together, and takes a whole-word token even where its
+/// merges would not reach it), contractions in both cases, whitespace runs, CR/LF, unicode and special
+/// tokens; the chat template from the file (ChatML, Llama 3's header format) renders through the Jinja
+/// engine to the reference chat sequence's prompt.
 #[test]
 fn tokenizer_and_chat_template_match_hugging_face() {
     for family in FAMILIES {
         let model = Model::open(model_path(family, "Q4_0")).unwrap();
         let tok = &model.tokenizer;
-        assert!(!tok.add_bos(), "{family}: Qwen adds no BOS");
+        let chat = chat_of(family);
+        assert_eq!(tok.add_bos(), chat.bos.is_some(), "{family}: BOS");
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(data(family, "tokenize.json")).unwrap())
                 .unwrap();
@@ -156,31 +250,37 @@ fn tokenizer_and_chat_template_match_hugging_face() {
             assert_eq!(tok.decode(&got), text, "{family}: round trip");
         }
         assert!(failures.is_empty(), "{family}:\n{}", failures.join("\n"));
-        assert!(tok.is_eog(2), "{family}: <|im_end|> ends generation");
+        assert!(
+            tok.is_eog(chat.eot.1),
+            "{family}: {} ends generation",
+            chat.eot.0
+        );
 
         let tpl = model.chat_template.as_deref().expect("chat template");
         let prompt = apply_chat_template(
             tpl,
             &[ChatMessage::new("user", "What is the capital of France?")],
             true,
-            "",
-            "<|im_end|>",
+            chat.bos.unwrap_or(""),
+            chat.eot.0,
         )
         .unwrap();
         let ids = tok.encode(&prompt, true);
-        let (_, chat) = sequences_in(&data(family, "sequences.json"))
+        let (_, want) = sequences_in(&data(family, "sequences.json"))
             .into_iter()
             .find(|(n, _)| n == "chat")
             .unwrap();
-        assert_eq!(ids[..], chat[..ids.len()], "{family}: prompt {prompt:?}");
-        assert!(prompt.starts_with("<|im_start|>system\nYou are a helpful assistant."));
+        assert_eq!(ids[..], want[..ids.len()], "{family}: prompt {prompt:?}");
+        assert!(prompt.starts_with(chat.starts), "{family}: {prompt:?}");
     }
 }
 
-/// The CLI generates from each family, with and without the adapter, and the adapter changes the
-/// greedy continuation.
+/// The CLI generates from each family's chat template, with and without the adapter; its `logits`
+/// command gives the Hugging Face logits of the chat sequence, base and with `--adapter` (so the
+/// adapter reaches the CLI's sessions).
 #[test]
-fn cli_generates_with_and_without_adapter() {
+fn cli_generates_and_evaluates_with_and_without_adapter() {
+    let dir = TempDir::new("families", "cli");
     for family in FAMILIES {
         let m = model_path(family, "Q4_K_M");
         let a = data(family, "adapter-peft");
@@ -202,10 +302,28 @@ fn cli_generates_with_and_without_adapter() {
         let lora = edge_run(&with);
         assert_eq!(lora.status.code(), Some(0), "{family}: {lora:?}");
         assert!(!base.stdout.is_empty() && !lora.stdout.is_empty());
-        assert_ne!(
-            base.stdout, lora.stdout,
-            "{family}: the adapter changes nothing"
-        );
+
+        let (_, chat) = sequences_in(&data(family, "sequences.json"))
+            .into_iter()
+            .find(|(n, _)| n == "chat")
+            .unwrap();
+        let tokens: Vec<String> = chat.iter().map(u32::to_string).collect();
+        let tokens = tokens.join(",");
+        for (npz, adapter) in [("base", None), ("adapter", Some(&a))] {
+            let out = dir.join(format!("{family}-{npz}.npy"));
+            let mut args = vec!["logits", "-m", path_arg(&m), "--tokens", &tokens];
+            args.extend(["-o", path_arg(&out)]);
+            if let Some(a) = adapter {
+                args.extend(["--adapter", path_arg(a)]);
+            }
+            let o = edge_run(&args);
+            assert_eq!(o.status.code(), Some(0), "{family}: {o:?}");
+            let got = common::npy_f32(&std::fs::read(&out).unwrap());
+            let rows: Vec<Vec<f32>> = (0..chat.len()).map(|i| got.row(i).to_vec()).collect();
+            let z = read_npz(&data(family, &format!("hf-Q4_K_M-{npz}.npz")));
+            let m = compare(&reference(&z, "chat"), &rows);
+            assert_bar(&format!("{family} CLI logits, {npz}"), &m);
+        }
     }
 }
 
@@ -230,6 +348,46 @@ fn rewrite(
             .unwrap();
     }
     w.write_file(dst).unwrap();
+}
+
+/// A copy of `src` whose tensor `name` holds `values` (f32) instead.
+fn with_f32_tensor(src: &Path, dst: &Path, name: &str, values: &[f32]) {
+    let bytes = std::fs::read(src).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let mut w = GgufWriter::new();
+    for e in g.metadata() {
+        w.add(e.key, MetaValue::from_value(&e.value)).unwrap();
+    }
+    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    for t in g.tensors() {
+        let d = if t.name == name {
+            &data[..]
+        } else {
+            g.tensor_data(t)
+        };
+        w.add_tensor(t.name, t.shape(), t.ty, d).unwrap();
+    }
+    w.write_file(dst).unwrap();
+}
+
+/// RoPE frequency divisors that are zero, negative or not finite are refused naming the tensor and
+/// the entry (exit status 1), never run with infinite or reversed frequencies.
+#[test]
+fn bad_rope_divisors_are_refused() {
+    let dir = TempDir::new("families", "bad-rope-freqs");
+    for (i, bad) in [0.0f32, -1.0, f32::NAN, f32::INFINITY]
+        .into_iter()
+        .enumerate()
+    {
+        let mut v: Vec<f32> = (0..32).map(|i| llama3_divisor(i) as f32).collect();
+        v[7] = bad;
+        let out = dir.join(format!("bad-{i}.gguf"));
+        with_f32_tensor(&model_path("llama3", "Q4_0"), &out, "rope_freqs.weight", &v);
+        let err = Model::open(&out).unwrap_err().to_string();
+        assert!(err.contains("rope_freqs.weight[7]"), "{bad}: {err}");
+        let o = edge_run(&["-m", path_arg(&out), "-p", "Hi", "-n", "1"]);
+        refused(&o, 1, "rope_freqs.weight[7]");
+    }
 }
 
 /// Files of these families with a required key missing or of the wrong type, or a family tensor
@@ -338,7 +496,8 @@ fn adapter_convert_merge_and_diagnose() {
         ]);
         assert_eq!(o.status.code(), Some(0), "{family}: {o:?}");
         let mm = Arc::new(Model::open(&merged).unwrap());
-        assert_eq!(mm.arch, family);
+        assert_eq!(mm.arch, arch_of(family));
+        assert_eq!(mm.rope_freqs.is_some(), family == "llama3");
         assert!(mm.layers[0].attn_q_bias.is_some() == (family == "qwen2"));
         let got = metrics(family, "hf-Q8_0-adapter.npz", &runs(&mm, family, &[]));
         assert_bar(&format!("{family} merged (f32)"), &got);
