@@ -1,7 +1,7 @@
 //! The LLaMA forward pass (`llama`, `mistral`): RMSNorm, RoPE on adjacent pairs (GGUF stores Q/K
 //! permuted for it), grouped-query attention, SwiGLU feed-forward, pre-norm residual blocks. Llama 3.x's
 //! RoPE frequency scaling comes as per-frequency divisors (`rope_freqs.weight`), folded into the RoPE
-//! table's frequencies once per session (`ops::State`).
+//! table's frequencies once per session (`rope::Rope`).
 use super::block;
 use super::ops::{self, add, State};
 use super::Env;
@@ -28,7 +28,7 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
 
         // --- feed-forward: x += Wdown·(silu(Wgate·xb) ⊙ Wup·xb) ---
         block::ffn_input(env, st, layer, b);
-        (env.k.swiglu)(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
+        (env.k.swiglu)(&mut st.hb[..b * ff], &st.work.up()[..b * ff]);
         block::ffn_output(env, st, layer, b);
         add(&mut st.x[..b * e], &st.proj[..b * e]);
 

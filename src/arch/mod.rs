@@ -20,6 +20,7 @@ pub mod llama;
 pub(crate) mod ops;
 pub mod qwen2;
 pub mod qwen3;
+pub(crate) mod rope;
 pub(crate) mod shift;
 
 use crate::adapter::{Applied, ControlVector};

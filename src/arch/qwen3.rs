@@ -26,8 +26,9 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
         // --- attention: x += Wo·attention(RoPE(norm(Wq·xb)), RoPE(norm(Wk·xb)), Wv·xb) ---
         block::norm_qkv(env, st, layer, b);
         // QK-norm: every head of q and k RMS-normed                          [B, n_head | n_head_kv, hd]
-        rmsnorm_rows_inplace(&mut st.q[..b * qd], norm(&layer.attn_q_norm), hp.rms_eps);
-        rmsnorm_rows_inplace(&mut st.kk[..b * kvd], norm(&layer.attn_k_norm), hp.rms_eps);
+        let (q, k, _) = st.work.qkv();
+        rmsnorm_rows_inplace(&mut q[..b * qd], norm(&layer.attn_q_norm), hp.rms_eps);
+        rmsnorm_rows_inplace(&mut k[..b * kvd], norm(&layer.attn_k_norm), hp.rms_eps);
         let (table, rotate) = super::qk_rope(hp, l);
         block::rope_qk(env, st, table, b, rotate);
         block::attend(env, st, l, pos0, b, 0);
@@ -36,7 +37,7 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
 
         // --- feed-forward: x += Wdown·(silu(Wgate·xb) ⊙ Wup·xb) ---
         block::ffn_input(env, st, layer, b);
-        (env.k.swiglu)(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
+        (env.k.swiglu)(&mut st.hb[..b * ff], &st.work.up()[..b * ff]);
         block::ffn_output(env, st, layer, b);
         add(&mut st.x[..b * e], &st.proj[..b * e]);
 
