@@ -207,15 +207,20 @@ impl Keys<'_, '_> {
             .opt("context_length")?
             .map_or(2048, |v| usize::try_from(v).unwrap_or(usize::MAX));
         let rms_eps = match kind {
-            // llama.cpp requires the key for gemma3 (there is no common default).
-            Arch::Gemma3 => self
+            // llama.cpp requires the key for these families (there is no common default).
+            Arch::Gemma3 | Arch::Qwen2 | Arch::Qwen3 => self
                 .g
                 .get_f32(&self.key("attention.layer_norm_rms_epsilon"))?,
             Arch::Llama => self
                 .opt_f32("attention.layer_norm_rms_epsilon")?
                 .unwrap_or(1e-5),
         };
-        let rope_freq_base = self.opt_f32("rope.freq_base")?.unwrap_or(10000.0);
+        let rope_freq_base = match kind {
+            // Qwen models use bases (1e6) far from the common default: a file without one is refused
+            // rather than run with the wrong frequencies.
+            Arch::Qwen2 | Arch::Qwen3 => self.g.get_f32(&self.key("rope.freq_base"))?,
+            Arch::Llama | Arch::Gemma3 => self.opt_f32("rope.freq_base")?.unwrap_or(10000.0),
+        };
         let rope_freq_scale = self.rope_scale()?;
         Ok(HParams {
             arch: kind,
@@ -270,9 +275,9 @@ impl Keys<'_, '_> {
             format!("must be in 1..=1024, got {n_layer}")
         })?;
         self.check(
-            n_head != 0 && n_embd % n_head == 0,
+            n_head != 0 && n_head <= n_embd,
             "attention.head_count",
-            || format!("must be > 0 and divide embedding_length {n_embd}, got {n_head}"),
+            || format!("must be in 1..=embedding_length {n_embd}, got {n_head}"),
         )?;
         self.check(
             n_head_kv != 0 && n_head % n_head_kv == 0,
@@ -281,11 +286,22 @@ impl Keys<'_, '_> {
         )
     }
 
-    /// Head size (`attention.key_length`, default width / heads) and rotated dimensions.
+    /// Head size (`attention.key_length`, default width / heads; required for Qwen3, whose head size
+    /// is its own) and rotated dimensions.
     fn read_head_dims(&self, hp: &mut HParams) -> Result<()> {
-        let head_dim = match self.opt("attention.key_length")? {
-            Some(v) => v as usize,
-            None => hp.n_embd / hp.n_head,
+        let key_length = match hp.arch {
+            Arch::Qwen3 => Some(self.req("attention.key_length")? as u64),
+            _ => self.opt("attention.key_length")?,
+        };
+        let head_dim = match key_length {
+            Some(v) => usize::try_from(v).unwrap_or(usize::MAX),
+            None => {
+                let (n_embd, n_head) = (hp.n_embd, hp.n_head);
+                self.check(n_embd % n_head == 0, "attention.head_count", || {
+                    format!("must divide embedding_length {n_embd} (no attention.key_length), got {n_head}")
+                })?;
+                n_embd / n_head
+            }
         };
         self.check(
             head_dim != 0 && head_dim % 2 == 0 && head_dim <= 1024,
@@ -427,10 +443,7 @@ impl Tensors<'_, '_> {
             Some(_) => (self.weight("output.weight", n_embd, n_vocab, true)?, false),
             None => (token_embd.clone(), true),
         };
-        let rope_freqs = match self.g.tensor("rope_freqs.weight") {
-            Some(_) => Some(self.weight("rope_freqs.weight", hp.rope_dim / 2, 1, false)?),
-            None => None,
-        };
+        let rope_freqs = self.rope_divisors(hp)?;
         Ok(Ends {
             token_embd,
             output_norm,
@@ -440,26 +453,55 @@ impl Tensors<'_, '_> {
         })
     }
 
-    /// Every layer's weights (`blk.{i}.*`); Gemma 3's extra norms when the family has them.
+    /// Llama 3.x's RoPE frequency divisors (`rope_freqs.weight`, one per rotated pair), if present:
+    /// each finite and > 0 (a zero would make its frequency infinite).
+    fn rope_divisors(&self, hp: &HParams) -> Result<Option<WeightRef>> {
+        let name = "rope_freqs.weight";
+        let Some(t) = self.g.tensor(name) else {
+            return Ok(None);
+        };
+        let w = self.weight(name, hp.rope_dim / 2, 1, false)?;
+        let data = self.g.tensor_data(t);
+        for (i, v) in data.chunks_exact(4).enumerate() {
+            let d = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+            if !(d.is_finite() && d > 0.0) {
+                return Err(Error::format(
+                    self.fname,
+                    format!("{name}[{i}]"),
+                    Some(t.offset + 4 * i as u64),
+                    format!("a RoPE frequency divisor must be finite and > 0, got {d}"),
+                ));
+            }
+        }
+        Ok(Some(w))
+    }
+
+    /// Every layer's weights (`blk.{i}.*`); the family's extra norms and biases when it has them.
     fn layers(&self, hp: &HParams) -> Result<Vec<Layer>> {
         let (n_embd, n_ff, head_dim) = (hp.n_embd, hp.n_ff, hp.head_dim);
         let (q_dim, kv_dim) = (hp.q_dim(), hp.kv_dim());
         let gemma = hp.arch == Arch::Gemma3;
+        let qk_norm = matches!(hp.arch, Arch::Gemma3 | Arch::Qwen3);
+        let qkv_bias = hp.arch == Arch::Qwen2;
         let mut layers = Vec::with_capacity(hp.n_layer);
         for i in 0..hp.n_layer {
             let w = |n: &str, a, b, lin| self.weight(&format!("blk.{i}.{n}.weight"), a, b, lin);
-            let norm = |n: &str, a| -> Result<Option<WeightRef>> {
-                if gemma {
-                    w(n, a, 1, false).map(Some)
+            // an F32 vector the family has (`name.weight` or `name.bias`), else none
+            let extra = |has: bool, n: &str, a| -> Result<Option<WeightRef>> {
+                if has {
+                    self.weight(&format!("blk.{i}.{n}"), a, 1, false).map(Some)
                 } else {
                     Ok(None)
                 }
             };
             layers.push(Layer {
-                attn_q_norm: norm("attn_q_norm", head_dim)?,
-                attn_k_norm: norm("attn_k_norm", head_dim)?,
-                attn_post_norm: norm("post_attention_norm", n_embd)?,
-                ffn_post_norm: norm("post_ffw_norm", n_embd)?,
+                attn_q_bias: extra(qkv_bias, "attn_q.bias", q_dim)?,
+                attn_k_bias: extra(qkv_bias, "attn_k.bias", kv_dim)?,
+                attn_v_bias: extra(qkv_bias, "attn_v.bias", kv_dim)?,
+                attn_q_norm: extra(qk_norm, "attn_q_norm.weight", head_dim)?,
+                attn_k_norm: extra(qk_norm, "attn_k_norm.weight", head_dim)?,
+                attn_post_norm: extra(gemma, "post_attention_norm.weight", n_embd)?,
+                ffn_post_norm: extra(gemma, "post_ffw_norm.weight", n_embd)?,
                 attn_norm: w("attn_norm", n_embd, 1, false)?,
                 attn_q: w("attn_q", n_embd, q_dim, true)?,
                 attn_k: w("attn_k", n_embd, kv_dim, true)?,

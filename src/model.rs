@@ -20,24 +20,31 @@ pub enum Arch {
     /// `gemma3`: scaled embeddings, QK-norm, sandwich norms, GELU-gated FFN, NeoX RoPE, local
     /// (sliding-window) and global layers with their own RoPE bases.
     Gemma3,
+    /// `qwen2` (Qwen2, Qwen2.5): llama's block with biases on q, k and v and NeoX RoPE.
+    Qwen2,
+    /// `qwen3`: per-head RMSNorm of q and k before NeoX RoPE, no biases, a head size of its own.
+    Qwen3,
 }
 
 impl Arch {
     /// `general.architecture` values edge-run accepts.
-    pub const SUPPORTED: &'static [&'static str] = &["llama", "mistral", "gemma3"];
+    pub const SUPPORTED: &'static [&'static str] =
+        &["llama", "mistral", "gemma3", "qwen2", "qwen3"];
 
     /// The architecture for a `general.architecture` value.
     pub fn from_name(name: &str) -> Option<Arch> {
         match name {
             "llama" | "mistral" => Some(Arch::Llama),
             "gemma3" => Some(Arch::Gemma3),
+            "qwen2" => Some(Arch::Qwen2),
+            "qwen3" => Some(Arch::Qwen3),
             _ => None,
         }
     }
 
     /// Whether llama.cpp's converter stores this architecture's `attn_q` / `attn_k` rows permuted so
-    /// that RoPE rotates adjacent pairs (it does for llama; Gemma 3 keeps the Hugging Face order and
-    /// uses NeoX-style RoPE). PEFT adapters' q/k `lora_B` rows must then be permuted the same way.
+    /// that RoPE rotates adjacent pairs (it does for llama; Gemma 3 and Qwen keep the Hugging Face
+    /// order and use NeoX-style RoPE). PEFT adapters' q/k `lora_B` rows must then be permuted the same way.
     pub fn permuted_qk(self) -> bool {
         matches!(self, Arch::Llama)
     }
@@ -79,7 +86,11 @@ pub struct Layer {
     pub ffn_gate: WeightRef,
     pub ffn_up: WeightRef,
     pub ffn_down: WeightRef,
-    /// Gemma 3: per-head RMSNorm weights of q and k [head_dim].
+    /// Qwen2: biases of the q, k and v projections [q_dim], [kv_dim], [kv_dim].
+    pub attn_q_bias: Option<WeightRef>,
+    pub attn_k_bias: Option<WeightRef>,
+    pub attn_v_bias: Option<WeightRef>,
+    /// Gemma 3, Qwen3: per-head RMSNorm weights of q and k [head_dim].
     pub attn_q_norm: Option<WeightRef>,
     pub attn_k_norm: Option<WeightRef>,
     /// Gemma 3: RMSNorm of the attention output (`post_attention_norm`) and of the FFN output

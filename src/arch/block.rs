@@ -40,6 +40,26 @@ pub(crate) fn norm_qkv(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
     );
 }
 
+/// q, k, v += their biases (each row of the batch), for the families that have them.
+pub(crate) fn qkv_bias(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
+    let hp = &env.m.hp;
+    let (qd, kvd) = (hp.q_dim(), hp.kv_dim());
+    let (q, k, v) = st.work.qkv();
+    let outs: [(&Option<WeightRef>, &mut [f32], usize); 3] = [
+        (&layer.attn_q_bias, &mut q[..b * qd], qd),
+        (&layer.attn_k_bias, &mut k[..b * kvd], kvd),
+        (&layer.attn_v_bias, &mut v[..b * kvd], kvd),
+    ];
+    for (bias, out, width) in outs {
+        if let Some(bias) = bias {
+            let bias = env.m.f32s(bias);
+            for row in out.chunks_exact_mut(width) {
+                ops::add(row, bias);
+            }
+        }
+    }
+}
+
 /// A RoPE rotation of one row of heads (`ops::rope_pairs`, `ops::rope_neox`): row, head dim, angles.
 pub(crate) type Rotate = fn(&mut [f32], usize, &[(f32, f32)]);
 

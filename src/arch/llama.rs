@@ -1,5 +1,7 @@
 //! The LLaMA forward pass (`llama`, `mistral`): RMSNorm, RoPE on adjacent pairs (GGUF stores Q/K
-//! permuted for it), grouped-query attention, SwiGLU feed-forward, pre-norm residual blocks.
+//! permuted for it), grouped-query attention, SwiGLU feed-forward, pre-norm residual blocks. Llama 3.x's
+//! RoPE frequency scaling comes as per-frequency divisors (`rope_freqs.weight`), folded into the RoPE
+//! table's frequencies once per session (`rope::Rope`).
 use super::block;
 use super::ops::{self, add, State};
 use super::Env;

@@ -1,12 +1,12 @@
 //! Model architectures. Each family is one short forward function over the session's buffers
-//! ([`llama`], [`gemma3`]); the pieces they share — embedding lookup (with embedding LoRA), RMSNorm,
+//! ([`llama`], [`gemma3`], [`qwen2`], [`qwen3`]); the pieces they share — embedding lookup (with embedding LoRA), RMSNorm,
 //! RoPE (adjacent pairs or NeoX halves), causal attention over the KV cache (optionally a sliding
 //! window kept in a ring buffer), `linear` with fused LoRA, activations and the output head — live in
 //! [`ops`].
 //!
 //! What an architecture provides:
 //! - its hyper-parameter rules at load ([`read_hparams`], which the loader calls after the common
-//!   ones; llama has none of its own), and the extra per-layer tensors it needs
+//!   ones; llama and the Qwen families have none of their own), and the extra per-layer tensors it needs
 //!   ([`crate::model::Layer`]'s optional fields);
 //! - a `forward(env, st, tokens, pos0) -> rows` that evaluates one batch and leaves the logits of the
 //!   last `rows` positions in `st.logits`, allocating nothing;
@@ -18,6 +18,8 @@ pub mod gemma3;
 pub mod kv;
 pub mod llama;
 pub(crate) mod ops;
+pub mod qwen2;
+pub mod qwen3;
 pub(crate) mod rope;
 pub(crate) mod shift;
 
@@ -72,7 +74,7 @@ pub(crate) struct Env<'a> {
 /// Read the family's own hyper-parameters into `hp` (the loader read the common ones).
 pub(crate) fn read_hparams(g: &Gguf<'_>, fname: &str, hp: &mut HParams) -> Result<()> {
     match hp.arch {
-        Arch::Llama => Ok(()),
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => Ok(()),
         Arch::Gemma3 => gemma3::hparams(g, fname, hp),
     }
 }
@@ -85,6 +87,8 @@ pub(crate) fn qk_rope(hp: &HParams, l: usize) -> (usize, block::Rotate) {
         Arch::Llama => (0, ops::rope_pairs),
         // NeoX halves, with the local layers' own frequencies
         Arch::Gemma3 => (usize::from(hp.swa[l]), ops::rope_neox),
+        // NeoX halves (Hugging Face Q/K order)
+        Arch::Qwen2 | Arch::Qwen3 => (0, ops::rope_neox),
     }
 }
 
@@ -95,5 +99,7 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut ops::State, tokens: &[u32], pos0: 
     match env.m.hp.arch {
         Arch::Llama => llama::forward(env, st, tokens, pos0),
         Arch::Gemma3 => gemma3::forward(env, st, tokens, pos0),
+        Arch::Qwen2 => qwen2::forward(env, st, tokens, pos0),
+        Arch::Qwen3 => qwen3::forward(env, st, tokens, pos0),
     }
 }

@@ -155,13 +155,22 @@ pub(crate) fn prompt_keep(
 }
 
 /// The tokens of the chat's system part (the system message, or what the template puts first without
-/// one): where a rendered conversation starts to differ from the rendered system message alone.
+/// one): where a rendered conversation starts to differ from the rendered system message alone. A
+/// template that reads the first message (as Llama 3's does) cannot render an empty conversation:
+/// then the part two conversations of one different user message share (up to that message).
 pub(crate) fn chat_keep(model: &Model, system: Option<&str>) -> Result<usize, Failure> {
     let mut msgs: Vec<ChatMessage> = system
         .map(|s| ChatMessage::new("system", s.to_string()))
         .into_iter()
         .collect();
-    let alone = model.tokenizer.encode(&render_chat(model, &msgs)?, true);
+    let alone = match render_chat(model, &msgs) {
+        Ok(text) => model.tokenizer.encode(&text, true),
+        Err(_) if msgs.is_empty() => {
+            let other = [ChatMessage::new("user", ",")];
+            model.tokenizer.encode(&render_chat(model, &other)?, true)
+        }
+        Err(e) => return Err(e),
+    };
     msgs.push(ChatMessage::new("user", "."));
     let with_user = model.tokenizer.encode(&render_chat(model, &msgs)?, true);
     Ok(alone
