@@ -65,8 +65,8 @@ impl Response {
             503 => "server_busy",
             _ => "server_error",
         };
-        let code = match status {
-            404 => Value::from("model_not_found"),
+        let code = match (status, param) {
+            (404, Some("model")) => Value::from("model_not_found"),
             _ => Value::Null,
         };
         Response::json(

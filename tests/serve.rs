@@ -1,0 +1,576 @@
+//! `edge-run serve` driven over loopback by `curl` and raw sockets: the greedy answers of concurrent
+//! clients over different adapter sets equal the CLI's for the same prompt and adapters; adapters load
+//! and unload at run time; hostile requests get their status and the other clients still finish.
+#![cfg(feature = "serve")]
+mod common;
+
+use common::{path_arg, root, smollm2_path};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CTX: &str = "512";
+const THREADS: &str = "1";
+
+/// A running server, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn adapter(name: &str) -> PathBuf {
+    root().join("tests/data/adapters").join(name)
+}
+
+/// Starts `edge-run serve` on a free loopback port with pirate and shout loaded.
+fn start(extra: &[&str]) -> Server {
+    let model = smollm2_path();
+    let pirate = format!("pirate={}", path_arg(&adapter("pirate.gguf")));
+    let shout = format!("shout={}", path_arg(&adapter("shout.gguf")));
+    let mut args = vec![
+        "serve",
+        "-m",
+        path_arg(&model),
+        "--port",
+        "0",
+        "-c",
+        CTX,
+        "-t",
+        THREADS,
+        "--adapter",
+        &pirate,
+        "--adapter",
+        &shout,
+    ];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-run"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start edge-run serve");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("on http://").nth(1) {
+            break rest.split(' ').next().unwrap().to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    let base = model.file_stem().unwrap().to_string_lossy().into_owned();
+    Server { child, addr, base }
+}
+
+/// `curl` with these arguments against `path`: (status, body).
+fn curl(s: &Server, path: &str, args: &[&str]) -> (u16, String) {
+    let url = format!("http://{}{path}", s.addr);
+    let out = Command::new("curl")
+        .args(["-sS", "-m", "120", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(&url)
+        .output()
+        .expect("run curl (is it installed?)");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let (st, b) = curl(
+        s,
+        path,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body.to_string(),
+        ],
+    );
+    (
+        st,
+        serde_json::from_str(&b).unwrap_or_else(|e| panic!("{e}: {b}")),
+    )
+}
+
+/// The CLI's greedy answer: `edge-run -m M [--chat] -p P -n N --temp 0 [--adapter A[:S]]…`.
+fn cli(prompt: &str, chat: bool, n: usize, adapters: &[(&str, f32)]) -> String {
+    let model = smollm2_path();
+    let n = n.to_string();
+    let mut args = vec![
+        "-m",
+        path_arg(&model),
+        "-p",
+        prompt,
+        "-n",
+        &n,
+        "--temp",
+        "0",
+        "-c",
+        CTX,
+        "-t",
+        THREADS,
+        "--quiet",
+    ];
+    if chat {
+        args.push("--chat");
+    }
+    let specs: Vec<String> = adapters
+        .iter()
+        .map(|(a, s)| format!("{}:{s}", path_arg(&adapter(&format!("{a}.gguf")))))
+        .collect();
+    for s in &specs {
+        args.extend(["--adapter", s.as_str()]);
+    }
+    let o = common::edge_run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    out.strip_suffix('\n').unwrap_or(&out).to_string()
+}
+
+/// The text of an SSE stream: concatenated deltas; checks the `[DONE]` end and the usage.
+fn sse_text(body: &str, chat: bool) -> (String, Value) {
+    let events: Vec<&str> = body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(
+        events.last(),
+        Some(&"[DONE]"),
+        "stream must end with [DONE]: {body}"
+    );
+    let mut text = String::new();
+    let mut usage = Value::Null;
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        let c = &v["choices"][0];
+        let piece = if chat {
+            &c["delta"]["content"]
+        } else {
+            &c["text"]
+        };
+        text.push_str(piece.as_str().unwrap_or(""));
+        if !c["finish_reason"].is_null() {
+            usage = v["usage"].clone();
+        }
+    }
+    (text, usage)
+}
+
+struct Case {
+    prompt: &'static str,
+    adapters: Vec<(&'static str, f32)>,
+    stream: bool,
+}
+
+/// The request for `c` (model "BASE:NAME" for one adapter at its scale, `adapters` for stacks).
+fn request(s: &Server, c: &Case, n: usize) -> Value {
+    let mut r = json!({"messages": [{"role": "user", "content": c.prompt}], "temperature": 0,
+                       "max_tokens": n, "stream": c.stream});
+    match c.adapters.as_slice() {
+        [] => {}
+        [(a, s1)] if *s1 == 1.0 => r["model"] = format!("{}:{a}", s.base).into(),
+        list => {
+            r["adapters"] = list
+                .iter()
+                .map(|(a, sc)| json!({"name": a, "scale": sc}))
+                .collect()
+        }
+    }
+    r
+}
+
+#[test]
+fn concurrent_clients_over_adapter_sets_match_the_cli() {
+    let s = start(&["--parallel", "4"]);
+    let n = 24;
+    let sets: Vec<Vec<(&str, f32)>> = vec![
+        vec![],
+        vec![("pirate", 1.0)],
+        vec![("shout", 1.0)],
+        vec![("pirate", 1.0), ("shout", 0.5)],
+    ];
+    let prompts = ["What is the capital of France?", "Name three colors."];
+    let mut cases = Vec::new();
+    for (i, set) in sets.iter().enumerate() {
+        for (j, p) in prompts.iter().enumerate() {
+            cases.push(Case {
+                prompt: p,
+                adapters: set.clone(),
+                stream: (i + j) % 2 == 0,
+            });
+        }
+    }
+    assert_eq!(cases.len(), 8);
+    let t0 = Instant::now();
+    let answers: Vec<(String, Value)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = cases
+            .iter()
+            .map(|c| {
+                let s = &s;
+                sc.spawn(move || {
+                    let body = request(s, c, n).to_string();
+                    let (st, b) = curl(s, "/v1/chat/completions", &["-N", "-d", &body]);
+                    assert_eq!(st, 200, "{b}");
+                    if c.stream {
+                        sse_text(&b, true)
+                    } else {
+                        let v: Value = serde_json::from_str(&b).unwrap();
+                        let t = v["choices"][0]["message"]["content"]
+                            .as_str()
+                            .unwrap()
+                            .to_string();
+                        (t, v["usage"].clone())
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!(
+        "8 concurrent requests in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    for (c, (text, usage)) in cases.iter().zip(&answers) {
+        let want = cli(c.prompt, true, n, &c.adapters);
+        assert_eq!(
+            text, &want,
+            "{:?} {:?} stream={}",
+            c.prompt, c.adapters, c.stream
+        );
+        let done = usage["completion_tokens"].as_u64().unwrap();
+        assert!(done >= 1 && done <= n as u64, "{usage}");
+        assert_eq!(
+            usage["total_tokens"].as_u64(),
+            Some(done + usage["prompt_tokens"].as_u64().unwrap())
+        );
+    }
+    // Stacked adapters change the answer (the comparison above is not of identical texts).
+    assert_ne!(answers[0].0, answers[2].0);
+    // A text completion, streamed and not, equals the CLI's plain-prompt generation.
+    let want = cli("Once upon a time", false, 16, &[("pirate", 1.0)]);
+    for stream in [false, true] {
+        let body = json!({"model": format!("{}:pirate", s.base), "prompt": "Once upon a time",
+                          "max_tokens": 16, "temperature": 0, "stream": stream});
+        let (st, b) = curl(&s, "/v1/completions", &["-N", "-d", &body.to_string()]);
+        assert_eq!(st, 200, "{b}");
+        let text = if stream {
+            sse_text(&b, false).0
+        } else {
+            let v: Value = serde_json::from_str(&b).unwrap();
+            assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 16, "{v}");
+            v["choices"][0]["text"].as_str().unwrap().to_string()
+        };
+        assert_eq!(text, want, "stream={stream}");
+    }
+    // llama-server's `lora` field (ids as /v1/adapters lists them) selects the same stack.
+    let (_, list) = curl(&s, "/v1/adapters", &[]);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let id = |name: &str| {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap()["id"]
+            .clone()
+    };
+    let body = json!({"messages": [{"role": "user", "content": prompts[0]}], "temperature": 0,
+                      "max_tokens": n, "lora": [{"id": id("pirate"), "scale": 1.0},
+                                                {"id": id("shout"), "scale": 0.5}]});
+    let (st, v) = post(&s, "/v1/chat/completions", &body);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], answers[6].0.as_str());
+}
+
+#[test]
+fn adapters_load_and_unload_at_run_time() {
+    let dir = std::env::temp_dir().join(format!("edge-run-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(adapter("shout.gguf"), dir.join("loud.gguf")).unwrap();
+    let s = start(&["--adapter-dir", path_arg(&dir), "--parallel", "2"]);
+    let model = |name: &str| format!("{}:{name}", s.base);
+    let ask = json!({"model": model("loud"), "temperature": 0, "max_tokens": 12,
+                     "messages": [{"role": "user", "content": "Say hello."}]});
+    let (st, v) = post(&s, "/v1/chat/completions", &ask);
+    assert_eq!(
+        (st, v["error"]["param"].as_str()),
+        (404, Some("model")),
+        "{v}"
+    );
+
+    let (st, v) = post(
+        &s,
+        "/v1/adapters",
+        &json!({"name": "loud", "path": "loud.gguf"}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (_, models) = curl(&s, "/v1/models", &[]);
+    assert!(
+        models.contains(&format!("\"{}\"", model("loud"))),
+        "{models}"
+    );
+    let (st, v) = post(&s, "/v1/chat/completions", &ask);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        cli("Say hello.", true, 12, &[("shout", 1.0)])
+    );
+
+    // Outside --adapter-dir: refused, whether absolute, relative with .., or through a symlink.
+    let outside = path_arg(&adapter("pirate.gguf")).to_string();
+    let link = dir.join("escape.gguf");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(adapter("pirate.gguf"), &link).unwrap();
+    for p in [
+        outside.as_str(),
+        "../../../../../../etc/hostname",
+        "escape.gguf",
+    ] {
+        let (st, v) = post(&s, "/v1/adapters", &json!({"name": "evil", "path": p}));
+        assert!(st == 403 || st == 400, "{p}: {st} {v}");
+        assert_eq!(v["error"]["param"], "path", "{v}");
+    }
+    let (_, list) = curl(&s, "/v1/adapters", &[]);
+    assert!(!list.contains("evil"), "{list}");
+
+    // Unloading while a request streams with it: that request finishes with the adapter's answer.
+    let long = json!({"model": model("loud"), "temperature": 0, "max_tokens": 48, "stream": true,
+                      "messages": [{"role": "user", "content": "Tell me about the sea."}]});
+    let want = cli("Tell me about the sea.", true, 48, &[("shout", 1.0)]);
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| curl(&s, "/v1/chat/completions", &["-N", "-d", &long.to_string()]));
+        std::thread::sleep(Duration::from_millis(300));
+        let (st, v) = curl(&s, "/v1/adapters/loud", &["-X", "DELETE"]);
+        assert_eq!(st, 200, "{v}");
+        let (st, b) = h.join().unwrap();
+        assert_eq!(st, 200);
+        assert_eq!(sse_text(&b, true).0, want);
+    });
+    let (st, _) = post(&s, "/v1/chat/completions", &ask);
+    assert_eq!(st, 404);
+    let (st, _) = curl(&s, "/v1/adapters/loud", &["-X", "DELETE"]);
+    assert_eq!(st, 404);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends raw bytes and reads the whole answer: (status, body).
+fn raw(s: &Server, bytes: &[u8]) -> (u16, String) {
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let _ = c.write_all(bytes);
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    )
+}
+
+fn metric(s: &Server, name: &str) -> f64 {
+    let (_, m) = curl(s, "/metrics", &[]);
+    m.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} missing: {m}"))
+}
+
+#[test]
+fn hostile_requests_get_their_status_and_others_finish() {
+    let s = start(&["--parallel", "2", "--queue", "2"]);
+    let chat = "/v1/chat/completions";
+    let msgs = json!([{"role": "user", "content": "What is 2+2?"}]);
+    let want = cli("What is 2+2?", true, 20, &[]);
+    let good = json!({"messages": msgs, "temperature": 0, "max_tokens": 20});
+    std::thread::scope(|sc| {
+        // A well-formed client runs through all of it.
+        let steady = sc.spawn(|| {
+            (0..3)
+                .map(|_| post(&s, chat, &good))
+                .map(|(st, v)| (st, v["choices"][0]["message"]["content"].clone()))
+                .collect::<Vec<_>>()
+        });
+        // Headers trickled one byte at a time: cut off (408) or refused, and nobody waits for them.
+        let slow = sc.spawn(|| {
+            let mut c = TcpStream::connect(&s.addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let t0 = Instant::now();
+            for b in b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                .iter()
+                .cycle()
+            {
+                if c.write_all(&[*b]).is_err() || t0.elapsed() > Duration::from_secs(15) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let mut out = String::new();
+            let _ = c.read_to_string(&mut out);
+            (t0.elapsed(), out)
+        });
+        let cases: Vec<(Value, u16, &str)> = vec![
+            (json!({"messages": "hi"}), 400, "messages"),
+            (
+                json!({"messages": msgs, "max_tokens": -3}),
+                400,
+                "max_tokens",
+            ),
+            (
+                json!({"messages": msgs, "max_tokens": "ten"}),
+                400,
+                "max_tokens",
+            ),
+            (
+                json!({"messages": msgs, "temperature": [1]}),
+                400,
+                "temperature",
+            ),
+            (json!({"messages": msgs, "top_p": 7}), 400, "top_p"),
+            (json!({"messages": msgs, "n": 3}), 400, "n"),
+            (json!({"messages": msgs, "stop": 5}), 400, "stop"),
+            (json!({"messages": [{"content": "x"}]}), 400, "messages[0]"),
+            (
+                json!({"messages": msgs, "model": "other-model"}),
+                404,
+                "model",
+            ),
+            (
+                json!({"messages": msgs, "adapters": [{"name": "nope"}]}),
+                404,
+                "adapters[0]",
+            ),
+            (
+                json!({"messages": msgs, "adapters": [{"name": "pirate", "scale": "x"}]}),
+                400,
+                "adapters[0]",
+            ),
+            (
+                json!({"messages": msgs, "lora": [{"id": 99, "scale": 1}]}),
+                404,
+                "lora[0]",
+            ),
+        ];
+        for (body, status, param) in &cases {
+            let (st, v) = post(&s, chat, body);
+            assert_eq!(st, *status, "{body}: {v}");
+            assert_eq!(v["error"]["param"], *param, "{body}: {v}");
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains('`') || *status == 404,
+                "{v}"
+            );
+        }
+        let (st, b) = curl(&s, chat, &["-d", "{\"messages\": [tru"]);
+        assert_eq!(st, 400, "{b}");
+        assert!(b.contains("not valid JSON"), "{b}");
+        let (st, b) = raw(&s, b"GARBAGE\r\n\r\n");
+        assert_eq!(st, 400, "{b}");
+        // A 2 MiB body: 413 from its Content-Length, before it is read.
+        let big = format!(
+            "POST {chat} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{{",
+            2 << 20
+        );
+        let (st, b) = raw(&s, big.as_bytes());
+        assert_eq!(st, 413, "{b}");
+        // Huge max_tokens is capped by the context.
+        let (st, v) = post(
+            &s,
+            "/v1/completions",
+            &json!({"prompt": "1, 2, 3,", "max_tokens": 1u64 << 40, "temperature": 0, "stop": ["\n\n"]}),
+        );
+        assert_eq!(st, 200, "{v}");
+        assert!(v["usage"]["total_tokens"].as_u64().unwrap() <= 512, "{v}");
+
+        // A client that leaves mid-stream: its generation stops and frees the slot.
+        let before = metric(&s, "edge_run_requests_cancelled_total");
+        let long = json!({"messages": msgs, "max_tokens": 400, "stream": true, "temperature": 0.9,
+                          "stop": ["never-happens"]})
+        .to_string();
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        write!(
+            c,
+            "POST {chat} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{long}",
+            long.len()
+        )
+        .unwrap();
+        let mut first = [0u8; 512];
+        let n = c.read(&mut first).unwrap();
+        assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+        drop(c);
+        let t0 = Instant::now();
+        while metric(&s, "edge_run_requests_cancelled_total") == before {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the generation did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+
+        for (st, text) in steady.join().unwrap() {
+            assert_eq!(st, 200);
+            assert_eq!(text, want.as_str());
+        }
+        let (took, out) = slow.join().unwrap();
+        assert!(out.is_empty() || out.starts_with("HTTP/1.1 408"), "{out}");
+        assert!(took < Duration::from_secs(16), "{took:?}");
+    });
+    let (st, v) = post(&s, chat, &good);
+    assert_eq!(
+        (st, v["choices"][0]["message"]["content"].as_str()),
+        (200, Some(want.as_str()))
+    );
+}
+
+#[test]
+fn full_queue_gives_503_and_api_key_401() {
+    let s = start(&["--parallel", "1", "--queue", "1", "--api-key", "sekret"]);
+    let body = json!({"prompt": "Count:", "max_tokens": 60, "temperature": 0.8,
+                      "stop": ["never-happens"]})
+    .to_string();
+    let (st, v) = curl(&s, "/v1/completions", &["-d", &body]);
+    assert_eq!(st, 401, "{v}");
+    let (st, _) = curl(&s, "/v1/models", &["-H", "Authorization: Bearer wrong"]);
+    assert_eq!(st, 401);
+    let (st, _) = curl(&s, "/health", &[]);
+    assert_eq!(st, 200);
+    let auth = ["-H", "Authorization: Bearer sekret"];
+    let codes: Vec<(u16, String)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                sc.spawn(|| {
+                    let mut a = auth.to_vec();
+                    a.extend(["-i", "-d", &body]);
+                    curl(&s, "/v1/completions", &a)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = codes.iter().filter(|(c, _)| *c == 200).count();
+    let busy: Vec<_> = codes.iter().filter(|(c, _)| *c == 503).collect();
+    assert!(ok >= 2 && ok + busy.len() == 4, "{codes:?}");
+    assert!(
+        !busy.is_empty(),
+        "4 requests for 1 slot and 1 queue place: {codes:?}"
+    );
+    for (_, b) in busy {
+        assert!(b.to_ascii_lowercase().contains("retry-after: 1"), "{b}");
+    }
+}
