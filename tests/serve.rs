@@ -272,7 +272,10 @@ fn concurrent_clients_over_adapter_sets_match_the_cli() {
             sse_text(&b, false).0
         } else {
             let v: Value = serde_json::from_str(&b).unwrap();
-            assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 16, "{v}");
+            assert!(
+                v["usage"]["completion_tokens"].as_u64().unwrap() <= 16,
+                "{v}"
+            );
             v["choices"][0]["text"].as_str().unwrap().to_string()
         };
         assert_eq!(text, want, "stream={stream}");
@@ -573,4 +576,47 @@ fn full_queue_gives_503_and_api_key_401() {
     for (_, b) in busy {
         assert!(b.to_ascii_lowercase().contains("retry-after: 1"), "{b}");
     }
+}
+
+/// The Python interpreter with the `openai` package: `$EDGE_RUN_OPENAI_PYTHON` (scripts/test.sh makes a
+/// venv and sets it), else `python3`. Fails, never skips, when the package is not there.
+fn openai_python() -> String {
+    let py = std::env::var("EDGE_RUN_OPENAI_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{py} cannot import openai: run scripts/test.sh (it makes a venv with the package) or set \
+         EDGE_RUN_OPENAI_PYTHON to a Python that has it"
+    );
+    py
+}
+
+#[test]
+fn official_openai_python_client() {
+    let py = openai_python();
+    let s = start(&["--parallel", "2"]);
+    let prompt = "Give me one tip for sleeping well.";
+    let want = cli(prompt, true, 20, &[("pirate", 1.0)]);
+    let out = Command::new(py)
+        .arg(root().join("tests/serve_openai.py"))
+        .args([
+            &format!("http://{}", s.addr),
+            &format!("{}:pirate", s.base),
+            prompt,
+            "20",
+            &want,
+        ])
+        .output()
+        .unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && so.trim_end().ends_with("ok"),
+        "{so}\n{se}"
+    );
 }
