@@ -38,7 +38,7 @@ def run(url, n, models, tokens, prompt):
     out = [None] * n
 
     def one(i):
-        body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stop": ["\u0000never"],
+        body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
                 "stream": True}
         if models[i % len(models)]:
             body["model"] = models[i % len(models)]
@@ -81,13 +81,13 @@ def main():
         print(f"{n} streams: {row}", flush=True)
     # A 32-token prompt's first token, alone and while 3 streams decode.
     short = " ".join(["word"] * 31)
-    alone = statistics.median(stream(args.url, {"prompt": short, "max_tokens": 2, "temperature": 0,
+    alone = statistics.median(stream(args.url, {"prompt": short, "max_tokens": 2, "temperature": 0, "ignore_eos": True,
                                                 "stream": True})[0] for _ in range(3))
     bg = [threading.Thread(target=run, args=(args.url, 1, [None], args.tokens * 4, prompt)) for _ in range(3)]
     for t in bg:
         t.start()
     time.sleep(1.0)
-    busy = stream(args.url, {"prompt": short, "max_tokens": 2, "temperature": 0, "stream": True})[0]
+    busy = stream(args.url, {"prompt": short, "max_tokens": 2, "temperature": 0, "ignore_eos": True, "stream": True})[0]
     for t in bg:
         t.join()
     print(f"ttft 32-token prompt: alone {alone * 1e3:.0f} ms, with 3 streams decoding {busy * 1e3:.0f} ms")

@@ -81,14 +81,14 @@ fn in_range(field: &str, v: Option<f64>, lo: f64, hi: f64, default: f64) -> Resu
     }
 }
 
-/// `stream`: false unless a boolean true.
-pub fn stream_flag(req: &Map<String, Value>) -> Result<bool, Refused> {
-    match req.get("stream") {
+/// A boolean field (`stream`, `ignore_eos`): false when absent.
+pub fn flag(req: &Map<String, Value>, field: &str) -> Result<bool, Refused> {
+    match req.get(field) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
         Some(v) => Err(bad(
-            "stream",
-            format!("`stream` must be a boolean, got {}", show(v)),
+            field,
+            format!("`{field}` must be a boolean, got {}", show(v)),
         )),
     }
 }

@@ -182,12 +182,14 @@ fn make_job(
     let max_tokens = api::max_tokens(body, room)?;
     let stops = api::stops(body)?;
     let adapters = api::adapters(srv, body)?;
+    let ignore_eos = api::flag(body, "ignore_eos")?;
     let arrived = Instant::now();
     Ok(Job {
         prompt,
         params,
         max_tokens,
         stops,
+        ignore_eos,
         adapters,
         deadline: arrived + srv.timeout,
         arrived,
@@ -201,7 +203,7 @@ fn complete(srv: &Server, req: &Request, kind: Kind, stream: &mut TcpStream) -> 
         Ok(b) => b,
         Err(r) => return Routed::Answer(*r),
     };
-    let streaming = match api::stream_flag(&body) {
+    let streaming = match api::flag(&body, "stream") {
         Ok(s) => s,
         Err(r) => return Routed::Answer(*r),
     };

@@ -28,6 +28,8 @@ pub struct Job {
     pub params: SamplingParams,
     pub max_tokens: usize,
     pub stops: Vec<String>,
+    /// Go on past end-of-generation tokens (llama-server's `ignore_eos`, for benchmarks).
+    pub ignore_eos: bool,
     pub adapters: Vec<UseAdapter>,
     pub deadline: Instant,
     pub arrived: Instant,
@@ -232,7 +234,8 @@ impl Worker {
         });
     }
 
-    /// One step of slot `i`: a prompt chunk, or one token sampled, sent and evaluated.
+    /// One step of slot `i`: a prompt chunk (the last one followed by the first token), or one token
+    /// sampled, sent and evaluated.
     fn step(&mut self, i: usize) -> Step {
         let model = Arc::clone(&self.model);
         let slot = &mut self.slots[i];
@@ -257,13 +260,16 @@ impl Worker {
                 r.sampler.accept(t);
             }
             r.done += n;
-            return Step::Continue;
+            if r.done < r.job.prompt.len() {
+                return Step::Continue;
+            }
+            // The prompt is in: its first token goes out in this same step.
         }
         if r.generated >= r.job.max_tokens {
             return Step::End("length");
         }
         let id = r.sampler.sample(sess.logits());
-        if model.tokenizer.is_eog(id) {
+        if model.tokenizer.is_eog(id) && !r.job.ignore_eos {
             return Step::End("stop");
         }
         r.sampler.accept(id);
