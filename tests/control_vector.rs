@@ -5,6 +5,7 @@
 //! vector set and cleared between tokens; malformed files refused with errors that name the file
 //! and field (the CLI exits 1).
 mod common;
+use common::write_control_vector as write_cv;
 use common::{edge_run, empty_temp_dir, fixture, path_arg, refused, uniform_values};
 use edge_run::adapter::control::layer_range;
 use edge_run::adapter::ControlVector;
@@ -46,26 +47,6 @@ fn session(m: &Arc<Model>) -> Session {
         },
     )
     .unwrap()
-}
-
-/// A control-vector file: `dirs` as `(N, values)` written as `direction.N` of type `ty`.
-fn write_cv(dir: &Path, name: &str, dirs: &[(usize, Vec<f32>)], ty: QuantType) -> PathBuf {
-    let mut w = GgufWriter::new();
-    w.add("general.architecture", "controlvector").unwrap();
-    w.add("controlvector.model_hint", "llama").unwrap();
-    w.add("controlvector.layer_count", dirs.len() as u32)
-        .unwrap();
-    for (n, v) in dirs {
-        let bytes = match ty {
-            QuantType::F16 => common::f16_bytes(v),
-            _ => common::f32_bytes(v),
-        };
-        w.add_tensor(&format!("direction.{n}"), &[v.len() as u64], ty, bytes)
-            .unwrap();
-    }
-    let p = dir.join(name);
-    w.write_file(&p).unwrap();
-    p
 }
 
 /// Every position's logits of `tokens` with `cv` set.

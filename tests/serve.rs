@@ -5,6 +5,7 @@
 mod common;
 
 use common::{path_arg, root, smollm2_path};
+use edge_run::kernels::QuantType;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -20,6 +21,8 @@ struct Server {
     child: Child,
     addr: String,
     base: String,
+    /// The line that says where it listens and what it computes with.
+    banner: String,
 }
 
 impl Drop for Server {
@@ -61,19 +64,24 @@ fn start(extra: &[&str]) -> Server {
         .spawn()
         .expect("start edge-run serve");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
+    let (addr, banner) = loop {
         let line = lines
             .next()
             .expect("server exited before listening")
             .unwrap();
         if let Some(rest) = line.split("on http://").nth(1) {
-            break rest.split(' ').next().unwrap().to_string();
+            break (rest.split(' ').next().unwrap().to_string(), line.clone());
         }
     };
     // Keep draining stderr so the server never blocks on it.
     std::thread::spawn(move || for _ in lines {});
     let base = model.file_stem().unwrap().to_string_lossy().into_owned();
-    Server { child, addr, base }
+    Server {
+        child,
+        addr,
+        base,
+        banner,
+    }
 }
 
 /// `curl` with these arguments against `path`: (status, body).
@@ -109,6 +117,17 @@ fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
 
 /// The CLI's greedy answer: `edge-run -m M [--chat] -p P -n N --temp 0 [--adapter A[:S]]…`.
 fn cli(prompt: &str, chat: bool, n: usize, adapters: &[(&str, f32)]) -> String {
+    cli_with(prompt, chat, n, adapters, &[])
+}
+
+/// [`cli`] with `extra` flags after the others.
+fn cli_with(
+    prompt: &str,
+    chat: bool,
+    n: usize,
+    adapters: &[(&str, f32)],
+    extra: &[&str],
+) -> String {
     let model = smollm2_path();
     let n = n.to_string();
     let mut args = vec![
@@ -136,6 +155,7 @@ fn cli(prompt: &str, chat: bool, n: usize, adapters: &[(&str, f32)]) -> String {
     for s in &specs {
         args.extend(["--adapter", s.as_str()]);
     }
+    args.extend_from_slice(extra);
     let o = common::edge_run(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8(o.stdout).unwrap();
@@ -619,4 +639,193 @@ fn official_openai_python_client() {
         out.status.success() && so.trim_end().ends_with("ok"),
         "{so}\n{se}"
     );
+}
+
+/// A greedy chat answer from the server.
+fn served_chat(s: &Server, prompt: &str, n: usize, model: Option<&str>) -> String {
+    let mut body = json!({"messages": [{"role": "user", "content": prompt}], "temperature": 0,
+                          "max_tokens": n});
+    if let Some(m) = model {
+        body["model"] = m.into();
+    }
+    let (st, v) = post(s, "/v1/chat/completions", &body);
+    assert_eq!(st, 200, "{v}");
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The flags that change the computation (activation quantization, KV cache types, control vectors
+/// with scales and a layer range, kernel tier) act on served answers as on the CLI's: each flag
+/// changes the CLI's greedy answer and the server started with it gives that changed answer, also
+/// with a request's adapter on top of a control vector.
+#[test]
+fn model_computation_flags_reach_served_answers() {
+    let m = edge_run::Model::open(&smollm2_path()).unwrap();
+    let d = common::TempDir::new("serve", "flags");
+    let dirs: Vec<_> = (1..m.hp.n_layer)
+        .map(|n| (n, common::uniform_values(m.hp.n_embd, 0.3, n as u64)))
+        .collect();
+    let cv = common::write_control_vector(&d, "cv.gguf", &dirs, QuantType::F16);
+    let cva = path_arg(&cv);
+    let prompt = "Tell me about the sea.";
+    let n = 100;
+    let base = cli(prompt, true, n, &[]);
+    let full_cv = cli_with(prompt, true, n, &[], &["--control-vector", cva]);
+    let cases: [&[&str]; 5] = [
+        &["--act-quant", "q8"],
+        &["-ctk", "q8_0"],
+        &["--cache-type-v", "q8_0"],
+        &["--control-vector", cva],
+        &[
+            "--control-vector-scaled",
+            cva,
+            "0.5",
+            "--control-vector-scaled",
+            cva,
+            "0.5",
+            "--control-vector-layer-range",
+            "10",
+            "20",
+        ],
+    ];
+    for flags in cases {
+        let want = cli_with(prompt, true, n, &[], flags);
+        assert_ne!(want, base, "{flags:?} leaves the CLI's answer as it is");
+        let s = start(&[&["--parallel", "1"], flags].concat());
+        assert_eq!(served_chat(&s, prompt, n, None), want, "{flags:?}");
+        if flags[0] == "--control-vector" {
+            // An adapter asked for by a request adds to the server's control vector.
+            let pirate = adapter("pirate.gguf");
+            let pirate = path_arg(&pirate);
+            let want = cli_with(
+                prompt,
+                true,
+                n,
+                &[],
+                &["--adapter", pirate, "--control-vector", cva],
+            );
+            assert_ne!(want, full_cv);
+            let model = format!("{}:pirate", s.base);
+            assert_eq!(served_chat(&s, prompt, n, Some(&model)), want);
+        }
+        if flags.len() > 2 {
+            // the range and the summed halves: not the whole vector's answer
+            assert_ne!(want, full_cv);
+            assert!(
+                s.banner.contains("control vector on blocks 10,11,"),
+                "{}",
+                s.banner
+            );
+        }
+    }
+    // The scalar tier computes what the SIMD tiers compute (its answers are the same): the server
+    // says which tier it runs, and answers as the CLI on that tier does.
+    let s = start(&["--parallel", "1", "--kernels", "scalar"]);
+    assert!(s.banner.contains("scalar kernels"), "{}", s.banner);
+    let want = cli_with(prompt, true, 24, &[], &["--kernels", "scalar"]);
+    assert_eq!(served_chat(&s, prompt, 24, None), want);
+    let s = start(&[
+        "--parallel",
+        "1",
+        "--act-quant",
+        "q8",
+        "-ctk",
+        "q8_0",
+        "-ctv",
+        "f32",
+    ]);
+    assert!(
+        s.banner.contains("act-quant q8,") && s.banner.contains("KV q8_0/f32"),
+        "{}",
+        s.banner
+    );
+}
+
+/// `edge-run serve ARGS` that must exit before listening: its output (killed after 60 s).
+fn serve_fails(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-run"))
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Bad flags: a clear error naming the flag and value, exit 2 for usage and 1 for bad files, no panic,
+/// and nothing listens.
+#[test]
+fn bad_flags_are_refused() {
+    let model = smollm2_path();
+    let m = path_arg(&model);
+    let d = common::TempDir::new("serve", "badflags");
+    let junk = d.join("junk.gguf");
+    std::fs::write(&junk, b"GGUF but not really").unwrap();
+    let missing_tier = ["scalar", "avx2", "avx512vnni", "neon", "neon-dotprod"]
+        .into_iter()
+        .find(|t| edge_run::kernels::Kernels::by_name(t).is_none())
+        .unwrap();
+    let pirate = format!("p={}", path_arg(&adapter("pirate.gguf")));
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["-m", "/nonexistent/m.gguf"], 1, "/nonexistent/m.gguf"),
+        (vec!["-m", m, "--parallel", "0"], 2, "--parallel"),
+        (vec!["-m", m, "--timeout", "0"], 2, "--timeout"),
+        (vec!["-m", m, "-c", "0"], 2, "--ctx-size"),
+        (vec!["-m", m, "-t", "0"], 2, "--threads"),
+        (vec!["-m", m, "--kernels", missing_tier], 2, "not available"),
+        (vec!["-m", m, "--act-quant", "q4"], 2, "q4"),
+        (vec!["-m", m, "-ctk", "q4_0"], 2, "q4_0"),
+        (
+            vec!["-m", m, "--control-vector", path_arg(&junk)],
+            1,
+            "junk.gguf",
+        ),
+        (
+            vec!["-m", m, "--control-vector-scaled", path_arg(&junk), "x"],
+            2,
+            "\"x\"",
+        ),
+        (
+            vec!["-m", m, "--control-vector-layer-range", "1", "2"],
+            2,
+            "needs --control-vector",
+        ),
+        (vec!["-m", m, "--adapter", "p.gguf"], 2, "NAME=PATH"),
+        (
+            vec!["-m", m, "--adapter", "p=/nonexistent/a.gguf"],
+            1,
+            "/nonexistent/a.gguf",
+        ),
+        (
+            vec!["-m", m, "--adapter", &pirate, "--adapter", &pirate],
+            2,
+            "already loaded",
+        ),
+        (
+            vec!["-m", m, "--adapter-dir", "/nonexistent/dir"],
+            1,
+            "/nonexistent/dir",
+        ),
+        (
+            vec!["-m", m, "--host", "256.1.1.1", "--port", "0"],
+            1,
+            "256.1.1.1",
+        ),
+    ];
+    for (args, code, needle) in &cases {
+        let o = serve_fails(args);
+        eprintln!("{args:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
+        common::refused(&o, *code, needle);
+    }
 }

@@ -537,3 +537,28 @@ pub fn compare_sequences_kv(
         })
         .collect()
 }
+
+/// A control-vector file: `dirs` as `(N, values)` written as `direction.N` of type `ty`.
+pub fn write_control_vector(
+    dir: &Path,
+    name: &str,
+    dirs: &[(usize, Vec<f32>)],
+    ty: edge_run::kernels::QuantType,
+) -> PathBuf {
+    let mut w = edge_run::gguf::GgufWriter::new();
+    w.add("general.architecture", "controlvector").unwrap();
+    w.add("controlvector.model_hint", "llama").unwrap();
+    w.add("controlvector.layer_count", dirs.len() as u32)
+        .unwrap();
+    for (n, v) in dirs {
+        let bytes = match ty {
+            edge_run::kernels::QuantType::F16 => f16_bytes(v),
+            _ => f32_bytes(v),
+        };
+        w.add_tensor(&format!("direction.{n}"), &[v.len() as u64], ty, bytes)
+            .unwrap();
+    }
+    let p = dir.join(name);
+    w.write_file(&p).unwrap();
+    p
+}

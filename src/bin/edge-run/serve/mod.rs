@@ -18,8 +18,10 @@ mod sched;
 use crate::args::ServeArgs;
 use crate::{control_vector, open_model, session_config, usage, Failure};
 use adapters::Registry;
-use edge_run::adapter::AdapterControl;
-use edge_run::{Model, Session};
+use edge_run::adapter::{AdapterControl, ControlVector};
+use edge_run::kernels::Kernels;
+use edge_run::session::ActQuant;
+use edge_run::{Model, Session, SessionConfig};
 use metrics::Metrics;
 use sched::{Queue, Worker};
 use std::net::TcpListener;
@@ -108,7 +110,9 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<(), Failure> {
         let ad = srv
             .load_adapter(&path)
             .map_err(|e| Failure(1, format!("--adapter {name}={}: {e}", path.display())))?;
-        srv.add_adapter(name, path, scale, ad).map_err(usage)?;
+        let shown = format!("--adapter {name}={}", path.display());
+        srv.add_adapter(name, path, scale, ad)
+            .map_err(|e| usage(format!("{shown}: {e}")))?;
     }
     let listener = TcpListener::bind((a.host.as_str(), a.port))
         .map_err(|e| Failure(1, format!("cannot listen on {}:{}: {e}", a.host, a.port)))?;
@@ -121,15 +125,36 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<(), Failure> {
         .spawn(move || worker.run())
         .map_err(|e| Failure(1, format!("cannot start the model thread: {e}")))?;
     eprintln!(
-        "edge-run: serving {} on http://{addr} ({} slots of {} tokens, {} threads each; adapters: {})",
+        "edge-run: serving {} on http://{addr} ({} slots of {} tokens, {} threads each; {}; adapters: {})",
         srv.name,
         a.parallel,
         cfg.n_ctx,
         cfg.n_threads,
+        computation(&cfg, cvec.as_deref()),
         srv.adapter_names().join(", ")
     );
     accept_loop(&srv, listener);
     Ok(())
+}
+
+/// What the model-computation flags chose: kernel tier, activation quantization, KV cache types and
+/// the control vector's blocks.
+fn computation(cfg: &SessionConfig, cvec: Option<&ControlVector>) -> String {
+    let tier = cfg.kernels.unwrap_or_else(Kernels::best).tier.name();
+    let act = match cfg.act_quant {
+        ActQuant::Q8 => "q8",
+        ActQuant::Q8x2 => "q8x2",
+    };
+    let mut s = format!(
+        "{tier} kernels, act-quant {act}, KV {}/{}",
+        cfg.type_k.name(),
+        cfg.type_v.name()
+    );
+    if let Some(cv) = cvec {
+        let blocks: Vec<String> = cv.layers().map(|l| l.to_string()).collect();
+        s.push_str(&format!(", control vector on blocks {}", blocks.join(",")));
+    }
+    s
 }
 
 fn accept_loop(srv: &Arc<Server>, listener: TcpListener) {
