@@ -505,6 +505,21 @@ fn hostile_requests_get_their_status_and_others_finish() {
         assert!(b.contains("not valid JSON"), "{b}");
         let (st, b) = raw(&s, b"GARBAGE\r\n\r\n");
         assert_eq!(st, 400, "{b}");
+        // Two different lengths (where does the body end?), a body that is not UTF-8, a 20 KiB head.
+        let (st, b) = raw(
+            &s,
+            b"POST /v1/completions HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n{}",
+        );
+        assert_eq!(st, 400, "{b}");
+        assert!(b.contains("conflicting Content-Length"), "{b}");
+        let (st, b) = raw(
+            &s,
+            b"POST /v1/completions HTTP/1.1\r\nContent-Length: 16\r\n\r\n{\"prompt\": \"\xff\xfe\"}",
+        );
+        assert_eq!(st, 400, "{b}");
+        let long_head = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20 << 10));
+        let (st, b) = raw(&s, long_head.as_bytes());
+        assert_eq!(st, 431, "{b}");
         // A 2 MiB body: 413 from its Content-Length, before it is read.
         let big = format!(
             "POST {chat} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{{",

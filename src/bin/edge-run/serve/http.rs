@@ -165,6 +165,13 @@ pub fn read_request(stream: &mut TcpStream) -> Result<Request, Option<Response>>
         }
         read_some(stream, &mut buf, start, "request head")?;
     };
+    if head_len > MAX_HEAD {
+        return Err(Some(Response::error(
+            431,
+            None,
+            format!("request head larger than {MAX_HEAD} bytes"),
+        )));
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(&buf[..head_len]) {
@@ -213,6 +220,19 @@ fn read_body(
             411,
             Some("Transfer-Encoding"),
             "chunked request bodies are not accepted: send Content-Length",
+        )));
+    }
+    // Two different lengths make the body's end ambiguous (a request-smuggling vector): refused.
+    let first = r.header("content-length").unwrap_or("");
+    let other = r
+        .headers
+        .iter()
+        .find(|(n, v)| n.eq_ignore_ascii_case("content-length") && v != first);
+    if let Some((_, other)) = other {
+        return Err(Some(Response::error(
+            400,
+            Some("Content-Length"),
+            format!("conflicting Content-Length headers {first:?} and {other:?}"),
         )));
     }
     let len = match r.header("content-length") {
