@@ -677,7 +677,7 @@ fn served_chat(s: &Server, prompt: &str, n: usize, model: Option<&str>) -> Strin
 /// with a request's adapter on top of a control vector.
 #[test]
 fn model_computation_flags_reach_served_answers() {
-    let m = edge_run::Model::open(&smollm2_path()).unwrap();
+    let m = edge_run::Model::open(smollm2_path()).unwrap();
     let d = common::TempDir::new("serve", "flags");
     let dirs: Vec<_> = (1..m.hp.n_layer)
         .map(|n| (n, common::uniform_values(m.hp.n_embd, 0.3, n as u64)))
