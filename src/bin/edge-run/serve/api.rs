@@ -16,7 +16,11 @@ fn bad(param: &str, msg: String) -> Refused {
 
 /// The JSON text of `v`, shortened for messages.
 fn show(v: &Value) -> String {
-    let s = v.to_string();
+    shorten(&v.to_string())
+}
+
+/// `s`, cut after 80 bytes (at a character boundary) with an ellipsis.
+pub fn shorten(s: &str) -> String {
     if s.len() > 80 {
         let mut end = 80;
         while !s.is_char_boundary(end) {
@@ -24,7 +28,7 @@ fn show(v: &Value) -> String {
         }
         format!("{}…", &s[..end])
     } else {
-        s
+        s.to_string()
     }
 }
 
@@ -76,7 +80,10 @@ fn in_range(field: &str, v: Option<f64>, lo: f64, hi: f64, default: f64) -> Resu
         Some(x) if (lo..=hi).contains(&x) => Ok(x as f32),
         Some(x) => Err(bad(
             field,
-            format!("`{field}` must be in [{lo}, {hi}], got {x}"),
+            format!(
+                "`{field}` must be in [{lo}, {hi}], got {}",
+                show(&Value::from(x))
+            ),
         )),
     }
 }

@@ -96,8 +96,16 @@ fn route(srv: &Server, req: &Request, path: &str, stream: &mut TcpStream) -> Rou
             | "/v1/adapters"
             | "/v1/chat/completions"
             | "/v1/completions",
-        ) => Response::error(405, None, format!("method {m} is not allowed on {path}")),
-        _ => Response::error(404, None, format!("no endpoint {m} {path}")),
+        ) => Response::error(
+            405,
+            None,
+            format!("method {} is not allowed on {path}", api::shorten(m)),
+        ),
+        _ => Response::error(
+            404,
+            None,
+            format!("no endpoint {} {}", api::shorten(m), api::shorten(path)),
+        ),
     };
     Routed::Answer(r)
 }
