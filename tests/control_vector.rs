@@ -5,14 +5,13 @@
 //! vector set and cleared between tokens; malformed files refused with errors that name the file
 //! and field (the CLI exits 1).
 mod common;
-use common::write_control_vector as write_cv;
-use common::{edge_run, empty_temp_dir, fixture, path_arg, refused, uniform_values};
+use common::{edge_run, empty_temp_dir, fixture, path_arg, refused, uniform_values, write_cv};
 use edge_run::adapter::control::layer_range;
 use edge_run::adapter::ControlVector;
 use edge_run::gguf::GgufWriter;
 use edge_run::kernels::QuantType;
 use edge_run::{Model, Session, SessionConfig};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const PROMPT: [u32; 6] = [1, 5, 9, 14, 3, 7];

@@ -686,7 +686,7 @@ fn model_computation_flags_reach_served_answers() {
     let dirs: Vec<_> = (1..m.hp.n_layer)
         .map(|n| (n, common::uniform_values(m.hp.n_embd, 0.3, n as u64)))
         .collect();
-    let cv = common::write_control_vector(&d, "cv.gguf", &dirs, QuantType::F16);
+    let cv = common::write_cv(&d, "cv.gguf", &dirs, QuantType::F16);
     let cva = path_arg(&cv);
     let prompt = "Tell me about the sea.";
     let n = 100;

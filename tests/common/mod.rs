@@ -539,7 +539,7 @@ pub fn compare_sequences_kv(
 }
 
 /// A control-vector file: `dirs` as `(N, values)` written as `direction.N` of type `ty`.
-pub fn write_control_vector(
+pub fn write_cv(
     dir: &Path,
     name: &str,
     dirs: &[(usize, Vec<f32>)],

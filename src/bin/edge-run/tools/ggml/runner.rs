@@ -189,6 +189,38 @@ impl LlamaCpp {
         self.repacked
     }
 
+    /// Sets llama.cpp's control vector (`llama_set_adapter_cvec`): `rows` holds one `n_embd` row per
+    /// block from block 1 on (llama.cpp never steers block 0), added to the output of blocks
+    /// `first..=last`. `None` removes it. llama.cpp copies the rows.
+    pub fn set_control_vector(
+        &mut self,
+        rows: Option<&[f32]>,
+        n_embd: usize,
+        first: usize,
+        last: usize,
+    ) -> Result<()> {
+        let (ptr, len) = rows.map_or((std::ptr::null(), 0), |r| (r.as_ptr(), r.len()));
+        // SAFETY: the context is live; `ptr` is null or points to `len` floats that outlive the call
+        // (llama.cpp copies them into its own tensors before returning).
+        let rc = unsafe {
+            sys::llama_set_adapter_cvec(
+                self.ctx.as_ptr(),
+                ptr,
+                len,
+                n_embd as i32,
+                first as i32,
+                last as i32,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::invalid(format!(
+                "llama_set_adapter_cvec failed with code {rc} ({})",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// Loads GGUF LoRA adapters (`llama_adapter_lora_init`) and applies them with their scales, replacing
     /// any set applied before. An empty list removes all adapters.
     pub fn set_adapters(&mut self, adapters: &[(&Path, f32)]) -> Result<()> {
