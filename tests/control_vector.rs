@@ -11,7 +11,7 @@ use edge_run::adapter::ControlVector;
 use edge_run::gguf::GgufWriter;
 use edge_run::kernels::QuantType;
 use edge_run::{Model, Session, SessionConfig};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 const PROMPT: [u32; 6] = [1, 5, 9, 14, 3, 7];
