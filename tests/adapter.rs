@@ -216,8 +216,8 @@ fn config_refusals_name_the_field() {
         (
             "mts",
             "modules_to_save",
-            json!(["lm_head"]),
-            &["modules_to_save"],
+            json!(["lm_head", "model.norm"]),
+            &["modules_to_save", "model.norm"],
         ),
         (
             "unknown-module",

@@ -215,7 +215,8 @@ fn chat_template_renders_and_tokenizes() {
 
     let model = Model::open(gemma_path()).unwrap();
     let tok = &model.tokenizer;
-    let piece = |id: u32| String::from_utf8_lossy(tok.token_to_piece(id, true)).into_owned();
+    let piece =
+        |id: u32| String::from_utf8_lossy(&tok.token_to_piece(id, true).to_vec()).into_owned();
     let text = apply_chat_template(
         &tpl,
         &[ChatMessage::new("user", "What is the capital of Spain?")],

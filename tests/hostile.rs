@@ -1596,7 +1596,7 @@ fn adapter_cases() -> Vec<Case> {
         ("use_rslora a string", "use_rslora", Some(json!("yes")), &["use_rslora"]),
         ("use_dora true", "use_dora", Some(json!(true)), &["use_dora"]),
         ("bias all", "bias", Some(json!("all")), &["bias"]),
-        ("modules_to_save", "modules_to_save", Some(json!(["lm_head"])), &["modules_to_save"]),
+        ("modules_to_save norm", "modules_to_save", Some(json!(["model.norm"])), &["modules_to_save", "model.norm"]),
         ("init_lora_weights pissa", "init_lora_weights", Some(json!("pissa")), &["init_lora_weights"]),
         ("unknown field", "some_future_option", Some(json!(3)), &["some_future_option"]),
         ("target_modules missing", "target_modules", None, &["target_modules"]),
@@ -1625,6 +1625,157 @@ fn adapter_cases() -> Vec<Case> {
         &mut c,
         "adapter_config: alpha_pattern catastrophic regex",
         input,
+    );
+    c
+}
+
+/// Replaced modules (PEFT `modules_to_save`, GGUF `<target>.replace`) on TINY (tied head).
+fn saved_module_cases() -> Vec<Case> {
+    let mut c = vec![];
+    let head = "base_model.model.lm_head.weight";
+    let embed = "base_model.model.model.embed_tokens.weight";
+    let (v, e) = (TINY.vocab, TINY.embd);
+    // PEFT: LoRA entries plus `extra`, config with `modules_to_save` = `saved`.
+    let peft = |saved: serde_json::Value, extra: StEntry| {
+        let mut cfg = peft_config();
+        cfg["modules_to_save"] = saved;
+        let mut entries = peft_entries();
+        entries.push(extra);
+        Input::peft(&cfg, safetensors(&entries))
+    };
+    let with_values = |name: &str, shape: &[usize], f: &dyn Fn(&mut Vec<f32>)| {
+        let mut vals = uniform_values(shape.iter().product(), 0.2, 31);
+        f(&mut vals);
+        StEntry {
+            name: name.into(),
+            dtype: "F32".into(),
+            shape: shape.to_vec(),
+            data: f32_bytes(&vals),
+        }
+    };
+    let p = "modules_to_save: ";
+    accept(
+        &mut c,
+        &format!("{p}valid lm_head"),
+        peft(json!(["lm_head"]), st_entry(head, &[v, e], 31)),
+    );
+    accept(
+        &mut c,
+        &format!("{p}valid embed_tokens"),
+        peft(json!(["embed_tokens"]), st_entry(embed, &[v, e], 31)),
+    );
+    #[rustfmt::skip]
+    let bad: Vec<(&str, serde_json::Value, StEntry, &[&'static str])> = vec![
+        ("lm_head one column short", json!(["lm_head"]), st_entry(head, &[v, e - 1], 31), &["lm_head", "shape"]),
+        ("lm_head one row short", json!(["lm_head"]), st_entry(head, &[v - 1, e], 31), &["lm_head", "shape"]),
+        ("lm_head transposed", json!(["lm_head"]), st_entry(head, &[e, v], 31), &["lm_head", "shape"]),
+        ("lm_head 1-D", json!(["lm_head"]), st_entry(head, &[v * e], 31), &["lm_head", "2-D"]),
+        ("embed_tokens 3-D", json!(["embed_tokens"]), st_entry(embed, &[1, v, e], 31), &["embed_tokens", "2-D"]),
+        ("lm_head NaN", json!(["lm_head"]), with_values(head, &[v, e], &|x| x[77] = f32::NAN), &["lm_head", "NaN"]),
+        ("embed_tokens Inf", json!(["embed_tokens"]), with_values(embed, &[v, e], &|x| x[5] = f32::INFINITY), &["embed_tokens", "inf"]),
+        ("lm_head overflows fp16", json!(["lm_head"]), with_values(head, &[v, e], &|x| x[3] = 1e6), &["lm_head", "fp16"]),
+        ("lm_head not listed", serde_json::Value::Null, st_entry(head, &[v, e], 31), &["lm_head", "modules_to_save"]),
+        ("norm listed", json!(["norm"]), st_entry("base_model.model.model.norm.weight", &[e], 31), &["modules_to_save", "norm"]),
+        ("a layer listed", json!(["q_proj"]), st_entry(head, &[v, e], 31), &["modules_to_save", "q_proj"]),
+        ("not a list", json!("lm_head"), st_entry(head, &[v, e], 31), &["modules_to_save", "list"]),
+    ];
+    for (name, saved, extra, needles) in bad {
+        refuse(&mut c, &format!("{p}{name}"), peft(saved, extra), needles);
+    }
+    // A LoRA on the replaced head as well.
+    let mut cfg = peft_config();
+    cfg["modules_to_save"] = json!(["lm_head"]);
+    cfg["target_modules"] = json!(["q_proj", "v_proj", "lm_head"]);
+    let mut entries = peft_entries();
+    entries.push(st_entry(head, &[v, e], 31));
+    entries.push(st_entry(
+        "base_model.model.lm_head.lora_A.weight",
+        &[2, e],
+        32,
+    ));
+    entries.push(st_entry(
+        "base_model.model.lm_head.lora_B.weight",
+        &[v, 2],
+        33,
+    ));
+    let input = Input::peft(&cfg, safetensors(&entries));
+    refuse(
+        &mut c,
+        &format!("{p}lm_head replaced and LoRA-adapted"),
+        input,
+        &["output.weight", "both"],
+    );
+    // GGUF adapters.
+    let base = gguf_adapter_parts(TINY, 2);
+    let (v, e) = (v as u64, e as u64);
+    let g = |c: &mut Vec<Case>,
+             name: &str,
+             t: &str,
+             dims: &[u64],
+             ty: QuantType,
+             needles: &[&'static str]| {
+        let p = base.edited(|p| {
+            p.add_tensor(t, dims, ty);
+        });
+        refuse(
+            c,
+            &format!("gguf replace: {name}"),
+            Input::GgufAdapter(p.bytes()),
+            needles,
+        );
+    };
+    let ok = base.edited(|p| {
+        p.add_tensor("output.weight.replace", &[e, v], QuantType::F16);
+    });
+    accept(
+        &mut c,
+        "gguf replace: valid output.weight",
+        Input::GgufAdapter(ok.bytes()),
+    );
+    g(
+        &mut c,
+        "transposed",
+        "output.weight.replace",
+        &[v, e],
+        QuantType::F16,
+        &["output.weight.replace", "shape"],
+    );
+    g(
+        &mut c,
+        "1-D",
+        "token_embd.weight.replace",
+        &[v * e],
+        QuantType::F16,
+        &["token_embd.weight.replace", "2-D"],
+    );
+    g(
+        &mut c,
+        "a layer",
+        "blk.0.attn_q.weight.replace",
+        &[e, e],
+        QuantType::F16,
+        &["blk.0.attn_q.weight", "only the embedding"],
+    );
+    g(
+        &mut c,
+        "Q4_0",
+        "output.weight.replace",
+        &[e, v],
+        QuantType::Q4_0,
+        &["output.weight.replace", "Q4_0"],
+    );
+    let mut nan = ok.clone();
+    let t = nan
+        .tensors
+        .iter_mut()
+        .find(|t| t.name == "output.weight.replace")
+        .unwrap();
+    t.data[40..42].copy_from_slice(&half::f16::NAN.to_bits().to_le_bytes());
+    refuse(
+        &mut c,
+        "gguf replace: NaN",
+        Input::GgufAdapter(nan.bytes()),
+        &["output.weight.replace", "NaN"],
     );
     c
 }
@@ -1668,6 +1819,7 @@ fn generated_cases() -> Vec<Case> {
 fn all_cases() -> Vec<Case> {
     let mut c = model_cases();
     c.extend(adapter_cases());
+    c.extend(saved_module_cases());
     c.extend(generated_cases());
     c.extend(state_cases());
     c

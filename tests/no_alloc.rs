@@ -1,6 +1,7 @@
 //! The decode hot path performs no heap allocation: a counting global allocator sees zero allocations over
 //! 64 decode steps with two adapters active and a swap every 8 tokens, and a control vector set and
-//! cleared every 8 tokens, at 1 and 2 threads — on the real
+//! cleared every 8 tokens, at 1 and 2 threads (one set also replacing the embedding and the output
+//! head, as a PEFT `modules_to_save` adapter does) — on the real
 //! SmolLM2 (llama) and on the tiny gemma3 fixture (sliding-window ring wrapping around many times, and a
 //! `truncate` deep into overwritten ring slots, whose replay runs inside the counted region).
 //! (Its own test binary with one test, so that no other test allocates concurrently.)
@@ -80,8 +81,29 @@ fn smollm2() {
     let dir = root().join("tests/data/adapters");
     let load = |n: &str| Arc::new(Adapter::load(&dir.join(n), &model.base_info).unwrap());
     let (pirate, shout, json) = (load("pirate.gguf"), load("shout-peft"), load("json-peft"));
+    // Replacements of the embedding and the head (fp16, in place from a GGUF adapter).
+    let tmp = TempDir::new("no-alloc", "replace");
+    let (e, v) = (model.hp.n_embd, model.hp.n_vocab);
+    let mut w = lora_adapter_writer(None);
+    for (name, seed) in [
+        ("token_embd.weight.replace", 5),
+        ("output.weight.replace", 6),
+    ] {
+        let data = f16_bytes(&uniform_values(e * v, 0.1, seed));
+        w.add_tensor(
+            name,
+            &[e as u64, v as u64],
+            edge_run::kernels::QuantType::F16,
+            data,
+        )
+        .unwrap();
+    }
+    w.write_file(&tmp.join("replace.gguf")).unwrap();
+    let replace = Arc::new(Adapter::load(&tmp.join("replace.gguf"), &model.base_info).unwrap());
+    assert_eq!(replace.saved().len(), 2);
+    assert!(replace.saved().iter().all(|m| m.is_mapped()));
     let set_a = [(&pirate, 1.0f32), (&shout, 0.5f32)];
-    let set_b = [(&json, 1.0f32), (&shout, 0.8f32)];
+    let set_b = [(&json, 1.0f32), (&shout, 0.8f32), (&replace, 1.0f32)];
     let prompt = model.tokenizer.encode(
         "<|im_start|>user\nTell me a story<|im_end|>\n<|im_start|>assistant\n",
         true,

@@ -129,7 +129,7 @@ fuzz_target!(|data: &[u8]| {
     let mut out = String::new();
     for &id in &raw {
         d.push(tok, id, &mut out);
-        let _ = tok.token_to_piece(id, special);
+        let _ = tok.token_to_piece(id, special).to_vec();
         let _ = tok.is_eog(id);
     }
     d.finish(&mut out);

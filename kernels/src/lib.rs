@@ -350,6 +350,18 @@ pub struct ActRows<'a> {
     pub n_tok: usize,
 }
 
+impl<'a> ActRows<'a> {
+    /// `x` (rows of `n` f32 values) as the activations of F32 / F16 weights.
+    pub fn f32(x: &'a [f32], n: usize) -> ActRows<'a> {
+        ActRows {
+            q: bytemuck::cast_slice(x),
+            r: None,
+            stride: 4 * n,
+            n_tok: x.len() / n.max(1),
+        }
+    }
+}
+
 /// Batched matrix product, `out[t·rows + i] = row_i(w) · x_t` for every token `t < x.n_tok` and
 /// row `i < rows = out.len() / x.n_tok` (`w` holds `rows` rows of `n` elements); with a residual,
 /// `row_i(w) · q_t + row_i(w) · r_t` as [`MatVec2`] gives it. Tiers unpack each weight block once

@@ -9,6 +9,10 @@
 //! `<base tensor>.lora_b` with dims `[r, n_out]` (row-major `n_out × r`); for `token_embd.weight`
 //! llama.cpp's layout is `lora_a` dims `[r, vocab]` (token-major) and `lora_b` dims `[r, width]`.
 //! Types F16 (used in place from the map), F32, BF16 and Q8_0 (converted once to f16).
+//!
+//! edge-run's extension for replaced modules (PEFT `modules_to_save`, see [`super::saved`]):
+//! `token_embd.weight.replace` / `output.weight.replace`, dims `[n_embd, n_vocab]` like the base
+//! tensor, same types (F16 in place). llama.cpp does not read these.
 use super::*;
 use crate::gguf::{Gguf, TensorInfo};
 
@@ -18,6 +22,7 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     let g = Gguf::parse_named(&map, &name)?;
     let alpha = check_metadata(&g, &name, base)?;
     let factors = sorted_factors(&g, &name)?;
+    let saved = replacements(&g, &map, &name, base)?;
     let mut tensors = Vec::with_capacity(factors.len() / 2);
     let mut rest = &factors[..];
     while let Some(&(target, is_b, a)) = rest.first() {
@@ -57,7 +62,7 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     } else {
         format!("adapter.lora.alpha {alpha} (scale alpha/rank)")
     }];
-    Adapter::new(path, AdapterFormat::Gguf, tensors, notes)
+    Adapter::with_saved(path, AdapterFormat::Gguf, tensors, saved, notes)
 }
 
 /// `general.type` = adapter, `adapter.type` = lora, the base's architecture, a usable alpha, and no
@@ -116,7 +121,11 @@ fn sorted_factors<'g, 'a>(
     name: &str,
 ) -> Result<Vec<(&'a str, bool, &'g TensorInfo<'a>)>> {
     let mut factors: Vec<(&str, bool, &TensorInfo)> = Vec::with_capacity(g.tensors().len());
-    for t in g.tensors() {
+    for t in g
+        .tensors()
+        .iter()
+        .filter(|t| !t.name.ends_with(REPLACE_SUFFIX))
+    {
         let (target, is_b) = if let Some(b) = t.name.strip_suffix(".lora_a") {
             (b, false)
         } else if let Some(b) = t.name.strip_suffix(".lora_b") {
@@ -145,6 +154,41 @@ fn sorted_factors<'g, 'a>(
         ));
     }
     Ok(factors)
+}
+
+/// Name suffix of a replaced base tensor.
+pub(super) const REPLACE_SUFFIX: &str = ".replace";
+
+/// The `<target>.replace` tensors: replaceable targets, the base's shape, finite, as fp16.
+fn replacements(
+    g: &Gguf<'_>,
+    map: &Arc<MappedFile>,
+    name: &str,
+    base: &BaseInfo,
+) -> Result<Vec<SavedModule>> {
+    let mut out = vec![];
+    for t in g.tensors() {
+        let Some(target) = t.name.strip_suffix(REPLACE_SUFFIX) else {
+            continue;
+        };
+        let tname = format!("tensor_infos[{:?}]", t.name);
+        let want = saved::expected_shape(target, base, name, &tname)?;
+        let got = match t.dims[..t.n_dims] {
+            [ne0, ne1] => (ne0 as usize, ne1 as usize),
+            _ => {
+                return Err(Error::format(
+                    name,
+                    format!("{tname}.shape"),
+                    None,
+                    format!("{:?} is not 2-D", &t.dims[..t.n_dims]),
+                ))
+            }
+        };
+        saved::check_shape(got, want, name, &tname, target)?;
+        let data = factor(g, map, t, name)?;
+        out.push(SavedModule::new(target, want.0, want.1, data));
+    }
+    Ok(out)
 }
 
 /// Kind, rank, `n_in` and `n_out` of the pair `a`, `b` on `target`, checked: both 2-D, a base

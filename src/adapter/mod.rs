@@ -46,10 +46,12 @@ pub mod control;
 mod gguf_adapter;
 mod peft;
 pub mod safetensors;
+mod saved;
 mod set;
 
 pub use crate::model::BaseInfo;
 pub use control::ControlVector;
+pub use saved::{SavedModule, REPLACEABLE};
 pub(crate) use set::Applied;
 pub use set::{ActiveSet, AdapterControl, MAX_ADAPTERS};
 
@@ -185,6 +187,8 @@ pub struct Adapter {
     format: AdapterFormat,
     /// Sorted by target, no two alike.
     tensors: Vec<LoraTensor>,
+    /// Replaced base tensors (PEFT `modules_to_save`), sorted by target.
+    saved: Vec<SavedModule>,
     /// Human-readable facts for the summary (alpha, rsLoRA, fields found inert …).
     notes: Vec<String>,
 }
@@ -195,6 +199,7 @@ impl std::fmt::Debug for Adapter {
             .field("path", &self.path)
             .field("format", &self.format)
             .field("tensors", &self.tensors.len())
+            .field("saved", &self.saved)
             .finish()
     }
 }
@@ -260,6 +265,14 @@ impl Adapter {
             .ok()?;
         self.tensors.get(i)
     }
+    /// Replaced base tensors (`token_embd.weight`, `output.weight`), sorted by target.
+    pub fn saved(&self) -> &[SavedModule] {
+        &self.saved
+    }
+    /// The replacement of base tensor `target`, if this adapter has one.
+    pub fn saved_for(&self, target: &str) -> Option<&SavedModule> {
+        self.saved.iter().find(|m| m.target == target)
+    }
     /// Bytes of fp16 `A` and `B` data (in place or owned).
     pub fn bytes(&self) -> (usize, usize) {
         self.tensors.iter().fold((0, 0), |(a, b), t| {
@@ -318,16 +331,51 @@ impl Adapter {
             .map(|t| if t.a.is_mapped() { 2 * t.a().len() } else { 0 } + if t.b.is_mapped() { 2 * t.b().len() } else { 0 })
             .sum();
         let _ = writeln!(s, "  fp16 data: A {a} bytes, B {b} bytes ({mapped} in place from the file map, {} converted)", a + b - mapped);
+        for m in &self.saved {
+            let _ = writeln!(
+                s,
+                "  replaces {} (modules_to_save): {} x {} fp16, {} bytes {}",
+                m.target,
+                m.n_vocab,
+                m.n_embd,
+                2 * m.data().len(),
+                if m.is_mapped() {
+                    "in place from the file map"
+                } else {
+                    "converted at load"
+                }
+            );
+        }
         s
     }
 
     /// Builds the adapter from validated tensors (sorted by target; duplicates are an error).
-    fn new(
+    /// Replaced base tensors may be given too (sorted here); a LoRA on a replaced tensor is an error.
+    fn with_saved(
         path: &Path,
         format: AdapterFormat,
         mut tensors: Vec<LoraTensor>,
+        mut saved: Vec<SavedModule>,
         notes: Vec<String>,
     ) -> Result<Adapter> {
+        saved.sort_by(|a, b| a.target.cmp(&b.target));
+        if let Some(w) = saved.windows(2).find(|w| w[0].target == w[1].target) {
+            return Err(Error::format(
+                path.display().to_string(),
+                &w[1].target,
+                None,
+                "replaced twice",
+            ));
+        }
+        if let Some(m) = saved
+            .iter()
+            .find(|m| tensors.iter().any(|t| t.target == m.target))
+        {
+            return Err(Error::unsupported(
+                path.display().to_string(),
+                format!("{} is both replaced and adapted by a LoRA", m.target),
+            ));
+        }
         // Stable and linear on input already in order (the GGUF loader's).
         tensors.sort_by(|a, b| a.target.cmp(&b.target));
         if let Some(w) = tensors.windows(2).find(|w| w[0].target == w[1].target) {
@@ -338,7 +386,7 @@ impl Adapter {
                 "two LoRAs for the same base tensor",
             ));
         }
-        if tensors.is_empty() {
+        if tensors.is_empty() && saved.is_empty() {
             return Err(Error::format(
                 path.display().to_string(),
                 "tensors",
@@ -350,6 +398,7 @@ impl Adapter {
             path: path.to_path_buf(),
             format,
             tensors,
+            saved,
             notes,
         })
     }

@@ -12,6 +12,7 @@
 //! (`edge-run --chat` does that with `/adapter … ` when `--reeval-on-swap` is given).
 use super::{Adapter, LoraKind};
 use crate::kernels::lora::LoraRef;
+use crate::kernels::QuantType;
 use crate::model::{Model, WeightRef};
 use crate::{Error, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +71,39 @@ impl AdapterControl {
                 )));
             }
         }
+        for s in adapter.saved() {
+            let w = self
+                .model
+                .lora_target(&s.target)
+                .filter(|w| w.lora_slot.is_some());
+            if !w.is_some_and(|w| w.n_in == s.n_embd && w.n_out == s.n_vocab) {
+                return Err(Error::invalid(format!(
+                    "adapter {name}: its replacement of `{}` ({} rows of {}) does not fit this model",
+                    s.target, s.n_vocab, s.n_embd
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A replaced tensor may not be replaced or adapted by another adapter of the set (PEFT activates
+    /// one saved module per base module, and a LoRA on it would adapt the base's, not the copy).
+    fn check_replacements(set: &[(&Arc<Adapter>, f32)]) -> Result<()> {
+        for (i, (a, _)) in set.iter().enumerate() {
+            for s in a.saved() {
+                for (k, (b, _)) in set.iter().enumerate() {
+                    if k != i && (b.saved_for(&s.target).is_some() || b.get(&s.target).is_some()) {
+                        return Err(Error::invalid(format!(
+                            "adapters {} and {} both change `{}`, which {} replaces; one replaced module per set",
+                            a.path().display(),
+                            b.path().display(),
+                            s.target,
+                            a.path().display()
+                        )));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -92,6 +126,7 @@ impl AdapterControl {
             }
             self.check(a)?;
         }
+        Self::check_replacements(set)?;
         let mut g = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         g.clear();
         for (a, s) in set {
@@ -127,6 +162,8 @@ pub(crate) struct Applied {
     active: ActiveSet,
     /// `bind[slot][i]`: index of adapter `i`'s tensor on that slot, or `NONE`.
     bind: Vec<[u16; MAX_ADAPTERS]>,
+    /// `repl[slot]`: (active adapter, index of its saved module) replacing that slot's weight.
+    repl: Vec<Option<(u16, u16)>>,
 }
 
 impl Applied {
@@ -135,6 +172,7 @@ impl Applied {
             seen: 0,
             active: ActiveSet::new(),
             bind: vec![[NONE; MAX_ADAPTERS]; n_slots],
+            repl: vec![None; n_slots],
         }
     }
 
@@ -155,13 +193,34 @@ impl Applied {
         for b in self.bind.iter_mut() {
             *b = [NONE; MAX_ADAPTERS];
         }
+        self.repl.fill(None);
         for (i, (a, _)) in self.active.iter().enumerate() {
             for (j, t) in a.tensors().iter().enumerate() {
                 if let Some(slot) = ctl.model.lora_target(&t.target).and_then(|w| w.lora_slot) {
                     self.bind[slot][i] = j as u16;
                 }
             }
+            for (j, s) in a.saved().iter().enumerate() {
+                if let Some(slot) = ctl.model.lora_target(&s.target).and_then(|w| w.lora_slot) {
+                    self.repl[slot] = Some((i as u16, j as u16));
+                }
+            }
         }
+    }
+
+    /// The type and bytes weight `w` is read from: an active adapter's fp16 replacement of it, or the
+    /// base tensor in place in `m`'s map.
+    pub(crate) fn weight_view<'a>(&'a self, m: &'a Model, w: &WeightRef) -> (QuantType, &'a [u8]) {
+        match self.replacement(w) {
+            Some(h) => (QuantType::F16, bytemuck::cast_slice(h)),
+            None => (w.ty, m.bytes(w)),
+        }
+    }
+
+    /// The fp16 replacement (`n_out × n_in`) an active adapter brings for weight `w`, if any.
+    pub(crate) fn replacement(&self, w: &WeightRef) -> Option<&[u16]> {
+        let (i, j) = (*self.repl.get(w.lora_slot?)?)?;
+        Some(self.active[i as usize].0.saved()[j as usize].data())
     }
 
     pub(crate) fn active(&self) -> &ActiveSet {

@@ -23,10 +23,11 @@ pub(crate) fn norm_qkv(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
     let hp = &env.m.hp;
     let (e, qd, kvd) = (hp.n_embd, hp.q_dim(), hp.kv_dim());
     norm_into_xb(env, st, &layer.attn_norm, b);
+    let (q, k, v) = st.work.qkv();
     let outs: [(&WeightRef, &mut [f32]); 3] = [
-        (&layer.attn_q, &mut st.q[..b * qd]),
-        (&layer.attn_k, &mut st.kk[..b * kvd]),
-        (&layer.attn_v, &mut st.v[..b * kvd]),
+        (&layer.attn_q, &mut q[..b * qd]),
+        (&layer.attn_k, &mut k[..b * kvd]),
+        (&layer.attn_v, &mut v[..b * kvd]),
     ];
     linear(
         env,
@@ -47,10 +48,11 @@ pub(crate) fn rope_qk(env: &Env<'_>, st: &mut State, table: usize, b: usize, rot
     let hp = &env.m.hp;
     let (qd, kvd, hd, half) = (hp.q_dim(), hp.kv_dim(), hp.head_dim, hp.rope_dim / 2);
     let rope = &st.rope[table];
+    let (q, k, _) = st.work.qkv();
     for t in 0..b {
         let cs = &rope.cs[t * half..(t + 1) * half];
-        rotate(&mut st.q[t * qd..(t + 1) * qd], hd, cs);
-        rotate(&mut st.kk[t * kvd..(t + 1) * kvd], hd, cs);
+        rotate(&mut q[t * qd..(t + 1) * qd], hd, cs);
+        rotate(&mut k[t * kvd..(t + 1) * kvd], hd, cs);
     }
 }
 
@@ -64,13 +66,14 @@ pub(crate) fn attend(
     b: usize,
     window: usize,
 ) {
+    let (q, k, v) = st.work.qkv();
     ops::attention(
         env,
         &mut st.kv,
         &mut st.att,
-        &st.q,
-        &st.kk,
-        &st.v,
+        q,
+        k,
+        v,
         &mut st.att_out,
         l,
         pos0,
@@ -95,14 +98,14 @@ pub(crate) fn attn_output(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize
     );
 }
 
-/// xb = rmsnorm(x) · ffn_norm; hb, hb2 = Wgate·xb, Wup·xb               [B, ff] each
+/// xb = rmsnorm(x) · ffn_norm; hb, up = Wgate·xb, Wup·xb                [B, ff] each
 pub(crate) fn ffn_input(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
     let hp = &env.m.hp;
     let (e, ff) = (hp.n_embd, hp.n_ff);
     norm_into_xb(env, st, &layer.ffn_norm, b);
     let outs: [(&WeightRef, &mut [f32]); 2] = [
         (&layer.ffn_gate, &mut st.hb[..b * ff]),
-        (&layer.ffn_up, &mut st.hb2[..b * ff]),
+        (&layer.ffn_up, &mut st.work.up()[..b * ff]),
     ];
     linear(
         env,

@@ -133,8 +133,9 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
         // --- attention: x += post_attention_norm(Wo·attention(q, k, v)), xb = rmsnorm(x) ---
         block::norm_qkv(env, st, layer, b);
         // QK-norm: every head of q and k RMS-normed                          [B, n_head | n_head_kv, hd]
-        rmsnorm_rows_inplace(&mut st.q[..b * qd], norm(&layer.attn_q_norm), eps);
-        rmsnorm_rows_inplace(&mut st.kk[..b * kvd], norm(&layer.attn_k_norm), eps);
+        let (q, k, _) = st.work.qkv();
+        rmsnorm_rows_inplace(&mut q[..b * qd], norm(&layer.attn_q_norm), eps);
+        rmsnorm_rows_inplace(&mut k[..b * kvd], norm(&layer.attn_k_norm), eps);
         // RoPE (NeoX halves) with the layer's frequencies
         let (table, rotate) = super::qk_rope(hp, l);
         block::rope_qk(env, st, table, b, rotate);
@@ -145,7 +146,7 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
 
         // --- feed-forward: x += post_ffw_norm(Wdown·(gelu(Wgate·xb) ⊙ Wup·xb)) ---
         block::ffn_input(env, st, layer, b);
-        (env.k.geglu)(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
+        (env.k.geglu)(&mut st.hb[..b * ff], &st.work.up()[..b * ff]);
         block::ffn_output(env, st, layer, b);
         post_norm_add(st, norm(&layer.ffn_post_norm), e * b, eps);
 

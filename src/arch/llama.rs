@@ -26,7 +26,7 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
 
         // --- feed-forward: x += Wdown·(silu(Wgate·xb) ⊙ Wup·xb) ---
         block::ffn_input(env, st, layer, b);
-        (env.k.swiglu)(&mut st.hb[..b * ff], &st.hb2[..b * ff]);
+        (env.k.swiglu)(&mut st.hb[..b * ff], &st.work.up()[..b * ff]);
         block::ffn_output(env, st, layer, b);
         add(&mut st.x[..b * e], &st.proj[..b * e]);
 

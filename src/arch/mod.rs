@@ -18,6 +18,7 @@ pub mod gemma3;
 pub mod kv;
 pub mod llama;
 pub(crate) mod ops;
+pub(crate) mod rope;
 pub(crate) mod shift;
 
 use crate::adapter::{Applied, ControlVector};

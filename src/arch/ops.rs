@@ -11,62 +11,7 @@ use crate::model::{Model, WeightRef};
 use crate::threadpool::{Disjoint, ThreadPool};
 use crate::Result;
 
-/// RoPE of one frequency set: inverse frequencies and the cos/sin of the current batch's positions.
-pub(crate) struct Rope {
-    /// [rope_dim / 2] (freq_scale and rope_freqs folded in).
-    pub inv_freq: Vec<f32>,
-    /// [B, rope_dim / 2] (cos, sin)
-    pub cs: Vec<(f32, f32)>,
-}
-
-impl Rope {
-    fn new(
-        hp: &crate::model::HParams,
-        base: f32,
-        scale: f32,
-        divisors: Option<&[f32]>,
-        n_batch: usize,
-    ) -> Rope {
-        let half = hp.rope_dim / 2;
-        let mut inv_freq: Vec<f32> = (0..half)
-            .map(|i| scale * base.powf(-2.0 * i as f32 / hp.rope_dim as f32))
-            .collect();
-        if let Some(d) = divisors {
-            for (f, d) in inv_freq.iter_mut().zip(d) {
-                *f /= d;
-            }
-        }
-        Rope {
-            inv_freq,
-            cs: vec![(0.0, 0.0); n_batch * half],
-        }
-    }
-
-    /// Angles for positions pos0..pos0+b.
-    pub fn set_positions(&mut self, pos0: usize, b: usize) {
-        let half = self.inv_freq.len();
-        for t in 0..b {
-            let p = (pos0 + t) as f32;
-            for (i, &f) in self.inv_freq.iter().enumerate() {
-                let (s, c) = (p * f).sin_cos();
-                self.cs[t * half + i] = (c, s);
-            }
-        }
-    }
-}
-
-impl Rope {
-    /// Angles that move a rotated row back by `d` positions (angle `−d·θᵢ`, computed in f64), in the
-    /// first row of `cs` (the next batch's `set_positions` overwrites it). Returns that row.
-    pub fn set_shift(&mut self, d: usize) -> &[(f32, f32)] {
-        let half = self.inv_freq.len();
-        for (c, &f) in self.cs[..half].iter_mut().zip(&self.inv_freq) {
-            let (s, co) = (-(d as f64) * f as f64).sin_cos();
-            *c = (co as f32, s as f32);
-        }
-        &self.cs[..half]
-    }
-}
+pub(crate) use super::rope::Rope;
 
 /// An activation buffer that numbers its contents: every mutable borrow gives it a new version
 /// (unique across buffers), so the quantized copy [`linear`] keeps of its input ([`QuantCache`])
@@ -123,13 +68,10 @@ pub(crate) struct LinearInput<'a> {
 pub(crate) struct State {
     pub x: Vec<f32>,     // residual stream        [B, n_embd]
     pub xb: ActBuf,      // normed input           [B, max(n_embd, q_dim)]
-    pub q: Vec<f32>,     // queries                [B, q_dim]
-    pub kk: Vec<f32>,    // keys of this batch     [B, kv_dim]
-    pub v: Vec<f32>,     // values of this batch   [B, kv_dim]
+    pub work: Work,      // q, k, v; then ffn up   [B, q_dim + 2·kv_dim]; [B, n_ff]
     pub att_out: ActBuf, // attention output       [B, q_dim]
     pub proj: Vec<f32>,  // output of a projection [B, n_embd]
     pub hb: ActBuf,      // ffn gate, then act(gate)*up [B, n_ff]
-    pub hb2: Vec<f32>,   // ffn up                 [B, n_ff]
     pub att: Vec<f32>,   // attention scores, per thread [n_threads, n_ctx]
     pub xq: QuantCache,
     pub logits: Vec<f32>, // [1 or B, n_vocab]
@@ -138,6 +80,38 @@ pub(crate) struct State {
     pub kv: KvCache,
     /// LoRA intermediates t = A·x of up to three weights sharing an input [3, B, max_adapters · max_rank].
     pub lora_t: Vec<f32>,
+}
+
+/// One buffer for two phases of a block that never overlap: the batch's queries, keys and values
+/// during attention, the feed-forward's up projection after it.
+pub(crate) struct Work {
+    buf: Vec<f32>,
+    /// Lengths of the q and of the k (= v) parts: `n_batch` rows each.
+    q_len: usize,
+    kv_len: usize,
+}
+
+impl Work {
+    fn new(n_batch: usize, q_dim: usize, kv_dim: usize, n_ff: usize) -> Work {
+        let (q_len, kv_len) = (n_batch * q_dim, n_batch * kv_dim);
+        Work {
+            buf: vec![0.0; (q_len + 2 * kv_len).max(n_batch * n_ff)],
+            q_len,
+            kv_len,
+        }
+    }
+
+    /// Queries, keys and values of the batch                           [B, q_dim], [B, kv_dim] × 2
+    pub fn qkv(&mut self) -> (&mut [f32], &mut [f32], &mut [f32]) {
+        let (q, rest) = self.buf.split_at_mut(self.q_len);
+        let (k, rest) = rest.split_at_mut(self.kv_len);
+        (q, k, &mut rest[..self.kv_len])
+    }
+
+    /// The feed-forward's up projection (overwrites q, k, v)           [B, n_ff]
+    pub fn up(&mut self) -> &mut [f32] {
+        &mut self.buf
+    }
 }
 
 impl State {
@@ -161,13 +135,10 @@ impl State {
         Ok(State {
             x: vec![0.0; n_batch * e],
             xb: ActBuf::new(n_batch * e.max(qd)),
-            q: vec![0.0; n_batch * qd],
-            kk: vec![0.0; n_batch * kvd],
-            v: vec![0.0; n_batch * kvd],
+            work: Work::new(n_batch, qd, kvd, ff),
             att_out: ActBuf::new(n_batch * qd),
             proj: vec![0.0; n_batch * e],
             hb: ActBuf::new(n_batch * ff),
-            hb2: vec![0.0; n_batch * ff],
             att: vec![0.0; cfg.n_threads * cfg.n_ctx],
             xq: QuantCache::new(
                 cfg.act_quant,
@@ -208,13 +179,10 @@ impl State {
         let activations = [
             &self.x[..],
             &self.xb,
-            &self.q,
-            &self.kk,
-            &self.v,
+            &self.work.buf,
             &self.att_out,
             &self.proj,
             &self.hb,
-            &self.hb2,
             &self.att,
         ]
         .iter()
@@ -233,14 +201,16 @@ impl State {
 }
 
 /// x[t] = scale · (token_embd[tokens[t]] + embedding LoRA)                              [B, e]
+/// (`token_embd` an adapter's fp16 replacement when one is active).
 pub(crate) fn embed(env: &Env<'_>, x: &mut [f32], lora_t: &mut [f32], tokens: &[u32], scale: f32) {
     let m = env.m;
     let e = m.hp.n_embd;
-    let rb = m.token_embd.row_bytes();
+    let (ty, table) = env.applied.weight_view(m, &m.token_embd);
+    let rb = table.len() / m.token_embd.n_out.max(1);
     for (t, &id) in tokens.iter().enumerate() {
-        let row = &m.bytes(&m.token_embd)[id as usize * rb..(id as usize + 1) * rb];
+        let row = &table[id as usize * rb..(id as usize + 1) * rb];
         let xt = &mut x[t * e..(t + 1) * e];
-        let ok = crate::kernels::scalar::dequantize(m.token_embd.ty, row, xt);
+        let ok = crate::kernels::scalar::dequantize(ty, row, xt);
         debug_assert!(ok, "token_embd type checked at load");
         // Embedding LoRA: x += s · B · A[token], A token-major (a row of A is the intermediate).
         for r in env.applied.refs_for(&m.token_embd) {
@@ -629,13 +599,19 @@ pub(crate) fn linear<const N: usize>(
         refs: &refs,
         t: lora_t,
     };
-    let (m, k, pool, lk): (&Model, &Kernels, &ThreadPool, _) = (env.m, env.k, env.pool, env.lk);
+    let (k, pool, lk): (&Kernels, &ThreadPool, _) = (env.k, env.pool, env.lk);
     let x = &input.x[..rows * n];
     let ts = lora_shrink(env, x, rows, lora.refs, lora.t);
+    // Each weight's bytes: the base's, or an adapter's fp16 replacement (which reads `x` as it is).
+    let views: [(QuantType, &[u8]); N] =
+        core::array::from_fn(|j| env.applied.weight_view(env.m, outs[j].0));
+    let replaced: [bool; N] = core::array::from_fn(|j| views[j].0 != outs[j].0.ty);
     // Quantize the input once per vec_dot_type needed (all weights of a group usually share one).
-    for (w, _) in outs.iter() {
+    for (j, (w, _)) in outs.iter().enumerate() {
         debug_assert_eq!(w.n_in, n);
-        xq.ensure(k, w.ty, input, n, rows);
+        if !replaced[j] {
+            xq.ensure(k, w.ty, input, n, rows);
+        }
     }
     let QuantCache {
         slots,
@@ -643,7 +619,10 @@ pub(crate) fn linear<const N: usize>(
         tile_len,
     } = xq;
     let (tiles, tile_len) = (Disjoint::new(tiles), *tile_len);
-    let inputs: [ActRows; N] = core::array::from_fn(|j| act_rows(slots, outs[j].0.ty));
+    let inputs: [ActRows; N] = core::array::from_fn(|j| match replaced[j] {
+        true => ActRows::f32(x, n),
+        false => act_rows(slots, outs[j].0.ty),
+    });
     let jobs: [(&WeightRef, Disjoint<f32>); N] = outs.map(|(w, o)| (w, Disjoint::new(o)));
     let lora_refs = lora.refs;
     // Chunks of CHUNK_ROWS output rows, over all the weights one after the other.
@@ -657,14 +636,15 @@ pub(crate) fn linear<const N: usize>(
         }
         let (w, out) = &jobs[j];
         let (r0, r1) = (c * CHUNK_ROWS, ((c + 1) * CHUNK_ROWS).min(w.n_out));
-        let rb = w.row_bytes();
-        let wr = &m.bytes(w)[r0 * rb..r1 * rb];
+        let (ty, bytes) = views[j];
+        let rb = bytes.len() / w.n_out.max(1);
+        let wr = &bytes[r0 * rb..r1 * rb];
         let refs = &lora_refs[j];
         let rr = ts[j].len() / rows;
         if rows == 1 {
             // SAFETY: every chunk index is handed out once and chunks cover disjoint rows.
             let o = unsafe { out.range(r0..r1) };
-            let ok = k.matmul(w.ty, n, wr, inputs[j], o);
+            let ok = k.matmul(ty, n, wr, inputs[j], o);
             debug_assert!(ok, "weight types checked at load");
             if !refs.is_empty() {
                 (lk.expand)(refs, ts[j], r0, o);
@@ -674,7 +654,7 @@ pub(crate) fn linear<const N: usize>(
         let cr = r1 - r0;
         // SAFETY: each thread uses its own tile, and runs one chunk at a time.
         let tile = unsafe { tiles.range(thread * tile_len..thread * tile_len + rows * cr) };
-        let ok = k.matmul(w.ty, n, wr, inputs[j], tile);
+        let ok = k.matmul(ty, n, wr, inputs[j], tile);
         debug_assert!(ok, "weight types checked at load");
         if !refs.is_empty() {
             (lk.expand_batch)(refs, rows, &ts[j][..rows * rr], r0, r1, tile, cr);

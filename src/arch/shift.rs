@@ -31,7 +31,8 @@ pub(crate) fn shift(m: &Model, st: &mut State, keep: usize, d: usize, n_past: us
             st.rope[table].set_shift(d);
         }
     }
-    let State { rope, kv, kk, .. } = st;
+    let State { rope, kv, work, .. } = st;
+    let (_, kk, _) = work.qkv();
     for l in 0..hp.n_layer {
         let (table, rotate) = super::qk_rope(hp, l);
         let back = &rope[table].cs[..half];

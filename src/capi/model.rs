@@ -166,18 +166,21 @@ pub unsafe extern "C" fn er_detokenize(
         let m = model_of(model)?;
         let id = token_id(&m, token, "token")?;
         let piece = m.tokenizer.token_to_piece(id, true);
+        let len = piece.len();
         // SAFETY: non-NULL and writable (contract).
-        unsafe { n.write(piece.len()) };
-        buffer_fits(piece.len(), cap, || {
-            format!("token {token} has {} bytes", piece.len())
-        })?;
+        unsafe { n.write(len) };
+        buffer_fits(len, cap, || format!("token {token} has {len} bytes"))?;
         if cap > 0 {
             need(buf, "buf")?;
-            // SAFETY: contract: `cap` writable bytes at `buf` (non-NULL, checked); piece.len() ≤ cap.
+            // SAFETY: contract: `cap` writable bytes at `buf` (non-NULL, checked); len ≤ cap.
             let dst = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), cap) };
-            dst[..piece.len()].copy_from_slice(piece);
-            if cap > piece.len() {
-                dst[piece.len()] = 0;
+            let mut at = 0;
+            piece.for_each_chunk(|c| {
+                dst[at..at + c.len()].copy_from_slice(c);
+                at += c.len();
+            });
+            if cap > len {
+                dst[len] = 0;
             }
         }
         Ok(())

@@ -1,14 +1,14 @@
 //! Building a [`Tokenizer`]: from plain data ([`Vocab`]) or from a GGUF file's `tokenizer.ggml.*`
 //! metadata (in place from a model's mapping), in phases — counts and ids checked, texts / types /
-//! scores stored, the model (BPE merges or SentencePiece scores) and pre-tokenizer chosen, the decoded
-//! pieces, the special-token index and the end-of-generation ids.
+//! scores stored, the model (BPE merges or SentencePiece scores) and pre-tokenizer chosen, the
+//! special-token index and the end-of-generation ids.
 use std::sync::Arc;
 
 use super::pretok::PreTokenizer;
-use super::store::{Nums, Pieces, PiecesBuilder, Texts, TooLarge};
+use super::store::{Nums, Texts};
 use super::{
-    bpe, char_to_byte, field_err, is_byte_token_text, spm, token_type, too_large, Lexicon, Model,
-    Tokenizer, EOG_TEXTS, SPM_SPACE, SRC,
+    bpe, field_err, is_byte_token_text, spm, token_type, too_large, Lexicon, Model, Tokenizer,
+    EOG_TEXTS, SRC,
 };
 use crate::gguf::{ArrayView, Gguf, StrIter, ValueType};
 use crate::mmap::MappedFile;
@@ -265,7 +265,6 @@ impl Tokenizer {
                 .unwrap_or(token_type::NORMAL)
         };
         let (model, pre) = choose_model(&p, has_scores, &lex)?;
-        let pieces = decoded_pieces(&lex, &ty, is_spm)?;
         let (specials, special_start) = special_index(&lex, &ty);
         let eog = eog_ids(&p, &lex, &ty);
         Ok(Tokenizer {
@@ -273,7 +272,6 @@ impl Tokenizer {
             pre,
             types,
             scores,
-            pieces,
             specials,
             special_start,
             bos: p.bos,
@@ -420,48 +418,6 @@ fn choose_model(p: &Parts<'_>, has_scores: bool, lex: &Lexicon) -> Result<(Model
             ),
         )),
     }
-}
-
-/// The decoded piece of every token, stored only where it is not the text itself.
-fn decoded_pieces(lex: &Lexicon, ty: &impl Fn(usize) -> i32, is_spm: bool) -> Result<Pieces> {
-    let n = lex.len();
-    let mut pieces = PiecesBuilder::new(n);
-    for i in 0..n {
-        let t = lex.text(i as u32);
-        let out = pieces.scratch();
-        match ty(i) {
-            token_type::CONTROL
-            | token_type::USER_DEFINED
-            | token_type::UNKNOWN
-            | token_type::UNUSED => out.extend_from_slice(t),
-            token_type::BYTE if is_spm => match is_byte_token_text(t) {
-                Some(b) => out.push(b),
-                None => out.extend_from_slice(t),
-            },
-            _ if is_spm => {
-                for c in lex.texts.get_str(i).chars() {
-                    let c = if c == SPM_SPACE { ' ' } else { c };
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                }
-            }
-            _ => {
-                for c in lex.texts.get_str(i).chars() {
-                    match char_to_byte(c) {
-                        Some(b) => out.push(b),
-                        None => {
-                            let mut buf = [0u8; 4];
-                            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                        }
-                    }
-                }
-            }
-        }
-        if !pieces.push(t) {
-            return Err(too_large("tokenizer.ggml.tokens")(TooLarge));
-        }
-    }
-    Ok(pieces.finish())
 }
 
 /// Special tokens (CONTROL, USER_DEFINED, UNKNOWN; with whether USER_DEFINED) sorted by first byte,

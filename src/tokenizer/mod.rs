@@ -4,8 +4,8 @@
 //! The constructor takes plain data ([`Vocab`]); [`Vocab::from_gguf`] fills it from a GGUF file, and
 //! [`Tokenizer::from_gguf`] builds straight from the file's metadata without the intermediate strings.
 //! A tokenizer built by [`crate::Model::open`] reads token texts, scores and types in place from the
-//! model's mapping (see `store.rs`): its own tables are an id index, the decoded pieces that differ
-//! from the texts, and the BPE merge table.
+//! model's mapping (see `store.rs`): its own tables are an id index and the BPE merge table; a token's
+//! raw bytes are decoded from its text as they are read (`piece.rs`).
 //!
 //! Special tokens: tokens of type CONTROL (3), USER_DEFINED (4) and UNKNOWN (2) are recognised in
 //! the input text, leftmost first and longest first at a position, and become their single id.
@@ -13,6 +13,7 @@
 //! Hugging Face); CONTROL and UNKNOWN ones only when `parse_special` is true.
 mod bpe;
 mod build;
+mod piece;
 pub mod pretok;
 mod spm;
 mod store;
@@ -20,6 +21,8 @@ mod unicode_letters;
 
 pub use bpe::{byte_to_char_table, char_to_byte};
 pub use build::Vocab;
+use piece::Form;
+pub use piece::Piece;
 use pretok::PreTokenizer;
 use store::{IndexTable, Nums, Texts, TooLarge};
 
@@ -103,8 +106,6 @@ pub struct Tokenizer {
     types: Nums<i32>,
     /// Empty when the vocab has none.
     scores: Nums<f32>,
-    /// Decoded bytes of the tokens whose bytes are not their text.
-    pieces: store::Pieces,
     /// Special-token candidates sorted by first byte, then longest first, then id; those starting with
     /// byte `b` are `specials[special_start[b]..special_start[b + 1]]`, each with whether it is
     /// USER_DEFINED (recognised even without `parse_special`).
@@ -154,7 +155,6 @@ impl Tokenizer {
             + self.lex.index.heap_bytes()
             + self.types.heap_bytes()
             + self.scores.heap_bytes()
-            + self.pieces.heap_bytes()
             + 8 * self.specials.len()
             + 4 * self.special_start.len()
             + model
@@ -250,20 +250,34 @@ impl Tokenizer {
     /// Raw bytes of a token (byte-level / `▁` mapping undone). CONTROL tokens give their text only when
     /// `special` is true, otherwise nothing; USER_DEFINED tokens always give their text. An id outside
     /// the vocab gives nothing.
-    pub fn token_to_piece(&self, id: u32, special: bool) -> &[u8] {
+    pub fn token_to_piece(&self, id: u32, special: bool) -> Piece<'_> {
         let i = id as usize;
         if i >= self.lex.len() {
-            return &[];
+            return Piece::EMPTY;
         }
+        let ty = (self.types.get(&self.lex.texts.backing, i)).unwrap_or(token_type::NORMAL);
         if !special
             && matches!(
-                self.types.get(&self.lex.texts.backing, i),
-                Some(token_type::CONTROL | token_type::UNKNOWN | token_type::UNUSED)
+                ty,
+                token_type::CONTROL | token_type::UNKNOWN | token_type::UNUSED
             )
         {
-            return &[];
+            return Piece::EMPTY;
         }
-        self.pieces.get(i).unwrap_or_else(|| self.lex.text(id))
+        let text = self.lex.texts.get_str(i);
+        let is_spm = matches!(self.model, Model::Spm(_));
+        let form = match ty {
+            token_type::CONTROL
+            | token_type::USER_DEFINED
+            | token_type::UNKNOWN
+            | token_type::UNUSED => Form::Verbatim,
+            token_type::BYTE if is_spm => {
+                is_byte_token_text(text.as_bytes()).map_or(Form::Verbatim, Form::Byte)
+            }
+            _ if is_spm => Form::Spm,
+            _ => Form::ByteLevel,
+        };
+        Piece::new(text, form)
     }
 
     /// Decode ids to text, special tokens rendered as their text. Invalid UTF-8 (only possible from
@@ -277,18 +291,20 @@ impl Tokenizer {
     pub fn decode_with(&self, ids: &[u32], special: bool) -> String {
         let mut out = String::new();
         let mut d = StreamDecoder::new(special);
-        let mut first = true;
+        // For a SentencePiece vocab with a space prefix, the first byte of the first non-empty piece
+        // is dropped when it is that space.
+        let mut drop_space = matches!(self.model, Model::Spm(_)) && self.add_space_prefix;
         for &id in ids {
-            let piece = self.token_to_piece(id, special);
-            if first && !piece.is_empty() {
-                first = false;
-                if matches!(self.model, Model::Spm(_)) && self.add_space_prefix && piece[0] == b' '
-                {
-                    d.push_bytes(&piece[1..], &mut out);
-                    continue;
-                }
-            }
-            d.push_bytes(piece, &mut out);
+            self.token_to_piece(id, special)
+                .for_each_chunk(|mut chunk| {
+                    if drop_space && !chunk.is_empty() {
+                        drop_space = false;
+                        if chunk[0] == b' ' {
+                            chunk = &chunk[1..];
+                        }
+                    }
+                    d.push_bytes(chunk, &mut out);
+                });
         }
         d.finish(&mut out);
         out
@@ -382,8 +398,8 @@ impl StreamDecoder {
 
     /// Append the text of token `id` to `out` (only complete characters).
     pub fn push(&mut self, tok: &Tokenizer, id: u32, out: &mut String) {
-        let piece = tok.token_to_piece(id, self.special);
-        self.push_bytes(piece, out);
+        tok.token_to_piece(id, self.special)
+            .for_each_chunk(|chunk| self.push_bytes(chunk, out));
     }
 
     /// Number of bytes held back waiting for the rest of a character.

@@ -7,9 +7,7 @@
 //! - a text → id index: an open-addressing table of `u32` ids (about 6 bytes per token), hashed with
 //!   std's randomly keyed SipHash (as `HashMap` is, so hostile vocabularies cannot force collisions)
 //!   and compared against the texts;
-//! - scores and token types: in place (little-endian `f32` / `i32` arrays of the file) or owned;
-//! - decoded pieces: only for the tokens whose piece differs from their text, found through a bitset
-//!   with per-word ranks.
+//! - scores and token types: in place (little-endian `f32` / `i32` arrays of the file) or owned.
 //!
 //! Nothing here panics on malformed data: lookups outside the tables give empty texts or `None`.
 use std::collections::hash_map::RandomState;
@@ -407,94 +405,6 @@ impl<T: Le4> Nums<T> {
     }
 }
 
-/// Decoded pieces of the tokens whose piece is not their text: bit `i` of `differs` is set for those,
-/// and the k-th such token (in id order) has piece `bytes[off[k]..off[k + 1]]`.
-pub(crate) struct Pieces {
-    differs: Box<[u64]>,
-    /// Tokens with a differing piece before each 64-token word.
-    rank: Box<[u32]>,
-    off: Offsets,
-    bytes: Box<[u8]>,
-}
-
-/// Builds [`Pieces`] one token at a time.
-pub(crate) struct PiecesBuilder {
-    differs: Vec<u64>,
-    off: Vec<u32>,
-    bytes: Vec<u8>,
-    n: usize,
-}
-
-impl PiecesBuilder {
-    pub fn new(n: usize) -> PiecesBuilder {
-        PiecesBuilder {
-            differs: vec![0; n.div_ceil(64)],
-            off: vec![0],
-            bytes: Vec::new(),
-            n: 0,
-        }
-    }
-
-    /// The buffer to write the next token's piece into (cleared by [`PiecesBuilder::push`]).
-    pub fn scratch(&mut self) -> &mut Vec<u8> {
-        &mut self.bytes
-    }
-
-    /// Ends the next token's piece, whose bytes were appended to [`PiecesBuilder::scratch`], given its
-    /// text. Returns false if the pieces exceed 4 GiB.
-    pub fn push(&mut self, text: &[u8]) -> bool {
-        let start = self.off.last().copied().unwrap_or(0) as usize;
-        let i = self.n;
-        self.n += 1;
-        if self.bytes.get(start..) == Some(text) {
-            self.bytes.truncate(start);
-            return true;
-        }
-        let Ok(end) = u32::try_from(self.bytes.len()) else {
-            return false;
-        };
-        if let Some(w) = self.differs.get_mut(i / 64) {
-            *w |= 1 << (i % 64);
-        }
-        self.off.push(end);
-        true
-    }
-
-    pub fn finish(self) -> Pieces {
-        let mut rank = Vec::with_capacity(self.differs.len());
-        let mut r = 0u32;
-        for w in &self.differs {
-            rank.push(r);
-            r += w.count_ones();
-        }
-        Pieces {
-            differs: self.differs.into_boxed_slice(),
-            rank: rank.into_boxed_slice(),
-            off: Offsets::from_vec(self.off),
-            bytes: self.bytes.into_boxed_slice(),
-        }
-    }
-}
-
-impl Pieces {
-    /// The piece of token `i` when it differs from its text, `None` when it is the text.
-    #[inline]
-    pub fn get(&self, i: usize) -> Option<&[u8]> {
-        let w = *self.differs.get(i / 64)?;
-        let bit = 1u64 << (i % 64);
-        if w & bit == 0 {
-            return None;
-        }
-        let k = *self.rank.get(i / 64)? as usize + (w & (bit - 1)).count_ones() as usize;
-        let (s, e) = (self.off.get(k)? as usize, self.off.get(k + 1)? as usize);
-        self.bytes.get(s..e)
-    }
-
-    pub fn heap_bytes(&self) -> usize {
-        8 * self.differs.len() + 4 * self.rank.len() + self.off.heap_bytes() + self.bytes.len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,23 +473,5 @@ mod tests {
         let o = Offsets::from_vec(w.clone());
         assert!(matches!(o.delta, Packed::U32(_)));
         assert_eq!((0..200).map(|i| o.get(i).unwrap()).collect::<Vec<_>>(), w);
-    }
-
-    #[test]
-    fn pieces_store_only_differences() {
-        let texts: [&[u8]; 5] = [b"ab", b"\xc4\xa0x", b"", b"cd", b"<0x41>"];
-        let pieces: [&[u8]; 5] = [b"ab", b" x", b"", b"cd", b"A"];
-        let mut b = PiecesBuilder::new(texts.len());
-        for (t, p) in texts.iter().zip(pieces) {
-            b.scratch().extend_from_slice(p);
-            assert!(b.push(t));
-        }
-        let p = b.finish();
-        let got: Vec<Option<&[u8]>> = (0..6).map(|i| p.get(i)).collect();
-        assert_eq!(
-            got,
-            vec![None, Some(&b" x"[..]), None, None, Some(&b"A"[..]), None]
-        );
-        assert_eq!(p.bytes.len(), 3);
     }
 }

@@ -25,12 +25,13 @@ const APPLIED: &[&str] = &[
     "init_lora_weights",
     "bias",
     "loftq_config",
+    "modules_to_save",
+    "ensure_weight_tying",
 ];
 /// Fields that must be absent or null / false / empty (they change the math or the model).
 const REFUSED_UNLESS_DEFAULT: &[&str] = &[
     "use_dora",
     "lora_bias",
-    "modules_to_save",
     "trainable_token_indices",
     "target_parameters",
     "layer_replication",
@@ -57,7 +58,6 @@ const INERT: &[&str] = &[
     "qalora_group_size",
     "eva_config",
     "corda_config",
-    "ensure_weight_tying",
     "runtime_config",
 ];
 
@@ -232,6 +232,10 @@ pub(super) struct Config {
     targets: Selector,
     excludes: Selector,
     layers: Option<Vec<usize>>,
+    /// `modules_to_save` entries (each names `embed_tokens` or `lm_head`).
+    pub(super) saved: Vec<String>,
+    /// `ensure_weight_tying`: a replaced embedding also replaces a tied head.
+    pub(super) tie_saved: bool,
     /// For the adapter's summary.
     pub(super) notes: Vec<String>,
 }
@@ -285,6 +289,19 @@ impl Config {
         let alphas = Patterns::parse("alpha_pattern", cfg, &name)?;
         let (targets, excludes) = selectors(cfg, &name)?;
         let layers = layers(cfg, &name)?;
+        let saved = saved_modules(cfg, &name)?;
+        let tie_saved = match cfg.get("ensure_weight_tying") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                return Err(Error::format(
+                    &name,
+                    "ensure_weight_tying",
+                    None,
+                    format!("expected a bool, found {v}"),
+                ))
+            }
+        };
         notes.push(format!(
             "lora_alpha {alpha}, r {r}, use_rslora {rslora}{}{}",
             if ranks.items.is_empty() {
@@ -308,6 +325,8 @@ impl Config {
             targets,
             excludes,
             layers,
+            saved,
+            tie_saved,
             notes,
         })
     }
@@ -366,6 +385,60 @@ impl Config {
         } else {
             a_mod / rank as f64
         } as f32)
+    }
+}
+
+/// `modules_to_save`: null or a list of module names, each `embed_tokens` or `lm_head` (optionally
+/// with the decoder's prefix, e.g. `model.embed_tokens`); any other module is refused by name.
+fn saved_modules(cfg: &Map<String, Value>, file: &str) -> Result<Vec<String>> {
+    let list = match cfg.get("modules_to_save") {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Array(a)) => a,
+        Some(v) => {
+            return Err(Error::format(
+                file,
+                "modules_to_save",
+                None,
+                format!("expected a list of module names, found {v}"),
+            ))
+        }
+    };
+    let mut out = vec![];
+    for v in list {
+        let Some(m) = v.as_str() else {
+            return Err(Error::format(
+                file,
+                "modules_to_save",
+                None,
+                format!("expected module names (strings), found {v}"),
+            ));
+        };
+        let leaf = m.rsplit('.').next().unwrap_or(m);
+        if leaf != "embed_tokens" && leaf != "lm_head" {
+            return Err(Error::unsupported(
+                file,
+                format!("field `modules_to_save` lists {m:?}; edge-run replaces only `embed_tokens` and `lm_head`"),
+            ));
+        }
+        out.push(m.to_string());
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Whether `modules_to_save` lists the embedding.
+    pub(super) fn saves_embedding(&self) -> bool {
+        self.saved.iter().any(|e| e.ends_with("embed_tokens"))
+    }
+
+    /// Whether `modules_to_save` selects `module` (equal to an entry or ending in `.` + entry).
+    pub(super) fn saves(&self, module: &str) -> bool {
+        self.saved.iter().any(|e| {
+            module == e
+                || module
+                    .strip_suffix(e.as_str())
+                    .is_some_and(|p| p.ends_with('.'))
+        })
     }
 }
 

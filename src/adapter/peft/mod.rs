@@ -12,10 +12,14 @@
 //! - `fan_in_fan_out`: PEFT's LoRA factors are `nn.Linear`s whose shapes (`A [r, in]`, `B [out, r]`)
 //!   do not depend on it (it transposes only the *merged* delta, for GPT-2-style `Conv1D` bases), and
 //!   for `nn.Linear` bases (every architecture edge-run runs) PEFT itself resets it to false. Shapes are
-//!   checked against the base either way; a `true` value is reported in the summary.
+//!   checked against the base either way; a `true` value is reported in the summary;
+//! - `modules_to_save` (entries `embed_tokens` / `lm_head`, others refused by name): each whole-module
+//!   tensor of the file (`base_model.model.lm_head.weight`, `base_model.model.model.embed_tokens.weight`)
+//!   must be listed there and replaces the base tensor ([`super::saved`]); `ensure_weight_tying` with a
+//!   replaced embedding on a tied base makes the head use the replacement too, as PEFT ties them.
 //!
 //! Refused when not at their default (an error naming the field): `use_dora`, `bias` ≠ `"none"`,
-//! `lora_bias`, `modules_to_save`, `trainable_token_indices`, `target_parameters`, `layer_replication`,
+//! `lora_bias`, `trainable_token_indices`, `target_parameters`, `layer_replication`,
 //! `alora_invocation_tokens`, `use_qalora`, `use_bdlora`, `arrow_config`, `kasa_config`,
 //! `monteclora_config`, `velora_config`, `lora_ga_config`, `loftq_config` (non-empty: the base was
 //! modified), `init_lora_weights` ∈ {pissa*, olora, corda, loftq, lora_ga} (these rewrite the base
@@ -23,8 +27,7 @@
 //! Inert (no effect on inference, accepted): `lora_dropout`, `inference_mode`, `task_type`,
 //! `base_model_name_or_path`, `revision`, `peft_version`, `auto_mapping`, `megatron_config`,
 //! `megatron_core`, `qalora_group_size` (only with `use_qalora`), `eva_config` / `corda_config`
-//! (initialisation only; `corda` init itself is refused above), `ensure_weight_tying` (only acts on
-//! `modules_to_save` / trainable tokens, both refused), `runtime_config`, and `init_lora_weights`
+//! (initialisation only; `corda` init itself is refused above), `runtime_config`, and `init_lora_weights`
 //! true / false / `"gaussian"` / `"eva"` / `"orthogonal"` (initialisation only).
 use std::path::{Path, PathBuf};
 
@@ -121,18 +124,36 @@ pub(super) fn load(path: &Path, base: &BaseInfo) -> Result<Adapter> {
     let st_name = st_path.display().to_string();
     let map = MappedFile::open(&st_path)?;
     let st = safetensors::parse(&map, &st_name)?;
-    let modules = pair_factors(&st, &st_name)?;
+    let (modules, whole) = pair_factors(&st, &st_name)?;
     let mut tensors = vec![];
     for (module, pair) in &modules {
         tensors.push(cfg.lora_tensor(module, pair, base, &map, &st_name)?);
     }
+    // `ensure_weight_tying` on a tied base: PEFT ties the head to the replaced embedding (and saves
+    // the head too, without listing it in `modules_to_save`): the embedding's replacement serves both.
+    let tie = cfg.tie_saved && cfg.saves_embedding() && !base.tensors.contains_key("output.weight");
+    let mut saved = vec![];
+    for (module, t) in &whole {
+        if tie && (module == "lm_head" || module == "language_model.lm_head") {
+            continue;
+        }
+        saved.push(cfg.saved_module(module, t, base, &map, &st_name)?);
+    }
+    let head = saved
+        .iter()
+        .find(|m| tie && m.target == "token_embd.weight")
+        .map(|e| e.alias("output.weight"));
+    saved.extend(head);
     let root = if path.is_dir() {
         path.to_path_buf()
     } else {
         st_path.clone()
     };
-    Adapter::new(&root, AdapterFormat::Peft, tensors, cfg.notes)
+    Adapter::with_saved(&root, AdapterFormat::Peft, tensors, saved, cfg.notes)
 }
+
+/// A whole module the file stores in place of the base's (`modules_to_save`).
+type Whole<'t> = Vec<(String, &'t safetensors::Tensor)>;
 
 /// A module's two factors in the safetensors file.
 struct Pair<'t> {
@@ -146,8 +167,9 @@ struct Pair<'t> {
 fn pair_factors<'t>(
     st: &'t [safetensors::Tensor],
     st_name: &str,
-) -> Result<std::collections::BTreeMap<String, Pair<'t>>> {
+) -> Result<(std::collections::BTreeMap<String, Pair<'t>>, Whole<'t>)> {
     let mut modules: std::collections::BTreeMap<String, Pair> = Default::default();
+    let mut whole = vec![];
     for t in st {
         let rest = t.name.strip_prefix("base_model.model.").ok_or_else(|| {
             Error::format(
@@ -157,7 +179,12 @@ fn pair_factors<'t>(
                 "tensor name does not start with `base_model.model.` (not a PEFT LoRA checkpoint?)",
             )
         })?;
+        let has_weight = rest.ends_with(".weight");
         let rest = rest.strip_suffix(".weight").unwrap_or(rest);
+        if has_weight && !rest.contains(".lora_") {
+            whole.push((rest.to_string(), t));
+            continue;
+        }
         let (module, which, emb) = if let Some(m) = rest.strip_suffix(".lora_A") {
             (m, 'A', false)
         } else if let Some(m) = rest.strip_suffix(".lora_B") {
@@ -190,7 +217,7 @@ fn pair_factors<'t>(
             return Err(Error::format(st_name, &t.name, None, "duplicate factor"));
         }
     }
-    Ok(modules)
+    Ok((modules, whole))
 }
 
 /// Rank, `n_in` and `n_out` of a module's factors, checked: both 2-D, one rank, and the base
@@ -279,6 +306,54 @@ fn load_factor(
 }
 
 impl Config {
+    /// The replacement a whole-module tensor brings: listed in `modules_to_save`, the embedding or the
+    /// head, shaped like the base's, finite; fp16 in place when aligned, else converted once.
+    fn saved_module(
+        &self,
+        module: &str,
+        t: &safetensors::Tensor,
+        base: &BaseInfo,
+        map: &Arc<MappedFile>,
+        st_name: &str,
+    ) -> Result<SavedModule> {
+        if !self.saves(module) {
+            return Err(Error::unsupported(
+                st_name,
+                format!(
+                    "tensor {:?} is a whole module ({module:?}) that `modules_to_save` does not list (a DoRA magnitude, bias or other module?)",
+                    t.name
+                ),
+            ));
+        }
+        let target = match map_module(module, base) {
+            Some(m) if m.layer.is_none() => m.target,
+            _ => {
+                return Err(Error::unsupported(
+                    st_name,
+                    format!(
+                        "tensor {:?}: module {module:?} in `modules_to_save` cannot be replaced (only embed_tokens and lm_head)",
+                        t.name
+                    ),
+                ))
+            }
+        };
+        let want = saved::expected_shape(&target, base, st_name, &t.name)?;
+        let got = match t.shape[..] {
+            [rows, cols] => (cols, rows),
+            _ => {
+                return Err(Error::format(
+                    st_name,
+                    format!("{}.shape", t.name),
+                    None,
+                    format!("{:?} is not 2-D", t.shape),
+                ))
+            }
+        };
+        saved::check_shape(got, want, st_name, &t.name, &target)?;
+        let data = load_factor(map, t, st_name, Ok, true)?;
+        Ok(SavedModule::new(&target, want.0, want.1, data))
+    }
+
     /// The LoRA of one module: its GGUF target, selected by the config, shapes matching the base, rank
     /// and scale from the config, factors read (q/k `B` rows permuted, embedding `A` transposed).
     fn lora_tensor(

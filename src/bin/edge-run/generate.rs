@@ -183,7 +183,7 @@ pub(crate) fn render_chat(model: &Model, msgs: &[ChatMessage]) -> Result<String,
     })?;
     let tok = &model.tokenizer;
     let piece = |id: Option<u32>| {
-        id.map(|i| String::from_utf8_lossy(tok.token_to_piece(i, true)).into_owned())
+        id.map(|i| String::from_utf8_lossy(&tok.token_to_piece(i, true).to_vec()).into_owned())
             .unwrap_or_default()
     };
     Ok(apply_chat_template(

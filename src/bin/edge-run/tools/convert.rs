@@ -17,6 +17,9 @@
 //! - `token_embd.weight`: llama.cpp's embedding layout, `lora_a` dims `[r, vocab]` (token-major),
 //!   `lora_b` dims `[r, width]`.
 //!
+//! - replaced modules (PEFT `modules_to_save`): `<target>.replace`, F16, dims `[n_embd, n_vocab]`
+//!   (edge-run's own extension; llama.cpp does not know them and warns are given).
+//!
 //! `q`/`k` rows are already in GGUF order in a loaded [`Adapter`] (PEFT adapters are permuted at load),
 //! so they are written as they are.
 use std::borrow::Cow;
@@ -111,6 +114,18 @@ pub fn to_writer<'a>(
             &[r, n_out],
             QuantType::F16,
             Cow::Owned(bytemuck::cast_slice::<u16, u8>(&b).to_vec()),
+        )?;
+    }
+    for m in adapter.saved() {
+        warnings.push(format!(
+            "{}: replaced (modules_to_save), written as {}.replace; llama.cpp ignores or refuses it",
+            m.target, m.target
+        ));
+        w.add_tensor(
+            &format!("{}.replace", m.target),
+            &[m.n_embd as u64, m.n_vocab as u64],
+            QuantType::F16,
+            Cow::Borrowed(bytemuck::cast_slice(m.data())),
         )?;
     }
     Ok((w, warnings))

@@ -346,6 +346,16 @@ pub fn run(
         .map(|(p, s)| Ok((Arc::new(Adapter::load(p, &model.base_info)?), *s)))
         .collect::<Result<Vec<_>>>()?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3 / loaded.len().max(1) as f64;
+    // LoRA scratch for the adapters measured, none for the base alone (as the session of a program that
+    // applies no adapter would be sized), so the peak RSS is that of the workload.
+    let cfg = SessionConfig {
+        max_adapters: loaded.len(),
+        max_rank: (loaded.iter())
+            .flat_map(|(a, _)| a.tensors().iter().map(|t| t.rank))
+            .max()
+            .unwrap_or(0),
+        ..cfg
+    };
 
     let mut sess = Session::new(model.clone(), cfg.clone())?;
     sess.set_control_vector(w.control_vector.clone())?;
@@ -750,48 +760,4 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roofline_percent() {
-        // 100 tok/s × 100 MB/token = 10 GB/s = 50 % of 20 GB/s.
-        assert!((roofline_pct(100.0, 100e6, 20.0) - 50.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn workload_prompt_and_context() {
-        let w = Workload {
-            n_prompt: 10,
-            n_gen: 4,
-            ..Default::default()
-        };
-        let p = w.prompt(50);
-        assert_eq!(p.len(), 10);
-        assert!(p.iter().all(|&t| t < 50));
-        assert_eq!(p, w.prompt(50), "the prompt is reproducible");
-        assert_ne!(
-            p,
-            Workload {
-                seed: 99,
-                ..w.clone()
-            }
-            .prompt(50)
-        );
-        // Decoded tokens attend to 11, 12, 13, 14 positions.
-        assert_eq!(w.mean_context(), 12.5);
-        assert!(Workload {
-            n_gen: 0,
-            ..w.clone()
-        }
-        .validate()
-        .is_err());
-        assert!(w.validate().is_ok());
-        let c = w.session_config(&SessionConfig {
-            n_ctx: 8,
-            n_batch: 4,
-            ..Default::default()
-        });
-        assert_eq!((c.n_ctx, c.n_batch), (14, 10));
-    }
-}
+mod tests;

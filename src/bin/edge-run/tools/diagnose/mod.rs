@@ -108,6 +108,8 @@ pub struct DiagnoseReport {
     pub model: String,
     /// (name, user scale) of each adapter, in stack order.
     pub adapters: Vec<(String, f32)>,
+    /// The base tensors each adapter replaces (PEFT `modules_to_save`), in stack order.
+    pub replaced: Vec<Vec<String>>,
     pub n_tokens: usize,
     pub runs: Vec<RunReport>,
     pub norms: Vec<NormReport>,
@@ -196,6 +198,10 @@ pub fn diagnose(
         adapters: adapters
             .iter()
             .map(|(_, s, n)| (n.to_string(), *s))
+            .collect(),
+        replaced: adapters
+            .iter()
+            .map(|(a, _, _)| a.saved().iter().map(|m| m.target.clone()).collect())
             .collect(),
         n_tokens: ids.len(),
         runs,

@@ -36,7 +36,13 @@ impl DiagnoseReport {
             self.model, self.n_tokens
         );
         for (i, (name, sc)) in self.adapters.iter().enumerate() {
-            let _ = writeln!(s, "  adapter {i}: {name} (scale {sc})");
+            let _ = write!(s, "  adapter {i}: {name} (scale {sc})");
+            match self.replaced.get(i) {
+                Some(r) if !r.is_empty() => {
+                    let _ = writeln!(s, "; replaces {} (modules_to_save)", r.join(", "));
+                }
+                _ => s.push('\n'),
+            }
         }
         let _ = writeln!(
             s,
@@ -179,7 +185,7 @@ impl DiagnoseReport {
         super::super::sorted_keys(json!({
             "model": self.model,
             "n_tokens": self.n_tokens,
-            "adapters": self.adapters.iter().map(|(n, s)| json!({"name": n, "scale": s})).collect::<Vec<_>>(),
+            "adapters": self.adapters.iter().zip(&self.replaced).map(|((n, s), r)| json!({"name": n, "scale": s, "replaces": r})).collect::<Vec<_>>(),
             "runs": runs,
             "stack_curve": self.stack_curve().iter().map(|&(k, v)| json!({"n_adapters": k, "kl_base_mean": fin(v)})).collect::<Vec<_>>(),
             "norms": norms,

@@ -130,6 +130,15 @@ pub fn merge(
         .iter()
         .map(|(p, _)| Adapter::load(p, &base))
         .collect::<Result<_>>()?;
+    if let Some(a) = loaded.iter().find(|a| !a.saved().is_empty()) {
+        return Err(Error::unsupported(
+            a.path().display().to_string(),
+            format!(
+                "replaces {} (modules_to_save); merge folds only LoRA deltas, run this adapter unmerged",
+                a.saved()[0].target
+            ),
+        ));
+    }
     let inputs = Inputs {
         g: &g,
         mname: &mname,

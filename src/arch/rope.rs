@@ -1,0 +1,58 @@
+//! Rotary position embeddings: the per-frequency angles of a batch's positions, and of a shift back.
+
+/// RoPE of one frequency set: inverse frequencies and the cos/sin of the current batch's positions.
+pub(crate) struct Rope {
+    /// [rope_dim / 2] (freq_scale and rope_freqs folded in).
+    pub inv_freq: Vec<f32>,
+    /// [B, rope_dim / 2] (cos, sin)
+    pub cs: Vec<(f32, f32)>,
+}
+
+impl Rope {
+    pub(crate) fn new(
+        hp: &crate::model::HParams,
+        base: f32,
+        scale: f32,
+        divisors: Option<&[f32]>,
+        n_batch: usize,
+    ) -> Rope {
+        let half = hp.rope_dim / 2;
+        let mut inv_freq: Vec<f32> = (0..half)
+            .map(|i| scale * base.powf(-2.0 * i as f32 / hp.rope_dim as f32))
+            .collect();
+        if let Some(d) = divisors {
+            for (f, d) in inv_freq.iter_mut().zip(d) {
+                *f /= d;
+            }
+        }
+        Rope {
+            inv_freq,
+            cs: vec![(0.0, 0.0); n_batch * half],
+        }
+    }
+
+    /// Angles for positions pos0..pos0+b.
+    pub fn set_positions(&mut self, pos0: usize, b: usize) {
+        let half = self.inv_freq.len();
+        for t in 0..b {
+            let p = (pos0 + t) as f32;
+            for (i, &f) in self.inv_freq.iter().enumerate() {
+                let (s, c) = (p * f).sin_cos();
+                self.cs[t * half + i] = (c, s);
+            }
+        }
+    }
+}
+
+impl Rope {
+    /// Angles that move a rotated row back by `d` positions (angle `−d·θᵢ`, computed in f64), in the
+    /// first row of `cs` (the next batch's `set_positions` overwrites it). Returns that row.
+    pub fn set_shift(&mut self, d: usize) -> &[(f32, f32)] {
+        let half = self.inv_freq.len();
+        for (c, &f) in self.cs[..half].iter_mut().zip(&self.inv_freq) {
+            let (s, co) = (-(d as f64) * f as f64).sin_cos();
+            *c = (co as f32, s as f32);
+        }
+        &self.cs[..half]
+    }
+}
