@@ -54,6 +54,46 @@ pub enum Cmd {
     /// Re-quantize a GGUF model with llama.cpp's own quantizer (llama-quantize's file types and per-tensor
     /// choices), e.g. to benchmark against llama.cpp on a Q4_0 file (needs a build with `--features ggml`).
     Quantize(QuantizeArgs),
+    /// Serve the model over HTTP with an OpenAI-compatible API (chat and text completions, streaming,
+    /// per-request adapter stacks, adapters loaded and unloaded at run time). Needs a build with
+    /// `--features serve`.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(mut_arg("adapters", |a| a
+    .value_name("NAME=PATH[:SCALE]")
+    .help("Load an adapter under NAME (requests pick it as \"model\": \"BASE:NAME\" or in \"adapters\"), \
+           with its default scale after a colon (1.0). Repeatable. Not applied unless a request asks")))]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub m: ModelArg,
+    /// The only directory POST /v1/adapters may load adapters from (without it, run-time loading is off).
+    #[arg(long = "adapter-dir", value_name = "DIR")]
+    pub adapter_dir: Option<PathBuf>,
+    /// Address to listen on (loopback by default; 0.0.0.0 exposes the server to the network).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub host: String,
+    /// TCP port (0: any free port; the chosen one is printed on stderr).
+    #[arg(long, value_name = "N", default_value_t = 8080)]
+    pub port: u16,
+    /// Requests decoded at the same time, each in its own slot (a session with its own KV cache of -c tokens).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub parallel: usize,
+    /// Requests that may wait for a slot; more get 503 with Retry-After.
+    #[arg(long = "queue", value_name = "N", default_value_t = 64)]
+    pub queue: usize,
+    /// Seconds a request may take from arrival to its last token; then it ends with finish_reason "length".
+    #[arg(long = "timeout", value_name = "SECS", default_value_t = 600)]
+    pub timeout: u64,
+    /// Require `Authorization: Bearer KEY` on every /v1 endpoint and /metrics (401 otherwise).
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// The model name the API reports (default: the model file's name without .gguf).
+    #[arg(long = "alias", value_name = "NAME")]
+    pub alias: Option<String>,
+    #[command(flatten)]
+    pub rt: RuntimeArgs,
 }
 
 #[derive(Args, Debug)]

@@ -5,7 +5,8 @@
 //! - [`generate`]: the default command (prompt in, tokens streamed out), with [`prompt_cache`]
 //!   (`--prompt-cache`), and [`repl`], the interactive chat (its `/save` and `/load` in [`chat_state`]);
 //! - [`inspect`]: `tokenize`, `logits`, `info`;
-//! - [`tool_cmds`]: `adapter convert`, `merge`, `diagnose`, `bench` over [`tools`].
+//! - [`tool_cmds`]: `adapter convert`, `merge`, `diagnose`, `bench` over [`tools`];
+//! - `serve` (feature `serve`): the OpenAI-compatible HTTP server.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 /// `println!` that treats a closed stdout (e.g. `edge-run info … | head -1`) as the end of the output:
@@ -30,6 +31,8 @@ mod heap;
 mod inspect;
 mod prompt_cache;
 mod repl;
+#[cfg(feature = "serve")]
+mod serve;
 mod tool_cmds;
 mod tools;
 
@@ -85,6 +88,12 @@ fn main() -> ExitCode {
         Some(Cmd::Merge(a)) => tool_cmds::cmd_merge(a),
         Some(Cmd::Diagnose(a)) => tool_cmds::cmd_diagnose(a),
         Some(Cmd::Quantize(a)) => tool_cmds::cmd_quantize(a),
+        #[cfg(feature = "serve")]
+        Some(Cmd::Serve(a)) => serve::cmd_serve(a),
+        #[cfg(not(feature = "serve"))]
+        Some(Cmd::Serve(_)) => Err(usage(
+            "this edge-run was built without the HTTP server: build with `--features serve`",
+        )),
         None => generate::cmd_generate(cli.gen),
     };
     match r {
