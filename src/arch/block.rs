@@ -113,7 +113,7 @@ pub(crate) fn attn_output(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize
         st.hb.input(b * qd),
         qd,
         b,
-        [(&layer.attn_output, &mut st.proj[..b * e])],
+        [(&layer.attn_output, &mut st.work.proj()[..b * e])],
         &mut st.lora_t,
     );
 }
@@ -148,7 +148,7 @@ pub(crate) fn ffn_output(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize)
         st.hb.input(b * ff),
         ff,
         b,
-        [(&layer.ffn_down, &mut st.proj[..b * e])],
+        [(&layer.ffn_down, &mut st.work.proj()[..b * e])],
         &mut st.lora_t,
     );
 }

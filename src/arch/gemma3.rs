@@ -160,6 +160,6 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
 
 /// The sandwich norm's second half: x += rmsnorm(proj) · w (the first `len` values).
 fn post_norm_add(st: &mut State, w: &[f32], len: usize, eps: f32) {
-    rmsnorm_rows(&mut st.xb[..len], &st.proj[..len], w, eps);
+    rmsnorm_rows(&mut st.xb[..len], &st.work.proj()[..len], w, eps);
     add(&mut st.x[..len], &st.xb[..len]);
 }

@@ -24,13 +24,13 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize
         block::rope_qk(env, st, table, b, rotate);
         block::attend(env, st, l, pos0, b, 0);
         block::attn_output(env, st, layer, b);
-        add(&mut st.x[..b * e], &st.proj[..b * e]);
+        add(&mut st.x[..b * e], &st.work.proj()[..b * e]);
 
         // --- feed-forward: x += Wdown·(silu(Wgate·xb) ⊙ Wup·xb) ---
         block::ffn_input(env, st, layer, b);
         (env.k.swiglu)(&mut st.hb[..b * ff], &st.work.up()[..b * ff]);
         block::ffn_output(env, st, layer, b);
-        add(&mut st.x[..b * e], &st.proj[..b * e]);
+        add(&mut st.x[..b * e], &st.work.proj()[..b * e]);
 
         // control vector: x += v_l (when it has this block)
         block::steer(env, st, l, b);

@@ -66,10 +66,9 @@ pub(crate) struct LinearInput<'a> {
 
 /// Activations, KV cache and scratch of a session.
 pub(crate) struct State {
-    pub x: Vec<f32>,    // residual stream        [B, n_embd]
-    pub xb: ActBuf,     // normed input           [B, n_embd]
-    pub work: Work,     // q, k, v; then ffn up   [B, q_dim + 2·kv_dim]; [B, n_ff]
-    pub proj: Vec<f32>, // output of a projection [B, n_embd]
+    pub x: Vec<f32>, // residual stream        [B, n_embd]
+    pub xb: ActBuf,  // normed input           [B, n_embd]
+    pub work: Work,  // q, k, v; Wo output; ffn up; Wdown output (one at a time)
     /// Hidden rows: the attention output [B, q_dim] until Wo has read it, then the FFN gate and
     /// act(gate)·up [B, n_ff] (one buffer: the two are never live together).
     pub hb: ActBuf,
@@ -93,10 +92,13 @@ pub(crate) struct Work {
 }
 
 impl Work {
-    fn new(n_batch: usize, q_dim: usize, kv_dim: usize, n_ff: usize) -> Work {
+    fn new(n_batch: usize, n_embd: usize, q_dim: usize, kv_dim: usize, n_ff: usize) -> Work {
         let (q_len, kv_len) = (n_batch * q_dim, n_batch * kv_dim);
+        let len = (q_len + 2 * kv_len)
+            .max(n_batch * n_ff)
+            .max(n_batch * n_embd);
         Work {
-            buf: vec![0.0; (q_len + 2 * kv_len).max(n_batch * n_ff)],
+            buf: vec![0.0; len],
             q_len,
             kv_len,
         }
@@ -111,6 +113,11 @@ impl Work {
 
     /// The feed-forward's up projection (overwrites q, k, v)           [B, n_ff]
     pub fn up(&mut self) -> &mut [f32] {
+        &mut self.buf
+    }
+
+    /// The output of Wo or Wdown, read before the next q, k, v or up (overwrites them)   [B, n_embd]
+    pub fn proj(&mut self) -> &mut [f32] {
         &mut self.buf
     }
 }
@@ -136,8 +143,7 @@ impl State {
         Ok(State {
             x: vec![0.0; n_batch * e],
             xb: ActBuf::new(n_batch * e),
-            work: Work::new(n_batch, qd, kvd, ff),
-            proj: vec![0.0; n_batch * e],
+            work: Work::new(n_batch, e, qd, kvd, ff),
             hb: ActBuf::new(n_batch * ff.max(qd)),
             att: vec![0.0; cfg.n_threads * cfg.n_ctx],
             xq: QuantCache::new(
@@ -176,17 +182,10 @@ impl State {
             .iter()
             .map(|r| 4 * r.inv_freq.len() + 8 * r.cs.len())
             .sum();
-        let activations = [
-            &self.x[..],
-            &self.xb,
-            &self.work.buf,
-            &self.proj,
-            &self.hb,
-            &self.att,
-        ]
-        .iter()
-        .map(|v| f(v))
-        .sum::<usize>()
+        let activations = [&self.x[..], &self.xb, &self.work.buf, &self.hb, &self.att]
+            .iter()
+            .map(|v| f(v))
+            .sum::<usize>()
             + self.xq.bytes()
             + rope
             + self.kv.staging_bytes();
