@@ -614,9 +614,9 @@ fn gguf_refusals_and_conversions() {
             assert_eq!(half::f16::from_bits(h).to_f32(), x, "{target} B[{i}]");
         }
     }
-    // An unknown adapter.* key is refused; an aLoRA one too.
+    // An aLoRA whose invocation names a token outside the vocabulary is refused.
     let mut w2 = lora_adapter_writer(None);
-    w2.add("adapter.alora.invocation_tokens", vec![1u32, 2, 3])
+    w2.add("adapter.alora.invocation_tokens", vec![1u32, 2, 4_000_000])
         .unwrap();
     w2.add_tensor(
         "blk.0.ffn_up.weight.lora_a",
