@@ -221,17 +221,6 @@ fn switching_to_an_alora_mid_conversation_reuses_the_base_cache() {
     assert!(kl_late > 10.0 * mean.max(1e-5), "{kl_late} vs {mean}");
 }
 
-/// KL(softmax(p) ‖ softmax(q)) over full rows.
-fn kl_div(p: &[f32], q: &[f32]) -> f64 {
-    let lsm = |v: &[f32]| {
-        let m = v.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
-        let lse = m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-        v.iter().map(|&x| x as f64 - lse).collect::<Vec<f64>>()
-    };
-    let (lp, lq) = (lsm(p), lsm(q));
-    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
-}
-
 #[test]
 fn gguf_form_carries_the_invocation() {
     let model = open_smollm2();
@@ -239,15 +228,7 @@ fn gguf_form_carries_the_invocation() {
     let dir = TempDir::new("alora", "gguf");
     let out = dir.join("alora.gguf");
     let src = root().join("tests/data/adapters/alora-peft");
-    let o = edge_run(&[
-        "adapter",
-        "convert",
-        path_arg(&src),
-        "-m",
-        path_arg(&smollm2_path()),
-        "-o",
-        path_arg(&out),
-    ]);
+    let o = convert_cli(&src, &smollm2_path(), &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let gguf = Arc::new(Adapter::load(&out, &model.base_info).unwrap());
     assert_eq!(gguf.invocation_tokens(), Some(&INVOCATION[..]));
@@ -287,13 +268,7 @@ fn merge_refuses_an_alora() {
 #[test]
 fn info_describes_an_alora() {
     let src = root().join("tests/data/adapters/alora-peft");
-    let o = edge_run(&[
-        "info",
-        "-m",
-        path_arg(&smollm2_path()),
-        "--adapter",
-        path_arg(&src),
-    ]);
+    let o = info_with_adapter(&src);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(

@@ -337,15 +337,7 @@ fn dora_adapter_is_refused_with_the_reason() {
         .to_string();
     assert!(e.contains("DoRA") && e.contains("magnitude"), "{e}");
     assert!(!out.exists() && !dir.join("dora.gguf.partial").exists());
-    let o = edge_run(&[
-        "adapter",
-        "convert",
-        path_arg(&src),
-        "-m",
-        path_arg(&smollm2_path()),
-        "-o",
-        path_arg(&out),
-    ]);
+    let o = convert_cli(&src, &smollm2_path(), &out);
     refused(&o, 1, "DoRA");
     let _ = std::fs::remove_dir_all(&dir);
 }

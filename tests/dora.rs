@@ -128,12 +128,6 @@ fn dora_references_reject_wrong_semantics() {
     );
 }
 
-fn logits_of(model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)], ids: &[u32]) -> Vec<f32> {
-    let mut s = session(model, 64, 2);
-    s.set_adapters(set).unwrap();
-    s.eval(ids).unwrap().to_vec()
-}
-
 #[test]
 fn dora_scale_zero_and_removal_give_the_base_bit_for_bit() {
     let model = open_smollm2();
@@ -143,11 +137,13 @@ fn dora_scale_zero_and_removal_give_the_base_bit_for_bit() {
     assert_eq!(base, logits_of(&model, &[(&dora_all, 0.0)], ids), "scale 0");
     assert_ne!(base, logits_of(&model, &[(&dora_all, 1.0)], ids));
     let mut s = session(&model, 64, 2);
-    s.set_adapters(&[(&pirate, 1.0), (&dora_all, 1.0)]).unwrap();
-    s.eval(ids).unwrap();
-    s.set_adapters(&[]).unwrap();
-    s.reset();
-    assert_eq!(base, s.eval(ids).unwrap(), "after removing the DoRA set");
+    assert_removal_restores(
+        &mut s,
+        &[(&pirate, 1.0), (&dora_all, 1.0)],
+        ids,
+        &base,
+        "after removing the DoRA set",
+    );
 }
 
 /// Publishing computes the norms once per adapter and scale; the decode then gives the same logits
@@ -225,22 +221,10 @@ fn dora_gains_match_the_definition() {
 #[test]
 fn info_describes_a_dora_adapter() {
     let dir = root().join("tests/data/adapters");
-    let o = edge_run(&[
-        "info",
-        "-m",
-        path_arg(&smollm2_path()),
-        "--adapter",
-        path_arg(&dir.join("dora-all")),
-    ]);
+    let o = info_with_adapter(&dir.join("dora-all"));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.contains("DoRA: 210 of 210 tensors"), "{out}");
-    let o = edge_run(&[
-        "info",
-        "-m",
-        path_arg(&smollm2_path()),
-        "--adapter",
-        path_arg(&dir.join("pirate-peft")),
-    ]);
+    let o = info_with_adapter(&dir.join("pirate-peft"));
     assert!(!String::from_utf8_lossy(&o.stdout).contains("DoRA"));
 }

@@ -8,8 +8,8 @@
 //! family's PEFT adapter; the tokenizer's ids from the Hugging Face `tokenizers` package.
 mod common;
 
+use common::{adapted_logits_of_sequences, convert_cli, sequences_in, Metrics, TempDir};
 use common::{compare, edge_run, path_arg, read_npz, reference, refused, root, summarize};
-use common::{sequences_in, Metrics, TempDir};
 use edge_run::adapter::Adapter;
 use edge_run::chat::{apply_chat_template, ChatMessage};
 use edge_run::gguf::{Gguf, GgufWriter, MetaValue};
@@ -49,16 +49,12 @@ fn runs(
         logits_all: true,
         ..Default::default()
     };
-    sequences_in(&data(family, "sequences.json"))
-        .into_iter()
-        .map(|(name, ids)| {
-            let mut s = edge_run::Session::new(model.clone(), cfg.clone()).unwrap();
-            s.set_adapters(set).unwrap();
-            let mut rows = Vec::new();
-            s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
-            (name, rows)
-        })
-        .collect()
+    adapted_logits_of_sequences(
+        model,
+        sequences_in(&data(family, "sequences.json")),
+        cfg,
+        set,
+    )
 }
 
 fn metrics(family: &str, npz: &str, runs: &[(String, Vec<Vec<f32>>)]) -> Metrics {
@@ -463,15 +459,7 @@ fn adapter_convert_merge_and_diagnose() {
     for family in FAMILIES {
         let (m, a) = (model_path(family, "Q8_0"), data(family, "adapter-peft"));
         let conv = dir.join(format!("{family}-lora.gguf"));
-        let o = edge_run(&[
-            "adapter",
-            "convert",
-            path_arg(&a),
-            "-m",
-            path_arg(&m),
-            "-o",
-            path_arg(&conv),
-        ]);
+        let o = convert_cli(&a, &m, &conv);
         assert_eq!(o.status.code(), Some(0), "{family}: {o:?}");
         let model = Arc::new(Model::open(&m).unwrap());
         let converted = Arc::new(Adapter::load(&conv, &model.base_info).unwrap());

@@ -67,17 +67,6 @@ fn every_shared_adapter_matches_hf_peft() {
     );
 }
 
-fn logits_of(
-    model: &Arc<Model>,
-    set: &[(&Arc<Adapter>, f32)],
-    ids: &[u32],
-    n_threads: usize,
-) -> Vec<f32> {
-    let mut s = session(model, 64, n_threads);
-    s.set_adapters(set).unwrap();
-    s.eval(ids).unwrap().to_vec()
-}
-
 fn fnv(path: &std::path::Path) -> (u64, u64) {
     let b = std::fs::read(path).unwrap();
     (
@@ -95,26 +84,24 @@ fn scale_zero_and_unload_give_base_logits_bit_for_bit() {
     let model = Arc::new(Model::open(&path).unwrap());
     let [pirate, shout] = shared_adapters(&model, ["pirate.gguf", "shout-peft"]);
     let ids = &sequences()[0].1[..20];
-    let base = logits_of(&model, &[], ids, 2);
+    let base = logits_of(&model, &[], ids);
+    assert_eq!(base, logits_of(&model, &[(&pirate, 0.0)], ids), "scale 0");
     assert_eq!(
         base,
-        logits_of(&model, &[(&pirate, 0.0)], ids, 2),
-        "scale 0"
-    );
-    assert_eq!(
-        base,
-        logits_of(&model, &[(&pirate, 0.0), (&shout, 0.0)], ids, 2),
+        logits_of(&model, &[(&pirate, 0.0), (&shout, 0.0)], ids),
         "two adapters at scale 0"
     );
-    let adapted = logits_of(&model, &[(&pirate, 1.0)], ids, 2);
+    let adapted = logits_of(&model, &[(&pirate, 1.0)], ids);
     assert_ne!(base, adapted);
     // Load, use, unload in one session.
     let mut s = session(&model, 64, 2);
-    s.set_adapters(&[(&pirate, 1.0), (&shout, 0.5)]).unwrap();
-    s.eval(ids).unwrap();
-    s.set_adapters(&[]).unwrap();
-    s.reset();
-    assert_eq!(base, s.eval(ids).unwrap(), "after unloading");
+    assert_removal_restores(
+        &mut s,
+        &[(&pirate, 1.0), (&shout, 0.5)],
+        ids,
+        &base,
+        "after unloading",
+    );
     drop((s, pirate, shout, model));
     assert_eq!(before, fnv(&path), "the model file changed");
 }

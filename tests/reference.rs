@@ -153,16 +153,6 @@ fn every_kernel_tier_gives_the_same_logits() {
     eprintln!("model-level tiers compared: {}", ran.join(", "));
 }
 
-fn kl_div(p: &[f32], q: &[f32]) -> f64 {
-    let lsm = |v: &[f32]| {
-        let m = v.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
-        let lse = m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-        v.iter().map(|&x| x as f64 - lse).collect::<Vec<f64>>()
-    };
-    let (lp, lq) = (lsm(p), lsm(q));
-    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
-}
-
 #[test]
 fn bad_requests_leave_the_session_usable() {
     let model = open_smollm2();

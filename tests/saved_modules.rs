@@ -132,14 +132,32 @@ fn rebuild(name: &str, dir: &Path) {
     .unwrap();
 }
 
-/// Mean KL ≤ 0.0025 and top-1 ≥ 98.5% against `npz` with the adapter set `set`.
-fn assert_matches(model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)], npz: &str) {
+/// PEFT's folder `name` rebuilt in a new temporary folder ([`rebuild`]), loaded for `model`.
+fn load_rebuilt(model: &Model, name: &str) -> (TempDir, Arc<Adapter>) {
+    let dir = TempDir::new("saved", name);
+    rebuild(name, &dir);
+    let adapter = Arc::new(Adapter::load(&dir, &model.base_info).unwrap());
+    (dir, adapter)
+}
+
+/// The base tensors `adapter` replaces, in its order.
+fn saved_targets(adapter: &Adapter) -> Vec<&str> {
+    adapter.saved().iter().map(|m| m.target.as_str()).collect()
+}
+
+/// The summarized metrics of the reference sequences with the adapter set `set` against `npz`.
+fn metrics_vs(model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)], npz: &str) -> Metrics {
     let z = read_npz(&root().join("tests/data/reference/smollm2").join(npz));
     let per: Vec<Metrics> = compare_sequences(model, set, &z)
         .into_iter()
         .map(|(_, m)| m)
         .collect();
-    let m = summarize(&per);
+    summarize(&per)
+}
+
+/// Mean KL ≤ 0.0025 and top-1 ≥ 98.5% against `npz` with the adapter set `set`.
+fn assert_matches(model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)], npz: &str) {
+    let m = metrics_vs(model, set, npz);
     eprintln!("{npz}: {m:?}");
     assert!(
         m.kl_mean <= 0.0025 && m.top1 >= 0.985,
@@ -151,29 +169,15 @@ fn assert_matches(model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)], npz: &str) {
 
 /// The base model must be far from the adapted reference (the replacement matters).
 fn assert_base_differs(model: &Arc<Model>, npz: &str) {
-    let z = read_npz(&root().join("tests/data/reference/smollm2").join(npz));
-    let per: Vec<Metrics> = compare_sequences(model, &[], &z)
-        .into_iter()
-        .map(|(_, m)| m)
-        .collect();
-    let kl = summarize(&per).kl_mean;
+    let kl = metrics_vs(model, &[], npz).kl_mean;
     assert!(kl > 0.02, "base vs {npz}: KL {kl}: is the adapter applied?");
-}
-
-fn logits(model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)], ids: &[u32]) -> Vec<f32> {
-    let mut s = session(model, 64, 2);
-    s.set_adapters(set).unwrap();
-    s.eval(ids).unwrap().to_vec()
 }
 
 #[test]
 fn replaced_head_matches_hf_peft_alone_stacked_and_converted() {
     let model = open_smollm2();
-    let dir = TempDir::new("saved", "head-peft");
-    rebuild("head-peft", &dir);
-    let head = Arc::new(Adapter::load(&dir, &model.base_info).unwrap());
-    let targets: Vec<&str> = head.saved().iter().map(|m| m.target.as_str()).collect();
-    assert_eq!(targets, ["output.weight"]);
+    let (dir, head) = load_rebuilt(&model, "head-peft");
+    assert_eq!(saved_targets(&head), ["output.weight"]);
     let [pirate] = shared_adapters(&model, ["pirate-peft"]);
     assert_matches(&model, &[(&head, 1.0)], "hf_head-peft.npz");
     assert_matches(
@@ -190,16 +194,8 @@ fn replaced_head_matches_hf_peft_alone_stacked_and_converted() {
 
     // `adapter convert` writes the replacement; the GGUF maps it in place and runs the same.
     let gguf = dir.join("head.gguf");
-    let m = path_arg(&smollm2_path()).to_string();
-    let o = edge_run(&[
-        "adapter",
-        "convert",
-        path_arg(&dir),
-        "-m",
-        &m,
-        "-o",
-        path_arg(&gguf),
-    ]);
+    let m = smollm2_path();
+    let o = convert_cli(&dir, &m, &gguf);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let g = Arc::new(Adapter::load(&gguf, &model.base_info).unwrap());
     assert!(
@@ -212,7 +208,7 @@ fn replaced_head_matches_hf_peft_alone_stacked_and_converted() {
         &[(&g, 1.0), (&pirate, 1.0)],
         "hf_head-peft_pirate.npz",
     );
-    let info = edge_run(&["info", "-m", &m, "--adapter", path_arg(&gguf)]);
+    let info = info_with_adapter(&gguf);
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(
         text.contains("replaces output.weight (modules_to_save): 49152 x 576 fp16"),
@@ -221,7 +217,7 @@ fn replaced_head_matches_hf_peft_alone_stacked_and_converted() {
     let diag = edge_run(&[
         "diagnose",
         "-m",
-        &m,
+        path_arg(&m),
         "--adapter",
         path_arg(&gguf),
         "--max-tokens",
@@ -238,15 +234,17 @@ fn replaced_head_matches_hf_peft_alone_stacked_and_converted() {
 
     // Unloading and scale 0 give the base back bit for bit.
     let ids = &sequences()[0].1[..24];
-    let base = logits(&model, &[], ids);
-    assert_ne!(base, logits(&model, &[(&head, 1.0)], ids));
-    assert_eq!(base, logits(&model, &[(&head, 0.0)], ids), "scale 0");
+    let base = logits_of(&model, &[], ids);
+    assert_ne!(base, logits_of(&model, &[(&head, 1.0)], ids));
+    assert_eq!(base, logits_of(&model, &[(&head, 0.0)], ids), "scale 0");
     let mut s = session(&model, 64, 2);
-    s.set_adapters(&[(&head, 1.0), (&pirate, 1.0)]).unwrap();
-    s.eval(ids).unwrap();
-    s.set_adapters(&[]).unwrap();
-    s.reset();
-    assert_eq!(base, s.eval(ids).unwrap(), "after unloading");
+    assert_removal_restores(
+        &mut s,
+        &[(&head, 1.0), (&pirate, 1.0)],
+        ids,
+        &base,
+        "after unloading",
+    );
 
     // Two adapters replacing the same tensor cannot be stacked.
     let err = s.set_adapters(&[(&head, 1.0), (&g, 1.0)]).unwrap_err();
@@ -256,12 +254,9 @@ fn replaced_head_matches_hf_peft_alone_stacked_and_converted() {
 #[test]
 fn replaced_embedding_matches_hf_peft_alone_and_stacked() {
     let model = open_smollm2();
-    let dir = TempDir::new("saved", "embed-peft");
-    rebuild("embed-peft", &dir);
-    let embed = Arc::new(Adapter::load(&dir, &model.base_info).unwrap());
-    let targets: Vec<&str> = embed.saved().iter().map(|m| m.target.as_str()).collect();
+    let (_dir, embed) = load_rebuilt(&model, "embed-peft");
     // The head stays tied to the original embedding (`ensure_weight_tying` is false).
-    assert_eq!(targets, ["token_embd.weight"]);
+    assert_eq!(saved_targets(&embed), ["token_embd.weight"]);
     let [pirate] = shared_adapters(&model, ["pirate-peft"]);
     assert_matches(&model, &[(&embed, 1.0)], "hf_embed-peft.npz");
     assert_matches(
@@ -271,7 +266,7 @@ fn replaced_embedding_matches_hf_peft_alone_and_stacked() {
     );
     assert_base_differs(&model, "hf_embed-peft.npz");
     let ids = &sequences()[1].1[..24];
-    let base = logits(&model, &[], ids);
+    let base = logits_of(&model, &[], ids);
     let mut s = session(&model, 64, 2);
     s.set_adapters(&[(&embed, 1.0)]).unwrap();
     assert_ne!(base, s.eval(ids).unwrap());
@@ -337,8 +332,7 @@ fn ensure_weight_tying_makes_the_tied_head_use_the_replaced_embedding() {
     };
     config(true);
     let a = Adapter::load(&dir, &base).unwrap();
-    let targets: Vec<&str> = a.saved().iter().map(|m| m.target.as_str()).collect();
-    assert_eq!(targets, ["output.weight", "token_embd.weight"]);
+    assert_eq!(saved_targets(&a), ["output.weight", "token_embd.weight"]);
     let want: Vec<u16> = emb
         .iter()
         .map(|&x| half::f16::from_f32(x).to_bits())

@@ -407,15 +407,7 @@ impl Adapter {
         mut saved: Vec<SavedModule>,
         notes: Vec<String>,
     ) -> Result<Adapter> {
-        saved.sort_by(|a, b| a.target.cmp(&b.target));
-        if let Some(w) = saved.windows(2).find(|w| w[0].target == w[1].target) {
-            return Err(Error::format(
-                path.display().to_string(),
-                &w[1].target,
-                None,
-                "replaced twice",
-            ));
-        }
+        sort_by_target(path, &mut saved, |m| &m.target, "replaced twice")?;
         if let Some(m) = saved
             .iter()
             .find(|m| tensors.iter().any(|t| t.target == m.target))
@@ -426,15 +418,12 @@ impl Adapter {
             ));
         }
         // Stable and linear on input already in order (the GGUF loader's).
-        tensors.sort_by(|a, b| a.target.cmp(&b.target));
-        if let Some(w) = tensors.windows(2).find(|w| w[0].target == w[1].target) {
-            return Err(Error::format(
-                path.display().to_string(),
-                &w[1].target,
-                None,
-                "two LoRAs for the same base tensor",
-            ));
-        }
+        sort_by_target(
+            path,
+            &mut tensors,
+            |t| &t.target,
+            "two LoRAs for the same base tensor",
+        )?;
         if tensors.is_empty() && saved.is_empty() {
             return Err(Error::format(
                 path.display().to_string(),
@@ -452,6 +441,26 @@ impl Adapter {
             invocation: None,
         })
     }
+}
+
+/// Sorts `items` by their base tensor `target` (stable); two for one tensor are an error of the
+/// adapter at `path` naming that tensor with `twice`.
+fn sort_by_target<T>(
+    path: &Path,
+    items: &mut [T],
+    target: impl Fn(&T) -> &String,
+    twice: &str,
+) -> Result<()> {
+    items.sort_by(|a, b| target(a).cmp(target(b)));
+    if let Some(w) = items.windows(2).find(|w| target(&w[0]) == target(&w[1])) {
+        return Err(Error::format(
+            path.display().to_string(),
+            target(&w[1]),
+            None,
+            twice,
+        ));
+    }
+    Ok(())
 }
 
 /// `("blk.3.attn_q.weight")` → `(Some(3), "attn_q.weight")`; other names → `(None, name)`.

@@ -16,19 +16,12 @@ pub unsafe extern "C" fn er_adapter_invocation_tokens(
             Ok(a.adapter.invocation_tokens().map(<[u32]>::to_vec))
         })?
         .unwrap_or_default();
-        // SAFETY: non-NULL (checked) and writable (contract).
-        unsafe { n_out.write(ids.len()) };
-        buffer_fits(ids.len(), cap, || {
-            format!("the adapter has {} invocation tokens", ids.len())
-        })?;
-        if !ids.is_empty() {
-            need(out, "out")?;
-            // SAFETY: contract: `cap` ≥ ids.len() writable int32_t at `out` (non-NULL, checked).
-            let dst = unsafe { std::slice::from_raw_parts_mut(out, ids.len()) };
-            for (d, &id) in dst.iter_mut().zip(&ids) {
-                *d = id as i32;
-            }
+        // SAFETY: contract: `n_out` (checked non-NULL) is writable, and `out` is NULL or holds `cap`
+        // writable int32_t.
+        unsafe {
+            put_tokens(&ids, out, cap, n_out, || {
+                format!("the adapter has {} invocation tokens", ids.len())
+            })
         }
-        Ok(())
     })
 }

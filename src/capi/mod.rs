@@ -163,6 +163,32 @@ fn need<T>(p: *const T, what: &str) -> R<()> {
     Ok(())
 }
 
+/// `*n_out` = `ids.len()`, then `ids` as int32_t at `out` if they fit in `cap` (else
+/// `ER_ERR_BUFFER_TOO_SMALL` saying `contents()`, `out` untouched); `out` may be NULL when `ids` is
+/// empty. The caller guarantees that `n_out` is non-NULL and writable and that `out` is NULL or
+/// valid for writing `cap` int32_t.
+unsafe fn put_tokens(
+    ids: &[u32],
+    out: *mut i32,
+    cap: usize,
+    n_out: *mut usize,
+    contents: impl FnOnce() -> String,
+) -> R<()> {
+    // SAFETY: non-NULL and writable (the caller's guarantee).
+    unsafe { n_out.write(ids.len()) };
+    buffer_fits(ids.len(), cap, contents)?;
+    if !ids.is_empty() {
+        need(out, "out")?;
+        // SAFETY: `cap` ≥ ids.len() writable int32_t at `out` (non-NULL, checked; the caller's
+        // guarantee).
+        let dst = unsafe { std::slice::from_raw_parts_mut(out, ids.len()) };
+        for (d, &id) in dst.iter_mut().zip(ids) {
+            *d = id as i32;
+        }
+    }
+    Ok(())
+}
+
 /// `*out` = what `f` returns; `out` (named `what` in the error) is checked non-NULL before `f` runs.
 /// The caller guarantees that `out` is NULL or valid for writing a `T`.
 unsafe fn put<T>(out: *mut T, what: &str, f: impl FnOnce() -> R<T>) -> R<()> {

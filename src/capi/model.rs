@@ -133,20 +133,13 @@ pub unsafe extern "C" fn er_tokenize(
             }
         };
         let ids = m.tokenizer.encode(s, parse_special != 0);
-        // SAFETY: non-NULL and writable (contract).
-        unsafe { n_out.write(ids.len()) };
-        buffer_fits(ids.len(), cap, || {
-            format!("the text has {} tokens", ids.len())
-        })?;
-        if !ids.is_empty() {
-            need(out, "out")?;
-            // SAFETY: contract: `cap` ≥ ids.len() writable int32_t at `out` (non-NULL, checked).
-            let dst = unsafe { std::slice::from_raw_parts_mut(out, ids.len()) };
-            for (d, &id) in dst.iter_mut().zip(&ids) {
-                *d = id as i32;
-            }
+        // SAFETY: contract: `n_out` (checked non-NULL) is writable, and `out` is NULL or holds `cap`
+        // writable int32_t.
+        unsafe {
+            put_tokens(&ids, out, cap, n_out, || {
+                format!("the text has {} tokens", ids.len())
+            })
         }
-        Ok(())
     })
 }
 

@@ -45,6 +45,30 @@ pub fn edge_run(args: &[&str]) -> Output {
         .expect("run edge-run")
 }
 
+/// `edge-run adapter convert SRC -m MODEL -o OUT`.
+pub fn convert_cli(src: &Path, model: &Path, out: &Path) -> Output {
+    edge_run(&[
+        "adapter",
+        "convert",
+        path_arg(src),
+        "-m",
+        path_arg(model),
+        "-o",
+        path_arg(out),
+    ])
+}
+
+/// `edge-run info` on the real SmolLM2 model ([`smollm2_path`]) with the adapter at `adapter`.
+pub fn info_with_adapter(adapter: &Path) -> Output {
+    edge_run(&[
+        "info",
+        "-m",
+        path_arg(&smollm2_path()),
+        "--adapter",
+        path_arg(adapter),
+    ])
+}
+
 /// `p` as a command-line argument.
 pub fn path_arg(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -69,33 +93,38 @@ pub fn refused(o: &Output, code: i32, needle: &str) {
     );
 }
 
-/// The real SmolLM2 model: `$EDGE_RUN_MODEL` or `models/SmolLM2-135M-Instruct.Q4_1.gguf`. Panics (fails the
-/// test) with instructions when it is missing: these tests never skip silently.
-pub fn smollm2_path() -> PathBuf {
-    let p = std::env::var_os("EDGE_RUN_MODEL")
+/// The model file named by the environment variable `var`, else `default` under the crate root.
+/// Panics (fails the test) when it is missing, saying `missing_hint`: these tests never skip silently.
+fn model_file(var: &str, default: &str, missing_hint: &str) -> PathBuf {
+    let p = std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        .unwrap_or_else(|| root().join(default));
     assert!(
         p.is_file(),
-        "model {} not found: run `models/fetch.sh` (or set EDGE_RUN_MODEL)",
+        "model {} not found: {missing_hint}",
         p.display()
     );
     p
 }
 
+/// The real SmolLM2 model: `$EDGE_RUN_MODEL` or `models/SmolLM2-135M-Instruct.Q4_1.gguf`. Panics (fails the
+/// test) with instructions when it is missing: these tests never skip silently.
+pub fn smollm2_path() -> PathBuf {
+    model_file(
+        "EDGE_RUN_MODEL",
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "run `models/fetch.sh` (or set EDGE_RUN_MODEL)",
+    )
+}
+
 /// The real Gemma 3 270M model: `$EDGE_RUN_GEMMA` or `models/gemma-3-270m-q4_k_m.gguf`. Panics (fails the
 /// test) with instructions when it is missing.
 pub fn gemma_path() -> PathBuf {
-    let p = std::env::var_os("EDGE_RUN_GEMMA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models/gemma-3-270m-q4_k_m.gguf"));
-    assert!(
-        p.is_file(),
-        "model {} not found: run `models/fetch.sh` (it downloads and verifies Gemma 3 270M), or set \
-         EDGE_RUN_GEMMA",
-        p.display()
-    );
-    p
+    model_file(
+        "EDGE_RUN_GEMMA",
+        "models/gemma-3-270m-q4_k_m.gguf",
+        "run `models/fetch.sh` (it downloads and verifies Gemma 3 270M), or set EDGE_RUN_GEMMA",
+    )
 }
 
 /// The real SmolLM2 model ([`smollm2_path`]), opened.
@@ -378,6 +407,16 @@ pub fn logits_of_sequences(
     seqs: Vec<(String, Vec<u32>)>,
     cfg: edge_run::SessionConfig,
 ) -> Vec<(String, Vec<Vec<f32>>)> {
+    adapted_logits_of_sequences(model, seqs, cfg, &[])
+}
+
+/// [`logits_of_sequences`] with the adapter set `set` in each session.
+pub fn adapted_logits_of_sequences(
+    model: &std::sync::Arc<edge_run::Model>,
+    seqs: Vec<(String, Vec<u32>)>,
+    cfg: edge_run::SessionConfig,
+    set: &[(&std::sync::Arc<edge_run::adapter::Adapter>, f32)],
+) -> Vec<(String, Vec<Vec<f32>>)> {
     let cfg = edge_run::SessionConfig {
         logits_all: true,
         ..cfg
@@ -385,11 +424,51 @@ pub fn logits_of_sequences(
     seqs.into_iter()
         .map(|(name, ids)| {
             let mut s = edge_run::Session::new(model.clone(), cfg.clone()).unwrap();
+            s.set_adapters(set).unwrap();
             let mut rows = Vec::new();
             s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
             (name, rows)
         })
         .collect()
+}
+
+/// The last logits of `ids` with the adapter set `set`, in a new 64-position session on 2 threads.
+pub fn logits_of(
+    model: &std::sync::Arc<edge_run::Model>,
+    set: &[(&std::sync::Arc<edge_run::adapter::Adapter>, f32)],
+    ids: &[u32],
+) -> Vec<f32> {
+    let mut s = session(model, 64, 2);
+    s.set_adapters(set).unwrap();
+    s.eval(ids).unwrap().to_vec()
+}
+
+/// `ids` evaluated in `s` with the adapter set `set`, which is then removed: after a reset, `ids`
+/// give `base` again bit for bit (`what` names the check).
+#[track_caller]
+pub fn assert_removal_restores(
+    s: &mut edge_run::Session,
+    set: &[(&std::sync::Arc<edge_run::adapter::Adapter>, f32)],
+    ids: &[u32],
+    base: &[f32],
+    what: &str,
+) {
+    s.set_adapters(set).unwrap();
+    s.eval(ids).unwrap();
+    s.set_adapters(&[]).unwrap();
+    s.reset();
+    assert_eq!(base, s.eval(ids).unwrap(), "{what}");
+}
+
+/// KL(softmax(p) ‖ softmax(q)) over full rows.
+pub fn kl_div(p: &[f32], q: &[f32]) -> f64 {
+    let lsm = |v: &[f32]| {
+        let m = v.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+        let lse = m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+        v.iter().map(|&x| x as f64 - lse).collect::<Vec<f64>>()
+    };
+    let (lp, lq) = (lsm(p), lsm(q));
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
 }
 
 /// Position-weighted metrics of `runs` (named as the SmolLM2 reference sequences) against the shared
@@ -525,13 +604,9 @@ pub fn compare_sequences_kv(
         type_v: kv,
         ..Default::default()
     };
-    sequences()
+    adapted_logits_of_sequences(model, sequences(), cfg, set)
         .into_iter()
-        .map(|(name, ids)| {
-            let mut s = edge_run::Session::new(model.clone(), cfg.clone()).unwrap();
-            s.set_adapters(set).unwrap();
-            let mut rows = Vec::new();
-            s.eval_each(&ids, |_, l| rows.push(l.to_vec())).unwrap();
+        .map(|(name, rows)| {
             let m = compare(&reference(z, &name), &rows);
             (name, m)
         })

@@ -66,12 +66,16 @@ fn q8_block(xb: &[f32; QK], qs: &mut [i8; QK]) -> (f32, i32) {
     (d, _mm_cvtsi128_si32(s))
 }
 
+/// The first `nb` blocks of `bytes` as `B`; `None` when `bytes` lacks `B`'s alignment.
+#[inline(always)]
+fn as_blocks<B: bytemuck::Pod>(bytes: &mut [u8], nb: usize) -> Option<&mut [B]> {
+    bytemuck::try_cast_slice_mut(&mut bytes[..nb * size_of::<B>()]).ok()
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn quant_q8_0(x: &[f32], out: &mut [u8]) {
     let nb = crate::quantize_blocks(QuantType::Q8_0, x, out.len());
-    let Ok(y) =
-        bytemuck::try_cast_slice_mut::<u8, BlockQ8_0>(&mut out[..nb * size_of::<BlockQ8_0>()])
-    else {
+    let Some(y) = as_blocks::<BlockQ8_0>(out, nb) else {
         return;
     };
     for (xb, yb) in x[..nb * QK].as_chunks::<QK>().0.iter().zip(y) {
@@ -83,9 +87,7 @@ pub(super) fn quant_q8_0(x: &[f32], out: &mut [u8]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn quant_q8_1(x: &[f32], out: &mut [u8]) {
     let nb = crate::quantize_blocks(QuantType::Q8_1, x, out.len());
-    let Ok(y) =
-        bytemuck::try_cast_slice_mut::<u8, BlockQ8_1>(&mut out[..nb * size_of::<BlockQ8_1>()])
-    else {
+    let Some(y) = as_blocks::<BlockQ8_1>(out, nb) else {
         return;
     };
     for (xb, yb) in x[..nb * QK].as_chunks::<QK>().0.iter().zip(y) {
@@ -97,9 +99,8 @@ pub(super) fn quant_q8_1(x: &[f32], out: &mut [u8]) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn quant_q8_k(x: &[f32], out: &mut [u8]) {
-    let ts = size_of::<Q8KBytes>();
     let nb = crate::quantize_blocks(QuantType::Q8K, x, out.len());
-    let Ok(y) = bytemuck::try_cast_slice_mut::<u8, Q8KBytes>(&mut out[..nb * ts]) else {
+    let Some(y) = as_blocks::<Q8KBytes>(out, nb) else {
         return;
     };
     for (xb, yb) in x[..nb * QK_K].as_chunks::<QK_K>().0.iter().zip(y) {
@@ -241,11 +242,8 @@ fn amax32(xb: &[f32; QK]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn quant2_q8_0(x: &[f32], q: &mut [u8], r: &mut [u8]) {
     let nb = crate::quantize_blocks(QuantType::Q8_0, x, q.len().min(r.len()));
-    let len = nb * size_of::<BlockQ8_0>();
-    let (Ok(qb), Ok(rb)) = (
-        bytemuck::try_cast_slice_mut::<u8, BlockQ8_0>(&mut q[..len]),
-        bytemuck::try_cast_slice_mut::<u8, BlockQ8_0>(&mut r[..len]),
-    ) else {
+    let (Some(qb), Some(rb)) = (as_blocks::<BlockQ8_0>(q, nb), as_blocks::<BlockQ8_0>(r, nb))
+    else {
         return;
     };
     for ((xb, qb), rb) in x[..nb * QK].as_chunks::<QK>().0.iter().zip(qb).zip(rb) {
@@ -260,11 +258,8 @@ pub(super) fn quant2_q8_0(x: &[f32], q: &mut [u8], r: &mut [u8]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn quant2_q8_1(x: &[f32], q: &mut [u8], r: &mut [u8]) {
     let nb = crate::quantize_blocks(QuantType::Q8_1, x, q.len().min(r.len()));
-    let len = nb * size_of::<BlockQ8_1>();
-    let (Ok(qb), Ok(rb)) = (
-        bytemuck::try_cast_slice_mut::<u8, BlockQ8_1>(&mut q[..len]),
-        bytemuck::try_cast_slice_mut::<u8, BlockQ8_1>(&mut r[..len]),
-    ) else {
+    let (Some(qb), Some(rb)) = (as_blocks::<BlockQ8_1>(q, nb), as_blocks::<BlockQ8_1>(r, nb))
+    else {
         return;
     };
     for ((xb, qb), rb) in x[..nb * QK].as_chunks::<QK>().0.iter().zip(qb).zip(rb) {
@@ -282,12 +277,8 @@ pub(super) fn quant2_q8_1(x: &[f32], q: &mut [u8], r: &mut [u8]) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn quant2_q8_k(x: &[f32], q: &mut [u8], r: &mut [u8]) {
-    let ts = size_of::<Q8KBytes>();
     let nb = crate::quantize_blocks(QuantType::Q8K, x, q.len().min(r.len()));
-    let (Ok(qb), Ok(rb)) = (
-        bytemuck::try_cast_slice_mut::<u8, Q8KBytes>(&mut q[..nb * ts]),
-        bytemuck::try_cast_slice_mut::<u8, Q8KBytes>(&mut r[..nb * ts]),
-    ) else {
+    let (Some(qb), Some(rb)) = (as_blocks::<Q8KBytes>(q, nb), as_blocks::<Q8KBytes>(r, nb)) else {
         return;
     };
     for ((xb, qb), rb) in x[..nb * QK_K].as_chunks::<QK_K>().0.iter().zip(qb).zip(rb) {

@@ -220,6 +220,20 @@ fn get_usize(cfg: &Map<String, Value>, key: &str, file: &str) -> Result<Option<u
     }
 }
 
+/// The bool at `key`; false when it is absent or null.
+fn get_bool(cfg: &Map<String, Value>, key: &str, file: &str) -> Result<bool> {
+    match cfg.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(Error::format(
+            file,
+            key,
+            None,
+            format!("expected a bool, found {v}"),
+        )),
+    }
+}
+
 /// `adapter_config.json`, checked and resolved.
 pub(super) struct Config {
     /// The file, as errors name it.
@@ -274,30 +288,8 @@ impl Config {
                 )
             })?,
         };
-        let rslora = match cfg.get("use_rslora") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => {
-                return Err(Error::format(
-                    &name,
-                    "use_rslora",
-                    None,
-                    format!("expected a bool, found {v}"),
-                ))
-            }
-        };
-        let dora = match cfg.get("use_dora") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => {
-                return Err(Error::format(
-                    &name,
-                    "use_dora",
-                    None,
-                    format!("expected a bool, found {v}"),
-                ))
-            }
-        };
+        let rslora = get_bool(cfg, "use_rslora", &name)?;
+        let dora = get_bool(cfg, "use_dora", &name)?;
         if cfg.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
             notes.push("fan_in_fan_out: true (no effect on nn.Linear LoRA factors; PEFT resets it for such layers)".to_string());
         }
@@ -318,18 +310,7 @@ impl Config {
             ));
         }
         let saved = saved_modules(cfg, &name)?;
-        let tie_saved = match cfg.get("ensure_weight_tying") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => {
-                return Err(Error::format(
-                    &name,
-                    "ensure_weight_tying",
-                    None,
-                    format!("expected a bool, found {v}"),
-                ))
-            }
-        };
+        let tie_saved = get_bool(cfg, "ensure_weight_tying", &name)?;
         notes.push(format!(
             "lora_alpha {alpha}, r {r}, use_rslora {rslora}, use_dora {dora}{}{}",
             if ranks.items.is_empty() {

@@ -89,18 +89,21 @@ impl Server {
     }
 
     pub fn adapter_by_name(&self, name: &str, scale: Option<f32>) -> Option<UseAdapter> {
-        let r = self.registry();
-        let e = r.list.iter().find(|e| e.name == name)?;
-        Some(UseAdapter {
-            name: e.name.clone(),
-            adapter: e.adapter.clone(),
-            scale: scale.unwrap_or(e.scale),
-        })
+        self.use_adapter(|e| e.name == name, scale)
     }
 
     pub fn adapter_by_id(&self, id: u64, scale: Option<f32>) -> Option<UseAdapter> {
+        self.use_adapter(|e| e.id == id, scale)
+    }
+
+    /// The first loaded adapter `is_it` picks, at `scale` (default: its own).
+    fn use_adapter(
+        &self,
+        is_it: impl Fn(&Entry) -> bool,
+        scale: Option<f32>,
+    ) -> Option<UseAdapter> {
         let r = self.registry();
-        let e = r.list.iter().find(|e| e.id == id)?;
+        let e = r.list.iter().find(|e| is_it(e))?;
         Some(UseAdapter {
             name: e.name.clone(),
             adapter: e.adapter.clone(),
@@ -147,28 +150,16 @@ impl Server {
                 "loading adapters at run time is off: start the server with --adapter-dir DIR",
             );
         };
-        let name = match req.get("name") {
-            Some(Value::String(s)) => s.clone(),
-            v => {
-                return Response::error(
-                    400,
-                    Some("name"),
-                    format!("`name` must be a string, got {}", shown(v)),
-                )
-            }
+        let name = match string_field(req, "name") {
+            Ok(s) => s,
+            Err(r) => return r,
         };
         if let Err(e) = check_name(&name) {
             return Response::error(400, Some("name"), e);
         }
-        let path = match req.get("path") {
-            Some(Value::String(s)) => s.clone(),
-            v => {
-                return Response::error(
-                    400,
-                    Some("path"),
-                    format!("`path` must be a string, got {}", shown(v)),
-                )
-            }
+        let path = match string_field(req, "path") {
+            Ok(s) => s,
+            Err(r) => return r,
         };
         let scale = match req.get("scale") {
             None | Some(Value::Null) => 1.0,
@@ -228,6 +219,18 @@ impl Server {
                 format!("no adapter named {name:?} is loaded"),
             ),
         }
+    }
+}
+
+/// The string at `key` of a request, or the 400 response that names it.
+fn string_field(req: &Map<String, Value>, key: &str) -> Result<String, Response> {
+    match req.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        v => Err(Response::error(
+            400,
+            Some(key),
+            format!("`{key}` must be a string, got {}", shown(v)),
+        )),
     }
 }
 
