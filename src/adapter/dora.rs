@@ -93,15 +93,11 @@ pub fn gains(
     Ok(Some(DoraGains { ranges, data }))
 }
 
-/// Base rows dequantized together by [`tensor_gains`], so that `A·w` of the group is one batched
-/// shrink kernel call.
-const GROUP_ROWS: usize = 16;
-
 /// `dst[i] = m[r0+i] / ‖W0[r0+i] + s·B[r0+i]·A‖` for the rows `r0 .. r0 + dst.len()` of `t`.
 ///
-/// The norm is expanded so that the work per base element is its dequantization, one square and the
-/// `rank` products of `A·w` (the LoRA shrink kernel over a group of rows): with `w` a base row, `b`
-/// its row of `B`, `p = A·w` and the Gram matrix `G = A·Aᵀ`,
+/// The norm is expanded so that the only work per base element is its dequantization and `rank + 1`
+/// dot products, which run in the SIMD f32 dot kernel: with `w` a base row, `b` its row of `B`,
+/// `p = A·w` and the Gram matrix `G = A·Aᵀ`,
 /// `‖w + s·bᵀA‖² = ‖w‖² + 2s·b·p + s²·bᵀGb` (combined in f64).
 fn tensor_gains(
     model: &Model,
@@ -119,74 +115,55 @@ fn tensor_gains(
         ))
     })?;
     let dot = Kernels::best().dot_f32;
-    let shrink = LoraKernels::best().shrink_batch;
     let (n, rank) = (t.n_in, t.rank);
     let s = (user_scale * t.scale) as f64;
-    let gram = gram(t, dot);
-    let a_ref = [t.kernel_ref(1.0)];
-    let mag = t.magnitude().unwrap_or(&[]);
-    let rb = w.row_bytes();
-    let bytes = model.bytes(w);
-    let mut rows = vec![0f32; GROUP_ROWS * n];
-    let mut p = vec![0f32; GROUP_ROWS * rank];
-    let mut bf = vec![0f64; rank];
-    for (g0, group) in dst.chunks_mut(GROUP_ROWS).enumerate() {
-        let first = r0 + g0 * GROUP_ROWS;
-        let rows = &mut rows[..group.len() * n];
-        for (i, row) in rows.chunks_exact_mut(n).enumerate() {
-            let o = first + i;
-            if !crate::kernels::scalar::dequantize(w.ty, &bytes[o * rb..(o + 1) * rb], row) {
-                return Err(Error::invalid(format!(
-                    "adapter {name}: cannot read the base rows of `{}` ({:?})",
-                    w.name, w.ty
-                )));
-            }
-        }
-        // p[i] = A·w_i                                                  [group, rank]
-        let p = &mut p[..group.len() * rank];
-        shrink(&a_ref, group.len(), rows, p);
-        for (i, ((g, row), p)) in group
-            .iter_mut()
-            .zip(rows.chunks_exact(n))
-            .zip(p.chunks_exact(rank))
-            .enumerate()
-        {
-            let o = first + i;
-            for (x, &h) in bf.iter_mut().zip(&t.b()[o * rank..(o + 1) * rank]) {
-                *x = half::f16::from_bits(h).to_f32() as f64;
-            }
-            let cross: f64 = bf.iter().zip(p).map(|(&b, &p)| b * p as f64).sum();
-            let quad: f64 = bf
-                .iter()
-                .zip(gram.chunks_exact(rank))
-                .map(|(&bk, gk)| bk * gk.iter().zip(&bf).map(|(&g, &bl)| g * bl).sum::<f64>())
-                .sum();
-            let sq = dot(row, row) as f64 + 2.0 * s * cross + s * s * quad;
-            let norm = sq.max(0.0).sqrt() as f32;
-            *g = mag[o] / norm;
-            if !(norm > 0.0 && g.is_finite()) {
-                return Err(Error::invalid(format!(
-                    "adapter {name}: DoRA tensor `{}` row {o}: magnitude {} over row norm {norm} of \
-                     W0 + s·B·A (s = {s}) gives gain {g}",
-                    t.target, mag[o]
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The Gram matrix `G = A·Aᵀ` of the tensor's `A` (`rank × rank`, row-major, f64).
-fn gram(t: &LoraTensor, dot: fn(&[f32], &[f32]) -> f32) -> Vec<f64> {
     let a: Vec<f32> = t
         .a()
         .iter()
         .map(|&h| half::f16::from_bits(h).to_f32())
         .collect();
-    let a_rows = || a.chunks_exact(t.n_in);
-    a_rows()
+    let a_rows = || a.chunks_exact(n);
+    let gram: Vec<f64> = a_rows()
         .flat_map(|ak| a_rows().map(move |al| dot(ak, al) as f64))
-        .collect()
+        .collect();
+    let mag = t.magnitude().unwrap_or(&[]);
+    let rb = w.row_bytes();
+    let bytes = model.bytes(w);
+    let mut row = vec![0f32; n];
+    let mut bf = vec![0f64; rank];
+    for (i, g) in dst.iter_mut().enumerate() {
+        let o = r0 + i;
+        if !crate::kernels::scalar::dequantize(w.ty, &bytes[o * rb..(o + 1) * rb], &mut row) {
+            return Err(Error::invalid(format!(
+                "adapter {name}: cannot read the base rows of `{}` ({:?})",
+                w.name, w.ty
+            )));
+        }
+        for (x, &h) in bf.iter_mut().zip(&t.b()[o * rank..(o + 1) * rank]) {
+            *x = half::f16::from_bits(h).to_f32() as f64;
+        }
+        let cross: f64 = bf
+            .iter()
+            .zip(a_rows())
+            .map(|(&b, ak)| b * dot(ak, &row) as f64)
+            .sum();
+        let quad: f64 = bf
+            .iter()
+            .zip(gram.chunks_exact(rank))
+            .map(|(&bk, gk)| bk * gk.iter().zip(&bf).map(|(&g, &bl)| g * bl).sum::<f64>())
+            .sum();
+        let sq = dot(&row, &row) as f64 + 2.0 * s * cross + s * s * quad;
+        let norm = sq.max(0.0).sqrt() as f32;
+        *g = mag[o] / norm;
+        if !(norm > 0.0 && g.is_finite()) {
+            return Err(Error::invalid(format!(
+                "adapter {name}: DoRA tensor `{}` row {o}: magnitude {} over row norm {norm} of \
+                 W0 + s·B·A (s = {s}) gives gain {g}",
+                t.target, mag[o]
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Output rows `[r0, r0 + y.len())` of the adapters on one weight, applied in order to `y` (which
