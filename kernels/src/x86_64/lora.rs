@@ -303,7 +303,13 @@ mod avx512 {
                 acc[q] = _mm512_fmadd_ps(ldh(&w[q][i..]), ldf(&v[q][i..]), acc[q]);
             }
         }
-        acc.map(|a| _mm512_reduce_add_ps(a))
+        // Element by element, not `array::map`: a closure would call the reduction out of line.
+        [
+            _mm512_reduce_add_ps(acc[0]),
+            _mm512_reduce_add_ps(acc[1]),
+            _mm512_reduce_add_ps(acc[2]),
+            _mm512_reduce_add_ps(acc[3]),
+        ]
     }
 
     /// 16 halves from the start of `c` (`c.len() >= 16`), widened.

@@ -224,12 +224,21 @@ fn k_rows<L: Lanes, B: KQuant>(l: L, tile: &Tile<'_, B>, b: usize) -> KRows<L> {
         d[i] = blk.d().bits();
         c[i] = blk.cw().bits();
     }
-    KRows {
+    // Plain loops, not `array::map`: a closure does not carry the caller's target features, so the
+    // intrinsics inside it would be called out of line.
+    let mut k = KRows {
         dw: l.f16s(&d),
         cw: l.fmul(l.f16s(&c), l.fsplat(B::CW)),
-        sc: sc.map(|s| l.scales(&s)),
-        cp: bw.map(|p| l.pairs(&p)),
+        sc: [l.scales(&[0; 16]); 16],
+        cp: [l.izero(); 8],
+    };
+    for (v, s) in k.sc.iter_mut().zip(&sc) {
+        *v = l.scales(s);
     }
+    for (v, p) in k.cp.iter_mut().zip(&bw) {
+        *v = l.pairs(p);
+    }
+    k
 }
 
 /// [`crate::MatMul`] for a K-quant type `B`.

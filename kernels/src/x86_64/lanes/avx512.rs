@@ -45,12 +45,14 @@ impl Lanes for Avx512 {
     }
     #[inline(always)]
     fn hsums8(self, v: &[__m512; 8]) -> __m256 {
-        let half = v.map(|x| {
-            simd! {
+        // A loop, not `array::map`: a closure would call these intrinsics out of line.
+        let mut half = [self.avx2().fzero8(); 8];
+        for (h, &x) in half.iter_mut().zip(v) {
+            *h = simd! {
                 let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
                 _mm256_add_ps(_mm512_castps512_ps256(x), hi)
-            }
-        });
+            };
+        }
         self.avx2().hsums8(&half)
     }
 
