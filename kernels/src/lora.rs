@@ -367,6 +367,15 @@ impl RowsDot<'_> {
         let s = tok * self.ldv + self.voff;
         &self.v[s..s + self.k]
     }
+    /// The same job on rows `[row, row1)` only (`row0 <= row`).
+    #[inline(always)]
+    pub fn rows_from(&self, row: usize) -> Self {
+        RowsDot {
+            row0: row,
+            ooff: self.ooff + (row - self.row0),
+            ..*self
+        }
+    }
     /// Writes one result.
     #[inline(always)]
     pub fn put(&self, out: &mut [f32], tok: usize, row: usize, val: f32) {
@@ -427,6 +436,147 @@ pub(crate) fn expand_job<'a>(
         ooff: 0,
         scale: Some(ad.scale),
     }
+}
+
+/// What the column expand ([`expand_columns`]) needs of a SIMD tier: vectors of `L` f32 lanes, fp16
+/// widening and a multiply-add. Implemented by a zero-sized token that a tier makes only inside its
+/// `#[target_feature]` entry point ([`columns_token`]), so holding one proves the CPU has the features.
+#[allow(dead_code)] // not every target compiles a SIMD tier
+pub(crate) trait Columns: Copy {
+    type V: Copy;
+    /// f32 lanes per vector.
+    const L: usize;
+    /// `h[..L]` widened (`h.len() >= L`).
+    fn ldh(self, h: &[u16]) -> Self::V;
+    /// `o[..L]` (`o.len() >= L`).
+    fn load(self, o: &[f32]) -> Self::V;
+    /// `o[..L] = v` (`o.len() >= L`).
+    fn store(self, o: &mut [f32], v: Self::V);
+    fn splat(self, x: f32) -> Self::V;
+    /// `a·b + c`.
+    fn fmadd(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+}
+
+/// `out[i] = h[i]` widened, `L` at a time (`h.len() <= out.len()`, `L <= 16`).
+#[inline(always)]
+#[allow(dead_code)]
+fn widen<C: Columns>(c: C, h: &[u16], out: &mut [f32]) {
+    let n = h.len();
+    let mut i = 0;
+    while i + C::L <= n {
+        c.store(&mut out[i..], c.ldh(&h[i..]));
+        i += C::L;
+    }
+    if i < n {
+        let (mut hb, mut ob) = ([0u16; 16], [0f32; 16]);
+        hb[..n - i].copy_from_slice(&h[i..]);
+        c.store(&mut ob, c.ldh(&hb));
+        out[i..n].copy_from_slice(&ob[..n - i]);
+    }
+}
+
+/// Defines a tier's [`Columns`] token `Cols` (with `Cols::new`, a `#[target_feature]` function of
+/// `$features`) from the tier's vector type, lane count and `#[target_feature]` functions.
+macro_rules! columns_token {
+    ($features:literal, $v:ty, $l:expr, $ldh:path, $load:path, $store:path, $splat:path, $fmadd:path) => {
+        /// This tier's proof token for [`expand_columns`]($crate::lora::expand_columns).
+        #[derive(Clone, Copy)]
+        struct Cols(());
+
+        impl Cols {
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn new() -> Self {
+                Cols(())
+            }
+        }
+
+        impl $crate::lora::Columns for Cols {
+            type V = $v;
+            const L: usize = $l;
+            #[inline(always)]
+            fn ldh(self, h: &[u16]) -> $v {
+                // SAFETY: a `Cols` exists only after `Cols::new`, a `#[target_feature]` function
+                // with these features, ran, i.e. on a CPU that has them.
+                unsafe { $ldh(h) }
+            }
+            #[inline(always)]
+            fn load(self, o: &[f32]) -> $v {
+                // SAFETY: as in `ldh`.
+                unsafe { $load(o) }
+            }
+            #[inline(always)]
+            fn store(self, o: &mut [f32], v: $v) {
+                // SAFETY: as in `ldh`.
+                unsafe { $store(o, v) }
+            }
+            #[inline(always)]
+            fn splat(self, x: f32) -> $v {
+                // SAFETY: as in `ldh`.
+                unsafe { $splat(x) }
+            }
+            #[inline(always)]
+            fn fmadd(self, a: $v, b: $v, c: $v) -> $v {
+                // SAFETY: as in `ldh`.
+                unsafe { $fmadd(a, b, c) }
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use columns_token;
+
+/// Rank columns per pass of [`expand_columns`].
+const KC: usize = 32;
+/// Vectors of output rows per block of [`expand_columns`] (its accumulators).
+const NV: usize = 4;
+
+/// The expand of a batch of tokens by columns, for every full block of `NV·L` output rows of `j`
+/// (`j.scale` is `Some`): the block's `s·B[rows, k]` is widened and transposed once into `bt[k][row]`,
+/// then each token adds `Σ_k t[tok, k]·bt[k]` to its outputs as `NV` vector multiply-adds per `k`. No
+/// horizontal sums, and each fp16 value is converted once per block instead of once per token.
+/// Returns the first row it did not handle (a tail of fewer than `NV·L` rows).
+#[inline(always)]
+#[allow(dead_code)]
+pub(crate) fn expand_columns<C: Columns>(c: C, j: &RowsDot<'_>, out: &mut [f32]) -> usize {
+    let rows = NV * C::L;
+    let s = j.scale.expect("the column expand adds scaled products");
+    let mut bt = [0f32; KC * NV * 16];
+    let mut seg = [0f32; KC];
+    let mut row = j.row0;
+    while row + rows <= j.row1 {
+        let mut k0 = 0;
+        while k0 < j.k {
+            let kc = (j.k - k0).min(KC);
+            for q in 0..rows {
+                widen(c, &j.row(row + q)[k0..k0 + kc], &mut seg[..kc]);
+                for (kk, &b) in seg[..kc].iter().enumerate() {
+                    bt[kk * rows + q] = s * b;
+                }
+            }
+            for tok in 0..j.n_tok {
+                let at = tok * j.ldo + j.ooff + (row - j.row0);
+                let o = &mut out[at..at + rows];
+                let mut acc = [c.splat(0.0); NV];
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = c.load(&o[v * C::L..]);
+                }
+                for (kk, &tk) in j.vec(tok)[k0..k0 + kc].iter().enumerate() {
+                    let t = c.splat(tk);
+                    let b = &bt[kk * rows..(kk + 1) * rows];
+                    for (v, a) in acc.iter_mut().enumerate() {
+                        *a = c.fmadd(t, c.load(&b[v * C::L..]), *a);
+                    }
+                }
+                for (v, a) in acc.into_iter().enumerate() {
+                    c.store(&mut o[v * C::L..], a);
+                }
+            }
+            k0 += kc;
+        }
+        row += rows;
+    }
+    row
 }
 
 /// Generates a tier's four kernels (`shrink`, `expand`, `shrink_batch`, `expand_batch`) from its

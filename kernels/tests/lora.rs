@@ -307,6 +307,7 @@ fn batch_every_tier() {
         check_batch(&mut rng, &ranks, n, m, n_tok);
     }
     check_batch(&mut rng, &[8, 4], 576, 1536, 13);
+    check_batch(&mut rng, &[40, 8, 1], 100, 577, 37);
 }
 
 #[test]

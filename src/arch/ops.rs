@@ -669,7 +669,8 @@ pub(crate) fn linear<const N: usize>(
 
 /// LoRA shrink for every weight of a `linear` call that has adapters: `t_j = A·x` for all tokens,
 /// `[rows, R_j]` in the j-th third of the scratch (empty for a weight without adapters); rows an
-/// aLoRA skips are zeroed in its part, so its expand adds nothing there.
+/// aLoRA skips are zeroed in its part, so its expand adds nothing there. A batch is split in chunks of
+/// [`SHRINK_TOKENS`] tokens over the thread pool.
 fn lora_shrink<'t, const N: usize>(
     env: &Env<'_>,
     x: &[f32],
@@ -677,22 +678,40 @@ fn lora_shrink<'t, const N: usize>(
     refs: &[(LoraRefs<'_>, Skips); N],
     scratch: &'t mut [f32],
 ) -> [&'t [f32]; N] {
-    let per = scratch.len() / 3;
+    let ranks: [usize; N] = core::array::from_fn(|j| total_rank(&refs[j].0));
     let mut ts: [&[f32]; N] = [&[]; N];
-    let mut rest: &mut [f32] = scratch;
-    for j in 0..N {
-        let (tj, r) = core::mem::take(&mut rest).split_at_mut(per);
-        rest = r;
-        let (refs, skips) = &refs[j];
-        if !refs.is_empty() {
-            let rr = total_rank(refs);
-            (env.lk.shrink_batch)(refs, rows, x, &mut tj[..rows * rr]);
-            crate::adapter::alora::gate_rows(refs, skips, rr, &mut tj[..rows * rr]);
-            ts[j] = &tj[..rows * rr];
-        }
+    if ranks.iter().all(|&r| r == 0) {
+        return ts;
+    }
+    let (per, n) = (scratch.len() / 3, x.len().checked_div(rows).unwrap_or(0));
+    let parts = Disjoint::new(&mut scratch[..N * per]);
+    let chunks = rows.div_ceil(SHRINK_TOKENS);
+    let shrink = |_: usize, job: usize| {
+        let (j, c) = (job / chunks, job % chunks);
+        let (rr, t0, t1) = (
+            ranks[j],
+            c * SHRINK_TOKENS,
+            ((c + 1) * SHRINK_TOKENS).min(rows),
+        );
+        // SAFETY: every (weight, token chunk) job is handed out once; their ranges are disjoint.
+        let t = unsafe { parts.range(j * per + t0 * rr..j * per + t1 * rr) };
+        (env.lk.shrink_batch)(&refs[j].0, t1 - t0, &x[t0 * n..t1 * n], t);
+    };
+    match chunks {
+        // One token chunk (decode): not worth waking the pool.
+        1 => (0..N).for_each(|j| shrink(0, j)),
+        _ => env.pool.run(N * chunks, &shrink),
+    }
+    for (j, tj) in scratch.chunks_exact_mut(per).take(N).enumerate() {
+        let rr = ranks[j];
+        crate::adapter::alora::gate_rows(&refs[j].0, &refs[j].1, rr, &mut tj[..rows * rr]);
+        ts[j] = &tj[..rows * rr];
     }
     ts
 }
+
+/// Tokens per work chunk of the LoRA shrink of a batch.
+const SHRINK_TOKENS: usize = 16;
 
 /// Output rows per work chunk of `linear` (threads take chunks dynamically).
 const CHUNK_ROWS: usize = 64;

@@ -84,8 +84,8 @@ fn ldf_tail(c: &[f32]) -> float32x4_t {
 #[target_feature(enable = "neon")]
 #[inline]
 fn dot4(k: usize, w: [&[u16]; 4], v: [&[f32]; 4]) -> [f32; 4] {
-    let w = w.map(|s| &s[..k]);
-    let v = v.map(|s| &s[..k]);
+    let w = [&w[0][..k], &w[1][..k], &w[2][..k], &w[3][..k]];
+    let v = [&v[0][..k], &v[1][..k], &v[2][..k], &v[3][..k]];
     let mut acc = [vdupq_n_f32(0.0); 4];
     let main = k & !3;
     let mut i = 0;
@@ -100,7 +100,13 @@ fn dot4(k: usize, w: [&[u16]; 4], v: [&[f32]; 4]) -> [f32; 4] {
             acc[q] = vfmaq_f32(acc[q], ldh_tail(&w[q][i..]), ldf_tail(&v[q][i..]));
         }
     }
-    acc.map(|a| vaddvq_f32(a))
+    // Element by element, not `array::map`: a closure would call the reduction out of line.
+    [
+        vaddvq_f32(acc[0]),
+        vaddvq_f32(acc[1]),
+        vaddvq_f32(acc[2]),
+        vaddvq_f32(acc[3]),
+    ]
 }
 
 /// `w · v`, both of length `k`.
@@ -178,18 +184,99 @@ fn one_token(j: &RowsDot<'_>, tok: usize, out: &mut [f32]) {
     }
 }
 
-/// This tier's [`RowsDot`].
+/// Dots of rows `row..row + 4` with the vectors of tokens `tok..tok + 4`, in the order
+/// `[row·tok, row·tok+1, …, row+3·tok+3]`: sixteen accumulators, so each fp16 load serves four tokens
+/// and each f32 load four rows.
+#[target_feature(enable = "neon")]
+#[inline]
+fn dot4x4(j: &RowsDot<'_>, row: usize, tok: usize) -> [f32; 16] {
+    let k = j.k;
+    let w = [j.row(row), j.row(row + 1), j.row(row + 2), j.row(row + 3)];
+    let v = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
+    let mut acc = [vdupq_n_f32(0.0); 16];
+    let mut i = 0;
+    while i < k {
+        let full = i + 4 <= k;
+        let mut x = [vdupq_n_f32(0.0); 4];
+        for t in 0..4 {
+            x[t] = if full {
+                ldf(&v[t][i..])
+            } else {
+                ldf_tail(&v[t][i..])
+            };
+        }
+        for r in 0..4 {
+            let a = if full {
+                ldh(&w[r][i..])
+            } else {
+                ldh_tail(&w[r][i..])
+            };
+            for t in 0..4 {
+                acc[r * 4 + t] = vfmaq_f32(acc[r * 4 + t], a, x[t]);
+            }
+        }
+        i += 4;
+    }
+    // Pairwise trees, four sums per vector: vpaddq(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3].
+    let mut r = [0f32; 16];
+    for q in 0..4 {
+        let a = &acc[4 * q..4 * q + 4];
+        let s = vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]));
+        stf(&mut r[4 * q..], s);
+    }
+    r
+}
+
+/// `o[..4] = v`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn stf(o: &mut [f32], v: float32x4_t) {
+    let o = &mut o[..4];
+    // SAFETY: `o` holds exactly 4 f32.
+    unsafe { vst1q_f32(o.as_mut_ptr(), v) }
+}
+
+/// `a·b + c`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn fmadd(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+    vfmaq_f32(c, a, b)
+}
+
+crate::lora::columns_token!("neon", float32x4_t, 4, ldh, ldf, stf, vdupq_n_f32, fmadd);
+
+/// This tier's [`RowsDot`]: the expand of several tokens by columns; otherwise four rows against four
+/// tokens at a time (the shrink of a batch), or one token's rows.
 #[target_feature(enable = "neon")]
 fn rows_dot(j: &RowsDot<'_>, out: &mut [f32]) {
+    if j.scale.is_some() && j.n_tok > 1 {
+        let row = crate::lora::expand_columns(Cols::new(), j, out);
+        return by_tokens(&j.rows_from(row), out);
+    }
+    by_tokens(j, out)
+}
+
+/// [`RowsDot`] four tokens at a time (four rows per block, then single rows), then token by token.
+#[target_feature(enable = "neon")]
+fn by_tokens(j: &RowsDot<'_>, out: &mut [f32]) {
     let mut tok = 0;
     while tok + 4 <= j.n_tok {
+        let mut row = j.row0;
+        while row + 4 <= j.row1 {
+            let d = dot4x4(j, row, tok);
+            for (q, d) in d.into_iter().enumerate() {
+                j.put(out, tok + q % 4, row + q / 4, d);
+            }
+            row += 4;
+        }
         let vs = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
-        for row in j.row0..j.row1 {
+        while row < j.row1 {
             let w = j.row(row);
             let d = dot4(j.k, [w; 4], vs);
             for (q, d) in d.into_iter().enumerate() {
                 j.put(out, tok + q, row, d);
             }
+            row += 1;
         }
         tok += 4;
     }

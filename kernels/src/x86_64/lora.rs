@@ -87,8 +87,8 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     fn dot4(k: usize, w: [&[u16]; 4], v: [&[f32]; 4]) -> [f32; 4] {
-        let w = w.map(|s| &s[..k]);
-        let v = v.map(|s| &s[..k]);
+        let w = [&w[0][..k], &w[1][..k], &w[2][..k], &w[3][..k]];
+        let v = [&v[0][..k], &v[1][..k], &v[2][..k], &v[3][..k]];
         let mut acc = [_mm256_setzero_ps(); 4];
         let main = k & !7;
         let mut i = 0;
@@ -128,7 +128,7 @@ mod avx2 {
     /// The sums of eight vectors, in order: `[Σa0, Σa1, …, Σa7]`.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn hsum8(a: [__m256; 8]) -> __m256 {
+    pub(super) fn hsum8(a: [__m256; 8]) -> __m256 {
         // hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7]: two levels leave the
         // sums of each vector's low and high 128-bit halves, which the last step adds.
         let h0123 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
@@ -220,13 +220,92 @@ mod avx2 {
         }
     }
 
-    /// This tier's [`RowsDot`].
+    /// Dots of rows `row, row + 1` with the vectors of tokens `tok..tok + 4`, in the order
+    /// `[row·tok, row·tok+1, …, row+1·tok+3]`: eight accumulators, so each fp16 load serves four tokens
+    /// and each f32 load two rows.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn dot2x4(j: &RowsDot<'_>, row: usize, tok: usize) -> [f32; 8] {
+        let k = j.k;
+        let w = [j.row(row), j.row(row + 1)];
+        let v = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i + 8 <= k {
+            let a = [ldh(&w[0][i..]), ldh(&w[1][i..])];
+            for t in 0..4 {
+                let x = ldf(&v[t][i..]);
+                acc[t] = _mm256_fmadd_ps(a[0], x, acc[t]);
+                acc[4 + t] = _mm256_fmadd_ps(a[1], x, acc[4 + t]);
+            }
+            i += 8;
+        }
+        if i < k {
+            let a = [ldh_tail(&w[0][i..]), ldh_tail(&w[1][i..])];
+            for t in 0..4 {
+                let x = ldf_tail(&v[t][i..]);
+                acc[t] = _mm256_fmadd_ps(a[0], x, acc[t]);
+                acc[4 + t] = _mm256_fmadd_ps(a[1], x, acc[4 + t]);
+            }
+        }
+        let mut r = [0f32; 8];
+        stf(&mut r, hsum8(acc));
+        r
+    }
+
+    /// `o[..8] = v`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn stf(o: &mut [f32], v: __m256) {
+        let o = &mut o[..8];
+        // SAFETY: `o` holds exactly 8 f32; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), v) }
+    }
+
+    /// `a·b + c`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
+    }
+
+    crate::lora::columns_token!(
+        "avx2,fma,f16c",
+        __m256,
+        8,
+        ldh,
+        ldf,
+        stf,
+        _mm256_set1_ps,
+        fmadd
+    );
+
+    /// This tier's [`RowsDot`]: the expand of several tokens by columns; otherwise two rows against
+    /// four tokens at a time (the shrink of a batch), or one token's rows.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn rows_dot(j: &RowsDot<'_>, out: &mut [f32]) {
+        if j.scale.is_some() && j.n_tok > 1 {
+            let row = crate::lora::expand_columns(Cols::new(), j, out);
+            return by_tokens(&j.rows_from(row), out);
+        }
+        by_tokens(j, out)
+    }
+
+    /// [`RowsDot`] four tokens at a time (two rows per block, then single rows), then token by token.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn by_tokens(j: &RowsDot<'_>, out: &mut [f32]) {
         let mut tok = 0;
         while tok + 4 <= j.n_tok {
-            let vs = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
-            for row in j.row0..j.row1 {
+            let mut row = j.row0;
+            while row + 2 <= j.row1 {
+                let d = dot2x4(j, row, tok);
+                for (q, d) in d.into_iter().enumerate() {
+                    j.put(out, tok + q % 4, row + q / 4, d);
+                }
+                row += 2;
+            }
+            if row < j.row1 {
+                let vs = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
                 let w = j.row(row);
                 let d = dot4(j.k, [w; 4], vs);
                 for (q, d) in d.into_iter().enumerate() {
@@ -287,8 +366,8 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     #[inline]
     fn dot4(k: usize, w: [&[u16]; 4], v: [&[f32]; 4]) -> [f32; 4] {
-        let w = w.map(|s| &s[..k]);
-        let v = v.map(|s| &s[..k]);
+        let w = [&w[0][..k], &w[1][..k], &w[2][..k], &w[3][..k]];
+        let v = [&v[0][..k], &v[1][..k], &v[2][..k], &v[3][..k]];
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
         // Full vectors first (plain loads; the shrink's A rows are long), then one masked tail.
@@ -366,10 +445,91 @@ mod avx512 {
         }
     }
 
-    /// This tier's [`RowsDot`]. Rows shorter than 16 (small ranks in the expand) go to the AVX2 code,
-    /// whose 8-lane vectors waste fewer lanes.
+    /// Dots of rows `row..row + 4` with the vectors of tokens `tok..tok + 4`, in the order
+    /// `[row·tok, row·tok+1, …, row+3·tok+3]`: sixteen accumulators, so each fp16 load serves four
+    /// tokens and each f32 load four rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn dot4x4(j: &RowsDot<'_>, row: usize, tok: usize) -> [f32; 16] {
+        let k = j.k;
+        let w = [j.row(row), j.row(row + 1), j.row(row + 2), j.row(row + 3)];
+        let v = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
+        let mut acc = [_mm512_setzero_ps(); 16];
+        let mut i = 0;
+        while i < k {
+            // Full vectors, then one masked tail.
+            let full = i + 16 <= k;
+            let mut x = [_mm512_setzero_ps(); 4];
+            for t in 0..4 {
+                x[t] = if full {
+                    ldf16(&v[t][i..])
+                } else {
+                    ldf(&v[t][i..])
+                };
+            }
+            for r in 0..4 {
+                let a = if full {
+                    ldh16(&w[r][i..])
+                } else {
+                    ldh(&w[r][i..])
+                };
+                for t in 0..4 {
+                    acc[r * 4 + t] = _mm512_fmadd_ps(a, x[t], acc[r * 4 + t]);
+                }
+            }
+            i += 16;
+        }
+        // Each accumulator folded to 8 lanes, then two 8-way sums.
+        let mut h = [[_mm256_setzero_ps(); 8]; 2];
+        for (q, a) in acc.into_iter().enumerate() {
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
+            h[q / 8][q % 8] = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
+        }
+        let mut r = [0f32; 16];
+        for (half, h) in h.into_iter().enumerate() {
+            let o = &mut r[half * 8..half * 8 + 8];
+            // SAFETY: `o` holds exactly 8 f32; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), super::avx2::hsum8(h)) };
+        }
+        r
+    }
+
+    /// `o[..16] = v`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn stf16(o: &mut [f32], v: __m512) {
+        let o = &mut o[..16];
+        // SAFETY: `o` holds exactly 16 f32; `storeu` has no alignment requirement.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) }
+    }
+
+    /// `a·b + c`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+
+    crate::lora::columns_token!(
+        "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
+        __m512,
+        16,
+        ldh16,
+        ldf16,
+        stf16,
+        _mm512_set1_ps,
+        fmadd
+    );
+
+    /// This tier's [`RowsDot`]: the expand of several tokens by columns (the rest of the rows by the
+    /// AVX2 code); four rows against four tokens at a time for the shrink of a batch; rows shorter
+    /// than 16 (small ranks in the expand) by the AVX2 code, whose 8-lane vectors waste fewer lanes.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     pub(super) fn rows_dot(j: &RowsDot<'_>, out: &mut [f32]) {
+        if j.scale.is_some() && j.n_tok > 1 {
+            let row = crate::lora::expand_columns(Cols::new(), j, out);
+            return super::avx2::rows_dot(&j.rows_from(row), out);
+        }
         if j.k < 16 {
             return super::avx2::rows_dot(j, out);
         }
@@ -379,13 +539,22 @@ mod avx512 {
         }
         let mut tok = 0;
         while tok + 4 <= j.n_tok {
+            let mut row = j.row0;
+            while row + 4 <= j.row1 {
+                let d = dot4x4(j, row, tok);
+                for (q, d) in d.into_iter().enumerate() {
+                    j.put(out, tok + q % 4, row + q / 4, d);
+                }
+                row += 4;
+            }
             let vs = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
-            for row in j.row0..j.row1 {
+            while row < j.row1 {
                 let w = j.row(row);
                 let d = dot4(j.k, [w; 4], vs);
                 for (q, d) in d.into_iter().enumerate() {
                     j.put(out, tok + q, row, d);
                 }
+                row += 1;
             }
             tok += 4;
         }
