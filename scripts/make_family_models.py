@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
 """Build the small test models of the model families and their Hugging Face references.
 
-For each family (qwen2, qwen3, llama3) this script
+For each family (qwen2, qwen3, llama3, phi3) this script
 1. builds a small Hugging Face checkpoint from a config: SmolLM2-135M-Instruct's real weights (dequantized
    from its GGUF by transformers) cut to a narrow width and two layers and re-dressed in the family's
    layout, plus the family's own tensors (q/k/v biases for qwen2, q/k norms for qwen3) drawn from a fixed
-   seed, or its own RoPE (llama3: Llama 3.x frequency scaling); its tokenizer is a 4096-token byte-level
+   seed, or its own RoPE (llama3: Llama 3.x frequency scaling; phi3: partial rotary, LongRoPE and a
+   sliding window, with fused q/k/v and gate/up projections); its tokenizer is a 4096-token byte-level
    BPE cut from SmolLM2's (the first merges, which only use earlier tokens) with the family's
    pre-tokenizer (Qwen2's split and NFC normalizer and a ChatML template; Llama 3's split, whole-word
-   tokens, BOS and its chat format);
-2. makes a PEFT LoRA adapter on all seven projections with non-zero, seeded A and B;
+   tokens, BOS and its chat format), or for phi3 a SentencePiece vocabulary (Llama 2's kind: byte
+   fallback, `▁` for spaces) made from the same merges, with Phi-3's added tokens and chat format;
+2. makes a PEFT LoRA adapter on all the projections (phi3: its four fused and plain ones) with
+   non-zero, seeded A and B;
 3. converts the checkpoint with llama.cpp's own convert_hf_to_gguf.py (f32) and quantizes it with
    llama.cpp's quantizer (llama-cpp-python's llama_model_quantize) to Q8_0, Q4_0 and Q4_K_M;
 4. computes the references: transformers fp32 loading each committed GGUF (dequantized) for the token
    sequences, without and with the adapter (PEFT), stored compact (top-128 ids and logits, logsumexp);
    and the ids the Hugging Face tokenizer gives a set of texts.
 
-Run (needs torch, transformers, peft, gguf, tokenizers; a llama.cpp source tree; a Python with
+Run (needs torch, transformers, peft, gguf, tokenizers, sentencepiece; a llama.cpp source tree; a Python with
 llama-cpp-python for the quantizer):
 
     python scripts/make_family_models.py --smollm2 models/SmolLM2-135M-Instruct.Q4_1.gguf \
@@ -62,9 +65,22 @@ FAMILIES = {
     "llama3": dict(head_dim=64, tied=True, rope_theta=5e5, rms_eps=1e-5,
                    rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
                                      high_freq_factor=4.0, original_max_position_embeddings=32)),
+    # Phi-3 mini's layout (fused qkv_proj and gate_up_proj, separate head, base 1e4) with a partial
+    # rotary (half of each head, as `partial_rotary_factor` allows), LongRoPE with an original context
+    # of 32 positions (4096 in Phi-3 mini 128k) so that the test sequences (longer) take the long
+    # factors and a shorter one the short factors, and a sliding window of 24 positions (2047 in
+    # Phi-3 mini 4k) that the sequences exceed.
+    "phi3": dict(head_dim=64, tied=False, rope_theta=1e4, rms_eps=1e-5, partial_rotary=0.5,
+                 sliding_window=24,
+                 rope_scaling=dict(rope_type="longrope", original_max_position_embeddings=32,
+                                   # per rotated pair (16): the short factors near 1, the long ones
+                                   # growing from 2 to 16 (Phi-3's grow from about 1 to tens), so that
+                                   # they differ at every frequency, even over a short sequence
+                                   short_factor=[round(1.0 + 0.05 * i, 4) for i in range(16)],
+                                   long_factor=[round(2.0 ** (1 + 3 * i / 15), 4) for i in range(16)])),
 }
 # Seeds of the family tensors and adapters: SEED + this.
-FAMILY_SEED = {"qwen2": 0, "qwen3": 1, "llama3": 2}
+FAMILY_SEED = {"qwen2": 0, "qwen3": 1, "llama3": 2, "phi3": 3}
 
 # Qwen2's pre-tokenizer split (tokenizer.json of the Qwen2/2.5/3 models).
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -136,6 +152,25 @@ TOKENIZERS = {
                           "2024-12-07 at 10:30, pi=3.14159, 65536 bytes; 123 vs 1234 vs 12345"]),
 }
 TOKENIZERS["qwen3"] = TOKENIZERS["qwen2"]
+# Phi-3's chat format (no system turn unless given, `<|end|>` closing each turn, no BOS).
+PHI3_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+TOKENIZERS["phi3"] = dict(template=PHI3_TEMPLATE, eos="<|endoftext|>", pad="<|endoftext|>", bos=None,
+                          pre=None, turn_end="<|end|>\n",
+                          texts=["Hi<|end|>", "<|user|><|end|><|assistant|>", "Paris.<|end|><|endoftext|>",
+                                 "  two  spaces and\ttab", "ÿ and ø and 한국어 and 🙂"])
+# Phi-3's added tokens after the SentencePiece vocabulary (as its ids 32000+), and the SmolLM2 rows their
+# embeddings take (its chat specials and two more of its specials).
+PHI3_SPECIALS = [("<|endoftext|>", 0), ("<|assistant|>", 1), ("<|system|>", 3), ("<|end|>", 2),
+                 ("<|user|>", 4)]
+# The text of the sequence within the original context (for which LongRoPE takes the short factors).
+SHORT_TEXT = "Once upon a time, in a small village by the sea"
 
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 ANSWER = "The capital of France is Paris. It is known for the Eiffel Tower."
@@ -205,6 +240,97 @@ def build_tokenizer(toks, merges, family):
     return tok, kept
 
 
+def bytes_to_unicode():
+    """GPT-2's byte-level alphabet: byte → the character byte-level BPE writes it as."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def build_spm_tokenizer(toks, merges, hf_dir):
+    """Phi-3's kind of tokenizer (Llama 2's SentencePiece BPE with byte fallback) on a 4096-token
+    vocabulary from SmolLM2's: `<unk>`, `<s>`, `</s>`, the 256 byte tokens `<0xXX>`, the printable
+    single characters, then the results of SmolLM2's first merges whose parts are kept (byte-level text
+    turned into text, its spaces into `▁`; pieces with control characters or invalid UTF-8 left out),
+    scored by merge order; then Phi-3's five added tokens. Writes `tokenizer.model` (what llama.cpp's
+    converter reads) into `hf_dir` and returns the Hugging Face tokenizer (Phi-3's tokenizer.json form:
+    `▁` prepended and spaces replaced, BPE with byte fallback and merges ordered by the result's score)
+    and, per new id, the SmolLM2 id whose embedding row it takes."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+    b2u = bytes_to_unicode()
+    u2b = {c: b for b, c in b2u.items()}
+    old_id = {t: i for i, t in enumerate(toks)}
+
+    def text_of(t):
+        try:
+            raw = bytes(u2b[c] for c in t).decode("utf-8")
+        except (KeyError, UnicodeDecodeError):
+            return None
+        if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+            return None
+        return raw.replace(" ", "\u2581")
+
+    n_spm = N_VOCAB - len(PHI3_SPECIALS)
+    pieces = [("<unk>", 0.0, 2, 0), ("<s>", 0.0, 3, 1), ("</s>", 0.0, 3, 2)]
+    # (SmolLM2 has no token for the bytes that never occur in UTF-8: their rows are other tokens')
+    pieces += [(f"<0x{b:02X}>", 0.0, 6, old_id.get(b2u[b], 17 + b)) for b in range(256)]
+    chars = [(text_of(b2u[b]), b2u[b]) for b in range(128)]
+    pieces += [(c, -1e6, 1, old_id[t]) for c, t in chars if c is not None]
+    have = {p[0] for p in pieces}
+    for mg in merges:
+        if len(pieces) == n_spm:
+            break
+        a, b = mg.split(" ")
+        ta, tb, tr = text_of(a), text_of(b), text_of(a + b)
+        if ta in have and tb in have and tr is not None and tr not in have:
+            pieces.append((tr, -float(len(pieces)), 1, old_id[a + b]))
+            have.add(tr)
+    assert len(pieces) == n_spm, len(pieces)
+    m = pb.ModelProto()
+    for text, score, ty, _ in pieces:
+        p = m.pieces.add()
+        p.piece, p.score, p.type = text, score, ty
+    m.trainer_spec.model_type = pb.TrainerSpec.BPE
+    m.trainer_spec.vocab_size = n_spm
+    m.trainer_spec.byte_fallback = True
+    m.trainer_spec.unk_id, m.trainer_spec.bos_id, m.trainer_spec.eos_id, m.trainer_spec.pad_id = 0, 1, 2, -1
+    m.normalizer_spec.name = "identity"
+    m.normalizer_spec.add_dummy_prefix = True
+    m.normalizer_spec.remove_extra_whitespaces = False
+    m.normalizer_spec.escape_whitespaces = True
+    os.makedirs(hf_dir, exist_ok=True)
+    with open(os.path.join(hf_dir, "tokenizer.model"), "wb") as f:
+        f.write(m.SerializeToString())
+    vocab = {text: i for i, (text, _, _, _) in enumerate(pieces)}
+    score = {text: sc for text, sc, ty, _ in pieces if ty == 1}
+    # every split of a merged piece into two pieces, by the merged piece's score, then the parts' ids
+    pairs = []
+    for text, sc, ty, _ in pieces:
+        if ty == 1 and len(text) > 1:
+            local = [(text[:k], text[k:]) for k in range(1, len(text)) if text[:k] in vocab and text[k:] in vocab]
+            pairs += [(-sc, vocab[x], vocab[y], x, y) for x, y in local]
+    pairs.sort()
+    assert all(x + y in score for _, _, _, x, y in pairs)
+    bpe = models.BPE(vocab=vocab, merges=[(x, y) for *_, x, y in pairs], unk_token="<unk>", fuse_unk=True,
+                     byte_fallback=True)
+    tok = Tokenizer(bpe)
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<unk>", "<s>", "</s>")])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, _ in PHI3_SPECIALS])
+    kept = [old for *_, old in pieces] + [old for _, old in PHI3_SPECIALS]
+    assert tok.get_vocab_size() == N_VOCAB == len(kept)
+    return tok, kept
+
+
 def rows_from(mats, n_rows, n_cols):
     """The first n_rows × n_cols block of the matrices stacked by rows."""
     return torch.cat(mats, dim=0)[:n_rows, :n_cols].clone()
@@ -230,6 +356,17 @@ def build_model(family, src, kept):
                       pad_token_id=specials["<|end_of_text|>"],
                       rope_parameters=dict(rope_theta=fam["rope_theta"], **fam["rope_scaling"]))
         cfg, cls = LlamaConfig(head_dim=hd, attention_bias=False, mlp_bias=False, **common), LlamaForCausalLM
+    elif family == "phi3":
+        from transformers import Phi3Config, Phi3ForCausalLM
+        ids = {t: N_VOCAB - len(PHI3_SPECIALS) + i for i, (t, _) in enumerate(PHI3_SPECIALS)}
+        common.pop("use_sliding_window")
+        common.update(bos_token_id=1, eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+                      rope_parameters=dict(rope_theta=fam["rope_theta"], partial_rotary_factor=fam["partial_rotary"],
+                                           **fam["rope_scaling"]))
+        cfg = Phi3Config(original_max_position_embeddings=fam["rope_scaling"]["original_max_position_embeddings"],
+                         partial_rotary_factor=fam["partial_rotary"], sliding_window=fam["sliding_window"],
+                         resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, **common)
+        cls = Phi3ForCausalLM
     else:
         cfg, cls = Qwen3Config(head_dim=hd, attention_bias=False, **common), Qwen3ForCausalLM
     torch.manual_seed(SEED)
@@ -252,12 +389,19 @@ def build_model(family, src, kept):
         q, k, v = s("self_attn.q_proj"), s("self_attn.k_proj"), s("self_attn.v_proj")
         sd[p + "input_layernorm.weight"] = s("input_layernorm")[:E].clone()
         sd[p + "post_attention_layernorm.weight"] = s("post_attention_layernorm")[:E].clone()
-        sd[p + "self_attn.q_proj.weight"] = rows_from([q, k], qd, E)
-        sd[p + "self_attn.k_proj.weight"] = rows_from([k, v, q], kvd, E)
-        sd[p + "self_attn.v_proj.weight"] = rows_from([v, k, q], kvd, E)
+        proj = {"q_proj": rows_from([q, k], qd, E), "k_proj": rows_from([k, v, q], kvd, E),
+                "v_proj": rows_from([v, k, q], kvd, E), "gate_proj": s("mlp.gate_proj")[:F, :E].clone(),
+                "up_proj": s("mlp.up_proj")[:F, :E].clone()}
+        if family == "phi3":
+            # fused: q, k, v rows in one matrix, gate then up rows in another
+            sd[p + "self_attn.qkv_proj.weight"] = torch.cat([proj["q_proj"], proj["k_proj"], proj["v_proj"]])
+            sd[p + "mlp.gate_up_proj.weight"] = torch.cat([proj["gate_proj"], proj["up_proj"]])
+        else:
+            for n in ("q_proj", "k_proj", "v_proj"):
+                sd[p + f"self_attn.{n}.weight"] = proj[n]
+            for n in ("gate_proj", "up_proj"):
+                sd[p + f"mlp.{n}.weight"] = proj[n]
         sd[p + "self_attn.o_proj.weight"] = s("self_attn.o_proj")[:E, :qd].clone()
-        sd[p + "mlp.gate_proj.weight"] = s("mlp.gate_proj")[:F, :E].clone()
-        sd[p + "mlp.up_proj.weight"] = s("mlp.up_proj")[:F, :E].clone()
         sd[p + "mlp.down_proj.weight"] = s("mlp.down_proj")[:E, :F].clone()
         if family == "qwen2":
             sd[p + "self_attn.q_proj.bias"] = torch.randn(qd, generator=g) * 0.5
@@ -277,9 +421,9 @@ def build_model(family, src, kept):
 def make_adapter(model, out_dir, family):
     """A PEFT LoRA (r=8, alpha=16) on all seven projections with seeded, non-zero A and B."""
     from peft import LoraConfig, get_peft_model
-    cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, bias="none",
-                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                     "down_proj"])
+    targets = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"] if family == "phi3" else \
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, bias="none", target_modules=targets)
     pm = get_peft_model(model, cfg)
     g = torch.Generator().manual_seed(SEED + 100 + FAMILY_SEED[family])
     with torch.no_grad():
@@ -303,6 +447,8 @@ def save_checkpoint(model, tok, hf_dir, family):
     model.save_pretrained(hf_dir, safe_serialization=True)
     t = TOKENIZERS[family]
     extra = {"bos_token": t["bos"]} if t["bos"] else {}
+    if family == "phi3":
+        extra = {"bos_token": "<s>", "unk_token": "<unk>"}
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=t["eos"], pad_token=t["pad"], **extra)
     fast.chat_template = t["template"]
     fast.save_pretrained(hf_dir)
@@ -314,10 +460,15 @@ def save_checkpoint(model, tok, hf_dir, family):
     if "rope_scaling" in FAMILIES[family]:
         c["rope_scaling"] = dict(FAMILIES[family]["rope_scaling"])
         c["original_max_position_embeddings"] = c["rope_scaling"]["original_max_position_embeddings"]
+    if "partial_rotary" in FAMILIES[family]:
+        c["partial_rotary_factor"] = FAMILIES[family]["partial_rotary"]
     json.dump(c, open(cp, "w"), indent=2)
     tp = os.path.join(hf_dir, "tokenizer_config.json")
     c = json.load(open(tp))
     c["add_bos_token"] = bool(t["bos"])
+    if family == "phi3":
+        # the converter reads the class (a GPT-2 one would be Phi-4's byte-level vocabulary)
+        c["tokenizer_class"] = "LlamaTokenizer"
     c["chat_template"] = t["template"]
     json.dump(c, open(tp, "w"), indent=2)
     return fast
@@ -393,9 +544,24 @@ def sequences(fast, family):
     }
 
 
+def short_sequences(fast, family):
+    """For LongRoPE: a sequence within the original context (transformers takes the short factors for
+    it; a runtime whose context is the original one too), and the original context."""
+    if "rope_scaling" not in FAMILIES[family] or FAMILIES[family]["rope_scaling"]["rope_type"] != "longrope":
+        return {}, 0
+    orig = FAMILIES[family]["rope_scaling"]["original_max_position_embeddings"]
+    ids = fast.encode(SHORT_TEXT, add_special_tokens=TOKENIZERS[family]["bos"] is not None)
+    assert len(ids) <= orig, len(ids)
+    return {"short": ids}, orig
+
+
 def references(fam_dir, family, hf_config):
     from peft import PeftModel
     seqs = json.load(open(os.path.join(fam_dir, "sequences.json")))
+    short = os.path.join(fam_dir, "sequences-short.json")
+    if os.path.exists(short):
+        # in the same files; a sequence this short takes LongRoPE's short factors
+        seqs.update(json.load(open(short)))
     adapter = os.path.join(fam_dir, "adapter-peft")
     summary = {}
     for ty in TYPES:
@@ -426,17 +592,26 @@ def rope_scaling_effect(model, seqs):
     """How far the same weights without the RoPE frequency scaling are from the model (mean KL over the
     sequences): the references can tell a runtime that ignores the scaling."""
     import copy
-    plain = copy.deepcopy(model.config)
-    plain.rope_parameters = {"rope_type": "default", "rope_theta": plain.rope_parameters["rope_theta"]}
-    other = type(model)(plain).float().eval()
-    other.load_state_dict(model.state_dict())
-    kl = []
-    for ids in seqs.values():
-        lp = torch.log_softmax(torch.tensor(logits_of(model, ids)), -1)
-        lq = torch.log_softmax(torch.tensor(logits_of(other, ids)), -1)
-        kl.append(float((lp.exp() * (lp - lq)).sum(-1).mean()))
-    print(f"without the RoPE scaling: mean KL {np.mean(kl):.3f} from the model")
-    assert np.mean(kl) > 0.01, kl
+    rp = model.config.rope_parameters
+    kept = {k: rp[k] for k in ("rope_theta", "partial_rotary_factor") if k in rp}
+    variants = [("without the RoPE scaling", dict(rope_parameters={"rope_type": "default", **kept}))]
+    if rp["rope_type"] == "longrope":
+        # the short factors where the long ones apply, and no sliding window
+        variants += [("with the short factors", dict(rope_parameters={**rp, "long_factor": rp["short_factor"]})),
+                     ("without the sliding window", dict(sliding_window=None))]
+    for what, change in variants:
+        plain = copy.deepcopy(model.config)
+        for k, v in change.items():
+            setattr(plain, k, v)
+        other = type(model)(plain).float().eval()
+        other.load_state_dict(model.state_dict())
+        kl = []
+        for ids in seqs.values():
+            lp = torch.log_softmax(torch.tensor(logits_of(model, ids)), -1)
+            lq = torch.log_softmax(torch.tensor(logits_of(other, ids)), -1)
+            kl.append(float((lp.exp() * (lp - lq)).sum(-1).mean()))
+        print(f"{what}: mean KL {np.mean(kl):.3f} from the model")
+        assert np.mean(kl) > 0.01, kl
 
 
 def build_family(family, args, work):
@@ -446,9 +621,12 @@ def build_family(family, args, work):
     sdir, sname = os.path.split(os.path.abspath(args.smollm2))
     src = AutoModelForCausalLM.from_pretrained(sdir, gguf_file=sname, dtype=torch.float32).state_dict()
     toks, merges = smollm2_tokenizer(args.smollm2)
-    tok, kept = build_tokenizer(toks, merges, family)
-    model = build_model(family, src, kept)
     hf_dir = os.path.join(work, family + "-hf")
+    if family == "phi3":
+        tok, kept = build_spm_tokenizer(toks, merges, hf_dir)
+    else:
+        tok, kept = build_tokenizer(toks, merges, family)
+    model = build_model(family, src, kept)
     fast = save_checkpoint(model, tok, hf_dir, family)
     adapter_dir = os.path.join(fam_dir, "adapter-peft")
     shutil.rmtree(adapter_dir, ignore_errors=True)
@@ -461,10 +639,15 @@ def build_family(family, args, work):
     # the HF model and its GGUF (f32) agree: the converter and transformers' loader keep the family
     seqs = sequences(fast, family)
     json.dump(seqs, open(os.path.join(fam_dir, "sequences.json"), "w"))
+    short, orig = short_sequences(fast, family)
+    if short:
+        assert all(len(ids) > orig for ids in seqs.values()), [len(i) for i in seqs.values()]
+        json.dump(short, open(os.path.join(fam_dir, "sequences-short.json"), "w"))
     from transformers import AutoConfig
     hf_config = AutoConfig.from_pretrained(hf_dir)
     back = hf_from_gguf(work, os.path.basename(f32), hf_config)
     d = max(float(np.abs(logits_of(model, ids) - logits_of(back, ids)).max()) for ids in seqs.values())
+    d = max([d] + [float(np.abs(logits_of(model, ids) - logits_of(back, ids)).max()) for ids in short.values()])
     print(f"{family}: HF checkpoint vs transformers on its f32 GGUF: max |Δlogit| {d:.2e}")
     assert d < 1e-3, d
     if "rope_scaling" in FAMILIES[family]:

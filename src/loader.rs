@@ -44,6 +44,7 @@ impl Model {
             output: parts.ends.output,
             tied_output: parts.ends.tied_output,
             rope_freqs: parts.ends.rope_freqs,
+            rope_factors: parts.ends.rope_factors,
             layers: parts.layers,
             type_counts: parts.type_counts,
             n_tensors,
@@ -74,6 +75,7 @@ struct Ends {
     output: WeightRef,
     tied_output: bool,
     rope_freqs: Option<WeightRef>,
+    rope_factors: Option<(WeightRef, WeightRef)>,
 }
 
 /// The phases of a load, in the order their errors are reported.
@@ -91,6 +93,7 @@ fn load(g: &Gguf<'_>, fname: &str, map: &Arc<MappedFile>) -> Result<Parts> {
     let tensors = Tensors { g, fname };
     let mut ends = tensors.ends(&hp)?;
     arch::read_hparams(g, fname, &mut hp)?;
+    arch::phi3::check_longrope(fname, ends.rope_factors.is_some(), &hp)?;
     let mut layers = tensors.layers(&hp)?;
     assign_lora_slots(&mut layers, &mut ends);
     Ok(Parts {
@@ -208,7 +211,7 @@ impl Keys<'_, '_> {
             .map_or(2048, |v| usize::try_from(v).unwrap_or(usize::MAX));
         let rms_eps = match kind {
             // llama.cpp requires the key for these families (there is no common default).
-            Arch::Gemma3 | Arch::Qwen2 | Arch::Qwen3 => self
+            Arch::Gemma3 | Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 => self
                 .g
                 .get_f32(&self.key("attention.layer_norm_rms_epsilon"))?,
             Arch::Llama => self
@@ -219,7 +222,9 @@ impl Keys<'_, '_> {
             // Qwen models use bases (1e6) far from the common default: a file without one is refused
             // rather than run with the wrong frequencies.
             Arch::Qwen2 | Arch::Qwen3 => self.g.get_f32(&self.key("rope.freq_base"))?,
-            Arch::Llama | Arch::Gemma3 => self.opt_f32("rope.freq_base")?.unwrap_or(10000.0),
+            Arch::Llama | Arch::Gemma3 | Arch::Phi3 => {
+                self.opt_f32("rope.freq_base")?.unwrap_or(10000.0)
+            }
         };
         let rope_freq_scale = self.rope_scale()?;
         Ok(HParams {
@@ -244,6 +249,8 @@ impl Keys<'_, '_> {
             swa: Vec::new(),
             rope_freq_base_swa: rope_freq_base,
             rope_freq_scale_swa: 1.0,
+            n_ctx_orig: 0,
+            rope_attn_factor: 1.0,
         })
     }
 
@@ -414,6 +421,7 @@ impl Tensors<'_, '_> {
             n_out,
             offset: t.offset as usize,
             size: t.size,
+            row0: 0,
             lora_slot: None,
         })
     }
@@ -443,20 +451,36 @@ impl Tensors<'_, '_> {
             Some(_) => (self.weight("output.weight", n_embd, n_vocab, true)?, false),
             None => (token_embd.clone(), true),
         };
-        let rope_freqs = self.rope_divisors(hp)?;
+        let rope_freqs = self.rope_divisors(hp, "rope_freqs.weight")?;
+        let long = self.rope_divisors(hp, "rope_factors_long.weight")?;
+        let short = self.rope_divisors(hp, "rope_factors_short.weight")?;
+        let rope_factors = match (long, short) {
+            (Some(l), Some(s)) => Some((l, s)),
+            (None, None) => None,
+            (l, _) => {
+                let missing = if l.is_none() { "long" } else { "short" };
+                return Err(Error::format(
+                    self.fname,
+                    format!("tensor_infos[\"rope_factors_{missing}.weight\"]"),
+                    None,
+                    "LongRoPE needs both the long and the short factors",
+                ));
+            }
+        };
         Ok(Ends {
             token_embd,
             output_norm,
             output,
             tied_output,
             rope_freqs,
+            rope_factors,
         })
     }
 
-    /// Llama 3.x's RoPE frequency divisors (`rope_freqs.weight`, one per rotated pair), if present:
-    /// each finite and > 0 (a zero would make its frequency infinite).
-    fn rope_divisors(&self, hp: &HParams) -> Result<Option<WeightRef>> {
-        let name = "rope_freqs.weight";
+    /// RoPE frequency divisors, one per rotated pair, if present (Llama 3.x's `rope_freqs.weight`,
+    /// LongRoPE's `rope_factors_long.weight` and `rope_factors_short.weight`): each finite and > 0 (a
+    /// zero would make its frequency infinite).
+    fn rope_divisors(&self, hp: &HParams, name: &str) -> Result<Option<WeightRef>> {
         let Some(t) = self.g.tensor(name) else {
             return Ok(None);
         };
@@ -494,6 +518,35 @@ impl Tensors<'_, '_> {
                     Ok(None)
                 }
             };
+            let (attn_qkv, ffn_gate_up, fused) = if hp.arch == Arch::Phi3 {
+                // q, k, v: rows of `attn_qkv`; gate then up: rows of `ffn_up`
+                let qkv = w("attn_qkv", n_embd, q_dim + 2 * kv_dim, true)?;
+                let up = w("ffn_up", n_embd, 2 * n_ff, true)?;
+                let parts = (
+                    [
+                        qkv.rows(0, q_dim),
+                        qkv.rows(q_dim, kv_dim),
+                        qkv.rows(q_dim + kv_dim, kv_dim),
+                    ],
+                    [up.rows(0, n_ff), up.rows(n_ff, n_ff)],
+                );
+                (parts.0, parts.1, vec![qkv, up])
+            } else {
+                (
+                    [
+                        w("attn_q", n_embd, q_dim, true)?,
+                        w("attn_k", n_embd, kv_dim, true)?,
+                        w("attn_v", n_embd, kv_dim, true)?,
+                    ],
+                    [
+                        w("ffn_gate", n_embd, n_ff, true)?,
+                        w("ffn_up", n_embd, n_ff, true)?,
+                    ],
+                    Vec::new(),
+                )
+            };
+            let [attn_q, attn_k, attn_v] = attn_qkv;
+            let [ffn_gate, ffn_up] = ffn_gate_up;
             layers.push(Layer {
                 attn_q_bias: extra(qkv_bias, "attn_q.bias", q_dim)?,
                 attn_k_bias: extra(qkv_bias, "attn_k.bias", kv_dim)?,
@@ -503,14 +556,15 @@ impl Tensors<'_, '_> {
                 attn_post_norm: extra(gemma, "post_attention_norm.weight", n_embd)?,
                 ffn_post_norm: extra(gemma, "post_ffw_norm.weight", n_embd)?,
                 attn_norm: w("attn_norm", n_embd, 1, false)?,
-                attn_q: w("attn_q", n_embd, q_dim, true)?,
-                attn_k: w("attn_k", n_embd, kv_dim, true)?,
-                attn_v: w("attn_v", n_embd, kv_dim, true)?,
+                attn_q,
+                attn_k,
+                attn_v,
                 attn_output: w("attn_output", q_dim, n_embd, true)?,
                 ffn_norm: w("ffn_norm", n_embd, 1, false)?,
-                ffn_gate: w("ffn_gate", n_embd, n_ff, true)?,
-                ffn_up: w("ffn_up", n_embd, n_ff, true)?,
+                ffn_gate,
+                ffn_up,
                 ffn_down: w("ffn_down", n_ff, n_embd, true)?,
+                fused,
             });
         }
         Ok(layers)

@@ -24,12 +24,15 @@ pub enum Arch {
     Qwen2,
     /// `qwen3`: per-head RMSNorm of q and k before NeoX RoPE, no biases, a head size of its own.
     Qwen3,
+    /// `phi3` (Phi-3, Phi-3.5 mini): llama's block with fused q/k/v and gate/up tensors, NeoX RoPE
+    /// (possibly partial, possibly LongRoPE) and an optional sliding window on every layer.
+    Phi3,
 }
 
 impl Arch {
     /// `general.architecture` values edge-run accepts.
     pub const SUPPORTED: &'static [&'static str] =
-        &["llama", "mistral", "gemma3", "qwen2", "qwen3"];
+        &["llama", "mistral", "gemma3", "qwen2", "qwen3", "phi3"];
 
     /// The architecture for a `general.architecture` value.
     pub fn from_name(name: &str) -> Option<Arch> {
@@ -38,6 +41,7 @@ impl Arch {
             "gemma3" => Some(Arch::Gemma3),
             "qwen2" => Some(Arch::Qwen2),
             "qwen3" => Some(Arch::Qwen3),
+            "phi3" => Some(Arch::Phi3),
             _ => None,
         }
     }
@@ -53,8 +57,12 @@ impl Arch {
 /// Where a tensor lives in the mapped file and how to read it.
 #[derive(Clone, Debug)]
 pub struct WeightRef {
-    /// The GGUF tensor name, e.g. `blk.3.attn_q.weight`.
+    /// The GGUF tensor name, e.g. `blk.3.attn_q.weight`; for a part of a fused tensor, the fused
+    /// tensor's (`blk.3.attn_qkv.weight`).
     pub name: String,
+    /// The first row of tensor `name` this weight covers: 0 for a whole tensor, the part's offset in a
+    /// fused one (phi3's k starts at row `q_dim` of `attn_qkv`). Its rows are `row0..row0 + n_out`.
+    pub row0: usize,
     pub ty: QuantType,
     /// Row length (ggml ne0): the input width of a linear layer.
     pub n_in: usize,
@@ -71,6 +79,20 @@ pub struct WeightRef {
 impl WeightRef {
     pub fn row_bytes(&self) -> usize {
         self.size / self.n_out.max(1)
+    }
+
+    /// Rows `row0..row0 + n` of this weight as a weight of their own (same name, no LoRA slot yet).
+    pub(crate) fn rows(&self, row0: usize, n: usize) -> WeightRef {
+        let rb = self.row_bytes();
+        WeightRef {
+            name: self.name.clone(),
+            row0: self.row0 + row0,
+            n_out: n,
+            offset: self.offset + row0 * rb,
+            size: n * rb,
+            lora_slot: None,
+            ..self.clone()
+        }
     }
 }
 
@@ -97,6 +119,9 @@ pub struct Layer {
     /// (`post_ffw_norm`) before their residual adds [n_embd].
     pub attn_post_norm: Option<WeightRef>,
     pub ffn_post_norm: Option<WeightRef>,
+    /// Phi-3: the whole fused tensors (`attn_qkv`: q, k, v rows; `ffn_up`: gate, up rows) whose row
+    /// ranges are `attn_q`/`attn_k`/`attn_v` and `ffn_gate`/`ffn_up` above. Empty for other families.
+    pub fused: Vec<WeightRef>,
 }
 
 impl Layer {
@@ -156,6 +181,12 @@ pub struct HParams {
     /// RoPE base and linear scale of the local layers.
     pub rope_freq_base_swa: f32,
     pub rope_freq_scale_swa: f32,
+    /// The context the model was trained at before RoPE scaling (`rope.scaling.original_context_length`),
+    /// 0 if the file has none; picks LongRoPE's factors.
+    pub n_ctx_orig: usize,
+    /// LongRoPE's attention factor on the rotated part of q and k (`rope.scaling.attn_factor`), 1 if
+    /// none.
+    pub rope_attn_factor: f32,
 }
 
 impl HParams {
@@ -201,6 +232,10 @@ pub struct Model {
     pub tied_output: bool,
     /// Llama 3.1-style per-frequency RoPE divisors (`rope_freqs.weight`), if present.
     pub rope_freqs: Option<WeightRef>,
+    /// LongRoPE's divisors (Phi-3 128k, Phi-3.5): `rope_factors_long.weight` and
+    /// `rope_factors_short.weight`, both or neither. A session whose context exceeds
+    /// [`HParams::n_ctx_orig`] uses the long ones, else the short ones.
+    pub rope_factors: Option<(WeightRef, WeightRef)>,
     pub layers: Vec<Layer>,
     /// Tensor count per type, for `edge-run info`.
     pub type_counts: Vec<(QuantType, usize)>,
@@ -317,21 +352,44 @@ impl Model {
         self.layers.len() * LAYER_SLOTS + 2
     }
 
-    /// The weight an adapter target (a base tensor name) adapts, found without allocating: a layer's
-    /// linear weight, `token_embd.weight` or `output.weight` (the embedding itself when tied, with the
-    /// head's own LoRA slot).
+    /// The base tensor an adapter target (a base tensor name) adapts, found without allocating: a
+    /// layer's linear weight or fused tensor, `token_embd.weight` or `output.weight` (the embedding
+    /// itself when tied, with the head's own LoRA slot). A fused tensor has no slot: its parts have
+    /// ([`Model::lora_parts`]).
     pub fn lora_target(&self, target: &str) -> Option<&WeightRef> {
         match target {
             "token_embd.weight" => return Some(&self.token_embd),
             "output.weight" => return Some(&self.output),
             _ => {}
         }
-        let rest = target.strip_prefix("blk.")?;
-        let (layer, name) = rest.split_once('.')?;
-        let layer: usize = layer.parse().ok()?;
-        let kind = LAYER_WEIGHTS
-            .iter()
-            .position(|w| name.strip_suffix(".weight") == Some(w))?;
-        Some(self.layers.get(layer)?.lora_weights()[kind])
+        let layer = self.layers.get(block_of(target)?)?;
+        let whole = |w: &&WeightRef| w.name == target && w.row0 == 0;
+        (layer.fused.iter().find(whole)).or_else(|| layer.lora_weights().into_iter().find(whole))
     }
+
+    /// The weights the forward pass multiplies that an adapter on `target` acts on, each with its LoRA
+    /// slot: the target itself, or every part of a fused tensor (whose rows a LoRA's `B` is cut into).
+    pub fn lora_parts<'m>(&'m self, target: &str) -> impl Iterator<Item = &'m WeightRef> + 'm {
+        let end = match target {
+            "token_embd.weight" => Some(&self.token_embd),
+            "output.weight" => Some(&self.output),
+            _ => None,
+        };
+        let layer = end
+            .is_none()
+            .then(|| block_of(target).and_then(|l| self.layers.get(l)))
+            .flatten();
+        let hits = layer.map_or([false; LAYER_SLOTS], |l| {
+            l.lora_weights().map(|w| w.name == target)
+        });
+        let parts = layer.into_iter().flat_map(move |l| {
+            (l.lora_weights().into_iter().zip(hits)).filter_map(|(w, hit)| hit.then_some(w))
+        });
+        end.into_iter().chain(parts)
+    }
+}
+
+/// The block of a layer tensor name: `blk.3.attn_q.weight` → 3.
+fn block_of(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split_once('.')?.0.parse().ok()
 }

@@ -1,5 +1,6 @@
-//! The model families (`qwen2`, `qwen3`, and Llama 3.x as `llama` with its RoPE frequency scaling and
-//! `llama-bpe` tokenizer) on the small test models of `tests/data/families/<family>/` (built by
+//! The model families (`qwen2`, `qwen3`, Llama 3.x as `llama` with its RoPE frequency scaling and
+//! `llama-bpe` tokenizer, and `phi3` with its fused tensors, partial rotary, LongRoPE, sliding window
+//! and SentencePiece tokenizer) on the small test models of `tests/data/families/<family>/` (built by
 //! `scripts/make_family_models.py`: SmolLM2's real weights cut to two layers and width 256 in each
 //! family's layout, plus the family's own tensors; converted by llama.cpp's converter, quantized by
 //! llama.cpp's quantizer; see the PROVENANCE note there).
@@ -17,7 +18,7 @@ use edge_run::{Model, SessionConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const FAMILIES: [&str; 3] = ["qwen2", "qwen3", "llama3"];
+const FAMILIES: [&str; 4] = ["qwen2", "qwen3", "llama3", "phi3"];
 const TYPES: [&str; 3] = ["Q8_0", "Q4_0", "Q4_K_M"];
 
 fn data(family: &str, name: &str) -> PathBuf {
@@ -42,19 +43,25 @@ fn runs(
     family: &str,
     set: &[(&Arc<Adapter>, f32)],
 ) -> Vec<(String, Vec<Vec<f32>>)> {
+    runs_of(model, family, "sequences.json", 128, set)
+}
+
+/// Every position's logits of the sequences of `file`, in sessions of context `n_ctx`.
+fn runs_of(
+    model: &Arc<Model>,
+    family: &str,
+    file: &str,
+    n_ctx: usize,
+    set: &[(&Arc<Adapter>, f32)],
+) -> Vec<(String, Vec<Vec<f32>>)> {
     let cfg = SessionConfig {
-        n_ctx: 128,
+        n_ctx,
         n_batch: 16,
         n_threads: 2,
         logits_all: true,
         ..Default::default()
     };
-    adapted_logits_of_sequences(
-        model,
-        sequences_in(&data(family, "sequences.json")),
-        cfg,
-        set,
-    )
+    adapted_logits_of_sequences(model, sequences_in(&data(family, file)), cfg, set)
 }
 
 fn metrics(family: &str, npz: &str, runs: &[(String, Vec<Vec<f32>>)]) -> Metrics {
@@ -152,6 +159,11 @@ fn chat_of(family: &str) -> Chat {
             bos: Some("<|begin_of_text|>"),
             eot: ("<|eot_id|>", 4095),
             starts: "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user",
+        },
+        "phi3" => Chat {
+            bos: None,
+            eot: ("<|end|>", 4094),
+            starts: "<|user|>\nWhat is the capital of France?<|end|>\n<|assistant|>\n",
         },
         _ => Chat {
             bos: None,
@@ -487,15 +499,209 @@ fn adapter_convert_merge_and_diagnose() {
         assert_eq!(mm.arch, arch_of(family));
         assert_eq!(mm.rope_freqs.is_some(), family == "llama3");
         assert!(mm.layers[0].attn_q_bias.is_some() == (family == "qwen2"));
+        assert_eq!(mm.rope_factors.is_some(), family == "phi3");
         let got = metrics(family, "hf-Q8_0-adapter.npz", &runs(&mm, family, &[]));
         assert_bar(&format!("{family} merged (f32)"), &got);
 
         let o = edge_run(&["diagnose", "-m", path_arg(&m), "--adapter", path_arg(&a)]);
         assert_eq!(o.status.code(), Some(0), "{family}: {o:?}");
         let out = String::from_utf8_lossy(&o.stdout);
+        let q = if family == "phi3" {
+            "attn_qkv"
+        } else {
+            "attn_q"
+        };
         assert!(
-            out.contains("KL(base)") && out.contains("blk.1.attn_q.weight"),
+            out.contains("KL(base)") && out.contains(&format!("blk.1.{q}.weight")),
             "{family}: {out}"
         );
+    }
+}
+
+/// The factors of `phi3`'s LongRoPE as the checkpoint's `config.json` states them (`rope_scaling`).
+fn phi3_config_factors(which: &str) -> Vec<f32> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("phi3", "config.json")).unwrap())
+            .unwrap();
+    (v["rope_scaling"][which].as_array().unwrap().iter())
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// An F32 tensor's values.
+fn f32_tensor(path: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let t = g.tensor(name).unwrap_or_else(|| panic!("{name}"));
+    let v = g.tensor_data(t).chunks_exact(4);
+    v.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// Phi-3 as the file states it: q, k and v are rows of `attn_qkv` and gate and up rows of `ffn_up`;
+/// half of each head rotates (`rope.dimension_count` 32 of 64); LongRoPE's factors are the
+/// checkpoint's and its attention factor √(1 + ln(4096/32) / ln 32) (Phi-3's rule, from the maximum and
+/// the original context); every layer has the 24-position window; separate head, no BOS. The same file
+/// without the window, the LongRoPE factors or the attention factor misses the Hugging Face reference
+/// (whose model has all three) by more than the bar, so the logits test sees each.
+#[test]
+fn phi3_fused_tensors_partial_rotary_longrope_and_window() {
+    let path = model_path("phi3", "Q8_0");
+    let m = Arc::new(Model::open(&path).unwrap());
+    let hp = &m.hp;
+    assert_eq!(m.arch, "phi3");
+    assert_eq!(
+        (
+            hp.n_embd,
+            hp.n_head,
+            hp.n_head_kv,
+            hp.head_dim,
+            hp.rope_dim,
+            hp.n_ff
+        ),
+        (256, 4, 2, 64, 32, 512)
+    );
+    assert_eq!((hp.n_swa, hp.n_ctx_orig, hp.n_ctx_train), (24, 32, 4096));
+    assert!(hp.swa.iter().all(|&s| s) && hp.rope_freq_base == 1e4);
+    let want = (1.0 + (4096f64 / 32.0).ln() / 32f64.ln()).sqrt();
+    assert!(
+        (f64::from(hp.rope_attn_factor) - want).abs() < 1e-6,
+        "{hp:?}"
+    );
+    assert!(!m.tied_output && !m.tokenizer.add_bos());
+    for (i, l) in m.layers.iter().enumerate() {
+        let (qkv, up) = (
+            format!("blk.{i}.attn_qkv.weight"),
+            format!("blk.{i}.ffn_up.weight"),
+        );
+        // (part, fused tensor and its rows, first row, rows)
+        let parts = [
+            (&l.attn_q, (&qkv, 512), 0, 256),
+            (&l.attn_k, (&qkv, 512), 256, 128),
+            (&l.attn_v, (&qkv, 512), 384, 128),
+            (&l.ffn_gate, (&up, 1024), 0, 512),
+            (&l.ffn_up, (&up, 1024), 512, 512),
+        ];
+        for (w, (name, rows), row0, n) in parts {
+            assert_eq!((&w.name, w.row0, w.n_out, w.n_in), (name, row0, n, 256));
+            let whole = m.lora_target(name).unwrap();
+            assert_eq!((whole.row0, whole.n_out, whole.lora_slot), (0, rows, None));
+            assert_eq!(w.offset, whole.offset + row0 * whole.row_bytes());
+        }
+        assert_eq!(m.lora_parts(&qkv).count(), 3);
+        assert_eq!(m.lora_parts(&up).count(), 2);
+    }
+    for which in ["long", "short"] {
+        let got = f32_tensor(&path, &format!("rope_factors_{which}.weight"));
+        assert_eq!(
+            got,
+            phi3_config_factors(&format!("{which}_factor")),
+            "{which}"
+        );
+    }
+    assert!(m.rope_factors.is_some());
+
+    let dir = TempDir::new("families", "phi3-variants");
+    let no_window = dir.join("no-window.gguf");
+    let window = "phi3.attention.sliding_window";
+    rewrite(
+        &path,
+        &no_window,
+        |k, v| {
+            Some(if k == window {
+                MetaValue::from(0u32)
+            } else {
+                v
+            })
+        },
+        |_| true,
+    );
+    let no_factors = dir.join("no-factors.gguf");
+    rewrite(
+        &path,
+        &no_factors,
+        |_, v| Some(v),
+        |t| !t.starts_with("rope_factors_"),
+    );
+    let no_attn_factor = dir.join("no-attn-factor.gguf");
+    let attn = "phi3.rope.scaling.attn_factor";
+    rewrite(
+        &path,
+        &no_attn_factor,
+        |k, v| (k != attn).then_some(v),
+        |_| true,
+    );
+    let variants = [
+        ("window", no_window),
+        ("factors", no_factors),
+        ("attention factor", no_attn_factor),
+    ];
+    for (what, file) in variants {
+        let pm = Arc::new(Model::open(&file).unwrap());
+        let hp = &pm.hp;
+        assert!(hp.n_swa == 0 || pm.rope_factors.is_none() || hp.rope_attn_factor == 1.0);
+        let off = metrics("phi3", "hf-Q8_0-base.npz", &runs(&pm, "phi3", &[]));
+        assert!(off.kl_mean > 5e-3, "without the {what}: {off:?}");
+    }
+}
+
+/// Within the original context: a session of 32 positions takes LongRoPE's short factors, as
+/// transformers does for a sequence of at most 32 positions (the `short` reference), for each type,
+/// with and without the adapter; the long factors (a session past the original context) miss it.
+#[test]
+fn phi3_longrope_short_factors_within_the_original_context() {
+    for ty in TYPES {
+        let model = Arc::new(Model::open(model_path("phi3", ty)).unwrap());
+        let adapter =
+            Arc::new(Adapter::load(&data("phi3", "adapter-peft"), &model.base_info).unwrap());
+        let n_orig = model.hp.n_ctx_orig;
+        for (npz, scale) in [("base", 0.0), ("adapter", 1.0)] {
+            let r = runs_of(
+                &model,
+                "phi3",
+                "sequences-short.json",
+                n_orig,
+                &[(&adapter, scale)],
+            );
+            let m = metrics("phi3", &format!("hf-{ty}-{npz}.npz"), &r);
+            assert_bar(&format!("phi3 {ty} {npz} short"), &m);
+        }
+        let long = runs_of(&model, "phi3", "sequences-short.json", 2 * n_orig, &[]);
+        let off = metrics("phi3", &format!("hf-{ty}-base.npz"), &long);
+        assert!(off.kl_mean > 5e-3, "{ty}: the long factors: {off:?}");
+    }
+}
+
+/// Phi-3 files missing a fused tensor, one of LongRoPE's two factor tensors, or the original context
+/// that picks between them, or with a bad attention factor, are refused naming the tensor or key.
+#[test]
+fn bad_phi3_files_are_refused_naming_the_tensor_or_key() {
+    let dir = TempDir::new("families", "bad-phi3");
+    let orig = "phi3.rope.scaling.original_context_length";
+    let attn = "phi3.rope.scaling.attn_factor";
+    let cases: [(&str, Option<MetaValue>, &str, &str); 5] = [
+        ("", None, "blk.1.attn_qkv.weight", "blk.1.attn_qkv.weight"),
+        ("", None, "blk.0.ffn_up.weight", "blk.0.ffn_up.weight"),
+        (
+            "",
+            None,
+            "rope_factors_short.weight",
+            "rope_factors_short.weight",
+        ),
+        (orig, None, "", orig),
+        (attn, Some(MetaValue::from(-1.0f32)), "", attn),
+    ];
+    for (i, (key, value, tensor, needle)) in cases.into_iter().enumerate() {
+        let out = dir.join(format!("bad-{i}.gguf"));
+        rewrite(
+            &model_path("phi3", "Q4_0"),
+            &out,
+            |k, v| if k == key { value.clone() } else { Some(v) },
+            |t| t != tensor,
+        );
+        let err = Model::open(&out).unwrap_err().to_string();
+        assert!(err.contains(needle), "case {i}: {err}");
+        let o = edge_run(&["-m", path_arg(&out), "-p", "Hi", "-n", "1"]);
+        refused(&o, 1, needle);
     }
 }

@@ -26,6 +26,10 @@
 //!   llama.cpp's layout; PEFT's `lora_embedding_A [r, vocab]` is transposed once at load.
 //! - The q/k output rows of PEFT adapters for `llama` are permuted like llama.cpp's converter permutes
 //!   the base `attn_q` / `attn_k` weights, so `B`'s rows line up with the GGUF base's rows.
+//! - A LoRA on a fused base tensor (phi3's `attn_qkv`: q, k, v rows; `ffn_up`: gate, up rows; PEFT's
+//!   `qkv_proj`, `gate_up_proj`) is stored whole and binds to every part the forward pass multiplies
+//!   ([`crate::model::Model::lora_parts`]); each part takes its rows of `B`
+//!   ([`LoraTensor::kernel_ref_rows`]), which is the fused product split after the low-rank term.
 //! - `output.weight` may be a target even if the base has no such tensor (tied embeddings: the head
 //!   is `token_embd.weight` used as a `vocab × width` linear); it is validated against `token_embd`.
 //!
@@ -178,6 +182,16 @@ impl LoraTensor {
             a: self.a(),
             b: self.b(),
             scale: user_scale * self.scale,
+        }
+    }
+    /// The kernels' view of rows `row0..row0 + n` of this LoRA's output (a part of a fused base
+    /// tensor: `B`'s rows of that part, `A` whole), with full scale `user_scale · self.scale`.
+    pub fn kernel_ref_rows(&self, user_scale: f32, row0: usize, n: usize) -> LoraRef<'_> {
+        let r = self.rank;
+        LoraRef {
+            n_out: n,
+            b: &self.b()[row0 * r..(row0 + n) * r],
+            ..self.kernel_ref(user_scale)
         }
     }
     /// DoRA's magnitude vector (`n_out` values, one per base row), `None` for a plain LoRA.

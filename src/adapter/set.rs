@@ -96,6 +96,12 @@ impl AdapterControl {
                     t.target, t.n_in, t.n_out, w.name, w.n_in, w.n_out
                 )));
             }
+            if adapter.is_dora() && self.model.lora_parts(&t.target).nth(1).is_some() {
+                return Err(Error::unsupported(
+                    name.to_string(),
+                    format!("DoRA on the fused tensor `{}`", t.target),
+                ));
+            }
             if t.rank > self.max_rank {
                 return Err(Error::invalid(format!(
                     "adapter {name}: `{}` has rank {} > the session's max rank {}",
@@ -251,8 +257,10 @@ impl Applied {
         self.repl.fill(None);
         for (i, (a, _)) in self.active.iter().enumerate() {
             for (j, t) in a.tensors().iter().enumerate() {
-                if let Some(slot) = ctl.model.lora_target(&t.target).and_then(|w| w.lora_slot) {
-                    self.bind[slot][i] = j as u16;
+                for w in ctl.model.lora_parts(&t.target) {
+                    if let Some(slot) = w.lora_slot {
+                        self.bind[slot][i] = j as u16;
+                    }
                 }
             }
             for (j, s) in a.saved().iter().enumerate() {
@@ -321,7 +329,14 @@ impl Applied {
             let skip = self.gates.skip(i, rows);
             if j != NONE && skip < rows {
                 let (a, s) = &self.active[i];
-                let _ = v.push(a.tensors()[j as usize].kernel_ref(*s));
+                let t = &a.tensors()[j as usize];
+                // a part of a fused tensor takes its rows of B
+                let r = if t.kind == LoraKind::Linear && t.n_out != w.n_out {
+                    t.kernel_ref_rows(*s, w.row0, w.n_out)
+                } else {
+                    t.kernel_ref(*s)
+                };
+                let _ = v.push(r);
                 let _ = skips.push(skip);
             }
         }

@@ -42,7 +42,9 @@ pub(crate) fn forward_with(
         // RoPE with the family's pairing (adjacent pairs for llama's permuted Q/K, NeoX halves)
         let (table, rotate) = super::qk_rope(hp, l);
         block::rope_qk(env, st, table, b, rotate);
-        block::attend(env, st, l, pos0, b, 0);
+        // all positions, or the last `n_swa` on a sliding-window layer (Phi-3)
+        let window = if hp.swa[l] { hp.n_swa } else { 0 };
+        block::attend(env, st, l, pos0, b, window);
         block::attn_output(env, st, layer, b);
         add(&mut st.x[..b * e], &st.work.proj()[..b * e]);
 

@@ -1,5 +1,5 @@
 //! Model architectures. Each family is one short forward function over the session's buffers
-//! ([`llama`], [`gemma3`], [`qwen2`], [`qwen3`]); the pieces they share — embedding lookup (with embedding LoRA), RMSNorm,
+//! ([`llama`], [`gemma3`], [`qwen2`], [`qwen3`], [`phi3`]); the pieces they share — embedding lookup (with embedding LoRA), RMSNorm,
 //! RoPE (adjacent pairs or NeoX halves), causal attention over the KV cache (optionally a sliding
 //! window kept in a ring buffer), `linear` with fused LoRA, activations and the output head — live in
 //! [`ops`].
@@ -18,6 +18,7 @@ pub mod gemma3;
 pub mod kv;
 pub mod llama;
 pub(crate) mod ops;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 pub(crate) mod rope;
@@ -76,6 +77,7 @@ pub(crate) fn read_hparams(g: &Gguf<'_>, fname: &str, hp: &mut HParams) -> Resul
     match hp.arch {
         Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => Ok(()),
         Arch::Gemma3 => gemma3::hparams(g, fname, hp),
+        Arch::Phi3 => phi3::hparams(g, fname, hp),
     }
 }
 
@@ -87,8 +89,8 @@ pub(crate) fn qk_rope(hp: &HParams, l: usize) -> (usize, block::Rotate) {
         Arch::Llama => (0, ops::rope_pairs),
         // NeoX halves, with the local layers' own frequencies
         Arch::Gemma3 => (usize::from(hp.swa[l]), ops::rope_neox),
-        // NeoX halves (Hugging Face Q/K order)
-        Arch::Qwen2 | Arch::Qwen3 => (0, ops::rope_neox),
+        // NeoX halves (Hugging Face Q/K order); Phi-3's window layers keep the global frequencies
+        Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 => (0, ops::rope_neox),
     }
 }
 
@@ -101,5 +103,6 @@ pub(crate) fn forward(env: &Env<'_>, st: &mut ops::State, tokens: &[u32], pos0: 
         Arch::Gemma3 => gemma3::forward(env, st, tokens, pos0),
         Arch::Qwen2 => qwen2::forward(env, st, tokens, pos0),
         Arch::Qwen3 => qwen3::forward(env, st, tokens, pos0),
+        Arch::Phi3 => phi3::forward(env, st, tokens, pos0),
     }
 }

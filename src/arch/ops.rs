@@ -127,9 +127,19 @@ impl State {
     pub fn new(m: &Model, cfg: &Capacity) -> Result<State> {
         let hp = &m.hp;
         let n_batch = cfg.n_batch;
-        let divisors = m.rope_freqs.as_ref().map(|w| m.f32s(w));
+        // LongRoPE: the long factors for a context past the original one, else the short ones
+        let divisors = match &m.rope_factors {
+            Some((long, short)) => Some(m.f32s(if cfg.n_ctx > hp.n_ctx_orig {
+                long
+            } else {
+                short
+            })),
+            None => m.rope_freqs.as_ref().map(|w| m.f32s(w)),
+        };
+        let mut global = Rope::new(hp, hp.rope_freq_base, hp.rope_freq_scale, divisors, n_batch);
+        global.mscale = hp.rope_attn_factor;
         let rope = [
-            Rope::new(hp, hp.rope_freq_base, hp.rope_freq_scale, divisors, n_batch),
+            global,
             Rope::new(
                 hp,
                 hp.rope_freq_base_swa,

@@ -4,8 +4,12 @@
 pub(crate) struct Rope {
     /// [rope_dim / 2] (freq_scale and rope_freqs folded in).
     pub inv_freq: Vec<f32>,
-    /// [B, rope_dim / 2] (cos, sin)
+    /// [B, rope_dim / 2] (cos, sin), both times `mscale`
     pub cs: Vec<(f32, f32)>,
+    /// Factor on the cosines and sines of the positions (LongRoPE's attention factor; 1 otherwise):
+    /// the rotated dimensions of q and k come out scaled by it. A shift ([`Rope::set_shift`]) is a
+    /// plain rotation.
+    pub mscale: f32,
 }
 
 impl Rope {
@@ -28,6 +32,7 @@ impl Rope {
         Rope {
             inv_freq,
             cs: vec![(0.0, 0.0); n_batch * half],
+            mscale: 1.0,
         }
     }
 
@@ -38,7 +43,7 @@ impl Rope {
             let p = (pos0 + t) as f32;
             for (i, &f) in self.inv_freq.iter().enumerate() {
                 let (s, c) = (p * f).sin_cos();
-                self.cs[t * half + i] = (c, s);
+                self.cs[t * half + i] = (c * self.mscale, s * self.mscale);
             }
         }
     }

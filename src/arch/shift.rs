@@ -57,6 +57,7 @@ mod tests {
                 .map(|i| 10000f32.powf(-2.0 * i as f32 / hd as f32))
                 .collect(),
             cs: vec![(0.0, 0.0); half],
+            mscale: 1.0,
         };
         let x: Vec<f32> = (0..2 * hd)
             .map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0)
@@ -104,6 +105,8 @@ mod tests {
             swa: vec![false, true],
             rope_freq_base_swa: 10000.0,
             rope_freq_scale_swa: 1.0,
+            n_ctx_orig: 0,
+            rope_attn_factor: 1.0,
         }
     }
 

@@ -141,6 +141,8 @@ fn known_leaf(entry: &str) -> bool {
             | "gate_proj"
             | "up_proj"
             | "down_proj"
+            | "qkv_proj"
+            | "gate_up_proj"
             | "embed_tokens"
             | "lm_head"
     )

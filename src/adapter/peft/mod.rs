@@ -47,8 +47,12 @@ use config::Config;
 const CONFIG: &str = "adapter_config.json";
 const WEIGHTS: &str = "adapter_model.safetensors";
 
-/// HF module leaf names edge-run can map, and their GGUF tensor names.
+/// HF module leaf names edge-run can map, and their GGUF tensor names. Phi-3's fused projections
+/// map to its fused tensors (q, k, v rows in `attn_qkv`; gate, up rows in `ffn_up`), as llama.cpp's
+/// converter names them; the base's shapes tell a fused `ffn_up` from a plain one.
 const LEAVES: &[(&str, &str)] = &[
+    ("self_attn.qkv_proj", "attn_qkv"),
+    ("mlp.gate_up_proj", "ffn_up"),
     ("self_attn.q_proj", "attn_q"),
     ("self_attn.k_proj", "attn_k"),
     ("self_attn.v_proj", "attn_v"),
