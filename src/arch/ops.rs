@@ -127,26 +127,9 @@ impl State {
     pub fn new(m: &Model, cfg: &Capacity) -> Result<State> {
         let hp = &m.hp;
         let n_batch = cfg.n_batch;
-        // LongRoPE: the long factors for a context past the original one, else the short ones
-        let divisors = match &m.rope_factors {
-            Some((long, short)) => Some(m.f32s(if cfg.n_ctx > hp.n_ctx_orig {
-                long
-            } else {
-                short
-            })),
-            None => m.rope_freqs.as_ref().map(|w| m.f32s(w)),
-        };
-        let mut global = Rope::new(hp, hp.rope_freq_base, hp.rope_freq_scale, divisors, n_batch);
-        global.mscale = hp.rope_attn_factor;
         let rope = [
-            global,
-            Rope::new(
-                hp,
-                hp.rope_freq_base_swa,
-                hp.rope_freq_scale_swa,
-                None,
-                if hp.n_swa > 0 { n_batch } else { 0 },
-            ),
+            Rope::global(m, cfg.n_ctx, n_batch),
+            Rope::sliding_window(hp, n_batch),
         ];
         let n_logit_rows = if cfg.logits_all { n_batch } else { 1 };
         let (e, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);

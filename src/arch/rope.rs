@@ -36,6 +36,32 @@ impl Rope {
         }
     }
 
+    /// The global layers' RoPE of model `m` in a context of `n_ctx`: the file's base and scale, with
+    /// Llama 3's `rope_freqs` divisors, or LongRoPE's factors (the long ones for a context past the
+    /// original one, else the short ones) and its attention factor.
+    pub(crate) fn global(m: &crate::model::Model, n_ctx: usize, n_batch: usize) -> Rope {
+        let hp = &m.hp;
+        let divisors = match &m.rope_factors {
+            Some((long, short)) => Some(m.f32s(if n_ctx > hp.n_ctx_orig { long } else { short })),
+            None => m.rope_freqs.as_ref().map(|w| m.f32s(w)),
+        };
+        let mut rope = Rope::new(hp, hp.rope_freq_base, hp.rope_freq_scale, divisors, n_batch);
+        rope.mscale = hp.rope_attn_factor;
+        rope
+    }
+
+    /// The sliding-window layers' RoPE (their own base and scale; empty without such layers).
+    pub(crate) fn sliding_window(hp: &crate::model::HParams, n_batch: usize) -> Rope {
+        let rows = if hp.n_swa > 0 { n_batch } else { 0 };
+        Rope::new(
+            hp,
+            hp.rope_freq_base_swa,
+            hp.rope_freq_scale_swa,
+            None,
+            rows,
+        )
+    }
+
     /// Angles for positions pos0..pos0+b.
     pub fn set_positions(&mut self, pos0: usize, b: usize) {
         let half = self.inv_freq.len();
