@@ -455,6 +455,8 @@ pub(crate) trait Columns: Copy {
     fn splat(self, x: f32) -> Self::V;
     /// `a·b + c`.
     fn fmadd(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// The lane sums of `acc`, in order: `out[i] = Σ lanes of acc[i]` (`out.len() == acc.len()`).
+    fn sums(self, acc: &[Self::V], out: &mut [f32]);
 }
 
 /// `out[i] = h[i]` widened, `L` at a time (`h.len() <= out.len()`, `L <= 16`).
@@ -478,7 +480,10 @@ fn widen<C: Columns>(c: C, h: &[u16], out: &mut [f32]) {
 /// Defines a tier's [`Columns`] token `Cols` (with `Cols::new`, a `#[target_feature]` function of
 /// `$features`) from the tier's vector type, lane count and `#[target_feature]` functions.
 macro_rules! columns_token {
-    ($features:literal, $v:ty, $l:expr, $ldh:path, $load:path, $store:path, $splat:path, $fmadd:path) => {
+    (
+        $features:literal, $v:ty, $l:expr,
+        $ldh:path, $load:path, $store:path, $splat:path, $fmadd:path, $sums:path
+    ) => {
         /// This tier's proof token for [`expand_columns`]($crate::lora::expand_columns).
         #[derive(Clone, Copy)]
         struct Cols(());
@@ -520,11 +525,109 @@ macro_rules! columns_token {
                 // SAFETY: as in `ldh`.
                 unsafe { $fmadd(a, b, c) }
             }
+            #[inline(always)]
+            fn sums(self, acc: &[$v], out: &mut [f32]) {
+                // SAFETY: as in `ldh`.
+                unsafe { $sums(acc, out) }
+            }
         }
     };
 }
 #[allow(unused_imports)]
 pub(crate) use columns_token;
+
+/// Dots of rows `row..row + R` with the vectors of tokens `tok..tok + 4`:
+/// `out[4·r + t] = w[row + r] · v[tok + t]`. `4·R` accumulators, so each fp16 load serves four tokens
+/// and each f32 load `R` rows; the last partial vector is read through zero-padded copies.
+#[inline(always)]
+#[allow(dead_code)]
+fn dot_block<C: Columns, const R: usize>(
+    c: C,
+    j: &RowsDot<'_>,
+    row: usize,
+    tok: usize,
+    out: &mut [f32],
+) {
+    let (k, l) = (j.k, C::L);
+    let w: [&[u16]; R] = core::array::from_fn(|r| j.row(row + r));
+    let v = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
+    let mut acc = [[c.splat(0.0); 4]; R];
+    let mut i = 0;
+    while i + l <= k {
+        let wi: [&[u16]; R] = core::array::from_fn(|r| &w[r][i..]);
+        block_step(
+            c,
+            &mut acc,
+            wi,
+            [&v[0][i..], &v[1][i..], &v[2][i..], &v[3][i..]],
+        );
+        i += l;
+    }
+    if i < k {
+        let (mut wp, mut vp) = ([[0u16; 16]; R], [[0f32; 16]; 4]);
+        for (p, w) in wp.iter_mut().zip(w) {
+            p[..k - i].copy_from_slice(&w[i..]);
+        }
+        for (p, v) in vp.iter_mut().zip(v) {
+            p[..k - i].copy_from_slice(&v[i..]);
+        }
+        block_step(
+            c,
+            &mut acc,
+            core::array::from_fn(|r| &wp[r][..]),
+            [&vp[0][..], &vp[1][..], &vp[2][..], &vp[3][..]],
+        );
+    }
+    c.sums(acc.as_flattened(), &mut out[..4 * R]);
+}
+
+/// One vector step of [`dot_block`]: `acc[r][t] += w[r][..L] · v[t][..L]` lane by lane.
+#[inline(always)]
+#[allow(dead_code)]
+fn block_step<C: Columns, const R: usize>(
+    c: C,
+    acc: &mut [[C::V; 4]; R],
+    w: [&[u16]; R],
+    v: [&[f32]; 4],
+) {
+    let x = [c.load(v[0]), c.load(v[1]), c.load(v[2]), c.load(v[3])];
+    for (r, acc) in acc.iter_mut().enumerate() {
+        let a = c.ldh(w[r]);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            *acc = c.fmadd(a, x[t], *acc);
+        }
+    }
+}
+
+/// [`RowsDot`] for the tokens in groups of four: blocks of `R` rows ([`dot_block`]), then single rows.
+/// Returns the first token it did not handle (fewer than four remain).
+#[inline(always)]
+#[allow(dead_code)]
+pub(crate) fn by_token_groups<C: Columns, const R: usize>(
+    c: C,
+    j: &RowsDot<'_>,
+    out: &mut [f32],
+) -> usize {
+    let mut d = [0f32; 64];
+    let mut tok = 0;
+    while tok + 4 <= j.n_tok {
+        let mut row = j.row0;
+        while row < j.row1 {
+            let rows = if row + R <= j.row1 { R } else { 1 };
+            if rows == R {
+                dot_block::<C, R>(c, j, row, tok, &mut d);
+            } else {
+                dot_block::<C, 1>(c, j, row, tok, &mut d);
+            }
+            for (q, &d) in d[..4 * rows].iter().enumerate() {
+                j.put(out, tok + q % 4, row + q / 4, d);
+            }
+            row += rows;
+        }
+        tok += 4;
+    }
+    tok
+}
 
 /// Rank columns per pass of [`expand_columns`].
 const KC: usize = 32;

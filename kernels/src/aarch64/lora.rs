@@ -184,49 +184,6 @@ fn one_token(j: &RowsDot<'_>, tok: usize, out: &mut [f32]) {
     }
 }
 
-/// Dots of rows `row..row + 4` with the vectors of tokens `tok..tok + 4`, in the order
-/// `[row·tok, row·tok+1, …, row+3·tok+3]`: sixteen accumulators, so each fp16 load serves four tokens
-/// and each f32 load four rows.
-#[target_feature(enable = "neon")]
-#[inline]
-fn dot4x4(j: &RowsDot<'_>, row: usize, tok: usize) -> [f32; 16] {
-    let k = j.k;
-    let w = [j.row(row), j.row(row + 1), j.row(row + 2), j.row(row + 3)];
-    let v = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
-    let mut acc = [vdupq_n_f32(0.0); 16];
-    let mut i = 0;
-    while i < k {
-        let full = i + 4 <= k;
-        let mut x = [vdupq_n_f32(0.0); 4];
-        for t in 0..4 {
-            x[t] = if full {
-                ldf(&v[t][i..])
-            } else {
-                ldf_tail(&v[t][i..])
-            };
-        }
-        for r in 0..4 {
-            let a = if full {
-                ldh(&w[r][i..])
-            } else {
-                ldh_tail(&w[r][i..])
-            };
-            for t in 0..4 {
-                acc[r * 4 + t] = vfmaq_f32(acc[r * 4 + t], a, x[t]);
-            }
-        }
-        i += 4;
-    }
-    // Pairwise trees, four sums per vector: vpaddq(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3].
-    let mut r = [0f32; 16];
-    for q in 0..4 {
-        let a = &acc[4 * q..4 * q + 4];
-        let s = vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]));
-        stf(&mut r[4 * q..], s);
-    }
-    r
-}
-
 /// `o[..4] = v`.
 #[target_feature(enable = "neon")]
 #[inline]
@@ -243,7 +200,34 @@ fn fmadd(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
     vfmaq_f32(c, a, b)
 }
 
-crate::lora::columns_token!("neon", float32x4_t, 4, ldh, ldf, stf, vdupq_n_f32, fmadd);
+/// The lane sums of `acc`, in order (`out.len() == acc.len()`): four at a time by pairwise trees,
+/// `vpaddq(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3]`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn sums(acc: &[float32x4_t], out: &mut [f32]) {
+    for (a, o) in acc.chunks(4).zip(out.chunks_mut(4)) {
+        let mut v = [vdupq_n_f32(0.0); 4];
+        v[..a.len()].copy_from_slice(a);
+        let mut r = [0f32; 4];
+        stf(
+            &mut r,
+            vpaddq_f32(vpaddq_f32(v[0], v[1]), vpaddq_f32(v[2], v[3])),
+        );
+        o.copy_from_slice(&r[..o.len()]);
+    }
+}
+
+crate::lora::columns_token!(
+    "neon",
+    float32x4_t,
+    4,
+    ldh,
+    ldf,
+    stf,
+    vdupq_n_f32,
+    fmadd,
+    sums
+);
 
 /// This tier's [`RowsDot`]: the expand of several tokens by columns; otherwise four rows against four
 /// tokens at a time (the shrink of a batch), or one token's rows.
@@ -259,27 +243,7 @@ fn rows_dot(j: &RowsDot<'_>, out: &mut [f32]) {
 /// [`RowsDot`] four tokens at a time (four rows per block, then single rows), then token by token.
 #[target_feature(enable = "neon")]
 fn by_tokens(j: &RowsDot<'_>, out: &mut [f32]) {
-    let mut tok = 0;
-    while tok + 4 <= j.n_tok {
-        let mut row = j.row0;
-        while row + 4 <= j.row1 {
-            let d = dot4x4(j, row, tok);
-            for (q, d) in d.into_iter().enumerate() {
-                j.put(out, tok + q % 4, row + q / 4, d);
-            }
-            row += 4;
-        }
-        let vs = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
-        while row < j.row1 {
-            let w = j.row(row);
-            let d = dot4(j.k, [w; 4], vs);
-            for (q, d) in d.into_iter().enumerate() {
-                j.put(out, tok + q, row, d);
-            }
-            row += 1;
-        }
-        tok += 4;
-    }
+    let mut tok = crate::lora::by_token_groups::<_, 4>(Cols::new(), j, out);
     while tok < j.n_tok {
         one_token(j, tok, out);
         tok += 1;

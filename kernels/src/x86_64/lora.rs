@@ -220,39 +220,6 @@ mod avx2 {
         }
     }
 
-    /// Dots of rows `row, row + 1` with the vectors of tokens `tok..tok + 4`, in the order
-    /// `[row·tok, row·tok+1, …, row+1·tok+3]`: eight accumulators, so each fp16 load serves four tokens
-    /// and each f32 load two rows.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    fn dot2x4(j: &RowsDot<'_>, row: usize, tok: usize) -> [f32; 8] {
-        let k = j.k;
-        let w = [j.row(row), j.row(row + 1)];
-        let v = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
-        let mut acc = [_mm256_setzero_ps(); 8];
-        let mut i = 0;
-        while i + 8 <= k {
-            let a = [ldh(&w[0][i..]), ldh(&w[1][i..])];
-            for t in 0..4 {
-                let x = ldf(&v[t][i..]);
-                acc[t] = _mm256_fmadd_ps(a[0], x, acc[t]);
-                acc[4 + t] = _mm256_fmadd_ps(a[1], x, acc[4 + t]);
-            }
-            i += 8;
-        }
-        if i < k {
-            let a = [ldh_tail(&w[0][i..]), ldh_tail(&w[1][i..])];
-            for t in 0..4 {
-                let x = ldf_tail(&v[t][i..]);
-                acc[t] = _mm256_fmadd_ps(a[0], x, acc[t]);
-                acc[4 + t] = _mm256_fmadd_ps(a[1], x, acc[4 + t]);
-            }
-        }
-        let mut r = [0f32; 8];
-        stf(&mut r, hsum8(acc));
-        r
-    }
-
     /// `o[..8] = v`.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
@@ -269,6 +236,22 @@ mod avx2 {
         _mm256_fmadd_ps(a, b, c)
     }
 
+    /// The lane sums of `acc`, in order (`out.len() == acc.len()`): eight at a time by [`hsum8`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) fn sums(acc: &[__m256], out: &mut [f32]) {
+        let mut q = 0;
+        while q < acc.len() {
+            let mut a = [_mm256_setzero_ps(); 8];
+            let n = (acc.len() - q).min(8);
+            a[..n].copy_from_slice(&acc[q..q + n]);
+            let mut r = [0f32; 8];
+            stf(&mut r, hsum8(a));
+            out[q..q + n].copy_from_slice(&r[..n]);
+            q += n;
+        }
+    }
+
     crate::lora::columns_token!(
         "avx2,fma,f16c",
         __m256,
@@ -277,7 +260,8 @@ mod avx2 {
         ldf,
         stf,
         _mm256_set1_ps,
-        fmadd
+        fmadd,
+        sums
     );
 
     /// This tier's [`RowsDot`]: the expand of several tokens by columns; otherwise two rows against
@@ -291,29 +275,11 @@ mod avx2 {
         by_tokens(j, out)
     }
 
-    /// [`RowsDot`] four tokens at a time (two rows per block, then single rows), then token by token.
+    /// [`RowsDot`] four tokens at a time (two rows per block: eight accumulators and their operands
+    /// fit the 16 registers), then token by token.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn by_tokens(j: &RowsDot<'_>, out: &mut [f32]) {
-        let mut tok = 0;
-        while tok + 4 <= j.n_tok {
-            let mut row = j.row0;
-            while row + 2 <= j.row1 {
-                let d = dot2x4(j, row, tok);
-                for (q, d) in d.into_iter().enumerate() {
-                    j.put(out, tok + q % 4, row + q / 4, d);
-                }
-                row += 2;
-            }
-            if row < j.row1 {
-                let vs = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
-                let w = j.row(row);
-                let d = dot4(j.k, [w; 4], vs);
-                for (q, d) in d.into_iter().enumerate() {
-                    j.put(out, tok + q, row, d);
-                }
-            }
-            tok += 4;
-        }
+        let mut tok = crate::lora::by_token_groups::<_, 2>(Cols::new(), j, out);
         while tok < j.n_tok {
             one_token(j, tok, out);
             tok += 1;
@@ -445,55 +411,6 @@ mod avx512 {
         }
     }
 
-    /// Dots of rows `row..row + 4` with the vectors of tokens `tok..tok + 4`, in the order
-    /// `[row·tok, row·tok+1, …, row+3·tok+3]`: sixteen accumulators, so each fp16 load serves four
-    /// tokens and each f32 load four rows.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    #[inline]
-    fn dot4x4(j: &RowsDot<'_>, row: usize, tok: usize) -> [f32; 16] {
-        let k = j.k;
-        let w = [j.row(row), j.row(row + 1), j.row(row + 2), j.row(row + 3)];
-        let v = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
-        let mut acc = [_mm512_setzero_ps(); 16];
-        let mut i = 0;
-        while i < k {
-            // Full vectors, then one masked tail.
-            let full = i + 16 <= k;
-            let mut x = [_mm512_setzero_ps(); 4];
-            for t in 0..4 {
-                x[t] = if full {
-                    ldf16(&v[t][i..])
-                } else {
-                    ldf(&v[t][i..])
-                };
-            }
-            for r in 0..4 {
-                let a = if full {
-                    ldh16(&w[r][i..])
-                } else {
-                    ldh(&w[r][i..])
-                };
-                for t in 0..4 {
-                    acc[r * 4 + t] = _mm512_fmadd_ps(a, x[t], acc[r * 4 + t]);
-                }
-            }
-            i += 16;
-        }
-        // Each accumulator folded to 8 lanes, then two 8-way sums.
-        let mut h = [[_mm256_setzero_ps(); 8]; 2];
-        for (q, a) in acc.into_iter().enumerate() {
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
-            h[q / 8][q % 8] = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
-        }
-        let mut r = [0f32; 16];
-        for (half, h) in h.into_iter().enumerate() {
-            let o = &mut r[half * 8..half * 8 + 8];
-            // SAFETY: `o` holds exactly 8 f32; `storeu` has no alignment requirement.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), super::avx2::hsum8(h)) };
-        }
-        r
-    }
-
     /// `o[..16] = v`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     #[inline]
@@ -501,6 +418,21 @@ mod avx512 {
         let o = &mut o[..16];
         // SAFETY: `o` holds exactly 16 f32; `storeu` has no alignment requirement.
         unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) }
+    }
+
+    /// The lane sums of `acc`, in order (`out.len() == acc.len()`): each vector folded to 8 lanes,
+    /// then eight at a time by the AVX2 tier's sums.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn sums(acc: &[__m512], out: &mut [f32]) {
+        for (a, o) in acc.chunks(16).zip(out.chunks_mut(16)) {
+            let mut h = [_mm256_setzero_ps(); 16];
+            for (h, &a) in h.iter_mut().zip(a) {
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
+                *h = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
+            }
+            super::avx2::sums(&h[..o.len()], o);
+        }
     }
 
     /// `a·b + c`.
@@ -518,7 +450,8 @@ mod avx512 {
         ldf16,
         stf16,
         _mm512_set1_ps,
-        fmadd
+        fmadd,
+        sums
     );
 
     /// This tier's [`RowsDot`]: the expand of several tokens by columns (the rest of the rows by the
@@ -537,27 +470,7 @@ mod avx512 {
             // Short rows (the expand of ranks up to 64): eight rows per horizontal sum.
             return super::avx2::one_token(j, 0, out);
         }
-        let mut tok = 0;
-        while tok + 4 <= j.n_tok {
-            let mut row = j.row0;
-            while row + 4 <= j.row1 {
-                let d = dot4x4(j, row, tok);
-                for (q, d) in d.into_iter().enumerate() {
-                    j.put(out, tok + q % 4, row + q / 4, d);
-                }
-                row += 4;
-            }
-            let vs = [j.vec(tok), j.vec(tok + 1), j.vec(tok + 2), j.vec(tok + 3)];
-            while row < j.row1 {
-                let w = j.row(row);
-                let d = dot4(j.k, [w; 4], vs);
-                for (q, d) in d.into_iter().enumerate() {
-                    j.put(out, tok + q, row, d);
-                }
-                row += 1;
-            }
-            tok += 4;
-        }
+        let mut tok = crate::lora::by_token_groups::<_, 4>(Cols::new(), j, out);
         while tok < j.n_tok {
             one_token(j, tok, out);
             tok += 1;
