@@ -608,7 +608,7 @@ pub(crate) fn by_token_groups<C: Columns, const R: usize>(
     j: &RowsDot<'_>,
     out: &mut [f32],
 ) -> usize {
-    let mut d = [0f32; 64];
+    let mut d = [0f32; 16]; // 4·R results, R ≤ 4
     let mut tok = 0;
     while tok + 4 <= j.n_tok {
         let mut row = j.row0;

@@ -99,10 +99,10 @@ pub(crate) fn qk_rope(hp: &HParams, l: usize) -> (usize, block::Rotate) {
 /// `st.logits` now holds.
 pub(crate) fn forward(env: &Env<'_>, st: &mut ops::State, tokens: &[u32], pos0: usize) -> usize {
     match env.m.hp.arch {
-        Arch::Llama => llama::forward(env, st, tokens, pos0),
+        // Phi-3 is llama's block over its fused tensors' parts
+        Arch::Llama | Arch::Phi3 => llama::forward(env, st, tokens, pos0),
         Arch::Gemma3 => gemma3::forward(env, st, tokens, pos0),
         Arch::Qwen2 => qwen2::forward(env, st, tokens, pos0),
         Arch::Qwen3 => qwen3::forward(env, st, tokens, pos0),
-        Arch::Phi3 => phi3::forward(env, st, tokens, pos0),
     }
 }

@@ -595,7 +595,7 @@ pub(crate) fn linear<const N: usize>(
     };
     let (k, pool, lk): (&Kernels, &ThreadPool, _) = (env.k, env.pool, env.lk);
     let x = &input.x[..rows * n];
-    let ts = lora_shrink(env, x, rows, lora.refs, lora.t);
+    let ts = lora_shrink(env, x, n, rows, lora.refs, lora.t);
     // Each weight's bytes: the base's, or an adapter's fp16 replacement (which reads `x` as it is).
     let views: [(QuantType, &[u8]); N] =
         core::array::from_fn(|j| env.applied.weight_view(env.m, outs[j].0));
@@ -660,13 +660,14 @@ pub(crate) fn linear<const N: usize>(
     });
 }
 
-/// LoRA shrink for every weight of a `linear` call that has adapters: `t_j = A·x` for all tokens,
+/// LoRA shrink for every weight of a `linear` call that has adapters (`x` is `[rows, n]`): `t_j = A·x` for all tokens,
 /// `[rows, R_j]` in the j-th third of the scratch (empty for a weight without adapters); rows an
 /// aLoRA skips are zeroed in its part, so its expand adds nothing there. A batch is split in chunks of
 /// [`SHRINK_TOKENS`] tokens over the thread pool.
 fn lora_shrink<'t, const N: usize>(
     env: &Env<'_>,
     x: &[f32],
+    n: usize,
     rows: usize,
     refs: &[(LoraRefs<'_>, Skips); N],
     scratch: &'t mut [f32],
@@ -676,7 +677,7 @@ fn lora_shrink<'t, const N: usize>(
     if ranks.iter().all(|&r| r == 0) {
         return ts;
     }
-    let (per, n) = (scratch.len() / 3, x.len().checked_div(rows).unwrap_or(0));
+    let per = scratch.len() / 3;
     let parts = Disjoint::new(&mut scratch[..N * per]);
     let chunks = rows.div_ceil(SHRINK_TOKENS);
     let shrink = |_: usize, job: usize| {

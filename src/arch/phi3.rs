@@ -16,8 +16,6 @@
 //!   2047): a query at p sees keys p − window < j ≤ p, as transformers masks them (llama.cpp's graph
 //!   ignores the key);
 //! - the output head `output.weight` (the embedding where the file has none, as Phi-4 mini).
-use super::ops::State;
-use super::{llama, Env};
 use crate::gguf::Gguf;
 use crate::model::{Arch, HParams};
 use crate::{Error, Result};
@@ -65,9 +63,4 @@ pub(crate) fn check_longrope(fname: &str, has_factors: bool, hp: &HParams) -> Re
         ));
     }
     Ok(())
-}
-
-pub(crate) fn forward(env: &Env<'_>, st: &mut State, tokens: &[u32], pos0: usize) -> usize {
-    // the llama block over the fused tensors' parts, NeoX RoPE ([`super::qk_rope`])
-    llama::forward_with(env, st, tokens, pos0, |_, _, _, _| {})
 }
