@@ -1,6 +1,6 @@
 //! Decode (matrix × one activation, and × the `q8x2` pair) for the 32-element formats.
 //!
-//! Four rows at a time. Per block: each row's quants are unpacked once and dotted (the tier's
+//! Four rows at a time, a quarter of the matrix apart ([`row_quads`]). Per block: each row's quants are unpacked once and dotted (the tier's
 //! vector-form [`IDot`] step) with the activation block — and the residual block — into an i32
 //! accumulator that starts at the activation's `OFFSET·Σy` (loaded, see `act.rs`); one pairwise-add
 //! tree turns the four rows' accumulators into one vector, lane `k` = row `k`'s block sum, which is
@@ -67,20 +67,39 @@ fn run<D: IDot, W: Legacy, const M: u8>(
         let act = &mut act[..kc];
         prep1::<W, M>(q, r, b0, act);
         let (qc, rc) = (&q[b0 * yb..(b0 + kc) * yb], &r[b0 * yb..(b0 + kc) * yb]);
-        for (g, o) in out.chunks_mut(4).enumerate() {
-            // A last group of fewer than four rows repeats its last row (computed, not stored).
-            let row = |k: usize| -> &[W] {
-                let i = (4 * g + k).min(nrows - 1);
-                &bytemuck::cast_slice(&w[i * rb..(i + 1) * rb])[b0..b0 + kc]
-            };
-            let rows = [row(0), row(1), row(2), row(3)];
-            let f = rows4::<D, W, M>(dd, rows, qc, rc, act);
+        for idx in row_quads(nrows) {
+            let row =
+                |i: usize| -> &[W] { &bytemuck::cast_slice(&w[i * rb..(i + 1) * rb])[b0..b0 + kc] };
+            let f = rows4::<D, W, M>(dd, idx.map(row), qc, rc, act);
             let mut v = [0.0f32; 4];
             st_f32(&mut v, f);
-            for (k, o) in o.iter_mut().enumerate() {
-                *o = if b0 == 0 { v[k] } else { *o + v[k] };
-            }
+            store_quad(out, idx, v, b0 == 0);
         }
+    }
+}
+
+/// The row quads of a pass over `rows` rows: quad `g` takes rows `g, g + q, g + 2q, g + 3q`
+/// (`q = rows/4`), so each of the four row cursors reads one contiguous stretch of the matrix
+/// (row `g + 1` follows row `g` in memory), a stream the hardware prefetcher follows, rather than
+/// four cursors a row apart that jump at every row end. The last `rows % 4` rows form one more
+/// quad that repeats its last row (computed, not stored: see [`store_quad`]).
+pub(super) fn row_quads(rows: usize) -> impl Iterator<Item = [usize; 4]> {
+    let q = rows / 4;
+    let full = (0..q).map(move |g| [g, g + q, g + 2 * q, g + 3 * q]);
+    let tail =
+        (!rows.is_multiple_of(4)).then(|| core::array::from_fn(|k| (4 * q + k).min(rows - 1)));
+    full.chain(tail)
+}
+
+/// Writes (`first`) or adds a quad's four results to its rows; a repeated row is written once.
+#[inline(always)]
+pub(super) fn store_quad(out: &mut [f32], idx: [usize; 4], v: [f32; 4], first: bool) {
+    for k in 0..4 {
+        if k > 0 && idx[k] == idx[k - 1] {
+            break;
+        }
+        let o = &mut out[idx[k]];
+        *o = if first { v[k] } else { *o + v[k] };
     }
 }
 
