@@ -574,7 +574,7 @@ struct Lora<'a, 'r, const N: usize> {
 /// the weight ([`Applied::refs_for`](crate::adapter::Applied::refs_for)); `lora_t` is the scratch for
 /// their intermediates (the session's `lora_t`).
 ///
-/// Work is split in chunks of [`CHUNK_ROWS`] output rows of one weight. A chunk multiplies its
+/// Work is split in chunks of output rows of one weight ([`chunk_rows`]). A chunk multiplies its
 /// rows with every token at once ([`Kernels::matmul`]: each weight block unpacked once for several
 /// tokens) into the thread's tile, adds the LoRA expand there, and copies the tile into the outputs;
 /// a single token (decode) is written in place.
@@ -619,8 +619,10 @@ pub(crate) fn linear<const N: usize>(
     });
     let jobs: [(&WeightRef, Disjoint<f32>); N] = outs.map(|(w, o)| (w, Disjoint::new(o)));
     let lora_refs = lora.refs;
-    // Chunks of CHUNK_ROWS output rows, over all the weights one after the other.
-    let chunks: [usize; N] = core::array::from_fn(|j| jobs[j].0.n_out.div_ceil(CHUNK_ROWS));
+    // Chunks of output rows, over all the weights one after the other.
+    let per: [usize; N] =
+        core::array::from_fn(|j| chunk_rows(jobs[j].0.n_out, rows, pool.n_threads()));
+    let chunks: [usize; N] = core::array::from_fn(|j| jobs[j].0.n_out.div_ceil(per[j]));
     let n_chunks: usize = chunks.iter().sum();
     pool.run(n_chunks, &|thread, mut c| {
         let mut j = 0;
@@ -629,7 +631,7 @@ pub(crate) fn linear<const N: usize>(
             j += 1;
         }
         let (w, out) = &jobs[j];
-        let (r0, r1) = (c * CHUNK_ROWS, ((c + 1) * CHUNK_ROWS).min(w.n_out));
+        let (r0, r1) = (c * per[j], ((c + 1) * per[j]).min(w.n_out));
         let (ty, bytes) = views[j];
         let rb = bytes.len() / w.n_out.max(1);
         let wr = &bytes[r0 * rb..r1 * rb];
@@ -707,8 +709,19 @@ fn lora_shrink<'t, const N: usize>(
 /// Tokens per work chunk of the LoRA shrink of a batch.
 const SHRINK_TOKENS: usize = 16;
 
-/// Output rows per work chunk of `linear` (threads take chunks dynamically).
+/// Output rows per work chunk of `linear` for a batch (threads take chunks dynamically).
 const CHUNK_ROWS: usize = 64;
+
+/// Output rows per work chunk of a weight with `n_out` rows, for `tokens` tokens on `threads`
+/// threads. A batch works in tiles of [`CHUNK_ROWS`]. One token (decode) splits the weight in two
+/// chunks per thread: the matrix×vector kernel streams each chunk's rows from memory, and its
+/// streams run at full speed only when long (64-row chunks ran the Q8_0 kernel at half speed).
+fn chunk_rows(n_out: usize, tokens: usize, threads: usize) -> usize {
+    match tokens {
+        1 => n_out.div_ceil(2 * threads.max(1)).max(CHUNK_ROWS),
+        _ => CHUNK_ROWS,
+    }
+}
 
 #[cfg(test)]
 mod tests {
