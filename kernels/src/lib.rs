@@ -19,6 +19,7 @@ pub mod aarch64;
 pub mod blocks;
 pub mod kv_elem;
 pub mod lora;
+pub mod prefetch;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;

@@ -6,6 +6,7 @@ use super::kv::KvCache;
 use crate::adapter::{dora, LoraRefs, Skips};
 use crate::arch::{ActQuant, Capacity, Env};
 use crate::kernels::lora::total_rank;
+use crate::kernels::prefetch::prefetch;
 use crate::kernels::{ActRows, Kernels, QuantType};
 use crate::model::{Model, WeightRef};
 use crate::threadpool::{Disjoint, ThreadPool};
@@ -638,6 +639,10 @@ pub(crate) fn linear<const N: usize>(
         let refs = &lora_refs[j].0;
         let rr = ts[j].len() / rows;
         if rows == 1 {
+            // The expand below reads these rows of each B: loaded while the base product runs.
+            for a in refs.iter() {
+                prefetch(&a.b[r0 * a.rank..r1 * a.rank]);
+            }
             // SAFETY: every chunk index is handed out once and chunks cover disjoint rows.
             let o = unsafe { out.range(r0..r1) };
             let ok = k.matmul(ty, n, wr, inputs[j], o);
@@ -694,8 +699,14 @@ fn lora_shrink<'t, const N: usize>(
         (env.lk.shrink_batch)(&refs[j].0, t1 - t0, &x[t0 * n..t1 * n], t);
     };
     match chunks {
-        // One token chunk (decode): not worth waking the pool.
-        1 => (0..N).for_each(|j| shrink(0, j)),
+        // One token chunk (decode): not worth waking the pool. Every A is hinted first, so that its
+        // lines load in parallel instead of one after the other as the shrink reaches them.
+        1 => {
+            refs.iter()
+                .flat_map(|(r, _)| r.iter())
+                .for_each(|a| prefetch(a.a));
+            (0..N).for_each(|j| shrink(0, j))
+        }
         _ => env.pool.run(N * chunks, &shrink),
     }
     for (j, tj) in scratch.chunks_exact_mut(per).take(N).enumerate() {
