@@ -17,13 +17,7 @@ fn alora_sequences() -> Vec<(String, Vec<u32>)> {
 }
 
 fn cfg(n_batch: usize) -> SessionConfig {
-    SessionConfig {
-        n_ctx: 128,
-        n_batch,
-        n_threads: 2,
-        logits_all: true,
-        ..Default::default()
-    }
+    all_logits(128, n_batch, 2)
 }
 
 /// Every position's logits of `ids` with the adapter set `set`, evaluated in batches of `n_batch`.
@@ -250,17 +244,7 @@ fn merge_refuses_an_alora() {
     let dir = TempDir::new("alora", "merge");
     let out = dir.join("merged.gguf");
     let src = root().join("tests/data/adapters/alora-peft");
-    let o = edge_run(&[
-        "merge",
-        "-m",
-        path_arg(&smollm2_path()),
-        "--adapter",
-        path_arg(&src),
-        "-o",
-        path_arg(&out),
-        "--type",
-        "q8_0",
-    ]);
+    let o = smollm2_with_adapter("merge", &src, &["-o", path_arg(&out), "--type", "q8_0"]);
     refused(&o, 1, "cannot be merged");
     assert!(!out.exists());
 }
@@ -268,9 +252,7 @@ fn merge_refuses_an_alora() {
 #[test]
 fn info_describes_an_alora() {
     let src = root().join("tests/data/adapters/alora-peft");
-    let o = info_with_adapter(&src);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8_lossy(&o.stdout);
+    let text = success_stdout(&info_with_adapter(&src));
     assert!(
         text.contains("aLoRA") && text.contains("[1, 520, 9531, 198]"),
         "{text}"
@@ -280,18 +262,8 @@ fn info_describes_an_alora() {
 #[test]
 fn diagnose_describes_an_alora() {
     let src = root().join("tests/data/adapters/alora-peft");
-    let o = edge_run(&[
-        "diagnose",
-        "-m",
-        path_arg(&smollm2_path()),
-        "--adapter",
-        path_arg(&src),
-        "--max-tokens",
-        "600",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = smollm2_with_adapter("diagnose", &src, &["--max-tokens", "600", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&success_stdout(&o)).unwrap();
     let a = &v["adapters"][0]["alora"];
     assert_eq!(a["invocation_tokens"], serde_json::json!(INVOCATION));
     // The built-in probe's first assistant turn.
@@ -320,9 +292,7 @@ fn cli_chat_applies_an_alora_to_the_answer() {
         if let Some(a) = adapter {
             args.extend(["--adapter", path_arg(a)]);
         }
-        let o = edge_run(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        success_stdout(&edge_run(&args))
     };
     // The chat template ends the prompt with the invocation (`<|im_start|>assistant\n`), so the
     // answer is the aLoRA's; without the invocation (a plain continuation) it is the base's.
@@ -433,13 +403,7 @@ fn switching_an_alora_on_after_the_window_passed_its_invocation() {
     let mut ids: Vec<u32> = (0..40).map(|i| 20 + (i * 37) % 200).collect();
     ids[3..5].copy_from_slice(&invocation);
     let (head, tail) = ids.split_at(36);
-    let cfg = SessionConfig {
-        n_ctx: 64,
-        n_batch: 4,
-        n_threads: 1,
-        logits_all: true,
-        ..Default::default()
-    };
+    let cfg = all_logits(64, 4, 1);
     let last = |s: &mut Session| {
         let mut rows = Vec::new();
         s.eval_each(tail, |_, l| rows.push(l.to_vec())).unwrap();

@@ -48,10 +48,23 @@ fn num(v: &Value, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("`{key}` missing or not a number in {v}"))
 }
 
-fn close(a: f64, b: f64, what: &str) {
+/// `v[a] / v[b]`.
+fn ratio(v: &Value, a: &str, b: &str) -> f64 {
+    num(v, a) / num(v, b)
+}
+
+/// The tokens-per-second overhead in percent of a run whose speed is `v[tps]` against `v["tg_tps"]`.
+fn overhead_pct(v: &Value, tps: &str) -> f64 {
+    100.0 * (ratio(v, "tg_tps", tps) - 1.0)
+}
+
+/// The number at `key` of `v` equals `want` up to rounding (`what` names it).
+#[track_caller]
+fn close(v: &Value, key: &str, want: f64, what: &str) {
+    let (a, b) = (num(v, key), want);
     assert!(
         (a - b).abs() <= 1e-6 * a.abs().max(b.abs()),
-        "{what}: {a} vs {b}"
+        "{what} (`{key}`): {a} vs {b}"
     );
 }
 
@@ -136,10 +149,10 @@ fn json_reports_bytes_per_token_and_roofline() {
         (&v["cache_type_k"], &v["cache_type_v"]),
         (&"f16".into(), &"f16".into())
     );
-    close(num(&v, "weight_bytes_per_token"), weights, "weight bytes");
-    close(num(&v, "kv_bytes_per_token"), kv, "KV bytes");
-    close(num(&v, "bytes_per_token"), weights + kv, "bytes per token");
-    close(num(&v, "mean_context"), 10.5, "mean context");
+    close(&v, "weight_bytes_per_token", weights, "weight bytes");
+    close(&v, "kv_bytes_per_token", kv, "KV bytes");
+    close(&v, "bytes_per_token", weights + kv, "bytes per token");
+    close(&v, "mean_context", 10.5, "mean context");
     // The session's buffers are reported, the KV cache among them (at least the 12 positions run).
     assert!(
         num(&v, "kv_mib") * 1048576.0 >= 2.0 * (n_layer * kv_dim * 2 * 12) as f64,
@@ -154,7 +167,8 @@ fn json_reports_bytes_per_token_and_roofline() {
     );
     let kv = (n_layer * kv_dim * (4 + 2)) as f64 * 10.5;
     close(
-        num(&v, "kv_bytes_per_token"),
+        &v,
+        "kv_bytes_per_token",
         kv,
         "KV bytes, f32 keys and f16 values",
     );
@@ -171,13 +185,15 @@ fn json_reports_bytes_per_token_and_roofline() {
         assert!(g.is_finite() && g > 0.05, "{k} = {g}");
     }
     close(
-        num(&v, "dram_gbs"),
+        &v,
+        "dram_gbs",
         num(&v, "dram_gbs_1t"),
         "one thread: the N-thread probe is the 1-thread one",
     );
     let pct = num(&v, "roofline_pct");
     close(
-        pct,
+        &v,
+        "roofline_pct",
         100.0 * num(&v, "tg_tps") * num(&v, "bytes_per_token") / (num(&v, "roofline_gbs") * 1e9),
         "roofline %",
     );
@@ -186,7 +202,8 @@ fn json_reports_bytes_per_token_and_roofline() {
     assert!(pct > 0.0 && pct < 100.0, "roofline_pct = {pct}");
     // The probe was sized to the bytes per token (at least 64 KiB).
     close(
-        num(&v, "roofline_bytes"),
+        &v,
+        "roofline_bytes",
         (num(&v, "bytes_per_token") as usize).max(64 << 10) as f64,
         "probe size",
     );
@@ -231,38 +248,44 @@ fn json_with_adapter_and_compare_model() {
     // LoRA bytes: every A and B of the adapter file (all target linear weights here).
     let ab = adapter_bytes(&lora);
     assert!(ab > 0.0);
-    close(num(&v, "lora_ab_bytes"), ab, "adapter A/B bytes");
+    close(&v, "lora_ab_bytes", ab, "adapter A/B bytes");
     close(
-        num(&v, "lora_bytes_per_token"),
+        &v,
+        "lora_bytes_per_token",
         num(&v, "bytes_per_token") + ab,
         "bytes per token with the adapter",
     );
     close(
-        num(&v, "lora_floor_pct"),
+        &v,
+        "lora_floor_pct",
         100.0 * ab / num(&v, "bytes_per_token"),
         "overhead floor",
     );
     close(
-        num(&v, "lora_overhead_pct"),
-        100.0 * (num(&v, "tg_tps") / num(&v, "lora_tg_tps") - 1.0),
+        &v,
+        "lora_overhead_pct",
+        overhead_pct(&v, "lora_tg_tps"),
         "overhead",
     );
     // The comparison model: its own bytes, and ratios against the run with the adapter.
     let (w2, n_layer, kv_dim) = model_bytes(&other);
     close(
-        num(&v, "compare_bytes_per_token"),
+        &v,
+        "compare_bytes_per_token",
         w2 + 2.0 * (n_layer * kv_dim * 2) as f64 * 10.5,
         "compare bytes",
     );
     assert!(w2 > model_bytes(&model).0, "Q8_0 reads more than Q4_1");
     close(
-        num(&v, "compare_tg_ratio"),
-        num(&v, "compare_tg_tps") / num(&v, "lora_tg_tps"),
+        &v,
+        "compare_tg_ratio",
+        ratio(&v, "compare_tg_tps", "lora_tg_tps"),
         "tg ratio",
     );
     close(
-        num(&v, "compare_pp_ratio"),
-        num(&v, "compare_pp_tps") / num(&v, "lora_pp_tps"),
+        &v,
+        "compare_pp_ratio",
+        ratio(&v, "compare_pp_tps", "lora_pp_tps"),
         "pp ratio",
     );
     assert_eq!(v["compare_model"].as_str(), Some(path_arg(&other)));
@@ -344,12 +367,13 @@ fn sliding_window_layers_read_at_most_the_window() {
     let kv = 2.0 * (kv_dim * 2) as f64 * positions as f64 / 4.0;
     let (v, _, _) = small_bench(&model, "1", &[]);
     close(
-        num(&v, "kv_bytes_per_token"),
+        &v,
+        "kv_bytes_per_token",
         kv,
         "KV bytes with sliding-window layers",
     );
-    close(num(&v, "weight_bytes_per_token"), weights, "weight bytes");
-    close(num(&v, "bytes_per_token"), weights + kv, "bytes per token");
+    close(&v, "weight_bytes_per_token", weights, "weight bytes");
+    close(&v, "bytes_per_token", weights + kv, "bytes per token");
 }
 
 /// fp16 bytes of every `lora_A` / `lora_B` of a PEFT folder, from its safetensors header.
@@ -393,24 +417,23 @@ fn json_with_a_dora_adapter() {
         let x = num(&v, k);
         assert!(x > 0.0 && x.is_finite(), "{k} = {x}");
     }
+    close(&v, "lora_ab_bytes", peft_ab_bytes(&dora), "DoRA A/B bytes");
     close(
-        num(&v, "lora_ab_bytes"),
-        peft_ab_bytes(&dora),
-        "DoRA A/B bytes",
-    );
-    close(
-        num(&v, "lora_floor_pct"),
+        &v,
+        "lora_floor_pct",
         100.0 * peft_ab_bytes(&dora) / num(&v, "bytes_per_token"),
         "A/B byte floor",
     );
     close(
-        num(&v, "dora_floor_ratio"),
-        num(&v, "lora_overhead_pct") / num(&v, "lora_floor_pct"),
+        &v,
+        "dora_floor_ratio",
+        ratio(&v, "lora_overhead_pct", "lora_floor_pct"),
         "overhead ÷ floor",
     );
     close(
-        num(&v, "dora_plain_overhead_pct"),
-        100.0 * (num(&v, "tg_tps") / num(&v, "dora_plain_tg_tps") - 1.0),
+        &v,
+        "dora_plain_overhead_pct",
+        overhead_pct(&v, "dora_plain_tg_tps"),
         "plain-LoRA overhead",
     );
 }

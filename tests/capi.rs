@@ -95,6 +95,14 @@ fn ok(rc: c_int) {
     expect(rc, ER_OK, &[]);
 }
 
+/// Assert `rc` is `ER_ERR_BUFFER_TOO_SMALL` with a message containing `needles`, and that the size
+/// the call reported (`n`) is `needed`.
+#[track_caller]
+fn too_small(rc: c_int, n: usize, needed: usize, needles: &[&str]) {
+    expect(rc, ER_ERR_BUFFER_TOO_SMALL, needles);
+    assert_eq!(n, needed, "the size reported with ER_ERR_BUFFER_TOO_SMALL");
+}
+
 fn open_model(p: &Path) -> *mut er_model {
     let mut m = null_mut();
     // SAFETY: valid C string and out-pointer.
@@ -1299,12 +1307,7 @@ fn wrong_sizes_tokens_and_context_are_refused() {
         assert_eq!(n, 8);
         // Small output buffers: the needed size is reported.
         n = 0;
-        expect(
-            er_logits(s, f.as_mut_ptr(), 298, &mut n),
-            ER_ERR_BUFFER_TOO_SMALL,
-            &["299"],
-        );
-        assert_eq!(n, 299);
+        too_small(er_logits(s, f.as_mut_ptr(), 298, &mut n), n, 299, &["299"]);
         expect(
             er_logits(s, null_mut(), 0, &mut n),
             ER_ERR_BUFFER_TOO_SMALL,
@@ -1336,12 +1339,8 @@ fn wrong_sizes_tokens_and_context_are_refused() {
         assert_eq!(ids, [0; 3], "nothing written on BUFFER_TOO_SMALL");
         let mut b = [7u8; 4];
         // Token 1 is `<|im_start|>` (12 bytes).
-        expect(
-            er_detokenize(m, 1, b.as_mut_ptr().cast(), 4, &mut n),
-            ER_ERR_BUFFER_TOO_SMALL,
-            &[],
-        );
-        assert_eq!(n, "<|im_start|>".len());
+        let rc = er_detokenize(m, 1, b.as_mut_ptr().cast(), 4, &mut n);
+        too_small(rc, n, "<|im_start|>".len(), &[]);
         // Invalid UTF-8 text.
         let bad = [b'a', 0xff, b'b'];
         expect(
@@ -1856,12 +1855,8 @@ fn alora_invocation_tokens_through_c_api() {
         assert_eq!(&buf[..n], &[1, 520, 9531, 198]);
         ok(er_adapter_invocation_tokens(plain, null_mut(), 0, &mut n));
         assert_eq!(n, 0);
-        expect(
-            er_adapter_invocation_tokens(alora, buf.as_mut_ptr(), 2, &mut n),
-            ER_ERR_BUFFER_TOO_SMALL,
-            &["4 invocation tokens"],
-        );
-        assert_eq!(n, 4);
+        let rc = er_adapter_invocation_tokens(alora, buf.as_mut_ptr(), 2, &mut n);
+        too_small(rc, n, 4, &["4 invocation tokens"]);
         expect(
             er_adapter_invocation_tokens(alora, buf.as_mut_ptr(), 8, null_mut()),
             ER_ERR_NULL,

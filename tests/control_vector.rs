@@ -5,13 +5,14 @@
 //! vector set and cleared between tokens; malformed files refused with errors that name the file
 //! and field (the CLI exits 1).
 mod common;
-use common::{edge_run, empty_temp_dir, fixture, path_arg, refused, uniform_values, write_cv};
+use common::{all_logits, edge_run, empty_temp_dir, fixture, path_arg, refused};
+use common::{uniform_values, write_cv};
 use edge_run::adapter::control::layer_range;
 use edge_run::adapter::ControlVector;
 use edge_run::gguf::GgufWriter;
 use edge_run::kernels::QuantType;
-use edge_run::{Model, Session, SessionConfig};
-use std::path::Path;
+use edge_run::{Model, Session};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const PROMPT: [u32; 6] = [1, 5, 9, 14, 3, 7];
@@ -34,18 +35,13 @@ fn open(p: &Path) -> Arc<Model> {
     Arc::new(Model::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
 }
 
+/// A new empty directory `cvec/<name>`, and the layer count and width of `m`.
+fn temp_dir_and_dims(m: &Model, name: &str) -> (PathBuf, usize, usize) {
+    (empty_temp_dir("cvec", name), m.hp.n_layer, m.hp.n_embd)
+}
+
 fn session(m: &Arc<Model>) -> Session {
-    Session::new(
-        m.clone(),
-        SessionConfig {
-            n_ctx: 64,
-            n_batch: 16,
-            n_threads: 2,
-            logits_all: true,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    Session::new(m.clone(), all_logits(64, 16, 2)).unwrap()
 }
 
 /// Every position's logits of `tokens` with `cv` set.
@@ -101,8 +97,7 @@ fn scale_zero_and_none_are_bit_identical() {
 #[test]
 fn direction_n_is_added_after_block_n() {
     for (arch, m) in models_and_smollm2() {
-        let d = empty_temp_dir("cvec", &format!("place-{arch}"));
-        let (nl, e) = (m.hp.n_layer, m.hp.n_embd);
+        let (d, nl, e) = temp_dir_and_dims(&m, &format!("place-{arch}"));
         let mut cases = vec![(nl - 1, false)];
         if nl >= 3 {
             cases.extend([(nl - 2, true), (1, true)]);
@@ -142,8 +137,7 @@ fn direction_n_is_added_after_block_n() {
 #[test]
 fn last_block_direction_reaches_the_output_norm() {
     let m = open(&fixture("tiny-q8_0.gguf"));
-    let d = empty_temp_dir("cvec", "huge");
-    let (nl, e) = (m.hp.n_layer, m.hp.n_embd);
+    let (d, nl, e) = temp_dir_and_dims(&m, "huge");
     let v = uniform_values(e, 2.0, 3);
     let f = write_cv(&d, "v.gguf", &[(nl - 1, v)], QuantType::F32);
     let pos = logits(&m, Some(load(&m, &[(&f, 1e6)], None)), &PROMPT);
@@ -163,8 +157,7 @@ fn last_block_direction_reaches_the_output_norm() {
 #[test]
 fn two_files_sum_like_one() {
     for (arch, m) in models_and_smollm2() {
-        let d = empty_temp_dir("cvec", &format!("sum-{arch}"));
-        let (nl, e) = (m.hp.n_layer, m.hp.n_embd);
+        let (d, nl, e) = temp_dir_and_dims(&m, &format!("sum-{arch}"));
         if nl < 3 {
             continue;
         }
@@ -213,8 +206,7 @@ fn layer_range_drops_blocks() {
         if m.hp.n_layer < 3 {
             continue;
         }
-        let d = empty_temp_dir("cvec", &format!("range-{arch}"));
-        let (nl, e) = (m.hp.n_layer, m.hp.n_embd);
+        let (d, nl, e) = temp_dir_and_dims(&m, &format!("range-{arch}"));
         let v1 = uniform_values(e, 2.0, 5);
         let v2 = uniform_values(e, 2.0, 6);
         let both = write_cv(&d, "both.gguf", &[(1, v1.clone()), (2, v2)], QuantType::F32);
@@ -236,8 +228,7 @@ fn layer_range_drops_blocks() {
 #[test]
 fn hot_swap_between_tokens() {
     for (arch, m) in models() {
-        let d = empty_temp_dir("cvec", &format!("swap-{arch}"));
-        let (nl, e) = (m.hp.n_layer, m.hp.n_embd);
+        let (d, nl, e) = temp_dir_and_dims(&m, &format!("swap-{arch}"));
         let f = write_cv(
             &d,
             "v.gguf",
@@ -268,8 +259,7 @@ fn hot_swap_between_tokens() {
 #[test]
 fn smollm2_scale_zero_identical_and_steering_changes() {
     let m = open(&common::smollm2_path());
-    let d = empty_temp_dir("cvec", "smollm2");
-    let (nl, e) = (m.hp.n_layer, m.hp.n_embd);
+    let (d, nl, e) = temp_dir_and_dims(&m, "smollm2");
     let dirs: Vec<_> = (1..nl)
         .map(|n| (n, uniform_values(e, 0.5, n as u64)))
         .collect();
@@ -287,8 +277,7 @@ fn smollm2_scale_zero_identical_and_steering_changes() {
 fn malformed_files_are_refused() {
     let mp = fixture("tiny-q8_0.gguf");
     let m = open(&mp);
-    let d = empty_temp_dir("cvec", "bad");
-    let (nl, e) = (m.hp.n_layer, m.hp.n_embd);
+    let (d, nl, e) = temp_dir_and_dims(&m, "bad");
     let good = uniform_values(e, 1.0, 1);
     let tensor = |name: &str, dims: &[u64], ty: QuantType, bytes: Vec<u8>| {
         let mut w = GgufWriter::new();
@@ -466,8 +455,7 @@ fn cli_logits(model: &Path, out: &Path, extra: &[&str]) -> Vec<u8> {
 fn cli_flags() {
     let mp = fixture("tiny-gemma3.gguf");
     let m = open(&mp);
-    let d = empty_temp_dir("cvec", "cli");
-    let (nl, e) = (m.hp.n_layer, m.hp.n_embd);
+    let (d, nl, e) = temp_dir_and_dims(&m, "cli");
     let v = uniform_values(e, 2.0, 8);
     let f = write_cv(&d, "v.gguf", &[(1, v.clone()), (nl - 1, v)], QuantType::F32);
     let fa = path_arg(&f);

@@ -322,8 +322,7 @@ fn cli_refusals() {
     .unwrap();
     let o = diagnose(&["--adapter", path_arg(&lora), "--text", path_arg(&text)]);
     let _ = std::fs::remove_file(&text);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = success_stdout(&o);
     assert!(
         out.contains("KL(base)") && out.contains("blk.1.ffn_down.weight"),
         "{out}"

@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use edge_run::adapter::Adapter;
-use edge_run::{Model, Session, SessionConfig};
+use edge_run::{Model, Session};
 use std::sync::Arc;
 
 type Set<'a> = Vec<(&'a Arc<Adapter>, f32)>;
@@ -15,13 +15,7 @@ type Set<'a> = Vec<(&'a Arc<Adapter>, f32)>;
 /// decode path), compared with `tests/data/reference/smollm2/<npz>`.
 fn run_ref(model: &Arc<Model>, set: &[(&Arc<Adapter>, f32)], npz: &str, n_batch: usize) -> Metrics {
     let z = read_npz(&root().join("tests/data/reference/smollm2").join(npz));
-    let cfg = SessionConfig {
-        logits_all: true,
-        n_ctx: 128,
-        n_batch,
-        n_threads: 2,
-        ..Default::default()
-    };
+    let cfg = all_logits(128, n_batch, 2);
     let mut per = vec![];
     for (name, ids) in sequences() {
         let mut s = Session::new(model.clone(), cfg.clone()).unwrap();
@@ -133,17 +127,8 @@ fn dora_scale_zero_and_removal_give_the_base_bit_for_bit() {
     let model = open_smollm2();
     let [dora_all, pirate] = shared_adapters(&model, ["dora-all", "pirate-peft"]);
     let ids = &sequences()[0].1[..20];
-    let base = logits_of(&model, &[], ids);
-    assert_eq!(base, logits_of(&model, &[(&dora_all, 0.0)], ids), "scale 0");
-    assert_ne!(base, logits_of(&model, &[(&dora_all, 1.0)], ids));
-    let mut s = session(&model, 64, 2);
-    assert_removal_restores(
-        &mut s,
-        &[(&pirate, 1.0), (&dora_all, 1.0)],
-        ids,
-        &base,
-        "after removing the DoRA set",
-    );
+    let set = [(&pirate, 1.0), (&dora_all, 1.0)];
+    assert_scale_zero_and_removal(&model, &dora_all, &set, ids, "after removing the DoRA set");
 }
 
 /// Publishing computes the norms once per adapter and scale; the decode then gives the same logits

@@ -9,12 +9,13 @@
 //! family's PEFT adapter; the tokenizer's ids from the Hugging Face `tokenizers` package.
 mod common;
 
-use common::{adapted_logits_of_sequences, convert_cli, sequences_in, Metrics, TempDir};
+use common::TempDir;
+use common::{adapted_logits_of_sequences, all_logits, convert_cli, sequences_in, Metrics};
 use common::{compare, edge_run, path_arg, read_npz, reference, refused, root, summarize};
 use edge_run::adapter::Adapter;
 use edge_run::chat::{apply_chat_template, ChatMessage};
 use edge_run::gguf::{Gguf, GgufWriter, MetaValue};
-use edge_run::{Model, SessionConfig};
+use edge_run::Model;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,6 +38,25 @@ fn model_path(family: &str, ty: &str) -> PathBuf {
     data(family, &format!("{family}-{ty}.gguf"))
 }
 
+/// The `family` model in Q8_0 and its path, after checking its architecture `arch` and its
+/// `(n_embd, n_head, n_head_kv, head_dim, rope_dim)`.
+fn open_q8_0(
+    family: &str,
+    arch: &str,
+    heads: (usize, usize, usize, usize, usize),
+) -> (PathBuf, Arc<Model>) {
+    let path = model_path(family, "Q8_0");
+    let m = Arc::new(Model::open(&path).unwrap());
+    let hp = &m.hp;
+    assert_eq!(m.arch, arch, "{family}");
+    assert_eq!(
+        (hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim, hp.rope_dim),
+        heads,
+        "{family}: n_embd, n_head, n_head_kv, head_dim, rope_dim"
+    );
+    (path, m)
+}
+
 /// Every position's logits of each reference sequence, with `set` applied.
 fn runs(
     model: &Arc<Model>,
@@ -54,13 +74,7 @@ fn runs_of(
     n_ctx: usize,
     set: &[(&Arc<Adapter>, f32)],
 ) -> Vec<(String, Vec<Vec<f32>>)> {
-    let cfg = SessionConfig {
-        n_ctx,
-        n_batch: 16,
-        n_threads: 2,
-        logits_all: true,
-        ..Default::default()
-    };
+    let cfg = all_logits(n_ctx, 16, 2);
     adapted_logits_of_sequences(model, sequences_in(&data(family, file)), cfg, set)
 }
 
@@ -117,13 +131,8 @@ fn logits_match_hugging_face_with_and_without_adapter() {
 /// biases for qwen2, tied head for qwen3, separate head for qwen2).
 #[test]
 fn hyperparameters_and_family_tensors() {
-    let m = Model::open(model_path("qwen2", "Q8_0")).unwrap();
+    let (_, m) = open_q8_0("qwen2", "qwen2", (256, 4, 2, 64, 64));
     let hp = &m.hp;
-    assert_eq!(m.arch, "qwen2");
-    assert_eq!(
-        (hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim),
-        (256, 4, 2, 64)
-    );
     assert_eq!(hp.rope_freq_base, 1e6);
     assert!(!m.tied_output);
     let l = &m.layers[0];
@@ -131,13 +140,8 @@ fn hyperparameters_and_family_tensors() {
     assert_eq!(l.attn_k_bias.as_ref().map(|w| w.n_in), Some(128));
     assert!(l.attn_v_bias.is_some() && l.attn_q_norm.is_none());
 
-    let m = Model::open(model_path("qwen3", "Q8_0")).unwrap();
+    let (_, m) = open_q8_0("qwen3", "qwen3", (256, 4, 2, 128, 128));
     let hp = &m.hp;
-    assert_eq!(m.arch, "qwen3");
-    assert_eq!(
-        (hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim),
-        (256, 4, 2, 128)
-    );
     assert_eq!((hp.q_dim(), hp.kv_dim()), (512, 256));
     assert!(m.tied_output);
     let l = &m.layers[1];
@@ -195,14 +199,8 @@ fn llama3_divisor(i: usize) -> f64 {
 /// (whose RoPE applies the scaling) by more than the bar, so the logits test sees the scaling.
 #[test]
 fn llama3_rope_frequency_scaling() {
-    let path = model_path("llama3", "Q8_0");
-    let m = Arc::new(Model::open(&path).unwrap());
+    let (path, m) = open_q8_0("llama3", "llama", (256, 4, 2, 64, 64));
     let hp = &m.hp;
-    assert_eq!(m.arch, "llama");
-    assert_eq!(
-        (hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim, hp.rope_dim),
-        (256, 4, 2, 64, 64)
-    );
     assert_eq!(hp.rope_freq_base, 5e5);
     assert!(m.tied_output && m.tokenizer.add_bos());
     let bytes = std::fs::read(&path).unwrap();
@@ -546,21 +544,9 @@ fn f32_tensor(path: &Path, name: &str) -> Vec<f32> {
 /// (whose model has all three) by more than the bar, so the logits test sees each.
 #[test]
 fn phi3_fused_tensors_partial_rotary_longrope_and_window() {
-    let path = model_path("phi3", "Q8_0");
-    let m = Arc::new(Model::open(&path).unwrap());
+    let (path, m) = open_q8_0("phi3", "phi3", (256, 4, 2, 64, 32));
     let hp = &m.hp;
-    assert_eq!(m.arch, "phi3");
-    assert_eq!(
-        (
-            hp.n_embd,
-            hp.n_head,
-            hp.n_head_kv,
-            hp.head_dim,
-            hp.rope_dim,
-            hp.n_ff
-        ),
-        (256, 4, 2, 64, 32, 512)
-    );
+    assert_eq!(hp.n_ff, 512);
     assert_eq!((hp.n_swa, hp.n_ctx_orig, hp.n_ctx_train), (24, 32, 4096));
     assert!(hp.swa.iter().all(|&s| s) && hp.rope_freq_base == 1e4);
     let want = (1.0 + (4096f64 / 32.0).ln() / 32f64.ln()).sqrt();

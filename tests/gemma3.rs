@@ -462,13 +462,7 @@ fn fixture_lora_gguf_and_peft_match_reference() {
             .iter()
             .map(|p| p.as_str().unwrap().to_string()),
     );
-    let cfg = SessionConfig {
-        n_ctx: 16,
-        n_batch: 5,
-        n_threads: 2,
-        logits_all: true,
-        ..Default::default()
-    };
+    let cfg = all_logits(16, 5, 2);
     let plain = run_fixture(&model, &toks, cfg.clone());
     for p in &paths {
         let ad = Arc::new(

@@ -84,23 +84,13 @@ fn scale_zero_and_unload_give_base_logits_bit_for_bit() {
     let model = Arc::new(Model::open(&path).unwrap());
     let [pirate, shout] = shared_adapters(&model, ["pirate.gguf", "shout-peft"]);
     let ids = &sequences()[0].1[..20];
-    let base = logits_of(&model, &[], ids);
-    assert_eq!(base, logits_of(&model, &[(&pirate, 0.0)], ids), "scale 0");
+    // Scale 0; load, use, unload in one session.
+    let set = [(&pirate, 1.0), (&shout, 0.5)];
+    let s = assert_scale_zero_and_removal(&model, &pirate, &set, ids, "after unloading");
     assert_eq!(
-        base,
+        logits_of(&model, &[], ids),
         logits_of(&model, &[(&pirate, 0.0), (&shout, 0.0)], ids),
         "two adapters at scale 0"
-    );
-    let adapted = logits_of(&model, &[(&pirate, 1.0)], ids);
-    assert_ne!(base, adapted);
-    // Load, use, unload in one session.
-    let mut s = session(&model, 64, 2);
-    assert_removal_restores(
-        &mut s,
-        &[(&pirate, 1.0), (&shout, 0.5)],
-        ids,
-        &base,
-        "after unloading",
     );
     drop((s, pirate, shout, model));
     assert_eq!(before, fnv(&path), "the model file changed");

@@ -173,24 +173,35 @@ fn assert_base_differs(model: &Arc<Model>, npz: &str) {
     assert!(kl > 0.02, "base vs {npz}: KL {kl}: is the adapter applied?");
 }
 
+/// The rebuilt adapter `name` (replacing `target` alone) and the shared pirate adapter, after
+/// checking that `name` alone and stacked before pirate matches the references `hf_{name}.npz` and
+/// `hf_{name}_pirate.npz`, and that the base model does not match the first.
+fn rebuilt_matches_alone_and_stacked(
+    model: &Arc<Model>,
+    name: &str,
+    target: &str,
+) -> (TempDir, Arc<Adapter>, Arc<Adapter>) {
+    let (dir, replacing) = load_rebuilt(model, name);
+    assert_eq!(saved_targets(&replacing), [target], "{name}");
+    let [pirate] = shared_adapters(model, ["pirate-peft"]);
+    let alone = format!("hf_{name}.npz");
+    assert_matches(model, &[(&replacing, 1.0)], &alone);
+    let stacked = format!("hf_{name}_pirate.npz");
+    assert_matches(model, &[(&replacing, 1.0), (&pirate, 1.0)], &stacked);
+    assert_base_differs(model, &alone);
+    (dir, replacing, pirate)
+}
+
 #[test]
 fn replaced_head_matches_hf_peft_alone_stacked_and_converted() {
     let model = open_smollm2();
-    let (dir, head) = load_rebuilt(&model, "head-peft");
-    assert_eq!(saved_targets(&head), ["output.weight"]);
-    let [pirate] = shared_adapters(&model, ["pirate-peft"]);
-    assert_matches(&model, &[(&head, 1.0)], "hf_head-peft.npz");
-    assert_matches(
-        &model,
-        &[(&head, 1.0), (&pirate, 1.0)],
-        "hf_head-peft_pirate.npz",
-    );
+    let (dir, head, pirate) =
+        rebuilt_matches_alone_and_stacked(&model, "head-peft", "output.weight");
     assert_matches(
         &model,
         &[(&pirate, 1.0), (&head, 1.0)],
         "hf_head-peft_pirate.npz",
     );
-    assert_base_differs(&model, "hf_head-peft.npz");
 
     // `adapter convert` writes the replacement; the GGUF maps it in place and runs the same.
     let gguf = dir.join("head.gguf");
@@ -214,16 +225,7 @@ fn replaced_head_matches_hf_peft_alone_stacked_and_converted() {
         text.contains("replaces output.weight (modules_to_save): 49152 x 576 fp16"),
         "{text}"
     );
-    let diag = edge_run(&[
-        "diagnose",
-        "-m",
-        path_arg(&m),
-        "--adapter",
-        path_arg(&gguf),
-        "--max-tokens",
-        "16",
-        "--json",
-    ]);
+    let diag = smollm2_with_adapter("diagnose", &gguf, &["--max-tokens", "16", "--json"]);
     let text = String::from_utf8_lossy(&diag.stdout);
     let j: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(
@@ -234,17 +236,8 @@ fn replaced_head_matches_hf_peft_alone_stacked_and_converted() {
 
     // Unloading and scale 0 give the base back bit for bit.
     let ids = &sequences()[0].1[..24];
-    let base = logits_of(&model, &[], ids);
-    assert_ne!(base, logits_of(&model, &[(&head, 1.0)], ids));
-    assert_eq!(base, logits_of(&model, &[(&head, 0.0)], ids), "scale 0");
-    let mut s = session(&model, 64, 2);
-    assert_removal_restores(
-        &mut s,
-        &[(&head, 1.0), (&pirate, 1.0)],
-        ids,
-        &base,
-        "after unloading",
-    );
+    let set = [(&head, 1.0), (&pirate, 1.0)];
+    let mut s = assert_scale_zero_and_removal(&model, &head, &set, ids, "after unloading");
 
     // Two adapters replacing the same tensor cannot be stacked.
     let err = s.set_adapters(&[(&head, 1.0), (&g, 1.0)]).unwrap_err();
@@ -254,17 +247,9 @@ fn replaced_head_matches_hf_peft_alone_stacked_and_converted() {
 #[test]
 fn replaced_embedding_matches_hf_peft_alone_and_stacked() {
     let model = open_smollm2();
-    let (_dir, embed) = load_rebuilt(&model, "embed-peft");
     // The head stays tied to the original embedding (`ensure_weight_tying` is false).
-    assert_eq!(saved_targets(&embed), ["token_embd.weight"]);
-    let [pirate] = shared_adapters(&model, ["pirate-peft"]);
-    assert_matches(&model, &[(&embed, 1.0)], "hf_embed-peft.npz");
-    assert_matches(
-        &model,
-        &[(&embed, 1.0), (&pirate, 1.0)],
-        "hf_embed-peft_pirate.npz",
-    );
-    assert_base_differs(&model, "hf_embed-peft.npz");
+    let (_dir, embed, _) =
+        rebuilt_matches_alone_and_stacked(&model, "embed-peft", "token_embd.weight");
     let ids = &sequences()[1].1[..24];
     let base = logits_of(&model, &[], ids);
     let mut s = session(&model, 64, 2);

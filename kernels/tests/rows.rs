@@ -18,8 +18,14 @@ trait RowType: KvElem {
     const NAME: &'static str;
     /// `values` (a whole number of items) encoded.
     fn encode(values: &[f32]) -> Vec<Self>;
-    fn dot(k: &Kernels) -> RowKernel<Self>;
-    fn axpy(k: &Kernels) -> RowKernel<Self>;
+    /// The table's scores (`dot_rows_*`) and weighted-sum (`axpy_rows_*`) entries for this type.
+    fn kernels(k: &Kernels) -> [RowKernel<Self>; 2];
+    fn dot(k: &Kernels) -> RowKernel<Self> {
+        Self::kernels(k)[0]
+    }
+    fn axpy(k: &Kernels) -> RowKernel<Self> {
+        Self::kernels(k)[1]
+    }
 }
 
 impl RowType for f32 {
@@ -27,11 +33,8 @@ impl RowType for f32 {
     fn encode(values: &[f32]) -> Vec<f32> {
         values.to_vec()
     }
-    fn dot(k: &Kernels) -> RowKernel<f32> {
-        k.dot_rows_f32
-    }
-    fn axpy(k: &Kernels) -> RowKernel<f32> {
-        k.axpy_rows_f32
+    fn kernels(k: &Kernels) -> [RowKernel<f32>; 2] {
+        [k.dot_rows_f32, k.axpy_rows_f32]
     }
 }
 
@@ -40,11 +43,8 @@ impl RowType for F16Bits {
     fn encode(values: &[f32]) -> Vec<F16Bits> {
         values.iter().map(|&v| F16Bits::from_f32(v)).collect()
     }
-    fn dot(k: &Kernels) -> RowKernel<F16Bits> {
-        k.dot_rows_f16
-    }
-    fn axpy(k: &Kernels) -> RowKernel<F16Bits> {
-        k.axpy_rows_f16
+    fn kernels(k: &Kernels) -> [RowKernel<F16Bits>; 2] {
+        [k.dot_rows_f16, k.axpy_rows_f16]
     }
 }
 
@@ -55,11 +55,8 @@ impl RowType for BlockQ8_0 {
         scalar::quantize_q8_0(values, &mut bytes);
         bytemuck::cast_slice(&bytes).to_vec()
     }
-    fn dot(k: &Kernels) -> RowKernel<BlockQ8_0> {
-        k.dot_rows_q8_0
-    }
-    fn axpy(k: &Kernels) -> RowKernel<BlockQ8_0> {
-        k.axpy_rows_q8_0
+    fn kernels(k: &Kernels) -> [RowKernel<BlockQ8_0>; 2] {
+        [k.dot_rows_q8_0, k.axpy_rows_q8_0]
     }
 }
 

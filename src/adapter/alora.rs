@@ -21,6 +21,7 @@
 //! sequence at once; the prefix before it is never evaluated again.
 use serde_json::Value;
 
+use super::peft::unexpected;
 use super::{ActiveSet, Adapter, BaseInfo, LoraKind, MAX_ADAPTERS};
 use crate::error::{Error, Result};
 
@@ -35,14 +36,7 @@ pub(crate) fn from_peft(v: Option<&Value>, file: &str) -> Result<Option<Vec<u32>
     let list = match v {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(a)) => a,
-        Some(other) => {
-            return Err(Error::format(
-                file,
-                PEFT_FIELD,
-                None,
-                format!("expected a list of token ids, found {other}"),
-            ))
-        }
+        Some(other) => return Err(unexpected(file, PEFT_FIELD, "a list of token ids", other)),
     };
     let mut out = Vec::with_capacity(list.len());
     for (i, x) in list.iter().enumerate() {

@@ -3,7 +3,7 @@
 //! attention over the cache, the output projection, and the two halves of the gated feed-forward.
 //! A family's forward pass (`llama.rs`, `gemma3.rs`) is these steps in its order, with its own norms,
 //! activation and residual adds between them.
-use super::ops::{self, linear, rmsnorm_rows, State};
+use super::ops::{self, linear, rmsnorm_rows, ActBuf, State, Work};
 use super::Env;
 use crate::model::{Layer, WeightRef};
 
@@ -18,26 +18,39 @@ fn norm_into_xb(env: &Env<'_>, st: &mut State, weight: &WeightRef, b: usize) {
     );
 }
 
+/// xb = rmsnorm(x) · `norm`; then `weights[i]`·xb into `outs(..)[i]`, the outputs that `outs` picks
+/// from the work buffer and the hidden rows.
+fn norm_project<const N: usize>(
+    env: &Env<'_>,
+    st: &mut State,
+    norm: &WeightRef,
+    b: usize,
+    weights: [&WeightRef; N],
+    outs: impl for<'s> FnOnce(&'s mut Work, &'s mut ActBuf) -> [&'s mut [f32]; N],
+) {
+    let e = env.m.hp.n_embd;
+    norm_into_xb(env, st, norm, b);
+    let mut outs = outs(&mut st.work, &mut st.hb).into_iter();
+    let outs = weights.map(|w| (w, outs.next().expect("one output per weight")));
+    let x = st.xb.input(b * e);
+    linear(env, &mut st.xq, x, e, b, outs, &mut st.lora_t);
+}
+
+/// proj = `w`·hb over the batch's hidden rows of width `n`                  [B, e]
+fn project_hb(env: &Env<'_>, st: &mut State, w: &WeightRef, n: usize, b: usize) {
+    let e = env.m.hp.n_embd;
+    let (x, out) = (st.hb.input(b * n), &mut st.work.proj()[..b * e]);
+    linear(env, &mut st.xq, x, n, b, [(w, out)], &mut st.lora_t);
+}
+
 /// xb = rmsnorm(x) · attn_norm; q, k, v = Wq·xb, Wk·xb, Wv·xb          [B, qd], [B, kvd], [B, kvd]
 pub(crate) fn norm_qkv(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
-    let hp = &env.m.hp;
-    let (e, qd, kvd) = (hp.n_embd, hp.q_dim(), hp.kv_dim());
-    norm_into_xb(env, st, &layer.attn_norm, b);
-    let (q, k, v) = st.work.qkv();
-    let outs: [(&WeightRef, &mut [f32]); 3] = [
-        (&layer.attn_q, &mut q[..b * qd]),
-        (&layer.attn_k, &mut k[..b * kvd]),
-        (&layer.attn_v, &mut v[..b * kvd]),
-    ];
-    linear(
-        env,
-        &mut st.xq,
-        st.xb.input(b * e),
-        e,
-        b,
-        outs,
-        &mut st.lora_t,
-    );
+    let (qd, kvd) = (env.m.hp.q_dim(), env.m.hp.kv_dim());
+    let weights = [&layer.attn_q, &layer.attn_k, &layer.attn_v];
+    norm_project(env, st, &layer.attn_norm, b, weights, |work, _| {
+        let (q, k, v) = work.qkv();
+        [&mut q[..b * qd], &mut k[..b * kvd], &mut v[..b * kvd]]
+    });
 }
 
 /// q, k, v += their biases (each row of the batch), for the families that have them.
@@ -105,52 +118,21 @@ pub(crate) fn attend(
 
 /// proj = Wo·hb                                                         [B, e]
 pub(crate) fn attn_output(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
-    let hp = &env.m.hp;
-    let (e, qd) = (hp.n_embd, hp.q_dim());
-    linear(
-        env,
-        &mut st.xq,
-        st.hb.input(b * qd),
-        qd,
-        b,
-        [(&layer.attn_output, &mut st.work.proj()[..b * e])],
-        &mut st.lora_t,
-    );
+    project_hb(env, st, &layer.attn_output, env.m.hp.q_dim(), b);
 }
 
 /// xb = rmsnorm(x) · ffn_norm; hb, up = Wgate·xb, Wup·xb                [B, ff] each
 pub(crate) fn ffn_input(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
-    let hp = &env.m.hp;
-    let (e, ff) = (hp.n_embd, hp.n_ff);
-    norm_into_xb(env, st, &layer.ffn_norm, b);
-    let outs: [(&WeightRef, &mut [f32]); 2] = [
-        (&layer.ffn_gate, &mut st.hb[..b * ff]),
-        (&layer.ffn_up, &mut st.work.up()[..b * ff]),
-    ];
-    linear(
-        env,
-        &mut st.xq,
-        st.xb.input(b * e),
-        e,
-        b,
-        outs,
-        &mut st.lora_t,
-    );
+    let ff = env.m.hp.n_ff;
+    let weights = [&layer.ffn_gate, &layer.ffn_up];
+    norm_project(env, st, &layer.ffn_norm, b, weights, |work, hb| {
+        [&mut hb[..b * ff], &mut work.up()[..b * ff]]
+    });
 }
 
 /// proj = Wdown·hb (hb: the gated activation)                            [B, e]
 pub(crate) fn ffn_output(env: &Env<'_>, st: &mut State, layer: &Layer, b: usize) {
-    let hp = &env.m.hp;
-    let (e, ff) = (hp.n_embd, hp.n_ff);
-    linear(
-        env,
-        &mut st.xq,
-        st.hb.input(b * ff),
-        ff,
-        b,
-        [(&layer.ffn_down, &mut st.work.proj()[..b * e])],
-        &mut st.lora_t,
-    );
+    project_hb(env, st, &layer.ffn_down, env.m.hp.n_ff, b);
 }
 
 /// x[t] += v_l for every row of the batch, when the control vector has block `l` (after the block's

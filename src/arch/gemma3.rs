@@ -16,7 +16,7 @@
 //!   c·tanh(logits / c) only if `final_logit_softcapping` is in the file.
 use super::block;
 use super::ops::{self, add, rmsnorm_rows, rmsnorm_rows_inplace, State};
-use super::Env;
+use super::{finite_f32, Env};
 use crate::gguf::Gguf;
 use crate::model::{HParams, WeightRef};
 use crate::{Error, Result};
@@ -79,24 +79,8 @@ pub(crate) fn hparams(g: &Gguf<'_>, fname: &str, hp: &mut HParams) -> Result<()>
             }
         }
     }
-    let rope_freq_base_swa = g.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10000.0);
-    if !(rope_freq_base_swa.is_finite() && rope_freq_base_swa > 0.0) {
-        return Err(Error::format(
-            fname,
-            key("rope.freq_base_swa"),
-            None,
-            format!("must be finite and > 0, got {rope_freq_base_swa}"),
-        ));
-    }
-    let logit_softcap = g.opt_f32(&key("final_logit_softcapping"))?.unwrap_or(0.0);
-    if !(logit_softcap.is_finite() && logit_softcap >= 0.0) {
-        return Err(Error::format(
-            fname,
-            key("final_logit_softcapping"),
-            None,
-            format!("must be finite and ≥ 0, got {logit_softcap}"),
-        ));
-    }
+    let rope_freq_base_swa = finite_f32(g, fname, key("rope.freq_base_swa"), 10000.0, false)?;
+    let logit_softcap = finite_f32(g, fname, key("final_logit_softcapping"), 0.0, true)?;
     // llama.cpp (after gemma_pytorch's config): the 27B model scales by 1/√(n_embd/n_head).
     let att_scale = if n_layer == 62 {
         1.0 / ((n_embd / n_head) as f32).sqrt()

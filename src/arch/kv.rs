@@ -81,24 +81,35 @@ pub(crate) enum KvRows<'a> {
     Q8_0(&'a [BlockQ8_0]),
 }
 
+/// One row operation's kernels, one per [`KvRows`] variant.
+type RowKernels = (
+    fn(&[f32], &[f32], usize, &mut [f32]),
+    fn(&[f32], &[F16Bits], usize, &mut [f32]),
+    fn(&[f32], &[BlockQ8_0], usize, &mut [f32]),
+);
+
 impl KvRows<'_> {
     /// `out[j] = q · row_j`, row `j` starting at value `at + j·stride`.
     #[inline]
     pub fn dot(self, k: &Kernels, q: &[f32], at: usize, stride: usize, out: &mut [f32]) {
-        match self {
-            KvRows::F32(r) => (k.dot_rows_f32)(q, &r[at..], stride, out),
-            KvRows::F16(r) => (k.dot_rows_f16)(q, &r[at..], stride, out),
-            KvRows::Q8_0(r) => (k.dot_rows_q8_0)(q, &r[at / QK..], stride, out),
-        }
+        let f = (k.dot_rows_f32, k.dot_rows_f16, k.dot_rows_q8_0);
+        self.apply(f, q, at, stride, out);
     }
 
     /// `out += Σ_j w[j]·row_j`, row `j` starting at value `at + j·stride`.
     #[inline]
     pub fn axpy(self, k: &Kernels, w: &[f32], at: usize, stride: usize, out: &mut [f32]) {
+        let f = (k.axpy_rows_f32, k.axpy_rows_f16, k.axpy_rows_q8_0);
+        self.apply(f, w, at, stride, out);
+    }
+
+    /// The kernel of `f` for this variant over the rows from value `at` on.
+    #[inline]
+    fn apply(self, f: RowKernels, v: &[f32], at: usize, stride: usize, out: &mut [f32]) {
         match self {
-            KvRows::F32(r) => (k.axpy_rows_f32)(w, &r[at..], stride, out),
-            KvRows::F16(r) => (k.axpy_rows_f16)(w, &r[at..], stride, out),
-            KvRows::Q8_0(r) => (k.axpy_rows_q8_0)(w, &r[at / QK..], stride, out),
+            KvRows::F32(r) => (f.0)(v, &r[at..], stride, out),
+            KvRows::F16(r) => (f.1)(v, &r[at..], stride, out),
+            KvRows::Q8_0(r) => (f.2)(v, &r[at / QK..], stride, out),
         }
     }
 }

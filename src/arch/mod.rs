@@ -30,7 +30,7 @@ use crate::kernels::lora::LoraKernels;
 use crate::kernels::Kernels;
 use crate::model::{Arch, HParams, Model};
 use crate::threadpool::ThreadPool;
-use crate::Result;
+use crate::{Error, Result};
 
 /// How activations are quantized for the integer dot products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +79,29 @@ pub(crate) fn read_hparams(g: &Gguf<'_>, fname: &str, hp: &mut HParams) -> Resul
         Arch::Gemma3 => gemma3::hparams(g, fname, hp),
         Arch::Phi3 => phi3::hparams(g, fname, hp),
     }
+}
+
+/// The f32 at metadata key `key` (`default` where the file has none), refused unless finite and
+/// `> 0` (`≥ 0` with `zero_ok`).
+pub(crate) fn finite_f32(
+    g: &Gguf<'_>,
+    fname: &str,
+    key: String,
+    default: f32,
+    zero_ok: bool,
+) -> Result<f32> {
+    let v = g.opt_f32(&key)?.unwrap_or(default);
+    let in_range = if zero_ok { v >= 0.0 } else { v > 0.0 };
+    if v.is_finite() && in_range {
+        return Ok(v);
+    }
+    let bound = if zero_ok { "≥ 0" } else { "> 0" };
+    Err(Error::format(
+        fname,
+        key,
+        None,
+        format!("must be finite and {bound}, got {v}"),
+    ))
 }
 
 /// How layer `l` rotates its queries and keys: which RoPE table of [`ops::State::rope`] (0: global

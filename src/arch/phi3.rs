@@ -16,6 +16,7 @@
 //!   2047): a query at p sees keys p − window < j ≤ p, as transformers masks them (llama.cpp's graph
 //!   ignores the key);
 //! - the output head `output.weight` (the embedding where the file has none, as Phi-4 mini).
+use super::finite_f32;
 use crate::gguf::Gguf;
 use crate::model::{Arch, HParams};
 use crate::{Error, Result};
@@ -29,15 +30,7 @@ pub(crate) fn hparams(g: &Gguf<'_>, fname: &str, hp: &mut HParams) -> Result<()>
     hp.swa = vec![n_swa > 0; hp.n_layer];
     let orig = g.opt_u64(&key("rope.scaling.original_context_length"))?;
     hp.n_ctx_orig = orig.map_or(0, |v| usize::try_from(v).unwrap_or(usize::MAX));
-    let attn_factor = g.opt_f32(&key("rope.scaling.attn_factor"))?.unwrap_or(1.0);
-    if !(attn_factor.is_finite() && attn_factor > 0.0) {
-        return Err(Error::format(
-            fname,
-            key("rope.scaling.attn_factor"),
-            None,
-            format!("must be finite and > 0, got {attn_factor}"),
-        ));
-    }
+    let attn_factor = finite_f32(g, fname, key("rope.scaling.attn_factor"), 1.0, false)?;
     hp.rope_attn_factor = attn_factor;
     Ok(())
 }

@@ -58,15 +58,24 @@ pub fn convert_cli(src: &Path, model: &Path, out: &Path) -> Output {
     ])
 }
 
+/// `edge-run CMD -m SMOLLM2 --adapter ADAPTER REST…` on the real SmolLM2 model ([`smollm2_path`]).
+pub fn smollm2_with_adapter(cmd: &str, adapter: &Path, rest: &[&str]) -> Output {
+    let model = smollm2_path();
+    let mut args = vec![cmd, "-m", path_arg(&model), "--adapter", path_arg(adapter)];
+    args.extend_from_slice(rest);
+    edge_run(&args)
+}
+
 /// `edge-run info` on the real SmolLM2 model ([`smollm2_path`]) with the adapter at `adapter`.
 pub fn info_with_adapter(adapter: &Path) -> Output {
-    edge_run(&[
-        "info",
-        "-m",
-        path_arg(&smollm2_path()),
-        "--adapter",
-        path_arg(adapter),
-    ])
+    smollm2_with_adapter("info", adapter, &[])
+}
+
+/// The standard output of a run that must have succeeded (else the failure shows its stderr).
+#[track_caller]
+pub fn success_stdout(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// `p` as a command-line argument.
@@ -471,6 +480,25 @@ pub fn assert_removal_restores(
     assert_eq!(base, s.eval(ids).unwrap(), "{what}");
 }
 
+/// The last logits of `ids` without adapters are those with `adapter` at scale 0 (bit for bit) and
+/// not those with it at scale 1; a new 64-position session then evaluates with `set` and removes it
+/// ([`assert_removal_restores`], `what` naming that check). Returns that session.
+#[track_caller]
+pub fn assert_scale_zero_and_removal(
+    model: &std::sync::Arc<edge_run::Model>,
+    adapter: &std::sync::Arc<edge_run::adapter::Adapter>,
+    set: &[(&std::sync::Arc<edge_run::adapter::Adapter>, f32)],
+    ids: &[u32],
+    what: &str,
+) -> edge_run::Session {
+    let base = logits_of(model, &[], ids);
+    assert_eq!(base, logits_of(model, &[(adapter, 0.0)], ids), "scale 0");
+    assert_ne!(base, logits_of(model, &[(adapter, 1.0)], ids), "scale 1");
+    let mut s = session(model, 64, 2);
+    assert_removal_restores(&mut s, set, ids, &base, what);
+    s
+}
+
 /// KL(softmax(p) ‖ softmax(q)) over full rows.
 pub fn kl_div(p: &[f32], q: &[f32]) -> f64 {
     let lsm = |v: &[f32]| {
@@ -588,6 +616,18 @@ pub fn session(
         ..Default::default()
     };
     edge_run::Session::new(model.clone(), cfg).unwrap()
+}
+
+/// A session configuration that keeps every position's logits, with the given context, batch and
+/// thread count (the rest default).
+pub fn all_logits(n_ctx: usize, n_batch: usize, n_threads: usize) -> edge_run::SessionConfig {
+    edge_run::SessionConfig {
+        n_ctx,
+        n_batch,
+        n_threads,
+        logits_all: true,
+        ..Default::default()
+    }
 }
 
 /// Each SmolLM2 reference sequence run with the adapter set `set` (every position's logits, a new

@@ -170,6 +170,16 @@ fn fp16(v: f32) -> F16Bits {
     F16Bits::from_f32(v)
 }
 
+/// `1 / d`, or 0 for a zero scale (ggml's `id`).
+#[inline(always)]
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
+}
+
 /// bf16 bits → f32 (exact).
 #[inline(always)]
 pub fn bf16_to_f32(bits: u16) -> f32 {

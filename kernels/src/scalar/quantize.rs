@@ -18,7 +18,7 @@ fn block_amax(xb: &[f32]) -> f32 {
 pub(super) fn q8_scale(xb: &[f32]) -> (f32, f32) {
     let amax = block_amax(xb);
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = inverse(d);
     (d, id)
 }
 
@@ -150,7 +150,7 @@ pub(super) fn quantize2_block32(
     r: &mut [i8; QK],
 ) -> f32 {
     let d = ds.to_f32();
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = inverse(d);
     let id256 = id * 256.0;
     for ((&v, q), r) in xb.iter().zip(q.iter_mut()).zip(r.iter_mut()) {
         let qi = nearest_int(v * id).clamp(-127, 127);

@@ -84,23 +84,29 @@ fn for_each_block_mut<B>(
     }
 }
 
+/// Stores the scale `(max - min) / levels` and the offset `min` of an asymmetric block in `d` and `m`
+/// (f16); returns `min` and the scale's [`inverse`].
+#[inline(always)]
+fn min_scale(xb: &[f32], levels: f32, d: &mut F16Bits, m: &mut F16Bits) -> (f32, f32) {
+    let (min, max) = min_max(xb);
+    let scale = (max - min) / levels;
+    *d = fp16(scale);
+    *m = fp16(min);
+    (min, inverse(scale))
+}
+
 pub fn quantize_row_q4_0(x: &[f32], y: &mut [BlockQ4_0]) {
     for_each_block_mut(x, y, QK, |xb, yb| {
-        let max = signed_absmax(xb);
-        let d = max / -8.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let d = signed_absmax(xb) / -8.0;
         yb.d = fp16(d);
+        let id = inverse(d);
         pack_q4(xb, &mut yb.qs, |v| trunc_i8(v * id + 8.5).min(15) as u8);
     });
 }
 
 pub fn quantize_row_q4_1(x: &[f32], y: &mut [BlockQ4_1]) {
     for_each_block_mut(x, y, QK, |xb, yb| {
-        let (min, max) = min_max(xb);
-        let d = (max - min) / 15.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        yb.d = fp16(d);
-        yb.m = fp16(min);
+        let (min, id) = min_scale(xb, 15.0, &mut yb.d, &mut yb.m);
         pack_q4(xb, &mut yb.qs, |v| {
             trunc_i8((v - min) * id + 0.5).min(15) as u8
         });
@@ -109,21 +115,16 @@ pub fn quantize_row_q4_1(x: &[f32], y: &mut [BlockQ4_1]) {
 
 pub fn quantize_row_q5_0(x: &[f32], y: &mut [BlockQ5_0]) {
     for_each_block_mut(x, y, QK, |xb, yb| {
-        let max = signed_absmax(xb);
-        let d = max / -16.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let d = signed_absmax(xb) / -16.0;
         yb.d = fp16(d);
+        let id = inverse(d);
         yb.qh = pack_q5(xb, &mut yb.qs, |v| trunc_i8(v * id + 16.5).min(31) as u8);
     });
 }
 
 pub fn quantize_row_q5_1(x: &[f32], y: &mut [BlockQ5_1]) {
     for_each_block_mut(x, y, QK, |xb, yb| {
-        let (min, max) = min_max(xb);
-        let d = (max - min) / 31.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        yb.d = fp16(d);
-        yb.m = fp16(min);
+        let (min, id) = min_scale(xb, 31.0, &mut yb.d, &mut yb.m);
         // ggml: (uint8_t)(x + 0.5f), no clamp (the value is at most 31.5 by construction).
         yb.qh = pack_q5(xb, &mut yb.qs, |v| {
             (((v - min) * id + 0.5) as i32).clamp(0, 255) as u8
@@ -362,10 +363,7 @@ pub(super) fn quantize_k4_common(
 pub fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]) {
     let mut l = [0u8; QK_K];
     for_each_block_mut(x, y, QK_K, |xb, yb| {
-        let (d, dmin, scales) = quantize_k4_common(xb, 15, -1.0, 0.1, 20, &mut l);
-        yb.d = d;
-        yb.dmin = dmin;
-        yb.scales = scales;
+        (yb.d, yb.dmin, yb.scales) = quantize_k4_common(xb, 15, -1.0, 0.1, 20, &mut l);
         for c in 0..QK_K / 64 {
             for i in 0..32 {
                 yb.qs[32 * c + i] = l[64 * c + i] | (l[64 * c + i + 32] << 4);
@@ -378,10 +376,7 @@ pub fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]) {
 pub fn quantize_row_q5_k(x: &[f32], y: &mut [BlockQ5K]) {
     let mut l = [0u8; QK_K];
     for_each_block_mut(x, y, QK_K, |xb, yb| {
-        let (d, dmin, scales) = quantize_k4_common(xb, 31, -0.5, 0.1, 15, &mut l);
-        yb.d = d;
-        yb.dmin = dmin;
-        yb.scales = scales;
+        (yb.d, yb.dmin, yb.scales) = quantize_k4_common(xb, 31, -0.5, 0.1, 15, &mut l);
         yb.qh = [0; QK_K / 8];
         for c in 0..QK_K / 64 {
             let m1 = 1u8 << (2 * c);

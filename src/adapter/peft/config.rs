@@ -106,14 +106,7 @@ impl Selector {
                         Error::format(cfg, field, None, "list entries must be strings")
                     })?,
             ),
-            Some(other) => {
-                return Err(Error::format(
-                    cfg,
-                    field,
-                    None,
-                    format!("expected a list or a string, found {other}"),
-                ))
-            }
+            Some(other) => return Err(unexpected(cfg, field, "a list or a string", other)),
         })
     }
 
@@ -158,14 +151,7 @@ impl Patterns {
         let obj = match cfg.get(field) {
             None | Some(Value::Null) => return Ok(Patterns { items: vec![] }),
             Some(Value::Object(o)) => o,
-            Some(other) => {
-                return Err(Error::format(
-                    file,
-                    field,
-                    None,
-                    format!("expected an object, found {other}"),
-                ))
-            }
+            Some(other) => return Err(unexpected(file, field, "an object", other)),
         };
         // PEFT tries the keys in the file's order, which serde_json's `preserve_order` keeps.
         let mut items = vec![];
@@ -203,6 +189,22 @@ impl Patterns {
     }
 }
 
+/// The error for a JSON field of `file` that holds the wrong kind of value: "expected `expected`,
+/// found `found`".
+pub(crate) fn unexpected(
+    file: &str,
+    field: impl Into<String>,
+    expected: &str,
+    found: &Value,
+) -> Error {
+    Error::format(
+        file,
+        field,
+        None,
+        format!("expected {expected}, found {found}"),
+    )
+}
+
 /// Integer field (JSON integer, or a float with an integral value).
 fn get_usize(cfg: &Map<String, Value>, key: &str, file: &str) -> Result<Option<usize>> {
     match cfg.get(key) {
@@ -211,14 +213,7 @@ fn get_usize(cfg: &Map<String, Value>, key: &str, file: &str) -> Result<Option<u
             .as_u64()
             .and_then(|x| usize::try_from(x).ok())
             .map(Some)
-            .ok_or_else(|| {
-                Error::format(
-                    file,
-                    key,
-                    None,
-                    format!("expected a non-negative integer, found {v}"),
-                )
-            }),
+            .ok_or_else(|| unexpected(file, key, "a non-negative integer", v)),
     }
 }
 
@@ -227,12 +222,7 @@ fn get_bool(cfg: &Map<String, Value>, key: &str, file: &str) -> Result<bool> {
     match cfg.get(key) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(v) => Err(Error::format(
-            file,
-            key,
-            None,
-            format!("expected a bool, found {v}"),
-        )),
+        Some(v) => Err(unexpected(file, key, "a bool", v)),
     }
 }
 
@@ -281,14 +271,10 @@ impl Config {
         }
         let alpha = match cfg.get("lora_alpha") {
             None | Some(Value::Null) => 8.0,
-            Some(v) => v.as_f64().filter(|a| a.is_finite()).ok_or_else(|| {
-                Error::format(
-                    &name,
-                    "lora_alpha",
-                    None,
-                    format!("expected a number, found {v}"),
-                )
-            })?,
+            Some(v) => v
+                .as_f64()
+                .filter(|a| a.is_finite())
+                .ok_or_else(|| unexpected(&name, "lora_alpha", "a number", v))?,
         };
         let rslora = get_bool(cfg, "use_rslora", &name)?;
         let dora = get_bool(cfg, "use_dora", &name)?;
@@ -408,22 +394,22 @@ fn saved_modules(cfg: &Map<String, Value>, file: &str) -> Result<Vec<String>> {
         None | Some(Value::Null) => return Ok(vec![]),
         Some(Value::Array(a)) => a,
         Some(v) => {
-            return Err(Error::format(
+            return Err(unexpected(
                 file,
                 "modules_to_save",
-                None,
-                format!("expected a list of module names, found {v}"),
+                "a list of module names",
+                v,
             ))
         }
     };
     let mut out = vec![];
     for v in list {
         let Some(m) = v.as_str() else {
-            return Err(Error::format(
+            return Err(unexpected(
                 file,
                 "modules_to_save",
-                None,
-                format!("expected module names (strings), found {v}"),
+                "module names (strings)",
+                v,
             ));
         };
         let leaf = m.rsplit('.').next().unwrap_or(m);
@@ -554,14 +540,10 @@ fn layers(cfg: &Map<String, Value>, cfg_name: &str) -> Result<Option<Vec<usize>>
                     )
                 })?,
         ),
-        Some(v) => Some(vec![v.as_u64().ok_or_else(|| {
-            Error::format(
-                cfg_name,
-                "layers_to_transform",
-                None,
-                format!("expected an integer or a list, found {v}"),
-            )
-        })? as usize]),
+        Some(v) => Some(vec![v
+            .as_u64()
+            .ok_or_else(|| unexpected(cfg_name, "layers_to_transform", "an integer or a list", v))?
+            as usize]),
     };
     match cfg.get("layers_pattern") {
         None | Some(Value::Null) => {}

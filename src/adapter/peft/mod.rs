@@ -42,6 +42,7 @@ use super::safetensors::{self, Dtype};
 use super::*;
 
 mod config;
+pub(crate) use config::unexpected;
 use config::Config;
 
 const CONFIG: &str = "adapter_config.json";
