@@ -16,6 +16,7 @@
 pub(crate) mod block;
 pub mod gemma3;
 pub mod kv;
+pub(crate) mod linear;
 pub mod llama;
 pub(crate) mod ops;
 pub mod phi3;
