@@ -128,7 +128,9 @@ fn scatter<const RR: usize>(out: &mut [f32], rs: [usize; RR], o: [f32; RR]) {
     }
 }
 
-/// The rows `rs`.
+/// The rows `rs`: the whole groups of `BLK` blocks, then the last partial group (one block when
+/// `nb` is odd on AVX-512). Each is one call of [`group`] with a constant length, so that the loop
+/// body has no length tests.
 #[inline(always)]
 fn pass<L: Lanes, B: Legacy, const RR: usize>(
     l: L,
@@ -140,33 +142,27 @@ fn pass<L: Lanes, B: Legacy, const RR: usize>(
 ) -> [f32; RR] {
     let rows: [&[B]; RR] = rs.map(|r| &w[r * nb..(r + 1) * nb]);
     let a = l.avx2();
-    let mut acc = [l.fzero(); RR];
-    // Lanes 1 and 3: Σ m·s (types with a minimum).
-    let mut accm = [a.zero4(); RR];
-    let bs = size_of::<B>();
-    let ahead = LEAD / R;
-    let step = (64 / (bs * L::BLK)).max(1);
-    for (g, b) in (0..nb).step_by(L::BLK).enumerate() {
-        let e = (b + L::BLK).min(nb);
+    let mut acc = Acc {
+        f: [l.fzero(); RR],
+        m: [a.zero4(); RR],
+    };
+    let step = (64 / (size_of::<B>() * L::BLK)).max(1);
+    let whole = nb - nb % L::BLK;
+    for (g, b) in (0..whole).step_by(L::BLK).enumerate() {
         if g % step == 0 {
             for row in &rows {
-                a.prefetch(&row[b], ahead);
+                a.prefetch(&row[b], LEAD / R);
             }
         }
-        let (ys, rs) = (&x[b..e], z.map(|z| &z[b..e]));
-        let (y, base) = l.grp_act(ys, rs, B::OFF, B::MAXU);
-        let dy = a.act_heads(ys, rs);
-        for i in 0..RR {
-            let blks = &rows[i][b..e];
-            let dot = l.grp_dot(l.grp_u(blks), &y, base, rs.is_some(), B::MAXU);
-            // [d0·dy0, m0·s0, d1·dy1, m1·s1]
-            let p = a.mul4(a.heads(blks), dy);
-            if B::MIN {
-                accm[i] = a.add4(accm[i], p);
-            }
-            acc[i] = l.fmadd(l.cvt(dot), l.grp_spread(p), acc[i]);
+        match z {
+            None => group::<L, B, RR>(l, &rows, b..b + L::BLK, x, None, &mut acc),
+            Some(z) => group::<L, B, RR>(l, &rows, b..b + L::BLK, x, Some(z), &mut acc),
         }
     }
+    if whole < nb {
+        group::<L, B, RR>(l, &rows, whole..nb, x, z, &mut acc);
+    }
+    let Acc { f: acc, m: accm } = acc;
     let mut out = [0f32; RR];
     for i in 0..RR {
         out[i] = l.hsum(acc[i]);
@@ -175,6 +171,39 @@ fn pass<L: Lanes, B: Legacy, const RR: usize>(
         }
     }
     out
+}
+
+/// The sums of a pass's rows: per row an f32 vector of `Σ d_w·d_y·dot`, and lanes 1 and 3 of `m`
+/// for `Σ m·s` (types with a minimum).
+struct Acc<L: Lanes, const RR: usize> {
+    f: [L::F; RR],
+    m: [__m128; RR],
+}
+
+/// The blocks `bs` of the rows (one group: at most `BLK` blocks) added to their sums.
+#[inline(always)]
+fn group<L: Lanes, B: Legacy, const RR: usize>(
+    l: L,
+    rows: &[&[B]; RR],
+    bs: core::ops::Range<usize>,
+    x: &[B::Act],
+    z: Option<&[B::Act]>,
+    acc: &mut Acc<L, RR>,
+) {
+    let a = l.avx2();
+    let (ys, rs) = (&x[bs.clone()], z.map(|z| &z[bs.clone()]));
+    let (y, base) = l.grp_act(ys, rs, B::OFF, B::MAXU);
+    let dy = a.act_heads(ys, rs);
+    for (i, row) in rows.iter().enumerate() {
+        let blks = &row[bs.clone()];
+        let dot = l.grp_dot(l.grp_u(blks), &y, base, rs.is_some(), B::MAXU);
+        // [d0·dy0, m0·s0, d1·dy1, m1·s1]
+        let p = a.mul4(a.heads(blks), dy);
+        if B::MIN {
+            acc.m[i] = a.add4(acc.m[i], p);
+        }
+        acc.f[i] = l.fmadd(l.cvt(dot), l.grp_spread(p), acc.f[i]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -62,6 +62,17 @@ impl Avx2 {
         simd! { _mm256_madd_epi16(v, m) }
     }
 
+    /// The 32 signed bytes of `v` widened to i16 and multiplied by `k`: elements 0..16, 16..32.
+    #[inline(always)]
+    fn widen_times(self, v: __m256i, k: i16) -> [__m256i; 2] {
+        simd! {
+            let lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
+            let hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(v));
+            let k = _mm256_set1_epi16(k);
+            [_mm256_mullo_epi16(lo, k), _mm256_mullo_epi16(hi, k)]
+        }
+    }
+
     /// The i16 sums of `vpmaddubsw(w[s], y step s)` over steps `s0..s0+g` (a tree of adds).
     #[inline(always)]
     fn ubs16(self, w: &[__m256i; 8], y: &[i8; 32], s0: usize, g: usize) -> __m256i {
@@ -419,22 +430,14 @@ impl Lanes for Avx2 {
         };
         if maxu > 127 {
             // Signed weights against 16-bit activations: exact with `vpmaddwd`, no offset.
-            simd! {
-                let w16 = |v: __m256i, k: i16| {
-                    let lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
-                    let hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(v));
-                    let k = _mm256_set1_epi16(k);
-                    [_mm256_mullo_epi16(lo, k), _mm256_mullo_epi16(hi, k)]
-                };
-                let y = match r {
-                    None => w16(yq, 1),
-                    Some(_) => {
-                        let (q, s) = (w16(yq, 256), w16(yr, 1));
-                        [_mm256_add_epi16(q[0], s[0]), _mm256_add_epi16(q[1], s[1])]
-                    }
-                };
-                (y, _mm256_setzero_si256())
-            }
+            let y = match r {
+                None => self.widen_times(yq, 1),
+                Some(_) => {
+                    let (q, s) = (self.widen_times(yq, 256), self.widen_times(yr, 1));
+                    simd! { [_mm256_add_epi16(q[0], s[0]), _mm256_add_epi16(q[1], s[1])] }
+                }
+            };
+            (y, self.zero())
         } else {
             let o = simd! { _mm256_set1_epi8(off as i8) };
             let base = match r {

@@ -232,15 +232,7 @@ impl Lanes for Avx512 {
         off: i32,
         _maxu: u32,
     ) -> ([__m512i; 2], __m512i) {
-        let pair = |a: &[A]| -> __m512i {
-            let lo = simd! { ld256::<0, _>(a[0].qs()) };
-            let hi = match a.get(1) {
-                Some(b) => simd! { ld256::<0, _>(b.qs()) },
-                None => self.avx2().zero(),
-            };
-            simd! { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi) }
-        };
-        let yq = pair(y);
+        let yq = self.block_pair(y);
         let o = simd! { _mm512_set1_epi8(off as i8) };
         match r {
             None => {
@@ -251,7 +243,7 @@ impl Lanes for Avx512 {
                 )
             }
             Some(r) => {
-                let yr = pair(r);
+                let yr = self.block_pair(r);
                 simd! {
                     let q = _mm512_dpbusd_epi32(_mm512_setzero_si512(), o, yq);
                     let r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), o, yr);
@@ -299,6 +291,18 @@ impl Lanes for Avx512 {
 }
 
 impl Avx512 {
+    /// The quants of up to two activation blocks, block 0 in the low 256 bits (zeros for a missing
+    /// second block).
+    #[inline(always)]
+    fn block_pair<A: Act32>(self, a: &[A]) -> __m512i {
+        let lo = simd! { ld256::<0, _>(a[0].qs()) };
+        let hi = match a.get(1) {
+            Some(b) => simd! { ld256::<0, _>(b.qs()) },
+            None => self.avx2().zero(),
+        };
+        simd! { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi) }
+    }
+
     /// `Σ_k tile·y` per row lane as two partial sums (steps 0..4 and 4..8): two chains of four
     /// `vpdpbusd` instead of one of eight, so that a token's dot waits half as long on their latency.
     #[inline(always)]
