@@ -18,28 +18,13 @@ mod tools;
 use edge_run::kernels::{Kernels, QuantType, QK, QK_K};
 use tools::ggml::Traits;
 
-const ALL_TYPES: [QuantType; 13] = [
-    QuantType::F32,
-    QuantType::F16,
-    QuantType::Q4_0,
-    QuantType::Q4_1,
-    QuantType::Q5_0,
-    QuantType::Q5_1,
-    QuantType::Q8_0,
-    QuantType::Q8_1,
-    QuantType::Q4K,
-    QuantType::Q5K,
-    QuantType::Q6K,
-    QuantType::Q8K,
-    QuantType::BF16,
-];
-
 /// The scalar table's `matvec` types without F32 (it has no blocks to dequantize bit-exactly; F16 is
 /// included: its `to_float` is a conversion that must match too). Each must be one of
 /// [`QuantType::WEIGHTS`], the types this test covers: a type added to `Kernels::matvec` alone fails.
 fn weight_types() -> Vec<QuantType> {
-    let table: Vec<QuantType> = ALL_TYPES
-        .into_iter()
+    // Every type the crate knows (ggml's type ids are below 256), in ggml's numbering order.
+    let table: Vec<QuantType> = (0..256)
+        .filter_map(QuantType::from_ggml)
         .filter(|&t| Kernels::scalar().matvec(t).is_some())
         .collect();
     for t in &table {
