@@ -632,44 +632,22 @@ fn writer_refuses_bad_input() {
     }
     w.add_tensor("t", &[4], QuantType::F32, vec![0u8; 16])
         .unwrap();
-    assert!(
-        w.add_tensor("t", &[4], QuantType::F32, vec![0u8; 16])
-            .is_err(),
-        "duplicate tensor"
-    );
-    assert!(
-        w.add_tensor("u", &[4], QuantType::F32, vec![0u8; 15])
-            .is_err(),
-        "wrong data size"
-    );
-    assert!(
-        w.add_tensor("u", &[], QuantType::F32, vec![]).is_err(),
-        "no dims"
-    );
-    assert!(
-        w.add_tensor("u", &[1, 1, 1, 1, 1], QuantType::F32, vec![0u8; 4])
-            .is_err(),
-        "5 dims"
-    );
-    assert!(
-        w.add_tensor("u", &[4, 0], QuantType::F32, vec![]).is_err(),
-        "zero dim"
-    );
-    assert!(
-        w.add_tensor("u", &[16], QuantType::Q8_0, vec![0u8; 17])
-            .is_err(),
-        "not a block multiple"
-    );
-    assert!(
-        w.add_tensor("u", &[1 << 40, 1 << 40], QuantType::F32, vec![])
-            .is_err(),
-        "overflow"
-    );
-    assert!(
-        w.add_tensor("", &[4], QuantType::F32, vec![0u8; 16])
-            .is_err(),
-        "empty name"
-    );
+    let refused: [(&str, &[u64], QuantType, usize, &str); 8] = [
+        ("t", &[4], QuantType::F32, 16, "duplicate tensor"),
+        ("u", &[4], QuantType::F32, 15, "wrong data size"),
+        ("u", &[], QuantType::F32, 0, "no dims"),
+        ("u", &[1, 1, 1, 1, 1], QuantType::F32, 4, "5 dims"),
+        ("u", &[4, 0], QuantType::F32, 0, "zero dim"),
+        ("u", &[16], QuantType::Q8_0, 17, "not a block multiple"),
+        ("u", &[1 << 40, 1 << 40], QuantType::F32, 0, "overflow"),
+        ("", &[4], QuantType::F32, 16, "empty name"),
+    ];
+    for (name, dims, ty, len, what) in refused {
+        assert!(
+            w.add_tensor(name, dims, ty, vec![0u8; len]).is_err(),
+            "{what}"
+        );
+    }
     // The refusals left the writer as it was.
     let g_bytes = w.to_bytes();
     let g = Gguf::parse(&g_bytes).unwrap();
@@ -700,28 +678,23 @@ fn writer_to_file() {
 fn writer_streams_tensors_produced_while_writing() {
     // The same file, once with every tensor's data given and once with the middle one streamed.
     let data: Vec<u8> = f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-    let mut given = GgufWriter::new();
-    given.add("general.alignment", 64u32).unwrap();
-    given
-        .add_tensor("a", &[2], QuantType::F32, f32_bytes(&[7.0, 8.0]))
-        .unwrap();
-    given
-        .add_tensor("b", &[3, 2], QuantType::F32, data.clone())
-        .unwrap();
-    given
-        .add_tensor("c", &[1], QuantType::F32, f32_bytes(&[9.0]))
-        .unwrap();
-    let mut streamed = GgufWriter::new();
-    streamed.add("general.alignment", 64u32).unwrap();
-    streamed
-        .add_tensor("a", &[2], QuantType::F32, f32_bytes(&[7.0, 8.0]))
-        .unwrap();
-    streamed
-        .add_tensor_streamed("b", &[3, 2], QuantType::F32)
-        .unwrap();
-    streamed
-        .add_tensor("c", &[1], QuantType::F32, f32_bytes(&[9.0]))
-        .unwrap();
+    let writer = |stream_b: bool| {
+        let mut w = GgufWriter::new();
+        w.add("general.alignment", 64u32).unwrap();
+        w.add_tensor("a", &[2], QuantType::F32, f32_bytes(&[7.0, 8.0]))
+            .unwrap();
+        if stream_b {
+            w.add_tensor_streamed("b", &[3, 2], QuantType::F32).unwrap();
+        } else {
+            w.add_tensor("b", &[3, 2], QuantType::F32, data.clone())
+                .unwrap();
+        }
+        w.add_tensor("c", &[1], QuantType::F32, f32_bytes(&[9.0]))
+            .unwrap();
+        w
+    };
+    let given = writer(false);
+    let mut streamed = writer(true);
     let mut out = Vec::new();
     let mut asked = Vec::new();
     let n = streamed
@@ -1370,19 +1343,24 @@ fn gguf_py_fixture_reads_and_rewrites_identically() {
     let bytes = include_bytes!("data/gguf/gguf_py_fixture.gguf");
     let g = Gguf::parse(bytes).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(g.get_str("general.architecture").unwrap(), "fixture");
-    let v = |k: &str| *g.get(k).unwrap_or_else(|| panic!("{k} missing"));
-    assert_eq!(v("t.u8"), Value::U8(200));
-    assert_eq!(v("t.i8"), Value::I8(-100));
-    assert_eq!(v("t.u16"), Value::U16(60000));
-    assert_eq!(v("t.i16"), Value::I16(-30000));
-    assert_eq!(v("t.u32"), Value::U32(4_000_000_000));
-    assert_eq!(v("t.i32"), Value::I32(-2_000_000_000));
-    assert_eq!(v("t.u64"), Value::U64(u64::MAX));
-    assert_eq!(v("t.i64"), Value::I64(i64::MIN));
-    assert_eq!(v("t.f32"), Value::F32(0.15625));
-    assert_eq!(v("t.f64"), Value::F64(-1.0e-300));
-    assert_eq!(v("t.bool"), Value::Bool(true));
-    assert_eq!(v("t.str"), Value::String("héllo ✓"));
+    // The scalars: read back here, and written below by GgufWriter.
+    let scalars = [
+        ("t.u8", Value::U8(200)),
+        ("t.i8", Value::I8(-100)),
+        ("t.u16", Value::U16(60000)),
+        ("t.i16", Value::I16(-30000)),
+        ("t.u32", Value::U32(4_000_000_000)),
+        ("t.i32", Value::I32(-2_000_000_000)),
+        ("t.u64", Value::U64(u64::MAX)),
+        ("t.i64", Value::I64(i64::MIN)),
+        ("t.f32", Value::F32(0.15625)),
+        ("t.f64", Value::F64(-1.0e-300)),
+        ("t.bool", Value::Bool(true)),
+        ("t.str", Value::String("héllo ✓")),
+    ];
+    for (k, want) in scalars {
+        assert_eq!(*g.get(k).unwrap_or_else(|| panic!("{k} missing")), want);
+    }
     // gguf-py stores Python ints in arrays as INT32.
     let a = g.get_array("t.a.u32").unwrap();
     assert_eq!(
@@ -1417,18 +1395,9 @@ fn gguf_py_fixture_reads_and_rewrites_identically() {
     // The same content through GgufWriter, spelled out (not copied from the parse).
     let mut w = GgufWriter::new();
     w.add("general.architecture", "fixture").unwrap();
-    w.add("t.u8", 200u8).unwrap();
-    w.add("t.i8", -100i8).unwrap();
-    w.add("t.u16", 60000u16).unwrap();
-    w.add("t.i16", -30000i16).unwrap();
-    w.add("t.u32", 4_000_000_000u32).unwrap();
-    w.add("t.i32", -2_000_000_000i32).unwrap();
-    w.add("t.u64", u64::MAX).unwrap();
-    w.add("t.i64", i64::MIN).unwrap();
-    w.add("t.f32", 0.15625f32).unwrap();
-    w.add("t.f64", -1.0e-300f64).unwrap();
-    w.add("t.bool", true).unwrap();
-    w.add("t.str", "héllo ✓").unwrap();
+    for (k, x) in &scalars {
+        w.add(k, MetaValue::from_value(x)).unwrap();
+    }
     w.add("t.a.u32", vec![1i32, 2, 3]).unwrap();
     w.add("t.a.str", vec!["<s>", "", "ünï"]).unwrap();
     w.add("t.a.f32", vec![0.5f32, -2.0]).unwrap();
