@@ -128,6 +128,16 @@ impl Halves {
     }
 }
 
+/// Where the values live and how many there are, never the values.
+impl std::fmt::Debug for Halves {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Halves::Mapped { len, .. } => write!(f, "{len} mapped halves"),
+            Halves::Owned(v) => write!(f, "{} owned halves", v.len()),
+        }
+    }
+}
+
 /// One adapted base tensor.
 #[derive(Clone)]
 pub struct LoraTensor {
@@ -156,8 +166,8 @@ impl std::fmt::Debug for LoraTensor {
             .field("n_in", &self.n_in)
             .field("n_out", &self.n_out)
             .field("scale", &self.scale)
-            .field("a_mapped", &self.a.is_mapped())
-            .field("b_mapped", &self.b.is_mapped())
+            .field("a", &self.a)
+            .field("b", &self.b)
             .field("dora", &self.magnitude.is_some())
             .finish()
     }

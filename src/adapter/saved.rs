@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 pub const REPLACEABLE: [&str; 2] = ["token_embd.weight", "output.weight"];
 
 /// One replaced base tensor.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SavedModule {
     /// `token_embd.weight` or `output.weight`.
     pub target: String,
@@ -30,17 +30,6 @@ pub struct SavedModule {
     /// Rows (the vocabulary).
     pub n_vocab: usize,
     data: Arc<Halves>,
-}
-
-impl std::fmt::Debug for SavedModule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SavedModule")
-            .field("target", &self.target)
-            .field("n_embd", &self.n_embd)
-            .field("n_vocab", &self.n_vocab)
-            .field("mapped", &self.data.is_mapped())
-            .finish()
-    }
 }
 
 impl SavedModule {
