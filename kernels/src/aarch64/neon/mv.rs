@@ -59,8 +59,8 @@ fn run<D: IDot, W: Legacy, const M: u8>(
     out: &mut [f32],
 ) {
     let (yb, _) = act_bytes(W::MIN);
-    let rb = nb * size_of::<W>();
     let nrows = out.len();
+    let ws: &[W] = bytemuck::cast_slice(&w[..nrows * nb * size_of::<W>()]);
     let mut act = [Act1::default(); KC];
     for b0 in (0..nb).step_by(KC) {
         let kc = KC.min(nb - b0);
@@ -68,9 +68,14 @@ fn run<D: IDot, W: Legacy, const M: u8>(
         prep1::<W, M>(q, r, b0, act);
         let (qc, rc) = (&q[b0 * yb..(b0 + kc) * yb], &r[b0 * yb..(b0 + kc) * yb]);
         for idx in row_quads(nrows) {
-            let row =
-                |i: usize| -> &[W] { &bytemuck::cast_slice(&w[i * rb..(i + 1) * rb])[b0..b0 + kc] };
-            let f = rows4::<D, W, M>(dd, idx.map(row), qc, rc, act);
+            let at = |k: usize| idx[k] * nb + b0;
+            let rows = [
+                &ws[at(0)..at(0) + kc],
+                &ws[at(1)..at(1) + kc],
+                &ws[at(2)..at(2) + kc],
+                &ws[at(3)..at(3) + kc],
+            ];
+            let f = rows4::<D, W, M>(dd, rows, qc, rc, act);
             let mut v = [0.0f32; 4];
             st_f32(&mut v, f);
             store_quad(out, idx, v, b0 == 0);
@@ -126,12 +131,64 @@ fn dot32<D: IDot>(
     }
 }
 
-/// The activation quants of block `i` of a chunk (`yb`-byte blocks, quants at `qo`).
+/// The integer block sums of a quad: the four rows' running sums (`run`, wrapping, one per row)
+/// and their pairwise-add tree at the previous block (`tree`).
+///
+/// For the formats without an offset (`OFFSET == 0`) the rows' dot products accumulate across
+/// the blocks of a chunk, and a block's sums are the difference of two consecutive trees (exact:
+/// every step wraps modulo 2^32 and a block's sum fits an i32); this spares a fresh accumulator
+/// start per row and block. With an offset, every row starts each block at `OFFSET·Σy`.
+#[derive(Clone, Copy)]
+struct Sums {
+    run: [int32x4_t; 4],
+    tree: int32x4_t,
+}
+
+impl Sums {
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn new() -> Self {
+        let z = vdupq_n_s32(0);
+        Sums {
+            run: [z; 4],
+            tree: z,
+        }
+    }
+
+    /// The four rows' block sums (row `k` in lane `k`) of the unpacked weights `wq` against the
+    /// activation quants `y` (`init`: the block's `OFFSET·Σy`, used when `OFFSET != 0`).
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn block<D: IDot, W: Legacy>(
+        &mut self,
+        dd: D,
+        wq: &[[int8x16_t; 2]; 4],
+        y: [int8x16_t; 2],
+        init: &V16,
+    ) -> int32x4_t {
+        if W::OFFSET == 0 {
+            for (r, &wq) in self.run.iter_mut().zip(wq) {
+                *r = dot32(dd, *r, wq, y, W::QMAX);
+            }
+            let t = addp4(self.run);
+            let b = vsubq_s32(t, self.tree);
+            self.tree = t;
+            b
+        } else {
+            let mut p = [vdupq_n_s32(0); 4];
+            for (p, &wq) in p.iter_mut().zip(wq) {
+                *p = dot32(dd, dd.load_acc(init), wq, y, W::QMAX);
+            }
+            addp4(p)
+        }
+    }
+}
+
+/// The activation quants of one block (`yb` bytes, quants at `qo`).
 #[target_feature(enable = "neon")]
 #[inline]
-fn act32(c: &[u8], i: usize, yb: usize, qo: usize) -> [int8x16_t; 2] {
-    let y = &c[i * yb + qo..(i + 1) * yb];
-    [ld_s8(y), ld_s8(&y[16..])]
+fn act32(y: &[u8], qo: usize) -> [int8x16_t; 2] {
+    [ld_s8(&y[qo..]), ld_s8(&y[qo + 16..])]
 }
 
 /// Four rows (block slices of one chunk) against the chunk's activation blocks: lane `k` of the
@@ -154,39 +211,52 @@ fn rows4<D: IDot, W: Legacy, const M: u8>(
         &rows[2][..kc],
         &rows[3][..kc],
     ];
+    let (mut sq, mut sr) = (Sums::new(), Sums::new());
     let mut f = vdupq_n_f32(0.0);
-    for (i, a) in act.iter().enumerate() {
-        let w = [&rows[0][i], &rows[1][i], &rows[2][i], &rows[3][i]];
-        let y = act32(q, i, yb, qo);
+    // `Plain`/`Comb`: the previous block's integer sums, scales, mins and activation sum, folded
+    // into `f` one block later so that their conversion overlaps the next block's loads and dots.
+    let (mut c0, mut d0, mut m0, mut s0) = (vdupq_n_s32(0), f, f, 0.0f32);
+    let w4 = rows[0].iter().zip(rows[1]).zip(rows[2]).zip(rows[3]);
+    let blocks = w4.zip(act).zip(q.chunks_exact(yb)).zip(r.chunks_exact(yb));
+    for ((((((w0, w1), w2), w3), a), yq), yr) in blocks {
+        let w = [w0, w1, w2, w3];
         let mut wq = [[vdupq_n_s8(0); 2]; 4];
-        let mut p = [vdupq_n_s32(0); 4];
         for k in 0..4 {
             wq[k] = w[k].quants(dd);
-            p[k] = dot32(dd, dd.load_acc(&a.init), wq[k], y, W::QMAX);
         }
-        let pq = addp4(p);
-        let dw = f16x4_f32([*w[0].d(), *w[1].d(), *w[2].d(), *w[3].d()]);
-        if mode == Mode::Plain {
-            f = vfmaq_f32(f, vcvtq_n_f32_s32::<8>(pq), vmulq_n_f32(dw, a.dy));
-        } else {
-            let z = act32(r, i, yb, qo);
-            for k in 0..4 {
-                p[k] = dot32(dd, dd.load_acc(&a.init_r), wq[k], z, W::QMAX);
+        if mode != Mode::Sep {
+            f = vfmaq_f32(f, vcvtq_n_f32_s32::<8>(c0), d0);
+            if W::MIN {
+                f = vfmaq_n_f32(f, m0, s0);
             }
-            let pr = addp4(p);
+        }
+        let pq = sq.block::<D, W>(dd, &wq, act32(yq, qo), &a.init);
+        let dw = f16x4_f32([*w[0].d(), *w[1].d(), *w[2].d(), *w[3].d()]);
+        if W::MIN {
+            m0 = f16x4_f32([*w[0].m(), *w[1].m(), *w[2].m(), *w[3].m()]);
+            s0 = a.s;
+        }
+        if mode == Mode::Plain {
+            (c0, d0) = (pq, vmulq_n_f32(dw, a.dy));
+        } else {
+            let pr = sr.block::<D, W>(dd, &wq, act32(yr, qo), &a.init_r);
             if mode == Mode::Comb {
                 // |256·Σq + Σr| <= 257·32·128·128 < 2^31.
-                let c = vaddq_s32(vshlq_n_s32::<8>(pq), pr);
-                f = vfmaq_f32(f, vcvtq_n_f32_s32::<8>(c), vmulq_n_f32(dw, a.dy));
+                (c0, d0) = (vaddq_s32(vshlq_n_s32::<8>(pq), pr), vmulq_n_f32(dw, a.dy));
             } else {
                 let t = vmulq_n_f32(vcvtq_n_f32_s32::<8>(pq), a.dy);
                 let t = vfmaq_n_f32(t, vcvtq_n_f32_s32::<8>(pr), a.dr);
                 f = vfmaq_f32(f, t, dw);
+                if W::MIN {
+                    f = vfmaq_n_f32(f, m0, s0);
+                }
             }
         }
+    }
+    if mode != Mode::Sep {
+        f = vfmaq_f32(f, vcvtq_n_f32_s32::<8>(c0), d0);
         if W::MIN {
-            let m = f16x4_f32([*w[0].m(), *w[1].m(), *w[2].m(), *w[3].m()]);
-            f = vfmaq_n_f32(f, m, a.s);
+            f = vfmaq_n_f32(f, m0, s0);
         }
     }
     f
