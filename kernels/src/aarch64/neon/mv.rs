@@ -191,8 +191,105 @@ fn act32(y: &[u8], qo: usize) -> [int8x16_t; 2] {
     [ld_s8(&y[qo..]), ld_s8(&y[qo + 16..])]
 }
 
+/// The running state of [`rows4`]: the integer sums, the f32 result, and (`Plain`/`Comb`) the
+/// previous block's integer sums, scales, mins and activation sum, folded into `f` one block later
+/// so that their conversion overlaps the next block's loads and dots.
+struct Quad {
+    sq: Sums,
+    sr: Sums,
+    f: float32x4_t,
+    c0: int32x4_t,
+    d0: float32x4_t,
+    m0: float32x4_t,
+    s0: f32,
+}
+
+impl Quad {
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn new() -> Self {
+        let z = vdupq_n_f32(0.0);
+        Quad {
+            sq: Sums::new(),
+            sr: Sums::new(),
+            f: z,
+            c0: vdupq_n_s32(0),
+            d0: z,
+            m0: z,
+            s0: 0.0,
+        }
+    }
+
+    /// One block of the four rows `w` against the activation block `a` (quants `yq`, residual
+    /// quants `yr`).
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn step<D: IDot, W: Legacy, const M: u8>(
+        &mut self,
+        dd: D,
+        w: [&W; 4],
+        a: &Act1,
+        yq: &[u8],
+        yr: &[u8],
+    ) {
+        let mode = Mode::of(M);
+        let (_, qo) = act_bytes(W::MIN);
+        let mut wq = [[vdupq_n_s8(0); 2]; 4];
+        for (q, w) in wq.iter_mut().zip(w) {
+            *q = w.quants(dd);
+        }
+        if mode != Mode::Sep {
+            self.f = vfmaq_f32(self.f, vcvtq_n_f32_s32::<8>(self.c0), self.d0);
+            if W::MIN {
+                self.f = vfmaq_n_f32(self.f, self.m0, self.s0);
+            }
+        }
+        let pq = self.sq.block::<D, W>(dd, &wq, act32(yq, qo), &a.init);
+        let dw = f16x4_f32([*w[0].d(), *w[1].d(), *w[2].d(), *w[3].d()]);
+        if W::MIN {
+            self.m0 = f16x4_f32([*w[0].m(), *w[1].m(), *w[2].m(), *w[3].m()]);
+            self.s0 = a.s;
+        }
+        if mode == Mode::Plain {
+            (self.c0, self.d0) = (pq, vmulq_n_f32(dw, a.dy));
+        } else {
+            let pr = self.sr.block::<D, W>(dd, &wq, act32(yr, qo), &a.init_r);
+            if mode == Mode::Comb {
+                // |256·Σq + Σr| <= 257·32·128·128 < 2^31.
+                let c = vaddq_s32(vshlq_n_s32::<8>(pq), pr);
+                (self.c0, self.d0) = (c, vmulq_n_f32(dw, a.dy));
+            } else {
+                let t = vmulq_n_f32(vcvtq_n_f32_s32::<8>(pq), a.dy);
+                let t = vfmaq_n_f32(t, vcvtq_n_f32_s32::<8>(pr), a.dr);
+                self.f = vfmaq_f32(self.f, t, dw);
+                if W::MIN {
+                    self.f = vfmaq_n_f32(self.f, self.m0, self.s0);
+                }
+            }
+        }
+    }
+
+    /// The result after the last block: the deferred fold of that block.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn finish<W: Legacy, const M: u8>(self) -> float32x4_t {
+        let mut f = self.f;
+        if Mode::of(M) != Mode::Sep {
+            f = vfmaq_f32(f, vcvtq_n_f32_s32::<8>(self.c0), self.d0);
+            if W::MIN {
+                f = vfmaq_n_f32(f, self.m0, self.s0);
+            }
+        }
+        f
+    }
+}
+
 /// Four rows (block slices of one chunk) against the chunk's activation blocks: lane `k` of the
 /// result is row `k`'s partial dot product.
+///
+/// `Plain`: two blocks per loop iteration; the running sums' tree of one block is the previous
+/// tree of the next, so the two alternate between registers instead of being copied at every
+/// block. (With the residual's sums as well, the unrolled body runs out of vector registers.)
 #[target_feature(enable = "neon")]
 #[inline]
 fn rows4<D: IDot, W: Legacy, const M: u8>(
@@ -202,8 +299,7 @@ fn rows4<D: IDot, W: Legacy, const M: u8>(
     r: &[u8],
     act: &[Act1],
 ) -> float32x4_t {
-    let mode = Mode::of(M);
-    let (yb, qo) = act_bytes(W::MIN);
+    let (yb, _) = act_bytes(W::MIN);
     let kc = act.len();
     let rows = [
         &rows[0][..kc],
@@ -211,53 +307,17 @@ fn rows4<D: IDot, W: Legacy, const M: u8>(
         &rows[2][..kc],
         &rows[3][..kc],
     ];
-    let (mut sq, mut sr) = (Sums::new(), Sums::new());
-    let mut f = vdupq_n_f32(0.0);
-    // `Plain`/`Comb`: the previous block's integer sums, scales, mins and activation sum, folded
-    // into `f` one block later so that their conversion overlaps the next block's loads and dots.
-    let (mut c0, mut d0, mut m0, mut s0) = (vdupq_n_s32(0), f, f, 0.0f32);
+    let mut st = Quad::new();
     let w4 = rows[0].iter().zip(rows[1]).zip(rows[2]).zip(rows[3]);
-    let blocks = w4.zip(act).zip(q.chunks_exact(yb)).zip(r.chunks_exact(yb));
-    for ((((((w0, w1), w2), w3), a), yq), yr) in blocks {
-        let w = [w0, w1, w2, w3];
-        let mut wq = [[vdupq_n_s8(0); 2]; 4];
-        for k in 0..4 {
-            wq[k] = w[k].quants(dd);
+    let mut blocks = w4.zip(act).zip(q.chunks_exact(yb)).zip(r.chunks_exact(yb));
+    while let Some(((((((w0, w1), w2), w3), a), yq), yr)) = blocks.next() {
+        st.step::<D, W, M>(dd, [w0, w1, w2, w3], a, yq, yr);
+        if Mode::of(M) != Mode::Plain {
+            continue;
         }
-        if mode != Mode::Sep {
-            f = vfmaq_f32(f, vcvtq_n_f32_s32::<8>(c0), d0);
-            if W::MIN {
-                f = vfmaq_n_f32(f, m0, s0);
-            }
-        }
-        let pq = sq.block::<D, W>(dd, &wq, act32(yq, qo), &a.init);
-        let dw = f16x4_f32([*w[0].d(), *w[1].d(), *w[2].d(), *w[3].d()]);
-        if W::MIN {
-            m0 = f16x4_f32([*w[0].m(), *w[1].m(), *w[2].m(), *w[3].m()]);
-            s0 = a.s;
-        }
-        if mode == Mode::Plain {
-            (c0, d0) = (pq, vmulq_n_f32(dw, a.dy));
-        } else {
-            let pr = sr.block::<D, W>(dd, &wq, act32(yr, qo), &a.init_r);
-            if mode == Mode::Comb {
-                // |256·Σq + Σr| <= 257·32·128·128 < 2^31.
-                (c0, d0) = (vaddq_s32(vshlq_n_s32::<8>(pq), pr), vmulq_n_f32(dw, a.dy));
-            } else {
-                let t = vmulq_n_f32(vcvtq_n_f32_s32::<8>(pq), a.dy);
-                let t = vfmaq_n_f32(t, vcvtq_n_f32_s32::<8>(pr), a.dr);
-                f = vfmaq_f32(f, t, dw);
-                if W::MIN {
-                    f = vfmaq_n_f32(f, m0, s0);
-                }
-            }
+        if let Some(((((((w0, w1), w2), w3), a), yq), yr)) = blocks.next() {
+            st.step::<D, W, M>(dd, [w0, w1, w2, w3], a, yq, yr);
         }
     }
-    if mode != Mode::Sep {
-        f = vfmaq_f32(f, vcvtq_n_f32_s32::<8>(c0), d0);
-        if W::MIN {
-            f = vfmaq_n_f32(f, m0, s0);
-        }
-    }
-    f
+    st.finish::<W, M>()
 }
