@@ -15,7 +15,8 @@
 # edge-run's kernels go into scripts/arm-model/harness (a binary crate on edge-run-kernels).
 # Both run under qemu-user; llvm-mca gets the instruction sequence each call executed.
 #
-# Output: a readable table, then one JSON line (last line of stdout):
+# Output: a readable table, a modelled decode tok/s table (two small models on both boards, from the
+# decode cycles and the boards' DRAM bandwidth; see model.py), then one JSON line (last line of stdout):
 #   {"cortex-a72": {"q4_0": {"decode": {"edge_run": C, "llama_cpp": C, "edge_run_q8x2": C, ...},
 #                            "prefill": {...}}, ...}, "cortex-a76": {...}}
 #

@@ -30,6 +30,10 @@ Workloads (n = 1024 elements per row):
            per call at any row count).
 Activation quantization is outside the measured call on both sides (once per token, not per row).
 
+Before the JSON line, a modelled decode rate (tok/s) for two small models on both boards (see
+`decode_rates`): the weight matrices' cycles from the table above, against the time to stream those
+weights from DRAM.
+
 The last line of stdout is the JSON result; `edge_run` is edge-run with 8-bit activations (the same
 work as llama.cpp), `edge_run_q8x2` its default q8x2 mode (activation + residual: two integer dots).
 """
@@ -59,6 +63,51 @@ def cycles(cpu, cmd):
 
 def per256(c, rows, toks):
     return round(c * 256.0 / (N * rows * toks), 2)
+
+
+# Bytes per weight of each type (ggml block size / elements per block).
+BYTES = {'q4_0': 18 / 32, 'q4_1': 20 / 32, 'q5_0': 22 / 32, 'q5_1': 24 / 32, 'q8_0': 34 / 32,
+         'q4_k': 144 / 256, 'q5_k': 176 / 256, 'q6_k': 210 / 256}
+
+# Weights per decoded token by type: every 2-D tensor of the GGUF files (the matrices of all layers,
+# plus the tied embedding as the output projection).
+#   SmolLM2-135M-Instruct Q4_1: 30 layers of q, o 576×576, k, v 576×192, gate, up 576×1536,
+#     down 1536×576, all Q4_1; output 49152×576 Q8_0.
+#   Gemma 3 270M Q4_K_M (ggml-org's gemma-3-270m GGUF): 18 layers of q 640×1024, k 640×256, gate, up
+#     640×2048 (Q5_0), v 640×256 (Q8_0 in 9 layers, Q5_0 in 9), o 1024×640 (Q4_K), down 2048×640
+#     (Q6_K in 9 layers, Q4_K in 9); output 262144×640 Q8_0.
+MODELS = {
+    'SmolLM2-135M Q4_1': {'q4_1': 106168320, 'q8_0': 28311552},
+    'Gemma 3 270M Q4_K_M': {'q8_0': 169246720, 'q5_0': 63406080, 'q4_k': 23592960, 'q6_k': 11796480},
+}
+
+# The boards: CPU model, clock, cores, and a DRAM bandwidth a decode can count on (the low end of
+# what the boards achieve in streaming reads: Pi 4 LPDDR4 ≈ 4–5 GB/s, Pi 5 LPDDR4X ≈ 8–10 GB/s).
+BOARDS = [
+    ('Pi 4', 'cortex-a72', 1.8e9, 4, 4e9),
+    ('Pi 5', 'cortex-a76', 2.4e9, 4, 8e9),
+]
+
+
+def decode_rates(res):
+    """Modelled decode per (model, board): the weight bytes a token reads, the DRAM limit (tok/s
+    when streaming those bytes is all a token costs), each side's one-core compute limit (the
+    decode cycles per 256 products of each type at the board's clock) and each side's modelled
+    tok/s with 1 and with all cores: a token takes the longer of the compute (rows split evenly
+    over the threads) and the DRAM time. Attention, norms, activation quantization and thread
+    synchronization are left out on both sides."""
+    rows = []
+    for model, types in MODELS.items():
+        nbytes = sum(n * BYTES[ty] for ty, n in types.items())
+        for board, cpu, hz, cores, bw in BOARDS:
+            r = {'model': model, 'board': board, 'mb': nbytes / 1e6, 'dram': bw / nbytes}
+            for side in ('edge_run', 'llama_cpp'):
+                cyc = sum(n / 256.0 * res[cpu][ty]['decode'][side] for ty, n in types.items())
+                r[side + '_core'] = hz / cyc
+                r[side + '_1t'] = min(hz / cyc, bw / nbytes)
+                r[side + '_%dt' % cores] = min(cores * hz / cyc, bw / nbytes)
+            rows.append(r)
+    return rows
 
 
 def main():
@@ -93,6 +142,15 @@ def main():
                 print('%-10s %-5s %-7s edge-run %7.2f  llama.cpp %7.2f  ratio %.2f  (q8x2 %7.2f; llama.cpp %s)' % (
                     cpu, ty, w, r['edge_run'], r['llama_cpp'], r['edge_run'] / r['llama_cpp'],
                     r['edge_run_q8x2'], r['llama_cpp_kernel']))
+    print()
+    print('Modelled decode tok/s, --act-quant q8, weight matrices only (Pi 4: Cortex-A72 model, 1.8 GHz, '
+          '4 GB/s; Pi 5: Neoverse N1 model, 2.4 GHz, 8 GB/s; edge-run / llama.cpp)')
+    print('%-20s %-5s %8s %7s %15s %15s %15s' % ('model', 'board', 'MB/token', 'DRAM', '1-core compute',
+                                                 '1 thread', '4 threads'))
+    for r in decode_rates(res):
+        pair = lambda k: '%6.1f / %6.1f' % (r['edge_run_' + k], r['llama_cpp_' + k])
+        print('%-20s %-5s %8.1f %7.1f %15s %15s %15s' % (r['model'], r['board'], r['mb'], r['dram'],
+                                                         pair('core'), pair('1t'), pair('4t')))
     print(json.dumps(res, separators=(',', ':')))
 
 

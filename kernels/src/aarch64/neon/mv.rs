@@ -59,8 +59,8 @@ fn run<D: IDot, W: Legacy, const M: u8>(
     out: &mut [f32],
 ) {
     let (yb, _) = act_bytes(W::MIN);
-    let rb = nb * size_of::<W>();
     let nrows = out.len();
+    let ws: &[W] = bytemuck::cast_slice(&w[..nrows * nb * size_of::<W>()]);
     let mut act = [Act1::default(); KC];
     for b0 in (0..nb).step_by(KC) {
         let kc = KC.min(nb - b0);
@@ -68,9 +68,14 @@ fn run<D: IDot, W: Legacy, const M: u8>(
         prep1::<W, M>(q, r, b0, act);
         let (qc, rc) = (&q[b0 * yb..(b0 + kc) * yb], &r[b0 * yb..(b0 + kc) * yb]);
         for idx in row_quads(nrows) {
-            let row =
-                |i: usize| -> &[W] { &bytemuck::cast_slice(&w[i * rb..(i + 1) * rb])[b0..b0 + kc] };
-            let f = rows4::<D, W, M>(dd, idx.map(row), qc, rc, act);
+            let at = |k: usize| idx[k] * nb + b0;
+            let rows = [
+                &ws[at(0)..at(0) + kc],
+                &ws[at(1)..at(1) + kc],
+                &ws[at(2)..at(2) + kc],
+                &ws[at(3)..at(3) + kc],
+            ];
+            let f = rows4::<D, W, M>(dd, rows, qc, rc, act);
             let mut v = [0.0f32; 4];
             st_f32(&mut v, f);
             store_quad(out, idx, v, b0 == 0);
@@ -126,16 +131,165 @@ fn dot32<D: IDot>(
     }
 }
 
-/// The activation quants of block `i` of a chunk (`yb`-byte blocks, quants at `qo`).
+/// The integer block sums of a quad: the four rows' running sums (`run`, wrapping, one per row)
+/// and their pairwise-add tree at the previous block (`tree`).
+///
+/// For the formats without an offset (`OFFSET == 0`) the rows' dot products accumulate across
+/// the blocks of a chunk, and a block's sums are the difference of two consecutive trees (exact:
+/// every step wraps modulo 2^32 and a block's sum fits an i32); this spares a fresh accumulator
+/// start per row and block. With an offset, every row starts each block at `OFFSET·Σy`.
+#[derive(Clone, Copy)]
+struct Sums {
+    run: [int32x4_t; 4],
+    tree: int32x4_t,
+}
+
+impl Sums {
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn new() -> Self {
+        let z = vdupq_n_s32(0);
+        Sums {
+            run: [z; 4],
+            tree: z,
+        }
+    }
+
+    /// The four rows' block sums (row `k` in lane `k`) of the unpacked weights `wq` against the
+    /// activation quants `y` (`init`: the block's `OFFSET·Σy`, used when `OFFSET != 0`).
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn block<D: IDot, W: Legacy>(
+        &mut self,
+        dd: D,
+        wq: &[[int8x16_t; 2]; 4],
+        y: [int8x16_t; 2],
+        init: &V16,
+    ) -> int32x4_t {
+        if W::OFFSET == 0 {
+            for (r, &wq) in self.run.iter_mut().zip(wq) {
+                *r = dot32(dd, *r, wq, y, W::QMAX);
+            }
+            let t = addp4(self.run);
+            let b = vsubq_s32(t, self.tree);
+            self.tree = t;
+            b
+        } else {
+            let mut p = [vdupq_n_s32(0); 4];
+            for (p, &wq) in p.iter_mut().zip(wq) {
+                *p = dot32(dd, dd.load_acc(init), wq, y, W::QMAX);
+            }
+            addp4(p)
+        }
+    }
+}
+
+/// The activation quants of one block (`yb` bytes, quants at `qo`).
 #[target_feature(enable = "neon")]
 #[inline]
-fn act32(c: &[u8], i: usize, yb: usize, qo: usize) -> [int8x16_t; 2] {
-    let y = &c[i * yb + qo..(i + 1) * yb];
-    [ld_s8(y), ld_s8(&y[16..])]
+fn act32(y: &[u8], qo: usize) -> [int8x16_t; 2] {
+    [ld_s8(&y[qo..]), ld_s8(&y[qo + 16..])]
+}
+
+/// The running state of [`rows4`]: the integer sums, the f32 result, and (`Plain`/`Comb`) the
+/// previous block's integer sums, scales, mins and activation sum, folded into `f` one block later
+/// so that their conversion overlaps the next block's loads and dots.
+struct Quad {
+    sq: Sums,
+    sr: Sums,
+    f: float32x4_t,
+    c0: int32x4_t,
+    d0: float32x4_t,
+    m0: float32x4_t,
+    s0: f32,
+}
+
+impl Quad {
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn new() -> Self {
+        let z = vdupq_n_f32(0.0);
+        Quad {
+            sq: Sums::new(),
+            sr: Sums::new(),
+            f: z,
+            c0: vdupq_n_s32(0),
+            d0: z,
+            m0: z,
+            s0: 0.0,
+        }
+    }
+
+    /// One block of the four rows `w` against the activation block `a` (quants `yq`, residual
+    /// quants `yr`).
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn step<D: IDot, W: Legacy, const M: u8>(
+        &mut self,
+        dd: D,
+        w: [&W; 4],
+        a: &Act1,
+        yq: &[u8],
+        yr: &[u8],
+    ) {
+        let mode = Mode::of(M);
+        let (_, qo) = act_bytes(W::MIN);
+        let mut wq = [[vdupq_n_s8(0); 2]; 4];
+        for (q, w) in wq.iter_mut().zip(w) {
+            *q = w.quants(dd);
+        }
+        if mode != Mode::Sep {
+            self.f = vfmaq_f32(self.f, vcvtq_n_f32_s32::<8>(self.c0), self.d0);
+            if W::MIN {
+                self.f = vfmaq_n_f32(self.f, self.m0, self.s0);
+            }
+        }
+        let pq = self.sq.block::<D, W>(dd, &wq, act32(yq, qo), &a.init);
+        let dw = f16x4_f32([*w[0].d(), *w[1].d(), *w[2].d(), *w[3].d()]);
+        if W::MIN {
+            self.m0 = f16x4_f32([*w[0].m(), *w[1].m(), *w[2].m(), *w[3].m()]);
+            self.s0 = a.s;
+        }
+        if mode == Mode::Plain {
+            (self.c0, self.d0) = (pq, vmulq_n_f32(dw, a.dy));
+        } else {
+            let pr = self.sr.block::<D, W>(dd, &wq, act32(yr, qo), &a.init_r);
+            if mode == Mode::Comb {
+                // |256·Σq + Σr| <= 257·32·128·128 < 2^31.
+                let c = vaddq_s32(vshlq_n_s32::<8>(pq), pr);
+                (self.c0, self.d0) = (c, vmulq_n_f32(dw, a.dy));
+            } else {
+                let t = vmulq_n_f32(vcvtq_n_f32_s32::<8>(pq), a.dy);
+                let t = vfmaq_n_f32(t, vcvtq_n_f32_s32::<8>(pr), a.dr);
+                self.f = vfmaq_f32(self.f, t, dw);
+                if W::MIN {
+                    self.f = vfmaq_n_f32(self.f, self.m0, self.s0);
+                }
+            }
+        }
+    }
+
+    /// The result after the last block: the deferred fold of that block.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn finish<W: Legacy, const M: u8>(self) -> float32x4_t {
+        let mut f = self.f;
+        if Mode::of(M) != Mode::Sep {
+            f = vfmaq_f32(f, vcvtq_n_f32_s32::<8>(self.c0), self.d0);
+            if W::MIN {
+                f = vfmaq_n_f32(f, self.m0, self.s0);
+            }
+        }
+        f
+    }
 }
 
 /// Four rows (block slices of one chunk) against the chunk's activation blocks: lane `k` of the
 /// result is row `k`'s partial dot product.
+///
+/// `Plain`: two blocks per loop iteration; the running sums' tree of one block is the previous
+/// tree of the next, so the two alternate between registers instead of being copied at every
+/// block. (With the residual's sums as well, the unrolled body runs out of vector registers.)
 #[target_feature(enable = "neon")]
 #[inline]
 fn rows4<D: IDot, W: Legacy, const M: u8>(
@@ -145,8 +299,7 @@ fn rows4<D: IDot, W: Legacy, const M: u8>(
     r: &[u8],
     act: &[Act1],
 ) -> float32x4_t {
-    let mode = Mode::of(M);
-    let (yb, qo) = act_bytes(W::MIN);
+    let (yb, _) = act_bytes(W::MIN);
     let kc = act.len();
     let rows = [
         &rows[0][..kc],
@@ -154,40 +307,17 @@ fn rows4<D: IDot, W: Legacy, const M: u8>(
         &rows[2][..kc],
         &rows[3][..kc],
     ];
-    let mut f = vdupq_n_f32(0.0);
-    for (i, a) in act.iter().enumerate() {
-        let w = [&rows[0][i], &rows[1][i], &rows[2][i], &rows[3][i]];
-        let y = act32(q, i, yb, qo);
-        let mut wq = [[vdupq_n_s8(0); 2]; 4];
-        let mut p = [vdupq_n_s32(0); 4];
-        for k in 0..4 {
-            wq[k] = w[k].quants(dd);
-            p[k] = dot32(dd, dd.load_acc(&a.init), wq[k], y, W::QMAX);
+    let mut st = Quad::new();
+    let w4 = rows[0].iter().zip(rows[1]).zip(rows[2]).zip(rows[3]);
+    let mut blocks = w4.zip(act).zip(q.chunks_exact(yb)).zip(r.chunks_exact(yb));
+    while let Some(((((((w0, w1), w2), w3), a), yq), yr)) = blocks.next() {
+        st.step::<D, W, M>(dd, [w0, w1, w2, w3], a, yq, yr);
+        if Mode::of(M) != Mode::Plain {
+            continue;
         }
-        let pq = addp4(p);
-        let dw = f16x4_f32([*w[0].d(), *w[1].d(), *w[2].d(), *w[3].d()]);
-        if mode == Mode::Plain {
-            f = vfmaq_f32(f, vcvtq_n_f32_s32::<8>(pq), vmulq_n_f32(dw, a.dy));
-        } else {
-            let z = act32(r, i, yb, qo);
-            for k in 0..4 {
-                p[k] = dot32(dd, dd.load_acc(&a.init_r), wq[k], z, W::QMAX);
-            }
-            let pr = addp4(p);
-            if mode == Mode::Comb {
-                // |256·Σq + Σr| <= 257·32·128·128 < 2^31.
-                let c = vaddq_s32(vshlq_n_s32::<8>(pq), pr);
-                f = vfmaq_f32(f, vcvtq_n_f32_s32::<8>(c), vmulq_n_f32(dw, a.dy));
-            } else {
-                let t = vmulq_n_f32(vcvtq_n_f32_s32::<8>(pq), a.dy);
-                let t = vfmaq_n_f32(t, vcvtq_n_f32_s32::<8>(pr), a.dr);
-                f = vfmaq_f32(f, t, dw);
-            }
-        }
-        if W::MIN {
-            let m = f16x4_f32([*w[0].m(), *w[1].m(), *w[2].m(), *w[3].m()]);
-            f = vfmaq_n_f32(f, m, a.s);
+        if let Some(((((((w0, w1), w2), w3), a), yq), yr)) = blocks.next() {
+            st.step::<D, W, M>(dd, [w0, w1, w2, w3], a, yq, yr);
         }
     }
-    f
+    st.finish::<W, M>()
 }
