@@ -101,7 +101,7 @@ def decode_rates(res):
         nbytes = sum(n * BYTES[ty] for ty, n in types.items())
         for board, cpu, hz, cores, bw in BOARDS:
             r = {'model': model, 'board': board, 'mb': nbytes / 1e6, 'dram': bw / nbytes}
-            for side in ('edge_run', 'llama_cpp'):
+            for side in ('edge_run', 'llama_cpp', 'edge_run_q8x2'):
                 cyc = sum(n / 256.0 * res[cpu][ty]['decode'][side] for ty, n in types.items())
                 r[side + '_core'] = hz / cyc
                 r[side + '_1t'] = min(hz / cyc, bw / nbytes)
@@ -144,13 +144,15 @@ def main():
                     r['edge_run_q8x2'], r['llama_cpp_kernel']))
     print()
     print('Modelled decode tok/s, --act-quant q8, weight matrices only (Pi 4: Cortex-A72 model, 1.8 GHz, '
-          '4 GB/s; Pi 5: Neoverse N1 model, 2.4 GHz, 8 GB/s; edge-run / llama.cpp)')
-    print('%-20s %-5s %8s %7s %15s %15s %15s' % ('model', 'board', 'MB/token', 'DRAM', '1-core compute',
-                                                 '1 thread', '4 threads'))
+          '4 GB/s; Pi 5: Neoverse N1 model, 2.4 GHz, 8 GB/s; edge-run / llama.cpp; last two columns: '
+          "edge-run's default q8x2 mode)")
+    print('%-20s %-5s %8s %7s %15s %15s %15s %10s %8s' % (
+        'model', 'board', 'MB/token', 'DRAM', '1-core compute', '1 thread', '4 threads', 'q8x2 core', 'q8x2 1t'))
     for r in decode_rates(res):
         pair = lambda k: '%6.1f / %6.1f' % (r['edge_run_' + k], r['llama_cpp_' + k])
-        print('%-20s %-5s %8.1f %7.1f %15s %15s %15s' % (r['model'], r['board'], r['mb'], r['dram'],
-                                                         pair('core'), pair('1t'), pair('4t')))
+        print('%-20s %-5s %8.1f %7.1f %15s %15s %15s %10.1f %8.1f' % (
+            r['model'], r['board'], r['mb'], r['dram'], pair('core'), pair('1t'), pair('4t'),
+            r['edge_run_q8x2_core'], r['edge_run_q8x2_1t']))
     print(json.dumps(res, separators=(',', ':')))
 
 
