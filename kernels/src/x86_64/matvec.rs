@@ -154,6 +154,8 @@ fn pass<L: Lanes, B: Legacy, const RR: usize>(
                 a.prefetch(&row[b], LEAD / R);
             }
         }
+        // One call per activation mode, so that each is inlined with `z` known: the group's body
+        // then has no test of the residual left in it.
         match z {
             None => group::<L, B, RR>(l, &rows, b..b + L::BLK, x, None, &mut acc),
             Some(z) => group::<L, B, RR>(l, &rows, b..b + L::BLK, x, Some(z), &mut acc),

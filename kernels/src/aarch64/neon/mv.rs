@@ -239,10 +239,7 @@ impl Quad {
             *q = w.quants(dd);
         }
         if mode != Mode::Sep {
-            self.f = vfmaq_f32(self.f, vcvtq_n_f32_s32::<8>(self.c0), self.d0);
-            if W::MIN {
-                self.f = vfmaq_n_f32(self.f, self.m0, self.s0);
-            }
+            self.fold_previous::<W>();
         }
         let pq = self.sq.block::<D, W>(dd, &wq, act32(yq, qo), &a.init);
         let dw = f16x4_f32([*w[0].d(), *w[1].d(), *w[2].d(), *w[3].d()]);
@@ -269,18 +266,25 @@ impl Quad {
         }
     }
 
+    /// `Plain`/`Comb`: the previous block's integer sums times its scales, and its minima times its
+    /// activation sum, added to `f` (zeros before the first block).
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn fold_previous<W: Legacy>(&mut self) {
+        self.f = vfmaq_f32(self.f, vcvtq_n_f32_s32::<8>(self.c0), self.d0);
+        if W::MIN {
+            self.f = vfmaq_n_f32(self.f, self.m0, self.s0);
+        }
+    }
+
     /// The result after the last block: the deferred fold of that block.
     #[target_feature(enable = "neon")]
     #[inline]
-    fn finish<W: Legacy, const M: u8>(self) -> float32x4_t {
-        let mut f = self.f;
+    fn finish<W: Legacy, const M: u8>(mut self) -> float32x4_t {
         if Mode::of(M) != Mode::Sep {
-            f = vfmaq_f32(f, vcvtq_n_f32_s32::<8>(self.c0), self.d0);
-            if W::MIN {
-                f = vfmaq_n_f32(f, self.m0, self.s0);
-            }
+            self.fold_previous::<W>();
         }
-        f
+        self.f
     }
 }
 
